@@ -1,0 +1,37 @@
+"""dlsys's own exception family: every user mistake raises one of these, with a message
+that names the node, shape, dtype, argument or file involved.
+
+Each class also derives from the built-in exception a Python user would expect
+(``ValueError``, ``TypeError``, ``KeyError``), so ``except ValueError`` keeps working.
+"""
+
+
+class DlsysError(Exception):
+    """Base class of every error dlsys raises for bad input."""
+
+
+class ShapeError(DlsysError, ValueError):
+    """Shapes that do not fit an operator, found by shape inference before any kernel runs."""
+
+
+class DtypeError(DlsysError, TypeError):
+    """A tensor or argument of a dtype dlsys does not support here."""
+
+
+class FeedError(DlsysError, KeyError):
+    """A feed_dict that misses a placeholder, feeds a node that is not one, or holds bad data."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message, quotes and all
+        return str(self.args[0]) if self.args else ""
+
+
+class GradientError(DlsysError, ValueError):
+    """A gradient asked of an operator that has none."""
+
+
+class DataError(DlsysError, ValueError):
+    """A data file that is missing, truncated, corrupt or inconsistent."""
+
+
+class TrainingError(DlsysError, RuntimeError):
+    """Training that cannot go on (a loss that became NaN or infinite)."""

@@ -1,0 +1,199 @@
+"""Turning a compute definition plus a schedule into a callable kernel, once.
+
+``build_kernel`` validates the arguments every builder shares (shapes, dtype, target),
+then looks the kernel up in an in-process cache, then in an on-disk cache of exported
+shared libraries, and only then compiles it. The cache key holds everything that decides
+the generated code: kernel kind and parameters, dtype, target, schedule mode, TVM's version
+and the source of dlsys's compute and schedule modules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import tvm
+from tvm import te
+
+from dlsys.errors import DtypeError, ShapeError
+from dlsys.kernels import schedule as schedules
+
+SUPPORTED_DTYPES = ("float32", "float64")
+SUPPORTED_TARGETS = ("llvm", "cuda")
+
+
+@lru_cache(maxsize=None)
+def make_target(tgt: str | tvm.target.Target, tgt_host: str | None = "llvm") -> tvm.target.Target:
+    """A TVM target from the course's strings ``"llvm"``/``"cuda"``; llvm is tuned to this CPU."""
+    if isinstance(tgt, tvm.target.Target):
+        return tgt
+    if not isinstance(tgt, str) or tgt.split()[0] not in SUPPORTED_TARGETS:
+        raise ValueError(f"tgt must be one of {SUPPORTED_TARGETS}, got {tgt!r}")
+    if tgt_host is not None and tgt_host != "llvm":
+        raise ValueError(f"tgt_host must be 'llvm' or None, got {tgt_host!r}")
+    host = {"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()}
+    if tgt.startswith("llvm"):
+        return tvm.target.Target(host)
+    return tvm.target.Target({"kind": "cuda"}, host=host)
+
+
+def check_shape(name: str, shape: Sequence[int], ndim: int | None = None) -> tuple[int, ...]:
+    """Validate one shape argument; the error names the argument."""
+    try:
+        dims = tuple(int(d) for d in shape)
+    except TypeError:
+        raise TypeError(f"{name} must be a tuple of ints, got {shape!r}") from None
+    if any(int(d) != d for d in shape):
+        raise TypeError(f"{name} must hold integers, got {shape!r}")
+    if any(d <= 0 for d in dims):
+        raise ShapeError(f"{name} must have positive dimensions, got {dims}")
+    if ndim is not None and len(dims) != ndim:
+        raise ShapeError(f"{name} must have {ndim} dimensions, got {dims}")
+    return dims
+
+
+def check_dtype(dtype: str) -> str:
+    if str(dtype) not in SUPPORTED_DTYPES:
+        raise DtypeError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype!r}")
+    return str(dtype)
+
+
+class Kernel:
+    """A compiled kernel: call it with TVM tensors, the outputs last, written in place.
+
+    ``func`` is the raw packed function the executor calls in its run loop; calling the
+    ``Kernel`` itself first checks the arguments' shapes and dtypes, for direct users.
+    """
+
+    __slots__ = ("func", "name", "arg_shapes", "dtype")
+
+    def __init__(self, func, name: str, arg_shapes: list[tuple[int, ...]], dtype: str):
+        self.func = func
+        self.name = name
+        self.arg_shapes = arg_shapes
+        self.dtype = dtype
+
+    def __call__(self, *args) -> None:
+        if len(args) != len(self.arg_shapes):
+            raise TypeError(f"kernel {self.name} takes {len(self.arg_shapes)} tensors, "
+                            f"got {len(args)}")
+        for position, (arg, shape) in enumerate(zip(args, self.arg_shapes)):
+            if not isinstance(arg, tvm.runtime.Tensor):
+                raise TypeError(f"kernel {self.name}: argument {position} must be a "
+                                f"tvm.runtime.Tensor, got {type(arg).__name__}")
+            if tuple(arg.shape) != shape or str(arg.dtype) != self.dtype:
+                raise ShapeError(f"kernel {self.name}: argument {position} has shape "
+                                 f"{tuple(arg.shape)} and dtype {arg.dtype}, expected {shape} "
+                                 f"and {self.dtype}")
+        self.func(*args)
+
+    def __repr__(self) -> str:
+        return f"Kernel({self.name}, {self.arg_shapes}, {self.dtype})"
+
+
+_memory_cache: dict[str, Kernel] = {}
+_lock = threading.Lock()
+
+
+def cache_dir() -> Path:
+    """Where exported kernels live: ``$DLSYS_CACHE_DIR``, else ``~/.cache/dlsys/kernels``."""
+    root = os.environ.get("DLSYS_CACHE_DIR")
+    return Path(root) if root else Path.home() / ".cache" / "dlsys" / "kernels"
+
+
+def disk_cache_enabled() -> bool:
+    return os.environ.get("DLSYS_DISK_CACHE", "1") != "0"
+
+
+@lru_cache(maxsize=1)
+def _code_fingerprint() -> str:
+    """Hash of the modules that decide generated code, so editing them invalidates the cache."""
+    digest = hashlib.sha256(tvm.__version__.encode())
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def cache_key(kind: str, params: tuple, dtype: str, target: tvm.target.Target) -> str:
+    text = repr((kind, params, dtype, str(target), schedules.schedule_mode(), _code_fingerprint()))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _load_from_disk(path: Path, func_name: str):
+    try:
+        return tvm.runtime.load_module(str(path))[func_name]
+    except Exception:  # noqa: BLE001 - a corrupt or stale entry is rebuilt, never fatal
+        path.unlink(missing_ok=True)
+        return None
+
+
+def _save_to_disk(lib, path: Path) -> None:
+    """Export atomically: a crash mid-write leaves a temporary file, never a broken entry."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+        os.close(fd)
+        lib.export_library(tmp)
+        os.replace(tmp, path)
+    except Exception:  # noqa: BLE001 - the cache is an optimisation; compiling again is correct
+        Path(tmp).unlink(missing_ok=True) if "tmp" in locals() else None
+
+
+def compile_module(inputs: list, outputs: list, kind: str, target: tvm.target.Target,
+                   func_name: str):
+    """Compile one compute definition with the schedule of ``kind``; returns the module."""
+    prim = te.create_prim_func(inputs + outputs).with_attr("global_symbol", func_name)
+    mod = schedules.apply_schedule(tvm.IRModule({func_name: prim}), kind, target)
+    return tvm.build(mod, target=target)
+
+
+def build_kernel(kind: str, params: tuple, define: Callable[[], tuple[list, list]],
+                 dtype: str, tgt, tgt_host, func_name: str) -> Kernel:
+    """The cached kernel for ``define`` (a thunk returning TE inputs and outputs)."""
+    dtype = check_dtype(dtype)
+    target = make_target(tgt, tgt_host)
+    if not isinstance(func_name, str) or not func_name.isidentifier():
+        raise ValueError(f"func_name must be an identifier, got {func_name!r}")
+    key = cache_key(kind, params, dtype, target)
+    with _lock:
+        cached = _memory_cache.get(key)
+    if cached is not None:
+        return cached
+    inputs, outputs = define()
+    arg_shapes = [tuple(int(d) for d in t.shape) for t in inputs + outputs]
+    # The symbol in an exported library is fixed at build time, so the disk cache builds
+    # every kernel under one internal name and hands out the function whatever func_name was.
+    symbol = "dlsys_kernel"
+    path = cache_dir() / f"{key}.so"
+    func = None
+    use_disk = disk_cache_enabled() and target.kind.name == "llvm"
+    if use_disk and path.exists():
+        func = _load_from_disk(path, symbol)
+    if func is None:
+        lib = compile_module(inputs, outputs, kind, target, symbol)
+        if use_disk:
+            _save_to_disk(lib, path)
+        func = lib[symbol]
+    kernel = Kernel(func, func_name, arg_shapes, dtype)
+    with _lock:
+        _memory_cache[key] = kernel
+    return kernel
+
+
+def device_for(target: tvm.target.Target):
+    return tvm.cuda(0) if target.kind.name == "cuda" else tvm.cpu(0)
+
+
+def empty(shape: Sequence[int], dtype: str = "float32", device=None) -> tvm.runtime.Tensor:
+    """A new uninitialised TVM tensor (used by the executor's memory plan and by tests)."""
+    return tvm.runtime.empty(tuple(shape), dtype, device or tvm.cpu(0))
+
+
+def to_tensor(array: np.ndarray, device=None) -> tvm.runtime.Tensor:
+    return tvm.runtime.tensor(np.ascontiguousarray(array), device or tvm.cpu(0))

@@ -1,0 +1,161 @@
+"""Schedules: *how* the compute definitions of ``dlsys.kernels.compute`` run.
+
+A schedule is a function ``(sch: tvm.s_tir.Schedule) -> None`` that rewrites the loops of
+one kernel's PrimFunc in place. ``SCHEDULES`` maps each kernel kind to its CPU schedule;
+``DLSYS_SCHEDULE=naive`` skips them all (TVM's default loop nest), so every optimisation can
+be measured against the unscheduled kernel. GPU targets get TVM's default thread binding.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import tvm
+from tvm import s_tir
+
+# AVX2 holds 8 float32 lanes; two registers per step let LLVM interleave independent FMAs.
+VECTOR_LANES = 16
+# Below this many elements, waking the thread pool costs more than the work it shares.
+PARALLEL_MIN_ELEMENTS = 1 << 14
+
+ScheduleFn = Callable[[s_tir.Schedule], None]
+
+
+def schedule_mode() -> str:
+    """``"tuned"`` (the default) or ``"naive"``, from the environment variable ``DLSYS_SCHEDULE``."""
+    mode = os.environ.get("DLSYS_SCHEDULE", "tuned").strip().lower() or "tuned"
+    if mode not in ("tuned", "naive"):
+        raise ValueError(f"DLSYS_SCHEDULE must be 'tuned' or 'naive', got {mode!r}")
+    return mode
+
+
+def _extent(sch: s_tir.Schedule, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+def _is_reduction(sch: s_tir.Schedule, block) -> bool:
+    return any(iv.iter_type != 0 for iv in sch.get(block).iter_vars)
+
+
+def vectorize_and_parallelize(sch: s_tir.Schedule, loop) -> None:
+    """Split one (fused) loop into a parallel outer part and a vectorised inner part."""
+    extent = _extent(sch, loop)
+    if extent < VECTOR_LANES:
+        if extent > 1:
+            sch.vectorize(loop)
+        return
+    outer, inner = sch.split(loop, factors=[None, VECTOR_LANES])
+    sch.vectorize(inner)
+    if extent >= PARALLEL_MIN_ELEMENTS:
+        sch.parallel(outer)
+
+
+def schedule_injective(sch: s_tir.Schedule) -> None:
+    """Every block elementwise: fuse the whole nest, vectorise, and share it between cores."""
+    for block in _all_blocks(sch):
+        loops = sch.get_loops(block)
+        if not loops:
+            continue
+        vectorize_and_parallelize(sch, sch.fuse(*loops) if len(loops) > 1 else loops[0])
+
+
+def schedule_reduce_sum(sch: s_tir.Schedule) -> None:
+    """Sum over leading rows: walk rows outermost so the kept axis stays contiguous and vectorised."""
+    block = _all_blocks(sch)[0]
+    loops = sch.get_loops(block)
+    if not _is_reduction(sch, block):
+        return schedule_injective(sch)
+    iter_types = [iv.iter_type for iv in sch.get(block).iter_vars]
+    spatial = [lp for lp, t in zip(loops, iter_types) if t == 0]
+    reduce = [lp for lp, t in zip(loops, iter_types) if t != 0]
+    if not spatial:
+        return
+    kept = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+    extent = _extent(sch, kept)
+    lanes = min(VECTOR_LANES, extent)
+    outer, inner = sch.split(kept, factors=[None, lanes])
+    sch.reorder(outer, *reduce, inner)
+    sch.vectorize(inner)
+    if _extent(sch, outer) > 1 and extent * _extent(sch, reduce[0]) >= PARALLEL_MIN_ELEMENTS:
+        sch.parallel(outer)
+    sch.decompose_reduction(block, reduce[0])
+
+
+def schedule_row_softmax(sch: s_tir.Schedule) -> None:
+    """Row-wise kernels (softmax and its loss): each row's reductions stay in cache, rows in parallel."""
+    blocks = _all_blocks(sch)
+    *producers, last = blocks
+    last_loops = sch.get_loops(last)
+    row_loop = last_loops[0]
+    if sch.get(last).name_hint == "mean_loss":
+        # The loss is a scalar mean over rows: rows are already split among producers.
+        producers, last = blocks[:-2], blocks[-2]
+        row_loop = sch.get_loops(last)[0]
+    for block in reversed(producers):
+        sch.compute_at(block, row_loop)
+    if len(sch.get_loops(last)) > 1:
+        sch.vectorize(sch.get_loops(last)[-1]) if not _is_reduction(sch, last) else None
+    rows = _extent(sch, row_loop)
+    if rows > 1:
+        sch.parallel(row_loop)
+
+
+def schedule_matmul(sch: s_tir.Schedule) -> None:
+    """Baseline register tiling for ``C[i, j] = sum_k A[i, k] B[k, j]``.
+
+    Tiles of 4 rows by 16 columns are kept in registers across ``k``; the column tile is
+    vectorised and the row tiles run in parallel. ``dlsys.kernels.matmul`` holds the tuned
+    schedule that packs operands; this one is the fallback for any shape.
+    """
+    block = sch.get_sblock("matmul")
+    i, j, k = sch.get_loops(block)
+    m, n = _extent(sch, i), _extent(sch, j)
+    tile_i = 4 if m >= 4 else 1
+    tile_j = VECTOR_LANES if n >= VECTOR_LANES else n
+    io, ii = sch.split(i, factors=[None, tile_i])
+    jo, ji = sch.split(j, factors=[None, tile_j])
+    sch.reorder(io, jo, k, ii, ji)
+    sch.vectorize(ji)
+    sch.unroll(ii)
+    if m * n >= PARALLEL_MIN_ELEMENTS // 4:
+        sch.parallel(sch.fuse(io, jo))
+    sch.decompose_reduction(block, k)
+
+
+def schedule_conv2d(sch: s_tir.Schedule) -> None:
+    """Direct convolution: (image, out channel) pairs in parallel, output columns vectorised."""
+    block = sch.get_sblock("conv2d")
+    b, o, i, j, rc, ry, rx = sch.get_loops(block)
+    sch.reorder(b, o, i, rc, ry, rx, j)
+    sch.parallel(sch.fuse(b, o))
+    sch.decompose_reduction(block, rc)
+
+
+def _all_blocks(sch: s_tir.Schedule) -> list:
+    root = sch.get_sblock("root")
+    return sch.get_child_blocks(root)
+
+
+SCHEDULES: dict[str, ScheduleFn] = {
+    "injective": schedule_injective,
+    "reduce_sum": schedule_reduce_sum,
+    "softmax": schedule_row_softmax,
+    "matmul": schedule_matmul,
+    "conv2d": schedule_conv2d,
+}
+
+
+def apply_schedule(mod: tvm.IRModule, kind: str, target: tvm.target.Target) -> tvm.IRModule:
+    """Return ``mod`` scheduled for ``target`` with the schedule of ``kind`` (or naive)."""
+    if target.kind.name == "cuda":
+        # Every GPU kernel needs its loops bound to threads; TVM's default binding is correct
+        # for any kernel, though not tuned.
+        with target:
+            return s_tir.transform.DefaultGPUSchedule()(mod)
+    if schedule_mode() == "naive":
+        return mod
+    sch = s_tir.Schedule(mod)
+    sch.work_on(next(iter(mod.functions)).name_hint)
+    SCHEDULES[kind](sch)
+    return sch.mod
