@@ -1,0 +1,128 @@
+"""The computation graph: nodes, the operator interface, and graph traversal.
+
+A graph is plain data: each ``Node`` holds its operator, its input nodes and the operator's
+attributes. Everything else (gradients, shape inference, fusion, memory planning,
+execution) is a pass over this structure. An ``Op`` declares, in one place, everything the
+passes need to know about it: its shape rule, its gradient, which input it may overwrite
+in place, and which kernel runs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from dlsys.errors import GradientError
+
+Shape = tuple[int, ...]
+
+
+class Node:
+    """A value in the graph: the output of ``op`` applied to ``inputs``."""
+
+    __slots__ = ("op", "inputs", "attrs", "name", "id")
+    _count = 0
+
+    def __init__(self, op: Op, inputs: Sequence[Node], attrs: dict[str, Any] | None = None,
+                 name: str | None = None):
+        self.op = op
+        self.inputs = list(inputs)
+        self.attrs = attrs or {}
+        Node._count += 1
+        self.id = Node._count
+        self.name = name if name is not None else op.describe(self)
+
+    # Python numbers on either side become by-constant ops, as users of the course API expect.
+    def __add__(self, other):
+        from dlsys import autodiff
+        if isinstance(other, Node):
+            return autodiff.add_op(self, other)
+        return autodiff.add_byconst_op(self, other)
+
+    def __mul__(self, other):
+        from dlsys import autodiff
+        if isinstance(other, Node):
+            return autodiff.mul_op(self, other)
+        return autodiff.mul_byconst_op(self, other)
+
+    __radd__ = __add__
+    __rmul__ = __mul__
+
+    def __repr__(self) -> str:
+        return self.name
+
+    __str__ = __repr__
+
+
+class Op:
+    """An operator. Subclasses override the hooks they need; the defaults say 'not supported'.
+
+    - ``infer_shape(node, input_shapes)``: the output shape, or raise ``ShapeError``.
+    - ``gradient(node, output_grad)``: one gradient node per input, ``None`` for an input that
+      gets no gradient (it only lends its shape, or it is a constant such as labels).
+    - ``inplace_input``: index of an input whose buffer the output may take over when that
+      input dies here (elementwise kernels that read each element before writing it).
+    - ``is_alias(node, input_shapes)``: True when, at these shapes, the output equals input 0
+      and needs no kernel (e.g. summing a tensor to its own shape).
+    - ``kernel_inputs(node)``: the inputs whose *values* the kernel reads (the rest only
+      lend their shape, so their buffers need not stay alive for this node).
+    - ``make_kernel(node, input_shapes, output_shape, target, dtype)``: the compiled kernel,
+      called with the kernel inputs' tensors then the output tensor.
+    """
+
+    name = "Op"
+    is_placeholder = False
+    inplace_input: int | None = None
+
+    def describe(self, node: Node) -> str:
+        args = ", ".join(short_name(i) for i in node.inputs)
+        return f"{self.name}({args})"
+
+    def infer_shape(self, node: Node, input_shapes: list[Shape]) -> Shape:
+        raise NotImplementedError(f"{self.name} has no shape rule")
+
+    def gradient(self, node: Node, output_grad: Node) -> list[Node]:
+        raise GradientError(f"{node.name}: operator {self.name} has no gradient")
+
+    def kernel_inputs(self, node: Node) -> list[Node]:
+        return node.inputs
+
+    def is_alias(self, node: Node, input_shapes: list[Shape]) -> bool:
+        return False
+
+    def make_kernel(self, node: Node, input_shapes: list[Shape], output_shape: Shape, target,
+                    dtype: str):
+        raise NotImplementedError(f"{self.name} has no kernel")
+
+
+def short_name(node: Node) -> str:
+    """The node's name, or ``Op#id`` when the name is too long to nest in another one.
+
+    Derived names nest their inputs' names; without a cut, a gradient node deep in a training
+    graph would carry the whole forward pass in its name.
+    """
+    return node.name if len(node.name) <= 32 else f"{node.op.name}#{node.id}"
+
+
+def find_topo_sort(node_list: Iterable[Node]) -> list[Node]:
+    """Every node the given nodes depend on, inputs before the nodes that use them.
+
+    Iterative, so graphs deeper than Python's recursion limit sort too.
+    """
+    visited: set[int] = set()
+    order: list[Node] = []
+    for root in node_list:
+        stack: list[tuple[Node, bool]] = [(root, False)]
+        while stack:
+            node, inputs_done = stack.pop()
+            if inputs_done:
+                order.append(node)
+                continue
+            if id(node) in visited:
+                continue
+            visited.add(id(node))
+            stack.append((node, True))
+            for parent in reversed(node.inputs):
+                if id(parent) not in visited:
+                    stack.append((parent, False))
+    return order

@@ -1,0 +1,195 @@
+"""Static memory planning: a storage id for every value the executor computes.
+
+Given the executor's steps (one kernel call each, in run order), the pass computes each
+value's live range (the step that defines it to the last step that reads it) and assigns
+storage so that values whose live ranges never overlap share a buffer. Three kinds of reuse:
+
+- *sharing*: a value takes a free buffer left by values that died at earlier steps;
+- *in place*: an elementwise step writes into the buffer of an input that dies at that
+  step (the kernel reads each element before writing it, so nothing is clobbered);
+- *aliases*: a step that is the identity at these shapes (summing a tensor to its own
+  shape) runs no kernel; its value is its input's storage.
+
+Feeds are never planned (the user owns them) and the values asked for (``keep``) are never
+overwritten within a run, so they stay readable after ``run`` returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dlsys.graph import Node, Shape
+
+
+@dataclass(frozen=True)
+class Step:
+    """One kernel call: ``output`` computed from ``inputs``.
+
+    ``inplace_input`` is the input the kernel may overwrite (elementwise kernels);
+    ``alias_of`` marks a step whose output *is* that input, so it runs no kernel.
+    """
+
+    output: Node
+    inputs: tuple[Node, ...]
+    inplace_input: Node | None = None
+    alias_of: Node | None = None
+
+
+@dataclass
+class MemoryPlan:
+    """The pass's answer: which storage holds each value, and how large each storage is."""
+
+    storage_of: dict[Node, int]          # every computed value, aliases included
+    storage_elements: list[int]          # size of each storage, in elements
+    itemsize: int
+    naive_bytes: int                     # one buffer per node output
+    peak_live_bytes: int                 # largest total of values alive at one step
+    inplace_steps: set[Node] = field(default_factory=set)
+
+    @property
+    def planned_bytes(self) -> int:
+        return sum(self.storage_elements) * self.itemsize
+
+    def stats(self) -> dict[str, int]:
+        return {"naive_bytes": self.naive_bytes, "planned_bytes": self.planned_bytes,
+                "buffers": len(self.storage_elements), "peak_live_bytes": self.peak_live_bytes,
+                "inplace_steps": len(self.inplace_steps)}
+
+
+def _elements(shape: Shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def resolve_aliases(steps: list[Step]) -> dict[Node, Node]:
+    """Each step's output mapped to the value that owns its storage (itself unless an alias)."""
+    root: dict[Node, Node] = {}
+    for step in steps:
+        source = step.alias_of
+        root[step.output] = root.get(source, source) if source is not None else step.output
+    return root
+
+
+def live_ranges(steps: list[Step], keep: set[Node]) -> tuple[dict[Node, int], dict[Node, int]]:
+    """First definition and last use (a step index) of every storage-owning value.
+
+    Values in ``keep`` live to the end; a value nobody reads dies at its own step.
+    """
+    root = resolve_aliases(steps)
+    end = len(steps)
+    first: dict[Node, int] = {}
+    last: dict[Node, int] = {}
+    for t, step in enumerate(steps):
+        owner = root[step.output]
+        first.setdefault(owner, t)
+        last[owner] = max(last.get(owner, t), t)
+        for node in step.inputs:
+            if node in root:
+                last[root[node]] = max(last.get(root[node], t), t)
+    for node in keep:
+        if node in root:
+            last[root[node]] = end
+    return first, last
+
+
+def plan_memory(steps: list[Step], shapes: dict[Node, Shape], keep: set[Node], itemsize: int,
+                share: bool = True) -> MemoryPlan:
+    """Assign storage ids; ``share=False`` gives every value its own buffer (the reference).
+
+    Reuse policy: best fit. A new value takes the smallest free buffer that holds it, so
+    large buffers stay free for large values; when none is large enough it grows the largest
+    free one, which costs only the difference instead of a whole new buffer. Activations and
+    their gradients come in a few sizes (batch x width), so this finds near-peak plans.
+    """
+    root = resolve_aliases(steps)
+    first, last = live_ranges(steps, keep)
+    sizes = {owner: _elements(shapes[owner]) for owner in first}
+    storage_of_owner: dict[Node, int] = {}
+    storage_elements: list[int] = []
+    free: list[int] = []
+    inplace_steps: set[Node] = set()
+    dying: dict[int, list[Node]] = {}
+    for owner, t in last.items():
+        dying.setdefault(t, []).append(owner)
+
+    for t, step in enumerate(steps):
+        if step.alias_of is not None:
+            continue
+        owner = step.output
+        need = sizes[owner]
+        candidate = root.get(step.inplace_input) if step.inplace_input is not None else None
+        # Kept values live to len(steps), so they never pass the `== t` test.
+        if (share and candidate is not None and last.get(candidate) == t
+                and sizes[candidate] == need):
+            storage_of_owner[owner] = storage_of_owner[candidate]
+            inplace_steps.add(owner)
+        elif share and free:
+            fitting = [s for s in free if storage_elements[s] >= need]
+            sid = (min(fitting, key=lambda s: storage_elements[s]) if fitting
+                   else max(free, key=lambda s: storage_elements[s]))
+            free.remove(sid)
+            storage_elements[sid] = max(storage_elements[sid], need)
+            storage_of_owner[owner] = sid
+        else:
+            storage_of_owner[owner] = len(storage_elements)
+            storage_elements.append(need)
+        if share:
+            for dead in dying.get(t, []):
+                sid = storage_of_owner.get(dead)
+                # A buffer taken over in place stays with its new owner.
+                if sid is not None and not (dead is candidate and owner in inplace_steps):
+                    free.append(sid)
+
+    storage_of = {node: storage_of_owner[owner] for node, owner in root.items()}
+    naive = sum(_elements(shapes[step.output]) for step in steps) * itemsize
+    return MemoryPlan(storage_of, storage_elements, itemsize, naive,
+                      _peak_live(steps, root, first, last, sizes, inplace_steps) * itemsize,
+                      inplace_steps)
+
+
+def _peak_live(steps, root, first, last, sizes, inplace_steps) -> int:
+    """Largest total size of values alive at one step; an in-place pair counts once."""
+    peak = 0
+    for t, step in enumerate(steps):
+        live = {owner for owner in first if first[owner] <= t <= last[owner]}
+        if step.output in inplace_steps:
+            live.discard(root[step.inplace_input])
+        peak = max(peak, sum(sizes[o] for o in live))
+    return peak
+
+
+def verify_plan(steps: list[Step], shapes: dict[Node, Shape], keep: set[Node],
+                plan: MemoryPlan) -> list[str]:
+    """Every way ``plan`` is wrong, as messages (empty when it is sound).
+
+    Checks that each buffer holds its values, that no two values alive at the same step share
+    a buffer (except an output written in place over an input that dies at that step, where
+    the step allows it), and that kept values are never shared with anything later.
+    """
+    problems: list[str] = []
+    root = resolve_aliases(steps)
+    first, last = live_ranges(steps, keep)
+    for owner in first:
+        sid = plan.storage_of[owner]
+        if plan.storage_elements[sid] < _elements(shapes[owner]):
+            problems.append(f"{owner.name}: storage {sid} is smaller than its value")
+    owners = list(first)
+    for t, step in enumerate(steps):
+        live = [o for o in owners if first[o] <= t <= last[o]]
+        by_storage: dict[int, list[Node]] = {}
+        for o in live:
+            by_storage.setdefault(plan.storage_of[o], []).append(o)
+        for sid, sharing in by_storage.items():
+            if len(sharing) < 2:
+                continue
+            legal_inplace = (len(sharing) == 2 and step.output in sharing
+                             and step.inplace_input is not None
+                             and root[step.inplace_input] in sharing
+                             and last[root[step.inplace_input]] == t)
+            if not legal_inplace:
+                names = ", ".join(o.name for o in sharing)
+                problems.append(f"step {t} ({step.output.name}): storage {sid} holds live "
+                                f"values {names}")
+    return problems

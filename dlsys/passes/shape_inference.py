@@ -1,0 +1,26 @@
+"""Shape inference: every node's output shape, from the shapes of the fed placeholders."""
+
+from __future__ import annotations
+
+from dlsys.errors import FeedError, ShapeError
+from dlsys.graph import Node, Shape
+
+
+def infer_shapes(order: list[Node], feed_shapes: dict[Node, Shape]) -> dict[Node, Shape]:
+    """Shapes of all nodes of ``order`` (a topological order) given the feeds' shapes.
+
+    Each operator's shape rule raises ``ShapeError`` naming the node and its inputs' shapes,
+    so a mismatch is reported before any kernel is compiled or run.
+    """
+    shapes: dict[Node, Shape] = {}
+    for node in order:
+        if node in feed_shapes:
+            shapes[node] = tuple(int(d) for d in feed_shapes[node])
+            continue
+        if node.op.is_placeholder:
+            raise FeedError(f"placeholder {node.name} is not in feed_dict")
+        shape = tuple(int(d) for d in node.op.infer_shape(node, [shapes[i] for i in node.inputs]))
+        if any(d <= 0 for d in shape):
+            raise ShapeError(f"{node.name}: inferred shape {shape} has an empty dimension")
+        shapes[node] = shape
+    return shapes

@@ -1,0 +1,236 @@
+"""The executor: runs what the graph passes decided, and nothing else.
+
+For each new set of feed shapes it runs the passes once (shape inference, step
+construction, memory planning), allocates one buffer per storage id, compiles or fetches
+each step's kernel, and freezes the result into a flat list of ``(kernel, arguments)``
+calls. A ``run`` with the same shapes only checks and binds the feeds and walks that list:
+it allocates no device memory and looks nothing up per kernel call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+
+from dlsys.errors import DtypeError, FeedError, ShapeError
+from dlsys.graph import Node, Shape, find_topo_sort
+from dlsys.kernels.build import SUPPORTED_DTYPES
+from dlsys.passes.memory_plan import MemoryPlan, Step, plan_memory
+from dlsys.passes.shape_inference import infer_shapes
+
+
+def build_steps(order: list[Node], shapes: dict[Node, Shape]) -> list[Step]:
+    """One step per computed node, marking aliases and legal in-place candidates."""
+    steps = []
+    for node in order:
+        if node.op.is_placeholder:
+            continue
+        in_shapes = [shapes[i] for i in node.inputs]
+        reads = tuple(node.op.kernel_inputs(node))
+        if node.op.is_alias(node, in_shapes):
+            steps.append(Step(node, reads, alias_of=node.inputs[0]))
+            continue
+        inplace = None
+        index = node.op.inplace_input
+        # An input of another shape (a broadcast operand) cannot hold the output.
+        if index is not None and shapes[node.inputs[index]] == shapes[node]:
+            inplace = node.inputs[index]
+        steps.append(Step(node, reads, inplace_input=inplace))
+    return steps
+
+
+@dataclass
+class _Prepared:
+    """Everything that depends on one set of feed shapes."""
+
+    shapes: dict[Node, Shape]
+    steps: list[Step]
+    plan: MemoryPlan
+    calls: list[tuple]                        # (packed function, argument tuple)
+    feed_slots: dict[Node, list[tuple[int, int]]]  # placeholder -> (call, argument) positions
+    feed_buffers: dict[Node, tvm.runtime.Tensor]
+    outputs: list                             # eval node -> its tensor, or a placeholder
+
+
+class Executor:
+    """Evaluates ``eval_node_list`` for the values in ``feed_dict``.
+
+    ``ctx`` is the TVM device (``tvm.cpu(0)``, or ``tvm.cuda(0)`` where available);
+    ``dtype`` is the element type of every value (default: that of the TVM tensors fed,
+    else float32). ``plan_memory=False`` gives every node its own buffer (the reference for
+    the planner's tests).
+
+    Feeds may be TVM tensors (used as they are, never copied: they must have the executor's
+    dtype and device) or array-likes such as numpy arrays, which are converted to the dtype
+    and copied into a buffer that is reused from run to run; a float64 or non-contiguous
+    numpy array is therefore accepted and converted.
+    """
+
+    def __init__(self, eval_node_list: list[Node], ctx=None, dtype: str | None = None,
+                 plan_memory: bool = True):
+        self.eval_node_list = list(eval_node_list)
+        for i, node in enumerate(self.eval_node_list):
+            if not isinstance(node, Node):
+                raise TypeError(f"eval_node_list[{i}] must be a Node, got {type(node).__name__}")
+        self.ctx = ctx if ctx is not None else tvm.cpu(0)
+        on_gpu = self.ctx.dlpack_device_type() == tvm.cuda(0).dlpack_device_type()
+        self.target = "cuda" if on_gpu else "llvm"
+        if dtype is not None and dtype not in SUPPORTED_DTYPES:
+            raise DtypeError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype!r}")
+        self.dtype = dtype
+        self.plan_memory = plan_memory
+        self.topo_order = find_topo_sort(self.eval_node_list)
+        self.placeholders = [n for n in self.topo_order if n.op.is_placeholder]
+        self._placeholder_set = set(self.placeholders)
+        self._signature: tuple | None = None
+        self._prepared: _Prepared | None = None
+        self._bound: dict[Node, object] = {}
+
+    # ----------------------------------------------------------------- feeds
+    def _check_feed_keys(self, feed_dict: dict) -> None:
+        for key in feed_dict:
+            if key not in self._placeholder_set:
+                what = (f"{key.name} is not a placeholder of this graph" if isinstance(key, Node)
+                        else f"{key!r} is not a graph node")
+                raise FeedError(f"feed_dict: {what}")
+        missing = [p.name for p in self.placeholders if p not in feed_dict]
+        if missing:
+            raise FeedError(f"feed_dict is missing placeholder(s) {', '.join(missing)}")
+
+    def _resolve_dtype(self, feed_dict: dict) -> str:
+        if self.dtype is None:
+            fed = {str(v.dtype) for v in feed_dict.values() if isinstance(v, tvm.runtime.Tensor)}
+            if len(fed) > 1:
+                raise DtypeError(f"feed_dict mixes TVM tensors of dtypes {sorted(fed)}")
+            self.dtype = fed.pop() if fed else "float32"
+            if self.dtype not in SUPPORTED_DTYPES:
+                raise DtypeError(f"fed TVM tensors have dtype {self.dtype}; dlsys supports "
+                                 f"{SUPPORTED_DTYPES}")
+        return self.dtype
+
+    def _feed_value(self, node: Node, value):
+        """The fed value as a TVM tensor or a contiguous array of the executor's dtype."""
+        if isinstance(value, tvm.runtime.Tensor):
+            if str(value.dtype) != self.dtype:
+                raise DtypeError(f"feed {node.name} has dtype {value.dtype}, this executor runs "
+                                 f"{self.dtype}")
+            if value.device != self.ctx:
+                raise FeedError(f"feed {node.name} is on {value.device}, this executor runs on "
+                                f"{self.ctx}")
+            return value
+        try:
+            array = np.ascontiguousarray(value, dtype=self.dtype)
+        except (TypeError, ValueError) as err:
+            raise FeedError(f"feed {node.name}: cannot convert a {type(value).__name__} to a "
+                            f"{self.dtype} array ({err})") from None
+        if array.ndim == 0:
+            raise FeedError(f"feed {node.name} is a scalar; feed an array of at least 1 dimension")
+        return array
+
+    # ------------------------------------------------------------- planning
+    def _prepare(self, feed_shapes: dict[Node, Shape]) -> _Prepared:
+        shapes = infer_shapes(self.topo_order, feed_shapes)
+        steps = build_steps(self.topo_order, shapes)
+        itemsize = np.dtype(self.dtype).itemsize
+        plan = plan_memory(steps, shapes, set(self.eval_node_list), itemsize,
+                           share=self.plan_memory)
+        storage = [tvm.runtime.empty((n,), self.dtype, self.ctx) for n in plan.storage_elements]
+        feed_buffers = {p: tvm.runtime.empty(shapes[p], self.dtype, self.ctx)
+                        for p in self.placeholders}
+        value: dict[Node, object] = dict(feed_buffers)
+        for node, sid in plan.storage_of.items():
+            value[node] = storage[sid]._create_view(shapes[node])
+        # An alias of a placeholder is that placeholder's (re-bindable) tensor.
+        source = {p: p for p in self.placeholders}
+        for step in steps:
+            if step.alias_of is not None and step.alias_of in source:
+                source[step.output] = source[step.alias_of]
+                value[step.output] = value[step.alias_of]
+
+        calls: list[tuple] = []
+        feed_slots: dict[Node, list[tuple[int, int]]] = {p: [] for p in self.placeholders}
+        for step in steps:
+            if step.alias_of is not None:
+                continue
+            node = step.output
+            kernel = node.op.make_kernel(node, [shapes[i] for i in node.inputs], shapes[node],
+                                         self.target, self.dtype)
+            args = [value[i] for i in step.inputs] + [value[node]]
+            for position, arg_node in enumerate(step.inputs):
+                if arg_node in source:
+                    feed_slots[source[arg_node]].append((len(calls), position))
+            calls.append((kernel.func, tuple(args)))
+        outputs = [source.get(n, n) if n in source else value[n] for n in self.eval_node_list]
+        self._bound = dict(feed_buffers)
+        return _Prepared(shapes, steps, plan, calls, feed_slots, feed_buffers, outputs)
+
+    def _rebind(self, prepared: _Prepared, placeholder: Node, tensor) -> None:
+        """Point every argument slot of ``placeholder`` at ``tensor`` (only when it changed)."""
+        calls = prepared.calls
+        for call_index, position in prepared.feed_slots[placeholder]:
+            func, args = calls[call_index]
+            calls[call_index] = (func, args[:position] + (tensor,) + args[position + 1:])
+        self._bound[placeholder] = tensor
+
+    # ------------------------------------------------------------------ run
+    def run(self, feed_dict: dict, convert_to_numpy_ret_vals: bool = False) -> list:
+        """Values of ``eval_node_list`` for ``feed_dict``: TVM tensors owned by the executor
+        (overwritten by the next run), or numpy copies when asked."""
+        if not isinstance(feed_dict, dict):
+            raise FeedError(f"feed_dict must be a dict, got {type(feed_dict).__name__}")
+        self._check_feed_keys(feed_dict)
+        self._resolve_dtype(feed_dict)
+        feeds = {p: self._feed_value(p, feed_dict[p]) for p in self.placeholders}
+        signature = tuple(tuple(v.shape) for v in feeds.values())
+        if signature != self._signature:
+            self._prepared = self._prepare({p: tuple(v.shape) for p, v in feeds.items()})
+            self._signature = signature
+        prepared = self._prepared
+        for placeholder, fed in feeds.items():
+            if isinstance(fed, np.ndarray):
+                buffer = prepared.feed_buffers[placeholder]
+                buffer.copyfrom(fed)
+                fed = buffer
+            if self._bound[placeholder] is not fed:
+                self._rebind(prepared, placeholder, fed)
+        for func, args in prepared.calls:
+            func(*args)
+        results = [self._bound[out] if isinstance(out, Node) else out
+                   for out in prepared.outputs]
+        if convert_to_numpy_ret_vals:
+            return [r.numpy() for r in results]
+        return results
+
+    # -------------------------------------------------------------- inspect
+    def _require_prepared(self) -> _Prepared:
+        if self._prepared is None:
+            raise ShapeError("the executor has no plan yet: call run() first, so that the "
+                             "feed shapes are known")
+        return self._prepared
+
+    def memory_stats(self) -> dict[str, int]:
+        """The memory plan's figures for the last feed shapes run.
+
+        ``naive_bytes``: one buffer per node output; ``planned_bytes``: what the plan
+        allocates; ``buffers``: how many; ``peak_live_bytes``: the largest total of values
+        alive at one step, the lower bound for any plan. Feeds are not counted.
+        """
+        return self._require_prepared().plan.stats()
+
+    def storage_table(self) -> list[tuple[str, Shape, int | None, str]]:
+        """``(node, shape, storage id, how)`` for every step, in run order (for debugging)."""
+        prepared = self._require_prepared()
+        rows = []
+        for step in prepared.steps:
+            node = step.output
+            how = ("alias" if step.alias_of is not None
+                   else "in place" if node in prepared.plan.inplace_steps else "")
+            rows.append((node.name, prepared.shapes[node], prepared.plan.storage_of.get(node), how))
+        return rows
+
+    @property
+    def kernel_calls(self) -> int:
+        """Kernel calls per run for the last feed shapes."""
+        return len(self._require_prepared().calls)
