@@ -227,7 +227,7 @@ class ReduceSumAxisZeroOp(Op):
 
 
 class ReduceSumToOp(Op):
-    """Sum ``a`` down to the shape of ``b``: the adjoint of broadcasting ``b``'s shape to ``a``'s."""
+    """Sum ``a`` down to ``b``'s shape: the adjoint of broadcasting ``b``'s shape to ``a``'s."""
 
     name = "ReduceSumTo"
 
