@@ -74,6 +74,19 @@ class AddOp(Op):
         a, b = node.inputs
         return [reducesumto_op(output_grad, a), reducesumto_op(output_grad, b)]
 
+    def epilogue(self, node, inputs, chain_input, shapes):
+        a, b = inputs
+        if a is b or shapes[chain_input] != shapes[node]:
+            return None
+        other = b if a is chain_input else a
+        # A bias row broadcast over the batch: read the vector itself, skip the broadcast.
+        vector = other.inputs[0] if isinstance(other.op, BroadcastToOp) else other
+        if len(shapes[node]) == 2 and shapes[vector] == (shapes[node][1],):
+            return ("bias_add",), [vector]
+        if shapes[other] == shapes[node]:
+            return ("add",), [other]
+        return None
+
     def make_kernel(self, node, input_shapes, output_shape, target, dtype):
         if input_shapes[0] == input_shapes[1]:
             return tvm_op.make_elemwise_add(output_shape, target, _TARGET_HOST, "add", dtype)
@@ -92,6 +105,9 @@ class MulOp(AddOp):
     def gradient(self, node, output_grad):
         a, b = node.inputs
         return [reducesumto_op(output_grad * b, a), reducesumto_op(output_grad * a, b)]
+
+    def epilogue(self, node, inputs, chain_input, shapes):
+        return None
 
     def make_kernel(self, node, input_shapes, output_shape, target, dtype):
         if input_shapes[0] == input_shapes[1]:
@@ -116,6 +132,9 @@ class AddByConstOp(Op):
     def gradient(self, node, output_grad):
         return [output_grad]
 
+    def epilogue(self, node, inputs, chain_input, shapes):
+        return ("add_const", node.attrs["const"]), []
+
     def make_kernel(self, node, input_shapes, output_shape, target, dtype):
         return tvm_op.make_elemwise_add_by_const(output_shape, node.attrs["const"], target,
                                                  _TARGET_HOST, "add_const", dtype)
@@ -130,6 +149,9 @@ class MulByConstOp(AddByConstOp):
     def gradient(self, node, output_grad):
         return [output_grad * node.attrs["const"]]
 
+    def epilogue(self, node, inputs, chain_input, shapes):
+        return ("mul_const", node.attrs["const"]), []
+
     def make_kernel(self, node, input_shapes, output_shape, target, dtype):
         return tvm_op.make_elemwise_mul_by_const(output_shape, node.attrs["const"], target,
                                                  _TARGET_HOST, "mul_const", dtype)
@@ -139,6 +161,7 @@ class MatMulOp(Op):
     """``op(A) @ op(B)``, where ``op`` transposes when ``trans_A``/``trans_B`` ask."""
 
     name = "MatMul"
+    fusion_anchor = True
 
     def __call__(self, a: Node, b: Node, trans_A: bool = False, trans_B: bool = False) -> Node:
         return Node(self, [a, b], {"trans_A": bool(trans_A), "trans_B": bool(trans_B)})
@@ -367,6 +390,9 @@ class ReluOp(Op):
     def gradient(self, node, output_grad):
         return [relu_gradient_op(node.inputs[0], output_grad)]
 
+    def epilogue(self, node, inputs, chain_input, shapes):
+        return ("relu",), []
+
     def make_kernel(self, node, input_shapes, output_shape, target, dtype):
         return tvm_op.make_relu(output_shape, target, _TARGET_HOST, "relu", dtype)
 
@@ -386,6 +412,12 @@ class ReluGradientOp(Op):
     def gradient(self, node, output_grad):
         # Zero almost everywhere in a; linear in g with the same mask.
         return [None, relu_gradient_op(node.inputs[0], output_grad)]
+
+    def epilogue(self, node, inputs, chain_input, shapes):
+        mask, upstream = inputs
+        if chain_input is not upstream or mask is upstream:
+            return None
+        return ("relu_mask",), [mask]
 
     def make_kernel(self, node, input_shapes, output_shape, target, dtype):
         return tvm_op.make_relu_gradient(output_shape, target, _TARGET_HOST, "relu_grad", dtype)

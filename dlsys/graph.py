@@ -68,10 +68,15 @@ class Op:
       lend their shape, so their buffers need not stay alive for this node).
     - ``make_kernel(node, input_shapes, output_shape, target, dtype)``: the compiled kernel,
       called with the kernel inputs' tensors then the output tensor.
+    - ``fusion_anchor``: a heavy op (matmul) whose elementwise consumers may join its kernel;
+      ``epilogue(node, inputs, chain_input, shapes)``: how this node, reading ``inputs``,
+      joins such a kernel when ``chain_input`` is the running result, as
+      ``(step, operand nodes)``, or ``None``.
     """
 
     name = "Op"
     is_placeholder = False
+    fusion_anchor = False
     inplace_input: int | None = None
 
     def describe(self, node: Node) -> str:
@@ -89,6 +94,10 @@ class Op:
 
     def is_alias(self, node: Node, input_shapes: list[Shape]) -> bool:
         return False
+
+    def epilogue(self, node: Node, inputs: tuple[Node, ...], chain_input: Node,
+                 shapes: dict[Node, Shape]) -> tuple[tuple, list[Node]] | None:
+        return None
 
     def make_kernel(self, node: Node, input_shapes: list[Shape], output_shape: Shape, target,
                     dtype: str):

@@ -8,7 +8,7 @@ writes its outputs in place. ``tgt`` is ``"llvm"`` or ``"cuda"``; ``tgt_host`` i
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from dlsys.errors import ShapeError
 from dlsys.kernels import compute
@@ -182,4 +182,30 @@ def make_broadcast_to(shape: Shape, to_shape: Shape, tgt, tgt_host, func_name,
         raise ShapeError(f"cannot broadcast shape {shape} to {to_shape}")
     return build_kernel("injective", ("broadcast_to", shape, to_shape),
                         lambda: compute.broadcast_to(shape, to_shape, dtype),
+                        dtype, tgt, tgt_host, func_name)
+
+
+def make_matmul_epilogue(shapeA: Shape, transposeA: bool, shapeB: Shape, transposeB: bool,
+                         epilogue: Sequence[tuple], tgt, tgt_host, func_name,
+                         dtype="float32") -> Kernel:
+    """A matmul with a fused elementwise epilogue: ``f(A, B, *operands, C)``.
+
+    ``epilogue`` is a sequence of steps from ``compute.EPILOGUE_OPERANDS`` (e.g.
+    ``[("bias_add",), ("relu",)]``); steps that read a vector or matrix take one operand each,
+    in order, after ``A`` and ``B``.
+    """
+    shape_a, shape_b = check_shape("shapeA", shapeA, 2), check_shape("shapeB", shapeB, 2)
+    inner_a = shape_a[0] if transposeA else shape_a[1]
+    inner_b = shape_b[1] if transposeB else shape_b[0]
+    if inner_a != inner_b:
+        raise ShapeError(f"matmul inner dimensions differ: shapeA {shape_a} and shapeB {shape_b}")
+    steps = tuple((str(kind), *(float(c) for c in extra)) for kind, *extra in epilogue)
+    for kind, *_ in steps:
+        if kind not in compute.EPILOGUE_OPERANDS:
+            raise ValueError(f"epilogue step must be one of {sorted(compute.EPILOGUE_OPERANDS)}, "
+                             f"got {kind!r}")
+    trans = (bool(transposeA), bool(transposeB))
+    return build_kernel("matmul", ("epilogue", shape_a, trans[0], shape_b, trans[1], steps),
+                        lambda: compute.matmul_epilogue(shape_a, trans[0], shape_b, trans[1],
+                                                        steps, dtype),
                         dtype, tgt, tgt_host, func_name)

@@ -8,7 +8,7 @@ two modules: schedules look blocks up by these names.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from tvm import te, tirx
 
@@ -193,3 +193,53 @@ def broadcast_to(shape: Shape, to_shape: Shape, dtype: str):
 def fill(shape: Shape, value: float, dtype: str):
     """A constant tensor; the one output kernel with no inputs (ones_like / zeros_like)."""
     return [], [te.compute(shape, lambda *i: tirx.const(value, dtype), name="fill")]
+
+
+# An epilogue is a chain of elementwise steps applied to a matmul's result before it is
+# stored: ("bias_add",) reads a vector over columns, ("add",) and ("relu_mask",) read a matrix
+# of the output's shape, ("relu",) reads nothing, ("add_const", k) and ("mul_const", k) read a
+# constant. The fusion pass builds these chains; the matmul schedule inlines them.
+EPILOGUE_OPERANDS = {"bias_add": "vector", "add": "matrix", "relu_mask": "matrix",
+                     "relu": None, "add_const": None, "mul_const": None}
+
+
+def _epilogue_step(kind: str, extra: tuple, x, operand, i, j, dtype: str):
+    zero = tirx.const(0, dtype)
+    if kind == "bias_add":
+        return x + operand[j]
+    if kind == "add":
+        return x + operand[i, j]
+    if kind == "relu_mask":
+        # (H > 0) * G where G is the matmul result: the adjoint of relu at its output H.
+        return tirx.Select(operand[i, j] > zero, x, zero)
+    if kind == "relu":
+        return te.max(x, zero)
+    if kind == "add_const":
+        return x + tirx.const(extra[0], dtype)
+    return x * tirx.const(extra[0], dtype)
+
+
+def matmul_epilogue(shape_a: Shape, trans_a: bool, shape_b: Shape, trans_b: bool,
+                    epilogue: tuple, dtype: str):
+    """``epilogue(op(A) @ op(B))`` in one kernel; inputs are A, B, then each step's operand."""
+    (a, b), (product,) = matmul(shape_a, trans_a, shape_b, trans_b, dtype)
+    m, n = (int(d) for d in product.shape)
+    operands = []
+    out = product
+    for position, (kind, *extra) in enumerate(epilogue):
+        operand = None
+        if EPILOGUE_OPERANDS[kind] == "vector":
+            operand = te.placeholder((n,), dtype=dtype, name=f"E{position}")
+        elif EPILOGUE_OPERANDS[kind] == "matrix":
+            operand = te.placeholder((m, n), dtype=dtype, name=f"E{position}")
+        if operand is not None:
+            operands.append(operand)
+        out = _epilogue_block(out, operand, kind, tuple(extra), position, dtype)
+    return [a, b, *operands], [out]
+
+
+def _epilogue_block(x: te.Tensor, operand, kind: str, extra: tuple, position: int, dtype: str):
+    # A function of its own so each block's lambda closes over its own step.
+    return te.compute(x.shape, lambda i, j: _epilogue_step(kind, extra, x[i, j], operand, i, j,
+                                                           dtype),
+                      name=f"epilogue{position}")

@@ -109,6 +109,10 @@ def schedule_matmul(sch: s_tir.Schedule) -> None:
     schedule that packs operands; this one is the fallback for any shape.
     """
     block = sch.get_sblock("matmul")
+    epilogue = inline_epilogue(sch)
+    if epilogue is not None:
+        # The baseline keeps the epilogue as its own elementwise pass inside the kernel.
+        vectorize_and_parallelize(sch, sch.fuse(*sch.get_loops(epilogue)))
     i, j, k = sch.get_loops(block)
     m, n = _extent(sch, i), _extent(sch, j)
     tile_i = 4 if m >= 4 else 1
@@ -121,6 +125,21 @@ def schedule_matmul(sch: s_tir.Schedule) -> None:
     if m * n >= PARALLEL_MIN_ELEMENTS // 4:
         sch.parallel(sch.fuse(io, jo))
     sch.decompose_reduction(block, k)
+
+
+def inline_epilogue(sch: s_tir.Schedule):
+    """Inline every elementwise block after "matmul" into the last one; return that block.
+
+    Fused kernels (``compute.matmul_epilogue``) chain elementwise blocks after the product;
+    folding the chain into one block leaves the matmul schedule a single consumer to place.
+    """
+    blocks = _all_blocks(sch)
+    names = [sch.get(b).name_hint for b in blocks]
+    if names[-1] == "matmul":
+        return None
+    for block in blocks[names.index("matmul") + 1:-1]:
+        sch.compute_inline(block)
+    return _all_blocks(sch)[-1]
 
 
 def schedule_conv2d(sch: s_tir.Schedule) -> None:

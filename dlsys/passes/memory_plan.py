@@ -26,13 +26,17 @@ class Step:
     """One kernel call: ``output`` computed from ``inputs``.
 
     ``inplace_input`` is the input the kernel may overwrite (elementwise kernels);
-    ``alias_of`` marks a step whose output *is* that input, so it runs no kernel.
+    ``alias_of`` marks a step whose output *is* that input, so it runs no kernel. A fused
+    step (see ``passes.fusion``) computes ``epilogue(anchor)`` where ``anchor`` is a matmul
+    node; its inputs are the matmul's operands, then the epilogue's operands.
     """
 
     output: Node
     inputs: tuple[Node, ...]
     inplace_input: Node | None = None
     alias_of: Node | None = None
+    anchor: Node | None = None
+    epilogue: tuple = ()
 
 
 @dataclass
@@ -78,18 +82,22 @@ def live_ranges(steps: list[Step], keep: set[Node]) -> tuple[dict[Node, int], di
     Values in ``keep`` live to the end; a value nobody reads dies at its own step.
     """
     root = resolve_aliases(steps)
+    # An alias of a feed is rooted at the feed, which the user owns: it gets no range, so no
+    # step can take its buffer over (in place) and the plan gives it no storage.
+    computed = {step.output for step in steps if step.alias_of is None}
     end = len(steps)
     first: dict[Node, int] = {}
     last: dict[Node, int] = {}
     for t, step in enumerate(steps):
         owner = root[step.output]
-        first.setdefault(owner, t)
-        last[owner] = max(last.get(owner, t), t)
+        if owner in computed:
+            first.setdefault(owner, t)
+            last[owner] = max(last.get(owner, t), t)
         for node in step.inputs:
-            if node in root:
+            if root.get(node) in computed:
                 last[root[node]] = max(last.get(root[node], t), t)
     for node in keep:
-        if node in root:
+        if root.get(node) in computed:
             last[root[node]] = end
     return first, last
 
@@ -115,26 +123,29 @@ def plan_memory(steps: list[Step], shapes: dict[Node, Shape], keep: set[Node], i
         dying.setdefault(t, []).append(owner)
 
     for t, step in enumerate(steps):
-        if step.alias_of is not None:
-            continue
         owner = step.output
-        need = sizes[owner]
-        candidate = root.get(step.inplace_input) if step.inplace_input is not None else None
-        # Kept values live to len(steps), so they never pass the `== t` test.
-        if (share and candidate is not None and last.get(candidate) == t
-                and sizes[candidate] == need):
-            storage_of_owner[owner] = storage_of_owner[candidate]
-            inplace_steps.add(owner)
-        elif share and free:
-            fitting = [s for s in free if storage_elements[s] >= need]
-            sid = (min(fitting, key=lambda s: storage_elements[s]) if fitting
-                   else max(free, key=lambda s: storage_elements[s]))
-            free.remove(sid)
-            storage_elements[sid] = max(storage_elements[sid], need)
-            storage_of_owner[owner] = sid
-        else:
-            storage_of_owner[owner] = len(storage_elements)
-            storage_elements.append(need)
+        candidate = None
+        if step.alias_of is None:
+            need = sizes[owner]
+            if step.inplace_input is not None:
+                candidate = root.get(step.inplace_input, step.inplace_input)
+            # Kept values live to len(steps) and feeds have no range, so neither passes.
+            if (share and candidate is not None and last.get(candidate) == t
+                    and sizes[candidate] == need):
+                storage_of_owner[owner] = storage_of_owner[candidate]
+                inplace_steps.add(owner)
+            elif share and free:
+                fitting = [s for s in free if storage_elements[s] >= need]
+                sid = (min(fitting, key=lambda s: storage_elements[s]) if fitting
+                       else max(free, key=lambda s: storage_elements[s]))
+                free.remove(sid)
+                storage_elements[sid] = max(storage_elements[sid], need)
+                storage_of_owner[owner] = sid
+            else:
+                storage_of_owner[owner] = len(storage_elements)
+                storage_elements.append(need)
+        # Values can also die at an alias step (the last reader), and their buffers must be
+        # freed there too, or they leak for the rest of the plan.
         if share:
             for dead in dying.get(t, []):
                 sid = storage_of_owner.get(dead)
@@ -142,7 +153,8 @@ def plan_memory(steps: list[Step], shapes: dict[Node, Shape], keep: set[Node], i
                 if sid is not None and not (dead is candidate and owner in inplace_steps):
                     free.append(sid)
 
-    storage_of = {node: storage_of_owner[owner] for node, owner in root.items()}
+    storage_of = {node: storage_of_owner[owner] for node, owner in root.items()
+                  if owner in storage_of_owner}
     naive = sum(_elements(shapes[step.output]) for step in steps) * itemsize
     return MemoryPlan(storage_of, storage_elements, itemsize, naive,
                       _peak_live(steps, root, first, last, sizes, inplace_steps) * itemsize,
@@ -172,22 +184,28 @@ def verify_plan(steps: list[Step], shapes: dict[Node, Shape], keep: set[Node],
     root = resolve_aliases(steps)
     first, last = live_ranges(steps, keep)
     for owner in first:
-        sid = plan.storage_of[owner]
-        if plan.storage_elements[sid] < _elements(shapes[owner]):
+        sid = plan.storage_of.get(owner)
+        if sid is None or not 0 <= sid < len(plan.storage_elements):
+            problems.append(f"{owner.name}: no valid storage (got {sid!r})")
+        elif plan.storage_elements[sid] < _elements(shapes[owner]):
             problems.append(f"{owner.name}: storage {sid} is smaller than its value")
+    for node, owner in root.items():
+        if owner in first and plan.storage_of.get(node) != plan.storage_of.get(owner):
+            problems.append(f"{node.name}: an alias of {owner.name} but not in its storage")
+    if problems:
+        return problems  # the sharing check below needs every value to have a storage
     owners = list(first)
     for t, step in enumerate(steps):
         live = [o for o in owners if first[o] <= t <= last[o]]
         by_storage: dict[int, list[Node]] = {}
         for o in live:
             by_storage.setdefault(plan.storage_of[o], []).append(o)
+        taken = root.get(step.inplace_input)
         for sid, sharing in by_storage.items():
             if len(sharing) < 2:
                 continue
             legal_inplace = (len(sharing) == 2 and step.output in sharing
-                             and step.inplace_input is not None
-                             and root[step.inplace_input] in sharing
-                             and last[root[step.inplace_input]] == t)
+                             and taken in sharing and last[taken] == t)
             if not legal_inplace:
                 names = ", ".join(o.name for o in sharing)
                 problems.append(f"step {t} ({step.output.name}): storage {sid} holds live "

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 import tvm
 
+from dlsys import tvm_op
 from dlsys.errors import DtypeError, FeedError, ShapeError
 from dlsys.graph import Node, Shape, find_topo_sort
 from dlsys.kernels.build import SUPPORTED_DTYPES
+from dlsys.passes.fusion import eliminate_dead_steps, fuse_epilogues
 from dlsys.passes.memory_plan import MemoryPlan, Step, plan_memory
 from dlsys.passes.shape_inference import infer_shapes
 
@@ -60,7 +62,7 @@ class Executor:
     ``ctx`` is the TVM device (``tvm.cpu(0)``, or ``tvm.cuda(0)`` where available);
     ``dtype`` is the element type of every value (default: that of the TVM tensors fed,
     else float32). ``plan_memory=False`` gives every node its own buffer (the reference for
-    the planner's tests).
+    the planner's tests); ``fuse=False`` runs one kernel per node (the reference for fusion).
 
     Feeds may be TVM tensors (used as they are, never copied: they must have the executor's
     dtype and device) or array-likes such as numpy arrays, which are converted to the dtype
@@ -69,7 +71,7 @@ class Executor:
     """
 
     def __init__(self, eval_node_list: list[Node], ctx=None, dtype: str | None = None,
-                 plan_memory: bool = True):
+                 plan_memory: bool = True, fuse: bool = True):
         self.eval_node_list = list(eval_node_list)
         for i, node in enumerate(self.eval_node_list):
             if not isinstance(node, Node):
@@ -81,6 +83,7 @@ class Executor:
             raise DtypeError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype!r}")
         self.dtype = dtype
         self.plan_memory = plan_memory
+        self.fuse = fuse
         self.topo_order = find_topo_sort(self.eval_node_list)
         self.placeholders = [n for n in self.topo_order if n.op.is_placeholder]
         self._placeholder_set = set(self.placeholders)
@@ -104,10 +107,12 @@ class Executor:
             fed = {str(v.dtype) for v in feed_dict.values() if isinstance(v, tvm.runtime.Tensor)}
             if len(fed) > 1:
                 raise DtypeError(f"feed_dict mixes TVM tensors of dtypes {sorted(fed)}")
-            self.dtype = fed.pop() if fed else "float32"
-            if self.dtype not in SUPPORTED_DTYPES:
-                raise DtypeError(f"fed TVM tensors have dtype {self.dtype}; dlsys supports "
+            dtype = fed.pop() if fed else "float32"
+            # Checked before it is kept: a rejected dtype must not stick to later runs.
+            if dtype not in SUPPORTED_DTYPES:
+                raise DtypeError(f"fed TVM tensors have dtype {dtype}; dlsys supports "
                                  f"{SUPPORTED_DTYPES}")
+            self.dtype = dtype
         return self.dtype
 
     def _feed_value(self, node: Node, value):
@@ -132,10 +137,16 @@ class Executor:
     # ------------------------------------------------------------- planning
     def _prepare(self, feed_shapes: dict[Node, Shape]) -> _Prepared:
         shapes = infer_shapes(self.topo_order, feed_shapes)
+        keep = set(self.eval_node_list)
         steps = build_steps(self.topo_order, shapes)
+        steps = (fuse_epilogues(steps, shapes, keep) if self.fuse
+                 else eliminate_dead_steps(steps, keep))
         itemsize = np.dtype(self.dtype).itemsize
-        plan = plan_memory(steps, shapes, set(self.eval_node_list), itemsize,
-                           share=self.plan_memory)
+        plan = plan_memory(steps, shapes, keep, itemsize, share=self.plan_memory)
+        # The reference is one buffer per node of the graph as written, before fusion
+        # removed some of them, so the figure shows what fusion and planning save together.
+        plan.naive_bytes = itemsize * sum(int(np.prod(shapes[n])) for n in self.topo_order
+                                          if not n.op.is_placeholder)
         storage = [tvm.runtime.empty((n,), self.dtype, self.ctx) for n in plan.storage_elements]
         feed_buffers = {p: tvm.runtime.empty(shapes[p], self.dtype, self.ctx)
                         for p in self.placeholders}
@@ -155,8 +166,7 @@ class Executor:
             if step.alias_of is not None:
                 continue
             node = step.output
-            kernel = node.op.make_kernel(node, [shapes[i] for i in node.inputs], shapes[node],
-                                         self.target, self.dtype)
+            kernel = self._make_kernel(step, shapes)
             args = [value[i] for i in step.inputs] + [value[node]]
             for position, arg_node in enumerate(step.inputs):
                 if arg_node in source:
@@ -165,6 +175,17 @@ class Executor:
         outputs = [source.get(n, n) if n in source else value[n] for n in self.eval_node_list]
         self._bound = dict(feed_buffers)
         return _Prepared(shapes, steps, plan, calls, feed_slots, feed_buffers, outputs)
+
+    def _make_kernel(self, step: Step, shapes: dict[Node, Shape]):
+        if step.anchor is None:
+            node = step.output
+            return node.op.make_kernel(node, [shapes[i] for i in node.inputs], shapes[node],
+                                       self.target, self.dtype)
+        a, b = step.anchor.inputs
+        attrs = step.anchor.attrs
+        return tvm_op.make_matmul_epilogue(shapes[a], attrs["trans_A"], shapes[b],
+                                           attrs["trans_B"], step.epilogue, self.target, "llvm",
+                                           "fused_matmul", self.dtype)
 
     def _rebind(self, prepared: _Prepared, placeholder: Node, tensor) -> None:
         """Point every argument slot of ``placeholder`` at ``tensor`` (only when it changed)."""
