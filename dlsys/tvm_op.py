@@ -209,3 +209,19 @@ def make_matmul_epilogue(shapeA: Shape, transposeA: bool, shapeB: Shape, transpo
                         lambda: compute.matmul_epilogue(shape_a, trans[0], shape_b, trans[1],
                                                         steps, dtype),
                         dtype, tgt, tgt_host, func_name)
+
+
+def make_sgd_update_many(shapes: Sequence[Shape], learning_rate, tgt, tgt_host, func_name,
+                         dtype="float32") -> Kernel:
+    """One kernel updating every parameter: ``f(W_1..W_n, G_1..G_n, W_1'..W_n')``.
+
+    Pass each ``W_i`` again as its output to update in place, as the trainer does: one call
+    per training step instead of one per parameter.
+    """
+    lr = _const("learning_rate", learning_rate)
+    if not shapes:
+        raise ValueError("shapes must name at least one parameter")
+    checked = tuple(check_shape(f"shapes[{i}]", s) for i, s in enumerate(shapes))
+    return build_kernel("injective", ("sgd_many", checked, lr),
+                        lambda: compute.sgd_update_many(checked, lr, dtype),
+                        dtype, tgt, tgt_host, func_name)

@@ -243,3 +243,18 @@ def _epilogue_block(x: te.Tensor, operand, kind: str, extra: tuple, position: in
     return te.compute(x.shape, lambda i, j: _epilogue_step(kind, extra, x[i, j], operand, i, j,
                                                            dtype),
                       name=f"epilogue{position}")
+
+
+def sgd_update_many(shapes: Sequence[Shape], learning_rate: float, dtype: str):
+    """One SGD step for many parameters in one kernel: inputs ``W_1..W_n, G_1..G_n``,
+    outputs ``W_1'..W_n'`` (which may be the ``W_i`` themselves: each element is read before
+    it is written)."""
+    lr = tirx.const(learning_rate, dtype)
+    weights = [te.placeholder(s, dtype=dtype, name=f"W{i}") for i, s in enumerate(shapes)]
+    grads = [te.placeholder(s, dtype=dtype, name=f"G{i}") for i, s in enumerate(shapes)]
+    updated = [_sgd_block(w, g, lr, i) for i, (w, g) in enumerate(zip(weights, grads))]
+    return weights + grads, updated
+
+
+def _sgd_block(w: te.Tensor, g: te.Tensor, lr, position: int) -> te.Tensor:
+    return te.compute(w.shape, lambda *i: w[i] - lr * g[i], name=f"sgd{position}")
