@@ -1,0 +1,135 @@
+"""The fusion pass: which steps it merges, and that fused graphs compute what unfused ones do."""
+
+import numpy as np
+import pytest
+
+from dlsys import autodiff as ad
+from dlsys import tvm_op
+from dlsys.kernels.build import empty, to_tensor
+from dlsys.passes.fusion import fuse_epilogues
+from dlsys.passes.shape_inference import infer_shapes
+from dlsys.runtime.executor import build_steps
+
+
+def mlp_graph(dims=(20, 16, 12, 5)):
+    x, labels = ad.Variable("x"), ad.Variable("y_")
+    weights = [ad.Variable(f"W{i}") for i in range(len(dims) - 1)]
+    biases = [ad.Variable(f"b{i}") for i in range(len(dims) - 1)]
+    h = x
+    for i, (w, b) in enumerate(zip(weights, biases)):
+        z = ad.matmul_op(h, w)
+        z = z + ad.broadcastto_op(b, z)
+        h = ad.relu_op(z) if i < len(weights) - 1 else z
+    loss = ad.softmaxcrossentropy_op(h, labels)
+    grads = ad.gradients(loss, weights + biases)
+    return x, labels, weights, biases, loss, grads, h
+
+
+def mlp_feeds(x, labels, weights, biases, dims=(20, 16, 12, 5), batch=9, seed=0):
+    rng = np.random.default_rng(seed)
+    feeds = {x: rng.standard_normal((batch, dims[0])).astype("float32"),
+             labels: np.eye(dims[-1], dtype="float32")[rng.integers(0, dims[-1], batch)]}
+    for i, (w, b) in enumerate(zip(weights, biases)):
+        feeds[w] = (rng.standard_normal((dims[i], dims[i + 1])) * 0.3).astype("float32")
+        feeds[b] = rng.standard_normal(dims[i + 1]).astype("float32")
+    return feeds
+
+
+def fused_steps(eval_nodes, feeds):
+    order = ad.find_topo_sort(eval_nodes)
+    shapes = infer_shapes(order, {p: np.shape(v) for p, v in feeds.items()})
+    return fuse_epilogues(build_steps(order, shapes), shapes, set(eval_nodes))
+
+
+def test_mlp_training_graph_fuses_forward_and_relu_gradients():
+    x, labels, weights, biases, loss, grads, logits = mlp_graph()
+    feeds = mlp_feeds(x, labels, weights, biases)
+    steps = fused_steps([loss, *grads, logits], feeds)
+    epilogues = sorted(s.epilogue for s in steps if s.anchor is not None)
+    # Two hidden layers (bias + relu), the logits (bias), two relu-gradient masks.
+    assert epilogues == sorted([(("bias_add",), ("relu",))] * 2 + [(("bias_add",),)]
+                               + [(("relu_mask",),)] * 2)
+    # The bias broadcasts are read as vectors by the fused kernels, so no step computes them.
+    assert not any(s.output.op.name == "BroadcastTo" for s in steps)
+
+
+def test_fused_and_unfused_runs_agree_exactly():
+    x, labels, weights, biases, loss, grads, logits = mlp_graph()
+    feeds = mlp_feeds(x, labels, weights, biases)
+    eval_nodes = [loss, *grads, logits]
+    fused = ad.Executor(eval_nodes)
+    unfused = ad.Executor(eval_nodes, fuse=False)
+    got = fused.run(feeds, convert_to_numpy_ret_vals=True)
+    want = unfused.run(feeds, convert_to_numpy_ret_vals=True)
+    assert fused.kernel_calls < unfused.kernel_calls
+    for g, w, node in zip(got, want, eval_nodes):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7, err_msg=node.name)
+
+
+def test_values_asked_for_are_not_fused_away():
+    x, w, b = ad.Variable("x"), ad.Variable("w"), ad.Variable("b")
+    product = ad.matmul_op(x, w)
+    pre_activation = product + ad.broadcastto_op(b, product)
+    out = ad.relu_op(pre_activation) * 3.0
+    rng = np.random.default_rng(2)
+    feeds = {x: rng.standard_normal((6, 4)).astype("float32"),
+             w: rng.standard_normal((4, 5)).astype("float32"),
+             b: rng.standard_normal(5).astype("float32")}
+    steps = fused_steps([out, pre_activation], feeds)
+    assert any(s.output is pre_activation for s in steps)
+    got_out, got_pre = ad.Executor([out, pre_activation]).run(feeds,
+                                                             convert_to_numpy_ret_vals=True)
+    expected = feeds[x] @ feeds[w] + feeds[b]
+    np.testing.assert_allclose(got_pre, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got_out, np.maximum(expected, 0) * 3.0, rtol=1e-5, atol=1e-5)
+
+
+def test_a_matmul_read_twice_is_not_fused():
+    a, b = ad.Variable("a"), ad.Variable("b")
+    product = ad.matmul_op(a, b)
+    out_1, out_2 = ad.relu_op(product), product * 2.0
+    feeds = {a: np.ones((3, 4), "float32"), b: np.ones((4, 5), "float32")}
+    steps = fused_steps([out_1, out_2], feeds)
+    assert all(s.anchor is None for s in steps)
+
+
+@pytest.mark.parametrize("epilogue", [
+    [("bias_add",)], [("relu",)], [("add",)], [("relu_mask",)], [("add_const", 1.5)],
+    [("mul_const", -2.0)], [("bias_add",), ("relu",), ("mul_const", 0.5)],
+])
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True),
+                                             (True, True)])
+def test_epilogue_kernels_match_numpy(epilogue, trans_a, trans_b):
+    rng = np.random.default_rng(1)
+    m, k, n = 13, 7, 19
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype("float32")
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype("float32")
+    expected = (a.T if trans_a else a) @ (b.T if trans_b else b)
+    operands = []
+    for kind, *extra in epilogue:
+        if kind == "bias_add":
+            operands.append(rng.standard_normal(n).astype("float32"))
+            expected = expected + operands[-1]
+        elif kind == "add":
+            operands.append(rng.standard_normal((m, n)).astype("float32"))
+            expected = expected + operands[-1]
+        elif kind == "relu_mask":
+            operands.append(rng.standard_normal((m, n)).astype("float32"))
+            expected = np.where(operands[-1] > 0, expected, 0)
+        elif kind == "relu":
+            expected = np.maximum(expected, 0)
+        elif kind == "add_const":
+            expected = expected + extra[0]
+        else:
+            expected = expected * extra[0]
+    kernel = tvm_op.make_matmul_epilogue(a.shape, trans_a, b.shape, trans_b, epilogue, "llvm",
+                                         "llvm", "fused")
+    out = empty((m, n))
+    kernel(to_tensor(a), to_tensor(b), *map(to_tensor, operands), out)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_epilogue_step_is_rejected():
+    with pytest.raises(ValueError, match="epilogue step"):
+        tvm_op.make_matmul_epilogue((2, 3), False, (3, 4), False, [("tanh",)], "llvm", "llvm",
+                                    "f")
