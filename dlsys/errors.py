@@ -14,6 +14,14 @@ class ShapeError(DlsysError, ValueError):
     """Shapes that do not fit an operator, found by shape inference before any kernel runs."""
 
 
+class ArgumentError(DlsysError, ValueError):
+    """An argument whose value a function does not accept: an unknown target, op, name or mode."""
+
+
+class ArgumentTypeError(DlsysError, TypeError):
+    """An argument of the wrong Python type: a string where a number or a shape belongs."""
+
+
 class DtypeError(DlsysError, TypeError):
     """A tensor or argument of a dtype dlsys does not support here."""
 

@@ -8,9 +8,12 @@ writes its outputs in place. ``tgt`` is ``"llvm"`` or ``"cuda"``; ``tgt_host`` i
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
-from dlsys.errors import ShapeError
+import numpy as np
+
+from dlsys.errors import ArgumentError, ArgumentTypeError, ShapeError
 from dlsys.kernels import compute
 from dlsys.kernels.build import Kernel, build_kernel, check_shape
 
@@ -18,9 +21,18 @@ Shape = Sequence[int]
 
 
 def _const(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {value!r}")
+    # numbers.Real admits numpy scalars (a learning rate read from an array); bool is an int
+    # to Python but never a meaningful constant here.
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ArgumentTypeError(f"{name} must be a number, got {value!r}")
     return float(value)
+
+
+def _flag(name: str, value) -> bool:
+    # bool("no") is True: a transpose flag that is not a bool is a caller's mistake.
+    if not isinstance(value, (bool, np.bool_)) and not (isinstance(value, int) and value in (0, 1)):
+        raise ArgumentTypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
 
 
 def _injective(kind_name: str, shape: Shape, tgt, tgt_host, func_name, dtype, define,
@@ -99,7 +111,7 @@ def make_broadcast_binary(op: str, shape_a: Shape, shape_b: Shape, tgt, tgt_host
         raise ShapeError(f"shapes {shape_a} and {shape_b} do not broadcast")
     combine = {"add": lambda x, y: x + y, "mul": lambda x, y: x * y}.get(op)
     if combine is None:
-        raise ValueError(f"op must be 'add' or 'mul', got {op!r}")
+        raise ArgumentError(f"op must be 'add' or 'mul', got {op!r}")
     return build_kernel("injective", ("broadcast_" + op, shape_a, shape_b),
                         lambda: compute.binary_broadcast(shape_a, shape_b, out_shape, dtype,
                                                          combine, op),
@@ -109,6 +121,7 @@ def make_broadcast_binary(op: str, shape_a: Shape, shape_b: Shape, tgt, tgt_host
 def make_matrix_mul(shapeA: Shape, transposeA: bool, shapeB: Shape, transposeB: bool, tgt,
                     tgt_host, func_name, dtype="float32") -> Kernel:
     shape_a, shape_b = check_shape("shapeA", shapeA, 2), check_shape("shapeB", shapeB, 2)
+    transposeA, transposeB = _flag("transposeA", transposeA), _flag("transposeB", transposeB)
     inner_a = shape_a[0] if transposeA else shape_a[1]
     inner_b = shape_b[1] if transposeB else shape_b[0]
     if inner_a != inner_b:
@@ -220,7 +233,7 @@ def make_sgd_update_many(shapes: Sequence[Shape], learning_rate, tgt, tgt_host, 
     """
     lr = _const("learning_rate", learning_rate)
     if not shapes:
-        raise ValueError("shapes must name at least one parameter")
+        raise ArgumentError("shapes must name at least one parameter")
     checked = tuple(check_shape(f"shapes[{i}]", s) for i, s in enumerate(shapes))
     return build_kernel("injective", ("sgd_many", checked, lr),
                         lambda: compute.sgd_update_many(checked, lr, dtype),

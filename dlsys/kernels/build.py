@@ -10,47 +10,58 @@ and the source of dlsys's compute and schedule modules.
 from __future__ import annotations
 
 import hashlib
+import numbers
 import os
 import tempfile
 import threading
-from functools import lru_cache
+from collections.abc import Callable, Sequence
+from functools import cache, lru_cache
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import tvm
 from tvm import te
 
-from dlsys.errors import DtypeError, ShapeError
+from dlsys.errors import ArgumentError, ArgumentTypeError, DtypeError, ShapeError
 from dlsys.kernels import schedule as schedules
 
 SUPPORTED_DTYPES = ("float32", "float64")
 SUPPORTED_TARGETS = ("llvm", "cuda")
 
 
-@lru_cache(maxsize=None)
 def make_target(tgt: str | tvm.target.Target, tgt_host: str | None = "llvm") -> tvm.target.Target:
     """A TVM target from the course's strings ``"llvm"``/``"cuda"``; llvm is tuned to this CPU."""
     if isinstance(tgt, tvm.target.Target):
+        if tgt.kind.name not in SUPPORTED_TARGETS:
+            raise ArgumentError(f"tgt must be one of {SUPPORTED_TARGETS}, got {tgt}")
         return tgt
-    if not isinstance(tgt, str) or tgt.split()[0] not in SUPPORTED_TARGETS:
-        raise ValueError(f"tgt must be one of {SUPPORTED_TARGETS}, got {tgt!r}")
-    if tgt_host is not None and tgt_host != "llvm":
-        raise ValueError(f"tgt_host must be 'llvm' or None, got {tgt_host!r}")
+    # Checked before the cached constructor, which could not even hash a list.
+    if not isinstance(tgt, str) or not tgt.split() or tgt.split()[0] not in SUPPORTED_TARGETS:
+        raise ArgumentError(f"tgt must be one of {SUPPORTED_TARGETS}, got {tgt!r}")
+    if tgt_host is not None and not (isinstance(tgt_host, str) and tgt_host == "llvm"):
+        raise ArgumentError(f"tgt_host must be 'llvm' or None, got {tgt_host!r}")
+    return _make_target(tgt.split()[0])
+
+
+@cache
+def _make_target(kind: str) -> tvm.target.Target:
     host = {"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()}
-    if tgt.startswith("llvm"):
+    if kind == "llvm":
         return tvm.target.Target(host)
     return tvm.target.Target({"kind": "cuda"}, host=host)
 
 
 def check_shape(name: str, shape: Sequence[int], ndim: int | None = None) -> tuple[int, ...]:
     """Validate one shape argument; the error names the argument."""
-    try:
-        dims = tuple(int(d) for d in shape)
-    except TypeError:
-        raise TypeError(f"{name} must be a tuple of ints, got {shape!r}") from None
-    if any(int(d) != d for d in shape):
-        raise TypeError(f"{name} must hold integers, got {shape!r}")
+    # A string is iterable, and a float or bool converts to int silently: refuse all three.
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, (Sequence, np.ndarray)):
+        raise ArgumentTypeError(f"{name} must be a tuple of ints, got {shape!r}")
+    if not all(isinstance(d, numbers.Integral) and not isinstance(d, (bool, np.bool_))
+               for d in shape):
+        raise ArgumentTypeError(f"{name} must hold integers, got {shape!r}")
+    dims = tuple(int(d) for d in shape)
+    if not dims:
+        raise ShapeError(f"{name} must have at least one dimension, got {dims}")
     if any(d <= 0 for d in dims):
         raise ShapeError(f"{name} must have positive dimensions, got {dims}")
     if ndim is not None and len(dims) != ndim:
@@ -58,39 +69,49 @@ def check_shape(name: str, shape: Sequence[int], ndim: int | None = None) -> tup
     return dims
 
 
-def check_dtype(dtype: str) -> str:
-    if str(dtype) not in SUPPORTED_DTYPES:
+def check_dtype(dtype) -> str:
+    """The dtype's name, from a string or a ``numpy.dtype`` (both of which TE accepts)."""
+    name = dtype.name if isinstance(dtype, np.dtype) else dtype
+    if not isinstance(name, str) or name not in SUPPORTED_DTYPES:
         raise DtypeError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype!r}")
-    return str(dtype)
+    return name
 
 
 class Kernel:
     """A compiled kernel: call it with TVM tensors, the outputs last, written in place.
 
     ``func`` is the raw packed function the executor calls in its run loop; calling the
-    ``Kernel`` itself first checks the arguments' shapes and dtypes, for direct users.
+    ``Kernel`` itself first checks the arguments' shapes, dtypes and device, for direct users,
+    and names the offending argument by its tensor name in the compute definition.
     """
 
-    __slots__ = ("func", "name", "arg_shapes", "dtype")
+    __slots__ = ("func", "name", "arg_names", "arg_shapes", "dtype", "device_type")
 
-    def __init__(self, func, name: str, arg_shapes: list[tuple[int, ...]], dtype: str):
+    def __init__(self, func, name: str, arg_shapes: list[tuple[int, ...]], dtype: str,
+                 arg_names: list[str] | None = None, device_type: int | None = None):
         self.func = func
         self.name = name
         self.arg_shapes = arg_shapes
+        self.arg_names = arg_names or [f"#{i}" for i in range(len(arg_shapes))]
         self.dtype = dtype
+        self.device_type = device_type
 
     def __call__(self, *args) -> None:
         if len(args) != len(self.arg_shapes):
-            raise TypeError(f"kernel {self.name} takes {len(self.arg_shapes)} tensors, "
-                            f"got {len(args)}")
+            raise ArgumentTypeError(f"kernel {self.name} takes {len(self.arg_shapes)} tensors "
+                                    f"{tuple(self.arg_names)}, got {len(args)}")
         for position, (arg, shape) in enumerate(zip(args, self.arg_shapes)):
+            label = f"kernel {self.name}: argument {position} ({self.arg_names[position]})"
             if not isinstance(arg, tvm.runtime.Tensor):
-                raise TypeError(f"kernel {self.name}: argument {position} must be a "
-                                f"tvm.runtime.Tensor, got {type(arg).__name__}")
-            if tuple(arg.shape) != shape or str(arg.dtype) != self.dtype:
-                raise ShapeError(f"kernel {self.name}: argument {position} has shape "
-                                 f"{tuple(arg.shape)} and dtype {arg.dtype}, expected {shape} "
-                                 f"and {self.dtype}")
+                raise ArgumentTypeError(f"{label} must be a tvm.runtime.Tensor, "
+                                        f"got {type(arg).__name__}")
+            if tuple(arg.shape) != shape:
+                raise ShapeError(f"{label} has shape {tuple(arg.shape)}, expected {shape}")
+            if str(arg.dtype) != self.dtype:
+                raise DtypeError(f"{label} has dtype {arg.dtype}, expected {self.dtype}")
+            if self.device_type is not None and arg.device.dlpack_device_type() != self.device_type:
+                raise ArgumentError(f"{label} lives on {arg.device}, but the kernel runs on "
+                                    f"device type {self.device_type}")
         self.func(*args)
 
     def __repr__(self) -> str:
@@ -145,12 +166,23 @@ def _save_to_disk(lib, path: Path) -> None:
         Path(tmp).unlink(missing_ok=True) if "tmp" in locals() else None
 
 
+def scheduled_module(inputs: list, outputs: list, kind: str, target: tvm.target.Target,
+                     func_name: str) -> tvm.IRModule:
+    """The IRModule that ``compile_module`` compiles: the compute with its schedule applied."""
+    prim = te.create_prim_func(inputs + outputs).with_attr("global_symbol", func_name)
+    return schedules.apply_schedule(tvm.IRModule({func_name: prim}), kind, target)
+
+
 def compile_module(inputs: list, outputs: list, kind: str, target: tvm.target.Target,
                    func_name: str):
     """Compile one compute definition with the schedule of ``kind``; returns the module."""
-    prim = te.create_prim_func(inputs + outputs).with_attr("global_symbol", func_name)
-    mod = schedules.apply_schedule(tvm.IRModule({func_name: prim}), kind, target)
-    return tvm.build(mod, target=target)
+    return tvm.build(scheduled_module(inputs, outputs, kind, target, func_name), target=target)
+
+
+def clear_memory_cache() -> None:
+    """Forget every kernel built in this process (the disk cache stays)."""
+    with _lock:
+        _memory_cache.clear()
 
 
 def build_kernel(kind: str, params: tuple, define: Callable[[], tuple[list, list]],
@@ -159,7 +191,7 @@ def build_kernel(kind: str, params: tuple, define: Callable[[], tuple[list, list
     dtype = check_dtype(dtype)
     target = make_target(tgt, tgt_host)
     if not isinstance(func_name, str) or not func_name.isidentifier():
-        raise ValueError(f"func_name must be an identifier, got {func_name!r}")
+        raise ArgumentError(f"func_name must be an identifier, got {func_name!r}")
     key = cache_key(kind, params, dtype, target)
     with _lock:
         cached = _memory_cache.get(key)
@@ -167,6 +199,7 @@ def build_kernel(kind: str, params: tuple, define: Callable[[], tuple[list, list
         return cached
     inputs, outputs = define()
     arg_shapes = [tuple(int(d) for d in t.shape) for t in inputs + outputs]
+    arg_names = [t.op.name for t in inputs + outputs]
     # The symbol in an exported library is fixed at build time, so the disk cache builds
     # every kernel under one internal name and hands out the function whatever func_name was.
     symbol = "dlsys_kernel"
@@ -180,7 +213,8 @@ def build_kernel(kind: str, params: tuple, define: Callable[[], tuple[list, list
         if use_disk:
             _save_to_disk(lib, path)
         func = lib[symbol]
-    kernel = Kernel(func, func_name, arg_shapes, dtype)
+    kernel = Kernel(func, func_name, arg_shapes, dtype, arg_names,
+                    device_for(target).dlpack_device_type())
     with _lock:
         _memory_cache[key] = kernel
     return kernel

@@ -9,10 +9,12 @@ be measured against the unscheduled kernel. GPU targets get TVM's default thread
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import tvm
 from tvm import s_tir
+
+from dlsys.errors import ArgumentError
 
 # AVX2 holds 8 float32 lanes; two registers per step let LLVM interleave independent FMAs.
 VECTOR_LANES = 16
@@ -23,10 +25,10 @@ ScheduleFn = Callable[[s_tir.Schedule], None]
 
 
 def schedule_mode() -> str:
-    """``"tuned"`` (the default) or ``"naive"``, from the environment variable ``DLSYS_SCHEDULE``."""
+    """``"tuned"`` (the default) or ``"naive"``, from the environment variable DLSYS_SCHEDULE."""
     mode = os.environ.get("DLSYS_SCHEDULE", "tuned").strip().lower() or "tuned"
     if mode not in ("tuned", "naive"):
-        raise ValueError(f"DLSYS_SCHEDULE must be 'tuned' or 'naive', got {mode!r}")
+        raise ArgumentError(f"DLSYS_SCHEDULE must be 'tuned' or 'naive', got {mode!r}")
     return mode
 
 
@@ -61,7 +63,7 @@ def schedule_injective(sch: s_tir.Schedule) -> None:
 
 
 def schedule_reduce_sum(sch: s_tir.Schedule) -> None:
-    """Sum over leading rows: walk rows outermost so the kept axis stays contiguous and vectorised."""
+    """Sum over leading rows: rows outermost, so the kept axis stays contiguous and vectorised."""
     block = _all_blocks(sch)[0]
     loops = sch.get_loops(block)
     if not _is_reduction(sch, block):
@@ -83,7 +85,7 @@ def schedule_reduce_sum(sch: s_tir.Schedule) -> None:
 
 
 def schedule_row_softmax(sch: s_tir.Schedule) -> None:
-    """Row-wise kernels (softmax and its loss): each row's reductions stay in cache, rows in parallel."""
+    """Row-wise kernels (softmax, its loss): row reductions stay in cache, rows run in parallel."""
     blocks = _all_blocks(sch)
     *producers, last = blocks
     last_loops = sch.get_loops(last)
