@@ -1,0 +1,158 @@
+"""MLP training epoch time: dlsys (tuned and naive schedules), plain numpy, and PyTorch.
+
+One epoch is 60 steps of the 784-256-100-10 MLP at batch 1000 (the MNIST training set), each
+step the forward pass, the mean softmax cross-entropy, all six gradients and the SGD update.
+Every figure comes from this one run on this machine; the ratios are what to compare. The
+naive schedule (TVM's default loop nests) is timed on a few steps and extrapolated to 60.
+
+    python benchmarks/bench_mlp_epoch.py [--steps 60] [--repeats 3] [--naive-steps 2]
+
+PyTorch is timed when it is importable (``pip install torch==2.13.0``); it is never a
+dependency of dlsys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import numpy as np
+import tvm
+
+BATCH = 1000
+MODEL = "mlp"
+
+
+def make_data(steps: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random pixels and labels: the step's cost does not depend on the values."""
+    rng = np.random.default_rng(seed)
+    images = rng.random((steps * BATCH, 784), dtype=np.float32)
+    labels = np.eye(10, dtype=np.float32)[rng.integers(0, 10, steps * BATCH)]
+    return images, labels
+
+
+def time_epochs(run_epoch, repeats: int) -> float:
+    """Median seconds of ``repeats`` calls after one warm-up call (compiles, caches)."""
+    run_epoch()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run_epoch()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def dlsys_epoch(images: np.ndarray, labels: np.ndarray, steps: int, lr: float = 0.1):
+    """A function running ``steps`` dlsys training steps (executor + one SGD kernel call)."""
+    from dlsys import autodiff as ad
+    from dlsys.frontend.models import build_model, init_params
+    from dlsys.optim import SGD
+
+    graph = build_model(MODEL)
+    names = list(graph.params)
+    executor = ad.Executor([graph.loss, *ad.gradients(graph.loss, [graph.params[n]
+                                                                   for n in names])])
+    params = {n: tvm.runtime.tensor(v, tvm.cpu(0)) for n, v in init_params(MODEL, 0).items()}
+    optimizer = SGD([params[n] for n in names], lr)
+    feed = {graph.params[n]: params[n] for n in names}
+
+    def run_epoch():
+        for step in range(steps):
+            rows = slice(step * BATCH, (step + 1) * BATCH)
+            feed[graph.x] = images[rows]
+            feed[graph.y_] = labels[rows]
+            _, *grads = executor.run(feed)
+            optimizer.step(grads)
+
+    return run_epoch
+
+
+def numpy_epoch(images: np.ndarray, labels: np.ndarray, steps: int, lr: float = 0.1):
+    from dlsys.frontend.models import init_params
+    from dlsys.testing.numpy_reference import loss_and_grads
+
+    params = init_params(MODEL, 0)
+    lr32 = np.float32(lr)
+
+    def run_epoch():
+        for step in range(steps):
+            rows = slice(step * BATCH, (step + 1) * BATCH)
+            _, grads = loss_and_grads(params, images[rows], labels[rows])
+            for name, grad in grads.items():
+                params[name] -= lr32 * grad
+
+    return run_epoch
+
+
+def torch_epoch(images: np.ndarray, labels: np.ndarray, steps: int, lr: float = 0.1):
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(),
+                                torch.nn.Linear(256, 100), torch.nn.ReLU(),
+                                torch.nn.Linear(100, 10))
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    x_all = torch.from_numpy(images)
+    y_all = torch.from_numpy(labels.argmax(axis=1))
+
+    def run_epoch():
+        for step in range(steps):
+            rows = slice(step * BATCH, (step + 1) * BATCH)
+            optimizer.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(model(x_all[rows]), y_all[rows])
+            loss.backward()
+            optimizer.step()
+
+    return run_epoch, torch.__version__, torch.get_num_threads()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=60, help="steps per epoch (60 = MNIST)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed epochs per system")
+    parser.add_argument("--naive-steps", type=int, default=2,
+                        help="steps timed with DLSYS_SCHEDULE=naive, extrapolated")
+    args = parser.parse_args()
+    images, labels = make_data(args.steps)
+    rows: list[tuple[str, float, str]] = []
+
+    tuned = time_epochs(dlsys_epoch(images, labels, args.steps), args.repeats)
+    rows.append(("dlsys (tuned schedules)", tuned, "measured"))
+
+    previous = os.environ.get("DLSYS_SCHEDULE")
+    os.environ["DLSYS_SCHEDULE"] = "naive"
+    try:
+        naive_steps = dlsys_epoch(images, labels, args.naive_steps)
+        naive = time_epochs(naive_steps, 1) * args.steps / args.naive_steps
+    finally:
+        if previous is None:
+            os.environ.pop("DLSYS_SCHEDULE")
+        else:
+            os.environ["DLSYS_SCHEDULE"] = previous
+    rows.append(("dlsys (DLSYS_SCHEDULE=naive)", naive,
+                 f"{args.naive_steps} steps x {args.steps / args.naive_steps:g}"))
+
+    rows.append(("numpy (OpenBLAS)", time_epochs(numpy_epoch(images, labels, args.steps),
+                                                 args.repeats), "measured"))
+    try:
+        run_torch, version, threads = torch_epoch(images, labels, args.steps)
+        rows.append((f"PyTorch {version} CPU ({threads} threads)",
+                     time_epochs(run_torch, args.repeats), "measured"))
+    except ImportError:
+        print("PyTorch not installed: skipped (pip install torch==2.13.0)")
+
+    print(f"\nMLP 784-256-100-10, batch {BATCH}, {args.steps} steps per epoch, "
+          f"{os.cpu_count()} cores, median of {args.repeats}")
+    print(f"{'system':38s} {'s/epoch':>9s} {'x dlsys tuned':>14s}  note")
+    for name, seconds, note in rows:
+        ratio = seconds / tuned
+        print(f"{name:38s} {seconds:9.3f} {ratio:13.2f}x  {note}")
+    torch_rows = [s for n, s, _ in rows if n.startswith("PyTorch")]
+    print(f"\nnaive / tuned: {naive / tuned:.1f}x")
+    if torch_rows:
+        print(f"tuned / PyTorch: {tuned / torch_rows[0]:.2f}x (1.0 or less: dlsys is faster)")
+
+
+if __name__ == "__main__":
+    main()
