@@ -1,0 +1,232 @@
+"""Helpers for the graph-layer tests: a numpy interpreter of dlsys graphs, finite
+differences, the MLP training graph, and a hypothesis strategy for random graphs.
+
+The interpreter evaluates a graph op by op with plain numpy, written from each operator's
+definition and independent of dlsys's kernels, so it is the reference for the executor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from hypothesis import strategies as st
+
+from dlsys import autodiff as ad
+from dlsys.graph import Node, find_topo_sort
+
+
+def _softmax(y: np.ndarray) -> np.ndarray:
+    e = np.exp(y - y.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _sum_to(a: np.ndarray, shape: tuple) -> np.ndarray:
+    lead = a.ndim - len(shape)
+    a = a.sum(axis=tuple(range(lead))) if lead else a
+    axes = tuple(d for d, n in enumerate(shape) if n == 1 and a.shape[d] != 1)
+    return a.sum(axis=axes, keepdims=True) if axes else a
+
+
+def _conv2d(x: np.ndarray, f: np.ndarray) -> np.ndarray:
+    _, _, kh, kw = f.shape
+    out_h, out_w = x.shape[2] - kh + 1, x.shape[3] - kw + 1
+    out = np.zeros((x.shape[0], f.shape[0], out_h, out_w), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            window = x[:, :, i:i + out_h, j:j + out_w]
+            out += np.einsum("nchw,oc->nohw", window, f[:, :, i, j])
+    return out
+
+
+def _sce(y, labels):
+    log_softmax = y - y.max(axis=1, keepdims=True)
+    log_softmax = log_softmax - np.log(np.exp(log_softmax).sum(axis=1, keepdims=True))
+    return np.array([np.mean(-(labels * log_softmax).sum(axis=1))])
+
+
+_NUMPY = {
+    "Add": lambda n, a, b: a + b,
+    "Mul": lambda n, a, b: a * b,
+    "AddByConst": lambda n, a: a + n.attrs["const"],
+    "MulByConst": lambda n, a: a * n.attrs["const"],
+    "MatMul": lambda n, a, b: ((a.T if n.attrs["trans_A"] else a)
+                               @ (b.T if n.attrs["trans_B"] else b)),
+    "OnesLike": lambda n, a: np.ones_like(a),
+    "ZerosLike": lambda n, a: np.zeros_like(a),
+    "ReduceSumAxisZero": lambda n, a: a.sum(axis=0),
+    "ReduceSumTo": lambda n, a, b: _sum_to(a, b.shape),
+    "BroadcastTo": lambda n, a, b: np.broadcast_to(a, b.shape).copy(),
+    "SoftmaxXEntropy": lambda n, y, labels: _sce(y, labels),
+    "SoftmaxXEntropyGrad": lambda n, y, labels, g: (_softmax(y) - labels) / len(y) * g[0],
+    "Softmax": lambda n, a: _softmax(a),
+    "Relu": lambda n, a: np.maximum(a, 0),
+    "ReluGradient": lambda n, a, g: (a > 0) * g,
+    "Conv2d": lambda n, x, f: _conv2d(x, f),
+}
+
+
+def numpy_eval(nodes: list[Node], feeds: dict[Node, np.ndarray]) -> list[np.ndarray]:
+    """Values of ``nodes`` computed in float64 numpy, one operator at a time."""
+    value: dict[Node, np.ndarray] = {}
+    for node in find_topo_sort(nodes):
+        if node.op.is_placeholder:
+            value[node] = np.asarray(feeds[node], dtype=np.float64)
+        else:
+            value[node] = np.asarray(_NUMPY[node.op.name](node, *(value[i] for i in node.inputs)))
+    return [value[n] for n in nodes]
+
+
+def numerical_gradient(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """Central differences of the scalar ``f`` at ``x`` (restored afterwards)."""
+    grad = np.zeros_like(x)
+    for index in np.ndindex(x.shape):
+        saved = x[index]
+        x[index] = saved + eps
+        up = f()
+        x[index] = saved - eps
+        down = f()
+        x[index] = saved
+        grad[index] = (up - down) / (2 * eps)
+    return grad
+
+
+@dataclass
+class MLP:
+    """The 784-256-100-10 training graph: loss, six gradients, logits."""
+
+    x: Node
+    labels: Node
+    params: list[Node]
+    loss: Node
+    grads: list[Node]
+    logits: Node
+
+    @property
+    def eval_nodes(self) -> list[Node]:
+        return [self.loss, *self.grads, self.logits]
+
+    def feeds(self, batch: int, seed: int = 0, sizes=(784, 256, 100, 10)) -> dict:
+        rng = np.random.default_rng(seed)
+        feeds = {self.x: rng.normal(size=(batch, sizes[0])),
+                 self.labels: np.eye(sizes[-1])[rng.integers(0, sizes[-1], batch)]}
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            feeds[self.params[2 * i]] = rng.normal(size=(fan_in, fan_out)) / np.sqrt(fan_in)
+            feeds[self.params[2 * i + 1]] = rng.normal(size=(fan_out,)) * 0.1
+        return feeds
+
+
+def build_mlp(layers: int = 3) -> MLP:
+    """Biases are broadcast by ``+`` (numpy broadcasting), as the front end writes them."""
+    x, labels = ad.Variable("X"), ad.Variable("y_")
+    params: list[Node] = []
+    h = x
+    for i in range(1, layers + 1):
+        w, b = ad.Variable(f"W{i}"), ad.Variable(f"b{i}")
+        params += [w, b]
+        h = ad.matmul_op(h, w) + b
+        if i < layers:
+            h = ad.relu_op(h)
+    loss = ad.softmaxcrossentropy_op(h, labels)
+    return MLP(x, labels, params, loss, ad.gradients(loss, params), h)
+
+
+# ---------------------------------------------------------------- random graphs
+DIMS = st.integers(1, 3)
+
+
+@dataclass
+class RandomGraph:
+    """A random dlsys graph with its feeds and what may be differentiated."""
+
+    output: Node
+    values: list[Node]                         # every value built, in build order
+    feeds: dict[Node, np.ndarray] = field(default_factory=dict)
+    differentiable: list[Node] = field(default_factory=list)  # placeholders with real inputs
+    relu_inputs: list[Node] = field(default_factory=list)
+    has_softmax: bool = False
+
+
+@st.composite
+def random_graphs(draw, max_ops: int = 6, allow_softmax: bool = True) -> RandomGraph:
+    """A chain of random operators over small random shapes, each compatible by construction.
+
+    New placeholders appear where an operator needs a second operand (broadcast partners,
+    matmul right-hand sides, broadcast targets, labels), so every operator is reachable from
+    any current value. Feeds are drawn from a seeded numpy stream, not by hypothesis, which
+    keeps examples small to shrink while values stay well spread. ``allow_softmax=False``
+    leaves out softmax, which has no gradient (the loss, which has one, stays).
+    """
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    graph = RandomGraph(output=None, values=[])  # type: ignore[arg-type]
+    count = [0]
+
+    def placeholder(shape, differentiable=True, values=None):
+        count[0] += 1
+        node = ad.Variable(f"p{count[0]}")
+        graph.feeds[node] = rng.normal(size=shape) if values is None else values
+        if differentiable:
+            graph.differentiable.append(node)
+        return node
+
+    # Mostly matrices, since matmul, softmax and the loss need them.
+    ndim = draw(st.sampled_from([2, 2, 1, 3]))
+    first_shape = tuple(draw(st.lists(DIMS, min_size=ndim, max_size=ndim)))
+    current = placeholder(first_shape)
+    shapes = {current: first_shape}
+    graph.values.append(current)
+    ops = ["add", "mul", "addc", "mulc", "matmul", "relu", "broadcastto", "rsum0", "reuse"]
+    ops += ["softmax", "sce"] if allow_softmax else ["sce"]
+    for _ in range(draw(st.integers(1, max_ops))):
+        shape = shapes[current]
+        op = draw(st.sampled_from(ops))
+        if op in ("add", "mul"):
+            # The partner's shape is a broadcast-compatible variant: a suffix of the axes,
+            # with some axes squeezed to 1, on either side of the operator.
+            keep = draw(st.integers(0, len(shape) - 1))
+            partner = tuple(1 if draw(st.booleans()) else d for d in shape[keep:])
+            if draw(st.booleans()):
+                # Or the other way round: current gets broadcast up to the partner's shape.
+                partner = tuple(draw(DIMS) if d == 1 else d for d in shape)
+                partner = (draw(DIMS),) * draw(st.integers(0, len(shape) < 3)) + partner
+            other = placeholder(partner)
+            a, b = (current, other) if draw(st.booleans()) else (other, current)
+            node = ad.add_op(a, b) if op == "add" else ad.mul_op(a, b)
+        elif op in ("addc", "mulc"):
+            const = draw(st.sampled_from([-1.5, 0.5, 2.0]))
+            node = current + const if op == "addc" else current * const
+        elif op == "matmul" and len(shape) == 2:
+            ta, tb = draw(st.booleans()), draw(st.booleans())
+            inner = shape[0] if ta else shape[1]
+            n = draw(DIMS)
+            other = placeholder((n, inner) if tb else (inner, n))
+            node = ad.matmul_op(current, other, ta, tb)
+        elif op == "relu":
+            node = ad.relu_op(current)
+            graph.relu_inputs.append(current)
+        elif op == "broadcastto" and len(shape) < 3:
+            target = tuple(draw(DIMS) if d == 1 else d for d in shape)
+            target = (draw(DIMS),) * draw(st.integers(0, 1)) + target
+            node = ad.broadcastto_op(current, placeholder(target, differentiable=False))
+        elif op == "rsum0" and len(shape) >= 2:
+            node = ad.reducesumaxiszero_op(current)
+        elif op == "softmax" and len(shape) == 2:
+            node = ad.softmax_op(current)
+            graph.has_softmax = True
+        elif op == "sce" and len(shape) == 2:
+            labels = _softmax(rng.normal(size=shape))
+            node = ad.softmaxcrossentropy_op(
+                current, placeholder(shape, differentiable=False, values=labels))
+        elif op == "reuse" and len(graph.values) > 1:
+            # Combine with an earlier value so values have several readers (fan-out).
+            earlier = draw(st.sampled_from(graph.values[:-1]))
+            if shapes[earlier] != shape:
+                continue
+            node = ad.add_op(current, earlier) if draw(st.booleans()) else current * earlier
+        else:
+            continue
+        shapes[node] = tuple(numpy_eval([node], graph.feeds)[0].shape)
+        graph.values.append(node)
+        current = node
+    graph.output = current
+    return graph
