@@ -25,3 +25,4 @@ lint: setup
 bench: setup data
 	$(PYTHON) benchmarks/bench_mlp_epoch.py
 	$(PYTHON) benchmarks/bench_matmul.py
+	$(PYTHON) benchmarks/bench_startup.py
