@@ -1,0 +1,232 @@
+"""Loading MNIST-format data sets: four IDX files in a directory, or a classic ``mnist.pkl.gz``.
+
+Every loader returns images as float32 ``(N, 784)`` in ``[0, 1]`` and labels as int64 ``(N,)``.
+Anything wrong with a file raises :class:`~dlsys.errors.DataError` naming the file and the fault.
+The validation split is held out from the *end* of the 60000 training images, so that
+``--val-size 10000`` on the IDX files and the pickle's own ``(train, valid)`` split coincide.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+import zlib
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from dlsys.errors import DataError
+
+IMAGE_ROWS = IMAGE_COLS = 28
+NUM_PIXELS = IMAGE_ROWS * IMAGE_COLS
+NUM_CLASSES = 10
+DEFAULT_VAL_SIZE = 10000
+DEFAULT_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
+DATA_ENV_VAR = "DLSYS_DATA"
+
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+# IDX magic: two zero bytes, a type code (0x08 = unsigned byte), then the number of dimensions.
+_IMAGES_MAGIC = 0x00000803
+_LABELS_MAGIC = 0x00000801
+
+
+@dataclass(frozen=True)
+class Split:
+    """One part of a data set: float32 images ``(N, 784)`` and int64 labels ``(N,)``."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @cached_property
+    def one_hot(self) -> np.ndarray:
+        """The labels as float32 one-hot rows ``(N, 10)``, the form the loss takes."""
+        return one_hot(self.labels)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Training, validation and test splits, and where they came from."""
+
+    train: Split
+    val: Split
+    test: Split
+    source: str
+
+
+def one_hot(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """Float32 one-hot encoding of integer labels."""
+    out = np.zeros((len(labels), num_classes), dtype=np.float32)
+    out[np.arange(len(labels)), labels] = 1.0
+    return out
+
+
+def resolve_data_path(path: str | os.PathLike | None) -> Path:
+    """The data path to use: ``path``, else ``$DLSYS_DATA``, else Debian's Fashion-MNIST."""
+    if path is not None:
+        return Path(path)
+    env = os.environ.get(DATA_ENV_VAR)
+    return Path(env) if env else DEFAULT_DATA_DIR
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's contents, gunzipped when its name ends in ``.gz``."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
+    if path.suffix != ".gz":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as e:
+        # BadGzipFile is an OSError; a cut-off stream surfaces as EOFError.
+        raise DataError(f"{path}: corrupt gzip data ({e})") from None
+
+
+def read_idx(path: str | os.PathLike, expected_magic: int | None = None) -> np.ndarray:
+    """Read one IDX file of unsigned bytes (plain or ``.gz``) as a uint8 array."""
+    path = Path(path)
+    data = _read_bytes(path)
+    if len(data) < 4:
+        raise DataError(f"{path}: truncated: {len(data)} bytes, too short for an IDX header")
+    magic = int.from_bytes(data[:4], "big")
+    if magic >> 16 != 0 or (magic >> 8) & 0xFF != 0x08:
+        raise DataError(f"{path}: wrong magic number 0x{magic:08x}, not an IDX file of "
+                        "unsigned bytes")
+    if expected_magic is not None and magic != expected_magic:
+        raise DataError(f"{path}: wrong magic number 0x{magic:08x}, expected "
+                        f"0x{expected_magic:08x}")
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{path}: truncated: {len(data)} bytes, header needs {header}")
+    dims = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    size = int(np.prod(dims, dtype=np.int64))
+    if len(data) - header != size:
+        fault = "truncated" if len(data) - header < size else "trailing bytes"
+        raise DataError(f"{path}: {fault}: dimensions {dims} need {size} bytes of data, "
+                        f"file has {len(data) - header}")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _find_idx_file(directory: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz"):
+        if (directory / name).is_file():
+            return directory / name
+    raise DataError(f"{directory / stem}: no such file (nor {stem}.gz) in {directory}")
+
+
+def _idx_split(images_path: Path, labels_path: Path) -> Split:
+    images = read_idx(images_path, _IMAGES_MAGIC)
+    if images.shape[1:] != (IMAGE_ROWS, IMAGE_COLS):
+        raise DataError(f"{images_path}: wrong dimensions: images are "
+                        f"{'x'.join(map(str, images.shape[1:]))}, expected "
+                        f"{IMAGE_ROWS}x{IMAGE_COLS}")
+    labels = read_idx(labels_path, _LABELS_MAGIC)
+    return _checked_split(images.reshape(len(images), NUM_PIXELS).astype(np.float32) / 255.0,
+                          labels, images_path, labels_path)
+
+
+def _checked_split(images: np.ndarray, labels: np.ndarray, images_src: Path,
+                   labels_src: Path) -> Split:
+    if len(images) != len(labels):
+        raise DataError(f"{images_src} has {len(images)} images but {labels_src} has "
+                        f"{len(labels)} labels")
+    if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise DataError(f"{labels_src}: labels must lie in 0..{NUM_CLASSES - 1}, found "
+                        f"{labels.min()}..{labels.max()}")
+    return Split(np.ascontiguousarray(images, dtype=np.float32), labels.astype(np.int64))
+
+
+def load_idx_dir(directory: str | os.PathLike) -> tuple[Split, Split]:
+    """The training and test splits from the four MNIST IDX files in ``directory``."""
+    directory = Path(directory)
+    paths = {key: _find_idx_file(directory, stem) for key, stem in IDX_FILES.items()}
+    return (_idx_split(paths["train_images"], paths["train_labels"]),
+            _idx_split(paths["test_images"], paths["test_labels"]))
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles tuples of numpy arrays and nothing else, so a data file cannot run code."""
+
+    _ALLOWED = {
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def load_pickle(path: str | os.PathLike) -> tuple[Split, Split]:
+    """The training (train + valid, 60000 images) and test splits from a ``mnist.pkl.gz``.
+
+    The file holds ``(train, valid, test)``, each ``(images float Nx784 in [0, 1], labels)``;
+    the valid part is appended to train so that the split is chosen by ``--val-size`` as for
+    IDX files (the default 10000 gives back the pickle's own split).
+    """
+    path = Path(path)
+    data = _read_bytes(path)
+    try:
+        # latin1 reads the Python 2 pickles the classic file was written as.
+        parts = _ArrayUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except Exception as e:  # a corrupt pickle can raise almost anything
+        raise DataError(f"{path}: corrupt pickle ({type(e).__name__}: {e})") from None
+    if not (isinstance(parts, (tuple, list)) and len(parts) == 3
+            and all(isinstance(p, (tuple, list)) and len(p) == 2 for p in parts)):
+        raise DataError(f"{path}: expected a tuple (train, valid, test) of (images, labels) pairs")
+    splits = []
+    for name, (images, labels) in zip(("train", "valid", "test"), parts):
+        images, labels = np.asarray(images), np.asarray(labels)
+        if images.ndim != 2 or images.shape[1] != NUM_PIXELS:
+            raise DataError(f"{path}: wrong dimensions: {name} images have shape "
+                            f"{images.shape}, expected (N, {NUM_PIXELS})")
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+            raise DataError(f"{path}: {name} labels must be a 1-D integer array, got "
+                            f"{labels.dtype} of shape {labels.shape}")
+        where = Path(f"{path}[{name}]")
+        splits.append(_checked_split(images, labels, where, where))
+    train, valid, test = splits
+    return Split(np.concatenate([train.images, valid.images]),
+                 np.concatenate([train.labels, valid.labels])), test
+
+
+def load_dataset(path: str | os.PathLike | None = None,
+                 val_size: int = DEFAULT_VAL_SIZE) -> Dataset:
+    """Load a data set and hold out its last ``val_size`` training images for validation.
+
+    ``path`` is a directory of IDX files or a ``.pkl.gz``/``.pkl`` file; ``None`` means
+    ``$DLSYS_DATA`` or else Fashion-MNIST from ``/usr/share/datasets/fashion-mnist``.
+    """
+    path = resolve_data_path(path)
+    if path.is_dir():
+        train, test = load_idx_dir(path)
+    elif path.is_file():
+        train, test = load_pickle(path)
+    else:
+        raise DataError(f"{path}: no such file or directory")
+    if not 0 < val_size < len(train):
+        raise DataError(f"{path}: validation size {val_size} must be positive and smaller "
+                        f"than the {len(train)} training images")
+    cut = len(train) - val_size
+    return Dataset(train=Split(train.images[:cut], train.labels[:cut]),
+                   val=Split(train.images[cut:], train.labels[cut:]),
+                   test=test, source=str(path))

@@ -1,0 +1,200 @@
+"""The MNIST loaders on synthetic files: formats, the validation split, and every data fault."""
+
+import gzip
+import pickle
+
+import numpy as np
+import pytest
+
+from dlsys.data import mnist
+from dlsys.data.mnist import load_dataset, one_hot, read_idx
+from dlsys.errors import DataError
+from dlsys.testing.synthetic import (
+    idx_bytes,
+    synthetic_images,
+    write_idx_dataset,
+    write_pickle_dataset,
+)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_directory_loads_and_splits(tmp_path, gz):
+    write_idx_dataset(tmp_path, num_train=300, num_test=50, gz=gz, seed=3)
+    data = load_dataset(tmp_path, val_size=100)
+    images, labels = synthetic_images(300, 3)
+    assert data.train.images.shape == (200, 784) and data.val.images.shape == (100, 784)
+    assert data.test.images.shape == (50, 784)
+    assert data.train.images.dtype == np.float32 and data.train.labels.dtype == np.int64
+    assert 0.0 <= data.train.images.min() and data.train.images.max() <= 1.0
+    np.testing.assert_array_equal(data.val.labels, labels[200:])
+    np.testing.assert_allclose(data.val.images[0], images[200].reshape(784) / 255.0, rtol=1e-6)
+    assert data.source == str(tmp_path)
+
+
+def test_one_hot_rows():
+    out = one_hot(np.array([2, 0, 9]))
+    assert out.dtype == np.float32 and out.shape == (3, 10)
+    np.testing.assert_array_equal(out.argmax(axis=1), [2, 0, 9])
+    np.testing.assert_array_equal(out.sum(axis=1), 1.0)
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_pickle_loads_train_plus_valid(tmp_path, protocol):
+    path = write_pickle_dataset(tmp_path / "mnist.pkl.gz", sizes=(120, 30, 40), seed=1,
+                                protocol=protocol)
+    data = load_dataset(path, val_size=30)
+    assert (len(data.train), len(data.val), len(data.test)) == (120, 30, 40)
+    # The default-sized hold-out is exactly the pickle's own valid part.
+    np.testing.assert_array_equal(data.val.labels, synthetic_images(30, 2)[1])
+    assert data.train.images.dtype == np.float32
+
+
+def test_default_path_and_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv(mnist.DATA_ENV_VAR, raising=False)
+    assert mnist.resolve_data_path(None) == mnist.DEFAULT_DATA_DIR
+    monkeypatch.setenv(mnist.DATA_ENV_VAR, str(tmp_path))
+    assert mnist.resolve_data_path(None) == tmp_path
+    assert mnist.resolve_data_path("elsewhere").name == "elsewhere"
+
+
+def _replace(directory, stem, data, gz=False):
+    name = stem + (".gz" if gz else "")
+    (directory / name).write_bytes(gzip.compress(data) if gz else data)
+    return directory / name
+
+
+def _error(path, **kwargs) -> str:
+    with pytest.raises(DataError) as info:
+        load_dataset(path, **kwargs)
+    return str(info.value)
+
+
+def test_missing_directory(tmp_path):
+    assert str(tmp_path / "nowhere") in _error(tmp_path / "nowhere")
+
+
+def test_missing_file(tmp_path):
+    write_idx_dataset(tmp_path, 50, 10)
+    (tmp_path / "t10k-labels-idx1-ubyte").unlink()
+    assert "t10k-labels-idx1-ubyte" in _error(tmp_path, val_size=10)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_truncated_images(tmp_path, gz):
+    write_idx_dataset(tmp_path, 50, 10, gz=gz)
+    images, _ = synthetic_images(50, 0)
+    path = _replace(tmp_path, "train-images-idx3-ubyte", idx_bytes(images)[:-7], gz)
+    message = _error(tmp_path, val_size=10)
+    assert str(path) in message and "truncated" in message
+
+
+def test_truncated_header(tmp_path):
+    write_idx_dataset(tmp_path, 50, 10)
+    path = _replace(tmp_path, "train-labels-idx1-ubyte", b"\x00\x00\x08\x01\x00")
+    message = _error(tmp_path, val_size=10)
+    assert str(path) in message and "truncated" in message
+
+
+def test_trailing_bytes(tmp_path):
+    write_idx_dataset(tmp_path, 50, 10)
+    _, labels = synthetic_images(50, 0)
+    path = _replace(tmp_path, "train-labels-idx1-ubyte", idx_bytes(labels) + b"\x00")
+    assert str(path) in _error(tmp_path, val_size=10)
+
+
+def test_wrong_magic(tmp_path):
+    write_idx_dataset(tmp_path, 50, 10)
+    _, labels = synthetic_images(50, 0)
+    # A label file where the image file should be: valid IDX, wrong magic.
+    path = _replace(tmp_path, "train-images-idx3-ubyte", idx_bytes(labels))
+    message = _error(tmp_path, val_size=10)
+    assert str(path) in message and "magic" in message and "0x00000801" in message
+
+
+def test_not_an_idx_file(tmp_path):
+    write_idx_dataset(tmp_path, 50, 10)
+    path = _replace(tmp_path, "t10k-images-idx3-ubyte", b"GIF89a not an idx file")
+    message = _error(tmp_path, val_size=10)
+    assert str(path) in message and "magic" in message
+
+
+def test_wrong_dimensions(tmp_path):
+    write_idx_dataset(tmp_path, 50, 10)
+    path = _replace(tmp_path, "train-images-idx3-ubyte",
+                    idx_bytes(np.zeros((50, 27, 28), np.uint8)))
+    message = _error(tmp_path, val_size=10)
+    assert str(path) in message and "27x28" in message
+
+
+def test_count_mismatch(tmp_path):
+    write_idx_dataset(tmp_path, 50, 10)
+    _replace(tmp_path, "train-labels-idx1-ubyte", idx_bytes(np.zeros(49, np.uint8)))
+    message = _error(tmp_path, val_size=10)
+    assert "50 images" in message and "49 labels" in message
+    assert "train-images-idx3-ubyte" in message and "train-labels-idx1-ubyte" in message
+
+
+def test_label_out_of_range(tmp_path):
+    write_idx_dataset(tmp_path, 50, 10)
+    path = _replace(tmp_path, "t10k-labels-idx1-ubyte", idx_bytes(np.full(10, 10, np.uint8)))
+    message = _error(tmp_path, val_size=10)
+    assert str(path) in message and "0..9" in message
+
+
+def test_corrupt_gzip(tmp_path):
+    write_idx_dataset(tmp_path, 50, 10, gz=True)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(b"this is not gzip data")
+    message = _error(tmp_path, val_size=10)
+    assert str(path) in message and "gzip" in message
+
+
+def test_cut_off_gzip(tmp_path):
+    write_idx_dataset(tmp_path, 50, 10, gz=True)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:-40])
+    message = _error(tmp_path, val_size=10)
+    assert str(path) in message and "gzip" in message
+
+
+def test_read_idx_round_trip(tmp_path):
+    array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    (tmp_path / "a").write_bytes(idx_bytes(array))
+    np.testing.assert_array_equal(read_idx(tmp_path / "a"), array)
+
+
+def test_corrupt_pickle(tmp_path):
+    path = tmp_path / "mnist.pkl.gz"
+    path.write_bytes(gzip.compress(b"\x80\x02garbage"))
+    message = _error(path)
+    assert str(path) in message and "pickle" in message
+
+
+def test_pickle_refuses_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("this must not run",))
+
+    path = tmp_path / "mnist.pkl.gz"
+    path.write_bytes(gzip.compress(pickle.dumps(Evil(), protocol=2)))
+    message = _error(path)
+    assert "refusing" in message and "print" in message
+
+
+def test_pickle_wrong_structure(tmp_path):
+    path = tmp_path / "mnist.pkl.gz"
+    path.write_bytes(gzip.compress(pickle.dumps((np.zeros(3), np.zeros(3)))))
+    assert "(train, valid, test)" in _error(path)
+
+
+def test_pickle_wrong_dimensions(tmp_path):
+    parts = tuple((np.zeros((5, 100), np.float32), np.zeros(5, np.int64)) for _ in range(3))
+    path = tmp_path / "mnist.pkl.gz"
+    path.write_bytes(gzip.compress(pickle.dumps(parts)))
+    message = _error(path)
+    assert str(path) in message and "(5, 100)" in message
+
+
+def test_val_size_too_large(tmp_path):
+    write_idx_dataset(tmp_path, 50, 10)
+    assert "validation size 50" in _error(tmp_path, val_size=50)
