@@ -1,0 +1,178 @@
+"""The executor against a numpy evaluation of the same graph, its buffers, feeds and errors.
+
+float32 runs are compared to float64 numpy at rtol = 1e-4, atol = 1e-5 (sums of up to 784
+float32 products of unit-scale values); float64 runs at rtol = 1e-10, atol = 1e-12.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from graph_gen import build_mlp, numpy_eval
+
+from dlsys import autodiff as ad
+from dlsys.errors import DtypeError, FeedError
+
+F32_TOL = {"rtol": 1e-4, "atol": 1e-5}
+F64_TOL = {"rtol": 1e-10, "atol": 1e-12}
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return build_mlp()
+
+
+def _assert_matches_numpy(results, nodes, feeds, tol):
+    expected = numpy_eval(nodes, feeds)
+    for node, got, want in zip(nodes, results, expected):
+        got = got.numpy() if isinstance(got, tvm.runtime.Tensor) else got
+        assert got.shape == want.shape, node.name
+        np.testing.assert_allclose(got, want, err_msg=node.name, **tol)
+
+
+@pytest.mark.parametrize("dtype, tol", [("float32", F32_TOL), ("float64", F64_TOL)])
+def test_mlp_loss_gradients_and_logits_match_numpy(mlp, dtype, tol):
+    feeds = mlp.feeds(batch=64)
+    executor = ad.Executor(mlp.eval_nodes, dtype=dtype)
+    results = executor.run(feeds, convert_to_numpy_ret_vals=True)
+    assert all(r.dtype == np.dtype(dtype) for r in results)
+    _assert_matches_numpy(results, mlp.eval_nodes, feeds, tol)
+
+
+def test_new_batch_sizes_are_replanned(mlp):
+    executor = ad.Executor(mlp.eval_nodes, dtype="float64")
+    for batch in (64, 17, 64, 1):
+        feeds = mlp.feeds(batch, seed=batch)
+        results = executor.run(feeds, convert_to_numpy_ret_vals=True)
+        _assert_matches_numpy(results, mlp.eval_nodes, feeds, F64_TOL)
+        assert executor.memory_stats()["naive_bytes"] > 0
+
+
+def _storage_pointers(executor) -> list[int]:
+    """Data pointers of every tensor the frozen kernel calls pass."""
+    return [arg.data_ptr for _, args in executor._prepared.calls for arg in args]
+
+
+def test_same_shapes_reuse_every_buffer(mlp):
+    executor = ad.Executor(mlp.eval_nodes)
+    first_feeds, second_feeds = mlp.feeds(32, seed=1), mlp.feeds(32, seed=2)
+    first = executor.run(first_feeds)
+    first_ptrs = [t.data_ptr for t in first]
+    prepared, internal = executor._prepared, _storage_pointers(executor)
+    second = executor.run(second_feeds)
+    assert [t.data_ptr for t in second] == first_ptrs
+    assert executor._prepared is prepared
+    assert _storage_pointers(executor) == internal
+    # The same buffers, but really recomputed: the results are the second feeds' values.
+    _assert_matches_numpy(second, mlp.eval_nodes, second_feeds, F32_TOL)
+
+
+def test_tvm_tensor_feeds_are_used_without_copy():
+    rng = np.random.default_rng(0)
+    x, w = ad.Variable("x"), ad.Variable("w")
+    out = ad.relu_op(ad.matmul_op(x, w))
+    executor = ad.Executor([out])
+    x_val = rng.normal(size=(4, 3)).astype("float32")
+    x_tensor = tvm.runtime.tensor(x_val)
+    w_tensor = tvm.runtime.tensor(rng.normal(size=(3, 5)).astype("float32"))
+    (result,) = executor.run({x: x_tensor, w: w_tensor})
+    assert executor.dtype == "float32"
+    pointers = _storage_pointers(executor)
+    assert x_tensor.data_ptr in pointers and w_tensor.data_ptr in pointers
+    np.testing.assert_allclose(result.numpy(), np.maximum(x_val @ w_tensor.numpy(), 0),
+                               **F32_TOL)
+    # Writing into the fed tensor between runs is seen by the next run: it was not copied.
+    x_tensor.copyfrom(-x_val)
+    (result,) = executor.run({x: x_tensor, w: w_tensor})
+    np.testing.assert_allclose(result.numpy(), np.maximum(-x_val @ w_tensor.numpy(), 0),
+                               **F32_TOL)
+    # The feeds themselves are never written.
+    np.testing.assert_array_equal(x_tensor.numpy(), -x_val)
+
+
+def test_switching_between_tensor_and_numpy_feeds():
+    x = ad.Variable("x")
+    executor = ad.Executor([x * 2.0])
+    tensor = tvm.runtime.tensor(np.ones((2, 2), dtype="float32"))
+    assert executor.run({x: tensor}, True)[0].tolist() == [[2, 2], [2, 2]]
+    assert executor.run({x: np.full((2, 2), 3.0)}, True)[0].tolist() == [[6, 6], [6, 6]]
+    assert executor.run({x: tensor}, True)[0].tolist() == [[2, 2], [2, 2]]
+
+
+def test_float64_numpy_feeds_are_converted_to_the_executor_dtype():
+    rng = np.random.default_rng(0)
+    x, w = ad.Variable("x"), ad.Variable("w")
+    out = ad.matmul_op(x, w, trans_B=True)
+    x_val, w_val = rng.normal(size=(3, 4)), rng.normal(size=(2, 4))
+    executor = ad.Executor([out])  # float32 by default for numpy feeds
+    (got,) = executor.run({x: x_val, w: w_val[:, :]}, convert_to_numpy_ret_vals=True)
+    assert got.dtype == np.float32
+    want = x_val.astype(np.float32) @ w_val.astype(np.float32).T
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    # A non-contiguous view is accepted too.
+    wide = np.zeros((2, 8))
+    wide[:, ::2] = w_val
+    (got,) = executor.run({x: x_val, w: wide[:, ::2]}, convert_to_numpy_ret_vals=True)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_convert_to_numpy_returns_independent_arrays():
+    x = ad.Variable("x")
+    executor = ad.Executor([x + 1.0, x * 3.0])
+    first = executor.run({x: np.ones((2, 3))}, convert_to_numpy_ret_vals=True)
+    assert all(isinstance(r, np.ndarray) for r in first)
+    executor.run({x: np.zeros((2, 3))})
+    # The executor overwrote its buffers; the numpy copies must keep the first run's values.
+    np.testing.assert_array_equal(first[0], np.full((2, 3), 2.0))
+    np.testing.assert_array_equal(first[1], np.full((2, 3), 3.0))
+    tensors = executor.run({x: np.zeros((2, 3))})
+    assert all(isinstance(t, tvm.runtime.Tensor) for t in tensors)
+
+
+def test_eval_node_that_is_a_placeholder_returns_its_feed():
+    x = ad.Variable("x")
+    (got, doubled) = ad.Executor([x, x * 2.0]).run({x: np.arange(3.0)}, True)
+    np.testing.assert_array_equal(got, [0, 1, 2])
+    np.testing.assert_array_equal(doubled, [0, 2, 4])
+
+
+def test_missing_feed_names_the_placeholder():
+    x, w = ad.Variable("x"), ad.Variable("weights_1")
+    executor = ad.Executor([ad.matmul_op(x, w)])
+    with pytest.raises(FeedError, match="weights_1"):
+        executor.run({x: np.ones((2, 2))})
+
+
+def test_feed_of_a_computed_node_names_it():
+    x = ad.Variable("x")
+    hidden = ad.relu_op(x)
+    executor = ad.Executor([hidden * 2.0])
+    with pytest.raises(FeedError, match=r"Relu\(x\)"):
+        executor.run({x: np.ones(2), hidden: np.ones(2)})
+
+
+def test_feed_of_a_placeholder_from_another_graph_names_it():
+    x, stranger = ad.Variable("x"), ad.Variable("stranger")
+    executor = ad.Executor([x * 2.0])
+    with pytest.raises(FeedError, match="stranger"):
+        executor.run({x: np.ones(2), stranger: np.ones(2)})
+
+
+def test_tvm_feed_of_the_wrong_dtype_names_feed_and_dtypes():
+    x, y = ad.Variable("x"), ad.Variable("y")
+    executor = ad.Executor([x + y], dtype="float32")
+    wrong = tvm.runtime.tensor(np.ones(3, dtype="float64"))
+    with pytest.raises(DtypeError) as caught:
+        executor.run({x: np.ones(3), y: wrong})
+    message = str(caught.value)
+    assert "y" in message and "float64" in message and "float32" in message
+
+
+def test_rejected_dtype_does_not_stick_to_later_runs():
+    x = ad.Variable("x")
+    executor = ad.Executor([x * 2.0])
+    with pytest.raises(DtypeError, match="int32"):
+        executor.run({x: tvm.runtime.tensor(np.ones(3, dtype="int32"))})
+    (got,) = executor.run({x: tvm.runtime.tensor(np.ones(3, dtype="float32"))}, True)
+    assert got.dtype == np.float32 and got.tolist() == [2, 2, 2]
