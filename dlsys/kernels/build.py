@@ -176,7 +176,7 @@ def scheduled_module(inputs: list, outputs: list, kind: str, target: tvm.target.
 def compile_module(inputs: list, outputs: list, kind: str, target: tvm.target.Target,
                    func_name: str):
     """Compile one compute definition with the schedule of ``kind``; returns the module."""
-    return tvm.build(scheduled_module(inputs, outputs, kind, target, func_name), target=target)
+    return tvm.tirx.build(scheduled_module(inputs, outputs, kind, target, func_name), target=target)
 
 
 def clear_memory_cache() -> None:

@@ -1,0 +1,211 @@
+"""The kernel tests' shared table: every builder of ``dlsys.tvm_op`` with inputs and a numpy
+reference, so the CPU and the CUDA tests check the very same cases.
+
+References are computed in float64 from the definitions (not from dlsys code), and a kernel's
+outputs are compared with them at the kernel's own precision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from numpy.lib.stride_tricks import sliding_window_view
+
+from dlsys import tvm_op as op
+from dlsys.kernels.build import Kernel
+
+# float32 elementwise results are exact or one rounding away; reductions over positive
+# inputs add no cancellation, so 1e-5 relative holds for them too. The absolute floor only
+# covers results that are zero up to rounding (softmax - label where softmax is 1).
+TOLERANCE = {"float32": {"rtol": 1e-5, "atol": 1e-6}, "float64": {"rtol": 1e-10, "atol": 1e-12}}
+
+
+def normal(rng: np.random.Generator, shape) -> np.ndarray:
+    return rng.standard_normal(shape)
+
+
+def positive(rng: np.random.Generator, shape) -> np.ndarray:
+    # Inputs of reductions: sums of positive terms keep float32's relative error small.
+    return rng.uniform(0.5, 1.5, shape)
+
+
+def one_hot(rng: np.random.Generator, shape) -> np.ndarray:
+    rows, cols = shape
+    return np.eye(cols)[rng.integers(0, cols, rows)]
+
+
+def log_softmax(y: np.ndarray) -> np.ndarray:
+    shifted = y - y.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def conv2d(x: np.ndarray, f: np.ndarray) -> np.ndarray:
+    windows = sliding_window_view(x, f.shape[2:], axis=(2, 3))  # (n, c, oh, ow, kh, kw)
+    return np.einsum("bchwij,ocij->bohw", windows, f)
+
+
+def reduce_to(a: np.ndarray, to_shape: tuple) -> np.ndarray:
+    """Sum ``a`` down to ``to_shape``: numpy's broadcasting read backwards."""
+    lead = a.ndim - len(to_shape)
+    summed = a.sum(axis=tuple(range(lead)))
+    axes = tuple(d for d, size in enumerate(to_shape) if size == 1 and summed.shape[d] != 1)
+    return summed.sum(axis=axes, keepdims=True)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One builder call: ``build(tgt, dtype)``, its inputs, and the float64 reference."""
+
+    id: str
+    build: Callable[[str, str], Kernel]
+    inputs: Callable[[np.random.Generator], list[np.ndarray]]
+    reference: Callable[..., list[np.ndarray]]
+
+
+def elementwise_cases(shape: tuple) -> list[Case]:
+    s = shape
+
+    def two(rng):
+        return [normal(rng, s), normal(rng, s)]
+
+    def one(rng):
+        return [normal(rng, s)]
+
+    return [
+        Case(f"add{s}", lambda t, d: op.make_elemwise_add(s, t, "llvm", "f", d), two,
+             lambda a, b: [a + b]),
+        Case(f"mul{s}", lambda t, d: op.make_elemwise_mul(s, t, "llvm", "f", d), two,
+             lambda a, b: [a * b]),
+        Case(f"add_const{s}", lambda t, d: op.make_elemwise_add_by_const(s, 2.5, t, "llvm", "f",
+                                                                          d), one,
+             lambda a: [a + 2.5]),
+        Case(f"mul_const{s}", lambda t, d: op.make_elemwise_mul_by_const(s, -0.75, t, "llvm",
+                                                                          "f", d), one,
+             lambda a: [a * -0.75]),
+        Case(f"relu{s}", lambda t, d: op.make_relu(s, t, "llvm", "f", d), one,
+             lambda a: [np.maximum(a, 0)]),
+        Case(f"relu_gradient{s}", lambda t, d: op.make_relu_gradient(s, t, "llvm", "f", d), two,
+             lambda a, g: [(a > 0) * g]),
+        Case(f"sgd{s}", lambda t, d: op.make_sgd_update(s, 0.1, t, "llvm", "f", d), two,
+             lambda w, g: [w - 0.1 * g]),
+        Case(f"fill{s}", lambda t, d: op.make_fill(s, 3.0, t, "llvm", "f", d), lambda rng: [],
+             lambda: [np.full(s, 3.0)]),
+    ]
+
+
+def matmul_case(m: int, k: int, n: int, trans_a: bool, trans_b: bool) -> Case:
+    shape_a = (k, m) if trans_a else (m, k)
+    shape_b = (n, k) if trans_b else (k, n)
+    return Case(f"matmul{shape_a}{'T' if trans_a else ''}x{shape_b}{'T' if trans_b else ''}",
+                lambda t, d: op.make_matrix_mul(shape_a, trans_a, shape_b, trans_b, t, "llvm",
+                                                "f", d),
+                lambda rng: [positive(rng, shape_a), positive(rng, shape_b)],
+                lambda a, b: [(a.T if trans_a else a) @ (b.T if trans_b else b)])
+
+
+def conv2d_case(shape_x: tuple, shape_f: tuple) -> Case:
+    return Case(f"conv2d{shape_x}{shape_f}",
+                lambda t, d: op.make_conv2d(shape_x, shape_f, t, "llvm", "f", d),
+                lambda rng: [positive(rng, shape_x), positive(rng, shape_f)],
+                lambda x, f: [conv2d(x, f)])
+
+
+def softmax_cases(shape: tuple, scale: float = 1.0) -> list[Case]:
+    """Softmax, its mean cross-entropy loss and that loss's gradient; ``scale`` widens logits."""
+    def logits(rng):
+        return normal(rng, shape) * scale
+
+    tag = f"{shape}x{scale:g}"
+    return [
+        Case(f"softmax{tag}", lambda t, d: op.make_matrix_softmax(shape, t, "llvm", "f", d),
+             lambda rng: [logits(rng)], lambda y: [np.exp(log_softmax(y))]),
+        Case(f"softmax_cross_entropy{tag}",
+             lambda t, d: op.make_matrix_softmax_cross_entropy(shape, t, "llvm", "f", d),
+             lambda rng: [logits(rng), one_hot(rng, shape)],
+             lambda y, lab: [np.array([np.mean(-(lab * log_softmax(y)).sum(axis=1))])]),
+        Case(f"softmax_cross_entropy_gradient{tag}",
+             lambda t, d: op.make_matrix_softmax_cross_entropy_gradient(shape, t, "llvm", "f", d),
+             lambda rng: [logits(rng), one_hot(rng, shape), np.array([0.5])],
+             lambda y, lab, g: [(np.exp(log_softmax(y)) - lab) / shape[0] * g[0]]),
+    ]
+
+
+def reduce_case(shape: tuple, to_shape: tuple) -> Case:
+    return Case(f"reduce_sum_to{shape}->{to_shape}",
+                lambda t, d: op.make_reduce_sum_to(shape, to_shape, t, "llvm", "f", d),
+                lambda rng: [positive(rng, shape)], lambda a: [reduce_to(a, to_shape)])
+
+
+def reduce_axis_zero_case(shape: tuple) -> Case:
+    return Case(f"reduce_sum_axis_zero{shape}",
+                lambda t, d: op.make_reduce_sum_axis_zero(shape, t, "llvm", "f", d),
+                lambda rng: [positive(rng, shape)], lambda a: [a.sum(axis=0)])
+
+
+def broadcast_to_case(shape: tuple, to_shape: tuple) -> Case:
+    return Case(f"broadcast_to{shape}->{to_shape}",
+                lambda t, d: op.make_broadcast_to(shape, to_shape, t, "llvm", "f", d),
+                lambda rng: [normal(rng, shape)], lambda a: [np.broadcast_to(a, to_shape)])
+
+
+def broadcast_binary_case(name: str, shape_a: tuple, shape_b: tuple) -> Case:
+    fn = {"add": np.add, "mul": np.multiply}[name]
+    return Case(f"broadcast_{name}{shape_a}{shape_b}",
+                lambda t, d: op.make_broadcast_binary(name, shape_a, shape_b, t, "llvm", "f", d),
+                lambda rng: [normal(rng, shape_a), normal(rng, shape_b)],
+                lambda a, b: [fn(a, b)])
+
+
+def run_case(case: Case, tgt: str, dtype: str, device=None, seed: int = 0):
+    """Build and run ``case``; returns ``(got, want)``, lists of numpy arrays."""
+    device = device or tvm.cpu(0)
+    kernel = case.build(tgt, dtype)
+    inputs = [x.astype(dtype) for x in case.inputs(np.random.default_rng(seed))]
+    want = case.reference(*[x.astype(np.float64) for x in inputs])
+    outputs = [tvm.runtime.empty(s, dtype, device) for s in kernel.arg_shapes[len(inputs):]]
+    kernel(*[tvm.runtime.tensor(x, device) for x in inputs], *outputs)
+    return [o.numpy() for o in outputs], want
+
+
+def assert_case(case: Case, tgt: str, dtype: str, device=None, seed: int = 0) -> None:
+    got, want = run_case(case, tgt, dtype, device, seed)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(g, w, **TOLERANCE[dtype], err_msg=case.id)
+
+
+def odd_cases() -> list[Case]:
+    """Every builder on sizes no tile divides: 1x1, primes, and shapes just past a tile."""
+    cases = [c for s in [(1,), (1, 1), (7,), (13, 17), (3, 5, 7)] for c in elementwise_cases(s)]
+    cases += [matmul_case(m, k, n, ta, tb) for (m, k, n) in [(1, 1, 1), (7, 13, 5), (17, 3, 33)]
+              for ta in (False, True) for tb in (False, True)]
+    cases += [conv2d_case((1, 1, 1, 1), (1, 1, 1, 1)), conv2d_case((2, 3, 7, 6), (5, 3, 3, 2)),
+              conv2d_case((3, 2, 5, 5), (1, 2, 5, 5))]
+    cases += [c for s in [(1, 1), (1, 13), (13, 1), (7, 17)] for c in softmax_cases(s)]
+    cases += [reduce_axis_zero_case(s) for s in [(1, 1), (7, 3), (17, 5, 3)]]
+    cases += [reduce_case(s, t) for s, t in [((5,), (1,)), ((7, 3), (1, 3)), ((7, 3), (7, 1)),
+                                            ((2, 3, 5), (3, 1)), ((4, 1, 5), (1, 5)),
+                                            ((3, 4), (3, 4))]]
+    cases += [broadcast_to_case(s, t) for s, t in [((1,), (1,)), ((3,), (7, 3)), ((1,), (2, 3)),
+                                                  ((5, 1), (5, 7)), ((1, 3), (2, 4, 3))]]
+    cases += [broadcast_binary_case(n, a, b) for n in ("add", "mul")
+              for a, b in [((7, 3), (3,)), ((5, 1), (1, 6)), ((1,), (2, 3))]]
+    return cases
+
+
+def seed_cases() -> list[Case]:
+    """The shapes of the course's seed tests."""
+    return (elementwise_cases((2000, 3000))
+            + [matmul_case(500, 700, 1000, ta, tb) for ta in (False, True) for tb in (False, True)]
+            + [conv2d_case((100, 3, 28, 28), (10, 3, 5, 5))]
+            + softmax_cases((400, 1000))
+            + [reduce_axis_zero_case((400, 1000)), broadcast_to_case((1000,), (400, 1000))])
+
+
+def large_logit_cases() -> list[Case]:
+    """Logits of order 1000: exp overflows unless the row maximum is subtracted first."""
+    return softmax_cases((16, 10), scale=1000.0) + softmax_cases((3, 1000), scale=1000.0)

@@ -1,0 +1,82 @@
+"""Every kernel builder against numpy, on CPU: odd sizes, the seed tests' sizes, both dtypes."""
+
+import numpy as np
+import pytest
+import tvm
+from kernel_testing import assert_case, large_logit_cases, odd_cases, run_case, seed_cases
+
+from dlsys import tvm_op as op
+
+ODD = odd_cases()
+SEED = seed_cases()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", ODD, ids=[c.id for c in ODD])
+def test_odd_sizes(case, dtype):
+    assert_case(case, "llvm", dtype)
+
+
+@pytest.mark.parametrize("case", SEED, ids=[c.id for c in SEED])
+def test_seed_sizes_float32(case):
+    assert_case(case, "llvm", "float32")
+
+
+# float64 on the seed sizes for one kernel of each structure (elementwise, matmul, conv, rows).
+SEED64 = [c for c in SEED if c.id.split("(")[0] in ("add", "conv2d", "softmax")
+          or c.id.startswith("matmul(500, 700)x(700, 1000)")]
+
+
+@pytest.mark.parametrize("case", SEED64, ids=[c.id for c in SEED64])
+def test_seed_sizes_float64(case):
+    assert_case(case, "llvm", "float64")
+
+
+LARGE = large_logit_cases()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", LARGE, ids=[c.id for c in LARGE])
+def test_large_logits_are_finite_and_correct(case, dtype):
+    got, _ = run_case(case, "llvm", dtype)
+    assert all(np.isfinite(g).all() for g in got), case.id
+    assert_case(case, "llvm", dtype)
+
+
+def test_cross_entropy_of_a_confident_wrong_guess_is_finite():
+    # The label's logit sits 2000 below the row maximum: softmax of it underflows to 0, so a
+    # kernel that took log(softmax) would return inf; log-sum-exp gives exactly 2000.
+    y = np.array([[1000.0, -1000.0]], dtype="float32")
+    labels = np.array([[0.0, 1.0]], dtype="float32")
+    kernel = op.make_matrix_softmax_cross_entropy((1, 2), "llvm", "llvm", "sce")
+    out = tvm.runtime.empty((1,), "float32", tvm.cpu(0))
+    kernel(tvm.runtime.tensor(y), tvm.runtime.tensor(labels), out)
+    np.testing.assert_allclose(out.numpy(), [2000.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sgd_update_in_place(dtype):
+    shape = (37, 41)
+    rng = np.random.default_rng(1)
+    w, g = rng.standard_normal(shape).astype(dtype), rng.standard_normal(shape).astype(dtype)
+    kernel = op.make_sgd_update(shape, 0.01, "llvm", "llvm", "sgd", dtype)
+    w_tvm = tvm.runtime.tensor(w)
+    kernel(w_tvm, tvm.runtime.tensor(g), w_tvm)
+    np.testing.assert_allclose(w_tvm.numpy(), w - np.asarray(0.01, dtype) * g, rtol=1e-6)
+
+
+def test_relu_gradient_is_zero_at_zero():
+    # relu'(0) is taken as 0 (the (A > 0) mask), not 1: the mask must be strict.
+    a = np.array([-1.0, 0.0, 2.0], dtype="float32")
+    g = np.array([5.0, 5.0, 5.0], dtype="float32")
+    kernel = op.make_relu_gradient((3,), "llvm", "llvm", "relu_grad")
+    out = tvm.runtime.empty((3,), "float32", tvm.cpu(0))
+    kernel(tvm.runtime.tensor(a), tvm.runtime.tensor(g), out)
+    np.testing.assert_array_equal(out.numpy(), [0.0, 0.0, 5.0])
+
+
+def test_numpy_scalar_constants_are_accepted():
+    kernel = op.make_elemwise_mul_by_const((4,), np.float32(0.5), "llvm", "llvm", "half")
+    out = tvm.runtime.empty((4,), "float32", tvm.cpu(0))
+    kernel(tvm.runtime.tensor(np.full(4, 3.0, "float32")), out)
+    np.testing.assert_array_equal(out.numpy(), np.full(4, 1.5))
