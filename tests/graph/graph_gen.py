@@ -148,7 +148,7 @@ class RandomGraph:
 
 
 @st.composite
-def random_graphs(draw, max_ops: int = 6, allow_softmax: bool = True) -> RandomGraph:
+def random_graphs(draw, max_ops: int = 7, allow_softmax: bool = True) -> RandomGraph:
     """A chain of random operators over small random shapes, each compatible by construction.
 
     New placeholders appear where an operator needs a second operand (broadcast partners,
@@ -175,10 +175,15 @@ def random_graphs(draw, max_ops: int = 6, allow_softmax: bool = True) -> RandomG
     current = placeholder(first_shape)
     shapes = {current: first_shape}
     graph.values.append(current)
-    ops = ["add", "mul", "addc", "mulc", "matmul", "relu", "broadcastto", "rsum0", "reuse"]
-    ops += ["softmax", "sce"] if allow_softmax else ["sce"]
-    for _ in range(draw(st.integers(1, max_ops))):
+    for _ in range(draw(st.integers(3, max_ops))):
         shape = shapes[current]
+        same_shape = [v for v in graph.values[:-1] if shapes[v] == shape]
+        # Only the operators that apply at this shape, so that no draw is wasted.
+        ops = ["add", "mul", "addc", "mulc", "relu"] + (["reuse"] if same_shape else [])
+        ops += ["broadcastto"] if len(shape) < 3 else []
+        ops += ["rsum0"] if len(shape) >= 2 else []
+        if len(shape) == 2:
+            ops += ["matmul", "matmul", "sce"] + (["softmax"] if allow_softmax else [])
         op = draw(st.sampled_from(ops))
         if op in ("add", "mul"):
             # The partner's shape is a broadcast-compatible variant: a suffix of the axes,
@@ -195,7 +200,7 @@ def random_graphs(draw, max_ops: int = 6, allow_softmax: bool = True) -> RandomG
         elif op in ("addc", "mulc"):
             const = draw(st.sampled_from([-1.5, 0.5, 2.0]))
             node = current + const if op == "addc" else current * const
-        elif op == "matmul" and len(shape) == 2:
+        elif op == "matmul":
             ta, tb = draw(st.booleans()), draw(st.booleans())
             inner = shape[0] if ta else shape[1]
             n = draw(DIMS)
@@ -204,27 +209,23 @@ def random_graphs(draw, max_ops: int = 6, allow_softmax: bool = True) -> RandomG
         elif op == "relu":
             node = ad.relu_op(current)
             graph.relu_inputs.append(current)
-        elif op == "broadcastto" and len(shape) < 3:
+        elif op == "broadcastto":
             target = tuple(draw(DIMS) if d == 1 else d for d in shape)
             target = (draw(DIMS),) * draw(st.integers(0, 1)) + target
             node = ad.broadcastto_op(current, placeholder(target, differentiable=False))
-        elif op == "rsum0" and len(shape) >= 2:
+        elif op == "rsum0":
             node = ad.reducesumaxiszero_op(current)
-        elif op == "softmax" and len(shape) == 2:
+        elif op == "softmax":
             node = ad.softmax_op(current)
             graph.has_softmax = True
-        elif op == "sce" and len(shape) == 2:
+        elif op == "sce":
             labels = _softmax(rng.normal(size=shape))
             node = ad.softmaxcrossentropy_op(
                 current, placeholder(shape, differentiable=False, values=labels))
-        elif op == "reuse" and len(graph.values) > 1:
-            # Combine with an earlier value so values have several readers (fan-out).
-            earlier = draw(st.sampled_from(graph.values[:-1]))
-            if shapes[earlier] != shape:
-                continue
-            node = ad.add_op(current, earlier) if draw(st.booleans()) else current * earlier
         else:
-            continue
+            # Combine with an earlier value so values have several readers (fan-out).
+            earlier = draw(st.sampled_from(same_shape))
+            node = ad.add_op(current, earlier) if draw(st.booleans()) else current * earlier
         shapes[node] = tuple(numpy_eval([node], graph.feeds)[0].shape)
         graph.values.append(node)
         current = node

@@ -1,0 +1,71 @@
+"""Property tests: random graphs (see ``graph_gen.random_graphs``) through the whole stack.
+
+Everything runs in float64. Planned and unplanned runs execute the same kernels in the same
+order, so they must agree bit for bit. Against numpy the kernels may sum in another order:
+rtol = 1e-9, atol = 1e-12. Gradients against central differences (eps = 1e-6):
+rtol = 1e-5, atol = 1e-6, looser than per-operator checks because random chains multiply
+values and so scale the rounding error of the difference quotient.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from graph_gen import numerical_gradient, numpy_eval, random_graphs
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from dlsys import autodiff as ad
+from dlsys.passes.memory_plan import verify_plan
+
+
+def _eval_nodes(graph, draw_subset):
+    """The output, a random subset of intermediate values (so that kept values sit in the
+    middle of the plan) and, where defined, the gradients of the output."""
+    nodes = [graph.output] + [v for v in draw_subset(graph.values[:-1])]
+    if not graph.has_softmax:
+        nodes += ad.gradients(graph.output, graph.differentiable)
+    return nodes
+
+
+@given(graph=random_graphs(), data=st.data())
+def test_planned_equals_unplanned_and_numpy(graph, data):
+    def subset(values):
+        return data.draw(st.lists(st.sampled_from(values), max_size=3)) if values else []
+
+    nodes = _eval_nodes(graph, subset)
+    planned = ad.Executor(nodes, dtype="float64")
+    unplanned = ad.Executor(nodes, dtype="float64", plan_memory=False)
+    got = planned.run(graph.feeds, convert_to_numpy_ret_vals=True)
+    want = unplanned.run(graph.feeds, convert_to_numpy_ret_vals=True)
+
+    prepared = planned._prepared
+    assert verify_plan(prepared.steps, prepared.shapes, set(nodes), prepared.plan) == []
+    expected = numpy_eval(nodes, graph.feeds)
+    for node, g, w, e in zip(nodes, got, want, expected):
+        assert np.array_equal(g, w), node.name
+        assert g.shape == e.shape, node.name
+        np.testing.assert_allclose(g, e, rtol=1e-9, atol=1e-12, err_msg=node.name)
+    # A second run over the same buffers must give the same answers again.
+    again = planned.run(graph.feeds, convert_to_numpy_ret_vals=True)
+    for node, g, a in zip(nodes, got, again):
+        assert np.array_equal(g, a), node.name
+
+
+@given(graph=random_graphs(allow_softmax=False))
+def test_gradients_match_finite_differences(graph):
+    # Relu's kink inside a finite difference would make the quotient meaningless.
+    if graph.relu_inputs:
+        pre = numpy_eval(graph.relu_inputs, graph.feeds)
+        assume(min(np.abs(p).min() for p in pre) > 1e-3)
+    wrt = graph.differentiable
+    grads = ad.gradients(graph.output, wrt)
+    results = ad.Executor(grads, dtype="float64").run(graph.feeds,
+                                                      convert_to_numpy_ret_vals=True)
+
+    def objective():
+        # gradients() seeds the output with ones: it differentiates the output's sum.
+        return numpy_eval([graph.output], graph.feeds)[0].sum()
+
+    for node, analytic in zip(wrt, results):
+        numeric = numerical_gradient(objective, graph.feeds[node])
+        np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-6, err_msg=node.name)
