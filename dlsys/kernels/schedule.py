@@ -15,6 +15,7 @@ import tvm
 from tvm import s_tir
 
 from dlsys.errors import ArgumentError
+from dlsys.kernels.matmul import schedule_matmul_tuned
 
 # AVX2 holds 8 float32 lanes; two registers per step let LLVM interleave independent FMAs.
 VECTOR_LANES = 16
@@ -144,6 +145,11 @@ def inline_epilogue(sch: s_tir.Schedule):
     return _all_blocks(sch)[-1]
 
 
+def schedule_matmul_packed(sch: s_tir.Schedule) -> None:
+    """The tuned matmul of ``dlsys.kernels.matmul``; ``schedule_matmul`` where it cannot apply."""
+    schedule_matmul_tuned(sch, fallback=schedule_matmul)
+
+
 def schedule_conv2d(sch: s_tir.Schedule) -> None:
     """Direct convolution: (image, out channel) pairs in parallel, output columns vectorised."""
     block = sch.get_sblock("conv2d")
@@ -162,7 +168,7 @@ SCHEDULES: dict[str, ScheduleFn] = {
     "injective": schedule_injective,
     "reduce_sum": schedule_reduce_sum,
     "softmax": schedule_row_softmax,
-    "matmul": schedule_matmul,
+    "matmul": schedule_matmul_packed,
     "conv2d": schedule_conv2d,
 }
 

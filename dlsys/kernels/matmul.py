@@ -1,0 +1,399 @@
+"""The tuned CPU schedule of the ``matmul`` block, and the per-shape choice of its tiles.
+
+The loop nest it builds, for ``C = op(A) @ op(B)`` of shape (M, N) with reduction K::
+
+    Bp[N/nr, K, nr] = pack(B)                    # once per call; B's panels made contiguous
+    parallel for (jc, io) in (N/nc, M/mr):       # jc: a K x nc slab of Bp that stays in L2
+        Ap[K, mr] = pack(rows io of A)           # the broadcast operand, contiguous along k
+        for jo in nc/nr:
+            acc[mr, nr] = 0                      # mr * nr/lanes vector registers
+            for k in K:
+                acc[:, :] += Ap[k, :, None] * Bp[jo, k, None, :]   # FMAs, nr vectorised
+            C[tile] = epilogue(acc)              # trailing elementwise blocks fused here
+
+Edges are padded (``pad_einsum``) up to whole register tiles, so the inner loops never test
+bounds; only the write-back of a tile is clipped to (M, N). Tile sizes come from, in order,
+the user's tuning log, the table shipped for known CPUs, a short search timed on this
+machine (its winner is logged), or ``heuristic_config`` when ``DLSYS_TUNE=0``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import tvm
+from tvm import s_tir, te
+
+from dlsys.kernels import compute, tuning
+
+BLOCK = "matmul"
+LOG_KIND = "matmul"
+# AVX2: one vector register holds 32 bytes; the accumulator tile is counted in these.
+VECTOR_BYTES = 32
+# Half of Zen 3's 512 KiB L2: room for the B slab plus the A panel and C tiles streaming by.
+L2_BUDGET_BYTES = 256 * 1024
+# Below this many multiply-adds, waking the thread pool costs more than the work it shares.
+PARALLEL_MIN_MACS = 1 << 18
+# Below this, a search costs more than the whole kernel will ever run.
+SEARCH_MIN_MACS = 1 << 16
+SEARCH_CANDIDATES = 3
+
+# Register tiles (rows, vectors per row, preference): mr * vectors accumulators plus the B
+# loads and a broadcast must fit AVX2's 16 registers; fuller tiles reuse each load for more
+# FMAs, hence their higher preference. Widths of three vectors (nr = 24) are left out: LLVM
+# scalarises the non-power-of-two vector types they produce.
+_TILE_SHAPES = ((6, 2, 1.0), (5, 2, 0.93), (4, 2, 0.82), (8, 1, 0.75), (3, 2, 0.65),
+                (2, 2, 0.5), (6, 1, 0.5), (1, 2, 0.3))
+
+
+@dataclass(frozen=True)
+class MatmulProblem:
+    """What decides the best tiles: ``C[m, n] = sum_k op(A)[m, k] op(B)[k, n]``."""
+
+    m: int
+    n: int
+    k: int
+    trans_a: bool
+    trans_b: bool
+    dtype: str
+
+    def key(self, cpu: str | None = None) -> str:
+        """The tuning-log key: CPU, dtype, sizes and transposes."""
+        return (f"{cpu or tuning.system_cpu()}/{self.dtype}/m{self.m}n{self.n}k{self.k}"
+                f"/ta{int(self.trans_a)}tb{int(self.trans_b)}")
+
+    @property
+    def macs(self) -> int:
+        return self.m * self.n * self.k
+
+    @property
+    def lanes(self) -> int:
+        return max(1, VECTOR_BYTES // np.dtype(self.dtype).itemsize)
+
+    def shapes(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The stored shapes of A and B (transposed operands are stored transposed)."""
+        shape_a = (self.k, self.m) if self.trans_a else (self.m, self.k)
+        shape_b = (self.n, self.k) if self.trans_b else (self.k, self.n)
+        return shape_a, shape_b
+
+
+@dataclass(frozen=True)
+class MatmulConfig:
+    """Tile sizes: ``mr`` x ``nr`` register tile, ``nc`` columns per L2 slab, A packed or not."""
+
+    mr: int
+    nr: int
+    nc: int
+    pack_a: bool = True
+
+    @classmethod
+    def from_json(cls, record: dict, problem: MatmulProblem) -> MatmulConfig | None:
+        """The config a log record holds, or ``None`` if it is malformed or does not fit."""
+        try:
+            config = cls(int(record["mr"]), int(record["nr"]), int(record["nc"]),
+                         bool(record.get("pack_a", True)))
+        except (KeyError, TypeError, ValueError):
+            return None
+        return config if config.fits(problem) else None
+
+    def fits(self, problem: MatmulProblem) -> bool:
+        """Whether the tiles divide the padded problem, as the schedule requires."""
+        n_pad = _round_up(problem.n, self.nr) if self.nr > 0 else 0
+        return (0 < self.mr <= problem.m and 0 < self.nr and self.nc % self.nr == 0
+                and 0 < self.nc and n_pad % self.nc == 0 and self.nr <= n_pad)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _slab_columns(problem: MatmulProblem, nr: int) -> int:
+    """The widest slab of whole panels that divides the padded N and fits the L2 budget."""
+    panels = _round_up(problem.n, nr) // nr
+    itemsize = np.dtype(problem.dtype).itemsize
+    best = 1
+    for count in range(1, panels + 1):
+        if panels % count == 0 and problem.k * nr * count * itemsize <= L2_BUDGET_BYTES:
+            best = count
+    return best * nr
+
+
+def _register_tiles(problem: MatmulProblem) -> list[tuple[int, int]]:
+    """(mr, nr) pairs, best first by padded work over tile preference."""
+    lanes = problem.lanes
+    scored: dict[tuple[int, int], float] = {}
+    for rows, vectors, preference in _TILE_SHAPES:
+        mr = min(rows, problem.m)
+        nr = vectors * lanes
+        if problem.n < nr:
+            # A narrow output gets fewer (or partial) vectors per row rather than padding.
+            nr = problem.n if problem.n < lanes else _round_up(problem.n, lanes)
+        weight = preference * mr / rows * min(1.0, nr / (vectors * lanes))
+        m_pad = _round_up(problem.m, mr)
+        # Padded rows cost their multiply-adds and force a padded copy of A.
+        work = m_pad * _round_up(problem.n, nr) * (1.05 if m_pad != problem.m else 1.0)
+        scored[(mr, nr)] = min(scored.get((mr, nr), float("inf")), work / weight)
+    return sorted(scored, key=scored.__getitem__)
+
+
+def candidate_configs(problem: MatmulProblem, limit: int = SEARCH_CANDIDATES) -> list[MatmulConfig]:
+    """Up to ``limit`` configs worth timing, the heuristic's favourite first.
+
+    Variations, in order: the best register tiles with B unsplit; then the favourite with
+    B cut into L2-sized slabs; then with A's packing flipped.
+    """
+    def make(mr: int, nr: int, nc: int | None = None, pack_a: bool | None = None):
+        n_pad = _round_up(problem.n, nr)
+        if pack_a is None:
+            # Packing A pays off when each packed panel is reused across column tiles, or
+            # when A is transposed (its panel rows are then strided).
+            pack_a = problem.trans_a or n_pad // nr > 1
+        return MatmulConfig(mr, nr, nc or n_pad, pack_a)
+
+    tiles = _register_tiles(problem)
+    configs = [make(*tile) for tile in tiles[:2]]
+    best = configs[0]
+    slab = _slab_columns(problem, best.nr)
+    if slab != best.nc:
+        configs.append(make(best.mr, best.nr, slab))
+    configs.append(make(best.mr, best.nr, best.nc, not best.pack_a))
+    configs += [make(*tile) for tile in tiles[2:]]
+    unique = list(dict.fromkeys(configs))
+    return unique[:max(1, limit)]
+
+
+def heuristic_config(problem: MatmulProblem) -> MatmulConfig:
+    """The untimed choice: the best-ranked candidate."""
+    return candidate_configs(problem, 1)[0]
+
+
+def matmul_problem(sch: s_tir.Schedule) -> MatmulProblem:
+    """Read sizes, transposes and dtype off the ``matmul`` block (ValueError if it is not one)."""
+    block = sch.get(sch.get_sblock(BLOCK))
+    if len(block.iter_vars) != 3 or len(block.reads) != 2 or len(block.writes) != 1:
+        raise ValueError(f"block {BLOCK!r} is not a plain matmul")
+    var_i, var_j, var_k = (iv.var for iv in block.iter_vars)
+    m, n, k = (int(iv.dom.extent) for iv in block.iter_vars)
+    transposed = {}
+    for region in block.reads:
+        if len(region.region) != 2:
+            raise ValueError(f"block {BLOCK!r} reads {region.source.name} with "
+                             f"{len(region.region)} indices")
+        first, second = (r.min for r in region.region)
+        for name, row, col in (("a", var_i, var_k), ("b", var_k, var_j)):
+            if first.same_as(row) and second.same_as(col):
+                transposed[name] = False
+            elif first.same_as(col) and second.same_as(row):
+                transposed[name] = True
+    if set(transposed) != {"a", "b"}:
+        raise ValueError(f"block {BLOCK!r} does not read A[i, k] and B[k, j]")
+    return MatmulProblem(m, n, k, transposed["a"], transposed["b"],
+                         str(block.writes[0].source.dtype))
+
+
+def _operand_index(sch: s_tir.Schedule, block, outer_var_pos: int) -> int:
+    """Position in the block's reads of the operand indexed by iter var ``outer_var_pos``."""
+    stmt = sch.get(block)
+    var = stmt.iter_vars[outer_var_pos].var
+    for index, region in enumerate(stmt.reads):
+        if any(r.min.same_as(var) for r in region.region):
+            return index
+    raise ValueError(f"block {BLOCK!r} has no operand indexed by {var}")
+
+
+def _pack(sch: s_tir.Schedule, block, read_index: int, outer_first: bool, tile: int,
+          pad_blocks: set[str]):
+    """Copy one operand into panels ``[outer // tile, k, outer % tile]``; returns the copy block.
+
+    ``outer`` is the operand's non-reduction axis (i for A, j for B) and ``outer_first`` says
+    whether it is stored first. Panels make the ``tile`` values used at each k adjacent,
+    whatever the stored order, so a transposed operand costs no more than a plain one.
+    """
+    packed = sch.cache_read(block, read_index, "global")
+    for producer in sch.get_producers(packed):
+        if sch.get(producer).name_hint in pad_blocks:
+            sch.compute_inline(producer)
+    if outer_first:
+        def layout(outer, kk):
+            return (outer // tile, kk, outer % tile)
+    else:
+        def layout(kk, outer):
+            return (outer // tile, kk, outer % tile)
+    sch.transform_layout(packed, ("write", 0), layout)
+    return packed
+
+
+def _fuse_epilogues(sch: s_tir.Schedule, write_back) -> list:
+    """Inline trailing elementwise blocks into the tile's write-back; returns those left over."""
+    while True:
+        consumers = sch.get_consumers(write_back)
+        for consumer in consumers:
+            try:
+                sch.reverse_compute_inline(consumer)
+                break
+            except s_tir.ScheduleError:
+                continue
+        else:
+            return consumers
+
+
+def apply_config(sch: s_tir.Schedule, problem: MatmulProblem, config: MatmulConfig) -> None:
+    """Schedule the ``matmul`` block (and any elementwise blocks after it) with ``config``."""
+    if not config.fits(problem):
+        raise ValueError(f"config {config} does not fit {problem}")
+    mr, nr = config.mr, config.nr
+    block = sch.get_sblock(BLOCK)
+    m_pad, n_pad = _round_up(problem.m, mr), _round_up(problem.n, nr)
+    padded = (m_pad, n_pad) != (problem.m, problem.n)
+    root = sch.get_sblock("root")
+    before = {sch.get(b).name_hint for b in sch.get_child_blocks(root)}
+    if padded:
+        sch.pad_einsum(block, [mr if m_pad != problem.m else 1,
+                               nr if n_pad != problem.n else 1, 1])
+    new_blocks = {sch.get(b).name_hint for b in sch.get_child_blocks(root)} - before
+
+    packed_b = _pack(sch, block, _operand_index(sch, block, 1), problem.trans_b, nr,
+                     new_blocks)
+    packed_a = None
+    if config.pack_a or m_pad != problem.m:
+        packed_a = _pack(sch, block, _operand_index(sch, block, 0), not problem.trans_a, mr,
+                         new_blocks)
+
+    if padded:
+        # pad_einsum already made a padded result and a block copying it out; making the
+        # padded result local turns that copy into the register tile's write-back.
+        write_back = next(c for c in sch.get_consumers(block)
+                          if sch.get(c).name_hint in new_blocks)
+        sch.set_scope(block, 0, "local")
+    else:
+        write_back = sch.cache_write(block, 0, "local")
+    leftovers = _fuse_epilogues(sch, write_back)
+
+    i, j, k = sch.get_loops(block)
+    io, ii = sch.split(i, factors=[None, mr])
+    jc, jo, ji = sch.split(j, factors=[None, config.nc // nr, nr])
+    sch.reorder(jc, io, jo, k, ii, ji)
+    # Unit loops are kept so that a block's last two loops are always its own.
+    sch.reverse_compute_at(write_back, jo, preserve_unit_loops=True)
+    for leftover in leftovers:
+        try:
+            sch.reverse_compute_at(leftover, jo, preserve_unit_loops=True)
+        except s_tir.ScheduleError:
+            pass  # left at the root: correct, only not fused into the tile
+    if packed_a is not None:
+        sch.compute_at(packed_a, io, preserve_unit_loops=True)
+        if problem.trans_a:
+            _vectorize(sch, sch.get_loops(packed_a)[-1])
+    _vectorize(sch, ji)
+    sch.unroll(ii)
+    outer = sch.fuse(jc, io)
+    if problem.macs >= PARALLEL_MIN_MACS:
+        sch.parallel(outer)
+    sch.decompose_reduction(block, k)
+    if n_pad == problem.n:
+        # A clipped last tile would need a masked store, which the CPU backend scalarises.
+        _vectorize(sch, sch.get_loops(write_back)[-1])
+    _schedule_pack_b(sch, packed_b, problem, nr)
+
+
+def _vectorize(sch: s_tir.Schedule, loop) -> None:
+    if int(sch.get(loop).extent) > 1:
+        sch.vectorize(loop)
+
+
+def _schedule_pack_b(sch: s_tir.Schedule, packed, problem: MatmulProblem, nr: int) -> None:
+    loops = sch.get_loops(packed)
+    if not problem.trans_b:
+        # Loops are (k, j): contiguous within each panel, so vectorise a panel row at a time.
+        _, lane = sch.split(loops[1], factors=[None, nr])
+        _vectorize(sch, lane)
+    if problem.k * problem.n >= PARALLEL_MIN_MACS // 16:
+        sch.parallel(loops[0])
+
+
+def _problem_prim_func(problem: MatmulProblem) -> tvm.IRModule:
+    shape_a, shape_b = problem.shapes()
+    inputs, outputs = compute.matmul(shape_a, problem.trans_a, shape_b, problem.trans_b,
+                                     problem.dtype)
+    return tvm.IRModule({"main": te.create_prim_func(inputs + outputs)})
+
+
+def _cpu_target() -> tvm.target.Target:
+    return tvm.target.Target({"kind": "llvm", "mcpu": tuning.system_cpu()})
+
+
+def measure_config(problem: MatmulProblem, config: MatmulConfig, repeat: int = 5) -> float:
+    """Build the plain matmul with ``config`` and return its best time in seconds."""
+    sch = s_tir.Schedule(_problem_prim_func(problem))
+    sch.work_on("main")
+    apply_config(sch, problem, config)
+    func = tvm.build(sch.mod, target=_cpu_target())["main"]
+    device = tvm.cpu(0)
+    rng = np.random.default_rng(0)
+    args = [tvm.runtime.tensor(rng.standard_normal(shape).astype(problem.dtype), device)
+            for shape in problem.shapes()]
+    args.append(tvm.runtime.empty((problem.m, problem.n), problem.dtype, device))
+    func(*args)  # warm-up: first touch of the buffers and of the thread pool
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        calls = 0
+        # Several calls per sample when the kernel is short, so timer jitter does not decide.
+        while calls == 0 or time.perf_counter() - start < 2e-3:
+            func(*args)
+            calls += 1
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best
+
+
+def tune_matmul(problem: MatmulProblem, limit: int = SEARCH_CANDIDATES,
+                log: bool = True) -> tuple[MatmulConfig, float]:
+    """Time the top ``limit`` candidates; log and return the fastest with its GFLOPS."""
+    timings = []
+    for config in candidate_configs(problem, limit):
+        try:
+            timings.append((measure_config(problem, config), config))
+        except (s_tir.ScheduleError, ValueError, tvm.TVMError):
+            continue  # a candidate the schedule cannot realise is simply not a winner
+    if not timings:
+        return heuristic_config(problem), 0.0
+    seconds, best = min(timings, key=lambda pair: pair[0])
+    gflops = 2.0 * problem.macs / seconds / 1e9
+    if log:
+        tuning.record(LOG_KIND, problem.key(),
+                      {**asdict(best), "gflops": round(gflops, 2),
+                       "tried": len(timings)})
+    return best, gflops
+
+
+def choose_config(problem: MatmulProblem) -> MatmulConfig:
+    """Logged tiles if any, else a search (unless ``DLSYS_TUNE=0`` or the problem is tiny)."""
+    record = tuning.lookup(LOG_KIND, problem.key())
+    config = MatmulConfig.from_json(record, problem) if record is not None else None
+    if config is not None:
+        return config
+    if not tuning.tuning_enabled() or problem.macs < SEARCH_MIN_MACS:
+        return heuristic_config(problem)
+    return tune_matmul(problem)[0]
+
+
+def schedule_matmul_tuned(sch: s_tir.Schedule,
+                          fallback: Callable[[s_tir.Schedule], None] | None = None) -> None:
+    """The tuned schedule for a PrimFunc holding a ``matmul`` block and optional epilogues.
+
+    A function the tuned schedule cannot handle (not a plain matmul, or a primitive that
+    refuses) gets ``fallback`` instead, which is tried on a copy first so a refusal midway
+    never leaves ``sch`` half-transformed.
+    """
+    try:
+        problem = matmul_problem(sch)
+        config = choose_config(problem)
+        apply_config(sch.copy(), problem, config)
+    except (s_tir.ScheduleError, ValueError):
+        if fallback is not None:
+            fallback(sch)
+        return
+    apply_config(sch, problem, config)

@@ -1,0 +1,100 @@
+"""Tuning logs: per-shape schedule parameters found by measurement, kept as JSON.
+
+Two tables are consulted, in order: the user's log under the dlsys cache directory, which
+grows as searches run on this machine, and a table shipped in ``dlsys/kernels/tuned/`` with
+known-good entries for the MLP's shapes. Keys name the CPU, so a log copied to another
+machine is simply not used there. Both files are data, not code: build.py hashes only the
+``*.py`` files here, so a new log entry never invalidates compiled kernels.
+
+A log that cannot be read or parsed is treated as empty (and replaced on the next write);
+a tuning log is an optimisation, never a reason to fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from functools import cache, lru_cache
+from pathlib import Path
+
+import tvm
+
+LOG_VERSION = 1
+SHIPPED_DIR = Path(__file__).parent / "tuned"
+
+_lock = threading.Lock()
+
+
+def tuning_log_path(kind: str) -> Path:
+    """The user's log for ``kind``: next to the kernel cache (``$DLSYS_CACHE_DIR``'s parent)."""
+    from dlsys.kernels.build import cache_dir  # build imports the schedules, which import us
+
+    return cache_dir().parent / f"{kind}_tuning.json"
+
+
+@lru_cache(maxsize=1)
+def system_cpu() -> str:
+    """The CPU name LLVM tunes for (``znver3``, ``skylake-avx512``...); part of every key."""
+    return str(tvm.target.codegen.llvm_get_system_cpu())
+
+
+def tuning_enabled() -> bool:
+    """``DLSYS_TUNE=0`` skips every search and uses heuristic parameters instead."""
+    return os.environ.get("DLSYS_TUNE", "1").strip() not in ("0", "false", "no", "off")
+
+
+def _read_entries(path: Path) -> dict[str, dict]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("version") != LOG_VERSION:
+        return {}
+    entries = data.get("entries")
+    if not isinstance(entries, dict):
+        return {}
+    return {key: value for key, value in entries.items()
+            if isinstance(key, str) and isinstance(value, dict)}
+
+
+@cache
+def _shipped_entries(kind: str) -> dict[str, dict]:
+    entries: dict[str, dict] = {}
+    for path in sorted(SHIPPED_DIR.glob(f"{kind}_*.json")):
+        entries.update(_read_entries(path))
+    return entries
+
+
+def lookup(kind: str, key: str) -> dict | None:
+    """The logged record for ``key``: the user's log first, then the shipped table."""
+    with _lock:
+        record = _read_entries(tuning_log_path(kind)).get(key)
+    if record is None:
+        record = _shipped_entries(kind).get(key)
+    return dict(record) if record is not None else None
+
+
+def record(kind: str, key: str, value: dict) -> None:
+    """Add or replace one entry of the user's log, atomically (a crash never leaves half a file).
+
+    Entries written meanwhile by another process are kept unless they share the key; a
+    corrupt log is replaced by one holding only the entries that could be read.
+    """
+    path = tuning_log_path(kind)
+    with _lock:
+        entries = _read_entries(path)
+        entries[key] = value
+        text = json.dumps({"version": LOG_VERSION, "entries": entries}, indent=1, sort_keys=True)
+        tmp = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(suffix=".json", dir=path.parent)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+            os.replace(tmp, path)
+        except OSError:
+            # A read-only cache directory costs a search per process, not a failure.
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)

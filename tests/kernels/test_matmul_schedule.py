@@ -1,0 +1,277 @@
+"""The tuned matmul schedule (``dlsys.kernels.matmul``) against numpy, and its tuning log.
+
+Searches are kept tiny here (small shapes, two candidates), and ``DLSYS_TUNE=0`` is the
+default so that tests which only check correctness never time anything.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tvm
+from tvm import s_tir, te, tirx
+
+from dlsys import tvm_op
+from dlsys.kernels import compute, tuning
+from dlsys.kernels import matmul as mm
+from dlsys.kernels.build import make_target
+from dlsys.kernels.schedule import SCHEDULES, apply_schedule
+
+TOL = {"float32": {"rtol": 1e-4, "atol": 1e-4}, "float64": {"rtol": 1e-10, "atol": 1e-10}}
+
+
+@pytest.fixture(autouse=True)
+def _no_search(monkeypatch):
+    monkeypatch.setenv("DLSYS_TUNE", "0")
+
+
+def _operands(rng, problem: mm.MatmulProblem):
+    shape_a, shape_b = problem.shapes()
+    a = rng.standard_normal(shape_a).astype(problem.dtype)
+    b = rng.standard_normal(shape_b).astype(problem.dtype)
+    reference = (a.T if problem.trans_a else a) @ (b.T if problem.trans_b else b)
+    return a, b, reference
+
+
+def _run(func, *arrays, out_shape, dtype):
+    out = tvm.runtime.empty(out_shape, dtype)
+    func(*(tvm.runtime.tensor(np.ascontiguousarray(x)) for x in arrays), out)
+    return out.numpy()
+
+
+def _build_scheduled(inputs, outputs, schedule):
+    sch = s_tir.Schedule(tvm.IRModule({"main": te.create_prim_func(inputs + outputs)}))
+    sch.work_on("main")
+    schedule(sch)
+    return tvm.build(sch.mod, target=make_target("llvm"))["main"]
+
+
+SHAPES = [(1, 1, 1), (1, 17, 5), (13, 1, 7), (7, 9, 5), (31, 37, 41), (64, 48, 40),
+          (97, 100, 10)]
+
+
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_heuristic_config_matches_numpy(m, n, k, trans_a, trans_b):
+    problem = mm.MatmulProblem(m, n, k, trans_a, trans_b, "float32")
+    a, b, reference = _operands(np.random.default_rng(m * n * k), problem)
+    kernel = tvm_op.make_matrix_mul(a.shape, trans_a, b.shape, trans_b, "llvm", "llvm", "mm")
+    out = _run(kernel.func, a, b, out_shape=(m, n), dtype="float32")
+    np.testing.assert_allclose(out, reference, **TOL["float32"])
+
+
+CONFIGS = [mm.MatmulConfig(6, 16, 16), mm.MatmulConfig(5, 16, 32, pack_a=False),
+           mm.MatmulConfig(4, 8, 16), mm.MatmulConfig(8, 8, 8, pack_a=False),
+           mm.MatmulConfig(3, 16, 48), mm.MatmulConfig(1, 8, 40)]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=str)
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, True)])
+def test_every_config_shape_is_correct(config, trans_a, trans_b):
+    # Neither 37 nor 29 is a multiple of any tile: every config pads both M and N.
+    problem = mm.MatmulProblem(37, 29, 23, trans_a, trans_b, "float32")
+    if not config.fits(problem):
+        n_pad = -(-problem.n // config.nr) * config.nr
+        config = mm.MatmulConfig(config.mr, config.nr, n_pad, config.pack_a)
+    a, b, reference = _operands(np.random.default_rng(1), problem)
+    inputs, outputs = compute.matmul(a.shape, trans_a, b.shape, trans_b, "float32")
+    func = _build_scheduled(inputs, outputs, lambda s: mm.apply_config(s, problem, config))
+    out = _run(func, a, b, out_shape=(37, 29), dtype="float32")
+    np.testing.assert_allclose(out, reference, **TOL["float32"])
+
+
+def test_float64():
+    problem = mm.MatmulProblem(19, 23, 11, False, True, "float64")
+    a, b, reference = _operands(np.random.default_rng(2), problem)
+    kernel = tvm_op.make_matrix_mul(a.shape, False, b.shape, True, "llvm", "llvm", "mm",
+                                    dtype="float64")
+    out = _run(kernel.func, a, b, out_shape=(19, 23), dtype="float64")
+    np.testing.assert_allclose(out, reference, **TOL["float64"])
+
+
+def _bias_relu(shape_a, trans_a, shape_b, trans_b, dtype):
+    """``relu(op(A) @ op(B) + bias)``: the forward epilogue of a dense layer."""
+    (a, b), (product,) = compute.matmul(shape_a, trans_a, shape_b, trans_b, dtype)
+    m, n = (int(d) for d in product.shape)
+    bias = te.placeholder((n,), dtype=dtype, name="bias")
+    biased = te.compute((m, n), lambda i, j: product[i, j] + bias[j], name="bias_add")
+    out = te.compute((m, n), lambda i, j: te.max(biased[i, j], tirx.const(0, dtype)),
+                     name="relu")
+    return [a, b, bias], [out]
+
+
+def _relu_mask(shape_a, trans_a, shape_b, trans_b, dtype):
+    """``(H > 0) * (op(A) @ op(B))``: the backward epilogue through a relu."""
+    (a, b), (product,) = compute.matmul(shape_a, trans_a, shape_b, trans_b, dtype)
+    m, n = (int(d) for d in product.shape)
+    h = te.placeholder((m, n), dtype=dtype, name="H")
+    zero = tirx.const(0, dtype)
+    out = te.compute((m, n), lambda i, j: tirx.Select(h[i, j] > zero, product[i, j], zero),
+                     name="relu_grad")
+    return [a, b, h], [out]
+
+
+@pytest.mark.parametrize("m,n,k", [(37, 29, 23), (48, 32, 16), (1, 3, 2)])
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (False, True), (True, False)])
+def test_epilogues_are_fused_and_correct(m, n, k, trans_a, trans_b):
+    problem = mm.MatmulProblem(m, n, k, trans_a, trans_b, "float32")
+    rng = np.random.default_rng(3)
+    a, b, product = _operands(rng, problem)
+    bias = rng.standard_normal(n).astype("float32")
+    h = rng.standard_normal((m, n)).astype("float32")
+
+    inputs, outputs = _bias_relu(a.shape, trans_a, b.shape, trans_b, "float32")
+    func = _build_scheduled(inputs, outputs, SCHEDULES["matmul"])
+    out = _run(func, a, b, bias, out_shape=(m, n), dtype="float32")
+    np.testing.assert_allclose(out, np.maximum(product + bias, 0), **TOL["float32"])
+
+    inputs, outputs = _relu_mask(a.shape, trans_a, b.shape, trans_b, "float32")
+    func = _build_scheduled(inputs, outputs, SCHEDULES["matmul"])
+    out = _run(func, a, b, h, out_shape=(m, n), dtype="float32")
+    np.testing.assert_allclose(out, np.where(h > 0, product, 0), **TOL["float32"])
+
+
+def test_epilogue_is_inlined_into_the_tile():
+    problem = mm.MatmulProblem(40, 32, 16, False, False, "float32")
+    inputs, outputs = _bias_relu((40, 16), False, (16, 32), False, "float32")
+    sch = s_tir.Schedule(tvm.IRModule({"main": te.create_prim_func(inputs + outputs)}))
+    sch.work_on("main")
+    mm.apply_config(sch, problem, mm.heuristic_config(problem))
+    names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
+    # Only the two packs and the tiled loop nest remain at the root: no separate epilogue pass.
+    assert "bias_add" not in names and "relu" not in names
+
+
+def test_fallback_for_a_block_that_is_not_a_plain_matmul():
+    # C[i, j] = sum_k A[i, k] * A[k, j]: both operands the same buffer, so the tuned schedule
+    # refuses and the baseline runs.
+    a = te.placeholder((8, 8), name="A")
+    k = te.reduce_axis((0, 8), name="k")
+    c = te.compute((8, 8), lambda i, j: te.sum(a[i, k] * a[k, j] * 2.0, axis=k), name="matmul")
+    func = _build_scheduled([a], [c], SCHEDULES["matmul"])
+    x = np.random.default_rng(4).standard_normal((8, 8)).astype("float32")
+    np.testing.assert_allclose(_run(func, x, out_shape=(8, 8), dtype="float32"), 2 * x @ x,
+                               **TOL["float32"])
+
+
+def test_naive_and_tuned_agree(monkeypatch):
+    problem = mm.MatmulProblem(33, 20, 17, True, False, "float32")
+    a, b, reference = _operands(np.random.default_rng(5), problem)
+    outs = {}
+    for mode in ("naive", "tuned"):
+        monkeypatch.setenv("DLSYS_SCHEDULE", mode)
+        kernel = tvm_op.make_matrix_mul(a.shape, True, b.shape, False, "llvm", "llvm", "mm")
+        outs[mode] = _run(kernel.func, a, b, out_shape=(33, 20), dtype="float32")
+    np.testing.assert_allclose(outs["naive"], outs["tuned"], **TOL["float32"])
+    np.testing.assert_allclose(outs["tuned"], reference, **TOL["float32"])
+
+
+def test_naive_mode_leaves_the_default_loop_nest(monkeypatch):
+    monkeypatch.setenv("DLSYS_SCHEDULE", "naive")
+    inputs, outputs = compute.matmul((5, 3), False, (3, 4), False, "float32")
+    mod = tvm.IRModule({"main": te.create_prim_func(inputs + outputs)})
+    assert apply_schedule(mod, "matmul", make_target("llvm")) is mod
+
+
+SEARCH_PROBLEM = mm.MatmulProblem(64, 48, 40, False, True, "float32")
+
+
+def _log_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLSYS_CACHE_DIR", str(tmp_path / "kernels"))
+    monkeypatch.setenv("DLSYS_TUNE", "1")
+    monkeypatch.setattr(mm, "SEARCH_CANDIDATES", 2)
+    return tuning.tuning_log_path(mm.LOG_KIND)
+
+
+def test_first_use_searches_and_logs_then_reuses(tmp_path, monkeypatch):
+    path = _log_path(tmp_path, monkeypatch)
+    assert path.parent == tmp_path
+    config = mm.choose_config(SEARCH_PROBLEM)
+    entries = json.loads(path.read_text())["entries"]
+    record = entries[SEARCH_PROBLEM.key()]
+    assert mm.MatmulConfig.from_json(record, SEARCH_PROBLEM) == config
+    assert record["gflops"] > 0 and tuning.system_cpu() in SEARCH_PROBLEM.key()
+
+    # A second use reads the log instead of timing anything.
+    monkeypatch.setattr(mm, "tune_matmul", lambda *a, **k: pytest.fail("searched again"))
+    assert mm.choose_config(SEARCH_PROBLEM) == config
+
+
+def test_logged_config_is_used(tmp_path, monkeypatch):
+    _log_path(tmp_path, monkeypatch)
+    chosen = mm.MatmulConfig(4, 8, 48, pack_a=False)
+    tuning.record(mm.LOG_KIND, SEARCH_PROBLEM.key(), {"mr": 4, "nr": 8, "nc": 48,
+                                                     "pack_a": False})
+    assert mm.choose_config(SEARCH_PROBLEM) == chosen
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"version": 1, "entries": []}', "[]",
+                                  '{"version": 1, "entries": {"KEY": {"mr": "x"}}}'])
+def test_corrupt_log_is_ignored_and_rebuilt(tmp_path, monkeypatch, text):
+    path = _log_path(tmp_path, monkeypatch)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text.replace("KEY", SEARCH_PROBLEM.key()))
+    calls = []
+    real_tune = mm.tune_matmul
+
+    def counting_tune(problem, *args, **kwargs):
+        calls.append(problem)
+        return real_tune(problem, limit=1)
+
+    monkeypatch.setattr(mm, "tune_matmul", counting_tune)
+    config = mm.choose_config(SEARCH_PROBLEM)
+    assert calls == [SEARCH_PROBLEM]
+    rebuilt = json.loads(path.read_text())
+    assert mm.MatmulConfig.from_json(rebuilt["entries"][SEARCH_PROBLEM.key()],
+                                     SEARCH_PROBLEM) == config
+
+
+def test_tune_off_uses_the_heuristic(tmp_path, monkeypatch):
+    path = _log_path(tmp_path, monkeypatch)
+    monkeypatch.setenv("DLSYS_TUNE", "0")
+    assert mm.choose_config(SEARCH_PROBLEM) == mm.heuristic_config(SEARCH_PROBLEM)
+    assert not path.exists()
+
+
+def test_shipped_table_is_valid():
+    for path in sorted(tuning.SHIPPED_DIR.glob("matmul_*.json")):
+        data = json.loads(path.read_text())
+        assert data["version"] == tuning.LOG_VERSION
+        for key, record in data["entries"].items():
+            cpu, dtype, sizes, trans = key.split("/")
+            m, rest = sizes[1:].split("n")
+            n, k = rest.split("k")
+            problem = mm.MatmulProblem(int(m), int(n), int(k), trans[2] == "1",
+                                       trans[5] == "1", dtype)
+            assert problem.key(cpu) == key
+            assert mm.MatmulConfig.from_json(record, problem) is not None, key
+
+
+@pytest.mark.parametrize("steps", [[("bias_add",), ("relu",)], [("relu_mask",)],
+                                   [("add",), ("mul_const", 0.5)]])
+def test_fusion_pass_epilogues(steps):
+    # The chains the fusion pass emits (compute.matmul_epilogue), through the public builder.
+    m, n, k = 29, 19, 13
+    problem = mm.MatmulProblem(m, n, k, False, True, "float32")
+    rng = np.random.default_rng(6)
+    a, b, value = _operands(rng, problem)
+    operands = []
+    for kind, *extra in steps:
+        if compute.EPILOGUE_OPERANDS[kind] == "vector":
+            operands.append(rng.standard_normal(n).astype("float32"))
+            value = value + operands[-1]
+        elif compute.EPILOGUE_OPERANDS[kind] == "matrix":
+            operands.append(rng.standard_normal((m, n)).astype("float32"))
+            value = np.where(operands[-1] > 0, value, 0) if kind == "relu_mask" \
+                else value + operands[-1]
+        elif kind == "relu":
+            value = np.maximum(value, 0)
+        else:
+            value = value * extra[0]
+    kernel = tvm_op.make_matmul_epilogue(a.shape, False, b.shape, True, steps, "llvm", "llvm",
+                                         "fused")
+    out = _run(kernel.func, a, b, *operands, out_shape=(m, n), dtype="float32")
+    np.testing.assert_allclose(out, value, **TOL["float32"])
