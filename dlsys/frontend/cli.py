@@ -1,0 +1,132 @@
+"""The ``dlsys`` command line: ``dlsys train [options]``.
+
+Exit status: 0 on success; 2 for bad flags (argparse), bad data, an unusable output directory
+or checkpoint, or a failed write; 1 when training itself fails (a loss that became NaN or
+infinite); 130 when interrupted. Every failure is one line on stderr, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+from pathlib import Path
+
+from dlsys.data.mnist import DATA_ENV_VAR, DEFAULT_DATA_DIR, DEFAULT_VAL_SIZE
+from dlsys.errors import DlsysError, TrainingError
+from dlsys.frontend.models import DEFAULT_MODEL, MODEL_LAYERS
+
+PROG = "dlsys"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}") \
+            from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``dlsys`` command."""
+    parser = argparse.ArgumentParser(prog=PROG, description="Train models with dlsys, a deep "
+                                     "learning stack whose every operator is TVM-compiled.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train = commands.add_parser(
+        "train", help="train a model on MNIST-format data",
+        description="Train a model with mini-batch SGD, checkpointing after every epoch.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    train.add_argument("--model", choices=sorted(MODEL_LAYERS), default=None,
+                       help=f"model to train ({DEFAULT_MODEL} when not resuming)")
+    train.add_argument("--data", default=None,
+                       help="directory of the four MNIST IDX files (plain or .gz), or a "
+                            f"mnist.pkl.gz; default ${DATA_ENV_VAR}, else {DEFAULT_DATA_DIR}")
+    train.add_argument("--epochs", type=_positive_int, default=10,
+                       help="total number of epochs, counting those of a resumed checkpoint")
+    train.add_argument("--batch-size", type=_positive_int, default=None,
+                       help="mini-batch size (1000)")
+    train.add_argument("--lr", type=_positive_float, default=None,
+                       help="learning rate (0.2 for both models; see dlsys.frontend.trainer)")
+    train.add_argument("--seed", type=_non_negative_int, default=None,
+                       help="seed of initialisation and data order (0)")
+    train.add_argument("--val-size", type=_positive_int, default=None,
+                       help=f"images held out from the end of the training set for validation "
+                            f"({DEFAULT_VAL_SIZE})")
+    train.add_argument("--out", type=Path, default=None,
+                       help="output directory (runs/<model>)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the checkpoint in --out")
+    train.add_argument("--no-progress", dest="progress", action="store_false",
+                       help="no progress bar")
+    train.add_argument("--debug-memory", action="store_true",
+                       help="print the executor's memory plan after the first epoch")
+    return parser
+
+
+def _check_writable(directory: Path) -> None:
+    """Fail now, not after an epoch of training, if ``directory`` cannot take our files."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        raise DlsysError(f"output directory {directory} is not writable: "
+                         f"{e.strerror or e}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``dlsys`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Imported after parsing so that --help and flag errors do not wait for TVM to load.
+    from dlsys.frontend.trainer import TrainConfig, run_training
+
+    out = args.out if args.out is not None else Path("runs") / (args.model or DEFAULT_MODEL)
+    config = TrainConfig(out=out, model=args.model, data=args.data, epochs=args.epochs,
+                         batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                         val_size=args.val_size, resume=args.resume, progress=args.progress,
+                         debug_memory=args.debug_memory)
+    try:
+        _check_writable(out)
+        run_training(config, log=lambda line: print(line, flush=True))
+    except TrainingError as e:
+        print(f"{PROG}: training failed: {e}", file=sys.stderr)
+        return 1
+    except DlsysError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; continue with --resume --out {out}", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

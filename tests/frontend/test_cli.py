@@ -1,0 +1,124 @@
+"""``dlsys train`` end to end on a small synthetic data set, and its one-line error exits."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dlsys.frontend.checkpoint import load_checkpoint
+from dlsys.frontend.cli import main
+from dlsys.testing.synthetic import write_idx_dataset
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_idx_dataset(tmp_path_factory.mktemp("data"), num_train=300, num_test=60)
+
+
+def _run(argv):
+    """``main(argv)``'s exit status, whether returned or raised by argparse."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+def _last_stderr_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+@pytest.mark.parametrize("flags, complaint", [
+    (["--model", "cnn"], "invalid choice: 'cnn'"),
+    (["--epochs", "0"], "--epochs: must be a positive integer, got 0"),
+    (["--batch-size", "-5"], "--batch-size: must be a positive integer, got -5"),
+    (["--lr", "0"], "--lr: must be a positive number"),
+    (["--lr", "-0.1"], "--lr: must be a positive number"),
+    (["--lr", "nan"], "--lr: must be a positive number"),
+    (["--lr", "fast"], "--lr: must be a positive number, got 'fast'"),
+    (["--val-size", "0"], "--val-size: must be a positive integer"),
+    (["--seed", "-1"], "--seed: must be a non-negative integer"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_bad_flags_exit_2(capsys, flags, complaint):
+    assert _run(["train", *flags]) == 2
+    assert complaint in _last_stderr_line(capsys)
+
+
+def test_no_command_exits_2(capsys):
+    assert _run([]) == 2
+    assert "COMMAND" in _last_stderr_line(capsys)
+
+
+def test_batch_larger_than_training_set(capsys, data_dir, tmp_path):
+    assert _run(["train", "--data", str(data_dir), "--val-size", "100", "--batch-size", "201",
+                 "--out", str(tmp_path)]) == 2
+    line = _last_stderr_line(capsys)
+    assert line.startswith("dlsys: error:") and "batch size 201" in line and "200" in line
+
+
+def test_bad_data_path(capsys, tmp_path):
+    assert _run(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
+    assert str(tmp_path / "missing") in _last_stderr_line(capsys)
+
+
+def test_unwritable_out(capsys, data_dir, tmp_path):
+    # A path below a regular file cannot be created, even by root.
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "out"
+    assert _run(["train", "--data", str(data_dir), "--out", str(out)]) == 2
+    line = _last_stderr_line(capsys)
+    assert "not writable" in line and str(out) in line
+
+
+def test_train_writes_every_output(capsys, data_dir, tmp_path):
+    out = tmp_path / "run"
+    assert _run(["train", "--model", "logreg", "--data", str(data_dir), "--val-size", "100",
+                 "--batch-size", "20", "--epochs", "2", "--out", str(out),
+                 "--no-progress"]) == 0
+    stdout = capsys.readouterr().out
+    assert "epoch 1/2  loss" in stdout and "epoch 2/2" in stdout and "test acc" in stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
+    assert metrics["settings"]["model"] == "logreg" and 0 <= metrics["test_acc"] <= 1
+    assert (out / "metrics.csv").read_text().startswith("epoch,loss,epoch_time_s,val_acc")
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    with np.load(out / "params.npz") as params:
+        assert sorted(params.files) == ["W1", "b1"]
+        final = params["W1"]
+    np.testing.assert_array_equal(load_checkpoint(out / "checkpoint.npz").params["W1"], final)
+
+
+def test_nan_loss_stops_and_keeps_the_last_checkpoint(capsys, data_dir, tmp_path):
+    common = ["train", "--model", "logreg", "--data", str(data_dir), "--val-size", "100",
+              "--batch-size", "20", "--out", str(tmp_path), "--no-progress"]
+    assert _run([*common, "--epochs", "1"]) == 0
+    good = load_checkpoint(tmp_path / "checkpoint.npz")
+    capsys.readouterr()
+    assert _run([*common, "--epochs", "3", "--resume", "--lr", "1e38"]) == 1
+    line = _last_stderr_line(capsys)
+    assert line.startswith("dlsys: training failed: loss became")
+    assert "epoch 2, batch" in line and "checkpoint of epoch 1 kept" in line
+    kept = load_checkpoint(tmp_path / "checkpoint.npz")
+    assert kept.epoch == 1
+    np.testing.assert_array_equal(kept.params["W1"], good.params["W1"])
+
+
+def test_resume_with_another_model_exits_2(capsys, data_dir, tmp_path):
+    common = ["--data", str(data_dir), "--val-size", "100", "--batch-size", "50",
+              "--epochs", "1", "--out", str(tmp_path), "--no-progress"]
+    assert _run(["train", "--model", "logreg", *common]) == 0
+    assert _run(["train", "--model", "mlp", "--resume", *common]) == 2
+    assert "model 'logreg'" in _last_stderr_line(capsys)
+
+
+def test_console_script_error_has_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "dlsys.frontend.cli", "train", "--data",
+                             str(tmp_path / "missing"), "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+    assert str(tmp_path / "missing") in result.stderr
