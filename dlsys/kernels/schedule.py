@@ -3,7 +3,8 @@
 A schedule is a function ``(sch: tvm.s_tir.Schedule) -> None`` that rewrites the loops of
 one kernel's PrimFunc in place. ``SCHEDULES`` maps each kernel kind to its CPU schedule;
 ``DLSYS_SCHEDULE=naive`` skips them all (TVM's default loop nest), so every optimisation can
-be measured against the unscheduled kernel. GPU targets get TVM's default thread binding.
+be measured against the unscheduled kernel. GPU targets get a plain thread binding of every
+block (``bind_gpu_threads``), whatever the mode.
 """
 
 from __future__ import annotations
@@ -173,16 +174,37 @@ SCHEDULES: dict[str, ScheduleFn] = {
 }
 
 
+# Threads per GPU block: a multiple of the warp size that leaves room for registers.
+GPU_THREADS = 256
+
+
+def bind_gpu_threads(sch: s_tir.Schedule) -> None:
+    """Give each block one thread per output element: its spatial loops fused, split over
+    ``blockIdx.x``/``threadIdx.x``; a reduction runs serially inside its thread.
+
+    TVM's ``DefaultGPUSchedule`` does the same but, in TVM 0.27, rejects every function of
+    more than one block ("Duplicated block name root"): softmax, its loss and any fused kernel.
+    """
+    for block in _all_blocks(sch):
+        loops = sch.get_loops(block)
+        # te.compute nests its spatial axes outside its reduction axes, in iter_var order.
+        spatial = [lp for lp, iv in zip(loops, sch.get(block).iter_vars) if iv.iter_type == 0]
+        fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+        threads = min(GPU_THREADS, _extent(sch, fused))
+        outer, inner = sch.split(fused, factors=[None, threads])
+        sch.bind(outer, "blockIdx.x")
+        sch.bind(inner, "threadIdx.x")
+
+
 def apply_schedule(mod: tvm.IRModule, kind: str, target: tvm.target.Target) -> tvm.IRModule:
     """Return ``mod`` scheduled for ``target`` with the schedule of ``kind`` (or naive)."""
-    if target.kind.name == "cuda":
-        # Every GPU kernel needs its loops bound to threads; TVM's default binding is correct
-        # for any kernel, though not tuned.
-        with target:
-            return s_tir.transform.DefaultGPUSchedule()(mod)
-    if schedule_mode() == "naive":
-        return mod
     sch = s_tir.Schedule(mod)
     sch.work_on(next(iter(mod.functions)).name_hint)
+    if target.kind.name == "cuda":
+        # A GPU kernel cannot run with unbound loops, so even naive mode binds threads.
+        bind_gpu_threads(sch)
+        return sch.mod
+    if schedule_mode() == "naive":
+        return mod
     SCHEDULES[kind](sch)
     return sch.mod
