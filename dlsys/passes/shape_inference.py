@@ -15,7 +15,12 @@ def infer_shapes(order: list[Node], feed_shapes: dict[Node, Shape]) -> dict[Node
     shapes: dict[Node, Shape] = {}
     for node in order:
         if node in feed_shapes:
-            shapes[node] = tuple(int(d) for d in feed_shapes[node])
+            shape = tuple(int(d) for d in feed_shapes[node])
+            # Caught here, naming the feed, rather than at the first node that reads it.
+            if not shape or any(d <= 0 for d in shape):
+                raise ShapeError(f"feed {node.name} has shape {shape}; feeds need at least one "
+                                 f"dimension and no empty ones")
+            shapes[node] = shape
             continue
         if node.op.is_placeholder:
             raise FeedError(f"placeholder {node.name} is not in feed_dict")

@@ -176,3 +176,17 @@ def test_rejected_dtype_does_not_stick_to_later_runs():
         executor.run({x: tvm.runtime.tensor(np.ones(3, dtype="int32"))})
     (got,) = executor.run({x: tvm.runtime.tensor(np.ones(3, dtype="float32"))}, True)
     assert got.dtype == np.float32 and got.tolist() == [2, 2, 2]
+
+
+def test_graph_deeper_than_the_recursion_limit():
+    # Sorting, differentiating and planning must not recurse per node.
+    x = ad.Variable("x")
+    h = x
+    for i in range(1500):
+        h = h * 1.001 if i % 2 else h + 0.01
+    (grad,) = ad.gradients(h, [x])
+    value, slope = ad.Executor([h, grad], dtype="float64").run(
+        {x: np.ones((2, 2))}, convert_to_numpy_ret_vals=True)
+    want_value = numpy_eval([h], {x: np.ones((2, 2))})[0]
+    np.testing.assert_allclose(value, want_value, **F64_TOL)
+    np.testing.assert_allclose(slope, np.full((2, 2), 1.001 ** 750), **F64_TOL)

@@ -146,3 +146,11 @@ def test_executor_reports_shape_error_before_compiling_or_running(monkeypatch):
     message = str(caught.value)
     assert "MatMul(X, W1)" in message and "(2, 784)" in message and "(785, 10)" in message
     assert built == []
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (2, 0), ()])
+def test_empty_feed_shape_names_the_feed(shape):
+    x, w = _vars("images", "w")
+    with pytest.raises(ShapeError) as caught:
+        _infer(ad.matmul_op(x, w), {x: shape, w: (3, 2)})
+    assert "images" in str(caught.value) and str(shape) in str(caught.value)
