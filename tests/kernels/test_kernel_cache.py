@@ -1,0 +1,136 @@
+"""The kernel cache: one object per key in a process, exported libraries across processes,
+and a corrupt library rebuilt rather than fatal."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tvm
+
+from dlsys import tvm_op as op
+from dlsys.kernels import build
+
+
+@pytest.fixture
+def disk_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLSYS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("DLSYS_DISK_CACHE", "1")
+    build.clear_memory_cache()
+    yield tmp_path
+    build.clear_memory_cache()
+
+
+@pytest.fixture
+def compile_count(monkeypatch):
+    calls = []
+    real = build.compile_module
+
+    def counting(*args, **kwargs):
+        calls.append(args[2])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(build, "compile_module", counting)
+    return calls
+
+
+def test_same_key_same_object_in_process(compile_count):
+    first = op.make_elemwise_add((3, 11), "llvm", "llvm", "add_a")
+    assert op.make_elemwise_add((3, 11), "llvm", "llvm", "add_b") is first
+    assert op.make_elemwise_add([3, 11], "llvm", "llvm", "add_c") is first
+    # Every part of the key makes a new kernel: shape, dtype, operator, constant.
+    others = [op.make_elemwise_add((11, 3), "llvm", "llvm", "x"),
+              op.make_elemwise_add((3, 11), "llvm", "llvm", "x", "float64"),
+              op.make_elemwise_mul((3, 11), "llvm", "llvm", "x"),
+              op.make_elemwise_add_by_const((3, 11), 1.0, "llvm", "llvm", "x"),
+              op.make_elemwise_add_by_const((3, 11), 2.0, "llvm", "llvm", "x")]
+    assert len({id(k) for k in [first, *others]}) == 6
+    assert len(compile_count) <= 6
+
+
+def test_schedule_mode_is_part_of_the_key(monkeypatch):
+    tuned = op.make_relu((64, 300), "llvm", "llvm", "relu")
+    monkeypatch.setenv("DLSYS_SCHEDULE", "naive")
+    naive = op.make_relu((64, 300), "llvm", "llvm", "relu")
+    assert naive is not tuned
+    target = build.make_target("llvm")
+    key = build.cache_key("injective", ("relu", (64, 300)), "float32", target)
+    monkeypatch.setenv("DLSYS_SCHEDULE", "tuned")
+    assert build.cache_key("injective", ("relu", (64, 300)), "float32", target) != key
+
+
+def _build_and_check_script(cache: str, forbid_compile: bool) -> str:
+    """A child process that builds kernels and checks them; it can be told any compile is a bug."""
+    return textwrap.dedent(f"""
+        import os, sys
+        os.environ["DLSYS_CACHE_DIR"] = {cache!r}
+        os.environ["DLSYS_DISK_CACHE"] = "1"
+        import numpy as np, tvm
+        from dlsys import tvm_op as op
+        from dlsys.kernels import build
+        if {forbid_compile!r}:
+            def refuse(*args, **kwargs):
+                print("COMPILED", args[2]); sys.exit(3)
+            build.compile_module = refuse
+        a = np.arange(12, dtype="float32").reshape(3, 4)
+        out = tvm.runtime.empty((3, 4), "float32", tvm.cpu(0))
+        op.make_elemwise_add((3, 4), "llvm", "llvm", "add")(
+            tvm.runtime.tensor(a), tvm.runtime.tensor(a), out)
+        assert np.array_equal(out.numpy(), a + a)
+        mm = tvm.runtime.empty((3, 3), "float32", tvm.cpu(0))
+        op.make_matrix_mul((3, 4), False, (3, 4), True, "llvm", "llvm", "mm")(
+            tvm.runtime.tensor(a), tvm.runtime.tensor(a), mm)
+        assert np.allclose(mm.numpy(), a @ a.T)
+        print("OK")
+    """)
+
+
+def _run_child(script: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "DLSYS_SCHEDULE"}
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+def test_second_process_compiles_nothing(disk_cache):
+    first = _run_child(_build_and_check_script(str(disk_cache), forbid_compile=False))
+    assert first.returncode == 0, first.stderr
+    assert len(list(disk_cache.glob("*.so"))) == 2
+    second = _run_child(_build_and_check_script(str(disk_cache), forbid_compile=True))
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "OK" in second.stdout
+
+
+def test_child_with_an_empty_cache_must_compile(disk_cache):
+    # The control for the test above: the refusing child does notice a compile.
+    child = _run_child(_build_and_check_script(str(disk_cache), forbid_compile=True))
+    assert child.returncode == 3 and "COMPILED" in child.stdout
+
+
+@pytest.mark.parametrize("garbage", [b"", b"not a shared library\n" * 100,
+                                     b"\x7fELF" + b"\0" * 60])
+def test_corrupt_library_is_rebuilt(disk_cache, compile_count, garbage):
+    shape = (5, 7)
+    op.make_relu(shape, "llvm", "llvm", "relu")
+    (path,) = disk_cache.glob("*.so")
+    path.write_bytes(garbage)
+    build.clear_memory_cache()
+    kernel = op.make_relu(shape, "llvm", "llvm", "relu")
+    assert compile_count == ["injective", "injective"]
+    x = np.linspace(-1, 1, 35, dtype="float32").reshape(shape)
+    out = tvm.runtime.empty(shape, "float32", tvm.cpu(0))
+    kernel(tvm.runtime.tensor(x), out)
+    np.testing.assert_array_equal(out.numpy(), np.maximum(x, 0))
+    # The broken entry was replaced by a loadable library, so the next process reuses it.
+    assert path.read_bytes()[:4] == b"\x7fELF" and path.stat().st_size > 1000
+    build.clear_memory_cache()
+    op.make_relu(shape, "llvm", "llvm", "relu")
+    assert len(compile_count) == 2
+
+
+def test_disk_cache_off_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLSYS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("DLSYS_DISK_CACHE", "0")
+    op.make_relu((2, 9), "llvm", "llvm", "relu")
+    assert not list(tmp_path.glob("*.so"))
