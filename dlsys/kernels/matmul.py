@@ -39,7 +39,10 @@ L2_BUDGET_BYTES = 256 * 1024
 PARALLEL_MIN_MACS = 1 << 18
 # Below this, a search costs more than the whole kernel will ever run.
 SEARCH_MIN_MACS = 1 << 16
-SEARCH_CANDIDATES = 3
+SEARCH_CANDIDATES = 4
+# A packed element (a scalar load and store) costs about as long as this many multiply-adds
+# inside the vectorised FMA loop; used to rank tiles that pad A against those that do not.
+PACK_COST_MACS = 8
 
 # Register tiles (rows, vectors per row, preference): mr * vectors accumulators plus the B
 # loads and a broadcast must fit AVX2's 16 registers; fuller tiles reuse each load for more
@@ -82,19 +85,25 @@ class MatmulProblem:
 
 @dataclass(frozen=True)
 class MatmulConfig:
-    """Tile sizes: ``mr`` x ``nr`` register tile, ``nc`` columns per L2 slab, A packed or not."""
+    """Tile sizes: ``mr`` x ``nr`` register tile, ``nc`` columns per L2 slab, A packed or not.
+
+    ``vec_m`` vectorises the tile along its rows instead of its columns (A's packed panel
+    supplies the vectors, B is broadcast): for a narrow output such as N = 10, where column
+    vectors would pad 10 to 16, rows are plentiful and need no padding.
+    """
 
     mr: int
     nr: int
     nc: int
     pack_a: bool = True
+    vec_m: bool = False
 
     @classmethod
     def from_json(cls, record: dict, problem: MatmulProblem) -> MatmulConfig | None:
         """The config a log record holds, or ``None`` if it is malformed or does not fit."""
         try:
             config = cls(int(record["mr"]), int(record["nr"]), int(record["nc"]),
-                         bool(record.get("pack_a", True)))
+                         bool(record.get("pack_a", True)), bool(record.get("vec_m", False)))
         except (KeyError, TypeError, ValueError):
             return None
         return config if config.fits(problem) else None
@@ -121,8 +130,15 @@ def _slab_columns(problem: MatmulProblem, nr: int) -> int:
     return best * nr
 
 
+def _packs_a(problem: MatmulProblem, mr: int, nr: int) -> bool:
+    """Whether A is packed by default: when transposed (its panel rows are then strided), when
+    each panel is reused across column tiles, and always when its rows need padding."""
+    n_pad = _round_up(problem.n, nr)
+    return problem.trans_a or n_pad // nr > 1 or problem.m % mr != 0
+
+
 def _register_tiles(problem: MatmulProblem) -> list[tuple[int, int]]:
-    """(mr, nr) pairs, best first by padded work over tile preference."""
+    """(mr, nr) pairs, best first by estimated cost in multiply-add time."""
     lanes = problem.lanes
     scored: dict[tuple[int, int], float] = {}
     for rows, vectors, preference in _TILE_SHAPES:
@@ -133,36 +149,52 @@ def _register_tiles(problem: MatmulProblem) -> list[tuple[int, int]]:
             nr = problem.n if problem.n < lanes else _round_up(problem.n, lanes)
         weight = preference * mr / rows * min(1.0, nr / (vectors * lanes))
         m_pad = _round_up(problem.m, mr)
-        # Padded rows cost their multiply-adds and force a padded copy of A.
-        work = m_pad * _round_up(problem.n, nr) * (1.05 if m_pad != problem.m else 1.0)
-        scored[(mr, nr)] = min(scored.get((mr, nr), float("inf")), work / weight)
+        cost = m_pad * _round_up(problem.n, nr) * problem.k / weight
+        if _packs_a(problem, mr, nr):
+            cost += m_pad * problem.k * PACK_COST_MACS
+        scored[(mr, nr)] = min(scored.get((mr, nr), float("inf")), cost)
     return sorted(scored, key=scored.__getitem__)
 
 
 def candidate_configs(problem: MatmulProblem, limit: int = SEARCH_CANDIDATES) -> list[MatmulConfig]:
     """Up to ``limit`` configs worth timing, the heuristic's favourite first.
 
-    Variations, in order: the best register tiles with B unsplit; then the favourite with
-    B cut into L2-sized slabs; then with A's packing flipped.
+    Variations, in order: the best register tile with B unsplit; rows vectorised instead of
+    columns where N is narrow; the second-best tile; the favourite with B cut into L2-sized
+    slabs, then with A's packing flipped; then the remaining tiles.
     """
     def make(mr: int, nr: int, nc: int | None = None, pack_a: bool | None = None):
-        n_pad = _round_up(problem.n, nr)
         if pack_a is None:
-            # Packing A pays off when each packed panel is reused across column tiles, or
-            # when A is transposed (its panel rows are then strided).
-            pack_a = problem.trans_a or n_pad // nr > 1
-        return MatmulConfig(mr, nr, nc or n_pad, pack_a)
+            pack_a = _packs_a(problem, mr, nr)
+        return MatmulConfig(mr, nr, nc or _round_up(problem.n, nr), pack_a)
 
     tiles = _register_tiles(problem)
-    configs = [make(*tile) for tile in tiles[:2]]
+    configs = [make(*tiles[0]), *_row_vector_configs(problem)[:1],
+               *(make(*tile) for tile in tiles[1:2])]
     best = configs[0]
     slab = _slab_columns(problem, best.nr)
     if slab != best.nc:
         configs.append(make(best.mr, best.nr, slab))
     configs.append(make(best.mr, best.nr, best.nc, not best.pack_a))
+    configs += _row_vector_configs(problem)[1:]
     configs += [make(*tile) for tile in tiles[2:]]
     unique = list(dict.fromkeys(configs))
     return unique[:max(1, limit)]
+
+
+def _row_vector_configs(problem: MatmulProblem) -> list[MatmulConfig]:
+    """``vec_m`` tiles, offered only where column vectors would waste a third of the work."""
+    lanes = problem.lanes
+    if problem.n >= 2 * lanes or _round_up(problem.n, lanes) * 2 < problem.n * 3 \
+            or problem.m < lanes:
+        return []
+    # Up to six broadcast columns times two row vectors keeps 12 accumulators, as (6, 2) does.
+    nr = max((d for d in range(1, 7) if problem.n % d == 0), default=1)
+    if nr < 3 and problem.n > 6:
+        nr = 6
+    n_pad = _round_up(problem.n, nr)
+    return [MatmulConfig(mr, nr, n_pad, True, True)
+            for mr in (2 * lanes, lanes) if mr <= _round_up(problem.m, lanes)]
 
 
 def heuristic_config(problem: MatmulProblem) -> MatmulConfig:
@@ -258,7 +290,7 @@ def apply_config(sch: s_tir.Schedule, problem: MatmulProblem, config: MatmulConf
     packed_b = _pack(sch, block, _operand_index(sch, block, 1), problem.trans_b, nr,
                      new_blocks)
     packed_a = None
-    if config.pack_a or m_pad != problem.m:
+    if config.pack_a or config.vec_m or m_pad != problem.m:
         packed_a = _pack(sch, block, _operand_index(sch, block, 0), not problem.trans_a, mr,
                          new_blocks)
 
@@ -271,11 +303,18 @@ def apply_config(sch: s_tir.Schedule, problem: MatmulProblem, config: MatmulConf
     else:
         write_back = sch.cache_write(block, 0, "local")
     leftovers = _fuse_epilogues(sch, write_back)
+    if config.vec_m:
+        # Accumulator rows adjacent, so each row vector is one register, not a gather.
+        sch.transform_layout(block, ("write", 0), lambda ri, cj: (cj, ri))
 
     i, j, k = sch.get_loops(block)
     io, ii = sch.split(i, factors=[None, mr])
     jc, jo, ji = sch.split(j, factors=[None, config.nc // nr, nr])
-    sch.reorder(jc, io, jo, k, ii, ji)
+    if config.vec_m:
+        sch.reorder(jc, io, jo, k, ji, ii)
+        ii, ji = ji, ii  # from here on: ji is the vectorised loop, ii the unrolled one
+    else:
+        sch.reorder(jc, io, jo, k, ii, ji)
     # Unit loops are kept so that a block's last two loops are always its own.
     sch.reverse_compute_at(write_back, jo, preserve_unit_loops=True)
     for leftover in leftovers:
@@ -293,7 +332,7 @@ def apply_config(sch: s_tir.Schedule, problem: MatmulProblem, config: MatmulConf
     if problem.macs >= PARALLEL_MIN_MACS:
         sch.parallel(outer)
     sch.decompose_reduction(block, k)
-    if n_pad == problem.n:
+    if n_pad == problem.n and not config.vec_m:
         # A clipped last tile would need a masked store, which the CPU backend scalarises.
         _vectorize(sch, sch.get_loops(write_back)[-1])
     _schedule_pack_b(sch, packed_b, problem, nr)
@@ -325,8 +364,8 @@ def _cpu_target() -> tvm.target.Target:
     return tvm.target.Target({"kind": "llvm", "mcpu": tuning.system_cpu()})
 
 
-def measure_config(problem: MatmulProblem, config: MatmulConfig, repeat: int = 5) -> float:
-    """Build the plain matmul with ``config`` and return its best time in seconds."""
+def _runner(problem: MatmulProblem, config: MatmulConfig) -> Callable[[], None]:
+    """Build the plain matmul with ``config``; returns a call on fixed random operands."""
     sch = s_tir.Schedule(_problem_prim_func(problem))
     sch.work_on("main")
     apply_config(sch, problem, config)
@@ -337,35 +376,48 @@ def measure_config(problem: MatmulProblem, config: MatmulConfig, repeat: int = 5
             for shape in problem.shapes()]
     args.append(tvm.runtime.empty((problem.m, problem.n), problem.dtype, device))
     func(*args)  # warm-up: first touch of the buffers and of the thread pool
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        calls = 0
-        # Several calls per sample when the kernel is short, so timer jitter does not decide.
-        while calls == 0 or time.perf_counter() - start < 2e-3:
-            func(*args)
-            calls += 1
-        best = min(best, (time.perf_counter() - start) / calls)
-    return best
+    return lambda: func(*args)
 
 
-def tune_matmul(problem: MatmulProblem, limit: int = SEARCH_CANDIDATES,
+def _sample(run: Callable[[], None], min_seconds: float = 2e-3) -> float:
+    """Mean seconds per call over at least ``min_seconds``, so timer jitter does not decide."""
+    start, calls = time.perf_counter(), 0
+    while calls == 0 or time.perf_counter() - start < min_seconds:
+        run()
+        calls += 1
+    return (time.perf_counter() - start) / calls
+
+
+def measure_config(problem: MatmulProblem, config: MatmulConfig, repeat: int = 5) -> float:
+    """Build the plain matmul with ``config`` and return its best time in seconds."""
+    run = _runner(problem, config)
+    return min(_sample(run) for _ in range(repeat))
+
+
+def tune_matmul(problem: MatmulProblem, limit: int | None = None, rounds: int = 5,
                 log: bool = True) -> tuple[MatmulConfig, float]:
-    """Time the top ``limit`` candidates; log and return the fastest with its GFLOPS."""
-    timings = []
-    for config in candidate_configs(problem, limit):
+    """Time the top ``limit`` candidates; log and return the fastest with its GFLOPS.
+
+    Candidates are timed in alternating rounds, best round kept, so that a burst of load
+    from another process on this shared machine hits them all rather than one.
+    """
+    runners = {}
+    for config in candidate_configs(problem, limit or SEARCH_CANDIDATES):
         try:
-            timings.append((measure_config(problem, config), config))
+            runners[config] = _runner(problem, config)
         except (s_tir.ScheduleError, ValueError, tvm.TVMError):
             continue  # a candidate the schedule cannot realise is simply not a winner
-    if not timings:
+    if not runners:
         return heuristic_config(problem), 0.0
-    seconds, best = min(timings, key=lambda pair: pair[0])
-    gflops = 2.0 * problem.macs / seconds / 1e9
+    best_time = dict.fromkeys(runners, float("inf"))
+    for _ in range(rounds):
+        for config, run in runners.items():
+            best_time[config] = min(best_time[config], _sample(run))
+    best = min(best_time, key=best_time.__getitem__)
+    gflops = 2.0 * problem.macs / best_time[best] / 1e9
     if log:
         tuning.record(LOG_KIND, problem.key(),
-                      {**asdict(best), "gflops": round(gflops, 2),
-                       "tried": len(timings)})
+                      {**asdict(best), "gflops": round(gflops, 2), "tried": len(runners)})
     return best, gflops
 
 

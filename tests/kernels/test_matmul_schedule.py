@@ -65,7 +65,8 @@ def test_heuristic_config_matches_numpy(m, n, k, trans_a, trans_b):
 
 CONFIGS = [mm.MatmulConfig(6, 16, 16), mm.MatmulConfig(5, 16, 32, pack_a=False),
            mm.MatmulConfig(4, 8, 16), mm.MatmulConfig(8, 8, 8, pack_a=False),
-           mm.MatmulConfig(3, 16, 48), mm.MatmulConfig(1, 8, 40)]
+           mm.MatmulConfig(3, 16, 48), mm.MatmulConfig(1, 8, 40),
+           mm.MatmulConfig(8, 5, 5, vec_m=True), mm.MatmulConfig(16, 4, 8, vec_m=True)]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
@@ -132,6 +133,19 @@ def test_epilogues_are_fused_and_correct(m, n, k, trans_a, trans_b):
     func = _build_scheduled(inputs, outputs, SCHEDULES["matmul"])
     out = _run(func, a, b, h, out_shape=(m, n), dtype="float32")
     np.testing.assert_allclose(out, np.where(h > 0, product, 0), **TOL["float32"])
+
+
+@pytest.mark.parametrize("config", [mm.MatmulConfig(6, 16, 32),
+                                    mm.MatmulConfig(8, 3, 30, vec_m=True)], ids=str)
+def test_epilogue_with_explicit_config(config):
+    problem = mm.MatmulProblem(37, 29, 23, True, False, "float32")
+    rng = np.random.default_rng(7)
+    a, b, product = _operands(rng, problem)
+    bias = rng.standard_normal(29).astype("float32")
+    inputs, outputs = _bias_relu(a.shape, True, b.shape, False, "float32")
+    func = _build_scheduled(inputs, outputs, lambda s: mm.apply_config(s, problem, config))
+    out = _run(func, a, b, bias, out_shape=(37, 29), dtype="float32")
+    np.testing.assert_allclose(out, np.maximum(product + bias, 0), **TOL["float32"])
 
 
 def test_epilogue_is_inlined_into_the_tile():

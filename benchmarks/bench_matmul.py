@@ -1,0 +1,137 @@
+"""GFLOPS of dlsys's matmul kernels (tuned and naive schedules) against numpy, in one run.
+
+The shapes are those of the MLP 784-256-100-10 at batch 1000 (forward, the input gradients
+with B transposed, the weight gradients with A transposed), plus 1024^3. Every contestant
+is warmed up, then timed in alternating rounds with a pause between contestants (OpenBLAS's
+and TVM's worker threads spin for a while after a call and would steal the other's core);
+the best round counts. The naive schedule is timed only on small shapes: it runs at well
+under 1 GFLOPS.
+
+    python benchmarks/bench_matmul.py               # all shapes
+    python benchmarks/bench_matmul.py --fresh       # empty caches: also shows first-use search time
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from collections.abc import Callable
+
+import numpy as np
+import tvm
+
+# (name, shape of A, trans_a, shape of B, trans_b)
+SHAPES = [
+    ("fwd X@W1", (1000, 784), False, (784, 256), False),
+    ("fwd H1@W2", (1000, 256), False, (256, 100), False),
+    ("fwd H2@W3", (1000, 100), False, (100, 10), False),
+    ("bwd dH2@W2^T", (1000, 100), False, (256, 100), True),
+    ("bwd dY@W3^T", (1000, 10), False, (100, 10), True),
+    ("grad X^T@dH1", (1000, 784), True, (1000, 256), False),
+    ("grad H1^T@dH2", (1000, 256), True, (1000, 100), False),
+    ("grad H2^T@dY", (1000, 100), True, (1000, 10), False),
+    ("square 1024^3", (1024, 1024), False, (1024, 1024), False),
+]
+
+
+def best_seconds(fn: Callable[[], object], rounds: int, min_time: float, pause: float) -> float:
+    """Best mean time of ``fn`` over ``rounds`` rounds of at least ``min_time`` seconds each."""
+    best = float("inf")
+    for _ in range(rounds):
+        time.sleep(pause)
+        fn()
+        start, calls = time.perf_counter(), 0
+        while calls == 0 or time.perf_counter() - start < min_time:
+            fn()
+            calls += 1
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best
+
+
+def build_dlsys(shape_a, trans_a, shape_b, trans_b, mode: str):
+    """A dlsys kernel under schedule ``mode`` and the seconds its build (and search) took."""
+    from dlsys import tvm_op
+
+    previous = os.environ.get("DLSYS_SCHEDULE")
+    os.environ["DLSYS_SCHEDULE"] = mode
+    try:
+        start = time.perf_counter()
+        kernel = tvm_op.make_matrix_mul(shape_a, trans_a, shape_b, trans_b, "llvm", "llvm",
+                                        f"matmul_{mode}")
+        return kernel, time.perf_counter() - start
+    finally:
+        if previous is None:
+            os.environ.pop("DLSYS_SCHEDULE", None)
+        else:
+            os.environ["DLSYS_SCHEDULE"] = previous
+
+
+def bench_shape(name: str, shape_a, trans_a: bool, shape_b, trans_b: bool,
+                rng: np.random.Generator, args: argparse.Namespace) -> float:
+    """Print one row of the table; returns the tuned/numpy ratio."""
+    a = rng.standard_normal(shape_a).astype("float32")
+    b = rng.standard_normal(shape_b).astype("float32")
+    op_a, op_b = (a.T if trans_a else a), (b.T if trans_b else b)
+    m, k = op_a.shape
+    n = op_b.shape[1]
+    flops = 2.0 * m * n * k
+    tensors = [tvm.runtime.tensor(a), tvm.runtime.tensor(b), tvm.runtime.empty((m, n), "float32")]
+
+    tuned, build_s = build_dlsys(shape_a, trans_a, shape_b, trans_b, "tuned")
+    contestants = {"tuned": lambda: tuned.func(*tensors), "numpy": lambda: op_a @ op_b}
+    if m * n * k <= args.naive_max_macs:
+        naive, _ = build_dlsys(shape_a, trans_a, shape_b, trans_b, "naive")
+        contestants["naive"] = lambda: naive.func(*tensors)
+
+    tuned.func(*tensors)
+    expected = op_a @ op_b
+    error = np.abs(tensors[2].numpy() - expected).max()
+    if error > 1e-3 * max(1.0, np.abs(expected).max()):
+        raise SystemExit(f"{name}: tuned kernel differs from numpy by {error}")
+
+    best = dict.fromkeys(contestants, float("inf"))
+    for _ in range(args.rounds):
+        for who, fn in contestants.items():
+            best[who] = min(best[who], best_seconds(fn, 1, args.min_time, args.pause))
+    gflops = {who: flops / seconds / 1e9 for who, seconds in best.items()}
+    ratio = gflops["tuned"] / gflops["numpy"]
+    naive_text = f"{gflops['naive']:7.2f}" if "naive" in gflops else f"{'-':>7}"
+    print(f"{name:<15}{f'{m}x{n}x{k}':>17}  {build_s:8.2f}  {gflops['tuned']:7.1f}  "
+          f"{naive_text}  {gflops['numpy']:7.1f}  {ratio:11.2f}", flush=True)
+    return ratio
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds per contestant")
+    parser.add_argument("--min-time", type=float, default=0.05,
+                        help="seconds each round runs at least")
+    parser.add_argument("--pause", type=float, default=0.15,
+                        help="seconds of idle before each round, for spinning threads to sleep")
+    parser.add_argument("--naive-max-macs", type=float, default=2e6,
+                        help="time the naive schedule only up to this many multiply-adds")
+    parser.add_argument("--fresh", action="store_true",
+                        help="use empty kernel and tuning caches, to show first-use cost")
+    parser.add_argument("--only", default="", help="substring of the shape names to run")
+    args = parser.parse_args()
+    if args.fresh:
+        os.environ["DLSYS_CACHE_DIR"] = os.path.join(tempfile.mkdtemp(prefix="dlsys-bench-"),
+                                                     "kernels")
+
+    rng = np.random.default_rng(0)
+    print(f"{'shape':<15}{'M x N x K':>17}  {'build s':>8}  {'tuned':>7}  {'naive':>7}  "
+          f"{'numpy':>7}  {'tuned/numpy':>11}")
+    ratios = []
+    for name, shape_a, trans_a, shape_b, trans_b in SHAPES:
+        if args.only in name:
+            ratios.append(bench_shape(name, shape_a, trans_a, shape_b, trans_b, rng, args))
+    if ratios:
+        geomean = float(np.exp(np.mean(np.log(ratios))))
+        print(f"geometric mean tuned/numpy: {geomean:.2f}  (GFLOPS; build s includes any "
+              f"first-use tile search)")
+
+
+if __name__ == "__main__":
+    main()
