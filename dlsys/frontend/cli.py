@@ -58,26 +58,27 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train = commands.add_parser(
         "train", help="train a model on MNIST-format data",
-        description="Train a model with mini-batch SGD, checkpointing after every epoch.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description="Train a model with mini-batch SGD, checkpointing after every epoch. "
+                    "With --resume, options left out take the checkpoint's values.")
     train.add_argument("--model", choices=sorted(MODEL_LAYERS), default=None,
-                       help=f"model to train ({DEFAULT_MODEL} when not resuming)")
+                       help=f"model to train (default {DEFAULT_MODEL})")
     train.add_argument("--data", default=None,
                        help="directory of the four MNIST IDX files (plain or .gz), or a "
-                            f"mnist.pkl.gz; default ${DATA_ENV_VAR}, else {DEFAULT_DATA_DIR}")
+                            f"mnist.pkl.gz (default ${DATA_ENV_VAR}, else {DEFAULT_DATA_DIR})")
     train.add_argument("--epochs", type=_positive_int, default=10,
-                       help="total number of epochs, counting those of a resumed checkpoint")
+                       help="total number of epochs, counting those of a resumed checkpoint "
+                            "(default 10)")
     train.add_argument("--batch-size", type=_positive_int, default=None,
-                       help="mini-batch size (1000)")
+                       help="mini-batch size (default 1000)")
     train.add_argument("--lr", type=_positive_float, default=None,
-                       help="learning rate (0.2 for both models; see dlsys.frontend.trainer)")
+                       help="learning rate (default 0.2; table in dlsys.frontend.trainer)")
     train.add_argument("--seed", type=_non_negative_int, default=None,
-                       help="seed of initialisation and data order (0)")
+                       help="seed of initialisation and data order (default 0)")
     train.add_argument("--val-size", type=_positive_int, default=None,
                        help=f"images held out from the end of the training set for validation "
-                            f"({DEFAULT_VAL_SIZE})")
+                            f"(default {DEFAULT_VAL_SIZE})")
     train.add_argument("--out", type=Path, default=None,
-                       help="output directory (runs/<model>)")
+                       help="output directory (default runs/<model>)")
     train.add_argument("--resume", action="store_true",
                        help="continue from the checkpoint in --out")
     train.add_argument("--no-progress", dest="progress", action="store_false",
