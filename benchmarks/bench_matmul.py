@@ -9,11 +9,14 @@ under 1 GFLOPS.
 
     python benchmarks/bench_matmul.py               # all shapes
     python benchmarks/bench_matmul.py --fresh       # empty caches: also shows first-use search time
+    python benchmarks/bench_matmul.py --write-table dlsys/kernels/tuned/matmul_znver3.json
+                                                    # a longer search, saved as the shipped table
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -103,6 +106,26 @@ def bench_shape(name: str, shape_a, trans_a: bool, shape_b, trans_b: bool,
     return ratio
 
 
+def write_table(path: str, limit: int, rounds: int) -> None:
+    """Search every shape harder than first use does and save the winners as a shipped table."""
+    from dlsys.kernels import matmul, tuning
+
+    entries = {}
+    for name, shape_a, trans_a, shape_b, trans_b in SHAPES:
+        m, k = (shape_a[1], shape_a[0]) if trans_a else shape_a
+        n = shape_b[0] if trans_b else shape_b[1]
+        problem = matmul.MatmulProblem(m, n, k, trans_a, trans_b, "float32")
+        start = time.perf_counter()
+        config, gflops = matmul.tune_matmul(problem, limit=limit, rounds=rounds, log=False)
+        print(f"{name:<15} {config}  {gflops:.1f} GFLOPS  searched in "
+              f"{time.perf_counter() - start:.1f} s", flush=True)
+        entries[problem.key()] = {**config.__dict__, "gflops": round(gflops, 1)}
+    with open(path, "w") as handle:
+        json.dump({"version": tuning.LOG_VERSION, "entries": entries}, handle, indent=1,
+                  sort_keys=True)
+        handle.write("\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per contestant")
@@ -115,7 +138,12 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true",
                         help="use empty kernel and tuning caches, to show first-use cost")
     parser.add_argument("--only", default="", help="substring of the shape names to run")
+    parser.add_argument("--write-table", metavar="PATH",
+                        help="instead of benchmarking, search each shape and write a table")
     args = parser.parse_args()
+    if args.write_table:
+        write_table(args.write_table, limit=8, rounds=9)
+        return
     if args.fresh:
         os.environ["DLSYS_CACHE_DIR"] = os.path.join(tempfile.mkdtemp(prefix="dlsys-bench-"),
                                                      "kernels")

@@ -37,8 +37,9 @@ VECTOR_BYTES = 32
 L2_BUDGET_BYTES = 256 * 1024
 # Below this many multiply-adds, waking the thread pool costs more than the work it shares.
 PARALLEL_MIN_MACS = 1 << 18
-# Below this, a search costs more than the whole kernel will ever run.
-SEARCH_MIN_MACS = 1 << 16
+# Below this (the MLP's smallest products are exactly 10**6) a kernel runs in tens of
+# microseconds, where the heuristic's choice is within noise of the best: not worth a search.
+SEARCH_MIN_MACS = 10**6
 SEARCH_CANDIDATES = 4
 # A packed element (a scalar load and store) costs about as long as this many multiply-adds
 # inside the vectorised FMA loop; used to rank tiles that pad A against those that do not.
@@ -175,7 +176,9 @@ def candidate_configs(problem: MatmulProblem, limit: int = SEARCH_CANDIDATES) ->
     slab = _slab_columns(problem, best.nr)
     if slab != best.nc:
         configs.append(make(best.mr, best.nr, slab))
-    configs.append(make(best.mr, best.nr, best.nc, not best.pack_a))
+    if problem.m % best.mr == 0:
+        # Padded rows force packing, so only whole row tiles leave a choice.
+        configs.append(make(best.mr, best.nr, best.nc, not best.pack_a))
     configs += _row_vector_configs(problem)[1:]
     configs += [make(*tile) for tile in tiles[2:]]
     unique = list(dict.fromkeys(configs))

@@ -197,6 +197,7 @@ def _log_path(tmp_path, monkeypatch):
     monkeypatch.setenv("DLSYS_CACHE_DIR", str(tmp_path / "kernels"))
     monkeypatch.setenv("DLSYS_TUNE", "1")
     monkeypatch.setattr(mm, "SEARCH_CANDIDATES", 2)
+    monkeypatch.setattr(mm, "SEARCH_MIN_MACS", 1)
     return tuning.tuning_log_path(mm.LOG_KIND)
 
 
