@@ -11,6 +11,9 @@ The loop nest it builds, for ``C = op(A) @ op(B)`` of shape (M, N) with reductio
                 acc[:, :] += Ap[k, :, None] * Bp[jo, k, None, :]   # FMAs, nr vectorised
             C[tile] = epilogue(acc)              # trailing elementwise blocks fused here
 
+With ``vec_m`` the tile is turned around for narrow outputs: vectors run along the mr rows
+(from Ap) and the nr columns of Bp are broadcast.
+
 Edges are padded (``pad_einsum``) up to whole register tiles, so the inner loops never test
 bounds; only the write-back of a tile is clipped to (M, N). Tile sizes come from, in order,
 the user's tuning log, the table shipped for known CPUs, a short search timed on this
@@ -44,6 +47,7 @@ SEARCH_CANDIDATES = 4
 # A packed element (a scalar load and store) costs about as long as this many multiply-adds
 # inside the vectorised FMA loop; used to rank tiles that pad A against those that do not.
 PACK_COST_MACS = 8
+MAX_TILE = 64
 
 # Register tiles (rows, vectors per row, preference): mr * vectors accumulators plus the B
 # loads and a broadcast must fit AVX2's 16 registers; fuller tiles reuse each load for more
@@ -103,17 +107,22 @@ class MatmulConfig:
     def from_json(cls, record: dict, problem: MatmulProblem) -> MatmulConfig | None:
         """The config a log record holds, or ``None`` if it is malformed or does not fit."""
         try:
-            config = cls(int(record["mr"]), int(record["nr"]), int(record["nc"]),
-                         bool(record.get("pack_a", True)), bool(record.get("vec_m", False)))
-        except (KeyError, TypeError, ValueError):
+            sizes = [record[name] for name in ("mr", "nr", "nc")]
+            flags = [record.get("pack_a", True), record.get("vec_m", False)]
+        except (KeyError, TypeError):
             return None
+        if not all(type(v) is int for v in sizes) or not all(type(f) is bool for f in flags):
+            return None
+        config = cls(*sizes, *flags)
         return config if config.fits(problem) else None
 
     def fits(self, problem: MatmulProblem) -> bool:
         """Whether the tiles divide the padded problem, as the schedule requires."""
         n_pad = _round_up(problem.n, self.nr) if self.nr > 0 else 0
-        return (0 < self.mr <= problem.m and 0 < self.nr and self.nc % self.nr == 0
-                and 0 < self.nc and n_pad % self.nc == 0 and self.nr <= n_pad)
+        # The bounds keep a hand-edited log from asking for a tile that unrolls into
+        # thousands of instructions.
+        return (0 < self.mr <= min(problem.m, MAX_TILE) and 0 < self.nr <= MAX_TILE
+                and 0 < self.nc and self.nc % self.nr == 0 and n_pad % self.nc == 0)
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -197,7 +206,7 @@ def _row_vector_configs(problem: MatmulProblem) -> list[MatmulConfig]:
         nr = 6
     n_pad = _round_up(problem.n, nr)
     return [MatmulConfig(mr, nr, n_pad, True, True)
-            for mr in (2 * lanes, lanes) if mr <= _round_up(problem.m, lanes)]
+            for mr in (2 * lanes, lanes) if mr <= problem.m]
 
 
 def heuristic_config(problem: MatmulProblem) -> MatmulConfig:
@@ -208,7 +217,12 @@ def heuristic_config(problem: MatmulProblem) -> MatmulConfig:
 def matmul_problem(sch: s_tir.Schedule) -> MatmulProblem:
     """Read sizes, transposes and dtype off the ``matmul`` block (ValueError if it is not one)."""
     block = sch.get(sch.get_sblock(BLOCK))
-    if len(block.iter_vars) != 3 or len(block.reads) != 2 or len(block.writes) != 1:
+    body = block.body
+    if ([int(iv.iter_type) for iv in block.iter_vars] != [0, 0, 2]  # spatial i, j; reduce k
+            or len(block.reads) != 2 or len(block.writes) != 1
+            or not isinstance(body, tvm.tirx.BufferStore)
+            or not isinstance(body.value, tvm.tirx.Add)
+            or not isinstance(body.value.b, tvm.tirx.Mul)):
         raise ValueError(f"block {BLOCK!r} is not a plain matmul")
     var_i, var_j, var_k = (iv.var for iv in block.iter_vars)
     m, n, k = (int(iv.dom.extent) for iv in block.iter_vars)
@@ -408,7 +422,7 @@ def tune_matmul(problem: MatmulProblem, limit: int | None = None, rounds: int = 
     for config in candidate_configs(problem, limit or SEARCH_CANDIDATES):
         try:
             runners[config] = _runner(problem, config)
-        except (s_tir.ScheduleError, ValueError, tvm.TVMError):
+        except (RuntimeError, ValueError):  # ScheduleError and TVM's errors are RuntimeErrors
             continue  # a candidate the schedule cannot realise is simply not a winner
     if not runners:
         return heuristic_config(problem), 0.0
@@ -447,7 +461,7 @@ def schedule_matmul_tuned(sch: s_tir.Schedule,
         problem = matmul_problem(sch)
         config = choose_config(problem)
         apply_config(sch.copy(), problem, config)
-    except (s_tir.ScheduleError, ValueError):
+    except (RuntimeError, ValueError):  # ScheduleError and TVM's errors are RuntimeErrors
         if fallback is not None:
             fallback(sch)
         return

@@ -224,7 +224,9 @@ def test_logged_config_is_used(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("text", ["{not json", '{"version": 1, "entries": []}', "[]",
-                                  '{"version": 1, "entries": {"KEY": {"mr": "x"}}}'])
+                                  '{"version": 1, "entries": {"KEY": {"mr": "x"}}}',
+                                  '{"version": 1, "entries": {"KEY": {"mr": 1000, "nr": 8, '
+                                  '"nc": 48}}}'])
 def test_corrupt_log_is_ignored_and_rebuilt(tmp_path, monkeypatch, text):
     path = _log_path(tmp_path, monkeypatch)
     path.parent.mkdir(parents=True, exist_ok=True)
