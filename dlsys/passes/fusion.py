@@ -57,7 +57,9 @@ def fuse_epilogues(steps: list[Step], shapes: dict[Node, Shape], keep: set[Node]
         result = step.output
         while result not in keep and len(readers.get(result, [])) == 1:
             consumer = readers[result][0]
-            if consumer.alias_of is not None:
+            # A consumer another chain already took stays there: its kernel materialises
+            # this chain's result as an operand.
+            if consumer.alias_of is not None or consumer.output in absorbed:
                 break
             joined = consumer.output.op.epilogue(consumer.output, consumer.inputs, result,
                                                  shapes)
