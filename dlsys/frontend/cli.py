@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", dest="progress", action="store_false",
                        help="no progress bar")
     train.add_argument("--debug-memory", action="store_true",
-                       help="print the executor's memory plan after the first epoch")
+                       help="print each training step's node, shape and storage id")
     return parser
 
 

@@ -146,9 +146,23 @@ class Trainer:
         return {name: t.numpy() for name, t in self.params.items()}
 
     def memory_report(self) -> str:
-        """The training executor's memory plan figures (for ``--debug-memory``)."""
+        """One line on the training executor's memory plan (printed once per run)."""
         stats = self.train_executor.memory_stats()
-        return "memory plan: " + ", ".join(f"{k} {v}" for k, v in stats.items())
+        mib = 1 << 20
+        return (f"memory plan: {stats['planned_bytes'] / mib:.2f} MiB in {stats['buffers']} "
+                f"buffers for {self.train_executor.kernel_calls} kernel calls "
+                f"({stats['planned_bytes'] / stats['naive_bytes']:.2f} of one buffer per node, "
+                f"{stats['naive_bytes'] / mib:.2f} MiB; peak live "
+                f"{stats['peak_live_bytes'] / mib:.2f} MiB)")
+
+    def storage_report(self) -> str:
+        """Each step's node, shape and storage id (for ``--debug-memory``)."""
+        rows = self.train_executor.storage_table()
+        width = max(len(name) for name, *_ in rows)
+        lines = [f"{'node':{width}s}  {'shape':>12s}  storage"]
+        lines += [f"{name:{width}s}  {str(shape):>12s}  {sid if sid is not None else '-':>7}  {how}"
+                  for name, shape, sid, how in rows]
+        return "\n".join(lines)
 
 
 @dataclass
@@ -231,6 +245,9 @@ def run_training(config: TrainConfig, log: Callable[[str], None] = print) -> Tra
         f"lr {settings['lr']}, seed {settings['seed']}")
     seconds = trainer.compile(dataset.train.images.shape[1], dataset.train.one_hot.shape[1])
     log(f"kernels ready in {seconds:.2f}s")
+    log(trainer.memory_report())
+    if config.debug_memory:
+        log(trainer.storage_report())
     for epoch in range(start + 1, config.epochs + 1):
         batches = epoch_batches(shuffle_rng, len(dataset.train), settings["batch_size"])
         started = time.perf_counter()
@@ -242,8 +259,6 @@ def run_training(config: TrainConfig, log: Callable[[str], None] = print) -> Tra
                     else "no checkpoint written")
             raise TrainingError(f"{e}; {kept}") from None
         epoch_time = time.perf_counter() - started
-        if config.debug_memory and epoch == start + 1:
-            log(trainer.memory_report())
         started = time.perf_counter()
         val_acc = trainer.accuracy(dataset.val)
         history.append({"epoch": epoch, "loss": loss, "epoch_time_s": round(epoch_time, 4),

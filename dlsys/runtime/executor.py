@@ -248,6 +248,8 @@ class Executor:
             node = step.output
             how = ("alias" if step.alias_of is not None
                    else "in place" if node in prepared.plan.inplace_steps else "")
+            if step.anchor is not None:
+                how = "fused matmul+" + "+".join(kind for kind, *_ in step.epilogue)
             rows.append((node.name, prepared.shapes[node], prepared.plan.storage_of.get(node), how))
         return rows
 
