@@ -92,6 +92,19 @@ def test_train_writes_every_output(capsys, data_dir, tmp_path):
     np.testing.assert_array_equal(load_checkpoint(out / "checkpoint.npz").params["W1"], final)
 
 
+def test_memory_plan_summary_and_debug_table(capsys, data_dir, tmp_path):
+    assert _run(["train", "--model", "mlp", "--data", str(data_dir), "--val-size", "100",
+                 "--batch-size", "20", "--epochs", "1", "--out", str(tmp_path / "run"),
+                 "--no-progress", "--debug-memory"]) == 0
+    stdout = capsys.readouterr().out
+    summary = next(line for line in stdout.splitlines() if line.startswith("memory plan:"))
+    assert "buffers" in summary and "peak live" in summary
+    # The table lists every step with its storage id, and names the fused matmul kernels.
+    table = stdout.split(summary, 1)[1].split("epoch 1/1", 1)[0]
+    assert "storage" in table and "fused matmul+bias_add+relu" in table
+    assert sum(1 for line in table.splitlines() if "fused matmul" in line) == 5
+
+
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(capsys, data_dir, tmp_path):
     common = ["train", "--model", "logreg", "--data", str(data_dir), "--val-size", "100",
               "--batch-size", "20", "--out", str(tmp_path), "--no-progress"]
