@@ -8,7 +8,8 @@ the best round counts. The naive schedule is timed only on small shapes: it runs
 under 1 GFLOPS.
 
     python benchmarks/bench_matmul.py               # all shapes
-    python benchmarks/bench_matmul.py --fresh       # empty caches: also shows first-use search time
+    python benchmarks/bench_matmul.py --fresh       # empty caches: first-use build time
+    python benchmarks/bench_matmul.py --ignore-shipped   # ...and first-use tile search time
     python benchmarks/bench_matmul.py --write-table dlsys/kernels/tuned/matmul_znver3.json
                                                     # a longer search, saved as the shipped table
 """
@@ -137,6 +138,9 @@ def main() -> None:
                         help="time the naive schedule only up to this many multiply-adds")
     parser.add_argument("--fresh", action="store_true",
                         help="use empty kernel and tuning caches, to show first-use cost")
+    parser.add_argument("--ignore-shipped", action="store_true",
+                        help="like --fresh, and without the shipped table: every shape is "
+                             "searched at first use, as on an unknown CPU")
     parser.add_argument("--only", default="", help="substring of the shape names to run")
     parser.add_argument("--write-table", metavar="PATH",
                         help="instead of benchmarking, search each shape and write a table")
@@ -144,9 +148,15 @@ def main() -> None:
     if args.write_table:
         write_table(args.write_table, limit=8, rounds=9)
         return
-    if args.fresh:
+    if args.fresh or args.ignore_shipped:
         os.environ["DLSYS_CACHE_DIR"] = os.path.join(tempfile.mkdtemp(prefix="dlsys-bench-"),
                                                      "kernels")
+    if args.ignore_shipped:
+        from pathlib import Path
+
+        from dlsys.kernels import tuning
+
+        tuning.SHIPPED_DIR = Path(tempfile.mkdtemp(prefix="dlsys-no-table-"))
 
     rng = np.random.default_rng(0)
     print(f"{'shape':<15}{'M x N x K':>17}  {'build s':>8}  {'tuned':>7}  {'naive':>7}  "
