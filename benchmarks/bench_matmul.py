@@ -1,11 +1,11 @@
 """GFLOPS of dlsys's matmul kernels (tuned and naive schedules) against numpy, in one run.
 
 The shapes are those of the MLP 784-256-100-10 at batch 1000 (forward, the input gradients
-with B transposed, the weight gradients with A transposed), plus 1024^3. Every contestant
-is warmed up, then timed in alternating rounds with a pause between contestants (OpenBLAS's
-and TVM's worker threads spin for a while after a call and would steal the other's core);
-the best round counts. The naive schedule is timed only on small shapes: it runs at well
-under 1 GFLOPS.
+with B transposed, the weight gradients with A transposed), plus 1024^3. numpy is timed
+first, before TVM's thread pool exists (its idle workers spin and would steal OpenBLAS's
+cores); then dlsys's kernels, tuned and naive in alternating rounds. Every contestant is
+warmed up and the best round counts. The naive schedule is timed only on small shapes: it
+runs at well under 1 GFLOPS.
 
     python benchmarks/bench_matmul.py               # all shapes
     python benchmarks/bench_matmul.py --fresh       # empty caches: first-use build time
@@ -72,39 +72,45 @@ def build_dlsys(shape_a, trans_a, shape_b, trans_b, mode: str):
             os.environ["DLSYS_SCHEDULE"] = previous
 
 
-def bench_shape(name: str, shape_a, trans_a: bool, shape_b, trans_b: bool,
-                rng: np.random.Generator, args: argparse.Namespace) -> float:
-    """Print one row of the table; returns the tuned/numpy ratio."""
-    a = rng.standard_normal(shape_a).astype("float32")
-    b = rng.standard_normal(shape_b).astype("float32")
-    op_a, op_b = (a.T if trans_a else a), (b.T if trans_b else b)
-    m, k = op_a.shape
-    n = op_b.shape[1]
-    flops = 2.0 * m * n * k
-    tensors = [tvm.runtime.tensor(a), tvm.runtime.tensor(b), tvm.runtime.empty((m, n), "float32")]
+class Case:
+    """One shape's operands, as numpy arrays and as TVM tensors."""
 
-    tuned, build_s = build_dlsys(shape_a, trans_a, shape_b, trans_b, "tuned")
-    contestants = {"tuned": lambda: tuned.func(*tensors), "numpy": lambda: op_a @ op_b}
-    if m * n * k <= args.naive_max_macs:
-        naive, _ = build_dlsys(shape_a, trans_a, shape_b, trans_b, "naive")
-        contestants["naive"] = lambda: naive.func(*tensors)
+    def __init__(self, name: str, shape_a, trans_a: bool, shape_b, trans_b: bool,
+                 rng: np.random.Generator):
+        self.name, self.shape_a, self.trans_a = name, shape_a, trans_a
+        self.shape_b, self.trans_b = shape_b, trans_b
+        a = rng.standard_normal(shape_a).astype("float32")
+        b = rng.standard_normal(shape_b).astype("float32")
+        self.op_a, self.op_b = (a.T if trans_a else a), (b.T if trans_b else b)
+        self.m, self.k = self.op_a.shape
+        self.n = self.op_b.shape[1]
+        self.flops = 2.0 * self.m * self.n * self.k
+        self.tensors = [tvm.runtime.tensor(a), tvm.runtime.tensor(b),
+                        tvm.runtime.empty((self.m, self.n), "float32")]
 
-    tuned.func(*tensors)
-    expected = op_a @ op_b
-    error = np.abs(tensors[2].numpy() - expected).max()
+    def numpy_product(self) -> np.ndarray:
+        return self.op_a @ self.op_b
+
+
+def time_dlsys(case: Case, args: argparse.Namespace) -> tuple[dict[str, float], float]:
+    """GFLOPS of the tuned (and, on small shapes, naive) kernels, and the tuned build time."""
+    tuned, build_s = build_dlsys(case.shape_a, case.trans_a, case.shape_b, case.trans_b, "tuned")
+    contestants = {"tuned": lambda: tuned.func(*case.tensors)}
+    if case.m * case.n * case.k <= args.naive_max_macs:
+        naive, _ = build_dlsys(case.shape_a, case.trans_a, case.shape_b, case.trans_b, "naive")
+        contestants["naive"] = lambda: naive.func(*case.tensors)
+
+    tuned.func(*case.tensors)
+    expected = case.numpy_product()
+    error = np.abs(case.tensors[2].numpy() - expected).max()
     if error > 1e-3 * max(1.0, np.abs(expected).max()):
-        raise SystemExit(f"{name}: tuned kernel differs from numpy by {error}")
+        raise SystemExit(f"{case.name}: tuned kernel differs from numpy by {error}")
 
     best = dict.fromkeys(contestants, float("inf"))
     for _ in range(args.rounds):
         for who, fn in contestants.items():
             best[who] = min(best[who], best_seconds(fn, 1, args.min_time, args.pause))
-    gflops = {who: flops / seconds / 1e9 for who, seconds in best.items()}
-    ratio = gflops["tuned"] / gflops["numpy"]
-    naive_text = f"{gflops['naive']:7.2f}" if "naive" in gflops else f"{'-':>7}"
-    print(f"{name:<15}{f'{m}x{n}x{k}':>17}  {build_s:8.2f}  {gflops['tuned']:7.1f}  "
-          f"{naive_text}  {gflops['numpy']:7.1f}  {ratio:11.2f}", flush=True)
-    return ratio
+    return {who: case.flops / seconds / 1e9 for who, seconds in best.items()}, build_s
 
 
 def write_table(path: str, limit: int, rounds: int) -> None:
@@ -159,12 +165,21 @@ def main() -> None:
         tuning.SHIPPED_DIR = Path(tempfile.mkdtemp(prefix="dlsys-no-table-"))
 
     rng = np.random.default_rng(0)
+    cases = [Case(*shape, rng) for shape in SHAPES if args.only in shape[0]]
+    # numpy first, before any TVM kernel has started TVM's thread pool: its idle workers
+    # spin, and next to OpenBLAS's own on two cores they cut numpy to a fraction of its speed.
+    numpy_gflops = [case.flops / best_seconds(case.numpy_product, args.rounds, args.min_time,
+                                              args.pause) / 1e9 for case in cases]
     print(f"{'shape':<15}{'M x N x K':>17}  {'build s':>8}  {'tuned':>7}  {'naive':>7}  "
           f"{'numpy':>7}  {'tuned/numpy':>11}")
     ratios = []
-    for name, shape_a, trans_a, shape_b, trans_b in SHAPES:
-        if args.only in name:
-            ratios.append(bench_shape(name, shape_a, trans_a, shape_b, trans_b, rng, args))
+    for case, numpy_rate in zip(cases, numpy_gflops):
+        gflops, build_s = time_dlsys(case, args)
+        ratios.append(gflops["tuned"] / numpy_rate)
+        naive_text = f"{gflops['naive']:7.2f}" if "naive" in gflops else f"{'-':>7}"
+        print(f"{case.name:<15}{f'{case.m}x{case.n}x{case.k}':>17}  {build_s:8.2f}  "
+              f"{gflops['tuned']:7.1f}  {naive_text}  {numpy_rate:7.1f}  {ratios[-1]:11.2f}",
+              flush=True)
     if ratios:
         geomean = float(np.exp(np.mean(np.log(ratios))))
         print(f"geometric mean tuned/numpy: {geomean:.2f}  (GFLOPS; build s includes any "
