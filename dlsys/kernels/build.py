@@ -166,11 +166,16 @@ def _save_to_disk(lib, path: Path) -> None:
         Path(tmp).unlink(missing_ok=True) if "tmp" in locals() else None
 
 
+def _unscheduled_module(inputs: list, outputs: list, func_name: str) -> tvm.IRModule:
+    prim = te.create_prim_func(inputs + outputs).with_attr("global_symbol", func_name)
+    return tvm.IRModule({func_name: prim})
+
+
 def scheduled_module(inputs: list, outputs: list, kind: str, target: tvm.target.Target,
                      func_name: str) -> tvm.IRModule:
     """The IRModule that ``compile_module`` compiles: the compute with its schedule applied."""
-    prim = te.create_prim_func(inputs + outputs).with_attr("global_symbol", func_name)
-    return schedules.apply_schedule(tvm.IRModule({func_name: prim}), kind, target)
+    return schedules.apply_schedule(_unscheduled_module(inputs, outputs, func_name), kind,
+                                    target)
 
 
 def compile_module(inputs: list, outputs: list, kind: str, target: tvm.target.Target,
@@ -203,9 +208,12 @@ def build_kernel(kind: str, params: tuple, define: Callable[[], tuple[list, list
     # The symbol in an exported library is fixed at build time, so the disk cache builds
     # every kernel under one internal name and hands out the function whatever func_name was.
     symbol = "dlsys_kernel"
-    path = cache_dir() / f"{key}.so"
     func = None
     use_disk = disk_cache_enabled() and target.kind.name == "llvm"
+    if use_disk:
+        decisions = schedules.schedule_decisions(_unscheduled_module(inputs, outputs, symbol),
+                                                 kind, target)
+        path = cache_dir() / f"{cache_key(kind, params + (decisions,), dtype, target)}.so"
     if use_disk and path.exists():
         func = _load_from_disk(path, symbol)
     if func is None:

@@ -16,7 +16,7 @@ import tvm
 from tvm import s_tir
 
 from dlsys.errors import ArgumentError
-from dlsys.kernels.matmul import schedule_matmul_tuned
+from dlsys.kernels.matmul import choose_config, matmul_problem, schedule_matmul_tuned
 
 # AVX2 holds 8 float32 lanes; two registers per step let LLVM interleave independent FMAs.
 VECTOR_LANES = 16
@@ -149,6 +149,20 @@ def inline_epilogue(sch: s_tir.Schedule):
 def schedule_matmul_packed(sch: s_tir.Schedule) -> None:
     """The tuned matmul of ``dlsys.kernels.matmul``; ``schedule_matmul`` where it cannot apply."""
     schedule_matmul_tuned(sch, fallback=schedule_matmul)
+
+
+def schedule_decisions(mod: tvm.IRModule, kind: str, target: tvm.target.Target) -> str:
+    """What the schedule of ``kind`` will decide for ``mod`` beyond its shapes: the matmul's
+    tiles, which come from a tuning log that can change after a kernel was compiled. The
+    disk cache keys kernels by it, so a kernel built with older tiles is not reused."""
+    if kind != "matmul" or target.kind.name != "llvm" or schedule_mode() == "naive":
+        return ""
+    sch = s_tir.Schedule(mod)
+    sch.work_on(next(iter(mod.functions)).name_hint)
+    try:
+        return repr(choose_config(matmul_problem(sch)))
+    except (RuntimeError, ValueError):  # not a plain matmul: the fallback schedule applies
+        return "fallback"
 
 
 def schedule_conv2d(sch: s_tir.Schedule) -> None:
