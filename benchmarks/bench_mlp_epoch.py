@@ -14,8 +14,11 @@ dependency of dlsys.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -23,6 +26,7 @@ import tvm
 
 BATCH = 1000
 MODEL = "mlp"
+SYSTEMS = ("tuned", "naive", "numpy", "torch")
 
 
 def make_data(steps: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -107,51 +111,63 @@ def torch_epoch(images: np.ndarray, labels: np.ndarray, steps: int, lr: float = 
     return run_epoch, torch.__version__, torch.get_num_threads()
 
 
+def measure(system: str, steps: int, repeats: int, naive_steps: int) -> tuple[float, str, str]:
+    """Seconds per epoch of one system, its display name, and a note on how it was timed."""
+    images, labels = make_data(steps)
+    if system == "tuned":
+        return (time_epochs(dlsys_epoch(images, labels, steps), repeats),
+                "dlsys (tuned schedules)", "measured")
+    if system == "naive":
+        os.environ["DLSYS_SCHEDULE"] = "naive"
+        seconds = time_epochs(dlsys_epoch(images, labels, naive_steps), 1)
+        return (seconds * steps / naive_steps, "dlsys (DLSYS_SCHEDULE=naive)",
+                f"{naive_steps} steps x {steps / naive_steps:g}")
+    if system == "numpy":
+        return (time_epochs(numpy_epoch(images, labels, steps), repeats), "numpy (OpenBLAS)",
+                "measured")
+    run_torch, version, threads = torch_epoch(images, labels, steps)
+    return (time_epochs(run_torch, repeats), f"PyTorch {version} CPU ({threads} threads)",
+            "measured")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60, help="steps per epoch (60 = MNIST)")
     parser.add_argument("--repeats", type=int, default=3, help="timed epochs per system")
     parser.add_argument("--naive-steps", type=int, default=2,
                         help="steps timed with DLSYS_SCHEDULE=naive, extrapolated")
+    parser.add_argument("--system", choices=SYSTEMS, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    images, labels = make_data(args.steps)
-    rows: list[tuple[str, float, str]] = []
+    if args.system:
+        print(json.dumps(measure(args.system, args.steps, args.repeats, args.naive_steps)))
+        return
 
-    tuned = time_epochs(dlsys_epoch(images, labels, args.steps), args.repeats)
-    rows.append(("dlsys (tuned schedules)", tuned, "measured"))
+    # Each system runs in a process of its own: a thread pool left spinning by one (TVM's,
+    # OpenMP's) would otherwise steal the cores from the next.
+    rows: dict[str, tuple[float, str, str]] = {}
+    for system in SYSTEMS:
+        child = subprocess.run([sys.executable, __file__, "--system", system,
+                                "--steps", str(args.steps), "--repeats", str(args.repeats),
+                                "--naive-steps", str(args.naive_steps)],
+                               capture_output=True, text=True)
+        if child.returncode != 0:
+            reason = child.stderr.strip().splitlines()[-1] if child.stderr.strip() else "?"
+            print(f"{system}: skipped ({reason})")
+            continue
+        rows[system] = tuple(json.loads(child.stdout.strip().splitlines()[-1]))
 
-    previous = os.environ.get("DLSYS_SCHEDULE")
-    os.environ["DLSYS_SCHEDULE"] = "naive"
-    try:
-        naive_steps = dlsys_epoch(images, labels, args.naive_steps)
-        naive = time_epochs(naive_steps, 1) * args.steps / args.naive_steps
-    finally:
-        if previous is None:
-            os.environ.pop("DLSYS_SCHEDULE")
-        else:
-            os.environ["DLSYS_SCHEDULE"] = previous
-    rows.append(("dlsys (DLSYS_SCHEDULE=naive)", naive,
-                 f"{args.naive_steps} steps x {args.steps / args.naive_steps:g}"))
-
-    rows.append(("numpy (OpenBLAS)", time_epochs(numpy_epoch(images, labels, args.steps),
-                                                 args.repeats), "measured"))
-    try:
-        run_torch, version, threads = torch_epoch(images, labels, args.steps)
-        rows.append((f"PyTorch {version} CPU ({threads} threads)",
-                     time_epochs(run_torch, args.repeats), "measured"))
-    except ImportError:
-        print("PyTorch not installed: skipped (pip install torch==2.13.0)")
-
+    tuned = rows["tuned"][0]
     print(f"\nMLP 784-256-100-10, batch {BATCH}, {args.steps} steps per epoch, "
-          f"{os.cpu_count()} cores, median of {args.repeats}")
+          f"{os.cpu_count()} cores, median of {args.repeats}, one process per system")
     print(f"{'system':38s} {'s/epoch':>9s} {'x dlsys tuned':>14s}  note")
-    for name, seconds, note in rows:
-        ratio = seconds / tuned
-        print(f"{name:38s} {seconds:9.3f} {ratio:13.2f}x  {note}")
-    torch_rows = [s for n, s, _ in rows if n.startswith("PyTorch")]
-    print(f"\nnaive / tuned: {naive / tuned:.1f}x")
-    if torch_rows:
-        print(f"tuned / PyTorch: {tuned / torch_rows[0]:.2f}x (1.0 or less: dlsys is faster)")
+    for seconds, name, note in rows.values():
+        print(f"{name:38s} {seconds:9.3f} {seconds / tuned:13.2f}x  {note}")
+    if "naive" in rows:
+        print(f"\nnaive / tuned: {rows['naive'][0] / tuned:.1f}x")
+    if "torch" in rows:
+        print(f"tuned / PyTorch: {tuned / rows['torch'][0]:.2f}x (below 1.0: dlsys is faster)")
+    if "numpy" in rows:
+        print(f"tuned / numpy: {tuned / rows['numpy'][0]:.2f}x")
 
 
 if __name__ == "__main__":
