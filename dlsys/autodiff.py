@@ -249,13 +249,24 @@ class ReduceSumAxisZeroOp(Op):
                                                 dtype)
 
 
-class ReduceSumToOp(Op):
-    """Sum ``a`` down to ``b``'s shape: the adjoint of broadcasting ``b``'s shape to ``a``'s."""
-
-    name = "ReduceSumTo"
+class _ToShapeOfOp(Op):
+    """``op(a, b)`` whose output has ``b``'s shape: ``b`` lends its shape, never its values,
+    and where ``a`` already has that shape the op is the identity (an alias, no kernel)."""
 
     def __call__(self, a: Node, b: Node) -> Node:
         return Node(self, [a, b])
+
+    def kernel_inputs(self, node):
+        return node.inputs[:1]
+
+    def is_alias(self, node, input_shapes):
+        return tuple(input_shapes[0]) == tuple(input_shapes[1])
+
+
+class ReduceSumToOp(_ToShapeOfOp):
+    """Sum ``a`` down to ``b``'s shape: the adjoint of broadcasting ``b``'s shape to ``a``'s."""
+
+    name = "ReduceSumTo"
 
     def infer_shape(self, node, input_shapes):
         shape, to_shape = input_shapes
@@ -263,12 +274,6 @@ class ReduceSumToOp(Op):
             raise ShapeError(f"{node.name}: cannot sum shape {tuple(shape)} down to "
                              f"{tuple(to_shape)}")
         return tuple(to_shape)
-
-    def kernel_inputs(self, node):
-        return node.inputs[:1]
-
-    def is_alias(self, node, input_shapes):
-        return tuple(input_shapes[0]) == tuple(input_shapes[1])
 
     def gradient(self, node, output_grad):
         return [broadcastto_op(output_grad, node.inputs[0]), None]
@@ -278,13 +283,10 @@ class ReduceSumToOp(Op):
                                          "sum_to", dtype)
 
 
-class BroadcastToOp(Op):
+class BroadcastToOp(_ToShapeOfOp):
     """``a`` broadcast to the shape of ``b`` (numpy rules: new leading axes, size-1 axes)."""
 
     name = "BroadcastTo"
-
-    def __call__(self, a: Node, b: Node) -> Node:
-        return Node(self, [a, b])
 
     def infer_shape(self, node, input_shapes):
         shape, to_shape = input_shapes
@@ -292,12 +294,6 @@ class BroadcastToOp(Op):
             raise ShapeError(f"{node.name}: cannot broadcast {node.inputs[0].name} of shape "
                              f"{tuple(shape)} to {node.inputs[1].name}'s shape {tuple(to_shape)}")
         return tuple(to_shape)
-
-    def kernel_inputs(self, node):
-        return node.inputs[:1]
-
-    def is_alias(self, node, input_shapes):
-        return tuple(input_shapes[0]) == tuple(input_shapes[1])
 
     def gradient(self, node, output_grad):
         return [reducesumto_op(output_grad, node.inputs[0]), None]
