@@ -387,7 +387,7 @@ def _runner(problem: MatmulProblem, config: MatmulConfig) -> Callable[[], None]:
     sch = s_tir.Schedule(_problem_prim_func(problem))
     sch.work_on("main")
     apply_config(sch, problem, config)
-    func = tvm.build(sch.mod, target=_cpu_target())["main"]
+    func = tvm.tirx.build(sch.mod, target=_cpu_target())["main"]
     device = tvm.cpu(0)
     rng = np.random.default_rng(0)
     args = [tvm.runtime.tensor(rng.standard_normal(shape).astype(problem.dtype), device)

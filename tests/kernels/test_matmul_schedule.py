@@ -45,7 +45,7 @@ def _build_scheduled(inputs, outputs, schedule):
     sch = s_tir.Schedule(tvm.IRModule({"main": te.create_prim_func(inputs + outputs)}))
     sch.work_on("main")
     schedule(sch)
-    return tvm.build(sch.mod, target=make_target("llvm"))["main"]
+    return tvm.tirx.build(sch.mod, target=make_target("llvm"))["main"]
 
 
 SHAPES = [(1, 1, 1), (1, 17, 5), (13, 1, 7), (7, 9, 5), (31, 37, 41), (64, 48, 40),
