@@ -170,6 +170,16 @@ def make_matrix_softmax_cross_entropy_gradient(shape: Shape, tgt, tgt_host, func
                         dtype, tgt, tgt_host, func_name)
 
 
+def make_matrix_softmax_cross_entropy_with_gradient(shape: Shape, tgt, tgt_host, func_name,
+                                                    dtype="float32") -> Kernel:
+    """``f(Y, Y_, G, grad, loss)``: the mean loss and its adjoint in one kernel, sharing the
+    row max and row sum (what the fusion pass uses for a training graph)."""
+    shape = check_shape("shape", shape, 2)
+    return build_kernel("row_blocks", ("sce_with_grad", shape),
+                        lambda: compute.softmax_cross_entropy_with_gradient(shape, dtype),
+                        dtype, tgt, tgt_host, func_name)
+
+
 def make_reduce_sum_to(shape: Shape, to_shape: Shape, tgt, tgt_host, func_name,
                        dtype="float32") -> Kernel:
     """Sum ``A`` of ``shape`` down to ``to_shape`` (the adjoint of broadcasting)."""

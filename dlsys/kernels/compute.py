@@ -130,10 +130,15 @@ def softmax_cross_entropy(shape: Shape, dtype: str):
     The log is taken of a sum that is at least 1 (its largest term is ``exp(0)``), so it is
     never ``log(0)``, whatever the logits.
     """
-    rows, cols = shape
     y = te.placeholder(shape, dtype=dtype, name="Y")
     labels = te.placeholder(shape, dtype=dtype, name="Y_")
-    row_max, row_sum = _row_log_sum_exp(y, rows, cols)
+    row_max, row_sum = _row_log_sum_exp(y, *shape)
+    return [y, labels], [_mean_loss(y, labels, row_max, row_sum, dtype)]
+
+
+def _mean_loss(y: te.Tensor, labels: te.Tensor, row_max: te.Tensor, row_sum: te.Tensor,
+               dtype: str) -> te.Tensor:
+    rows, cols = (int(d) for d in y.shape)
     j = te.reduce_axis((0, cols), name="jl")
     row_loss = te.compute(
         (rows,),
@@ -141,21 +146,36 @@ def softmax_cross_entropy(shape: Shape, dtype: str):
         name="row_loss")
     r = te.reduce_axis((0, rows), name="r")
     inv_rows = tirx.const(1.0 / rows, dtype)
-    out = te.compute((1,), lambda _: te.sum(row_loss[r] * inv_rows, axis=r), name="mean_loss")
-    return [y, labels], [out]
+    return te.compute((1,), lambda _: te.sum(row_loss[r] * inv_rows, axis=r), name="mean_loss")
+
+
+def _loss_gradient(y: te.Tensor, labels: te.Tensor, upstream: te.Tensor, row_max: te.Tensor,
+                   row_sum: te.Tensor, dtype: str) -> te.Tensor:
+    scale = upstream[0] / tirx.const(int(y.shape[0]), dtype)
+    return te.compute(y.shape, lambda i, k: (te.exp(y[i, k] - row_max[i]) / row_sum[i]
+                                             - labels[i, k]) * scale, name="sce_grad")
 
 
 def softmax_cross_entropy_gradient(shape: Shape, dtype: str):
     """``(softmax(Y) - Y_) / rows * G``: the exact adjoint of the mean loss, ``G`` of shape (1,)."""
-    rows, cols = shape
     y = te.placeholder(shape, dtype=dtype, name="Y")
     labels = te.placeholder(shape, dtype=dtype, name="Y_")
     upstream = te.placeholder((1,), dtype=dtype, name="G")
-    row_max, row_sum = _row_log_sum_exp(y, rows, cols)
-    scale = upstream[0] / tirx.const(rows, dtype)
-    out = te.compute(shape, lambda i, k: (te.exp(y[i, k] - row_max[i]) / row_sum[i]
-                                          - labels[i, k]) * scale, name="sce_grad")
-    return [y, labels, upstream], [out]
+    row_max, row_sum = _row_log_sum_exp(y, *shape)
+    return [y, labels, upstream], [_loss_gradient(y, labels, upstream, row_max, row_sum, dtype)]
+
+
+def softmax_cross_entropy_with_gradient(shape: Shape, dtype: str):
+    """The mean loss and its adjoint in one kernel: outputs ``(gradient, loss)``.
+
+    Both read the same row max and row sum, so fusing them computes each once.
+    """
+    y = te.placeholder(shape, dtype=dtype, name="Y")
+    labels = te.placeholder(shape, dtype=dtype, name="Y_")
+    upstream = te.placeholder((1,), dtype=dtype, name="G")
+    row_max, row_sum = _row_log_sum_exp(y, *shape)
+    return [y, labels, upstream], [_loss_gradient(y, labels, upstream, row_max, row_sum, dtype),
+                                   _mean_loss(y, labels, row_max, row_sum, dtype)]
 
 
 def reduce_sum_to(shape: Shape, to_shape: Shape, dtype: str):

@@ -105,6 +105,23 @@ def schedule_row_softmax(sch: s_tir.Schedule) -> None:
         sch.parallel(row_loop)
 
 
+def schedule_row_blocks(sch: s_tir.Schedule) -> None:
+    """Several row-wise blocks sharing row reductions (the loss fused with its gradient).
+
+    A shared producer cannot move under one consumer's row loop, so each block keeps its own
+    loop nest: rows in parallel where there are enough, elementwise columns vectorised.
+    """
+    for block in _all_blocks(sch):
+        loops = sch.get_loops(block)
+        if not _is_reduction(sch, block) and len(loops) > 1:
+            sch.vectorize(loops[-1])
+        first_is_row = sch.get(block).iter_vars[0].iter_type == 0
+        rows = _extent(sch, loops[0])
+        cells = rows * (_extent(sch, loops[-1]) if len(loops) > 1 else 1)
+        if first_is_row and rows > 1 and cells >= PARALLEL_MIN_ELEMENTS:
+            sch.parallel(loops[0])
+
+
 def schedule_matmul(sch: s_tir.Schedule) -> None:
     """Baseline register tiling for ``C[i, j] = sum_k A[i, k] B[k, j]``.
 
@@ -183,6 +200,7 @@ SCHEDULES: dict[str, ScheduleFn] = {
     "injective": schedule_injective,
     "reduce_sum": schedule_reduce_sum,
     "softmax": schedule_row_softmax,
+    "row_blocks": schedule_row_blocks,
     "matmul": schedule_matmul_packed,
     "conv2d": schedule_conv2d,
 }

@@ -1,4 +1,5 @@
-"""Operator fusion: fold the elementwise neighbourhood of each matmul into its kernel.
+"""Operator fusion: fold the elementwise neighbourhood of each matmul into its kernel, and
+compute the loss in its gradient's kernel.
 
 The pass rewrites the executor's step list (see ``memory_plan.Step``). Starting from each
 fusion anchor (a matmul), it follows the chain of single consumers whose operators can act
@@ -80,7 +81,31 @@ def fuse_epilogues(steps: list[Step], shapes: dict[Node, Shape], keep: set[Node]
             fused.append(merged[step.output])
         elif step.output not in absorbed:
             fused.append(step)
-    return eliminate_dead_steps(fused, keep)
+    return eliminate_dead_steps(fuse_loss_with_gradient(fused), keep)
+
+
+def fuse_loss_with_gradient(steps: list[Step]) -> list[Step]:
+    """Compute ``SoftmaxXEntropy(y, t)`` in the kernel of ``SoftmaxXEntropyGrad(y, t, g)``.
+
+    Both need each row's max and sum of exponentials; one kernel computes them once and
+    writes both outputs. The loss moves to the gradient's step, so no step in between may
+    read it (in a training graph only ``OnesLike(loss)`` sits there, which reads no value).
+    """
+    losses = {step.inputs[:2]: index for index, step in enumerate(steps)
+              if step.output.op.name == "SoftmaxXEntropy" and step.alias_of is None}
+    fused = list(steps)
+    moved: set[int] = set()
+    for index, step in enumerate(steps):
+        loss_index = losses.get(step.inputs[:2])
+        if (step.output.op.name != "SoftmaxXEntropyGrad" or loss_index is None
+                or loss_index in moved or loss_index > index):
+            continue
+        loss = steps[loss_index].output
+        if any(loss in between.inputs for between in steps[loss_index + 1:index]):
+            continue
+        fused[index] = replace(step, extra_outputs=(loss,))
+        moved.add(loss_index)
+    return [step for index, step in enumerate(fused) if index not in moved]
 
 
 def eliminate_dead_steps(steps: list[Step], keep: set[Node]) -> list[Step]:
@@ -88,7 +113,7 @@ def eliminate_dead_steps(steps: list[Step], keep: set[Node]) -> list[Step]:
     fusion replaced by reading the vector)."""
     while True:
         read = {node for step in steps for node in step.inputs}
-        live = [s for s in steps if s.output in read or s.output in keep]
+        live = [s for s in steps if any(out in read or out in keep for out in s.outputs)]
         if len(live) == len(steps):
             return live
         steps = live

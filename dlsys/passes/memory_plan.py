@@ -28,7 +28,8 @@ class Step:
     ``inplace_input`` is the input the kernel may overwrite (elementwise kernels);
     ``alias_of`` marks a step whose output *is* that input, so it runs no kernel. A fused
     step (see ``passes.fusion``) computes ``epilogue(anchor)`` where ``anchor`` is a matmul
-    node; its inputs are the matmul's operands, then the epilogue's operands.
+    node; its inputs are the matmul's operands, then the epilogue's operands. A kernel with
+    several outputs lists the others in ``extra_outputs``, written after ``output``.
     """
 
     output: Node
@@ -37,6 +38,11 @@ class Step:
     alias_of: Node | None = None
     anchor: Node | None = None
     epilogue: tuple = ()
+    extra_outputs: tuple[Node, ...] = ()
+
+    @property
+    def outputs(self) -> tuple[Node, ...]:
+        return (self.output, *self.extra_outputs)
 
 
 @dataclass
@@ -73,6 +79,8 @@ def resolve_aliases(steps: list[Step]) -> dict[Node, Node]:
     for step in steps:
         source = step.alias_of
         root[step.output] = root.get(source, source) if source is not None else step.output
+        for extra in step.extra_outputs:
+            root[extra] = extra
     return root
 
 
@@ -84,15 +92,15 @@ def live_ranges(steps: list[Step], keep: set[Node]) -> tuple[dict[Node, int], di
     root = resolve_aliases(steps)
     # An alias of a feed is rooted at the feed, which the user owns: it gets no range, so no
     # step can take its buffer over (in place) and the plan gives it no storage.
-    computed = {step.output for step in steps if step.alias_of is None}
+    computed = {out for step in steps if step.alias_of is None for out in step.outputs}
     end = len(steps)
     first: dict[Node, int] = {}
     last: dict[Node, int] = {}
     for t, step in enumerate(steps):
-        owner = root[step.output]
-        if owner in computed:
-            first.setdefault(owner, t)
-            last[owner] = max(last.get(owner, t), t)
+        for owner in {root[out] for out in step.outputs}:
+            if owner in computed:
+                first.setdefault(owner, t)
+                last[owner] = max(last.get(owner, t), t)
         for node in step.inputs:
             if root.get(node) in computed:
                 last[root[node]] = max(last.get(root[node], t), t)
@@ -134,16 +142,10 @@ def plan_memory(steps: list[Step], shapes: dict[Node, Shape], keep: set[Node], i
                     and sizes[candidate] == need):
                 storage_of_owner[owner] = storage_of_owner[candidate]
                 inplace_steps.add(owner)
-            elif share and free:
-                fitting = [s for s in free if storage_elements[s] >= need]
-                sid = (min(fitting, key=lambda s: storage_elements[s]) if fitting
-                       else max(free, key=lambda s: storage_elements[s]))
-                free.remove(sid)
-                storage_elements[sid] = max(storage_elements[sid], need)
-                storage_of_owner[owner] = sid
             else:
-                storage_of_owner[owner] = len(storage_elements)
-                storage_elements.append(need)
+                storage_of_owner[owner] = _allocate(need, free, storage_elements, share)
+            for extra in step.extra_outputs:
+                storage_of_owner[extra] = _allocate(sizes[extra], free, storage_elements, share)
         # Values can also die at an alias step (the last reader), and their buffers must be
         # freed there too, or they leak for the rest of the plan.
         if share:
@@ -155,10 +157,23 @@ def plan_memory(steps: list[Step], shapes: dict[Node, Shape], keep: set[Node], i
 
     storage_of = {node: storage_of_owner[owner] for node, owner in root.items()
                   if owner in storage_of_owner}
-    naive = sum(_elements(shapes[step.output]) for step in steps) * itemsize
+    naive = sum(_elements(shapes[out]) for step in steps for out in step.outputs) * itemsize
     return MemoryPlan(storage_of, storage_elements, itemsize, naive,
                       _peak_live(steps, root, first, last, sizes, inplace_steps) * itemsize,
                       inplace_steps)
+
+
+def _allocate(need: int, free: list[int], storage_elements: list[int], share: bool) -> int:
+    """A storage id for a value of ``need`` elements, by best fit among the free buffers."""
+    if share and free:
+        fitting = [s for s in free if storage_elements[s] >= need]
+        sid = (min(fitting, key=lambda s: storage_elements[s]) if fitting
+               else max(free, key=lambda s: storage_elements[s]))
+        free.remove(sid)
+        storage_elements[sid] = max(storage_elements[sid], need)
+        return sid
+    storage_elements.append(need)
+    return len(storage_elements) - 1
 
 
 def _peak_live(steps, root, first, last, sizes, inplace_steps) -> int:

@@ -165,9 +165,8 @@ class Executor:
         for step in steps:
             if step.alias_of is not None:
                 continue
-            node = step.output
             kernel = self._make_kernel(step, shapes)
-            args = [value[i] for i in step.inputs] + [value[node]]
+            args = [value[i] for i in step.inputs] + [value[out] for out in step.outputs]
             for position, arg_node in enumerate(step.inputs):
                 if arg_node in source:
                     feed_slots[source[arg_node]].append((len(calls), position))
@@ -177,6 +176,9 @@ class Executor:
         return _Prepared(shapes, steps, plan, calls, feed_slots, feed_buffers, outputs)
 
     def _make_kernel(self, step: Step, shapes: dict[Node, Shape]):
+        if step.extra_outputs:  # the loss fused with its gradient (passes.fusion)
+            return tvm_op.make_matrix_softmax_cross_entropy_with_gradient(
+                shapes[step.output], self.target, "llvm", "sce_with_grad", self.dtype)
         if step.anchor is None:
             node = step.output
             return node.op.make_kernel(node, [shapes[i] for i in node.inputs], shapes[node],
@@ -250,6 +252,9 @@ class Executor:
                    else "in place" if node in prepared.plan.inplace_steps else "")
             if step.anchor is not None:
                 how = "fused matmul+" + "+".join(kind for kind, *_ in step.epilogue)
+            for extra in step.extra_outputs:
+                rows.append((extra.name, prepared.shapes[extra], prepared.plan.storage_of[extra],
+                             "fused into the next row's kernel"))
             rows.append((node.name, prepared.shapes[node], prepared.plan.storage_of.get(node), how))
         return rows
 

@@ -51,8 +51,8 @@ def test_mlp_plan_is_compact(mlp_run):
 def test_unplanned_reference_gives_every_value_its_own_buffer(mlp_run):
     _, _, _, reference, _ = mlp_run
     plan = reference._prepared.plan
-    owners = {plan.storage_of[s.output] for s in reference._prepared.steps
-              if s.alias_of is None}
+    owners = {plan.storage_of[out] for s in reference._prepared.steps
+              if s.alias_of is None for out in s.outputs}
     assert len(owners) == len(plan.storage_elements)
     assert reference.memory_stats()["inplace_steps"] == 0
 
@@ -71,10 +71,11 @@ def test_kept_values_are_never_shared_with_a_later_value(mlp_run):
         if kept not in plan.storage_of:
             continue  # a feed, owned by the user
         sid = plan.storage_of[kept]
-        defined_at = next(t for t, s in enumerate(prepared.steps) if s.output is kept)
+        defined_at = next(t for t, s in enumerate(prepared.steps) if kept in s.outputs)
         for step in prepared.steps[defined_at + 1:]:
             if step.alias_of is None:
-                assert plan.storage_of[step.output] != sid, (kept.name, step.output.name)
+                for out in step.outputs:
+                    assert plan.storage_of[out] != sid, (kept.name, out.name)
 
 
 def test_kept_outputs_survive_the_rest_of_the_run(mlp_run):

@@ -80,3 +80,20 @@ def test_numpy_scalar_constants_are_accepted():
     out = tvm.runtime.empty((4,), "float32", tvm.cpu(0))
     kernel(tvm.runtime.tensor(np.full(4, 3.0, "float32")), out)
     np.testing.assert_array_equal(out.numpy(), np.full(4, 1.5))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 3), (1000, 10), (400, 1000)])
+def test_loss_with_gradient_kernel_matches_both_kernels_apart(shape):
+    rng = np.random.default_rng(3)
+    logits = (rng.standard_normal(shape) * 300).astype("float32")
+    labels = np.eye(shape[1], dtype="float32")[rng.integers(0, shape[1], shape[0])]
+    upstream = np.array([1.5], dtype="float32")
+    shifted = logits.astype("float64") - logits.max(axis=1, keepdims=True)
+    log_softmax = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    want_loss = np.mean(-(labels * log_softmax).sum(axis=1))
+    want_grad = (np.exp(log_softmax) - labels) / shape[0] * upstream[0]
+    kernel = op.make_matrix_softmax_cross_entropy_with_gradient(shape, "llvm", "llvm", "f")
+    grad, loss = tvm.runtime.empty(shape, "float32"), tvm.runtime.empty((1,), "float32")
+    kernel(*(tvm.runtime.tensor(a) for a in (logits, labels, upstream)), grad, loss)
+    np.testing.assert_allclose(loss.numpy()[0], want_loss, rtol=1e-5)
+    np.testing.assert_allclose(grad.numpy(), want_grad, rtol=1e-5, atol=1e-7)

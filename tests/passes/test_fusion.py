@@ -6,7 +6,8 @@ import pytest
 from dlsys import autodiff as ad
 from dlsys import tvm_op
 from dlsys.kernels.build import empty, to_tensor
-from dlsys.passes.fusion import fuse_epilogues
+from dlsys.passes.fusion import fuse_epilogues, fuse_loss_with_gradient
+from dlsys.passes.memory_plan import Step
 from dlsys.passes.shape_inference import infer_shapes
 from dlsys.runtime.executor import build_steps
 
@@ -51,6 +52,22 @@ def test_mlp_training_graph_fuses_forward_and_relu_gradients():
                                + [(("relu_mask",),)] * 2)
     # The bias broadcasts are read as vectors by the fused kernels, so no step computes them.
     assert not any(s.output.op.name == "BroadcastTo" for s in steps)
+    # The loss is computed by its gradient's kernel, as a second output.
+    (pair,) = [s for s in steps if s.extra_outputs]
+    assert pair.output.op.name == "SoftmaxXEntropyGrad" and pair.extra_outputs == (loss,)
+    assert not any(s.output is loss for s in steps)
+
+
+def test_loss_stays_apart_when_a_step_between_reads_it():
+    logits, labels, upstream = ad.Variable("y"), ad.Variable("t"), ad.Variable("g")
+    loss = ad.softmaxcrossentropy_op(logits, labels)
+    reader = loss * 2.0
+    grad = ad.softmaxcrossentropy_gradient_op(logits, labels, upstream)
+    steps = [Step(loss, (logits, labels)), Step(reader, (loss,)),
+             Step(grad, (logits, labels, upstream))]
+    assert fuse_loss_with_gradient(steps) == steps
+    fused = fuse_loss_with_gradient([steps[0], steps[2], steps[1]])
+    assert [s.outputs for s in fused] == [(grad, loss), (reader,)]
 
 
 def test_fused_and_unfused_runs_agree_exactly():
