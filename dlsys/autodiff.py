@@ -7,10 +7,12 @@ singletons (``matmul_op(a, b)``), as in the course assignment this project grew 
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from dlsys import tvm_op
-from dlsys.errors import GradientError, ShapeError
+from dlsys.errors import ArgumentTypeError, GradientError, ShapeError
 from dlsys.graph import Node, Op, Shape, find_topo_sort, short_name
 
 __all__ = [
@@ -121,6 +123,9 @@ class AddByConstOp(Op):
     inplace_input = 0
 
     def __call__(self, a: Node, const_val: float) -> Node:
+        if isinstance(const_val, bool) or not isinstance(const_val, numbers.Real):
+            raise ArgumentTypeError(f"{self.name}({a.name}, ...): the constant must be a real "
+                                    f"number or a Node, got {type(const_val).__name__}")
         return Node(self, [a], {"const": float(const_val)})
 
     def describe(self, node):

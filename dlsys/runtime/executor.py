@@ -15,7 +15,7 @@ import numpy as np
 import tvm
 
 from dlsys import tvm_op
-from dlsys.errors import DtypeError, FeedError, ShapeError
+from dlsys.errors import ArgumentTypeError, DtypeError, FeedError, ShapeError
 from dlsys.graph import Node, Shape, find_topo_sort
 from dlsys.kernels.build import SUPPORTED_DTYPES
 from dlsys.passes.fusion import eliminate_dead_steps, fuse_epilogues
@@ -75,7 +75,8 @@ class Executor:
         self.eval_node_list = list(eval_node_list)
         for i, node in enumerate(self.eval_node_list):
             if not isinstance(node, Node):
-                raise TypeError(f"eval_node_list[{i}] must be a Node, got {type(node).__name__}")
+                raise ArgumentTypeError(f"eval_node_list[{i}] must be a Node, got "
+                                        f"{type(node).__name__}")
         self.ctx = ctx if ctx is not None else tvm.cpu(0)
         on_gpu = self.ctx.dlpack_device_type() == tvm.cuda(0).dlpack_device_type()
         self.target = "cuda" if on_gpu else "llvm"

@@ -12,7 +12,7 @@ import tvm
 from graph_gen import build_mlp, numpy_eval
 
 from dlsys import autodiff as ad
-from dlsys.errors import DtypeError, FeedError
+from dlsys.errors import ArgumentTypeError, DtypeError, FeedError
 
 F32_TOL = {"rtol": 1e-4, "atol": 1e-5}
 F64_TOL = {"rtol": 1e-10, "atol": 1e-12}
@@ -190,3 +190,11 @@ def test_graph_deeper_than_the_recursion_limit():
     want_value = numpy_eval([h], {x: np.ones((2, 2))})[0]
     np.testing.assert_allclose(value, want_value, **F64_TOL)
     np.testing.assert_allclose(slope, np.full((2, 2), 1.001 ** 750), **F64_TOL)
+
+
+def test_bad_graph_arguments_raise_dlsys_errors_naming_them():
+    x = ad.Variable("x")
+    with pytest.raises(ArgumentTypeError, match="eval_node_list\\[1\\]"):
+        ad.Executor([x, "not a node"])
+    with pytest.raises(ArgumentTypeError, match="AddByConst\\(x"):
+        x + "1"
