@@ -11,7 +11,7 @@ setup:
 # Fashion-MNIST from Debian's package, the default data set when no MNIST is given.
 data:
 	@[ -d $(FASHION_MNIST) ] || { $(SUDO) apt-get update -qq && \
-	  $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
 
 train: setup data
 	dlsys train $(ARGS)
