@@ -11,6 +11,7 @@ import argparse
 import math
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from dlsys.data.mnist import DATA_ENV_VAR, DEFAULT_DATA_DIR, DEFAULT_VAL_SIZE
@@ -20,35 +21,23 @@ from dlsys.frontend.models import DEFAULT_MODEL, MODEL_LAYERS
 PROG = "dlsys"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+def _bounded(convert: Callable[[str], float], what: str,
+             accept: Callable[[float], bool]) -> Callable[[str], float]:
+    """An argparse ``type`` converting a flag's text and refusing values outside a range."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}") \
-            from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
+_positive_int = _bounded(int, "a positive integer", lambda v: v > 0)
+_non_negative_int = _bounded(int, "a non-negative integer", lambda v: v >= 0)
+_positive_float = _bounded(float, "a positive number", lambda v: math.isfinite(v) and v > 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
