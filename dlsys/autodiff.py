@@ -169,7 +169,8 @@ class MatMulOp(Op):
     fusion_anchor = True
 
     def __call__(self, a: Node, b: Node, trans_A: bool = False, trans_B: bool = False) -> Node:
-        return Node(self, [a, b], {"trans_A": bool(trans_A), "trans_B": bool(trans_B)})
+        return Node(self, [a, b], {"trans_A": tvm_op.check_flag("trans_A", trans_A),
+                                   "trans_B": tvm_op.check_flag("trans_B", trans_B)})
 
     def describe(self, node):
         a, b = node.inputs

@@ -28,7 +28,7 @@ def _const(name: str, value) -> float:
     return float(value)
 
 
-def _flag(name: str, value) -> bool:
+def check_flag(name: str, value) -> bool:
     # bool("no") is True: a transpose flag that is not a bool is a caller's mistake.
     if not isinstance(value, (bool, np.bool_)) and not (isinstance(value, int) and value in (0, 1)):
         raise ArgumentTypeError(f"{name} must be a bool, got {value!r}")
@@ -121,7 +121,8 @@ def make_broadcast_binary(op: str, shape_a: Shape, shape_b: Shape, tgt, tgt_host
 def make_matrix_mul(shapeA: Shape, transposeA: bool, shapeB: Shape, transposeB: bool, tgt,
                     tgt_host, func_name, dtype="float32") -> Kernel:
     shape_a, shape_b = check_shape("shapeA", shapeA, 2), check_shape("shapeB", shapeB, 2)
-    transposeA, transposeB = _flag("transposeA", transposeA), _flag("transposeB", transposeB)
+    transposeA = check_flag("transposeA", transposeA)
+    transposeB = check_flag("transposeB", transposeB)
     inner_a = shape_a[0] if transposeA else shape_a[1]
     inner_b = shape_b[1] if transposeB else shape_b[0]
     if inner_a != inner_b:
@@ -218,6 +219,8 @@ def make_matmul_epilogue(shapeA: Shape, transposeA: bool, shapeB: Shape, transpo
     in order, after ``A`` and ``B``.
     """
     shape_a, shape_b = check_shape("shapeA", shapeA, 2), check_shape("shapeB", shapeB, 2)
+    transposeA = check_flag("transposeA", transposeA)
+    transposeB = check_flag("transposeB", transposeB)
     inner_a = shape_a[0] if transposeA else shape_a[1]
     inner_b = shape_b[1] if transposeB else shape_b[0]
     if inner_a != inner_b:

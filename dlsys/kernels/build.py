@@ -38,6 +38,10 @@ def make_target(tgt: str | tvm.target.Target, tgt_host: str | None = "llvm") -> 
     # Checked before the cached constructor, which could not even hash a list.
     if not isinstance(tgt, str) or not tgt.split() or tgt.split()[0] not in SUPPORTED_TARGETS:
         raise ArgumentError(f"tgt must be one of {SUPPORTED_TARGETS}, got {tgt!r}")
+    if len(tgt.split()) > 1:
+        # dlsys chooses the CPU and its features itself; an option such as -mtriple would be
+        # ignored, and code for another machine silently built for this one.
+        raise ArgumentError(f"tgt takes no options, only {SUPPORTED_TARGETS}: got {tgt!r}")
     if tgt_host is not None and not (isinstance(tgt_host, str) and tgt_host == "llvm"):
         raise ArgumentError(f"tgt_host must be 'llvm' or None, got {tgt_host!r}")
     return _make_target(tgt.split()[0])

@@ -55,8 +55,15 @@ def mul_by_const(shape: Shape, const_k: float, dtype: str):
     return unary(shape, dtype, lambda x: x * tirx.const(const_k, dtype), "mul_const")
 
 
+def relu_value(x, dtype: str):
+    """``max(x, 0)`` that keeps NaN, as numpy and PyTorch do: ``x < 0`` is false for NaN, so
+    a NaN in the data or the parameters propagates to the loss instead of training on."""
+    zero = tirx.const(0, dtype)
+    return tirx.Select(x < zero, zero, x)
+
+
 def relu(shape: Shape, dtype: str):
-    return unary(shape, dtype, lambda x: te.max(x, tirx.const(0, dtype)), "relu")
+    return unary(shape, dtype, lambda x: relu_value(x, dtype), "relu")
 
 
 def relu_gradient(shape: Shape, dtype: str):
@@ -233,7 +240,7 @@ def _epilogue_step(kind: str, extra: tuple, x, operand, i, j, dtype: str):
         # (H > 0) * G where G is the matmul result: the adjoint of relu at its output H.
         return tirx.Select(operand[i, j] > zero, x, zero)
     if kind == "relu":
-        return te.max(x, zero)
+        return relu_value(x, dtype)
     if kind == "add_const":
         return x + tirx.const(extra[0], dtype)
     return x * tirx.const(extra[0], dtype)

@@ -30,9 +30,12 @@ def _readers(steps: list[Step]) -> dict[Node, list[Step]]:
 
 
 def read_relu_output_in_relu_gradient(steps: list[Step]) -> list[Step]:
-    """Point each ReluGradient at the relu's output instead of its pre-activation input."""
-    relu_of = {step.inputs[0]: step.output for step in steps
-               if step.output.op.name == "Relu" and step.alias_of is None}
+    """Point each ReluGradient at the relu's output instead of its pre-activation input.
+
+    Only a relu computed by an *earlier* step qualifies: a relu of the same input scheduled
+    later would be read before it is written (its buffer still holds the previous run's value).
+    """
+    relu_of: dict[Node, Node] = {}
     rewritten = []
     for step in steps:
         mask = step.inputs[0] if step.inputs else None
@@ -40,6 +43,8 @@ def read_relu_output_in_relu_gradient(steps: list[Step]) -> list[Step]:
             inputs = (relu_of[mask],) + step.inputs[1:]
             inplace = step.inplace_input if step.inplace_input is not mask else None
             step = replace(step, inputs=inputs, inplace_input=inplace)
+        if step.output.op.name == "Relu" and step.alias_of is None:
+            relu_of.setdefault(step.inputs[0], step.output)
         rewritten.append(step)
     return rewritten
 

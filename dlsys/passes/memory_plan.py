@@ -194,15 +194,33 @@ def _peak_live(steps, root, first, last, sizes, inplace_steps) -> int:
     return peak
 
 
+def order_problems(steps: list[Step]) -> list[str]:
+    """Every step that reads a value no earlier step computed (and no feed provides).
+
+    A pass that rewrites what a step reads (fusion does) must keep this list empty: such a
+    read would see whatever the buffer held before, typically the previous run's value.
+    """
+    problems: list[str] = []
+    defined: set[Node] = set()
+    for t, step in enumerate(steps):
+        for node in step.inputs:
+            if node not in defined and not node.op.is_placeholder:
+                problems.append(f"step {t} ({step.output.name}) reads {node.name} before any "
+                                f"step computes it")
+        defined.update(step.outputs)
+    return problems
+
+
 def verify_plan(steps: list[Step], shapes: dict[Node, Shape], keep: set[Node],
                 plan: MemoryPlan) -> list[str]:
     """Every way ``plan`` is wrong, as messages (empty when it is sound).
 
-    Checks that each buffer holds its values, that no two values alive at the same step share
-    a buffer (except an output written in place over an input that dies at that step, where
-    the step allows it), and that kept values are never shared with anything later.
+    Checks that every step reads only values computed before it, that each buffer holds its
+    values, that no two values alive at the same step share a buffer (except an output
+    written in place over an input that dies at that step, where the step allows it), and
+    that kept values are never shared with anything later.
     """
-    problems: list[str] = []
+    problems: list[str] = order_problems(steps)
     root = resolve_aliases(steps)
     first, last = live_ranges(steps, keep)
     for owner in first:

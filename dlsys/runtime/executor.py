@@ -9,6 +9,7 @@ it allocates no device memory and looks nothing up per kernel call.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +20,7 @@ from dlsys.errors import ArgumentTypeError, DtypeError, FeedError, ShapeError
 from dlsys.graph import Node, Shape, find_topo_sort
 from dlsys.kernels.build import SUPPORTED_DTYPES
 from dlsys.passes.fusion import eliminate_dead_steps, fuse_epilogues
-from dlsys.passes.memory_plan import MemoryPlan, Step, plan_memory
+from dlsys.passes.memory_plan import MemoryPlan, Step, order_problems, plan_memory
 from dlsys.passes.shape_inference import infer_shapes
 
 
@@ -54,6 +55,13 @@ class _Prepared:
     feed_slots: dict[Node, list[tuple[int, int]]]  # placeholder -> (call, argument) positions
     feed_buffers: dict[Node, tvm.runtime.Tensor]
     outputs: list                             # eval node -> its tensor, or a placeholder
+    owned_ranges: list[tuple[int, int]]       # [start, end) addresses of the planned storage
+
+    def owns_memory_of(self, tensor: tvm.runtime.Tensor) -> bool:
+        """Whether ``tensor`` overlaps a buffer of the plan (e.g. a returned output fed back)."""
+        start = tensor.data_ptr()
+        end = start + tensor.numel() * np.dtype(str(tensor.dtype)).itemsize
+        return any(start < high and low < end for low, high in self.owned_ranges)
 
 
 class Executor:
@@ -67,7 +75,14 @@ class Executor:
     Feeds may be TVM tensors (used as they are, never copied: they must have the executor's
     dtype and device) or array-likes such as numpy arrays, which are converted to the dtype
     and copied into a buffer that is reused from run to run; a float64 or non-contiguous
-    numpy array is therefore accepted and converted.
+    numpy array is therefore accepted and converted. A TVM tensor that shares memory with
+    the executor's own buffers (an output of an earlier run fed back in) is copied first,
+    since the kernels would overwrite it while reading it.
+
+    Threads: ``run`` holds a lock, so calls from several threads run one after another and
+    each computes its own feeds' values. The TVM tensors it returns are the executor's
+    buffers, overwritten by the next run from any thread; a thread sharing an executor
+    should ask for ``convert_to_numpy_ret_vals=True``, whose copies are made under the lock.
     """
 
     def __init__(self, eval_node_list: list[Node], ctx=None, dtype: str | None = None,
@@ -91,6 +106,8 @@ class Executor:
         self._signature: tuple | None = None
         self._prepared: _Prepared | None = None
         self._bound: dict[Node, object] = {}
+        # One run at a time: runs share the planned buffers and the bound argument lists.
+        self._lock = threading.Lock()
 
     # ----------------------------------------------------------------- feeds
     def _check_feed_keys(self, feed_dict: dict) -> None:
@@ -126,6 +143,9 @@ class Executor:
                 raise FeedError(f"feed {node.name} is on {value.device}, this executor runs on "
                                 f"{self.ctx}")
             return value
+        if np.iscomplexobj(value):
+            raise DtypeError(f"feed {node.name} is complex; dlsys computes in real "
+                             f"{self.dtype}, and dropping the imaginary part would be silent")
         try:
             array = np.ascontiguousarray(value, dtype=self.dtype)
         except (TypeError, ValueError) as err:
@@ -142,6 +162,9 @@ class Executor:
         steps = build_steps(self.topo_order, shapes)
         steps = (fuse_epilogues(steps, shapes, keep) if self.fuse
                  else eliminate_dead_steps(steps, keep))
+        misordered = order_problems(steps)
+        if misordered:  # a pass broke the schedule: never run it and return stale values
+            raise RuntimeError("dlsys internal error, please report: " + "; ".join(misordered))
         itemsize = np.dtype(self.dtype).itemsize
         plan = plan_memory(steps, shapes, keep, itemsize, share=self.plan_memory)
         # The reference is one buffer per node of the graph as written, before fusion
@@ -149,6 +172,8 @@ class Executor:
         plan.naive_bytes = itemsize * sum(int(np.prod(shapes[n])) for n in self.topo_order
                                           if not n.op.is_placeholder)
         storage = [tvm.runtime.empty((n,), self.dtype, self.ctx) for n in plan.storage_elements]
+        owned_ranges = [(t.data_ptr(), t.data_ptr() + n * itemsize)
+                        for t, n in zip(storage, plan.storage_elements)]
         feed_buffers = {p: tvm.runtime.empty(shapes[p], self.dtype, self.ctx)
                         for p in self.placeholders}
         value: dict[Node, object] = dict(feed_buffers)
@@ -174,7 +199,8 @@ class Executor:
             calls.append((kernel.func, tuple(args)))
         outputs = [source.get(n, n) if n in source else value[n] for n in self.eval_node_list]
         self._bound = dict(feed_buffers)
-        return _Prepared(shapes, steps, plan, calls, feed_slots, feed_buffers, outputs)
+        return _Prepared(shapes, steps, plan, calls, feed_slots, feed_buffers, outputs,
+                         owned_ranges)
 
     def _make_kernel(self, step: Step, shapes: dict[Node, Shape]):
         if step.extra_outputs:  # the loss fused with its gradient (passes.fusion)
@@ -204,6 +230,10 @@ class Executor:
         (overwritten by the next run), or numpy copies when asked."""
         if not isinstance(feed_dict, dict):
             raise FeedError(f"feed_dict must be a dict, got {type(feed_dict).__name__}")
+        with self._lock:
+            return self._run(feed_dict, convert_to_numpy_ret_vals)
+
+    def _run(self, feed_dict: dict, convert_to_numpy_ret_vals: bool) -> list:
         self._check_feed_keys(feed_dict)
         self._resolve_dtype(feed_dict)
         feeds = {p: self._feed_value(p, feed_dict[p]) for p in self.placeholders}
@@ -213,7 +243,9 @@ class Executor:
             self._signature = signature
         prepared = self._prepared
         for placeholder, fed in feeds.items():
-            if isinstance(fed, np.ndarray):
+            if isinstance(fed, np.ndarray) or prepared.owns_memory_of(fed):
+                # A tensor this executor returned (or a view of one) would be overwritten
+                # while kernels still read it: run on a copy, like an array feed.
                 buffer = prepared.feed_buffers[placeholder]
                 buffer.copyfrom(fed)
                 fed = buffer

@@ -177,3 +177,12 @@ def test_conv2d_forward_matches_numpy():
     (value,) = ad.Executor([out], dtype="float64").run(feeds, convert_to_numpy_ret_vals=True)
     assert value.shape == (2, 4, 4, 4)
     np.testing.assert_allclose(value, numpy_eval([out], feeds)[0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("flag", ["no", "", 2, None, 1.0])
+def test_matmul_transpose_flags_must_be_bools(flag):
+    from dlsys.errors import ArgumentTypeError
+
+    a, b = ad.Variable("a"), ad.Variable("b")
+    with pytest.raises(ArgumentTypeError, match="trans_A must be a bool"):
+        ad.matmul_op(a, b, flag, False)

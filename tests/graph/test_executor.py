@@ -198,3 +198,58 @@ def test_bad_graph_arguments_raise_dlsys_errors_naming_them():
         ad.Executor([x, "not a node"])
     with pytest.raises(ArgumentTypeError, match="AddByConst\\(x"):
         x + "1"
+
+
+def test_returned_output_fed_back_is_read_before_it_is_overwritten(monkeypatch):
+    # Under the naive schedule a matmul reads its operand while writing its output; feeding
+    # the executor's own output buffer back in must not let the two overlap.
+    monkeypatch.setenv("DLSYS_SCHEDULE", "naive")
+    h, w = ad.Variable("h"), ad.Variable("W")
+    executor = ad.Executor([ad.matmul_op(h, w)])
+    rng = np.random.default_rng(0)
+    # Large enough that LLVM cannot keep a whole row of the operand in registers.
+    w_val = rng.standard_normal((200, 200)).astype("float32") / 14
+    cur = rng.standard_normal((200, 200)).astype("float32")
+    expected = cur.astype("float64")
+    (out,) = executor.run({h: cur, w: w_val})
+    for _ in range(3):
+        expected = expected @ w_val
+        np.testing.assert_allclose(out.numpy(), expected, rtol=1e-4, atol=1e-5)
+        (out,) = executor.run({h: out, w: w_val})
+
+
+def test_one_executor_from_several_threads_gives_every_thread_its_own_answer():
+    from concurrent.futures import ThreadPoolExecutor
+
+    x, w = ad.Variable("x"), ad.Variable("W")
+    executor = ad.Executor([ad.relu_op(ad.matmul_op(x, w))])
+    rng = np.random.default_rng(1)
+    w_val = rng.standard_normal((64, 32)).astype("float32")
+    inputs = [rng.standard_normal((128, 64)).astype("float32") for _ in range(16)]
+
+    def work(x_val):
+        (got,) = executor.run({x: x_val, w: w_val}, convert_to_numpy_ret_vals=True)
+        return got
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(work, inputs * 4))
+    for x_val, got in zip(inputs * 4, results):
+        np.testing.assert_allclose(got, np.maximum(x_val @ w_val, 0), rtol=1e-4, atol=1e-4)
+
+
+def test_complex_feed_is_refused_not_truncated():
+    x = ad.Variable("x")
+    executor = ad.Executor([ad.relu_op(x)])
+    with pytest.raises(DtypeError, match="x is complex"):
+        executor.run({x: np.ones((2, 3), dtype=np.complex64) * 1j})
+
+
+def test_relu_keeps_nan_so_a_nan_reaches_the_loss():
+    x, labels = ad.Variable("x"), ad.Variable("y_")
+    relu = ad.relu_op(x)
+    loss = ad.softmaxcrossentropy_op(relu, labels)
+    x_val = np.ones((2, 3), dtype="float32")
+    x_val[1, 2] = np.nan
+    out, loss_val = ad.Executor([relu, loss]).run(
+        {x: x_val, labels: np.eye(3, dtype="float32")[[0, 1]]}, convert_to_numpy_ret_vals=True)
+    assert np.isnan(out[1, 2]) and np.isnan(loss_val[0])

@@ -97,3 +97,34 @@ def test_loss_with_gradient_kernel_matches_both_kernels_apart(shape):
     kernel(*(tvm.runtime.tensor(a) for a in (logits, labels, upstream)), grad, loss)
     np.testing.assert_allclose(loss.numpy()[0], want_loss, rtol=1e-5)
     np.testing.assert_allclose(grad.numpy(), want_grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: op.make_relu((4, 20), "llvm", "llvm", "relu"),
+    lambda: op.make_matmul_epilogue((4, 3), False, (3, 20), False, [("relu",)], "llvm", "llvm",
+                                    "f"),
+], ids=["relu", "matmul+relu"])
+def test_relu_kernels_keep_nan(build):
+    kernel = build()
+    shapes = kernel.arg_shapes
+    rng = np.random.default_rng(0)
+    args = [rng.standard_normal(s).astype("float32") for s in shapes[:-1]]
+    args[0][1, 2] = np.nan
+    tensors = [tvm.runtime.tensor(a) for a in args] + [tvm.runtime.empty(shapes[-1], "float32")]
+    kernel(*tensors)
+    out = tensors[-1].numpy()
+    assert np.isnan(out[1]).any() and not np.isnan(out[0]).any()
+
+
+def test_target_options_are_refused_not_ignored():
+    from dlsys.errors import ArgumentError
+
+    with pytest.raises(ArgumentError, match="mtriple"):
+        op.make_relu((4,), "llvm -mtriple=aarch64-linux-gnu", "llvm", "relu")
+
+
+def test_fused_matmul_transpose_flags_must_be_bools():
+    from dlsys.errors import ArgumentTypeError
+
+    with pytest.raises(ArgumentTypeError, match="transposeA"):
+        op.make_matmul_epilogue((3, 3), "no", (3, 3), False, [("relu",)], "llvm", "llvm", "f")

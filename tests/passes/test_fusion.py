@@ -150,3 +150,29 @@ def test_unknown_epilogue_step_is_rejected():
     with pytest.raises(ValueError, match="epilogue step"):
         tvm_op.make_matmul_epilogue((2, 3), False, (3, 4), False, [("tanh",)], "llvm", "llvm",
                                     "f")
+
+
+def test_relu_gradient_never_reads_a_relu_scheduled_after_it():
+    # The rewrite to relu(W) > 0 is sound only where the relu is already computed: here it is
+    # asked for after the gradient, so the gradient must keep reading W itself.
+    w, g = ad.Variable("W"), ad.Variable("g")
+    mask_grad, relu = ad.relu_gradient_op(w, g), ad.relu_op(w)
+    executor = ad.Executor([mask_grad, relu])
+    rng = np.random.default_rng(0)
+    for _ in range(2):  # the second run would see the first run's relu
+        w_val = rng.standard_normal((7, 5)).astype("float32")
+        g_val = rng.standard_normal((7, 5)).astype("float32")
+        got, relu_out = executor.run({w: w_val, g: g_val}, convert_to_numpy_ret_vals=True)
+        np.testing.assert_array_equal(got, (w_val > 0) * g_val)
+        np.testing.assert_array_equal(relu_out, np.maximum(w_val, 0))
+
+
+def test_order_check_catches_a_step_that_reads_a_later_value():
+    from dlsys.passes.memory_plan import order_problems
+
+    a = ad.Variable("a")
+    b = ad.relu_op(a)
+    c = ad.relu_op(b)
+    steps = [Step(c, (b,)), Step(b, (a,))]
+    (problem,) = order_problems(steps)
+    assert c.name in problem and b.name in problem
