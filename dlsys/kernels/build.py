@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import numbers
 import os
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from functools import cache, lru_cache
@@ -23,6 +22,7 @@ import tvm
 from tvm import te
 
 from dlsys.errors import ArgumentError, ArgumentTypeError, DtypeError, ShapeError
+from dlsys.kernels import disk_cache
 from dlsys.kernels import schedule as schedules
 
 SUPPORTED_DTYPES = ("float32", "float64")
@@ -127,9 +127,9 @@ _lock = threading.Lock()
 
 
 def cache_dir() -> Path:
-    """Where exported kernels live: ``$DLSYS_CACHE_DIR``, else ``~/.cache/dlsys/kernels``."""
-    root = os.environ.get("DLSYS_CACHE_DIR")
-    return Path(root) if root else Path.home() / ".cache" / "dlsys" / "kernels"
+    """The kernel cache folder the user named: ``$DLSYS_CACHE_DIR``, else
+    ``~/.cache/dlsys/kernels``; ``disk_cache.private_dir`` decides whether it is used."""
+    return disk_cache.configured_dir()
 
 
 def disk_cache_enabled() -> bool:
@@ -148,26 +148,6 @@ def _code_fingerprint() -> str:
 def cache_key(kind: str, params: tuple, dtype: str, target: tvm.target.Target) -> str:
     text = repr((kind, params, dtype, str(target), schedules.schedule_mode(), _code_fingerprint()))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-def _load_from_disk(path: Path, func_name: str):
-    try:
-        return tvm.runtime.load_module(str(path))[func_name]
-    except Exception:  # noqa: BLE001 - a corrupt or stale entry is rebuilt, never fatal
-        path.unlink(missing_ok=True)
-        return None
-
-
-def _save_to_disk(lib, path: Path) -> None:
-    """Export atomically: a crash mid-write leaves a temporary file, never a broken entry."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
-        os.close(fd)
-        lib.export_library(tmp)
-        os.replace(tmp, path)
-    except Exception:  # noqa: BLE001 - the cache is an optimisation; compiling again is correct
-        Path(tmp).unlink(missing_ok=True) if "tmp" in locals() else None
 
 
 def _unscheduled_module(inputs: list, outputs: list, func_name: str) -> tvm.IRModule:
@@ -213,17 +193,18 @@ def build_kernel(kind: str, params: tuple, define: Callable[[], tuple[list, list
     # every kernel under one internal name and hands out the function whatever func_name was.
     symbol = "dlsys_kernel"
     func = None
-    use_disk = disk_cache_enabled() and target.kind.name == "llvm"
-    if use_disk:
+    directory = None
+    if disk_cache_enabled() and target.kind.name == "llvm":
+        directory = disk_cache.private_dir()
+    if directory is not None:
         decisions = schedules.schedule_decisions(_unscheduled_module(inputs, outputs, symbol),
                                                  kind, target)
-        path = cache_dir() / f"{cache_key(kind, params + (decisions,), dtype, target)}.so"
-    if use_disk and path.exists():
-        func = _load_from_disk(path, symbol)
+        disk_key = cache_key(kind, params + (decisions,), dtype, target)
+        func = disk_cache.load(directory, disk_key, symbol)
     if func is None:
         lib = compile_module(inputs, outputs, kind, target, symbol)
-        if use_disk:
-            _save_to_disk(lib, path)
+        if directory is not None:
+            disk_cache.save(lib, directory, disk_key)
         func = lib[symbol]
     kernel = Kernel(func, func_name, arg_shapes, dtype, arg_names,
                     device_for(target).dlpack_device_type())

@@ -114,7 +114,7 @@ class MatmulConfig:
         if not all(type(v) is int for v in sizes) or not all(type(f) is bool for f in flags):
             return None
         config = cls(*sizes, *flags)
-        return config if config.fits(problem) else None
+        return config if config.fits(problem) and config._search_shaped(problem) else None
 
     def fits(self, problem: MatmulProblem) -> bool:
         """Whether the tiles divide the padded problem, as the schedule requires."""
@@ -123,6 +123,31 @@ class MatmulConfig:
         # thousands of instructions.
         return (0 < self.mr <= min(problem.m, MAX_TILE) and 0 < self.nr <= MAX_TILE
                 and 0 < self.nc and self.nc % self.nr == 0 and n_pad % self.nc == 0)
+
+    def _search_shaped(self, problem: MatmulProblem) -> bool:
+        """Whether a logged config (which fits) is one the search could have logged, or a tile
+        of the same kind: legal tiles can still be pathological (1 x 1 runs a matmul about 70x
+        slower than the tuned tile), and a log is a file anyone with access can edit."""
+        if self in candidate_configs(problem, limit=64):
+            return True
+        lanes = problem.lanes
+        if self.vec_m:
+            # Row vectors come from the packed copy of A, in whole vectors.
+            vectors, broadcast, extent = self.mr // lanes, self.nr, problem.n
+            whole = self.mr % lanes == 0 and self.pack_a
+        else:
+            # Whole column vectors, or all of an output narrower than one; padded rows only
+            # exist in the packed copy of A.
+            vectors, broadcast, extent = -(-self.nr // lanes), self.mr, problem.m
+            whole = ((self.nr % lanes == 0 or self.nr == problem.n < lanes)
+                     and (self.pack_a or problem.m % self.mr == 0))
+        accumulators = vectors * broadcast
+        # As in _TILE_SHAPES: accumulators, the loaded vectors and a broadcast within AVX2's 16
+        # registers, and at least two independent accumulators where the output allows.
+        registers_ok = accumulators + vectors + 1 <= 16 and accumulators >= min(2, extent)
+        # B's slab is whole or the L2-sized one the search tries.
+        n_pad = _round_up(problem.n, self.nr)
+        return whole and registers_ok and self.nc in (n_pad, _slab_columns(problem, self.nr))
 
 
 def _round_up(value: int, multiple: int) -> int:

@@ -1,6 +1,6 @@
 """Tuning logs: per-shape schedule parameters found by measurement, kept as JSON.
 
-Two tables are consulted, in order: the user's log under the dlsys cache directory, which
+Two tables are consulted, in order: the user's log inside the dlsys cache folder, which
 grows as searches run on this machine, and a table shipped in ``dlsys/kernels/tuned/`` with
 known-good entries for the MLP's shapes. Keys name the CPU, so a log copied to another
 machine is simply not used there. Both files are data, not code: build.py hashes only the
@@ -14,24 +14,30 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 from functools import cache, lru_cache
 from pathlib import Path
 
 import tvm
 
+from dlsys.kernels import disk_cache
+
 LOG_VERSION = 1
 SHIPPED_DIR = Path(__file__).parent / "tuned"
+# Far above any real log (an entry is about 150 bytes), far below a memory problem.
+MAX_LOG_BYTES = 16 << 20
 
 _lock = threading.Lock()
 
 
-def tuning_log_path(kind: str) -> Path:
-    """The user's log for ``kind``: next to the kernel cache (``$DLSYS_CACHE_DIR``'s parent)."""
-    from dlsys.kernels.build import cache_dir  # build imports the schedules, which import us
+def tuning_log_path(kind: str) -> Path | None:
+    """The user's log for ``kind``, inside the kernel cache folder (``$DLSYS_CACHE_DIR``).
 
-    return cache_dir().parent / f"{kind}_tuning.json"
+    None when that folder is not private: a log decides how kernels are built, so it is read
+    only from a folder nobody else can write to.
+    """
+    directory = disk_cache.private_dir()
+    return directory / f"{kind}_tuning.json" if directory is not None else None
 
 
 @lru_cache(maxsize=1)
@@ -45,10 +51,17 @@ def tuning_enabled() -> bool:
     return os.environ.get("DLSYS_TUNE", "1").strip() not in ("0", "false", "no", "off")
 
 
-def _read_entries(path: Path) -> dict[str, dict]:
+def _read_entries(path: Path | None) -> dict[str, dict]:
+    if path is None:
+        return {}
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        with open(path, "rb") as handle:
+            text = handle.read(MAX_LOG_BYTES + 1)
+        if len(text) > MAX_LOG_BYTES:
+            return {}
+        data = json.loads(text)
+    except (OSError, ValueError, RecursionError):
+        # json recurses once per nesting level: a deeply nested file is corrupt, not a crash.
         return {}
     if not isinstance(data, dict) or data.get("version") != LOG_VERSION:
         return {}
@@ -83,14 +96,16 @@ def record(kind: str, key: str, value: dict) -> None:
     corrupt log is replaced by one holding only the entries that could be read.
     """
     path = tuning_log_path(kind)
+    if path is None:
+        return  # no private folder: the search's result lives in this process only
     with _lock:
         entries = _read_entries(path)
         entries[key] = value
         text = json.dumps({"version": LOG_VERSION, "entries": entries}, indent=1, sort_keys=True)
         tmp = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(suffix=".json", dir=path.parent)
+            # Private (0600) like the folder, and named so a killed writer's file is swept.
+            fd, tmp = disk_cache.temp_file(path.parent, ".json")
             with os.fdopen(fd, "w") as handle:
                 handle.write(text)
             os.replace(tmp, path)

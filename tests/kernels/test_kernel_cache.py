@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -134,3 +135,88 @@ def test_disk_cache_off_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("DLSYS_DISK_CACHE", "0")
     op.make_relu((2, 9), "llvm", "llvm", "relu")
     assert not list(tmp_path.glob("*.so"))
+
+
+def _relu_child(cache: str) -> str:
+    """A child process that builds and checks one relu kernel through the disk cache."""
+    return textwrap.dedent(f"""
+        import os
+        os.environ["DLSYS_CACHE_DIR"] = {cache!r}
+        os.environ["DLSYS_DISK_CACHE"] = "1"
+        import numpy as np, tvm
+        from dlsys import tvm_op as op
+        x = np.linspace(-1, 1, 35, dtype="float32").reshape(5, 7)
+        out = tvm.runtime.empty((5, 7), "float32", tvm.cpu(0))
+        op.make_relu((5, 7), "llvm", "llvm", "relu")(tvm.runtime.tensor(x), out)
+        assert np.array_equal(out.numpy(), np.maximum(x, 0))
+        print("OK")
+    """)
+
+
+def test_truncated_library_is_rebuilt_not_a_crash(disk_cache):
+    # dlopen maps a truncated library's segments past the end of the file: the first access
+    # kills the process with SIGBUS unless the entry is checked before it is loaded.
+    first = _run_child(_relu_child(str(disk_cache)))
+    assert first.returncode == 0, first.stderr
+    (path,) = disk_cache.glob("*.so")
+    whole = path.read_bytes()
+    path.write_bytes(whole[:len(whole) // 2])
+    second = _run_child(_relu_child(str(disk_cache)))
+    assert second.returncode == 0 and "OK" in second.stdout, (second.returncode, second.stderr)
+    assert path.stat().st_size > len(whole) // 2
+
+
+def _two_entries(disk_cache):
+    """Build two relu kernels of different shapes; returns their entries' library paths."""
+    op.make_relu((5, 7), "llvm", "llvm", "relu")
+    (first,) = disk_cache.glob("*.so")
+    op.make_relu((3, 3), "llvm", "llvm", "relu")
+    (second,) = set(disk_cache.glob("*.so")) - {first}
+    build.clear_memory_cache()
+    return first, second
+
+
+def _check_relu_5x7(kernel):
+    x = np.linspace(-1, 1, 35, dtype="float32").reshape(5, 7)
+    out = tvm.runtime.empty((5, 7), "float32", tvm.cpu(0))
+    kernel(tvm.runtime.tensor(x), out)
+    np.testing.assert_array_equal(out.numpy(), np.maximum(x, 0))
+
+
+@pytest.mark.parametrize("with_record", [False, True])
+def test_another_kernels_library_under_a_key_is_evicted(disk_cache, compile_count, with_record):
+    first, second = _two_entries(disk_cache)
+    first.write_bytes(second.read_bytes())
+    if with_record:  # the whole entry copied, record and all: the record names another key
+        first.with_suffix(".sha256").write_bytes(second.with_suffix(".sha256").read_bytes())
+    _check_relu_5x7(op.make_relu((5, 7), "llvm", "llvm", "relu"))
+    assert len(compile_count) == 3
+    # Replaced by its own library, which the next process loads without compiling.
+    build.clear_memory_cache()
+    _check_relu_5x7(op.make_relu((5, 7), "llvm", "llvm", "relu"))
+    assert len(compile_count) == 3
+
+
+def test_an_entry_that_is_a_directory_is_replaced(disk_cache, compile_count):
+    op.make_relu((5, 7), "llvm", "llvm", "relu")
+    (path,) = disk_cache.glob("*.so")
+    path.unlink()
+    path.mkdir()
+    (path / "inside").write_text("x")
+    build.clear_memory_cache()
+    _check_relu_5x7(op.make_relu((5, 7), "llvm", "llvm", "relu"))
+    assert path.is_file() and len(compile_count) == 2
+
+
+def test_abandoned_temporary_exports_are_swept(disk_cache):
+    old = time.time() - 2 * 3600
+    stale = [disk_cache / ".dlsys-tmp-k1l2m3n4.so", disk_cache / "tmpab_cd123.so"]
+    fresh = disk_cache / ".dlsys-tmp-x9y8z7w6.so"  # perhaps a live process exporting now
+    users = [disk_cache / "tmp_notes.so", disk_cache / "notes.txt"]  # not dlsys's names
+    for path in [*stale, fresh, *users]:
+        path.write_bytes(b"partial")
+    for path in [*stale, *users]:
+        os.utime(path, (old, old))
+    op.make_relu((2, 3), "llvm", "llvm", "relu")
+    assert not any(path.exists() for path in stale)
+    assert fresh.exists() and all(path.exists() for path in users)
