@@ -10,6 +10,7 @@ and the source of dlsys's compute and schedule modules.
 from __future__ import annotations
 
 import hashlib
+import math
 import numbers
 import os
 import threading
@@ -70,6 +71,14 @@ def check_shape(name: str, shape: Sequence[int], ndim: int | None = None) -> tup
         raise ShapeError(f"{name} must have positive dimensions, got {dims}")
     if ndim is not None and len(dims) != ndim:
         raise ShapeError(f"{name} must have {ndim} dimensions, got {dims}")
+    # TVM indexes buffers with int32 unless a dimension needs more: a dimension past int32
+    # turns some index arithmetic int64 and some not (a 2**63 one does not even convert), and
+    # int32 dimensions whose product passes it overflow the flat index silently.
+    max_elements = 2**31 - 1
+    elements = math.prod(dims)
+    if elements > max_elements:
+        raise ShapeError(f"{name} {dims} has {elements} elements; dlsys kernels index with "
+                         f"int32 and take at most {max_elements} (2**31 - 1)")
     return dims
 
 

@@ -104,3 +104,18 @@ def test_call_with_wrong_count_or_type(matmul):
 def test_check_shape_accepts_numpy_integers():
     assert build.check_shape("shape", np.array([2, 3])) == (2, 3)
     assert build.check_shape("shape", (np.int64(4),)) == (4,)
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda: op.make_elemwise_add((2**31,), *L), "shape (2147483648,)"),
+    (lambda: op.make_relu((2**63,), *L), "shape (9223372036854775808,)"),
+    (lambda: op.make_relu((2**16, 2**16), *L), "shape (65536, 65536)"),  # int32 dims each
+    (lambda: op.make_matrix_mul((2**40, 2), False, (2, 3), False, *L), "shapeA"),
+    (lambda: op.make_broadcast_to((1, 3), (2**30, 3), *L), "to_shape"),
+])
+def test_shapes_past_int32_indexing_are_refused(call, words):
+    # TVM indexes with int32: larger shapes either fail deep inside TVM or overflow silently.
+    with pytest.raises(ShapeError, match="int32") as caught:
+        call()
+    assert words in str(caught.value)
+    assert build.check_shape("shape", (2**31 - 1,)) == (2**31 - 1,)
