@@ -8,14 +8,19 @@ The validation split is held out from the *end* of the 60000 training images, so
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
+import math
 import os
 import pickle
+import stat
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -37,6 +42,11 @@ IDX_FILES = {
 # IDX magic: two zero bytes, a type code (0x08 = unsigned byte), then the number of dimensions.
 _IMAGES_MAGIC = 0x00000803
 _LABELS_MAGIC = 0x00000801
+# Reads are made in pieces of this size, so memory follows the data actually there.
+_CHUNK = 1 << 20
+# The classic pickle decompresses to about 220 MB (float32 images); the same in float64 is
+# still below this.
+MAX_PICKLE_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -80,54 +90,96 @@ def resolve_data_path(path: str | os.PathLike | None) -> Path:
     return Path(env) if env else DEFAULT_DATA_DIR
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The file's contents, gunzipped when its name ends in ``.gz``."""
+@contextlib.contextmanager
+def _open_data(path: Path) -> Iterator[IO[bytes]]:
+    """The file as a stream of bytes, gunzipped as it is read when its name ends in ``.gz``.
+
+    Only a regular file is opened: a device such as ``/dev/zero`` would never end, and a FIFO
+    would block before anything could be said about it.
+    """
     try:
-        raw = path.read_bytes()
+        # Non-blocking so that opening a FIFO returns at once, to be refused below.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
-    if path.suffix != ".gz":
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as e:
-        # BadGzipFile is an OSError; a cut-off stream surfaces as EOFError.
-        raise DataError(f"{path}: corrupt gzip data ({e})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise DataError(f"{path}: not a regular file")
+    os.set_blocking(fd, True)
+    with os.fdopen(fd, "rb") as raw:
+        gzipped = path.suffix == ".gz"
+        try:
+            yield gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw
+        except (OSError, EOFError, zlib.error) as e:
+            # BadGzipFile is an OSError; a cut-off stream surfaces as EOFError.
+            if gzipped:
+                raise DataError(f"{path}: corrupt gzip data ({e})") from None
+            raise DataError(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}") \
+                from None
+
+
+def _read_up_to(stream: IO[bytes], size: int) -> bytes:
+    """At most ``size`` bytes, fewer only at the end of the stream.
+
+    Read in chunks, so that memory follows the data actually present, not a size a header
+    claims (a file that lies about its size must not make us allocate it).
+    """
+    data = bytearray()
+    while len(data) < size:
+        chunk = stream.read(min(_CHUNK, size - len(data)))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
 
 
 def read_idx(path: str | os.PathLike, expected_magic: int | None = None) -> np.ndarray:
-    """Read one IDX file of unsigned bytes (plain or ``.gz``) as a uint8 array."""
+    """Read one IDX file of unsigned bytes (plain or ``.gz``) as a uint8 array.
+
+    Reads no more than the header says the file holds, plus one byte to detect trailing data,
+    so a small ``.gz`` that expands to gigabytes costs no more memory than an honest file.
+    """
     path = Path(path)
-    data = _read_bytes(path)
-    if len(data) < 4:
-        raise DataError(f"{path}: truncated: {len(data)} bytes, too short for an IDX header")
-    magic = int.from_bytes(data[:4], "big")
-    if magic >> 16 != 0 or (magic >> 8) & 0xFF != 0x08:
-        raise DataError(f"{path}: wrong magic number 0x{magic:08x}, not an IDX file of "
-                        "unsigned bytes")
-    if expected_magic is not None and magic != expected_magic:
-        raise DataError(f"{path}: wrong magic number 0x{magic:08x}, expected "
-                        f"0x{expected_magic:08x}")
-    ndim = magic & 0xFF
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(f"{path}: truncated: {len(data)} bytes, header needs {header}")
-    dims = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-    size = int(np.prod(dims, dtype=np.int64))
-    if len(data) - header != size:
-        fault = "truncated" if len(data) - header < size else "trailing bytes"
-        raise DataError(f"{path}: {fault}: dimensions {dims} need {size} bytes of data, "
-                        f"file has {len(data) - header}")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+    with _open_data(path) as stream:
+        head = _read_up_to(stream, 4)
+        if len(head) < 4:
+            raise DataError(f"{path}: truncated: {len(head)} bytes, too short for an IDX "
+                            "header")
+        magic = int.from_bytes(head, "big")
+        if magic >> 16 != 0 or (magic >> 8) & 0xFF != 0x08:
+            raise DataError(f"{path}: wrong magic number 0x{magic:08x}, not an IDX file of "
+                            "unsigned bytes")
+        if expected_magic is not None and magic != expected_magic:
+            raise DataError(f"{path}: wrong magic number 0x{magic:08x}, expected "
+                            f"0x{expected_magic:08x}")
+        ndim = magic & 0xFF
+        header = 4 + 4 * ndim
+        raw_dims = _read_up_to(stream, 4 * ndim)
+        if len(raw_dims) < 4 * ndim:
+            raise DataError(f"{path}: truncated: {4 + len(raw_dims)} bytes, header needs "
+                            f"{header}")
+        dims = tuple(int.from_bytes(raw_dims[4 * i:4 * i + 4], "big") for i in range(ndim))
+        size = math.prod(dims)
+        data = _read_up_to(stream, size)
+        if len(data) < size:
+            raise DataError(f"{path}: truncated: dimensions {dims} need {size} bytes of data, "
+                            f"file has {len(data)}")
+        if stream.read(1):
+            raise DataError(f"{path}: trailing bytes: dimensions {dims} need {size} bytes "
+                            "of data, file has more")
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
 
 
 def _find_idx_file(directory: Path, stem: str) -> Path:
     for name in (stem, stem + ".gz"):
-        if (directory / name).is_file():
+        # Whatever exists under the name is taken, so that read_idx can say what is wrong
+        # with a directory or device there rather than call it missing.
+        if os.path.lexists(directory / name):
             return directory / name
-    raise DataError(f"{directory / stem}: no such file (nor {stem}.gz) in {directory}")
+    raise DataError(f"{directory}: not an MNIST data folder: it has no {stem} (nor "
+                    f"{stem}.gz); expected the four files {', '.join(IDX_FILES.values())}")
 
 
 def _idx_split(images_path: Path, labels_path: Path) -> Split:
@@ -184,7 +236,12 @@ def load_pickle(path: str | os.PathLike) -> tuple[Split, Split]:
     IDX files (the default 10000 gives back the pickle's own split).
     """
     path = Path(path)
-    data = _read_bytes(path)
+    # A pickle says nothing of its size up front, so its expansion is capped instead.
+    with _open_data(path) as stream:
+        data = _read_up_to(stream, MAX_PICKLE_BYTES + 1)
+    if len(data) > MAX_PICKLE_BYTES:
+        raise DataError(f"{path}: more than {MAX_PICKLE_BYTES >> 20} MiB of pickle data; the "
+                        "classic mnist.pkl.gz holds about 220 MB")
     try:
         # latin1 reads the Python 2 pickles the classic file was written as.
         parts = _ArrayUnpickler(io.BytesIO(data), encoding="latin1").load()
@@ -221,6 +278,8 @@ def load_dataset(path: str | os.PathLike | None = None,
         train, test = load_idx_dir(path)
     elif path.is_file():
         train, test = load_pickle(path)
+    elif path.exists():
+        raise DataError(f"{path}: not a directory of IDX files nor a regular pickle file")
     else:
         raise DataError(f"{path}: no such file or directory")
     if not 0 < val_size < len(train):

@@ -1,7 +1,11 @@
 """The MNIST loaders on synthetic files: formats, the validation split, and every data fault."""
 
 import gzip
+import os
 import pickle
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -198,3 +202,76 @@ def test_pickle_wrong_dimensions(tmp_path):
 def test_val_size_too_large(tmp_path):
     write_idx_dataset(tmp_path, 50, 10)
     assert "validation size 50" in _error(tmp_path, val_size=50)
+
+
+def _write_bomb(path, header: bytes, zeros: int) -> None:
+    """A gzip file of ``header`` then ``zeros`` zero bytes, streamed: never all in memory."""
+    chunk = bytes(1 << 20)
+    with gzip.GzipFile(path, "wb", compresslevel=9) as f:
+        f.write(header)
+        for _ in range(zeros // len(chunk)):
+            f.write(chunk)
+
+
+def test_gzip_bomb_is_refused_within_a_memory_bound(tmp_path):
+    # The header promises ten 28x28 images (7840 bytes); 800 MB of zeros follow (815 KB of
+    # gzip). The loader must stop after what the header allows, not inflate it all.
+    images, _ = synthetic_images(10, 0)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    _write_bomb(path, idx_bytes(images), 800 << 20)
+    assert path.stat().st_size < 1 << 20
+    child = textwrap.dedent(f"""
+        import resource
+        from dlsys.data.mnist import read_idx
+        from dlsys.errors import DataError
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        try:
+            read_idx({str(path)!r})
+        except DataError as e:
+            print("refused:", e)
+        grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+        print("grown_kib", grown)
+    """)
+    result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "refused:" in result.stdout and "trailing bytes" in result.stdout
+    grown_kib = int(result.stdout.split("grown_kib")[1])
+    assert grown_kib < 64 * 1024, f"reading the bomb took {grown_kib} KiB more memory"
+
+
+def test_pickle_bomb_is_capped(tmp_path, monkeypatch):
+    path = tmp_path / "mnist.pkl.gz"
+    _write_bomb(path, b"", 4 << 20)
+    monkeypatch.setattr(mnist, "MAX_PICKLE_BYTES", 1 << 20)
+    message = _error(path)
+    assert str(path) in message and "more than 1 MiB" in message
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "/dev/null"])
+def test_a_device_is_not_a_data_set(special):
+    message = _error(special)
+    assert special in message and "no such file" not in message
+    assert "not a directory of IDX files nor a regular pickle file" in message
+
+
+def test_a_folder_without_the_idx_files_says_so(tmp_path):
+    (tmp_path / "notes.txt").write_text("not MNIST")
+    message = _error(tmp_path)
+    assert f"{tmp_path}: not an MNIST data folder" in message
+    assert "train-images-idx3-ubyte" in message
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device link"])
+def test_an_idx_name_that_is_not_a_regular_file(tmp_path, kind):
+    write_idx_dataset(tmp_path, 50, 10)
+    path = tmp_path / "train-labels-idx1-ubyte"
+    path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)  # opening it for reading would block without a writer
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path.symlink_to("/dev/zero")
+    message = _error(tmp_path, val_size=10)
+    assert str(path) in message and "not a regular file" in message
