@@ -5,12 +5,19 @@ and everything else (epoch, shuffling RNG state, metrics so far, run settings) a
 document under ``meta``. It is loaded with ``allow_pickle=False``, so a checkpoint is data only.
 Every file the trainer writes goes through :func:`atomic_file`: temporary file in the same
 directory, fsync, ``os.replace``, fsync of the directory.
+
+A checkpoint is data from outside: :func:`load_checkpoint` checks every part of it (sizes
+before anything is read, then settings, parameters by name and exact shape, counters,
+metrics and the RNG state) and refuses it with a DataError naming the part, so no loader
+trains on, or crashes with, a checkpoint that dlsys would not have written.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
+import numbers
 import os
 import tempfile
 import zipfile
@@ -22,10 +29,21 @@ from typing import IO
 import numpy as np
 
 from dlsys.errors import DataError
+from dlsys.frontend.models import param_shapes
 
 CHECKPOINT_NAME = "checkpoint.npz"
 FORMAT_VERSION = 1
-TEMP_PREFIX = ".tmp-"
+# Distinctive, so that cleaning up after a killed writer never touches a user's own files.
+TEMP_PREFIX = ".dlsys-tmp-"
+# The run settings a checkpoint may hold (TrainConfig's, as the trainer saves them).
+SETTINGS = ("model", "data", "batch_size", "lr", "seed", "val_size")
+# No array of a real checkpoint comes near this (the MLP's largest is 0.8 MB); a header that
+# claims more is refused before numpy allocates it.
+MAX_ARRAY_BYTES = 256 << 20
+# As Python floats: comparing a float with a numpy float32 casts the float, which warns when
+# it overflows float32, the very case being checked.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 _PARAM = "param/"
 _OPTIM = "optim/"
 _META = "meta"
@@ -83,7 +101,8 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def remove_stale_temp_files(directory: str | os.PathLike) -> None:
-    """Delete temporary files left in ``directory`` by a process killed while writing."""
+    """Delete temporary files left in ``directory`` by a dlsys process killed while writing;
+    only names made by :func:`atomic_file` (``TEMP_PREFIX``), nothing else."""
     for stale in Path(directory).glob(TEMP_PREFIX + "*"):
         with contextlib.suppress(OSError):
             stale.unlink()
@@ -106,10 +125,31 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> None:
         np.savez(f, **arrays)
 
 
+def learning_rate_problem(lr: object) -> str | None:
+    """Why ``lr`` cannot be a learning rate, or None if it can.
+
+    The update runs in float32: a rate must be a positive number that float32 holds, neither
+    overflowing (1e39 is infinite there) nor too small for a normal float32 (1e-50 is zero,
+    and the run would train nothing).
+    """
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
+        return "must be a positive number"
+    value = float(lr)
+    if not math.isfinite(value) or value <= 0:
+        return "must be a positive number"
+    if value > _FLOAT32_MAX:
+        return f"must be at most {_FLOAT32_MAX:.4g}, the largest float32"
+    if value < _FLOAT32_TINY:
+        return (f"must be at least {_FLOAT32_TINY:.4g}: smaller rates round to zero in "
+                "float32")
+    return None
+
+
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a checkpoint written by :func:`save_checkpoint`; DataError if it is unusable."""
     path = Path(path)
     try:
+        _check_array_sizes(path)
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
     except FileNotFoundError:
@@ -119,23 +159,150 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     try:
         meta = json.loads(str(arrays.pop(_META)))
         version = meta["format_version"]
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, RecursionError) as e:
         raise DataError(f"{path}: malformed checkpoint metadata ({type(e).__name__}: {e})") \
             from None
     if version != FORMAT_VERSION:
         raise DataError(f"{path}: checkpoint format {version}, this dlsys reads format "
                         f"{FORMAT_VERSION}")
+    missing = [key for key in ("epoch", "rng_state", "metrics", "config", "optimizer")
+               if key not in meta]
+    if missing:
+        raise DataError(f"{path}: malformed checkpoint metadata: no {', '.join(missing)}")
+    checkpoint = Checkpoint(
+        epoch=meta["epoch"],
+        params={k[len(_PARAM):]: v for k, v in arrays.items() if k.startswith(_PARAM)},
+        rng_state=meta["rng_state"],
+        metrics=meta["metrics"],
+        config=meta["config"],
+        optimizer=meta["optimizer"],
+        optimizer_state={k[len(_OPTIM):]: v for k, v in arrays.items() if k.startswith(_OPTIM)},
+    )
+    problem = checkpoint_problem(checkpoint)
+    if problem is not None:
+        raise DataError(f"{path}: unusable checkpoint: {problem}")
+    return checkpoint
+
+
+def _check_array_sizes(path: Path) -> None:
+    """Refuse a member whose header claims more than MAX_ARRAY_BYTES, before numpy reads it."""
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read_header(member)
+            size = math.prod(shape) * dtype.itemsize
+            if size > MAX_ARRAY_BYTES:
+                raise ValueError(f"array {info.filename} claims {size} bytes "
+                                 f"(shape {shape}, {dtype})")
+
+
+def checkpoint_problem(checkpoint: Checkpoint) -> str | None:
+    """What makes ``checkpoint`` unusable for training, or None if nothing does."""
+    for check in (_settings_problem, _params_problem, _progress_problem, _rng_problem,
+                  _optimizer_problem):
+        problem = check(checkpoint)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _settings_problem(checkpoint: Checkpoint) -> str | None:
+    config = checkpoint.config
+    if not isinstance(config, dict):
+        return f"settings must be a mapping, got {config!r}"
+    unknown = sorted(map(str, set(config) - set(SETTINGS)))
+    if unknown:
+        return f"unknown settings {', '.join(unknown)}"
+    if not isinstance(config.get("model"), str):
+        return f"setting model must name a model, got {config.get('model')!r}"
     try:
-        return Checkpoint(
-            epoch=int(meta["epoch"]),
-            params={k[len(_PARAM):]: v for k, v in arrays.items() if k.startswith(_PARAM)},
-            rng_state=meta["rng_state"],
-            metrics=list(meta["metrics"]),
-            config=dict(meta["config"]),
-            optimizer=meta["optimizer"],
-            optimizer_state={k[len(_OPTIM):]: v for k, v in arrays.items()
-                             if k.startswith(_OPTIM)},
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        raise DataError(f"{path}: malformed checkpoint metadata ({type(e).__name__}: {e})") \
-            from None
+        param_shapes(config["model"])
+    except (ValueError, KeyError):
+        return f"setting model: unknown model {config['model']!r}"
+    for key, accept, what in (
+            ("batch_size", lambda v: _is_int(v) and v > 0, "a positive integer"),
+            ("val_size", lambda v: _is_int(v) and v > 0, "a positive integer"),
+            ("seed", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+            ("data", lambda v: v is None or isinstance(v, str), "a path")):
+        if key in config and not accept(config[key]):
+            return f"setting {key} must be {what}, got {config[key]!r}"
+    if "lr" in config:
+        problem = learning_rate_problem(config["lr"])
+        if problem is not None:
+            return f"setting lr {problem}, got {config['lr']!r}"
+    return None
+
+
+def _params_problem(checkpoint: Checkpoint) -> str | None:
+    # Exact names and shapes: a bias of (1, 256) for (256,) would broadcast and train on.
+    expected = param_shapes(checkpoint.config["model"])
+    params = checkpoint.params
+    missing = [name for name in expected if name not in params]
+    extra = sorted(set(params) - set(expected))
+    if missing or extra:
+        return (f"parameters of model {checkpoint.config['model']!r} are "
+                f"{', '.join(expected)}; missing {missing or 'none'}, unexpected "
+                f"{extra or 'none'}")
+    for name, shape in expected.items():
+        array = params[name]
+        if array.shape != tuple(shape) or array.dtype != np.float32:
+            return (f"parameter {name} must be float32 of shape {tuple(shape)}, got "
+                    f"{array.dtype} of shape {array.shape}")
+        if not np.isfinite(array).all():
+            return f"parameter {name} holds NaN or infinite values"
+    return None
+
+
+def _progress_problem(checkpoint: Checkpoint) -> str | None:
+    epoch, metrics = checkpoint.epoch, checkpoint.metrics
+    if not _is_int(epoch) or epoch < 1:
+        return f"epoch must be a positive integer, got {epoch!r}"
+    # One metrics row per completed epoch: also bounds the epoch by what the file holds.
+    if not isinstance(metrics, list) or len(metrics) != epoch:
+        count = len(metrics) if isinstance(metrics, list) else repr(metrics)
+        return f"epoch {epoch} needs one metrics row per epoch, got {count}"
+    for number, row in enumerate(metrics, start=1):
+        if (not isinstance(row, dict) or row.get("epoch") != number
+                or not _is_int(row["epoch"])
+                or not all(isinstance(k, str) for k in row)
+                or not all(_is_int(v) or (isinstance(v, float) and math.isfinite(v))
+                           for v in row.values())):
+            return f"metrics row {number} must map names to finite numbers with epoch " \
+                   f"{number}, got {row!r}"
+    return None
+
+
+def _rng_problem(checkpoint: Checkpoint) -> str | None:
+    state = checkpoint.rng_state
+    inner = state.get("state") if isinstance(state, dict) else None
+    well_formed = (
+        isinstance(state, dict)
+        and set(state) == {"bit_generator", "state", "has_uint32", "uinteger"}
+        and state["bit_generator"] == "PCG64"
+        and isinstance(inner, dict) and set(inner) == {"state", "inc"}
+        and all(_is_int(v) and 0 <= v < 2**128 for v in inner.values())
+        and state["has_uint32"] in (0, 1) and _is_int(state["has_uint32"])
+        and _is_int(state["uinteger"]) and 0 <= state["uinteger"] < 2**32)
+    if not well_formed:
+        return "shuffling RNG state is not a PCG64 state"
+    try:
+        np.random.PCG64().state = state
+    except (TypeError, ValueError, OverflowError) as e:
+        return f"shuffling RNG state is not a PCG64 state ({e})"
+    return None
+
+
+def _optimizer_problem(checkpoint: Checkpoint) -> str | None:
+    if not isinstance(checkpoint.optimizer, str) or not checkpoint.optimizer:
+        return f"optimizer must be a name, got {checkpoint.optimizer!r}"
+    for name, array in checkpoint.optimizer_state.items():
+        if array.dtype.kind != "f" or not np.isfinite(array).all():
+            return f"optimizer state {name} must hold finite floats"
+    return None

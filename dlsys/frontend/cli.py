@@ -8,7 +8,6 @@ infinite); 130 when interrupted. Every failure is one line on stderr, without a 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import tempfile
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from dlsys.data.mnist import DATA_ENV_VAR, DEFAULT_DATA_DIR, DEFAULT_VAL_SIZE
 from dlsys.errors import DlsysError, TrainingError
+from dlsys.frontend.checkpoint import learning_rate_problem
 from dlsys.frontend.models import DEFAULT_MODEL, MODEL_LAYERS
 
 PROG = "dlsys"
@@ -37,7 +37,18 @@ def _bounded(convert: Callable[[str], float], what: str,
 
 _positive_int = _bounded(int, "a positive integer", lambda v: v > 0)
 _non_negative_int = _bounded(int, "a non-negative integer", lambda v: v >= 0)
-_positive_float = _bounded(float, "a positive number", lambda v: math.isfinite(v) and v > 0)
+
+
+def _learning_rate(text: str) -> float:
+    """``--lr``: a positive number that float32, the dtype of the update, holds as one."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    problem = learning_rate_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{problem}, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default 10)")
     train.add_argument("--batch-size", type=_positive_int, default=None,
                        help="mini-batch size (default 1000)")
-    train.add_argument("--lr", type=_positive_float, default=None,
+    train.add_argument("--lr", type=_learning_rate, default=None,
                        help="learning rate (default 0.2; table in dlsys.frontend.trainer)")
     train.add_argument("--seed", type=_non_negative_int, default=None,
                        help="seed of initialisation and data order (default 0)")
@@ -75,6 +86,30 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--debug-memory", action="store_true",
                        help="print each training step's node, shape and storage id")
     return parser
+
+
+def _check_run_folder(directory: Path) -> None:
+    """Refuse an output folder that is clearly not one for a run's files.
+
+    The trainer writes several files there and cleans up its own temporary files: the file
+    system root, the home folder or one above it (``/home``), or the shared temporary folder
+    itself (where others may plant files under the names it writes) holds other files than a
+    run's.
+    """
+    resolved = directory.expanduser().resolve()
+    home = Path.home().resolve()
+    if resolved.parent == resolved:
+        what = "the file system root"
+    elif resolved == home:
+        what = "your home folder"
+    elif resolved in home.parents:
+        what = "a folder above your home folder"
+    elif resolved == Path(tempfile.gettempdir()).resolve():
+        what = "the shared temporary folder"
+    else:
+        return
+    raise DlsysError(f"output directory {directory} is {what}, not a run folder; name a "
+                     f"folder of its own, such as {directory / 'runs' / 'mlp'}")
 
 
 def _check_writable(directory: Path) -> None:
@@ -101,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                          val_size=args.val_size, resume=args.resume, progress=args.progress,
                          debug_memory=args.debug_memory)
     try:
+        _check_run_folder(out)
         _check_writable(out)
         run_training(config, log=lambda line: print(line, flush=True))
     except TrainingError as e:

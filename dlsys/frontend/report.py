@@ -26,7 +26,10 @@ def write_metrics(out_dir: str | os.PathLike, history: list[dict], summary: dict
         f.write(json.dumps({**summary, "epochs": history}, indent=2).encode())
     text = io.StringIO()
     if history:
-        writer = csv.DictWriter(text, fieldnames=list(history[0]), lineterminator="\n")
+        # Every column any row has, in order of appearance: rows resumed from a checkpoint
+        # need not name the same metrics as those written since.
+        columns = list(dict.fromkeys(key for row in history for key in row))
+        writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(history)
     with atomic_file(out_dir / METRICS_CSV) as f:
@@ -51,9 +54,12 @@ def plot_curves(out_dir: str | os.PathLike, history: list[dict], title: str) -> 
 
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [h["loss"] for h in history], marker="o")
+    # A row without a metric (one resumed from a sparser checkpoint) is a gap in its curve.
+    nan = float("nan")
+    ax_loss.plot(epochs, [h.get("loss", nan) for h in history], marker="o")
     ax_loss.set(xlabel="epoch", ylabel="mean training loss", title="loss")
-    ax_acc.plot(epochs, [100 * h["val_acc"] for h in history], marker="o", color="tab:green")
+    ax_acc.plot(epochs, [100 * h.get("val_acc", nan) for h in history], marker="o",
+                color="tab:green")
     ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)

@@ -1,6 +1,8 @@
 """Checkpoints: a round trip restores everything, and no crash leaves an unloadable file."""
 
+import io
 import os
+import zipfile
 
 import numpy as np
 import pytest
@@ -112,3 +114,114 @@ def test_written_files_get_the_usual_mode(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert (tmp_path / "c.npz").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def _trainer_checkpoint() -> Checkpoint:
+    """A checkpoint as the trainer writes it: every setting, one metrics row per epoch."""
+    _, rng = seed_streams(0)
+    rng.permutation(100)
+    settings = {"model": "logreg", "data": "/data", "batch_size": 20, "lr": 0.2, "seed": 0,
+                "val_size": 100}
+    metrics = [{"epoch": e, "loss": 0.5, "epoch_time_s": 0.1, "val_acc": 0.8,
+                "eval_time_s": 0.01} for e in (1, 2)]
+    return Checkpoint(2, init_params("logreg", 0), rng.bit_generator.state, metrics, settings)
+
+
+def _set(field, key, value):
+    def change(c):
+        getattr(c, field)[key] = value
+    return change
+
+
+def _del(field, key):
+    return lambda c: getattr(c, field).pop(key)
+
+
+def _attr(field, value):
+    return lambda c: setattr(c, field, value)
+
+
+def _rng(**changes):
+    def change(c):
+        c.rng_state = {**c.rng_state, **changes}
+    return change
+
+
+BAD_CHECKPOINTS = [
+    # (id, change, words the error must hold)
+    ("batch -7", _set("config", "batch_size", -7), "batch_size"),
+    ("batch abc", _set("config", "batch_size", "abc"), "batch_size"),
+    ("batch 100.5", _set("config", "batch_size", 100.5), "batch_size"),
+    ("batch true", _set("config", "batch_size", True), "batch_size"),
+    ("val 0", _set("config", "val_size", 0), "val_size"),
+    ("seed -1", _set("config", "seed", -1), "seed"),
+    ("data 5", _set("config", "data", 5), "data"),
+    ("lr 1e39", _set("config", "lr", 1e39), "lr"),
+    ("lr 1e-50", _set("config", "lr", 1e-50), "lr"),
+    ("lr text", _set("config", "lr", "fast"), "lr"),
+    ("resnet", _set("config", "model", "resnet"), "resnet"),
+    ("no model", _del("config", "model"), "model"),
+    ("unknown setting", _set("config", "momentum", 0.9), "momentum"),
+    ("no W1", _del("params", "W1"), "W1"),
+    ("extra W2", _set("params", "W2", np.zeros((10, 10), np.float32)), "W2"),
+    ("bias (1, 10)", _set("params", "b1", np.zeros((1, 10), np.float32)), "b1"),
+    ("W1 float64", _set("params", "W1", np.zeros((784, 10))), "W1"),
+    ("NaN weight", _set("params", "W1", np.full((784, 10), np.nan, np.float32)), "W1"),
+    ("epoch -1", _attr("epoch", -1), "epoch"),
+    ("epoch 10**12", _attr("epoch", 10**12), "epoch"),
+    ("epoch 1.5", _attr("epoch", 1.5), "epoch"),
+    ("metrics dict", _attr("metrics", {"epoch": 1}), "metrics"),
+    ("metrics row", _attr("metrics", [{"epoch": 1}, {"loss": 1.0}]), "metrics row 2"),
+    ("metrics NaN", _attr("metrics", [{"epoch": 1, "loss": float("nan")}, {"epoch": 2}]),
+     "metrics row 1"),
+    ("metrics text", _attr("metrics", [{"epoch": 1}, {"epoch": 2, "loss": "low"}]),
+     "metrics row 2"),
+    ("rng none", _attr("rng_state", None), "RNG"),
+    ("rng MT19937", _rng(bit_generator="MT19937"), "RNG"),
+    ("rng negative", _rng(state={"state": -5, "inc": 1}), "RNG"),
+    ("rng float", _rng(state={"state": 1.5, "inc": 3}), "RNG"),
+    ("rng has_uint32", _rng(has_uint32=5), "RNG"),
+    ("optimizer 3", _attr("optimizer", 3), "optimizer"),
+]
+
+
+@pytest.mark.parametrize("change, words", [b[1:] for b in BAD_CHECKPOINTS],
+                         ids=[b[0] for b in BAD_CHECKPOINTS])
+def test_bad_checkpoint_contents_are_refused_at_load(tmp_path, change, words):
+    checkpoint = _trainer_checkpoint()
+    save_checkpoint(tmp_path / "c.npz", checkpoint)
+    assert load_checkpoint(tmp_path / "c.npz").epoch == 2  # the unchanged one loads
+    change(checkpoint)
+    save_checkpoint(tmp_path / "c.npz", checkpoint)
+    with pytest.raises(DataError, match="unusable checkpoint") as caught:
+        load_checkpoint(tmp_path / "c.npz")
+    assert words in str(caught.value) and str(tmp_path / "c.npz") in str(caught.value)
+
+
+def test_huge_array_header_is_refused_before_reading(tmp_path):
+    path = tmp_path / "c.npz"
+    save_checkpoint(path, _trainer_checkpoint())
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (10**6, 10**6)})
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr("param/W9.npy", header.getvalue())
+    with pytest.raises(DataError, match="param/W9.npy claims 4000000000000 bytes"):
+        load_checkpoint(path)
+
+
+def test_deeply_nested_metadata_is_malformed_not_a_crash(tmp_path):
+    path = tmp_path / "c.npz"
+    np.savez(path, meta=np.array("[" * 100_000 + "]" * 100_000))
+    with pytest.raises(DataError, match="malformed checkpoint"):
+        load_checkpoint(path)
+
+
+def test_only_dlsys_temporary_files_are_removed(tmp_path):
+    users = [tmp_path / ".tmp-notes", tmp_path / ".tmp-c.npz.abc123", tmp_path / "notes"]
+    for path in users:
+        path.write_text("a user's file")
+    ours = tmp_path / (ckpt.TEMP_PREFIX + "c.npz.abc123")
+    ours.write_bytes(b"PK partial")
+    ckpt.remove_stale_temp_files(tmp_path)
+    assert not ours.exists() and all(path.exists() for path in users)

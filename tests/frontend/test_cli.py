@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -135,3 +136,84 @@ def test_console_script_error_has_no_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
     assert str(tmp_path / "missing") in result.stderr
+
+
+@pytest.mark.parametrize("lr, complaint", [
+    ("1e39", "--lr: must be at most 3.403e+38, the largest float32, got 1e39"),
+    ("1e-50", "--lr: must be at least 1.175e-38: smaller rates round to zero in float32"),
+    ("inf", "--lr: must be a positive number"),
+])
+def test_learning_rate_float32_cannot_hold_exits_2(capsys, lr, complaint):
+    assert _run(["train", "--lr", lr]) == 2
+    assert complaint in _last_stderr_line(capsys)
+
+
+@pytest.fixture(scope="module")
+def good_run(data_dir, tmp_path_factory):
+    """The output folder of a one-epoch logreg run, to copy and spoil."""
+    out = tmp_path_factory.mktemp("good-run")
+    assert main(["train", "--model", "logreg", "--data", str(data_dir), "--val-size", "100",
+                 "--batch-size", "50", "--epochs", "1", "--out", str(out),
+                 "--no-progress"]) == 0
+    return out
+
+
+def _spoiled_checkpoint(good_run, tmp_path, change):
+    from dlsys.frontend.checkpoint import save_checkpoint
+
+    checkpoint = load_checkpoint(good_run / "checkpoint.npz")
+    change(checkpoint)
+    save_checkpoint(tmp_path / "checkpoint.npz", checkpoint)
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda c: c.config.update(batch_size=-7), "setting batch_size must be a positive integer"),
+    (lambda c: c.config.update(batch_size="abc"), "setting batch_size"),
+    (lambda c: c.config.update(model="resnet"), "unknown model 'resnet'"),
+    (lambda c: c.params.pop("W1"), "missing ['W1']"),
+    (lambda c: c.params.update(b1=c.params["b1"].reshape(1, 10)),
+     "parameter b1 must be float32 of shape (10,)"),
+    (lambda c: setattr(c, "epoch", 10**12), "epoch 1000000000000 needs one metrics row"),
+    (lambda c: setattr(c, "epoch", -1), "epoch must be a positive integer"),
+    (lambda c: setattr(c, "rng_state", {"bit_generator": "PCG64"}), "RNG state"),
+    (lambda c: setattr(c, "metrics", [{"epoch": "one"}]), "metrics row 1"),
+])
+def test_unusable_checkpoint_exits_2_in_one_line(capsys, data_dir, good_run, tmp_path, change,
+                                                 words):
+    _spoiled_checkpoint(good_run, tmp_path, change)
+    capsys.readouterr()
+    assert _run(["train", "--data", str(data_dir), "--val-size", "100", "--epochs", "3",
+                 "--out", str(tmp_path), "--resume", "--no-progress"]) == 2
+    line = _last_stderr_line(capsys)
+    assert line.startswith("dlsys: error:") and str(tmp_path / "checkpoint.npz") in line
+    assert words in line
+
+
+@pytest.mark.parametrize("where", ["root", "home", "above home", "temp"])
+def test_out_that_is_not_a_run_folder_exits_2(capsys, tmp_path, monkeypatch, where):
+    home = tmp_path / "users" / "me"
+    home.mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    out = {"root": "/", "home": "~", "above home": str(tmp_path / "users"),
+           "temp": tempfile.gettempdir()}[where]
+    # Missing data: were the folder taken, the run would stop before writing anything there.
+    assert _run(["train", "--out", out, "--data", str(tmp_path / "missing")]) == 2
+    line = _last_stderr_line(capsys)
+    assert f"output directory {out} is" in line and "not a run folder" in line
+
+
+def test_a_run_keeps_the_users_dot_tmp_files(capsys, data_dir, tmp_path):
+    users = [tmp_path / ".tmp-draft", tmp_path / ".tmp-checkpoint.npz.x1"]
+    for path in users:
+        path.write_text("mine")
+    assert _run(["train", "--model", "logreg", "--data", str(data_dir), "--val-size", "100",
+                 "--batch-size", "50", "--epochs", "1", "--out", str(tmp_path),
+                 "--no-progress"]) == 0
+    assert all(path.read_text() == "mine" for path in users)
+
+
+@pytest.mark.parametrize("data", ["/dev/zero", "/dev/null"])
+def test_a_device_as_data_exits_2(capsys, tmp_path, data):
+    assert _run(["train", "--data", data, "--out", str(tmp_path)]) == 2
+    line = _last_stderr_line(capsys)
+    assert data in line and "no such file" not in line
