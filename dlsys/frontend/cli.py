@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -123,6 +124,12 @@ def _check_writable(directory: Path) -> None:
                          f"{e.strerror or e}") from None
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning (a refused cache folder, a replaced thread count) as one line, like errors,
+    without the source line Python would print under it."""
+    print(f"{PROG}: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dlsys`` console script; returns the exit status."""
     parser = build_parser()
@@ -136,9 +143,11 @@ def main(argv: list[str] | None = None) -> int:
                          val_size=args.val_size, resume=args.resume, progress=args.progress,
                          debug_memory=args.debug_memory)
     try:
-        _check_run_folder(out)
-        _check_writable(out)
-        run_training(config, log=lambda line: print(line, flush=True))
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            _check_run_folder(out)
+            _check_writable(out)
+            run_training(config, log=lambda line: print(line, flush=True))
     except TrainingError as e:
         print(f"{PROG}: training failed: {e}", file=sys.stderr)
         return 1

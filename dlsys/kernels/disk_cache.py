@@ -117,7 +117,7 @@ def _warn_once(named: Path, reason: str) -> None:
         if (str(named), reason) in _warned:
             return
         _warned.add((str(named), reason))
-    warnings.warn(f"dlsys: not using the kernel cache folder {named}: {reason}; kernels are "
+    warnings.warn(f"not using the dlsys kernel cache folder {named}: {reason}; kernels are "
                   "compiled in memory and no tuning log is kept", RuntimeWarning, stacklevel=3)
 
 

@@ -217,3 +217,19 @@ def test_a_device_as_data_exits_2(capsys, tmp_path, data):
     assert _run(["train", "--data", data, "--out", str(tmp_path)]) == 2
     line = _last_stderr_line(capsys)
     assert data in line and "no such file" not in line
+
+
+def test_warnings_are_one_line(capsys, monkeypatch, tmp_path):
+    from dlsys.frontend import trainer
+
+    def warn_and_stop(config, log):
+        import warnings
+
+        warnings.warn("not using the dlsys kernel cache folder /x: it can be written by "
+                      "other users", RuntimeWarning, stacklevel=2)
+
+    monkeypatch.setattr(trainer, "run_training", warn_and_stop)
+    assert _run(["train", "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "dlsys: warning: not using the dlsys kernel cache folder /x: it can be written by "
+        "other users"]
