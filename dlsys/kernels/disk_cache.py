@@ -88,18 +88,15 @@ def _make_private_dirs(path: Path) -> None:
             os.mkdir(folder, 0o700)
 
 
-def private_dir(create: bool = True) -> Path | None:
-    """The cache folder, resolved and checked, or None if it is absent or unsafe.
+def private_dir() -> Path | None:
+    """The cache folder, made (0700) if missing, resolved and checked; None if it is unsafe.
 
-    With ``create`` the folder is made (0700) when missing. An unsafe or unusable folder is
-    reported by one warning per process and folder; dlsys then works without it.
+    An unsafe or unusable folder is reported by one warning per process and folder; dlsys
+    then works without it.
     """
     named = configured_dir()
     try:
-        if create:
-            _make_private_dirs(Path(os.path.abspath(named)))
-        elif not named.exists():
-            return None
+        _make_private_dirs(Path(os.path.abspath(named)))
         # Resolved once, so a symlink swapped later cannot redirect what we load.
         path = Path(os.path.realpath(named))
         reason = unsafe_reason(path, os.geteuid())
