@@ -4,7 +4,7 @@ A graph is plain data: each ``Node`` holds its operator, its input nodes and the
 attributes. Everything else (gradients, shape inference, fusion, memory planning,
 execution) is a pass over this structure. An ``Op`` declares, in one place, everything the
 passes need to know about it: its shape rule, its gradient, which input it may overwrite
-in place, and which kernel runs it.
+in place, how it fuses, and which kernel runs it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,11 @@ Shape = tuple[int, ...]
 
 
 class Node:
-    """A value in the graph: the output of ``op`` applied to ``inputs``."""
+    """A value in the graph: the output of ``op`` applied to ``inputs``.
+
+    Arithmetic (``a + b``, ``a * 2``) is installed by ``dlsys.ops``, which defines the
+    operators it builds; the graph layer itself knows no operator.
+    """
 
     __slots__ = ("op", "inputs", "attrs", "name", "id")
     _count = 0
@@ -32,22 +36,6 @@ class Node:
         self.id = Node._count
         self.name = name if name is not None else op.describe(self)
 
-    # Python numbers on either side become by-constant ops, as users of the course API expect.
-    def __add__(self, other):
-        from dlsys import autodiff
-        if isinstance(other, Node):
-            return autodiff.add_op(self, other)
-        return autodiff.add_byconst_op(self, other)
-
-    def __mul__(self, other):
-        from dlsys import autodiff
-        if isinstance(other, Node):
-            return autodiff.mul_op(self, other)
-        return autodiff.mul_byconst_op(self, other)
-
-    __radd__ = __add__
-    __rmul__ = __mul__
-
     def __repr__(self) -> str:
         return self.name
 
@@ -55,29 +43,52 @@ class Node:
 
 
 class Op:
-    """An operator. Subclasses override the hooks they need; the defaults say 'not supported'.
+    """An operator: everything the passes need to know about it, declared in one place.
 
+    Subclasses override the hooks and traits they need; the defaults say "not supported".
+    Passes ask an operator what it *is* through these, never what it is called.
+
+    Hooks:
     - ``infer_shape(node, input_shapes)``: the output shape, or raise ``ShapeError``.
     - ``gradient(node, output_grad)``: one gradient node per input, ``None`` for an input that
       gets no gradient (it only lends its shape, or it is a constant such as labels).
-    - ``inplace_input``: index of an input whose buffer the output may take over when that
-      input dies here (elementwise kernels that read each element before writing it).
-    - ``is_alias(node, input_shapes)``: True when, at these shapes, the output equals input 0
-      and needs no kernel (e.g. summing a tensor to its own shape).
     - ``kernel_inputs(node)``: the inputs whose *values* the kernel reads (the rest only
       lend their shape, so their buffers need not stay alive for this node).
-    - ``make_kernel(node, input_shapes, output_shape, target, dtype)``: the compiled kernel,
-      called with the kernel inputs' tensors then the output tensor.
-    - ``fusion_anchor``: a heavy op (matmul) whose elementwise consumers may join its kernel;
-      ``epilogue(node, inputs, chain_input, shapes)``: how this node, reading ``inputs``,
-      joins such a kernel when ``chain_input`` is the running result, as
-      ``(step, operand nodes)``, or ``None``.
+    - ``is_alias(node, input_shapes)``: True when, at these shapes, the output equals input 0
+      and needs no kernel (e.g. summing a tensor to its own shape).
+    - ``kernel_spec(node, input_shapes, output_shape)``: the ``KernelSpec`` that computes the
+      node, called with the kernel inputs' tensors then the output tensor.
+    - ``epilogue(node, inputs, chain_input, shapes)``: how this node, reading ``inputs``,
+      joins a fusion anchor's kernel when ``chain_input`` is the running result, as
+      ``(Epilogue, operand nodes)``, or ``None``.
+    - ``fused_kernel_spec(node, shapes, epilogue)``: for an anchor, its kernel with the
+      ``Epilogue`` steps applied to its result.
+    - ``absorb_kernel_spec(node, other, shapes)``: where this operator's kernel can also
+      compute ``other``'s value (a node of operator ``absorbs``), the kernel writing both
+      (this node's output first), else ``None``.
+    - ``reference(node, *arrays)``: the value in numpy, from the definition: the oracle of
+      the tests, never used to compute.
+
+    Traits:
+    - ``inplace_input``: index of an input whose buffer the output may take over when that
+      input dies here (elementwise kernels that read each element before writing it).
+    - ``fusion_anchor``: a heavy op (matmul) whose elementwise consumers may join its kernel.
+    - ``broadcasts_input``: the output is input 0 broadcast to a shape (so a consumer may
+      read input 0 itself).
+    - ``sign_only_input``: index of an input read only through ``x > 0``.
+    - ``keeps_positive_sign``: the output is positive exactly where input 0 is (ReLU), so
+      it may stand in for input 0 in a ``sign_only_input``.
+    - ``absorbs``: the operator whose nodes ``absorb_kernel_spec`` can compute too.
     """
 
     name = "Op"
     is_placeholder = False
-    fusion_anchor = False
     inplace_input: int | None = None
+    fusion_anchor = False
+    broadcasts_input = False
+    sign_only_input: int | None = None
+    keeps_positive_sign = False
+    absorbs: Op | None = None
 
     def describe(self, node: Node) -> str:
         args = ", ".join(short_name(i) for i in node.inputs)
@@ -86,7 +97,7 @@ class Op:
     def infer_shape(self, node: Node, input_shapes: list[Shape]) -> Shape:
         raise NotImplementedError(f"{self.name} has no shape rule")
 
-    def gradient(self, node: Node, output_grad: Node) -> list[Node]:
+    def gradient(self, node: Node, output_grad: Node) -> list[Node | None]:
         raise GradientError(f"{node.name}: operator {self.name} has no gradient")
 
     def kernel_inputs(self, node: Node) -> list[Node]:
@@ -95,13 +106,21 @@ class Op:
     def is_alias(self, node: Node, input_shapes: list[Shape]) -> bool:
         return False
 
+    def kernel_spec(self, node: Node, input_shapes: list[Shape], output_shape: Shape):
+        raise NotImplementedError(f"{self.name} has no kernel")
+
     def epilogue(self, node: Node, inputs: tuple[Node, ...], chain_input: Node,
-                 shapes: dict[Node, Shape]) -> tuple[tuple, list[Node]] | None:
+                 shapes: dict[Node, Shape]) -> tuple[Any, list[Node]] | None:
         return None
 
-    def make_kernel(self, node: Node, input_shapes: list[Shape], output_shape: Shape, target,
-                    dtype: str):
-        raise NotImplementedError(f"{self.name} has no kernel")
+    def fused_kernel_spec(self, node: Node, shapes: dict[Node, Shape], epilogue: tuple):
+        raise NotImplementedError(f"{self.name} is not a fusion anchor")
+
+    def absorb_kernel_spec(self, node: Node, other: Node, shapes: dict[Node, Shape]):
+        return None
+
+    def reference(self, node: Node, *inputs):
+        raise NotImplementedError(f"{self.name} has no numpy reference")
 
 
 def short_name(node: Node) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dlsys.errors import ArgumentError
+
 
 def epoch_batches(rng: np.random.Generator, num_examples: int,
                   batch_size: int) -> list[np.ndarray]:
@@ -14,7 +16,7 @@ def epoch_batches(rng: np.random.Generator, num_examples: int,
     differs each epoch, so the dropped examples do too.
     """
     if not 0 < batch_size <= num_examples:
-        raise ValueError(f"batch size {batch_size} must be in 1..{num_examples}")
+        raise ArgumentError(f"batch size {batch_size} must be in 1..{num_examples}")
     order = rng.permutation(num_examples)
     count = num_examples // batch_size
     return [order[i * batch_size:(i + 1) * batch_size] for i in range(count)]

@@ -12,12 +12,12 @@ Initial parameters depend only on the seed and are plain numpy arrays, so the nu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from dlsys.graph import Node
+from dlsys.errors import ArgumentError
+from dlsys.graph import Node
+from dlsys.ops import Variable, broadcastto_op, matmul_op, relu_op, softmaxcrossentropy_op
 
 MODEL_LAYERS: dict[str, tuple[int, ...]] = {
     "logreg": (784, 10),
@@ -26,22 +26,45 @@ MODEL_LAYERS: dict[str, tuple[int, ...]] = {
 DEFAULT_MODEL = "mlp"
 
 
+@dataclass(frozen=True)
+class DenseLayer:
+    """``h @ weight + bias``, followed by a ReLU unless it is the output layer."""
+
+    weight: str
+    bias: str
+    fan_in: int
+    fan_out: int
+    relu: bool
+
+
 def layer_sizes(model: str) -> tuple[int, ...]:
     """The widths of the model's layers, input first."""
     try:
         return MODEL_LAYERS[model]
     except KeyError:
-        raise ValueError(f"unknown model {model!r}; choose one of "
-                         f"{', '.join(MODEL_LAYERS)}") from None
+        raise ArgumentError(f"unknown model {model!r}; choose one of "
+                            f"{', '.join(MODEL_LAYERS)}") from None
+
+
+def dense_layers(model: str) -> list[DenseLayer]:
+    """The model's layers in order; parameters are named ``W1``, ``b1``, ``W2``, ..."""
+    sizes = layer_sizes(model)
+    last = len(sizes) - 1
+    return [DenseLayer(f"W{i}", f"b{i}", fan_in, fan_out, relu=i < last)
+            for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1)]
+
+
+def num_classes(model: str) -> int:
+    """The width of the output layer."""
+    return dense_layers(model)[-1].fan_out
 
 
 def param_shapes(model: str) -> dict[str, tuple[int, ...]]:
     """Parameter names (``W1``, ``b1``, ``W2``, ...) and shapes, in layer order."""
-    sizes = layer_sizes(model)
     shapes: dict[str, tuple[int, ...]] = {}
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
-        shapes[f"W{i}"] = (fan_in, fan_out)
-        shapes[f"b{i}"] = (fan_out,)
+    for layer in dense_layers(model):
+        shapes[layer.weight] = (layer.fan_in, layer.fan_out)
+        shapes[layer.bias] = (layer.fan_out,)
     return shapes
 
 
@@ -59,19 +82,13 @@ def init_params(model: str, seed: int) -> dict[str, np.ndarray]:
     """Float32 initial parameters: He-uniform before a ReLU, Glorot-uniform for the output
     layer (whose softmax is closer to linear), zero biases."""
     rng, _ = seed_streams(seed)
-    shapes = param_shapes(model)
-    last = len(layer_sizes(model)) - 1
     params: dict[str, np.ndarray] = {}
-    for name, shape in shapes.items():
-        if name.startswith("b"):
-            params[name] = np.zeros(shape, dtype=np.float32)
-            continue
-        fan_in, fan_out = shape
-        if int(name[1:]) < last:
-            bound = np.sqrt(6.0 / fan_in)
-        else:
-            bound = np.sqrt(6.0 / (fan_in + fan_out))
-        params[name] = rng.uniform(-bound, bound, size=shape).astype(np.float32)
+    for layer in dense_layers(model):
+        fan_in, fan_out = layer.fan_in, layer.fan_out
+        bound = np.sqrt(6.0 / fan_in) if layer.relu else np.sqrt(6.0 / (fan_in + fan_out))
+        params[layer.weight] = rng.uniform(-bound, bound, size=(fan_in, fan_out)).astype(
+            np.float32)
+        params[layer.bias] = np.zeros(fan_out, dtype=np.float32)
     return params
 
 
@@ -89,16 +106,11 @@ class ModelGraph:
 
 def build_model(model: str) -> ModelGraph:
     """The dlsys graph of ``model``: dense layers ``h @ W + b``, ReLU between them."""
-    # Imported here so that the numpy reference can share the specs above without loading
-    # the graph layer and TVM.
-    from dlsys import autodiff as ad
-
-    sizes = layer_sizes(model)
-    x, y_ = ad.Variable("x"), ad.Variable("y_")
-    params = {name: ad.Variable(name) for name in param_shapes(model)}
+    x, y_ = Variable("x"), Variable("y_")
+    params = {name: Variable(name) for name in param_shapes(model)}
     h = x
-    for i in range(1, len(sizes)):
-        z = ad.matmul_op(h, params[f"W{i}"])
-        z = z + ad.broadcastto_op(params[f"b{i}"], z)
-        h = ad.relu_op(z) if i < len(sizes) - 1 else z
-    return ModelGraph(model, x, y_, params, logits=h, loss=ad.softmaxcrossentropy_op(h, y_))
+    for layer in dense_layers(model):
+        z = matmul_op(h, params[layer.weight])
+        z = z + broadcastto_op(params[layer.bias], z)
+        h = relu_op(z) if layer.relu else z
+    return ModelGraph(model, x, y_, params, logits=h, loss=softmaxcrossentropy_op(h, y_))

@@ -44,7 +44,13 @@ from dlsys.frontend.checkpoint import (
     remove_stale_temp_files,
     save_checkpoint,
 )
-from dlsys.frontend.models import DEFAULT_MODEL, build_model, init_params, seed_streams
+from dlsys.frontend.models import (
+    DEFAULT_MODEL,
+    build_model,
+    init_params,
+    num_classes,
+    seed_streams,
+)
 from dlsys.optim import SGD
 
 DEFAULT_LR = {"logreg": 0.2, "mlp": 0.2}
@@ -134,8 +140,8 @@ class Trainer:
         return out
 
     def num_classes(self) -> int:
-        """The number of classes: the width of the last bias."""
-        return int(self.params[f"b{len(self.params) // 2}"].shape[0])
+        """The number of classes: the width of the model's output layer."""
+        return num_classes(self.graph.name)
 
     def accuracy(self, split: Split) -> float:
         """The fraction of ``split`` whose largest logit is the true class."""

@@ -9,6 +9,7 @@ two modules: schedules look blocks up by these names.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from tvm import te, tirx
 
@@ -23,60 +24,74 @@ def broadcast_index(out_index: Sequence, in_shape: Shape, out_shape: Shape) -> l
             for d in range(len(in_shape))]
 
 
-def binary_broadcast(shape_a: Shape, shape_b: Shape, out_shape: Shape, dtype: str,
-                     combine: Callable, name: str) -> tuple[TensorList, TensorList]:
-    """``C = combine(A, B)`` with both inputs broadcast to ``out_shape``."""
-    a = te.placeholder(shape_a, dtype=dtype, name="A")
-    b = te.placeholder(shape_b, dtype=dtype, name="B")
-    c = te.compute(out_shape, lambda *i: combine(a[tuple(broadcast_index(i, shape_a, out_shape))],
-                                                 b[tuple(broadcast_index(i, shape_b, out_shape))]),
-                   name=name)
-    return [a, b], [c]
+# ------------------------------------------------------------------ elementwise
+# The scalar formula of each elementwise kernel kind: one element of each input, then the
+# kernel's constants, in; the output element out. ``elementwise`` turns a formula into a
+# kernel over broadcast inputs, and a fused matmul applies the same formula to its result,
+# so an elementwise operator's math is written once, here.
+
+
+def add(x, y):
+    return x + y
+
+
+def mul(x, y):
+    return x * y
+
+
+def add_const(x, k):
+    return x + k
+
+
+def mul_const(x, k):
+    return x * k
+
+
+def relu(x):
+    # ``x < 0`` is false for NaN, so NaN passes through as in numpy and PyTorch, and a NaN
+    # in the data or the parameters reaches the loss instead of being trained on as 0.
+    return tirx.Select(x < tirx.const(0, x.dtype), tirx.const(0, x.dtype), x)
+
+
+def relu_gradient(a, g):
+    """``(a > 0) * g``: the adjoint of relu at input (or output) ``a``."""
+    return tirx.Select(a > tirx.const(0, a.dtype), g, tirx.const(0, g.dtype))
+
+
+def sigmoid(x):
+    one = tirx.const(1, x.dtype)
+    return one / (one + te.exp(-x))
+
+
+def sgd(w, g, lr):
+    """``w - lr * g``; reads each element before writing it, so it may run in place."""
+    return w - lr * g
+
+
+def fill(value):
+    return value
+
+
+INPUT_NAMES = "ABDEFGHIJ"  # C is the classic name of an output
+
+
+def elementwise(formula: Callable, input_shapes: Sequence[Shape], out_shape: Shape,
+                constants: Sequence[float], dtype: str) -> tuple[TensorList, TensorList]:
+    """``C = formula(*inputs, *constants)`` with every input broadcast to ``out_shape``."""
+    inputs = [te.placeholder(s, dtype=dtype, name=INPUT_NAMES[i])
+              for i, s in enumerate(input_shapes)]
+    consts = [tirx.const(c, dtype) for c in constants]
+
+    def body(*index):
+        elements = [t[tuple(broadcast_index(index, s, out_shape))]
+                    for t, s in zip(inputs, input_shapes)]
+        return formula(*elements, *consts)
+
+    return inputs, [te.compute(out_shape, body, name=formula.__name__)]
 
 
 def elemwise_add(shape: Shape, dtype: str):
-    return binary_broadcast(shape, shape, shape, dtype, lambda x, y: x + y, "add")
-
-
-def elemwise_mul(shape: Shape, dtype: str):
-    return binary_broadcast(shape, shape, shape, dtype, lambda x, y: x * y, "mul")
-
-
-def unary(shape: Shape, dtype: str, fn: Callable, name: str) -> tuple[TensorList, TensorList]:
-    a = te.placeholder(shape, dtype=dtype, name="A")
-    return [a], [te.compute(shape, lambda *i: fn(a[i]), name=name)]
-
-
-def add_by_const(shape: Shape, const_k: float, dtype: str):
-    return unary(shape, dtype, lambda x: x + tirx.const(const_k, dtype), "add_const")
-
-
-def mul_by_const(shape: Shape, const_k: float, dtype: str):
-    return unary(shape, dtype, lambda x: x * tirx.const(const_k, dtype), "mul_const")
-
-
-def relu_value(x, dtype: str):
-    """``max(x, 0)`` that keeps NaN, as numpy and PyTorch do: ``x < 0`` is false for NaN, so
-    a NaN in the data or the parameters propagates to the loss instead of training on."""
-    zero = tirx.const(0, dtype)
-    return tirx.Select(x < zero, zero, x)
-
-
-def relu(shape: Shape, dtype: str):
-    return unary(shape, dtype, lambda x: relu_value(x, dtype), "relu")
-
-
-def relu_gradient(shape: Shape, dtype: str):
-    """``(A > 0) * G``: the adjoint of relu at input ``A`` given the upstream gradient ``G``."""
-    zero = tirx.const(0, dtype)
-    return binary_broadcast(shape, shape, shape, dtype,
-                            lambda x, g: tirx.Select(x > zero, g, zero), "relu_grad")
-
-
-def sgd_update(shape: Shape, learning_rate: float, dtype: str):
-    """``W_out = W - lr * G``; reads each element once before writing it, so in-place is safe."""
-    lr = tirx.const(learning_rate, dtype)
-    return binary_broadcast(shape, shape, shape, dtype, lambda w, g: w - lr * g, "sgd")
+    return elementwise(add, [shape, shape], shape, (), dtype)
 
 
 def matmul(shape_a: Shape, trans_a: bool, shape_b: Shape, trans_b: bool, dtype: str):
@@ -217,71 +232,96 @@ def broadcast_to(shape: Shape, to_shape: Shape, dtype: str):
     return [a], [c]
 
 
-def fill(shape: Shape, value: float, dtype: str):
-    """A constant tensor; the one output kernel with no inputs (ones_like / zeros_like)."""
-    return [], [te.compute(shape, lambda *i: tirx.const(value, dtype), name="fill")]
+@dataclass(frozen=True)
+class Epilogue:
+    """One elementwise step applied to a matmul's result before it is stored.
+
+    ``kind`` names an elementwise formula; the running result is its argument ``position``;
+    ``operand`` says what else it reads: ``None``, ``"columns"`` (a vector indexed by the
+    output's column, a dense layer's bias) or ``"matrix"`` (a tensor of the output's shape);
+    ``constants`` follow the tensors. ``label`` is how the step is shown and requested
+    through ``tvm_op.make_matmul_epilogue``.
+    """
+
+    kind: str
+    label: str
+    position: int = 0
+    operand: str | None = None
+    constants: tuple[float, ...] = ()
+
+    @property
+    def label_tuple(self) -> tuple:
+        return (self.label, *self.constants)
 
 
-# An epilogue is a chain of elementwise steps applied to a matmul's result before it is
-# stored: ("bias_add",) reads a vector over columns, ("add",) and ("relu_mask",) read a matrix
-# of the output's shape, ("relu",) reads nothing, ("add_const", k) and ("mul_const", k) read a
-# constant. The fusion pass builds these chains; the matmul schedule inlines them.
-EPILOGUE_OPERANDS = {"bias_add": "vector", "add": "matrix", "relu_mask": "matrix",
-                     "relu": None, "add_const": None, "mul_const": None}
+def epilogue_from_label(label: str, *constants: float) -> Epilogue:
+    """The epilogue step that ``label`` (a key of ``EPILOGUE_LABELS``) names."""
+    template = EPILOGUE_LABELS[label]
+    return Epilogue(template.kind, label, template.position, template.operand,
+                    tuple(float(c) for c in constants))
 
 
-def _epilogue_step(kind: str, extra: tuple, x, operand, i, j, dtype: str):
-    zero = tirx.const(0, dtype)
-    if kind == "bias_add":
-        return x + operand[j]
-    if kind == "add":
-        return x + operand[i, j]
-    if kind == "relu_mask":
-        # (H > 0) * G where G is the matmul result: the adjoint of relu at its output H.
-        return tirx.Select(operand[i, j] > zero, x, zero)
-    if kind == "relu":
-        return relu_value(x, dtype)
-    if kind == "add_const":
-        return x + tirx.const(extra[0], dtype)
-    return x * tirx.const(extra[0], dtype)
+EPILOGUE_LABELS = {
+    "bias_add": Epilogue("add", "bias_add", operand="columns"),
+    "add": Epilogue("add", "add", operand="matrix"),
+    # (H > 0) * G where G is the matmul result: the adjoint of relu at its output H.
+    "relu_mask": Epilogue("relu_gradient", "relu_mask", position=1, operand="matrix"),
+    "relu": Epilogue("relu", "relu"),
+    "add_const": Epilogue("add_const", "add_const"),
+    "mul_const": Epilogue("mul_const", "mul_const"),
+}
+EPILOGUE_OPERANDS = {label: {"columns": "vector", "matrix": "matrix", None: None}[e.operand]
+                     for label, e in EPILOGUE_LABELS.items()}
 
 
 def matmul_epilogue(shape_a: Shape, trans_a: bool, shape_b: Shape, trans_b: bool,
-                    epilogue: tuple, dtype: str):
-    """``epilogue(op(A) @ op(B))`` in one kernel; inputs are A, B, then each step's operand."""
+                    epilogue: Sequence[tuple[Epilogue, Callable]], dtype: str):
+    """``epilogue(op(A) @ op(B))`` in one kernel; inputs are A, B, then each step's operand.
+
+    ``epilogue`` pairs each step with its formula (see ``elementwise``).
+    """
     (a, b), (product,) = matmul(shape_a, trans_a, shape_b, trans_b, dtype)
     m, n = (int(d) for d in product.shape)
     operands = []
     out = product
-    for position, (kind, *extra) in enumerate(epilogue):
+    for position, (step, formula) in enumerate(epilogue):
         operand = None
-        if EPILOGUE_OPERANDS[kind] == "vector":
+        if step.operand == "columns":
             operand = te.placeholder((n,), dtype=dtype, name=f"E{position}")
-        elif EPILOGUE_OPERANDS[kind] == "matrix":
+        elif step.operand == "matrix":
             operand = te.placeholder((m, n), dtype=dtype, name=f"E{position}")
         if operand is not None:
             operands.append(operand)
-        out = _epilogue_block(out, operand, kind, tuple(extra), position, dtype)
+        out = _epilogue_block(out, operand, step, formula, position, dtype)
     return [a, b, *operands], [out]
 
 
-def _epilogue_block(x: te.Tensor, operand, kind: str, extra: tuple, position: int, dtype: str):
+def _epilogue_block(x: te.Tensor, operand, step: Epilogue, formula: Callable, position: int,
+                    dtype: str) -> te.Tensor:
     # A function of its own so each block's lambda closes over its own step.
-    return te.compute(x.shape, lambda i, j: _epilogue_step(kind, extra, x[i, j], operand, i, j,
-                                                           dtype),
-                      name=f"epilogue{position}")
+    consts = [tirx.const(c, dtype) for c in step.constants]
+
+    def body(i, j):
+        tensors = [x[i, j]]
+        if operand is not None:
+            value = operand[j] if step.operand == "columns" else operand[i, j]
+            tensors.insert(1 - step.position, value)  # the running result at its position
+        return formula(*tensors, *consts)
+
+    return te.compute(x.shape, body, name=f"epilogue{position}")
 
 
-def sgd_update_many(shapes: Sequence[Shape], learning_rate: float, dtype: str):
-    """One SGD step for many parameters in one kernel: inputs ``W_1..W_n, G_1..G_n``,
+def sgd_update_many(shapes: Sequence[Shape], dtype: str):
+    """One SGD step for many parameters in one kernel: inputs ``lr, W_1..W_n, G_1..G_n``,
     outputs ``W_1'..W_n'`` (which may be the ``W_i`` themselves: each element is read before
-    it is written)."""
-    lr = tirx.const(learning_rate, dtype)
+    it is written). The learning rate is a (1,) tensor, read at run time, so a schedule that
+    changes it compiles nothing."""
+    lr = te.placeholder((1,), dtype=dtype, name="lr")
     weights = [te.placeholder(s, dtype=dtype, name=f"W{i}") for i, s in enumerate(shapes)]
     grads = [te.placeholder(s, dtype=dtype, name=f"G{i}") for i, s in enumerate(shapes)]
     updated = [_sgd_block(w, g, lr, i) for i, (w, g) in enumerate(zip(weights, grads))]
-    return weights + grads, updated
+    return [lr, *weights, *grads], updated
 
 
-def _sgd_block(w: te.Tensor, g: te.Tensor, lr, position: int) -> te.Tensor:
-    return te.compute(w.shape, lambda *i: w[i] - lr * g[i], name=f"sgd{position}")
+def _sgd_block(w: te.Tensor, g: te.Tensor, lr: te.Tensor, position: int) -> te.Tensor:
+    return te.compute(w.shape, lambda *i: sgd(w[i], g[i], lr[0]), name=f"sgd{position}")

@@ -87,21 +87,25 @@ def schedule_reduce_sum(sch: s_tir.Schedule) -> None:
 
 
 def schedule_row_softmax(sch: s_tir.Schedule) -> None:
-    """Row-wise kernels (softmax, its loss): row reductions stay in cache, rows run in parallel."""
-    blocks = _all_blocks(sch)
-    *producers, last = blocks
-    last_loops = sch.get_loops(last)
-    row_loop = last_loops[0]
-    if sch.get(last).name_hint == "mean_loss":
-        # The loss is a scalar mean over rows: rows are already split among producers.
-        producers, last = blocks[:-2], blocks[-2]
-        row_loop = sch.get_loops(last)[0]
+    """Row-wise kernels (softmax): row reductions stay in cache, rows run in parallel."""
+    *producers, last = _all_blocks(sch)
+    _rows_in_parallel(sch, producers, last)
+
+
+def schedule_row_loss(sch: s_tir.Schedule) -> None:
+    """Row-wise reductions that end in a scalar mean over the rows (the loss): the row
+    blocks share one parallel row loop, and the mean runs after it."""
+    *producers, last, _mean = _all_blocks(sch)
+    _rows_in_parallel(sch, producers, last)
+
+
+def _rows_in_parallel(sch: s_tir.Schedule, producers: list, last) -> None:
+    row_loop = sch.get_loops(last)[0]
     for block in reversed(producers):
         sch.compute_at(block, row_loop)
-    if len(sch.get_loops(last)) > 1:
-        sch.vectorize(sch.get_loops(last)[-1]) if not _is_reduction(sch, last) else None
-    rows = _extent(sch, row_loop)
-    if rows > 1:
+    if len(sch.get_loops(last)) > 1 and not _is_reduction(sch, last):
+        sch.vectorize(sch.get_loops(last)[-1])
+    if _extent(sch, row_loop) > 1:
         sch.parallel(row_loop)
 
 
@@ -200,6 +204,7 @@ SCHEDULES: dict[str, ScheduleFn] = {
     "injective": schedule_injective,
     "reduce_sum": schedule_reduce_sum,
     "softmax": schedule_row_softmax,
+    "row_loss": schedule_row_loss,
     "row_blocks": schedule_row_blocks,
     "matmul": schedule_matmul_packed,
     "conv2d": schedule_conv2d,

@@ -1,16 +1,23 @@
-"""Operator fusion: fold the elementwise neighbourhood of each matmul into its kernel, and
-compute the loss in its gradient's kernel.
+"""Operator fusion, driven by the traits operators declare (``dlsys.graph.Op``).
 
-The pass rewrites the executor's step list (see ``memory_plan.Step``). Starting from each
-fusion anchor (a matmul), it follows the chain of single consumers whose operators can act
-as an epilogue (bias add, relu, relu-gradient mask, by-constant ops) and replaces the chain
-with one step that computes ``epilogue(A @ B)`` in a single kernel, so the intermediate
-matrices are never written to memory. A node joins only when the running result has no
-other reader and was not asked for, so every value anyone reads still exists.
+Three rewrites of the lowered steps (``passes.lower.Step``):
 
-One rewrite makes the forward pass fusable: ``ReluGradient(a, g)`` reads the pre-activation
-``a`` only through ``a > 0``, which equals ``relu(a) > 0``; reading the relu's output instead
-lets ``a`` live and die inside the forward kernel.
+- *epilogues*: starting from each fusion anchor (a matmul), follow the chain of single
+  consumers whose operators can act as an epilogue (bias add, relu, relu-gradient mask,
+  by-constant ops, any unary elementwise op) and replace the chain with one step that
+  computes ``epilogue(anchor)`` in the anchor's kernel, so the intermediate tensors are
+  never written to memory. A node joins only when the running result has no other reader
+  and was not asked for, so every value anyone reads still exists.
+- *sign sources*: an input read only through ``x > 0`` (``sign_only_input``, the relu
+  gradient's mask) may be read from an earlier step's output that is positive exactly where
+  ``x`` is (``keeps_positive_sign``, the relu); then ``x`` can live and die inside the
+  forward kernel.
+- *absorbed siblings*: an operator that ``absorbs`` another computes that node's value in
+  its own kernel as a second output (the loss inside its gradient's kernel, which needs the
+  same row max and row sum).
+
+Each rewrite keeps the schedule's order sound: a step never reads a value computed later
+(``memory_plan.order_problems`` checks it).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from dlsys.graph import Node, Shape
-from dlsys.passes.memory_plan import Step
+from dlsys.passes.lower import Step
 
 
 def _readers(steps: list[Step]) -> dict[Node, list[Step]]:
@@ -29,36 +36,34 @@ def _readers(steps: list[Step]) -> dict[Node, list[Step]]:
     return readers
 
 
-def read_relu_output_in_relu_gradient(steps: list[Step]) -> list[Step]:
-    """Point each ReluGradient at the relu's output instead of its pre-activation input.
-
-    Only a relu computed by an *earlier* step qualifies: a relu of the same input scheduled
-    later would be read before it is written (its buffer still holds the previous run's value).
-    """
-    relu_of: dict[Node, Node] = {}
+def read_sign_from_earlier_outputs(steps: list[Step]) -> list[Step]:
+    """Point each sign-only input at an earlier output with the same positive set."""
+    same_sign: dict[Node, Node] = {}   # value -> an earlier output positive where it is
     rewritten = []
     for step in steps:
-        mask = step.inputs[0] if step.inputs else None
-        if step.output.op.name == "ReluGradient" and mask in relu_of and step.alias_of is None:
-            inputs = (relu_of[mask],) + step.inputs[1:]
-            inplace = step.inplace_input if step.inplace_input is not mask else None
+        index = step.output.op.sign_only_input
+        if index is not None and step.alias_of is None and step.inputs[index] in same_sign:
+            source = step.inputs[index]
+            inputs = step.inputs[:index] + (same_sign[source],) + step.inputs[index + 1:]
+            inplace = step.inplace_input if step.inplace_input is not source else None
             step = replace(step, inputs=inputs, inplace_input=inplace)
-        if step.output.op.name == "Relu" and step.alias_of is None:
-            relu_of.setdefault(step.inputs[0], step.output)
+        # Registered after the step is rewritten: only steps *after* it may read its output.
+        if step.output.op.keeps_positive_sign and step.alias_of is None:
+            same_sign.setdefault(step.inputs[0], step.output)
         rewritten.append(step)
     return rewritten
 
 
 def fuse_epilogues(steps: list[Step], shapes: dict[Node, Shape], keep: set[Node]) -> list[Step]:
-    """Merge each matmul with its chain of elementwise consumers (see the module docstring)."""
-    steps = read_relu_output_in_relu_gradient(steps)
+    """Apply the three rewrites of the module docstring, then drop the steps nobody reads."""
+    steps = read_sign_from_earlier_outputs(steps)
     readers = _readers(steps)
     absorbed: set[Node] = set()
     merged: dict[Node, Step] = {}
     for step in steps:
         if not step.output.op.fusion_anchor or step.alias_of is not None:
             continue
-        chain: list[tuple] = []
+        chain: list = []
         operands: list[Node] = []
         result = step.output
         while result not in keep and len(readers.get(result, [])) == 1:
@@ -77,39 +82,48 @@ def fuse_epilogues(steps: list[Step], shapes: dict[Node, Shape], keep: set[Node]
             absorbed.add(consumer.output)
             result = consumer.output
         if chain:
-            merged[result] = Step(result, step.inputs + tuple(operands), anchor=step.output,
-                                  epilogue=tuple(chain))
-            absorbed.add(step.output)
+            anchor = step.output
+            merged[result] = Step(result, step.inputs + tuple(operands), anchor=anchor,
+                                  epilogue=tuple(e.label_tuple for e in chain),
+                                  kernel=anchor.op.fused_kernel_spec(anchor, shapes, chain))
+            absorbed.add(anchor)
     fused = []
     for step in steps:
         if step.output in merged:
             fused.append(merged[step.output])
         elif step.output not in absorbed:
             fused.append(step)
-    return eliminate_dead_steps(fuse_loss_with_gradient(fused), keep)
+    return eliminate_dead_steps(fuse_absorbed_siblings(fused, shapes), keep)
 
 
-def fuse_loss_with_gradient(steps: list[Step]) -> list[Step]:
-    """Compute ``SoftmaxXEntropy(y, t)`` in the kernel of ``SoftmaxXEntropyGrad(y, t, g)``.
+def fuse_absorbed_siblings(steps: list[Step], shapes: dict[Node, Shape]) -> list[Step]:
+    """Compute a node of operator ``op.absorbs`` in the kernel of a later step of ``op``.
 
-    Both need each row's max and sum of exponentials; one kernel computes them once and
-    writes both outputs. The loss moves to the gradient's step, so no step in between may
-    read it (in a training graph only ``OnesLike(loss)`` sits there, which reads no value).
+    The absorbed value moves to the later step, so no step in between may read it (in a
+    training graph only ``OnesLike(loss)`` sits between the loss and its gradient, and it
+    reads no value).
     """
-    losses = {step.inputs[:2]: index for index, step in enumerate(steps)
-              if step.output.op.name == "SoftmaxXEntropy" and step.alias_of is None}
+    by_op: dict[object, list[int]] = {}
+    for index, step in enumerate(steps):
+        if step.alias_of is None and not step.extra_outputs:
+            by_op.setdefault(step.output.op, []).append(index)
     fused = list(steps)
     moved: set[int] = set()
     for index, step in enumerate(steps):
-        loss_index = losses.get(step.inputs[:2])
-        if (step.output.op.name != "SoftmaxXEntropyGrad" or loss_index is None
-                or loss_index in moved or loss_index > index):
+        target_op = step.output.op.absorbs
+        if target_op is None or step.alias_of is not None or step.anchor is not None:
             continue
-        loss = steps[loss_index].output
-        if any(loss in between.inputs for between in steps[loss_index + 1:index]):
-            continue
-        fused[index] = replace(step, extra_outputs=(loss,))
-        moved.add(loss_index)
+        for other_index in by_op.get(target_op, []):
+            if other_index > index or other_index in moved:
+                continue
+            other = steps[other_index]
+            spec = step.output.op.absorb_kernel_spec(step.output, other.output, shapes)
+            if spec is None or any(out in between.inputs for between in steps[other_index + 1:index]
+                                   for out in other.outputs):
+                continue
+            fused[index] = replace(step, extra_outputs=other.outputs, kernel=spec)
+            moved.add(other_index)
+            break
     return [step for index, step in enumerate(fused) if index not in moved]
 
 

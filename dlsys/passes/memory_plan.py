@@ -19,30 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dlsys.graph import Node, Shape
-
-
-@dataclass(frozen=True)
-class Step:
-    """One kernel call: ``output`` computed from ``inputs``.
-
-    ``inplace_input`` is the input the kernel may overwrite (elementwise kernels);
-    ``alias_of`` marks a step whose output *is* that input, so it runs no kernel. A fused
-    step (see ``passes.fusion``) computes ``epilogue(anchor)`` where ``anchor`` is a matmul
-    node; its inputs are the matmul's operands, then the epilogue's operands. A kernel with
-    several outputs lists the others in ``extra_outputs``, written after ``output``.
-    """
-
-    output: Node
-    inputs: tuple[Node, ...]
-    inplace_input: Node | None = None
-    alias_of: Node | None = None
-    anchor: Node | None = None
-    epilogue: tuple = ()
-    extra_outputs: tuple[Node, ...] = ()
-
-    @property
-    def outputs(self) -> tuple[Node, ...]:
-        return (self.output, *self.extra_outputs)
+from dlsys.passes.lower import Step
 
 
 @dataclass

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 from dlsys.errors import FeedError, ShapeError
 from dlsys.graph import Node, Shape
+
+# TVM indexes buffers with 32-bit integers by default; a larger tensor would wrap around.
+MAX_ELEMENTS = 2**31 - 1
 
 
 def infer_shapes(order: list[Node], feed_shapes: dict[Node, Shape]) -> dict[Node, Shape]:
@@ -27,5 +32,8 @@ def infer_shapes(order: list[Node], feed_shapes: dict[Node, Shape]) -> dict[Node
         shape = tuple(int(d) for d in node.op.infer_shape(node, [shapes[i] for i in node.inputs]))
         if any(d <= 0 for d in shape):
             raise ShapeError(f"{node.name}: inferred shape {shape} has an empty dimension")
+        if math.prod(shape) > MAX_ELEMENTS:
+            raise ShapeError(f"{node.name}: inferred shape {shape} has {math.prod(shape)} "
+                             f"elements; dlsys kernels index at most {MAX_ELEMENTS}")
         shapes[node] = shape
     return shapes

@@ -15,33 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 import tvm
 
-from dlsys import tvm_op
-from dlsys.errors import ArgumentTypeError, DtypeError, FeedError, ShapeError
-from dlsys.graph import Node, Shape, find_topo_sort
+from dlsys.errors import ArgumentError, ArgumentTypeError, DtypeError, FeedError, ShapeError
+from dlsys.graph import Node, Shape, find_topo_sort, short_name
 from dlsys.kernels.build import SUPPORTED_DTYPES
 from dlsys.passes.fusion import eliminate_dead_steps, fuse_epilogues
-from dlsys.passes.memory_plan import MemoryPlan, Step, order_problems, plan_memory
+from dlsys.passes.lower import Step, build_steps
+from dlsys.passes.memory_plan import MemoryPlan, order_problems, plan_memory
 from dlsys.passes.shape_inference import infer_shapes
-
-
-def build_steps(order: list[Node], shapes: dict[Node, Shape]) -> list[Step]:
-    """One step per computed node, marking aliases and legal in-place candidates."""
-    steps = []
-    for node in order:
-        if node.op.is_placeholder:
-            continue
-        in_shapes = [shapes[i] for i in node.inputs]
-        reads = tuple(node.op.kernel_inputs(node))
-        if node.op.is_alias(node, in_shapes):
-            steps.append(Step(node, reads, alias_of=node.inputs[0]))
-            continue
-        inplace = None
-        index = node.op.inplace_input
-        # An input of another shape (a broadcast operand) cannot hold the output.
-        if index is not None and shapes[node.inputs[index]] == shapes[node]:
-            inplace = node.inputs[index]
-        steps.append(Step(node, reads, inplace_input=inplace))
-    return steps
 
 
 @dataclass
@@ -62,6 +42,20 @@ class _Prepared:
         start = tensor.data_ptr()
         end = start + tensor.numel() * np.dtype(str(tensor.dtype)).itemsize
         return any(start < high and low < end for low, high in self.owned_ranges)
+
+
+def _check_device(ctx) -> tvm.runtime.Device:
+    """``ctx`` when it is a TVM CPU or CUDA device that exists on this machine."""
+    if not isinstance(ctx, tvm.runtime.Device):
+        raise ArgumentTypeError(f"Executor: ctx must be a TVM device such as tvm.cpu(0) or "
+                                f"tvm.cuda(0), got {ctx!r}")
+    kinds = {tvm.cpu(0).dlpack_device_type(): "cpu", tvm.cuda(0).dlpack_device_type(): "cuda"}
+    if ctx.dlpack_device_type() not in kinds:
+        raise ArgumentError(f"Executor: ctx {ctx} is not supported; dlsys runs on tvm.cpu(0) "
+                            f"or tvm.cuda(0)")
+    if not ctx.exist:
+        raise ArgumentError(f"Executor: device {ctx} does not exist on this machine")
+    return ctx
 
 
 class Executor:
@@ -87,12 +81,15 @@ class Executor:
 
     def __init__(self, eval_node_list: list[Node], ctx=None, dtype: str | None = None,
                  plan_memory: bool = True, fuse: bool = True):
+        if isinstance(eval_node_list, Node) or not isinstance(eval_node_list, (list, tuple)):
+            raise ArgumentTypeError(f"Executor: eval_node_list must be a list of Nodes, got "
+                                    f"{type(eval_node_list).__name__}")
         self.eval_node_list = list(eval_node_list)
         for i, node in enumerate(self.eval_node_list):
             if not isinstance(node, Node):
                 raise ArgumentTypeError(f"eval_node_list[{i}] must be a Node, got "
                                         f"{type(node).__name__}")
-        self.ctx = ctx if ctx is not None else tvm.cpu(0)
+        self.ctx = _check_device(ctx if ctx is not None else tvm.cpu(0))
         on_gpu = self.ctx.dlpack_device_type() == tvm.cuda(0).dlpack_device_type()
         self.target = "cuda" if on_gpu else "llvm"
         if dtype is not None and dtype not in SUPPORTED_DTYPES:
@@ -112,10 +109,17 @@ class Executor:
     # ----------------------------------------------------------------- feeds
     def _check_feed_keys(self, feed_dict: dict) -> None:
         for key in feed_dict:
-            if key not in self._placeholder_set:
-                what = (f"{key.name} is not a placeholder of this graph" if isinstance(key, Node)
-                        else f"{key!r} is not a graph node")
-                raise FeedError(f"feed_dict: {what}")
+            if key in self._placeholder_set:
+                continue
+            if not isinstance(key, Node):
+                raise FeedError(f"feed_dict: {key!r} is not a graph node")
+            if not key.op.is_placeholder:
+                raise FeedError(f"feed_dict: {key.name} is computed by the graph, not a "
+                                f"placeholder; feed the placeholders it is computed from")
+            evaluated = ", ".join(short_name(n) for n in self.eval_node_list)
+            needed = ", ".join(p.name for p in self.placeholders) or "none"
+            raise FeedError(f"feed_dict: placeholder {key.name} is not read by any node this "
+                            f"executor evaluates ({evaluated}); it needs: {needed}")
         missing = [p.name for p in self.placeholders if p not in feed_dict]
         if missing:
             raise FeedError(f"feed_dict is missing placeholder(s) {', '.join(missing)}")
@@ -191,7 +195,7 @@ class Executor:
         for step in steps:
             if step.alias_of is not None:
                 continue
-            kernel = self._make_kernel(step, shapes)
+            kernel = step.kernel.build(self.target, self.dtype)
             args = [value[i] for i in step.inputs] + [value[out] for out in step.outputs]
             for position, arg_node in enumerate(step.inputs):
                 if arg_node in source:
@@ -201,20 +205,6 @@ class Executor:
         self._bound = dict(feed_buffers)
         return _Prepared(shapes, steps, plan, calls, feed_slots, feed_buffers, outputs,
                          owned_ranges)
-
-    def _make_kernel(self, step: Step, shapes: dict[Node, Shape]):
-        if step.extra_outputs:  # the loss fused with its gradient (passes.fusion)
-            return tvm_op.make_matrix_softmax_cross_entropy_with_gradient(
-                shapes[step.output], self.target, "llvm", "sce_with_grad", self.dtype)
-        if step.anchor is None:
-            node = step.output
-            return node.op.make_kernel(node, [shapes[i] for i in node.inputs], shapes[node],
-                                       self.target, self.dtype)
-        a, b = step.anchor.inputs
-        attrs = step.anchor.attrs
-        return tvm_op.make_matmul_epilogue(shapes[a], attrs["trans_A"], shapes[b],
-                                           attrs["trans_B"], step.epilogue, self.target, "llvm",
-                                           "fused_matmul", self.dtype)
 
     def _rebind(self, prepared: _Prepared, placeholder: Node, tensor) -> None:
         """Point every argument slot of ``placeholder`` at ``tensor`` (only when it changed)."""

@@ -18,14 +18,20 @@ from dlsys.data.mnist import Split
 from dlsys.frontend.models import init_params, layer_sizes, seed_streams
 
 
+def _layers(params: dict[str, np.ndarray]) -> list[tuple[str, str]]:
+    """(weight, bias) names of each dense layer: the parameters come in layer order."""
+    names = list(params)
+    return list(zip(names[0::2], names[1::2]))
+
+
 def forward(params: dict[str, np.ndarray], x: np.ndarray) -> tuple[np.ndarray, list]:
     """Logits for ``x`` and, per layer, the (input, pre-activation) pair backward needs."""
-    layers = len(params) // 2
+    layers = _layers(params)
     h, cache = x, []
-    for i in range(1, layers + 1):
-        z = h @ params[f"W{i}"] + params[f"b{i}"]
+    for i, (weight, bias) in enumerate(layers, start=1):
+        z = h @ params[weight] + params[bias]
         cache.append((h, z))
-        h = np.maximum(z, 0) if i < layers else z
+        h = np.maximum(z, 0) if i < len(layers) else z
     return h, cache
 
 
@@ -38,12 +44,14 @@ def loss_and_grads(params: dict[str, np.ndarray], x: np.ndarray,
     loss = float(np.mean(-(y * (shifted - log_sum)).sum(axis=1)))
     dz = (np.exp(shifted - log_sum) - y) / np.float32(len(x))
     grads: dict[str, np.ndarray] = {}
+    layers = _layers(params)
     for i in range(len(cache), 0, -1):
         h, _ = cache[i - 1]
-        grads[f"W{i}"] = h.T @ dz
-        grads[f"b{i}"] = dz.sum(axis=0)
+        weight, bias = layers[i - 1]
+        grads[weight] = h.T @ dz
+        grads[bias] = dz.sum(axis=0)
         if i > 1:
-            dz = (dz @ params[f"W{i}"].T) * (cache[i - 2][1] > 0)
+            dz = (dz @ params[weight].T) * (cache[i - 2][1] > 0)
     return loss, grads
 
 

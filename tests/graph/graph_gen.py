@@ -1,8 +1,9 @@
 """Helpers for the graph-layer tests: a numpy interpreter of dlsys graphs, finite
 differences, the MLP training graph, and a hypothesis strategy for random graphs.
 
-The interpreter evaluates a graph op by op with plain numpy, written from each operator's
-definition and independent of dlsys's kernels, so it is the reference for the executor.
+The interpreter evaluates a graph op by op with each operator's numpy reference
+(``Op.reference``, written from the operator's definition and independent of dlsys's
+kernels), so it is the reference for the executor.
 """
 
 from __future__ import annotations
@@ -14,56 +15,12 @@ from hypothesis import strategies as st
 
 from dlsys import autodiff as ad
 from dlsys.graph import Node, find_topo_sort
+from dlsys.ops import ELEMENTWISE_OPS
 
 
 def _softmax(y: np.ndarray) -> np.ndarray:
     e = np.exp(y - y.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
-
-
-def _sum_to(a: np.ndarray, shape: tuple) -> np.ndarray:
-    lead = a.ndim - len(shape)
-    a = a.sum(axis=tuple(range(lead))) if lead else a
-    axes = tuple(d for d, n in enumerate(shape) if n == 1 and a.shape[d] != 1)
-    return a.sum(axis=axes, keepdims=True) if axes else a
-
-
-def _conv2d(x: np.ndarray, f: np.ndarray) -> np.ndarray:
-    _, _, kh, kw = f.shape
-    out_h, out_w = x.shape[2] - kh + 1, x.shape[3] - kw + 1
-    out = np.zeros((x.shape[0], f.shape[0], out_h, out_w), dtype=x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            window = x[:, :, i:i + out_h, j:j + out_w]
-            out += np.einsum("nchw,oc->nohw", window, f[:, :, i, j])
-    return out
-
-
-def _sce(y, labels):
-    log_softmax = y - y.max(axis=1, keepdims=True)
-    log_softmax = log_softmax - np.log(np.exp(log_softmax).sum(axis=1, keepdims=True))
-    return np.array([np.mean(-(labels * log_softmax).sum(axis=1))])
-
-
-_NUMPY = {
-    "Add": lambda n, a, b: a + b,
-    "Mul": lambda n, a, b: a * b,
-    "AddByConst": lambda n, a: a + n.attrs["const"],
-    "MulByConst": lambda n, a: a * n.attrs["const"],
-    "MatMul": lambda n, a, b: ((a.T if n.attrs["trans_A"] else a)
-                               @ (b.T if n.attrs["trans_B"] else b)),
-    "OnesLike": lambda n, a: np.ones_like(a),
-    "ZerosLike": lambda n, a: np.zeros_like(a),
-    "ReduceSumAxisZero": lambda n, a: a.sum(axis=0),
-    "ReduceSumTo": lambda n, a, b: _sum_to(a, b.shape),
-    "BroadcastTo": lambda n, a, b: np.broadcast_to(a, b.shape).copy(),
-    "SoftmaxXEntropy": lambda n, y, labels: _sce(y, labels),
-    "SoftmaxXEntropyGrad": lambda n, y, labels, g: (_softmax(y) - labels) / len(y) * g[0],
-    "Softmax": lambda n, a: _softmax(a),
-    "Relu": lambda n, a: np.maximum(a, 0),
-    "ReluGradient": lambda n, a, g: (a > 0) * g,
-    "Conv2d": lambda n, x, f: _conv2d(x, f),
-}
 
 
 def numpy_eval(nodes: list[Node], feeds: dict[Node, np.ndarray]) -> list[np.ndarray]:
@@ -73,7 +30,7 @@ def numpy_eval(nodes: list[Node], feeds: dict[Node, np.ndarray]) -> list[np.ndar
         if node.op.is_placeholder:
             value[node] = np.asarray(feeds[node], dtype=np.float64)
         else:
-            value[node] = np.asarray(_NUMPY[node.op.name](node, *(value[i] for i in node.inputs)))
+            value[node] = np.asarray(node.op.reference(node, *(value[i] for i in node.inputs)))
     return [value[n] for n in nodes]
 
 
@@ -179,7 +136,9 @@ def random_graphs(draw, max_ops: int = 7, allow_softmax: bool = True) -> RandomG
         shape = shapes[current]
         same_shape = [v for v in graph.values[:-1] if shapes[v] == shape]
         # Only the operators that apply at this shape, so that no draw is wasted.
-        ops = ["add", "mul", "addc", "mulc", "relu"] + (["reuse"] if same_shape else [])
+        # Every registered elementwise operator, by its index in ELEMENTWISE_OPS.
+        ops = ["add", "mul"] + list(range(len(ELEMENTWISE_OPS)))
+        ops += ["reuse"] if same_shape else []
         ops += ["broadcastto"] if len(shape) < 3 else []
         ops += ["rsum0"] if len(shape) >= 2 else []
         if len(shape) == 2:
@@ -197,18 +156,18 @@ def random_graphs(draw, max_ops: int = 7, allow_softmax: bool = True) -> RandomG
             other = placeholder(partner)
             a, b = (current, other) if draw(st.booleans()) else (other, current)
             node = ad.add_op(a, b) if op == "add" else ad.mul_op(a, b)
-        elif op in ("addc", "mulc"):
-            const = draw(st.sampled_from([-1.5, 0.5, 2.0]))
-            node = current + const if op == "addc" else current * const
+        elif isinstance(op, int):
+            elementwise = ELEMENTWISE_OPS[op]
+            others = [placeholder(shape) for _ in range(elementwise.arity - 1)]
+            node = elementwise.example([current, *others])
+            if elementwise.sign_only_input is not None or elementwise.keeps_positive_sign:
+                graph.relu_inputs.append(current)
         elif op == "matmul":
             ta, tb = draw(st.booleans()), draw(st.booleans())
             inner = shape[0] if ta else shape[1]
             n = draw(DIMS)
             other = placeholder((n, inner) if tb else (inner, n))
             node = ad.matmul_op(current, other, ta, tb)
-        elif op == "relu":
-            node = ad.relu_op(current)
-            graph.relu_inputs.append(current)
         elif op == "broadcastto":
             target = tuple(draw(DIMS) if d == 1 else d for d in shape)
             target = (draw(DIMS),) * draw(st.integers(0, 1)) + target

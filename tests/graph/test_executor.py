@@ -12,7 +12,7 @@ import tvm
 from graph_gen import build_mlp, numpy_eval
 
 from dlsys import autodiff as ad
-from dlsys.errors import ArgumentTypeError, DtypeError, FeedError
+from dlsys.errors import ArgumentTypeError, DtypeError, FeedError, ShapeError
 
 F32_TOL = {"rtol": 1e-4, "atol": 1e-5}
 F64_TOL = {"rtol": 1e-10, "atol": 1e-12}
@@ -253,3 +253,48 @@ def test_relu_keeps_nan_so_a_nan_reaches_the_loss():
     out, loss_val = ad.Executor([relu, loss]).run(
         {x: x_val, labels: np.eye(3, dtype="float32")[[0, 1]]}, convert_to_numpy_ret_vals=True)
     assert np.isnan(out[1, 2]) and np.isnan(loss_val[0])
+
+
+def test_gradient_of_an_unrelated_node_names_what_it_needs():
+    x, w, unrelated = ad.Variable("x"), ad.Variable("W"), ad.Variable("u")
+    loss = ad.matmul_op(x, w)
+    (grad,) = ad.gradients(loss, [unrelated])
+    executor = ad.Executor([grad])
+    with pytest.raises(FeedError, match=r"placeholder x is not read by .*ZerosLike\(u\).*needs: u"):
+        executor.run({x: np.ones((2, 2)), w: np.ones((2, 2)), unrelated: np.ones(3)})
+    (zeros,) = executor.run({unrelated: np.ones(3)}, convert_to_numpy_ret_vals=True)
+    assert not zeros.any()
+
+
+@pytest.mark.parametrize("make", [
+    lambda x: ad.Executor(x),
+    lambda x: ad.Executor([x], ctx="cpu"),
+    lambda x: ad.gradients(x, x),
+    lambda x: ad.Variable(3),
+    lambda x: x + 1e300,
+    lambda x: x * 10**400,
+    lambda x: x + float("nan"),
+], ids=["executor-node", "ctx-string", "gradients-node", "variable-int", "const-1e300",
+        "const-10**400", "const-nan"])
+def test_bad_graph_arguments_are_dlsys_errors(make):
+    from dlsys.errors import DlsysError
+
+    with pytest.raises(DlsysError):
+        make(ad.Variable("x"))
+
+
+def test_cuda_context_without_a_gpu_is_a_clear_error():
+    from dlsys.errors import ArgumentError
+
+    if tvm.cuda(0).exist:
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ArgumentError, match="does not exist"):
+        ad.Executor([ad.Variable("x")], ctx=tvm.cuda(0))
+
+
+def test_a_value_too_large_to_index_is_refused_before_allocating():
+    a, b = ad.Variable("a"), ad.Variable("b")
+    executor = ad.Executor([a + b])
+    # (100000, 1) + (1, 100000) broadcasts to 10**10 elements: 40 GB, past int32 indexing.
+    with pytest.raises(ShapeError, match=r"\(a\+b\).*10000000000 elements"):
+        executor.run({a: np.ones((100000, 1)), b: np.ones((1, 100000))})

@@ -11,7 +11,8 @@ import tvm
 from graph_gen import build_mlp
 
 from dlsys import autodiff as ad
-from dlsys.passes.memory_plan import Step, live_ranges, plan_memory, verify_plan
+from dlsys.passes.lower import Step
+from dlsys.passes.memory_plan import live_ranges, plan_memory, verify_plan
 
 
 def _verify(executor) -> list[str]:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from dlsys import autodiff as ad
-from dlsys import tvm_op
 from dlsys.errors import FeedError, ShapeError
 from dlsys.graph import find_topo_sort
+from dlsys.kernels import registry
 from dlsys.passes.shape_inference import infer_shapes
 
 
@@ -132,11 +132,11 @@ def test_missing_placeholder_shape_is_a_feed_error():
 
 
 def test_executor_reports_shape_error_before_compiling_or_running(monkeypatch):
-    # Every kernel is built through tvm_op.build_kernel: a call there means shape inference
+    # Every kernel is built through registry.build_kernel: a call there means shape inference
     # came too late.
     built = []
-    real = tvm_op.build_kernel
-    monkeypatch.setattr(tvm_op, "build_kernel", lambda *a, **k: built.append(a) or real(*a, **k))
+    real = registry.build_kernel
+    monkeypatch.setattr(registry, "build_kernel", lambda *a, **k: built.append(a) or real(*a, **k))
     x, w1, labels = _vars("X", "W1", "y_")
     loss = ad.softmaxcrossentropy_op(ad.matmul_op(x, w1), labels)
     executor = ad.Executor([loss, *ad.gradients(loss, [w1])])

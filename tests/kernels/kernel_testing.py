@@ -16,6 +16,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from dlsys import tvm_op as op
 from dlsys.kernels.build import Kernel
+from dlsys.ops import ELEMENTWISE_OPS, Variable
 
 # float32 elementwise results are exact or one rounding away; reductions over positive
 # inputs add no cancellation, so 1e-5 relative holds for them too. The absolute floor only
@@ -94,6 +95,29 @@ def elementwise_cases(shape: tuple) -> list[Case]:
         Case(f"fill{s}", lambda t, d: op.make_fill(s, 3.0, t, "llvm", "f", d), lambda rng: [],
              lambda: [np.full(s, 3.0)]),
     ]
+
+
+def registered_elementwise_cases(shape: tuple) -> list[Case]:
+    """Every elementwise operator of ``dlsys.ops.ELEMENTWISE_OPS``: its kernel spec built and
+    run, against its numpy reference. A new operator joins by being registered."""
+    cases = []
+    for elementwise in ELEMENTWISE_OPS:
+        node = elementwise.example([Variable(f"x{i}") for i in range(elementwise.arity)])
+        reads = len(elementwise.kernel_inputs(node))
+
+        def build(t, d, node=node):
+            return node.op.kernel_spec(node, [shape] * len(node.inputs), shape).build(t, d)
+
+        def inputs(rng, count=reads):
+            return [normal(rng, shape) for _ in range(count)]
+
+        def reference(*arrays, node=node):
+            # A fill reads no values: its reference gets a stand-in of the right shape.
+            args = arrays if arrays else [np.zeros(shape)] * len(node.inputs)
+            return [np.asarray(node.op.reference(node, *args))]
+
+        cases.append(Case(f"{elementwise.name}{shape}", build, inputs, reference))
+    return cases
 
 
 def matmul_case(m: int, k: int, n: int, trans_a: bool, trans_b: bool) -> Case:
@@ -181,6 +205,7 @@ def assert_case(case: Case, tgt: str, dtype: str, device=None, seed: int = 0) ->
 def odd_cases() -> list[Case]:
     """Every builder on sizes no tile divides: 1x1, primes, and shapes just past a tile."""
     cases = [c for s in [(1,), (1, 1), (7,), (13, 17), (3, 5, 7)] for c in elementwise_cases(s)]
+    cases += [c for s in [(1,), (13, 17), (3, 5, 7)] for c in registered_elementwise_cases(s)]
     cases += [matmul_case(m, k, n, ta, tb) for (m, k, n) in [(1, 1, 1), (7, 13, 5), (17, 3, 33)]
               for ta in (False, True) for tb in (False, True)]
     cases += [conv2d_case((1, 1, 1, 1), (1, 1, 1, 1)), conv2d_case((2, 3, 7, 6), (5, 3, 3, 2)),

@@ -22,7 +22,7 @@ DEFINITIONS = [
     ("injective", lambda: compute.elemwise_add((64, 300), "float32")),
     ("reduce_sum", lambda: compute.reduce_sum_axis_zero((300, 64), "float32")),
     ("softmax", lambda: compute.softmax((64, 300), "float32")),
-    ("softmax", lambda: compute.softmax_cross_entropy((64, 300), "float32")),
+    ("row_loss", lambda: compute.softmax_cross_entropy((64, 300), "float32")),
     ("conv2d", lambda: compute.conv2d_nchw((4, 3, 12, 12), (8, 3, 3, 3), "float32")),
     ("matmul", lambda: compute.matmul((64, 48), False, (48, 80), False, "float32")),
 ]

@@ -1,0 +1,36 @@
+"""Checks of user arguments shared by the graph API and the kernel builders, so that both
+refuse the same values with the same words."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from dlsys.errors import ArgumentError, ArgumentTypeError
+
+# The largest float32: a constant beyond it cannot be compiled into a float32 kernel.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_flag(name: str, value) -> bool:
+    """A bool (or 0/1); ``bool("no")`` is True, so anything else is a caller's mistake."""
+    if not isinstance(value, (bool, np.bool_)) and not (isinstance(value, int) and value in (0, 1)):
+        raise ArgumentTypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
+
+
+def check_constant(name: str, value) -> float:
+    """A finite real number that a float32 kernel can hold, as a float."""
+    # numbers.Real admits numpy scalars (a learning rate read from an array); bool is an int
+    # to Python but never a meaningful constant here.
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ArgumentTypeError(f"{name} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond any float, such as 10**400
+        number = math.inf
+    if not math.isfinite(number) or abs(number) > FLOAT32_MAX:
+        raise ArgumentError(f"{name} must be a finite float32 number, got {value!r}")
+    return number

@@ -1,0 +1,105 @@
+"""The kernel registry: each kernel kind's compute definition paired with its schedule family.
+
+An operator names the kernel it needs as a ``KernelSpec`` (a kind and its parameters, which
+are shapes, flags and constants); ``KernelSpec.build`` finds the kind here, defines the
+computation with ``dlsys.kernels.compute`` and compiles it with the CPU schedule of its
+family from ``dlsys.kernels.schedule`` (or the GPU thread binding on CUDA), through the
+kernel caches of ``dlsys.kernels.build``. Nothing else ties compute to schedule.
+
+Adding an elementwise kernel is one formula in ``compute`` and one ``register_elementwise``
+line below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+from dlsys.errors import ArgumentError
+from dlsys.kernels import compute
+from dlsys.kernels.build import Kernel, build_kernel
+from dlsys.kernels.schedule import SCHEDULES
+
+
+@dataclass(frozen=True)
+class KernelKind:
+    """``compute(*params, dtype) -> (inputs, outputs)`` run with the schedule family
+    ``schedule`` (a key of ``schedule.SCHEDULES``); ``formula`` for elementwise kinds, which
+    a fused matmul applies to its result."""
+
+    name: str
+    compute: Callable[..., tuple[list, list]]
+    schedule: str
+    formula: Callable | None = None
+
+
+KINDS: dict[str, KernelKind] = {}
+
+
+def register(name: str, compute_fn: Callable, schedule: str,
+             formula: Callable | None = None) -> None:
+    if name in KINDS:
+        raise ArgumentError(f"kernel kind {name!r} is registered twice")
+    if schedule not in SCHEDULES:
+        raise ArgumentError(f"kernel kind {name!r}: unknown schedule family {schedule!r}")
+    KINDS[name] = KernelKind(name, compute_fn, schedule, formula)
+
+
+def register_elementwise(name: str, formula: Callable) -> None:
+    """An elementwise kind: ``params`` are ``(input_shapes, out_shape, constants)``."""
+    register(name, partial(compute.elementwise, formula), "injective", formula)
+
+
+def kind(name: str) -> KernelKind:
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise ArgumentError(f"unknown kernel kind {name!r}; known: {sorted(KINDS)}") from None
+
+
+def elementwise_formula(name: str) -> Callable:
+    formula = kind(name).formula
+    if formula is None:
+        raise ArgumentError(f"kernel kind {name!r} is not elementwise")
+    return formula
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """The kernel an operator needs: a registered ``kind`` and its ``params``."""
+
+    kind: str
+    params: tuple
+
+    def build(self, target, dtype: str, tgt_host: str | None = None,
+              func_name: str = "kernel") -> Kernel:
+        entry = kind(self.kind)
+        params = self.params
+        return build_kernel(entry.schedule, (self.kind, *params),
+                            lambda: entry.compute(*params, dtype), dtype, target, tgt_host,
+                            func_name)
+
+
+def _matmul_epilogue(shape_a, trans_a, shape_b, trans_b, epilogue, dtype):
+    steps = [(step, elementwise_formula(step.kind)) for step in epilogue]
+    return compute.matmul_epilogue(shape_a, trans_a, shape_b, trans_b, steps, dtype)
+
+
+for _name, _formula in [("add", compute.add), ("mul", compute.mul),
+                        ("add_const", compute.add_const), ("mul_const", compute.mul_const),
+                        ("relu", compute.relu), ("relu_gradient", compute.relu_gradient),
+                        ("sigmoid", compute.sigmoid), ("sgd", compute.sgd),
+                        ("fill", compute.fill)]:
+    register_elementwise(_name, _formula)
+register("broadcast_to", compute.broadcast_to, "injective")
+register("reduce_sum_to", compute.reduce_sum_to, "reduce_sum")
+register("matmul", compute.matmul, "matmul")
+register("matmul_epilogue", _matmul_epilogue, "matmul")
+register("conv2d", compute.conv2d_nchw, "conv2d")
+register("softmax", compute.softmax, "softmax")
+register("softmax_cross_entropy", compute.softmax_cross_entropy, "row_loss")
+register("softmax_cross_entropy_gradient", compute.softmax_cross_entropy_gradient, "softmax")
+register("softmax_cross_entropy_with_gradient", compute.softmax_cross_entropy_with_gradient,
+         "row_blocks")
+register("sgd_many", compute.sgd_update_many, "injective")

@@ -1,0 +1,257 @@
+"""Elementwise operators: each output element from the same element of each input.
+
+Each operator names its formula (``kernel_kind``, a function of ``dlsys.kernels.compute``
+registered in ``dlsys.kernels.registry``); the standalone kernel and the epilogue of a fused
+matmul both apply that formula, so the math is written once. Binary operators broadcast
+their inputs as numpy does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dlsys.checks import check_constant
+from dlsys.errors import ShapeError
+from dlsys.graph import Node, Op, short_name
+from dlsys.kernels.compute import Epilogue, epilogue_from_label
+from dlsys.kernels.registry import KernelSpec
+from dlsys.ops.reduce import reducesumto_op
+from dlsys.ops.shapes import apply_rule, broadcast_shape, same_shape
+
+
+class ElementwiseOp(Op):
+    """An operator computed element by element by the formula ``kernel_kind``.
+
+    ``arity`` is how many tensors it reads; ``constants(node)`` the numbers its formula
+    takes after them. ``example(inputs)`` builds a node from ``arity`` nodes for the test
+    tables, which pick every elementwise operator up from ``dlsys.ops.ELEMENTWISE_OPS``.
+    """
+
+    kernel_kind = ""
+    arity = 1
+    inplace_input = 0
+
+    def __call__(self, *inputs: Node) -> Node:
+        return Node(self, inputs)
+
+    def example(self, inputs: list[Node]) -> Node:
+        return self(*inputs)
+
+    def constants(self, node: Node) -> tuple[float, ...]:
+        return ()
+
+    def infer_shape(self, node, input_shapes):
+        return tuple(input_shapes[0])
+
+    def kernel_spec(self, node, input_shapes, output_shape):
+        return KernelSpec(self.kernel_kind, (tuple(tuple(s) for s in input_shapes),
+                                             tuple(output_shape), self.constants(node)))
+
+    def epilogue(self, node, inputs, chain_input, shapes):
+        # A unary formula joins a matmul's kernel as it is: it reads only the running result.
+        if self.arity != 1:
+            return None
+        return Epilogue(self.kernel_kind, self.kernel_kind,
+                        constants=self.constants(node)), []
+
+
+class AddOp(ElementwiseOp):
+    """``a + b`` with numpy broadcasting."""
+
+    name = "Add"
+    kernel_kind = "add"
+    arity = 2
+    symbol = "+"
+
+    def __call__(self, a: Node, b: Node) -> Node:
+        return Node(self, [a, b])
+
+    def describe(self, node):
+        return f"({short_name(node.inputs[0])}{self.symbol}{short_name(node.inputs[1])})"
+
+    def infer_shape(self, node, input_shapes):
+        return apply_rule(node, input_shapes, _broadcast_rule, *input_shapes)
+
+    def gradient(self, node, output_grad):
+        a, b = node.inputs
+        return [reducesumto_op(output_grad, a), reducesumto_op(output_grad, b)]
+
+    def epilogue(self, node, inputs, chain_input, shapes):
+        a, b = inputs
+        if a is b or shapes[chain_input] != shapes[node]:
+            return None
+        other = b if a is chain_input else a
+        # A bias row broadcast over the batch: read the vector itself, skip the broadcast.
+        vector = other.inputs[0] if other.op.broadcasts_input else other
+        if len(shapes[node]) == 2 and shapes[vector] == (shapes[node][1],):
+            return epilogue_from_label("bias_add"), [vector]
+        if shapes[other] == shapes[node]:
+            return epilogue_from_label("add"), [other]
+        return None
+
+    def reference(self, node, a, b):
+        return a + b
+
+
+class MulOp(AddOp):
+    """``a * b`` with numpy broadcasting."""
+
+    name = "Mul"
+    kernel_kind = "mul"
+    symbol = "*"
+
+    def gradient(self, node, output_grad):
+        a, b = node.inputs
+        return [reducesumto_op(output_grad * b, a), reducesumto_op(output_grad * a, b)]
+
+    def epilogue(self, node, inputs, chain_input, shapes):
+        return None
+
+    def reference(self, node, a, b):
+        return a * b
+
+
+def _broadcast_rule(shape_a, shape_b):
+    out = broadcast_shape(shape_a, shape_b)
+    if out is None:
+        raise ShapeError("shapes do not broadcast")
+    return out
+
+
+class AddByConstOp(ElementwiseOp):
+    """``a + c`` for a number ``c``."""
+
+    name = "AddByConst"
+    kernel_kind = "add_const"
+    symbol = "+"
+
+    def __call__(self, a: Node, const_val: float) -> Node:
+        return Node(self, [a], {"const": check_constant(
+            f"{self.name}({a.name}, ...): the constant", const_val)})
+
+    def example(self, inputs):
+        return self(inputs[0], 2.5)
+
+    def constants(self, node):
+        return (node.attrs["const"],)
+
+    def describe(self, node):
+        return f"({short_name(node.inputs[0])}{self.symbol}{node.attrs['const']:g})"
+
+    def gradient(self, node, output_grad):
+        return [output_grad]
+
+    def reference(self, node, a):
+        return a + node.attrs["const"]
+
+
+class MulByConstOp(AddByConstOp):
+    """``a * c`` for a number ``c``."""
+
+    name = "MulByConst"
+    kernel_kind = "mul_const"
+    symbol = "*"
+
+    def example(self, inputs):
+        return self(inputs[0], -0.75)
+
+    def gradient(self, node, output_grad):
+        return [output_grad * node.attrs["const"]]
+
+    def reference(self, node, a):
+        return a * node.attrs["const"]
+
+
+class ReluOp(ElementwiseOp):
+    name = "Relu"
+    kernel_kind = "relu"
+    keeps_positive_sign = True
+
+    def gradient(self, node, output_grad):
+        return [relu_gradient_op(node.inputs[0], output_grad)]
+
+    def reference(self, node, a):
+        return np.where(a < 0, 0.0, a)  # keeps NaN, like the kernel
+
+
+class ReluGradientOp(ElementwiseOp):
+    """``(a > 0) * g``."""
+
+    name = "ReluGradient"
+    kernel_kind = "relu_gradient"
+    arity = 2
+    inplace_input = 1
+    sign_only_input = 0
+
+    def infer_shape(self, node, input_shapes):
+        return same_shape(node, input_shapes)
+
+    def gradient(self, node, output_grad):
+        # Zero almost everywhere in a; linear in g with the same mask.
+        return [None, relu_gradient_op(node.inputs[0], output_grad)]
+
+    def epilogue(self, node, inputs, chain_input, shapes):
+        mask, upstream = inputs
+        if chain_input is not upstream or mask is upstream:
+            return None
+        return epilogue_from_label("relu_mask"), [mask]
+
+    def reference(self, node, a, g):
+        return np.where(a > 0, g, 0.0)
+
+
+class SigmoidOp(ElementwiseOp):
+    """``1 / (1 + exp(-a))``."""
+
+    name = "Sigmoid"
+    kernel_kind = "sigmoid"
+
+    def gradient(self, node, output_grad):
+        # sigmoid' = s (1 - s), read from the output itself.
+        return [output_grad * (node * (node * -1.0 + 1.0))]
+
+    def reference(self, node, a):
+        return 1.0 / (1.0 + np.exp(-a))
+
+
+class FillLikeOp(ElementwiseOp):
+    """A constant tensor of the input's shape (the input's values are never read)."""
+
+    kernel_kind = "fill"
+    inplace_input = None
+
+    def __init__(self, name: str, value: float):
+        self.name = name
+        self.value = value
+
+    def kernel_inputs(self, node):
+        return []
+
+    def constants(self, node):
+        return (self.value,)
+
+    def kernel_spec(self, node, input_shapes, output_shape):
+        return KernelSpec(self.kernel_kind, ((), tuple(output_shape), (self.value,)))
+
+    def gradient(self, node, output_grad):
+        return [None]
+
+    def epilogue(self, node, inputs, chain_input, shapes):
+        return None
+
+    def reference(self, node, a):
+        return np.full_like(a, self.value)
+
+
+add_op = AddOp()
+mul_op = MulOp()
+add_byconst_op = AddByConstOp()
+mul_byconst_op = MulByConstOp()
+relu_op = ReluOp()
+relu_gradient_op = ReluGradientOp()
+sigmoid_op = SigmoidOp()
+oneslike_op = FillLikeOp("OnesLike", 1.0)
+zeroslike_op = FillLikeOp("ZerosLike", 0.0)
+
+__all__ = ["ElementwiseOp", "add_op", "mul_op", "add_byconst_op", "mul_byconst_op", "relu_op",
+           "relu_gradient_op", "sigmoid_op", "oneslike_op", "zeroslike_op"]

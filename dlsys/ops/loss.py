@@ -1,0 +1,107 @@
+"""Softmax and the softmax cross-entropy loss, with its exact gradient."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dlsys.errors import GradientError, ShapeError
+from dlsys.graph import Node, Op
+from dlsys.kernels.registry import KernelSpec
+from dlsys.ops.shapes import apply_rule, row_matrix_shape, same_shape
+
+
+def _log_softmax(y: np.ndarray) -> np.ndarray:
+    shifted = y - y.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def _check_logits(node: Node, input_shapes) -> None:
+    apply_rule(node, input_shapes, row_matrix_shape, input_shapes[0])
+
+
+class SoftmaxCrossEntropyOp(Op):
+    """Mean over the batch of ``-sum(labels * log_softmax(logits))``; output shape ``(1,)``.
+
+    Labels are treated as constants (no gradient flows into them), as in the course assignment.
+    """
+
+    name = "SoftmaxXEntropy"
+
+    def __call__(self, logits: Node, labels: Node) -> Node:
+        return Node(self, [logits, labels])
+
+    def infer_shape(self, node, input_shapes):
+        _check_logits(node, input_shapes)
+        same_shape(node, input_shapes)
+        return (1,)
+
+    def gradient(self, node, output_grad):
+        logits, labels = node.inputs
+        return [softmaxcrossentropy_gradient_op(logits, labels, output_grad), None]
+
+    def kernel_spec(self, node, input_shapes, output_shape):
+        return KernelSpec("softmax_cross_entropy", (tuple(input_shapes[0]),))
+
+    def reference(self, node, y, labels):
+        return np.array([np.mean(-(labels * _log_softmax(y)).sum(axis=1))])
+
+
+class SoftmaxCrossEntropyGradientOp(Op):
+    """``(softmax(logits) - labels) / batch * g``: the exact adjoint of the mean loss.
+
+    Its kernel can write the loss of the same logits and labels too: both need each row's
+    max and sum of exponentials (``absorbs``).
+    """
+
+    name = "SoftmaxXEntropyGrad"
+    absorbs = None  # set below, once the loss operator exists
+
+    def __call__(self, logits: Node, labels: Node, output_grad: Node) -> Node:
+        return Node(self, [logits, labels, output_grad])
+
+    def infer_shape(self, node, input_shapes):
+        _check_logits(node, input_shapes)
+        same_shape(node, input_shapes[:2])
+        if tuple(input_shapes[2]) != (1,):
+            raise ShapeError(f"{node.name}: upstream gradient {node.inputs[2].name} must have "
+                             f"shape (1,), got {tuple(input_shapes[2])}")
+        return tuple(input_shapes[0])
+
+    def kernel_spec(self, node, input_shapes, output_shape):
+        return KernelSpec("softmax_cross_entropy_gradient", (tuple(output_shape),))
+
+    def absorb_kernel_spec(self, node, other, shapes):
+        logits, labels, _ = node.inputs
+        if other.inputs[0] is not logits or other.inputs[1] is not labels:
+            return None
+        return KernelSpec("softmax_cross_entropy_with_gradient", (tuple(shapes[node]),))
+
+    def reference(self, node, y, labels, g):
+        return (np.exp(_log_softmax(y)) - labels) / len(y) * g[0]
+
+
+class SoftmaxOp(Op):
+    name = "Softmax"
+
+    def __call__(self, node: Node) -> Node:
+        return Node(self, [node])
+
+    def infer_shape(self, node, input_shapes):
+        _check_logits(node, input_shapes)
+        return tuple(input_shapes[0])
+
+    def gradient(self, node, output_grad):
+        raise GradientError(f"{node.name}: Softmax has no gradient in dlsys; train with "
+                            f"softmaxcrossentropy_op, whose gradient is exact and stable")
+
+    def kernel_spec(self, node, input_shapes, output_shape):
+        return KernelSpec("softmax", (tuple(output_shape),))
+
+    def reference(self, node, a):
+        return np.exp(_log_softmax(a))
+
+
+softmaxcrossentropy_op = SoftmaxCrossEntropyOp()
+softmaxcrossentropy_gradient_op = SoftmaxCrossEntropyGradientOp()
+softmaxcrossentropy_gradient_op.absorbs = softmaxcrossentropy_op
+softmax_op = SoftmaxOp()

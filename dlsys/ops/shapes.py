@@ -1,0 +1,93 @@
+"""Output-size rules, written once: the operators' shape rules and the kernel builders'
+argument checks both call these.
+
+Each function takes plain shapes and returns the output shape, or raises ``ShapeError`` with
+a message that says what does not fit; callers prefix it with the node or argument names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from dlsys.errors import ShapeError
+from dlsys.graph import Node, Shape
+
+
+def broadcast_shape(shape_a: Sequence[int], shape_b: Sequence[int]) -> Shape | None:
+    """Numpy's broadcast of two shapes, or ``None`` when they are incompatible."""
+    out = []
+    for i in range(1, max(len(shape_a), len(shape_b)) + 1):
+        a = shape_a[-i] if i <= len(shape_a) else 1
+        b = shape_b[-i] if i <= len(shape_b) else 1
+        if a != b and 1 not in (a, b):
+            return None
+        out.append(max(a, b))
+    return tuple(reversed(out))
+
+
+def broadcast_to_shape(shape: Sequence[int], to_shape: Sequence[int]) -> Shape:
+    """``to_shape``, when ``shape`` broadcasts to it (new leading axes, size-1 axes)."""
+    if broadcast_shape(shape, to_shape) != tuple(to_shape):
+        raise ShapeError(f"cannot broadcast shape {tuple(shape)} to {tuple(to_shape)}")
+    return tuple(to_shape)
+
+
+def sum_to_shape(shape: Sequence[int], to_shape: Sequence[int]) -> Shape:
+    """``to_shape``, when summing ``shape`` down to it is the adjoint of a broadcast."""
+    if broadcast_shape(to_shape, shape) != tuple(shape):
+        raise ShapeError(f"cannot sum shape {tuple(shape)} down to {tuple(to_shape)}")
+    return tuple(to_shape)
+
+
+def matmul_shape(shape_a: Sequence[int], trans_a: bool, shape_b: Sequence[int],
+                 trans_b: bool) -> Shape:
+    """``(m, n)`` of ``op(A) @ op(B)`` for matrices, ``op`` transposing where asked."""
+    for which, shape in (("first", shape_a), ("second", shape_b)):
+        if len(shape) != 2:
+            raise ShapeError(f"the {which} operand must be a matrix, got shape {tuple(shape)}")
+    (ra, ca), (rb, cb) = shape_a, shape_b
+    m, k_a = (ca, ra) if trans_a else (ra, ca)
+    k_b, n = (cb, rb) if trans_b else (rb, cb)
+    if k_a != k_b:
+        raise ShapeError(f"inner dimensions {k_a} and {k_b} differ")
+    return (m, n)
+
+
+def conv2d_shape(shape_x: Sequence[int], shape_f: Sequence[int]) -> Shape:
+    """NCHW images ``x`` and OIHW filters ``f``, stride 1, no padding."""
+    if len(shape_x) != 4 or len(shape_f) != 4:
+        raise ShapeError("images and filters must be 4-d (NCHW, OIHW)")
+    if shape_x[1] != shape_f[1]:
+        raise ShapeError(f"images have {shape_x[1]} channels but filters expect {shape_f[1]}")
+    if shape_f[2] > shape_x[2] or shape_f[3] > shape_x[3]:
+        raise ShapeError(f"filter {tuple(shape_f)} is larger than the image {tuple(shape_x)}")
+    return (shape_x[0], shape_f[0], shape_x[2] - shape_f[2] + 1, shape_x[3] - shape_f[3] + 1)
+
+
+def row_matrix_shape(shape: Sequence[int]) -> Shape:
+    """A (batch, classes) matrix, as softmax and its loss need."""
+    if len(shape) != 2:
+        raise ShapeError(f"must be a matrix (batch, classes), got shape {tuple(shape)}")
+    return tuple(shape)
+
+
+def inputs_text(node: Node, input_shapes: Sequence[Shape]) -> str:
+    """``a (2, 3), b (3,)``: each input's name and shape, for error messages."""
+    return ", ".join(f"{i.name} {tuple(s)}" for i, s in zip(node.inputs, input_shapes))
+
+
+def apply_rule(node: Node, input_shapes: Sequence[Shape], rule: Callable[..., Shape],
+               *args) -> Shape:
+    """``rule(*args)``, with a ``ShapeError`` prefixed by the node and its inputs' shapes."""
+    try:
+        return tuple(rule(*args))
+    except ShapeError as err:
+        raise ShapeError(f"{node.name}: {err} ({inputs_text(node, input_shapes)})") from None
+
+
+def same_shape(node: Node, input_shapes: Sequence[Shape]) -> Shape:
+    """The common shape of all inputs."""
+    if any(s != input_shapes[0] for s in input_shapes):
+        raise ShapeError(f"{node.name}: inputs must have the same shape, got "
+                         f"{inputs_text(node, input_shapes)}")
+    return tuple(input_shapes[0])

@@ -1,0 +1,60 @@
+"""Lowering: the graph as a list of steps, one kernel call each, in run order.
+
+``Step`` is the lowered program's unit, the IR that fusion rewrites, the memory plan
+assigns storage to and the executor runs. Each step carries the ``KernelSpec`` that
+computes it, so the executor builds kernels without knowing any operator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dlsys.graph import Node, Shape
+from dlsys.kernels.registry import KernelSpec
+
+
+@dataclass(frozen=True)
+class Step:
+    """One kernel call: ``output`` computed from ``inputs`` by ``kernel``.
+
+    ``inplace_input`` is the input the kernel may overwrite (elementwise kernels);
+    ``alias_of`` marks a step whose output *is* that input, so it runs no kernel. A fused
+    step (see ``passes.fusion``) computes ``epilogue(anchor)``: its inputs are the anchor's
+    operands, then the epilogue's operands, and ``epilogue`` shows the steps joined (as
+    label tuples). A kernel with several outputs lists the others in ``extra_outputs``,
+    written after ``output``.
+    """
+
+    output: Node
+    inputs: tuple[Node, ...]
+    inplace_input: Node | None = None
+    alias_of: Node | None = None
+    anchor: Node | None = None
+    epilogue: tuple = ()
+    extra_outputs: tuple[Node, ...] = ()
+    kernel: KernelSpec | None = None
+
+    @property
+    def outputs(self) -> tuple[Node, ...]:
+        return (self.output, *self.extra_outputs)
+
+
+def build_steps(order: list[Node], shapes: dict[Node, Shape]) -> list[Step]:
+    """One step per computed node, marking aliases and legal in-place candidates."""
+    steps = []
+    for node in order:
+        if node.op.is_placeholder:
+            continue
+        in_shapes = [shapes[i] for i in node.inputs]
+        reads = tuple(node.op.kernel_inputs(node))
+        if node.op.is_alias(node, in_shapes):
+            steps.append(Step(node, reads, alias_of=node.inputs[0]))
+            continue
+        inplace = None
+        index = node.op.inplace_input
+        # An input of another shape (a broadcast operand) cannot hold the output.
+        if index is not None and shapes[node.inputs[index]] == shapes[node]:
+            inplace = node.inputs[index]
+        steps.append(Step(node, reads, inplace_input=inplace,
+                          kernel=node.op.kernel_spec(node, in_shapes, shapes[node])))
+    return steps
