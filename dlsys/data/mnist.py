@@ -259,6 +259,16 @@ def load_pickle(path: str | os.PathLike) -> tuple[Split, Split]:
         if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
             raise DataError(f"{path}: {name} labels must be a 1-D integer array, got "
                             f"{labels.dtype} of shape {labels.shape}")
+        # Real numbers in [0, 1], as the format promises: strings would fail inside numpy,
+        # complex values lose their imaginary part, and a NaN or 0..255 pixels train silently
+        # on garbage.
+        if images.dtype.kind not in "fiu":
+            raise DataError(f"{path}: {name} images must be real numbers, got {images.dtype}")
+        if not np.isfinite(images).all():
+            raise DataError(f"{path}: {name} images hold NaN or infinite pixel values")
+        if images.size and (images.min() < 0 or images.max() > 1):
+            raise DataError(f"{path}: {name} pixel values must lie in [0, 1], found "
+                            f"{images.min()}..{images.max()}")
         where = Path(f"{path}[{name}]")
         splits.append(_checked_split(images, labels, where, where))
     train, valid, test = splits

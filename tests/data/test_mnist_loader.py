@@ -275,3 +275,18 @@ def test_an_idx_name_that_is_not_a_regular_file(tmp_path, kind):
         path.symlink_to("/dev/zero")
     message = _error(tmp_path, val_size=10)
     assert str(path) in message and "not a regular file" in message
+
+
+@pytest.mark.parametrize("images, words", [
+    (np.full((5, 784), "a"), "must be real numbers, got <U1"),
+    (np.zeros((5, 784), np.complex64), "must be real numbers, got complex64"),
+    (np.full((5, 784), None, dtype=object), "must be real numbers, got object"),
+    (np.where(np.eye(5, 784) > 0, np.nan, 0.5).astype(np.float32), "NaN or infinite"),
+    (np.full((5, 784), 255, np.uint8), "must lie in [0, 1], found 255..255"),
+])
+def test_pickle_pixels_that_are_not_the_format(tmp_path, images, words):
+    parts = tuple((images, np.zeros(5, np.int64)) for _ in range(3))
+    path = tmp_path / "mnist.pkl.gz"
+    path.write_bytes(gzip.compress(pickle.dumps(parts)))
+    message = _error(path)
+    assert str(path) in message and "train" in message and words in message
