@@ -70,6 +70,9 @@ class Op:
       the tests, never used to compute.
 
     Traits:
+    - ``is_placeholder``: a value from outside the graph, fed at run time; ``holds_value``:
+      a placeholder whose node holds its own tensor (``node.data``, a parameter), which
+      the executor binds unless the caller feeds another value.
     - ``inplace_input``: index of an input whose buffer the output may take over when that
       input dies here (elementwise kernels that read each element before writing it).
     - ``fusion_anchor``: a heavy op (matmul) whose elementwise consumers may join its kernel.
@@ -83,6 +86,7 @@ class Op:
 
     name = "Op"
     is_placeholder = False
+    holds_value = False
     inplace_input: int | None = None
     fusion_anchor = False
     broadcasts_input = False

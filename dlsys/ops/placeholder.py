@@ -1,9 +1,15 @@
-"""Placeholders: the values fed at run time (inputs, labels and parameters)."""
+"""Values from outside the graph: placeholders fed at every run (inputs, labels) and
+parameters, which hold their own tensor and are bound by the executor."""
 
 from __future__ import annotations
 
-from dlsys.errors import ArgumentTypeError, ShapeError
+import numpy as np
+import tvm
+
+from dlsys.errors import ArgumentTypeError, DtypeError, ShapeError
 from dlsys.graph import Node, Op
+
+PARAMETER_DTYPES = ("float32", "float64")
 
 
 class PlaceholderOp(Op):
@@ -23,9 +29,65 @@ class PlaceholderOp(Op):
         return []
 
 
+class ParameterOp(PlaceholderOp):
+    name = "Parameter"
+    holds_value = True
+
+
 placeholder_op = PlaceholderOp()
+parameter_op = ParameterOp()
 
 
 def Variable(name: str) -> Node:  # noqa: N802 - the course API's name
     """A placeholder: a value fed through ``feed_dict`` at every run."""
     return placeholder_op(name)
+
+
+class Parameter(Node):
+    """A graph value that holds its own data: the executor binds ``data`` (a TVM tensor)
+    wherever the parameter appears, so it is never fed by hand.
+
+    Optimisers update ``data`` in place; ``assign`` copies new values in (checking the
+    shape), so executors that bound the tensor keep reading the same memory.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data, name: str = "param", device=None):
+        if not isinstance(name, str) or not name:
+            raise ArgumentTypeError(f"a parameter's name must be a non-empty string, "
+                                    f"got {name!r}")
+        super().__init__(parameter_op, [], name=name)
+        array = data.numpy() if isinstance(data, tvm.runtime.Tensor) else np.asarray(data)
+        if array.dtype.name not in PARAMETER_DTYPES:
+            if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+                raise DtypeError(f"parameter {name}: data must be real numbers, got "
+                                 f"{array.dtype}")
+            array = array.astype(np.float32)
+        if array.ndim == 0 or 0 in array.shape:
+            raise ShapeError(f"parameter {name}: needs at least one dimension and no empty "
+                             f"ones, got shape {array.shape}")
+        self.data = tvm.runtime.tensor(np.ascontiguousarray(array), device or tvm.cpu(0))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self) -> str:
+        return str(self.data.dtype)
+
+    def numpy(self) -> np.ndarray:
+        """A copy of the current value."""
+        return self.data.numpy()
+
+    def assign(self, value) -> None:
+        """Copy ``value`` (an array of this parameter's shape) into ``data``, in place."""
+        array = value.numpy() if isinstance(value, tvm.runtime.Tensor) else np.asarray(value)
+        if tuple(array.shape) != self.shape:
+            raise ShapeError(f"parameter {self.name}: expected shape {self.shape}, got "
+                             f"{tuple(array.shape)}")
+        if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+            raise DtypeError(f"parameter {self.name}: values must be real numbers, got "
+                             f"{array.dtype}")
+        self.data.copyfrom(np.ascontiguousarray(array, dtype=self.dtype))

@@ -120,7 +120,8 @@ class Executor:
             needed = ", ".join(p.name for p in self.placeholders) or "none"
             raise FeedError(f"feed_dict: placeholder {key.name} is not read by any node this "
                             f"executor evaluates ({evaluated}); it needs: {needed}")
-        missing = [p.name for p in self.placeholders if p not in feed_dict]
+        missing = [p.name for p in self.placeholders
+                   if p not in feed_dict and not p.op.holds_value]
         if missing:
             raise FeedError(f"feed_dict is missing placeholder(s) {', '.join(missing)}")
 
@@ -137,8 +138,14 @@ class Executor:
             self.dtype = dtype
         return self.dtype
 
-    def _feed_value(self, node: Node, value):
-        """The fed value as a TVM tensor or a contiguous array of the executor's dtype."""
+    def _feed_value(self, node: Node, value, bound: bool = False):
+        """The fed value as a TVM tensor or a contiguous array of the executor's dtype.
+
+        ``bound``: the value a parameter holds; one of another dtype or device is copied
+        (converted) for the run, never refused, since the caller did not choose it here.
+        """
+        if bound and (str(value.dtype) != self.dtype or value.device != self.ctx):
+            value = value.numpy()
         if isinstance(value, tvm.runtime.Tensor):
             if str(value.dtype) != self.dtype:
                 raise DtypeError(f"feed {node.name} has dtype {value.dtype}, this executor runs "
@@ -225,8 +232,11 @@ class Executor:
 
     def _run(self, feed_dict: dict, convert_to_numpy_ret_vals: bool) -> list:
         self._check_feed_keys(feed_dict)
-        self._resolve_dtype(feed_dict)
-        feeds = {p: self._feed_value(p, feed_dict[p]) for p in self.placeholders}
+        # Parameters bind the tensor they hold unless the caller feeds another value.
+        values = {p: feed_dict[p] if p in feed_dict else p.data for p in self.placeholders}
+        self._resolve_dtype(values)
+        feeds = {p: self._feed_value(p, values[p], bound=p not in feed_dict)
+                 for p in self.placeholders}
         signature = tuple(tuple(v.shape) for v in feeds.values())
         if signature != self._signature:
             self._prepared = self._prepare({p: tuple(v.shape) for p, v in feeds.items()})
