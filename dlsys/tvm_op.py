@@ -108,9 +108,10 @@ def _matmul_operands(shapeA, transposeA, shapeB, transposeB) -> tuple:
     shape_a, shape_b = check_shape("shapeA", shapeA, 2), check_shape("shapeB", shapeB, 2)
     trans_a = check_flag("transposeA", transposeA)
     trans_b = check_flag("transposeB", transposeB)
-    _checked(matmul_shape, shape_a, trans_a, shape_b, trans_b,
-             what=f"matmul of shapeA {shape_a} (transposeA={trans_a}) and shapeB {shape_b} "
-                  f"(transposeB={trans_b})")
+    out = _checked(matmul_shape, shape_a, trans_a, shape_b, trans_b,
+                   what=f"matmul of shapeA {shape_a} (transposeA={trans_a}) and shapeB "
+                        f"{shape_b} (transposeB={trans_b})")
+    check_shape("the product's shape", out)  # (2**20, 1) @ (1, 2**20) is past int32 indexing
     return shape_a, trans_a, shape_b, trans_b
 
 

@@ -280,7 +280,7 @@ def run_training(config: TrainConfig, log: Callable[[str], None] = print) -> Tra
     test_acc = trainer.accuracy(dataset.test)
     final = trainer.params_numpy()
     summary = {"settings": settings, "test_acc": test_acc,
-               "val_acc": history[-1]["val_acc"] if history else None}
+               "val_acc": history[-1].get("val_acc") if history else None}
     log(f"test acc {100 * test_acc:.2f}%")
     report.write_metrics(out, history, summary)
     report.write_params(out, final)

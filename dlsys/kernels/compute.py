@@ -200,6 +200,26 @@ def softmax_cross_entropy_with_gradient(shape: Shape, dtype: str):
                                    _mean_loss(y, labels, row_max, row_sum, dtype)]
 
 
+def one_hot(shape: Shape, dtype: str):
+    """Rows of ``shape`` (batch, classes) from class indices ``L`` (batch,): 1 at the index.
+
+    A label that is not a whole number in ``[0, classes)`` makes its row NaN, so a bad label
+    shows in the loss instead of training on a row of zeros.
+    """
+    rows, classes = shape
+    labels = te.placeholder((rows,), dtype=dtype, name="L")
+    one, zero = tirx.const(1, dtype), tirx.const(0, dtype)
+    nan = tirx.const(float("nan"), dtype)
+
+    def body(i, j):
+        label = labels[i]
+        valid = tirx.all(label >= zero, label < tirx.const(classes, dtype),
+                         label == te.floor(label))
+        return tirx.Select(valid, tirx.Select(label == j.astype(dtype), one, zero), nan)
+
+    return [labels], [te.compute(shape, body, name="one_hot")]
+
+
 def reduce_sum_to(shape: Shape, to_shape: Shape, dtype: str):
     """Sum ``A`` down to ``to_shape``: the adjoint of broadcasting ``to_shape`` up to ``shape``.
 

@@ -102,4 +102,5 @@ register("softmax_cross_entropy", compute.softmax_cross_entropy, "row_loss")
 register("softmax_cross_entropy_gradient", compute.softmax_cross_entropy_gradient, "softmax")
 register("softmax_cross_entropy_with_gradient", compute.softmax_cross_entropy_with_gradient,
          "row_blocks")
+register("one_hot", compute.one_hot, "injective")
 register("sgd_many", compute.sgd_update_many, "injective")

@@ -101,7 +101,49 @@ class SoftmaxOp(Op):
         return np.exp(_log_softmax(a))
 
 
+class OneHotLikeOp(Op):
+    """``labels`` as rows of ``logits``' shape: class indices ``(batch,)`` become one-hot
+    rows; labels already of that shape pass through (an alias, no kernel). An index that is
+    not a whole number in ``[0, classes)`` gives a row of NaN, so the loss shows it."""
+
+    name = "OneHotLike"
+
+    def __call__(self, labels: Node, logits: Node) -> Node:
+        return Node(self, [labels, logits])
+
+    def kernel_inputs(self, node):
+        return node.inputs[:1]
+
+    def is_alias(self, node, input_shapes):
+        return tuple(input_shapes[0]) == tuple(input_shapes[1])
+
+    def infer_shape(self, node, input_shapes):
+        labels, logits = (tuple(s) for s in input_shapes)
+        _check_logits(node, [logits, labels])
+        if labels != logits and labels != logits[:1]:
+            raise ShapeError(f"{node.name}: labels must be class indices of shape "
+                             f"{logits[:1]} or rows of the logits' shape {logits}, got "
+                             f"{labels}")
+        return logits
+
+    def gradient(self, node, output_grad):
+        return [None, None]
+
+    def kernel_spec(self, node, input_shapes, output_shape):
+        return KernelSpec("one_hot", (tuple(output_shape),))
+
+    def reference(self, node, labels, logits):
+        if labels.shape == logits.shape:
+            return labels
+        rows = np.zeros(logits.shape)
+        valid = (labels >= 0) & (labels < logits.shape[1]) & (labels == np.floor(labels))
+        rows[~valid] = np.nan
+        rows[np.flatnonzero(valid), labels[valid].astype(int)] = 1.0
+        return rows
+
+
 softmaxcrossentropy_op = SoftmaxCrossEntropyOp()
 softmaxcrossentropy_gradient_op = SoftmaxCrossEntropyGradientOp()
 softmaxcrossentropy_gradient_op.absorbs = softmaxcrossentropy_op
 softmax_op = SoftmaxOp()
+onehot_like_op = OneHotLikeOp()

@@ -32,9 +32,10 @@ class _Prepared:
     steps: list[Step]
     plan: MemoryPlan
     calls: list[tuple]                        # (packed function, argument tuple)
-    feed_slots: dict[Node, list[tuple[int, int]]]  # placeholder -> (call, argument) positions
+    # placeholder -> (call, argument position, shape read there: an alias may reshape it)
+    feed_slots: dict[Node, list[tuple[int, int, Shape]]]
     feed_buffers: dict[Node, tvm.runtime.Tensor]
-    outputs: list                             # eval node -> its tensor, or a placeholder
+    outputs: list                 # eval node -> its tensor, or (placeholder, shape) to view
     owned_ranges: list[tuple[int, int]]       # [start, end) addresses of the planned storage
 
     def owns_memory_of(self, tensor: tvm.runtime.Tensor) -> bool:
@@ -42,6 +43,11 @@ class _Prepared:
         start = tensor.data_ptr()
         end = start + tensor.numel() * np.dtype(str(tensor.dtype)).itemsize
         return any(start < high and low < end for low, high in self.owned_ranges)
+
+
+def _view(tensor: tvm.runtime.Tensor, shape: Shape) -> tvm.runtime.Tensor:
+    """``tensor`` itself, or a view of its memory with ``shape`` (a reshaping alias)."""
+    return tensor if tuple(tensor.shape) == tuple(shape) else tensor._create_view(shape)
 
 
 def _check_device(ctx) -> tvm.runtime.Device:
@@ -190,15 +196,16 @@ class Executor:
         value: dict[Node, object] = dict(feed_buffers)
         for node, sid in plan.storage_of.items():
             value[node] = storage[sid]._create_view(shapes[node])
-        # An alias of a placeholder is that placeholder's (re-bindable) tensor.
+        # An alias of a placeholder is that placeholder's (re-bindable) tensor, viewed with
+        # the alias's shape where it reshapes.
         source = {p: p for p in self.placeholders}
         for step in steps:
             if step.alias_of is not None and step.alias_of in source:
                 source[step.output] = source[step.alias_of]
-                value[step.output] = value[step.alias_of]
+                value[step.output] = _view(value[step.alias_of], shapes[step.output])
 
         calls: list[tuple] = []
-        feed_slots: dict[Node, list[tuple[int, int]]] = {p: [] for p in self.placeholders}
+        feed_slots: dict[Node, list[tuple[int, int, Shape]]] = {p: [] for p in self.placeholders}
         for step in steps:
             if step.alias_of is not None:
                 continue
@@ -206,9 +213,11 @@ class Executor:
             args = [value[i] for i in step.inputs] + [value[out] for out in step.outputs]
             for position, arg_node in enumerate(step.inputs):
                 if arg_node in source:
-                    feed_slots[source[arg_node]].append((len(calls), position))
+                    feed_slots[source[arg_node]].append((len(calls), position,
+                                                         shapes[arg_node]))
             calls.append((kernel.func, tuple(args)))
-        outputs = [source.get(n, n) if n in source else value[n] for n in self.eval_node_list]
+        outputs = [(source[n], shapes[n]) if n in source else value[n]
+                   for n in self.eval_node_list]
         self._bound = dict(feed_buffers)
         return _Prepared(shapes, steps, plan, calls, feed_slots, feed_buffers, outputs,
                          owned_ranges)
@@ -216,9 +225,10 @@ class Executor:
     def _rebind(self, prepared: _Prepared, placeholder: Node, tensor) -> None:
         """Point every argument slot of ``placeholder`` at ``tensor`` (only when it changed)."""
         calls = prepared.calls
-        for call_index, position in prepared.feed_slots[placeholder]:
+        for call_index, position, shape in prepared.feed_slots[placeholder]:
             func, args = calls[call_index]
-            calls[call_index] = (func, args[:position] + (tensor,) + args[position + 1:])
+            arg = _view(tensor, shape)
+            calls[call_index] = (func, args[:position] + (arg,) + args[position + 1:])
         self._bound[placeholder] = tensor
 
     # ------------------------------------------------------------------ run
@@ -253,7 +263,7 @@ class Executor:
                 self._rebind(prepared, placeholder, fed)
         for func, args in prepared.calls:
             func(*args)
-        results = [self._bound[out] if isinstance(out, Node) else out
+        results = [_view(self._bound[out[0]], out[1]) if isinstance(out, tuple) else out
                    for out in prepared.outputs]
         if convert_to_numpy_ret_vals:
             return [r.numpy() for r in results]

@@ -119,3 +119,8 @@ def test_shapes_past_int32_indexing_are_refused(call, words):
         call()
     assert words in str(caught.value)
     assert build.check_shape("shape", (2**31 - 1,)) == (2**31 - 1,)
+
+
+def test_matmul_whose_product_is_past_int32_indexing_is_refused():
+    with pytest.raises(ShapeError, match="product"):
+        op.make_matrix_mul((2**20, 1), False, (1, 2**20), False, "llvm", "llvm", "f")

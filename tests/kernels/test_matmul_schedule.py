@@ -203,7 +203,7 @@ def _log_path(tmp_path, monkeypatch):
 
 def test_first_use_searches_and_logs_then_reuses(tmp_path, monkeypatch):
     path = _log_path(tmp_path, monkeypatch)
-    assert path.parent == tmp_path
+    assert path.parent == tmp_path / "kernels"  # inside the folder named (issue 16)
     config = mm.choose_config(SEARCH_PROBLEM)
     entries = json.loads(path.read_text())["entries"]
     record = entries[SEARCH_PROBLEM.key()]

@@ -1,0 +1,10 @@
+"""``dlsys.nn``: modules, layers and losses built on the graph, its passes and TVM kernels."""
+
+from dlsys.nn import functional, init
+from dlsys.nn.init import manual_seed
+from dlsys.nn.layers import Flatten, Linear, ReLU, Sigmoid
+from dlsys.nn.module import Module, Sequential
+from dlsys.ops.placeholder import Parameter
+
+__all__ = ["Module", "Parameter", "Sequential", "Linear", "ReLU", "Sigmoid", "Flatten",
+           "functional", "init", "manual_seed"]

@@ -1,0 +1,69 @@
+"""Layers: ``Linear`` and the parameter-free activations and reshapes.
+
+Shapes, names and default initialisation follow PyTorch (``Linear.weight`` is
+``(out_features, in_features)``), so a state dict moves between the two through numpy.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+from dlsys.checks import check_flag
+from dlsys.errors import ArgumentError, ArgumentTypeError
+from dlsys.graph import Node
+from dlsys.nn import init
+from dlsys.nn.module import Module
+from dlsys.ops import matmul_op, relu_op, sigmoid_op
+from dlsys.ops.placeholder import Parameter
+from dlsys.ops.reshape import flatten_op
+
+
+def check_size(layer: str, name: str, value) -> int:
+    """A positive int argument of a layer's constructor."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ArgumentTypeError(f"{layer}: {name} must be an int, got {value!r}")
+    if value <= 0:
+        raise ArgumentError(f"{layer}: {name} must be positive, got {value}")
+    return int(value)
+
+
+class Linear(Module):
+    """``y = x @ weight.T + bias`` for ``x`` of shape ``(batch, in_features)``.
+
+    Built as one matmul with the bias added in its epilogue (the fusion pass reads the bias
+    vector directly), so a layer is one kernel call.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.in_features = check_size("Linear", "in_features", in_features)
+        self.out_features = check_size("Linear", "out_features", out_features)
+        shape = (self.out_features, self.in_features)
+        self.weight = Parameter(init.default_weight(shape, self.in_features), "weight")
+        self.bias = (Parameter(init.default_bias((self.out_features,), self.in_features), "bias")
+                     if check_flag("bias", bias) else None)
+
+    def forward(self, x: Node) -> Node:
+        y = matmul_op(x, self.weight, False, True)
+        return y + self.bias if self.bias is not None else y
+
+    def config(self) -> dict:
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.bias is not None}
+
+
+class ReLU(Module):
+    def forward(self, x: Node) -> Node:
+        return relu_op(x)
+
+
+class Sigmoid(Module):
+    def forward(self, x: Node) -> Node:
+        return sigmoid_op(x)
+
+
+class Flatten(Module):
+    """``(N, ...) -> (N, rest)``: no kernel, a view of the same data."""
+
+    def forward(self, x: Node) -> Node:
+        return flatten_op(x)
