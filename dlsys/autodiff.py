@@ -16,9 +16,14 @@ from dlsys.ops import (
     add_op,
     broadcastto_op,
     conv2d_op,
+    div_op,
+    exp_op,
+    log_op,
     matmul_op,
+    mean_op,
     mul_byconst_op,
     mul_op,
+    neg_op,
     oneslike_op,
     placeholder_op,
     reducesumaxiszero_op,
@@ -29,6 +34,9 @@ from dlsys.ops import (
     softmax_op,
     softmaxcrossentropy_gradient_op,
     softmaxcrossentropy_op,
+    sub_op,
+    sum_op,
+    tanh_op,
     zeroslike_op,
 )
 from dlsys.passes.gradient import gradients
@@ -39,7 +47,8 @@ __all__ = [
     "add_op", "add_byconst_op", "mul_op", "mul_byconst_op", "matmul_op", "placeholder_op",
     "oneslike_op", "zeroslike_op", "reducesumaxiszero_op", "reducesumto_op", "broadcastto_op",
     "softmaxcrossentropy_op", "softmaxcrossentropy_gradient_op", "softmax_op", "relu_op",
-    "relu_gradient_op", "sigmoid_op", "conv2d_op",
+    "relu_gradient_op", "sigmoid_op", "conv2d_op", "sub_op", "div_op", "neg_op", "exp_op",
+    "log_op", "tanh_op", "sum_op", "mean_op",
 ]
 
 

@@ -47,6 +47,40 @@ def mul_const(x, k):
     return x * k
 
 
+def sub(x, y):
+    return x - y
+
+
+def div(x, y):
+    return x / y
+
+
+def neg(x):
+    return -x
+
+
+def div_const(x, k):
+    # A true division, not a multiply by 1/k, so that ``a / 3`` rounds as numpy's does.
+    return x / k
+
+
+def rdiv_const(x, k):
+    """``k / x``: a number divided by a tensor."""
+    return k / x
+
+
+def exp(x):
+    return te.exp(x)
+
+
+def log(x):
+    return te.log(x)
+
+
+def tanh(x):
+    return te.tanh(x)
+
+
 def relu(x):
     # ``x < 0`` is false for NaN, so NaN passes through as in numpy and PyTorch, and a NaN
     # in the data or the parameters reaches the loss instead of being trained on as 0.
@@ -225,19 +259,62 @@ def reduce_sum_to(shape: Shape, to_shape: Shape, dtype: str):
 
     Reduced axes are the leading ones ``to_shape`` lacks and those where it has size 1.
     """
-    a = te.placeholder(shape, dtype=dtype, name="A")
     offset = len(shape) - len(to_shape)
-    reduced = [d for d in range(len(shape))
-               if d < offset or (to_shape[d - offset] == 1 and shape[d] != 1)]
+    source = tuple(None if to_shape[j] == 1 and shape[j + offset] != 1 else j + offset
+                   for j in range(len(to_shape)))
+    return reduce_sum(shape, source, 1.0, dtype)
+
+
+def reduce_sum(shape: Shape, source: Sequence[int | None], scale: float, dtype: str):
+    """``C = scale * sum(A)`` over every axis of ``A`` that ``source`` does not name.
+
+    ``source`` gives, for each output axis, the input axis it indexes, or None for a size-1
+    axis (``dlsys.ops.shapes.reduce_source``); ``scale`` is 1 for a sum, ``1 / count`` for a
+    mean (folded into each term, so the kernel stays one reduction block for its schedule).
+    """
+    a = te.placeholder(shape, dtype=dtype, name="A")
+    out_shape = tuple(1 if d is None else shape[d] for d in source)
+    reduced = [d for d in range(len(shape)) if d not in source]
     if not reduced:
-        return [a], [te.compute(to_shape, lambda *i: a[i], name="copy")]
+        return [a], [te.compute(out_shape, lambda *i: a[_input_index(i, source, {})],
+                                name="copy")]
     axes = {d: te.reduce_axis((0, shape[d]), name=f"r{d}") for d in reduced}
+    factor = None if scale == 1.0 else tirx.const(scale, dtype)
 
     def body(*out_index):
-        index = [axes[d] if d in axes else out_index[d - offset] for d in range(len(shape))]
-        return te.sum(a[tuple(index)], axis=list(axes.values()))
+        term = a[_input_index(out_index, source, axes)]
+        return te.sum(term if factor is None else term * factor, axis=list(axes.values()))
 
-    return [a], [te.compute(to_shape, body, name="reduce_sum")]
+    return [a], [te.compute(out_shape, body, name="reduce_sum" if factor is None
+                            else "reduce_mean")]
+
+
+def _input_index(out_index: Sequence, source: Sequence[int | None], axes: dict) -> tuple:
+    """The input element a reduction's output element at ``out_index`` reads: each reduced
+    input axis from its reduction variable in ``axes``, each kept one from its output axis."""
+    index = dict(axes)
+    for position, d in enumerate(source):
+        if d is not None:
+            index[d] = out_index[position]
+    return tuple(index[d] for d in range(len(index)))
+
+
+def expand_axes(shape: Shape, to_shape: Shape, source: Sequence[int | None], scale: float,
+                dtype: str):
+    """``C = scale * A`` spread over ``to_shape``: the adjoint of ``reduce_sum``.
+
+    ``A`` has the shape of a reduction of ``to_shape`` whose output axes index ``source``
+    (see ``reduce_sum``); each element of ``C`` reads the element of ``A`` its reduction
+    would have written.
+    """
+    a = te.placeholder(shape, dtype=dtype, name="A")
+    factor = None if scale == 1.0 else tirx.const(scale, dtype)
+
+    def body(*index):
+        value = a[tuple(0 if d is None else index[d] for d in source)]
+        return value if factor is None else value * factor
+
+    return [a], [te.compute(to_shape, body, name="expand")]
 
 
 def reduce_sum_axis_zero(shape: Shape, dtype: str):

@@ -90,10 +90,15 @@ for _name, _formula in [("add", compute.add), ("mul", compute.mul),
                         ("add_const", compute.add_const), ("mul_const", compute.mul_const),
                         ("relu", compute.relu), ("relu_gradient", compute.relu_gradient),
                         ("sigmoid", compute.sigmoid), ("sgd", compute.sgd),
-                        ("fill", compute.fill)]:
+                        ("fill", compute.fill), ("sub", compute.sub), ("div", compute.div),
+                        ("neg", compute.neg), ("div_const", compute.div_const),
+                        ("rdiv_const", compute.rdiv_const), ("exp", compute.exp),
+                        ("log", compute.log), ("tanh", compute.tanh)]:
     register_elementwise(_name, _formula)
 register("broadcast_to", compute.broadcast_to, "injective")
 register("reduce_sum_to", compute.reduce_sum_to, "reduce_sum")
+register("reduce_sum", compute.reduce_sum, "reduce_sum")
+register("expand_axes", compute.expand_axes, "injective")
 register("matmul", compute.matmul, "matmul")
 register("matmul_epilogue", _matmul_epilogue, "matmul")
 register("conv2d", compute.conv2d_nchw, "conv2d")

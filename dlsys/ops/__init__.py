@@ -8,35 +8,58 @@ registration here.
 
 from __future__ import annotations
 
-from dlsys.graph import Node, Op
+from dlsys.checks import check_constant
+from dlsys.errors import ArgumentTypeError
+from dlsys.graph import Node, Op, short_name
 from dlsys.ops.conv import conv2d_op
 from dlsys.ops.elementwise import (
+    BroadcastBinaryOp,
     ElementwiseOp,
     add_byconst_op,
     add_op,
+    div_byconst_op,
+    div_op,
+    exp_op,
+    log_op,
     mul_byconst_op,
     mul_op,
+    neg_op,
     oneslike_op,
+    rdiv_byconst_op,
     relu_gradient_op,
     relu_op,
     sigmoid_op,
+    sub_op,
+    tanh_op,
     zeroslike_op,
 )
 from dlsys.ops.linalg import matmul_op
 from dlsys.ops.loss import softmax_op, softmaxcrossentropy_gradient_op, softmaxcrossentropy_op
 from dlsys.ops.placeholder import Variable, placeholder_op
-from dlsys.ops.reduce import broadcastto_op, reducesumaxiszero_op, reducesumto_op
+from dlsys.ops.reduce import (
+    broadcastto_op,
+    expand_op,
+    expandmean_op,
+    mean_op,
+    reducesumaxiszero_op,
+    reducesumto_op,
+    sum_op,
+)
 
 ALL_OPS: list[Op] = [
-    placeholder_op, add_op, mul_op, add_byconst_op, mul_byconst_op, relu_op, relu_gradient_op,
-    sigmoid_op, oneslike_op, zeroslike_op, matmul_op, reducesumaxiszero_op, reducesumto_op,
-    broadcastto_op, softmaxcrossentropy_op, softmaxcrossentropy_gradient_op, softmax_op,
-    conv2d_op,
+    placeholder_op, add_op, mul_op, sub_op, div_op, add_byconst_op, mul_byconst_op,
+    div_byconst_op, rdiv_byconst_op, neg_op, relu_op, relu_gradient_op, sigmoid_op, exp_op,
+    log_op, tanh_op, oneslike_op, zeroslike_op, matmul_op, reducesumaxiszero_op,
+    reducesumto_op, broadcastto_op, sum_op, mean_op, expand_op, expandmean_op,
+    softmaxcrossentropy_op, softmaxcrossentropy_gradient_op, softmax_op, conv2d_op,
 ]
 ELEMENTWISE_OPS: list[ElementwiseOp] = [op for op in ALL_OPS if isinstance(op, ElementwiseOp)]
 
 
-# Python numbers on either side become by-constant ops, as users of the course API expect.
+# Python numbers on either side become by-constant ops, as users of the course API expect;
+# anything else is refused by the by-constant op's check, naming the node. ``a - c`` and
+# ``c - a`` are ``a + (-c)`` and ``(-a) + c``: IEEE negation is exact, so both round as
+# ``a - c`` and ``c - a`` do.
 def _add(self: Node, other) -> Node:
     return add_op(self, other) if isinstance(other, Node) else add_byconst_op(self, other)
 
@@ -45,13 +68,58 @@ def _mul(self: Node, other) -> Node:
     return mul_op(self, other) if isinstance(other, Node) else mul_byconst_op(self, other)
 
 
+def _sub(self: Node, other) -> Node:
+    if isinstance(other, Node):
+        return sub_op(self, other)
+    return add_byconst_op(self, -check_constant(f"({short_name(self)} - ...): the right operand",
+                                                other))
+
+
+def _rsub(self: Node, other) -> Node:
+    # Only a non-node reaches here: a node on the left would have called its own _sub.
+    number = check_constant(f"(... - {short_name(self)}): the left operand", other)
+    return add_byconst_op(neg_op(self), number)
+
+
+def _neg(self: Node) -> Node:
+    return neg_op(self)
+
+
+def _truediv(self: Node, other) -> Node:
+    return div_op(self, other) if isinstance(other, Node) else div_byconst_op(self, other)
+
+
+def _rtruediv(self: Node, other) -> Node:
+    return rdiv_byconst_op(self, other)
+
+
+def _matmul(self: Node, other) -> Node:
+    if not isinstance(other, Node):
+        raise ArgumentTypeError(f"({short_name(self)} @ ...): the right operand must be a graph "
+                                f"Node, got {type(other).__name__} {other!r}")
+    return matmul_op(self, other)
+
+
+def _rmatmul(self: Node, other) -> Node:
+    raise ArgumentTypeError(f"(... @ {short_name(self)}): the left operand must be a graph "
+                            f"Node, got {type(other).__name__}; feed it through a placeholder")
+
+
 Node.__add__ = Node.__radd__ = _add
 Node.__mul__ = Node.__rmul__ = _mul
+Node.__sub__, Node.__rsub__ = _sub, _rsub
+Node.__truediv__, Node.__rtruediv__ = _truediv, _rtruediv
+Node.__matmul__, Node.__rmatmul__ = _matmul, _rmatmul
+Node.__neg__ = _neg
+# numpy scalars and arrays defer to the methods above instead of treating a node as an
+# object array element (np.float32(2) - a would otherwise go through a ufunc).
+Node.__array_ufunc__ = None
 
 __all__ = [
-    "ALL_OPS", "ELEMENTWISE_OPS", "Variable", "placeholder_op", "add_op", "mul_op",
-    "add_byconst_op", "mul_byconst_op", "relu_op", "relu_gradient_op", "sigmoid_op",
-    "oneslike_op", "zeroslike_op", "matmul_op", "reducesumaxiszero_op", "reducesumto_op",
-    "broadcastto_op", "softmaxcrossentropy_op", "softmaxcrossentropy_gradient_op",
-    "softmax_op", "conv2d_op",
+    "ALL_OPS", "ELEMENTWISE_OPS", "BroadcastBinaryOp", "Variable", "placeholder_op", "add_op",
+    "mul_op", "sub_op", "div_op", "add_byconst_op", "mul_byconst_op", "div_byconst_op",
+    "rdiv_byconst_op", "neg_op", "relu_op", "relu_gradient_op", "sigmoid_op", "exp_op",
+    "log_op", "tanh_op", "oneslike_op", "zeroslike_op", "matmul_op", "reducesumaxiszero_op",
+    "reducesumto_op", "broadcastto_op", "sum_op", "mean_op", "expand_op", "expandmean_op",
+    "softmaxcrossentropy_op", "softmaxcrossentropy_gradient_op", "softmax_op", "conv2d_op",
 ]

@@ -11,10 +11,11 @@ from __future__ import annotations
 import numpy as np
 
 from dlsys.checks import check_constant
-from dlsys.errors import ShapeError
+from dlsys.errors import ArgumentError, ArgumentTypeError, ShapeError
 from dlsys.graph import Node, Op, short_name
 from dlsys.kernels.compute import Epilogue, epilogue_from_label
 from dlsys.kernels.registry import KernelSpec
+from dlsys.ops.arguments import check_node
 from dlsys.ops.reduce import reducesumto_op
 from dlsys.ops.shapes import apply_rule, broadcast_shape, same_shape
 
@@ -25,14 +26,25 @@ class ElementwiseOp(Op):
     ``arity`` is how many tensors it reads; ``constants(node)`` the numbers its formula
     takes after them. ``example(inputs)`` builds a node from ``arity`` nodes for the test
     tables, which pick every elementwise operator up from ``dlsys.ops.ELEMENTWISE_OPS``.
+    ``positive_inputs`` are the inputs where the formula is defined and smooth only for
+    positive values (log's argument; a divisor, whose pole at 0 is kept out of reach): the
+    test tables draw those inputs positive, and nothing else reads it.
     """
 
     kernel_kind = ""
     arity = 1
     inplace_input = 0
+    positive_inputs: tuple[int, ...] = ()
 
     def __call__(self, *inputs: Node) -> Node:
-        return Node(self, inputs)
+        return Node(self, self.check_inputs(inputs))
+
+    def check_inputs(self, inputs) -> list[Node]:
+        """``inputs`` when they are ``arity`` nodes; the error names the operator."""
+        if len(inputs) != self.arity:
+            raise ArgumentTypeError(f"{self.name} takes {self.arity} input node(s), got "
+                                    f"{len(inputs)}")
+        return [check_node(self.name, f"input {i}", x) for i, x in enumerate(inputs)]
 
     def example(self, inputs: list[Node]) -> Node:
         return self(*inputs)
@@ -55,22 +67,33 @@ class ElementwiseOp(Op):
                         constants=self.constants(node)), []
 
 
-class AddOp(ElementwiseOp):
-    """``a + b`` with numpy broadcasting."""
+class BroadcastBinaryOp(ElementwiseOp):
+    """``a symbol b`` with numpy broadcasting of both inputs."""
 
-    name = "Add"
-    kernel_kind = "add"
     arity = 2
-    symbol = "+"
+    symbol = "?"
 
     def __call__(self, a: Node, b: Node) -> Node:
-        return Node(self, [a, b])
+        return Node(self, self.check_inputs((a, b)))
 
     def describe(self, node):
         return f"({short_name(node.inputs[0])}{self.symbol}{short_name(node.inputs[1])})"
 
     def infer_shape(self, node, input_shapes):
         return apply_rule(node, input_shapes, _broadcast_rule, *input_shapes)
+
+    def epilogue(self, node, inputs, chain_input, shapes):
+        # Only the add joins a matmul's kernel (bias rows, residuals); the others would need
+        # an epilogue label per operand side, for no graph that dlsys builds today.
+        return None
+
+
+class AddOp(BroadcastBinaryOp):
+    """``a + b`` with numpy broadcasting."""
+
+    name = "Add"
+    kernel_kind = "add"
+    symbol = "+"
 
     def gradient(self, node, output_grad):
         a, b = node.inputs
@@ -93,7 +116,7 @@ class AddOp(ElementwiseOp):
         return a + b
 
 
-class MulOp(AddOp):
+class MulOp(BroadcastBinaryOp):
     """``a * b`` with numpy broadcasting."""
 
     name = "Mul"
@@ -104,11 +127,42 @@ class MulOp(AddOp):
         a, b = node.inputs
         return [reducesumto_op(output_grad * b, a), reducesumto_op(output_grad * a, b)]
 
-    def epilogue(self, node, inputs, chain_input, shapes):
-        return None
-
     def reference(self, node, a, b):
         return a * b
+
+
+class SubOp(BroadcastBinaryOp):
+    """``a - b`` with numpy broadcasting."""
+
+    name = "Sub"
+    kernel_kind = "sub"
+    symbol = "-"
+
+    def gradient(self, node, output_grad):
+        a, b = node.inputs
+        # Negated after the sum: b is never larger than the output, often much smaller.
+        return [reducesumto_op(output_grad, a), neg_op(reducesumto_op(output_grad, b))]
+
+    def reference(self, node, a, b):
+        return a - b
+
+
+class DivOp(BroadcastBinaryOp):
+    """``a / b`` with numpy broadcasting."""
+
+    name = "Div"
+    kernel_kind = "div"
+    symbol = "/"
+    positive_inputs = (1,)
+
+    def gradient(self, node, output_grad):
+        a, b = node.inputs
+        # d(a/b)/db = -a/b**2 = -(a/b)/b: read from the output rather than squaring b.
+        return [reducesumto_op(output_grad / b, a),
+                neg_op(reducesumto_op(output_grad * node / b, b))]
+
+    def reference(self, node, a, b):
+        return a / b
 
 
 def _broadcast_rule(shape_a, shape_b):
@@ -126,8 +180,11 @@ class AddByConstOp(ElementwiseOp):
     symbol = "+"
 
     def __call__(self, a: Node, const_val: float) -> Node:
-        return Node(self, [a], {"const": check_constant(
-            f"{self.name}({a.name}, ...): the constant", const_val)})
+        (a,) = self.check_inputs((a,))
+        return Node(self, [a], {"const": self.check_const(a, const_val)})
+
+    def check_const(self, a: Node, const_val) -> float:
+        return check_constant(f"{self.name}({a.name}, ...): the constant", const_val)
 
     def example(self, inputs):
         return self(inputs[0], 2.5)
@@ -160,6 +217,66 @@ class MulByConstOp(AddByConstOp):
 
     def reference(self, node, a):
         return a * node.attrs["const"]
+
+
+class DivByConstOp(AddByConstOp):
+    """``a / c`` for a number ``c`` other than 0."""
+
+    name = "DivByConst"
+    kernel_kind = "div_const"
+    symbol = "/"
+
+    def check_const(self, a, const_val):
+        value = super().check_const(a, const_val)
+        # A divisor that is 0 in float32 (1e-50 too) would fill a float32 kernel with inf.
+        if np.float32(value) == 0:
+            tiny = "" if value == 0 else ", which is 0 in float32"
+            raise ArgumentError(f"{self.name}({a.name}, ...): cannot divide by the constant "
+                                f"{const_val!r}{tiny}")
+        return value
+
+    def example(self, inputs):
+        return self(inputs[0], 3.0)
+
+    def gradient(self, node, output_grad):
+        return [output_grad / node.attrs["const"]]
+
+    def reference(self, node, a):
+        return a / node.attrs["const"]
+
+
+class RDivByConstOp(AddByConstOp):
+    """``c / a`` for a number ``c``: a number divided by a tensor."""
+
+    name = "RDivByConst"
+    kernel_kind = "rdiv_const"
+    positive_inputs = (0,)
+
+    def describe(self, node):
+        return f"({node.attrs['const']:g}/{short_name(node.inputs[0])})"
+
+    def example(self, inputs):
+        return self(inputs[0], 1.5)
+
+    def gradient(self, node, output_grad):
+        # d(c/a)/da = -c/a**2 = -(c/a)/a: read from the output rather than squaring a.
+        return [neg_op(output_grad * node / node.inputs[0])]
+
+    def reference(self, node, a):
+        return node.attrs["const"] / a
+
+
+class NegOp(ElementwiseOp):
+    """``-a``."""
+
+    name = "Neg"
+    kernel_kind = "neg"
+
+    def gradient(self, node, output_grad):
+        return [neg_op(output_grad)]
+
+    def reference(self, node, a):
+        return -a
 
 
 class ReluOp(ElementwiseOp):
@@ -214,6 +331,43 @@ class SigmoidOp(ElementwiseOp):
         return 1.0 / (1.0 + np.exp(-a))
 
 
+class ExpOp(ElementwiseOp):
+    name = "Exp"
+    kernel_kind = "exp"
+
+    def gradient(self, node, output_grad):
+        return [output_grad * node]  # exp' = exp, read from the output itself
+
+    def reference(self, node, a):
+        return np.exp(a)
+
+
+class LogOp(ElementwiseOp):
+    """The natural logarithm (NaN below 0, -inf at 0, as in numpy)."""
+
+    name = "Log"
+    kernel_kind = "log"
+    positive_inputs = (0,)
+
+    def gradient(self, node, output_grad):
+        return [output_grad / node.inputs[0]]
+
+    def reference(self, node, a):
+        return np.log(a)
+
+
+class TanhOp(ElementwiseOp):
+    name = "Tanh"
+    kernel_kind = "tanh"
+
+    def gradient(self, node, output_grad):
+        # tanh' = 1 - tanh**2, read from the output itself.
+        return [output_grad * (1.0 - node * node)]
+
+    def reference(self, node, a):
+        return np.tanh(a)
+
+
 class FillLikeOp(ElementwiseOp):
     """A constant tensor of the input's shape (the input's values are never read)."""
 
@@ -245,13 +399,23 @@ class FillLikeOp(ElementwiseOp):
 
 add_op = AddOp()
 mul_op = MulOp()
+sub_op = SubOp()
+div_op = DivOp()
 add_byconst_op = AddByConstOp()
 mul_byconst_op = MulByConstOp()
+div_byconst_op = DivByConstOp()
+rdiv_byconst_op = RDivByConstOp()
+neg_op = NegOp()
 relu_op = ReluOp()
 relu_gradient_op = ReluGradientOp()
 sigmoid_op = SigmoidOp()
+exp_op = ExpOp()
+log_op = LogOp()
+tanh_op = TanhOp()
 oneslike_op = FillLikeOp("OnesLike", 1.0)
 zeroslike_op = FillLikeOp("ZerosLike", 0.0)
 
-__all__ = ["ElementwiseOp", "add_op", "mul_op", "add_byconst_op", "mul_byconst_op", "relu_op",
-           "relu_gradient_op", "sigmoid_op", "oneslike_op", "zeroslike_op"]
+__all__ = ["ElementwiseOp", "BroadcastBinaryOp", "add_op", "mul_op", "sub_op", "div_op",
+           "add_byconst_op", "mul_byconst_op", "div_byconst_op", "rdiv_byconst_op", "neg_op",
+           "relu_op", "relu_gradient_op", "sigmoid_op", "exp_op", "log_op", "tanh_op",
+           "oneslike_op", "zeroslike_op"]

@@ -1,13 +1,24 @@
-"""Sums and broadcasts: the operators that change a tensor's shape by numpy's broadcast rules."""
+"""Sums, means and broadcasts: the operators that change a tensor's shape, by numpy's
+broadcast rules or over given axes, and their adjoints."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from dlsys.checks import check_flag
 from dlsys.errors import ShapeError
-from dlsys.graph import Node, Op
+from dlsys.graph import Node, Op, short_name
 from dlsys.kernels.registry import KernelSpec
-from dlsys.ops.shapes import apply_rule, broadcast_to_shape, sum_to_shape
+from dlsys.ops.arguments import check_axes, check_node
+from dlsys.ops.shapes import (
+    apply_rule,
+    broadcast_to_shape,
+    normalize_axes,
+    reduce_shape,
+    reduce_source,
+    reduced_count,
+    sum_to_shape,
+)
 
 
 def _sum_to(a: np.ndarray, shape: tuple) -> np.ndarray:
@@ -99,3 +110,120 @@ class BroadcastToOp(_ToShapeOfOp):
 reducesumaxiszero_op = ReduceSumAxisZeroOp()
 reducesumto_op = ReduceSumToOp()
 broadcastto_op = BroadcastToOp()
+
+
+class ReduceAxesOp(Op):
+    """The sum (or, with ``mean``, the mean) of ``x`` over ``axes``, as numpy's
+    ``x.sum(axis=axes, keepdims=keepdims)``; a result with no axes left is ``(1,)``.
+
+    ``axes`` may be an int, a tuple of ints (negative ones count from the end) or None for
+    every axis; the shape rule resolves them once ``x``'s shape is known.
+    """
+
+    def __init__(self, name: str, mean: bool):
+        self.name = name
+        self.mean = mean
+
+    def __call__(self, x: Node, axes=None, keepdims: bool = False) -> Node:
+        return Node(self, [check_node(self.name, "x", x)], _axes_attrs(self.name, x, axes,
+                                                                      keepdims))
+
+    def describe(self, node):
+        return _describe_axes(self.name, node, node.inputs[:1])
+
+    def infer_shape(self, node, input_shapes):
+        return apply_rule(node, input_shapes, reduce_shape, input_shapes[0],
+                          node.attrs["axes"], node.attrs["keepdims"])
+
+    def is_alias(self, node, input_shapes):
+        # No axis reduced (axes=() or only size-1 axes kept): the sum is its input.
+        return self.infer_shape(node, input_shapes) == tuple(input_shapes[0])
+
+    def gradient(self, node, output_grad):
+        expand = expandmean_op if self.mean else expand_op
+        return [expand(output_grad, node.inputs[0], node.attrs["axes"], node.attrs["keepdims"])]
+
+    def kernel_spec(self, node, input_shapes, output_shape):
+        shape = tuple(input_shapes[0])
+        source = reduce_source(shape, node.attrs["axes"], node.attrs["keepdims"])
+        return KernelSpec("reduce_sum", (shape, source, _scale(self.mean, shape, source)))
+
+    def reference(self, node, x):
+        axes = normalize_axes(x.shape, node.attrs["axes"])
+        reduce = np.mean if self.mean else np.sum
+        out = reduce(x, axis=axes, keepdims=node.attrs["keepdims"])
+        return np.reshape(out, reduce_shape(x.shape, axes, node.attrs["keepdims"]))
+
+
+class ExpandAxesOp(Op):
+    """``g``, the shape of ``x`` summed over ``axes`` (with ``keepdims``), spread back over
+    those axes to ``x``'s shape: the adjoint of that sum, or with ``mean`` of that mean (each
+    element divided by how many were averaged). ``x`` lends its shape, never its values."""
+
+    def __init__(self, name: str, mean: bool):
+        self.name = name
+        self.mean = mean
+
+    def __call__(self, g: Node, x: Node, axes=None, keepdims: bool = False) -> Node:
+        inputs = [check_node(self.name, "g", g), check_node(self.name, "x", x)]
+        return Node(self, inputs, _axes_attrs(self.name, x, axes, keepdims))
+
+    def describe(self, node):
+        return _describe_axes(self.name, node, node.inputs)
+
+    def kernel_inputs(self, node):
+        return node.inputs[:1]
+
+    def _rule(self, node, g_shape, shape):
+        reduced = reduce_shape(shape, node.attrs["axes"], node.attrs["keepdims"])
+        if tuple(g_shape) != reduced:
+            raise ShapeError(f"g must have the reduced shape {reduced}")
+        return tuple(shape)
+
+    def infer_shape(self, node, input_shapes):
+        return apply_rule(node, input_shapes, self._rule, node, *input_shapes)
+
+    def is_alias(self, node, input_shapes):
+        return tuple(input_shapes[0]) == tuple(input_shapes[1])
+
+    def gradient(self, node, output_grad):
+        reduce = mean_op if self.mean else sum_op
+        return [reduce(output_grad, node.attrs["axes"], node.attrs["keepdims"]), None]
+
+    def kernel_spec(self, node, input_shapes, output_shape):
+        shape = tuple(output_shape)
+        source = reduce_source(shape, node.attrs["axes"], node.attrs["keepdims"])
+        return KernelSpec("expand_axes", (tuple(input_shapes[0]), shape, source,
+                                          _scale(self.mean, shape, source)))
+
+    def reference(self, node, g, x):
+        source = reduce_source(x.shape, node.attrs["axes"], node.attrs["keepdims"])
+        kept = [d for d in source if d is not None]
+        # g's axes, in x's order with a size-1 axis for each reduced one, then broadcast.
+        g = np.reshape(g, [x.shape[d] if d in kept else 1 for d in range(x.ndim)])
+        return np.broadcast_to(g, x.shape) * _scale(self.mean, x.shape, source)
+
+
+def _scale(mean: bool, shape, source) -> float:
+    """The factor of each term: 1 for a sum, 1 over the count averaged for a mean."""
+    return 1.0 / reduced_count(shape, source) if mean else 1.0
+
+
+def _axes_attrs(name: str, x: Node, axes, keepdims) -> dict:
+    where = f"{name}({short_name(x)})"
+    return {"axes": check_axes(where, axes), "keepdims": check_flag(f"{where}: keepdims",
+                                                                   keepdims)}
+
+
+def _describe_axes(name: str, node: Node, inputs) -> str:
+    axes, keepdims = node.attrs["axes"], node.attrs["keepdims"]
+    args = [short_name(i) for i in inputs]
+    args += [f"axes={axes}"] if axes is not None else []
+    args += ["keepdims=True"] if keepdims else []
+    return f"{name}({', '.join(args)})"
+
+
+sum_op = ReduceAxesOp("Sum", mean=False)
+mean_op = ReduceAxesOp("Mean", mean=True)
+expand_op = ExpandAxesOp("ExpandSum", mean=False)
+expandmean_op = ExpandAxesOp("ExpandMean", mean=True)

@@ -7,6 +7,7 @@ a message that says what does not fit; callers prefix it with the node or argume
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 from dlsys.errors import ShapeError
@@ -51,6 +52,48 @@ def matmul_shape(shape_a: Sequence[int], trans_a: bool, shape_b: Sequence[int],
     if k_a != k_b:
         raise ShapeError(f"inner dimensions {k_a} and {k_b} differ")
     return (m, n)
+
+
+def normalize_axes(shape: Sequence[int], axes: Sequence[int] | None) -> tuple[int, ...]:
+    """``axes`` of a tensor of ``shape`` as sorted non-negative ints (None: every axis)."""
+    ndim = len(shape)
+    if axes is None:
+        return tuple(range(ndim))
+    normal: list[int] = []
+    for axis in axes:
+        if not -ndim <= axis < ndim:
+            raise ShapeError(f"axes {tuple(axes)}: axis {axis} is out of range for "
+                             f"{ndim} dimensions")
+        if axis % ndim in normal:
+            raise ShapeError(f"axes {tuple(axes)} name axis {axis % ndim} more than once")
+        normal.append(axis % ndim)
+    return tuple(sorted(normal))
+
+
+def reduce_source(shape: Sequence[int], axes: Sequence[int] | None,
+                  keepdims: bool) -> tuple[int | None, ...]:
+    """For each axis of a sum of ``shape`` over ``axes``, the input axis it indexes, or None
+    for a size-1 axis standing where reduced axes were.
+
+    Reduced axes are dropped, or kept with size 1 under ``keepdims``, as numpy does; when
+    nothing is left the result is ``(1,)``, not numpy's ``()``, since every dlsys value has
+    at least one axis. The kernels index through this map, so it is the one rule.
+    """
+    reduced = normalize_axes(shape, axes)
+    if keepdims:
+        return tuple(None if d in reduced else d for d in range(len(shape)))
+    return tuple(d for d in range(len(shape)) if d not in reduced) or (None,)
+
+
+def reduce_shape(shape: Sequence[int], axes: Sequence[int] | None, keepdims: bool) -> Shape:
+    """The shape of a sum of ``shape`` over ``axes`` (see ``reduce_source``)."""
+    return tuple(1 if d is None else shape[d] for d in reduce_source(shape, axes, keepdims))
+
+
+def reduced_count(shape: Sequence[int], source: Sequence[int | None]) -> int:
+    """How many elements of ``shape`` each output element of a reduction with ``source``
+    (see ``reduce_source``) sums: the mean's divisor."""
+    return math.prod(n for d, n in enumerate(shape) if d not in source)
 
 
 def conv2d_shape(shape_x: Sequence[int], shape_f: Sequence[int]) -> Shape:

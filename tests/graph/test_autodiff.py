@@ -14,7 +14,7 @@ from graph_gen import numerical_gradient, numpy_eval
 
 from dlsys import autodiff as ad
 from dlsys.errors import GradientError
-from dlsys.ops import ELEMENTWISE_OPS
+from dlsys.ops import ELEMENTWISE_OPS, expand_op, expandmean_op
 
 RTOL, ATOL = 1e-6, 1e-7
 
@@ -87,6 +87,41 @@ GRADIENT_CASES = {
     "zeroslike": (lambda a: ad.zeroslike_op(a) + a, [(2, 3)], ()),
     "mlp_layer": (lambda x, w, b: ad.relu_op(ad.matmul_op(x, w) + b), [(5, 4), (4, 3), (3,)],
                   ()),
+    # Node operators, numbers on either side; binary ones broadcast like add and mul.
+    "sub": (lambda a, b: a - b, [(3, 4), (3, 4)], ()),
+    "sub_broadcast": (lambda a, b: a - b, [(3, 1), (2, 1, 4)], ()),
+    "sub_same_input": (lambda a: a - a * a, [(2, 3)], ()),
+    "neg": (lambda a: -a, [(2, 3)], ()),
+    "sub_const": (lambda a: a - 1.5, [(2, 3)], ()),
+    "const_sub": (lambda a: 2 - a, [(2, 3)], ()),
+    "matmul_operator": (lambda a, b: a @ b, [(3, 4), (4, 2)], ()),
+    "div_const": (lambda a: a / 3, [(2, 3)], ()),
+    "exp": (ad.exp_op, [(3, 4)], ()),
+    "tanh": (ad.tanh_op, [(3, 4)], ()),
+    "tanh_of_matmul": (lambda x, w: ad.tanh_op(x @ w) / 2 - 1, [(5, 4), (4, 3)], ()),
+    # Sums and means over given axes: their adjoints spread the gradient back.
+    "sum_all": (ad.sum_op, [(3, 4)], ()),
+    "sum_all_3d": (ad.sum_op, [(2, 3, 4)], ()),
+    "sum_axis0": (lambda a: ad.sum_op(a, 0), [(3, 4)], ()),
+    "sum_axis1": (lambda a: ad.sum_op(a, axes=1), [(3, 4)], ()),
+    "sum_middle": (lambda a: ad.sum_op(a, axes=(1,)), [(2, 3, 4)], ()),
+    "sum_negative_axes": (lambda a: ad.sum_op(a, axes=(-1, 0)), [(2, 3, 4)], ()),
+    "sum_keepdims": (lambda a: ad.sum_op(a, axes=(0, 2), keepdims=True), [(2, 3, 4)], ()),
+    "sum_all_keepdims": (lambda a: ad.sum_op(a, keepdims=True), [(2, 3)], ()),
+    "sum_no_axes": (lambda a: ad.sum_op(a, axes=()), [(2, 3)], ()),
+    "sum_size1_keepdims": (lambda a: ad.sum_op(a, axes=1, keepdims=True), [(3, 1)], ()),
+    "mean_all": (ad.mean_op, [(3, 4)], ()),
+    "mean_axis1": (lambda a: ad.mean_op(a, axes=1), [(3, 4)], ()),
+    "mean_negative_axes": (lambda a: ad.mean_op(a, axes=(-3, -1)), [(2, 3, 4)], ()),
+    "mean_keepdims": (lambda a: ad.mean_op(a, axes=-2, keepdims=True), [(2, 3, 4)], ()),
+    "sum_then_broadcast": (lambda a, b: ad.sum_op(a, axes=1, keepdims=True) * b,
+                           [(3, 4), (3, 4)], ()),
+    "sum_of_sum": (lambda a: ad.sum_op(ad.mean_op(a, axes=0), axes=-1), [(2, 3, 4)], ()),
+    # The adjoints themselves (their own gradient is the sum or mean again); x lends a shape.
+    "expand_sum": (lambda g, x: expand_op(g, x, axes=1), [(2, 4), (2, 3, 4)], (1,)),
+    "expand_sum_all": (lambda g, x: expand_op(g, x), [(1,), (2, 3)], (1,)),
+    "expand_mean_keepdims": (lambda g, x: expandmean_op(g, x, axes=(0, -1), keepdims=True),
+                             [(1, 3, 1), (2, 3, 4)], (1,)),
 }
 
 
@@ -96,10 +131,19 @@ def test_operator_gradient_matches_finite_differences(case):
     check_gradients(build, shapes, constants)
 
 
+def _domain_values(op, shape, seed=0):
+    """Inputs for ``op``'s test: positive (0.5 to 1.5) where the operator declares it needs
+    them so (``positive_inputs``), else None for check_gradients' default."""
+    rng = np.random.default_rng(seed)
+    return [rng.uniform(0.5, 1.5, size=shape) if i in op.positive_inputs else None
+            for i in range(op.arity)]
+
+
 @pytest.mark.parametrize("op", ELEMENTWISE_OPS, ids=lambda op: op.name)
 def test_every_elementwise_operator_gradient_matches_finite_differences(op):
     # Picked up from the registry: a new elementwise operator is checked by being registered.
-    check_gradients(lambda *inputs: op.example(list(inputs)), [(3, 4)] * op.arity)
+    check_gradients(lambda *inputs: op.example(list(inputs)), [(3, 4)] * op.arity,
+                    values=_domain_values(op, (3, 4)))
 
 
 def test_softmax_cross_entropy_gradient_matches_finite_differences():
@@ -193,3 +237,25 @@ def test_matmul_transpose_flags_must_be_bools(flag):
     a, b = ad.Variable("a"), ad.Variable("b")
     with pytest.raises(ArgumentTypeError, match="trans_A must be a bool"):
         ad.matmul_op(a, b, flag, False)
+
+
+# Operators whose inputs must be positive, with numbers on either side of the Node operator.
+POSITIVE_CASES = {
+    "div": (lambda a, b: a / b, [(3, 4), (3, 4)]),
+    "div_broadcast": (lambda a, b: a / b, [(2, 3, 4), (3, 1)]),
+    "div_broadcast_left": (lambda a, b: a / b, [(4,), (3, 4)]),
+    "div_same_input": (lambda a: (a * 3.0) / a, [(2, 3)]),
+    "const_div": (lambda a: 1 / a, [(2, 3)]),
+    "const_div_negative": (lambda a: -2.5 / a, [(2, 3)]),
+    "log": (ad.log_op, [(3, 4)]),
+    "log_of_sum": (lambda a: ad.log_op(ad.sum_op(a, axes=-1)), [(3, 4)]),
+    "logsumexp_by_hand": (lambda a: ad.log_op(ad.sum_op(ad.exp_op(a), axes=1, keepdims=True)),
+                          [(3, 4)]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(POSITIVE_CASES))
+def test_positive_domain_gradient_matches_finite_differences(case):
+    build, shapes = POSITIVE_CASES[case]
+    rng = np.random.default_rng(4)
+    check_gradients(build, shapes, values=[rng.uniform(0.5, 1.5, size=s) for s in shapes])
