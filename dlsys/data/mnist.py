@@ -2,8 +2,9 @@
 
 Every loader returns images as float32 ``(N, 784)`` in ``[0, 1]`` and labels as int64 ``(N,)``.
 Anything wrong with a file raises :class:`~dlsys.errors.DataError` naming the file and the fault.
-The validation split is held out from the *end* of the 60000 training images, so that
-``--val-size 10000`` on the IDX files and the pickle's own ``(train, valid)`` split coincide.
+The validation split is held out from the *end* of the training images: by default a sixth of
+them, at most 10000, so that on MNIST's 60000 the IDX files and the pickle's own ``(train,
+valid)`` split coincide, and a small data set keeps most of its images for training.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from dlsys.errors import DataError
 IMAGE_ROWS = IMAGE_COLS = 28
 NUM_PIXELS = IMAGE_ROWS * IMAGE_COLS
 NUM_CLASSES = 10
-DEFAULT_VAL_SIZE = 10000
+# The default validation split: this fraction of the training images, at most the cap.
+DEFAULT_VAL_FRACTION = 1 / 6
+DEFAULT_VAL_CAP = 10000
 DEFAULT_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 DATA_ENV_VAR = "DLSYS_DATA"
 
@@ -73,6 +76,27 @@ class Dataset:
     val: Split
     test: Split
     source: str
+
+    @property
+    def name(self) -> str:
+        """A short name for titles and logs: see :func:`dataset_name`."""
+        return dataset_name(self.source)
+
+
+def dataset_name(source: str | os.PathLike) -> str:
+    """``Fashion-MNIST`` for Debian's copy, else the last part of the path (``mnist.pkl.gz``).
+
+    A full path is too long for a plot's title, and the folder's name is what a user chose.
+    """
+    path = Path(source)
+    if path.expanduser().resolve() == DEFAULT_DATA_DIR.resolve():
+        return "Fashion-MNIST"
+    return path.name or str(path)
+
+
+def default_val_size(num_train: int) -> int:
+    """How many of ``num_train`` training images are held out for validation by default."""
+    return min(DEFAULT_VAL_CAP, int(num_train * DEFAULT_VAL_FRACTION))
 
 
 def one_hot(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
@@ -228,17 +252,41 @@ class _ArrayUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+_EXPECTED_DATA = ("expected a folder holding the four MNIST IDX files (plain or .gz) or a "
+                  "pickled (train, valid, test) file such as mnist.pkl.gz")
+
+
+def _check_looks_like_pickle(path: Path, head: bytes) -> None:
+    """Refuse, by its first bytes, a file that is some other format than a pickle.
+
+    Unpickling an IDX file or an image fails with an opcode error that reads like a damaged
+    download; what the user needs to hear is what ``--data`` takes instead.
+    """
+    if head[:3] == b"\0\0\x08":
+        raise DataError(f"{path}: a single IDX file; {_EXPECTED_DATA}: name the folder that "
+                        f"holds it and the three others ({', '.join(IDX_FILES.values())})")
+    if head[:2] == b"\x1f\x8b":
+        raise DataError(f"{path}: gzip-compressed, but its name does not end in .gz; rename "
+                        "it so that it is decompressed")
+    # Every pickle of protocol 2 or later (the classic mnist.pkl.gz is protocol 2) starts with
+    # the PROTO opcode; older protocols start with one of a few ASCII opcodes.
+    if not head or head[:1] not in (b"\x80", b"(", b"]", b")", b"}", b"c"):
+        raise DataError(f"{path}: not a pickle nor an IDX file; {_EXPECTED_DATA}")
+
+
 def load_pickle(path: str | os.PathLike) -> tuple[Split, Split]:
     """The training (train + valid, 60000 images) and test splits from a ``mnist.pkl.gz``.
 
     The file holds ``(train, valid, test)``, each ``(images float Nx784 in [0, 1], labels)``;
     the valid part is appended to train so that the split is chosen by ``--val-size`` as for
-    IDX files (the default 10000 gives back the pickle's own split).
+    IDX files (the default, 10000 of these 60000, gives back the pickle's own split).
     """
     path = Path(path)
     # A pickle says nothing of its size up front, so its expansion is capped instead.
     with _open_data(path) as stream:
-        data = _read_up_to(stream, MAX_PICKLE_BYTES + 1)
+        head = _read_up_to(stream, 4)
+        _check_looks_like_pickle(path, head)
+        data = head + _read_up_to(stream, MAX_PICKLE_BYTES + 1 - len(head))
     if len(data) > MAX_PICKLE_BYTES:
         raise DataError(f"{path}: more than {MAX_PICKLE_BYTES >> 20} MiB of pickle data; the "
                         "classic mnist.pkl.gz holds about 220 MB")
@@ -277,11 +325,13 @@ def load_pickle(path: str | os.PathLike) -> tuple[Split, Split]:
 
 
 def load_dataset(path: str | os.PathLike | None = None,
-                 val_size: int = DEFAULT_VAL_SIZE) -> Dataset:
+                 val_size: int | None = None) -> Dataset:
     """Load a data set and hold out its last ``val_size`` training images for validation.
 
     ``path`` is a directory of IDX files or a ``.pkl.gz``/``.pkl`` file; ``None`` means
     ``$DLSYS_DATA`` or else Fashion-MNIST from ``/usr/share/datasets/fashion-mnist``.
+    ``val_size`` ``None`` holds out :func:`default_val_size` images; 0 holds out none (the
+    validation split is then empty).
     """
     path = resolve_data_path(path)
     if path.is_dir():
@@ -292,9 +342,11 @@ def load_dataset(path: str | os.PathLike | None = None,
         raise DataError(f"{path}: not a directory of IDX files nor a regular pickle file")
     else:
         raise DataError(f"{path}: no such file or directory")
-    if not 0 < val_size < len(train):
-        raise DataError(f"{path}: validation size {val_size} must be positive and smaller "
-                        f"than the {len(train)} training images")
+    if val_size is None:
+        val_size = default_val_size(len(train))
+    if not 0 <= val_size < len(train):
+        raise DataError(f"{path}: validation size {val_size} must be smaller than the "
+                        f"{len(train)} training images (0 holds out none)")
     cut = len(train) - val_size
     return Dataset(train=Split(train.images[:cut], train.labels[:cut]),
                    val=Split(train.images[cut:], train.labels[cut:]),

@@ -202,6 +202,62 @@ def test_pickle_wrong_dimensions(tmp_path):
 def test_val_size_too_large(tmp_path):
     write_idx_dataset(tmp_path, 50, 10)
     assert "validation size 50" in _error(tmp_path, val_size=50)
+    assert "validation size -1" in _error(tmp_path, val_size=-1)
+
+
+@pytest.mark.parametrize("num_train, val", [(60000, 10000), (120000, 10000), (600, 100),
+                                            (3000, 500), (5, 0)])
+def test_default_validation_split_scales_with_the_training_set(num_train, val):
+    # MNIST's 60000 keep the classic 10000; smaller sets hold out a sixth, so that a data
+    # set under 10000 images still trains.
+    assert mnist.default_val_size(num_train) == val
+
+
+def test_a_small_data_set_loads_with_the_default_split(tmp_path):
+    write_idx_dataset(tmp_path, num_train=1200, num_test=30)
+    data = load_dataset(tmp_path)
+    assert (len(data.train), len(data.val), len(data.test)) == (1000, 200, 30)
+
+
+def test_val_size_0_trains_on_every_image(tmp_path):
+    write_idx_dataset(tmp_path, num_train=300, num_test=30)
+    data = load_dataset(tmp_path, val_size=0)
+    assert (len(data.train), len(data.val)) == (300, 0)
+    assert data.val.images.shape == (0, 784) and data.val.one_hot.shape == (0, 10)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_single_idx_file_says_what_data_takes(tmp_path, gz):
+    write_idx_dataset(tmp_path, num_train=20, num_test=10, gz=gz)
+    path = tmp_path / ("train-images-idx3-ubyte" + (".gz" if gz else ""))
+    message = _error(path)
+    assert message.startswith(f"{path}: a single IDX file")
+    assert "folder holding the four MNIST IDX files" in message and "corrupt" not in message
+
+
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n", b"hello, world\n", b""])
+def test_a_file_that_is_not_a_pickle_says_what_data_takes(tmp_path, content):
+    path = tmp_path / "digits.png"
+    path.write_bytes(content)
+    message = _error(path)
+    assert message.startswith(f"{path}: not a pickle nor an IDX file; expected a folder")
+    assert "mnist.pkl.gz" in message
+
+
+def test_a_gzipped_pickle_without_gz_in_its_name(tmp_path):
+    gzipped = write_pickle_dataset(tmp_path / "mnist.pkl.gz")
+    path = gzipped.rename(tmp_path / "mnist.pkl")
+    assert "does not end in .gz" in _error(path)
+
+
+@pytest.mark.parametrize("source, name", [
+    ("/usr/share/datasets/fashion-mnist", "Fashion-MNIST"),
+    ("/usr/share/datasets/fashion-mnist/", "Fashion-MNIST"),
+    ("/home/me/mnist", "mnist"),
+    ("data/mnist.pkl.gz", "mnist.pkl.gz"),
+])
+def test_dataset_name_for_titles(source, name):
+    assert mnist.dataset_name(source) == name
 
 
 def _write_bomb(path, header: bytes, zeros: int) -> None:
@@ -242,7 +298,8 @@ def test_gzip_bomb_is_refused_within_a_memory_bound(tmp_path):
 
 def test_pickle_bomb_is_capped(tmp_path, monkeypatch):
     path = tmp_path / "mnist.pkl.gz"
-    _write_bomb(path, b"", 4 << 20)
+    # Starts as a pickle does (PROTO 2), so only its size can refuse it.
+    _write_bomb(path, b"\x80\x02", 4 << 20)
     monkeypatch.setattr(mnist, "MAX_PICKLE_BYTES", 1 << 20)
     message = _error(path)
     assert str(path) in message and "more than 1 MiB" in message
