@@ -109,3 +109,9 @@ register("softmax_cross_entropy_with_gradient", compute.softmax_cross_entropy_wi
          "row_blocks")
 register("one_hot", compute.one_hot, "injective")
 register("sgd_many", compute.sgd_update_many, "injective")
+
+# The optimisers' fused updates (``dlsys.optim``), defined in a file of their own.
+from dlsys.kernels import compute_optim  # noqa: E402 - appended after the operators' kinds
+
+register("sgd_update", compute_optim.sgd_update, "injective")
+register("adam_update", compute_optim.adam_update, "injective")

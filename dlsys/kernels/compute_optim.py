@@ -1,0 +1,145 @@
+"""Compute definitions of the optimisers' updates: every parameter of a model in one kernel.
+
+Each update kernel takes, in this order:
+
+- ``lr`` (1,): the learning rate, read at run time so a schedule compiles nothing;
+- ``hyper`` (k,): the optimiser's coefficients, named by ``SGD_HYPER`` / ``ADAM_HYPER``
+  (run time too, so one compiled kernel serves every value a user picks);
+- ``step`` (1,): how many updates were applied before this one;
+- the parameters ``W_1..W_n``, then each state tensor per parameter, then ``G_1..G_n``;
+
+and writes ``step + 1``, each new state tensor, then each new parameter. The caller passes
+the same tensors as outputs, so everything updates in place, and the kernel counts its own
+steps: a training step copies nothing from the host.
+
+In place is safe because every block reads an element before it writes that element, and a
+block that needs an updated state (the parameter block reads the new momentum) reads it from
+the output of the block that wrote it; TE orders blocks by those reads. Per-step scalars
+(the step count, Adam's bias corrections) are blocks of shape (1,), computed once per call
+rather than once per element.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tvm import te, tirx
+
+Shape = tuple[int, ...]
+
+SGD_HYPER = ("weight_decay", "momentum", "dampening")
+ADAM_HYPER = ("beta1", "beta2", "eps", "weight_decay", "decoupled_weight_decay")
+
+
+def _scalars(hyper_names: Sequence[str], dtype: str):
+    lr = te.placeholder((1,), dtype=dtype, name="lr")
+    hyper = te.placeholder((len(hyper_names),), dtype=dtype, name="hyper")
+    step = te.placeholder((1,), dtype=dtype, name="step")
+    new_step = te.compute((1,), lambda _: step[0] + tirx.const(1, dtype), name="step_count")
+    coefficients = {name: hyper[i] for i, name in enumerate(hyper_names)}
+    return lr, hyper, step, new_step, coefficients
+
+
+def _tensors(prefix: str, shapes: Sequence[Shape], dtype: str) -> list[te.Tensor]:
+    return [te.placeholder(s, dtype=dtype, name=f"{prefix}{i}") for i, s in enumerate(shapes)]
+
+
+def _elementwise(shape: Shape, body, name: str) -> te.Tensor:
+    # te.compute reads the lambda's signature, which must be plain ``*index``: closures over
+    # each parameter's tensors are built here rather than with default arguments.
+    return te.compute(shape, lambda *i: body(i), name=name)
+
+
+def sgd_update(shapes: Sequence[Shape], momentum: bool, nesterov: bool, dtype: str):
+    """PyTorch's SGD for every parameter: with ``d = G + weight_decay * W``,
+
+    - without momentum, ``W' = W - lr * d``;
+    - with momentum, ``B' = d`` at the first step, else ``momentum * B + (1 - dampening) * d``,
+      and ``W' = W - lr * (d + momentum * B')`` (nesterov) or ``W - lr * B'``.
+
+    Inputs ``lr, hyper, step, W.., [B..], G..``; outputs ``step', [B'..], W'..``.
+    ``momentum`` and ``nesterov`` decide the kernel's structure (whether there is a buffer),
+    so they are compile-time flags; the coefficients' values are in ``hyper``.
+    """
+    lr, hyper, step, new_step, h = _scalars(SGD_HYPER, dtype)
+    weights, grads = _tensors("W", shapes, dtype), _tensors("G", shapes, dtype)
+    buffers = _tensors("B", shapes, dtype) if momentum else [None] * len(shapes)
+    # Compared with the step this call counts, so every block runs after the step block.
+    first = new_step[0] == tirx.const(1, dtype)
+    blocks = [_sgd_blocks(k, w, b, g, lr, h, first, nesterov, dtype)
+              for k, (w, b, g) in enumerate(zip(weights, buffers, grads))]
+    new_buffers = [b_new for b_new, _ in blocks if b_new is not None]
+    return ([lr, hyper, step, *weights, *buffers[:len(new_buffers)], *grads],
+            [new_step, *new_buffers, *(w_new for _, w_new in blocks)])
+
+
+def _sgd_blocks(k: int, w, b, g, lr, h: dict, first, nesterov: bool, dtype: str):
+    one = tirx.const(1, dtype)
+
+    def decayed(i):
+        return g[i] + h["weight_decay"] * w[i]
+
+    direction = decayed
+    b_new = None
+    if b is not None:
+        # The buffer starts as the first gradient itself (no dampening), as in PyTorch.
+        b_new = _elementwise(w.shape, lambda i: tirx.Select(
+            first, decayed(i), h["momentum"] * b[i] + (one - h["dampening"]) * decayed(i)),
+            f"momentum{k}")
+
+        def direction(i):
+            return decayed(i) + h["momentum"] * b_new[i] if nesterov else b_new[i]
+    w_new = _elementwise(w.shape, lambda i: w[i] - lr[0] * direction(i), f"param{k}")
+    return b_new, w_new
+
+
+def adam_update(shapes: Sequence[Shape], dtype: str):
+    """PyTorch's Adam and AdamW for every parameter: with ``d = G + weight_decay * W``,
+    ``M' = beta1 M + (1 - beta1) d``, ``V' = beta2 V + (1 - beta2) d^2`` and ``t`` the new
+    step count,
+
+        W' = W (1 - lr * decoupled_weight_decay)
+             - lr / (1 - beta1^t) * M' / (sqrt(V') / sqrt(1 - beta2^t) + eps)
+
+    Adam sets ``weight_decay`` (L2, folded into the gradient), AdamW
+    ``decoupled_weight_decay``; the other is 0. Inputs ``lr, hyper, step, W.., M.., V..,
+    G..``; outputs ``step', M'.., V'.., W'..``.
+    """
+    lr, hyper, step, new_step, h = _scalars(ADAM_HYPER, dtype)
+    weights, grads = _tensors("W", shapes, dtype), _tensors("G", shapes, dtype)
+    firsts, seconds = _tensors("M", shapes, dtype), _tensors("V", shapes, dtype)
+    one = tirx.const(1, dtype)
+    # The bias corrections as PyTorch arranges them: a step size and a square root, once.
+    scalars = {
+        "step_size": te.compute((1,), lambda _: lr[0] / (one - te.power(h["beta1"],
+                                                                         new_step[0])),
+                                name="step_size"),
+        "root_correction": te.compute(
+            (1,), lambda _: te.sqrt(one - te.power(h["beta2"], new_step[0])),
+            name="root_correction"),
+        "shrink": te.compute((1,), lambda _: one - lr[0] * h["decoupled_weight_decay"],
+                             name="shrink"),
+    }
+    blocks = [_adam_blocks(k, w, m, v, g, h, scalars, dtype)
+              for k, (w, m, v, g) in enumerate(zip(weights, firsts, seconds, grads))]
+    return ([lr, hyper, step, *weights, *firsts, *seconds, *grads],
+            [new_step, *(b[0] for b in blocks), *(b[1] for b in blocks),
+             *(b[2] for b in blocks)])
+
+
+def _adam_blocks(k: int, w, m, v, g, h: dict, scalars: dict, dtype: str):
+    one = tirx.const(1, dtype)
+    beta1, beta2 = h["beta1"], h["beta2"]
+
+    def decayed(i):
+        return g[i] + h["weight_decay"] * w[i]
+
+    m_new = _elementwise(w.shape, lambda i: beta1 * m[i] + (one - beta1) * decayed(i),
+                         f"exp_avg{k}")
+    v_new = _elementwise(w.shape,
+                         lambda i: beta2 * v[i] + (one - beta2) * decayed(i) * decayed(i),
+                         f"exp_avg_sq{k}")
+    w_new = _elementwise(
+        w.shape, lambda i: w[i] * scalars["shrink"][0] - scalars["step_size"][0] * m_new[i]
+        / (te.sqrt(v_new[i]) / scalars["root_correction"][0] + h["eps"]), f"param{k}")
+    return m_new, v_new, w_new
