@@ -8,13 +8,14 @@ infinite); 130 when interrupted. Every failure is one line on stderr, without a 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
 import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from dlsys.data.mnist import DATA_ENV_VAR, DEFAULT_DATA_DIR, DEFAULT_VAL_SIZE
+from dlsys.data.mnist import DATA_ENV_VAR, DEFAULT_DATA_DIR, DEFAULT_VAL_CAP
 from dlsys.errors import DlsysError, TrainingError
 from dlsys.frontend.checkpoint import learning_rate_problem
 from dlsys.frontend.models import DEFAULT_MODEL, MODEL_LAYERS
@@ -52,11 +53,22 @@ def _learning_rate(text: str) -> float:
     return value
 
 
+def _package_version() -> str:
+    """dlsys's installed version (pyproject.toml's), or a word that it is not installed."""
+    try:
+        return importlib.metadata.version("dlsys")
+    except importlib.metadata.PackageNotFoundError:
+        # Run from a source tree that pip never installed: there is no metadata to read.
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``dlsys`` command."""
     parser = argparse.ArgumentParser(prog=PROG, description="Train models with dlsys, a deep "
                                      "learning stack whose every operator is TVM-compiled.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
+    # Not required: a bare ``dlsys`` gets the whole help from main(), not argparse's one line.
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     train = commands.add_parser(
         "train", help="train a model on MNIST-format data",
         description="Train a model with mini-batch SGD, checkpointing after every epoch. "
@@ -72,18 +84,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=_positive_int, default=None,
                        help="mini-batch size (default 1000)")
     train.add_argument("--lr", type=_learning_rate, default=None,
-                       help="learning rate (default 0.2; table in dlsys.frontend.trainer)")
+                       help="learning rate (default 0.2, the best of a sweep on Fashion-MNIST)")
     train.add_argument("--seed", type=_non_negative_int, default=None,
                        help="seed of initialisation and data order (default 0)")
-    train.add_argument("--val-size", type=_positive_int, default=None,
-                       help=f"images held out from the end of the training set for validation "
-                            f"(default {DEFAULT_VAL_SIZE})")
+    train.add_argument("--val-size", type=_non_negative_int, default=None,
+                       help="images held out from the end of the training set for validation; "
+                            "0 trains on all of them and reports no validation accuracy "
+                            f"(default a sixth of them, at most {DEFAULT_VAL_CAP})")
     train.add_argument("--out", type=Path, default=None,
                        help="output directory (default runs/<model>)")
     train.add_argument("--resume", action="store_true",
                        help="continue from the checkpoint in --out")
-    train.add_argument("--no-progress", dest="progress", action="store_false",
-                       help="no progress bar")
+    # Off without a terminal: a log or a pipe would get every redrawn frame, joined by \r.
+    train.add_argument("--progress", action=argparse.BooleanOptionalAction,
+                       default=sys.stderr.isatty(),
+                       help="show a progress bar during each epoch (default: only when "
+                            "stderr is a terminal)")
     train.add_argument("--debug-memory", action="store_true",
                        help="print each training step's node, shape and storage id")
     return parser
@@ -134,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dlsys`` console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:
+        # Exit status 2, as argparse gives for a missing command, but with the whole help.
+        parser.print_help(sys.stderr)
+        print(f"{PROG}: error: name a COMMAND, such as: {PROG} train", file=sys.stderr)
+        return 2
     # Imported after parsing so that --help and flag errors do not wait for TVM to load.
     from dlsys.frontend.trainer import TrainConfig, run_training
 

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from dlsys import autodiff as ad
 from dlsys.data.batches import epoch_batches
-from dlsys.data.mnist import DEFAULT_VAL_SIZE, Split, load_dataset
+from dlsys.data.mnist import Split, load_dataset
 from dlsys.errors import DataError, TrainingError
 from dlsys.frontend import report
 from dlsys.frontend.checkpoint import (
@@ -209,7 +209,7 @@ def _resolve(config: TrainConfig, checkpoint: Checkpoint | None) -> dict:
         "batch_size": config.batch_size or saved.get("batch_size", DEFAULT_BATCH_SIZE),
         "lr": config.lr or saved.get("lr", DEFAULT_LR[model]),
         "seed": config.seed if config.seed is not None else saved.get("seed", 0),
-        "val_size": config.val_size or saved.get("val_size", DEFAULT_VAL_SIZE),
+        "val_size": config.val_size if config.val_size is not None else saved.get("val_size"),
     }
     for key in ("model", "val_size", "seed"):
         if checkpoint and key in saved and settings[key] != saved[key]:
@@ -232,6 +232,7 @@ def run_training(config: TrainConfig, log: Callable[[str], None] = print) -> Tra
     settings = _resolve(config, checkpoint)
     dataset = load_dataset(settings["data"], settings["val_size"])
     settings["data"] = dataset.source
+    settings["val_size"] = len(dataset.val)
     if settings["batch_size"] > len(dataset.train):
         raise DataError(f"{dataset.source}: batch size {settings['batch_size']} is larger than "
                         f"the {len(dataset.train)} training images")
@@ -266,12 +267,14 @@ def run_training(config: TrainConfig, log: Callable[[str], None] = print) -> Tra
             raise TrainingError(f"{e}; {kept}") from None
         epoch_time = time.perf_counter() - started
         started = time.perf_counter()
-        val_acc = trainer.accuracy(dataset.val)
-        history.append({"epoch": epoch, "loss": loss, "epoch_time_s": round(epoch_time, 4),
-                        "val_acc": val_acc,
-                        "eval_time_s": round(time.perf_counter() - started, 4)})
-        log(f"epoch {epoch}/{config.epochs}  loss {loss:.4f}  time {epoch_time:.2f}s  "
-            f"val acc {100 * val_acc:.2f}%")
+        row = {"epoch": epoch, "loss": loss, "epoch_time_s": round(epoch_time, 4)}
+        line = f"epoch {epoch}/{config.epochs}  loss {loss:.4f}  time {epoch_time:.2f}s"
+        if len(dataset.val):  # --val-size 0 leaves nothing to validate on
+            row["val_acc"] = trainer.accuracy(dataset.val)
+            line += f"  val acc {100 * row['val_acc']:.2f}%"
+        row["eval_time_s"] = round(time.perf_counter() - started, 4)
+        history.append(row)
+        log(line)
         save_checkpoint(ckpt_path, Checkpoint(epoch, trainer.params_numpy(),
                                               shuffle_rng.bit_generator.state, history,
                                               settings))

@@ -1,5 +1,6 @@
 """``dlsys train`` end to end on a small synthetic data set, and its one-line error exits."""
 
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -40,7 +41,7 @@ def _last_stderr_line(capsys) -> str:
     (["--lr", "-0.1"], "--lr: must be a positive number"),
     (["--lr", "nan"], "--lr: must be a positive number"),
     (["--lr", "fast"], "--lr: must be a positive number, got 'fast'"),
-    (["--val-size", "0"], "--val-size: must be a positive integer"),
+    (["--val-size", "-1"], "--val-size: must be a non-negative integer"),
     (["--seed", "-1"], "--seed: must be a non-negative integer"),
     (["--bogus"], "unrecognized arguments: --bogus"),
 ])
@@ -52,6 +53,90 @@ def test_bad_flags_exit_2(capsys, flags, complaint):
 def test_no_command_exits_2(capsys):
     assert _run([]) == 2
     assert "COMMAND" in _last_stderr_line(capsys)
+
+
+def test_bare_dlsys_prints_the_whole_help(capsys):
+    assert _run([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: dlsys") and "--version" in err
+    assert "train a model on MNIST-format data" in err and "Traceback" not in err
+
+
+def test_version_is_the_installed_packages(capsys):
+    assert _run(["--version"]) == 0
+    assert capsys.readouterr().out == f"dlsys {importlib.metadata.version('dlsys')}\n"
+
+
+def test_train_help_points_at_no_source_code(capsys):
+    assert _run(["train", "--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--lr LR" in help_text
+    assert "dlsys." not in help_text and ".py" not in help_text
+
+
+def _progress_of(argv, monkeypatch) -> bool:
+    """The ``progress`` setting that ``dlsys train argv`` hands the trainer."""
+    from dlsys.frontend import trainer
+
+    seen = []
+    monkeypatch.setattr(trainer, "run_training", lambda config, log: seen.append(config))
+    assert _run(argv) == 0
+    return seen[0].progress
+
+
+def test_progress_bars_follow_the_terminal_unless_asked(monkeypatch, tmp_path):
+    out = ["train", "--out", str(tmp_path)]
+    # Under pytest's capture stderr is no terminal, as in a log or a pipe.
+    assert _progress_of(out, monkeypatch) is False
+    assert _progress_of([*out, "--progress"], monkeypatch) is True
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert _progress_of(out, monkeypatch) is True
+    assert _progress_of([*out, "--no-progress"], monkeypatch) is False
+
+
+def test_python_m_dlsys_trains_and_logs_no_progress_frames(data_dir, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "dlsys", "train", "--model", "logreg",
+                             "--data", str(data_dir), "--batch-size", "50", "--epochs", "1",
+                             "--out", str(tmp_path / "run")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "epoch 1/1" in result.stdout and "test acc" in result.stdout
+    # stderr is a pipe here: a progress bar would have written frames separated by \r.
+    assert "\r" not in result.stderr and "\r" not in result.stdout
+
+
+def test_asked_for_progress_bars_draw_frames(capsys, data_dir, tmp_path):
+    assert _run(["train", "--model", "logreg", "--data", str(data_dir), "--batch-size", "50",
+                 "--epochs", "1", "--out", str(tmp_path / "run"), "--progress"]) == 0
+    assert "\r" in capsys.readouterr().err
+
+
+def test_val_size_0_trains_on_every_image(capsys, data_dir, tmp_path):
+    out = tmp_path / "run"
+    assert _run(["train", "--model", "logreg", "--data", str(data_dir), "--val-size", "0",
+                 "--batch-size", "100", "--epochs", "2", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "(300 train / 0 val / 60 test)" in stdout and "val acc" not in stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert all("val_acc" not in row for row in metrics["epochs"])
+    assert 0 <= metrics["test_acc"] <= 1
+
+
+def test_a_small_data_set_trains_with_the_default_split(capsys, data_dir, tmp_path):
+    # 300 training images: the default hold-out is a sixth of them, not 10000.
+    assert _run(["train", "--model", "logreg", "--data", str(data_dir), "--batch-size", "50",
+                 "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
+    assert "(250 train / 50 val / 60 test)" in capsys.readouterr().out
+
+
+def test_a_single_idx_file_as_data_exits_2_saying_what_is_expected(capsys, tmp_path):
+    from dlsys.testing.synthetic import write_idx_dataset
+
+    data = write_idx_dataset(tmp_path / "mnist", num_train=20, num_test=10, gz=True)
+    path = data / "train-images-idx3-ubyte.gz"
+    assert _run(["train", "--data", str(path), "--out", str(tmp_path / "run")]) == 2
+    line = _last_stderr_line(capsys)
+    assert line.startswith(f"dlsys: error: {path}: a single IDX file; expected a folder")
 
 
 def test_batch_larger_than_training_set(capsys, data_dir, tmp_path):
