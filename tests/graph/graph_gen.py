@@ -11,11 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from hypothesis import assume
 from hypothesis import strategies as st
 
 from dlsys import autodiff as ad
 from dlsys.graph import Node, find_topo_sort
-from dlsys.ops import ELEMENTWISE_OPS
+from dlsys.ops import ELEMENTWISE_OPS, BroadcastBinaryOp
+
+# Binary operators whose operands broadcast (add, mul, sub, div...), from the registry.
+BROADCASTING_OPS = [op for op in ELEMENTWISE_OPS if isinstance(op, BroadcastBinaryOp)]
+# Values beyond this (exp of exp, long products) would make the finite differences' rounding
+# error (about 1e-16 * value / eps) approach the gradient tolerance: such graphs are dropped.
+MAX_MAGNITUDE = 1e3
 
 
 def _softmax(y: np.ndarray) -> np.ndarray:
@@ -126,6 +133,21 @@ def random_graphs(draw, max_ops: int = 7, allow_softmax: bool = True) -> RandomG
             graph.differentiable.append(node)
         return node
 
+    def operands(op, entries):
+        """The operands of ``op``: each entry a node, or a shape for a fresh placeholder.
+        Where ``op`` needs a positive input (``positive_inputs``) a placeholder is drawn
+        from [0.5, 1.5) and a computed node becomes ``x * x + 0.5`` (smooth, so that
+        gradients stay checkable)."""
+        nodes = []
+        for i, entry in enumerate(entries):
+            positive = i in op.positive_inputs
+            if not isinstance(entry, Node):
+                values = rng.uniform(0.5, 1.5, entry) if positive else None
+                nodes.append(placeholder(entry, values=values))
+            else:
+                nodes.append(entry * entry + 0.5 if positive else entry)
+        return nodes
+
     # Mostly matrices, since matmul, softmax and the loss need them.
     ndim = draw(st.sampled_from([2, 2, 1, 3]))
     first_shape = tuple(draw(st.lists(DIMS, min_size=ndim, max_size=ndim)))
@@ -136,15 +158,18 @@ def random_graphs(draw, max_ops: int = 7, allow_softmax: bool = True) -> RandomG
         shape = shapes[current]
         same_shape = [v for v in graph.values[:-1] if shapes[v] == shape]
         # Only the operators that apply at this shape, so that no draw is wasted.
-        # Every registered elementwise operator, by its index in ELEMENTWISE_OPS.
-        ops = ["add", "mul"] + list(range(len(ELEMENTWISE_OPS)))
+        # Every registered elementwise operator, by its index in ELEMENTWISE_OPS, and every
+        # broadcasting one again with an operand of another shape.
+        ops = [("broadcast", i) for i in range(len(BROADCASTING_OPS))]
+        ops += list(range(len(ELEMENTWISE_OPS))) + ["sum", "mean"]
         ops += ["reuse"] if same_shape else []
         ops += ["broadcastto"] if len(shape) < 3 else []
         ops += ["rsum0"] if len(shape) >= 2 else []
         if len(shape) == 2:
             ops += ["matmul", "matmul", "sce"] + (["softmax"] if allow_softmax else [])
         op = draw(st.sampled_from(ops))
-        if op in ("add", "mul"):
+        if isinstance(op, tuple):
+            binary = BROADCASTING_OPS[op[1]]
             # The partner's shape is a broadcast-compatible variant: a suffix of the axes,
             # with some axes squeezed to 1, on either side of the operator.
             keep = draw(st.integers(0, len(shape) - 1))
@@ -153,15 +178,21 @@ def random_graphs(draw, max_ops: int = 7, allow_softmax: bool = True) -> RandomG
                 # Or the other way round: current gets broadcast up to the partner's shape.
                 partner = tuple(draw(DIMS) if d == 1 else d for d in shape)
                 partner = (draw(DIMS),) * draw(st.integers(0, len(shape) < 3)) + partner
-            other = placeholder(partner)
-            a, b = (current, other) if draw(st.booleans()) else (other, current)
-            node = ad.add_op(a, b) if op == "add" else ad.mul_op(a, b)
+            entries = [current, partner] if draw(st.booleans()) else [partner, current]
+            node = binary(*operands(binary, entries))
         elif isinstance(op, int):
             elementwise = ELEMENTWISE_OPS[op]
-            others = [placeholder(shape) for _ in range(elementwise.arity - 1)]
-            node = elementwise.example([current, *others])
+            node = elementwise.example(operands(elementwise,
+                                                [current] + [shape] * (elementwise.arity - 1)))
             if elementwise.sign_only_input is not None or elementwise.keeps_positive_sign:
                 graph.relu_inputs.append(current)
+        elif op in ("sum", "mean"):
+            # A subset of the axes, each written as a positive or a negative index, or None.
+            chosen = draw(st.lists(st.sampled_from(range(len(shape))), unique=True))
+            axes = tuple(d - len(shape) if draw(st.booleans()) else d for d in chosen)
+            axes = None if draw(st.booleans()) else axes
+            reduce = ad.sum_op if op == "sum" else ad.mean_op
+            node = reduce(current, axes, keepdims=draw(st.booleans()))
         elif op == "matmul":
             ta, tb = draw(st.booleans()), draw(st.booleans())
             inner = shape[0] if ta else shape[1]
@@ -185,7 +216,9 @@ def random_graphs(draw, max_ops: int = 7, allow_softmax: bool = True) -> RandomG
             # Combine with an earlier value so values have several readers (fan-out).
             earlier = draw(st.sampled_from(same_shape))
             node = ad.add_op(current, earlier) if draw(st.booleans()) else current * earlier
-        shapes[node] = tuple(numpy_eval([node], graph.feeds)[0].shape)
+        value = numpy_eval([node], graph.feeds)[0]
+        assume(np.abs(value).max() < MAX_MAGNITUDE)
+        shapes[node] = tuple(value.shape)
         graph.values.append(node)
         current = node
     graph.output = current

@@ -41,6 +41,9 @@ BINARY_CASES = [
     (ad.reducesumto_op, (4, 3), (4, 1), (4, 1)),
     (ad.reducesumto_op, (2, 3), (2, 3), (2, 3)),
     (ad.conv2d_op, (2, 3, 6, 5), (4, 3, 3, 2), (2, 4, 4, 4)),
+    (lambda a, b: a - b, (4, 1), (1, 5), (4, 5)),
+    (lambda a, b: a / b, (2, 1, 3), (4, 1), (2, 4, 3)),
+    (lambda a, b: a @ b, (2, 3), (3, 4), (2, 4)),
 ]
 
 
@@ -59,6 +62,22 @@ UNARY_CASES = [
     (ad.reducesumaxiszero_op, (4, 2, 3), (2, 3)),
     (ad.oneslike_op, (3, 2), (3, 2)),
     (ad.zeroslike_op, (7,), (7,)),
+    (lambda a: -a, (2, 3), (2, 3)),
+    (lambda a: 2 - a, (2, 3), (2, 3)),
+    (lambda a: 1 / a, (3,), (3,)),
+    (lambda a: a / 4, (3, 1), (3, 1)),
+    (ad.exp_op, (2, 3), (2, 3)),
+    (ad.log_op, (2, 3), (2, 3)),
+    (ad.tanh_op, (2, 3), (2, 3)),
+    (ad.sum_op, (4, 3), (1,)),                          # no axis left: (1,), not ()
+    (lambda a: ad.sum_op(a, keepdims=True), (4, 3), (1, 1)),
+    (lambda a: ad.sum_op(a, axes=0), (4, 3), (3,)),
+    (lambda a: ad.sum_op(a, axes=(0, 2)), (4, 2, 3), (2,)),
+    (lambda a: ad.sum_op(a, axes=(-1, 0), keepdims=True), (4, 2, 3), (1, 2, 1)),
+    (lambda a: ad.sum_op(a, axes=()), (4, 2), (4, 2)),
+    (lambda a: ad.sum_op(a, axes=[0]), (5,), (1,)),
+    (lambda a: ad.mean_op(a, axes=-2), (4, 2, 3), (4, 3)),
+    (lambda a: ad.mean_op(a, keepdims=True), (4, 2, 3), (1, 1, 1)),
 ]
 
 
@@ -92,6 +111,9 @@ MISMATCHES = [
     (ad.broadcastto_op, (2, 3), (3, 3), ["BroadcastTo(a, b)", "(2, 3)", "(3, 3)"]),
     (ad.broadcastto_op, (2, 3), (3,), ["BroadcastTo(a, b)", "(2, 3)", "(3,)"]),
     (ad.reducesumto_op, (3,), (4, 3), ["ReduceSumTo(a, b)", "(3,)", "(4, 3)"]),
+    (lambda a, b: a - b, (2, 3), (3, 2), ["(a-b)", "(2, 3)", "(3, 2)"]),
+    (lambda a, b: a / b, (4, 3), (4,), ["(a/b)", "(4, 3)", "(4,)"]),
+    (lambda a, b: a @ b, (2, 784), (785, 256), ["MatMul(a, b)", "(2, 784)", "(785, 256)"]),
 ]
 
 
@@ -154,3 +176,27 @@ def test_empty_feed_shape_names_the_feed(shape):
     with pytest.raises(ShapeError) as caught:
         _infer(ad.matmul_op(x, w), {x: shape, w: (3, 2)})
     assert "images" in str(caught.value) and str(shape) in str(caught.value)
+
+
+# (axes, input shape, the texts the message must hold besides the node's name)
+BAD_AXES = [
+    (2, (3, 4), ["axis 2 is out of range", "a (3, 4)"]),
+    (-3, (3, 4), ["axis -3 is out of range", "a (3, 4)"]),
+    ((0, 1, 2), (3, 4), ["axis 2 is out of range"]),
+    ((1, -1), (3, 4), ["axes (1, -1) name axis 1 more than once", "a (3, 4)"]),
+    ((0, -3), (3, 4, 5), ["axes (0, -3) name axis 0 more than once"]),
+]
+
+
+@pytest.mark.parametrize("reduce", [ad.sum_op, ad.mean_op], ids=["sum", "mean"])
+@pytest.mark.parametrize("axes, shape, texts", BAD_AXES)
+def test_bad_axes_name_node_argument_and_shape(reduce, axes, shape, texts):
+    # Found when the input's shape is known: -1 repeats 1 only for a 2-d input.
+    (a,) = _vars("a")
+    node = reduce(a, axes=axes)
+    with pytest.raises(ShapeError) as caught:
+        _infer(node, {a: shape})
+    message = str(caught.value)
+    assert message.startswith(node.name) and "axes" in message
+    for text in texts:
+        assert text in message

@@ -16,7 +16,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from dlsys import tvm_op as op
 from dlsys.kernels.build import Kernel
-from dlsys.ops import ELEMENTWISE_OPS, Variable
+from dlsys.ops import ELEMENTWISE_OPS, Variable, expand_op, expandmean_op
 
 # float32 elementwise results are exact or one rounding away; reductions over positive
 # inputs add no cancellation, so 1e-5 relative holds for them too. The absolute floor only
@@ -108,8 +108,10 @@ def registered_elementwise_cases(shape: tuple) -> list[Case]:
         def build(t, d, node=node):
             return node.op.kernel_spec(node, [shape] * len(node.inputs), shape).build(t, d)
 
-        def inputs(rng, count=reads):
-            return [normal(rng, shape) for _ in range(count)]
+        def inputs(rng, count=reads, op=elementwise):
+            # Drawn where the operator is defined and smooth: positive where it says so.
+            return [positive(rng, shape) if i in op.positive_inputs else normal(rng, shape)
+                    for i in range(count)]
 
         def reference(*arrays, node=node):
             # A fill reads no values: its reference gets a stand-in of the right shape.
@@ -176,11 +178,47 @@ def broadcast_to_case(shape: tuple, to_shape: tuple) -> Case:
 
 
 def broadcast_binary_case(name: str, shape_a: tuple, shape_b: tuple) -> Case:
-    fn = {"add": np.add, "mul": np.multiply}[name]
+    fn = {"add": np.add, "mul": np.multiply, "sub": np.subtract, "div": np.divide}[name]
+    # A divisor kept away from 0, where the quotient's float32 rounding is relative.
+    second = positive if name == "div" else normal
     return Case(f"broadcast_{name}{shape_a}{shape_b}",
                 lambda t, d: op.make_broadcast_binary(name, shape_a, shape_b, t, "llvm", "f", d),
-                lambda rng: [normal(rng, shape_a), normal(rng, shape_b)],
+                lambda rng: [normal(rng, shape_a), second(rng, shape_b)],
                 lambda a, b: [fn(a, b)])
+
+
+def reduce_axes_case(shape: tuple, axes, keepdims: bool, mean: bool = False) -> Case:
+    """``sum``/``mean`` over ``axes``; numpy's result of no axes, ``()``, is dlsys's ``(1,)``."""
+    name = "mean" if mean else "sum"
+    builder = op.make_reduce_mean if mean else op.make_reduce_sum
+
+    def reference(a):
+        out = (np.mean if mean else np.sum)(a, axis=axes, keepdims=keepdims)
+        return [np.reshape(out, np.shape(out) or (1,))]
+
+    return Case(f"reduce_{name}{shape}axes={axes}{'keep' if keepdims else ''}",
+                lambda t, d: builder(shape, axes, keepdims, t, "llvm", "f", d),
+                lambda rng: [positive(rng, shape)], reference)
+
+
+def expand_axes_case(shape: tuple, axes, keepdims: bool, mean: bool = False) -> Case:
+    """The adjoint of a sum (or mean) over ``axes``: ``g`` spread back to ``shape``, built
+    from its operator's kernel spec (it has no course builder)."""
+    expand = expandmean_op if mean else expand_op
+    node = expand(Variable("g"), Variable("x"), axes, keepdims)
+    summed = np.sum(np.zeros(shape), axis=axes, keepdims=keepdims)
+    g_shape = np.shape(summed) or (1,)
+    kept = np.sum(np.zeros(shape), axis=axes, keepdims=True).shape  # g's axes in place
+
+    def build(t, d):
+        return node.op.kernel_spec(node, [g_shape, shape], shape).build(t, d)
+
+    def reference(g):
+        count = np.prod(shape) / np.prod(kept) if mean else 1
+        return [np.broadcast_to(np.reshape(g, kept), shape) / count]
+
+    return Case(f"{node.op.name}{g_shape}->{shape}axes={axes}", build,
+                lambda rng: [normal(rng, g_shape)], reference)
 
 
 def run_case(case: Case, tgt: str, dtype: str, device=None, seed: int = 0):
@@ -217,9 +255,20 @@ def odd_cases() -> list[Case]:
                                             ((3, 4), (3, 4))]]
     cases += [broadcast_to_case(s, t) for s, t in [((1,), (1,)), ((3,), (7, 3)), ((1,), (2, 3)),
                                                   ((5, 1), (5, 7)), ((1, 3), (2, 4, 3))]]
-    cases += [broadcast_binary_case(n, a, b) for n in ("add", "mul")
+    cases += [broadcast_binary_case(n, a, b) for n in ("add", "mul", "sub", "div")
               for a, b in [((7, 3), (3,)), ((5, 1), (1, 6)), ((1,), (2, 3))]]
+    cases += [reduce_axes_case(s, axes, keep, mean) for mean in (False, True)
+              for s, axes, keep in REDUCE_AXES]
+    cases += [expand_axes_case(s, axes, keep, mean) for mean in (False, True)
+              for s, axes, keep in REDUCE_AXES]
     return cases
+
+
+# (shape, axes, keepdims): all axes, single and several, negative, none, size-1 axes.
+REDUCE_AXES = [((7,), None, False), ((1,), 0, True), ((13, 17), None, True), ((13, 17), 0, False),
+               ((13, 17), -1, False), ((13, 17), 1, True), ((3, 5, 7), (0, 2), False),
+               ((3, 5, 7), (-1, -3), True), ((3, 5, 7), 1, False), ((3, 5, 7), (), False),
+               ((4, 1, 5), 1, False), ((2, 3, 5, 7), (1, 3), False)]
 
 
 def seed_cases() -> list[Case]:
