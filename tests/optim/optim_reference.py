@@ -64,3 +64,10 @@ def adam(params, grads_per_step, lrs, betas=(0.9, 0.999), eps=1e-8, weight_decay
             params[i] = p - lr * m_hat / (np.sqrt(v_hat) + eps)
         history.append([p.copy() for p in params])
     return history
+
+
+def tensors(arrays) -> list:
+    """TVM tensors holding copies of ``arrays``."""
+    import tvm
+
+    return [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays]

@@ -4,7 +4,6 @@ step, on parameters of odd shapes; and no kernel is compiled per step or per rat
 import numpy as np
 import optim_reference as ref
 import pytest
-import tvm
 
 from dlsys.kernels import build
 from dlsys.ops.placeholder import Parameter
@@ -27,16 +26,13 @@ ADAM_CASES = [
 ADAMW_CASES = [{}, {"lr": 0.02, "weight_decay": 0.05, "betas": (0.85, 0.95)}]
 
 
-def tensors(arrays):
-    return [tvm.runtime.tensor(a) for a in arrays]
-
 
 def run_steps(optimizer, grads_per_step, lrs=None):
     history = []
     for step, grads in enumerate(grads_per_step):
         if lrs is not None:
             optimizer.lr = lrs[step]
-        optimizer.step(tensors(grads))
+        optimizer.step(ref.tensors(grads))
         history.append([p.numpy() for p in optimizer.params])
     return history
 
@@ -54,7 +50,7 @@ def assert_history_close(got, expected, dtype=np.float32):
 @pytest.mark.parametrize("case", SGD_CASES, ids=str)
 def test_sgd_matches_pytorch_algorithm(case):
     params, grads = ref.random_problem(STEPS)
-    optimizer = SGD(tensors(params), 0.1, **case)
+    optimizer = SGD(ref.tensors(params), 0.1, **case)
     expected = ref.sgd(params, grads, [0.1] * STEPS, **case)
     assert_history_close(run_steps(optimizer, grads), expected)
 
@@ -63,7 +59,7 @@ def test_sgd_matches_pytorch_algorithm(case):
                          + [(AdamW, c) for c in ADAMW_CASES], ids=str)
 def test_adam_and_adamw_match_pytorch_algorithm(make, case):
     params, grads = ref.random_problem(STEPS)
-    optimizer = make(tensors(params), **case)
+    optimizer = make(ref.tensors(params), **case)
     settings = {"weight_decay": 1e-2 if make is AdamW else 0.0, **case}
     lr = settings.pop("lr", 1e-3)
     expected = ref.adam(params, grads, [lr] * STEPS, decoupled=make is AdamW, **settings)
@@ -73,8 +69,8 @@ def test_adam_and_adamw_match_pytorch_algorithm(make, case):
 def test_adamw_decay_differs_from_adam_l2():
     """The two decays are different rules: the same weight_decay gives other parameters."""
     params, grads = ref.random_problem(2)
-    adam = Adam(tensors(params), lr=0.01, weight_decay=0.5)
-    adamw = AdamW(tensors(params), lr=0.01, weight_decay=0.5)
+    adam = Adam(ref.tensors(params), lr=0.01, weight_decay=0.5)
+    adamw = AdamW(ref.tensors(params), lr=0.01, weight_decay=0.5)
     a, w = run_steps(adam, grads)[-1], run_steps(adamw, grads)[-1]
     assert not np.allclose(a[0], w[0], rtol=1e-4)
 
@@ -88,7 +84,7 @@ def test_learning_rate_changes_between_steps():
         (lambda p: AdamW(p, lr=1.0), lambda: ref.adam(params, grads, lrs, weight_decay=1e-2,
                                                       decoupled=True)),
     ]:
-        assert_history_close(run_steps(make(tensors(params)), grads, lrs), reference())
+        assert_history_close(run_steps(make(ref.tensors(params)), grads, lrs), reference())
 
 
 @pytest.mark.parametrize("make, reference", [
@@ -99,7 +95,7 @@ def test_learning_rate_changes_between_steps():
 ], ids=["sgd", "adam"])
 def test_float64_parameters(make, reference):
     params, grads = ref.random_problem(STEPS, dtype=np.float64)
-    optimizer = make(tensors(params))
+    optimizer = make(ref.tensors(params))
     assert optimizer.dtype == "float64"
     assert_history_close(run_steps(optimizer, grads), reference(params, grads), np.float64)
 
@@ -117,7 +113,7 @@ def test_parameter_nodes_update_their_data_in_place():
 
 def test_a_step_is_one_kernel_call(monkeypatch):
     params, grads = ref.random_problem(2)
-    optimizer = Adam(tensors(params))
+    optimizer = Adam(ref.tensors(params))
     calls = []
     real = optimizer._kernel
 
@@ -143,15 +139,15 @@ def test_rates_steps_and_new_optimisers_compile_nothing(monkeypatch):
     monkeypatch.setattr(build, "compile_module", counting)
     build.clear_memory_cache()
     params, grads = ref.random_problem(6)
-    optimizers = [SGD(tensors(params), 0.1, momentum=0.9), Adam(tensors(params))]
+    optimizers = [SGD(ref.tensors(params), 0.1, momentum=0.9), Adam(ref.tensors(params))]
     assert len(compiled) == 2
     for optimizer in optimizers:
         schedule = StepLR(optimizer, step_size=2, gamma=0.5)
         for step, g in enumerate(grads):
             optimizer.lr = 0.01 * (step + 1)
             schedule.step()
-            optimizer.step(tensors(g))
+            optimizer.step(ref.tensors(g))
     # Other coefficients are runtime values too: a new optimiser reuses the kernel.
-    SGD(tensors(params), 0.3, momentum=0.5, dampening=0.1, weight_decay=0.2)
-    AdamW(tensors(params), lr=0.1, betas=(0.5, 0.6), eps=1e-4, weight_decay=0.3)
+    SGD(ref.tensors(params), 0.3, momentum=0.5, dampening=0.1, weight_decay=0.2)
+    AdamW(ref.tensors(params), lr=0.1, betas=(0.5, 0.6), eps=1e-4, weight_decay=0.3)
     assert len(compiled) == 2
