@@ -1,28 +1,69 @@
-# The two commands of the README: `make train` and `make test`. Each does its own set-up.
+# The two commands of the README: `make train` and `make test`. Each does its own set-up: a
+# Python venv for the project, dlsys installed into it, and Debian's Fashion-MNIST package.
+# Everything runs through the venv's python, never a `dlsys` or `pytest` found on PATH.
+
+# The Python that makes the venv (3.10 or newer); Debian's python3 is used when it cannot.
 PYTHON ?= python3
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_GET := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 
-.PHONY: setup data train test lint bench
+# An active venv is used as it is (pip refuses Debian's own Python outside one); otherwise
+# the project's own .venv, made on first use. `rm -rf .venv` starts it afresh.
+VENV := $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),.venv)
+VENV_PYTHON := $(VENV)/bin/python
+PIP_INSTALL := $(VENV_PYTHON) -m pip install --quiet --disable-pip-version-check
+# Markers of what has been installed from this checkout into the venv, redone when
+# pyproject.toml changes. Named per checkout: one active venv may serve several.
+INSTALLED := $(VENV)/.dlsys-installed-$(shell printf %s "$(CURDIR)" | cksum | cut -d' ' -f1)
 
-setup:
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+.PHONY: setup setup-test data train test lint bench
+
+# Debian's python3 has no ensurepip until python3-venv is installed, and a venv made without
+# it has no pip; a half-made venv is removed so that the next run tries again.
+$(VENV_PYTHON):
+	@if $(PYTHON) -c 'import sys, ensurepip, venv; sys.exit(sys.version_info < (3, 10))' \
+	    2>/dev/null; then \
+	  python=$(PYTHON); \
+	else \
+	  echo "make: $(PYTHON) cannot make a venv (3.10+ with ensurepip needed); using Debian's python3" >&2; \
+	  /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || \
+	    { $(APT_GET) update -qq && $(APT_GET) install -y -qq python3-venv; } || exit 1; \
+	  python=/usr/bin/python3; \
+	fi; \
+	echo "making the project's venv in $(VENV) with $$python"; \
+	$$python -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
+
+# What `make train` needs: dlsys and its runtime dependencies only.
+$(INSTALLED)-runtime: pyproject.toml | $(VENV_PYTHON)
+	$(PIP_INSTALL) -e .
+	@touch $@
+
+# What `make test` needs besides: the test tools, and the optional features' packages so that
+# their tests run (onnxruntime is a reference for the ONNX tests, never a dependency).
+$(INSTALLED)-test: pyproject.toml | $(VENV_PYTHON)
+	$(PIP_INSTALL) -e '.[test,onnx,distributed]' onnxruntime
+	@touch $@ $(INSTALLED)-runtime
+
+setup: $(INSTALLED)-runtime
+setup-test: $(INSTALLED)-test
 
 # Fashion-MNIST from Debian's package, the default data set when no MNIST is given.
 data:
-	@[ -d $(FASHION_MNIST) ] || { $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
+	@[ -d $(FASHION_MNIST) ] || { $(APT_GET) update -qq && \
+	  $(APT_GET) install -y -qq dataset-fashion-mnist; }
 
-train: setup data
-	dlsys train $(ARGS)
+# The default data set is installed only when no other is named ($DLSYS_DATA or --data).
+train: setup $(if $(DLSYS_DATA)$(findstring --data,$(ARGS)),,data)
+	$(VENV_PYTHON) -m dlsys train $(ARGS)
 
-test: setup data
-	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
+test: setup-test data
+	$(VENV_PYTHON) -m pytest -q $(PYTEST_ARGS)
 
-lint: setup
-	$(PYTHON) -m ruff check dlsys tests benchmarks
+lint: setup-test
+	$(VENV_PYTHON) -m ruff check dlsys tests benchmarks
 
 bench: setup data
-	$(PYTHON) benchmarks/bench_mlp_epoch.py
-	$(PYTHON) benchmarks/bench_matmul.py
-	$(PYTHON) benchmarks/bench_startup.py
+	$(VENV_PYTHON) benchmarks/bench_mlp_epoch.py
+	$(VENV_PYTHON) benchmarks/bench_matmul.py
+	$(VENV_PYTHON) benchmarks/bench_startup.py
