@@ -50,13 +50,16 @@ def rounded(value):
 
 
 def write_metrics(out_dir: str | os.PathLike, history: list[dict], summary: dict) -> None:
-    """``metrics.json`` (``{**summary, "epochs": history}``) and ``metrics.csv`` (one row per
-    epoch, its scalar columns: lists such as ``batch_losses`` are in the JSON only)."""
+    """``metrics.json`` (``{**summary, "epochs": history}``, every float but the settings'
+    rounded) and ``metrics.csv`` (one row per epoch, its scalar columns: lists such as
+    ``batch_losses`` are in the JSON only)."""
     out_dir = Path(out_dir)
     history = rounded(history)
+    # The settings are the run's inputs, kept exact (a learning rate as it was given).
+    summary = {key: value if key == "settings" else rounded(value)
+               for key, value in summary.items()}
     with atomic_file(out_dir / METRICS_JSON) as f:
-        f.write(json.dumps({**rounded(summary), "epochs": history}, indent=2,
-                           allow_nan=False).encode())
+        f.write(json.dumps({**summary, "epochs": history}, indent=2, allow_nan=False).encode())
     text = io.StringIO()
     # Every scalar column any row has, in order of appearance: rows resumed from a checkpoint
     # need not name the same metrics as those written since.

@@ -93,7 +93,7 @@ def test_resumed_epochs_are_marked():
 def test_metrics_floats_are_rounded(tmp_path):
     history = [{"epoch": 1, "loss": 0.1 + 0.2, "val_acc": np.float32(0.8549),
                 "epoch_time_s": 1 / 3, "batch_losses": [np.float32(0.1) * 3, 2 / 3]}]
-    summary = {"settings": {"lr": 0.2, "data": "x"}, "test_acc": float("nan"),
+    summary = {"settings": {"lr": 0.123456789, "data": "x"}, "test_acc": float("nan"),
                "resumed_at": [np.int64(1)]}
     report.write_metrics(tmp_path, history, summary)
     text = (tmp_path / report.METRICS_JSON).read_text()
@@ -102,6 +102,7 @@ def test_metrics_floats_are_rounded(tmp_path):
                                   "epoch_time_s": 0.333333,
                                   "batch_losses": [0.3, 0.666667]}]
     assert metrics["test_acc"] is None and metrics["resumed_at"] == [1]
+    assert metrics["settings"]["lr"] == 0.123456789
     assert "NaN" not in text
     # The CSV has one column per scalar metric; per-batch lists are in the JSON only.
     assert (tmp_path / report.METRICS_CSV).read_text().splitlines() == [
