@@ -67,3 +67,4 @@ bench: setup data
 	$(VENV_PYTHON) benchmarks/bench_mlp_epoch.py
 	$(VENV_PYTHON) benchmarks/bench_matmul.py
 	$(VENV_PYTHON) benchmarks/bench_startup.py
+	$(VENV_PYTHON) benchmarks/bench_optim.py

@@ -1,0 +1,172 @@
+"""One optimiser step over every MLP parameter: dlsys's fused kernel against PyTorch's
+``optimizer.step()``.
+
+The parameters are those of the 784-256-100-10 MLP, weights and biases (227,670 floats in
+six tensors); the gradients are fixed random tensors, since a step's cost does not depend on
+their values. Each optimiser (SGD, SGD with momentum 0.9, Adam) is timed as the median over
+many repeats of a run of consecutive steps, after warm-up steps (which compile or load the
+kernel). dlsys and PyTorch each run in a process of their own, with the same thread count,
+so that one's spinning thread pool does not steal the cores from the other; the two take
+turns for several rounds and each figure is the median of its rounds, so that a busy spell
+of a shared machine weighs on both sides alike.
+
+    python benchmarks/bench_optim.py [--steps 50] [--repeats 40] [--rounds 3]
+
+PyTorch is timed when it is importable (``pip install torch==2.13.0``); it is never a
+dependency of dlsys. Besides its default ``step()``, its ``foreach`` and ``fused`` variants
+are timed where this PyTorch supports them on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+# The MLP's parameters (dlsys layout: weights are (in, out); PyTorch's transpose has the same
+# number of elements, and an elementwise update does not care).
+SHAPES = [(784, 256), (256,), (256, 100), (100,), (100, 10), (10,)]
+OPTIMISERS = {
+    "SGD": {"lr": 0.01},
+    "SGD momentum 0.9": {"lr": 0.01, "momentum": 0.9},
+    "Adam": {"lr": 1e-3},
+}
+WARMUP_STEPS = 20
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown CPU (lscpu failed)"
+    for line in out.splitlines():
+        if line.startswith("Model name:"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def arrays(seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(s).astype(np.float32) * 0.01 for s in SHAPES]
+
+
+def time_steps(step, steps: int, repeats: int) -> float:
+    """Median microseconds per step over ``repeats`` runs of ``steps`` consecutive steps."""
+    for _ in range(WARMUP_STEPS):
+        step()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        samples.append((time.perf_counter() - start) / steps * 1e6)
+    return statistics.median(samples)
+
+
+def measure_dlsys(steps: int, repeats: int) -> dict:
+    import tvm
+
+    from dlsys.optim import SGD, Adam
+
+    threads = int(__import__("os").environ["TVM_NUM_THREADS"])  # set by importing dlsys
+    grads = [tvm.runtime.tensor(g) for g in arrays(1)]
+    results = {}
+    for name, settings in OPTIMISERS.items():
+        params = [tvm.runtime.tensor(p) for p in arrays(0)]
+        make = Adam if name == "Adam" else SGD
+        optimizer = make(params, **settings)
+        results[name] = time_steps(lambda o=optimizer: o.step(grads), steps, repeats)
+    return {"threads": threads, "rows": {"dlsys": results}}
+
+
+def measure_torch(steps: int, repeats: int, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    rows: dict[str, dict[str, float]] = {}
+    for variant in ("default", "foreach", "fused"):
+        results = {}
+        for name, settings in OPTIMISERS.items():
+            params = [torch.nn.Parameter(torch.from_numpy(p)) for p in arrays(0)]
+            for p, g in zip(params, arrays(1)):
+                p.grad = torch.from_numpy(g)
+            make = torch.optim.Adam if name == "Adam" else torch.optim.SGD
+            options = {} if variant == "default" else {variant: True}
+            try:
+                optimizer = make(params, **settings, **options)
+                optimizer.step()
+            except (RuntimeError, ValueError, TypeError):  # not supported on this CPU build
+                continue
+            results[name] = time_steps(optimizer.step, steps, repeats)
+        if results:
+            rows[f"PyTorch {torch.__version__} {variant}"] = results
+    return {"threads": torch.get_num_threads(), "rows": rows}
+
+
+def child(system: str, steps: int, repeats: int, threads: int = 0) -> dict:
+    command = [sys.executable, __file__, "--system", system, "--steps", str(steps),
+               "--repeats", str(repeats), "--threads", str(threads)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "?"
+        return {"error": reason}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=50, help="consecutive steps per sample")
+    parser.add_argument("--repeats", type=int, default=40, help="samples; the median is shown")
+    parser.add_argument("--rounds", type=int, default=3, help="turns of each process")
+    parser.add_argument("--system", choices=("dlsys", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.system == "dlsys":
+        print(json.dumps(measure_dlsys(args.steps, args.repeats)))
+        return
+    if args.system == "torch":
+        print(json.dumps(measure_torch(args.steps, args.repeats, args.threads)))
+        return
+
+    rounds: list[dict[str, dict[str, float]]] = []
+    threads = 0
+    for _ in range(args.rounds):
+        ours = child("dlsys", args.steps, args.repeats)
+        if "error" in ours:
+            sys.exit(f"dlsys failed: {ours['error']}")
+        threads = ours["threads"]
+        theirs = child("torch", args.steps, args.repeats, threads)
+        if "error" in theirs:
+            print(f"PyTorch: skipped ({theirs['error']})")
+            theirs = {"rows": {}}
+        rounds.append({**ours["rows"], **theirs["rows"]})
+    rows = {system: {n: statistics.median(r[system][n] for r in rounds)
+                     for n in rounds[0][system]} for system in rounds[0]}
+
+    print(f"CPU: {cpu_name()}, {threads} threads for dlsys and PyTorch")
+    print(f"one optimiser step over the MLP 784-256-100-10's parameters "
+          f"({sum(int(np.prod(s)) for s in SHAPES)} floats in {len(SHAPES)} tensors), "
+          f"median of {args.repeats} x {args.steps} steps, median of {args.rounds} rounds, "
+          f"microseconds per step")
+    names = list(OPTIMISERS)
+    print(f"{'':28s}" + "".join(f"{n:>18s}" for n in names))
+    for system, results in rows.items():
+        print(f"{system:28s}" + "".join(f"{results[n]:18.1f}" if n in results else f"{'-':>18s}"
+                                        for n in names))
+    base = rows["dlsys"]
+    for system, results in rows.items():
+        if system == "dlsys":
+            continue
+        ratios = "".join(f"{results[n] / base[n]:17.2f}x" if n in results else f"{'-':>18s}"
+                         for n in names)
+        print(f"{system + ' / dlsys':28s}{ratios}")
+    print("(a ratio above 1: PyTorch's step takes that many times dlsys's)")
+
+
+if __name__ == "__main__":
+    main()
