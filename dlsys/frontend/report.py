@@ -181,6 +181,11 @@ def draw_curves(history: list[dict], title: str, summary: dict | None = None):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
+    if not ax_acc.get_lines():
+        # A run with --val-size 0 and no test accuracy (yet): say so, rather
+        # than leave an empty frame that looks like a failed plot.
+        ax_acc.text(0.5, 0.5, "no accuracy recorded", transform=ax_acc.transAxes,
+                    ha="center", va="center", color="grey")
     ax_loss.set(xlabel="epoch", ylabel="mean cross-entropy loss", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     fig.suptitle(_title(title, summary))

@@ -72,6 +72,7 @@ def test_every_metric_present_is_drawn_and_only_those():
     bare = [{"epoch": 1, "loss": 1.0}]
     ax_loss, ax_acc = _figure(bare).axes
     assert set(_lines(ax_loss)) == {"training (epoch mean)"} and not _lines(ax_acc)
+    assert [text.get_text() for text in ax_acc.texts] == ["no accuracy recorded"]
 
 
 def test_title_names_the_data_set_and_the_test_accuracy():
