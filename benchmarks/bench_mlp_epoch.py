@@ -22,7 +22,8 @@ import sys
 import time
 
 import numpy as np
-import tvm
+
+from dlsys.testing.machine import cpu_description
 
 BATCH = 1000
 MODEL = "mlp"
@@ -51,22 +52,23 @@ def time_epochs(run_epoch, repeats: int) -> float:
 def dlsys_epoch(images: np.ndarray, labels: np.ndarray, steps: int, lr: float = 0.1):
     """A function running ``steps`` dlsys training steps (executor + one SGD kernel call)."""
     from dlsys import autodiff as ad
-    from dlsys.frontend.models import build_model, init_params
+    from dlsys.frontend.models import build_model
+    from dlsys.nn import functional as F
     from dlsys.optim import SGD
 
-    graph = build_model(MODEL)
-    names = list(graph.params)
-    executor = ad.Executor([graph.loss, *ad.gradients(graph.loss, [graph.params[n]
-                                                                   for n in names])])
-    params = {n: tvm.runtime.tensor(v, tvm.cpu(0)) for n, v in init_params(MODEL, 0).items()}
-    optimizer = SGD([params[n] for n in names], lr)
-    feed = {graph.params[n]: params[n] for n in names}
+    model = build_model(MODEL, seed=0)
+    x, y = ad.Variable("x"), ad.Variable("y")
+    loss = F.cross_entropy(model(x), y)
+    params = model.parameters()
+    executor = ad.Executor([loss, *ad.gradients(loss, params)])
+    optimizer = SGD(params, lr)
+    feed = {}
 
     def run_epoch():
         for step in range(steps):
             rows = slice(step * BATCH, (step + 1) * BATCH)
-            feed[graph.x] = images[rows]
-            feed[graph.y_] = labels[rows]
+            feed[x] = images[rows]
+            feed[y] = labels[rows]
             _, *grads = executor.run(feed)
             optimizer.step(grads)
 
@@ -158,7 +160,7 @@ def main() -> None:
 
     tuned = rows["tuned"][0]
     print(f"\nMLP 784-256-100-10, batch {BATCH}, {args.steps} steps per epoch, "
-          f"{os.cpu_count()} cores, median of {args.repeats}, one process per system")
+          f"median of {args.repeats}, one process per system, on {cpu_description()}")
     print(f"{'system':38s} {'s/epoch':>9s} {'x dlsys tuned':>14s}  note")
     for seconds, name, note in rows.values():
         print(f"{name:38s} {seconds:9.3f} {seconds / tuned:13.2f}x  {note}")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import numbers
 import os
 import tempfile
 import zipfile
@@ -29,21 +28,15 @@ from typing import IO
 import numpy as np
 
 from dlsys.errors import DataError
-from dlsys.frontend.models import param_shapes
+from dlsys.frontend.settings import is_int, is_real, param_shapes, settings_problem
 
 CHECKPOINT_NAME = "checkpoint.npz"
 FORMAT_VERSION = 1
 # Distinctive, so that cleaning up after a killed writer never touches a user's own files.
 TEMP_PREFIX = ".dlsys-tmp-"
-# The run settings a checkpoint may hold (TrainConfig's, as the trainer saves them).
-SETTINGS = ("model", "data", "batch_size", "lr", "seed", "val_size")
 # No array of a real checkpoint comes near this (the MLP's largest is 0.8 MB); a header that
 # claims more is refused before numpy allocates it.
 MAX_ARRAY_BYTES = 256 << 20
-# As Python floats: comparing a float with a numpy float32 casts the float, which warns when
-# it overflows float32, the very case being checked.
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-_FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 _PARAM = "param/"
 _OPTIM = "optim/"
 _META = "meta"
@@ -125,26 +118,6 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> None:
         np.savez(f, **arrays)
 
 
-def learning_rate_problem(lr: object) -> str | None:
-    """Why ``lr`` cannot be a learning rate, or None if it can.
-
-    The update runs in float32: a rate must be a positive number that float32 holds, neither
-    overflowing (1e39 is infinite there) nor too small for a normal float32 (1e-50 is zero,
-    and the run would train nothing).
-    """
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
-        return "must be a positive number"
-    value = float(lr)
-    if not math.isfinite(value) or value <= 0:
-        return "must be a positive number"
-    if value > _FLOAT32_MAX:
-        return f"must be at most {_FLOAT32_MAX:.4g}, the largest float32"
-    if value < _FLOAT32_TINY:
-        return (f"must be at least {_FLOAT32_TINY:.4g}: smaller rates round to zero in "
-                "float32")
-    return None
-
-
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a checkpoint written by :func:`save_checkpoint`; DataError if it is unusable."""
     path = Path(path)
@@ -209,40 +182,13 @@ def checkpoint_problem(checkpoint: Checkpoint) -> str | None:
     return None
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _settings_problem(checkpoint: Checkpoint) -> str | None:
-    config = checkpoint.config
-    if not isinstance(config, dict):
-        return f"settings must be a mapping, got {config!r}"
-    unknown = sorted(map(str, set(config) - set(SETTINGS)))
-    if unknown:
-        return f"unknown settings {', '.join(unknown)}"
-    if not isinstance(config.get("model"), str):
-        return f"setting model must name a model, got {config.get('model')!r}"
-    try:
-        param_shapes(config["model"])
-    except (ValueError, KeyError):
-        return f"setting model: unknown model {config['model']!r}"
-    for key, accept, what in (
-            ("batch_size", lambda v: _is_int(v) and v > 0, "a positive integer"),
-            ("val_size", lambda v: _is_int(v) and v > 0, "a positive integer"),
-            ("seed", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
-            ("data", lambda v: v is None or isinstance(v, str), "a path")):
-        if key in config and not accept(config[key]):
-            return f"setting {key} must be {what}, got {config[key]!r}"
-    if "lr" in config:
-        problem = learning_rate_problem(config["lr"])
-        if problem is not None:
-            return f"setting lr {problem}, got {config['lr']!r}"
-    return None
+    return settings_problem(checkpoint.config)
 
 
 def _params_problem(checkpoint: Checkpoint) -> str | None:
     # Exact names and shapes: a bias of (1, 256) for (256,) would broadcast and train on.
-    expected = param_shapes(checkpoint.config["model"])
+    expected = param_shapes(checkpoint.config["model"], checkpoint.config.get("hidden"))
     params = checkpoint.params
     missing = [name for name in expected if name not in params]
     extra = sorted(set(params) - set(expected))
@@ -262,7 +208,7 @@ def _params_problem(checkpoint: Checkpoint) -> str | None:
 
 def _progress_problem(checkpoint: Checkpoint) -> str | None:
     epoch, metrics = checkpoint.epoch, checkpoint.metrics
-    if not _is_int(epoch) or epoch < 1:
+    if not is_int(epoch) or epoch < 1:
         return f"epoch must be a positive integer, got {epoch!r}"
     # One metrics row per completed epoch: also bounds the epoch by what the file holds.
     if not isinstance(metrics, list) or len(metrics) != epoch:
@@ -270,9 +216,10 @@ def _progress_problem(checkpoint: Checkpoint) -> str | None:
         return f"epoch {epoch} needs one metrics row per epoch, got {count}"
     for number, row in enumerate(metrics, start=1):
         if (not isinstance(row, dict) or row.get("epoch") != number
-                or not _is_int(row["epoch"])
+                or not is_int(row["epoch"])
                 or not all(isinstance(k, str) for k in row)
-                or not all(_is_int(v) or (isinstance(v, float) and math.isfinite(v))
+                or not all(is_real(v) or v is None
+                           or (isinstance(v, list) and all(is_real(x) for x in v))
                            for v in row.values())):
             return f"metrics row {number} must map names to finite numbers with epoch " \
                    f"{number}, got {row!r}"
@@ -287,9 +234,9 @@ def _rng_problem(checkpoint: Checkpoint) -> str | None:
         and set(state) == {"bit_generator", "state", "has_uint32", "uinteger"}
         and state["bit_generator"] == "PCG64"
         and isinstance(inner, dict) and set(inner) == {"state", "inc"}
-        and all(_is_int(v) and 0 <= v < 2**128 for v in inner.values())
-        and state["has_uint32"] in (0, 1) and _is_int(state["has_uint32"])
-        and _is_int(state["uinteger"]) and 0 <= state["uinteger"] < 2**32)
+        and all(is_int(v) and 0 <= v < 2**128 for v in inner.values())
+        and state["has_uint32"] in (0, 1) and is_int(state["has_uint32"])
+        and is_int(state["uinteger"]) and 0 <= state["uinteger"] < 2**32)
     if not well_formed:
         return "shuffling RNG state is not a PCG64 state"
     try:

@@ -1,4 +1,4 @@
-"""The ``dlsys`` command line: ``dlsys train [options]``.
+"""The ``dlsys`` command line: ``dlsys train``, ``dlsys eval MODEL``, ``dlsys predict MODEL``.
 
 Exit status: 0 on success; 2 for bad flags (argparse), bad data, an unusable output directory
 or checkpoint, or a failed write; 1 when training itself fails (a loss that became NaN or
@@ -17,8 +17,15 @@ from pathlib import Path
 
 from dlsys.data.mnist import DATA_ENV_VAR, DEFAULT_DATA_DIR, DEFAULT_VAL_CAP
 from dlsys.errors import DlsysError, TrainingError
-from dlsys.frontend.checkpoint import learning_rate_problem
-from dlsys.frontend.models import DEFAULT_MODEL, MODEL_LAYERS
+from dlsys.frontend.settings import (
+    DEFAULT_HIDDEN,
+    DEFAULT_LR,
+    DEFAULT_MODEL,
+    MODELS,
+    learning_rate_problem,
+)
+from dlsys.frontend.settings import OPTIMIZER_NAMES as OPTIMIZERS
+from dlsys.frontend.settings import SCHEDULE_NAMES as LR_SCHEDULES
 
 PROG = "dlsys"
 
@@ -39,6 +46,8 @@ def _bounded(convert: Callable[[str], float], what: str,
 
 _positive_int = _bounded(int, "a positive integer", lambda v: v > 0)
 _non_negative_int = _bounded(int, "a non-negative integer", lambda v: v >= 0)
+_non_negative_float = _bounded(float, "a non-negative number",
+                               lambda v: 0 <= v < float("inf"))
 
 
 def _learning_rate(text: str) -> float:
@@ -73,18 +82,32 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train a model on MNIST-format data",
         description="Train a model with mini-batch SGD, checkpointing after every epoch. "
                     "With --resume, options left out take the checkpoint's values.")
-    train.add_argument("--model", choices=sorted(MODEL_LAYERS), default=None,
+    train.add_argument("--model", choices=MODELS, default=None,
                        help=f"model to train (default {DEFAULT_MODEL})")
+    train.add_argument("--hidden", type=_widths, default=None,
+                       help="the MLP's hidden layer widths, comma-separated (default "
+                            f"{','.join(map(str, DEFAULT_HIDDEN))})")
     train.add_argument("--data", default=None,
                        help="directory of the four MNIST IDX files (plain or .gz), or a "
                             f"mnist.pkl.gz (default ${DATA_ENV_VAR}, else {DEFAULT_DATA_DIR})")
-    train.add_argument("--epochs", type=_positive_int, default=10,
-                       help="total number of epochs, counting those of a resumed checkpoint "
+    train.add_argument("--epochs", type=_positive_int, default=None,
+                       help="total number of epochs, counting those of a resumed run "
                             "(default 10)")
     train.add_argument("--batch-size", type=_positive_int, default=None,
                        help="mini-batch size (default 1000)")
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
+                       help="sgd, momentum (SGD with momentum 0.9), adam or adamw "
+                            "(default sgd)")
     train.add_argument("--lr", type=_learning_rate, default=None,
-                       help="learning rate (default 0.2, the best of a sweep on Fashion-MNIST)")
+                       help="learning rate (default: " + ", ".join(
+                           f"{name} {rate:g}" for name, rate in DEFAULT_LR.items()) + ")")
+    train.add_argument("--weight-decay", type=_non_negative_float, default=None,
+                       help="L2 penalty (decoupled for adamw; default 0)")
+    train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
+                       help="constant, step (x0.1 after each third of the epochs) or cosine "
+                            "(default constant)")
+    train.add_argument("--warmup", type=_non_negative_int, default=None,
+                       help="epochs of linear learning-rate warm-up (default 0)")
     train.add_argument("--seed", type=_non_negative_int, default=None,
                        help="seed of initialisation and data order (default 0)")
     train.add_argument("--val-size", type=_non_negative_int, default=None,
@@ -94,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, default=None,
                        help="output directory (default runs/<model>)")
     train.add_argument("--resume", action="store_true",
-                       help="continue from the checkpoint in --out")
+                       help="continue the run in --out with its recorded settings")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace an earlier run's files in --out")
     # Off without a terminal: a log or a pipe would get every redrawn frame, joined by \r.
     train.add_argument("--progress", action=argparse.BooleanOptionalAction,
                        default=sys.stderr.isatty(),
@@ -102,7 +127,38 @@ def build_parser() -> argparse.ArgumentParser:
                             "stderr is a terminal)")
     train.add_argument("--debug-memory", action="store_true",
                        help="print each training step's node, shape and storage id")
+    evaluate = commands.add_parser(
+        "eval", help="evaluate a saved model on a data set",
+        description="Loss, accuracy, per-class accuracy and the confusion matrix of a model "
+                    "file (model.npz, as dlsys train writes it) on a data set's test split.")
+    evaluate.add_argument("model", type=Path, help="model file")
+    evaluate.add_argument("--data", default=None,
+                          help=f"MNIST-format data as for train (default ${DATA_ENV_VAR}, "
+                               f"else {DEFAULT_DATA_DIR})")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=1000,
+                          help="images per kernel call (default 1000)")
+    evaluate.add_argument("--confusion-png", type=Path, default=None,
+                          help="also draw the confusion matrix into this PNG")
+    predict = commands.add_parser(
+        "predict", help="classify images with a saved model",
+        description="Print each image's most probable class and its probability. Images are "
+                    "PNG or JPEG (grey-scaled and resized to the model's input) or .npy "
+                    "arrays of pixels in [0, 1].")
+    predict.add_argument("model", type=Path, help="model file")
+    predict.add_argument("images", type=Path, nargs="+", help="image files")
     return parser
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    """``--hidden 256,100``: positive layer widths."""
+    try:
+        widths = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated positive integers, got "
+                                         f"{text!r}") from None
+    if not widths or min(widths) <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive integers, got {text!r}")
+    return widths
 
 
 def _check_run_folder(directory: Path) -> None:
@@ -155,20 +211,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         print(f"{PROG}: error: name a COMMAND, such as: {PROG} train", file=sys.stderr)
         return 2
-    # Imported after parsing so that --help and flag errors do not wait for TVM to load.
-    from dlsys.frontend.trainer import TrainConfig, run_training
-
-    out = args.out if args.out is not None else Path("runs") / (args.model or DEFAULT_MODEL)
-    config = TrainConfig(out=out, model=args.model, data=args.data, epochs=args.epochs,
-                         batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         val_size=args.val_size, resume=args.resume, progress=args.progress,
-                         debug_memory=args.debug_memory)
+    out = None
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
-            _check_run_folder(out)
-            _check_writable(out)
-            run_training(config, log=lambda line: print(line, flush=True))
+            if args.command == "train":
+                out = _train(args)
+            else:
+                # Imported after parsing so that --help and flag errors do not wait for TVM.
+                from dlsys.frontend import inference
+
+                if args.command == "eval":
+                    inference.evaluate_command(args.model, args.data, args.batch_size,
+                                               args.confusion_png, log=_print)
+                else:
+                    inference.predict_command(args.model, args.images, log=_print)
     except TrainingError as e:
         print(f"{PROG}: training failed: {e}", file=sys.stderr)
         return 1
@@ -179,9 +236,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; continue with --resume --out {out}", file=sys.stderr)
+        hint = f"; continue with --resume --out {out}" if out is not None else ""
+        print(f"{PROG}: interrupted{hint}", file=sys.stderr)
         return 130
     return 0
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def _train(args: argparse.Namespace) -> Path:
+    from dlsys.frontend.trainer import TrainConfig, run_training
+
+    out = args.out if args.out is not None else Path("runs") / (args.model or DEFAULT_MODEL)
+    config = TrainConfig(out=out, model=args.model, hidden=args.hidden, data=args.data,
+                         epochs=args.epochs, batch_size=args.batch_size,
+                         optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+                         lr_schedule=args.lr_schedule, warmup=args.warmup, seed=args.seed,
+                         val_size=args.val_size, resume=args.resume,
+                         overwrite=args.overwrite, progress=args.progress,
+                         debug_memory=args.debug_memory)
+    _check_run_folder(out)
+    _check_writable(out)
+    run_training(config, log=_print)
+    return out
 
 
 if __name__ == "__main__":

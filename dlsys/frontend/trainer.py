@@ -1,22 +1,14 @@
-"""The training loop: mini-batch SGD on a dlsys graph, every operator a TVM kernel.
+"""The training loop: a dlsys.nn model, an optimiser, every operator a TVM kernel.
 
 numpy only gathers batches and reads back the loss and the logits; the forward pass, the
 gradients and the parameter update all run as TVM-generated code.
 
-Default learning rates (``--lr``), measured with the numpy reference on Fashion-MNIST
-(50000 training / 10000 validation images, batch 1000, 10 epochs, seed 0); validation
-accuracy in % after epoch 10, * where it swings by several points from epoch to epoch:
-
-    lr        0.05   0.1    0.15   0.2    0.3    0.5     1.0      2.0
-    logreg    -      81.8   82.5   82.8   82.2   79.3*   83.4*    78.7*
-    mlp       83.1   84.8   -      85.5   85.7   85.9*   diverges -
-
-0.2 is the default for both. logreg does best there and swings above it (at 0.5 it ends at a
-mean loss of 0.84 against 0.51 at 0.2); the MLP gains only 0.2 points at 0.3, swings at 0.5
-(58% after epoch 1, back to 77% at epoch 4) and is stuck at 10-20% after 3 epochs at 1.0.
-The loss is the *mean* over the batch, so these are 1000 times the course's summed-loss rates
-at batch 1000 (its 1e-3 is 1.0 here). Classic MNIST is not installed here and was not
-measured; the same defaults are used for it.
+Default learning rates (``--lr``) per optimiser, for batch 1000 on Fashion-MNIST: SGD 0.2
+(measured with the numpy reference: validation accuracy after 10 epochs, lr 0.1 / 0.2 / 0.3
+gave 84.8 / 85.5 / 85.7 % for the MLP, 81.8 / 82.8 / 82.2 % for logreg; 0.5 swings and 1.0
+diverges), SGD with momentum 0.9 at a tenth of that, Adam and AdamW at PyTorch's 1e-3. The
+loss is the *mean* over the batch, so these are 1000 times the course's summed-loss rates at
+batch 1000.
 """
 
 from __future__ import annotations
@@ -29,14 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import tvm
 from tqdm import tqdm
 
 from dlsys import autodiff as ad
+from dlsys import nn, optim
 from dlsys.data.batches import epoch_batches
 from dlsys.data.mnist import Split, load_dataset
 from dlsys.errors import DataError, TrainingError
-from dlsys.frontend import report
+from dlsys.frontend import report, run_folder
 from dlsys.frontend.checkpoint import (
     CHECKPOINT_NAME,
     Checkpoint,
@@ -44,115 +36,127 @@ from dlsys.frontend.checkpoint import (
     remove_stale_temp_files,
     save_checkpoint,
 )
-from dlsys.frontend.models import (
+from dlsys.frontend.inference import Evaluator
+from dlsys.frontend.models import build_model
+from dlsys.frontend.settings import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_EPOCHS,
+    DEFAULT_HIDDEN,
+    DEFAULT_LR,
     DEFAULT_MODEL,
-    build_model,
-    init_params,
-    num_classes,
+    OPTIMIZER_NAMES,
+    SCHEDULE_NAMES,
     seed_streams,
+    settings_problem,
 )
-from dlsys.optim import SGD
+from dlsys.nn import functional as F
+from dlsys.nn.serialization import save as save_model
 
-DEFAULT_LR = {"logreg": 0.2, "mlp": 0.2}
-DEFAULT_EPOCHS = 10
-DEFAULT_BATCH_SIZE = 1000
+OPTIMIZERS = OPTIMIZER_NAMES
+LR_SCHEDULES = SCHEDULE_NAMES
+MOMENTUM = 0.9
+# A batch loss this many times the first batch's means the run has diverged (a mean
+# cross-entropy starts near log(classes) and only falls while training works).
+DIVERGENCE_FACTOR = 1000.0
+MODEL_FILE = "model.npz"
+# Settings a resumed run may change (announced); every other one must match the record.
+CHANGEABLE_ON_RESUME = ("epochs", "lr", "data")
 
 
 class Trainer:
-    """A model's parameters as TVM tensors, its training and inference executors, and SGD."""
+    """A model's training and inference executors and its optimiser."""
 
-    def __init__(self, model: str, params: dict[str, np.ndarray], lr: float, batch_size: int,
-                 ctx=None):
-        self.ctx = ctx if ctx is not None else tvm.cpu(0)
-        self.graph = build_model(model)
+    def __init__(self, model: nn.Module, optimizer, batch_size: int, ctx=None):
+        self.model = model
         self.batch_size = batch_size
-        self.lr = lr
-        self.params = {name: tvm.runtime.tensor(np.ascontiguousarray(params[name]), self.ctx)
-                       for name in self.graph.params}
-        nodes = list(self.graph.params.values())
-        self.train_executor = ad.Executor([self.graph.loss, *ad.gradients(self.graph.loss, nodes)],
-                                          ctx=self.ctx)
-        self.eval_executor = ad.Executor([self.graph.logits], ctx=self.ctx)
-        self.optimizer = SGD(list(self.params.values()), lr)
-        self._param_feed = {self.graph.params[name]: t for name, t in self.params.items()}
+        self.optimizer = optimizer
+        self.x, self.labels = ad.Variable("x"), ad.Variable("labels")
+        self.params = model.parameters()
+        model.train()
+        loss = F.cross_entropy(model(self.x), self.labels)
+        self.train_executor = ad.Executor([loss, *ad.gradients(loss, self.params)], ctx=ctx)
+        # Inference: a graph of its own, built in eval mode (dropout off, running statistics).
+        self.evaluator = Evaluator(model, batch_size, ctx)
+        self._first_loss: float | None = None
 
-    def compile(self, num_features: int, num_classes: int) -> float:
+    @classmethod
+    def for_model(cls, name: str, seed: int, lr: float, batch_size: int,
+                  optimizer: str = "sgd", hidden=None, ctx=None) -> Trainer:
+        """A trainer for one of the front end's models, initialised from ``seed``."""
+        model = build_model(name, seed, hidden)
+        settings = {"optimizer": optimizer, "lr": lr, "weight_decay": 0.0}
+        return cls(model, make_optimizer(settings, model.parameters()), batch_size, ctx)
+
+    def compile(self, input_shape: tuple[int, ...]) -> float:
         """Build or load every kernel of both executors now; returns the seconds it took.
 
         Runs each executor once on zeros, which changes no parameter, so that epoch 1's time
         measures training like every other epoch's, not kernel compilation.
         """
         started = time.perf_counter()
-        x = np.zeros((self.batch_size, num_features), dtype=np.float32)
-        y = np.zeros((self.batch_size, num_classes), dtype=np.float32)
-        self.train_executor.run({self.graph.x: x, self.graph.y_: y, **self._param_feed})
-        self.eval_executor.run({self.graph.x: x, **self._param_feed})
+        feeds = {self.x: np.zeros((self.batch_size, *input_shape), dtype=np.float32),
+                 self.labels: np.zeros(self.batch_size, dtype=np.float32)}
+        self.train_executor.run(feeds)
+        self.evaluator.compile(input_shape)
         return time.perf_counter() - started
 
     def train_step(self, images: np.ndarray, labels: np.ndarray) -> float:
-        """One SGD step on a batch (one-hot labels); returns the batch's mean loss.
+        """One optimiser step on a batch (labels as class indices); returns its mean loss.
 
-        Raises TrainingError, before touching the parameters, if the loss is not finite.
+        Raises TrainingError, before touching the parameters, if the loss is not finite or
+        has exploded (``DIVERGENCE_FACTOR`` times the first batch's).
         """
-        loss, *grads = self.train_executor.run(
-            {self.graph.x: images, self.graph.y_: labels, **self._param_feed})
+        loss, *grads = self.train_executor.run({self.x: images, self.labels: labels})
         value = float(loss.numpy()[0])
+        if self._first_loss is None:
+            self._first_loss = value
         if not math.isfinite(value):
             raise TrainingError(f"loss became {value}")
-        self._sgd_update(grads)
+        if value > DIVERGENCE_FACTOR * max(self._first_loss, 1e-3):
+            raise TrainingError(f"loss exploded to {value:.4g} (the first batch's was "
+                                f"{self._first_loss:.4g})")
+        self.optimizer.step(grads)
         return value
 
-    def _sgd_update(self, grads: list) -> None:
-        # In place, W <- W - lr * G, so the executor keeps reading the same parameter tensors.
-        self.optimizer.step(grads)
-
     def train_epoch(self, epoch: int, split: Split, batches: list[np.ndarray],
-                    progress: bool = True, desc: str | None = None) -> float:
-        """Run the batches (index arrays into ``split``) in order; returns the mean loss."""
-        losses = []
-        one_hot = split.one_hot
+                    progress: bool = True, desc: str | None = None) -> list[float]:
+        """Run the batches (index arrays into ``split``) in order; returns each batch's loss."""
+        losses: list[float] = []
         with tqdm(total=len(batches), desc=desc or f"epoch {epoch}", unit="batch", leave=False,
                   disable=not progress, file=sys.stderr) as bar:
             for number, idx in enumerate(batches, start=1):
                 try:
-                    losses.append(self.train_step(split.images[idx], one_hot[idx]))
+                    losses.append(self.train_step(split.images[idx], split.labels[idx]))
                 except TrainingError as e:
                     raise TrainingError(f"{e} at epoch {epoch}, batch {number}/{len(batches)}") \
                         from None
                 bar.update()
                 if number % 10 == 0 or number == len(batches):
                     bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}")
-        return float(np.mean(losses))
+        return losses
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """Logits for ``images``, computed in batches of the training batch size."""
-        size = self.batch_size
-        out = np.empty((len(images), self.num_classes()), dtype=np.float32)
-        for start in range(0, len(images), size):
-            chunk = images[start:start + size]
-            if len(chunk) < size:
-                # Padded to the one batch shape, so the executor keeps its compiled plan.
-                chunk = np.concatenate([chunk, np.zeros((size - len(chunk),) + chunk.shape[1:],
-                                                        dtype=chunk.dtype)])
-            (logits,) = self.eval_executor.run({self.graph.x: chunk, **self._param_feed})
-            stop = min(start + size, len(images))
-            out[start:stop] = logits.numpy()[:stop - start]
-        return out
-
-    def num_classes(self) -> int:
-        """The number of classes: the width of the model's output layer."""
-        return num_classes(self.graph.name)
+    def evaluate(self, split: Split) -> tuple[float, float, np.ndarray]:
+        """Mean loss, accuracy and logits over ``split`` (the eval-mode graph)."""
+        return self.evaluator.evaluate(split)
 
     def accuracy(self, split: Split) -> float:
         """The fraction of ``split`` whose largest logit is the true class."""
-        return float(np.mean(np.argmax(self.predict(split.images), axis=1) == split.labels))
+        return self.evaluate(split)[1]
 
     def params_numpy(self) -> dict[str, np.ndarray]:
-        """Copies of the current parameters."""
-        return {name: t.numpy() for name, t in self.params.items()}
+        """Copies of the current parameters (and buffers), by state-dict name."""
+        return self.model.state_dict()
 
     def memory_report(self) -> str:
-        """One line on the training executor's memory plan (printed once per run)."""
+        """One line, for people, on the memory the training step's plan uses."""
+        stats = self.train_executor.memory_stats()
+        mib = 1 << 20
+        return (f"working memory {stats['planned_bytes'] / mib:.2f} MiB for "
+                f"{self.train_executor.kernel_calls} kernel calls per step (one buffer per "
+                f"value would take {stats['naive_bytes'] / mib:.2f} MiB)")
+
+    def plan_report(self) -> str:
+        """The memory plan's figures, for ``--debug-memory``."""
         stats = self.train_executor.memory_stats()
         mib = 1 << 20
         return (f"memory plan: {stats['planned_bytes'] / mib:.2f} MiB in {stats['buffers']} "
@@ -171,22 +175,59 @@ class Trainer:
         return "\n".join(lines)
 
 
+def make_optimizer(settings: dict, params: list) -> object:
+    """The optimiser a run's settings name, over ``params``."""
+    name, lr, decay = settings["optimizer"], settings["lr"], settings["weight_decay"]
+    if name == "sgd":
+        return optim.SGD(params, lr, weight_decay=decay)
+    if name == "momentum":
+        return optim.SGD(params, lr, momentum=MOMENTUM, weight_decay=decay)
+    if name == "adam":
+        return optim.Adam(params, lr, weight_decay=decay)
+    return optim.AdamW(params, lr, weight_decay=decay)
+
+
+def learning_rate_at(epoch: int, settings: dict) -> float:
+    """The learning rate of epoch ``epoch`` (from 1): a linear warm-up over ``warmup``
+    epochs, then constant, stepped (x0.1 after each third of the rest) or cosine-annealed
+    to zero. A function of the epoch alone, so a resumed run follows the same schedule."""
+    base, total, warmup = settings["lr"], settings["epochs"], settings["warmup"]
+    if epoch <= warmup:
+        return base * epoch / (warmup + 1)
+    done, rest = epoch - warmup - 1, max(1, total - warmup)
+    if settings["lr_schedule"] == "step":
+        return base * 0.1 ** (done // max(1, math.ceil(rest / 3)))
+    if settings["lr_schedule"] == "cosine":
+        return base * (1 + math.cos(math.pi * done / rest)) / 2
+    return base
+
+
 @dataclass
 class TrainConfig:
-    """The settings of one run; ``None`` means the checkpoint's value when resuming, else the
+    """The settings of one run; ``None`` means the recorded value when resuming, else the
     default."""
 
     out: Path
     model: str | None = None
+    hidden: tuple[int, ...] | None = None
     data: str | None = None
-    epochs: int = DEFAULT_EPOCHS
+    epochs: int | None = None
     batch_size: int | None = None
+    optimizer: str | None = None
     lr: float | None = None
+    weight_decay: float | None = None
+    lr_schedule: str | None = None
+    warmup: int | None = None
     seed: int | None = None
     val_size: int | None = None
     resume: bool = False
+    overwrite: bool = False
     progress: bool = True
     debug_memory: bool = False
+
+
+SETTING_NAMES = ("model", "hidden", "data", "epochs", "batch_size", "optimizer", "lr",
+                 "weight_decay", "lr_schedule", "warmup", "seed", "val_size")
 
 
 @dataclass
@@ -199,95 +240,161 @@ class TrainResult:
     summary: dict = field(default_factory=dict)
 
 
-def _resolve(config: TrainConfig, checkpoint: Checkpoint | None) -> dict:
-    """The run's settings: explicit values, else the checkpoint's, else the defaults."""
-    saved = checkpoint.config if checkpoint else {}
-    model = config.model or saved.get("model", DEFAULT_MODEL)
-    settings = {
-        "model": model,
-        "data": config.data if config.data is not None else saved.get("data"),
-        "batch_size": config.batch_size or saved.get("batch_size", DEFAULT_BATCH_SIZE),
-        "lr": config.lr or saved.get("lr", DEFAULT_LR[model]),
-        "seed": config.seed if config.seed is not None else saved.get("seed", 0),
-        "val_size": config.val_size if config.val_size is not None else saved.get("val_size"),
-    }
-    for key in ("model", "val_size", "seed"):
-        if checkpoint and key in saved and settings[key] != saved[key]:
-            raise DataError(f"{config.out / CHECKPOINT_NAME}: checkpoint was trained with "
-                            f"{key} {saved[key]!r}, cannot resume with {settings[key]!r}")
+def _defaults(given: dict) -> dict:
+    optimizer = given.get("optimizer") or "sgd"
+    model = given.get("model") or DEFAULT_MODEL
+    return {"model": model, "hidden": list(DEFAULT_HIDDEN) if model == "mlp" else None,
+            "data": None, "epochs": DEFAULT_EPOCHS, "batch_size": DEFAULT_BATCH_SIZE,
+            "optimizer": optimizer, "lr": DEFAULT_LR[optimizer], "weight_decay": 0.0,
+            "lr_schedule": "constant", "warmup": 0, "seed": 0, "val_size": None}
+
+
+def resolve_settings(config: TrainConfig, recorded: dict | None,
+                     log: Callable[[str], None]) -> dict:
+    """The run's settings: the recorded run's when resuming (a flag that contradicts it is
+    an error, except those in ``CHANGEABLE_ON_RESUME``, which are announced), else the
+    flags given over the defaults."""
+    given = {name: getattr(config, name) for name in SETTING_NAMES
+             if getattr(config, name) is not None}
+    if "hidden" in given:
+        given["hidden"] = list(given["hidden"])
+    if recorded is None:
+        return {**_defaults(given), **given}
+    settings = dict(recorded)
+    for name, value in given.items():
+        if name == "data" or value == recorded.get(name):
+            settings[name] = value
+            continue
+        if name not in CHANGEABLE_ON_RESUME:
+            raise run_folder.RunFolderError(
+                f"--{name.replace('_', '-')} {value} contradicts the run being resumed "
+                f"({name} {recorded.get(name)!r}); leave it out to continue that run, or "
+                f"start a new one with --overwrite")
+        log(f"{name}: {recorded.get(name)} -> {value} (was recorded as {recorded.get(name)})")
+        settings[name] = value
     return settings
 
 
 def run_training(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     """Train as ``dlsys train`` does: load data, train with checkpoints, write the outputs."""
     out = Path(config.out)
+    with run_folder.locked(out):
+        return _run_locked(config, out, log)
+
+
+def _run_locked(config: TrainConfig, out: Path, log: Callable[[str], None]) -> TrainResult:
     ckpt_path = out / CHECKPOINT_NAME
     remove_stale_temp_files(out)
-    checkpoint = None
+    run_folder.prepare(out, config.resume, config.overwrite)
+    checkpoint = recorded = None
     if config.resume:
+        recorded = run_folder.recorded_settings(out)
         if ckpt_path.exists():
             checkpoint = load_checkpoint(ckpt_path)
-        else:
-            log(f"no checkpoint in {out}; starting from scratch")
-    settings = _resolve(config, checkpoint)
+            recorded = recorded or checkpoint.config
+        if recorded is None:
+            log(f"nothing to resume in {out}; starting from scratch")
+    settings = resolve_settings(config, recorded, log)
+    problem = settings_problem(settings)
+    if problem is not None:
+        raise DataError(f"run settings: {problem}")
     dataset = load_dataset(settings["data"], settings["val_size"])
     settings["data"] = dataset.source
     settings["val_size"] = len(dataset.val)
     if settings["batch_size"] > len(dataset.train):
         raise DataError(f"{dataset.source}: batch size {settings['batch_size']} is larger than "
                         f"the {len(dataset.train)} training images")
+    run_folder.record_settings(out, settings)
 
+    model = build_model(settings["model"], settings["seed"], settings["hidden"])
     if checkpoint is not None:
-        params, history, start = checkpoint.params, list(checkpoint.metrics), checkpoint.epoch
+        model.load_state_dict(checkpoint.params)
+        history, start = list(checkpoint.metrics), checkpoint.epoch
         shuffle_rng = np.random.default_rng()
         shuffle_rng.bit_generator.state = checkpoint.rng_state
-        log(f"resuming from {ckpt_path} after epoch {start}")
     else:
-        params, history, start = init_params(settings["model"], settings["seed"]), [], 0
+        history, start = [], 0
         _, shuffle_rng = seed_streams(settings["seed"])
+    optimizer = make_optimizer(settings, model.parameters())
+    if checkpoint is not None and checkpoint.optimizer_state:
+        optimizer.load_state_dict(checkpoint.optimizer_state)
+    if checkpoint is not None:
+        log(f"resuming from {ckpt_path} after epoch {start}")
 
-    trainer = Trainer(settings["model"], params, settings["lr"], settings["batch_size"])
+    trainer = Trainer(model, optimizer, settings["batch_size"])
     log(f"training {settings['model']} on {dataset.source} ({len(dataset.train)} train / "
-        f"{len(dataset.val)} val / {len(dataset.test)} test), batch {settings['batch_size']}, "
-        f"lr {settings['lr']}, seed {settings['seed']}")
-    seconds = trainer.compile(dataset.train.images.shape[1], dataset.train.one_hot.shape[1])
+        f"{len(dataset.val)} val / {len(dataset.test)} test), {settings['optimizer']}, batch "
+        f"{settings['batch_size']}, lr {settings['lr']}, seed {settings['seed']}")
+    seconds = trainer.compile(dataset.train.images.shape[1:])
     log(f"kernels ready in {seconds:.2f}s")
     log(trainer.memory_report())
     if config.debug_memory:
+        log(trainer.plan_report())
         log(trainer.storage_report())
-    for epoch in range(start + 1, config.epochs + 1):
+    epochs = settings["epochs"]
+    for epoch in range(start + 1, epochs + 1):
+        optimizer.lr = learning_rate_at(epoch, settings)
         batches = epoch_batches(shuffle_rng, len(dataset.train), settings["batch_size"])
         started = time.perf_counter()
         try:
-            loss = trainer.train_epoch(epoch, dataset.train, batches, config.progress,
-                                       desc=f"epoch {epoch}/{config.epochs}")
+            losses = trainer.train_epoch(epoch, dataset.train, batches, config.progress,
+                                         desc=f"epoch {epoch}/{epochs}")
         except TrainingError as e:
             kept = (f"checkpoint of epoch {epoch - 1} kept in {ckpt_path}" if epoch > 1
                     else "no checkpoint written")
             raise TrainingError(f"{e}; {kept}") from None
-        epoch_time = time.perf_counter() - started
+        epoch_time = round(time.perf_counter() - started, 4)
+        row = {"epoch": epoch, "loss": float(np.mean(losses)), "epoch_time_s": epoch_time}
+        line = f"epoch {epoch}/{epochs}  loss {row['loss']:.4f}  time {epoch_time:.2f}s"
         started = time.perf_counter()
-        row = {"epoch": epoch, "loss": loss, "epoch_time_s": round(epoch_time, 4)}
-        line = f"epoch {epoch}/{config.epochs}  loss {loss:.4f}  time {epoch_time:.2f}s"
-        if len(dataset.val):  # --val-size 0 leaves nothing to validate on
-            row["val_acc"] = trainer.accuracy(dataset.val)
+        if len(dataset.val):
+            val_loss, row["val_acc"], _ = trainer.evaluate(dataset.val)
+            row["val_loss"] = val_loss
             line += f"  val acc {100 * row['val_acc']:.2f}%"
-        row["eval_time_s"] = round(time.perf_counter() - started, 4)
+        row.update(eval_time_s=round(time.perf_counter() - started, 4), lr=optimizer.lr,
+                   batch_losses=[round(v, 5) for v in losses])
         history.append(row)
         log(line)
         save_checkpoint(ckpt_path, Checkpoint(epoch, trainer.params_numpy(),
                                               shuffle_rng.bit_generator.state, history,
-                                              settings))
+                                              settings, settings["optimizer"],
+                                              optimizer_arrays(optimizer)))
         report.write_metrics(out, history, {"settings": settings})
 
-    test_acc = trainer.accuracy(dataset.test)
+    _, test_acc, _ = trainer.evaluate(dataset.test)
     final = trainer.params_numpy()
     summary = {"settings": settings, "test_acc": test_acc,
                "val_acc": history[-1].get("val_acc") if history else None}
     log(f"test acc {100 * test_acc:.2f}%")
     report.write_metrics(out, history, summary)
     report.write_params(out, final)
+    save_model(model, out / MODEL_FILE,
+               metadata={"input_shape": list(dataset.train.images.shape[1:]),
+                         "classes": class_names(dataset.source), "data": dataset.source})
     if history:
-        report.plot_curves(out, history, f"dlsys {settings['model']}, lr {settings['lr']}, "
-                                         f"batch {settings['batch_size']}")
+        report.plot_curves(out, history, f"dlsys {settings['model']}, {settings['optimizer']} "
+                                         f"lr {settings['lr']}, batch {settings['batch_size']}")
+    log(f"wrote {MODEL_FILE}, {report.METRICS_JSON}, {report.PLOT_PNG} and {CHECKPOINT_NAME} "
+        f"to {out}")
     return TrainResult(final, history, test_acc, summary)
+
+
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                   "Sneaker", "Bag", "Ankle boot")
+
+
+def class_names(source: str) -> list[str]:
+    """What each class index means: Fashion-MNIST's article names, else the digits."""
+    if "fashion" in source.lower():
+        return list(FASHION_CLASSES)
+    return [str(digit) for digit in range(10)]
+
+
+def optimizer_arrays(optimizer) -> dict[str, np.ndarray]:
+    """The optimiser's state as arrays, for the checkpoint."""
+    state = optimizer.state_dict()
+    return {name: np.asarray(value) for name, value in state.items()}
+
+
+__all__ = ["Trainer", "TrainConfig", "TrainResult", "run_training", "make_optimizer",
+           "learning_rate_at", "OPTIMIZERS", "LR_SCHEDULES", "DEFAULT_LR"]

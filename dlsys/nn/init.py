@@ -8,8 +8,10 @@ move weights between them through ``state_dict``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -28,6 +30,17 @@ def manual_seed(seed: int) -> None:
 
 def generator() -> np.random.Generator:
     return _generator
+
+
+@contextlib.contextmanager
+def using_generator(rng: np.random.Generator) -> Iterator[None]:
+    """Initialise from ``rng`` inside the block (the front end derives it from a run's seed)."""
+    global _generator
+    saved, _generator = _generator, rng
+    try:
+        yield
+    finally:
+        _generator = saved
 
 
 def uniform(shape: tuple[int, ...], bound: float) -> np.ndarray:

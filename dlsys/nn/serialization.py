@@ -73,13 +73,21 @@ def build(tree, where: str) -> Module:
         raise DataError(f"{where}: cannot build {tree['type']}: {err}") from None
 
 
-def save(model: Module, path: str | os.PathLike) -> Path:
-    """Write ``model`` (architecture and weights) to ``path``, atomically."""
+def save(model: Module, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+    """Write ``model`` (architecture and weights) to ``path``, atomically.
+
+    ``metadata``: JSON-able facts for whoever loads it (``dlsys train`` records the input
+    shape and the class names); ``load`` puts it on the model as ``model.metadata``.
+    """
     if not isinstance(model, Module):
         raise ArgumentTypeError(f"dlsys.save takes a dlsys.nn.Module, got "
                                 f"{type(model).__name__}")
-    header = json.dumps({"format": FORMAT, "version": VERSION,
-                         "architecture": architecture(model)})
+    try:
+        header = json.dumps({"format": FORMAT, "version": VERSION,
+                             "architecture": architecture(model),
+                             "metadata": metadata or {}})
+    except (TypeError, ValueError) as err:
+        raise ArgumentTypeError(f"dlsys.save: metadata must be JSON data ({err})") from None
     state = model.state_dict()
     if HEADER in state:
         raise ArgumentTypeError(f"dlsys.save: a parameter may not be named {HEADER}")
@@ -125,4 +133,8 @@ def load(path: str | os.PathLike) -> Module:
         model.load_state_dict(weights, strict=True)
     except DlsysError as err:
         raise DataError(f"{path}: the weights do not fit the architecture: {err}") from None
+    metadata = header.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise DataError(f"{path}: the model's metadata must be a JSON object")
+    model.metadata = metadata
     return model

@@ -15,7 +15,7 @@ import numpy as np
 
 from dlsys.data.batches import epoch_batches
 from dlsys.data.mnist import Split
-from dlsys.frontend.models import init_params, layer_sizes, seed_streams
+from dlsys.frontend.models import init_params, seed_streams
 
 
 def _layers(params: dict[str, np.ndarray]) -> list[tuple[str, str]]:
@@ -29,7 +29,7 @@ def forward(params: dict[str, np.ndarray], x: np.ndarray) -> tuple[np.ndarray, l
     layers = _layers(params)
     h, cache = x, []
     for i, (weight, bias) in enumerate(layers, start=1):
-        z = h @ params[weight] + params[bias]
+        z = h @ params[weight].T + params[bias]  # PyTorch's layout: weight is (out, in)
         cache.append((h, z))
         h = np.maximum(z, 0) if i < len(layers) else z
     return h, cache
@@ -48,10 +48,10 @@ def loss_and_grads(params: dict[str, np.ndarray], x: np.ndarray,
     for i in range(len(cache), 0, -1):
         h, _ = cache[i - 1]
         weight, bias = layers[i - 1]
-        grads[weight] = h.T @ dz
+        grads[weight] = dz.T @ h
         grads[bias] = dz.sum(axis=0)
         if i > 1:
-            dz = (dz @ params[weight].T) * (cache[i - 2][1] > 0)
+            dz = (dz @ params[weight]) * (cache[i - 2][1] > 0)
     return loss, grads
 
 
@@ -70,10 +70,9 @@ class ReferenceResult:
 
 
 def train(model: str, train_split: Split, val_split: Split, *, epochs: int, batch_size: int,
-          lr: float, seed: int) -> ReferenceResult:
+          lr: float, seed: int, hidden=None) -> ReferenceResult:
     """Train ``model`` with mini-batch SGD exactly as ``dlsys train`` does, in numpy."""
-    layer_sizes(model)  # rejects an unknown model before any work
-    params = init_params(model, seed)
+    params = init_params(model, seed, hidden)
     _, shuffle_rng = seed_streams(seed)
     lr32 = np.float32(lr)
     result = ReferenceResult(params)

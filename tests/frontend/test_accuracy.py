@@ -10,7 +10,7 @@ import pytest
 
 from dlsys.data.batches import epoch_batches
 from dlsys.data.mnist import DEFAULT_DATA_DIR, Split, load_dataset
-from dlsys.frontend.models import init_params, seed_streams
+from dlsys.frontend.models import seed_streams
 from dlsys.frontend.trainer import Trainer
 from dlsys.testing import numpy_reference as ref
 
@@ -29,10 +29,10 @@ def test_one_epoch_matches_the_reference(subset, model):
     train, val = subset
     lr, batch_size, seed = 0.1, 100, 0
     expected = ref.train(model, train, val, epochs=1, batch_size=batch_size, lr=lr, seed=seed)
-    trainer = Trainer(model, init_params(model, seed), lr, batch_size)
+    trainer = Trainer.for_model(model, seed, lr, batch_size)
     _, rng = seed_streams(seed)
-    loss = trainer.train_epoch(1, train, epoch_batches(rng, len(train), batch_size),
-                               progress=False)
+    loss = np.mean(trainer.train_epoch(1, train, epoch_batches(rng, len(train), batch_size),
+                                       progress=False))
     accuracy = trainer.accuracy(val)
     assert accuracy > 0.7, "one epoch on 10000 images should reach 70%"
     assert abs(accuracy - expected.history[0]["val_acc"]) < 0.01

@@ -8,23 +8,11 @@ import tempfile
 
 import numpy as np
 import pytest
+from cli_runner import run_cli as _run
 
 from dlsys.frontend.checkpoint import load_checkpoint
 from dlsys.frontend.cli import main
 from dlsys.testing.synthetic import write_idx_dataset
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return write_idx_dataset(tmp_path_factory.mktemp("data"), num_train=300, num_test=60)
-
-
-def _run(argv):
-    """``main(argv)``'s exit status, whether returned or raised by argparse."""
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return e.code
 
 
 def _last_stderr_line(capsys) -> str:
@@ -130,7 +118,6 @@ def test_a_small_data_set_trains_with_the_default_split(capsys, data_dir, tmp_pa
 
 
 def test_a_single_idx_file_as_data_exits_2_saying_what_is_expected(capsys, tmp_path):
-    from dlsys.testing.synthetic import write_idx_dataset
 
     data = write_idx_dataset(tmp_path / "mnist", num_train=20, num_test=10, gz=True)
     path = data / "train-images-idx3-ubyte.gz"
@@ -173,9 +160,12 @@ def test_train_writes_every_output(capsys, data_dir, tmp_path):
     assert (out / "metrics.csv").read_text().startswith("epoch,loss,epoch_time_s,val_acc")
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     with np.load(out / "params.npz") as params:
-        assert sorted(params.files) == ["W1", "b1"]
-        final = params["W1"]
-    np.testing.assert_array_equal(load_checkpoint(out / "checkpoint.npz").params["W1"], final)
+        assert sorted(params.files) == ["0.bias", "0.weight"]
+        final = params["0.weight"]
+    np.testing.assert_array_equal(load_checkpoint(out / "checkpoint.npz").params["0.weight"],
+                                  final)
+    assert (out / "model.npz").exists() and json.loads((out / "run.json").read_text())[
+        "model"] == "logreg"
 
 
 def test_memory_plan_summary_and_debug_table(capsys, data_dir, tmp_path):
@@ -203,7 +193,7 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(capsys, data_dir, tmp_path
     assert "epoch 2, batch" in line and "checkpoint of epoch 1 kept" in line
     kept = load_checkpoint(tmp_path / "checkpoint.npz")
     assert kept.epoch == 1
-    np.testing.assert_array_equal(kept.params["W1"], good.params["W1"])
+    np.testing.assert_array_equal(kept.params["0.weight"], good.params["0.weight"])
 
 
 def test_resume_with_another_model_exits_2(capsys, data_dir, tmp_path):
@@ -255,9 +245,9 @@ def _spoiled_checkpoint(good_run, tmp_path, change):
     (lambda c: c.config.update(batch_size=-7), "setting batch_size must be a positive integer"),
     (lambda c: c.config.update(batch_size="abc"), "setting batch_size"),
     (lambda c: c.config.update(model="resnet"), "unknown model 'resnet'"),
-    (lambda c: c.params.pop("W1"), "missing ['W1']"),
-    (lambda c: c.params.update(b1=c.params["b1"].reshape(1, 10)),
-     "parameter b1 must be float32 of shape (10,)"),
+    (lambda c: c.params.pop("0.weight"), "missing ['0.weight']"),
+    (lambda c: c.params.update({"0.bias": c.params["0.bias"].reshape(1, 10)}),
+     "parameter 0.bias must be float32 of shape (10,)"),
     (lambda c: setattr(c, "epoch", 10**12), "epoch 1000000000000 needs one metrics row"),
     (lambda c: setattr(c, "epoch", -1), "epoch must be a positive integer"),
     (lambda c: setattr(c, "rng_state", {"bit_generator": "PCG64"}), "RNG state"),

@@ -5,16 +5,19 @@ import pytest
 import tvm
 
 from dlsys.data.batches import epoch_batches
-from dlsys.frontend.models import init_params, param_shapes, seed_streams
+from dlsys.data.mnist import Split
+from dlsys.frontend.models import build_model, init_params, param_shapes, seed_streams
 from dlsys.frontend.trainer import Trainer
 from dlsys.testing import numpy_reference as ref
 from dlsys.testing.synthetic import synthetic_images
 
 
-def test_param_shapes():
-    assert param_shapes("logreg") == {"W1": (784, 10), "b1": (10,)}
-    assert list(param_shapes("mlp").values()) == [(784, 256), (256,), (256, 100), (100,),
-                                                  (100, 10), (10,)]
+def test_param_shapes_follow_pytorch():
+    assert param_shapes("logreg") == {"0.weight": (10, 784), "0.bias": (10,)}
+    assert list(param_shapes("mlp").values()) == [(256, 784), (256,), (100, 256), (100,),
+                                                  (10, 100), (10,)]
+    assert list(param_shapes("mlp", (32,))) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert param_shapes("mlp") == {k: v.shape for k, v in build_model("mlp").state_dict().items()}
     with pytest.raises(ValueError, match="unknown model 'cnn'"):
         param_shapes("cnn")
 
@@ -22,11 +25,12 @@ def test_param_shapes():
 def test_init_is_seeded_and_scaled():
     a, b, c = init_params("mlp", 0), init_params("mlp", 0), init_params("mlp", 1)
     assert all(np.array_equal(a[k], b[k]) for k in a)
-    assert not np.array_equal(a["W1"], c["W1"])
+    assert not np.array_equal(a["0.weight"], c["0.weight"])
     assert all(v.dtype == np.float32 for v in a.values())
-    assert np.abs(a["W1"]).max() <= np.sqrt(6 / 784)  # He-uniform before a ReLU
-    assert np.abs(a["W3"]).max() <= np.sqrt(6 / 110)  # Glorot-uniform at the output
-    assert not a["b1"].any()
+    # PyTorch's defaults for Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), biases too.
+    assert np.abs(a["0.weight"]).max() <= 1 / np.sqrt(784)
+    assert np.abs(a["4.weight"]).max() <= 1 / np.sqrt(100)
+    assert 0 < np.abs(a["0.bias"]).max() <= 1 / np.sqrt(784)
 
 
 def test_batches_cover_each_example_at_most_once():
@@ -44,8 +48,8 @@ def test_one_step_matches_the_reference(model):
     x = images.reshape(64, 784).astype(np.float32) / 255
     y = np.eye(10, dtype=np.float32)[labels]
     params = init_params(model, 2)
-    trainer = Trainer(model, params, lr=0.2, batch_size=64, ctx=tvm.cpu(0))
-    loss = trainer.train_step(x, y)
+    trainer = Trainer.for_model(model, 2, lr=0.2, batch_size=64, ctx=tvm.cpu(0))
+    loss = trainer.train_step(x, labels)
     ref_loss, grads = ref.loss_and_grads(params, x, y)
     assert loss == pytest.approx(ref_loss, rel=1e-5)
     after = trainer.params_numpy()
@@ -54,9 +58,14 @@ def test_one_step_matches_the_reference(model):
                                    rtol=1e-4, atol=1e-6)
 
 
-def test_predict_pads_the_last_batch():
+def test_evaluate_runs_the_last_smaller_batch():
     params = init_params("logreg", 0)
-    trainer = Trainer("logreg", params, lr=0.2, batch_size=32)
-    x = synthetic_images(70, 1)[0].reshape(70, 784).astype(np.float32) / 255
+    trainer = Trainer.for_model("logreg", 0, lr=0.2, batch_size=32)
+    images, labels = synthetic_images(70, 1)
+    x = images.reshape(70, 784).astype(np.float32) / 255
     expected, _ = ref.forward(params, x)
-    np.testing.assert_allclose(trainer.predict(x), expected, rtol=1e-4, atol=1e-5)
+    loss, accuracy, logits = trainer.evaluate(Split(x, labels))
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
+    assert accuracy == np.mean(expected.argmax(axis=1) == labels)
+    ref_loss, _ = ref.loss_and_grads(params, x, np.eye(10, dtype=np.float32)[labels])
+    assert loss == pytest.approx(ref_loss, rel=1e-5)

@@ -6,25 +6,27 @@ import pytest
 import tvm
 
 from dlsys import autodiff as ad
-from dlsys.frontend.models import build_model, init_params
+from dlsys.frontend.models import build_model
+from dlsys.nn import functional as F
 from dlsys.optim import SGD
 
 pytestmark = pytest.mark.skipif(not tvm.cuda(0).exist, reason="no CUDA device")
 
 
 def training_step_values(ctx, batch=37, seed=0):
-    graph = build_model("mlp")
-    names = list(graph.params)
-    executor = ad.Executor([graph.loss, *ad.gradients(graph.loss, [graph.params[n]
-                                                                   for n in names]),
-                            graph.logits], ctx=ctx)
+    model = build_model("mlp", seed)
+    x, labels = ad.Variable("x"), ad.Variable("labels")
+    logits = model(x)
+    loss = F.cross_entropy(logits, labels)
+    params = model.parameters()
+    executor = ad.Executor([loss, *ad.gradients(loss, params), logits], ctx=ctx)
     rng = np.random.default_rng(seed)
-    params = {graph.params[n]: tvm.runtime.tensor(v, ctx)
-              for n, v in init_params("mlp", seed).items()}
-    feeds = {graph.x: rng.random((batch, 784), dtype=np.float32),
-             graph.y_: np.eye(10, dtype=np.float32)[rng.integers(0, 10, batch)], **params}
-    return executor, feeds, list(params.values()), executor.run(feeds,
-                                                                convert_to_numpy_ret_vals=True)
+    # Parameters fed as tensors on the device (they hold theirs on the CPU).
+    on_device = {p: tvm.runtime.tensor(p.numpy(), ctx) for p in params}
+    feeds = {x: rng.random((batch, 784), dtype=np.float32),
+             labels: np.eye(10, dtype=np.float32)[rng.integers(0, 10, batch)], **on_device}
+    return executor, feeds, list(on_device.values()), executor.run(
+        feeds, convert_to_numpy_ret_vals=True)
 
 
 def test_mlp_training_step_on_gpu_matches_cpu():

@@ -1,0 +1,203 @@
+"""Running a trained model: evaluation over a data split, ``dlsys eval`` and ``dlsys predict``.
+
+Every operator runs as a TVM kernel (the model, the loss, the softmax); numpy only batches
+the inputs and summarises the outputs (argmax, the confusion matrix).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+import dlsys
+from dlsys import autodiff as ad
+from dlsys import nn
+from dlsys.data.mnist import Split, load_dataset
+from dlsys.errors import DataError
+from dlsys.nn import functional as F
+
+
+class Evaluator:
+    """A model's inference graph (built in eval mode): logits, mean loss and probabilities,
+    run in batches of ``batch_size``.
+
+    A last, smaller batch runs on an executor of its own, so that neither executor re-plans
+    (each keeps the plan of its one batch shape).
+    """
+
+    def __init__(self, model: nn.Module, batch_size: int, ctx=None):
+        self.batch_size = batch_size
+        self.x, self.labels = ad.Variable("x"), ad.Variable("labels")
+        was_training = model.training
+        model.eval()
+        logits = model(self.x)
+        model.train(was_training)
+        self.nodes = [logits, F.cross_entropy(logits, self.labels), ad.softmax_op(logits)]
+        self.ctx = ctx
+        self._executors: dict[tuple[bool, bool], ad.Executor] = {}
+
+    def _executor(self, with_loss: bool, tail: bool) -> ad.Executor:
+        key = (with_loss, tail)
+        if key not in self._executors:
+            nodes = self.nodes[:2] if with_loss else [self.nodes[0], self.nodes[2]]
+            self._executors[key] = ad.Executor(nodes, ctx=self.ctx)
+        return self._executors[key]
+
+    def compile(self, input_shape: Sequence[int]) -> None:
+        """Build the full-batch executor's kernels now (so a timed epoch excludes them)."""
+        self._executor(True, False).run(
+            {self.x: np.zeros((self.batch_size, *input_shape), dtype=np.float32),
+             self.labels: np.zeros(self.batch_size, dtype=np.float32)})
+
+    def evaluate(self, split: Split) -> tuple[float, float, np.ndarray]:
+        """Mean loss, accuracy and logits over ``split``."""
+        logits, total_loss = [], 0.0
+        for start in range(0, len(split), self.batch_size):
+            images = split.images[start:start + self.batch_size]
+            labels = split.labels[start:start + self.batch_size]
+            executor = self._executor(True, len(images) < self.batch_size)
+            out, loss = executor.run({self.x: images, self.labels: labels},
+                                     convert_to_numpy_ret_vals=True)
+            logits.append(out)
+            total_loss += float(loss[0]) * len(images)
+        all_logits = np.concatenate(logits)
+        accuracy = float(np.mean(np.argmax(all_logits, axis=1) == split.labels))
+        return total_loss / len(split), accuracy, all_logits
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Softmax of the logits, one row per image."""
+        rows = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start:start + self.batch_size]
+            executor = self._executor(False, len(chunk) < self.batch_size)
+            rows.append(executor.run({self.x: chunk}, convert_to_numpy_ret_vals=True)[1])
+        return np.concatenate(rows)
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
+    """``m[t, p]``: how many images of true class ``t`` were predicted as ``p``."""
+    return np.bincount(labels.astype(int) * classes + predicted,
+                       minlength=classes * classes).reshape(classes, classes)
+
+
+def _load(path: Path) -> nn.Module:
+    model = dlsys.load(path)
+    metadata = getattr(model, "metadata", {})
+    shape = metadata.get("input_shape")
+    if not (isinstance(shape, list) and shape and all(isinstance(d, int) and d > 0
+                                                      for d in shape)):
+        raise DataError(f"{path}: the model file does not record its input shape; save it "
+                        f"with dlsys.save(model, path, metadata={{'input_shape': [...]}})")
+    return model
+
+
+def _class_names(model: nn.Module, count: int) -> list[str]:
+    names = getattr(model, "metadata", {}).get("classes")
+    if isinstance(names, list) and len(names) == count and all(isinstance(n, str) for n in names):
+        return names
+    return [str(i) for i in range(count)]
+
+
+def evaluate_command(model_path: Path, data: str | None, batch_size: int,
+                     confusion_png: Path | None, log: Callable[[str], None] = print) -> dict:
+    """``dlsys eval``: loss, accuracy, per-class accuracy and confusion matrix on the test
+    split; returns them as a dict."""
+    model = _load(model_path)
+    dataset = load_dataset(data)
+    expected = tuple(model.metadata["input_shape"])
+    if dataset.test.images.shape[1:] != expected:
+        raise DataError(f"{dataset.source}: images of shape {dataset.test.images.shape[1:]}, "
+                        f"the model takes {expected}")
+    evaluator = Evaluator(model, min(batch_size, len(dataset.test)))
+    loss, accuracy, logits = evaluator.evaluate(dataset.test)
+    classes = logits.shape[1]
+    names = _class_names(model, classes)
+    matrix = confusion_matrix(dataset.test.labels, logits.argmax(axis=1), classes)
+    per_class = matrix.diagonal() / np.maximum(matrix.sum(axis=1), 1)
+    log(f"{model_path} on {dataset.source} test split ({len(dataset.test)} images)")
+    log(f"loss {loss:.4f}  accuracy {100 * accuracy:.2f}%")
+    width = max(len(n) for n in names)
+    for name, value, count in zip(names, per_class, matrix.sum(axis=1)):
+        log(f"  {name:{width}s}  {100 * value:6.2f}%  of {count}")
+    log("confusion matrix (rows: true class, columns: predicted):")
+    for row in matrix:
+        log("  " + " ".join(f"{v:5d}" for v in row))
+    if confusion_png is not None:
+        plot_confusion(matrix, names, confusion_png, f"{model_path.name}: accuracy "
+                                                     f"{100 * accuracy:.2f}%")
+        log(f"wrote {confusion_png}")
+    return {"loss": loss, "accuracy": accuracy, "per_class": per_class.tolist(),
+            "confusion": matrix.tolist()}
+
+
+def plot_confusion(matrix: np.ndarray, names: list[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: no display on servers
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 6))
+    image = ax.imshow(matrix, cmap="Blues")
+    ax.set(xticks=range(len(names)), yticks=range(len(names)), xlabel="predicted",
+           ylabel="true", title=title)
+    ax.set_xticklabels(names, rotation=45, ha="right")
+    ax.set_yticklabels(names)
+    for (t, p), count in np.ndenumerate(matrix):
+        ax.text(p, t, str(count), ha="center", va="center", fontsize=7,
+                color="white" if count > matrix.max() / 2 else "black")
+    fig.colorbar(image)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def read_image(path: Path, input_shape: tuple[int, ...]) -> np.ndarray:
+    """One image as the model's input: PNG/JPEG grey-scaled and resized (pixels in [0, 1]),
+    or a ``.npy`` array of pixels in [0, 1] with the input's number of elements."""
+    size = math.prod(input_shape)
+    side = math.isqrt(size)
+    if path.suffix.lower() == ".npy":
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise DataError(f"{path}: not a readable .npy array ({err})") from None
+        if array.size != size or not np.issubdtype(array.dtype, np.number) \
+                or np.iscomplexobj(array):
+            raise DataError(f"{path}: needs {size} real pixel values, got an array of "
+                            f"{array.dtype} with shape {array.shape}")
+        pixels = array.astype(np.float32)
+        if not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 1:
+            raise DataError(f"{path}: pixel values must be finite and in [0, 1]")
+        return pixels.reshape(input_shape)
+    if side * side != size:
+        raise DataError(f"the model's input {input_shape} is not a square image")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            grey = image.convert("L").resize((side, side))
+            pixels = np.asarray(grey, dtype=np.float32) / 255.0
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not an image (PNG or JPEG) nor a .npy array") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read the image ({err})") from None
+    return pixels.reshape(input_shape)
+
+
+def predict_command(model_path: Path, images: Sequence[Path],
+                    log: Callable[[str], None] = print) -> list[tuple[str, float]]:
+    """``dlsys predict``: each image's most probable class and its probability."""
+    model = _load(model_path)
+    input_shape = tuple(model.metadata["input_shape"])
+    batch = np.stack([read_image(Path(p), input_shape) for p in images])
+    probabilities = Evaluator(model, len(batch)).probabilities(batch)
+    names = _class_names(model, probabilities.shape[1])
+    results = []
+    for path, row in zip(images, probabilities):
+        best = int(row.argmax())
+        results.append((names[best], float(row[best])))
+        log(f"{path}: {names[best]} ({100 * row[best]:.1f}%)")
+    return results

@@ -1,0 +1,144 @@
+"""A run's settings, light enough for the command line to check flags without loading TVM:
+the models' names and shapes, the optimisers and schedules, defaults, and the checks that
+``run.json`` and checkpoints must pass."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+import numpy as np
+
+from dlsys.errors import ArgumentError, ArgumentTypeError, DlsysError
+
+MODELS = ("logreg", "mlp")
+DEFAULT_MODEL = "mlp"
+DEFAULT_HIDDEN = (256, 100)
+INPUT_FEATURES = 784
+NUM_CLASSES = 10
+
+
+def check_model(name: str) -> str:
+    if name not in MODELS:
+        raise ArgumentError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    return name
+
+
+def check_hidden(hidden) -> tuple[int, ...]:
+    """Hidden layer widths: a non-empty sequence of positive ints."""
+    if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence) or not hidden:
+        raise ArgumentTypeError(f"hidden sizes must be a list of positive ints, got {hidden!r}")
+    for width in hidden:
+        if isinstance(width, bool) or not isinstance(width, numbers.Integral) or width <= 0:
+            raise ArgumentError(f"hidden sizes must be positive ints, got {list(hidden)}")
+    return tuple(int(w) for w in hidden)
+
+
+def layer_sizes(name: str, hidden: Sequence[int] | None = None) -> tuple[int, ...]:
+    """The widths of the model's layers, input first."""
+    if check_model(name) == "logreg":
+        return (INPUT_FEATURES, NUM_CLASSES)
+    return (INPUT_FEATURES, *check_hidden(hidden or DEFAULT_HIDDEN), NUM_CLASSES)
+
+
+def seed_streams(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """Two independent generators from one seed: one for initialisation, one for shuffling.
+
+    Separate streams keep the data order unchanged when the initialisation changes, and let a
+    checkpoint save the shuffling state alone.
+    """
+    init_seq, shuffle_seq = np.random.SeedSequence(seed).spawn(2)
+    return np.random.default_rng(init_seq), np.random.default_rng(shuffle_seq)
+
+
+def param_shapes(name: str, hidden: Sequence[int] | None = None) -> dict[str, tuple[int, ...]]:
+    """Parameter names (``0.weight``, ``0.bias``, ``2.weight``, ...) and shapes, in order."""
+    sizes = layer_sizes(name, hidden)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        shapes[f"{2 * i}.weight"] = (fan_out, fan_in)
+        shapes[f"{2 * i}.bias"] = (fan_out,)
+    return shapes
+
+
+OPTIMIZER_NAMES = ("sgd", "momentum", "adam", "adamw")
+SCHEDULE_NAMES = ("constant", "step", "cosine")
+# Per optimiser; measured for SGD (see dlsys.frontend.trainer), PyTorch's for Adam(W).
+DEFAULT_LR = {"sgd": 0.2, "momentum": 0.02, "adam": 1e-3, "adamw": 1e-3}
+DEFAULT_EPOCHS = 10
+DEFAULT_BATCH_SIZE = 1000
+SETTINGS = ("model", "hidden", "data", "epochs", "batch_size", "optimizer", "lr",
+            "weight_decay", "lr_schedule", "warmup", "seed", "val_size")
+# Far beyond any real run; a larger count in a file is a lie about it.
+MAX_EPOCHS = 100000
+# As Python floats: comparing a float with a numpy float32 casts the float, which warns when
+# it overflows float32, the very case being checked.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+
+
+def learning_rate_problem(lr: object) -> str | None:
+    """Why ``lr`` cannot be a learning rate, or None if it can.
+
+    The update runs in float32: a rate must be a positive number that float32 holds, neither
+    overflowing (1e39 is infinite there) nor too small for a normal float32 (1e-50 is zero,
+    and the run would train nothing).
+    """
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
+        return "must be a positive number"
+    value = float(lr)
+    if not math.isfinite(value) or value <= 0:
+        return "must be a positive number"
+    if value > FLOAT32_MAX:
+        return f"must be at most {FLOAT32_MAX:.4g}, the largest float32"
+    if value < FLOAT32_TINY:
+        return (f"must be at least {FLOAT32_TINY:.4g}: smaller rates round to zero in "
+                "float32")
+    return None
+
+
+def is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def settings_problem(config: object) -> str | None:
+    """Why ``config`` cannot be a run's settings (as ``run.json`` and checkpoints hold
+    them), or None if it can."""
+    if not isinstance(config, dict):
+        return f"settings must be a mapping, got {config!r}"
+    unknown = sorted(map(str, set(config) - set(SETTINGS)))
+    if unknown:
+        return f"unknown settings {', '.join(unknown)}"
+    if not isinstance(config.get("model"), str):
+        return f"setting model must name a model, got {config.get('model')!r}"
+    try:
+        param_shapes(config["model"], config.get("hidden"))
+    except DlsysError as err:
+        return f"setting model/hidden: {err}"
+    for key, accept, what in (
+            ("batch_size", lambda v: is_int(v) and v > 0, "a positive integer"),
+            ("epochs", lambda v: is_int(v) and 0 < v <= MAX_EPOCHS,
+             f"an integer in 1..{MAX_EPOCHS}"),
+            ("val_size", lambda v: v is None or (is_int(v) and v >= 0),
+             "a non-negative integer"),
+            ("seed", lambda v: is_int(v) and v >= 0, "a non-negative integer"),
+            ("warmup", lambda v: is_int(v) and v >= 0, "a non-negative integer"),
+            ("weight_decay", lambda v: is_real(v) and 0 <= v < FLOAT32_MAX,
+             "a non-negative number"),
+            ("optimizer", lambda v: v in OPTIMIZER_NAMES, f"one of {OPTIMIZER_NAMES}"),
+            ("lr_schedule", lambda v: v in SCHEDULE_NAMES, f"one of {SCHEDULE_NAMES}"),
+            ("data", lambda v: v is None or isinstance(v, str), "a path")):
+        if key in config and not accept(config[key]):
+            return f"setting {key} must be {what}, got {config[key]!r}"
+    if "lr" in config:
+        problem = learning_rate_problem(config["lr"])
+        if problem is not None:
+            return f"setting lr {problem}, got {config['lr']!r}"
+    return None
+
+
