@@ -95,18 +95,15 @@ def make_fill(shape: Shape, value, tgt, tgt_host, func_name, dtype="float32") ->
     return _elementwise("fill", shape, tgt, tgt_host, func_name, dtype, 0, (v,))
 
 
-BROADCAST_BINARY = ("add", "mul", "sub", "div")
-
-
 def make_broadcast_binary(op: str, shape_a: Shape, shape_b: Shape, tgt, tgt_host, func_name,
                           dtype="float32") -> Kernel:
-    """``C = A op B`` for ``op`` in add/mul/sub/div, with numpy broadcasting of both inputs."""
+    """``C = A op B`` for ``op`` in add/mul, with numpy broadcasting of both inputs."""
     shape_a, shape_b = check_shape("shape_a", shape_a), check_shape("shape_b", shape_b)
     out_shape = broadcast_shape(shape_a, shape_b)
     if out_shape is None:
         raise ShapeError(f"shapes {shape_a} and {shape_b} do not broadcast")
-    if op not in BROADCAST_BINARY:
-        raise ArgumentError(f"op must be one of {BROADCAST_BINARY}, got {op!r}")
+    if op not in ("add", "mul"):
+        raise ArgumentError(f"op must be 'add' or 'mul', got {op!r}")
     return _build(op, ((shape_a, shape_b), out_shape, ()), tgt, tgt_host, func_name, dtype)
 
 
@@ -200,23 +197,29 @@ def make_reduce_sum_axis_zero(shape: Shape, tgt, tgt_host, func_name, dtype="flo
     return make_reduce_sum_to(shape, shape[1:], tgt, tgt_host, func_name, dtype)
 
 
-def make_reduce_sum(shape: Shape, axes, keepdims: bool, tgt, tgt_host, func_name,
-                    dtype="float32", mean: bool = False) -> Kernel:
-    """``f(A, C)``: ``A.sum(axis=axes, keepdims=keepdims)`` (``mean``: ``A.mean(...)``), where
-    ``axes`` is an int, a tuple of ints (negative ones count from the end) or None for all;
-    a result with no axes left has shape (1,)."""
+def _reduce_axes(shape: Shape, axes, keepdims: bool, mean: bool, tgt, tgt_host, func_name,
+                 dtype) -> Kernel:
+    name = "reduce_mean" if mean else "reduce_sum"
     shape = check_shape("shape", shape)
-    axes = check_axes("reduce_sum", axes)
+    axes = check_axes(name, axes)
     keepdims = check_flag("keepdims", keepdims)
-    source = _checked(reduce_source, shape, axes, keepdims, what=f"reduce_sum of shape {shape}")
+    source = _checked(reduce_source, shape, axes, keepdims, what=f"{name} of shape {shape}")
     scale = 1.0 / reduced_count(shape, source) if mean else 1.0
     return _build("reduce_sum", (shape, source, scale), tgt, tgt_host, func_name, dtype)
+
+
+def make_reduce_sum(shape: Shape, axes, keepdims: bool, tgt, tgt_host, func_name,
+                    dtype="float32") -> Kernel:
+    """``f(A, C)``: ``A.sum(axis=axes, keepdims=keepdims)``, where ``axes`` is an int, a tuple
+    of ints (negative ones count from the end) or None for all; a result with no axes left
+    has shape (1,)."""
+    return _reduce_axes(shape, axes, keepdims, False, tgt, tgt_host, func_name, dtype)
 
 
 def make_reduce_mean(shape: Shape, axes, keepdims: bool, tgt, tgt_host, func_name,
                      dtype="float32") -> Kernel:
     """``f(A, C)``: ``A.mean(axis=axes, keepdims=keepdims)``; see ``make_reduce_sum``."""
-    return make_reduce_sum(shape, axes, keepdims, tgt, tgt_host, func_name, dtype, mean=True)
+    return _reduce_axes(shape, axes, keepdims, True, tgt, tgt_host, func_name, dtype)
 
 
 def make_broadcast_to(shape: Shape, to_shape: Shape, tgt, tgt_host, func_name,

@@ -201,7 +201,8 @@ class ExpandAxesOp(Op):
         kept = [d for d in source if d is not None]
         # g's axes, in x's order with a size-1 axis for each reduced one, then broadcast.
         g = np.reshape(g, [x.shape[d] if d in kept else 1 for d in range(x.ndim)])
-        return np.broadcast_to(g, x.shape) * _scale(self.mean, x.shape, source)
+        count = reduced_count(x.shape, source) if self.mean else 1
+        return np.broadcast_to(g, x.shape) / count
 
 
 def _scale(mean: bool, shape, source) -> float:

@@ -131,7 +131,7 @@ def test_fused_matmul_transpose_flags_must_be_bools():
 
 
 @pytest.mark.parametrize("axes, keepdims, error, pattern", [
-    (2, False, "ShapeError", r"reduce_sum of shape \(3, 4\).*axis 2 is out of range"),
+    (2, False, "ShapeError", r"reduce_(sum|mean) of shape \(3, 4\).*axis 2 is out of range"),
     ((1, -1), False, "ShapeError", r"name axis 1 more than once"),
     ((0, 0), False, "ArgumentError", r"axes \(0, 0\)"),
     ("0", False, "ArgumentTypeError", r"axes must be an int"),
@@ -143,10 +143,3 @@ def test_reduce_builders_name_bad_arguments(axes, keepdims, error, pattern):
     for build in (op.make_reduce_sum, op.make_reduce_mean):
         with pytest.raises(getattr(errors, error), match=pattern):
             build((3, 4), axes, keepdims, "llvm", "llvm", "f")
-
-
-def test_broadcast_binary_names_an_unknown_op():
-    from dlsys.errors import ArgumentError
-
-    with pytest.raises(ArgumentError, match=r"'pow'"):
-        op.make_broadcast_binary("pow", (2, 3), (3,), "llvm", "llvm", "f")
