@@ -99,6 +99,13 @@ def elementwise_cases(shape: tuple) -> list[Case]:
     ]
 
 
+def domain_inputs(rng: np.random.Generator, op, shapes) -> list[np.ndarray]:
+    """Inputs of ``shapes`` where the elementwise ``op`` is defined and smooth: positive
+    where it declares so (``positive_inputs``), normal elsewhere."""
+    return [positive(rng, s) if i in op.positive_inputs else normal(rng, s)
+            for i, s in enumerate(shapes)]
+
+
 def registered_elementwise_cases(shape: tuple) -> list[Case]:
     """Every elementwise operator of ``dlsys.ops.ELEMENTWISE_OPS``: its kernel spec built and
     run, against its numpy reference. A new operator joins by being registered."""
@@ -111,9 +118,7 @@ def registered_elementwise_cases(shape: tuple) -> list[Case]:
             return node.op.kernel_spec(node, [shape] * len(node.inputs), shape).build(t, d)
 
         def inputs(rng, count=reads, op=elementwise):
-            # Drawn where the operator is defined and smooth: positive where it says so.
-            return [positive(rng, shape) if i in op.positive_inputs else normal(rng, shape)
-                    for i in range(count)]
+            return domain_inputs(rng, op, [shape] * count)
 
         def reference(*arrays, node=node):
             # A fill reads no values: its reference gets a stand-in of the right shape.
@@ -200,8 +205,7 @@ def broadcasting_operator_cases(shape_a: tuple, shape_b: tuple) -> list[Case]:
             return node.op.kernel_spec(node, [shape_a, shape_b], out_shape).build(t, d)
 
         def inputs(rng, op=binary):
-            return [positive(rng, s) if i in op.positive_inputs else normal(rng, s)
-                    for i, s in enumerate((shape_a, shape_b))]
+            return domain_inputs(rng, op, [shape_a, shape_b])
 
         cases.append(Case(f"{binary.name}{shape_a}{shape_b}", build, inputs,
                           lambda a, b, node=node: [node.op.reference(node, a, b)]))
