@@ -82,6 +82,10 @@ class Op:
     - ``keeps_positive_sign``: the output is positive exactly where input 0 is (ReLU), so
       it may stand in for input 0 in a ``sign_only_input``.
     - ``absorbs``: the operator whose nodes ``absorb_kernel_spec`` can compute too.
+    - ``updates_state``: index of an input that holds a value (a parameter or buffer) which
+      the kernel overwrites with the node's value: the node *is* the new state (a dropout
+      seed advanced, running statistics updated). Such a step always runs, and no later step
+      may read the old state.
     """
 
     name = "Op"
@@ -93,6 +97,7 @@ class Op:
     sign_only_input: int | None = None
     keeps_positive_sign = False
     absorbs: Op | None = None
+    updates_state: int | None = None
 
     def describe(self, node: Node) -> str:
         args = ", ".join(short_name(i) for i in node.inputs)

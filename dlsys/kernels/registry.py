@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from dlsys.errors import ArgumentError
-from dlsys.kernels import compute
+from dlsys.kernels import compute, compute_random
 from dlsys.kernels.build import Kernel, build_kernel
 from dlsys.kernels.schedule import SCHEDULES
 
@@ -108,6 +108,8 @@ register("softmax_cross_entropy_gradient", compute.softmax_cross_entropy_gradien
 register("softmax_cross_entropy_with_gradient", compute.softmax_cross_entropy_with_gradient,
          "row_blocks")
 register("one_hot", compute.one_hot, "injective")
+register("dropout", compute_random.dropout, "injective")
+register("next_seed", compute_random.next_seed, "injective")
 register("sgd_many", compute.sgd_update_many, "injective")
 
 # The optimisers' fused updates (``dlsys.optim``), defined in a file of their own.

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dlsys.graph import Node
-from dlsys.ops import relu_op, sigmoid_op, softmaxcrossentropy_op
+from dlsys.ops import mean_op, relu_op, sigmoid_op, softmaxcrossentropy_op, tanh_op
 from dlsys.ops.loss import onehot_like_op
 
-__all__ = ["cross_entropy", "relu", "sigmoid"]
+__all__ = ["cross_entropy", "mse_loss", "relu", "sigmoid", "tanh"]
 
 
 def cross_entropy(logits: Node, labels: Node) -> Node:
@@ -18,9 +18,19 @@ def cross_entropy(logits: Node, labels: Node) -> Node:
     return softmaxcrossentropy_op(logits, onehot_like_op(labels, logits))
 
 
+def mse_loss(prediction: Node, target: Node) -> Node:
+    """Mean over every element of ``(prediction - target) ** 2``, shape ``(1,)``."""
+    error = prediction - target
+    return mean_op(error * error)
+
+
 def relu(x: Node) -> Node:
     return relu_op(x)
 
 
 def sigmoid(x: Node) -> Node:
     return sigmoid_op(x)
+
+
+def tanh(x: Node) -> Node:
+    return tanh_op(x)

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import numbers
 
-from dlsys.checks import check_flag
+import numpy as np
+
+from dlsys.checks import check_constant, check_flag
 from dlsys.errors import ArgumentError, ArgumentTypeError
 from dlsys.graph import Node
+from dlsys.kernels.compute_random import SEED_PERIOD
 from dlsys.nn import init
 from dlsys.nn.module import Module
-from dlsys.ops import matmul_op, relu_op, sigmoid_op
+from dlsys.ops import matmul_op, relu_op, sigmoid_op, tanh_op
 from dlsys.ops.placeholder import Parameter
+from dlsys.ops.random import dropout_op, next_seed_op
 from dlsys.ops.reshape import flatten_op
 
 
@@ -60,6 +64,33 @@ class ReLU(Module):
 class Sigmoid(Module):
     def forward(self, x: Node) -> Node:
         return sigmoid_op(x)
+
+
+class Dropout(Module):
+    """In training, zero each element with probability ``p`` and scale the rest by
+    ``1 / (1 - p)``; in eval mode, the identity. A new mask every run: the layer's ``seed``
+    buffer advances in place each time the training graph runs."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        self.p = check_constant("Dropout: p", p)
+        if not 0 <= self.p <= 1:
+            raise ArgumentError(f"Dropout: p must be in [0, 1], got {p!r}")
+        seed = init.generator().integers(0, SEED_PERIOD)
+        self.register_buffer("seed", Parameter(np.array([seed], dtype=np.float32), "seed"))
+
+    def forward(self, x: Node) -> Node:
+        if not self.training or self.p == 0:
+            return x
+        return dropout_op(x, next_seed_op(self.seed), self.p)
+
+    def config(self) -> dict:
+        return {"p": self.p}
+
+
+class Tanh(Module):
+    def forward(self, x: Node) -> Node:
+        return tanh_op(x)
 
 
 class Flatten(Module):

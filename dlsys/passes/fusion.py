@@ -129,10 +129,12 @@ def fuse_absorbed_siblings(steps: list[Step], shapes: dict[Node, Shape]) -> list
 
 def eliminate_dead_steps(steps: list[Step], keep: set[Node]) -> list[Step]:
     """Drop steps whose value nobody reads and nobody asked for (e.g. a bias broadcast that
-    fusion replaced by reading the vector)."""
+    fusion replaced by reading the vector), except state updates."""
     while True:
         read = {node for step in steps for node in step.inputs}
-        live = [s for s in steps if any(out in read or out in keep for out in s.outputs)]
+        # A state update is a side effect: it runs whether or not its value is read.
+        live = [s for s in steps if s.writes_state is not None
+                or any(out in read or out in keep for out in s.outputs)]
         if len(live) == len(steps):
             return live
         steps = live

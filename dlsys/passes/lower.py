@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dlsys.errors import ArgumentTypeError
 from dlsys.graph import Node, Shape
 from dlsys.kernels.registry import KernelSpec
 
@@ -22,7 +23,8 @@ class Step:
     step (see ``passes.fusion``) computes ``epilogue(anchor)``: its inputs are the anchor's
     operands, then the epilogue's operands, and ``epilogue`` shows the steps joined (as
     label tuples). A kernel with several outputs lists the others in ``extra_outputs``,
-    written after ``output``.
+    written after ``output``. ``writes_state`` is the placeholder (a parameter or buffer)
+    whose own tensor the kernel writes the output into: the output gets no planned storage.
     """
 
     output: Node
@@ -33,6 +35,7 @@ class Step:
     epilogue: tuple = ()
     extra_outputs: tuple[Node, ...] = ()
     kernel: KernelSpec | None = None
+    writes_state: Node | None = None
 
     @property
     def outputs(self) -> tuple[Node, ...]:
@@ -49,6 +52,14 @@ def build_steps(order: list[Node], shapes: dict[Node, Shape]) -> list[Step]:
         reads = tuple(node.op.kernel_inputs(node))
         if node.op.is_alias(node, in_shapes):
             steps.append(Step(node, reads, alias_of=node.inputs[0]))
+            continue
+        if node.op.updates_state is not None:
+            state = node.inputs[node.op.updates_state]
+            if not state.op.holds_value:
+                raise ArgumentTypeError(f"{node.name}: input {state.name} must be a parameter "
+                                        f"or buffer (it is updated in place)")
+            steps.append(Step(node, reads, writes_state=state,
+                              kernel=node.op.kernel_spec(node, in_shapes, shapes[node])))
             continue
         inplace = None
         index = node.op.inplace_input

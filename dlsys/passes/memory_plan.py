@@ -54,7 +54,8 @@ def resolve_aliases(steps: list[Step]) -> dict[Node, Node]:
     """Each step's output mapped to the value that owns its storage (itself unless an alias)."""
     root: dict[Node, Node] = {}
     for step in steps:
-        source = step.alias_of
+        # A state update's output lives in the state's own tensor, like an alias of it.
+        source = step.alias_of if step.alias_of is not None else step.writes_state
         root[step.output] = root.get(source, source) if source is not None else step.output
         for extra in step.extra_outputs:
             root[extra] = extra
@@ -69,7 +70,8 @@ def live_ranges(steps: list[Step], keep: set[Node]) -> tuple[dict[Node, int], di
     root = resolve_aliases(steps)
     # An alias of a feed is rooted at the feed, which the user owns: it gets no range, so no
     # step can take its buffer over (in place) and the plan gives it no storage.
-    computed = {out for step in steps if step.alias_of is None for out in step.outputs}
+    computed = {out for step in steps if step.alias_of is None and step.writes_state is None
+                for out in step.outputs}
     end = len(steps)
     first: dict[Node, int] = {}
     last: dict[Node, int] = {}
@@ -110,7 +112,7 @@ def plan_memory(steps: list[Step], shapes: dict[Node, Shape], keep: set[Node], i
     for t, step in enumerate(steps):
         owner = step.output
         candidate = None
-        if step.alias_of is None:
+        if step.alias_of is None and step.writes_state is None:
             need = sizes[owner]
             if step.inplace_input is not None:
                 candidate = root.get(step.inplace_input, step.inplace_input)
@@ -172,18 +174,27 @@ def _peak_live(steps, root, first, last, sizes, inplace_steps) -> int:
 
 
 def order_problems(steps: list[Step]) -> list[str]:
-    """Every step that reads a value no earlier step computed (and no feed provides).
+    """Every step that reads a value no earlier step computed (and no feed provides), or a
+    state that a state update has already overwritten in this run.
 
     A pass that rewrites what a step reads (fusion does) must keep this list empty: such a
     read would see whatever the buffer held before, typically the previous run's value.
     """
     problems: list[str] = []
     defined: set[Node] = set()
+    overwritten: dict[Node, Step] = {}  # state placeholder -> the step that updated it
     for t, step in enumerate(steps):
         for node in step.inputs:
             if node not in defined and not node.op.is_placeholder:
                 problems.append(f"step {t} ({step.output.name}) reads {node.name} before any "
                                 f"step computes it")
+            if node in overwritten:
+                problems.append(f"step {t} ({step.output.name}) reads {node.name} after "
+                                f"{overwritten[node].output.name} overwrote it")
+        if step.writes_state is not None:
+            if step.writes_state in overwritten:
+                problems.append(f"{step.writes_state.name} is updated twice in one run")
+            overwritten[step.writes_state] = step
         defined.update(step.outputs)
     return problems
 

@@ -37,6 +37,7 @@ class _Prepared:
     feed_buffers: dict[Node, tvm.runtime.Tensor]
     outputs: list                 # eval node -> its tensor, or (placeholder, shape) to view
     owned_ranges: list[tuple[int, int]]       # [start, end) addresses of the planned storage
+    state_targets: frozenset = frozenset()    # parameters that kernels update in place
 
     def owns_memory_of(self, tensor: tvm.runtime.Tensor) -> bool:
         """Whether ``tensor`` overlaps a buffer of the plan (e.g. a returned output fed back)."""
@@ -203,6 +204,10 @@ class Executor:
             if step.alias_of is not None and step.alias_of in source:
                 source[step.output] = source[step.alias_of]
                 value[step.output] = _view(value[step.alias_of], shapes[step.output])
+            elif step.writes_state is not None:
+                # The kernel writes the new state into the state's own (bound) tensor.
+                source[step.output] = step.writes_state
+                value[step.output] = value[step.writes_state]
 
         calls: list[tuple] = []
         feed_slots: dict[Node, list[tuple[int, int, Shape]]] = {p: [] for p in self.placeholders}
@@ -211,7 +216,7 @@ class Executor:
                 continue
             kernel = step.kernel.build(self.target, self.dtype)
             args = [value[i] for i in step.inputs] + [value[out] for out in step.outputs]
-            for position, arg_node in enumerate(step.inputs):
+            for position, arg_node in enumerate(step.inputs + step.outputs):
                 if arg_node in source:
                     feed_slots[source[arg_node]].append((len(calls), position,
                                                          shapes[arg_node]))
@@ -219,8 +224,9 @@ class Executor:
         outputs = [(source[n], shapes[n]) if n in source else value[n]
                    for n in self.eval_node_list]
         self._bound = dict(feed_buffers)
+        state_targets = frozenset(s.writes_state for s in steps if s.writes_state is not None)
         return _Prepared(shapes, steps, plan, calls, feed_slots, feed_buffers, outputs,
-                         owned_ranges)
+                         owned_ranges, state_targets)
 
     def _rebind(self, prepared: _Prepared, placeholder: Node, tensor) -> None:
         """Point every argument slot of ``placeholder`` at ``tensor`` (only when it changed)."""
@@ -252,6 +258,12 @@ class Executor:
             self._prepared = self._prepare({p: tuple(v.shape) for p, v in feeds.items()})
             self._signature = signature
         prepared = self._prepared
+        for state in prepared.state_targets:
+            if state not in feed_dict and feeds[state] is not state.data:
+                # A converted copy would take the update, and the parameter would never see it.
+                raise DtypeError(f"{state.name} is updated in place by this graph, so it must "
+                                 f"hold a {self.dtype} tensor on {self.ctx}, not "
+                                 f"{state.data.dtype} on {state.data.device}")
         for placeholder, fed in feeds.items():
             if isinstance(fed, np.ndarray) or prepared.owns_memory_of(fed):
                 # A tensor this executor returned (or a view of one) would be overwritten

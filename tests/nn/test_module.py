@@ -140,3 +140,16 @@ def test_cross_entropy_takes_indices_or_one_hot_and_flags_bad_indices():
 def test_bad_arguments_are_named_errors(make, error):
     with pytest.raises(error):
         make()
+
+
+def test_mse_loss_and_tanh_match_numpy_with_gradients():
+    prediction, target = ad.Variable("prediction"), ad.Variable("target")
+    loss = F.mse_loss(nn.Tanh()(prediction), target)
+    grad = ad.gradients(loss, [prediction])[0]
+    rng = np.random.default_rng(4)
+    p, t = rng.normal(size=(5, 3)), rng.normal(size=(5, 3))
+    got_loss, got_grad = ad.Executor([loss, grad], dtype="float64").run(
+        {prediction: p, target: t}, convert_to_numpy_ret_vals=True)
+    np.testing.assert_allclose(got_loss, [np.mean((np.tanh(p) - t) ** 2)], rtol=1e-12)
+    expected = 2 * (np.tanh(p) - t) * (1 - np.tanh(p) ** 2) / p.size
+    np.testing.assert_allclose(got_grad, expected, rtol=1e-10)
