@@ -10,7 +10,11 @@ so that one's spinning thread pool does not steal the cores from the other; the 
 turns for several rounds and each figure is the median of its rounds, so that a busy spell
 of a shared machine weighs on both sides alike.
 
-    python benchmarks/bench_optim.py [--steps 50] [--repeats 40] [--rounds 3]
+    python benchmarks/bench_optim.py [--steps 50] [--repeats 40] [--rounds 3] [--threads N]
+
+``--threads`` sets both thread counts (default: dlsys's, one per physical core); on a shared
+machine, one thread is the steadier measurement, since a parallel kernel waits for its
+slowest thread.
 
 PyTorch is timed when it is importable (``pip install torch==2.13.0``); it is never a
 dependency of dlsys. Besides its default ``step()``, its ``foreach`` and ``fused`` variants
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -73,7 +78,7 @@ def measure_dlsys(steps: int, repeats: int) -> dict:
 
     from dlsys.optim import SGD, Adam
 
-    threads = int(__import__("os").environ["TVM_NUM_THREADS"])  # set by importing dlsys
+    threads = int(os.environ["TVM_NUM_THREADS"])  # checked or set by importing dlsys
     grads = [tvm.runtime.tensor(g) for g in arrays(1)]
     results = {}
     for name, settings in OPTIMISERS.items():
@@ -111,7 +116,10 @@ def measure_torch(steps: int, repeats: int, threads: int) -> dict:
 def child(system: str, steps: int, repeats: int, threads: int = 0) -> dict:
     command = [sys.executable, __file__, "--system", system, "--steps", str(steps),
                "--repeats", str(repeats), "--threads", str(threads)]
-    done = subprocess.run(command, capture_output=True, text=True)
+    env = dict(os.environ)
+    if threads:
+        env["TVM_NUM_THREADS"] = str(threads)
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "?"
         return {"error": reason}
@@ -124,7 +132,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=40, help="samples; the median is shown")
     parser.add_argument("--rounds", type=int, default=3, help="turns of each process")
     parser.add_argument("--system", choices=("dlsys", "torch"), help=argparse.SUPPRESS)
-    parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="threads for both (default: dlsys's choice)")
     args = parser.parse_args()
     if args.system == "dlsys":
         print(json.dumps(measure_dlsys(args.steps, args.repeats)))
@@ -134,9 +143,9 @@ def main() -> None:
         return
 
     rounds: list[dict[str, dict[str, float]]] = []
-    threads = 0
+    threads = args.threads
     for _ in range(args.rounds):
-        ours = child("dlsys", args.steps, args.repeats)
+        ours = child("dlsys", args.steps, args.repeats, args.threads)
         if "error" in ours:
             sys.exit(f"dlsys failed: {ours['error']}")
         threads = ours["threads"]

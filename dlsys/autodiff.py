@@ -39,10 +39,14 @@ from dlsys.ops import (
     tanh_op,
     zeroslike_op,
 )
+from dlsys.ops.norm import batchnorm2d_op
+from dlsys.ops.random import dropout_op
+from dlsys.ops.reshape import flatten_op, reshape_op
 from dlsys.passes.gradient import gradients
 from dlsys.runtime.executor import Executor
 
 __all__ = [
+    "batchnorm2d_op", "dropout_op", "flatten_op", "reshape_op",
     "Node", "Op", "Variable", "gradients", "find_topo_sort", "softmax_func", "Executor",
     "add_op", "add_byconst_op", "mul_op", "mul_byconst_op", "matmul_op", "placeholder_op",
     "oneslike_op", "zeroslike_op", "reducesumaxiszero_op", "reducesumto_op", "broadcastto_op",

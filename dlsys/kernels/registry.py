@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from dlsys.errors import ArgumentError
-from dlsys.kernels import compute, compute_random
+from dlsys.kernels import compute, compute_norm, compute_random
 from dlsys.kernels.build import Kernel, build_kernel
 from dlsys.kernels.schedule import SCHEDULES
 
@@ -110,6 +110,10 @@ register("softmax_cross_entropy_with_gradient", compute.softmax_cross_entropy_wi
 register("one_hot", compute.one_hot, "injective")
 register("dropout", compute_random.dropout, "injective")
 register("next_seed", compute_random.next_seed, "injective")
+register("batchnorm_normalize", compute_norm.batchnorm_normalize, "row_blocks")
+register("batchnorm_normalize_gradient", compute_norm.batchnorm_normalize_gradient, "row_blocks")
+register("running_statistic", compute_norm.running_statistic, "row_blocks")
+register("batchnorm_inference", compute_norm.batchnorm_inference, "row_blocks")
 register("sgd_many", compute.sgd_update_many, "injective")
 
 # The optimisers' fused updates (``dlsys.optim``), defined in a file of their own.

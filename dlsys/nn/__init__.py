@@ -2,10 +2,11 @@
 
 from dlsys.nn import functional, init
 from dlsys.nn.init import manual_seed
-from dlsys.nn.layers import Dropout, Flatten, Linear, ReLU, Sigmoid, Tanh
+from dlsys.nn.layers import BatchNorm2d, Dropout, Flatten, Linear, ReLU, Sigmoid, Tanh
 from dlsys.nn.module import Module, Sequential
 from dlsys.ops.placeholder import Parameter
 
 __all__ = ["Module", "Parameter", "Sequential", "Linear", "ReLU", "Sigmoid", "Tanh", "Dropout",
+           "BatchNorm2d",
            "Flatten",
            "functional", "init", "manual_seed"]

@@ -17,6 +17,7 @@ from dlsys.kernels.compute_random import SEED_PERIOD
 from dlsys.nn import init
 from dlsys.nn.module import Module
 from dlsys.ops import matmul_op, relu_op, sigmoid_op, tanh_op
+from dlsys.ops.norm import batchnorm2d_op
 from dlsys.ops.placeholder import Parameter
 from dlsys.ops.random import dropout_op, next_seed_op
 from dlsys.ops.reshape import flatten_op
@@ -86,6 +87,36 @@ class Dropout(Module):
 
     def config(self) -> dict:
         return {"p": self.p}
+
+
+class BatchNorm2d(Module):
+    """Batch normalisation of NCHW inputs per channel (``weight`` and ``bias`` learnt, ones
+    and zeros at first; ``running_mean`` and ``running_var`` buffers updated in place in
+    training, used in eval mode), as PyTorch's. PyTorch's ``num_batches_tracked`` is not
+    kept: load a PyTorch state dict with that key dropped, or with ``strict=False``."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__()
+        self.num_features = check_size("BatchNorm2d", "num_features", num_features)
+        self.eps = check_constant("BatchNorm2d: eps", eps)
+        self.momentum = check_constant("BatchNorm2d: momentum", momentum)
+        if self.eps <= 0 or not 0 <= self.momentum <= 1:
+            raise ArgumentError(f"BatchNorm2d: eps must be positive and momentum in [0, 1], "
+                                f"got eps={eps}, momentum={momentum}")
+        channels = (self.num_features,)
+        self.weight = Parameter(np.ones(channels, np.float32), "weight")
+        self.bias = Parameter(np.zeros(channels, np.float32), "bias")
+        self.register_buffer("running_mean", Parameter(np.zeros(channels, np.float32),
+                                                       "running_mean"))
+        self.register_buffer("running_var", Parameter(np.ones(channels, np.float32),
+                                                      "running_var"))
+
+    def forward(self, x: Node) -> Node:
+        return batchnorm2d_op(x, self.weight, self.bias, self.running_mean, self.running_var,
+                              training=self.training, momentum=self.momentum, eps=self.eps)
+
+    def config(self) -> dict:
+        return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum}
 
 
 class Tanh(Module):

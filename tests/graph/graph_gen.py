@@ -35,7 +35,9 @@ def numpy_eval(nodes: list[Node], feeds: dict[Node, np.ndarray]) -> list[np.ndar
     value: dict[Node, np.ndarray] = {}
     for node in find_topo_sort(nodes):
         if node.op.is_placeholder:
-            value[node] = np.asarray(feeds[node], dtype=np.float64)
+            # A parameter not fed is bound to the tensor it holds, as in the executor.
+            fed = feeds[node] if node in feeds or not node.op.holds_value else node.data.numpy()
+            value[node] = np.asarray(fed, dtype=np.float64)
         else:
             value[node] = np.asarray(node.op.reference(node, *(value[i] for i in node.inputs)))
     return [value[n] for n in nodes]
