@@ -353,6 +353,8 @@ def _run_locked(config: TrainConfig, out: Path, log: Callable[[str], None]) -> T
             line += f"  val acc {100 * row['val_acc']:.2f}%"
         row.update(eval_time_s=round(time.perf_counter() - started, 4), lr=optimizer.lr,
                    batch_losses=[round(v, 5) for v in losses])
+        if checkpoint is not None and epoch == start + 1:
+            row["resumed"] = 1  # the plot marks where the run was resumed
         history.append(row)
         log(line)
         save_checkpoint(ckpt_path, Checkpoint(epoch, trainer.params_numpy(),
@@ -364,7 +366,8 @@ def _run_locked(config: TrainConfig, out: Path, log: Callable[[str], None]) -> T
     _, test_acc, _ = trainer.evaluate(dataset.test)
     final = trainer.params_numpy()
     summary = {"settings": settings, "test_acc": test_acc,
-               "val_acc": history[-1].get("val_acc") if history else None}
+               "val_acc": history[-1].get("val_acc") if history else None,
+               "resumed_at": [row["epoch"] - 1 for row in history if row.get("resumed")]}
     log(f"test acc {100 * test_acc:.2f}%")
     report.write_metrics(out, history, summary)
     report.write_params(out, final)
@@ -373,7 +376,8 @@ def _run_locked(config: TrainConfig, out: Path, log: Callable[[str], None]) -> T
                          "classes": class_names(dataset.source), "data": dataset.source})
     if history:
         report.plot_curves(out, history, f"dlsys {settings['model']}, {settings['optimizer']} "
-                                         f"lr {settings['lr']}, batch {settings['batch_size']}")
+                                         f"lr {settings['lr']}, batch {settings['batch_size']}",
+                           summary)
     log(f"wrote {MODEL_FILE}, {report.METRICS_JSON}, {report.PLOT_PNG} and {CHECKPOINT_NAME} "
         f"to {out}")
     return TrainResult(final, history, test_acc, summary)

@@ -58,8 +58,9 @@ def test_resume_restores_every_recorded_setting(capsys, data_dir, tmp_path, monk
     assert _run(["train", "--resume", "--out", str(out), "--no-progress"]) == 0
     stdout = capsys.readouterr().out
     assert "training logreg" in stdout and "batch 50" in stdout and "seed 4" in stdout
-    history = json.loads((out / "metrics.json").read_text())["epochs"]
-    assert [row["epoch"] for row in history] == [1, 2, 3]  # the recorded target, not 10
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [row["epoch"] for row in metrics["epochs"]] == [1, 2, 3]  # the recorded target
+    assert metrics["resumed_at"] == [1]  # marked on the plot
 
 
 def test_resume_before_any_checkpoint_keeps_the_recorded_model(capsys, data_dir, tmp_path,
