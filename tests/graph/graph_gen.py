@@ -121,7 +121,9 @@ def random_graphs(draw, max_ops: int = 7, allow_softmax: bool = True) -> RandomG
     matmul right-hand sides, broadcast targets, labels), so every operator is reachable from
     any current value. Feeds are drawn from a seeded numpy stream, not by hypothesis, which
     keeps examples small to shrink while values stay well spread. ``allow_softmax=False``
-    leaves out softmax, which has no gradient (the loss, which has one, stays).
+    leaves out softmax, which has no gradient (the loss, which has one, stays). Inputs an
+    operator needs positive (log's, a divisor) are made so; a graph with a value beyond
+    ``MAX_MAGNITUDE`` (or NaN) is rejected.
     """
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     graph = RandomGraph(output=None, values=[])  # type: ignore[arg-type]
