@@ -121,3 +121,8 @@ from dlsys.kernels import compute_optim  # noqa: E402 - appended after the opera
 
 register("sgd_update", compute_optim.sgd_update, "injective")
 register("adam_update", compute_optim.adam_update, "injective")
+
+# Layout changes (``dlsys.ops.layout``), in a file of their own.
+from dlsys.kernels import compute_layout  # noqa: E402 - appended after the operators' kinds
+
+register("transpose", compute_layout.transpose, "injective")
