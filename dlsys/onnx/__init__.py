@@ -1,0 +1,16 @@
+"""``dlsys.onnx``: ONNX models in and out.
+
+- ``import_model(path)``: an ONNX model as a trainable ``dlsys.nn.Module``;
+- ``InferenceSession(path)``: onnxruntime's interface, run by dlsys's passes and kernels;
+- ``export(model, input_shape, path)``: a ``dlsys.nn`` model as an ONNX file.
+
+Needs the ``onnx`` package (``pip install 'dlsys[onnx]'``); onnxruntime is never needed.
+"""
+
+from dlsys.onnx.importer import OnnxModule, import_model
+from dlsys.onnx.ops import supported_ops
+from dlsys.onnx.reader import OnnxError
+from dlsys.onnx.session import InferenceSession, NodeArg
+
+__all__ = ["import_model", "InferenceSession", "NodeArg", "OnnxModule", "OnnxError",
+           "supported_ops"]

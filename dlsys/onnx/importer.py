@@ -1,0 +1,158 @@
+"""``import_model``: an ONNX model as a trainable ``dlsys.nn.Module``.
+
+The module's float initializers are its ``Parameter``s (a batch norm's running statistics
+its buffers), so ``dlsys.optim`` fine-tunes them; calling the module on graph nodes walks
+the ONNX graph and builds the dlsys graph, one converter of ``dlsys.onnx.ops`` per node.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+
+from dlsys.errors import ArgumentTypeError, DlsysError
+from dlsys.graph import Node
+from dlsys.nn.module import Module
+from dlsys.onnx.ops import CONVERTERS, Context, supported_ops
+from dlsys.onnx.reader import (
+    INPUT_TYPE,
+    OnnxError,
+    attributes,
+    declared_values,
+    load_model,
+    static_shapes,
+    tensor_array,
+)
+from dlsys.ops.placeholder import Parameter, Variable
+
+# Inputs of these ops that are state, not trained: batch norm's running mean and variance.
+_BUFFER_INPUTS = {"BatchNormalization": (3, 4)}
+
+
+class OnnxModule(Module):
+    """An imported ONNX graph. ``input_names`` and ``output_names`` are the graph's; calling
+    the module takes one node per input and returns the output node (a tuple of them when
+    the graph has several outputs). ``metadata`` holds what the front end reads."""
+
+    def __init__(self, model, where: str):
+        super().__init__()
+        graph = model.graph
+        self.source = where
+        initializers = {t.name for t in graph.initializer}
+        self.input_names = [v.name for v in graph.input if v.name not in initializers]
+        self.output_names = [v.name for v in graph.output]
+        self.declared = declared_values(model)
+        for name in self.input_names:
+            if self.declared[name][1] != INPUT_TYPE:
+                raise OnnxError(f"{where}: input {name!r} has type {self.declared[name][1]}; "
+                                f"dlsys runs models whose inputs are {INPUT_TYPE}")
+        self.metadata = {}
+        self._shapes = static_shapes(model)
+        self._constants: dict[str, np.ndarray] = {}
+        buffers = {node.input[i] for node in graph.node
+                   for i in _BUFFER_INPUTS.get(node.op_type, ()) if i < len(node.input)}
+        for tensor in graph.initializer:
+            self._add_value(tensor.name, tensor_array(tensor), tensor.name in buffers, where)
+        # Constant nodes hold values fixed by the file: taken once here, like initializers
+        # that no optimiser updates.
+        self._nodes = []
+        for node in graph.node:
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                self._add_value(node.output[0], _constant_value(node, where), True, where)
+            else:
+                self._nodes.append(node)
+
+    def _add_value(self, name: str, array: np.ndarray, buffer: bool, where: str) -> None:
+        if not np.issubdtype(array.dtype, np.floating) or array.size == 1 and array.ndim <= 1:
+            # Shapes, axes and scalar operands: read when the graph is built.
+            self._constants[name] = array
+            return
+        if array.dtype != np.float32:
+            raise OnnxError(f"{where}: tensor {name!r} is {array.dtype}; dlsys imports float32 "
+                            f"models")
+        if 0 in array.shape:
+            raise OnnxError(f"{where}: tensor {name!r} is empty (shape {array.shape})")
+        value = Parameter(array, name)
+        # Stored under the file's own names (which may hold dots or clash with attribute
+        # names), so state_dict keys are the initializers' names.
+        (self._buffers if buffer else self._parameters)[name] = value
+
+    def forward(self, *inputs: Node):
+        if len(inputs) != len(self.input_names):
+            raise ArgumentTypeError(f"{self.source}: the model takes {len(self.input_names)} "
+                                    f"input(s) {self.input_names}, got {len(inputs)}")
+        values: dict[str, object] = dict(self._constants)
+        values.update(self._parameters)
+        values.update(self._buffers)
+        values.update(zip(self.input_names, inputs))
+        for node in self._nodes:
+            outputs = self._convert(node, values)
+            for name, value in zip(node.output, outputs):
+                if name:
+                    values[name] = value
+        results = tuple(values[name] for name in self.output_names)
+        return results[0] if len(results) == 1 else results
+
+    def _convert(self, node, values: dict) -> tuple:
+        entry = CONVERTERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        where = f"{self.source}: {node.op_type} node {node.name or node.output[0]!r}"
+        if entry is None:
+            domain = f" of domain {node.domain!r}" if node.domain not in ("", "ai.onnx") else ""
+            raise OnnxError(f"{where}: operator {node.op_type!r}{domain} is not supported; "
+                            f"dlsys imports {', '.join(supported_ops())}")
+        fn, known = entry
+        attrs = attributes(node)
+        unknown = sorted(set(attrs) - known)
+        if unknown:
+            raise OnnxError(f"{where}: attribute(s) {unknown} are not supported; "
+                            f"{node.op_type} takes {sorted(known) or 'none'}")
+        low, high = _arity(fn)
+        if not low <= len(node.input) <= high:
+            raise OnnxError(f"{where}: {len(node.input)} inputs; dlsys's {node.op_type} takes "
+                            f"{low} to {high}")
+        args = [values[name] if name else None for name in node.input]
+        try:
+            out = fn(Context(node, attrs, self._shapes, self.training), *args)
+        except OnnxError as err:
+            raise OnnxError(f"{self.source}: {err}") from None
+        except DlsysError as err:
+            # A dlsys operator refused the node's values: say which ONNX node built it.
+            raise type(err)(f"{where}: {err}") from None
+        return out if isinstance(out, tuple) else (out,)
+
+    def extra_repr(self) -> str:
+        return (f"{self.source}, inputs {self.input_names}, outputs {self.output_names}, "
+                f"{len(self._nodes)} nodes")
+
+
+def _arity(fn) -> tuple[int, int]:
+    params = list(inspect.signature(fn).parameters.values())[1:]  # after the context
+    return sum(p.default is inspect.Parameter.empty for p in params), len(params)
+
+
+def _constant_value(node, where: str) -> np.ndarray:
+    attrs = attributes(node)
+    for key, dtype in (("value", None), ("value_float", np.float32),
+                       ("value_floats", np.float32), ("value_int", np.int64),
+                       ("value_ints", np.int64)):
+        if key in attrs:
+            return np.asarray(attrs[key], dtype=dtype)
+    raise OnnxError(f"{where}: Constant node {node.name or node.output[0]!r}: attribute(s) "
+                    f"{sorted(attrs)} are not supported; Constant takes value, value_float(s) "
+                    f"or value_int(s)")
+
+
+def import_model(source) -> OnnxModule:
+    """The ONNX model in ``source`` (a path, the file's bytes or an ``onnx.ModelProto``) as a
+    ``dlsys.nn.Module``, in eval mode (an exported model is an inference graph; ``train()``
+    makes its batch norms use batch statistics, for fine-tuning).
+
+    Every node is converted once here, so an unsupported operator or attribute, or a
+    corrupt file, is refused now rather than at the first call.
+    """
+    model, where = load_model(source)
+    module = OnnxModule(model, where)
+    module.eval()
+    module(*(Variable(name) for name in module.input_names))
+    return module

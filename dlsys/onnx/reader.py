@@ -1,0 +1,170 @@
+"""Reading an ONNX file as data: the protobuf parsed, checked, and its initializers, attributes
+and declared shapes turned into plain Python and numpy values.
+
+Parsing a protobuf runs no code from the file. Tensors stored outside the file (ONNX's
+"external data") are refused rather than read from paths the file names.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from dlsys.errors import ArgumentTypeError, DataError, DlsysError
+
+# The default-domain opsets whose operator semantics the converters follow (Softmax's axis,
+# Reshape's allowzero, BatchNormalization's training_mode all take their opset-13+ meaning).
+OPSETS = range(13, 21)
+# What a model file may declare as an input: dlsys computes in float32.
+INPUT_TYPE = "tensor(float)"
+
+
+class OnnxError(DlsysError, ValueError):
+    """An ONNX model dlsys cannot import: an operator, attribute value or opset it does not
+    support, or a graph that does not fit dlsys (the message names the node)."""
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise OnnxError("dlsys.onnx needs the onnx package: pip install 'dlsys[onnx]'") from None
+    return onnx
+
+
+def load_model(source, where: str | None = None):
+    """The ``onnx.ModelProto`` in ``source`` (a path, the file's bytes or a ModelProto),
+    parsed and checked; a file that is not a valid ONNX model is a ``DataError``."""
+    onnx = _onnx()
+    from google.protobuf.message import DecodeError
+
+    if isinstance(source, onnx.ModelProto):
+        model, where = source, where or "<ModelProto>"
+    else:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            data, where = bytes(source), where or "<bytes>"
+        elif isinstance(source, (str, os.PathLike)):
+            where = str(source)
+            path = Path(source)
+            if not path.is_file():
+                raise DataError(f"{where}: no such ONNX file")
+            try:
+                data = path.read_bytes()
+            except OSError as err:
+                raise DataError(f"{where}: cannot read the ONNX file ({err.strerror})") from None
+        else:
+            raise ArgumentTypeError(f"an ONNX model is a path, bytes or an onnx.ModelProto, "
+                                    f"got {type(source).__name__}")
+        model = onnx.ModelProto()
+        try:
+            model.ParseFromString(data)
+        except (DecodeError, ValueError, RuntimeError) as err:
+            raise DataError(f"{where}: not an ONNX model, or a truncated one ({err})") from None
+    _check(onnx, model, where)
+    return model, where
+
+
+def _check(onnx, model, where: str) -> None:
+    # Protobuf parses many byte strings (an empty file, a truncated one cut at a field
+    # boundary) into a message with nothing in it; the checker tells those from models.
+    if not model.graph.node and not model.graph.output:
+        raise DataError(f"{where}: not an ONNX model (no graph), or a truncated file")
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            raise DataError(f"{where}: initializer {tensor.name!r} is stored in an external "
+                            f"file; dlsys reads self-contained models only")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as err:  # the checker raises ValidationError and C++ errors alike
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"{where}: not a valid ONNX model: {message}") from None
+    opset = default_opset(model)
+    if opset not in OPSETS:
+        raise OnnxError(f"{where}: opset {opset} of the default domain; dlsys imports opsets "
+                        f"{OPSETS.start} to {OPSETS.stop - 1}")
+
+
+def default_opset(model) -> int | None:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    return None
+
+
+def tensor_array(tensor) -> np.ndarray:
+    """An initializer or attribute tensor as a numpy array."""
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(tensor)
+
+
+def attributes(node) -> dict:
+    """A node's attributes as Python values (strings decoded, tensors as numpy arrays)."""
+    from onnx import AttributeProto, helper
+
+    values = {}
+    for attr in node.attribute:
+        value = helper.get_attribute_value(attr)
+        if attr.type == AttributeProto.STRING:
+            value = value.decode("utf-8", "replace")
+        elif attr.type == AttributeProto.TENSOR:
+            value = tensor_array(value)
+        elif attr.type in (AttributeProto.INTS, AttributeProto.FLOATS):
+            value = list(value)
+        values[attr.name] = value
+    return values
+
+
+def _dims(type_proto) -> tuple[int | str | None, ...] | None:
+    """A value's declared dimensions: an int, a symbol's name, or None where unknown."""
+    if not type_proto.HasField("tensor_type") or not type_proto.tensor_type.HasField("shape"):
+        return None
+    dims = []
+    for dim in type_proto.tensor_type.shape.dim:
+        if dim.HasField("dim_value") and dim.dim_value > 0:
+            dims.append(int(dim.dim_value))
+        else:
+            dims.append(dim.dim_param or None)
+    return tuple(dims)
+
+
+def type_name(type_proto) -> str:
+    """ONNX runtime's spelling of a value's type, such as ``tensor(float)``."""
+    from onnx import helper
+
+    if not type_proto.HasField("tensor_type"):
+        return "unknown"
+    elem = type_proto.tensor_type.elem_type
+    numpy_type = helper.tensor_dtype_to_np_dtype(elem) if elem else None
+    names = {np.dtype(np.float32): "float", np.dtype(np.float64): "double",
+             np.dtype(np.int64): "int64", np.dtype(np.int32): "int32",
+             np.dtype(np.float16): "float16", np.dtype(np.bool_): "bool"}
+    return f"tensor({names.get(numpy_type, str(numpy_type))})"
+
+
+def declared_values(model) -> dict[str, tuple]:
+    """``name -> (dims, type)`` of the graph's inputs and outputs as the file declares them."""
+    graph = model.graph
+    return {v.name: (_dims(v.type), type_name(v.type)) for v in (*graph.input, *graph.output)}
+
+
+def static_shapes(model) -> dict[str, tuple[int | None, ...]]:
+    """Every value's dimensions that ONNX's shape inference can tell without the batch size
+    (None for a symbolic or unknown dimension). The converters read them where a dlsys
+    operator needs a size fixed when the graph is built (a reshape's target)."""
+    onnx = _onnx()
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # an unknown op stops ONNX's inference; the declared shapes remain
+        inferred = model
+    graph = inferred.graph
+    shapes = {}
+    for value in (*graph.input, *graph.value_info, *graph.output):
+        dims = _dims(value.type)
+        if dims is not None:
+            shapes[value.name] = tuple(d if isinstance(d, int) else None for d in dims)
+    for tensor in graph.initializer:
+        shapes[tensor.name] = tuple(int(d) for d in tensor.dims)
+    return shapes
