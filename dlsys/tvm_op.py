@@ -22,10 +22,12 @@ from dlsys.ops.shapes import (
     broadcast_to_shape,
     conv2d_shape,
     matmul_shape,
+    pool2d_shape,
     reduce_source,
     reduced_count,
     row_matrix_shape,
     sum_to_shape,
+    window_pair,
 )
 
 Shape = Sequence[int]
@@ -146,11 +148,83 @@ def make_matmul_epilogue(shapeA: Shape, transposeA: bool, shapeB: Shape, transpo
                   dtype)
 
 
-def make_conv2d(shapeX: Shape, shapeF: Shape, tgt, tgt_host, func_name,
-                dtype="float32") -> Kernel:
-    shape_x, shape_f = check_shape("shapeX", shapeX, 4), check_shape("shapeF", shapeF, 4)
-    _checked(conv2d_shape, shape_x, shape_f, what=f"conv2d of shapeX {shape_x}, shapeF {shape_f}")
-    return _build("conv2d", (shape_x, shape_f), tgt, tgt_host, func_name, dtype)
+def _conv_window(shape_x: Shape, shape_f: Shape, stride, padding) -> tuple:
+    """Checked images, filters, output shape, stride and padding of a convolution."""
+    shape_x, shape_f = check_shape("shapeX", shape_x, 4), check_shape("shapeF", shape_f, 4)
+    stride, padding = window_pair("stride", stride, 1), window_pair("padding", padding, 0)
+    shape_y = _checked(conv2d_shape, shape_x, shape_f, stride, padding,
+                       what=f"conv2d of shapeX {shape_x}, shapeF {shape_f}, stride {stride}, "
+                            f"padding {padding}")
+    return shape_x, shape_f, shape_y, stride, padding
+
+
+def make_conv2d(shapeX: Shape, shapeF: Shape, tgt, tgt_host, func_name, dtype="float32",
+                stride=1, padding=0) -> Kernel:
+    """``f(X, F, Y)``: NCHW images ``X`` cross-correlated with OIHW filters ``F``; ``stride``
+    and zero ``padding`` are an int or an (h, w) pair."""
+    shape_x, shape_f, shape_y, stride, padding = _conv_window(shapeX, shapeF, stride, padding)
+    return _build("conv2d", (shape_x, shape_f, shape_y, stride, padding), tgt, tgt_host,
+                  func_name, dtype)
+
+
+def make_conv2d_grad_input(shapeX: Shape, shapeF: Shape, tgt, tgt_host, func_name,
+                           dtype="float32", stride=1, padding=0) -> Kernel:
+    """``f(G, F, dX)``: the gradient ``G`` of ``make_conv2d``'s output taken back to its
+    images (of shape ``shapeX``)."""
+    shape_x, shape_f, shape_y, stride, padding = _conv_window(shapeX, shapeF, stride, padding)
+    return _build("conv2d_grad_input", (shape_y, shape_f, shape_x, stride, padding), tgt,
+                  tgt_host, func_name, dtype)
+
+
+def make_conv2d_grad_weight(shapeX: Shape, shapeF: Shape, tgt, tgt_host, func_name,
+                            dtype="float32", stride=1, padding=0) -> Kernel:
+    """``f(X, G, dF)``: the gradient ``G`` of ``make_conv2d``'s output taken back to its
+    filters (of shape ``shapeF``)."""
+    shape_x, shape_f, shape_y, stride, padding = _conv_window(shapeX, shapeF, stride, padding)
+    return _build("conv2d_grad_weight", (shape_x, shape_y, shape_f, stride, padding), tgt,
+                  tgt_host, func_name, dtype)
+
+
+def _pool_window(shapeX: Shape, kernel_size, stride, padding) -> tuple:
+    """Checked images, output shape and window of a pooling (stride defaults to the kernel)."""
+    shape_x = check_shape("shapeX", shapeX, 4)
+    kernel = window_pair("kernel_size", kernel_size, 1)
+    stride = kernel if stride is None else window_pair("stride", stride, 1)
+    padding = window_pair("padding", padding, 0)
+    shape_y = _checked(pool2d_shape, shape_x, kernel, stride, padding,
+                       what=f"pooling of shapeX {shape_x}, kernel_size {kernel}, stride "
+                            f"{stride}, padding {padding}")
+    return shape_x, shape_y, (kernel, stride, padding)
+
+
+def make_maxpool2d(shapeX: Shape, kernel_size, tgt, tgt_host, func_name, dtype="float32",
+                   stride=None, padding=0) -> Kernel:
+    """``f(X, Y)``: the maximum of each window, padding being -inf."""
+    shape_x, shape_y, window = _pool_window(shapeX, kernel_size, stride, padding)
+    return _build("max_pool2d", (shape_x, shape_y, *window), tgt, tgt_host, func_name, dtype)
+
+
+def make_avgpool2d(shapeX: Shape, kernel_size, tgt, tgt_host, func_name, dtype="float32",
+                   stride=None, padding=0) -> Kernel:
+    """``f(X, Y)``: the mean of each window, padding counted as zeros."""
+    shape_x, shape_y, window = _pool_window(shapeX, kernel_size, stride, padding)
+    return _build("avg_pool2d", (shape_x, shape_y, *window), tgt, tgt_host, func_name, dtype)
+
+
+def make_maxpool2d_grad(shapeX: Shape, kernel_size, tgt, tgt_host, func_name, dtype="float32",
+                        stride=None, padding=0) -> Kernel:
+    """``f(X, G, dX)``: each window's gradient ``G`` given to its first maximum in ``X``."""
+    shape_x, shape_y, window = _pool_window(shapeX, kernel_size, stride, padding)
+    return _build("max_pool2d_grad", (shape_x, shape_y, shape_x, *window), tgt, tgt_host,
+                  func_name, dtype)
+
+
+def make_avgpool2d_grad(shapeX: Shape, kernel_size, tgt, tgt_host, func_name, dtype="float32",
+                        stride=None, padding=0) -> Kernel:
+    """``f(G, dX)``: each window's gradient ``G`` spread evenly over the window."""
+    shape_x, shape_y, window = _pool_window(shapeX, kernel_size, stride, padding)
+    return _build("avg_pool2d_grad", (shape_y, shape_x, *window), tgt, tgt_host, func_name,
+                  dtype)
 
 
 def _rows(kind: str, shape: Shape, tgt, tgt_host, func_name, dtype) -> Kernel:

@@ -146,22 +146,6 @@ def matmul(shape_a: Shape, trans_a: bool, shape_b: Shape, trans_b: bool, dtype: 
     return [a, b], [c]
 
 
-def conv2d_nchw(shape_x: Shape, shape_f: Shape, dtype: str):
-    """Direct convolution (cross-correlation, as in every DL framework), stride 1, no padding."""
-    n, c_in, h, w = shape_x
-    c_out, _, kh, kw = shape_f
-    x = te.placeholder(shape_x, dtype=dtype, name="X")
-    f = te.placeholder(shape_f, dtype=dtype, name="F")
-    rc = te.reduce_axis((0, c_in), name="rc")
-    ry = te.reduce_axis((0, kh), name="ry")
-    rx = te.reduce_axis((0, kw), name="rx")
-    y = te.compute((n, c_out, h - kh + 1, w - kw + 1),
-                   lambda b, o, i, j: te.sum(x[b, rc, i + ry, j + rx] * f[o, rc, ry, rx],
-                                             axis=[rc, ry, rx]),
-                   name="conv2d")
-    return [x, f], [y]
-
-
 def _row_log_sum_exp(y: te.Tensor, rows: int, cols: int):
     """Row max and row sum of ``exp(y - max)``: the stable pieces of softmax and log-sum-exp."""
     j = te.reduce_axis((0, cols), name="j")

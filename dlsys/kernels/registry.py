@@ -101,7 +101,6 @@ register("reduce_sum", compute.reduce_sum, "reduce_sum")
 register("expand_axes", compute.expand_axes, "injective")
 register("matmul", compute.matmul, "matmul")
 register("matmul_epilogue", _matmul_epilogue, "matmul")
-register("conv2d", compute.conv2d_nchw, "conv2d")
 register("softmax", compute.softmax, "softmax")
 register("softmax_cross_entropy", compute.softmax_cross_entropy, "row_loss")
 register("softmax_cross_entropy_gradient", compute.softmax_cross_entropy_gradient, "softmax")
@@ -121,6 +120,13 @@ from dlsys.kernels import compute_optim  # noqa: E402 - appended after the opera
 
 register("sgd_update", compute_optim.sgd_update, "injective")
 register("adam_update", compute_optim.adam_update, "injective")
+
+# Convolutions and pooling (``dlsys.ops.conv``, ``dlsys.ops.pool``), in a file of their own.
+from dlsys.kernels import compute_conv  # noqa: E402 - appended after the operators' kinds
+
+for _name in ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "max_pool2d", "avg_pool2d",
+              "max_pool2d_grad", "avg_pool2d_grad"):
+    register(_name, getattr(compute_conv, _name), "window")
 
 # Layout changes (``dlsys.ops.layout``), in a file of their own.
 from dlsys.kernels import compute_layout  # noqa: E402 - appended after the operators' kinds

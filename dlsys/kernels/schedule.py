@@ -22,6 +22,9 @@ from dlsys.kernels.matmul import choose_config, matmul_problem, schedule_matmul_
 VECTOR_LANES = 16
 # Below this many elements, waking the thread pool costs more than the work it shares.
 PARALLEL_MIN_ELEMENTS = 1 << 14
+# A window kernel's output row up to this long is one vector loop (LeNet's 28 and 10 columns);
+# a longer one is split into whole vectors.
+WINDOW_VECTOR_MAX = 64
 
 ScheduleFn = Callable[[s_tir.Schedule], None]
 
@@ -186,13 +189,42 @@ def schedule_decisions(mod: tvm.IRModule, kind: str, target: tvm.target.Target) 
         return "fallback"
 
 
-def schedule_conv2d(sch: s_tir.Schedule) -> None:
-    """Direct convolution: (image, out channel) pairs in parallel, output columns vectorised."""
-    block = sch.get_sblock("conv2d")
-    b, o, i, j, rc, ry, rx = sch.get_loops(block)
-    sch.reorder(b, o, i, rc, ry, rx, j)
-    sch.parallel(sch.fuse(b, o))
-    sch.decompose_reduction(block, rc)
+def schedule_window(sch: s_tir.Schedule) -> None:
+    """Sliding-window kernels (``dlsys.kernels.compute_conv``: convolutions, pooling, their
+    adjoints). Producer blocks (padding, a pooling window's argmax) run first, each on its
+    own in parallel; the last block runs its outer output axes fused and in parallel, its
+    reductions inside them and its innermost output axis vectorised, so that each vector
+    lane accumulates one output element (no reduction across lanes)."""
+    *producers, main = _all_blocks(sch)
+    for block in producers:
+        _parallel_outer(sch, block, vector=not _is_reduction(sch, block))
+    _parallel_outer(sch, main, vector=True)
+
+
+def _parallel_outer(sch: s_tir.Schedule, block, vector: bool) -> None:
+    loops = sch.get_loops(block)
+    kinds = [iv.iter_type for iv in sch.get(block).iter_vars]
+    spatial = [lp for lp, t in zip(loops, kinds) if t == 0]
+    reduce = [lp for lp, t in zip(loops, kinds) if t != 0]
+    if not reduce:
+        vectorize_and_parallelize(sch, sch.fuse(*spatial))
+        return
+    if not vector:
+        sch.parallel(sch.fuse(*spatial))
+        return
+    *outer, inner = spatial
+    inner_extent = _extent(sch, inner)
+    if inner_extent > WINDOW_VECTOR_MAX:
+        # A wide row: whole vectors in the innermost loop, the rest of the row outside.
+        rows, inner = sch.split(inner, factors=[None, VECTOR_LANES])
+        outer.append(rows)
+    fused = sch.fuse(*outer) if len(outer) > 1 else (outer[0] if outer else None)
+    sch.reorder(*([fused] if fused is not None else []), *reduce, inner)
+    if fused is not None and _extent(sch, fused) > 1:
+        sch.parallel(fused)
+    if inner_extent > 1:
+        sch.vectorize(inner)
+    sch.decompose_reduction(block, reduce[0])
 
 
 def _all_blocks(sch: s_tir.Schedule) -> list:
@@ -207,7 +239,7 @@ SCHEDULES: dict[str, ScheduleFn] = {
     "row_loss": schedule_row_loss,
     "row_blocks": schedule_row_blocks,
     "matmul": schedule_matmul_packed,
-    "conv2d": schedule_conv2d,
+    "window": schedule_window,
 }
 
 

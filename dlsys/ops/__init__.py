@@ -11,7 +11,7 @@ from __future__ import annotations
 from dlsys.checks import check_constant
 from dlsys.errors import ArgumentTypeError
 from dlsys.graph import Node, Op, short_name
-from dlsys.ops.conv import conv2d_op
+from dlsys.ops.conv import conv2d_grad_input_op, conv2d_grad_weight_op, conv2d_op
 from dlsys.ops.elementwise import (
     BroadcastBinaryOp,
     ElementwiseOp,
@@ -36,6 +36,13 @@ from dlsys.ops.elementwise import (
 from dlsys.ops.linalg import matmul_op
 from dlsys.ops.loss import softmax_op, softmaxcrossentropy_gradient_op, softmaxcrossentropy_op
 from dlsys.ops.placeholder import Variable, placeholder_op
+from dlsys.ops.pool import (
+    avgpool2d_grad_op,
+    avgpool2d_op,
+    global_avgpool_op,
+    maxpool2d_grad_op,
+    maxpool2d_op,
+)
 from dlsys.ops.reduce import (
     broadcastto_op,
     expand_op,
@@ -52,6 +59,8 @@ ALL_OPS: list[Op] = [
     log_op, tanh_op, oneslike_op, zeroslike_op, matmul_op, reducesumaxiszero_op,
     reducesumto_op, broadcastto_op, sum_op, mean_op, expand_op, expandmean_op,
     softmaxcrossentropy_op, softmaxcrossentropy_gradient_op, softmax_op, conv2d_op,
+    conv2d_grad_input_op, conv2d_grad_weight_op, maxpool2d_op, maxpool2d_grad_op, avgpool2d_op,
+    avgpool2d_grad_op, global_avgpool_op,
 ]
 ELEMENTWISE_OPS: list[ElementwiseOp] = [op for op in ALL_OPS if isinstance(op, ElementwiseOp)]
 
@@ -122,4 +131,6 @@ __all__ = [
     "log_op", "tanh_op", "oneslike_op", "zeroslike_op", "matmul_op", "reducesumaxiszero_op",
     "reducesumto_op", "broadcastto_op", "sum_op", "mean_op", "expand_op", "expandmean_op",
     "softmaxcrossentropy_op", "softmaxcrossentropy_gradient_op", "softmax_op", "conv2d_op",
+    "conv2d_grad_input_op", "conv2d_grad_weight_op", "maxpool2d_op", "maxpool2d_grad_op",
+    "avgpool2d_op", "avgpool2d_grad_op", "global_avgpool_op",
 ]

@@ -8,9 +8,10 @@ a message that says what does not fit; callers prefix it with the node or argume
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 
-from dlsys.errors import ShapeError
+from dlsys.errors import ArgumentTypeError, ShapeError
 from dlsys.graph import Node, Shape
 
 
@@ -96,15 +97,81 @@ def reduced_count(shape: Sequence[int], source: Sequence[int | None]) -> int:
     return math.prod(n for d, n in enumerate(shape) if d not in source)
 
 
-def conv2d_shape(shape_x: Sequence[int], shape_f: Sequence[int]) -> Shape:
-    """NCHW images ``x`` and OIHW filters ``f``, stride 1, no padding."""
+Pair = tuple[int, int]
+
+
+def window_pair(name: str, value, minimum: int) -> Pair:
+    """A sliding window's ``kernel_size``, ``stride`` or ``padding`` as ``(height, width)``:
+    an int for both or a pair of ints, each at least ``minimum``. The one reading of these
+    arguments, shared by the operators and the kernel builders."""
+    items = tuple(value) if isinstance(value, (tuple, list)) else (value,) * 2
+    if len(items) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                                  for v in items):
+        raise ArgumentTypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if any(v < minimum for v in items):
+        bound = "positive" if minimum == 1 else "non-negative"
+        raise ShapeError(f"{name} must be {bound}, got {value!r}")
+    return (int(items[0]), int(items[1]))
+
+
+def window_positions(size: int, window: int, stride: int, padding: int) -> int:
+    """How many places a ``window`` sliding by ``stride`` takes over ``size`` elements with
+    ``padding`` added at both ends: the output size of convolutions and pooling."""
+    return (size + 2 * padding - window) // stride + 1
+
+
+def _windows_shape(what: str, shape_x: Sequence[int], window: Pair, stride: Pair,
+                   padding: Pair) -> Pair:
+    """The (height, width) of every window position over NCHW images ``shape_x``."""
+    if len(shape_x) != 4:
+        raise ShapeError(f"images must be 4-d (N, C, H, W), got shape {tuple(shape_x)}")
+    window_pair("stride", stride, 1)
+    window_pair("padding", padding, 0)
+    padded = (shape_x[2] + 2 * padding[0], shape_x[3] + 2 * padding[1])
+    if window[0] > padded[0] or window[1] > padded[1]:
+        raise ShapeError(f"{what} is larger than the image {tuple(shape_x[2:])} padded by "
+                         f"{tuple(padding)}")
+    return (window_positions(shape_x[2], window[0], stride[0], padding[0]),
+            window_positions(shape_x[3], window[1], stride[1], padding[1]))
+
+
+def conv2d_shape(shape_x: Sequence[int], shape_f: Sequence[int], stride: Pair = (1, 1),
+                 padding: Pair = (0, 0)) -> Shape:
+    """NCHW images ``x`` convolved with OIHW filters ``f``: (N, O, H', W')."""
     if len(shape_x) != 4 or len(shape_f) != 4:
         raise ShapeError("images and filters must be 4-d (NCHW, OIHW)")
     if shape_x[1] != shape_f[1]:
         raise ShapeError(f"images have {shape_x[1]} channels but filters expect {shape_f[1]}")
-    if shape_f[2] > shape_x[2] or shape_f[3] > shape_x[3]:
-        raise ShapeError(f"filter {tuple(shape_f)} is larger than the image {tuple(shape_x)}")
-    return (shape_x[0], shape_f[0], shape_x[2] - shape_f[2] + 1, shape_x[3] - shape_f[3] + 1)
+    size = _windows_shape(f"filter {tuple(shape_f)}", shape_x, tuple(shape_f[2:]), stride,
+                          padding)
+    return (shape_x[0], shape_f[0], *size)
+
+
+def pool2d_shape(shape_x: Sequence[int], kernel: Pair, stride: Pair, padding: Pair) -> Shape:
+    """NCHW images pooled over ``kernel`` windows: (N, C, H', W'). As in PyTorch, padding is
+    at most half the window, so every window holds at least one element of the image."""
+    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
+        raise ShapeError(f"padding {tuple(padding)} is more than half the pooling window "
+                         f"{tuple(kernel)}")
+    return (shape_x[0], shape_x[1], *_windows_shape(f"pooling window {tuple(kernel)}", shape_x,
+                                                     kernel, stride, padding))
+
+
+def global_pool_shape(shape_x: Sequence[int]) -> Shape:
+    """NCHW images averaged over all of H and W: (N, C, 1, 1)."""
+    if len(shape_x) != 4:
+        raise ShapeError(f"images must be 4-d (N, C, H, W), got shape {tuple(shape_x)}")
+    return (shape_x[0], shape_x[1], 1, 1)
+
+
+def adjoint_shape(forward_shape: Sequence[int], shape_g: Sequence[int],
+                  result: Sequence[int]) -> Shape:
+    """``result``, when ``shape_g`` is the forward operator's output shape: the rule of an
+    operator that takes a gradient ``g`` back to the shape of one of the forward inputs."""
+    if tuple(shape_g) != tuple(forward_shape):
+        raise ShapeError(f"the gradient must have the forward output's shape "
+                         f"{tuple(forward_shape)}, got {tuple(shape_g)}")
+    return tuple(result)
 
 
 def row_matrix_shape(shape: Sequence[int]) -> Shape:

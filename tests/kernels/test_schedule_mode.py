@@ -14,7 +14,7 @@ from kernel_testing import (
     softmax_cases,
 )
 
-from dlsys.kernels import build, compute
+from dlsys.kernels import build, compute, compute_conv
 
 TARGET = build.make_target("llvm")
 # Big enough that every tuned schedule parallelises or vectorises something.
@@ -23,7 +23,8 @@ DEFINITIONS = [
     ("reduce_sum", lambda: compute.reduce_sum_axis_zero((300, 64), "float32")),
     ("softmax", lambda: compute.softmax((64, 300), "float32")),
     ("row_loss", lambda: compute.softmax_cross_entropy((64, 300), "float32")),
-    ("conv2d", lambda: compute.conv2d_nchw((4, 3, 12, 12), (8, 3, 3, 3), "float32")),
+    ("window", lambda: compute_conv.conv2d((4, 3, 12, 12), (8, 3, 3, 3), (4, 8, 10, 10), (1, 1),
+                                           (0, 0), "float32")),
     ("matmul", lambda: compute.matmul((64, 48), False, (48, 80), False, "float32")),
 ]
 OPTIMISED_LOOP = re.compile(r"T\.(parallel|vectorized)\(")

@@ -1,0 +1,205 @@
+"""Compute definitions of sliding-window kernels: 2-d convolution and pooling over NCHW images,
+and their adjoints.
+
+Every kernel is given its inputs' shapes, then its output's (the operators' shape rules in
+``dlsys.ops.shapes`` computed them), then its window (a pool's ``kernel``, ``stride``,
+``padding``) as ``(height, width)`` pairs, and returns ``(inputs, outputs)`` as
+``dlsys.kernels.compute`` does. Padding is a block of its own (``"pad"``), so the window
+block reads a plain array; the last block is the one a schedule of the ``"window"`` family
+shapes.
+
+The adjoints gather rather than scatter: each input element sums over the windows that
+cover it, so no two iterations write the same element and every block parallelises. Along
+one axis, a padded position ``p`` is covered by ``ceil(kernel / stride)`` windows at most:
+window ``p // stride - r`` at offset ``p % stride + r * stride``, for ``r = 0, 1, ...``,
+where the window exists and the offset falls inside the kernel (``_covering``).
+"""
+
+from __future__ import annotations
+
+from tvm import te, tirx
+
+from dlsys.kernels.compute import Shape, TensorList
+
+Pair = tuple[int, int]
+
+
+def _pad(x: te.Tensor, padding: Pair, value: float, dtype: str) -> te.Tensor:
+    """``x`` with ``padding`` rows and columns of ``value`` on each side; ``x`` itself when
+    there is none, so an unpadded kernel has no copy."""
+    ph, pw = padding
+    if ph == 0 and pw == 0:
+        return x
+    n, c, h, w = (int(d) for d in x.shape)
+
+    def body(b, ch, i, j):
+        inside = tirx.all(i >= ph, i < h + ph, j >= pw, j < w + pw)
+        # if_then_else, not Select: the load must not happen outside the image.
+        return tirx.if_then_else(inside, x[b, ch, i - ph, j - pw], tirx.const(value, dtype))
+
+    return te.compute((n, c, h + 2 * ph, w + 2 * pw), body, name="pad")
+
+
+def conv2d(shape_x: Shape, shape_f: Shape, shape_y: Shape, stride: Pair, padding: Pair,
+           dtype: str) -> tuple[TensorList, TensorList]:
+    """``Y = X * F``: cross-correlation (as in every DL framework) of NCHW images with OIHW
+    filters, output ``shape_y``."""
+    x = te.placeholder(shape_x, dtype=dtype, name="X")
+    f = te.placeholder(shape_f, dtype=dtype, name="F")
+    xp = _pad(x, padding, 0.0, dtype)
+    sh, sw = stride
+    rc = te.reduce_axis((0, shape_f[1]), name="rc")
+    ry = te.reduce_axis((0, shape_f[2]), name="ry")
+    rx = te.reduce_axis((0, shape_f[3]), name="rx")
+    y = te.compute(shape_y,
+                   lambda b, o, i, j: te.sum(xp[b, rc, i * sh + ry, j * sw + rx] * f[o, rc, ry, rx],
+                                             axis=[rc, ry, rx]),
+                   name="conv2d")
+    return [x, f], [y]
+
+
+def _covering(position, padding: int, kernel: int, stride: int, windows: int, r):
+    """The ``r``-th window covering ``position`` along one axis: ``(window, offset, valid)``.
+
+    Window and offset are clamped into range so that loading them is always safe; ``valid``
+    says whether the window really covers the position (see the module docstring).
+    """
+    p = position + padding
+    window = p // stride - r
+    offset = p % stride + r * stride
+    valid = tirx.all(window >= 0, window < windows, offset < kernel)
+    return (tirx.max(tirx.min(window, windows - 1), 0), tirx.min(offset, kernel - 1), valid)
+
+
+def _covering_axes(kernel: Pair, stride: Pair) -> tuple[te.IterVar, te.IterVar]:
+    """Reduction axes over the windows covering one element: ``ceil(kernel / stride)`` each."""
+    return (te.reduce_axis((0, -(-kernel[0] // stride[0])), name="wy"),
+            te.reduce_axis((0, -(-kernel[1] // stride[1])), name="wx"))
+
+
+def conv2d_grad_input(shape_g: Shape, shape_f: Shape, shape_x: Shape, stride: Pair,
+                      padding: Pair, dtype: str) -> tuple[TensorList, TensorList]:
+    """``dX``: the adjoint of ``conv2d`` in ``X`` applied to ``G`` (the output's gradient);
+    each image element sums ``G * F`` over the windows covering it."""
+    g = te.placeholder(shape_g, dtype=dtype, name="G")
+    f = te.placeholder(shape_f, dtype=dtype, name="F")
+    kh, kw = shape_f[2:]
+    ro = te.reduce_axis((0, shape_f[0]), name="ro")
+    wy, wx = _covering_axes((kh, kw), stride)
+    zero = tirx.const(0, dtype)
+
+    def body(b, c, h, w):
+        i, ky, valid_y = _covering(h, padding[0], kh, stride[0], shape_g[2], wy)
+        j, kx, valid_x = _covering(w, padding[1], kw, stride[1], shape_g[3], wx)
+        term = tirx.Select(tirx.all(valid_y, valid_x), g[b, ro, i, j] * f[ro, c, ky, kx], zero)
+        return te.sum(term, axis=[ro, wy, wx])
+
+    return [g, f], [te.compute(shape_x, body, name="conv2d_grad_input")]
+
+
+def conv2d_grad_weight(shape_x: Shape, shape_g: Shape, shape_f: Shape, stride: Pair,
+                       padding: Pair, dtype: str) -> tuple[TensorList, TensorList]:
+    """``dF``: the adjoint of ``conv2d`` in ``F``: each filter tap sums ``G`` times the image
+    elements it met, over the batch and every output position."""
+    x = te.placeholder(shape_x, dtype=dtype, name="X")
+    g = te.placeholder(shape_g, dtype=dtype, name="G")
+    xp = _pad(x, padding, 0.0, dtype)
+    sh, sw = stride
+    rb = te.reduce_axis((0, shape_g[0]), name="rb")
+    ri = te.reduce_axis((0, shape_g[2]), name="ri")
+    rj = te.reduce_axis((0, shape_g[3]), name="rj")
+    df = te.compute(shape_f,
+                    lambda o, c, ky, kx: te.sum(g[rb, o, ri, rj]
+                                                * xp[rb, c, ri * sh + ky, rj * sw + kx],
+                                                axis=[rb, ri, rj]),
+                    name="conv2d_grad_weight")
+    return [x, g], [df]
+
+
+def _window_axes(kernel: Pair) -> tuple[te.IterVar, te.IterVar]:
+    return te.reduce_axis((0, kernel[0]), name="ry"), te.reduce_axis((0, kernel[1]), name="rx")
+
+
+def max_pool2d(shape_x: Shape, shape_y: Shape, kernel: Pair, stride: Pair, padding: Pair,
+               dtype: str) -> tuple[TensorList, TensorList]:
+    """The maximum of each window; padding is -inf, so it never wins."""
+    x = te.placeholder(shape_x, dtype=dtype, name="X")
+    xp = _pad(x, padding, float("-inf"), dtype)
+    ry, rx = _window_axes(kernel)
+    sh, sw = stride
+    y = te.compute(shape_y, lambda b, c, i, j: te.max(xp[b, c, i * sh + ry, j * sw + rx],
+                                                      axis=[ry, rx]), name="max_pool2d")
+    return [x], [y]
+
+
+def avg_pool2d(shape_x: Shape, shape_y: Shape, kernel: Pair, stride: Pair, padding: Pair,
+               dtype: str) -> tuple[TensorList, TensorList]:
+    """The mean of each window, padding counted as zeros (PyTorch's count_include_pad)."""
+    x = te.placeholder(shape_x, dtype=dtype, name="X")
+    xp = _pad(x, padding, 0.0, dtype)
+    ry, rx = _window_axes(kernel)
+    sh, sw = stride
+    # The divisor folded into each term, as reduce_mean does: one reduction block.
+    scale = tirx.const(1.0 / (kernel[0] * kernel[1]), dtype)
+    y = te.compute(shape_y, lambda b, c, i, j: te.sum(xp[b, c, i * sh + ry, j * sw + rx] * scale,
+                                                      axis=[ry, rx]), name="avg_pool2d")
+    return [x], [y]
+
+
+def avg_pool2d_grad(shape_g: Shape, shape_x: Shape, kernel: Pair, stride: Pair, padding: Pair,
+                    dtype: str) -> tuple[TensorList, TensorList]:
+    """``dX`` of ``avg_pool2d``: each element gets its covering windows' gradients over the
+    window's size."""
+    g = te.placeholder(shape_g, dtype=dtype, name="G")
+    wy, wx = _covering_axes(kernel, stride)
+    scale = tirx.const(1.0 / (kernel[0] * kernel[1]), dtype)
+    zero = tirx.const(0, dtype)
+
+    def body(b, c, h, w):
+        i, _, valid_y = _covering(h, padding[0], kernel[0], stride[0], shape_g[2], wy)
+        j, _, valid_x = _covering(w, padding[1], kernel[1], stride[1], shape_g[3], wx)
+        return te.sum(tirx.Select(tirx.all(valid_y, valid_x), g[b, c, i, j] * scale, zero),
+                      axis=[wy, wx])
+
+    return [g], [te.compute(shape_x, body, name="avg_pool2d_grad")]
+
+
+def _first_max(lhs, rhs):
+    """Combine two (offset, value) candidates: the larger value, the smaller offset on a tie.
+    Order-independent, so the reduction may run in any order and still pick PyTorch's
+    element (the first maximum of the window)."""
+    take_rhs = tirx.any(rhs[1] > lhs[1], tirx.all(rhs[1] == lhs[1], rhs[0] < lhs[0]))
+    return tirx.Select(take_rhs, rhs[0], lhs[0]), tirx.Select(take_rhs, rhs[1], lhs[1])
+
+
+def _no_candidate(offset_dtype, value_dtype):
+    return tirx.const(2**30, offset_dtype), tirx.const(float("-inf"), value_dtype)
+
+
+_argmax = te.comm_reducer(_first_max, _no_candidate, name="first_argmax")
+
+
+def max_pool2d_grad(shape_x: Shape, shape_g: Shape, shape_dx: Shape, kernel: Pair, stride: Pair,
+                    padding: Pair, dtype: str) -> tuple[TensorList, TensorList]:
+    """``dX`` of ``max_pool2d``: each window's gradient goes to the first maximum of the
+    window (as in PyTorch), found again from ``X`` by the ``argmax`` block."""
+    x = te.placeholder(shape_x, dtype=dtype, name="X")
+    g = te.placeholder(shape_g, dtype=dtype, name="G")
+    xp = _pad(x, padding, float("-inf"), dtype)
+    ry, rx = _window_axes(kernel)
+    sh, sw = stride
+    kw = kernel[1]
+    where, _ = te.compute(
+        shape_g, lambda b, c, i, j: _argmax(((ry * kw + rx).astype("int32"),
+                                             xp[b, c, i * sh + ry, j * sw + rx]), axis=[ry, rx]),
+        name="argmax")
+    wy, wx = _covering_axes(kernel, stride)
+    zero = tirx.const(0, dtype)
+
+    def body(b, c, h, w):
+        i, ky, valid_y = _covering(h, padding[0], kernel[0], stride[0], shape_g[2], wy)
+        j, kx, valid_x = _covering(w, padding[1], kw, stride[1], shape_g[3], wx)
+        chosen = tirx.all(valid_y, valid_x, where[b, c, i, j] == ky * kw + kx)
+        return te.sum(tirx.Select(chosen, g[b, c, i, j], zero), axis=[wy, wx])
+
+    return [x, g], [te.compute(shape_dx, body, name="max_pool2d_grad")]
