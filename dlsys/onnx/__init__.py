@@ -7,10 +7,11 @@
 Needs the ``onnx`` package (``pip install 'dlsys[onnx]'``); onnxruntime is never needed.
 """
 
+from dlsys.onnx.export import export
 from dlsys.onnx.importer import OnnxModule, import_model
 from dlsys.onnx.ops import supported_ops
 from dlsys.onnx.reader import OnnxError
 from dlsys.onnx.session import InferenceSession, NodeArg
 
-__all__ = ["import_model", "InferenceSession", "NodeArg", "OnnxModule", "OnnxError",
+__all__ = ["export", "import_model", "InferenceSession", "NodeArg", "OnnxModule", "OnnxError",
            "supported_ops"]

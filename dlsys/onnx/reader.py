@@ -26,7 +26,7 @@ class OnnxError(DlsysError, ValueError):
     support, or a graph that does not fit dlsys (the message names the node)."""
 
 
-def _onnx():
+def require_onnx():
     try:
         import onnx
     except ImportError:
@@ -37,7 +37,7 @@ def _onnx():
 def load_model(source, where: str | None = None):
     """The ``onnx.ModelProto`` in ``source`` (a path, the file's bytes or a ModelProto),
     parsed and checked; a file that is not a valid ONNX model is a ``DataError``."""
-    onnx = _onnx()
+    onnx = require_onnx()
     from google.protobuf.message import DecodeError
 
     if isinstance(source, onnx.ModelProto):
@@ -154,7 +154,7 @@ def static_shapes(model) -> dict[str, tuple[int | None, ...]]:
     """Every value's dimensions that ONNX's shape inference can tell without the batch size
     (None for a symbolic or unknown dimension). The converters read them where a dlsys
     operator needs a size fixed when the graph is built (a reshape's target)."""
-    onnx = _onnx()
+    onnx = require_onnx()
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
     except Exception:  # an unknown op stops ONNX's inference; the declared shapes remain
