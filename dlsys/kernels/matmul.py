@@ -24,20 +24,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import tvm
 from tvm import s_tir, te
 
 from dlsys.kernels import compute, tuning
+from dlsys.kernels import cpu as cpu_facts
+from dlsys.kernels.cpu import CpuFacts
 
 BLOCK = "matmul"
 LOG_KIND = "matmul"
-# AVX2: one vector register holds 32 bytes; the accumulator tile is counted in these.
-VECTOR_BYTES = 32
-# Half of Zen 3's 512 KiB L2: room for the B slab plus the A panel and C tiles streaming by.
-L2_BUDGET_BYTES = 256 * 1024
 # Below this many multiply-adds, waking the thread pool costs more than the work it shares.
 PARALLEL_MIN_MACS = 1 << 18
 # Below this (the MLP's smallest products are exactly 10**6) a kernel runs in tens of
@@ -48,13 +46,6 @@ SEARCH_CANDIDATES = 4
 # inside the vectorised FMA loop; used to rank tiles that pad A against those that do not.
 PACK_COST_MACS = 8
 MAX_TILE = 64
-
-# Register tiles (rows, vectors per row, preference): mr * vectors accumulators plus the B
-# loads and a broadcast must fit AVX2's 16 registers; fuller tiles reuse each load for more
-# FMAs, hence their higher preference. Widths of three vectors (nr = 24) are left out: LLVM
-# scalarises the non-power-of-two vector types they produce.
-_TILE_SHAPES = ((6, 2, 1.0), (5, 2, 0.93), (4, 2, 0.82), (8, 1, 0.75), (3, 2, 0.65),
-                (2, 2, 0.5), (6, 1, 0.5), (1, 2, 0.3))
 
 
 @dataclass(frozen=True)
@@ -67,11 +58,19 @@ class MatmulProblem:
     trans_a: bool
     trans_b: bool
     dtype: str
+    # The CPU the tiles are for: its vector width, register file and L2 (this machine's
+    # unless a test or a table names another).
+    cpu: CpuFacts = field(default_factory=cpu_facts.host)
 
     def key(self, cpu: str | None = None) -> str:
         """The tuning-log key: CPU, dtype, sizes and transposes."""
-        return (f"{cpu or tuning.system_cpu()}/{self.dtype}/m{self.m}n{self.n}k{self.k}"
+        return (f"{cpu or self.cpu.name}/{self.dtype}/m{self.m}n{self.n}k{self.k}"
                 f"/ta{int(self.trans_a)}tb{int(self.trans_b)}")
+
+    @property
+    def l2_budget_bytes(self) -> int:
+        """Half the L2: room for the B slab plus the A panel and C tiles streaming by."""
+        return self.cpu.l2_bytes // 2
 
     @property
     def macs(self) -> int:
@@ -79,7 +78,7 @@ class MatmulProblem:
 
     @property
     def lanes(self) -> int:
-        return max(1, VECTOR_BYTES // np.dtype(self.dtype).itemsize)
+        return self.cpu.lanes(self.dtype)
 
     def shapes(self) -> tuple[tuple[int, int], tuple[int, int]]:
         """The stored shapes of A and B (transposed operands are stored transposed)."""
@@ -142,9 +141,10 @@ class MatmulConfig:
             whole = ((self.nr % lanes == 0 or self.nr == problem.n < lanes)
                      and (self.pack_a or problem.m % self.mr == 0))
         accumulators = vectors * broadcast
-        # As in _TILE_SHAPES: accumulators, the loaded vectors and a broadcast within AVX2's 16
-        # registers, and at least two independent accumulators where the output allows.
-        registers_ok = accumulators + vectors + 1 <= 16 and accumulators >= min(2, extent)
+        # As in cpu.TILE_SHAPES: accumulators, the loaded vectors and a broadcast within the
+        # register file, and at least two independent accumulators where the output allows.
+        registers_ok = (accumulators + vectors + 1 <= problem.cpu.vector_registers
+                        and accumulators >= min(2, extent))
         # B's slab is whole or the L2-sized one the search tries.
         n_pad = _round_up(problem.n, self.nr)
         return whole and registers_ok and self.nc in (n_pad, _slab_columns(problem, self.nr))
@@ -160,7 +160,7 @@ def _slab_columns(problem: MatmulProblem, nr: int) -> int:
     itemsize = np.dtype(problem.dtype).itemsize
     best = 1
     for count in range(1, panels + 1):
-        if panels % count == 0 and problem.k * nr * count * itemsize <= L2_BUDGET_BYTES:
+        if panels % count == 0 and problem.k * nr * count * itemsize <= problem.l2_budget_bytes:
             best = count
     return best * nr
 
@@ -177,7 +177,7 @@ def _register_tiles(problem: MatmulProblem) -> list[tuple[int, int]]:
     """(mr, nr) pairs, best first by estimated cost in multiply-add time."""
     lanes = problem.lanes
     scored: dict[tuple[int, int], float] = {}
-    for rows, vectors, preference in _TILE_SHAPES:
+    for rows, vectors, preference in problem.cpu.tile_shapes:
         mr = min(rows, problem.m)
         nr = vectors * lanes
         if problem.n < nr:

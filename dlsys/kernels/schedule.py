@@ -16,10 +16,12 @@ import tvm
 from tvm import s_tir
 
 from dlsys.errors import ArgumentError
+from dlsys.kernels import cpu
 from dlsys.kernels.matmul import choose_config, matmul_problem, schedule_matmul_tuned
 
-# AVX2 holds 8 float32 lanes; two registers per step let LLVM interleave independent FMAs.
-VECTOR_LANES = 16
+# Two vector registers of float32 per step (16 lanes on AVX2, 32 on AVX-512), so LLVM can
+# interleave independent operations; read from this machine's CPU, never assumed.
+VECTOR_LANES = 2 * cpu.host().lanes("float32")
 # Below this many elements, waking the thread pool costs more than the work it shares.
 PARALLEL_MIN_ELEMENTS = 1 << 14
 # A window kernel's output row up to this long is one vector loop (LeNet's 28 and 10 columns);

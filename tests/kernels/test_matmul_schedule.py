@@ -6,6 +6,7 @@ default so that tests which only check correctness never time anything.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -17,7 +18,13 @@ from dlsys import tvm_op
 from dlsys.kernels import compute, tuning
 from dlsys.kernels import matmul as mm
 from dlsys.kernels.build import make_target
+from dlsys.kernels.cpu import facts_for
 from dlsys.kernels.schedule import SCHEDULES, apply_schedule
+
+# Register files of CPUs this machine need not be: tiles are chosen from facts alone.
+AVX2, AVX512, NEON = (facts_for("znver3"), facts_for("skylake-avx512"),
+                      facts_for("neoverse-n1", "aarch64-linux-gnu"))
+
 
 TOL = {"float32": {"rtol": 1e-4, "atol": 1e-4}, "float64": {"rtol": 1e-10, "atol": 1e-10}}
 
@@ -218,9 +225,9 @@ def test_first_use_searches_and_logs_then_reuses(tmp_path, monkeypatch):
 def test_logged_config_is_used(tmp_path, monkeypatch):
     _log_path(tmp_path, monkeypatch)
     chosen = mm.MatmulConfig(4, 8, 48, pack_a=False)
-    tuning.record(mm.LOG_KIND, SEARCH_PROBLEM.key(), {"mr": 4, "nr": 8, "nc": 48,
-                                                     "pack_a": False})
-    assert mm.choose_config(SEARCH_PROBLEM) == chosen
+    problem = dataclasses.replace(SEARCH_PROBLEM, cpu=AVX2)  # 8 lanes: nr = 8 is one vector
+    tuning.record(mm.LOG_KIND, problem.key(), {"mr": 4, "nr": 8, "nc": 48, "pack_a": False})
+    assert mm.choose_config(problem) == chosen
 
 
 @pytest.mark.parametrize("text", ["{not json", '{"version": 1, "entries": []}', "[]",
@@ -261,8 +268,9 @@ def test_shipped_table_is_valid():
             cpu, dtype, sizes, trans = key.split("/")
             m, rest = sizes[1:].split("n")
             n, k = rest.split("k")
+            # Checked against the register file of the CPU the table was measured on.
             problem = mm.MatmulProblem(int(m), int(n), int(k), trans[2] == "1",
-                                       trans[5] == "1", dtype)
+                                       trans[5] == "1", dtype, cpu=facts_for(cpu))
             assert problem.key(cpu) == key
             assert mm.MatmulConfig.from_json(record, problem) is not None, key
 
@@ -292,3 +300,34 @@ def test_fusion_pass_epilogues(steps):
                                          "fused")
     out = _run(kernel.func, a, b, *operands, out_shape=(m, n), dtype="float32")
     np.testing.assert_allclose(out, value, **TOL["float32"])
+
+
+@pytest.mark.parametrize("cpu, lanes, registers", [(AVX2, 8, 16), (AVX512, 16, 32),
+                                                   (NEON, 4, 32)], ids=["avx2", "avx512", "neon"])
+@pytest.mark.parametrize("m, n, k", [(1000, 256, 784), (1000, 100, 256), (1000, 10, 100),
+                                     (784, 256, 1000), (1024, 1024, 1024)])
+def test_tiles_fit_each_register_file(cpu, lanes, registers, m, n, k):
+    # Chosen for a CPU from its facts alone: none of these CPUs needs to be this machine.
+    problem = mm.MatmulProblem(m, n, k, False, False, "float32", cpu=cpu)
+    assert problem.lanes == lanes
+    for config in mm.candidate_configs(problem, limit=64):
+        if config.vec_m:
+            vectors, broadcast = config.mr // lanes, config.nr
+        else:
+            vectors, broadcast = -(-config.nr // lanes), config.mr
+        assert vectors * broadcast + vectors + 1 <= registers, config
+        assert mm.MatmulConfig.from_json(
+            {"mr": config.mr, "nr": config.nr, "nc": config.nc, "pack_a": config.pack_a,
+             "vec_m": config.vec_m}, problem) == config
+    best = mm.heuristic_config(problem)
+    if n >= 4 * lanes:  # a wide output uses the larger register file for a larger tile
+        used = best.mr * -(-best.nr // lanes)
+        assert used > (12 if registers == 32 else 8), best
+
+
+def test_a_tile_for_avx512_is_refused_on_avx2():
+    wide = {"mr": 6, "nr": 64, "nc": 256, "pack_a": True, "vec_m": False}
+    assert mm.MatmulConfig.from_json(
+        wide, mm.MatmulProblem(1000, 256, 784, False, False, "float32", cpu=AVX512)) is not None
+    assert mm.MatmulConfig.from_json(
+        wide, mm.MatmulProblem(1000, 256, 784, False, False, "float32", cpu=AVX2)) is None
