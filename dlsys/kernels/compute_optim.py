@@ -109,14 +109,16 @@ def adam_update(shapes: Sequence[Shape], dtype: str):
     weights, grads = _tensors("W", shapes, dtype), _tensors("G", shapes, dtype)
     firsts, seconds = _tensors("M", shapes, dtype), _tensors("V", shapes, dtype)
     one = tirx.const(1, dtype)
-    # The bias corrections as PyTorch arranges them: a step size and a square root, once.
+    # The bias corrections as PyTorch arranges them, a step size and a square root, computed
+    # once; the root is applied as a multiplication by its reciprocal, which spares each
+    # element a division (the slowest vector instruction here after the square root).
     scalars = {
         "step_size": te.compute((1,), lambda _: lr[0] / (one - te.power(h["beta1"],
                                                                          new_step[0])),
                                 name="step_size"),
-        "root_correction": te.compute(
-            (1,), lambda _: te.sqrt(one - te.power(h["beta2"], new_step[0])),
-            name="root_correction"),
+        "inverse_root_correction": te.compute(
+            (1,), lambda _: one / te.sqrt(one - te.power(h["beta2"], new_step[0])),
+            name="inverse_root_correction"),
         "shrink": te.compute((1,), lambda _: one - lr[0] * h["decoupled_weight_decay"],
                              name="shrink"),
     }
@@ -141,5 +143,5 @@ def _adam_blocks(k: int, w, m, v, g, h: dict, scalars: dict, dtype: str):
                          f"exp_avg_sq{k}")
     w_new = _elementwise(
         w.shape, lambda i: w[i] * scalars["shrink"][0] - scalars["step_size"][0] * m_new[i]
-        / (te.sqrt(v_new[i]) / scalars["root_correction"][0] + h["eps"]), f"param{k}")
+        / (te.sqrt(v_new[i]) * scalars["inverse_root_correction"][0] + h["eps"]), f"param{k}")
     return m_new, v_new, w_new
