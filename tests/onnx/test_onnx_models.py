@@ -1,0 +1,189 @@
+"""Whole models through ONNX: PyTorch's exports run by dlsys against onnxruntime, dlsys models
+exported and run by onnxruntime, and an imported model fine-tuned by dlsys.optim."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from onnx_testing import TOLERANCE, normal  # noqa: E402
+
+import dlsys  # noqa: E402
+import dlsys.onnx as donnx  # noqa: E402
+from dlsys import autodiff as ad  # noqa: E402
+from dlsys import nn, optim  # noqa: E402
+from dlsys.nn import functional as F  # noqa: E402
+
+
+def _torch_models():
+    torch = pytest.importorskip("torch")
+
+    class LeNet(torch.nn.Module):
+        """Conv, batch norm, both pools, a flatten and dense layers."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv1 = torch.nn.Conv2d(1, 6, 5, padding=2)
+            self.bn = torch.nn.BatchNorm2d(6)
+            self.conv2 = torch.nn.Conv2d(6, 16, 5)
+            self.fc1 = torch.nn.Linear(16 * 5 * 5, 120)
+            self.fc2 = torch.nn.Linear(120, 10)
+
+        def forward(self, x):
+            x = torch.max_pool2d(torch.relu(self.bn(self.conv1(x))), 2)
+            x = torch.nn.functional.avg_pool2d(torch.relu(self.conv2(x)), 2)
+            return self.fc2(torch.relu(self.fc1(torch.flatten(x, 1))))
+
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(784, 64), torch.nn.ReLU(), torch.nn.Dropout(0.2),
+                              torch.nn.Linear(64, 32), torch.nn.Tanh(), torch.nn.Linear(32, 10),
+                              torch.nn.LogSoftmax(dim=1))
+    lenet = LeNet()
+    with torch.no_grad():  # running statistics that are not the identity
+        lenet.bn.running_mean.uniform_(-0.5, 0.5)
+        lenet.bn.running_var.uniform_(0.5, 2.0)
+    return torch, {"mlp": (mlp, (784,)), "lenet": (lenet, (1, 28, 28))}
+
+
+def _export_torch(tmp_path, name: str, fold: bool = True):
+    torch, models = _torch_models()
+    module, shape = models[name]
+    module.eval()
+    path = tmp_path / f"{name}.onnx"
+    torch.onnx.export(module, (torch.zeros(2, *shape),), str(path), dynamo=False,
+                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "batch"}},
+                      do_constant_folding=fold)
+    return torch, module, shape, path
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("name,fold", [("mlp", True), ("lenet", True), ("lenet", False)])
+def test_pytorch_export_matches_onnxruntime_and_torch(tmp_path, name, fold):
+    """Folded, PyTorch writes LeNet's batch norm into the conv; unfolded, it stays a
+    BatchNormalization node."""
+    torch, module, shape, path = _export_torch(tmp_path, name, fold)
+    ours = donnx.InferenceSession(str(path))
+    theirs = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 7):
+        x = normal((batch, *shape), batch)
+        mine = ours.run(None, {"x": x})[0]
+        np.testing.assert_allclose(mine, theirs.run(None, {"x": x})[0], rtol=TOLERANCE,
+                                   atol=TOLERANCE)
+        with torch.no_grad():
+            expected = module(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(mine, expected, rtol=TOLERANCE, atol=TOLERANCE)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_pytorch_linear_over_stacked_rows_exports_matmul_add(tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(1)
+    module = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Sigmoid()).eval()
+    path = tmp_path / "rows.onnx"
+    torch.onnx.export(module, (torch.zeros(2, 3, 6),), str(path), dynamo=False,
+                      input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+    import onnx
+
+    assert "MatMul" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    x = normal((5, 3, 6))
+    ours = donnx.InferenceSession(str(path)).run(None, {"x": x})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(ours, module(torch.from_numpy(x)).numpy(), rtol=TOLERANCE,
+                                   atol=TOLERANCE)
+
+
+def _dlsys_models():
+    dlsys.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 8),
+                        nn.Tanh(), nn.Linear(8, 5), nn.Sigmoid())
+    if not hasattr(nn, "Conv2d"):
+        return {"mlp": (mlp, (20,))}
+    cnn = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                        nn.MaxPool2d(2), nn.Sequential(nn.Conv2d(4, 6, 3, stride=2), nn.Tanh()),
+                        nn.AvgPool2d(2, padding=1), nn.Flatten(), nn.Linear(24, 3))
+    rng = np.random.default_rng(0)
+    cnn[1].load_state_dict({"weight": rng.uniform(0.5, 1.5, 4), "bias": rng.normal(size=4),
+                            "running_mean": rng.normal(size=4),
+                            "running_var": rng.uniform(0.5, 2, 4)})
+    return {"mlp": (mlp, (20,)), "cnn": (cnn, (1, 12, 12))}
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_dlsys_export_runs_in_onnxruntime_with_dlsys_outputs(tmp_path, name):
+    models = _dlsys_models()
+    if name not in models:
+        pytest.skip("dlsys.nn has no Conv2d yet")
+    model, shape = models[name]
+    path = tmp_path / f"{name}.onnx"
+    donnx.export(model, (4, *shape), path)
+    assert model.training, "export leaves the model's mode as it was"
+    model.eval()
+    x_node = ad.Variable("x")
+    executor = ad.Executor([model(x_node)])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == ["batch", *shape]
+    for batch in (1, 6):  # the batch size stays free
+        x = normal((batch, *shape), batch)
+        ours = executor.run({x_node: x}, convert_to_numpy_ret_vals=True)[0]
+        theirs = session.run(None, {"input": x})[0]
+        np.testing.assert_allclose(theirs, ours, rtol=TOLERANCE, atol=TOLERANCE)
+        # ... and back into dlsys, with the layers' names on the parameters.
+        again = donnx.InferenceSession(str(path)).run(None, {"input": x})[0]
+        np.testing.assert_allclose(again, ours, rtol=TOLERANCE, atol=TOLERANCE)
+    imported = donnx.import_model(path)
+    assert set(imported.state_dict()) == set(model.state_dict()) - {
+        k for k in model.state_dict() if k.endswith(".seed")}
+
+
+def _fine_tune(module, x_value, labels_value, steps: int, lr: float) -> list[float]:
+    x, labels = ad.Variable("x"), ad.Variable("labels")
+    module.train()
+    step = optim.SGD(module.parameters(), lr=lr).minimize(F.cross_entropy(module(x), labels))
+    return [step({x: x_value, labels: labels_value}) for _ in range(steps)]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("name", ["mlp", "lenet"])
+def test_imported_model_fine_tunes_as_pytorch_does(tmp_path, name):
+    """PyTorch's models without their last softmax (logits for the loss), fine-tuned for a
+    few SGD steps on a fixed batch: the loss falls, the initializers move, and every step's
+    loss is PyTorch's for the same steps (LeNet's batch norm on batch statistics, as
+    PyTorch's in training mode; the MLP's dropout is gone from the exported graph)."""
+    import copy
+
+    torch, models = _torch_models()
+    module, shape = models[name]
+    if name == "mlp":
+        module = module[:-1]
+    reference = copy.deepcopy(module)
+    path = tmp_path / f"{name}.onnx"
+    torch.onnx.export(module.eval(), (torch.zeros(2, *shape),), str(path), dynamo=False,
+                      input_names=["x"], dynamic_axes={"x": {0: "batch"}},
+                      do_constant_folding=False)
+    imported = donnx.import_model(path)
+    names = {n for n, _ in module.named_parameters()}
+    assert {n for n, _ in imported.named_parameters()} == names
+    before = imported.state_dict()
+    x = normal((16, *shape), 3)
+    labels = np.random.default_rng(4).integers(0, 10, 16)
+    losses = _fine_tune(imported, x, labels.astype(np.float32), 8, lr=0.1)
+    assert losses[-1] < losses[0] * 0.9, losses
+    after = imported.state_dict()
+    assert all(not np.array_equal(before[n], after[n]) for n in names)
+    if name == "lenet":  # batch statistics were used and blended into the buffers
+        assert not np.array_equal(before["bn.running_mean"], after["bn.running_mean"])
+
+    reference.train(name == "lenet")
+    sgd = torch.optim.SGD(reference.parameters(), lr=0.1)
+    expected = []
+    for _ in range(8):
+        sgd.zero_grad()
+        loss = torch.nn.functional.cross_entropy(reference(torch.from_numpy(x)),
+                                                 torch.from_numpy(labels))
+        loss.backward()
+        sgd.step()
+        expected.append(loss.item())
+    np.testing.assert_allclose(losses, expected, rtol=1e-4)
