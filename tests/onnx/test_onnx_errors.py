@@ -1,0 +1,186 @@
+"""Bad input to dlsys.onnx: each a named DlsysError, never a traceback from onnx or TVM."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+import onnx  # noqa: E402
+from onnx import TensorProto, helper  # noqa: E402
+from onnx_testing import model, normal  # noqa: E402
+
+import dlsys  # noqa: E402
+import dlsys.onnx as donnx  # noqa: E402
+from dlsys import nn  # noqa: E402
+from dlsys.errors import (  # noqa: E402
+    ArgumentError,
+    ArgumentTypeError,
+    DataError,
+    DlsysError,
+    DtypeError,
+    FeedError,
+    ShapeError,
+)
+
+
+def _conv_model(opset=17, **attrs):
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv1", **attrs)
+    return model([node], {"x": ("N", 2, 8, 8)}, {"y": None}, {"w": normal((3, 2, 3, 3))},
+                 opset)
+
+
+def _pool_model(op_type, **attrs):
+    node = helper.make_node(op_type, ["x"], ["y"], name="pool1", **attrs)
+    return model([node], {"x": ("N", 2, 8, 8)}, {"y": None})
+
+
+def _mlp_bytes() -> bytes:
+    node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)
+    return model([node], {"x": ("batch", 4)}, {"y": ("batch", 3)},
+                 {"w": normal((3, 4)), "b": normal((3,))}).SerializeToString()
+
+
+def test_unsupported_operator_names_op_node_and_supported_list():
+    node = helper.make_node("Pow", ["x", "x"], ["y"], name="pow_7")
+    with pytest.raises(donnx.OnnxError) as err:
+        donnx.import_model(model([node], {"x": (2, 3)}, {"y": (2, 3)}))
+    message = str(err.value)
+    assert "'Pow'" in message and "pow_7" in message and "Gemm" in message
+    assert all(op in message for op in donnx.supported_ops())
+
+
+def test_operator_of_another_domain_is_refused():
+    node = helper.make_node("Relu", ["x"], ["y"], name="custom", domain="com.example")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", 1, [2])],
+                              [helper.make_tensor_value_info("y", 1, [2])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.example", 1)],
+                              ir_version=8)
+    with pytest.raises(donnx.OnnxError, match="com.example"):
+        donnx.import_model(proto)
+
+
+@pytest.mark.parametrize("build,named", [
+    (lambda: _conv_model(group=2, kernel_shape=[3, 3]), "group=2"),
+    (lambda: _conv_model(dilations=[2, 2]), "dilations"),
+    (lambda: _conv_model(auto_pad="SAME_UPPER"), "auto_pad='SAME_UPPER'"),
+    (lambda: _conv_model(pads=[1, 0, 0, 0]), "pads=[1, 0, 0, 0]"),
+    (lambda: _pool_model("MaxPool", kernel_shape=[2, 2], ceil_mode=1), "ceil_mode=1"),
+    (lambda: _pool_model("MaxPool", kernel_shape=[2, 2], dilations=[2, 2]), "dilations"),
+    (lambda: _pool_model("AveragePool", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+     "count_include_pad=0"),
+])
+def test_unsupported_attribute_values_are_named(build, named):
+    proto = build()
+    with pytest.raises(donnx.OnnxError) as err:
+        donnx.import_model(proto)
+    assert named in str(err.value)
+    assert proto.graph.node[0].name in str(err.value)
+
+
+def test_group_convolution_error_precedes_shapes():
+    """A depthwise conv (weight (C, 1, k, k)) is refused for its group, not its shapes."""
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="dw", group=2)
+    proto = model([node], {"x": ("N", 2, 8, 8)}, {"y": None}, {"w": normal((2, 1, 3, 3))})
+    with pytest.raises(donnx.OnnxError, match="group=2"):
+        donnx.import_model(proto)
+
+
+def test_reshape_to_a_computed_shape_is_refused():
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Reshape", ["x", "s"], ["y"], name="r")]
+    with pytest.raises(donnx.OnnxError, match="'Shape'"):
+        donnx.import_model(model(nodes, {"x": (2, 3)}, {"y": (2, 3)}))
+
+
+def test_old_opset_is_refused():
+    proto = model([helper.make_node("Relu", ["x"], ["y"])], {"x": (2,)}, {"y": (2,)})
+    proto.opset_import[0].version = 11
+    with pytest.raises(donnx.OnnxError, match="opset 11.*13 to 20"):
+        donnx.import_model(proto)
+
+
+def test_integer_input_is_refused():
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.INT64, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT64, [2])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    with pytest.raises(donnx.OnnxError, match=r"input 'x' has type tensor\(int64\)"):
+        donnx.import_model(proto)
+
+
+@pytest.mark.parametrize("data", [b"", b"\x00\x01garbage\xff" * 10, "truncated"])
+def test_corrupt_or_truncated_file(tmp_path, data):
+    path = tmp_path / "model.onnx"
+    if data == "truncated":
+        data = _mlp_bytes()[: len(_mlp_bytes()) // 2]
+    path.write_bytes(data)
+    with pytest.raises(DataError, match="model.onnx"):
+        donnx.InferenceSession(str(path))
+    with pytest.raises(DataError):
+        donnx.import_model(data)
+
+
+def test_missing_file_and_folder(tmp_path):
+    for path in (tmp_path / "absent.onnx", tmp_path):
+        with pytest.raises(DataError, match="no such ONNX file"):
+            donnx.import_model(path)
+    with pytest.raises(ArgumentTypeError):
+        donnx.import_model(42)
+
+
+def test_external_data_is_refused(tmp_path):
+    proto = onnx.load_from_string(_mlp_bytes())
+    onnx.external_data_helper.convert_model_to_external_data(proto, size_threshold=0,
+                                                             location="weights.bin")
+    with pytest.raises(DataError, match="external file"):
+        donnx.import_model(proto)
+
+
+@pytest.fixture(scope="module")
+def session():
+    return donnx.InferenceSession(_mlp_bytes())
+
+
+@pytest.mark.parametrize("feed,error,named", [
+    ({"x": normal((2, 4)).astype(np.float64)}, DtypeError, "float64"),
+    ({"x": normal((2, 5))}, ShapeError, r"\(2, 5\).*\('\?', 4\)"),
+    ({"x": normal((2, 4, 1))}, ShapeError, "shape"),
+    ({}, FeedError, r"missing \['x'\]"),
+    ({"x": normal((2, 4)), "z": normal((2, 4))}, FeedError, r"unknown \['z'\]"),
+    ({"x": [[1.0] * 4]}, FeedError, "numpy array"),
+])
+def test_bad_feeds(session, feed, error, named):
+    with pytest.raises(error, match=named):
+        session.run(None, feed)
+
+
+def test_bad_output_names(session):
+    with pytest.raises(ArgumentError, match=r"unknown output\(s\) \['nope'\]"):
+        session.run(["nope"], {"x": normal((2, 4))})
+    with pytest.raises(ArgumentTypeError):
+        session.run("y", {"x": normal((2, 4))})
+    assert session.run(["y"], {"x": normal((2, 4))})[0].shape == (2, 3)
+
+
+def test_export_bad_arguments(tmp_path):
+    class Custom(nn.Module):
+        def forward(self, x):
+            return x
+
+    dlsys.manual_seed(0)
+    with pytest.raises(ArgumentTypeError, match="layer 1 is a Custom"):
+        donnx.export(nn.Sequential(nn.Linear(3, 2), Custom()), (1, 3), tmp_path / "m.onnx")
+    with pytest.raises(ArgumentTypeError, match="must be a dlsys.nn.Module"):
+        donnx.export("model", (1, 3), tmp_path / "m.onnx")
+    for shape in [(3,), (1, 0), "13", (1, 2.5)]:
+        with pytest.raises(DlsysError, match="input_shape"):
+            donnx.export(nn.Linear(3, 2), shape, tmp_path / "m.onnx")
+    with pytest.raises(ShapeError):  # a shape the model cannot take
+        donnx.export(nn.Linear(3, 2), (1, 4), tmp_path / "m.onnx")
+    with pytest.raises(DataError, match="cannot write"):
+        donnx.export(nn.Linear(3, 2), (1, 3), tmp_path / "absent" / "m.onnx")
+    assert not list(tmp_path.iterdir())
