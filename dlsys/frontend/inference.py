@@ -84,6 +84,8 @@ def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, classes: int) ->
 
 
 def _load(path: Path) -> nn.Module:
+    if path.suffix.lower() == ".onnx":
+        return _load_onnx(path)
     model = dlsys.load(path)
     metadata = getattr(model, "metadata", {})
     shape = metadata.get("input_shape")
@@ -91,6 +93,23 @@ def _load(path: Path) -> nn.Module:
                                                       for d in shape)):
         raise DataError(f"{path}: the model file does not record its input shape; save it "
                         f"with dlsys.save(model, path, metadata={{'input_shape': [...]}})")
+    return model
+
+
+def _load_onnx(path: Path) -> nn.Module:
+    """An ONNX model with one input and one output (the logits), its input shape read from
+    the graph's input: every dimension after the batch must be fixed."""
+    from dlsys.onnx import import_model  # the optional onnx extra, needed only here
+
+    model = import_model(path)
+    if len(model.input_names) != 1 or len(model.output_names) != 1:
+        raise DataError(f"{path}: the model has inputs {model.input_names} and outputs "
+                        f"{model.output_names}; dlsys eval and predict take one of each")
+    dims = model.declared[model.input_names[0]][0]
+    if dims is None or len(dims) < 2 or not all(isinstance(d, int) for d in dims[1:]):
+        raise DataError(f"{path}: input {model.input_names[0]!r} has shape {dims}; dlsys eval "
+                        f"and predict need every dimension after the batch fixed")
+    model.metadata = {"input_shape": list(dims[1:])}
     return model
 
 
