@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 from dlsys import autodiff as ad
 from dlsys.graph import Node, find_topo_sort
 from dlsys.ops import ELEMENTWISE_OPS, BroadcastBinaryOp
+from dlsys.ops.conv import windows
+from dlsys.ops.reshape import flatten_op
 
 # Binary operators whose operands broadcast (add, mul, sub, div...), from the registry.
 BROADCASTING_OPS = [op for op in ELEMENTWISE_OPS if isinstance(op, BroadcastBinaryOp)]
@@ -99,6 +101,32 @@ def build_mlp(layers: int = 3) -> MLP:
 
 # ---------------------------------------------------------------- random graphs
 DIMS = st.integers(1, 3)
+IMAGE_DIMS = st.integers(1, 6)  # image height and width: room for strided, padded windows
+
+
+def _window_node(draw, op: str, x: Node, shape: tuple, placeholder) -> Node:
+    """A convolution (with a new filter placeholder) or a pooling of the 4-d value ``x``,
+    with a window, stride and padding that fit its shape by construction."""
+    padding = (draw(st.integers(0, 1)), draw(st.integers(0, 1)))
+    sizes = [draw(st.integers(max(1, 2 * p), min(3, n + 2 * p)))
+             for n, p in zip(shape[2:], padding)]
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    if op == "conv2d":
+        w = placeholder((draw(DIMS), shape[1], *sizes))
+        return ad.conv2d_op(x, w, stride, padding)
+    # Pooling padding is at most half the window (checked by the shape rule, as PyTorch).
+    padding = tuple(min(p, k // 2) for p, k in zip(padding, sizes))
+    pool = ad.maxpool2d_op if op == "maxpool" else ad.avgpool2d_op
+    return pool(x, tuple(sizes), None if draw(st.booleans()) else stride, padding)
+
+
+def _max_pool_gaps_are_clear(x: np.ndarray, attrs: dict) -> bool:
+    """Whether, in every window, the maximum beats every other value by 1e-3 or ties it
+    exactly."""
+    view = windows(x, attrs["kernel"], attrs["stride"], attrs["padding"], value=-np.inf)
+    flat = np.sort(view.reshape(*view.shape[:4], -1), axis=-1)
+    gaps = flat[..., -1:] - flat[..., :-1]
+    return bool(np.all((gaps == 0) | (gaps > 1e-3) | np.isnan(gaps)))
 
 
 @dataclass
@@ -152,9 +180,12 @@ def random_graphs(draw, max_ops: int = 7, allow_softmax: bool = True) -> RandomG
                 nodes.append(entry * entry + 0.5 if positive else entry)
         return nodes
 
-    # Mostly matrices, since matmul, softmax and the loss need them.
-    ndim = draw(st.sampled_from([2, 2, 1, 3]))
+    # Mostly matrices, since matmul, softmax and the loss need them; 4-d images (with room
+    # for a window) for convolution and pooling.
+    ndim = draw(st.sampled_from([2, 2, 1, 3, 4, 4]))
     first_shape = tuple(draw(st.lists(DIMS, min_size=ndim, max_size=ndim)))
+    if ndim == 4:
+        first_shape = first_shape[:2] + (draw(IMAGE_DIMS), draw(IMAGE_DIMS))
     current = placeholder(first_shape)
     shapes = {current: first_shape}
     graph.values.append(current)
@@ -171,6 +202,9 @@ def random_graphs(draw, max_ops: int = 7, allow_softmax: bool = True) -> RandomG
         ops += ["rsum0"] if len(shape) >= 2 else []
         if len(shape) == 2:
             ops += ["matmul", "matmul", "sce"] + (["softmax"] if allow_softmax else [])
+        if len(shape) == 4:
+            # Weighted up against the many elementwise operators, so that windows show up.
+            ops += ["conv2d", "maxpool", "avgpool"] * 4 + ["global_avgpool", "flatten"]
         op = draw(st.sampled_from(ops))
         if isinstance(op, tuple):
             binary = BROADCASTING_OPS[op[1]]
@@ -209,6 +243,17 @@ def random_graphs(draw, max_ops: int = 7, allow_softmax: bool = True) -> RandomG
             node = ad.broadcastto_op(current, placeholder(target, differentiable=False))
         elif op == "rsum0":
             node = ad.reducesumaxiszero_op(current)
+        elif op in ("conv2d", "maxpool", "avgpool"):
+            node = _window_node(draw, op, current, shape, placeholder)
+            if op == "maxpool":
+                # A near tie inside a window would put the max's kink inside a finite
+                # difference (exact ties, broadcast copies of one value, are fine).
+                value = numpy_eval([current], graph.feeds)[0]
+                assume(_max_pool_gaps_are_clear(value, node.attrs))
+        elif op == "global_avgpool":
+            node = ad.global_avgpool_op(current)
+        elif op == "flatten":
+            node = flatten_op(current)
         elif op == "softmax":
             node = ad.softmax_op(current)
             graph.has_softmax = True

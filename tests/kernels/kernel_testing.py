@@ -45,9 +45,68 @@ def log_softmax(y: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
-def conv2d(x: np.ndarray, f: np.ndarray) -> np.ndarray:
-    windows = sliding_window_view(x, f.shape[2:], axis=(2, 3))  # (n, c, oh, ow, kh, kw)
-    return np.einsum("bchwij,ocij->bohw", windows, f)
+def pad_images(x: np.ndarray, padding: tuple, value: float = 0.0) -> np.ndarray:
+    (ph, pw) = padding
+    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=value)
+
+
+def conv2d(x: np.ndarray, f: np.ndarray, stride=(1, 1), padding=(0, 0)) -> np.ndarray:
+    windows = sliding_window_view(pad_images(x, padding), f.shape[2:], axis=(2, 3))
+    return np.einsum("bchwij,ocij->bohw", windows[:, :, ::stride[0], ::stride[1]], f)
+
+
+def _window_slices(i: int, j: int, kernel: tuple, stride: tuple) -> tuple:
+    """The padded image's rows and columns that output position (i, j) reads."""
+    return (slice(None), slice(None), slice(i * stride[0], i * stride[0] + kernel[0]),
+            slice(j * stride[1], j * stride[1] + kernel[1]))
+
+
+def _crop(padded: np.ndarray, padding: tuple) -> np.ndarray:
+    (ph, pw) = padding
+    return padded[:, :, ph:padded.shape[2] - ph, pw:padded.shape[3] - pw]
+
+
+def conv2d_grad_input(g, f, shape_x, stride, padding) -> np.ndarray:
+    """Each output position's gradient sent back through the filter to the pixels it read."""
+    dx = pad_images(np.zeros(shape_x), padding)
+    for i, j in np.ndindex(g.shape[2:]):
+        dx[_window_slices(i, j, f.shape[2:], stride)] += np.einsum("bo,ocij->bcij", g[:, :, i, j],
+                                                                   f)
+    return _crop(dx, padding)
+
+
+def conv2d_grad_weight(x, g, kernel, stride, padding) -> np.ndarray:
+    """Each output position's gradient times the pixels it read, summed into the filter."""
+    xp = pad_images(x, padding)
+    return sum(np.einsum("bo,bcij->ocij", g[:, :, i, j], xp[_window_slices(i, j, kernel, stride)])
+               for i, j in np.ndindex(g.shape[2:]))
+
+
+def pool2d(x, kind, kernel, stride, padding) -> np.ndarray:
+    xp = pad_images(x, padding, -np.inf if kind == "max" else 0.0)
+    rows = (xp.shape[2] - kernel[0]) // stride[0] + 1
+    cols = (xp.shape[3] - kernel[1]) // stride[1] + 1
+    out = np.zeros(x.shape[:2] + (rows, cols))
+    for i, j in np.ndindex(rows, cols):
+        window = xp[_window_slices(i, j, kernel, stride)]
+        out[:, :, i, j] = window.max(axis=(2, 3)) if kind == "max" else window.mean(axis=(2, 3))
+    return out
+
+
+def pool2d_grad(x, g, kind, kernel, stride, padding) -> np.ndarray:
+    """Max: each window's gradient to its first maximum (PyTorch's choice); mean: spread
+    evenly over the window, padding included."""
+    xp = pad_images(x, padding, -np.inf)
+    dx = np.zeros_like(xp)
+    for i, j in np.ndindex(g.shape[2:]):
+        where = _window_slices(i, j, kernel, stride)
+        if kind == "max":
+            flat = xp[where].reshape(*x.shape[:2], -1)
+            first = np.eye(flat.shape[-1])[flat.argmax(axis=-1)].reshape(*x.shape[:2], *kernel)
+            dx[where] += first * g[:, :, i, j, None, None]
+        else:
+            dx[where] += g[:, :, i, j, None, None] / (kernel[0] * kernel[1])
+    return _crop(dx, padding)
 
 
 def reduce_to(a: np.ndarray, to_shape: tuple) -> np.ndarray:
@@ -139,11 +198,69 @@ def matmul_case(m: int, k: int, n: int, trans_a: bool, trans_b: bool) -> Case:
                 lambda a, b: [(a.T if trans_a else a) @ (b.T if trans_b else b)])
 
 
-def conv2d_case(shape_x: tuple, shape_f: tuple) -> Case:
-    return Case(f"conv2d{shape_x}{shape_f}",
-                lambda t, d: op.make_conv2d(shape_x, shape_f, t, "llvm", "f", d),
+def _pair(value) -> tuple:
+    return tuple(value) if isinstance(value, tuple) else (value, value)
+
+
+def conv2d_case(shape_x: tuple, shape_f: tuple, stride=1, padding=0) -> Case:
+    """Stride 1 and no padding through the course's call, without the new arguments."""
+    s, p = _pair(stride), _pair(padding)
+    extra = {} if (s, p) == ((1, 1), (0, 0)) else {"stride": stride, "padding": padding}
+    tag = "" if not extra else f"s{s}p{p}"
+    return Case(f"conv2d{shape_x}{shape_f}{tag}",
+                lambda t, d: op.make_conv2d(shape_x, shape_f, t, "llvm", "f", d, **extra),
                 lambda rng: [positive(rng, shape_x), positive(rng, shape_f)],
-                lambda x, f: [conv2d(x, f)])
+                lambda x, f: [conv2d(x, f, s, p)])
+
+
+def conv2d_grad_cases(shape_x: tuple, shape_f: tuple, stride, padding) -> list[Case]:
+    """Both adjoints of a convolution: ``(G, F) -> dX`` and ``(X, G) -> dF``."""
+    s, p = _pair(stride), _pair(padding)
+    shape_g = conv2d(np.zeros(shape_x), np.zeros(shape_f), s, p).shape
+    tag = f"{shape_x}{shape_f}s{s}p{p}"
+    window = {"stride": stride, "padding": padding}
+    return [
+        Case(f"conv2d_grad_input{tag}",
+             lambda t, d: op.make_conv2d_grad_input(shape_x, shape_f, t, "llvm", "f", d, **window),
+             lambda rng: [positive(rng, shape_g), positive(rng, shape_f)],
+             lambda g, f: [conv2d_grad_input(g, f, shape_x, s, p)]),
+        Case(f"conv2d_grad_weight{tag}",
+             lambda t, d: op.make_conv2d_grad_weight(shape_x, shape_f, t, "llvm", "f", d,
+                                                     **window),
+             lambda rng: [positive(rng, shape_x), positive(rng, shape_g)],
+             lambda x, g: [conv2d_grad_weight(x, g, shape_f[2:], s, p)]),
+    ]
+
+
+def pool2d_cases(kind: str, shape_x: tuple, kernel, stride=None, padding=0) -> list[Case]:
+    """A pooling and its adjoint; ``stride`` None is the builders' default (the kernel)."""
+    k, p = _pair(kernel), _pair(padding)
+    s = k if stride is None else _pair(stride)
+    shape_g = pool2d(np.zeros(shape_x), kind, k, s, p).shape
+    window = {"stride": stride, "padding": padding}
+    forward = getattr(op, f"make_{kind}pool2d")
+    backward = getattr(op, f"make_{kind}pool2d_grad")
+    tag = f"{shape_x}k{k}s{s}p{p}"
+    grad_inputs = ((lambda rng: [normal(rng, shape_x), positive(rng, shape_g)]) if kind == "max"
+                   else (lambda rng: [positive(rng, shape_g)]))
+    grad_reference = ((lambda x, g: [pool2d_grad(x, g, kind, k, s, p)]) if kind == "max"
+                      else (lambda g: [pool2d_grad(np.zeros(shape_x), g, kind, k, s, p)]))
+    return [
+        Case(f"{kind}pool2d{tag}",
+             lambda t, d: forward(shape_x, kernel, t, "llvm", "f", d, **window),
+             lambda rng: [normal(rng, shape_x)], lambda x: [pool2d(x, kind, k, s, p)]),
+        Case(f"{kind}pool2d_grad{tag}",
+             lambda t, d: backward(shape_x, kernel, t, "llvm", "f", d, **window),
+             grad_inputs, grad_reference),
+    ]
+
+
+# (images, filters, stride, padding): odd, non-square, LeNet's padded 5x5, mixed pairs.
+CONV_WINDOWS = [((2, 3, 7, 6), (5, 3, 3, 2), 2, 1), ((3, 1, 9, 9), (4, 1, 5, 5), 1, 2),
+                ((1, 2, 5, 7), (3, 2, 3, 3), (1, 2), (2, 1)), ((2, 3, 7, 6), (5, 3, 3, 2), 1, 0)]
+# (images, kernel, stride, padding)
+POOL_WINDOWS = [((2, 3, 7, 5), 3, 2, 1), ((1, 2, 9, 6), 2, None, 0),
+                ((2, 1, 5, 8), (3, 2), (1, 2), (1, 0))]
 
 
 def softmax_cases(shape: tuple, scale: float = 1.0) -> list[Case]:
@@ -265,6 +382,17 @@ def assert_case(case: Case, tgt: str, dtype: str, device=None, seed: int = 0) ->
         np.testing.assert_allclose(g, w, **TOLERANCE[dtype], err_msg=case.id)
 
 
+def window_schedule_cases() -> list[Case]:
+    """Convolutions and pooling big enough for every part of the window schedule: stride 2
+    with padding, and 70-column rows that it splits into whole vectors."""
+    wide_x, wide_f = (2, 3, 9, 70), (4, 3, 3, 3)
+    return ([conv2d_case((4, 3, 13, 12), (8, 3, 3, 3), 2, 1), conv2d_case(wide_x, wide_f, 1, 1)]
+            + conv2d_grad_cases((4, 3, 13, 12), (8, 3, 3, 3), 2, 1)
+            + conv2d_grad_cases(wide_x, wide_f, 1, 1)
+            + pool2d_cases("max", (4, 3, 13, 12), 3, 2, 1)
+            + pool2d_cases("avg", (4, 3, 13, 12), 3, 2, 1) + pool2d_cases("max", (2, 2, 8, 70), 2))
+
+
 def odd_cases() -> list[Case]:
     """Every builder on sizes no tile divides: 1x1, primes, and shapes just past a tile."""
     cases = [c for s in [(1,), (1, 1), (7,), (13, 17), (3, 5, 7)] for c in elementwise_cases(s)]
@@ -273,6 +401,9 @@ def odd_cases() -> list[Case]:
               for ta in (False, True) for tb in (False, True)]
     cases += [conv2d_case((1, 1, 1, 1), (1, 1, 1, 1)), conv2d_case((2, 3, 7, 6), (5, 3, 3, 2)),
               conv2d_case((3, 2, 5, 5), (1, 2, 5, 5))]
+    cases += [conv2d_case(*w) for w in CONV_WINDOWS[:-1]]
+    cases += [c for w in CONV_WINDOWS for c in conv2d_grad_cases(*w)]
+    cases += [c for kind in ("max", "avg") for w in POOL_WINDOWS for c in pool2d_cases(kind, *w)]
     cases += [c for s in [(1, 1), (1, 13), (13, 1), (7, 17)] for c in softmax_cases(s)]
     cases += [reduce_axis_zero_case(s) for s in [(1, 1), (7, 3), (17, 5, 3)]]
     cases += [reduce_case(s, t) for s, t in [((5,), (1,)), ((7, 3), (1, 3)), ((7, 3), (7, 1)),

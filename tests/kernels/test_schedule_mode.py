@@ -12,6 +12,7 @@ from kernel_testing import (
     reduce_axis_zero_case,
     run_case,
     softmax_cases,
+    window_schedule_cases,
 )
 
 from dlsys.kernels import build, compute, compute_conv
@@ -44,7 +45,8 @@ def test_naive_mode_skips_the_schedule(monkeypatch, kind, define):
 CASES = (elementwise_cases((64, 300))[:1] + [reduce_axis_zero_case((300, 64))]
          + softmax_cases((64, 300)) + [conv2d_case((4, 3, 12, 12), (8, 3, 3, 3)),
                                        matmul_case(64, 48, 80, False, True),
-                                       broadcast_to_case((300,), (64, 300))])
+                                       broadcast_to_case((300,), (64, 300))]
+         + window_schedule_cases())
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
