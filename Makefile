@@ -68,3 +68,4 @@ bench: setup data
 	$(VENV_PYTHON) benchmarks/bench_matmul.py
 	$(VENV_PYTHON) benchmarks/bench_startup.py
 	$(VENV_PYTHON) benchmarks/bench_optim.py
+	$(VENV_PYTHON) benchmarks/bench_onnx.py

@@ -1,0 +1,139 @@
+"""ONNX inference latency: dlsys's ``InferenceSession`` against onnxruntime's, on the same files.
+
+The models are the MLP 784-256-100-10 and LeNet-5 (conv 6@5x5 padded, max pool, conv 16@5x5,
+average pool, dense 120-84-10), built with dlsys.nn and written by ``dlsys.onnx.export``, so
+both runtimes read identical files. Each figure is the median latency of ``run()`` over many
+calls after warm-up (dlsys compiles at its first call per shape). dlsys and onnxruntime run
+in processes of their own with the same thread count, taking turns for several rounds; each
+figure is the median of its rounds, so that a busy spell of a shared machine weighs on both.
+
+    python benchmarks/bench_onnx.py [--rounds 3] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+BATCHES = (1, 256)
+CALLS = {1: 300, 256: 30}  # calls timed per figure: about the same time for each
+WARMUP = 5
+
+
+def write_models(folder: Path) -> dict[str, Path]:
+    import dlsys
+    from dlsys import nn
+    from dlsys.onnx import export
+
+    dlsys.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 100), nn.ReLU(),
+                        nn.Linear(100, 10))
+    lenet = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(6, 16, 5), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
+                          nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+                          nn.Linear(84, 10))
+    paths = {"MLP 784-256-100-10": (folder / "mlp.onnx", (784,)),
+             "LeNet-5": (folder / "lenet.onnx", (1, 28, 28))}
+    export(mlp, (1, 784), paths["MLP 784-256-100-10"][0])
+    export(lenet, (1, 1, 28, 28), paths["LeNet-5"][0])
+    return {name: str(path) for name, (path, _) in paths.items()}
+
+
+def input_shape(name: str) -> tuple[int, ...]:
+    return (784,) if name.startswith("MLP") else (1, 28, 28)
+
+
+def measure(system: str, models: dict[str, str], threads: int) -> dict:
+    """Median milliseconds per ``run()`` for each model and batch, in this process."""
+    if system == "dlsys":
+        from dlsys.onnx import InferenceSession
+    else:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+
+        def InferenceSession(path):  # noqa: N802 - onnxruntime's name
+            return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+    results = {}
+    for name, path in models.items():
+        session = InferenceSession(path)
+        input_name = session.get_inputs()[0].name
+        for batch in BATCHES:
+            x = np.random.default_rng(batch).random((batch, *input_shape(name)), np.float32)
+            for _ in range(WARMUP):
+                session.run(None, {input_name: x})
+            samples = []
+            for _ in range(CALLS[batch]):
+                start = time.perf_counter()
+                session.run(None, {input_name: x})
+                samples.append(time.perf_counter() - start)
+            results[f"{name}|{batch}"] = statistics.median(samples) * 1e3
+    return results
+
+
+def child(system: str, models: dict[str, str], threads: int) -> dict:
+    env = dict(os.environ, TVM_NUM_THREADS=str(threads))
+    done = subprocess.run([sys.executable, __file__, "--system", system, "--threads",
+                           str(threads), "--models", json.dumps(models)],
+                          capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        sys.exit(f"{system} failed: {lines[-1] if lines else done.returncode}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="turns of each process")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="threads for both (default: dlsys's, one per physical core)")
+    parser.add_argument("--system", choices=("dlsys", "onnxruntime"), help=argparse.SUPPRESS)
+    parser.add_argument("--models", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.system:
+        print(json.dumps(measure(args.system, json.loads(args.models), args.threads)))
+        return
+
+    try:
+        import onnx  # noqa: F401 - dlsys.onnx's dependency, checked before any work
+        import onnxruntime
+    except ImportError:
+        # make bench sets up dlsys's runtime dependencies only; this one is optional.
+        print("bench_onnx: skipped (pip install onnx onnxruntime to run it)")
+        return
+
+    from dlsys.kernels import thread_count
+    from dlsys.testing.machine import cpu_description
+
+    threads = args.threads or thread_count(None)
+    rounds: dict[str, list[dict]] = {"dlsys": [], "onnxruntime": []}
+    with tempfile.TemporaryDirectory() as folder:
+        models = write_models(Path(folder))
+        for _ in range(args.rounds):
+            for system in rounds:
+                rounds[system].append(child(system, models, threads))
+    print(f"CPU: {cpu_description()}; {threads} thread(s) each; onnxruntime "
+          f"{onnxruntime.__version__}; median of {args.rounds} rounds")
+    print("| model | batch | dlsys ms | onnxruntime ms | dlsys / onnxruntime |")
+    print("|---|---|---|---|---|")
+    for key in rounds["dlsys"][0]:
+        ours = statistics.median(r[key] for r in rounds["dlsys"])
+        theirs = statistics.median(r[key] for r in rounds["onnxruntime"])
+        name, batch = key.split("|")
+        print(f"| {name} | {batch} | {ours:.3f} | {theirs:.3f} | {ours / theirs:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
