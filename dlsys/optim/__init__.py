@@ -8,8 +8,14 @@ the rate or stepping compiles nothing. ``optimizer.minimize(loss)`` builds a tra
 
 from dlsys.optim.adam import Adam, AdamW
 from dlsys.optim.base import Optimizer, TrainStep
-from dlsys.optim.schedulers import CosineAnnealingLR, LinearWarmup, LRScheduler, StepLR
+from dlsys.optim.schedulers import (
+    CosineAnnealingLR,
+    LinearWarmup,
+    LRScheduler,
+    SequentialLR,
+    StepLR,
+)
 from dlsys.optim.sgd import SGD
 
 __all__ = ["SGD", "Adam", "AdamW", "CosineAnnealingLR", "LRScheduler", "LinearWarmup",
-           "Optimizer", "StepLR", "TrainStep"]
+           "Optimizer", "SequentialLR", "StepLR", "TrainStep"]

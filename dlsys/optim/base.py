@@ -136,6 +136,9 @@ class Optimizer:
                                                                                self.dtype)
         self._grads: list | None = None
         self._args: tuple = ()
+        # The rate every schedule starts from, set by the first one (PyTorch's initial_lr),
+        # so that a schedule made after another one has changed ``lr`` starts from the same.
+        self.initial_lr: float | None = None
 
     # ------------------------------------------------------------- subclass hooks
     def _hyperparameters(self) -> dict[str, float]:

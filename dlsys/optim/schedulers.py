@@ -4,8 +4,10 @@ compiles nothing."""
 
 from __future__ import annotations
 
+import bisect
 import math
 import numbers
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -24,8 +26,9 @@ def _check_count(owner: str, name: str, value) -> int:
 
 class LRScheduler:
     """A schedule over ``optimizer``: ``lr_at(epoch)`` from the rate the optimiser had when
-    the schedule was made (``base_lr``). As in PyTorch, making it applies epoch 0 and each
-    ``step()`` moves to the next epoch (call it per epoch or per batch, as you define it).
+    its first schedule was made (``base_lr``, its ``initial_lr``). As in PyTorch, making it
+    applies epoch 0 and each ``step()`` moves to the next epoch (call it per epoch or per
+    batch, as you define it).
     Setting ``optimizer.lr`` by hand is overwritten at the next ``step()``."""
 
     def __init__(self, optimizer: Optimizer):
@@ -33,7 +36,9 @@ class LRScheduler:
             raise ArgumentTypeError(f"{type(self).__name__}: optimizer must be a dlsys "
                                     f"optimiser, got {type(optimizer).__name__}")
         self.optimizer = optimizer
-        self.base_lr = optimizer.lr
+        if optimizer.initial_lr is None:
+            optimizer.initial_lr = optimizer.lr
+        self.base_lr = optimizer.initial_lr
         self.last_epoch = 0
         self._apply()
 
@@ -68,8 +73,11 @@ class LRScheduler:
         epoch = _scalar(owner, "last_epoch", state_dict["last_epoch"])
         if epoch != math.floor(epoch) or epoch < 0:
             raise ArgumentError(f"{owner}: last_epoch must be a whole number >= 0, got {epoch}")
-        self.base_lr, self.last_epoch = base, int(epoch)
+        self._restore(base, int(epoch))
         self._apply()
+
+    def _restore(self, base_lr: float, epoch: int) -> None:
+        self.base_lr, self.last_epoch = base_lr, epoch
 
 
 def _scalar(owner: str, name: str, value) -> float:
@@ -124,3 +132,43 @@ class LinearWarmup(LRScheduler):
     def lr_at(self, epoch: int) -> float:
         progress = min(epoch, self.warmup_steps) / self.warmup_steps
         return self.base_lr * (self.start_factor + (1 - self.start_factor) * progress)
+
+
+class SequentialLR(LRScheduler):
+    """PyTorch's ``SequentialLR``: ``schedulers[0]`` until ``milestones[0]``, then
+    ``schedulers[1]`` from its own epoch 0, and so on; e.g. a warm-up then a cosine:
+
+        SequentialLR(opt, [LinearWarmup(opt, 5), CosineAnnealingLR(opt, 45)], milestones=[5])
+    """
+
+    def __init__(self, optimizer: Optimizer, schedulers: Sequence[LRScheduler],
+                 milestones: Sequence[int]):
+        if isinstance(schedulers, LRScheduler) or not isinstance(schedulers, Sequence) \
+                or not schedulers:
+            raise ArgumentTypeError(f"SequentialLR: schedulers must be a non-empty list of "
+                                    f"schedules, got {schedulers!r}")
+        for i, schedule in enumerate(schedulers):
+            if not isinstance(schedule, LRScheduler) or schedule.optimizer is not optimizer:
+                raise ArgumentError(f"SequentialLR: schedulers[{i}] must be a schedule of "
+                                    f"the same optimizer, got {schedule!r}")
+        if isinstance(milestones, (str, bytes)) or not isinstance(milestones, Sequence) \
+                or len(milestones) != len(schedulers) - 1:
+            raise ArgumentError(f"SequentialLR: milestones must list {len(schedulers) - 1} "
+                                f"epoch(s), one per scheduler after the first; got "
+                                f"{milestones!r}")
+        self.milestones = [_check_count("SequentialLR", f"milestones[{i}]", m)
+                           for i, m in enumerate(milestones)]
+        if any(b <= a for a, b in zip(self.milestones, self.milestones[1:])):
+            raise ArgumentError(f"SequentialLR: milestones must increase, got {milestones!r}")
+        self.schedulers = list(schedulers)
+        super().__init__(optimizer)
+
+    def lr_at(self, epoch: int) -> float:
+        index = bisect.bisect_right(self.milestones, epoch)
+        start = self.milestones[index - 1] if index else 0
+        return self.schedulers[index].lr_at(epoch - start)
+
+    def _restore(self, base_lr: float, epoch: int) -> None:
+        super()._restore(base_lr, epoch)
+        for schedule in self.schedulers:
+            schedule.base_lr = base_lr

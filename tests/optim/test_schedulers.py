@@ -8,8 +8,8 @@ import optim_reference as ref
 import pytest
 import tvm
 
-from dlsys.errors import ArgumentError, ArgumentTypeError, ShapeError
-from dlsys.optim import SGD, Adam, CosineAnnealingLR, LinearWarmup, StepLR
+from dlsys.errors import ArgumentError, ArgumentTypeError, DlsysError, ShapeError
+from dlsys.optim import SGD, Adam, CosineAnnealingLR, LinearWarmup, SequentialLR, StepLR
 
 BASE = 0.4
 
@@ -115,3 +115,35 @@ def test_bad_scheduler_state(state, error):
         schedule.load_state_dict(state)
     assert schedule.state_dict() == {"base_lr": BASE, "last_epoch": 1}
     assert schedule.optimizer.lr == BASE
+
+
+def test_sequential_warmup_then_cosine():
+    target = optimizer()
+    warmup = LinearWarmup(target, warmup_steps=3, start_factor=0.5)
+    cosine = CosineAnnealingLR(target, T_max=6, eta_min=0.02)
+    # Made after the warm-up lowered the rate, the cosine still starts from the initial one.
+    assert cosine.base_lr == BASE
+    got = rates(SequentialLR(target, [warmup, cosine], milestones=[3]), 9)
+    expected = ([BASE * (0.5 + 0.5 * e / 3) for e in range(3)]
+                + [0.02 + (BASE - 0.02) * (1 + math.cos(math.pi * e / 6)) / 2 for e in range(7)])
+    np.testing.assert_allclose(got, expected, rtol=1e-15)
+
+
+def test_sequential_state_round_trip_and_bad_arguments():
+    def make(target):
+        return SequentialLR(target, [StepLR(target, 1, 0.5), CosineAnnealingLR(target, 4)],
+                            [2])
+
+    first = make(optimizer())
+    for _ in range(3):
+        first.step()
+    resumed = make(optimizer(lr=0.9))
+    resumed.load_state_dict(first.state_dict())
+    assert rates(resumed, 3) == rates(first, 3)
+    target = optimizer()
+    step = StepLR(target, 2)
+    for schedulers, milestones in [([], []), ([step], [2]), ([step, step], [0]),
+                                   ([step, step, step], [3, 2]),
+                                   ([step, StepLR(optimizer(), 2)], [2])]:
+        with pytest.raises(DlsysError, match="SequentialLR"):
+            SequentialLR(target, schedulers, milestones)
