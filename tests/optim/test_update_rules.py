@@ -4,6 +4,8 @@ step, on parameters of odd shapes; and no kernel is compiled per step or per rat
 import numpy as np
 import optim_reference as ref
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dlsys.kernels import build
 from dlsys.ops.placeholder import Parameter
@@ -151,3 +153,35 @@ def test_rates_steps_and_new_optimisers_compile_nothing(monkeypatch):
     SGD(ref.tensors(params), 0.3, momentum=0.5, dampening=0.1, weight_decay=0.2)
     AdamW(ref.tensors(params), lr=0.1, betas=(0.5, 0.6), eps=1e-4, weight_decay=0.3)
     assert len(compiled) == 2
+
+
+# Fixed shapes, so that every example reuses one compiled kernel: the coefficients are
+# runtime values, which is what lets a property test sweep them cheaply.
+FUZZ_SHAPES = [(5, 3), (17,)]
+rates = st.floats(1e-4, 0.5)
+fractions = st.floats(0.0, 0.99)
+
+
+@given(lr=rates, momentum=fractions, dampening=st.floats(0.0, 1.0), nesterov=st.booleans(),
+       weight_decay=st.floats(0.0, 0.5), seed=st.integers(0, 2**16))
+def test_sgd_property(lr, momentum, dampening, nesterov, weight_decay, seed):
+    if nesterov:
+        momentum, dampening = max(momentum, 0.1), 0.0
+    case = {"momentum": momentum, "dampening": dampening, "nesterov": nesterov,
+            "weight_decay": weight_decay}
+    params, grads = ref.random_problem(3, seed=seed, shapes=FUZZ_SHAPES)
+    optimizer = SGD(ref.tensors(params), lr, **case)
+    assert_history_close(run_steps(optimizer, grads),
+                         ref.sgd(params, grads, [lr] * 3, **case))
+
+
+@given(lr=rates, beta1=fractions, beta2=fractions, eps=st.floats(1e-8, 1e-2),
+       weight_decay=st.floats(0.0, 0.5), decoupled=st.booleans(), seed=st.integers(0, 2**16))
+def test_adam_property(lr, beta1, beta2, eps, weight_decay, decoupled, seed):
+    params, grads = ref.random_problem(3, seed=seed, shapes=FUZZ_SHAPES)
+    make = AdamW if decoupled else Adam
+    optimizer = make(ref.tensors(params), lr=lr, betas=(beta1, beta2), eps=eps,
+                     weight_decay=weight_decay)
+    expected = ref.adam(params, grads, [lr] * 3, betas=(beta1, beta2), eps=eps,
+                        weight_decay=weight_decay, decoupled=decoupled)
+    assert_history_close(run_steps(optimizer, grads), expected)
