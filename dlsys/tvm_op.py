@@ -303,15 +303,42 @@ def make_broadcast_to(shape: Shape, to_shape: Shape, tgt, tgt_host, func_name,
     return _build("broadcast_to", (shape, to_shape), tgt, tgt_host, func_name, dtype)
 
 
+def _parameter_shapes(shapes) -> tuple:
+    if isinstance(shapes, (str, bytes)) or not isinstance(shapes, Sequence) or not shapes:
+        raise ArgumentError(f"shapes must list at least one parameter shape, got {shapes!r}")
+    return tuple(check_shape(f"shapes[{i}]", s) for i, s in enumerate(shapes))
+
+
 def make_sgd_update_many(shapes: Sequence[Shape], tgt, tgt_host, func_name,
                          dtype="float32") -> Kernel:
     """One kernel updating every parameter: ``f(lr, W_1..W_n, G_1..G_n, W_1'..W_n')``.
 
     ``lr`` is a (1,) tensor read at run time, so changing the rate compiles nothing. Pass
-    each ``W_i`` again as its output to update in place, as ``dlsys.optim.SGD`` does: one
-    call per training step instead of one per parameter.
+    each ``W_i`` again as its output to update in place: one call per training step instead
+    of one per parameter. (``dlsys.optim`` uses ``make_sgd_update_fused``'s kernel, which
+    adds weight decay and momentum.)
     """
-    if isinstance(shapes, (str, bytes)) or not isinstance(shapes, Sequence) or not shapes:
-        raise ArgumentError(f"shapes must list at least one parameter shape, got {shapes!r}")
-    checked = tuple(check_shape(f"shapes[{i}]", s) for i, s in enumerate(shapes))
-    return _build("sgd_many", (checked,), tgt, tgt_host, func_name, dtype)
+    return _build("sgd_many", (_parameter_shapes(shapes),), tgt, tgt_host, func_name, dtype)
+
+
+def make_sgd_update_fused(shapes: Sequence[Shape], momentum: bool, nesterov: bool, tgt,
+                          tgt_host, func_name, dtype="float32") -> Kernel:
+    """PyTorch's SGD for every parameter in one kernel (``dlsys.optim.SGD``'s):
+    ``f(lr, hyper, step, W.., [B..], G.., step', [B'..], W'..)``, where ``hyper`` holds
+    ``compute_optim.SGD_HYPER`` and the momentum buffers ``B`` exist when ``momentum``.
+    Pass the same tensors as outputs to update in place; see ``compute_optim.sgd_update``.
+    """
+    momentum, nesterov = check_flag("momentum", momentum), check_flag("nesterov", nesterov)
+    if nesterov and not momentum:
+        raise ArgumentError("nesterov needs momentum")
+    return _build("sgd_update", (_parameter_shapes(shapes), momentum, nesterov), tgt,
+                  tgt_host, func_name, dtype)
+
+
+def make_adam_update(shapes: Sequence[Shape], tgt, tgt_host, func_name,
+                     dtype="float32") -> Kernel:
+    """PyTorch's Adam and AdamW for every parameter in one kernel (``dlsys.optim.Adam``'s):
+    ``f(lr, hyper, step, W.., M.., V.., G.., step', M'.., V'.., W'..)``, where ``hyper``
+    holds ``compute_optim.ADAM_HYPER``; see ``compute_optim.adam_update``."""
+    return _build("adam_update", (_parameter_shapes(shapes),), tgt, tgt_host, func_name,
+                  dtype)

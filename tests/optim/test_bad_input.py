@@ -6,6 +6,7 @@ import pytest
 import tvm
 
 from dlsys import autodiff as ad
+from dlsys import tvm_op as op
 from dlsys.errors import ArgumentError, ArgumentTypeError, DlsysError, DtypeError, ShapeError
 from dlsys.optim import SGD, Adam, AdamW
 
@@ -99,3 +100,18 @@ def test_bad_gradients_change_nothing(make, grads, error, words):
         np.testing.assert_array_equal(after[key], before[key])
     for p, v in zip(params, values):
         np.testing.assert_array_equal(p.numpy(), v)
+
+
+def test_public_builders_check_and_share_the_optimisers_kernels():
+    shapes = [(3, 5), (7,)]
+    assert op.make_adam_update(shapes, "llvm", "llvm", "adam") is Adam(PARAMS)._kernel
+    assert (op.make_sgd_update_fused(shapes, True, True, "llvm", "llvm", "sgd")
+            is SGD(PARAMS, 0.1, momentum=0.9, nesterov=True)._kernel)
+    with pytest.raises(ArgumentError, match="shapes must list"):
+        op.make_adam_update([], "llvm", "llvm", "adam")
+    with pytest.raises(ShapeError, match=r"shapes\[1\]"):
+        op.make_adam_update([(3, 5), (0,)], "llvm", "llvm", "adam")
+    with pytest.raises(ArgumentError, match="nesterov needs momentum"):
+        op.make_sgd_update_fused(shapes, False, True, "llvm", "llvm", "sgd")
+    with pytest.raises(ArgumentTypeError, match="momentum must be a bool"):
+        op.make_sgd_update_fused(shapes, 0.9, False, "llvm", "llvm", "sgd")
