@@ -155,6 +155,10 @@ def static_shapes(model) -> dict[str, tuple[int | None, ...]]:
     (None for a symbolic or unknown dimension). The converters read them where a dlsys
     operator needs a size fixed when the graph is built (a reshape's target)."""
     onnx = require_onnx()
+    # The batch is left free, whatever size the file fixes: an exporter's example batch
+    # (PyTorch's default export fixes it) must not become a reshape's size, so that the
+    # imported module takes any batch. Feeds are still checked against the declared size.
+    model = _free_batch(onnx, model)
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
     except Exception:  # an unknown op stops ONNX's inference; the declared shapes remain
@@ -168,3 +172,18 @@ def static_shapes(model) -> dict[str, tuple[int | None, ...]]:
     for tensor in graph.initializer:
         shapes[tensor.name] = tuple(int(d) for d in tensor.dims)
     return shapes
+
+
+def _free_batch(onnx, model):
+    """A copy of ``model`` whose inputs' first dimension is symbolic."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    initializers = {t.name for t in copy.graph.initializer}
+    for value in copy.graph.input:
+        if value.name in initializers or not value.type.HasField("tensor_type"):
+            continue
+        dims = value.type.tensor_type.shape.dim
+        if len(dims):
+            dims[0].Clear()
+            dims[0].dim_param = "dlsys_batch"
+    return copy

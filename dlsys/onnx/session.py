@@ -3,6 +3,7 @@ user swaps one import."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +44,8 @@ class InferenceSession:
         self._outputs = list(outputs) if isinstance(outputs, tuple) else [outputs]
         self._ctx = ctx
         self._executors: dict[tuple, Executor] = {}
+        # Each executor runs one call at a time itself; this guards the table of them.
+        self._lock = threading.Lock()
 
     def _arg(self, name: str) -> NodeArg:
         dims, type_name = self._model.declared[name]
@@ -65,12 +68,13 @@ class InferenceSession:
         wanted = self._wanted(output_names)
         arrays = self._check_feed(input_feed)
         key = tuple(a.shape for a in arrays)
-        executor = self._executors.get(key)
-        if executor is None:
-            if len(self._executors) >= MAX_PLANS:
-                self._executors.pop(next(iter(self._executors)))
-            nodes = [v for v in self._outputs if isinstance(v, Node)]
-            executor = self._executors[key] = Executor(nodes, ctx=self._ctx)
+        with self._lock:
+            executor = self._executors.get(key)
+            if executor is None:
+                if len(self._executors) >= MAX_PLANS:
+                    self._executors.pop(next(iter(self._executors)))
+                nodes = [v for v in self._outputs if isinstance(v, Node)]
+                executor = self._executors[key] = Executor(nodes, ctx=self._ctx)
         feeds = {var: array for var, array in zip(self._inputs, arrays)
                  if var in executor.placeholders}
         computed = iter(executor.run(feeds, convert_to_numpy_ret_vals=True)

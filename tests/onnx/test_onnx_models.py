@@ -12,6 +12,7 @@ ort = pytest.importorskip("onnxruntime")
 from onnx_testing import TOLERANCE, normal  # noqa: E402
 
 import dlsys  # noqa: E402
+import dlsys.errors  # noqa: E402
 import dlsys.onnx as donnx  # noqa: E402
 from dlsys import autodiff as ad  # noqa: E402
 from dlsys import nn, optim  # noqa: E402
@@ -79,17 +80,29 @@ def test_pytorch_export_matches_onnxruntime_and_torch(tmp_path, name, fold):
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_pytorch_linear_over_stacked_rows_exports_matmul_add(tmp_path):
+    """PyTorch's default export fixes the example's batch (2): the session holds feeds to it,
+    as onnxruntime does, while the imported module takes any batch (the fixed size is not
+    built into the reshapes around the MatMul)."""
     torch = pytest.importorskip("torch")
     torch.manual_seed(1)
     module = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Sigmoid()).eval()
     path = tmp_path / "rows.onnx"
     torch.onnx.export(module, (torch.zeros(2, 3, 6),), str(path), dynamo=False,
-                      input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+                      input_names=["x"])
     import onnx
 
     assert "MatMul" in {n.op_type for n in onnx.load(str(path)).graph.node}
-    x = normal((5, 3, 6))
-    ours = donnx.InferenceSession(str(path)).run(None, {"x": x})[0]
+    session = donnx.InferenceSession(str(path))
+    x = normal((2, 3, 6))
+    with torch.no_grad():
+        np.testing.assert_allclose(session.run(None, {"x": x})[0],
+                                   module(torch.from_numpy(x)).numpy(), rtol=TOLERANCE,
+                                   atol=TOLERANCE)
+    with pytest.raises(dlsys.errors.ShapeError, match=r"takes \(2, 3, 6\)"):
+        session.run(None, {"x": normal((5, 3, 6))})
+    x_node, x = ad.Variable("x"), normal((5, 3, 6))
+    ours = ad.Executor([donnx.import_model(path)(x_node)]).run(
+        {x_node: x}, convert_to_numpy_ret_vals=True)[0]
     with torch.no_grad():
         np.testing.assert_allclose(ours, module(torch.from_numpy(x)).numpy(), rtol=TOLERANCE,
                                    atol=TOLERANCE)
