@@ -49,6 +49,8 @@ class OnnxModule(Module):
                                 f"dlsys runs models whose inputs are {INPUT_TYPE}")
         self.metadata = {}
         self._shapes = static_shapes(model)
+        self._fixed_shapes = None  # as the file fixes them, inferred only if a node asks
+        self._model_proto = model
         self._constants: dict[str, np.ndarray] = {}
         buffers = {node.input[i] for node in graph.node
                    for i in _BUFFER_INPUTS.get(node.op_type, ()) if i < len(node.input)}
@@ -113,13 +115,18 @@ class OnnxModule(Module):
                             f"{low} to {high}")
         args = [values[name] if name else None for name in node.input]
         try:
-            out = fn(Context(node, attrs, self._shapes, self.training), *args)
+            out = fn(Context(node, attrs, self._shapes, self.training, self._fixed), *args)
         except OnnxError as err:
             raise OnnxError(f"{self.source}: {err}") from None
         except DlsysError as err:
             # A dlsys operator refused the node's values: say which ONNX node built it.
             raise type(err)(f"{where}: {err}") from None
         return out if isinstance(out, tuple) else (out,)
+
+    def _fixed(self) -> dict:
+        if self._fixed_shapes is None:
+            object.__setattr__(self, "_fixed_shapes", static_shapes(self._model_proto, False))
+        return self._fixed_shapes
 
     def extra_repr(self) -> str:
         return (f"{self.source}, inputs {self.input_names}, outputs {self.output_names}, "

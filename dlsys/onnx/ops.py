@@ -49,6 +49,9 @@ class Context:
     attrs: dict
     shapes: dict[str, Dims]
     training: bool
+    # The shapes with the batch size the file fixes, if it does: for the rare node that
+    # needs the batch's size itself (a softmax over the batch axis).
+    fixed_shapes: Callable[[], dict[str, Dims]] = dict
 
     @property
     def where(self) -> str:
@@ -360,12 +363,14 @@ def softmax(ctx, x):
     else:
         # dlsys's softmax runs over the rows of a matrix: the axis moves last, the rest
         # folds into rows, and both are undone after.
-        if dims[axis] is None:
+        fixed = ctx.fixed_shapes().get(ctx.node.input[0])
+        size = dims[axis] if dims[axis] is not None else fixed and fixed[axis]
+        if size is None:
             raise ctx.refuse(f"the softmax axis {axis} of shape {_show(dims)} has a size "
                              f"unknown until run time")
         perm = [d for d in range(len(dims)) if d != axis] + [axis]
         moved = x if axis == len(dims) - 1 else transpose_op(x, tuple(perm))
-        y = reshape_to_op(softmax_op(reshape_op(moved, (-1, dims[axis]))), moved)
+        y = reshape_to_op(softmax_op(reshape_op(moved, (-1, size))), moved)
         if moved is not x:
             inverse = [perm.index(d) for d in range(len(dims))]
             y = transpose_op(y, tuple(inverse))

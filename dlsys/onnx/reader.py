@@ -150,15 +150,17 @@ def declared_values(model) -> dict[str, tuple]:
     return {v.name: (_dims(v.type), type_name(v.type)) for v in (*graph.input, *graph.output)}
 
 
-def static_shapes(model) -> dict[str, tuple[int | None, ...]]:
+def static_shapes(model, free_batch: bool = True) -> dict[str, tuple[int | None, ...]]:
     """Every value's dimensions that ONNX's shape inference can tell without the batch size
     (None for a symbolic or unknown dimension). The converters read them where a dlsys
-    operator needs a size fixed when the graph is built (a reshape's target)."""
+    operator needs a size fixed when the graph is built (a reshape's target). With
+    ``free_batch``, the inputs' first dimension counts as unknown whatever the file says."""
     onnx = require_onnx()
     # The batch is left free, whatever size the file fixes: an exporter's example batch
     # (PyTorch's default export fixes it) must not become a reshape's size, so that the
     # imported module takes any batch. Feeds are still checked against the declared size.
-    model = _free_batch(onnx, model)
+    if free_batch:
+        model = _free_batch(onnx, model)
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
     except Exception:  # an unknown op stops ONNX's inference; the declared shapes remain
