@@ -22,6 +22,7 @@ from dlsys.ops import (
     avgpool2d_op,
     conv2d_op,
     div_op,
+    exp_op,
     global_avgpool_op,
     log_op,
     matmul_op,
@@ -31,10 +32,12 @@ from dlsys.ops import (
     sigmoid_op,
     softmax_op,
     sub_op,
+    sum_op,
     tanh_op,
 )
 from dlsys.ops.layout import transpose_op
 from dlsys.ops.norm import batchnorm2d_op
+from dlsys.ops.placeholder import Parameter
 from dlsys.ops.reshape import flatten_op, reshape_op, reshape_to_op
 
 Dims = tuple[int | None, ...]
@@ -64,9 +67,7 @@ class Context:
         return self.attrs.get(name, default)
 
     def input_dims(self, i: int, value=None) -> Dims | None:
-        if isinstance(value, np.ndarray):
-            return value.shape
-        if value is not None and hasattr(value, "data"):  # a parameter knows its shape
+        if isinstance(value, (np.ndarray, Parameter)):  # these know their shapes
             return value.shape
         return self.shapes.get(self.node.input[i])
 
@@ -358,6 +359,8 @@ def softmax(ctx, x):
     if dims is None:
         raise ctx.refuse("the input's rank is unknown to ONNX's shape inference")
     axis = int(ctx.attr("axis", -1)) % len(dims)
+    if ctx.training:
+        return _differentiable_log_softmax(ctx, x, axis)
     if len(dims) == 2 and axis == 1:
         y = softmax_op(x)
     else:
@@ -380,6 +383,16 @@ def softmax(ctx, x):
     # rounding until a probability falls below float32's normal range, a logit more than
     # about 87 below its row's largest.
     return log_op(y)
+
+
+def _differentiable_log_softmax(ctx: Context, x: Node, axis: int) -> Node:
+    """Softmax or log-softmax from operators that have gradients (dlsys's softmax kernel has
+    none), for fine-tuning: ``x - log(sum(exp(x)))``. Without a row maximum to subtract,
+    ``exp`` overflows float32 for logits above about 88; a loss that becomes infinite shows
+    it. ``F.cross_entropy`` of log-softmax outputs equals that of the logits, so a model
+    ending in LogSoftmax fine-tunes with it unchanged."""
+    log_probs = x - log_op(sum_op(exp_op(x), axis, keepdims=True))
+    return log_probs if ctx.node.op_type == "LogSoftmax" else exp_op(log_probs)
 
 
 def _show(dims) -> str:

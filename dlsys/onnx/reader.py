@@ -137,7 +137,10 @@ def type_name(type_proto) -> str:
     if not type_proto.HasField("tensor_type"):
         return "unknown"
     elem = type_proto.tensor_type.elem_type
-    numpy_type = helper.tensor_dtype_to_np_dtype(elem) if elem else None
+    try:
+        numpy_type = np.dtype(helper.tensor_dtype_to_np_dtype(elem)) if elem else None
+    except (KeyError, TypeError, ValueError):  # a type numpy has no name for
+        return f"tensor(type {elem})"
     names = {np.dtype(np.float32): "float", np.dtype(np.float64): "double",
              np.dtype(np.int64): "int64", np.dtype(np.int32): "int32",
              np.dtype(np.float16): "float16", np.dtype(np.bool_): "bool"}

@@ -163,3 +163,22 @@ def test_session_describes_inputs_and_outputs_as_onnxruntime():
                             (ours.get_outputs(), theirs.get_outputs())]:
         assert [(a.name, a.shape, a.type) for a in mine] == \
                [(a.name, a.shape, a.type) for a in reference]
+
+
+@pytest.mark.parametrize("op_type,axis", [("Softmax", 1), ("LogSoftmax", -1)])
+def test_softmax_in_training_mode_has_gradients(op_type, axis):
+    """dlsys's softmax kernel has no gradient: in training mode the importer builds softmax
+    from operators that have, with the same values."""
+    from dlsys import autodiff as ad
+
+    node = helper.make_node(op_type, ["x"], ["y"], axis=axis)
+    proto = model([node], {"x": ("N", 3, 2)}, {"y": ("N", 3, 2)})
+    x_value = normal((4, 3, 2)) * 3
+    expected = donnx.InferenceSession(proto.SerializeToString()).run(None, {"x": x_value})[0]
+    module = donnx.import_model(proto).train()
+    x = ad.Variable("x")
+    y = module(x)
+    grad = ad.gradients(ad.sum_op(y * y), [x])[0]
+    out, g = ad.Executor([y, grad]).run({x: x_value}, convert_to_numpy_ret_vals=True)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    assert g.shape == x_value.shape and np.abs(g).max() > 0
