@@ -14,6 +14,7 @@ import numpy as np
 from dlsys.errors import ArgumentTypeError, DataError, ShapeError
 from dlsys.graph import find_topo_sort
 from dlsys.nn.module import Module, Sequential
+from dlsys.onnx.importer import OnnxModule
 from dlsys.onnx.reader import require_onnx
 from dlsys.ops.placeholder import Variable
 from dlsys.passes.shape_inference import infer_shapes
@@ -139,11 +140,17 @@ def _output_shape(model: Module, shape: tuple[int, ...]) -> tuple[int, ...]:
 def export(model: Module, input_shape, path) -> None:
     """Write ``model`` (in eval mode: dropout off, batch norm with running statistics) as an
     ONNX file at ``path`` for inputs of ``input_shape`` (the batch first; the file leaves
-    the batch size free). The file is written whole or not at all."""
+    the batch size free). A model from ``import_model`` is written as its own graph with its
+    current parameters. The file is written whole or not at all."""
     if not isinstance(model, Module):
         raise ArgumentTypeError(f"dlsys.onnx.export: model must be a dlsys.nn.Module, got "
                                 f"{type(model).__name__}")
     shape = _check_shape(input_shape)
+    if isinstance(model, OnnxModule):  # imported, perhaps fine-tuned: its own graph back
+        if len(model.input_names) == 1 and len(model.output_names) == 1:
+            _output_shape(model, shape)
+        _write_atomically(Path(path), model.to_proto().SerializeToString())
+        return
     out_shape = _output_shape(model, shape)
     onnx = require_onnx()
     from onnx import TensorProto, helper, numpy_helper

@@ -123,6 +123,20 @@ class OnnxModule(Module):
             raise type(err)(f"{where}: {err}") from None
         return out if isinstance(out, tuple) else (out,)
 
+    def to_proto(self):
+        """The imported model with its initializers' current values (after fine-tuning):
+        the file's graph and metadata as they were, every tensor of the module replaced."""
+        from onnx import ModelProto, numpy_helper
+
+        proto = ModelProto()
+        proto.CopyFrom(self._model_proto)
+        values = {**self._parameters, **self._buffers}
+        for tensor in proto.graph.initializer:
+            if tensor.name in values:
+                tensor.CopyFrom(numpy_helper.from_array(values[tensor.name].numpy(),
+                                                        tensor.name))
+        return proto
+
     def _fixed(self) -> dict:
         if self._fixed_shapes is None:
             object.__setattr__(self, "_fixed_shapes", static_shapes(self._model_proto, False))

@@ -188,6 +188,18 @@ def test_imported_model_fine_tunes_as_pytorch_does(tmp_path, name):
     if name == "lenet":  # batch statistics were used and blended into the buffers
         assert not np.array_equal(before["bn.running_mean"], after["bn.running_mean"])
 
+    # Exported again, fine-tuned: onnxruntime computes what the module now computes.
+    tuned = tmp_path / f"{name}_tuned.onnx"
+    donnx.export(imported, (2, *shape), tuned)
+    imported.eval()
+    x_node = ad.Variable("x")
+    ours = ad.Executor([imported(x_node)]).run({x_node: x}, convert_to_numpy_ret_vals=True)[0]
+    theirs = ort.InferenceSession(str(tuned), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(theirs.run(None, {"x": x})[0], ours, rtol=TOLERANCE,
+                               atol=TOLERANCE)
+    original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert not np.allclose(original.run(None, {"x": x})[0], ours, atol=TOLERANCE)
+
     reference.train(name == "lenet")
     sgd = torch.optim.SGD(reference.parameters(), lr=0.1)
     expected = []
