@@ -295,7 +295,10 @@ def batch_norm(ctx, x, scale, bias, mean, var):
     momentum, eps = 1.0 - float(ctx.attr("momentum", 0.9)), float(ctx.attr("epsilon", 1e-5))
     dims = ctx.input_dims(0, x)
     if dims is not None and len(dims) == 2:
-        images = reshape_op(x, (-1, params[0].shape[0], 1, 1))
+        channels = dims[1] if dims[1] is not None else (ctx.input_dims(1, scale) or [None])[0]
+        if channels is None:
+            raise ctx.refuse("the number of channels is unknown when the graph is built")
+        images = reshape_op(x, (-1, channels, 1, 1))
         y = batchnorm2d_op(images, *params, training=ctx.training, momentum=momentum, eps=eps)
         return reshape_to_op(y, x)
     if dims is None or len(dims) != 4:
