@@ -9,10 +9,12 @@ block reads a plain array; the last block is the one a schedule of the ``"window
 shapes.
 
 The adjoints gather rather than scatter: each input element sums over the windows that
-cover it, so no two iterations write the same element and every block parallelises. Along
-one axis, a padded position ``p`` is covered by ``ceil(kernel / stride)`` windows at most:
-window ``p // stride - r`` at offset ``p % stride + r * stride``, for ``r = 0, 1, ...``,
-where the window exists and the offset falls inside the kernel (``_covering``).
+cover it, so no two iterations write the same element and every block parallelises. For
+the convolution's input that sum is itself a convolution (of the gradient dilated by the
+stride and padded, with the filters flipped); for pooling, a padded position ``p`` along
+one axis is covered by ``ceil(kernel / stride)`` windows at most: window
+``p // stride - r`` at offset ``p % stride + r * stride``, for ``r = 0, 1, ...``, where the
+window exists and the offset falls inside the kernel (``_covering``).
 """
 
 from __future__ import annotations
@@ -61,14 +63,14 @@ def conv2d(shape_x: Shape, shape_f: Shape, shape_y: Shape, stride: Pair, padding
 def _covering(position, padding: int, kernel: int, stride: int, windows: int, r):
     """The ``r``-th window covering ``position`` along one axis: ``(window, offset, valid)``.
 
-    Window and offset are clamped into range so that loading them is always safe; ``valid``
-    says whether the window really covers the position (see the module docstring).
+    ``window`` and ``offset`` are meaningful only where ``valid``, and must be loaded only
+    under ``if_then_else(valid, ...)``: building the PrimFunc assumes every index it sees is
+    in range, so a clamp written around an index is simplified away.
     """
     p = position + padding
     window = p // stride - r
     offset = p % stride + r * stride
-    valid = tirx.all(window >= 0, window < windows, offset < kernel)
-    return (tirx.max(tirx.min(window, windows - 1), 0), tirx.min(offset, kernel - 1), valid)
+    return window, offset, tirx.all(window >= 0, window < windows, offset < kernel)
 
 
 def _covering_axes(kernel: Pair, stride: Pair) -> tuple[te.IterVar, te.IterVar]:
@@ -77,24 +79,42 @@ def _covering_axes(kernel: Pair, stride: Pair) -> tuple[te.IterVar, te.IterVar]:
             te.reduce_axis((0, -(-kernel[1] // stride[1])), name="wx"))
 
 
+def _dilate_and_pad(g: te.Tensor, kernel: Pair, stride: Pair, padding: Pair,
+                    image: Pair) -> te.Tensor:
+    """``g`` with ``stride - 1`` zeros between its elements and ``kernel - 1 - padding`` rows
+    and columns of zeros around it (a negative amount crops), sized so that a stride-1
+    convolution with the flipped filters gives an ``image``-sized result."""
+    n, o, rows, cols = (int(d) for d in g.shape)
+    (kh, kw), (sh, sw) = kernel, stride
+    first_row, first_col = kh - 1 - padding[0], kw - 1 - padding[1]
+
+    def body(b, ch, i, j):
+        di, dj = i - first_row, j - first_col
+        hit = tirx.all(di >= 0, dj >= 0, di % sh == 0, dj % sw == 0, di // sh < rows,
+                       dj // sw < cols)
+        return tirx.if_then_else(hit, g[b, ch, di // sh, dj // sw], tirx.const(0, g.dtype))
+
+    return te.compute((n, o, image[0] + kh - 1, image[1] + kw - 1), body, name="pad")
+
+
 def conv2d_grad_input(shape_g: Shape, shape_f: Shape, shape_x: Shape, stride: Pair,
                       padding: Pair, dtype: str) -> tuple[TensorList, TensorList]:
-    """``dX``: the adjoint of ``conv2d`` in ``X`` applied to ``G`` (the output's gradient);
-    each image element sums ``G * F`` over the windows covering it."""
+    """``dX``: the adjoint of ``conv2d`` in ``X`` applied to ``G`` (the output's gradient):
+    ``G`` dilated by the stride and padded, convolved with the filters flipped in space and
+    with their channel axes swapped. The padding block does all the index arithmetic, so
+    the convolution reads plain arrays; with a stride above 1 it multiplies the zeros
+    between ``G``'s elements too (``stride**2`` times the work of the covering windows)."""
     g = te.placeholder(shape_g, dtype=dtype, name="G")
     f = te.placeholder(shape_f, dtype=dtype, name="F")
     kh, kw = shape_f[2:]
+    gd = _dilate_and_pad(g, (kh, kw), stride, padding, shape_x[2:])
     ro = te.reduce_axis((0, shape_f[0]), name="ro")
-    wy, wx = _covering_axes((kh, kw), stride)
-    zero = tirx.const(0, dtype)
-
-    def body(b, c, h, w):
-        i, ky, valid_y = _covering(h, padding[0], kh, stride[0], shape_g[2], wy)
-        j, kx, valid_x = _covering(w, padding[1], kw, stride[1], shape_g[3], wx)
-        term = tirx.Select(tirx.all(valid_y, valid_x), g[b, ro, i, j] * f[ro, c, ky, kx], zero)
-        return te.sum(term, axis=[ro, wy, wx])
-
-    return [g, f], [te.compute(shape_x, body, name="conv2d_grad_input")]
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+    dx = te.compute(shape_x, lambda b, c, h, w: te.sum(
+        gd[b, ro, h + ry, w + rx] * f[ro, c, kh - 1 - ry, kw - 1 - rx], axis=[ro, ry, rx]),
+        name="conv2d_grad_input")
+    return [g, f], [dx]
 
 
 def conv2d_grad_weight(shape_x: Shape, shape_g: Shape, shape_f: Shape, stride: Pair,
@@ -158,8 +178,8 @@ def avg_pool2d_grad(shape_g: Shape, shape_x: Shape, kernel: Pair, stride: Pair, 
     def body(b, c, h, w):
         i, _, valid_y = _covering(h, padding[0], kernel[0], stride[0], shape_g[2], wy)
         j, _, valid_x = _covering(w, padding[1], kernel[1], stride[1], shape_g[3], wx)
-        return te.sum(tirx.Select(tirx.all(valid_y, valid_x), g[b, c, i, j] * scale, zero),
-                      axis=[wy, wx])
+        return te.sum(tirx.if_then_else(tirx.all(valid_y, valid_x), g[b, c, i, j] * scale,
+                                        zero), axis=[wy, wx])
 
     return [g], [te.compute(shape_x, body, name="avg_pool2d_grad")]
 
@@ -199,7 +219,8 @@ def max_pool2d_grad(shape_x: Shape, shape_g: Shape, shape_dx: Shape, kernel: Pai
     def body(b, c, h, w):
         i, ky, valid_y = _covering(h, padding[0], kernel[0], stride[0], shape_g[2], wy)
         j, kx, valid_x = _covering(w, padding[1], kw, stride[1], shape_g[3], wx)
-        chosen = tirx.all(valid_y, valid_x, where[b, c, i, j] == ky * kw + kx)
-        return te.sum(tirx.Select(chosen, g[b, c, i, j], zero), axis=[wy, wx])
+        chosen = tirx.Select(where[b, c, i, j] == ky * kw + kx, g[b, c, i, j], zero)
+        return te.sum(tirx.if_then_else(tirx.all(valid_y, valid_x), chosen, zero),
+                      axis=[wy, wx])
 
     return [x, g], [te.compute(shape_dx, body, name="max_pool2d_grad")]
