@@ -28,7 +28,8 @@ from typing import IO
 import numpy as np
 
 from dlsys.errors import DataError
-from dlsys.frontend.settings import is_int, is_real, param_shapes, settings_problem
+from dlsys.frontend.models import param_shapes
+from dlsys.frontend.settings import is_int, is_real, settings_problem
 
 CHECKPOINT_NAME = "checkpoint.npz"
 FORMAT_VERSION = 1

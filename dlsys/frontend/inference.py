@@ -28,8 +28,11 @@ class Evaluator:
     (each keeps the plan of its one batch shape).
     """
 
-    def __init__(self, model: nn.Module, batch_size: int, ctx=None):
+    def __init__(self, model: nn.Module, batch_size: int, ctx=None,
+                 input_shape: Sequence[int] | None = None):
         self.batch_size = batch_size
+        # Images arrive as rows of pixels; a convolutional model views them as C x H x W.
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.x, self.labels = ad.Variable("x"), ad.Variable("labels")
         was_training = model.training
         model.eval()
@@ -52,11 +55,16 @@ class Evaluator:
             {self.x: np.zeros((self.batch_size, *input_shape), dtype=np.float32),
              self.labels: np.zeros(self.batch_size, dtype=np.float32)})
 
+    def _shaped(self, images: np.ndarray) -> np.ndarray:
+        if self.input_shape is None:
+            return images
+        return images.reshape(len(images), *self.input_shape)
+
     def evaluate(self, split: Split) -> tuple[float, float, np.ndarray]:
         """Mean loss, accuracy and logits over ``split``."""
         logits, total_loss = [], 0.0
         for start in range(0, len(split), self.batch_size):
-            images = split.images[start:start + self.batch_size]
+            images = self._shaped(split.images[start:start + self.batch_size])
             labels = split.labels[start:start + self.batch_size]
             executor = self._executor(True, len(images) < self.batch_size)
             out, loss = executor.run({self.x: images, self.labels: labels},
@@ -71,7 +79,7 @@ class Evaluator:
         """Softmax of the logits, one row per image."""
         rows = []
         for start in range(0, len(images), self.batch_size):
-            chunk = images[start:start + self.batch_size]
+            chunk = self._shaped(images[start:start + self.batch_size])
             executor = self._executor(False, len(chunk) < self.batch_size)
             rows.append(executor.run({self.x: chunk}, convert_to_numpy_ret_vals=True)[1])
         return np.concatenate(rows)
@@ -127,10 +135,10 @@ def evaluate_command(model_path: Path, data: str | None, batch_size: int,
     model = _load(model_path)
     dataset = load_dataset(data)
     expected = tuple(model.metadata["input_shape"])
-    if dataset.test.images.shape[1:] != expected:
+    if math.prod(dataset.test.images.shape[1:]) != math.prod(expected):
         raise DataError(f"{dataset.source}: images of shape {dataset.test.images.shape[1:]}, "
                         f"the model takes {expected}")
-    evaluator = Evaluator(model, min(batch_size, len(dataset.test)))
+    evaluator = Evaluator(model, min(batch_size, len(dataset.test)), input_shape=expected)
     loss, accuracy, logits = evaluator.evaluate(dataset.test)
     classes = logits.shape[1]
     names = _class_names(model, classes)

@@ -2,6 +2,8 @@
 
     logreg  784 -> 10
     mlp     784 -> hidden... -> 10 (default hidden 256,100), ReLU between layers
+    lenet   LeNet-5: conv 6@5x5 (padding 2), pool, conv 16@5x5, pool, 120, 84, 10
+    cnn     two conv 3x3 + batch norm + ReLU + pool blocks (32, 64), 128, 10
 
 Parameters take PyTorch's names and layouts (``0.weight`` is ``(out, in)``) and its default
 initialisation, drawn from a stream derived from the run's seed, so the same seed gives the
@@ -19,24 +21,52 @@ from dlsys import nn
 from dlsys.frontend.settings import (
     DEFAULT_HIDDEN,
     DEFAULT_MODEL,
+    INPUT_SHAPES,
     MODELS,
+    NUM_CLASSES,
+    check_model,
     layer_sizes,
-    param_shapes,
     seed_streams,
 )
 from dlsys.nn import init
 
 
+def _dense(sizes: Sequence[int]) -> list[nn.Module]:
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return layers
+
+
+def _lenet() -> list[nn.Module]:
+    """LeNet-5 for 28 x 28 images: two convolutions (6 and 16 filters of 5 x 5, the first
+    padded to keep 28 x 28), each with ReLU and 2 x 2 max pooling, then 120-84-10."""
+    return [nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+            *_dense((16 * 5 * 5, 120, 84, NUM_CLASSES))]
+
+
+def _cnn() -> list[nn.Module]:
+    """Two conv-batchnorm-ReLU-pool blocks of 32 and 64 channels (3 x 3, padded), then a
+    classifier with one hidden layer of 128."""
+    blocks: list[nn.Module] = []
+    for fan_in, fan_out in ((1, 32), (32, 64)):
+        blocks += [nn.Conv2d(fan_in, fan_out, 3, padding=1), nn.BatchNorm2d(fan_out),
+                   nn.ReLU(), nn.MaxPool2d(2)]
+    return [*blocks, nn.Flatten(), *_dense((64 * 7 * 7, 128, NUM_CLASSES))]
+
+
 def build_model(name: str, seed: int = 0, hidden: Sequence[int] | None = None) -> nn.Module:
     """A fresh model, initialised from ``seed``'s initialisation stream."""
-    sizes = layer_sizes(name, hidden)
-    layers: list[nn.Module] = []
+    check_model(name)
     with init.using_generator(seed_streams(seed)[0]):
-        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-            layers.append(nn.Linear(fan_in, fan_out))
-            if i < len(sizes) - 2:
-                layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
+        if name == "lenet":
+            return nn.Sequential(*_lenet())
+        if name == "cnn":
+            return nn.Sequential(*_cnn())
+        return nn.Sequential(*_dense(layer_sizes(name, hidden)))
 
 
 def init_params(name: str, seed: int, hidden: Sequence[int] | None = None
@@ -45,5 +75,11 @@ def init_params(name: str, seed: int, hidden: Sequence[int] | None = None
     return build_model(name, seed, hidden).state_dict()
 
 
+def param_shapes(name: str, hidden: Sequence[int] | None = None) -> dict[str, tuple[int, ...]]:
+    """State-dict names (``0.weight``, ``0.bias``, ``2.weight``, ...; buffers too) and shapes,
+    in order."""
+    return {key: value.shape for key, value in init_params(name, 0, hidden).items()}
+
+
 __all__ = ["build_model", "init_params", "param_shapes", "layer_sizes", "seed_streams",
-           "DEFAULT_MODEL", "DEFAULT_HIDDEN", "MODELS"]
+           "DEFAULT_MODEL", "DEFAULT_HIDDEN", "MODELS", "INPUT_SHAPES"]

@@ -12,11 +12,14 @@ import numpy as np
 
 from dlsys.errors import ArgumentError, ArgumentTypeError, DlsysError
 
-MODELS = ("logreg", "mlp")
+MODELS = ("logreg", "mlp", "lenet", "cnn")
 DEFAULT_MODEL = "mlp"
 DEFAULT_HIDDEN = (256, 100)
 INPUT_FEATURES = 784
 NUM_CLASSES = 10
+# What each model takes per image: dense models the 784 pixels in a row, convolutional ones
+# a 1 x 28 x 28 image (the same pixels, viewed without a copy).
+INPUT_SHAPES = {"logreg": (784,), "mlp": (784,), "lenet": (1, 28, 28), "cnn": (1, 28, 28)}
 
 
 def check_model(name: str) -> str:
@@ -50,16 +53,6 @@ def seed_streams(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
     """
     init_seq, shuffle_seq = np.random.SeedSequence(seed).spawn(2)
     return np.random.default_rng(init_seq), np.random.default_rng(shuffle_seq)
-
-
-def param_shapes(name: str, hidden: Sequence[int] | None = None) -> dict[str, tuple[int, ...]]:
-    """Parameter names (``0.weight``, ``0.bias``, ``2.weight``, ...) and shapes, in order."""
-    sizes = layer_sizes(name, hidden)
-    shapes: dict[str, tuple[int, ...]] = {}
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        shapes[f"{2 * i}.weight"] = (fan_out, fan_in)
-        shapes[f"{2 * i}.bias"] = (fan_out,)
-    return shapes
 
 
 OPTIMIZER_NAMES = ("sgd", "momentum", "adam", "adamw")
@@ -117,9 +110,13 @@ def settings_problem(config: object) -> str | None:
     if not isinstance(config.get("model"), str):
         return f"setting model must name a model, got {config.get('model')!r}"
     try:
-        param_shapes(config["model"], config.get("hidden"))
+        check_model(config["model"])
+        if config.get("hidden") is not None:
+            check_hidden(config["hidden"])
     except DlsysError as err:
         return f"setting model/hidden: {err}"
+    if config.get("hidden") is not None and config["model"] != "mlp":
+        return f"setting hidden sizes the mlp's layers; model {config['model']} has its own"
     for key, accept, what in (
             ("batch_size", lambda v: is_int(v) and v > 0, "a positive integer"),
             ("epochs", lambda v: is_int(v) and 0 < v <= MAX_EPOCHS,

@@ -50,6 +50,7 @@ from dlsys.frontend.settings import (
     DEFAULT_HIDDEN,
     DEFAULT_LR,
     DEFAULT_MODEL,
+    INPUT_SHAPES,
     OPTIMIZER_NAMES,
     SCHEDULE_NAMES,
     seed_streams,
@@ -72,9 +73,12 @@ CHANGEABLE_ON_RESUME = ("epochs", "lr", "data")
 class Trainer:
     """A model's training and inference executors and its optimiser."""
 
-    def __init__(self, model: nn.Module, optimizer, batch_size: int, ctx=None):
+    def __init__(self, model: nn.Module, optimizer, batch_size: int, ctx=None,
+                 input_shape: tuple[int, ...] = (784,)):
         self.model = model
         self.batch_size = batch_size
+        # Batches arrive as rows of pixels, viewed (no copy) with the model's input shape.
+        self.input_shape = tuple(input_shape)
         self.optimizer = optimizer
         self.x, self.labels = ad.Variable("x"), ad.Variable("labels")
         self.params = model.parameters()
@@ -82,7 +86,7 @@ class Trainer:
         loss = F.cross_entropy(model(self.x), self.labels)
         self.train_executor = ad.Executor([loss, *ad.gradients(loss, self.params)], ctx=ctx)
         # Inference: a graph of its own, built in eval mode (dropout off, running statistics).
-        self.evaluator = Evaluator(model, batch_size, ctx)
+        self.evaluator = Evaluator(model, batch_size, ctx, self.input_shape)
         self._first_loss: float | None = None
 
     @classmethod
@@ -91,19 +95,20 @@ class Trainer:
         """A trainer for one of the front end's models, initialised from ``seed``."""
         model = build_model(name, seed, hidden)
         settings = {"optimizer": optimizer, "lr": lr, "weight_decay": 0.0}
-        return cls(model, make_optimizer(settings, model.parameters()), batch_size, ctx)
+        return cls(model, make_optimizer(settings, model.parameters()), batch_size, ctx,
+                   INPUT_SHAPES[name])
 
-    def compile(self, input_shape: tuple[int, ...]) -> float:
+    def compile(self) -> float:
         """Build or load every kernel of both executors now; returns the seconds it took.
 
         Runs each executor once on zeros, which changes no parameter, so that epoch 1's time
         measures training like every other epoch's, not kernel compilation.
         """
         started = time.perf_counter()
-        feeds = {self.x: np.zeros((self.batch_size, *input_shape), dtype=np.float32),
+        feeds = {self.x: np.zeros((self.batch_size, *self.input_shape), dtype=np.float32),
                  self.labels: np.zeros(self.batch_size, dtype=np.float32)}
         self.train_executor.run(feeds)
-        self.evaluator.compile(input_shape)
+        self.evaluator.compile(self.input_shape)
         return time.perf_counter() - started
 
     def train_step(self, images: np.ndarray, labels: np.ndarray) -> float:
@@ -112,6 +117,7 @@ class Trainer:
         Raises TrainingError, before touching the parameters, if the loss is not finite or
         has exploded (``DIVERGENCE_FACTOR`` times the first batch's).
         """
+        images = images.reshape(len(images), *self.input_shape)
         loss, *grads = self.train_executor.run({self.x: images, self.labels: labels})
         value = float(loss.numpy()[0])
         if self._first_loss is None:
@@ -327,11 +333,15 @@ def _run_locked(config: TrainConfig, out: Path, log: Callable[[str], None]) -> T
     if checkpoint is not None:
         log(f"resuming from {ckpt_path} after epoch {start}")
 
-    trainer = Trainer(model, optimizer, settings["batch_size"])
+    input_shape = INPUT_SHAPES[settings["model"]]
+    if math.prod(dataset.train.images.shape[1:]) != math.prod(input_shape):
+        raise DataError(f"{dataset.source}: images of {dataset.train.images.shape[1:]} pixels; "
+                        f"{settings['model']} takes {input_shape}")
+    trainer = Trainer(model, optimizer, settings["batch_size"], input_shape=input_shape)
     log(f"training {settings['model']} on {dataset.source} ({len(dataset.train)} train / "
         f"{len(dataset.val)} val / {len(dataset.test)} test), {settings['optimizer']}, batch "
         f"{settings['batch_size']}, lr {settings['lr']}, seed {settings['seed']}")
-    seconds = trainer.compile(dataset.train.images.shape[1:])
+    seconds = trainer.compile()
     log(f"kernels ready in {seconds:.2f}s")
     log(trainer.memory_report())
     if config.debug_memory:
@@ -378,7 +388,7 @@ def _run_locked(config: TrainConfig, out: Path, log: Callable[[str], None]) -> T
     report.write_metrics(out, history, summary)
     report.write_params(out, final)
     save_model(model, out / MODEL_FILE,
-               metadata={"input_shape": list(dataset.train.images.shape[1:]),
+               metadata={"input_shape": list(input_shape),
                          "classes": class_names(dataset.source), "data": dataset.source})
     if history:
         report.plot_curves(out, history, f"dlsys {settings['model']}, {settings['optimizer']} "

@@ -22,7 +22,7 @@ def _last_stderr_line(capsys) -> str:
 
 
 @pytest.mark.parametrize("flags, complaint", [
-    (["--model", "cnn"], "invalid choice: 'cnn'"),
+    (["--model", "resnet"], "invalid choice: 'resnet'"),
     (["--epochs", "0"], "--epochs: must be a positive integer, got 0"),
     (["--batch-size", "-5"], "--batch-size: must be a positive integer, got -5"),
     (["--lr", "0"], "--lr: must be a positive number"),

@@ -18,8 +18,8 @@ def test_param_shapes_follow_pytorch():
                                                   (10, 100), (10,)]
     assert list(param_shapes("mlp", (32,))) == ["0.weight", "0.bias", "2.weight", "2.bias"]
     assert param_shapes("mlp") == {k: v.shape for k, v in build_model("mlp").state_dict().items()}
-    with pytest.raises(ValueError, match="unknown model 'cnn'"):
-        param_shapes("cnn")
+    with pytest.raises(ValueError, match="unknown model 'resnet'"):
+        param_shapes("resnet")
 
 
 def test_init_is_seeded_and_scaled():

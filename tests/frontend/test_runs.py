@@ -144,3 +144,19 @@ def test_eval_and_predict_a_saved_model(capsys, data_dir, tmp_path):
     assert "notes.png: not an image" in _err(capsys)
     assert _run(["predict", str(tmp_path / "missing.npz"), paths[0]]) == 2
     assert "no such model file" in _err(capsys)
+
+
+@pytest.mark.parametrize("model", ["lenet", "cnn"])
+def test_convolutional_models_train_save_and_predict(capsys, data_dir, tmp_path, model):
+    out = tmp_path / "run"
+    assert _run(["train", "--model", model, "--data", str(data_dir), "--val-size", "100",
+                 "--batch-size", "50", "--epochs", "1", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert json.loads((out / "run.json").read_text())["model"] == model
+    np.save(tmp_path / "image.npy", np.full((28, 28), 0.5, np.float32))
+    capsys.readouterr()
+    assert _run(["predict", str(out / "model.npz"), str(tmp_path / "image.npy")]) == 0
+    assert "image.npy:" in capsys.readouterr().out
+    assert _run(["train", "--model", model, "--hidden", "10", "--out", str(tmp_path / "x"),
+                 "--data", str(data_dir)]) == 2
+    assert "hidden" in _err(capsys)
