@@ -108,6 +108,49 @@ def test_pytorch_linear_over_stacked_rows_exports_matmul_add(tmp_path):
                                    atol=TOLERANCE)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("opset", [13, 20])
+def test_pytorch_cnn_with_global_pool_rows_batch_norm_and_softmax(tmp_path, opset):
+    """The rest of what PyTorch writes for CNNs: a strided conv, global average pooling,
+    batch norm over rows, a permute, sigmoid and softmax, at the first and last opset."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(2)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.pool = torch.nn.AdaptiveAvgPool2d(1)
+            self.bn = torch.nn.BatchNorm1d(8)
+            self.fc = torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            x = torch.sigmoid(self.conv(x.permute(0, 3, 1, 2)))  # NHWC images in
+            x = self.bn(torch.flatten(self.pool(x), 1))
+            return torch.softmax(self.fc(torch.tanh(x)), dim=1)
+
+    module = Net().eval()
+    with torch.no_grad():
+        module.bn.running_mean.uniform_(-0.2, 0.2)
+        module.bn.running_var.uniform_(0.5, 2.0)
+    path = tmp_path / "net.onnx"
+    torch.onnx.export(module, (torch.zeros(2, 10, 9, 3),), str(path), dynamo=False,
+                      input_names=["x"], dynamic_axes={"x": {0: "batch"}},
+                      opset_version=opset, do_constant_folding=False)
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"Transpose", "GlobalAveragePool", "BatchNormalization", "Softmax"} <= ops
+    x = normal((5, 10, 9, 3))
+    ours = donnx.InferenceSession(str(path)).run(None, {"x": x})[0]
+    theirs = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(ours, theirs.run(None, {"x": x})[0], rtol=TOLERANCE,
+                               atol=TOLERANCE)
+    with torch.no_grad():
+        np.testing.assert_allclose(ours, module(torch.from_numpy(x)).numpy(), rtol=TOLERANCE,
+                                   atol=TOLERANCE)
+
+
 def _dlsys_models():
     dlsys.manual_seed(0)
     mlp = nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 8),
