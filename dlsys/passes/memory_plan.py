@@ -16,6 +16,7 @@ overwritten within a run, so they stay readable after ``run`` returns.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from dlsys.graph import Node, Shape
@@ -32,6 +33,10 @@ class MemoryPlan:
     naive_bytes: int                     # one buffer per node output
     peak_live_bytes: int                 # largest total of values alive at one step
     inplace_steps: set[Node] = field(default_factory=set)
+    # Values placed side by side in one storage (``contiguous``): their offsets in elements,
+    # and that storage's id (None when no group was asked for).
+    offset_of: dict[Node, int] = field(default_factory=dict)
+    contiguous_storage: int | None = None
 
     @property
     def planned_bytes(self) -> int:
@@ -90,8 +95,11 @@ def live_ranges(steps: list[Step], keep: set[Node]) -> tuple[dict[Node, int], di
 
 
 def plan_memory(steps: list[Step], shapes: dict[Node, Shape], keep: set[Node], itemsize: int,
-                share: bool = True) -> MemoryPlan:
+                share: bool = True, contiguous: Sequence[Node] = ()) -> MemoryPlan:
     """Assign storage ids; ``share=False`` gives every value its own buffer (the reference).
+
+    ``contiguous``: kept values to place side by side, in this order, in one storage of their
+    own (e.g. every gradient, so that one collective call reduces them all without packing).
 
     Reuse policy: best fit. A new value takes the smallest free buffer that holds it, so
     large buffers stay free for large values; when none is large enough it grows the largest
@@ -108,11 +116,16 @@ def plan_memory(steps: list[Step], shapes: dict[Node, Shape], keep: set[Node], i
     dying: dict[int, list[Node]] = {}
     for owner, t in last.items():
         dying.setdefault(t, []).append(owner)
+    offset_of_owner, group_sid = _contiguous_group(contiguous, root, sizes, keep,
+                                                   storage_elements, itemsize)
+    storage_of_owner.update(dict.fromkeys(offset_of_owner, group_sid))
 
     for t, step in enumerate(steps):
         owner = step.output
         candidate = None
-        if step.alias_of is None and step.writes_state is None:
+        if owner in offset_of_owner:
+            pass  # placed in the group's storage up front; it is kept, so never freed
+        elif step.alias_of is None and step.writes_state is None:
             need = sizes[owner]
             if step.inplace_input is not None:
                 candidate = root.get(step.inplace_input, step.inplace_input)
@@ -124,7 +137,9 @@ def plan_memory(steps: list[Step], shapes: dict[Node, Shape], keep: set[Node], i
             else:
                 storage_of_owner[owner] = _allocate(need, free, storage_elements, share)
             for extra in step.extra_outputs:
-                storage_of_owner[extra] = _allocate(sizes[extra], free, storage_elements, share)
+                if extra not in offset_of_owner:
+                    storage_of_owner[extra] = _allocate(sizes[extra], free, storage_elements,
+                                                        share)
         # Values can also die at an alias step (the last reader), and their buffers must be
         # freed there too, or they leak for the rest of the plan.
         if share:
@@ -136,10 +151,39 @@ def plan_memory(steps: list[Step], shapes: dict[Node, Shape], keep: set[Node], i
 
     storage_of = {node: storage_of_owner[owner] for node, owner in root.items()
                   if owner in storage_of_owner}
+    offset_of = {node: offset_of_owner[owner] for node, owner in root.items()
+                 if owner in offset_of_owner}
     naive = sum(_elements(shapes[out]) for step in steps for out in step.outputs) * itemsize
     return MemoryPlan(storage_of, storage_elements, itemsize, naive,
                       _peak_live(steps, root, first, last, sizes, inplace_steps) * itemsize,
-                      inplace_steps)
+                      inplace_steps, offset_of, group_sid)
+
+
+# Kernels assume 64-byte aligned arguments (one AVX-512 vector, TVM's default alignment), so
+# each value of a contiguous group starts on such a boundary; the gaps are a few elements.
+GROUP_ALIGN_BYTES = 64
+
+
+def _contiguous_group(contiguous: Sequence[Node], root: dict[Node, Node],
+                      sizes: dict[Node, int], keep: set[Node], storage_elements: list[int],
+                      itemsize: int) -> tuple[dict[Node, int], int | None]:
+    """Offsets (in elements) of the values to place side by side, and their storage id."""
+    align = max(1, GROUP_ALIGN_BYTES // itemsize)
+    if not contiguous:
+        return {}, None
+    offsets: dict[Node, int] = {}
+    total = 0
+    for node in contiguous:
+        owner = root.get(node)
+        if node not in keep or owner not in sizes or owner in offsets:
+            # A feed (or a view of one), a value not kept to the end, or one listed twice
+            # cannot have a place of its own in the group.
+            raise ValueError(f"{node.name} cannot be placed in a contiguous group: it must be "
+                             f"a computed value asked for, listed once")
+        offsets[owner] = total
+        total += -(-sizes[owner] // align) * align
+    storage_elements.append(total)
+    return offsets, len(storage_elements) - 1
 
 
 def _allocate(need: int, free: list[int], storage_elements: list[int], share: bool) -> int:
@@ -215,7 +259,7 @@ def verify_plan(steps: list[Step], shapes: dict[Node, Shape], keep: set[Node],
         sid = plan.storage_of.get(owner)
         if sid is None or not 0 <= sid < len(plan.storage_elements):
             problems.append(f"{owner.name}: no valid storage (got {sid!r})")
-        elif plan.storage_elements[sid] < _elements(shapes[owner]):
+        elif plan.storage_elements[sid] < plan.offset_of.get(owner, 0) + _elements(shapes[owner]):
             problems.append(f"{owner.name}: storage {sid} is smaller than its value")
     for node, owner in root.items():
         if owner in first and plan.storage_of.get(node) != plan.storage_of.get(owner):
@@ -230,6 +274,7 @@ def verify_plan(steps: list[Step], shapes: dict[Node, Shape], keep: set[Node],
             by_storage.setdefault(plan.storage_of[o], []).append(o)
         taken = root.get(step.inplace_input)
         for sid, sharing in by_storage.items():
+            sharing = _overlapping(sharing, shapes, plan.offset_of)
             if len(sharing) < 2:
                 continue
             legal_inplace = (len(sharing) == 2 and step.output in sharing
@@ -239,3 +284,12 @@ def verify_plan(steps: list[Step], shapes: dict[Node, Shape], keep: set[Node],
                 problems.append(f"step {t} ({step.output.name}): storage {sid} holds live "
                                 f"values {names}")
     return problems
+
+
+def _overlapping(values: list[Node], shapes: dict[Node, Shape],
+                 offset_of: dict[Node, int]) -> list[Node]:
+    """The values of one storage whose element ranges overlap another's (values placed side
+    by side in a contiguous group share a storage without overlapping)."""
+    spans = [(offset_of.get(v, 0), offset_of.get(v, 0) + _elements(shapes[v]), v) for v in values]
+    return [v for start, end, v in spans
+            if any(s < end and start < e for s, e, w in spans if w is not v)]

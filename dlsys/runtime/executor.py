@@ -9,6 +9,7 @@ it allocates no device memory and looks nothing up per kernel call.
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 
@@ -38,6 +39,7 @@ class _Prepared:
     outputs: list                 # eval node -> its tensor, or (placeholder, shape) to view
     owned_ranges: list[tuple[int, int]]       # [start, end) addresses of the planned storage
     state_targets: frozenset = frozenset()    # parameters that kernels update in place
+    contiguous_buffer: tvm.runtime.Tensor | None = None  # the group placed side by side
 
     def owns_memory_of(self, tensor: tvm.runtime.Tensor) -> bool:
         """Whether ``tensor`` overlaps a buffer of the plan (e.g. a returned output fed back)."""
@@ -49,6 +51,18 @@ class _Prepared:
 def _view(tensor: tvm.runtime.Tensor, shape: Shape) -> tvm.runtime.Tensor:
     """``tensor`` itself, or a view of its memory with ``shape`` (a reshaping alias)."""
     return tensor if tuple(tensor.shape) == tuple(shape) else tensor._create_view(shape)
+
+
+def _view_at(base: tvm.runtime.Tensor, offset: int, shape: Shape) -> tvm.runtime.Tensor:
+    """A view of ``base``'s memory from element ``offset`` with ``shape``. Kernels take no
+    byte offset in their arguments, so a view further in is made through numpy's DLPack
+    view, whose data pointer itself moves (the memory stays ``base``'s; CPU only)."""
+    if offset == 0:
+        return base._create_view(shape)
+    if base.device.dlpack_device_type() != tvm.cpu(0).dlpack_device_type():
+        raise ArgumentError("Executor: contiguous groups are supported on the CPU only")
+    flat = np.from_dlpack(base)
+    return tvm.runtime.from_dlpack(flat[offset:offset + math.prod(shape)].reshape(shape))
 
 
 def _check_device(ctx) -> tvm.runtime.Device:
@@ -72,6 +86,9 @@ class Executor:
     ``dtype`` is the element type of every value (default: that of the TVM tensors fed,
     else float32). ``plan_memory=False`` gives every node its own buffer (the reference for
     the planner's tests); ``fuse=False`` runs one kernel per node (the reference for fusion).
+    ``contiguous``: evaluated nodes (e.g. every gradient) to place side by side in one buffer,
+    each on a 64-byte boundary; ``contiguous_buffer()`` returns it, so one collective call
+    (an allreduce) covers them all without packing copies.
 
     Feeds may be TVM tensors (used as they are, never copied: they must have the executor's
     dtype and device) or array-likes such as numpy arrays, which are converted to the dtype
@@ -87,7 +104,8 @@ class Executor:
     """
 
     def __init__(self, eval_node_list: list[Node], ctx=None, dtype: str | None = None,
-                 plan_memory: bool = True, fuse: bool = True):
+                 plan_memory: bool = True, fuse: bool = True,
+                 contiguous: list[Node] | None = None):
         if isinstance(eval_node_list, Node) or not isinstance(eval_node_list, (list, tuple)):
             raise ArgumentTypeError(f"Executor: eval_node_list must be a list of Nodes, got "
                                     f"{type(eval_node_list).__name__}")
@@ -104,6 +122,11 @@ class Executor:
         self.dtype = dtype
         self.plan_memory = plan_memory
         self.fuse = fuse
+        self.contiguous = list(contiguous or [])
+        for node in self.contiguous:
+            if not any(node is n for n in self.eval_node_list):
+                raise ArgumentError(f"Executor: contiguous lists {getattr(node, 'name', node)}, "
+                                    f"which is not among the nodes it evaluates")
         self.topo_order = find_topo_sort(self.eval_node_list)
         self.placeholders = [n for n in self.topo_order if n.op.is_placeholder]
         self._placeholder_set = set(self.placeholders)
@@ -184,7 +207,11 @@ class Executor:
         if misordered:  # a pass broke the schedule: never run it and return stale values
             raise RuntimeError("dlsys internal error, please report: " + "; ".join(misordered))
         itemsize = np.dtype(self.dtype).itemsize
-        plan = plan_memory(steps, shapes, keep, itemsize, share=self.plan_memory)
+        try:
+            plan = plan_memory(steps, shapes, keep, itemsize, share=self.plan_memory,
+                               contiguous=self.contiguous)
+        except ValueError as err:  # a contiguous group that cannot be placed
+            raise ArgumentError(f"Executor: {err}") from None
         # The reference is one buffer per node of the graph as written, before fusion
         # removed some of them, so the figure shows what fusion and planning save together.
         plan.naive_bytes = itemsize * sum(int(np.prod(shapes[n])) for n in self.topo_order
@@ -196,7 +223,7 @@ class Executor:
                         for p in self.placeholders}
         value: dict[Node, object] = dict(feed_buffers)
         for node, sid in plan.storage_of.items():
-            value[node] = storage[sid]._create_view(shapes[node])
+            value[node] = _view_at(storage[sid], plan.offset_of.get(node, 0), shapes[node])
         # An alias of a placeholder is that placeholder's (re-bindable) tensor, viewed with
         # the alias's shape where it reshapes.
         source = {p: p for p in self.placeholders}
@@ -225,8 +252,9 @@ class Executor:
                    for n in self.eval_node_list]
         self._bound = dict(feed_buffers)
         state_targets = frozenset(s.writes_state for s in steps if s.writes_state is not None)
+        group = storage[plan.contiguous_storage] if plan.contiguous_storage is not None else None
         return _Prepared(shapes, steps, plan, calls, feed_slots, feed_buffers, outputs,
-                         owned_ranges, state_targets)
+                         owned_ranges, state_targets, group)
 
     def _rebind(self, prepared: _Prepared, placeholder: Node, tensor) -> None:
         """Point every argument slot of ``placeholder`` at ``tensor`` (only when it changed)."""
@@ -312,6 +340,15 @@ class Executor:
                              "fused into the next row's kernel"))
             rows.append((node.name, prepared.shapes[node], prepared.plan.storage_of.get(node), how))
         return rows
+
+    def contiguous_buffer(self) -> tvm.runtime.Tensor:
+        """One flat tensor holding the ``contiguous`` nodes' values side by side, in order
+        (for the last feed shapes run): a view of the very memory the kernels write, so one
+        collective call (an allreduce of every gradient) covers them all."""
+        prepared = self._require_prepared()
+        if prepared.contiguous_buffer is None:
+            raise ArgumentError("Executor: no contiguous nodes were asked for")
+        return prepared.contiguous_buffer
 
     @property
     def kernel_calls(self) -> int:

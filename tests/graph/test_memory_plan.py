@@ -191,3 +191,39 @@ def test_alias_of_a_feed_gets_no_storage_and_is_never_written():
     np.testing.assert_array_equal(x_tensor.numpy(), x_val)
     assert same not in executor._prepared.plan.storage_of
     assert _verify(executor) == []
+
+
+def test_contiguous_group_places_every_gradient_side_by_side():
+    from graph_gen import build_mlp
+
+    mlp = build_mlp()
+    feeds = mlp.feeds(batch=16)
+    nodes = [mlp.loss, *mlp.grads]
+    plain = ad.Executor(nodes, dtype="float64").run(feeds, convert_to_numpy_ret_vals=True)
+    executor = ad.Executor(nodes, dtype="float64", contiguous=mlp.grads)
+    grouped = executor.run(feeds)
+    for want, got in zip(plain, grouped):
+        np.testing.assert_array_equal(got.numpy(), want)
+    prepared = executor._prepared
+    assert verify_plan(prepared.steps, prepared.shapes, set(nodes), prepared.plan) == []
+    flat = executor.contiguous_buffer()
+    # Each gradient starts on a 64-byte boundary (8 float64 elements).
+    offsets = np.cumsum([0] + [-(-g.size // 8) * 8 for g in plain[1:]])
+    for start, grad in zip(offsets, plain[1:]):
+        np.testing.assert_array_equal(flat.numpy()[start:start + grad.size], grad.ravel())
+    assert flat.shape == (offsets[-1],)
+    # The returned gradients are views of that buffer: what a collective writes there, the
+    # optimiser reads.
+    flat.copyfrom(np.zeros(flat.shape, dtype="float64"))
+    assert not any(g.numpy().any() for g in grouped[1:])
+
+
+def test_contiguous_group_refuses_what_it_cannot_place():
+    from dlsys.errors import ArgumentError
+
+    x, w = ad.Variable("x"), ad.Variable("w")
+    y = ad.matmul_op(x, w)
+    with pytest.raises(ArgumentError, match="not among the nodes"):
+        ad.Executor([y], contiguous=[ad.relu_op(y)])
+    with pytest.raises(ArgumentError, match="x cannot be placed"):
+        ad.Executor([y, x], contiguous=[y, x]).run({x: np.ones((2, 2)), w: np.ones((2, 2))})
