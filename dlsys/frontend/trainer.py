@@ -83,8 +83,12 @@ class Trainer:
         self.x, self.labels = ad.Variable("x"), ad.Variable("labels")
         self.params = model.parameters()
         model.train()
-        loss = F.cross_entropy(model(self.x), self.labels)
-        self.train_executor = ad.Executor([loss, *ad.gradients(loss, self.params)], ctx=ctx)
+        logits = model(self.x)
+        loss = F.cross_entropy(logits, self.labels)
+        # The logits too, for the training accuracy (they exist anyway: the loss reads them).
+        self.train_executor = ad.Executor([loss, logits, *ad.gradients(loss, self.params)],
+                                          ctx=ctx)
+        self.correct = self.seen = 0
         # Inference: a graph of its own, built in eval mode (dropout off, running statistics).
         self.evaluator = Evaluator(model, batch_size, ctx, self.input_shape)
         self._first_loss: float | None = None
@@ -118,7 +122,7 @@ class Trainer:
         has exploded (``DIVERGENCE_FACTOR`` times the first batch's).
         """
         images = images.reshape(len(images), *self.input_shape)
-        loss, *grads = self.train_executor.run({self.x: images, self.labels: labels})
+        loss, logits, *grads = self.train_executor.run({self.x: images, self.labels: labels})
         value = float(loss.numpy()[0])
         if self._first_loss is None:
             self._first_loss = value
@@ -128,12 +132,15 @@ class Trainer:
             raise TrainingError(f"loss exploded to {value:.4g} (the first batch's was "
                                 f"{self._first_loss:.4g})")
         self.optimizer.step(grads)
+        self.correct += int(np.sum(logits.numpy().argmax(axis=1) == labels))
+        self.seen += len(labels)
         return value
 
     def train_epoch(self, epoch: int, split: Split, batches: list[np.ndarray],
                     progress: bool = True, desc: str | None = None) -> list[float]:
         """Run the batches (index arrays into ``split``) in order; returns each batch's loss."""
         losses: list[float] = []
+        self.correct = self.seen = 0
         with tqdm(total=len(batches), desc=desc or f"epoch {epoch}", unit="batch", leave=False,
                   disable=not progress, file=sys.stderr) as bar:
             for number, idx in enumerate(batches, start=1):
@@ -367,7 +374,8 @@ def _run_locked(config: TrainConfig, out: Path, log: Callable[[str], None]) -> T
             val_loss, row["val_acc"], _ = trainer.evaluate(dataset.val)
             row["val_loss"] = val_loss
             line += f"  val acc {100 * row['val_acc']:.2f}%"
-        row.update(eval_time_s=round(time.perf_counter() - started, 4), lr=optimizer.lr,
+        row.update(train_acc=trainer.correct / max(trainer.seen, 1),
+                   eval_time_s=round(time.perf_counter() - started, 4), lr=optimizer.lr,
                    batch_losses=[round(v, 5) for v in losses])
         if checkpoint is not None and epoch == start + 1:
             row["resumed"] = 1  # the plot marks where the run was resumed

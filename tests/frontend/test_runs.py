@@ -61,6 +61,7 @@ def test_resume_restores_every_recorded_setting(capsys, data_dir, tmp_path, monk
     metrics = json.loads((out / "metrics.json").read_text())
     assert [row["epoch"] for row in metrics["epochs"]] == [1, 2, 3]  # the recorded target
     assert metrics["resumed_at"] == [1]  # marked on the plot
+    assert all(0 <= row["train_acc"] <= 1 for row in metrics["epochs"])
 
 
 def test_resume_before_any_checkpoint_keeps_the_recorded_model(capsys, data_dir, tmp_path,
