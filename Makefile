@@ -63,7 +63,7 @@ test: setup-test data
 lint: setup-test
 	$(VENV_PYTHON) -m ruff check dlsys tests benchmarks
 
-bench: setup data
+bench: setup-test data
 	$(VENV_PYTHON) benchmarks/bench_mlp_epoch.py
 	$(VENV_PYTHON) benchmarks/bench_matmul.py
 	$(VENV_PYTHON) benchmarks/bench_startup.py

@@ -130,8 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "eval", help="evaluate a saved model on a data set",
         description="Loss, accuracy, per-class accuracy and the confusion matrix of a model "
-                    "file (model.npz, as dlsys train writes it) on a data set's test split.")
-    evaluate.add_argument("model", type=Path, help="model file")
+                    "file (model.npz, as dlsys train writes it, or an .onnx file) on a data "
+                    "set's test split.")
+    evaluate.add_argument("model", type=Path, help="model file (.npz from dlsys, or .onnx)")
     evaluate.add_argument("--data", default=None,
                           help=f"MNIST-format data as for train (default ${DATA_ENV_VAR}, "
                                f"else {DEFAULT_DATA_DIR})")
@@ -144,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print each image's most probable class and its probability. Images are "
                     "PNG or JPEG (grey-scaled and resized to the model's input) or .npy "
                     "arrays of pixels in [0, 1].")
-    predict.add_argument("model", type=Path, help="model file")
+    predict.add_argument("model", type=Path, help="model file (.npz from dlsys, or .onnx)")
     predict.add_argument("images", type=Path, nargs="+", help="image files")
     return parser
 

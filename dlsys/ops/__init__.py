@@ -33,9 +33,22 @@ from dlsys.ops.elementwise import (
     tanh_op,
     zeroslike_op,
 )
+from dlsys.ops.layout import transpose_op
 from dlsys.ops.linalg import matmul_op
-from dlsys.ops.loss import softmax_op, softmaxcrossentropy_gradient_op, softmaxcrossentropy_op
-from dlsys.ops.placeholder import Variable, placeholder_op
+from dlsys.ops.loss import (
+    onehot_like_op,
+    softmax_op,
+    softmaxcrossentropy_gradient_op,
+    softmaxcrossentropy_op,
+)
+from dlsys.ops.norm import (
+    batchnorm2d_op,
+    batchnorm_inference_op,
+    batchnorm_normalize_gradient_op,
+    batchnorm_normalize_op,
+    running_statistic_op,
+)
+from dlsys.ops.placeholder import Parameter, Variable, parameter_op, placeholder_op
 from dlsys.ops.pool import (
     avgpool2d_grad_op,
     avgpool2d_op,
@@ -43,6 +56,7 @@ from dlsys.ops.pool import (
     maxpool2d_grad_op,
     maxpool2d_op,
 )
+from dlsys.ops.random import dropout_op, next_seed_op
 from dlsys.ops.reduce import (
     broadcastto_op,
     expand_op,
@@ -52,6 +66,7 @@ from dlsys.ops.reduce import (
     reducesumto_op,
     sum_op,
 )
+from dlsys.ops.reshape import flatten_op, reshape_op, reshape_to_op
 
 ALL_OPS: list[Op] = [
     placeholder_op, add_op, mul_op, sub_op, div_op, add_byconst_op, mul_byconst_op,
@@ -60,7 +75,9 @@ ALL_OPS: list[Op] = [
     reducesumto_op, broadcastto_op, sum_op, mean_op, expand_op, expandmean_op,
     softmaxcrossentropy_op, softmaxcrossentropy_gradient_op, softmax_op, conv2d_op,
     conv2d_grad_input_op, conv2d_grad_weight_op, maxpool2d_op, maxpool2d_grad_op, avgpool2d_op,
-    avgpool2d_grad_op, global_avgpool_op,
+    avgpool2d_grad_op, global_avgpool_op, parameter_op, onehot_like_op, reshape_op, flatten_op,
+    reshape_to_op, transpose_op, dropout_op, next_seed_op, batchnorm_normalize_op,
+    batchnorm_normalize_gradient_op, running_statistic_op, batchnorm_inference_op,
 ]
 ELEMENTWISE_OPS: list[ElementwiseOp] = [op for op in ALL_OPS if isinstance(op, ElementwiseOp)]
 
@@ -125,6 +142,8 @@ Node.__neg__ = _neg
 Node.__array_ufunc__ = None
 
 __all__ = [
+    "Parameter", "parameter_op", "onehot_like_op", "reshape_op", "flatten_op", "reshape_to_op",
+    "transpose_op", "dropout_op", "next_seed_op", "batchnorm2d_op",
     "ALL_OPS", "ELEMENTWISE_OPS", "BroadcastBinaryOp", "Variable", "placeholder_op", "add_op",
     "mul_op", "sub_op", "div_op", "add_byconst_op", "mul_byconst_op", "div_byconst_op",
     "rdiv_byconst_op", "neg_op", "relu_op", "relu_gradient_op", "sigmoid_op", "exp_op",
