@@ -228,19 +228,34 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     inference.predict_command(args.model, args.images, log=_print)
     except TrainingError as e:
-        print(f"{PROG}: training failed: {e}", file=sys.stderr)
-        return 1
+        print(f"{PROG}{_rank()}: training failed: {e}", file=sys.stderr)
+        return _exit_status(1, e)
     except DlsysError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
+        print(f"{PROG}{_rank()}: error: {e}", file=sys.stderr)
+        return _exit_status(2, e)
     except OSError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
+        print(f"{PROG}{_rank()}: error: {e}", file=sys.stderr)
+        return _exit_status(2, e)
+    except KeyboardInterrupt as e:
         hint = f"; continue with --resume --out {out}" if out is not None else ""
-        print(f"{PROG}: interrupted{hint}", file=sys.stderr)
-        return 130
+        print(f"{PROG}{_rank()}: interrupted{hint}", file=sys.stderr)
+        return _exit_status(130, e)
     return 0
+
+
+def _rank() -> str:
+    """`` (rank R of N)`` in an MPI job of several ranks, so a message names its rank."""
+    from dlsys.distributed.comm import rank_label
+
+    return rank_label()
+
+
+def _exit_status(status: int, error: BaseException) -> int:
+    """``status``; in an MPI job, a rank that failed alone first ends the others (MPI_Abort),
+    which would otherwise wait for it in their next collective."""
+    from dlsys.distributed.comm import exit_status
+
+    return exit_status(status, error)
 
 
 def _print(line: str) -> None:

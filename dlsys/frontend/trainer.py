@@ -33,6 +33,8 @@ from dlsys import autodiff as ad
 from dlsys import nn, optim
 from dlsys.data.batches import epoch_batches
 from dlsys.data.mnist import Split, load_dataset
+from dlsys.distributed import DataParallel
+from dlsys.distributed.training import silent, training_group
 from dlsys.errors import DataError, TrainingError
 from dlsys.frontend import report, run_folder
 from dlsys.frontend.checkpoint import (
@@ -74,7 +76,7 @@ class Trainer:
     """A model's training and inference executors and its optimiser."""
 
     def __init__(self, model: nn.Module, optimizer, batch_size: int, ctx=None,
-                 input_shape: tuple[int, ...] = (784,)):
+                 input_shape: tuple[int, ...] = (784,), data_parallel: bool = False):
         self.model = model
         self.batch_size = batch_size
         # Batches arrive as rows of pixels, viewed (no copy) with the model's input shape.
@@ -86,8 +88,13 @@ class Trainer:
         logits = model(self.x)
         loss = F.cross_entropy(logits, self.labels)
         # The logits too, for the training accuracy (they exist anyway: the loss reads them).
-        self.train_executor = ad.Executor([loss, logits, *ad.gradients(loss, self.params)],
-                                          ctx=ctx)
+        self.data_parallel = None
+        if data_parallel:  # one rank of an MPI job: the same outputs, reduced after each run
+            self.data_parallel = DataParallel(loss, self.params, ctx, extra=[logits])
+            self.train_executor = self.data_parallel.executor
+        else:
+            self.train_executor = ad.Executor([loss, logits, *ad.gradients(loss, self.params)],
+                                              ctx=ctx)
         self.correct = self.seen = 0
         # Inference: a graph of its own, built in eval mode (dropout off, running statistics).
         self.evaluator = Evaluator(model, batch_size, ctx, self.input_shape)
@@ -123,6 +130,8 @@ class Trainer:
         """
         images = images.reshape(len(images), *self.input_shape)
         loss, logits, *grads = self.train_executor.run({self.x: images, self.labels: labels})
+        if self.data_parallel is not None:
+            self.data_parallel.reduce()  # the global batch's mean loss and gradients, every rank
         value = float(loss.numpy()[0])
         if self._first_loss is None:
             self._first_loss = value
@@ -295,24 +304,36 @@ def resolve_settings(config: TrainConfig, recorded: dict | None,
 
 
 def run_training(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
-    """Train as ``dlsys train`` does: load data, train with checkpoints, write the outputs."""
+    """Train as ``dlsys train`` does: load data, train with checkpoints, write the outputs.
+
+    Under ``mpirun -n N``, data-parallel over the N ranks (``dlsys.distributed``): rank 0
+    alone holds the run folder, logs and writes; the others train and return.
+    """
     out = Path(config.out)
+    group = training_group()
+    if group is not None and group.rank != 0:
+        return _run_locked(config, out, silent, group)
     with run_folder.locked(out):
-        return _run_locked(config, out, log)
+        return _run_locked(config, out, log, group)
 
 
-def _run_locked(config: TrainConfig, out: Path, log: Callable[[str], None]) -> TrainResult:
+def _run_locked(config: TrainConfig, out: Path, log: Callable[[str], None],
+                group=None) -> TrainResult:
     ckpt_path = out / CHECKPOINT_NAME
-    remove_stale_temp_files(out)
-    run_folder.prepare(out, config.resume, config.overwrite)
+    writer = group is None or group.rank == 0
+    if writer:
+        remove_stale_temp_files(out)
+        run_folder.prepare(out, config.resume, config.overwrite)
     checkpoint = recorded = None
-    if config.resume:
+    if config.resume and writer:
         recorded = run_folder.recorded_settings(out)
         if ckpt_path.exists():
             checkpoint = load_checkpoint(ckpt_path)
             recorded = recorded or checkpoint.config
         if recorded is None:
             log(f"nothing to resume in {out}; starting from scratch")
+    if group is not None:  # every rank continues what rank 0 found in its run folder
+        recorded, checkpoint = group.share((recorded, checkpoint))
     settings = resolve_settings(config, recorded, log)
     problem = settings_problem(settings)
     if problem is not None:
@@ -323,7 +344,10 @@ def _run_locked(config: TrainConfig, out: Path, log: Callable[[str], None]) -> T
     if settings["batch_size"] > len(dataset.train):
         raise DataError(f"{dataset.source}: batch size {settings['batch_size']} is larger than "
                         f"the {len(dataset.train)} training images")
-    run_folder.record_settings(out, settings)
+    if group is not None:
+        group.check_agreement(settings, dataset, config.resume)
+    if writer:
+        run_folder.record_settings(out, settings)
 
     model = build_model(settings["model"], settings["seed"], settings["hidden"])
     if checkpoint is not None:
@@ -344,10 +368,14 @@ def _run_locked(config: TrainConfig, out: Path, log: Callable[[str], None]) -> T
     if math.prod(dataset.train.images.shape[1:]) != math.prod(input_shape):
         raise DataError(f"{dataset.source}: images of {dataset.train.images.shape[1:]} pixels; "
                         f"{settings['model']} takes {input_shape}")
-    trainer = Trainer(model, optimizer, settings["batch_size"], input_shape=input_shape)
+    batch = settings["batch_size"] if group is None else group.local_batch(settings["batch_size"])
+    trainer = Trainer(model, optimizer, batch, input_shape=input_shape,
+                      data_parallel=group is not None)
     log(f"training {settings['model']} on {dataset.source} ({len(dataset.train)} train / "
         f"{len(dataset.val)} val / {len(dataset.test)} test), {settings['optimizer']}, batch "
         f"{settings['batch_size']}, lr {settings['lr']}, seed {settings['seed']}")
+    if group is not None:
+        log(f"data-parallel over {group.size} MPI ranks, {batch} images of each batch per rank")
     seconds = trainer.compile()
     log(f"kernels ready in {seconds:.2f}s")
     log(trainer.memory_report())
@@ -358,14 +386,21 @@ def _run_locked(config: TrainConfig, out: Path, log: Callable[[str], None]) -> T
     for epoch in range(start + 1, epochs + 1):
         optimizer.lr = learning_rate_at(epoch, settings)
         batches = epoch_batches(shuffle_rng, len(dataset.train), settings["batch_size"])
+        if group is not None:
+            batches = group.shard(batches)
         started = time.perf_counter()
         try:
-            losses = trainer.train_epoch(epoch, dataset.train, batches, config.progress,
+            losses = trainer.train_epoch(epoch, dataset.train, batches,
+                                         config.progress and writer,
                                          desc=f"epoch {epoch}/{epochs}")
         except TrainingError as e:
             kept = (f"checkpoint of epoch {epoch - 1} kept in {ckpt_path}" if epoch > 1
                     else "no checkpoint written")
             raise TrainingError(f"{e}; {kept}") from None
+        if group is not None:  # the training accuracy over every rank's shards
+            trainer.correct, trainer.seen = group.total(trainer.correct, trainer.seen)
+            if not writer:
+                continue  # rank 0 alone evaluates, logs and writes
         epoch_time = round(time.perf_counter() - started, 4)
         row = {"epoch": epoch, "loss": float(np.mean(losses)), "epoch_time_s": epoch_time}
         line = f"epoch {epoch}/{epochs}  loss {row['loss']:.4f}  time {epoch_time:.2f}s"
@@ -386,6 +421,8 @@ def _run_locked(config: TrainConfig, out: Path, log: Callable[[str], None]) -> T
                                               settings, settings["optimizer"],
                                               optimizer_arrays(optimizer)))
         report.write_metrics(out, history, {"settings": settings})
+    if not writer:
+        return TrainResult(trainer.params_numpy())
 
     _, test_acc, _ = trainer.evaluate(dataset.test)
     final = trainer.params_numpy()
