@@ -194,3 +194,17 @@ def gather_all(value) -> list:
     """Every rank's ``value``, in rank order, on every rank."""
     comm = _comm()
     return [value] if comm is None else comm.allgather(value)
+
+
+def gather_on_machine(value) -> list:
+    """The ``value`` of every rank on this machine (those sharing its memory), on each."""
+    comm = _comm()
+    if comm is None:
+        return [value]
+    from mpi4py import MPI
+
+    machine = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return machine.allgather(value)
+    finally:
+        machine.Free()

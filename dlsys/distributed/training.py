@@ -8,11 +8,19 @@ so the other ranks need no shared file system: what rank 0 read to resume is sen
 
 from __future__ import annotations
 
+import os
 import zlib
 
 import numpy as np
 
-from dlsys.distributed.comm import DistributedError, gather_all, rank, share, world_size
+from dlsys.distributed.comm import (
+    DistributedError,
+    gather_all,
+    gather_on_machine,
+    rank,
+    share,
+    world_size,
+)
 from dlsys.distributed.step import shard_slice
 
 DATA_SPLITS = ("train", "val", "test")
@@ -57,6 +65,7 @@ class TrainingGroup:
     def __init__(self) -> None:
         self.rank = rank()
         self.size = world_size()
+        self.threads = _share_cores()
 
     def share(self, value):
         """Rank 0's ``value`` on every rank (what it read from its run folder)."""
@@ -91,6 +100,21 @@ class TrainingGroup:
         """This rank's contiguous part of each global batch (index arrays)."""
         part = shard_slice(len(batches[0])) if batches else slice(0, 0)
         return [batch[part] for batch in batches]
+
+
+def _share_cores() -> int:
+    """TVM threads for this rank: the pool ``dlsys.kernels`` sized for every CPU this process
+    may use, divided among the ranks on this machine that may use the same CPUs (all of them
+    unless the launcher bound each to its own cores), so that together they do not start
+    more threads than CPUs, which would make every parallel kernel wait for a descheduled
+    thread. Only ever lowered; it takes effect because no kernel has run yet (TVM creates
+    its pool at the first parallel kernel)."""
+    mine = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+    sharing = sum(1 for theirs in gather_on_machine(mine) if theirs & mine) or 1
+    current = int(os.environ.get("TVM_NUM_THREADS", "1"))
+    threads = max(1, min(current, len(mine) // sharing if mine else current))
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    return threads
 
 
 def training_group() -> TrainingGroup | None:

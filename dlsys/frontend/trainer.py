@@ -375,7 +375,8 @@ def _run_locked(config: TrainConfig, out: Path, log: Callable[[str], None],
         f"{len(dataset.val)} val / {len(dataset.test)} test), {settings['optimizer']}, batch "
         f"{settings['batch_size']}, lr {settings['lr']}, seed {settings['seed']}")
     if group is not None:
-        log(f"data-parallel over {group.size} MPI ranks, {batch} images of each batch per rank")
+        log(f"data-parallel over {group.size} MPI ranks, {batch} images of each batch and "
+            f"{group.threads} TVM thread(s) per rank")
     seconds = trainer.compile()
     log(f"kernels ready in {seconds:.2f}s")
     log(trainer.memory_report())
