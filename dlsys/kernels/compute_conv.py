@@ -26,20 +26,32 @@ from dlsys.kernels.compute import Shape, TensorList
 Pair = tuple[int, int]
 
 
-def _pad(x: te.Tensor, padding: Pair, value: float, dtype: str) -> te.Tensor:
-    """``x`` with ``padding`` rows and columns of ``value`` on each side; ``x`` itself when
-    there is none, so an unpadded kernel has no copy."""
-    ph, pw = padding
-    if ph == 0 and pw == 0:
-        return x
+def _embed(x: te.Tensor, offset: Pair, size: Pair, value, name: str = "pad") -> te.Tensor:
+    """``x`` placed at ``offset`` in images of ``size`` filled with ``value``.
+
+    The one place where a load may fall outside its tensor, and it happens only under
+    ``if_then_else``: building the PrimFunc assumes every index it sees is in range (a
+    clamp written around an index is simplified away, and a block whose index can leave
+    its tensor may be miscompiled), so the window blocks read only padded copies, with
+    indices in range by construction.
+    """
     n, c, h, w = (int(d) for d in x.shape)
+    (oh, ow) = offset
 
     def body(b, ch, i, j):
-        inside = tirx.all(i >= ph, i < h + ph, j >= pw, j < w + pw)
-        # if_then_else, not Select: the load must not happen outside the image.
-        return tirx.if_then_else(inside, x[b, ch, i - ph, j - pw], tirx.const(value, dtype))
+        inside = tirx.all(i >= oh, i < h + oh, j >= ow, j < w + ow)
+        return tirx.if_then_else(inside, x[b, ch, i - oh, j - ow], tirx.const(value, x.dtype))
 
-    return te.compute((n, c, h + 2 * ph, w + 2 * pw), body, name="pad")
+    return te.compute((n, c, *size), body, name=name)
+
+
+def _pad(x: te.Tensor, padding: Pair, value: float) -> te.Tensor:
+    """``x`` with ``padding`` rows and columns of ``value`` on each side; ``x`` itself when
+    there is none, so an unpadded kernel has no copy."""
+    if padding == (0, 0):
+        return x
+    (ph, pw), (h, w) = padding, (int(d) for d in x.shape[2:])
+    return _embed(x, padding, (h + 2 * ph, w + 2 * pw), value)
 
 
 def conv2d(shape_x: Shape, shape_f: Shape, shape_y: Shape, stride: Pair, padding: Pair,
@@ -48,7 +60,7 @@ def conv2d(shape_x: Shape, shape_f: Shape, shape_y: Shape, stride: Pair, padding
     filters, output ``shape_y``."""
     x = te.placeholder(shape_x, dtype=dtype, name="X")
     f = te.placeholder(shape_f, dtype=dtype, name="F")
-    xp = _pad(x, padding, 0.0, dtype)
+    xp = _pad(x, padding, 0.0)
     sh, sw = stride
     rc = te.reduce_axis((0, shape_f[1]), name="rc")
     ry = te.reduce_axis((0, shape_f[2]), name="ry")
@@ -61,22 +73,30 @@ def conv2d(shape_x: Shape, shape_f: Shape, shape_y: Shape, stride: Pair, padding
 
 
 def _covering(position, padding: int, kernel: int, stride: int, windows: int, r):
-    """The ``r``-th window covering ``position`` along one axis: ``(window, offset, valid)``.
-
-    ``window`` and ``offset`` are meaningful only where ``valid``, and must be loaded only
-    under ``if_then_else(valid, ...)``: building the PrimFunc assumes every index it sees is
-    in range, so a clamp written around an index is simplified away.
-    """
+    """The ``r``-th window covering ``position`` along one axis, as ``(index, offset,
+    valid)``: the window's index in a copy of the windows shifted by ``ceil(kernel /
+    stride) - 1`` (``_windows_padded``, so that the index is never negative), the
+    position's offset inside it, and whether that window exists and covers the position."""
     p = position + padding
     window = p // stride - r
     offset = p % stride + r * stride
-    return window, offset, tirx.all(window >= 0, window < windows, offset < kernel)
+    shift = -(-kernel // stride) - 1
+    return window + shift, offset, tirx.all(window >= 0, window < windows, offset < kernel)
 
 
 def _covering_axes(kernel: Pair, stride: Pair) -> tuple[te.IterVar, te.IterVar]:
     """Reduction axes over the windows covering one element: ``ceil(kernel / stride)`` each."""
     return (te.reduce_axis((0, -(-kernel[0] // stride[0])), name="wy"),
             te.reduce_axis((0, -(-kernel[1] // stride[1])), name="wx"))
+
+
+def _windows_padded(t: te.Tensor, image: Pair, kernel: Pair, stride: Pair, padding: Pair,
+                    value, name: str) -> te.Tensor:
+    """A per-window tensor ``t`` (N, C, H', W') in a copy large enough for every index
+    ``_covering`` gives over an ``image`` (``value`` where no window is)."""
+    shift = tuple(-(-k // s) - 1 for k, s in zip(kernel, stride))
+    size = tuple((n - 1 + p) // s + 1 + d for n, p, s, d in zip(image, padding, stride, shift))
+    return _embed(t, shift, size, value, name)
 
 
 def _dilate_and_pad(g: te.Tensor, kernel: Pair, stride: Pair, padding: Pair,
@@ -123,7 +143,7 @@ def conv2d_grad_weight(shape_x: Shape, shape_g: Shape, shape_f: Shape, stride: P
     elements it met, over the batch and every output position."""
     x = te.placeholder(shape_x, dtype=dtype, name="X")
     g = te.placeholder(shape_g, dtype=dtype, name="G")
-    xp = _pad(x, padding, 0.0, dtype)
+    xp = _pad(x, padding, 0.0)
     sh, sw = stride
     rb = te.reduce_axis((0, shape_g[0]), name="rb")
     ri = te.reduce_axis((0, shape_g[2]), name="ri")
@@ -144,7 +164,7 @@ def max_pool2d(shape_x: Shape, shape_y: Shape, kernel: Pair, stride: Pair, paddi
                dtype: str) -> tuple[TensorList, TensorList]:
     """The maximum of each window; padding is -inf, so it never wins."""
     x = te.placeholder(shape_x, dtype=dtype, name="X")
-    xp = _pad(x, padding, float("-inf"), dtype)
+    xp = _pad(x, padding, float("-inf"))
     ry, rx = _window_axes(kernel)
     sh, sw = stride
     y = te.compute(shape_y, lambda b, c, i, j: te.max(xp[b, c, i * sh + ry, j * sw + rx],
@@ -156,7 +176,7 @@ def avg_pool2d(shape_x: Shape, shape_y: Shape, kernel: Pair, stride: Pair, paddi
                dtype: str) -> tuple[TensorList, TensorList]:
     """The mean of each window, padding counted as zeros (PyTorch's count_include_pad)."""
     x = te.placeholder(shape_x, dtype=dtype, name="X")
-    xp = _pad(x, padding, 0.0, dtype)
+    xp = _pad(x, padding, 0.0)
     ry, rx = _window_axes(kernel)
     sh, sw = stride
     # The divisor folded into each term, as reduce_mean does: one reduction block.
@@ -171,6 +191,7 @@ def avg_pool2d_grad(shape_g: Shape, shape_x: Shape, kernel: Pair, stride: Pair, 
     """``dX`` of ``avg_pool2d``: each element gets its covering windows' gradients over the
     window's size."""
     g = te.placeholder(shape_g, dtype=dtype, name="G")
+    gp = _windows_padded(g, shape_x[2:], kernel, stride, padding, 0.0, "pad")
     wy, wx = _covering_axes(kernel, stride)
     scale = tirx.const(1.0 / (kernel[0] * kernel[1]), dtype)
     zero = tirx.const(0, dtype)
@@ -178,8 +199,8 @@ def avg_pool2d_grad(shape_g: Shape, shape_x: Shape, kernel: Pair, stride: Pair, 
     def body(b, c, h, w):
         i, _, valid_y = _covering(h, padding[0], kernel[0], stride[0], shape_g[2], wy)
         j, _, valid_x = _covering(w, padding[1], kernel[1], stride[1], shape_g[3], wx)
-        return te.sum(tirx.if_then_else(tirx.all(valid_y, valid_x), g[b, c, i, j] * scale,
-                                        zero), axis=[wy, wx])
+        return te.sum(tirx.Select(tirx.all(valid_y, valid_x), gp[b, c, i, j] * scale, zero),
+                      axis=[wy, wx])
 
     return [g], [te.compute(shape_x, body, name="avg_pool2d_grad")]
 
@@ -205,7 +226,7 @@ def max_pool2d_grad(shape_x: Shape, shape_g: Shape, shape_dx: Shape, kernel: Pai
     window (as in PyTorch), found again from ``X`` by the ``argmax`` block."""
     x = te.placeholder(shape_x, dtype=dtype, name="X")
     g = te.placeholder(shape_g, dtype=dtype, name="G")
-    xp = _pad(x, padding, float("-inf"), dtype)
+    xp = _pad(x, padding, float("-inf"))
     ry, rx = _window_axes(kernel)
     sh, sw = stride
     kw = kernel[1]
@@ -213,14 +234,16 @@ def max_pool2d_grad(shape_x: Shape, shape_g: Shape, shape_dx: Shape, kernel: Pai
         shape_g, lambda b, c, i, j: _argmax(((ry * kw + rx).astype("int32"),
                                              xp[b, c, i * sh + ry, j * sw + rx]), axis=[ry, rx]),
         name="argmax")
+    # Padded copies: -1 is no window's offset, so no gradient comes from outside.
+    wherep = _windows_padded(where, shape_dx[2:], kernel, stride, padding, -1, "pad_argmax")
+    gp = _windows_padded(g, shape_dx[2:], kernel, stride, padding, 0.0, "pad_g")
     wy, wx = _covering_axes(kernel, stride)
     zero = tirx.const(0, dtype)
 
     def body(b, c, h, w):
         i, ky, valid_y = _covering(h, padding[0], kernel[0], stride[0], shape_g[2], wy)
         j, kx, valid_x = _covering(w, padding[1], kw, stride[1], shape_g[3], wx)
-        chosen = tirx.Select(where[b, c, i, j] == ky * kw + kx, g[b, c, i, j], zero)
-        return te.sum(tirx.if_then_else(tirx.all(valid_y, valid_x), chosen, zero),
-                      axis=[wy, wx])
+        chosen = tirx.all(valid_y, valid_x, wherep[b, c, i, j] == ky * kw + kx)
+        return te.sum(tirx.Select(chosen, gp[b, c, i, j], zero), axis=[wy, wx])
 
     return [x, g], [te.compute(shape_dx, body, name="max_pool2d_grad")]
