@@ -28,6 +28,8 @@ from dlsys.graph import Node
 from dlsys.kernels.build import SUPPORTED_DTYPES
 from dlsys.kernels.registry import KernelSpec
 from dlsys.ops.placeholder import Parameter
+from dlsys.passes.gradient import gradients
+from dlsys.runtime.executor import Executor
 
 # The device keeps the step count in the parameters' dtype; float32 counts every integer
 # exactly up to 2**24, and a state_dict beyond it could not be restored exactly.
@@ -303,9 +305,6 @@ class TrainStep:
     """``step(feed_dict) -> float``: forward, backward and one update; see ``minimize``."""
 
     def __init__(self, optimizer: Optimizer, loss: Node):
-        # Imported here: the runtime and the passes sit above the kernels this package uses.
-        from dlsys.passes.gradient import gradients
-        from dlsys.runtime.executor import Executor
 
         self.optimizer = optimizer
         self.loss = loss
