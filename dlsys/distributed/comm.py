@@ -111,6 +111,13 @@ def world_size() -> int:
     return 1 if comm is None else comm.Get_size()
 
 
+def launched_rank() -> int:
+    """This process's rank as the launcher announced it (0 outside a launch), read without
+    starting MPI."""
+    value = next((os.environ[n] for n in LAUNCHER_RANK_VARS if n in os.environ), "0").strip()
+    return int(value) if value.isdigit() else 0
+
+
 def rank_label() -> str:
     """`` (rank R of N)`` for messages of a job of several ranks, else the empty string.
 

@@ -111,7 +111,10 @@ def _share_cores() -> int:
     its pool at the first parallel kernel)."""
     mine = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
     sharing = sum(1 for theirs in gather_on_machine(mine) if theirs & mine) or 1
-    current = int(os.environ.get("TVM_NUM_THREADS", "1"))
+    try:  # dlsys.kernels has set it to a positive integer on import
+        current = int(os.environ["TVM_NUM_THREADS"])
+    except (KeyError, ValueError):
+        current = len(mine) or 1
     threads = max(1, min(current, len(mine) // sharing if mine else current))
     os.environ["TVM_NUM_THREADS"] = str(threads)
     return threads

@@ -273,8 +273,11 @@ def _train(args: argparse.Namespace) -> Path:
                          val_size=args.val_size, resume=args.resume,
                          overwrite=args.overwrite, progress=args.progress,
                          debug_memory=args.debug_memory)
-    _check_run_folder(out)
-    _check_writable(out)
+    from dlsys.distributed.comm import launched_rank
+
+    if launched_rank() == 0:  # in an MPI job, rank 0 alone writes the run folder
+        _check_run_folder(out)
+        _check_writable(out)
     run_training(config, log=_print)
     return out
 

@@ -35,22 +35,24 @@ needs_mpi = pytest.mark.skipif(importlib.util.find_spec("mpi4py") is None or MPI
 
 
 def mpirun(*commands: list[str], ranks_each: int = 1, threads: str | None = "1",
-           timeout: float = LAUNCH_TIMEOUT_S) -> subprocess.CompletedProcess:
+           timeout: float = LAUNCH_TIMEOUT_S, cwd: Path | None = None,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``commands`` as one MPI job, ``ranks_each`` ranks per command (Open MPI's
     ``a : b`` form gives ranks different arguments); returns the finished process.
 
     ``threads``: each rank's ``TVM_NUM_THREADS`` (one by default: two ranks share the 2-core
-    CI machine), or None for dlsys's own choice."""
+    CI machine), or None for dlsys's own choice; ``env``: variables to add."""
     argv = [MPIRUN, "--oversubscribe"]
     if os.geteuid() == 0:  # CI runs as root, which Open MPI refuses unless told
         argv.append("--allow-run-as-root")
     for i, command in enumerate(commands):
         argv += ([":"] if i else []) + ["-n", str(ranks_each), *command]
-    env = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
+    variables = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
+    variables.update(env or {})
     if threads is not None:
-        env["TVM_NUM_THREADS"] = threads
+        variables["TVM_NUM_THREADS"] = threads
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=env, start_new_session=True) as process:
+                          env=variables, cwd=cwd, start_new_session=True) as process:
         try:
             stdout, stderr = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:

@@ -30,6 +30,7 @@ def test_outside_a_job_this_is_rank_0_of_1(world):
     world.setitem(sys.modules, "mpi4py", None)  # never imported outside a launch
     assert (dist.rank(), dist.world_size()) == (0, 1)
     assert comm.rank_label() == ""
+    assert comm.launched_rank() == 0
     assert dist.shard_slice(7) == slice(0, 7)
     error = TypeError("a bug")
     assert comm.exit_status(2, error) == 2  # nothing to abort
@@ -46,6 +47,7 @@ def test_a_launch_without_mpi4py_is_named(world):
     world.setenv("OMPI_COMM_WORLD_RANK", "1")
     world.setitem(sys.modules, "mpi4py", None)
     assert comm.rank_label() == " (rank 1 of 2)"
+    assert comm.launched_rank() == 1  # read without starting MPI
     with pytest.raises(dist.DistributedError, match=r"2 ranks.*mpi4py is not installed.*pip "
                                                     r"install 'dlsys\[distributed\]'") as caught:
         dist.world_size()

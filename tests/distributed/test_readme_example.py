@@ -1,0 +1,26 @@
+"""The README's data-parallel example, run as it says: ``mpirun -n 2 python train.py``."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from mpi_jobs import PYTHON, mpirun, needs_mpi
+
+from dlsys.testing.synthetic import write_idx_dataset
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+@needs_mpi
+def test_distributed_example_trains_on_two_ranks(tmp_path):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
+    (example,) = [block for block in blocks if "DistributedStep" in block]
+    (tmp_path / "train.py").write_text(example)
+    data = write_idx_dataset(tmp_path / "data", num_train=2400, num_test=100)
+    job = mpirun([*PYTHON, "train.py"], ranks_each=2, cwd=tmp_path,
+                 env={"DLSYS_DATA": str(data)})
+    assert job.returncode == 0, job.stderr[-3000:]
+    # Rank 0 alone prints and saves.
+    assert len(re.findall(r"global loss \d+\.\d{3} over 2 rank\(s\)", job.stdout)) == 1
+    assert (tmp_path / "mlp.npz").exists()
