@@ -100,7 +100,7 @@ def _install_excepthook(comm) -> None:
 
 
 def rank() -> int:
-    """This process's rank in the MPI job: 0 outside one (or without mpi4py)."""
+    """This process's rank in the MPI job: 0 outside one."""
     comm = _comm()
     return 0 if comm is None else comm.Get_rank()
 
