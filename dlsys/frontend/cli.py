@@ -81,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train", help="train a model on MNIST-format data",
         description="Train a model with mini-batch SGD, checkpointing after every epoch. "
-                    "With --resume, options left out take the checkpoint's values.")
+                    "With --resume, options left out take the checkpoint's values. Under "
+                    "mpirun -n N it trains data-parallel over the N ranks, --batch-size being "
+                    "the global batch (pip install 'dlsys[distributed]').")
     train.add_argument("--model", choices=MODELS, default=None,
                        help=f"model to train (default {DEFAULT_MODEL})")
     train.add_argument("--hidden", type=_widths, default=None,
