@@ -28,6 +28,12 @@ HEADER = "__dlsys_model__"
 _JSON_SCALARS = (bool, int, float, str, type(None))
 
 
+def _is_pair(value) -> bool:
+    """A kernel size, stride or padding given per axis: a list of two ints."""
+    return (isinstance(value, list) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
+
+
 def architecture(model: Module) -> dict:
     """The model as a tree of ``{"type", "config", "children"}``."""
     cls = type(model)
@@ -53,9 +59,12 @@ def build(tree, where: str) -> Module:
         raise DataError(f"{where}: unknown layer type {tree['type']!r}; known: {sorted(types)}")
     config = tree.get("config", {})
     if not isinstance(config, dict) or not all(
-            isinstance(k, str) and isinstance(v, _JSON_SCALARS) for k, v in config.items()):
+            isinstance(k, str) and (isinstance(v, _JSON_SCALARS) or _is_pair(v))
+            for k, v in config.items()):
         raise DataError(f"{where}: the config of {tree['type']} must map names to numbers, "
-                        f"bools or strings")
+                        f"bools, strings or pairs of ints")
+    # JSON has no tuples: a (height, width) pair comes back as a list.
+    config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
     children = tree.get("children")
     try:
         if cls is Sequential:

@@ -124,3 +124,13 @@ def test_only_dlsys_layers_can_be_saved(tmp_path):
     with pytest.raises(ArgumentTypeError, match="Custom"):
         dlsys.save(Custom(), tmp_path / "custom.npz")
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_per_axis_sizes_round_trip(tmp_path):
+    model = nn.Sequential(nn.Conv2d(1, 2, (3, 2), stride=(2, 1), padding=(1, 0)),
+                          nn.MaxPool2d((2, 1)))
+    dlsys.save(model, tmp_path / "conv.npz")
+    loaded = dlsys.load(tmp_path / "conv.npz")
+    assert repr(loaded) == repr(model)
+    images = np.random.default_rng(0).normal(size=(2, 1, 7, 5)).astype(np.float32)
+    np.testing.assert_array_equal(_predict(loaded, images), _predict(model, images))
