@@ -19,8 +19,11 @@ from collections.abc import Sequence
 from dlsys.distributed.comm import DistributedError, allreduce_, broadcast_, rank, world_size
 from dlsys.errors import ArgumentError, ArgumentTypeError
 from dlsys.graph import Node
+from dlsys.ops.elementwise import mul_byconst_op
 from dlsys.ops.placeholder import Parameter
 from dlsys.optim.base import TrainStep
+from dlsys.passes.gradient import gradients
+from dlsys.runtime.executor import Executor
 
 
 def shard_slice(global_batch: int) -> slice:
@@ -49,11 +52,6 @@ class DataParallel:
 
     def __init__(self, loss: Node, params: Sequence[Parameter], ctx=None,
                  dtype: str | None = None, extra: Sequence[Node] = ()):
-        # Imported here: the runtime and the passes sit above the kernels this package uses.
-        from dlsys.ops.elementwise import mul_byconst_op
-        from dlsys.passes.gradient import gradients
-        from dlsys.runtime.executor import Executor
-
         if not isinstance(loss, Node):
             raise ArgumentTypeError(f"DataParallel: loss must be a graph node, got "
                                     f"{type(loss).__name__}")
