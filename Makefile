@@ -69,3 +69,4 @@ bench: setup-test data
 	$(VENV_PYTHON) benchmarks/bench_startup.py
 	$(VENV_PYTHON) benchmarks/bench_optim.py
 	$(VENV_PYTHON) benchmarks/bench_onnx.py
+	$(VENV_PYTHON) benchmarks/bench_distributed.py
