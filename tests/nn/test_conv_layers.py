@@ -26,11 +26,17 @@ def _run(model, images, dtype="float32"):
                                                     convert_to_numpy_ret_vals=True)[0]
 
 
+def _pair(value):
+    """An int or (h, w) size as the pair the numpy references take."""
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
 def _conv_reference(x, weight, bias, stride, padding):
     if torch is not None:
         return torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(weight),
                                           torch.from_numpy(bias), stride, padding).numpy()
-    out = np.einsum("bchwij,ocij->bohw", windows(x, weight.shape[2:], stride, padding), weight)
+    out = np.einsum("bchwij,ocij->bohw",
+                    windows(x, weight.shape[2:], _pair(stride), _pair(padding)), weight)
     return out + bias.reshape(1, -1, 1, 1)
 
 
@@ -39,7 +45,7 @@ def _pool_reference(x, kind, kernel, stride, padding):
         pool = getattr(torch.nn.functional, f"{kind}_pool2d")
         return pool(torch.from_numpy(x), kernel, stride, padding).numpy()
     value = -np.inf if kind == "max" else 0.0
-    view = windows(x, kernel, stride, padding, value)
+    view = windows(x, _pair(kernel), _pair(stride), _pair(padding), value)
     return view.max(axis=(-2, -1)) if kind == "max" else view.mean(axis=(-2, -1))
 
 
