@@ -34,3 +34,33 @@ def check_constant(name: str, value) -> float:
     if not math.isfinite(number) or abs(number) > FLOAT32_MAX:
         raise ArgumentError(f"{name} must be a finite float32 number, got {value!r}")
     return number
+
+
+def state_arrays(expected: dict[str, tuple[int, ...]], given: dict, strict: bool = True
+                 ) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The arrays of ``given`` (a state dict) for the ``expected`` names and shapes, and
+    every problem found: missing and unexpected keys (when ``strict``), values that are not
+    arrays of real numbers, wrong shapes. Callers check everything before writing anything,
+    so a refused dict changes nothing, and the error lists every problem at once."""
+    problems: list[str] = []
+    if strict:
+        missing = [k for k in expected if k not in given]
+        unexpected = [k for k in given if k not in expected]
+        if missing:
+            problems.append(f"missing keys {missing}")
+        if unexpected:
+            problems.append(f"unexpected keys {unexpected}")
+    arrays: dict[str, np.ndarray] = {}
+    for key, shape in expected.items():
+        if key not in given:
+            continue
+        value = given[key]
+        array = np.asarray(value.numpy() if hasattr(value, "numpy") else value)
+        if (array.dtype == object or not np.issubdtype(array.dtype, np.number)
+                or np.iscomplexobj(array)):
+            problems.append(f"{key}: not an array of real numbers ({array.dtype})")
+        elif tuple(array.shape) != tuple(shape):
+            problems.append(f"{key}: shape {tuple(array.shape)}, expected {tuple(shape)}")
+        else:
+            arrays[key] = array
+    return arrays, problems

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from dlsys.checks import state_arrays
 from dlsys.errors import ArgumentTypeError, ShapeError
 from dlsys.graph import Node
 from dlsys.ops.placeholder import Parameter
@@ -111,26 +112,8 @@ class Module:
             raise ArgumentTypeError(f"load_state_dict takes a dict of arrays, got "
                                     f"{type(state_dict).__name__}")
         own = dict(self._named_values())
-        problems = []
-        if strict:
-            missing = [k for k in own if k not in state_dict]
-            unexpected = [k for k in state_dict if k not in own]
-            if missing:
-                problems.append(f"missing keys {missing}")
-            if unexpected:
-                problems.append(f"unexpected keys {unexpected}")
-        arrays = {}
-        for name, value in state_dict.items():
-            if name not in own:
-                continue
-            array = np.asarray(value.numpy() if hasattr(value, "numpy") else value)
-            if array.dtype == object or not np.issubdtype(array.dtype, np.number):
-                problems.append(f"{name}: not an array of numbers ({array.dtype})")
-            elif tuple(array.shape) != own[name].shape:
-                problems.append(f"{name}: shape {tuple(array.shape)}, the model has "
-                                f"{own[name].shape}")
-            else:
-                arrays[name] = array
+        arrays, problems = state_arrays({name: value.shape for name, value in own.items()},
+                                        state_dict, strict)
         if problems:
             raise ShapeError(f"{type(self).__name__}.load_state_dict: " + "; ".join(problems))
         for name, array in arrays.items():

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import tvm
 
-from dlsys.checks import check_constant
+from dlsys.checks import check_constant, state_arrays
 from dlsys.errors import (
     ArgumentError,
     ArgumentTypeError,
@@ -236,24 +236,10 @@ class Optimizer:
         for name in self.state_names:
             for i, param in enumerate(self.params):
                 expected[f"{name}.{i}"] = tuple(param.shape)
-        problems = []
-        missing = [k for k in expected if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in expected]
-        if missing:
-            problems.append(f"missing keys {missing}")
-        if unexpected:
-            problems.append(f"unexpected keys {unexpected}")
+        checked, problems = state_arrays(expected, state_dict)
         arrays = {}
-        for key, shape in expected.items():
-            if key not in state_dict:
-                continue
-            array = np.asarray(state_dict[key])
-            if (array.dtype == object or not np.issubdtype(array.dtype, np.number)
-                    or np.iscomplexobj(array)):
-                problems.append(f"{key}: not an array of real numbers ({array.dtype})")
-            elif array.shape != shape:
-                problems.append(f"{key}: shape {array.shape}, expected {shape}")
-            elif not np.isfinite(array).all():
+        for key, array in checked.items():
+            if not np.isfinite(array).all():
                 problems.append(f"{key}: holds values that are not finite")
             elif key.split(".")[0] in self.nonnegative_states and (array < 0).any():
                 problems.append(f"{key}: holds negative values")
