@@ -70,3 +70,4 @@ bench: setup-test data
 	$(VENV_PYTHON) benchmarks/bench_optim.py
 	$(VENV_PYTHON) benchmarks/bench_onnx.py
 	$(VENV_PYTHON) benchmarks/bench_distributed.py
+	$(VENV_PYTHON) benchmarks/bench_cnn.py
