@@ -21,7 +21,10 @@ from __future__ import annotations
 
 from tvm import te, tirx
 
+from dlsys.kernels import cpu
 from dlsys.kernels.compute import Shape, TensorList
+from dlsys.kernels.conv import (GEMM_BLOCK, WEIGHT_BLOCK, WEIGHT_CHUNK_IMAGES, gemm_tile,
+                               weight_partials)
 
 Pair = tuple[int, int]
 
@@ -57,19 +60,49 @@ def _pad(x: te.Tensor, padding: Pair, value: float) -> te.Tensor:
 def conv2d(shape_x: Shape, shape_f: Shape, shape_y: Shape, stride: Pair, padding: Pair,
            dtype: str) -> tuple[TensorList, TensorList]:
     """``Y = X * F``: cross-correlation (as in every DL framework) of NCHW images with OIHW
-    filters, output ``shape_y``."""
+    filters, output ``shape_y``, as an implicit GEMM (``_implicit_gemm``)."""
     x = te.placeholder(shape_x, dtype=dtype, name="X")
     f = te.placeholder(shape_f, dtype=dtype, name="F")
-    xp = _pad(x, padding, 0.0)
-    sh, sw = stride
-    rc = te.reduce_axis((0, shape_f[1]), name="rc")
-    ry = te.reduce_axis((0, shape_f[2]), name="ry")
-    rx = te.reduce_axis((0, shape_f[3]), name="rx")
-    y = te.compute(shape_y,
-                   lambda b, o, i, j: te.sum(xp[b, rc, i * sh + ry, j * sw + rx] * f[o, rc, ry, rx],
-                                             axis=[rc, ry, rx]),
-                   name="conv2d")
+    _, rows = _gemm_layout(shape_f[0], shape_y, dtype)
+    height = max(shape_x[2] + 2 * padding[0], (rows - 1) * stride[0] + shape_f[2])
+    xp = _embed(x, padding, (height, shape_x[3] + 2 * padding[1]), 0.0)
+    y = _implicit_gemm(xp, lambda o, c, ry, rx: f[o, c, ry, rx], shape_f, shape_y, stride,
+                       "conv2d")
     return [x, f], [y]
+
+
+def _gemm_layout(channels: int, shape_y: Shape, dtype: str) -> tuple[int, int]:
+    """``(positions, rows)`` of an implicit GEMM: flat output positions rounded up to whole
+    register tiles (``kernels.conv.gemm_tile``), and the output rows that takes."""
+    out_w = shape_y[3]
+    columns = gemm_tile(channels, shape_y[2] * out_w, dtype).columns
+    positions = -(-(shape_y[2] * out_w) // columns) * columns
+    return positions, -(-positions // out_w)
+
+
+def _implicit_gemm(image: te.Tensor, weight, shape_f: Shape, shape_y: Shape, stride: Pair,
+                   name: str) -> te.Tensor:
+    """``Y[b, o, p] = sum_k weight(o, k) col[b, k, p]`` over flat output positions ``p``.
+
+    ``image`` is padded, with rows enough below for ``_gemm_layout``'s output rows (zeros: the
+    extra positions' results are never stored); ``col`` holds each window tap's plane of
+    positions, so the product reads whole vectors of it; ``weight(o, c, ry, rx)`` is the
+    filter tap (the input adjoint flips and transposes the filters through it).
+    """
+    n, channels, kh, kw = shape_y[0], shape_f[1], shape_f[2], shape_f[3]
+    out_h, out_w = shape_y[2:]
+    positions, rows = _gemm_layout(shape_y[1], shape_y, str(image.dtype))
+    sh, sw = stride
+    col = te.compute((n, channels, kh, kw, rows, out_w),
+                     lambda b, c, ry, rx, i, j: image[b, c, i * sh + ry, j * sw + rx], name="col")
+    rc = te.reduce_axis((0, channels), name="rc")
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+    product = te.compute(
+        (n, shape_y[1], positions),
+        lambda b, o, p: te.sum(weight(o, rc, ry, rx) * col[b, rc, ry, rx, p // out_w, p % out_w],
+                               axis=[rc, ry, rx]), name=GEMM_BLOCK)
+    return te.compute(shape_y, lambda b, o, i, j: product[b, o, i * out_w + j], name=name)
 
 
 def _covering(position, padding: int, kernel: int, stride: int, windows: int, r):
@@ -100,10 +133,10 @@ def _windows_padded(t: te.Tensor, image: Pair, kernel: Pair, stride: Pair, paddi
 
 
 def _dilate_and_pad(g: te.Tensor, kernel: Pair, stride: Pair, padding: Pair,
-                    image: Pair) -> te.Tensor:
+                    size: Pair) -> te.Tensor:
     """``g`` with ``stride - 1`` zeros between its elements and ``kernel - 1 - padding`` rows
-    and columns of zeros around it (a negative amount crops), sized so that a stride-1
-    convolution with the flipped filters gives an ``image``-sized result."""
+    and columns of zeros before it (a negative amount crops), zeros after it up to ``size``:
+    a stride-1 convolution of it with the flipped filters gives the input's gradient."""
     n, o, rows, cols = (int(d) for d in g.shape)
     (kh, kw), (sh, sw) = kernel, stride
     first_row, first_col = kh - 1 - padding[0], kw - 1 - padding[1]
@@ -114,45 +147,79 @@ def _dilate_and_pad(g: te.Tensor, kernel: Pair, stride: Pair, padding: Pair,
                        dj // sw < cols)
         return tirx.if_then_else(hit, g[b, ch, di // sh, dj // sw], tirx.const(0, g.dtype))
 
-    return te.compute((n, o, image[0] + kh - 1, image[1] + kw - 1), body, name="pad")
+    return te.compute((n, o, *size), body, name="pad")
 
 
 def conv2d_grad_input(shape_g: Shape, shape_f: Shape, shape_x: Shape, stride: Pair,
                       padding: Pair, dtype: str) -> tuple[TensorList, TensorList]:
     """``dX``: the adjoint of ``conv2d`` in ``X`` applied to ``G`` (the output's gradient):
-    ``G`` dilated by the stride and padded, convolved with the filters flipped in space and
-    with their channel axes swapped. The padding block does all the index arithmetic, so
-    the convolution reads plain arrays; with a stride above 1 it multiplies the zeros
-    between ``G``'s elements too (``stride**2`` times the work of the covering windows)."""
+    ``G`` dilated by the stride and padded, convolved (an implicit GEMM) with the filters
+    flipped in space and with their channel axes swapped. The padding block does all the
+    index arithmetic, so the product reads plain arrays; with a stride above 1 it multiplies
+    the zeros between ``G``'s elements too (``stride**2`` times the work of the covering
+    windows)."""
     g = te.placeholder(shape_g, dtype=dtype, name="G")
     f = te.placeholder(shape_f, dtype=dtype, name="F")
     kh, kw = shape_f[2:]
-    gd = _dilate_and_pad(g, (kh, kw), stride, padding, shape_x[2:])
-    ro = te.reduce_axis((0, shape_f[0]), name="ro")
-    ry = te.reduce_axis((0, kh), name="ry")
-    rx = te.reduce_axis((0, kw), name="rx")
-    dx = te.compute(shape_x, lambda b, c, h, w: te.sum(
-        gd[b, ro, h + ry, w + rx] * f[ro, c, kh - 1 - ry, kw - 1 - rx], axis=[ro, ry, rx]),
-        name="conv2d_grad_input")
+    flipped = (shape_f[1], shape_f[0], kh, kw)
+    _, rows = _gemm_layout(shape_x[1], shape_x, dtype)
+    size = (max(shape_x[2], rows) + kh - 1, shape_x[3] + kw - 1)
+    gd = _dilate_and_pad(g, (kh, kw), stride, padding, size)
+    dx = _implicit_gemm(gd, lambda c, o, ry, rx: f[o, c, kh - 1 - ry, kw - 1 - rx], flipped,
+                        shape_x, (1, 1), "conv2d_grad_input")
     return [g, f], [dx]
 
 
 def conv2d_grad_weight(shape_x: Shape, shape_g: Shape, shape_f: Shape, stride: Pair,
                        padding: Pair, dtype: str) -> tuple[TensorList, TensorList]:
     """``dF``: the adjoint of ``conv2d`` in ``F``: each filter tap sums ``G`` times the image
-    elements it met, over the batch and every output position."""
+    elements it met, over the batch and every output position.
+
+    Vector lanes run along output rows, each keeping a partial sum (``kernels.conv``): ``G``'s
+    rows are padded with zeros to whole vectors, the image with zero columns to match, and
+    the batch (in chunks, padded with zero images) is shared between ``partials``; the last
+    block adds the partials and the lanes.
+    """
     x = te.placeholder(shape_x, dtype=dtype, name="X")
     g = te.placeholder(shape_g, dtype=dtype, name="G")
-    xp = _pad(x, padding, 0.0)
-    sh, sw = stride
-    rb = te.reduce_axis((0, shape_g[0]), name="rb")
-    ri = te.reduce_axis((0, shape_g[2]), name="ri")
-    rj = te.reduce_axis((0, shape_g[3]), name="rj")
-    df = te.compute(shape_f,
-                    lambda o, c, ky, kx: te.sum(g[rb, o, ri, rj]
-                                                * xp[rb, c, ri * sh + ky, rj * sw + kx],
-                                                axis=[rb, ri, rj]),
-                    name="conv2d_grad_weight")
+    n, out_channels, out_h, out_w = shape_g
+    _, channels, kh, kw = shape_f
+    (sh, sw), (ph, pw) = stride, padding
+    lanes = cpu.host().lanes(dtype)
+    width = -(-out_w // lanes) * lanes
+    partials, per_partial = weight_partials(n)
+    chunk = WEIGHT_CHUNK_IMAGES
+    images = partials * per_partial * chunk
+    zero = tirx.const(0, dtype)
+
+    def padded_image(b, c, i, j):
+        inside = tirx.all(b < n, i >= ph, i < shape_x[2] + ph, j >= pw, j < shape_x[3] + pw)
+        return tirx.if_then_else(inside, x[b, c, i - ph, j - pw], zero)
+
+    xp = te.compute((images, channels, shape_x[2] + 2 * ph,
+                     max(shape_x[3] + 2 * pw, (width - 1) * sw + kw)), padded_image, name="pad")
+    gp = te.compute((images, out_channels, out_h, width),
+                    lambda b, o, i, j: tirx.if_then_else(tirx.all(b < n, j < out_w),
+                                                         g[b, o, i, j], zero), name="pad_g")
+    rb = te.reduce_axis((0, chunk), name="rb")
+    ri = te.reduce_axis((0, out_h), name="ri")
+    rv = te.reduce_axis((0, width // lanes), name="rv")
+
+    def chunk_sum(t, q, o, c, ky, kx, lane):
+        b = (t * per_partial + q) * chunk + rb
+        j = rv * lanes + lane
+        return te.sum(gp[b, o, ri, j] * xp[b, c, ri * sh + ky, j * sw + kx], axis=[rb, ri, rv])
+
+    per_chunk = te.compute((partials, per_partial, out_channels, channels, kh, kw, lanes),
+                           chunk_sum, name=WEIGHT_BLOCK)
+    rq = te.reduce_axis((0, per_partial), name="rq")
+    partial = te.compute((partials, out_channels, channels, kh, kw, lanes),
+                         lambda t, o, c, ky, kx, lane: te.sum(per_chunk[t, rq, o, c, ky, kx, lane],
+                                                              axis=rq), name="partial")
+    rt = te.reduce_axis((0, partials), name="rt")
+    rl = te.reduce_axis((0, lanes), name="rl")
+    df = te.compute(shape_f, lambda o, c, ky, kx: te.sum(partial[rt, o, c, ky, kx, rl],
+                                                         axis=[rt, rl]), name="conv2d_grad_weight")
     return [x, g], [df]
 
 

@@ -124,8 +124,10 @@ register("adam_update", compute_optim.adam_update, "injective")
 # Convolutions and pooling (``dlsys.ops.conv``, ``dlsys.ops.pool``), in a file of their own.
 from dlsys.kernels import compute_conv  # noqa: E402 - appended after the operators' kinds
 
-for _name in ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "max_pool2d", "avg_pool2d",
-              "max_pool2d_grad", "avg_pool2d_grad"):
+register("conv2d", compute_conv.conv2d, "conv_gemm")
+register("conv2d_grad_input", compute_conv.conv2d_grad_input, "conv_gemm")
+register("conv2d_grad_weight", compute_conv.conv2d_grad_weight, "conv_weight")
+for _name in ("max_pool2d", "avg_pool2d", "max_pool2d_grad", "avg_pool2d_grad"):
     register(_name, getattr(compute_conv, _name), "window")
 
 # Layout changes (``dlsys.ops.layout``), in a file of their own.

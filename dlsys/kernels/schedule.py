@@ -17,6 +17,7 @@ from tvm import s_tir
 
 from dlsys.errors import ArgumentError
 from dlsys.kernels import cpu
+from dlsys.kernels.conv import schedule_conv_gemm, schedule_conv_weight
 from dlsys.kernels.matmul import choose_config, matmul_problem, schedule_matmul_tuned
 
 # Two vector registers of float32 per step (16 lanes on AVX2, 32 on AVX-512), so LLVM can
@@ -242,6 +243,8 @@ SCHEDULES: dict[str, ScheduleFn] = {
     "row_blocks": schedule_row_blocks,
     "matmul": schedule_matmul_packed,
     "window": schedule_window,
+    "conv_gemm": schedule_conv_gemm,
+    "conv_weight": schedule_conv_weight,
 }
 
 

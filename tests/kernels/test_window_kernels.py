@@ -1,5 +1,5 @@
-"""The sliding-window kernels (convolution, pooling and their adjoints): the "window"
-schedule parallelises and vectorises each of them, ``DLSYS_SCHEDULE=naive`` builds the same
+"""The sliding-window kernels (convolution, pooling and their adjoints): each kind's schedule
+family (``conv_gemm``, ``conv_weight`` or ``window``) parallelises and vectorises it, ``DLSYS_SCHEDULE=naive`` builds the same
 computations without it (test_schedule_mode.py checks that both agree), and the builders
 name every bad argument."""
 
@@ -9,7 +9,7 @@ import pytest
 
 from dlsys import tvm_op as op
 from dlsys.errors import ArgumentTypeError, ShapeError
-from dlsys.kernels import build, compute_conv
+from dlsys.kernels import build, compute_conv, registry
 
 TARGET = build.make_target("llvm")
 X, F, Y = (4, 3, 13, 12), (8, 3, 3, 3), (4, 8, 7, 6)   # stride 2, padding 1
@@ -28,10 +28,11 @@ DEFINITIONS = {
 
 @pytest.mark.parametrize("kind", sorted(DEFINITIONS))
 def test_window_schedule_parallelises_and_vectorises_and_naive_skips_it(monkeypatch, kind):
-    tuned = build.scheduled_module(*DEFINITIONS[kind](), "window", TARGET, "k").script()
+    family = registry.kind(kind).schedule
+    tuned = build.scheduled_module(*DEFINITIONS[kind](), family, TARGET, "k").script()
     assert re.search(r"T\.parallel\(", tuned) and re.search(r"T\.vectorized\(", tuned), tuned
     monkeypatch.setenv("DLSYS_SCHEDULE", "naive")
-    naive = build.scheduled_module(*DEFINITIONS[kind](), "window", TARGET, "k").script()
+    naive = build.scheduled_module(*DEFINITIONS[kind](), family, TARGET, "k").script()
     assert not re.search(r"T\.(parallel|vectorized)\(", naive), naive
 
 

@@ -1,0 +1,194 @@
+"""How convolutions run on a CPU: tile choices and the schedules of the ``conv_gemm`` and
+``conv_weight`` families (the compute definitions are in ``dlsys.kernels.compute_conv``).
+
+The forward convolution and its input adjoint are a small matrix product per image (an
+*implicit GEMM*): ``Y[b, o, p] = sum_k F[o, k] col[b, k, p]`` where ``p`` runs over output
+positions, flattened, and ``k`` over (channel, filter row, filter column). Per image::
+
+    parallel for b in N:
+        pad[b] = image b with its zero border (and extra zero rows, below)
+        col[b] = pad[b]'s windows, one row of output positions per k   # in L1/L2
+        for (o, p) tile of rows x (vectors * lanes):
+            acc = 0                                   # rows * vectors registers
+            for k in K: acc += F[o, k] (broadcast) * col[b, k, p] (vectors)
+            Y[b, o, p] = epilogue(acc)                # clipped to the real positions
+
+``p`` is padded to whole vectors, so the FMA loop never tests bounds; the padding reads
+zero rows added below the image, and its results are never stored. Channels are few in the
+networks dlsys trains (1 to 64), so vectors run along positions, which are many.
+
+The weight adjoint reduces over images and positions into a small filter. Vectorising its
+output would pad 25 taps to 32; instead each vector lane keeps a partial sum along an
+output row, rows of ``G`` padded to whole vectors with zeros::
+
+    parallel for t in threads:
+        for chunk of images in t's share:
+            pad, G rows padded                      # per chunk, in cache
+            for (o, c, ry) tile:
+                acc[o, rx, lane] = sum over images, rows i and vectors v of
+                    G[b, o, i, v + lane] * pad[b, c, i + ry, v + lane + rx]
+                partial[t, o, c, ry, rx, lane] += acc
+    dF[o, c, ry, rx] = sum over t and lanes of partial
+
+Tiles come from the register file of the CPU (``dlsys.kernels.cpu``): measured on a znver4
+VM (AVX-512), LeNet's convolutions run fastest with one vector of positions per row (the
+least padding) and as many rows as registers allow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm import s_tir
+
+from dlsys.kernels import available_cpus
+from dlsys.kernels import cpu as cpu_facts
+
+GEMM_BLOCK = "conv_gemm"
+WEIGHT_BLOCK = "conv_weight_chunk"
+# Images per chunk of the weight adjoint: enough rows in each register tile's reduction to
+# repay its set-up, few enough that a chunk's padded images stay in L2 (measured on LeNet's
+# second convolution: 16 images ran 1.4x faster than 8).
+WEIGHT_CHUNK_IMAGES = 16
+# At most this many rows in a register tile: each is one broadcast load per k.
+MAX_TILE_ROWS = 16
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+@dataclass(frozen=True)
+class GemmTile:
+    """``rows`` output channels by ``vectors`` vectors of ``lanes`` positions."""
+
+    rows: int
+    vectors: int
+    lanes: int
+
+    @property
+    def columns(self) -> int:
+        return self.vectors * self.lanes
+
+
+def gemm_tile(channels: int, positions: int, dtype: str,
+              cpu: cpu_facts.CpuFacts | None = None) -> GemmTile:
+    """The register tile for an implicit GEMM with ``channels`` output rows.
+
+    Fewest padded positions first (ties to more vectors), then the most rows dividing
+    ``channels`` for which the accumulators, the loaded vectors and one broadcast fit.
+    """
+    cpu = cpu or cpu_facts.host()
+    lanes = cpu.lanes(dtype)
+    registers = cpu.vector_registers
+    vectors = min((v for v in (1, 2, 4) if v + 2 <= registers),
+                  key=lambda v: (_round_up(positions, v * lanes), -v))
+    fitting = [r for r in range(1, min(channels, MAX_TILE_ROWS) + 1)
+               if channels % r == 0 and r * vectors + vectors + 1 <= registers]
+    return GemmTile(max(fitting, default=1), vectors, lanes)
+
+
+def weight_tile_rows(channels: int, kernel_width: int,
+                     cpu: cpu_facts.CpuFacts | None = None) -> int:
+    """Output channels per register tile of the weight adjoint: ``rows x kernel_width``
+    accumulators plus ``rows + kernel_width`` loaded vectors within the register file."""
+    registers = (cpu or cpu_facts.host()).vector_registers
+    fitting = [r for r in range(1, channels + 1)
+               if channels % r == 0 and r * kernel_width + r + kernel_width <= registers]
+    return max(fitting, default=1)
+
+
+def weight_partials(batch: int) -> tuple[int, int]:
+    """``(partials, chunks per partial)``: one partial sum per thread (each a chunk's
+    worth of images at least), the batch cut into chunks of ``WEIGHT_CHUNK_IMAGES``."""
+    chunks = -(-batch // WEIGHT_CHUNK_IMAGES)
+    partials = max(1, min(available_cpus(), chunks))
+    return partials, -(-chunks // partials)
+
+
+def _extent(sch: s_tir.Schedule, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+def schedule_conv_gemm(sch: s_tir.Schedule) -> None:
+    """Images in parallel; per image the padded copy and the windows in cache, then the
+    product in register tiles whose write-back is the output block (with any epilogue)."""
+    gemm = sch.get_sblock(GEMM_BLOCK)
+    (out,) = sch.get_consumers(gemm)
+    stmt = sch.get(gemm)
+    channels = int(stmt.iter_vars[1].dom.extent)
+    out_height, out_width = (int(iv.dom.extent) for iv in sch.get(out).iter_vars[2:4])
+    tile = gemm_tile(channels, out_height * out_width, str(stmt.writes[0].source.dtype))
+    # The output block over flat positions, as the product is: its tile is then a plain
+    # range of the product's, clipped to the real positions.
+    sch.transform_block_layout(out, lambda b, o, i, j: (b, o, i * out_width + j))
+    image, o, p, *reduction = sch.get_loops(gemm)
+    o_outer, o_inner = sch.split(o, factors=[None, tile.rows])
+    p_outer, p_vector, p_lane = sch.split(p, factors=[None, tile.vectors, tile.lanes])
+    sch.reorder(o_outer, p_outer, *reduction, o_inner, p_vector, p_lane)
+    sch.set_scope(gemm, 0, "local")
+    sch.reverse_compute_at(out, p_outer, preserve_unit_loops=True)
+    if (out_height * out_width) % tile.columns == 0:
+        # Every tile whole: the write-back is whole vectors (a clipped one would be a masked
+        # store, which the CPU backend scalarises).
+        write_loops = sch.get_loops(out)
+        _, lane = sch.split(write_loops[-1], factors=[None, tile.lanes])
+        sch.vectorize(lane)
+    for producer in _producers_of(sch, gemm):
+        sch.compute_at(producer, image, preserve_unit_loops=True)
+        _vectorize_innermost(sch, producer)
+    if _extent(sch, image) > 1:
+        sch.parallel(image)
+    sch.unroll(o_inner)
+    sch.unroll(p_vector)
+    sch.vectorize(p_lane)
+    sch.decompose_reduction(gemm, reduction[0])
+
+
+def schedule_conv_weight(sch: s_tir.Schedule) -> None:
+    """Partials in parallel, chunks of images in sequence inside each; per chunk the padded
+    copies in cache and register tiles of ``rows`` channels by the filter's width."""
+    chunk_block = sch.get_sblock(WEIGHT_BLOCK)
+    (partial,) = sch.get_consumers(chunk_block)
+    thread, *spatial, lane, chunk = sch.get_loops(partial)
+    sch.reorder(thread, chunk, *spatial, lane)
+    sch.parallel(thread)
+    sch.compute_at(chunk_block, chunk, preserve_unit_loops=True)
+    for producer in _producers_of(sch, chunk_block):
+        sch.compute_at(producer, chunk, preserve_unit_loops=True)
+        _vectorize_innermost(sch, producer)
+    sch.vectorize(lane)
+    sch.decompose_reduction(partial, chunk)
+    stmt = sch.get(chunk_block)
+    channels, kernel_width = (int(stmt.iter_vars[i].dom.extent) for i in (2, 5))
+    rows = weight_tile_rows(channels, kernel_width)
+    o, c, ry, rx, lane, *reduction = sch.get_loops(chunk_block)[-8:]
+    o_outer, o_inner = sch.split(o, factors=[None, rows])
+    sch.reorder(o_outer, c, ry, *reduction, o_inner, rx, lane)
+    write_back = sch.cache_write(chunk_block, 0, "local")
+    sch.reverse_compute_at(write_back, ry, preserve_unit_loops=True)
+    sch.unroll(o_inner)
+    sch.unroll(rx)
+    sch.vectorize(lane)
+    sch.decompose_reduction(chunk_block, reduction[0])
+    sch.vectorize(sch.get_loops(write_back)[-1])
+
+
+def _producers_of(sch: s_tir.Schedule, block) -> list:
+    """Every block ``block`` depends on, nearest first."""
+    found, frontier = [], [block]
+    while frontier:
+        producers = [p for b in frontier for p in sch.get_producers(b)]
+        found += producers
+        frontier = producers
+    unique = []
+    for producer in found:
+        if not any(sch.get(producer).same_as(sch.get(u)) for u in unique):
+            unique.append(producer)
+    return unique
+
+
+def _vectorize_innermost(sch: s_tir.Schedule, block) -> None:
+    loops = sch.get_loops(block)
+    if loops and _extent(sch, loops[-1]) > 1:
+        sch.vectorize(loops[-1])
