@@ -138,9 +138,10 @@ def make_matmul_epilogue(shapeA: Shape, transposeA: bool, shapeB: Shape, transpo
     operands = _matmul_operands(shapeA, transposeA, shapeB, transposeB)
     steps = []
     for position, (label, *constants) in enumerate(epilogue):
-        if label not in EPILOGUE_LABELS:
+        matmul_labels = sorted(k for k, e in EPILOGUE_LABELS.items() if e.operand != "channels")
+        if label not in matmul_labels:
             raise ArgumentError(f"epilogue step {position} must be one of "
-                                f"{sorted(EPILOGUE_LABELS)}, got {label!r}")
+                                f"{matmul_labels}, got {label!r}")
         steps.append(epilogue_from_label(
             label, *(check_constant(f"epilogue step {position}'s constant", c)
                      for c in constants)))

@@ -319,7 +319,9 @@ class Epilogue:
 
     ``kind`` names an elementwise formula; the running result is its argument ``position``;
     ``operand`` says what else it reads: ``None``, ``"columns"`` (a vector indexed by the
-    output's column, a dense layer's bias) or ``"matrix"`` (a tensor of the output's shape);
+    output's column, a dense layer's bias), ``"channels"`` (a (C, 1, 1) tensor indexed by an
+    NCHW output's channel, a convolution's bias) or ``"matrix"`` (a tensor of the output's
+    shape);
     ``constants`` follow the tensors. ``label`` is how the step is shown and requested
     through ``tvm_op.make_matmul_epilogue``.
     """
@@ -344,6 +346,7 @@ def epilogue_from_label(label: str, *constants: float) -> Epilogue:
 
 EPILOGUE_LABELS = {
     "bias_add": Epilogue("add", "bias_add", operand="columns"),
+    "channel_bias_add": Epilogue("add", "channel_bias_add", operand="channels"),
     "add": Epilogue("add", "add", operand="matrix"),
     # (H > 0) * G where G is the matmul result: the adjoint of relu at its output H.
     "relu_mask": Epilogue("relu_gradient", "relu_mask", position=1, operand="matrix"),
@@ -351,7 +354,8 @@ EPILOGUE_LABELS = {
     "add_const": Epilogue("add_const", "add_const"),
     "mul_const": Epilogue("mul_const", "mul_const"),
 }
-EPILOGUE_OPERANDS = {label: {"columns": "vector", "matrix": "matrix", None: None}[e.operand]
+EPILOGUE_OPERANDS = {label: {"columns": "vector", "matrix": "matrix", "channels": "channels",
+                                None: None}[e.operand]
                      for label, e in EPILOGUE_LABELS.items()}
 
 
@@ -362,19 +366,27 @@ def matmul_epilogue(shape_a: Shape, trans_a: bool, shape_b: Shape, trans_b: bool
     ``epilogue`` pairs each step with its formula (see ``elementwise``).
     """
     (a, b), (product,) = matmul(shape_a, trans_a, shape_b, trans_b, dtype)
-    m, n = (int(d) for d in product.shape)
+    operands, out = apply_epilogue(product, epilogue, dtype)
+    return [a, b, *operands], [out]
+
+
+def apply_epilogue(result: te.Tensor, epilogue: Sequence[tuple[Epilogue, Callable]],
+                   dtype: str) -> tuple[TensorList, te.Tensor]:
+    """``epilogue`` applied to ``result`` as a chain of elementwise blocks; returns the
+    placeholders of the steps' operands (in order) and the last block."""
+    shape = tuple(int(d) for d in result.shape)
+    operand_shapes = {"columns": (shape[-1],), "matrix": shape,
+                      "channels": (shape[1], 1, 1) if len(shape) == 4 else None}
     operands = []
-    out = product
+    out = result
     for position, (step, formula) in enumerate(epilogue):
         operand = None
-        if step.operand == "columns":
-            operand = te.placeholder((n,), dtype=dtype, name=f"E{position}")
-        elif step.operand == "matrix":
-            operand = te.placeholder((m, n), dtype=dtype, name=f"E{position}")
-        if operand is not None:
+        if step.operand is not None:
+            operand = te.placeholder(operand_shapes[step.operand], dtype=dtype,
+                                     name=f"E{position}")
             operands.append(operand)
         out = _epilogue_block(out, operand, step, formula, position, dtype)
-    return [a, b, *operands], [out]
+    return operands, out
 
 
 def _epilogue_block(x: te.Tensor, operand, step: Epilogue, formula: Callable, position: int,
@@ -382,10 +394,15 @@ def _epilogue_block(x: te.Tensor, operand, step: Epilogue, formula: Callable, po
     # A function of its own so each block's lambda closes over its own step.
     consts = [tirx.const(c, dtype) for c in step.constants]
 
-    def body(i, j):
-        tensors = [x[i, j]]
+    def body(*index):
+        tensors = [x[index]]
         if operand is not None:
-            value = operand[j] if step.operand == "columns" else operand[i, j]
+            if step.operand == "columns":
+                value = operand[index[-1]]
+            elif step.operand == "channels":
+                value = operand[index[1], 0, 0]
+            else:
+                value = operand[index]
             tensors.insert(1 - step.position, value)  # the running result at its position
         return formula(*tensors, *consts)
 

@@ -19,10 +19,12 @@ window exists and the offset falls inside the kernel (``_covering``).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from tvm import te, tirx
 
 from dlsys.kernels import cpu
-from dlsys.kernels.compute import Shape, TensorList
+from dlsys.kernels.compute import Epilogue, Shape, TensorList, apply_epilogue
 from dlsys.kernels.conv import (GEMM_BLOCK, WEIGHT_BLOCK, WEIGHT_CHUNK_IMAGES, gemm_tile,
                                weight_partials)
 
@@ -61,6 +63,14 @@ def conv2d(shape_x: Shape, shape_f: Shape, shape_y: Shape, stride: Pair, padding
            dtype: str) -> tuple[TensorList, TensorList]:
     """``Y = X * F``: cross-correlation (as in every DL framework) of NCHW images with OIHW
     filters, output ``shape_y``, as an implicit GEMM (``_implicit_gemm``)."""
+    return conv2d_epilogue(shape_x, shape_f, shape_y, stride, padding, (), dtype)
+
+
+def conv2d_epilogue(shape_x: Shape, shape_f: Shape, shape_y: Shape, stride: Pair,
+                    padding: Pair, epilogue: Sequence[tuple[Epilogue, Callable]],
+                    dtype: str) -> tuple[TensorList, TensorList]:
+    """``epilogue(X * F)`` in one kernel (a bias per channel, a ReLU: ``compute.Epilogue``
+    steps with their formulas); inputs are X, F, then each step's operand."""
     x = te.placeholder(shape_x, dtype=dtype, name="X")
     f = te.placeholder(shape_f, dtype=dtype, name="F")
     _, rows = _gemm_layout(shape_f[0], shape_y, dtype)
@@ -68,7 +78,8 @@ def conv2d(shape_x: Shape, shape_f: Shape, shape_y: Shape, stride: Pair, padding
     xp = _embed(x, padding, (height, shape_x[3] + 2 * padding[1]), 0.0)
     y = _implicit_gemm(xp, lambda o, c, ry, rx: f[o, c, ry, rx], shape_f, shape_y, stride,
                        "conv2d")
-    return [x, f], [y]
+    operands, out = apply_epilogue(y, epilogue, dtype)
+    return [x, f, *operands], [out]
 
 
 def _gemm_layout(channels: int, shape_y: Shape, dtype: str) -> tuple[int, int]:

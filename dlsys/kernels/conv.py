@@ -115,6 +115,11 @@ def schedule_conv_gemm(sch: s_tir.Schedule) -> None:
     product in register tiles whose write-back is the output block (with any epilogue)."""
     gemm = sch.get_sblock(GEMM_BLOCK)
     (out,) = sch.get_consumers(gemm)
+    # A fused epilogue's blocks fold into the last one, which reads the product directly.
+    while sch.get_consumers(out):
+        (consumer,) = sch.get_consumers(out)
+        sch.compute_inline(out)
+        out = consumer
     stmt = sch.get(gemm)
     channels = int(stmt.iter_vars[1].dom.extent)
     out_height, out_width = (int(iv.dom.extent) for iv in sch.get(out).iter_vars[2:4])

@@ -81,9 +81,13 @@ class KernelSpec:
                             func_name)
 
 
+def _with_formulas(epilogue) -> list:
+    return [(step, elementwise_formula(step.kind)) for step in epilogue]
+
+
 def _matmul_epilogue(shape_a, trans_a, shape_b, trans_b, epilogue, dtype):
-    steps = [(step, elementwise_formula(step.kind)) for step in epilogue]
-    return compute.matmul_epilogue(shape_a, trans_a, shape_b, trans_b, steps, dtype)
+    return compute.matmul_epilogue(shape_a, trans_a, shape_b, trans_b, _with_formulas(epilogue),
+                                   dtype)
 
 
 for _name, _formula in [("add", compute.add), ("mul", compute.mul),
@@ -125,6 +129,9 @@ register("adam_update", compute_optim.adam_update, "injective")
 from dlsys.kernels import compute_conv  # noqa: E402 - appended after the operators' kinds
 
 register("conv2d", compute_conv.conv2d, "conv_gemm")
+register("conv2d_epilogue", lambda shape_x, shape_f, shape_y, stride, padding, epilogue, dtype:
+         compute_conv.conv2d_epilogue(shape_x, shape_f, shape_y, stride, padding,
+                                      _with_formulas(epilogue), dtype), "conv_gemm")
 register("conv2d_grad_input", compute_conv.conv2d_grad_input, "conv_gemm")
 register("conv2d_grad_weight", compute_conv.conv2d_grad_weight, "conv_weight")
 for _name in ("max_pool2d", "avg_pool2d", "max_pool2d_grad", "avg_pool2d_grad"):

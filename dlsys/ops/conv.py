@@ -79,6 +79,8 @@ class Conv2dOp(_ConvFamilyOp):
     PyTorch), with ``stride`` and zero ``padding`` (each an int or an (h, w) pair)."""
 
     name = "Conv2d"
+    # A per-channel bias and an activation after it run in the convolution's write-back.
+    fusion_anchor = True
 
     def __call__(self, x: Node, w: Node, stride=1, padding=0) -> Node:
         inputs = [check_node(self.name, "x", x), check_node(self.name, "w", w)]
@@ -97,6 +99,10 @@ class Conv2dOp(_ConvFamilyOp):
     def kernel_spec(self, node, input_shapes, output_shape):
         return KernelSpec("conv2d", (*(tuple(s) for s in input_shapes), tuple(output_shape),
                                      *self._window(node)))
+
+    def fused_kernel_spec(self, node, shapes, epilogue):
+        params = self.kernel_spec(node, [shapes[i] for i in node.inputs], shapes[node]).params
+        return KernelSpec("conv2d_epilogue", (*params, tuple(epilogue)))
 
     def reference(self, node, x, w):
         return np.einsum("bchwij,ocij->bohw", windows(x, w.shape[2:], *self._window(node)), w)

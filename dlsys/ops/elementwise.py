@@ -108,6 +108,9 @@ class AddOp(BroadcastBinaryOp):
         vector = other.inputs[0] if other.op.broadcasts_input else other
         if len(shapes[node]) == 2 and shapes[vector] == (shapes[node][1],):
             return epilogue_from_label("bias_add"), [vector]
+        if len(shapes[node]) == 4 and shapes[vector] == (shapes[node][1], 1, 1):
+            # A convolution's bias, one per channel.
+            return epilogue_from_label("channel_bias_add"), [vector]
         if shapes[other] == shapes[node]:
             return epilogue_from_label("add"), [other]
         return None

@@ -177,3 +177,30 @@ def test_order_check_catches_a_step_that_reads_a_later_value():
     steps = [Step(c, (b,)), Step(b, (a,))]
     (problem,) = order_problems(steps)
     assert c.name in problem and b.name in problem
+
+
+@pytest.mark.parametrize("bias_form", ["reshape", "broadcast"])
+def test_convolution_bias_and_relu_run_in_one_kernel(bias_form):
+    # LeNet's layer as dlsys.nn writes it (a (C, 1, 1) bias added with broadcasting), and
+    # with the bias broadcast explicitly: one kernel, the same values as unfused, and the
+    # relu gradient of the training graph still reads a value that exists.
+    x, w, b = ad.Variable("x"), ad.Variable("w"), ad.Variable("b")
+    conv = ad.conv2d_op(x, w, stride=(2, 1), padding=1)
+    bias = ad.reshape_op(b, (5, 1, 1))
+    if bias_form == "broadcast":
+        bias = ad.broadcastto_op(bias, conv)
+    out = ad.relu_op(conv + bias)
+    loss = ad.sum_op(out * out)
+    rng = np.random.default_rng(3)
+    feeds = {x: rng.standard_normal((3, 2, 9, 7)).astype("float32"),
+             w: rng.standard_normal((5, 2, 3, 3)).astype("float32"),
+             b: rng.standard_normal(5).astype("float32")}
+    eval_nodes = [out, *ad.gradients(loss, [x, w, b])]
+    steps = fused_steps(eval_nodes, feeds)
+    (fused,) = [s for s in steps if s.anchor is conv]
+    assert fused.epilogue == (("channel_bias_add",), ("relu",))
+    assert fused.kernel.kind == "conv2d_epilogue"
+    got = ad.Executor(eval_nodes).run(feeds, convert_to_numpy_ret_vals=True)
+    want = ad.Executor(eval_nodes, fuse=False).run(feeds, convert_to_numpy_ret_vals=True)
+    for g, expected, node in zip(got, want, eval_nodes):
+        np.testing.assert_allclose(g, expected, rtol=1e-5, atol=1e-5, err_msg=node.name)
