@@ -370,6 +370,10 @@ def matmul_epilogue(shape_a: Shape, trans_a: bool, shape_b: Shape, trans_b: bool
     return [a, b, *operands], [out]
 
 
+# The name of every epilogue block starts with it, so a schedule can find the chain.
+EPILOGUE_PREFIX = "epilogue"
+
+
 def apply_epilogue(result: te.Tensor, epilogue: Sequence[tuple[Epilogue, Callable]],
                    dtype: str) -> tuple[TensorList, te.Tensor]:
     """``epilogue`` applied to ``result`` as a chain of elementwise blocks; returns the
@@ -406,7 +410,7 @@ def _epilogue_block(x: te.Tensor, operand, step: Epilogue, formula: Callable, po
             tensors.insert(1 - step.position, value)  # the running result at its position
         return formula(*tensors, *consts)
 
-    return te.compute(x.shape, body, name=f"epilogue{position}")
+    return te.compute(x.shape, body, name=f"{EPILOGUE_PREFIX}{position}")
 
 
 def sgd_update_many(shapes: Sequence[Shape], dtype: str):

@@ -302,6 +302,19 @@ def max_pool2d_grad(shape_x: Shape, shape_g: Shape, shape_dx: Shape, kernel: Pai
                     padding: Pair, dtype: str) -> tuple[TensorList, TensorList]:
     """``dX`` of ``max_pool2d``: each window's gradient goes to the first maximum of the
     window (as in PyTorch), found again from ``X`` by the ``argmax`` block."""
+    return max_pool2d_grad_epilogue(shape_x, shape_g, shape_dx, kernel, stride, padding, (),
+                                    dtype)
+
+
+def max_pool2d_grad_epilogue(shape_x: Shape, shape_g: Shape, shape_dx: Shape, kernel: Pair,
+                             stride: Pair, padding: Pair,
+                             epilogue: Sequence[tuple[Epilogue, Callable]],
+                             dtype: str) -> tuple[TensorList, TensorList]:
+    """``epilogue(dX)`` of ``max_pool2d`` in one kernel (the relu gradient of the layer below,
+    ``compute.Epilogue`` steps); inputs are X, G, then each step's operand.
+
+    The few windows covering an element (``ceil(kernel / stride)`` per axis) are summed as
+    one expression, not a reduction, so the epilogue folds into the same loop."""
     x = te.placeholder(shape_x, dtype=dtype, name="X")
     g = te.placeholder(shape_g, dtype=dtype, name="G")
     xp = _pad(x, padding, float("-inf"))
@@ -315,13 +328,19 @@ def max_pool2d_grad(shape_x: Shape, shape_g: Shape, shape_dx: Shape, kernel: Pai
     # Padded copies: -1 is no window's offset, so no gradient comes from outside.
     wherep = _windows_padded(where, shape_dx[2:], kernel, stride, padding, -1, "pad_argmax")
     gp = _windows_padded(g, shape_dx[2:], kernel, stride, padding, 0.0, "pad_g")
-    wy, wx = _covering_axes(kernel, stride)
     zero = tirx.const(0, dtype)
+    covering = [-(-k // s) for k, s in zip(kernel, stride)]
 
     def body(b, c, h, w):
-        i, ky, valid_y = _covering(h, padding[0], kernel[0], stride[0], shape_g[2], wy)
-        j, kx, valid_x = _covering(w, padding[1], kw, stride[1], shape_g[3], wx)
-        chosen = tirx.all(valid_y, valid_x, wherep[b, c, i, j] == ky * kw + kx)
-        return te.sum(tirx.Select(chosen, gp[b, c, i, j], zero), axis=[wy, wx])
+        total = zero
+        for wy in range(covering[0]):
+            i, ky, valid_y = _covering(h, padding[0], kernel[0], stride[0], shape_g[2], wy)
+            for wx in range(covering[1]):
+                j, kx, valid_x = _covering(w, padding[1], kw, stride[1], shape_g[3], wx)
+                chosen = tirx.all(valid_y, valid_x, wherep[b, c, i, j] == ky * kw + kx)
+                total = total + tirx.Select(chosen, gp[b, c, i, j], zero)
+        return total
 
-    return [x, g], [te.compute(shape_dx, body, name="max_pool2d_grad")]
+    dx = te.compute(shape_dx, body, name="max_pool2d_grad")
+    operands, out = apply_epilogue(dx, epilogue, dtype)
+    return [x, g, *operands], [out]

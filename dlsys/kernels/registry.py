@@ -136,6 +136,11 @@ register("conv2d_grad_input", compute_conv.conv2d_grad_input, "conv_gemm")
 register("conv2d_grad_weight", compute_conv.conv2d_grad_weight, "conv_weight")
 for _name in ("max_pool2d", "avg_pool2d", "max_pool2d_grad", "avg_pool2d_grad"):
     register(_name, getattr(compute_conv, _name), "window")
+register("max_pool2d_grad_epilogue",
+         lambda shape_x, shape_g, shape_dx, kernel, stride, padding, epilogue, dtype:
+         compute_conv.max_pool2d_grad_epilogue(shape_x, shape_g, shape_dx, kernel, stride,
+                                               padding, _with_formulas(epilogue), dtype),
+         "window")
 
 # Layout changes (``dlsys.ops.layout``), in a file of their own.
 from dlsys.kernels import compute_layout  # noqa: E402 - appended after the operators' kinds

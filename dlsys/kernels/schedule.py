@@ -17,6 +17,7 @@ from tvm import s_tir
 
 from dlsys.errors import ArgumentError
 from dlsys.kernels import cpu
+from dlsys.kernels.compute import EPILOGUE_PREFIX
 from dlsys.kernels.conv import schedule_conv_gemm, schedule_conv_weight
 from dlsys.kernels.matmul import choose_config, matmul_problem, schedule_matmul_tuned
 
@@ -193,12 +194,18 @@ def schedule_decisions(mod: tvm.IRModule, kind: str, target: tvm.target.Target) 
 
 
 def schedule_window(sch: s_tir.Schedule) -> None:
-    """Sliding-window kernels (``dlsys.kernels.compute_conv``: convolutions, pooling, their
-    adjoints). Producer blocks (padding, a pooling window's argmax) run first, each on its
-    own in parallel; the last block runs its outer output axes fused and in parallel, its
-    reductions inside them and its innermost output axis vectorised, so that each vector
-    lane accumulates one output element (no reduction across lanes)."""
+    """Sliding-window kernels (``dlsys.kernels.compute_conv``: pooling and its adjoints).
+    Producer blocks (padding, a pooling window's argmax) run first, each on its own in
+    parallel; the last block runs its outer output axes fused and in parallel, its
+    reductions (if any) inside them and its innermost output axis (a row) vectorised, so
+    that each vector lane accumulates one output element (no reduction across lanes) and a
+    lane's image position is plain arithmetic, not a division of a fused index."""
     *producers, main = _all_blocks(sch)
+    while producers and not _is_reduction(sch, producers[-1]) \
+            and sch.get(main).name_hint.startswith(EPILOGUE_PREFIX):
+        # A fused epilogue (compute.apply_epilogue): the elementwise kernel before it folds
+        # into it, so the epilogue's result is the only array written.
+        sch.compute_inline(producers.pop())
     for block in producers:
         _parallel_outer(sch, block, vector=not _is_reduction(sch, block))
     _parallel_outer(sch, main, vector=True)
@@ -209,7 +216,7 @@ def _parallel_outer(sch: s_tir.Schedule, block, vector: bool) -> None:
     kinds = [iv.iter_type for iv in sch.get(block).iter_vars]
     spatial = [lp for lp, t in zip(loops, kinds) if t == 0]
     reduce = [lp for lp, t in zip(loops, kinds) if t != 0]
-    if not reduce:
+    if not reduce and not (vector and len(spatial) > 1):
         vectorize_and_parallelize(sch, sch.fuse(*spatial))
         return
     if not vector:
@@ -227,7 +234,8 @@ def _parallel_outer(sch: s_tir.Schedule, block, vector: bool) -> None:
         sch.parallel(fused)
     if inner_extent > 1:
         sch.vectorize(inner)
-    sch.decompose_reduction(block, reduce[0])
+    if reduce:
+        sch.decompose_reduction(block, reduce[0])
 
 
 def _all_blocks(sch: s_tir.Schedule) -> list:

@@ -106,9 +106,15 @@ class MaxPool2dGradOp(_PoolGradOp):
 
     name = "MaxPool2dGrad"
     kind = "max_pool2d_grad"
+    # The relu gradient after it (a CNN's conv-relu-pool, taken back) runs in its kernel.
+    fusion_anchor = True
 
     def _x_and_g(self, shapes):
         return shapes
+
+    def fused_kernel_spec(self, node, shapes, epilogue):
+        spec = self.kernel_spec(node, [shapes[i] for i in node.inputs], shapes[node])
+        return KernelSpec("max_pool2d_grad_epilogue", (*spec.params, tuple(epilogue)))
 
     def reference(self, node, x, g):
         kernel, stride, padding = self._window(node)

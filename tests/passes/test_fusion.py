@@ -204,3 +204,23 @@ def test_convolution_bias_and_relu_run_in_one_kernel(bias_form):
     want = ad.Executor(eval_nodes, fuse=False).run(feeds, convert_to_numpy_ret_vals=True)
     for g, expected, node in zip(got, want, eval_nodes):
         np.testing.assert_allclose(g, expected, rtol=1e-5, atol=1e-5, err_msg=node.name)
+
+
+def test_relu_gradient_runs_in_the_max_pool_gradient_kernel():
+    # conv -> relu -> max pool, taken back: the relu's mask is applied as the pooling
+    # gradient is written, and the values are those of the unfused graph.
+    x, w = ad.Variable("x"), ad.Variable("w")
+    pooled = ad.maxpool2d_op(ad.relu_op(ad.conv2d_op(x, w, padding=1)), 2)
+    loss = ad.sum_op(pooled * pooled)
+    rng = np.random.default_rng(4)
+    feeds = {x: rng.standard_normal((2, 3, 9, 8)).astype("float32"),
+             w: rng.standard_normal((4, 3, 3, 3)).astype("float32")}
+    eval_nodes = [loss, *ad.gradients(loss, [x, w])]
+    steps = fused_steps(eval_nodes, feeds)
+    (pool_grad,) = [s for s in steps if s.anchor is not None
+                    and s.anchor.op is ad.maxpool2d_grad_op]
+    assert pool_grad.epilogue == (("relu_mask",),)
+    got = ad.Executor(eval_nodes).run(feeds, convert_to_numpy_ret_vals=True)
+    want = ad.Executor(eval_nodes, fuse=False).run(feeds, convert_to_numpy_ret_vals=True)
+    for g, expected, node in zip(got, want, eval_nodes):
+        np.testing.assert_allclose(g, expected, rtol=1e-5, atol=1e-5, err_msg=node.name)
