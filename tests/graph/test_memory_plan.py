@@ -227,3 +227,16 @@ def test_contiguous_group_refuses_what_it_cannot_place():
         ad.Executor([y], contiguous=[ad.relu_op(y)])
     with pytest.raises(ArgumentError, match="x cannot be placed"):
         ad.Executor([y, x], contiguous=[y, x]).run({x: np.ones((2, 2)), w: np.ones((2, 2))})
+
+
+def test_lenet_training_plan_is_within_a_tenth_of_the_live_peak():
+    # Issue 10's bound: LeNet-5's training graph (fused convolutions, pooling, dense layers,
+    # every gradient) planned in at most 1.1x its peak of live values, and sound.
+    from dlsys.frontend.trainer import Trainer
+
+    trainer = Trainer.for_model("lenet", 0, 0.05, 64)
+    images = np.random.default_rng(0).random((64, 784), dtype=np.float32)
+    trainer.train_step(images, np.zeros(64, dtype=np.float32))
+    stats = trainer.train_executor.memory_stats()
+    assert stats["peak_live_bytes"] <= stats["planned_bytes"] <= 1.1 * stats["peak_live_bytes"]
+    assert _verify(trainer.train_executor) == []
