@@ -25,7 +25,7 @@ from tvm import te, tirx
 
 from dlsys.kernels import cpu
 from dlsys.kernels.compute import Epilogue, Shape, TensorList, apply_epilogue
-from dlsys.kernels.conv import (GEMM_BLOCK, WEIGHT_BLOCK, WEIGHT_CHUNK_IMAGES, gemm_tile,
+from dlsys.kernels.conv import (DIRECT_BLOCK, GEMM_BLOCK, WEIGHT_BLOCK, WEIGHT_CHUNK_IMAGES, gemm_tile,
                                weight_partials)
 
 Pair = tuple[int, int]
@@ -164,20 +164,28 @@ def _dilate_and_pad(g: te.Tensor, kernel: Pair, stride: Pair, padding: Pair,
 def conv2d_grad_input(shape_g: Shape, shape_f: Shape, shape_x: Shape, stride: Pair,
                       padding: Pair, dtype: str) -> tuple[TensorList, TensorList]:
     """``dX``: the adjoint of ``conv2d`` in ``X`` applied to ``G`` (the output's gradient):
-    ``G`` dilated by the stride and padded, convolved (an implicit GEMM) with the filters
-    flipped in space and with their channel axes swapped. The padding block does all the
-    index arithmetic, so the product reads plain arrays; with a stride above 1 it multiplies
-    the zeros between ``G``'s elements too (``stride**2`` times the work of the covering
-    windows)."""
+    ``G`` dilated by the stride and padded, convolved with the filters flipped in space and
+    with their channel axes swapped. The padding block does all the index arithmetic, so
+    the convolution reads plain arrays; with a stride above 1 it multiplies the zeros
+    between ``G``'s elements too (``stride**2`` times the work of the covering windows).
+
+    A direct convolution (``kernels.conv``'s ``conv_direct``): vector lanes run along rows
+    of ``dX``, padded to whole vectors, and read shifted rows of the padded ``G`` with no
+    copy of its windows (measured on LeNet's second layer, 1.6x faster than the implicit
+    GEMM, whose window copy is 16 channels x 25 taps wide here)."""
     g = te.placeholder(shape_g, dtype=dtype, name="G")
     f = te.placeholder(shape_f, dtype=dtype, name="F")
     kh, kw = shape_f[2:]
-    flipped = (shape_f[1], shape_f[0], kh, kw)
-    _, rows = _gemm_layout(shape_x[1], shape_x, dtype)
-    size = (max(shape_x[2], rows) + kh - 1, shape_x[3] + kw - 1)
-    gd = _dilate_and_pad(g, (kh, kw), stride, padding, size)
-    dx = _implicit_gemm(gd, lambda c, o, ry, rx: f[o, c, kh - 1 - ry, kw - 1 - rx], flipped,
-                        shape_x, (1, 1), "conv2d_grad_input")
+    lanes = cpu.host().lanes(dtype)
+    width = -(-shape_x[3] // lanes) * lanes
+    gd = _dilate_and_pad(g, (kh, kw), stride, padding, (shape_x[2] + kh - 1, width + kw - 1))
+    ro = te.reduce_axis((0, shape_f[0]), name="ro")
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+    rows = te.compute((shape_x[0], shape_x[1], shape_x[2], width), lambda b, c, h, w: te.sum(
+        gd[b, ro, h + ry, w + rx] * f[ro, c, kh - 1 - ry, kw - 1 - rx], axis=[ro, ry, rx]),
+        name=DIRECT_BLOCK)
+    dx = te.compute(shape_x, lambda b, c, h, w: rows[b, c, h, w], name="conv2d_grad_input")
     return [g, f], [dx]
 
 

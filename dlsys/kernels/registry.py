@@ -113,10 +113,10 @@ register("softmax_cross_entropy_with_gradient", compute.softmax_cross_entropy_wi
 register("one_hot", compute.one_hot, "injective")
 register("dropout", compute_random.dropout, "injective")
 register("next_seed", compute_random.next_seed, "injective")
-register("batchnorm_normalize", compute_norm.batchnorm_normalize, "row_blocks")
-register("batchnorm_normalize_gradient", compute_norm.batchnorm_normalize_gradient, "row_blocks")
-register("running_statistic", compute_norm.running_statistic, "row_blocks")
-register("batchnorm_inference", compute_norm.batchnorm_inference, "row_blocks")
+register("batchnorm_normalize", compute_norm.batchnorm_normalize, "channel_norm")
+register("batchnorm_normalize_gradient", compute_norm.batchnorm_normalize_gradient, "channel_norm")
+register("running_statistic", compute_norm.running_statistic, "channel_norm")
+register("batchnorm_inference", compute_norm.batchnorm_inference, "channel_norm")
 register("sgd_many", compute.sgd_update_many, "injective")
 
 # The optimisers' fused updates (``dlsys.optim``), defined in a file of their own.
@@ -132,7 +132,7 @@ register("conv2d", compute_conv.conv2d, "conv_gemm")
 register("conv2d_epilogue", lambda shape_x, shape_f, shape_y, stride, padding, epilogue, dtype:
          compute_conv.conv2d_epilogue(shape_x, shape_f, shape_y, stride, padding,
                                       _with_formulas(epilogue), dtype), "conv_gemm")
-register("conv2d_grad_input", compute_conv.conv2d_grad_input, "conv_gemm")
+register("conv2d_grad_input", compute_conv.conv2d_grad_input, "conv_direct")
 register("conv2d_grad_weight", compute_conv.conv2d_grad_weight, "conv_weight")
 for _name in ("max_pool2d", "avg_pool2d", "max_pool2d_grad", "avg_pool2d_grad"):
     register(_name, getattr(compute_conv, _name), "window")

@@ -18,7 +18,8 @@ from tvm import s_tir
 from dlsys.errors import ArgumentError
 from dlsys.kernels import cpu
 from dlsys.kernels.compute import EPILOGUE_PREFIX
-from dlsys.kernels.conv import schedule_conv_gemm, schedule_conv_weight
+from dlsys.kernels.conv import schedule_conv_direct, schedule_conv_gemm, schedule_conv_weight
+from dlsys.kernels.norm import schedule_channel_norm
 from dlsys.kernels.matmul import choose_config, matmul_problem, schedule_matmul_tuned
 
 # Two vector registers of float32 per step (16 lanes on AVX2, 32 on AVX-512), so LLVM can
@@ -252,7 +253,9 @@ SCHEDULES: dict[str, ScheduleFn] = {
     "matmul": schedule_matmul_packed,
     "window": schedule_window,
     "conv_gemm": schedule_conv_gemm,
+    "conv_direct": schedule_conv_direct,
     "conv_weight": schedule_conv_weight,
+    "channel_norm": schedule_channel_norm,
 }
 
 

@@ -36,3 +36,19 @@ def test_weight_tiles_fit_the_register_file(cpu, width, expected):
     rows = conv.weight_tile_rows(16, width, cpu)
     assert rows == expected
     assert rows * width + rows + width <= cpu.vector_registers
+
+
+@pytest.mark.parametrize("cpu, expected", [(AVX512, (2, 7)), (AVX2, (3, 2))])
+def test_lenet_input_gradient_tiles(cpu, expected):
+    # LeNet's second convolution taken back to its 6 channels of 14 x 14.
+    assert conv.direct_tile(6, 14, cpu) == expected
+
+
+@pytest.mark.parametrize("cpu", [AVX2, AVX512], ids=["avx2", "avx512"])
+@pytest.mark.parametrize("channels", [1, 3, 6, 32])
+@pytest.mark.parametrize("height", [1, 7, 14, 28])
+def test_direct_tiles_fit_the_register_file(cpu, channels, height):
+    tile_c, tile_r = conv.direct_tile(channels, height, cpu)
+    assert channels % tile_c == 0 and height % tile_r == 0
+    assert tile_c * tile_r <= cpu.vector_registers // 2
+    assert tile_c * tile_r + tile_r + 2 <= cpu.vector_registers
