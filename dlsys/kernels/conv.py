@@ -165,15 +165,7 @@ def schedule_conv_gemm(sch: s_tir.Schedule) -> None:
         write_loops = sch.get_loops(out)
         _, lane = sch.split(write_loops[-1], factors=[None, tile.lanes])
         sch.vectorize(lane)
-    for producer in _producers_of(sch, gemm):
-        sch.compute_at(producer, image, preserve_unit_loops=True)
-        _vectorize_innermost(sch, producer)
-    if _extent(sch, image) > 1:
-        sch.parallel(image)
-    sch.unroll(o_inner)
-    sch.unroll(p_vector)
-    sch.vectorize(p_lane)
-    sch.decompose_reduction(gemm, reduction[0])
+    _per_image(sch, gemm, image, (o_inner, p_vector), p_lane, reduction[0])
 
 
 def schedule_conv_direct(sch: s_tir.Schedule) -> None:
@@ -189,17 +181,24 @@ def schedule_conv_direct(sch: s_tir.Schedule) -> None:
     write_back = sch.cache_write(direct, 0, "local")
     sch.reverse_compute_at(write_back, r_outer, preserve_unit_loops=True)
     sch.reverse_compute_at(out, image, preserve_unit_loops=True)
-    for producer in _producers_of(sch, direct):
+    _per_image(sch, direct, image, (c_inner, r_inner), column, reduction[0])
+    _vectorize_innermost(sch, write_back)
+    _vectorize_innermost(sch, out)
+
+
+def _per_image(sch: s_tir.Schedule, block, image, unrolled, lane, reduction) -> None:
+    """The common end of both per-image schedules: ``block``'s producers (padding, windows)
+    computed per image, images in parallel, the register tile unrolled and vectorised, and
+    its accumulators zeroed before the reduction."""
+    for producer in _producers_of(sch, block):
         sch.compute_at(producer, image, preserve_unit_loops=True)
         _vectorize_innermost(sch, producer)
     if _extent(sch, image) > 1:
         sch.parallel(image)
-    sch.unroll(c_inner)
-    sch.unroll(r_inner)
-    sch.vectorize(column)
-    sch.decompose_reduction(direct, reduction[0])
-    _vectorize_innermost(sch, write_back)
-    _vectorize_innermost(sch, out)
+    for loop in unrolled:
+        sch.unroll(loop)
+    sch.vectorize(lane)
+    sch.decompose_reduction(block, reduction)
 
 
 def schedule_conv_weight(sch: s_tir.Schedule) -> None:
