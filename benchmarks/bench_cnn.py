@@ -95,32 +95,11 @@ def conv_calls(system: str, shape_x, shape_f, pad: int) -> list:
             lambda: kernels[2](tx, tg, df)]
 
 
-def torch_model(name: str, state: dict[str, np.ndarray]):
-    """The model ``name`` in PyTorch, same layer order (so same state-dict names) and weights."""
-    import torch
-    from torch import nn
-
-    if name == "lenet":
-        layers = [nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-                  nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                  nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
-                  nn.Linear(84, 10)]
-    else:
-        layers = []
-        for fan_in, fan_out in ((1, 32), (32, 64)):
-            layers += [nn.Conv2d(fan_in, fan_out, 3, padding=1), nn.BatchNorm2d(fan_out),
-                       nn.ReLU(), nn.MaxPool2d(2)]
-        layers += [nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10)]
-    model = nn.Sequential(*layers)
-    # strict=False: dlsys keeps no num_batches_tracked, which momentum-set batch norm ignores.
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=False)
-    return model
-
-
 def epoch_seconds(system: str, name: str, split, batches: list) -> tuple[float, float]:
     """Seconds to train on ``batches`` (compilation excluded) and their mean loss."""
     from dlsys.frontend.models import init_params
     from dlsys.frontend.trainer import Trainer
+    from dlsys.testing.torch_reference import torch_model
 
     if system == "dlsys":
         trainer = Trainer.for_model(name, 0, LR, BATCH, optimizer="momentum")

@@ -48,6 +48,7 @@ from dlsys.frontend.inference import Evaluator
 from dlsys.frontend.models import build_model
 from dlsys.frontend.settings import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_BATCH_SIZES,
     DEFAULT_EPOCHS,
     DEFAULT_HIDDEN,
     DEFAULT_LR,
@@ -272,7 +273,8 @@ def _defaults(given: dict) -> dict:
     optimizer = given.get("optimizer") or "sgd"
     model = given.get("model") or DEFAULT_MODEL
     return {"model": model, "hidden": list(DEFAULT_HIDDEN) if model == "mlp" else None,
-            "data": None, "epochs": DEFAULT_EPOCHS, "batch_size": DEFAULT_BATCH_SIZE,
+            "data": None, "epochs": DEFAULT_EPOCHS,
+            "batch_size": DEFAULT_BATCH_SIZES.get(model, DEFAULT_BATCH_SIZE),
             "optimizer": optimizer, "lr": DEFAULT_LR[optimizer], "weight_decay": 0.0,
             "lr_schedule": "constant", "warmup": 0, "seed": 0, "val_size": None}
 
