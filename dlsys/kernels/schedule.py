@@ -19,8 +19,8 @@ from dlsys.errors import ArgumentError
 from dlsys.kernels import cpu
 from dlsys.kernels.compute import EPILOGUE_PREFIX
 from dlsys.kernels.conv import schedule_conv_direct, schedule_conv_gemm, schedule_conv_weight
-from dlsys.kernels.norm import schedule_channel_norm
 from dlsys.kernels.matmul import choose_config, matmul_problem, schedule_matmul_tuned
+from dlsys.kernels.norm import schedule_channel_norm
 
 # Two vector registers of float32 per step (16 lanes on AVX2, 32 on AVX-512), so LLVM can
 # interleave independent operations; read from this machine's CPU, never assumed.

@@ -1,0 +1,75 @@
+"""The batch-normalisation kernels (``compute_norm``) under their schedule family
+``channel_norm`` (``dlsys.kernels.norm``): parallel and vectorised, skipped by
+``DLSYS_SCHEDULE=naive``, and equal to the definitions in numpy for shapes that exercise each
+of the schedule's cases (one channel per group or several, planes of one position, planes
+vectorised whole or split, a batch of one)."""
+
+import re
+
+import numpy as np
+import pytest
+import tvm
+
+from dlsys.kernels import build, compute_norm, registry
+
+TARGET = build.make_target("llvm")
+EPS, MOMENTUM = 1e-5, 0.1
+KINDS = {
+    "batchnorm_normalize": (EPS,),
+    "batchnorm_normalize_gradient": (EPS,),
+    "running_statistic": ("var", MOMENTUM),
+    "batchnorm_inference": (EPS,),
+}
+SHAPES = [(4, 32, 28, 28), (8, 16, 14, 14), (3, 5, 9, 9), (1, 2, 2, 3), (2, 3, 1, 1)]
+
+
+def _statistics(x):
+    return x.mean(axis=(0, 2, 3), keepdims=True), x.var(axis=(0, 2, 3), keepdims=True)
+
+
+def _reference(kind: str, shape, inputs):
+    channel = (1, -1, 1, 1)
+    if kind == "batchnorm_normalize":
+        mean, var = _statistics(inputs[0])
+        return (inputs[0] - mean) / np.sqrt(var + EPS)
+    if kind == "batchnorm_normalize_gradient":
+        g, x = inputs
+        mean, var = _statistics(x)
+        x_hat = (x - mean) / np.sqrt(var + EPS)
+        return (g - g.mean(axis=(0, 2, 3), keepdims=True)
+                - x_hat * (g * x_hat).mean(axis=(0, 2, 3), keepdims=True)) / np.sqrt(var + EPS)
+    if kind == "running_statistic":
+        running, x = inputs
+        count = x.size // shape[1]
+        unbiased = x.var(axis=(0, 2, 3)) * count / max(count - 1, 1)
+        return (1 - MOMENTUM) * running + MOMENTUM * unbiased
+    x, gamma, beta, mean, var = inputs
+    return ((x - mean.reshape(channel)) / np.sqrt(var.reshape(channel) + EPS)
+            * gamma.reshape(channel) + beta.reshape(channel))
+
+
+def _definition(kind: str, shape):
+    return getattr(compute_norm, kind)(shape, *KINDS[kind], "float32")
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_channel_norm_parallelises_and_vectorises_and_naive_skips_it(monkeypatch, kind):
+    family = registry.kind(kind).schedule
+    assert family == "channel_norm"
+    tuned = build.scheduled_module(*_definition(kind, SHAPES[0]), family, TARGET, "k").script()
+    assert re.search(r"T\.parallel\(", tuned) and re.search(r"T\.vectorized\(", tuned), tuned
+    monkeypatch.setenv("DLSYS_SCHEDULE", "naive")
+    naive = build.scheduled_module(*_definition(kind, SHAPES[0]), family, TARGET, "k").script()
+    assert not re.search(r"T\.(parallel|vectorized)\(", naive), naive
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_channel_norm_kernels_match_numpy(kind, shape):
+    kernel = registry.KernelSpec(kind, (shape, *KINDS[kind])).build("llvm", "float32")
+    rng = np.random.default_rng(0)
+    inputs = [rng.uniform(0.5, 1.5, s) * (1 + i) for i, s in enumerate(kernel.arg_shapes[:-1])]
+    out = tvm.runtime.tensor(np.zeros(kernel.arg_shapes[-1], np.float32))
+    kernel(*[tvm.runtime.tensor(a.astype(np.float32)) for a in inputs], out)
+    np.testing.assert_allclose(out.numpy(), _reference(kind, shape, inputs), rtol=1e-4,
+                               atol=1e-4)
