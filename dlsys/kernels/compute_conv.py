@@ -163,7 +163,15 @@ def _dilate_and_pad(g: te.Tensor, kernel: Pair, stride: Pair, padding: Pair,
 
 def conv2d_grad_input(shape_g: Shape, shape_f: Shape, shape_x: Shape, stride: Pair,
                       padding: Pair, dtype: str) -> tuple[TensorList, TensorList]:
-    """``dX``: the adjoint of ``conv2d`` in ``X`` applied to ``G`` (the output's gradient):
+    """``dX`` of ``conv2d``: ``conv2d_grad_input_epilogue`` with no epilogue."""
+    return conv2d_grad_input_epilogue(shape_g, shape_f, shape_x, stride, padding, (), dtype)
+
+
+def conv2d_grad_input_epilogue(shape_g: Shape, shape_f: Shape, shape_x: Shape, stride: Pair,
+                               padding: Pair, epilogue: Sequence[tuple[Epilogue, Callable]],
+                               dtype: str) -> tuple[TensorList, TensorList]:
+    """``epilogue(dX)`` (the relu gradient of the layer below, ``compute.Epilogue`` steps)
+    in one kernel; inputs are G, F, then each step's operand. ``dX`` is the adjoint of ``conv2d`` in ``X`` applied to ``G`` (the output's gradient):
     ``G`` dilated by the stride and padded, convolved with the filters flipped in space and
     with their channel axes swapped. The padding block does all the index arithmetic, so
     the convolution reads plain arrays; with a stride above 1 it multiplies the zeros
@@ -186,7 +194,8 @@ def conv2d_grad_input(shape_g: Shape, shape_f: Shape, shape_x: Shape, stride: Pa
         gd[b, ro, h + ry, w + rx] * f[ro, c, kh - 1 - ry, kw - 1 - rx], axis=[ro, ry, rx]),
         name=DIRECT_BLOCK)
     dx = te.compute(shape_x, lambda b, c, h, w: rows[b, c, h, w], name="conv2d_grad_input")
-    return [g, f], [dx]
+    operands, out = apply_epilogue(dx, epilogue, dtype)
+    return [g, f, *operands], [out]
 
 
 def conv2d_grad_weight(shape_x: Shape, shape_g: Shape, shape_f: Shape, stride: Pair,

@@ -140,12 +140,7 @@ def schedule_conv_gemm(sch: s_tir.Schedule) -> None:
     """Images in parallel; per image the padded copy and the windows in cache, then the
     product in register tiles whose write-back is the output block (with any epilogue)."""
     gemm = sch.get_sblock(GEMM_BLOCK)
-    (out,) = sch.get_consumers(gemm)
-    # A fused epilogue's blocks fold into the last one, which reads the product directly.
-    while sch.get_consumers(out):
-        (consumer,) = sch.get_consumers(out)
-        sch.compute_inline(out)
-        out = consumer
+    out = _fold_epilogue(sch, gemm)
     stmt = sch.get(gemm)
     channels = int(stmt.iter_vars[1].dom.extent)
     out_height, out_width = (int(iv.dom.extent) for iv in sch.get(out).iter_vars[2:4])
@@ -172,7 +167,7 @@ def schedule_conv_direct(sch: s_tir.Schedule) -> None:
     """Images in parallel; per image the padded input, then register tiles of channels x
     rows, each row a vector along the (padded) output row; the copy to the output clips it."""
     direct = sch.get_sblock(DIRECT_BLOCK)
-    (out,) = sch.get_consumers(direct)
+    out = _fold_epilogue(sch, direct)
     image, channel, row, column, *reduction = sch.get_loops(direct)
     tile_c, tile_r = direct_tile(_extent(sch, channel), _extent(sch, row))
     c_outer, c_inner = sch.split(channel, factors=[None, tile_c])
@@ -184,6 +179,17 @@ def schedule_conv_direct(sch: s_tir.Schedule) -> None:
     _per_image(sch, direct, image, (c_inner, r_inner), column, reduction[0])
     _vectorize_innermost(sch, write_back)
     _vectorize_innermost(sch, out)
+
+
+def _fold_epilogue(sch: s_tir.Schedule, block):
+    """The block writing ``block``'s result to the output, with a fused epilogue's blocks
+    (``compute.apply_epilogue``) folded into the last one, which then reads ``block``."""
+    (out,) = sch.get_consumers(block)
+    while sch.get_consumers(out):
+        (consumer,) = sch.get_consumers(out)
+        sch.compute_inline(out)
+        out = consumer
+    return out
 
 
 def _per_image(sch: s_tir.Schedule, block, image, unrolled, lane, reduction) -> None:

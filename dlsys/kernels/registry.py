@@ -133,6 +133,11 @@ register("conv2d_epilogue", lambda shape_x, shape_f, shape_y, stride, padding, e
          compute_conv.conv2d_epilogue(shape_x, shape_f, shape_y, stride, padding,
                                       _with_formulas(epilogue), dtype), "conv_gemm")
 register("conv2d_grad_input", compute_conv.conv2d_grad_input, "conv_direct")
+register("conv2d_grad_input_epilogue",
+         lambda shape_g, shape_f, shape_x, stride, padding, epilogue, dtype:
+         compute_conv.conv2d_grad_input_epilogue(shape_g, shape_f, shape_x, stride, padding,
+                                                 _with_formulas(epilogue), dtype),
+         "conv_direct")
 register("conv2d_grad_weight", compute_conv.conv2d_grad_weight, "conv_weight")
 for _name in ("max_pool2d", "avg_pool2d", "max_pool2d_grad", "avg_pool2d_grad"):
     register(_name, getattr(compute_conv, _name), "window")

@@ -143,6 +143,12 @@ class Conv2dGradInputOp(_ConvAdjointOp):
     name = "Conv2dGradInput"
     inputs = ("g", "w", "x")
     kind = "conv2d_grad_input"
+    # The relu gradient of the layer below (conv-relu-conv, taken back) runs in its kernel.
+    fusion_anchor = True
+
+    def fused_kernel_spec(self, node, shapes, epilogue):
+        params = self.kernel_spec(node, [shapes[i] for i in node.inputs], shapes[node]).params
+        return KernelSpec("conv2d_grad_input_epilogue", (*params, tuple(epilogue)))
 
     def gradient(self, node, output_grad):
         # <dx(g, w), h> = <g, conv(h, w)>: linear in g and in w separately.

@@ -224,3 +224,24 @@ def test_relu_gradient_runs_in_the_max_pool_gradient_kernel():
     want = ad.Executor(eval_nodes, fuse=False).run(feeds, convert_to_numpy_ret_vals=True)
     for g, expected, node in zip(got, want, eval_nodes):
         np.testing.assert_allclose(g, expected, rtol=1e-5, atol=1e-5, err_msg=node.name)
+
+
+def test_relu_gradient_runs_in_the_convolution_input_gradient_kernel():
+    # conv -> relu -> conv, taken back: the first relu's mask is applied as the second
+    # convolution's input gradient is written.
+    x, w1, w2 = ad.Variable("x"), ad.Variable("w1"), ad.Variable("w2")
+    top = ad.conv2d_op(ad.relu_op(ad.conv2d_op(x, w1, padding=1)), w2, stride=2, padding=1)
+    loss = ad.sum_op(top * top)
+    rng = np.random.default_rng(5)
+    feeds = {x: rng.standard_normal((2, 3, 9, 8)).astype("float32"),
+             w1: rng.standard_normal((4, 3, 3, 3)).astype("float32"),
+             w2: rng.standard_normal((5, 4, 3, 3)).astype("float32")}
+    eval_nodes = [loss, *ad.gradients(loss, [x, w1, w2])]
+    steps = fused_steps(eval_nodes, feeds)
+    (fused,) = [s for s in steps if s.anchor is not None
+                and s.anchor.op is ad.conv2d_grad_input_op and s.epilogue]
+    assert fused.epilogue == (("relu_mask",),)
+    got = ad.Executor(eval_nodes).run(feeds, convert_to_numpy_ret_vals=True)
+    want = ad.Executor(eval_nodes, fuse=False).run(feeds, convert_to_numpy_ret_vals=True)
+    for g, expected, node in zip(got, want, eval_nodes):
+        np.testing.assert_allclose(g, expected, rtol=1e-5, atol=1e-5, err_msg=node.name)
