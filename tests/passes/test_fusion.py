@@ -180,7 +180,8 @@ def test_order_check_catches_a_step_that_reads_a_later_value():
 
 
 @pytest.mark.parametrize("bias_form", ["reshape", "broadcast"])
-def test_convolution_bias_and_relu_run_in_one_kernel(bias_form):
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_convolution_bias_and_relu_run_in_one_kernel(bias_form, dtype):
     # LeNet's layer as dlsys.nn writes it (a (C, 1, 1) bias added with broadcasting), and
     # with the bias broadcast explicitly: one kernel, the same values as unfused, and the
     # relu gradient of the training graph still reads a value that exists.
@@ -192,56 +193,58 @@ def test_convolution_bias_and_relu_run_in_one_kernel(bias_form):
     out = ad.relu_op(conv + bias)
     loss = ad.sum_op(out * out)
     rng = np.random.default_rng(3)
-    feeds = {x: rng.standard_normal((3, 2, 9, 7)).astype("float32"),
-             w: rng.standard_normal((5, 2, 3, 3)).astype("float32"),
-             b: rng.standard_normal(5).astype("float32")}
+    feeds = {x: rng.standard_normal((3, 2, 9, 7)).astype(dtype),
+             w: rng.standard_normal((5, 2, 3, 3)).astype(dtype),
+             b: rng.standard_normal(5).astype(dtype)}
     eval_nodes = [out, *ad.gradients(loss, [x, w, b])]
     steps = fused_steps(eval_nodes, feeds)
     (fused,) = [s for s in steps if s.anchor is conv]
     assert fused.epilogue == (("channel_bias_add",), ("relu",))
     assert fused.kernel.kind == "conv2d_epilogue"
-    got = ad.Executor(eval_nodes).run(feeds, convert_to_numpy_ret_vals=True)
-    want = ad.Executor(eval_nodes, fuse=False).run(feeds, convert_to_numpy_ret_vals=True)
+    got = ad.Executor(eval_nodes, dtype=dtype).run(feeds, convert_to_numpy_ret_vals=True)
+    want = ad.Executor(eval_nodes, fuse=False, dtype=dtype).run(feeds, convert_to_numpy_ret_vals=True)
     for g, expected, node in zip(got, want, eval_nodes):
         np.testing.assert_allclose(g, expected, rtol=1e-5, atol=1e-5, err_msg=node.name)
 
 
-def test_relu_gradient_runs_in_the_max_pool_gradient_kernel():
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_relu_gradient_runs_in_the_max_pool_gradient_kernel(dtype):
     # conv -> relu -> max pool, taken back: the relu's mask is applied as the pooling
     # gradient is written, and the values are those of the unfused graph.
     x, w = ad.Variable("x"), ad.Variable("w")
     pooled = ad.maxpool2d_op(ad.relu_op(ad.conv2d_op(x, w, padding=1)), 2)
     loss = ad.sum_op(pooled * pooled)
     rng = np.random.default_rng(4)
-    feeds = {x: rng.standard_normal((2, 3, 9, 8)).astype("float32"),
-             w: rng.standard_normal((4, 3, 3, 3)).astype("float32")}
+    feeds = {x: rng.standard_normal((2, 3, 9, 8)).astype(dtype),
+             w: rng.standard_normal((4, 3, 3, 3)).astype(dtype)}
     eval_nodes = [loss, *ad.gradients(loss, [x, w])]
     steps = fused_steps(eval_nodes, feeds)
     (pool_grad,) = [s for s in steps if s.anchor is not None
                     and s.anchor.op is ad.maxpool2d_grad_op]
     assert pool_grad.epilogue == (("relu_mask",),)
-    got = ad.Executor(eval_nodes).run(feeds, convert_to_numpy_ret_vals=True)
-    want = ad.Executor(eval_nodes, fuse=False).run(feeds, convert_to_numpy_ret_vals=True)
+    got = ad.Executor(eval_nodes, dtype=dtype).run(feeds, convert_to_numpy_ret_vals=True)
+    want = ad.Executor(eval_nodes, fuse=False, dtype=dtype).run(feeds, convert_to_numpy_ret_vals=True)
     for g, expected, node in zip(got, want, eval_nodes):
         np.testing.assert_allclose(g, expected, rtol=1e-5, atol=1e-5, err_msg=node.name)
 
 
-def test_relu_gradient_runs_in_the_convolution_input_gradient_kernel():
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_relu_gradient_runs_in_the_convolution_input_gradient_kernel(dtype):
     # conv -> relu -> conv, taken back: the first relu's mask is applied as the second
     # convolution's input gradient is written.
     x, w1, w2 = ad.Variable("x"), ad.Variable("w1"), ad.Variable("w2")
     top = ad.conv2d_op(ad.relu_op(ad.conv2d_op(x, w1, padding=1)), w2, stride=2, padding=1)
     loss = ad.sum_op(top * top)
     rng = np.random.default_rng(5)
-    feeds = {x: rng.standard_normal((2, 3, 9, 8)).astype("float32"),
-             w1: rng.standard_normal((4, 3, 3, 3)).astype("float32"),
-             w2: rng.standard_normal((5, 4, 3, 3)).astype("float32")}
+    feeds = {x: rng.standard_normal((2, 3, 9, 8)).astype(dtype),
+             w1: rng.standard_normal((4, 3, 3, 3)).astype(dtype),
+             w2: rng.standard_normal((5, 4, 3, 3)).astype(dtype)}
     eval_nodes = [loss, *ad.gradients(loss, [x, w1, w2])]
     steps = fused_steps(eval_nodes, feeds)
     (fused,) = [s for s in steps if s.anchor is not None
                 and s.anchor.op is ad.conv2d_grad_input_op and s.epilogue]
     assert fused.epilogue == (("relu_mask",),)
-    got = ad.Executor(eval_nodes).run(feeds, convert_to_numpy_ret_vals=True)
-    want = ad.Executor(eval_nodes, fuse=False).run(feeds, convert_to_numpy_ret_vals=True)
+    got = ad.Executor(eval_nodes, dtype=dtype).run(feeds, convert_to_numpy_ret_vals=True)
+    want = ad.Executor(eval_nodes, fuse=False, dtype=dtype).run(feeds, convert_to_numpy_ret_vals=True)
     for g, expected, node in zip(got, want, eval_nodes):
         np.testing.assert_allclose(g, expected, rtol=1e-5, atol=1e-5, err_msg=node.name)
