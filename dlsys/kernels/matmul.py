@@ -365,19 +365,37 @@ def apply_config(sch: s_tir.Schedule, problem: MatmulProblem, config: MatmulConf
             sch.reverse_compute_at(leftover, jo, preserve_unit_loops=True)
         except s_tir.ScheduleError:
             pass  # left at the root: correct, only not fused into the tile
-    if packed_a is not None:
+    if packed_a is not None and config.nc < n_pad:
+        # B comes in several slabs, each of which meets every row panel of A: pack A once,
+        # whole, rather than once per slab (a K x mr panel per row tile streams by).
+        _schedule_pack_root(sch, packed_a, not problem.trans_a, mr, problem)
+    elif packed_a is not None:
         sch.compute_at(packed_a, io, preserve_unit_loops=True)
+        first, last = sch.get_loops(packed_a)[-2:]
         if problem.trans_a:
-            _vectorize(sch, sch.get_loops(packed_a)[-1])
+            _vectorize(sch, last)  # (k, rows): a panel row is one vector copy
+        else:
+            # (rows, k) would store with stride mr, which LLVM vectorises into scatters;
+            # walking k outside the rows stores each panel row contiguously.
+            sch.reorder(last, first)
+            sch.unroll(first)
     _vectorize(sch, ji)
     sch.unroll(ii)
     outer = sch.fuse(jc, io)
     if problem.macs >= PARALLEL_MIN_MACS:
         sch.parallel(outer)
     sch.decompose_reduction(block, k)
-    if n_pad == problem.n and not config.vec_m:
-        # A clipped last tile would need a masked store, which the CPU backend scalarises.
-        _vectorize(sch, sch.get_loops(write_back)[-1])
+    if not config.vec_m:
+        lanes_loop = sch.get_loops(write_back)[-1]
+        if n_pad != problem.n:
+            # A clipped tile would need masked stores, which the CPU backend scalarises: peel
+            # off the last column tile, and within it the last partial vector, so that every
+            # other store stays one vector.
+            sch.annotate(jo, "pragma_loop_partition_hint", 1)
+            if nr > problem.lanes and nr % problem.lanes == 0:
+                vectors, lanes_loop = sch.split(lanes_loop, factors=[None, problem.lanes])
+                sch.annotate(vectors, "pragma_loop_partition_hint", 1)
+        _vectorize(sch, lanes_loop)
     _schedule_pack_b(sch, packed_b, problem, nr)
 
 
@@ -387,13 +405,28 @@ def _vectorize(sch: s_tir.Schedule, loop) -> None:
 
 
 def _schedule_pack_b(sch: s_tir.Schedule, packed, problem: MatmulProblem, nr: int) -> None:
+    _schedule_pack_root(sch, packed, problem.trans_b, nr, problem)
+
+
+def _schedule_pack_root(sch: s_tir.Schedule, packed, outer_first: bool, tile: int,
+                        problem: MatmulProblem) -> None:
+    """Loops of an operand packed whole, before the product. Stored k-major, its loops are
+    ``(k, outer)``, contiguous within each panel: a panel row is one vector copy. Stored
+    outer-major (a transposed B, a plain A), ``(outer, k)`` would store with stride ``tile``,
+    which LLVM vectorises into scatters; ``(panel, k, outer % tile)`` stores each panel row
+    contiguously."""
     loops = sch.get_loops(packed)
-    if not problem.trans_b:
-        # Loops are (k, j): contiguous within each panel, so vectorise a panel row at a time.
-        _, lane = sch.split(loops[1], factors=[None, nr])
+    elements = int(sch.get(loops[0]).extent) * int(sch.get(loops[1]).extent)
+    if not outer_first:
+        _, lane = sch.split(loops[1], factors=[None, tile])
         _vectorize(sch, lane)
-    if problem.k * problem.n >= PARALLEL_MIN_MACS // 16:
-        sch.parallel(loops[0])
+        parallel = loops[0]
+    else:
+        parallel, within = sch.split(loops[0], factors=[None, tile])
+        sch.reorder(parallel, loops[1], within)
+        sch.unroll(within)
+    if elements >= PARALLEL_MIN_MACS // 16:
+        sch.parallel(parallel)
 
 
 def _problem_prim_func(problem: MatmulProblem) -> tvm.IRModule:

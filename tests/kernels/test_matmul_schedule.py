@@ -142,14 +142,19 @@ def test_epilogues_are_fused_and_correct(m, n, k, trans_a, trans_b):
     np.testing.assert_allclose(out, np.where(h > 0, product, 0), **TOL["float32"])
 
 
+# Two-vector tiles whose last vector is partial (a peeled write-back where the host has 16
+# lanes or fewer), and B in slabs narrower than N (A packed once for every slab).
 @pytest.mark.parametrize("config", [mm.MatmulConfig(6, 16, 32),
-                                    mm.MatmulConfig(8, 3, 30, vec_m=True)], ids=str)
-def test_epilogue_with_explicit_config(config):
-    problem = mm.MatmulProblem(37, 29, 23, True, False, "float32")
+                                    mm.MatmulConfig(8, 3, 30, vec_m=True),
+                                    mm.MatmulConfig(6, 32, 32), mm.MatmulConfig(4, 16, 16),
+                                    mm.MatmulConfig(5, 16, 16, pack_a=False)], ids=str)
+@pytest.mark.parametrize("trans_a,trans_b", [(True, False), (False, True)])
+def test_epilogue_with_explicit_config(config, trans_a, trans_b):
+    problem = mm.MatmulProblem(37, 29, 23, trans_a, trans_b, "float32")
     rng = np.random.default_rng(7)
     a, b, product = _operands(rng, problem)
     bias = rng.standard_normal(29).astype("float32")
-    inputs, outputs = _bias_relu(a.shape, True, b.shape, False, "float32")
+    inputs, outputs = _bias_relu(a.shape, trans_a, b.shape, trans_b, "float32")
     func = _build_scheduled(inputs, outputs, lambda s: mm.apply_config(s, problem, config))
     out = _run(func, a, b, bias, out_shape=(37, 29), dtype="float32")
     np.testing.assert_allclose(out, np.maximum(product + bias, 0), **TOL["float32"])
@@ -164,6 +169,29 @@ def test_epilogue_is_inlined_into_the_tile():
     names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
     # Only the two packs and the tiled loop nest remain at the root: no separate epilogue pass.
     assert "bias_add" not in names and "relu" not in names
+
+
+def _loop_kinds(sch: s_tir.Schedule, block_name: str) -> list[str]:
+    """The kinds ("serial", "vectorized", "unrolled"...) of a block's loops, outermost first."""
+    kinds = {0: "serial", 1: "parallel", 2: "vectorized", 3: "unrolled"}
+    return [kinds.get(int(sch.get(loop).kind), "other")
+            for loop in sch.get_loops(sch.get_sblock(block_name))]
+
+
+def test_clipped_tiles_store_whole_vectors_and_a_is_packed_without_scatters():
+    # N = 40 pads to 64 with two-vector column tiles: the last tile holds one whole vector
+    # and a partial one. Its write-back is still a vectorised loop (the partial vector is
+    # peeled off when lowering), and A's panel copy stores contiguously: k outside the rows.
+    cpu = facts_for("skylake-avx512")
+    problem = mm.MatmulProblem(31, 40, 24, False, False, "float32", cpu)
+    config = mm.MatmulConfig(6, 32, 64, pack_a=True)
+    inputs, outputs = _bias_relu((31, 24), False, (24, 40), False, "float32")
+    sch = s_tir.Schedule(tvm.IRModule({"main": te.create_prim_func(inputs + outputs)}))
+    sch.work_on("main")
+    mm.apply_config(sch, problem, config)
+    assert _loop_kinds(sch, "matmul_pad")[-1] == "vectorized"  # the epilogue inlined in it
+    assert _loop_kinds(sch, "A_pad_global")[-1] == "unrolled"
+    assert "pragma_loop_partition_hint" in sch.mod.script()
 
 
 def test_fallback_for_a_block_that_is_not_a_plain_matmul():
