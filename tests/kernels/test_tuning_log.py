@@ -78,3 +78,17 @@ def test_every_candidate_of_the_search_is_believed():
                     mm.MatmulProblem(1, 1, 9, False, False, "float32")):
         for config in mm.candidate_configs(problem, limit=64):
             assert mm.MatmulConfig.from_json(asdict(config), problem) == config
+
+
+def test_a_slower_logged_winner_does_not_hide_the_shipped_entry(named, monkeypatch):
+    # A search timed on a busy machine logs tiles that only ran least badly; the table
+    # shipped for this CPU model, measured quiet, is faster and wins. A hand-written entry
+    # (no figure) and a faster logged one still win over the table.
+    shipped = {"mr": 6, "nr": 32, "nc": 256, "gflops": 140.0}
+    monkeypatch.setattr(tuning, "_shipped_entries", lambda kind: {PROBLEM.key(): shipped})
+    _write_log(named, {PROBLEM.key(): {"mr": 5, "nr": 16, "nc": 256, "gflops": 1.1}})
+    assert tuning.lookup(mm.LOG_KIND, PROBLEM.key())["mr"] == 6
+    _write_log(named, {PROBLEM.key(): {"mr": 5, "nr": 16, "nc": 256, "gflops": 150.0}})
+    assert tuning.lookup(mm.LOG_KIND, PROBLEM.key())["mr"] == 5
+    _write_log(named, {PROBLEM.key(): {"mr": 4, "nr": 16, "nc": 256}})
+    assert tuning.lookup(mm.LOG_KIND, PROBLEM.key())["mr"] == 4
