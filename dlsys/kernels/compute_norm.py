@@ -8,18 +8,20 @@ extra values have to stay alive between the forward and backward passes.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from tvm import te, tirx
 
-from dlsys.kernels.compute import Shape
+from dlsys.kernels.compute import Epilogue, Shape, apply_epilogue
 
 
-def _channel_mean(values, shape: Shape, name: str, dtype: str):
-    """Per-channel mean of ``values(n, c, h, w)`` over (N, H, W)."""
+def _channel_mean(values, shape: Shape, name: str, dtype: str, mean: bool = True):
+    """Per-channel mean (or sum) of ``values(n, c, h, w)`` over (N, H, W)."""
     n, c, h, w = shape
     rn = te.reduce_axis((0, n), name=f"{name}_n")
     rh = te.reduce_axis((0, h), name=f"{name}_h")
     rw = te.reduce_axis((0, w), name=f"{name}_w")
-    count = tirx.const(1.0 / (n * h * w), dtype)
+    count = tirx.const(1.0 / (n * h * w) if mean else 1.0, dtype)
     return te.compute((c,), lambda ch: te.sum(values(rn, ch, rh, rw) * count,
                                               axis=[rn, rh, rw]), name=name)
 
@@ -52,15 +54,72 @@ def batchnorm_normalize_gradient(shape: Shape, eps: float, dtype: str):
     ``inv_std * (G - mean(G) - X_hat * mean(G * X_hat))``, means per channel."""
     g = te.placeholder(shape, dtype=dtype, name="G")
     x = te.placeholder(shape, dtype=dtype, name="X")
+    return [g, x], [_normalize_gradient(g, x, None, shape, eps, dtype)]
+
+
+def _x_hat(x: te.Tensor, shape: Shape, eps: float, dtype: str):
+    """The normalised ``X`` (an elementwise block, which the schedule inlines into its
+    readers) and the per-channel ``inv_std``."""
     mean, var = _batch_statistics(x, shape, dtype)
     inv_std = _inverse_std(var, eps, dtype)
     x_hat = te.compute(shape, lambda n, c, h, w: (x[n, c, h, w] - mean[c]) * inv_std[c],
                        name="x_hat")
+    return x_hat, inv_std
+
+
+def _normalize_gradient(g: te.Tensor, x: te.Tensor, gamma: te.Tensor | None, shape: Shape,
+                        eps: float, dtype: str) -> te.Tensor:
+    x_hat, inv_std = _x_hat(x, shape, eps, dtype)
+    if gamma is not None:  # the affine's scale folded into the per-channel factor
+        inv_std = te.compute(inv_std.shape, lambda c: inv_std[c] * gamma[c], name="scale")
     g_mean = _channel_mean(lambda *i: g[i], shape, "g_mean", dtype)
     gx_mean = _channel_mean(lambda *i: g[i] * x_hat[i], shape, "gx_mean", dtype)
-    out = te.compute(shape, lambda n, c, h, w: inv_std[c] * (
+    return te.compute(shape, lambda n, c, h, w: inv_std[c] * (
         g[n, c, h, w] - g_mean[c] - x_hat[n, c, h, w] * gx_mean[c]), name="normalize_grad")
-    return [g, x], [out]
+
+
+def batchnorm_affine(shape: Shape, eps: float, dtype: str):
+    """``gamma * (X - mean) / sqrt(var + eps) + beta`` with the batch's per-channel mean and
+    variance: inputs X, gamma and beta (C,)."""
+    x = te.placeholder(shape, dtype=dtype, name="X")
+    gamma, beta = (te.placeholder((shape[1],), dtype=dtype, name=n) for n in ("gamma", "beta"))
+    mean, var = _batch_statistics(x, shape, dtype)
+    inv_std = _inverse_std(var, eps, dtype)
+    scale = te.compute(inv_std.shape, lambda c: inv_std[c] * gamma[c], name="scale")
+    out = te.compute(shape, lambda n, c, h, w: (x[n, c, h, w] - mean[c]) * scale[c] + beta[c],
+                     name="affine")
+    return [x, gamma, beta], [out]
+
+
+def batchnorm_affine_epilogue(shape: Shape, eps: float,
+                              epilogue: Sequence[tuple[Epilogue, Callable]], dtype: str):
+    """``epilogue(batchnorm_affine)`` in one kernel (an activation after the batch norm);
+    inputs X, gamma, beta, then each epilogue step's operand."""
+    inputs, (out,) = batchnorm_affine(shape, eps, dtype)
+    operands, out = apply_epilogue(out, epilogue, dtype)
+    return [*inputs, *operands], [out]
+
+
+def batchnorm_affine_gradient(shape: Shape, eps: float, dtype: str):
+    """The adjoint of ``batchnorm_affine`` in ``X`` for the upstream gradient ``G``: that of
+    the normalisation for ``gamma * G``; inputs G, X and gamma."""
+    g = te.placeholder(shape, dtype=dtype, name="G")
+    x = te.placeholder(shape, dtype=dtype, name="X")
+    gamma = te.placeholder((shape[1],), dtype=dtype, name="gamma")
+    return [g, x, gamma], [_normalize_gradient(g, x, gamma, shape, eps, dtype)]
+
+
+def batchnorm_parameter_gradient(shape: Shape, parameter: str, eps: float, dtype: str):
+    """The gradient of ``batchnorm_affine``'s ``gamma`` (``parameter`` "scale": inputs G and
+    X, the per-channel sum of ``G * X_hat``) or ``beta`` ("shift": input G, the per-channel
+    sum of ``G``)."""
+    g = te.placeholder(shape, dtype=dtype, name="G")
+    if parameter == "shift":
+        return [g], [_channel_mean(lambda *i: g[i], shape, "shift_grad", dtype, mean=False)]
+    x = te.placeholder(shape, dtype=dtype, name="X")
+    x_hat, _ = _x_hat(x, shape, eps, dtype)
+    return [g, x], [_channel_mean(lambda *i: g[i] * x_hat[i], shape, "scale_grad", dtype,
+                                  mean=False)]
 
 
 def running_statistic(shape: Shape, statistic: str, momentum: float, dtype: str):

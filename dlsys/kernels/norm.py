@@ -29,6 +29,10 @@ RUN_MIN = 512
 def schedule_channel_norm(sch: s_tir.Schedule) -> None:
     """Per-channel statistics of NCHW tensors and the elementwise pass that uses them."""
     root = sch.get_sblock("root")
+    if _is_reduction(sch, sch.get_child_blocks(root)[-1]):
+        # A statistic that is itself the output (a parameter's gradient) gets a copy to the
+        # output, so that every reduction is a producer split into partial sums below.
+        sch.cache_write(sch.get_child_blocks(root)[-1], 0, "global")
     *producers, last = sch.get_child_blocks(root)
     plane = _plane(sch, producers + [last])
     group, group_size = _group_loop(sch, last, plane)
@@ -41,6 +45,8 @@ def schedule_channel_norm(sch: s_tir.Schedule) -> None:
             sch.compute_at(partial, group)
             partials.append(partial)
         elif len(sch.get(block).iter_vars) == 4:
+            # x_hat, the affine before an activation, a fused epilogue's blocks
+            # (compute.apply_epilogue): folded into the output loop, which alone writes.
             sch.compute_inline(block)
         else:
             sch.compute_at(block, group)

@@ -116,6 +116,13 @@ register("next_seed", compute_random.next_seed, "injective")
 register("batchnorm_normalize", compute_norm.batchnorm_normalize, "channel_norm")
 register("batchnorm_normalize_gradient", compute_norm.batchnorm_normalize_gradient, "channel_norm")
 register("running_statistic", compute_norm.running_statistic, "channel_norm")
+register("batchnorm_affine", compute_norm.batchnorm_affine, "channel_norm")
+register("batchnorm_affine_epilogue", lambda shape, eps, epilogue, dtype:
+         compute_norm.batchnorm_affine_epilogue(shape, eps, _with_formulas(epilogue), dtype),
+         "channel_norm")
+register("batchnorm_affine_gradient", compute_norm.batchnorm_affine_gradient, "channel_norm")
+register("batchnorm_parameter_gradient", compute_norm.batchnorm_parameter_gradient,
+         "channel_norm")
 register("batchnorm_inference", compute_norm.batchnorm_inference, "channel_norm")
 register("sgd_many", compute.sgd_update_many, "injective")
 

@@ -43,9 +43,12 @@ from dlsys.ops.loss import (
 )
 from dlsys.ops.norm import (
     batchnorm2d_op,
+    batchnorm_affine_gradient_op,
+    batchnorm_affine_op,
     batchnorm_inference_op,
     batchnorm_normalize_gradient_op,
     batchnorm_normalize_op,
+    batchnorm_parameter_gradient_op,
     running_statistic_op,
 )
 from dlsys.ops.placeholder import Parameter, Variable, parameter_op, placeholder_op
@@ -78,6 +81,7 @@ ALL_OPS: list[Op] = [
     avgpool2d_grad_op, global_avgpool_op, parameter_op, onehot_like_op, reshape_op, flatten_op,
     reshape_to_op, transpose_op, dropout_op, next_seed_op, batchnorm_normalize_op,
     batchnorm_normalize_gradient_op, running_statistic_op, batchnorm_inference_op,
+    batchnorm_affine_op, batchnorm_affine_gradient_op, batchnorm_parameter_gradient_op,
 ]
 ELEMENTWISE_OPS: list[ElementwiseOp] = [op for op in ALL_OPS if isinstance(op, ElementwiseOp)]
 

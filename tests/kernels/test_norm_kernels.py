@@ -19,6 +19,9 @@ KINDS = {
     "batchnorm_normalize_gradient": (EPS,),
     "running_statistic": ("var", MOMENTUM),
     "batchnorm_inference": (EPS,),
+    "batchnorm_affine": (EPS,),
+    "batchnorm_affine_gradient": (EPS,),
+    "batchnorm_parameter_gradient": ("scale", EPS),
 }
 SHAPES = [(4, 32, 28, 28), (8, 16, 14, 14), (3, 5, 9, 9), (1, 2, 2, 3), (2, 3, 1, 1)]
 
@@ -27,17 +30,29 @@ def _statistics(x):
     return x.mean(axis=(0, 2, 3), keepdims=True), x.var(axis=(0, 2, 3), keepdims=True)
 
 
+def _x_hat(x):
+    mean, var = _statistics(x)
+    return (x - mean) / np.sqrt(var + EPS)
+
+
 def _reference(kind: str, shape, inputs):
     channel = (1, -1, 1, 1)
     if kind == "batchnorm_normalize":
-        mean, var = _statistics(inputs[0])
-        return (inputs[0] - mean) / np.sqrt(var + EPS)
-    if kind == "batchnorm_normalize_gradient":
-        g, x = inputs
-        mean, var = _statistics(x)
-        x_hat = (x - mean) / np.sqrt(var + EPS)
+        return _x_hat(inputs[0])
+    if kind == "batchnorm_affine":
+        x, gamma, beta = inputs
+        return _x_hat(x) * gamma.reshape(channel) + beta.reshape(channel)
+    if kind in ("batchnorm_normalize_gradient", "batchnorm_affine_gradient"):
+        g, x = inputs[:2]
+        if kind == "batchnorm_affine_gradient":
+            g = g * inputs[2].reshape(channel)
+        x_hat = _x_hat(x)
         return (g - g.mean(axis=(0, 2, 3), keepdims=True)
-                - x_hat * (g * x_hat).mean(axis=(0, 2, 3), keepdims=True)) / np.sqrt(var + EPS)
+                - x_hat * (g * x_hat).mean(axis=(0, 2, 3), keepdims=True)) \
+            / np.sqrt(_statistics(x)[1] + EPS)
+    if kind == "batchnorm_parameter_gradient":
+        g, x = inputs
+        return (g * _x_hat(x)).sum(axis=(0, 2, 3))
     if kind == "running_statistic":
         running, x = inputs
         count = x.size // shape[1]
@@ -71,5 +86,8 @@ def test_channel_norm_kernels_match_numpy(kind, shape):
     inputs = [rng.uniform(0.5, 1.5, s) * (1 + i) for i, s in enumerate(kernel.arg_shapes[:-1])]
     out = tvm.runtime.tensor(np.zeros(kernel.arg_shapes[-1], np.float32))
     kernel(*[tvm.runtime.tensor(a.astype(np.float32)) for a in inputs], out)
-    np.testing.assert_allclose(out.numpy(), _reference(kind, shape, inputs), rtol=1e-4,
-                               atol=1e-4)
+    # A parameter's gradient is a sum over N * H * W values, not a mean: the same tolerance
+    # per value as the means.
+    count = shape[0] * shape[2] * shape[3] if kind == "batchnorm_parameter_gradient" else 1
+    np.testing.assert_allclose(out.numpy() / count, _reference(kind, shape, inputs) / count,
+                               rtol=1e-4, atol=1e-4)

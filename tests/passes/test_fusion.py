@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from dlsys import autodiff as ad
-from dlsys import tvm_op
+from dlsys import nn, tvm_op
 from dlsys.kernels.build import empty, to_tensor
 from dlsys.passes.fusion import fuse_absorbed_siblings, fuse_epilogues
 from dlsys.passes.lower import Step, build_steps
@@ -246,5 +246,35 @@ def test_relu_gradient_runs_in_the_convolution_input_gradient_kernel(dtype):
     assert fused.epilogue == (("relu_mask",),)
     got = ad.Executor(eval_nodes, dtype=dtype).run(feeds, convert_to_numpy_ret_vals=True)
     want = ad.Executor(eval_nodes, fuse=False, dtype=dtype).run(feeds, convert_to_numpy_ret_vals=True)
+    for g, expected, node in zip(got, want, eval_nodes):
+        np.testing.assert_allclose(g, expected, rtol=1e-5, atol=1e-5, err_msg=node.name)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_batch_norm_and_relu_run_in_one_kernel(dtype):
+    # The cnn model's block, conv -> batch norm -> relu -> max pool, in training: the relu
+    # runs in the batch norm's output loop, the backward pass recomputes x_hat from the
+    # convolution's output instead of reading a normalised copy, and every value is the
+    # unfused graph's.
+    x, w, gamma, beta = (ad.Variable(name) for name in ("x", "w", "gamma", "beta"))
+    running = [nn.Parameter(np.zeros(4, dtype), "mean"), nn.Parameter(np.ones(4, dtype), "var")]
+    conv = ad.conv2d_op(x, w, padding=1)
+    normed = ad.batchnorm2d_op(conv, gamma, beta, *running)
+    pooled = ad.maxpool2d_op(ad.relu_op(normed), 2)
+    loss = ad.sum_op(pooled * pooled)
+    rng = np.random.default_rng(6)
+    feeds = {x: rng.standard_normal((3, 2, 8, 6)).astype(dtype),
+             w: rng.standard_normal((4, 2, 3, 3)).astype(dtype),
+             gamma: rng.standard_normal(4).astype(dtype),
+             beta: rng.standard_normal(4).astype(dtype)}
+    eval_nodes = [pooled, *ad.gradients(loss, [x, w, gamma, beta])]
+    steps = fused_steps(eval_nodes, {**feeds, **{p: p.numpy() for p in running}})
+    (fused,) = [s for s in steps if s.anchor is normed]
+    assert fused.epilogue == (("relu",),)
+    assert fused.kernel.kind == "batchnorm_affine_epilogue"
+    assert not any(normed in s.inputs for s in steps)  # it lives only inside that kernel
+    got = ad.Executor(eval_nodes, dtype=dtype).run(feeds, convert_to_numpy_ret_vals=True)
+    want = ad.Executor(eval_nodes, fuse=False, dtype=dtype).run(feeds,
+                                                                convert_to_numpy_ret_vals=True)
     for g, expected, node in zip(got, want, eval_nodes):
         np.testing.assert_allclose(g, expected, rtol=1e-5, atol=1e-5, err_msg=node.name)
