@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default sgd)")
     train.add_argument("--lr", type=_learning_rate, default=None,
                        help="learning rate (default: " + ", ".join(
-                           f"{name} {rate:g}" for name, rate in DEFAULT_LR.items()) + ")")
+                           f"{name} {rate:g}" for name, rate in DEFAULT_LR.items())
+                       + "; for cnn, sgd 0.05 and momentum 0.005)")
     train.add_argument("--weight-decay", type=_non_negative_float, default=None,
                        help="L2 penalty (decoupled for adamw; default 0)")
     train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,

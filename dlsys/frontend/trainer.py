@@ -56,6 +56,7 @@ from dlsys.frontend.settings import (
     INPUT_SHAPES,
     OPTIMIZER_NAMES,
     SCHEDULE_NAMES,
+    default_lr,
     seed_streams,
     settings_problem,
 )
@@ -275,7 +276,7 @@ def _defaults(given: dict) -> dict:
     return {"model": model, "hidden": list(DEFAULT_HIDDEN) if model == "mlp" else None,
             "data": None, "epochs": DEFAULT_EPOCHS,
             "batch_size": DEFAULT_BATCH_SIZES.get(model, DEFAULT_BATCH_SIZE),
-            "optimizer": optimizer, "lr": DEFAULT_LR[optimizer], "weight_decay": 0.0,
+            "optimizer": optimizer, "lr": default_lr(model, optimizer), "weight_decay": 0.0,
             "lr_schedule": "constant", "warmup": 0, "seed": 0, "val_size": None}
 
 

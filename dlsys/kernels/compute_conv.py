@@ -25,8 +25,14 @@ from tvm import te, tirx
 
 from dlsys.kernels import cpu
 from dlsys.kernels.compute import Epilogue, Shape, TensorList, apply_epilogue
-from dlsys.kernels.conv import (DIRECT_BLOCK, GEMM_BLOCK, WEIGHT_BLOCK, WEIGHT_CHUNK_IMAGES, gemm_tile,
-                               weight_partials)
+from dlsys.kernels.conv import (
+    DIRECT_BLOCK,
+    GEMM_BLOCK,
+    WEIGHT_BLOCK,
+    WEIGHT_CHUNK_IMAGES,
+    gemm_tile,
+    weight_partials,
+)
 
 Pair = tuple[int, int]
 
@@ -171,8 +177,9 @@ def conv2d_grad_input_epilogue(shape_g: Shape, shape_f: Shape, shape_x: Shape, s
                                padding: Pair, epilogue: Sequence[tuple[Epilogue, Callable]],
                                dtype: str) -> tuple[TensorList, TensorList]:
     """``epilogue(dX)`` (the relu gradient of the layer below, ``compute.Epilogue`` steps)
-    in one kernel; inputs are G, F, then each step's operand. ``dX`` is the adjoint of ``conv2d`` in ``X`` applied to ``G`` (the output's gradient):
-    ``G`` dilated by the stride and padded, convolved with the filters flipped in space and
+    in one kernel; inputs are G, F, then each step's operand. ``dX`` is the adjoint of
+    ``conv2d`` in ``X`` applied to ``G`` (the output's gradient): ``G`` dilated by the stride
+    and padded, convolved with the filters flipped in space and
     with their channel axes swapped. The padding block does all the index arithmetic, so
     the convolution reads plain arrays; with a stride above 1 it multiplies the zeros
     between ``G``'s elements too (``stride**2`` times the work of the covering windows).

@@ -1,10 +1,10 @@
 """Tuning logs: per-shape schedule parameters found by measurement, kept as JSON.
 
 Two tables are consulted: the user's log inside the dlsys cache folder, which grows as
-searches run on this machine, and a table shipped in ``dlsys/kernels/tuned/`` with
-known-good entries for the MLP's shapes (``lookup`` says which wins). Keys name the CPU, so a log copied to another
-machine is simply not used there. Both files are data, not code: build.py hashes only the
-``*.py`` files here, so a new log entry never invalidates compiled kernels.
+searches run on this machine, and a table shipped in ``dlsys/kernels/tuned/`` with known-good
+entries for the models' shapes (``lookup`` says which wins). Keys name the CPU, so a log copied
+to another machine is simply not used there. Both files are data, not code: build.py hashes only
+the ``*.py`` files here, so a new log entry never invalidates compiled kernels.
 
 A log that cannot be read or parsed is treated as empty (and replaced on the next write);
 a tuning log is an optimisation, never a reason to fail.

@@ -1,7 +1,7 @@
 """The sliding-window kernels (convolution, pooling and their adjoints): each kind's schedule
-family (``conv_gemm``, ``conv_weight`` or ``window``) parallelises and vectorises it, ``DLSYS_SCHEDULE=naive`` builds the same
-computations without it (test_schedule_mode.py checks that both agree), and the builders
-name every bad argument."""
+family (``conv_gemm``, ``conv_direct``, ``conv_weight`` or ``window``) parallelises and
+vectorises it, ``DLSYS_SCHEDULE=naive`` builds the same computations without it
+(test_schedule_mode.py checks that both agree), and the builders name every bad argument."""
 
 import re
 

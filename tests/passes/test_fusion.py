@@ -202,7 +202,8 @@ def test_convolution_bias_and_relu_run_in_one_kernel(bias_form, dtype):
     assert fused.epilogue == (("channel_bias_add",), ("relu",))
     assert fused.kernel.kind == "conv2d_epilogue"
     got = ad.Executor(eval_nodes, dtype=dtype).run(feeds, convert_to_numpy_ret_vals=True)
-    want = ad.Executor(eval_nodes, fuse=False, dtype=dtype).run(feeds, convert_to_numpy_ret_vals=True)
+    want = ad.Executor(eval_nodes, fuse=False, dtype=dtype).run(feeds,
+                                                                convert_to_numpy_ret_vals=True)
     for g, expected, node in zip(got, want, eval_nodes):
         np.testing.assert_allclose(g, expected, rtol=1e-5, atol=1e-5, err_msg=node.name)
 
@@ -223,7 +224,8 @@ def test_relu_gradient_runs_in_the_max_pool_gradient_kernel(dtype):
                     and s.anchor.op is ad.maxpool2d_grad_op]
     assert pool_grad.epilogue == (("relu_mask",),)
     got = ad.Executor(eval_nodes, dtype=dtype).run(feeds, convert_to_numpy_ret_vals=True)
-    want = ad.Executor(eval_nodes, fuse=False, dtype=dtype).run(feeds, convert_to_numpy_ret_vals=True)
+    want = ad.Executor(eval_nodes, fuse=False, dtype=dtype).run(feeds,
+                                                                convert_to_numpy_ret_vals=True)
     for g, expected, node in zip(got, want, eval_nodes):
         np.testing.assert_allclose(g, expected, rtol=1e-5, atol=1e-5, err_msg=node.name)
 
@@ -245,7 +247,8 @@ def test_relu_gradient_runs_in_the_convolution_input_gradient_kernel(dtype):
                 and s.anchor.op is ad.conv2d_grad_input_op and s.epilogue]
     assert fused.epilogue == (("relu_mask",),)
     got = ad.Executor(eval_nodes, dtype=dtype).run(feeds, convert_to_numpy_ret_vals=True)
-    want = ad.Executor(eval_nodes, fuse=False, dtype=dtype).run(feeds, convert_to_numpy_ret_vals=True)
+    want = ad.Executor(eval_nodes, fuse=False, dtype=dtype).run(feeds,
+                                                                convert_to_numpy_ret_vals=True)
     for g, expected, node in zip(got, want, eval_nodes):
         np.testing.assert_allclose(g, expected, rtol=1e-5, atol=1e-5, err_msg=node.name)
 
