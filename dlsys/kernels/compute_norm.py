@@ -122,6 +122,16 @@ def batchnorm_parameter_gradient(shape: Shape, parameter: str, eps: float, dtype
                                   mean=False)]
 
 
+def channel_sum(shape: Shape, out_shape: Shape, dtype: str):
+    """``reduce_sum_to`` of an NCHW tensor to one value per channel, shaped ``out_shape``
+    ((C, 1, 1) or (1, C, 1, 1): a convolution's bias gradient), under this family's
+    schedule, which reads each channel's planes as runs rather than gathering channels."""
+    g = te.placeholder(shape, dtype=dtype, name="G")
+    total = _channel_mean(lambda *i: g[i], shape, "channel_sum", dtype, mean=False)
+    out = te.compute(out_shape, lambda *i: total[i[-3]], name="channel_sum_out")
+    return [g], [out]
+
+
 def running_statistic(shape: Shape, statistic: str, momentum: float, dtype: str):
     """``(1 - momentum) * R + momentum * s`` where ``s`` is the batch's per-channel mean or
     unbiased variance of ``X`` (PyTorch's running statistics); inputs ``R`` (C,) and ``X``."""

@@ -92,6 +92,9 @@ def _group_loop(sch: s_tir.Schedule, last, plane: tuple[int, int]) -> tuple:
     group = next(g for g in range(1, channels + 1)
                  if channels % g == 0 and (g * size >= RUN_MIN or g == channels))
     loops = sch.get_loops(last)
+    if len(loops) != 4:
+        # One value per channel, shaped (C,), (C, 1, 1) or (1, C, 1, 1).
+        loops = [sch.fuse(*loops)] if len(loops) > 1 else loops
     if len(loops) == 1:
         outer, _ = sch.split(loops[0], factors=[None, group])
         return outer, group

@@ -116,6 +116,7 @@ register("next_seed", compute_random.next_seed, "injective")
 register("batchnorm_normalize", compute_norm.batchnorm_normalize, "channel_norm")
 register("batchnorm_normalize_gradient", compute_norm.batchnorm_normalize_gradient, "channel_norm")
 register("running_statistic", compute_norm.running_statistic, "channel_norm")
+register("channel_sum", compute_norm.channel_sum, "channel_norm")
 register("batchnorm_affine", compute_norm.batchnorm_affine, "channel_norm")
 register("batchnorm_affine_epilogue", lambda shape, eps, epilogue, dtype:
          compute_norm.batchnorm_affine_epilogue(shape, eps, _with_formulas(epilogue), dtype),

@@ -78,12 +78,27 @@ class _ToShapeOfOp(Op):
         return KernelSpec(self.kernel_kind, (tuple(input_shapes[0]), tuple(output_shape)))
 
 
+# Plane size (H * W) from which a per-channel sum uses the batch-norm schedule.
+CHANNEL_SUM_MIN_PLANE = 512
+
+
 class ReduceSumToOp(_ToShapeOfOp):
     """Sum ``a`` down to ``b``'s shape: the adjoint of broadcasting ``b``'s shape to ``a``'s."""
 
     name = "ReduceSumTo"
     kernel_kind = "reduce_sum_to"
     shape_rule = staticmethod(sum_to_shape)
+
+    def kernel_spec(self, node, input_shapes, output_shape):
+        shape, out = tuple(input_shapes[0]), tuple(output_shape)
+        if len(shape) == 4 and out in ((shape[1], 1, 1), (1, shape[1], 1, 1)) \
+                and shape[2] * shape[3] >= CHANNEL_SUM_MIN_PLANE:
+            # Per channel of an NCHW tensor (a convolution's bias) with large planes: batch
+            # norm's channel sums, which read each plane as one run. Measured on znver4 at
+            # batch 256: 28 x 28 planes 2.2-3.4x faster than the generic sum (which gathers
+            # across channel planes), 14 x 14 and 10 x 10 ones about 3x slower.
+            return KernelSpec("channel_sum", (shape, out))
+        return super().kernel_spec(node, input_shapes, output_shape)
 
     def gradient(self, node, output_grad):
         return [broadcastto_op(output_grad, node.inputs[0]), None]

@@ -22,6 +22,7 @@ KINDS = {
     "batchnorm_affine": (EPS,),
     "batchnorm_affine_gradient": (EPS,),
     "batchnorm_parameter_gradient": ("scale", EPS),
+    "channel_sum": (),
 }
 SHAPES = [(4, 32, 28, 28), (8, 16, 14, 14), (3, 5, 9, 9), (1, 2, 2, 3), (2, 3, 1, 1)]
 
@@ -53,6 +54,8 @@ def _reference(kind: str, shape, inputs):
     if kind == "batchnorm_parameter_gradient":
         g, x = inputs
         return (g * _x_hat(x)).sum(axis=(0, 2, 3))
+    if kind == "channel_sum":
+        return inputs[0].sum(axis=(0, 2, 3)).reshape(-1, 1, 1)
     if kind == "running_statistic":
         running, x = inputs
         count = x.size // shape[1]
@@ -63,8 +66,13 @@ def _reference(kind: str, shape, inputs):
             * gamma.reshape(channel) + beta.reshape(channel))
 
 
+def _params(kind: str, shape) -> tuple:
+    # The per-channel sum takes its output shape, (C, 1, 1) as a convolution's bias has.
+    return ((shape[1], 1, 1),) if kind == "channel_sum" else KINDS[kind]
+
+
 def _definition(kind: str, shape):
-    return getattr(compute_norm, kind)(shape, *KINDS[kind], "float32")
+    return getattr(compute_norm, kind)(shape, *_params(kind, shape), "float32")
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
@@ -81,13 +89,14 @@ def test_channel_norm_parallelises_and_vectorises_and_naive_skips_it(monkeypatch
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_channel_norm_kernels_match_numpy(kind, shape):
-    kernel = registry.KernelSpec(kind, (shape, *KINDS[kind])).build("llvm", "float32")
+    kernel = registry.KernelSpec(kind, (shape, *_params(kind, shape))).build("llvm", "float32")
     rng = np.random.default_rng(0)
     inputs = [rng.uniform(0.5, 1.5, s) * (1 + i) for i, s in enumerate(kernel.arg_shapes[:-1])]
     out = tvm.runtime.tensor(np.zeros(kernel.arg_shapes[-1], np.float32))
     kernel(*[tvm.runtime.tensor(a.astype(np.float32)) for a in inputs], out)
     # A parameter's gradient is a sum over N * H * W values, not a mean: the same tolerance
     # per value as the means.
-    count = shape[0] * shape[2] * shape[3] if kind == "batchnorm_parameter_gradient" else 1
+    sums = ("batchnorm_parameter_gradient", "channel_sum")
+    count = shape[0] * shape[2] * shape[3] if kind in sums else 1
     np.testing.assert_allclose(out.numpy() / count, _reference(kind, shape, inputs) / count,
                                rtol=1e-4, atol=1e-4)
