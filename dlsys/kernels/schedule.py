@@ -19,7 +19,13 @@ from dlsys.errors import ArgumentError
 from dlsys.kernels import cpu
 from dlsys.kernels.compute import EPILOGUE_PREFIX
 from dlsys.kernels.conv import schedule_conv_direct, schedule_conv_gemm, schedule_conv_weight
-from dlsys.kernels.matmul import choose_config, matmul_problem, schedule_matmul_tuned
+from dlsys.kernels.matmul import (
+    choose_config,
+    gemv_lanes,
+    inline_epilogue,
+    matmul_problem,
+    schedule_matmul_tuned,
+)
 from dlsys.kernels.norm import schedule_channel_norm
 
 # Two vector registers of float32 per step (16 lanes on AVX2, 32 on AVX-512), so LLVM can
@@ -227,21 +233,6 @@ def schedule_matmul(sch: s_tir.Schedule) -> None:
     sch.decompose_reduction(block, k)
 
 
-def inline_epilogue(sch: s_tir.Schedule):
-    """Inline every elementwise block after "matmul" into the last one; return that block.
-
-    Fused kernels (``compute.matmul_epilogue``) chain elementwise blocks after the product;
-    folding the chain into one block leaves the matmul schedule a single consumer to place.
-    """
-    blocks = _all_blocks(sch)
-    names = [sch.get(b).name_hint for b in blocks]
-    if names[-1] == "matmul":
-        return None
-    for block in blocks[names.index("matmul") + 1:-1]:
-        sch.compute_inline(block)
-    return _all_blocks(sch)[-1]
-
-
 def schedule_matmul_packed(sch: s_tir.Schedule) -> None:
     """The tuned matmul of ``dlsys.kernels.matmul``; ``schedule_matmul`` where it cannot apply."""
     schedule_matmul_tuned(sch, fallback=schedule_matmul)
@@ -256,7 +247,8 @@ def schedule_decisions(mod: tvm.IRModule, kind: str, target: tvm.target.Target) 
     sch = s_tir.Schedule(mod)
     sch.work_on(next(iter(mod.functions)).name_hint)
     try:
-        return repr(choose_config(matmul_problem(sch)))
+        problem = matmul_problem(sch)
+        return "gemv" if gemv_lanes(problem) is not None else repr(choose_config(problem))
     except (RuntimeError, ValueError):  # not a plain matmul: the fallback schedule applies
         return "fallback"
 

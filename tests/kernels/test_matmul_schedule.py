@@ -359,3 +359,33 @@ def test_a_tile_for_avx512_is_refused_on_avx2():
         wide, mm.MatmulProblem(1000, 256, 784, False, False, "float32", cpu=AVX512)) is not None
     assert mm.MatmulConfig.from_json(
         wide, mm.MatmulProblem(1000, 256, 784, False, False, "float32", cpu=AVX2)) is None
+
+
+@pytest.mark.parametrize("n, k", [(256, 784), (100, 256), (255, 84), (10, 100), (33, 12),
+                                  (1, 16), (7, 7)])
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_single_row_against_pytorch_weights_is_a_matrix_vector_product(n, k, fused):
+    # A batch of one through a dense layer stored (out, in): lane-wise dot products, no
+    # packing of B; a k with no divisor of 4+ lanes (7) keeps the tiled schedule. Values
+    # against numpy either way, with the layer's bias and relu fused or not.
+    problem = mm.MatmulProblem(1, n, k, False, True, "float32")
+    rng = np.random.default_rng(7)
+    a, b = rng.standard_normal((1, k)), rng.standard_normal((n, k))
+    bias = rng.standard_normal(n)
+    steps = [("bias_add",), ("relu",)] if fused else []
+    inputs, outputs = (compute.matmul_epilogue(
+        (1, k), False, (n, k), True,
+        [(compute.epilogue_from_label(label), formula) for (label,), formula
+         in zip(steps, (compute.add, compute.relu))], "float32"))
+    scheduled = apply_schedule(tvm.IRModule({"main": te.create_prim_func(inputs + outputs)}),
+                               "matmul", make_target("llvm")).script()
+    assert ("matmul_rf" in scheduled) == (mm.gemv_lanes(problem) is not None)
+    kernel = (tvm_op.make_matmul_epilogue((1, k), False, (n, k), True, steps, "llvm", "llvm",
+                                          "gemv") if fused else
+              tvm_op.make_matrix_mul((1, k), False, (n, k), True, "llvm", "llvm", "gemv"))
+    args = [tvm.runtime.tensor(x.astype("float32")) for x in ([a, b, bias] if fused else [a, b])]
+    out = tvm.runtime.empty((1, n), "float32")
+    kernel(*args, out)
+    expected = a @ b.T + (bias if fused else 0)
+    np.testing.assert_allclose(out.numpy(), np.maximum(expected, 0) if fused else expected,
+                               rtol=1e-4, atol=1e-4)
