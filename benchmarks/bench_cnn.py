@@ -27,10 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -161,15 +158,10 @@ def median_of(values: list):
 
 
 def child(system: str, args: argparse.Namespace) -> dict:
-    env = dict(os.environ, TVM_NUM_THREADS=str(args.threads))
-    done = subprocess.run([sys.executable, __file__, "--system", system, "--threads",
-                           str(args.threads), "--batches", str(args.batches),
-                           "--min-time", str(args.min_time)],
-                          capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        lines = done.stderr.strip().splitlines()
-        sys.exit(f"{system} failed: {lines[-1] if lines else done.returncode}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    from dlsys.testing.machine import measure_in_child
+
+    return measure_in_child(__file__, system, args.threads, "--batches", str(args.batches),
+                            "--min-time", str(args.min_time))
 
 
 def main() -> None:

@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -84,14 +81,9 @@ def measure(system: str, models: dict[str, str], threads: int) -> dict:
 
 
 def child(system: str, models: dict[str, str], threads: int) -> dict:
-    env = dict(os.environ, TVM_NUM_THREADS=str(threads))
-    done = subprocess.run([sys.executable, __file__, "--system", system, "--threads",
-                           str(threads), "--models", json.dumps(models)],
-                          capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        lines = done.stderr.strip().splitlines()
-        sys.exit(f"{system} failed: {lines[-1] if lines else done.returncode}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    from dlsys.testing.machine import measure_in_child
+
+    return measure_in_child(__file__, system, threads, "--models", json.dumps(models))
 
 
 def main() -> None:

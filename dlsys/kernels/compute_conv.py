@@ -79,11 +79,11 @@ def conv2d_epilogue(shape_x: Shape, shape_f: Shape, shape_y: Shape, stride: Pair
     steps with their formulas); inputs are X, F, then each step's operand."""
     x = te.placeholder(shape_x, dtype=dtype, name="X")
     f = te.placeholder(shape_f, dtype=dtype, name="F")
-    _, rows = _gemm_layout(shape_f[0], shape_y, dtype)
-    height = max(shape_x[2] + 2 * padding[0], (rows - 1) * stride[0] + shape_f[2])
+    layout = _gemm_layout(shape_f[0], shape_y, dtype)
+    height = max(shape_x[2] + 2 * padding[0], (layout[1] - 1) * stride[0] + shape_f[2])
     xp = _embed(x, padding, (height, shape_x[3] + 2 * padding[1]), 0.0)
     y = _implicit_gemm(xp, lambda o, c, ry, rx: f[o, c, ry, rx], shape_f, shape_y, stride,
-                       "conv2d")
+                       layout, "conv2d")
     operands, out = apply_epilogue(y, epilogue, dtype)
     return [x, f, *operands], [out]
 
@@ -98,17 +98,17 @@ def _gemm_layout(channels: int, shape_y: Shape, dtype: str) -> tuple[int, int]:
 
 
 def _implicit_gemm(image: te.Tensor, weight, shape_f: Shape, shape_y: Shape, stride: Pair,
-                   name: str) -> te.Tensor:
+                   layout: tuple[int, int], name: str) -> te.Tensor:
     """``Y[b, o, p] = sum_k weight(o, k) col[b, k, p]`` over flat output positions ``p``.
 
-    ``image`` is padded, with rows enough below for ``_gemm_layout``'s output rows (zeros: the
-    extra positions' results are never stored); ``col`` holds each window tap's plane of
-    positions, so the product reads whole vectors of it; ``weight(o, c, ry, rx)`` is the
-    filter tap (the input adjoint flips and transposes the filters through it).
+    ``layout`` is ``_gemm_layout``'s ``(positions, rows)``; ``image`` is padded, with zero
+    rows enough below for those output rows (the extra positions' results are never
+    stored). ``col`` holds each window tap's plane of positions, so the product reads whole
+    vectors of it; ``weight(o, c, ry, rx)`` is the filter tap.
     """
     n, channels, kh, kw = shape_y[0], shape_f[1], shape_f[2], shape_f[3]
     out_h, out_w = shape_y[2:]
-    positions, rows = _gemm_layout(shape_y[1], shape_y, str(image.dtype))
+    positions, rows = layout
     sh, sw = stride
     col = te.compute((n, channels, kh, kw, rows, out_w),
                      lambda b, c, ry, rx, i, j: image[b, c, i * sh + ry, j * sw + rx], name="col")

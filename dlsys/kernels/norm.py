@@ -68,7 +68,7 @@ def _vectorize_partials(sch: s_tir.Schedule, partial, group_size: int, size: int
     if len(order) > 1:
         sch.reorder(*order)
     if "hw" in loops:
-        _vectorize_plane(sch, loops["hw"])
+        vectorize_row(sch, loops["hw"])
     if order:
         sch.decompose_reduction(partial, order[0])
 
@@ -101,16 +101,19 @@ def _group_loop(sch: s_tir.Schedule, last, plane: tuple[int, int]) -> tuple:
     n, c, h, w = loops
     outer, inner = sch.split(c, factors=[None, group])
     sch.reorder(outer, n, inner)
-    _vectorize_plane(sch, sch.fuse(h, w))
+    vectorize_row(sch, sch.fuse(h, w))
     return outer, group
 
 
-def _vectorize_plane(sch: s_tir.Schedule, loop) -> None:
+def vectorize_row(sch: s_tir.Schedule, loop) -> None:
+    """Vectorise a contiguous loop (a plane, an image row) whole or in whole vectors of a
+    divisor of its extent, never with a predicated tail (which the vectoriser scalarises)."""
     extent = int(sch.get(loop).extent)
     width = _vector_width(extent)
     if width < extent:
         _, loop = sch.split(loop, factors=[None, width])
-    sch.vectorize(loop)
+    if width > 1:
+        sch.vectorize(loop)
 
 
 def _vector_width(extent: int) -> int:

@@ -81,13 +81,15 @@ class KernelSpec:
                             func_name)
 
 
-def _with_formulas(epilogue) -> list:
-    return [(step, elementwise_formula(step.kind)) for step in epilogue]
+def register_epilogue(name: str, compute_fn: Callable, schedule: str) -> None:
+    """A kind whose compute ends ``(..., epilogue, dtype)``: the spec's ``compute.Epilogue``
+    steps are paired with their elementwise formulas before the compute sees them."""
+    def define(*params):
+        *leading, epilogue, dtype = params
+        steps = [(step, elementwise_formula(step.kind)) for step in epilogue]
+        return compute_fn(*leading, steps, dtype)
 
-
-def _matmul_epilogue(shape_a, trans_a, shape_b, trans_b, epilogue, dtype):
-    return compute.matmul_epilogue(shape_a, trans_a, shape_b, trans_b, _with_formulas(epilogue),
-                                   dtype)
+    register(name, define, schedule)
 
 
 for _name, _formula in [("add", compute.add), ("mul", compute.mul),
@@ -104,7 +106,7 @@ register("reduce_sum_to", compute.reduce_sum_to, "reduce_sum")
 register("reduce_sum", compute.reduce_sum, "reduce_sum")
 register("expand_axes", compute.expand_axes, "injective")
 register("matmul", compute.matmul, "matmul")
-register("matmul_epilogue", _matmul_epilogue, "matmul")
+register_epilogue("matmul_epilogue", compute.matmul_epilogue, "matmul")
 register("softmax", compute.softmax, "softmax")
 register("softmax_cross_entropy", compute.softmax_cross_entropy, "row_loss")
 register("softmax_cross_entropy_gradient", compute.softmax_cross_entropy_gradient, "softmax")
@@ -118,9 +120,8 @@ register("batchnorm_normalize_gradient", compute_norm.batchnorm_normalize_gradie
 register("running_statistic", compute_norm.running_statistic, "channel_norm")
 register("channel_sum", compute_norm.channel_sum, "channel_norm")
 register("batchnorm_affine", compute_norm.batchnorm_affine, "channel_norm")
-register("batchnorm_affine_epilogue", lambda shape, eps, epilogue, dtype:
-         compute_norm.batchnorm_affine_epilogue(shape, eps, _with_formulas(epilogue), dtype),
-         "channel_norm")
+register_epilogue("batchnorm_affine_epilogue", compute_norm.batchnorm_affine_epilogue,
+                  "channel_norm")
 register("batchnorm_affine_gradient", compute_norm.batchnorm_affine_gradient, "channel_norm")
 register("batchnorm_parameter_gradient", compute_norm.batchnorm_parameter_gradient,
          "channel_norm")
@@ -137,23 +138,14 @@ register("adam_update", compute_optim.adam_update, "injective")
 from dlsys.kernels import compute_conv  # noqa: E402 - appended after the operators' kinds
 
 register("conv2d", compute_conv.conv2d, "conv_gemm")
-register("conv2d_epilogue", lambda shape_x, shape_f, shape_y, stride, padding, epilogue, dtype:
-         compute_conv.conv2d_epilogue(shape_x, shape_f, shape_y, stride, padding,
-                                      _with_formulas(epilogue), dtype), "conv_gemm")
+register_epilogue("conv2d_epilogue", compute_conv.conv2d_epilogue, "conv_gemm")
 register("conv2d_grad_input", compute_conv.conv2d_grad_input, "conv_direct")
-register("conv2d_grad_input_epilogue",
-         lambda shape_g, shape_f, shape_x, stride, padding, epilogue, dtype:
-         compute_conv.conv2d_grad_input_epilogue(shape_g, shape_f, shape_x, stride, padding,
-                                                 _with_formulas(epilogue), dtype),
-         "conv_direct")
+register_epilogue("conv2d_grad_input_epilogue", compute_conv.conv2d_grad_input_epilogue,
+                  "conv_direct")
 register("conv2d_grad_weight", compute_conv.conv2d_grad_weight, "conv_weight")
 for _name in ("max_pool2d", "avg_pool2d", "max_pool2d_grad", "avg_pool2d_grad"):
     register(_name, getattr(compute_conv, _name), "window")
-register("max_pool2d_grad_epilogue",
-         lambda shape_x, shape_g, shape_dx, kernel, stride, padding, epilogue, dtype:
-         compute_conv.max_pool2d_grad_epilogue(shape_x, shape_g, shape_dx, kernel, stride,
-                                               padding, _with_formulas(epilogue), dtype),
-         "window")
+register_epilogue("max_pool2d_grad_epilogue", compute_conv.max_pool2d_grad_epilogue, "window")
 
 # Layout changes (``dlsys.ops.layout``), in a file of their own.
 from dlsys.kernels import compute_layout  # noqa: E402 - appended after the operators' kinds

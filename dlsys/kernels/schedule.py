@@ -26,7 +26,7 @@ from dlsys.kernels.matmul import (
     matmul_problem,
     schedule_matmul_tuned,
 )
-from dlsys.kernels.norm import schedule_channel_norm
+from dlsys.kernels.norm import schedule_channel_norm, vectorize_row
 
 # Two vector registers of float32 per step (16 lanes on AVX2, 32 on AVX-512), so LLVM can
 # interleave independent operations; read from this machine's CPU, never assumed.
@@ -103,7 +103,7 @@ def schedule_injective(sch: s_tir.Schedule) -> None:
         outer = sch.fuse(*loops[:-inner]) if len(loops) - inner > 1 else loops[0]
         row = sch.fuse(*loops[-inner:]) if inner > 1 else loops[-1]
         elements = _extent(sch, outer) * _extent(sch, row)
-        _vectorize_row(sch, row)
+        vectorize_row(sch, row)
         if _extent(sch, outer) > 1 and elements >= PARALLEL_MIN_ELEMENTS:
             sch.parallel(outer)
 
@@ -129,20 +129,6 @@ def _vector_axes(sch: s_tir.Schedule, block) -> int:
                 return best
         best = count
     return best
-
-
-def _vectorize_row(sch: s_tir.Schedule, loop) -> None:
-    """Vectorise ``loop`` whole when short, else in whole vectors of a divisor of its
-    extent (a remainder would need a predicated tail, which the vectoriser scalarises)."""
-    extent = _extent(sch, loop)
-    if extent <= WINDOW_VECTOR_MAX:
-        if extent > 1:
-            sch.vectorize(loop)
-        return
-    width = next(w for w in range(VECTOR_LANES, 0, -1) if extent % w == 0)
-    _, lane = sch.split(loop, factors=[None, width])
-    if width > 1:
-        sch.vectorize(lane)
 
 
 def schedule_reduce_sum(sch: s_tir.Schedule) -> None:

@@ -34,3 +34,21 @@ def cpu_description() -> str:
         llvm = "?"
     vectors = " ".join(f for f in _VECTOR_FLAGS if f in flags) or "no vector flags"
     return f"{model} (LLVM: {llvm}; {vectors}), {os.cpu_count()} cores"
+
+
+def measure_in_child(script: str, system: str, threads: int, *arguments: str) -> dict:
+    """Run ``script --system SYSTEM --threads N ARGUMENTS`` in a fresh process with
+    ``threads`` TVM threads and return the JSON its last line of output holds; exit naming
+    the system and the child's last error line if it fails. Benchmarks time each system in
+    a process of its own, so one's thread pool never runs beside the other's."""
+    import json
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TVM_NUM_THREADS=str(threads))
+    done = subprocess.run([sys.executable, script, "--system", system, "--threads",
+                           str(threads), *arguments], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        sys.exit(f"{system} failed: {lines[-1] if lines else done.returncode}")
+    return json.loads(done.stdout.strip().splitlines()[-1])

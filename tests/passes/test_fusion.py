@@ -41,6 +41,15 @@ def fused_steps(eval_nodes, feeds):
     return fuse_epilogues(build_steps(order, shapes), shapes, set(eval_nodes))
 
 
+def assert_fusion_keeps_values(eval_nodes, feeds, dtype):
+    """Every value asked for is the same fused as unfused (float rounding aside)."""
+    got = ad.Executor(eval_nodes, dtype=dtype).run(feeds, convert_to_numpy_ret_vals=True)
+    want = ad.Executor(eval_nodes, fuse=False, dtype=dtype).run(feeds,
+                                                                convert_to_numpy_ret_vals=True)
+    for g, expected, node in zip(got, want, eval_nodes):
+        np.testing.assert_allclose(g, expected, rtol=1e-5, atol=1e-5, err_msg=node.name)
+
+
 def test_mlp_training_graph_fuses_forward_and_relu_gradients():
     x, labels, weights, biases, loss, grads, logits = mlp_graph()
     feeds = mlp_feeds(x, labels, weights, biases)
@@ -201,11 +210,7 @@ def test_convolution_bias_and_relu_run_in_one_kernel(bias_form, dtype):
     (fused,) = [s for s in steps if s.anchor is conv]
     assert fused.epilogue == (("channel_bias_add",), ("relu",))
     assert fused.kernel.kind == "conv2d_epilogue"
-    got = ad.Executor(eval_nodes, dtype=dtype).run(feeds, convert_to_numpy_ret_vals=True)
-    want = ad.Executor(eval_nodes, fuse=False, dtype=dtype).run(feeds,
-                                                                convert_to_numpy_ret_vals=True)
-    for g, expected, node in zip(got, want, eval_nodes):
-        np.testing.assert_allclose(g, expected, rtol=1e-5, atol=1e-5, err_msg=node.name)
+    assert_fusion_keeps_values(eval_nodes, feeds, dtype)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -223,11 +228,7 @@ def test_relu_gradient_runs_in_the_max_pool_gradient_kernel(dtype):
     (pool_grad,) = [s for s in steps if s.anchor is not None
                     and s.anchor.op is ad.maxpool2d_grad_op]
     assert pool_grad.epilogue == (("relu_mask",),)
-    got = ad.Executor(eval_nodes, dtype=dtype).run(feeds, convert_to_numpy_ret_vals=True)
-    want = ad.Executor(eval_nodes, fuse=False, dtype=dtype).run(feeds,
-                                                                convert_to_numpy_ret_vals=True)
-    for g, expected, node in zip(got, want, eval_nodes):
-        np.testing.assert_allclose(g, expected, rtol=1e-5, atol=1e-5, err_msg=node.name)
+    assert_fusion_keeps_values(eval_nodes, feeds, dtype)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -246,11 +247,7 @@ def test_relu_gradient_runs_in_the_convolution_input_gradient_kernel(dtype):
     (fused,) = [s for s in steps if s.anchor is not None
                 and s.anchor.op is ad.conv2d_grad_input_op and s.epilogue]
     assert fused.epilogue == (("relu_mask",),)
-    got = ad.Executor(eval_nodes, dtype=dtype).run(feeds, convert_to_numpy_ret_vals=True)
-    want = ad.Executor(eval_nodes, fuse=False, dtype=dtype).run(feeds,
-                                                                convert_to_numpy_ret_vals=True)
-    for g, expected, node in zip(got, want, eval_nodes):
-        np.testing.assert_allclose(g, expected, rtol=1e-5, atol=1e-5, err_msg=node.name)
+    assert_fusion_keeps_values(eval_nodes, feeds, dtype)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -276,8 +273,4 @@ def test_batch_norm_and_relu_run_in_one_kernel(dtype):
     assert fused.epilogue == (("relu",),)
     assert fused.kernel.kind == "batchnorm_affine_epilogue"
     assert not any(normed in s.inputs for s in steps)  # it lives only inside that kernel
-    got = ad.Executor(eval_nodes, dtype=dtype).run(feeds, convert_to_numpy_ret_vals=True)
-    want = ad.Executor(eval_nodes, fuse=False, dtype=dtype).run(feeds,
-                                                                convert_to_numpy_ret_vals=True)
-    for g, expected, node in zip(got, want, eval_nodes):
-        np.testing.assert_allclose(g, expected, rtol=1e-5, atol=1e-5, err_msg=node.name)
+    assert_fusion_keeps_values(eval_nodes, feeds, dtype)
