@@ -66,6 +66,9 @@ class Op:
     - ``absorb_kernel_spec(node, other, shapes)``: where this operator's kernel can also
       compute ``other``'s value (a node of operator ``absorbs``), the kernel writing both
       (this node's output first), else ``None``.
+    - ``packed_kernel_spec(node, shapes, spec, dtype)``: for an operator with a
+      ``packable_input``, the node computing that input in the layout the kernel reads and
+      the kernel ``spec`` reading it so, or ``None`` where packing would not pay.
     - ``reference(node, *arrays)``: the value in numpy, from the definition: the oracle of
       the tests, never used to compute.
 
@@ -82,6 +85,9 @@ class Op:
     - ``keeps_positive_sign``: the output is positive exactly where input 0 is (ReLU), so
       it may stand in for input 0 in a ``sign_only_input``.
     - ``absorbs``: the operator whose nodes ``absorb_kernel_spec`` can compute too.
+    - ``packable_input``: index of an input the kernel re-lays out on every call (a
+      matmul's B, copied into panels); where that input is constant (weights in an
+      inference session) the layout can be made once, ahead of the runs.
     - ``updates_state``: index of an input that holds a value (a parameter or buffer) which
       the kernel overwrites with the node's value: the node *is* the new state (a dropout
       seed advanced, running statistics updated). Such a step always runs, and no later step
@@ -98,6 +104,7 @@ class Op:
     keeps_positive_sign = False
     absorbs: Op | None = None
     updates_state: int | None = None
+    packable_input: int | None = None
 
     def describe(self, node: Node) -> str:
         args = ", ".join(short_name(i) for i in node.inputs)
@@ -126,6 +133,9 @@ class Op:
         raise NotImplementedError(f"{self.name} is not a fusion anchor")
 
     def absorb_kernel_spec(self, node: Node, other: Node, shapes: dict[Node, Shape]):
+        return None
+
+    def packed_kernel_spec(self, node: Node, shapes: dict[Node, Shape], spec, dtype: str):
         return None
 
     def reference(self, node: Node, *inputs):

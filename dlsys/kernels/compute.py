@@ -146,6 +146,68 @@ def matmul(shape_a: Shape, trans_a: bool, shape_b: Shape, trans_b: bool, dtype: 
     return [a, b], [c]
 
 
+# The block annotation that carries a pre-packed matmul's tiles to its schedule: the panel
+# width is fixed when the operand is packed, so the product must use the same tiles.
+MATMUL_TILES_ATTR = "dlsys_matmul_tiles"
+
+
+def pack_panels(shape_b: Shape, trans_b: bool, panel: int, dtype: str):
+    """``op(B)`` (K x N) as column panels ``P[p, k, l] = op(B)[k, p * panel + l]``, the last
+    panel zero-filled past N: the layout the matmul's inner loop streams (``kernels.matmul``)."""
+    b = te.placeholder(shape_b, dtype=dtype, name="B")
+    k_len, n = (shape_b[1], shape_b[0]) if trans_b else shape_b
+    panels = -(-n // panel)
+
+    def body(p, kk, lane):
+        j = p * panel + lane
+        value = b[j, kk] if trans_b else b[kk, j]
+        # if_then_else, not select: a column past N must not even be read.
+        return value if n % panel == 0 else tirx.if_then_else(j < n, value,
+                                                              tirx.const(0, dtype))
+
+    return [b], [te.compute((panels, k_len, panel), body, name="pack_panels")]
+
+
+def matmul_prepacked(shape_a: Shape, trans_a: bool, shape_b: Shape, trans_b: bool,
+                     tiles: tuple, epilogue: Sequence[tuple[Epilogue, Callable]], dtype: str):
+    """``epilogue(op(A) @ op(B))`` with B already in ``pack_panels`` layout (panel ``tiles[1]``).
+
+    The product runs over whole register tiles (``tiles[0]`` rows, whole panels), so A's rows
+    are zero-padded (block ``A_pad``, in A's stored layout) and a block ``matmul_crop`` cuts the
+    product back to (M, N): the same blocks ``pad_einsum`` makes for an unpacked matmul.
+    """
+    rows, panel = tiles[0], tiles[1]
+    a = te.placeholder(shape_a, dtype=dtype, name="A")
+    m, k_len = (shape_a[1], shape_a[0]) if trans_a else shape_a
+    n = shape_b[0] if trans_b else shape_b[1]
+    panels = -(-n // panel)
+    packed = te.placeholder((panels, k_len, panel), dtype=dtype, name="B_packed")
+    m_pad = -(-m // rows) * rows
+    a_read = a
+    if m_pad != m:
+        stored = (k_len, m_pad) if trans_a else (m_pad, k_len)
+        row_axis = 1 if trans_a else 0
+
+        def padded(*index):
+            return tirx.if_then_else(index[row_axis] < m, a[index], tirx.const(0, dtype))
+
+        a_read = te.compute(stored, padded, name="A_pad")
+    k = te.reduce_axis((0, k_len), name="k")
+
+    def a_at(i, kk):
+        return a_read[kk, i] if trans_a else a_read[i, kk]
+
+    product = te.compute(
+        (m_pad, panels * panel),
+        lambda i, j: te.sum(a_at(i, k) * packed[j // panel, k, j % panel], axis=k),
+        name="matmul", attrs={MATMUL_TILES_ATTR: [m, n, k_len, int(trans_a), int(trans_b),
+                                                 *(int(t) for t in tiles)]})
+    if (m_pad, panels * panel) != (m, n):
+        product = te.compute((m, n), lambda i, j: product[i, j], name="matmul_crop")
+    operands, out = apply_epilogue(product, epilogue, dtype)
+    return [a, packed, *operands], [out]
+
+
 def _row_log_sum_exp(y: te.Tensor, rows: int, cols: int):
     """Row max and row sum of ``exp(y - max)``: the stable pieces of softmax and log-sum-exp."""
     j = te.reduce_axis((0, cols), name="j")

@@ -22,6 +22,7 @@ machine (its winner is logged), or ``heuristic_config`` when ``DLSYS_TUNE=0``.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -61,11 +62,15 @@ class MatmulProblem:
     # The CPU the tiles are for: its vector width, register file and L2 (this machine's
     # unless a test or a table names another).
     cpu: CpuFacts = field(default_factory=cpu_facts.host)
+    # B arrives packed in panels (``compute.matmul_prepacked``, a constant packed once), so
+    # a call copies at most A: the best tiles differ from those of a call packing B too.
+    b_prepacked: bool = False
 
     def key(self, cpu: str | None = None) -> str:
-        """The tuning-log key: CPU, dtype, sizes and transposes."""
+        """The tuning-log key: CPU, dtype, sizes, transposes, and ``pb1`` for a packed B."""
         return (f"{cpu or self.cpu.name}/{self.dtype}/m{self.m}n{self.n}k{self.k}"
-                f"/ta{int(self.trans_a)}tb{int(self.trans_b)}")
+                f"/ta{int(self.trans_a)}tb{int(self.trans_b)}"
+                + ("pb1" if self.b_prepacked else ""))
 
     @property
     def l2_budget_bytes(self) -> int:
@@ -101,6 +106,10 @@ class MatmulConfig:
     nc: int
     pack_a: bool = True
     vec_m: bool = False
+
+    def tiles(self) -> tuple:
+        """The config as ``compute.matmul_prepacked`` takes it (a kernel spec parameter)."""
+        return (self.mr, self.nr, self.nc, self.pack_a, self.vec_m)
 
     @classmethod
     def from_json(cls, record: dict, problem: MatmulProblem) -> MatmulConfig | None:
@@ -216,6 +225,15 @@ def candidate_configs(problem: MatmulProblem, limit: int = SEARCH_CANDIDATES) ->
         configs.append(make(best.mr, best.nr, best.nc, not best.pack_a))
     configs += _row_vector_configs(problem)[1:]
     configs += [make(*tile) for tile in tiles[2:]]
+    if problem.b_prepacked:
+        # With B packed ahead, packing A is the only copy left in a call: each tile whose
+        # rows divide M is offered without it, first (the winner for every dense layer of
+        # the ONNX benchmark's MLP and LeNet at batch 256 on znver4; 256x100x256: 69 us
+        # with A read in place, 80 us packed).
+        configs = [variant for config in configs for variant in
+                   ([dataclasses.replace(config, pack_a=False), config]
+                    if config.pack_a and not config.vec_m and problem.m % config.mr == 0
+                    else [config])]
     unique = list(dict.fromkeys(configs))
     return unique[:max(1, limit)]
 
@@ -315,8 +333,13 @@ def _fuse_epilogues(sch: s_tir.Schedule, write_back) -> list:
             return consumers
 
 
-def apply_config(sch: s_tir.Schedule, problem: MatmulProblem, config: MatmulConfig) -> None:
-    """Schedule the ``matmul`` block (and any elementwise blocks after it) with ``config``."""
+def apply_config(sch: s_tir.Schedule, problem: MatmulProblem, config: MatmulConfig,
+                 b_prepacked: bool = False) -> None:
+    """Schedule the ``matmul`` block (and any elementwise blocks after it) with ``config``.
+
+    ``b_prepacked``: the function is ``compute.matmul_prepacked``, which reads B already in
+    panels and brings its own padded blocks, so B is neither padded nor packed here.
+    """
     if not config.fits(problem):
         raise ValueError(f"config {config} does not fit {problem}")
     mr, nr = config.mr, config.nr
@@ -325,21 +348,27 @@ def apply_config(sch: s_tir.Schedule, problem: MatmulProblem, config: MatmulConf
     padded = (m_pad, n_pad) != (problem.m, problem.n)
     root = sch.get_sblock("root")
     before = {sch.get(b).name_hint for b in sch.get_child_blocks(root)}
-    if padded:
-        sch.pad_einsum(block, [mr if m_pad != problem.m else 1,
-                               nr if n_pad != problem.n else 1, 1])
-    new_blocks = {sch.get(b).name_hint for b in sch.get_child_blocks(root)} - before
+    if b_prepacked:
+        new_blocks = before & PREPACKED_PAD_BLOCKS
+    else:
+        if padded:
+            sch.pad_einsum(block, [mr if m_pad != problem.m else 1,
+                                   nr if n_pad != problem.n else 1, 1])
+        new_blocks = {sch.get(b).name_hint for b in sch.get_child_blocks(root)} - before
 
-    packed_b = _pack(sch, block, _operand_index(sch, block, 1), problem.trans_b, nr,
-                     new_blocks)
+    packed_b = None
+    if not b_prepacked:
+        packed_b = _pack(sch, block, _operand_index(sch, block, 1), problem.trans_b, nr,
+                         new_blocks)
     packed_a = None
     if config.pack_a or config.vec_m or m_pad != problem.m:
         packed_a = _pack(sch, block, _operand_index(sch, block, 0), not problem.trans_a, mr,
                          new_blocks)
 
     if padded:
-        # pad_einsum already made a padded result and a block copying it out; making the
-        # padded result local turns that copy into the register tile's write-back.
+        # The padded product is followed by a block copying it out (pad_einsum's, or
+        # matmul_prepacked's crop); making the product local turns that copy into the
+        # register tile's write-back.
         write_back = next(c for c in sch.get_consumers(block)
                           if sch.get(c).name_hint in new_blocks)
         sch.set_scope(block, 0, "local")
@@ -396,16 +425,13 @@ def apply_config(sch: s_tir.Schedule, problem: MatmulProblem, config: MatmulConf
                 vectors, lanes_loop = sch.split(lanes_loop, factors=[None, problem.lanes])
                 sch.annotate(vectors, "pragma_loop_partition_hint", 1)
         _vectorize(sch, lanes_loop)
-    _schedule_pack_b(sch, packed_b, problem, nr)
+    if packed_b is not None:
+        _schedule_pack_root(sch, packed_b, problem.trans_b, nr, problem)
 
 
 def _vectorize(sch: s_tir.Schedule, loop) -> None:
     if int(sch.get(loop).extent) > 1:
         sch.vectorize(loop)
-
-
-def _schedule_pack_b(sch: s_tir.Schedule, packed, problem: MatmulProblem, nr: int) -> None:
-    _schedule_pack_root(sch, packed, problem.trans_b, nr, problem)
 
 
 def _schedule_pack_root(sch: s_tir.Schedule, packed, outer_first: bool, tile: int,
@@ -429,10 +455,15 @@ def _schedule_pack_root(sch: s_tir.Schedule, packed, outer_first: bool, tile: in
         sch.parallel(parallel)
 
 
-def _problem_prim_func(problem: MatmulProblem) -> tvm.IRModule:
+def _problem_prim_func(problem: MatmulProblem, config: MatmulConfig) -> tvm.IRModule:
     shape_a, shape_b = problem.shapes()
-    inputs, outputs = compute.matmul(shape_a, problem.trans_a, shape_b, problem.trans_b,
-                                     problem.dtype)
+    if problem.b_prepacked:
+        inputs, outputs = compute.matmul_prepacked(shape_a, problem.trans_a, shape_b,
+                                                   problem.trans_b, config.tiles(), (),
+                                                   problem.dtype)
+    else:
+        inputs, outputs = compute.matmul(shape_a, problem.trans_a, shape_b, problem.trans_b,
+                                         problem.dtype)
     return tvm.IRModule({"main": te.create_prim_func(inputs + outputs)})
 
 
@@ -442,14 +473,20 @@ def _cpu_target() -> tvm.target.Target:
 
 def _runner(problem: MatmulProblem, config: MatmulConfig) -> Callable[[], None]:
     """Build the plain matmul with ``config``; returns a call on fixed random operands."""
-    sch = s_tir.Schedule(_problem_prim_func(problem))
+    sch = s_tir.Schedule(_problem_prim_func(problem, config))
     sch.work_on("main")
-    apply_config(sch, problem, config)
+    if problem.b_prepacked:
+        schedule_matmul_prepacked(sch)
+    else:
+        apply_config(sch, problem, config)
     func = tvm.tirx.build(sch.mod, target=_cpu_target())["main"]
     device = tvm.cpu(0)
     rng = np.random.default_rng(0)
+    shape_a, shape_b = problem.shapes()
+    if problem.b_prepacked:
+        shape_b = (-(-problem.n // config.nr), problem.k, config.nr)
     args = [tvm.runtime.tensor(rng.standard_normal(shape).astype(problem.dtype), device)
-            for shape in problem.shapes()]
+            for shape in (shape_a, shape_b)]
     args.append(tvm.runtime.empty((problem.m, problem.n), problem.dtype, device))
     func(*args)  # warm-up: first touch of the buffers and of the thread pool
     return lambda: func(*args)
@@ -505,7 +542,9 @@ def choose_config(problem: MatmulProblem) -> MatmulConfig:
         return config
     if not tuning.tuning_enabled() or problem.macs < SEARCH_MIN_MACS:
         return heuristic_config(problem)
-    return tune_matmul(problem)[0]
+    # A packed B comes with inference sessions, whose search runs once per model and shape:
+    # twice the candidates, as the pack_a variants double them.
+    return tune_matmul(problem, 2 * SEARCH_CANDIDATES if problem.b_prepacked else None)[0]
 
 
 def _all_blocks(sch: s_tir.Schedule) -> list:
@@ -594,3 +633,35 @@ def schedule_matmul_tuned(sch: s_tir.Schedule,
             fallback(sch)
         return
     apply_config(sch, problem, config)
+
+
+# The blocks compute.matmul_prepacked brings where pad_einsum would make them.
+PREPACKED_PAD_BLOCKS = frozenset({"A_pad", "matmul_crop"})
+
+
+def prepacked_tiles(shape_a: tuple, trans_a: bool, shape_b: tuple, trans_b: bool,
+                    dtype: str) -> tuple | None:
+    """The tiles ``(mr, nr, nc, pack_a, vec_m)`` of ``compute.matmul_prepacked`` for a
+    product whose B is constant, so that B can be packed in panels of ``nr`` once, ahead of
+    every call; None where B is better read as stored (the matrix-vector product reads each
+    row of B once, so panels would gain nothing)."""
+    m, k = (shape_a[1], shape_a[0]) if trans_a else shape_a
+    n = shape_b[0] if trans_b else shape_b[1]
+    problem = MatmulProblem(m, n, k, trans_a, trans_b, dtype, b_prepacked=True)
+    if gemv_lanes(problem) is not None:
+        return None
+    return choose_config(problem).tiles()
+
+
+def schedule_matmul_prepacked(sch: s_tir.Schedule) -> None:
+    """``compute.matmul_prepacked`` with the tiles its B was packed for: the tuned schedule
+    without B's padding and packing (``apply_config(b_prepacked=True)``)."""
+    block = sch.get_sblock(BLOCK)
+    stmt = sch.get(block)
+    m, n, k, trans_a, trans_b, mr, nr, nc, pack_a, vec_m = (
+        int(v) for v in stmt.annotations[compute.MATMUL_TILES_ATTR])
+    sch.unannotate(block, compute.MATMUL_TILES_ATTR)
+    problem = MatmulProblem(m, n, k, bool(trans_a), bool(trans_b),
+                            str(stmt.writes[0].source.dtype), b_prepacked=True)
+    apply_config(sch, problem, MatmulConfig(mr, nr, nc, bool(pack_a), bool(vec_m)),
+                 b_prepacked=True)

@@ -24,6 +24,7 @@ from dlsys.kernels.matmul import (
     gemv_lanes,
     inline_epilogue,
     matmul_problem,
+    schedule_matmul_prepacked,
     schedule_matmul_tuned,
 )
 from dlsys.kernels.norm import schedule_channel_norm, vectorize_row
@@ -296,6 +297,7 @@ SCHEDULES: dict[str, ScheduleFn] = {
     "row_loss": schedule_row_loss,
     "row_blocks": schedule_row_blocks,
     "matmul": schedule_matmul_packed,
+    "matmul_prepacked": schedule_matmul_prepacked,
     "window": schedule_window,
     "conv_gemm": schedule_conv_gemm,
     "conv_direct": schedule_conv_direct,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dlsys.errors import ArgumentError, ArgumentTypeError, DtypeError, FeedError, ShapeError
-from dlsys.graph import Node
+from dlsys.graph import Node, find_topo_sort
 from dlsys.onnx.importer import import_model
 from dlsys.ops.placeholder import Variable
 from dlsys.runtime.executor import Executor
@@ -43,6 +43,7 @@ class InferenceSession:
         outputs = self._model(*self._inputs)
         self._outputs = list(outputs) if isinstance(outputs, tuple) else [outputs]
         self._ctx = ctx
+        self._input_args = self.get_inputs()  # checked against at every run
         self._executors: dict[tuple, Executor] = {}
         # Each executor runs one call at a time itself; this guards the table of them.
         self._lock = threading.Lock()
@@ -59,7 +60,8 @@ class InferenceSession:
 
     @property
     def model(self):
-        """The imported ``dlsys.nn.Module``."""
+        """The imported ``dlsys.nn.Module``. Its parameters are the session's constants:
+        changes made with ``Parameter.assign`` or by training reach the next ``run``."""
         return self._model
 
     def run(self, output_names, input_feed: dict, run_options=None) -> list[np.ndarray]:
@@ -74,7 +76,11 @@ class InferenceSession:
                 if len(self._executors) >= MAX_PLANS:
                     self._executors.pop(next(iter(self._executors)))
                 nodes = [v for v in self._outputs if isinstance(v, Node)]
-                executor = self._executors[key] = Executor(nodes, ctx=self._ctx)
+                # The initializers are constants, as onnxruntime reads them: the weights'
+                # packed layouts are made once (``passes.prepack``), not at every run.
+                weights = [n for n in find_topo_sort(nodes) if n.op.holds_value]
+                executor = self._executors[key] = Executor(nodes, ctx=self._ctx,
+                                                           constants=weights)
         feeds = {var: array for var, array in zip(self._inputs, arrays)
                  if var in executor.placeholders}
         computed = iter(executor.run(feeds, convert_to_numpy_ret_vals=True)
@@ -108,7 +114,7 @@ class InferenceSession:
                             + "; ".join([f"missing {missing}"] * bool(missing)
                                         + [f"unknown {unknown}"] * bool(unknown)))
         arrays = []
-        for arg in self.get_inputs():
+        for arg in self._input_args:
             value = input_feed[arg.name]
             if not isinstance(value, np.ndarray):
                 raise FeedError(f"run: input {arg.name!r} must be a numpy array, got "

@@ -1,9 +1,14 @@
-"""Matrix products: the fusion anchor whose elementwise consumers join its kernel."""
+"""Matrix products: the fusion anchor whose elementwise consumers join its kernel, and the
+panel layout its B takes when B is constant."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from dlsys.checks import check_flag
+from dlsys.errors import GradientError
 from dlsys.graph import Node, Op, short_name
+from dlsys.kernels.matmul import prepacked_tiles
 from dlsys.kernels.registry import KernelSpec
 from dlsys.ops.shapes import apply_rule, matmul_shape
 
@@ -13,6 +18,7 @@ class MatMulOp(Op):
 
     name = "MatMul"
     fusion_anchor = True
+    packable_input = 1
 
     def __call__(self, a: Node, b: Node, trans_A: bool = False, trans_B: bool = False) -> Node:
         return Node(self, [a, b], {"trans_A": check_flag("trans_A", trans_A),
@@ -52,8 +58,57 @@ class MatMulOp(Op):
         operands = self._operands(node, [shapes[i] for i in node.inputs])
         return KernelSpec("matmul_epilogue", (*operands, tuple(epilogue)))
 
+    def packed_kernel_spec(self, node, shapes, spec, dtype):
+        operands = self._operands(node, [shapes[i] for i in node.inputs])
+        tiles = prepacked_tiles(*operands, dtype)
+        if tiles is None:
+            return None
+        packed = pack_panels_op(node.inputs[1], node.attrs["trans_B"], tiles[1])
+        # The unpacked spec is this operator's own: "matmul", or "matmul_epilogue" whose
+        # last parameter is the fused epilogue.
+        epilogue = spec.params[-1] if spec.kind == "matmul_epilogue" else ()
+        return packed, KernelSpec("matmul_prepacked", (*operands, tiles, epilogue))
+
     def reference(self, node, a, b):
         return (a.T if node.attrs["trans_A"] else a) @ (b.T if node.attrs["trans_B"] else b)
 
 
 matmul_op = MatMulOp()
+
+
+class PackPanelsOp(Op):
+    """``op(B)`` (K x N) as panels of ``panel`` columns, shape (ceil(N / panel), K, panel),
+    the last one zero-filled: the layout the tuned matmul streams B in. Made by the
+    constant-packing pass (``passes.prepack``) after differentiation, so it has no gradient."""
+
+    name = "PackPanels"
+
+    def __call__(self, b: Node, trans_B: bool, panel: int) -> Node:
+        return Node(self, [b], {"trans_B": check_flag("trans_B", trans_B), "panel": int(panel)})
+
+    def _k_n(self, node, shape) -> tuple[int, int]:
+        return (shape[1], shape[0]) if node.attrs["trans_B"] else tuple(shape)
+
+    def infer_shape(self, node, input_shapes):
+        k, n = self._k_n(node, input_shapes[0])
+        panel = node.attrs["panel"]
+        return (-(-n // panel), k, panel)
+
+    def gradient(self, node, output_grad):
+        raise GradientError(f"{node.name}: a packed layout is made for inference, after "
+                            f"differentiation")
+
+    def kernel_spec(self, node, input_shapes, output_shape):
+        return KernelSpec("pack_panels", (tuple(input_shapes[0]), node.attrs["trans_B"],
+                                          node.attrs["panel"]))
+
+    def reference(self, node, b):
+        columns = b.T if node.attrs["trans_B"] else b
+        k, n = columns.shape
+        panel = node.attrs["panel"]
+        padded = np.zeros((k, -(-n // panel) * panel), dtype=b.dtype)
+        padded[:, :n] = columns
+        return padded.reshape(k, -1, panel).transpose(1, 0, 2).copy()
+
+
+pack_panels_op = PackPanelsOp()

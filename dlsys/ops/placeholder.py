@@ -51,7 +51,9 @@ class Parameter(Node):
     shape), so executors that bound the tensor keep reading the same memory.
     """
 
-    __slots__ = ("data",)
+    # ``version`` counts changes of ``data`` made through dlsys (``assign``, a kernel's
+    # in-place update), so an executor holding the parameter as a constant sees them.
+    __slots__ = ("data", "version")
 
     def __init__(self, data, name: str = "param", device=None):
         if not isinstance(name, str) or not name:
@@ -68,6 +70,7 @@ class Parameter(Node):
             raise ShapeError(f"parameter {name}: needs at least one dimension and no empty "
                              f"ones, got shape {array.shape}")
         self.data = tvm.runtime.tensor(np.ascontiguousarray(array), device or tvm.cpu(0))
+        self.version = 0
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -91,3 +94,4 @@ class Parameter(Node):
             raise DtypeError(f"parameter {self.name}: values must be real numbers, got "
                              f"{array.dtype}")
         self.data.copyfrom(np.ascontiguousarray(array, dtype=self.dtype))
+        self.version += 1

@@ -186,6 +186,8 @@ class Optimizer:
                 or any(a is not b for a, b in zip(grads, bound))):
             self._bind(grads)
         self._kernel.func(*self._args)
+        for node in self._nodes or ():
+            node.version += 1  # an executor holding it as a constant recomputes from it
 
     def _bind(self, grads) -> None:
         owner = f"{type(self).__name__}.step"

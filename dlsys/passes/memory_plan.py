@@ -217,15 +217,16 @@ def _peak_live(steps, root, first, last, sizes, inplace_steps) -> int:
     return peak
 
 
-def order_problems(steps: list[Step]) -> list[str]:
-    """Every step that reads a value no earlier step computed (and no feed provides), or a
-    state that a state update has already overwritten in this run.
+def order_problems(steps: list[Step], provided: frozenset = frozenset()) -> list[str]:
+    """Every step that reads a value no earlier step computed (and no feed or ``provided``
+    value computed ahead of the run, such as a constant), or a state that a state update has
+    already overwritten in this run.
 
     A pass that rewrites what a step reads (fusion does) must keep this list empty: such a
     read would see whatever the buffer held before, typically the previous run's value.
     """
     problems: list[str] = []
-    defined: set[Node] = set()
+    defined: set[Node] = set(provided)
     overwritten: dict[Node, Step] = {}  # state placeholder -> the step that updated it
     for t, step in enumerate(steps):
         for node in step.inputs:
@@ -244,15 +245,16 @@ def order_problems(steps: list[Step]) -> list[str]:
 
 
 def verify_plan(steps: list[Step], shapes: dict[Node, Shape], keep: set[Node],
-                plan: MemoryPlan) -> list[str]:
+                plan: MemoryPlan, provided: frozenset = frozenset()) -> list[str]:
     """Every way ``plan`` is wrong, as messages (empty when it is sound).
 
     Checks that every step reads only values computed before it, that each buffer holds its
     values, that no two values alive at the same step share a buffer (except an output
     written in place over an input that dies at that step, where the step allows it), and
-    that kept values are never shared with anything later.
+    that kept values are never shared with anything later. ``provided``: values that exist
+    before the steps run (constants computed ahead), which the plan does not hold.
     """
-    problems: list[str] = order_problems(steps)
+    problems: list[str] = order_problems(steps, provided)
     root = resolve_aliases(steps)
     first, last = live_ranges(steps, keep)
     for owner in first:

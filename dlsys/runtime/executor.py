@@ -9,6 +9,7 @@ it allocates no device memory and looks nothing up per kernel call.
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from dlsys.kernels.build import SUPPORTED_DTYPES
 from dlsys.passes.fusion import eliminate_dead_steps, fuse_epilogues
 from dlsys.passes.lower import Step, build_steps
 from dlsys.passes.memory_plan import MemoryPlan, order_problems, plan_memory
+from dlsys.passes.prepack import constant_values, pack_constant_operands
 from dlsys.passes.shape_inference import infer_shapes
 
 
@@ -40,6 +42,13 @@ class _Prepared:
     owned_ranges: list[tuple[int, int]]       # [start, end) addresses of the planned storage
     state_targets: frozenset = frozenset()    # parameters that kernels update in place
     contiguous_buffer: tvm.runtime.Tensor | None = None  # the group placed side by side
+    # The calls before this index compute constant values (``constants``): they run at the
+    # first run and again only when a constant changes.
+    first_per_run_call: int = 0
+    constant_params: tuple = ()
+    constant_values: frozenset = frozenset()  # computed from constant_params alone
+    constants_stale: bool = True
+    constant_versions: tuple = ()
 
     def owns_memory_of(self, tensor: tvm.runtime.Tensor) -> bool:
         """Whether ``tensor`` overlaps a buffer of the plan (e.g. a returned output fed back)."""
@@ -89,6 +98,12 @@ class Executor:
     ``contiguous``: evaluated nodes (e.g. every gradient) to place side by side in one buffer,
     each on a 64-byte boundary; ``contiguous_buffer()`` returns it, so one collective call
     (an allreduce) covers them all without packing copies.
+    ``constants``: parameters whose values this executor may treat as fixed (an inference
+    session's weights). Values computed from them alone, and the packed layouts of constant
+    matmul operands (``passes.prepack``), are computed at the first run and kept; they are
+    computed again when a constant is fed, bound to another tensor, or changed through
+    ``Parameter.assign`` or a kernel's in-place update, and after ``refresh_constants()``,
+    which a caller writing into a constant's memory by other means must call.
 
     Feeds may be TVM tensors (used as they are, never copied: they must have the executor's
     dtype and device) or array-likes such as numpy arrays, which are converted to the dtype
@@ -105,7 +120,7 @@ class Executor:
 
     def __init__(self, eval_node_list: list[Node], ctx=None, dtype: str | None = None,
                  plan_memory: bool = True, fuse: bool = True,
-                 contiguous: list[Node] | None = None):
+                 contiguous: list[Node] | None = None, constants: list[Node] | None = None):
         if isinstance(eval_node_list, Node) or not isinstance(eval_node_list, (list, tuple)):
             raise ArgumentTypeError(f"Executor: eval_node_list must be a list of Nodes, got "
                                     f"{type(eval_node_list).__name__}")
@@ -117,6 +132,7 @@ class Executor:
         self.ctx = _check_device(ctx if ctx is not None else tvm.cpu(0))
         on_gpu = self.ctx.dlpack_device_type() == tvm.cuda(0).dlpack_device_type()
         self.target = "cuda" if on_gpu else "llvm"
+        self._on_cpu = not on_gpu
         if dtype is not None and dtype not in SUPPORTED_DTYPES:
             raise DtypeError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype!r}")
         self.dtype = dtype
@@ -130,6 +146,12 @@ class Executor:
         self.topo_order = find_topo_sort(self.eval_node_list)
         self.placeholders = [n for n in self.topo_order if n.op.is_placeholder]
         self._placeholder_set = set(self.placeholders)
+        for node in constants or []:
+            if not isinstance(node, Node) or not node.op.holds_value:
+                raise ArgumentTypeError(f"Executor: constants must be parameters, got "
+                                        f"{getattr(node, 'name', node)!r}")
+        # A parameter the graph does not read has nothing to fold.
+        self.constants = frozenset(n for n in constants or [] if n in self._placeholder_set)
         self._signature: tuple | None = None
         self._prepared: _Prepared | None = None
         self._bound: dict[Node, object] = {}
@@ -203,12 +225,27 @@ class Executor:
         steps = build_steps(self.topo_order, shapes)
         steps = (fuse_epilogues(steps, shapes, keep) if self.fuse
                  else eliminate_dead_steps(steps, keep))
+        constant: set[Node] = set()
+        constant_params: tuple = ()
+        if self.constants:
+            # A parameter a kernel updates in place changes within the run: not a constant.
+            updated = {s.writes_state for s in steps if s.writes_state is not None}
+            constant_params = tuple(p for p in self.placeholders
+                                    if p in self.constants and p not in updated)
+            constant = constant_values(steps, set(constant_params), keep)
+            if self.target == "llvm":  # the packed layouts are the CPU matmul's
+                steps, shapes = pack_constant_operands(steps, shapes, constant, self.dtype)
+                constant = constant_values(steps, set(constant_params), keep)
+        # Constant steps read only constants, so they can all run first, once.
+        hoisted = [s for s in steps if s.output in constant]
+        per_run = [s for s in steps if s.output not in constant]
+        steps = hoisted + per_run
         misordered = order_problems(steps)
         if misordered:  # a pass broke the schedule: never run it and return stale values
             raise RuntimeError("dlsys internal error, please report: " + "; ".join(misordered))
         itemsize = np.dtype(self.dtype).itemsize
         try:
-            plan = plan_memory(steps, shapes, keep, itemsize, share=self.plan_memory,
+            plan = plan_memory(per_run, shapes, keep, itemsize, share=self.plan_memory,
                                contiguous=self.contiguous)
         except ValueError as err:  # a contiguous group that cannot be placed
             raise ArgumentError(f"Executor: {err}") from None
@@ -224,12 +261,19 @@ class Executor:
         value: dict[Node, object] = dict(feed_buffers)
         for node, sid in plan.storage_of.items():
             value[node] = _view_at(storage[sid], plan.offset_of.get(node, 0), shapes[node])
+        # Constant values live across runs: a buffer each, outside the plan.
+        for step in hoisted:
+            if step.alias_of is None:
+                for out in step.outputs:
+                    value[out] = tvm.runtime.empty(shapes[out], self.dtype, self.ctx)
         # An alias of a placeholder is that placeholder's (re-bindable) tensor, viewed with
         # the alias's shape where it reshapes.
         source = {p: p for p in self.placeholders}
         for step in steps:
             if step.alias_of is not None and step.alias_of in source:
                 source[step.output] = source[step.alias_of]
+                value[step.output] = _view(value[step.alias_of], shapes[step.output])
+            elif step.alias_of is not None and step.alias_of in constant:
                 value[step.output] = _view(value[step.alias_of], shapes[step.output])
             elif step.writes_state is not None:
                 # The kernel writes the new state into the state's own (bound) tensor.
@@ -238,7 +282,10 @@ class Executor:
 
         calls: list[tuple] = []
         feed_slots: dict[Node, list[tuple[int, int, Shape]]] = {p: [] for p in self.placeholders}
+        first_per_run_call = 0
         for step in steps:
+            if step.output in constant:
+                first_per_run_call = len(calls) + (step.alias_of is None)
             if step.alias_of is not None:
                 continue
             kernel = step.kernel.build(self.target, self.dtype)
@@ -254,7 +301,8 @@ class Executor:
         state_targets = frozenset(s.writes_state for s in steps if s.writes_state is not None)
         group = storage[plan.contiguous_storage] if plan.contiguous_storage is not None else None
         return _Prepared(shapes, steps, plan, calls, feed_slots, feed_buffers, outputs,
-                         owned_ranges, state_targets, group)
+                         owned_ranges, state_targets, group, first_per_run_call,
+                         constant_params, frozenset(constant))
 
     def _rebind(self, prepared: _Prepared, placeholder: Node, tensor) -> None:
         """Point every argument slot of ``placeholder`` at ``tensor`` (only when it changed)."""
@@ -276,15 +324,20 @@ class Executor:
 
     def _run(self, feed_dict: dict, convert_to_numpy_ret_vals: bool) -> list:
         self._check_feed_keys(feed_dict)
+        bound = self._bound
         # Parameters bind the tensor they hold unless the caller feeds another value.
         values = {p: feed_dict[p] if p in feed_dict else p.data for p in self.placeholders}
         self._resolve_dtype(values)
-        feeds = {p: self._feed_value(p, values[p], bound=p not in feed_dict)
-                 for p in self.placeholders}
+        # A parameter still holding the tensor bound at the last run was checked then (dtype,
+        # device, no overlap with the plan's buffers; a new plan clears the bindings).
+        feeds = {p: v if v is bound.get(p) and p not in feed_dict
+                 else self._feed_value(p, v, bound=p not in feed_dict)
+                 for p, v in values.items()}
         signature = tuple(tuple(v.shape) for v in feeds.values())
         if signature != self._signature:
             self._prepared = self._prepare({p: tuple(v.shape) for p, v in feeds.items()})
             self._signature = signature
+            bound = self._bound
         prepared = self._prepared
         for state in prepared.state_targets:
             if state not in feed_dict and feeds[state] is not state.data:
@@ -292,22 +345,50 @@ class Executor:
                 raise DtypeError(f"{state.name} is updated in place by this graph, so it must "
                                  f"hold a {self.dtype} tensor on {self.ctx}, not "
                                  f"{state.data.dtype} on {state.data.device}")
+        refresh = prepared.constants_stale
+        if prepared.constant_params:
+            versions = tuple(p.version for p in prepared.constant_params)
+            refresh = (refresh or versions != prepared.constant_versions
+                       or any(p in feed_dict for p in prepared.constant_params))
         for placeholder, fed in feeds.items():
+            if fed is bound[placeholder]:
+                continue  # bound and checked at an earlier run
             if isinstance(fed, np.ndarray) or prepared.owns_memory_of(fed):
                 # A tensor this executor returned (or a view of one) would be overwritten
                 # while kernels still read it: run on a copy, like an array feed.
                 buffer = prepared.feed_buffers[placeholder]
-                buffer.copyfrom(fed)
+                if isinstance(fed, np.ndarray) and self._on_cpu:
+                    # Through numpy: TVM's copyfrom costs 6 us more per call (znver4), as
+                    # much as a small model's kernels.
+                    np.copyto(np.from_dlpack(buffer), fed)
+                else:
+                    buffer.copyfrom(fed)
                 fed = buffer
-            if self._bound[placeholder] is not fed:
+            if bound[placeholder] is not fed:
                 self._rebind(prepared, placeholder, fed)
-        for func, args in prepared.calls:
+                refresh = refresh or placeholder in prepared.constant_values
+        first = 0 if refresh else prepared.first_per_run_call
+        for func, args in itertools.islice(prepared.calls, first, None):
             func(*args)
+        if prepared.constant_params:
+            prepared.constants_stale = False
+            prepared.constant_versions = versions
+        for state in prepared.state_targets:
+            state.version += 1  # executors holding it as a constant recompute from it
         results = [_view(self._bound[out[0]], out[1]) if isinstance(out, tuple) else out
                    for out in prepared.outputs]
         if convert_to_numpy_ret_vals:
+            if self._on_cpu:  # a copy through numpy: TVM's numpy() costs 6 us more
+                return [np.from_dlpack(r).copy() for r in results]
             return [r.numpy() for r in results]
         return results
+
+    def refresh_constants(self) -> None:
+        """Compute the constant values again at the next run (after writing into a constant
+        parameter's memory other than through ``Parameter.assign``)."""
+        with self._lock:
+            if self._prepared is not None:
+                self._prepared.constants_stale = True
 
     # -------------------------------------------------------------- inspect
     def _require_prepared(self) -> _Prepared:
@@ -335,6 +416,8 @@ class Executor:
                    else "in place" if node in prepared.plan.inplace_steps else "")
             if step.anchor is not None:
                 how = "fused matmul+" + "+".join(kind for kind, *_ in step.epilogue)
+            if node in prepared.constant_values:
+                how = "constant, computed ahead of the runs" + (f"; {how}" if how else "")
             for extra in step.extra_outputs:
                 rows.append((extra.name, prepared.shapes[extra], prepared.plan.storage_of[extra],
                              "fused into the next row's kernel"))

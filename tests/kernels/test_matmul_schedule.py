@@ -298,7 +298,8 @@ def test_shipped_table_is_valid():
             n, k = rest.split("k")
             # Checked against the register file of the CPU the table was measured on.
             problem = mm.MatmulProblem(int(m), int(n), int(k), trans[2] == "1",
-                                       trans[5] == "1", dtype, cpu=facts_for(cpu))
+                                       trans[5] == "1", dtype, cpu=facts_for(cpu),
+                                       b_prepacked=trans.endswith("pb1"))
             assert problem.key(cpu) == key
             assert mm.MatmulConfig.from_json(record, problem) is not None, key
 

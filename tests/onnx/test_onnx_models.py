@@ -254,3 +254,31 @@ def test_imported_model_fine_tunes_as_pytorch_does(tmp_path, name):
         sgd.step()
         expected.append(loss.item())
     np.testing.assert_allclose(losses, expected, rtol=1e-4)
+
+
+def test_session_packs_its_weights_once_and_sees_them_change(tmp_path):
+    """The initializers are the session's constants: their matmul layouts are made once per
+    compiled shape, and fine-tuning ``session.model`` reaches the next run."""
+    dlsys.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(40, 36), nn.ReLU(), nn.Linear(36, 10))
+    path = tmp_path / "mlp.onnx"
+    donnx.export(mlp, (1, 40), path)
+    session = donnx.InferenceSession(str(path))
+    reference = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = normal((64, 40), 1)
+    ours = session.run(None, {"input": x})[0]
+    np.testing.assert_allclose(ours, reference.run(None, {"input": x})[0], rtol=TOLERANCE,
+                               atol=TOLERANCE)
+    (executor,) = session._executors.values()
+    rows = [name for name, *_ in executor.storage_table()]
+    assert sum(name.startswith("PackPanels") for name in rows) == 2, rows
+
+    labels = np.random.default_rng(2).integers(0, 10, 64).astype(np.float32)
+    _fine_tune(session.model, x, labels, 3, lr=0.1)
+    session.model.eval()
+    x_node = ad.Variable("x")
+    tuned = ad.Executor([session.model(x_node)]).run({x_node: x},
+                                                     convert_to_numpy_ret_vals=True)[0]
+    assert not np.allclose(tuned, ours)
+    np.testing.assert_allclose(session.run(None, {"input": x})[0], tuned, rtol=TOLERANCE,
+                               atol=TOLERANCE)
