@@ -146,6 +146,9 @@ class Executor:
         self.topo_order = find_topo_sort(self.eval_node_list)
         self.placeholders = [n for n in self.topo_order if n.op.is_placeholder]
         self._placeholder_set = set(self.placeholders)
+        if isinstance(constants, Node) or not isinstance(constants, (list, tuple, type(None))):
+            raise ArgumentTypeError(f"Executor: constants must be a list of parameters, got "
+                                    f"{type(constants).__name__}")
         for node in constants or []:
             if not isinstance(node, Node) or not node.op.holds_value:
                 raise ArgumentTypeError(f"Executor: constants must be parameters, got "

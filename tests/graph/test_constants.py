@@ -178,3 +178,10 @@ def test_constants_must_be_parameters():
     logits, x, params = dense_net()
     with pytest.raises(ArgumentTypeError, match="constants must be parameters.*x"):
         ad.Executor([logits], constants=[*params, x])
+
+
+def test_constants_must_be_a_list():
+    logits, x, params = dense_net()
+    with pytest.raises(ArgumentTypeError, match="constants must be a list of parameters, got "
+                                                "Parameter"):
+        ad.Executor([logits], constants=params[0])
