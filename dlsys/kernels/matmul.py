@@ -2,7 +2,8 @@
 
 The loop nest it builds, for ``C = op(A) @ op(B)`` of shape (M, N) with reduction K::
 
-    Bp[N/nr, K, nr] = pack(B)                    # once per call; B's panels made contiguous
+    Bp[N/nr, K, nr] = pack(B)                    # once per call (or B read in place, or
+                                                 # packed ahead when constant); contiguous panels
     parallel for (jc, io) in (N/nc, M/mr):       # jc: a K x nc slab of Bp that stays in L2
         Ap[K, mr] = pack(rows io of A)           # the broadcast operand, contiguous along k
         for jo in nc/nr:
@@ -47,6 +48,8 @@ SEARCH_CANDIDATES = 4
 # inside the vectorised FMA loop; used to rank tiles that pad A against those that do not.
 PACK_COST_MACS = 8
 MAX_TILE = 64
+# The smallest per-core L2 of the x86 CPUs in use (Skylake client: 256 KiB).
+MIN_L2_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,9 @@ class MatmulProblem:
 
 @dataclass(frozen=True)
 class MatmulConfig:
-    """Tile sizes: ``mr`` x ``nr`` register tile, ``nc`` columns per L2 slab, A packed or not.
+    """Tile sizes: ``mr`` x ``nr`` register tile, ``nc`` columns per L2 slab, A packed or not,
+    B packed or read where it is stored (``pack_b=False``: an untransposed B whose rows hold
+    whole column tiles, streamed with stride N instead of copied).
 
     ``vec_m`` vectorises the tile along its rows instead of its columns (A's packed panel
     supplies the vectors, B is broadcast): for a narrow output such as N = 10, where column
@@ -106,6 +111,7 @@ class MatmulConfig:
     nc: int
     pack_a: bool = True
     vec_m: bool = False
+    pack_b: bool = True
 
     def tiles(self) -> tuple:
         """The config as ``compute.matmul_prepacked`` takes it (a kernel spec parameter)."""
@@ -116,7 +122,8 @@ class MatmulConfig:
         """The config a log record holds, or ``None`` if it is malformed or does not fit."""
         try:
             sizes = [record[name] for name in ("mr", "nr", "nc")]
-            flags = [record.get("pack_a", True), record.get("vec_m", False)]
+            flags = [record.get("pack_a", True), record.get("vec_m", False),
+                     record.get("pack_b", True)]
         except (KeyError, TypeError):
             return None
         if not all(type(v) is int for v in sizes) or not all(type(f) is bool for f in flags):
@@ -127,10 +134,14 @@ class MatmulConfig:
     def fits(self, problem: MatmulProblem) -> bool:
         """Whether the tiles divide the padded problem, as the schedule requires."""
         n_pad = _round_up(problem.n, self.nr) if self.nr > 0 else 0
+        # B read in place: its rows must hold whole column tiles, unpadded, along j.
+        b_in_place = (self.pack_b or not problem.b_prepacked and not problem.trans_b
+                      and not self.vec_m and problem.n % self.nr == 0)
         # The bounds keep a hand-edited log from asking for a tile that unrolls into
         # thousands of instructions.
         return (0 < self.mr <= min(problem.m, MAX_TILE) and 0 < self.nr <= MAX_TILE
-                and 0 < self.nc and self.nc % self.nr == 0 and n_pad % self.nc == 0)
+                and 0 < self.nc and self.nc % self.nr == 0 and n_pad % self.nc == 0
+                and b_in_place)
 
     def _search_shaped(self, problem: MatmulProblem) -> bool:
         """Whether a logged config (which fits) is one the search could have logged, or a tile
@@ -154,22 +165,26 @@ class MatmulConfig:
         # register file, and at least two independent accumulators where the output allows.
         registers_ok = (accumulators + vectors + 1 <= problem.cpu.vector_registers
                         and accumulators >= min(2, extent))
-        # B's slab is whole or the L2-sized one the search tries.
+        # B's slab is whole, or no narrower than the search would cut for the smallest L2
+        # (a table searched on a CPU with a larger L2 than this one's cuts wider slabs).
         n_pad = _round_up(problem.n, self.nr)
-        return whole and registers_ok and self.nc in (n_pad, _slab_columns(problem, self.nr))
+        narrowest = _slab_columns(problem, self.nr, MIN_L2_BYTES // 2)
+        return whole and registers_ok and (self.nc == n_pad or self.nc >= narrowest)
 
 
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def _slab_columns(problem: MatmulProblem, nr: int) -> int:
-    """The widest slab of whole panels that divides the padded N and fits the L2 budget."""
+def _slab_columns(problem: MatmulProblem, nr: int, budget_bytes: int | None = None) -> int:
+    """The widest slab of whole panels that divides the padded N and fits the L2 budget
+    (``problem``'s, unless ``budget_bytes`` says)."""
+    budget = problem.l2_budget_bytes if budget_bytes is None else budget_bytes
     panels = _round_up(problem.n, nr) // nr
     itemsize = np.dtype(problem.dtype).itemsize
     best = 1
     for count in range(1, panels + 1):
-        if panels % count == 0 and problem.k * nr * count * itemsize <= problem.l2_budget_bytes:
+        if panels % count == 0 and problem.k * nr * count * itemsize <= budget:
             best = count
     return best * nr
 
@@ -204,9 +219,10 @@ def _register_tiles(problem: MatmulProblem) -> list[tuple[int, int]]:
 def candidate_configs(problem: MatmulProblem, limit: int = SEARCH_CANDIDATES) -> list[MatmulConfig]:
     """Up to ``limit`` configs worth timing, the heuristic's favourite first.
 
-    Variations, in order: the best register tile with B unsplit; rows vectorised instead of
-    columns where N is narrow; the second-best tile; the favourite with B cut into L2-sized
-    slabs, then with A's packing flipped; then the remaining tiles.
+    Variations, in order: the best register tile with B unsplit, then with B read in place;
+    rows vectorised instead of columns where N is narrow; the second-best tile; the
+    favourite with B cut into L2-sized slabs, then with A's packing flipped; then the
+    remaining tiles, each followed by its B-in-place variant.
     """
     def make(mr: int, nr: int, nc: int | None = None, pack_a: bool | None = None):
         if pack_a is None:
@@ -214,9 +230,9 @@ def candidate_configs(problem: MatmulProblem, limit: int = SEARCH_CANDIDATES) ->
         return MatmulConfig(mr, nr, nc or _round_up(problem.n, nr), pack_a)
 
     tiles = _register_tiles(problem)
-    configs = [make(*tiles[0]), *_row_vector_configs(problem)[:1],
+    best = make(*tiles[0])
+    configs = [best, *_b_in_place(problem, best)[:1], *_row_vector_configs(problem)[:1],
                *(make(*tile) for tile in tiles[1:2])]
-    best = configs[0]
     slab = _slab_columns(problem, best.nr)
     if slab != best.nc:
         configs.append(make(best.mr, best.nr, slab))
@@ -224,7 +240,8 @@ def candidate_configs(problem: MatmulProblem, limit: int = SEARCH_CANDIDATES) ->
         # Padded rows force packing, so only whole row tiles leave a choice.
         configs.append(make(best.mr, best.nr, best.nc, not best.pack_a))
     configs += _row_vector_configs(problem)[1:]
-    configs += [make(*tile) for tile in tiles[2:]]
+    configs += [variant for tile in tiles[1:] for config in [make(*tile)]
+                for variant in [config, *_b_in_place(problem, config)]]
     if problem.b_prepacked:
         # With B packed ahead, packing A is the only copy left in a call: each tile whose
         # rows divide M is offered without it, first (the winner for every dense layer of
@@ -236,6 +253,16 @@ def candidate_configs(problem: MatmulProblem, limit: int = SEARCH_CANDIDATES) ->
                     else [config])]
     unique = list(dict.fromkeys(configs))
     return unique[:max(1, limit)]
+
+
+def _b_in_place(problem: MatmulProblem, config: MatmulConfig) -> list[MatmulConfig]:
+    """``config`` reading B where it is stored instead of packing it, where that can work: B
+    stored along j (not transposed), in whole column tiles. The packing copy costs as much
+    as the product when B is large and each panel meets few row tiles (the MLP's weight
+    gradient 256x784x1000 reading its input in place on znver4: 184 -> 200 GFLOPS; its
+    100x256x1000 173 -> 212)."""
+    variant = dataclasses.replace(config, pack_b=False)
+    return [variant] if variant.fits(problem) else []
 
 
 def _row_vector_configs(problem: MatmulProblem) -> list[MatmulConfig]:
@@ -357,7 +384,7 @@ def apply_config(sch: s_tir.Schedule, problem: MatmulProblem, config: MatmulConf
         new_blocks = {sch.get(b).name_hint for b in sch.get_child_blocks(root)} - before
 
     packed_b = None
-    if not b_prepacked:
+    if not b_prepacked and config.pack_b:
         packed_b = _pack(sch, block, _operand_index(sch, block, 1), problem.trans_b, nr,
                          new_blocks)
     packed_a = None

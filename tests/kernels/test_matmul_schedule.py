@@ -160,6 +160,38 @@ def test_epilogue_with_explicit_config(config, trans_a, trans_b):
     np.testing.assert_allclose(out, np.maximum(product + bias, 0), **TOL["float32"])
 
 
+# B read where it is stored (no packing): whole column tiles of an untransposed B, with
+# padded rows (A packed), whole rows (A in place), slabs narrower than N, a partial vector.
+@pytest.mark.parametrize("config", [mm.MatmulConfig(6, 16, 32, pack_b=False),
+                                    mm.MatmulConfig(4, 8, 16, pack_a=False, pack_b=False),
+                                    mm.MatmulConfig(5, 32, 32, pack_b=False),
+                                    mm.MatmulConfig(8, 4, 8, pack_b=False)], ids=str)
+@pytest.mark.parametrize("trans_a", [False, True])
+def test_b_read_in_place(config, trans_a):
+    m = 36 if not config.pack_a else 37
+    problem = mm.MatmulProblem(m, 32, 23, trans_a, False, "float32")
+    assert config.fits(problem)
+    rng = np.random.default_rng(8)
+    a, b, product = _operands(rng, problem)
+    bias = rng.standard_normal(32).astype("float32")
+    inputs, outputs = _bias_relu(a.shape, trans_a, b.shape, False, "float32")
+    func = _build_scheduled(inputs, outputs, lambda s: mm.apply_config(s, problem, config))
+    out = _run(func, a, b, bias, out_shape=(m, 32), dtype="float32")
+    np.testing.assert_allclose(out, np.maximum(product + bias, 0), **TOL["float32"])
+
+
+def test_b_in_place_needs_whole_untransposed_column_tiles():
+    in_place = mm.MatmulConfig(6, 16, 32, pack_b=False)
+    assert in_place.fits(mm.MatmulProblem(40, 32, 9, False, False, "float32"))
+    assert not in_place.fits(mm.MatmulProblem(40, 32, 9, False, True, "float32"))  # B^T
+    assert not mm.MatmulConfig(6, 16, 48, pack_b=False).fits(
+        mm.MatmulProblem(40, 40, 9, False, False, "float32"))  # 40 pads to 48
+    # Offered to the search where it fits, right after the favourite it varies.
+    problem = mm.MatmulProblem(256, 256, 1000, True, False, "float32")
+    first, second = mm.candidate_configs(problem, 2)
+    assert second == dataclasses.replace(first, pack_b=False)
+
+
 def test_epilogue_is_inlined_into_the_tile():
     problem = mm.MatmulProblem(40, 32, 16, False, False, "float32")
     inputs, outputs = _bias_relu((40, 16), False, (16, 32), False, "float32")
@@ -345,9 +377,7 @@ def test_tiles_fit_each_register_file(cpu, lanes, registers, m, n, k):
         else:
             vectors, broadcast = -(-config.nr // lanes), config.mr
         assert vectors * broadcast + vectors + 1 <= registers, config
-        assert mm.MatmulConfig.from_json(
-            {"mr": config.mr, "nr": config.nr, "nc": config.nc, "pack_a": config.pack_a,
-             "vec_m": config.vec_m}, problem) == config
+        assert mm.MatmulConfig.from_json(dataclasses.asdict(config), problem) == config
     best = mm.heuristic_config(problem)
     if n >= 4 * lanes:  # a wide output uses the larger register file for a larger tile
         used = best.mr * -(-best.nr // lanes)
