@@ -328,15 +328,31 @@ class Executor:
     def _run(self, feed_dict: dict, convert_to_numpy_ret_vals: bool) -> list:
         self._check_feed_keys(feed_dict)
         bound = self._bound
-        # Parameters bind the tensor they hold unless the caller feeds another value.
-        values = {p: feed_dict[p] if p in feed_dict else p.data for p in self.placeholders}
-        self._resolve_dtype(values)
-        # A parameter still holding the tensor bound at the last run was checked then (dtype,
-        # device, no overlap with the plan's buffers; a new plan clears the bindings).
-        feeds = {p: v if v is bound.get(p) and p not in feed_dict
-                 else self._feed_value(p, v, bound=p not in feed_dict)
-                 for p, v in values.items()}
-        signature = tuple(tuple(v.shape) for v in feeds.values())
+        if self.dtype is None:
+            # Parameters bind the tensor they hold unless the caller feeds another value.
+            self._resolve_dtype({p: feed_dict[p] if p in feed_dict else p.data
+                                 for p in self.placeholders})
+        prepared = self._prepared
+        feeds = {}
+        shapes = []
+        for placeholder in self.placeholders:
+            if placeholder in feed_dict:
+                fed = self._feed_value(placeholder, feed_dict[placeholder])
+                shapes.append(tuple(fed.shape))
+                feeds[placeholder] = fed
+                continue
+            data = placeholder.data
+            if data is bound.get(placeholder):
+                # Still the tensor bound at the last run, checked then (dtype, device, no
+                # overlap with the plan's buffers; a new plan clears the bindings): its shape
+                # is the plan's.
+                shapes.append(prepared.shapes[placeholder])
+                feeds[placeholder] = data
+                continue
+            fed = self._feed_value(placeholder, data, bound=True)
+            shapes.append(tuple(fed.shape))
+            feeds[placeholder] = fed
+        signature = tuple(shapes)
         if signature != self._signature:
             self._prepared = self._prepare({p: tuple(v.shape) for p, v in feeds.items()})
             self._signature = signature
