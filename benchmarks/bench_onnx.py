@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 BATCHES = (1, 256)
-CALLS = {1: 300, 256: 30}  # calls timed per figure: about the same time for each
+CALLS = {1: 1000, 256: 200}  # calls timed per figure: long enough to span a slow spell
 WARMUP = 5
 
 
