@@ -128,12 +128,19 @@ def elemwise_add(shape: Shape, dtype: str):
     return elementwise(add, [shape, shape], shape, (), dtype)
 
 
+def matmul_sizes(shape_a: Shape, trans_a: bool, shape_b: Shape,
+                 trans_b: bool) -> tuple[int, int, int]:
+    """``(M, N, K)`` of ``op(A) @ op(B)`` from the stored shapes (a transposed operand is
+    stored transposed)."""
+    m, k = (shape_a[1], shape_a[0]) if trans_a else shape_a
+    return m, (shape_b[0] if trans_b else shape_b[1]), k
+
+
 def matmul(shape_a: Shape, trans_a: bool, shape_b: Shape, trans_b: bool, dtype: str):
     """``C = op(A) @ op(B)`` where ``op`` transposes when asked; reduction over ``k``."""
     a = te.placeholder(shape_a, dtype=dtype, name="A")
     b = te.placeholder(shape_b, dtype=dtype, name="B")
-    m, k_len = (shape_a[1], shape_a[0]) if trans_a else shape_a
-    n = shape_b[0] if trans_b else shape_b[1]
+    m, n, k_len = matmul_sizes(shape_a, trans_a, shape_b, trans_b)
     k = te.reduce_axis((0, k_len), name="k")
 
     def a_at(i, kk):
@@ -178,8 +185,7 @@ def matmul_prepacked(shape_a: Shape, trans_a: bool, shape_b: Shape, trans_b: boo
     """
     rows, panel = tiles[0], tiles[1]
     a = te.placeholder(shape_a, dtype=dtype, name="A")
-    m, k_len = (shape_a[1], shape_a[0]) if trans_a else shape_a
-    n = shape_b[0] if trans_b else shape_b[1]
+    m, n, k_len = matmul_sizes(shape_a, trans_a, shape_b, trans_b)
     panels = -(-n // panel)
     packed = te.placeholder((panels, k_len, panel), dtype=dtype, name="B_packed")
     m_pad = -(-m // rows) * rows

@@ -360,13 +360,13 @@ def _fuse_epilogues(sch: s_tir.Schedule, write_back) -> list:
             return consumers
 
 
-def apply_config(sch: s_tir.Schedule, problem: MatmulProblem, config: MatmulConfig,
-                 b_prepacked: bool = False) -> None:
+def apply_config(sch: s_tir.Schedule, problem: MatmulProblem, config: MatmulConfig) -> None:
     """Schedule the ``matmul`` block (and any elementwise blocks after it) with ``config``.
 
-    ``b_prepacked``: the function is ``compute.matmul_prepacked``, which reads B already in
-    panels and brings its own padded blocks, so B is neither padded nor packed here.
+    For ``problem.b_prepacked`` the function is ``compute.matmul_prepacked``, which reads B
+    already in panels and brings its own padded blocks, so B is neither padded nor packed.
     """
+    b_prepacked = problem.b_prepacked
     if not config.fits(problem):
         raise ValueError(f"config {config} does not fit {problem}")
     mr, nr = config.mr, config.nr
@@ -672,8 +672,7 @@ def prepacked_tiles(shape_a: tuple, trans_a: bool, shape_b: tuple, trans_b: bool
     product whose B is constant, so that B can be packed in panels of ``nr`` once, ahead of
     every call; None where B is better read as stored (the matrix-vector product reads each
     row of B once, so panels would gain nothing)."""
-    m, k = (shape_a[1], shape_a[0]) if trans_a else shape_a
-    n = shape_b[0] if trans_b else shape_b[1]
+    m, n, k = compute.matmul_sizes(shape_a, trans_a, shape_b, trans_b)
     problem = MatmulProblem(m, n, k, trans_a, trans_b, dtype, b_prepacked=True)
     if gemv_lanes(problem) is not None:
         return None
@@ -682,7 +681,7 @@ def prepacked_tiles(shape_a: tuple, trans_a: bool, shape_b: tuple, trans_b: bool
 
 def schedule_matmul_prepacked(sch: s_tir.Schedule) -> None:
     """``compute.matmul_prepacked`` with the tiles its B was packed for: the tuned schedule
-    without B's padding and packing (``apply_config(b_prepacked=True)``)."""
+    without B's padding and packing (``apply_config`` of a ``b_prepacked`` problem)."""
     block = sch.get_sblock(BLOCK)
     stmt = sch.get(block)
     m, n, k, trans_a, trans_b, mr, nr, nc, pack_a, vec_m = (
@@ -690,5 +689,4 @@ def schedule_matmul_prepacked(sch: s_tir.Schedule) -> None:
     sch.unannotate(block, compute.MATMUL_TILES_ATTR)
     problem = MatmulProblem(m, n, k, bool(trans_a), bool(trans_b),
                             str(stmt.writes[0].source.dtype), b_prepacked=True)
-    apply_config(sch, problem, MatmulConfig(mr, nr, nc, bool(pack_a), bool(vec_m)),
-                 b_prepacked=True)
+    apply_config(sch, problem, MatmulConfig(mr, nr, nc, bool(pack_a), bool(vec_m)))

@@ -42,6 +42,10 @@ class InferenceSession:
         self._inputs = [Variable(name) for name in self._model.input_names]
         outputs = self._model(*self._inputs)
         self._outputs = list(outputs) if isinstance(outputs, tuple) else [outputs]
+        # The initializers are constants, as onnxruntime reads them: the weights' packed
+        # layouts are made once per compiled shape (``passes.prepack``), not at every run.
+        self._weights = [n for n in find_topo_sort(
+            [v for v in self._outputs if isinstance(v, Node)]) if n.op.holds_value]
         self._ctx = ctx
         self._input_args = self.get_inputs()  # checked against at every run
         self._executors: dict[tuple, Executor] = {}
@@ -76,11 +80,8 @@ class InferenceSession:
                 if len(self._executors) >= MAX_PLANS:
                     self._executors.pop(next(iter(self._executors)))
                 nodes = [v for v in self._outputs if isinstance(v, Node)]
-                # The initializers are constants, as onnxruntime reads them: the weights'
-                # packed layouts are made once (``passes.prepack``), not at every run.
-                weights = [n for n in find_topo_sort(nodes) if n.op.holds_value]
                 executor = self._executors[key] = Executor(nodes, ctx=self._ctx,
-                                                           constants=weights)
+                                                           constants=self._weights)
         feeds = {var: array for var, array in zip(self._inputs, arrays)
                  if var in executor.placeholders}
         computed = iter(executor.run(feeds, convert_to_numpy_ret_vals=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import tvm
@@ -49,6 +49,8 @@ class _Prepared:
     constant_values: frozenset = frozenset()  # computed from constant_params alone
     constants_stale: bool = True
     constant_versions: tuple = ()
+    # numpy views of the feed buffers (CPU only), made once: array feeds are copied in here.
+    feed_arrays: dict = field(default_factory=dict)
 
     def owns_memory_of(self, tensor: tvm.runtime.Tensor) -> bool:
         """Whether ``tensor`` overlaps a buffer of the plan (e.g. a returned output fed back)."""
@@ -132,7 +134,6 @@ class Executor:
         self.ctx = _check_device(ctx if ctx is not None else tvm.cpu(0))
         on_gpu = self.ctx.dlpack_device_type() == tvm.cuda(0).dlpack_device_type()
         self.target = "cuda" if on_gpu else "llvm"
-        self._on_cpu = not on_gpu
         if dtype is not None and dtype not in SUPPORTED_DTYPES:
             raise DtypeError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype!r}")
         self.dtype = dtype
@@ -285,10 +286,7 @@ class Executor:
 
         calls: list[tuple] = []
         feed_slots: dict[Node, list[tuple[int, int, Shape]]] = {p: [] for p in self.placeholders}
-        first_per_run_call = 0
         for step in steps:
-            if step.output in constant:
-                first_per_run_call = len(calls) + (step.alias_of is None)
             if step.alias_of is not None:
                 continue
             kernel = step.kernel.build(self.target, self.dtype)
@@ -303,9 +301,13 @@ class Executor:
         self._bound = dict(feed_buffers)
         state_targets = frozenset(s.writes_state for s in steps if s.writes_state is not None)
         group = storage[plan.contiguous_storage] if plan.contiguous_storage is not None else None
+        feed_arrays = ({p: np.from_dlpack(t) for p, t in feed_buffers.items()}
+                       if self.target == "llvm" else {})
         return _Prepared(shapes, steps, plan, calls, feed_slots, feed_buffers, outputs,
-                         owned_ranges, state_targets, group, first_per_run_call,
-                         constant_params, frozenset(constant))
+                         owned_ranges, state_targets, group,
+                         first_per_run_call=sum(step.alias_of is None for step in hoisted),
+                         constant_params=constant_params, constant_values=frozenset(constant),
+                         feed_arrays=feed_arrays)
 
     def _rebind(self, prepared: _Prepared, placeholder: Node, tensor) -> None:
         """Point every argument slot of ``placeholder`` at ``tensor`` (only when it changed)."""
@@ -376,10 +378,11 @@ class Executor:
                 # A tensor this executor returned (or a view of one) would be overwritten
                 # while kernels still read it: run on a copy, like an array feed.
                 buffer = prepared.feed_buffers[placeholder]
-                if isinstance(fed, np.ndarray) and self._on_cpu:
+                array_view = prepared.feed_arrays.get(placeholder)
+                if isinstance(fed, np.ndarray) and array_view is not None:
                     # Through numpy: TVM's copyfrom costs 6 us more per call (znver4), as
                     # much as a small model's kernels.
-                    np.copyto(np.from_dlpack(buffer), fed)
+                    np.copyto(array_view, fed)
                 else:
                     buffer.copyfrom(fed)
                 fed = buffer
@@ -397,7 +400,7 @@ class Executor:
         results = [_view(self._bound[out[0]], out[1]) if isinstance(out, tuple) else out
                    for out in prepared.outputs]
         if convert_to_numpy_ret_vals:
-            if self._on_cpu:  # a copy through numpy: TVM's numpy() costs 6 us more
+            if self.target == "llvm":  # a copy through numpy: TVM's numpy() costs 6 us more
                 return [np.from_dlpack(r).copy() for r in results]
             return [r.numpy() for r in results]
         return results
