@@ -20,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import tvm
-from tvm import te
 
 from dlsys.errors import ArgumentError, ArgumentTypeError, DtypeError, ShapeError
-from dlsys.kernels import disk_cache
+from dlsys.kernels import compute, disk_cache
 from dlsys.kernels import schedule as schedules
 
 SUPPORTED_DTYPES = ("float32", "float64")
@@ -159,16 +158,19 @@ def cache_key(kind: str, params: tuple, dtype: str, target: tvm.target.Target) -
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def _unscheduled_module(inputs: list, outputs: list, func_name: str) -> tvm.IRModule:
-    prim = te.create_prim_func(inputs + outputs).with_attr("global_symbol", func_name)
-    return tvm.IRModule({func_name: prim})
+def _unscheduled_module(inputs: list, outputs: list, func_name: str,
+                        target: tvm.target.Target) -> tvm.IRModule:
+    # CPU kernels read their inputs wherever they lie, so that the executor can hand them a
+    # caller's numpy array without copying it (GPU inputs are always dlsys's own copies).
+    prim = compute.prim_func(inputs, outputs, inputs_aligned=target.kind.name != "llvm")
+    return tvm.IRModule({func_name: prim.with_attr("global_symbol", func_name)})
 
 
 def scheduled_module(inputs: list, outputs: list, kind: str, target: tvm.target.Target,
                      func_name: str) -> tvm.IRModule:
     """The IRModule that ``compile_module`` compiles: the compute with its schedule applied."""
-    return schedules.apply_schedule(_unscheduled_module(inputs, outputs, func_name), kind,
-                                    target)
+    return schedules.apply_schedule(_unscheduled_module(inputs, outputs, func_name, target),
+                                    kind, target)
 
 
 def compile_module(inputs: list, outputs: list, kind: str, target: tvm.target.Target,
@@ -206,8 +208,8 @@ def build_kernel(kind: str, params: tuple, define: Callable[[], tuple[list, list
     if disk_cache_enabled() and target.kind.name == "llvm":
         directory = disk_cache.private_dir()
     if directory is not None:
-        decisions = schedules.schedule_decisions(_unscheduled_module(inputs, outputs, symbol),
-                                                 kind, target)
+        unscheduled = _unscheduled_module(inputs, outputs, symbol, target)
+        decisions = schedules.schedule_decisions(unscheduled, kind, target)
         disk_key = cache_key(kind, params + (decisions,), dtype, target)
         func = disk_cache.load(directory, disk_key, symbol)
     if func is None:

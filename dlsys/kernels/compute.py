@@ -11,10 +11,41 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import tvm
+import tvm_ffi
 from tvm import te, tirx
 
 Shape = tuple[int, ...]
 TensorList = list[te.Tensor]
+
+
+def prim_func(inputs: TensorList, outputs: TensorList,
+              inputs_aligned: bool = True) -> tirx.PrimFunc:
+    """The function taking ``inputs + outputs`` as its buffers.
+
+    TVM promises the code generator 64-byte-aligned buffers. ``inputs_aligned=False``
+    promises the inputs only their element's alignment, so that a kernel can read a
+    caller's array where it lies: numpy allocates on 16-byte boundaries, and copying a batch
+    into an aligned buffer costs as much as a small model's kernels. The inputs are then
+    read with unaligned vector loads, which on x86 CPUs with AVX run as fast as aligned
+    ones when the data happens to be aligned. Outputs keep the promise: they are always
+    memory dlsys allocated.
+    """
+    func = te.create_prim_func(inputs + outputs)
+    if inputs_aligned:
+        return func
+    relaxed = {}
+    for param in func.params[:len(inputs)]:
+        declared = param.ty
+        relaxed[param] = tirx.decl_buffer(
+            declared.shape, declared.dtype, param.name, strides=declared.strides,
+            elem_offset=declared.elem_offset,
+            data_alignment=tvm.runtime.DataType(declared.dtype).bits // 8,
+            offset_factor=declared.offset_factor)
+    # Buffers are variables: swapping each one everywhere it occurs (the parameters, the
+    # loads, the blocks' read regions) redeclares it.
+    return tvm_ffi.structural_map(func, (tirx.Var, lambda var: relaxed.get(var, var)),
+                                  order="post")
 
 
 def broadcast_index(out_index: Sequence, in_shape: Shape, out_shape: Shape) -> list:

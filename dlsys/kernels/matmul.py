@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import tvm
-from tvm import s_tir, te
+from tvm import s_tir
 
 from dlsys.kernels import compute, tuning
 from dlsys.kernels import cpu as cpu_facts
@@ -491,7 +491,7 @@ def _problem_prim_func(problem: MatmulProblem, config: MatmulConfig) -> tvm.IRMo
     else:
         inputs, outputs = compute.matmul(shape_a, problem.trans_a, shape_b, problem.trans_b,
                                          problem.dtype)
-    return tvm.IRModule({"main": te.create_prim_func(inputs + outputs)})
+    return tvm.IRModule({"main": compute.prim_func(inputs, outputs, inputs_aligned=False)})
 
 
 def _cpu_target() -> tvm.target.Target:

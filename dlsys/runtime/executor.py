@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import tvm
+import tvm_ffi
 
 from dlsys.errors import ArgumentError, ArgumentTypeError, DtypeError, FeedError, ShapeError
 from dlsys.graph import Node, Shape, find_topo_sort, short_name
@@ -51,12 +52,17 @@ class _Prepared:
     constant_versions: tuple = ()
     # numpy views of the feed buffers (CPU only), made once: array feeds are copied in here.
     feed_arrays: dict = field(default_factory=dict)
+    itemsize: int = 4
 
     def owns_memory_of(self, tensor: tvm.runtime.Tensor) -> bool:
-        """Whether ``tensor`` overlaps a buffer of the plan (e.g. a returned output fed back)."""
+        """Whether ``tensor`` (of the executor's dtype) overlaps a buffer of the plan (e.g. a
+        returned output fed back)."""
         start = tensor.data_ptr()
-        end = start + tensor.numel() * np.dtype(str(tensor.dtype)).itemsize
-        return any(start < high and low < end for low, high in self.owned_ranges)
+        end = start + tensor.numel() * self.itemsize
+        for low, high in self.owned_ranges:
+            if start < high and low < end:
+                return True
+        return False
 
 
 def _view(tensor: tvm.runtime.Tensor, shape: Shape) -> tvm.runtime.Tensor:
@@ -74,6 +80,21 @@ def _view_at(base: tvm.runtime.Tensor, offset: int, shape: Shape) -> tvm.runtime
         raise ArgumentError("Executor: contiguous groups are supported on the CPU only")
     flat = np.from_dlpack(base)
     return tvm.runtime.from_dlpack(flat[offset:offset + math.prod(shape)].reshape(shape))
+
+
+# A numpy feed at least this large is read where it lies, not copied in: wrapping it and
+# pointing the kernels at it costs about 2 us (znver4), the time to copy 64-100 KiB.
+IN_PLACE_FEED_BYTES = 64 * 1024
+
+
+def _in_place_tensor(array: np.ndarray):
+    """A TVM tensor over ``array``'s own memory, for CPU kernels to read it where it lies
+    (their inputs are declared aligned to the element only, ``compute.prim_func``); or
+    ``array`` itself where that cannot be done: a read-only array (DLPack as TVM speaks it
+    cannot say read-only) or one whose elements are not aligned."""
+    if not (array.flags.writeable and array.flags.aligned):
+        return array
+    return tvm_ffi.from_dlpack(array, require_alignment=0)
 
 
 def _check_device(ctx) -> tvm.runtime.Device:
@@ -110,9 +131,12 @@ class Executor:
     Feeds may be TVM tensors (used as they are, never copied: they must have the executor's
     dtype and device) or array-likes such as numpy arrays, which are converted to the dtype
     and copied into a buffer that is reused from run to run; a float64 or non-contiguous
-    numpy array is therefore accepted and converted. A TVM tensor that shares memory with
-    the executor's own buffers (an output of an earlier run fed back in) is copied first,
-    since the kernels would overwrite it while reading it.
+    numpy array is therefore accepted and converted. On the CPU a numpy array of the dtype,
+    contiguous, writeable and of at least ``IN_PLACE_FEED_BYTES`` is not copied: the
+    kernels read it where it lies (never write it; a state a kernel updates is copied), and
+    the executor holds on to it until the next run. A tensor or array that shares memory
+    with the executor's own buffers (an output of an earlier run fed back in) is copied
+    first, since the kernels would overwrite it while reading it.
 
     Threads: ``run`` holds a lock, so calls from several threads run one after another and
     each computes its own feeds' values. The TVM tensors it returns are the executor's
@@ -307,7 +331,7 @@ class Executor:
                          owned_ranges, state_targets, group,
                          first_per_run_call=sum(step.alias_of is None for step in hoisted),
                          constant_params=constant_params, constant_values=frozenset(constant),
-                         feed_arrays=feed_arrays)
+                         feed_arrays=feed_arrays, itemsize=itemsize)
 
     def _rebind(self, prepared: _Prepared, placeholder: Node, tensor) -> None:
         """Point every argument slot of ``placeholder`` at ``tensor`` (only when it changed)."""
@@ -374,6 +398,11 @@ class Executor:
         for placeholder, fed in feeds.items():
             if fed is bound[placeholder]:
                 continue  # bound and checked at an earlier run
+            if (isinstance(fed, np.ndarray) and fed.nbytes >= IN_PLACE_FEED_BYTES
+                    and prepared.feed_arrays and placeholder not in prepared.state_targets):
+                # Read where it lies, not copied (a kernel updating it in place would write
+                # into the caller's array: such a feed is copied).
+                fed = _in_place_tensor(fed)
             if isinstance(fed, np.ndarray) or prepared.owns_memory_of(fed):
                 # A tensor this executor returned (or a view of one) would be overwritten
                 # while kernels still read it: run on a copy, like an array feed.

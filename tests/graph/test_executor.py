@@ -49,9 +49,14 @@ def test_new_batch_sizes_are_replanned(mlp):
         assert executor.memory_stats()["naive_bytes"] > 0
 
 
-def _storage_pointers(executor) -> list[int]:
-    """Data pointers of every tensor the frozen kernel calls pass."""
-    return [arg.data_ptr for _, args in executor._prepared.calls for arg in args]
+def _storage_pointers(executor, feeds: bool = True) -> list[int]:
+    """Data pointers of every tensor the frozen kernel calls pass (``feeds=False``: but the
+    feeds', since a large numpy feed is read where it lies, a new array at each run)."""
+    prepared = executor._prepared
+    fed = set() if feeds else {(call, position) for slots in prepared.feed_slots.values()
+                                for call, position, _ in slots}
+    return [arg.data_ptr() for call, (_, args) in enumerate(prepared.calls)
+            for position, arg in enumerate(args) if (call, position) not in fed]
 
 
 def test_same_shapes_reuse_every_buffer(mlp):
@@ -59,11 +64,11 @@ def test_same_shapes_reuse_every_buffer(mlp):
     first_feeds, second_feeds = mlp.feeds(32, seed=1), mlp.feeds(32, seed=2)
     first = executor.run(first_feeds)
     first_ptrs = [t.data_ptr for t in first]
-    prepared, internal = executor._prepared, _storage_pointers(executor)
+    prepared, internal = executor._prepared, _storage_pointers(executor, feeds=False)
     second = executor.run(second_feeds)
     assert [t.data_ptr for t in second] == first_ptrs
     assert executor._prepared is prepared
-    assert _storage_pointers(executor) == internal
+    assert _storage_pointers(executor, feeds=False) == internal
     # The same buffers, but really recomputed: the results are the second feeds' values.
     _assert_matches_numpy(second, mlp.eval_nodes, second_feeds, F32_TOL)
 
@@ -79,7 +84,7 @@ def test_tvm_tensor_feeds_are_used_without_copy():
     (result,) = executor.run({x: x_tensor, w: w_tensor})
     assert executor.dtype == "float32"
     pointers = _storage_pointers(executor)
-    assert x_tensor.data_ptr in pointers and w_tensor.data_ptr in pointers
+    assert x_tensor.data_ptr() in pointers and w_tensor.data_ptr() in pointers
     np.testing.assert_allclose(result.numpy(), np.maximum(x_val @ w_tensor.numpy(), 0),
                                **F32_TOL)
     # Writing into the fed tensor between runs is seen by the next run: it was not copied.
@@ -200,9 +205,12 @@ def test_bad_graph_arguments_raise_dlsys_errors_naming_them():
         x + "1"
 
 
-def test_returned_output_fed_back_is_read_before_it_is_overwritten(monkeypatch):
+@pytest.mark.parametrize("as_numpy", [False, True])
+def test_returned_output_fed_back_is_read_before_it_is_overwritten(monkeypatch, as_numpy):
     # Under the naive schedule a matmul reads its operand while writing its output; feeding
-    # the executor's own output buffer back in must not let the two overlap.
+    # the executor's own output buffer back in (the TVM tensor returned, or a numpy view of
+    # it, large enough to be read in place if it were the caller's) must not let the two
+    # overlap.
     monkeypatch.setenv("DLSYS_SCHEDULE", "naive")
     h, w = ad.Variable("h"), ad.Variable("W")
     executor = ad.Executor([ad.matmul_op(h, w)])
@@ -215,7 +223,7 @@ def test_returned_output_fed_back_is_read_before_it_is_overwritten(monkeypatch):
     for _ in range(3):
         expected = expected @ w_val
         np.testing.assert_allclose(out.numpy(), expected, rtol=1e-4, atol=1e-5)
-        (out,) = executor.run({h: out, w: w_val})
+        (out,) = executor.run({h: np.from_dlpack(out) if as_numpy else out, w: w_val})
 
 
 def test_one_executor_from_several_threads_gives_every_thread_its_own_answer():
@@ -298,3 +306,72 @@ def test_a_value_too_large_to_index_is_refused_before_allocating():
     # (100000, 1) + (1, 100000) broadcasts to 10**10 elements: 40 GB, past int32 indexing.
     with pytest.raises(ShapeError, match=r"\(a\+b\).*10000000000 elements"):
         executor.run({a: np.ones((100000, 1)), b: np.ones((1, 100000))})
+
+
+def _misaligned(values: np.ndarray, offset_bytes: int) -> np.ndarray:
+    """A copy of ``values`` starting ``offset_bytes`` past a 64-byte boundary."""
+    raw = np.empty(values.nbytes + 128, np.uint8)
+    start = -raw.ctypes.data % 64 + offset_bytes
+    array = raw[start:start + values.nbytes].view(values.dtype).reshape(values.shape)
+    array[...] = values
+    return array
+
+
+@pytest.mark.parametrize("offset_bytes", [0, 4, 16, 36])
+def test_large_numpy_feeds_are_read_where_they_lie_at_any_element_offset(offset_bytes):
+    # numpy allocates on 16-byte boundaries and TVM's kernels used to assume 64: a large
+    # feed is now read in place by every kernel that takes it (a matmul and an elementwise
+    # kernel here), wherever it starts. Rows of 128 floats keep every vector load on a
+    # 64-byte step, where a kernel compiled with the old promise uses aligned loads (and
+    # crashed on such a feed).
+    from dlsys.runtime.executor import IN_PLACE_FEED_BYTES
+
+    rng = np.random.default_rng(offset_bytes)
+    x, w = ad.Variable("x"), ad.Variable("w")
+    executor = ad.Executor([ad.relu_op(ad.matmul_op(x, w)), x * 2.0 + 1.0])
+    x_val = _misaligned(rng.standard_normal((300, 128)).astype("float32"), offset_bytes)
+    assert x_val.nbytes >= IN_PLACE_FEED_BYTES
+    kept = x_val.copy()
+    w_val = rng.standard_normal((128, 37)).astype("float32")
+    product, affine = executor.run({x: x_val, w: w_val}, convert_to_numpy_ret_vals=True)
+    np.testing.assert_allclose(product, np.maximum(kept @ w_val, 0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(affine, kept * 2 + 1, **F32_TOL)
+    assert x_val.ctypes.data in _storage_pointers(executor)
+    np.testing.assert_array_equal(x_val, kept)  # read, never written
+    # Nothing is kept from the last run's array: a new one at another offset gives its values.
+    other = _misaligned(-kept, (offset_bytes + 8) % 64)
+    _, affine = executor.run({x: other, w: w_val}, convert_to_numpy_ret_vals=True)
+    np.testing.assert_allclose(affine, -kept * 2 + 1, **F32_TOL)
+
+
+def test_feeds_that_cannot_be_read_in_place_are_copied(monkeypatch):
+    from dlsys.runtime import executor as executor_module
+
+    monkeypatch.setattr(executor_module, "IN_PLACE_FEED_BYTES", 0)  # every array qualifies
+    x = ad.Variable("x")
+    executor = ad.Executor([x * 3.0])
+    values = np.arange(12, dtype="float32").reshape(3, 4)
+    read_only = values.copy()
+    read_only.flags.writeable = False  # DLPack as TVM speaks it cannot mark it read-only
+    unaligned = np.frombuffer(b"\0" + values.tobytes(), np.float32, 12, 1).reshape(3, 4)
+    assert not unaligned.flags.aligned
+    for array in (read_only, unaligned):
+        (got,) = executor.run({x: array}, convert_to_numpy_ret_vals=True)
+        np.testing.assert_array_equal(got, values * 3)
+        assert executor._bound[x] is executor._prepared.feed_buffers[x]
+
+
+def test_a_state_fed_as_numpy_is_updated_in_a_copy_not_in_the_callers_array(monkeypatch):
+    from dlsys import nn
+    from dlsys.ops.norm import running_statistic_op
+    from dlsys.runtime import executor as executor_module
+
+    monkeypatch.setattr(executor_module, "IN_PLACE_FEED_BYTES", 0)
+    running = nn.Parameter(np.zeros(4, np.float32), "running")
+    x = ad.Variable("x")
+    executor = ad.Executor([running_statistic_op(running, x, "mean", 0.5)])
+    running_val = np.ones(4, np.float32)
+    x_val = np.arange(16, dtype=np.float32).reshape(2, 4, 1, 2)
+    (got,) = executor.run({running: running_val, x: x_val}, convert_to_numpy_ret_vals=True)
+    np.testing.assert_allclose(got, 0.5 * 1 + 0.5 * x_val.mean(axis=(0, 2, 3)), **F32_TOL)
+    np.testing.assert_array_equal(running_val, np.ones(4))

@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pytest
+import tvm_ffi
 
 from dlsys.kernels import build, compute
 from dlsys.kernels.registry import KernelSpec
@@ -53,3 +54,29 @@ def test_elementwise_kernels_match_numpy(kind, shapes, out):
                 "relu": lambda a: np.maximum(a, 0)}[kind](*arrays)
     np.testing.assert_array_equal(result.numpy(), expected)
 
+
+
+@pytest.mark.parametrize("kind, input_alignment", [("llvm", 4), ("cuda", 64)])
+def test_cpu_kernels_promise_their_inputs_only_the_element_alignment(kind, input_alignment):
+    # So that the executor can pass a caller's numpy array (16-byte aligned) where it lies;
+    # outputs are always dlsys's own 64-byte-aligned buffers, and GPU inputs dlsys's copies.
+    inputs, outputs = compute.elementwise(compute.add, [(64, 128), (128,)], (64, 128), (),
+                                          "float32")
+    func = build.scheduled_module(inputs, outputs, "injective", build.make_target(kind),
+                                  "k")["k"]
+    assert [p.ty.data_alignment for p in func.params] == [input_alignment] * 2 + [64]
+
+
+def test_a_cpu_kernel_reads_inputs_that_start_off_a_vector_boundary():
+    kernel = KernelSpec("add", (((64, 128), (64, 128)), (64, 128), ())).build("llvm", "float32")
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((64, 128)).astype("float32") for _ in range(2))
+    raw = np.zeros(2 * a.size + 64, np.float32)
+    start = (-raw.ctypes.data % 64) // 4 + 1  # one element past a 64-byte boundary
+    a_off = raw[start:start + a.size].reshape(a.shape)
+    b_off = raw[start + a.size + 3:start + 2 * a.size + 3].reshape(b.shape)
+    a_off[...], b_off[...] = a, b
+    out = build.empty((64, 128))
+    kernel.func(tvm_ffi.from_dlpack(a_off, require_alignment=0),
+                tvm_ffi.from_dlpack(b_off, require_alignment=0), out)
+    np.testing.assert_array_equal(out.numpy(), a + b)
