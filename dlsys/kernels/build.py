@@ -22,7 +22,7 @@ import numpy as np
 import tvm
 
 from dlsys.errors import ArgumentError, ArgumentTypeError, DtypeError, ShapeError
-from dlsys.kernels import compute, disk_cache
+from dlsys.kernels import compute, disk_cache, tuning
 from dlsys.kernels import schedule as schedules
 
 SUPPORTED_DTYPES = ("float32", "float64")
@@ -193,6 +193,9 @@ def build_kernel(kind: str, params: tuple, define: Callable[[], tuple[list, list
     if not isinstance(func_name, str) or not func_name.isidentifier():
         raise ArgumentError(f"func_name must be an identifier, got {func_name!r}")
     key = cache_key(kind, params, dtype, target)
+    # Read here so that a bad value is named, not taken for a schedule's refusal (the
+    # schedules fall back when an error is raised inside them).
+    tuning.search_budget_s()
     with _lock:
         cached = _memory_cache.get(key)
     if cached is not None:

@@ -40,9 +40,9 @@ BLOCK = "matmul"
 LOG_KIND = "matmul"
 # Below this many multiply-adds, waking the thread pool costs more than the work it shares.
 PARALLEL_MIN_MACS = 1 << 18
-# Below this (the MLP's smallest products are exactly 10**6) a kernel runs in tens of
-# microseconds, where the heuristic's choice is within noise of the best: not worth a search.
-SEARCH_MIN_MACS = 10**6
+# Below this a product runs in under 0.1 ms (200 GFLOPS): a search of 0.7 s or more would
+# take hundreds of thousands of calls to repay a 10 % gain, so the heuristic's tiles serve.
+SEARCH_MIN_MACS = 1 << 24
 SEARCH_CANDIDATES = 4
 # A packed element (a scalar load and store) costs about as long as this many multiply-adds
 # inside the vectorised FMA loop; used to rank tiles that pad A against those that do not.
@@ -562,16 +562,21 @@ def tune_matmul(problem: MatmulProblem, limit: int | None = None, rounds: int = 
 
 
 def choose_config(problem: MatmulProblem) -> MatmulConfig:
-    """Logged tiles if any, else a search (unless ``DLSYS_TUNE=0`` or the problem is tiny)."""
+    """Logged tiles if any, else a search (unless ``DLSYS_TUNE=0``, the process has spent
+    its search budget, ``tuning.search_budget_s``, or the problem is too small to gain)."""
     record = tuning.lookup(LOG_KIND, problem.key())
     config = MatmulConfig.from_json(record, problem) if record is not None else None
     if config is not None:
         return config
-    if not tuning.tuning_enabled() or problem.macs < SEARCH_MIN_MACS:
+    if problem.macs < SEARCH_MIN_MACS or not tuning.search_allowed():
         return heuristic_config(problem)
-    # A packed B comes with inference sessions, whose search runs once per model and shape:
-    # twice the candidates, as the pack_a variants double them.
-    return tune_matmul(problem, 2 * SEARCH_CANDIDATES if problem.b_prepacked else None)[0]
+    start = time.perf_counter()
+    try:
+        # A packed B comes with inference sessions, whose search runs once per model and
+        # shape: twice the candidates, as the pack_a variants double them.
+        return tune_matmul(problem, 2 * SEARCH_CANDIDATES if problem.b_prepacked else None)[0]
+    finally:
+        tuning.spend_search_time(time.perf_counter() - start)
 
 
 def _all_blocks(sch: s_tir.Schedule) -> list:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import tvm
 
+from dlsys.errors import ArgumentError
 from dlsys.kernels import disk_cache
 
 LOG_VERSION = 1
@@ -49,6 +50,49 @@ def system_cpu() -> str:
 def tuning_enabled() -> bool:
     """``DLSYS_TUNE=0`` skips every search and uses heuristic parameters instead."""
     return os.environ.get("DLSYS_TUNE", "1").strip() not in ("0", "false", "no", "off")
+
+
+# Seconds of first-use search one process may spend (``DLSYS_TUNE_BUDGET``). A search costs
+# 0.5-0.7 s per shape, mostly compiling its candidates: searching the MLP's shapes put the
+# first batch 8.1 s after start on a CPU without a shipped table (2.5 s with one; znver4).
+# A search starts only if it should end within the budget, judged by the searches before
+# it. Past that a shape gets the heuristic tiles (3-6 % slower on that model, and often the
+# very tiles a search picks), unlogged, so the next process searches it: the log fills over
+# a few runs, and no start waits for all of it.
+DEFAULT_SEARCH_BUDGET_S = 1.5
+_search_seconds_spent = 0.0
+_searches_done = 0
+
+
+def search_budget_s() -> float:
+    text = os.environ.get("DLSYS_TUNE_BUDGET", "").strip()
+    if not text:
+        return DEFAULT_SEARCH_BUDGET_S
+    try:
+        budget = float(text)
+    except ValueError:
+        budget = float("nan")
+    if not budget >= 0:  # also refuses nan
+        raise ArgumentError(f"DLSYS_TUNE_BUDGET must be a number of seconds of search per "
+                            f"process (0 or more, inf for no limit), got {text!r}")
+    return budget
+
+
+def search_allowed() -> bool:
+    """Whether a first-use search may start now: tuning is on, and a search as long as the
+    mean of this process's searches so far still ends within the budget."""
+    if not tuning_enabled():
+        return False
+    with _lock:
+        spent, done = _search_seconds_spent, _searches_done
+    return spent + (spent / done if done else 0.0) < search_budget_s()
+
+
+def spend_search_time(seconds: float) -> None:
+    global _search_seconds_spent, _searches_done
+    with _lock:
+        _search_seconds_spent += seconds
+        _searches_done += 1
 
 
 def _read_entries(path: Path | None) -> dict[str, dict]:

@@ -14,7 +14,9 @@ import pytest
 import tvm
 from tvm import s_tir, te, tirx
 
+from dlsys import autodiff as ad
 from dlsys import tvm_op
+from dlsys.errors import ArgumentError
 from dlsys.kernels import compute, tuning
 from dlsys.kernels import matmul as mm
 from dlsys.kernels.build import make_target
@@ -263,6 +265,7 @@ SEARCH_PROBLEM = mm.MatmulProblem(64, 48, 40, False, True, "float32")
 def _log_path(tmp_path, monkeypatch):
     monkeypatch.setenv("DLSYS_CACHE_DIR", str(tmp_path / "kernels"))
     monkeypatch.setenv("DLSYS_TUNE", "1")
+    monkeypatch.setenv("DLSYS_TUNE_BUDGET", "inf")  # whatever earlier tests spent
     monkeypatch.setattr(mm, "SEARCH_CANDIDATES", 2)
     monkeypatch.setattr(mm, "SEARCH_MIN_MACS", 1)
     return tuning.tuning_log_path(mm.LOG_KIND)
@@ -318,6 +321,40 @@ def test_tune_off_uses_the_heuristic(tmp_path, monkeypatch):
     monkeypatch.setenv("DLSYS_TUNE", "0")
     assert mm.choose_config(SEARCH_PROBLEM) == mm.heuristic_config(SEARCH_PROBLEM)
     assert not path.exists()
+
+
+def test_searches_stop_when_the_process_budget_is_spent(tmp_path, monkeypatch):
+    path = _log_path(tmp_path, monkeypatch)
+    monkeypatch.setenv("DLSYS_TUNE_BUDGET", "30")
+    monkeypatch.setattr(tuning, "_search_seconds_spent", 0.0)
+    monkeypatch.setattr(tuning, "_searches_done", 0)
+    searched = mm.choose_config(SEARCH_PROBLEM)
+    assert SEARCH_PROBLEM.key() in json.loads(path.read_text())["entries"]
+    assert 0 < tuning._search_seconds_spent < 30  # the search's own time was counted
+    assert tuning._searches_done == 1
+    # 20 s in two searches: a third would be expected to end at 30 s, past the budget. A new
+    # shape takes the heuristic tiles, unlogged, so that a later process searches it.
+    monkeypatch.setattr(tuning, "_search_seconds_spent", 20.0)
+    monkeypatch.setattr(tuning, "_searches_done", 2)
+    other = dataclasses.replace(SEARCH_PROBLEM, m=80)
+    monkeypatch.setattr(mm, "tune_matmul", lambda *a, **k: pytest.fail("searched"))
+    assert mm.choose_config(other) == mm.heuristic_config(other)
+    assert other.key() not in json.loads(path.read_text())["entries"]
+    assert mm.choose_config(SEARCH_PROBLEM) == searched  # logged tiles cost no budget
+    # In four searches it would still end within the budget.
+    monkeypatch.setattr(tuning, "_searches_done", 4)
+    assert tuning.search_allowed()
+    monkeypatch.setenv("DLSYS_TUNE_BUDGET", "0")
+    monkeypatch.setattr(tuning, "_search_seconds_spent", 0.0)
+    assert not tuning.search_allowed()
+
+
+@pytest.mark.parametrize("value", ["fast", "-1", "nan"])
+def test_a_bad_search_budget_is_named_when_a_kernel_is_built(monkeypatch, value):
+    monkeypatch.setenv("DLSYS_TUNE_BUDGET", value)
+    x, w = ad.Variable("x"), ad.Variable("w")
+    with pytest.raises(ArgumentError, match=f"DLSYS_TUNE_BUDGET .*got '{value}'"):
+        ad.Executor([ad.matmul_op(x, w)]).run({x: np.ones((2, 3)), w: np.ones((3, 4))})
 
 
 def test_shipped_table_is_valid():
