@@ -46,6 +46,9 @@ _CHUNK = 1 << 20
 _lock = threading.Lock()
 _warned: set[tuple[str, str]] = set()
 _swept: set[str] = set()
+# Libraries this process has opened. The dynamic loader hands back the library it already
+# mapped for a path it has seen, even when the file there has been replaced since.
+_opened: set[str] = set()
 
 
 def configured_dir() -> Path:
@@ -229,7 +232,16 @@ def load(directory: Path, key: str, symbol: str):
     return None
 
 
+def opened_before(directory: Path, key: str) -> bool:
+    """Whether this process has opened entry ``key``'s library (a later ``load`` would get
+    the library mapped then, not the file there now)."""
+    with _lock:
+        return str(_paths(directory, key)[0]) in _opened
+
+
 def _load_verified(path: Path, symbol: str):
+    with _lock:
+        _opened.add(str(path))
     try:
         return tvm.runtime.load_module(str(path))[symbol]
     except Exception:  # noqa: BLE001 - an intact entry TVM cannot load (TVM built differently)

@@ -59,6 +59,9 @@ def _entry(cache):
 
 
 def _plant(entry, library, forge_record: bool) -> None:
+    # A new file, as the attacker's process would leave it; writing into the library this
+    # process has mapped (it loads what it exports) would change its code under it.
+    entry.unlink()
     shutil.copyfile(library, entry)
     if forge_record:
         from dlsys.kernels import disk_cache

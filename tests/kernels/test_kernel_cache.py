@@ -109,13 +109,21 @@ def test_child_with_an_empty_cache_must_compile(disk_cache):
     assert child.returncode == 3 and "COMPILED" in child.stdout
 
 
+def _replace(path, data: bytes) -> None:
+    """Put ``data`` at the entry ``path`` as another process would: a new file. This process
+    has the library there mapped (it loads what it exports), and writing into that file
+    would change its code under it."""
+    path.unlink()
+    path.write_bytes(data)
+
+
 @pytest.mark.parametrize("garbage", [b"", b"not a shared library\n" * 100,
                                      b"\x7fELF" + b"\0" * 60])
 def test_corrupt_library_is_rebuilt(disk_cache, compile_count, garbage):
     shape = (5, 7)
     op.make_relu(shape, "llvm", "llvm", "relu")
     (path,) = disk_cache.glob("*.so")
-    path.write_bytes(garbage)
+    _replace(path, garbage)
     build.clear_memory_cache()
     kernel = op.make_relu(shape, "llvm", "llvm", "relu")
     assert compile_count == ["injective", "injective"]
@@ -186,7 +194,7 @@ def _check_relu_5x7(kernel):
 @pytest.mark.parametrize("with_record", [False, True])
 def test_another_kernels_library_under_a_key_is_evicted(disk_cache, compile_count, with_record):
     first, second = _two_entries(disk_cache)
-    first.write_bytes(second.read_bytes())
+    _replace(first, second.read_bytes())
     if with_record:  # the whole entry copied, record and all: the record names another key
         first.with_suffix(".sha256").write_bytes(second.with_suffix(".sha256").read_bytes())
     _check_relu_5x7(op.make_relu((5, 7), "llvm", "llvm", "relu"))
@@ -220,3 +228,19 @@ def test_abandoned_temporary_exports_are_swept(disk_cache):
     op.make_relu((2, 3), "llvm", "llvm", "relu")
     assert not any(path.exists() for path in stale)
     assert fresh.exists() and all(path.exists() for path in users)
+
+
+def test_a_new_kernel_runs_from_the_library_it_exported(disk_cache, compile_count,
+                                                         monkeypatch):
+    # Taking the function from the module just built would have LLVM compile it a second
+    # time, in process; the exported library is already machine code.
+    from dlsys.kernels import disk_cache as cache_module
+
+    loaded = []
+    real = cache_module._load_verified
+    monkeypatch.setattr(cache_module, "_load_verified",
+                        lambda path, symbol: loaded.append(path) or real(path, symbol))
+    kernel = op.make_relu((5, 7), "llvm", "llvm", "relu")
+    (path,) = disk_cache.glob("*.so")
+    assert compile_count == ["injective"] and loaded == [path]
+    _check_relu_5x7(kernel)
