@@ -399,7 +399,7 @@ class Executor:
             if fed is bound[placeholder]:
                 continue  # bound and checked at an earlier run
             if (isinstance(fed, np.ndarray) and fed.nbytes >= IN_PLACE_FEED_BYTES
-                    and prepared.feed_arrays and placeholder not in prepared.state_targets):
+                    and self.target == "llvm" and placeholder not in prepared.state_targets):
                 # Read where it lies, not copied (a kernel updating it in place would write
                 # into the caller's array: such a feed is copied).
                 fed = _in_place_tensor(fed)
