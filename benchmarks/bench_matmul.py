@@ -145,8 +145,9 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true",
                         help="use empty kernel and tuning caches, to show first-use cost")
     parser.add_argument("--ignore-shipped", action="store_true",
-                        help="like --fresh, and without the shipped table: every shape is "
-                             "searched at first use, as on an unknown CPU")
+                        help="like --fresh, and without the shipped table or a search "
+                             "budget: every shape large enough is searched at first use, as "
+                             "on an unknown CPU over its first few runs")
     parser.add_argument("--only", default="", help="substring of the shape names to run")
     parser.add_argument("--write-table", metavar="PATH",
                         help="instead of benchmarking, search each shape and write a table")
@@ -163,6 +164,7 @@ def main() -> None:
         from dlsys.kernels import tuning
 
         tuning.SHIPPED_DIR = Path(tempfile.mkdtemp(prefix="dlsys-no-table-"))
+        os.environ["DLSYS_TUNE_BUDGET"] = "inf"
 
     rng = np.random.default_rng(0)
     cases = [Case(*shape, rng) for shape in SHAPES if args.only in shape[0]]
