@@ -171,6 +171,8 @@ class Executor:
         self.topo_order = find_topo_sort(self.eval_node_list)
         self.placeholders = [n for n in self.topo_order if n.op.is_placeholder]
         self._placeholder_set = set(self.placeholders)
+        # The placeholders every run must feed (parameters hold a value of their own).
+        self._required_feeds = [p for p in self.placeholders if not p.op.holds_value]
         if isinstance(constants, Node) or not isinstance(constants, (list, tuple, type(None))):
             raise ArgumentTypeError(f"Executor: constants must be a list of parameters, got "
                                     f"{type(constants).__name__}")
@@ -200,8 +202,7 @@ class Executor:
             needed = ", ".join(p.name for p in self.placeholders) or "none"
             raise FeedError(f"feed_dict: placeholder {key.name} is not read by any node this "
                             f"executor evaluates ({evaluated}); it needs: {needed}")
-        missing = [p.name for p in self.placeholders
-                   if p not in feed_dict and not p.op.holds_value]
+        missing = [p.name for p in self._required_feeds if p not in feed_dict]
         if missing:
             raise FeedError(f"feed_dict is missing placeholder(s) {', '.join(missing)}")
 
@@ -361,8 +362,10 @@ class Executor:
         prepared = self._prepared
         feeds = {}
         shapes = []
+        constant_fed = False
         for placeholder in self.placeholders:
             if placeholder in feed_dict:
+                constant_fed = constant_fed or placeholder in self.constants
                 fed = self._feed_value(placeholder, feed_dict[placeholder])
                 shapes.append(tuple(fed.shape))
                 feeds[placeholder] = fed
@@ -393,8 +396,7 @@ class Executor:
         refresh = prepared.constants_stale
         if prepared.constant_params:
             versions = tuple(p.version for p in prepared.constant_params)
-            refresh = (refresh or versions != prepared.constant_versions
-                       or any(p in feed_dict for p in prepared.constant_params))
+            refresh = refresh or constant_fed or versions != prepared.constant_versions
         for placeholder, fed in feeds.items():
             if fed is bound[placeholder]:
                 continue  # bound and checked at an earlier run
