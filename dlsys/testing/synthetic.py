@@ -1,4 +1,5 @@
-"""Small MNIST-format data sets written on the fly, for tests that must not need the real one."""
+"""Synthetic inputs for tests: small MNIST-format data sets written on the fly, for tests that
+must not need the real one, and arrays placed off a vector boundary."""
 
 from __future__ import annotations
 
@@ -10,6 +11,16 @@ from pathlib import Path
 import numpy as np
 
 from dlsys.data.mnist import IDX_FILES
+
+
+def misaligned(values: np.ndarray, offset_bytes: int) -> np.ndarray:
+    """A copy of ``values`` starting ``offset_bytes`` past a 64-byte boundary (numpy places
+    its own arrays on 16-byte ones), to check that kernels read memory wherever it lies."""
+    raw = np.empty(values.nbytes + 128, np.uint8)
+    start = -raw.ctypes.data % 64 + offset_bytes
+    array = raw[start:start + values.nbytes].view(values.dtype).reshape(values.shape)
+    array[...] = values
+    return array
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

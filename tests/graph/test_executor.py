@@ -13,6 +13,7 @@ from graph_gen import build_mlp, numpy_eval
 
 from dlsys import autodiff as ad
 from dlsys.errors import ArgumentTypeError, DtypeError, FeedError, ShapeError
+from dlsys.testing.synthetic import misaligned
 
 F32_TOL = {"rtol": 1e-4, "atol": 1e-5}
 F64_TOL = {"rtol": 1e-10, "atol": 1e-12}
@@ -308,15 +309,6 @@ def test_a_value_too_large_to_index_is_refused_before_allocating():
         executor.run({a: np.ones((100000, 1)), b: np.ones((1, 100000))})
 
 
-def _misaligned(values: np.ndarray, offset_bytes: int) -> np.ndarray:
-    """A copy of ``values`` starting ``offset_bytes`` past a 64-byte boundary."""
-    raw = np.empty(values.nbytes + 128, np.uint8)
-    start = -raw.ctypes.data % 64 + offset_bytes
-    array = raw[start:start + values.nbytes].view(values.dtype).reshape(values.shape)
-    array[...] = values
-    return array
-
-
 @pytest.mark.parametrize("offset_bytes", [0, 4, 16, 36])
 def test_large_numpy_feeds_are_read_where_they_lie_at_any_element_offset(offset_bytes):
     # numpy allocates on 16-byte boundaries and TVM's kernels used to assume 64: a large
@@ -329,7 +321,7 @@ def test_large_numpy_feeds_are_read_where_they_lie_at_any_element_offset(offset_
     rng = np.random.default_rng(offset_bytes)
     x, w = ad.Variable("x"), ad.Variable("w")
     executor = ad.Executor([ad.relu_op(ad.matmul_op(x, w)), x * 2.0 + 1.0])
-    x_val = _misaligned(rng.standard_normal((300, 128)).astype("float32"), offset_bytes)
+    x_val = misaligned(rng.standard_normal((300, 128)).astype("float32"), offset_bytes)
     assert x_val.nbytes >= IN_PLACE_FEED_BYTES
     kept = x_val.copy()
     w_val = rng.standard_normal((128, 37)).astype("float32")
@@ -339,7 +331,7 @@ def test_large_numpy_feeds_are_read_where_they_lie_at_any_element_offset(offset_
     assert x_val.ctypes.data in _storage_pointers(executor)
     np.testing.assert_array_equal(x_val, kept)  # read, never written
     # Nothing is kept from the last run's array: a new one at another offset gives its values.
-    other = _misaligned(-kept, (offset_bytes + 8) % 64)
+    other = misaligned(-kept, (offset_bytes + 8) % 64)
     _, affine = executor.run({x: other, w: w_val}, convert_to_numpy_ret_vals=True)
     np.testing.assert_allclose(affine, -kept * 2 + 1, **F32_TOL)
 

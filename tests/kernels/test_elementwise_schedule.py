@@ -10,6 +10,7 @@ import tvm_ffi
 
 from dlsys.kernels import build, compute
 from dlsys.kernels.registry import KernelSpec
+from dlsys.testing.synthetic import misaligned
 
 TARGET = build.make_target("llvm")
 
@@ -71,11 +72,7 @@ def test_a_cpu_kernel_reads_inputs_that_start_off_a_vector_boundary():
     kernel = KernelSpec("add", (((64, 128), (64, 128)), (64, 128), ())).build("llvm", "float32")
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal((64, 128)).astype("float32") for _ in range(2))
-    raw = np.zeros(2 * a.size + 64, np.float32)
-    start = (-raw.ctypes.data % 64) // 4 + 1  # one element past a 64-byte boundary
-    a_off = raw[start:start + a.size].reshape(a.shape)
-    b_off = raw[start + a.size + 3:start + 2 * a.size + 3].reshape(b.shape)
-    a_off[...], b_off[...] = a, b
+    a_off, b_off = misaligned(a, 4), misaligned(b, 16)  # one element, four elements past
     out = build.empty((64, 128))
     kernel.func(tvm_ffi.from_dlpack(a_off, require_alignment=0),
                 tvm_ffi.from_dlpack(b_off, require_alignment=0), out)
