@@ -54,28 +54,40 @@ class OnnxModule(Module):
         self._constants: dict[str, np.ndarray] = {}
         buffers = {node.input[i] for node in graph.node
                    for i in _BUFFER_INPUTS.get(node.op_type, ()) if i < len(node.input)}
+        # An initializer is a weight, trained whatever its size (a Linear(n, 1) bias is one
+        # number), unless the graph reads it only where an op takes a number fixed by the
+        # file; integer ones are shapes and axes.
+        read_as_constant = _read_only_as_constants(graph)
         for tensor in graph.initializer:
-            self._add_value(tensor.name, tensor_array(tensor), tensor.name in buffers, where)
+            array = tensor_array(tensor)
+            if tensor.name in read_as_constant or not np.issubdtype(array.dtype, np.floating):
+                self._constants[tensor.name] = array
+            else:
+                self._add_tensor(tensor.name, array, tensor.name in buffers, where)
         # Constant nodes hold values fixed by the file: taken once here, like initializers
-        # that no optimiser updates.
+        # that no optimiser updates; a single number is kept as one, for the by-constant
+        # operators.
         self._nodes = []
         for node in graph.node:
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-                self._add_value(node.output[0], _constant_value(node, where), True, where)
+                value = _constant_value(node, where)
+                if not np.issubdtype(value.dtype, np.floating) or value.size == 1 \
+                        and value.ndim <= 1:
+                    self._constants[node.output[0]] = value
+                else:
+                    self._add_tensor(node.output[0], value, True, where)
             else:
                 self._nodes.append(node)
 
-    def _add_value(self, name: str, array: np.ndarray, buffer: bool, where: str) -> None:
-        if not np.issubdtype(array.dtype, np.floating) or array.size == 1 and array.ndim <= 1:
-            # Shapes, axes and scalar operands: read when the graph is built.
-            self._constants[name] = array
-            return
+    def _add_tensor(self, name: str, array: np.ndarray, buffer: bool, where: str) -> None:
         if array.dtype != np.float32:
             raise OnnxError(f"{where}: tensor {name!r} is {array.dtype}; dlsys imports float32 "
                             f"models")
         if 0 in array.shape:
             raise OnnxError(f"{where}: tensor {name!r} is empty (shape {array.shape})")
-        value = Parameter(array, name)
+        # dlsys tensors have at least one axis: a 0-d initializer (a learned temperature) is
+        # held as (1,), which broadcasts alike, and written back 0-d by ``to_proto``.
+        value = Parameter(array.reshape(1) if array.ndim == 0 else array, name)
         # Stored under the file's own names (which may hold dots or clash with attribute
         # names), so state_dict keys are the initializers' names.
         (self._buffers if buffer else self._parameters)[name] = value
@@ -103,7 +115,7 @@ class OnnxModule(Module):
             domain = f" of domain {node.domain!r}" if node.domain not in ("", "ai.onnx") else ""
             raise OnnxError(f"{where}: operator {node.op_type!r}{domain} is not supported; "
                             f"dlsys imports {', '.join(supported_ops())}")
-        fn, known = entry
+        fn, known = entry.fn, entry.attrs
         attrs = attributes(node)
         unknown = sorted(set(attrs) - known)
         if unknown:
@@ -133,8 +145,8 @@ class OnnxModule(Module):
         values = {**self._parameters, **self._buffers}
         for tensor in proto.graph.initializer:
             if tensor.name in values:
-                tensor.CopyFrom(numpy_helper.from_array(values[tensor.name].numpy(),
-                                                        tensor.name))
+                array = values[tensor.name].numpy().reshape(tuple(tensor.dims))
+                tensor.CopyFrom(numpy_helper.from_array(array, tensor.name))
         return proto
 
     def _fixed(self) -> dict:
@@ -145,6 +157,17 @@ class OnnxModule(Module):
     def extra_repr(self) -> str:
         return (f"{self.source}, inputs {self.input_names}, outputs {self.output_names}, "
                 f"{len(self._nodes)} nodes")
+
+
+def _read_only_as_constants(graph) -> set[str]:
+    """Names that every node reading them reads at one of its op's constant inputs."""
+    as_constant, as_tensor = set(), {v.name for v in graph.output}
+    for node in graph.node:
+        entry = CONVERTERS.get(node.op_type)
+        constant_inputs = entry.constant_inputs if entry is not None else frozenset()
+        for i, name in enumerate(node.input):
+            (as_constant if i in constant_inputs else as_tensor).add(name)
+    return as_constant - as_tensor
 
 
 def _arity(fn) -> tuple[int, int]:

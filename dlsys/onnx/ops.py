@@ -2,10 +2,10 @@
 
 Each converter takes the node's context and its input values and returns its output value.
 A value is a graph ``Node`` (computed by kernels at run time), a numpy array (a constant the
-file fixes: a reshape's target shape, a scalar operand) or None for an omitted optional
-input. ``CONVERTERS`` maps each op type to its function and the attributes it understands;
-any other attribute, and any value of one that dlsys cannot compute, is an ``OnnxError``
-naming the node.
+file fixes: a reshape's target shape, a Constant node's number) or None for an omitted
+optional input. ``CONVERTERS`` maps each op type to its function, the attributes it
+understands and the inputs it reads as constants; any other attribute, and any value of one
+that dlsys cannot compute, is an ``OnnxError`` naming the node.
 """
 
 from __future__ import annotations
@@ -89,13 +89,27 @@ class Context:
 
 
 Converter = Callable[..., object]
-CONVERTERS: dict[str, tuple[Converter, frozenset[str]]] = {}
 
 
-def converter(*op_types: str, attrs: tuple[str, ...] = ()):
+@dataclass(frozen=True)
+class OpEntry:
+    """What the importer knows of an op type: its converter, the attributes it understands,
+    and the inputs it reads as numbers fixed by the file (a dropout's ratio, a reshape's
+    target shape), which an initializer there stays, where any other is a parameter."""
+
+    fn: Converter
+    attrs: frozenset[str]
+    constant_inputs: frozenset[int] = frozenset()
+
+
+CONVERTERS: dict[str, OpEntry] = {}
+
+
+def converter(*op_types: str, attrs: tuple[str, ...] = (),
+              constant_inputs: tuple[int, ...] = ()):
     def register(fn: Converter) -> Converter:
         for op_type in op_types:
-            CONVERTERS[op_type] = (fn, frozenset(attrs))
+            CONVERTERS[op_type] = OpEntry(fn, frozenset(attrs), frozenset(constant_inputs))
         return fn
     return register
 
@@ -162,7 +176,7 @@ def identity(ctx, x):
     return x
 
 
-@converter("Dropout", attrs=("seed",))
+@converter("Dropout", attrs=("seed",), constant_inputs=(1, 2))
 def dropout(ctx, x, ratio=None, training_mode=None):
     # An exported model is an inference graph: its dropout passes the input through.
     ctx.only_first_output()
@@ -319,7 +333,7 @@ def flatten(ctx, x):
     return reshape_op(x, _reshape_spec(ctx, ctx.output_dims(0), "the flattened shape"))
 
 
-@converter("Reshape", attrs=("allowzero",))
+@converter("Reshape", attrs=("allowzero",), constant_inputs=(1,))
 def reshape(ctx, x, shape):
     x = ctx.node_input(0, x)
     if not isinstance(shape, np.ndarray):

@@ -282,3 +282,48 @@ def test_session_packs_its_weights_once_and_sees_them_change(tmp_path):
     assert not np.allclose(tuned, ours)
     np.testing.assert_allclose(session.run(None, {"input": x})[0], tuned, rtol=TOLERANCE,
                                atol=TOLERANCE)
+
+
+def test_size_one_initializers_are_trained_and_exported(tmp_path):
+    """PyTorch's ``Linear(n, 1)`` bias is a (1,) initializer and a learned temperature a
+    0-d one: both are parameters like any other initializer, one SGD step moves them as
+    numpy computes it, and export writes their new values back in the file's shapes."""
+    import onnx
+    from onnx import helper
+    from onnx_testing import model
+
+    rng = np.random.default_rng(5)
+    w, b = normal((1, 6), 1), normal((1,), 2)
+    t = np.asarray(1.5, dtype=np.float32)
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["z"], transB=1),
+             helper.make_node("Mul", ["z", "t"], ["y"])]
+    proto = model(nodes, {"x": ("N", 6)}, {"y": ("N", 1)}, {"w": w, "b": b, "t": t})
+    imported = donnx.import_model(proto)
+    assert {n for n, _ in imported.named_parameters()} == {"w", "b", "t"}
+
+    x_value, target_value = normal((8, 6), 3), rng.normal(size=(8, 1)).astype(np.float32)
+    x, target = ad.Variable("x"), ad.Variable("target")
+    imported.train()
+    step = optim.SGD(imported.parameters(), lr=0.1).minimize(
+        F.mse_loss(imported(x), target))
+    step({x: x_value, target: target_value})
+
+    z = x_value.astype(np.float64) @ w.T + b
+    grad_y = 2 * (z * t - target_value) / z.size  # d mean((y - target)^2) / dy
+    expected = {"w": w - 0.1 * (grad_y * t).T @ x_value, "b": b - 0.1 * (grad_y * t).sum(0),
+                "t": t - 0.1 * (grad_y * z).sum()}
+    state = imported.state_dict()
+    for name, value in expected.items():
+        np.testing.assert_allclose(state[name].reshape(np.shape(value)), value, rtol=1e-5)
+
+    path = tmp_path / "tuned.onnx"
+    donnx.export(imported, (2, 6), path)
+    written = {i.name: onnx.numpy_helper.to_array(i)
+               for i in onnx.load(str(path)).graph.initializer}
+    for name, value in expected.items():
+        assert written[name].shape == np.shape(value)
+        np.testing.assert_allclose(written[name], value, rtol=1e-5)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"x": x_value})[0],
+                               (x_value @ expected["w"].T + expected["b"]) * expected["t"],
+                               rtol=TOLERANCE, atol=TOLERANCE)

@@ -79,6 +79,11 @@ CASES = {
     "tanh": lambda: one_node("Tanh", ("N", 5), ("N", 5)),
     "conv": lambda: conv(),
     "conv_pads_strides": lambda: conv(pads=[1, 2, 1, 2], strides=[2, 1], kernel_shape=[3, 3]),
+    # One output channel: a (1,) bias, an initializer like any other (it was once taken
+    # for a scalar constant and refused).
+    "conv_one_channel": lambda: one_node("Conv", ("N", 2, 5, 5), None,
+                                         {"w": normal((1, 2, 3, 3), 1), "b": normal((1,), 2)},
+                                         ["w", "b"]),
     "conv_no_bias": lambda: one_node("Conv", ("N", 2, 6, 6), None, {"w": normal((3, 2, 2, 2))},
                                      ["w"]),
     "maxpool": lambda: one_node("MaxPool", ("N", 2, 8, 8), None, kernel_shape=[2, 2],
@@ -93,6 +98,7 @@ CASES = {
     "global_avgpool": lambda: one_node("GlobalAveragePool", ("N", 3, 5, 4), None),
     "batchnorm_images": lambda: batch_norm(("N", 3, 4, 5)),
     "batchnorm_rows": lambda: batch_norm(("N", 6)),
+    "batchnorm_one_channel": lambda: batch_norm(("N", 1, 3, 3)),
     "flatten": lambda: one_node("Flatten", ("N", 2, 3, 4), None),
     "flatten_axis0": lambda: one_node("Flatten", ("N", 2, 3), None, axis=0),
     "flatten_axis2": lambda: one_node("Flatten", ("N", 2, 3, 4), None, axis=2),
