@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import io
 import math
 import os
-import pickle
 import stat
 import zlib
 from collections.abc import Iterator
@@ -25,6 +23,7 @@ from typing import IO
 
 import numpy as np
 
+from dlsys.data.array_pickle import read_arrays, read_up_to
 from dlsys.errors import DataError
 
 IMAGE_ROWS = IMAGE_COLS = 28
@@ -47,9 +46,12 @@ _IMAGES_MAGIC = 0x00000803
 _LABELS_MAGIC = 0x00000801
 # Reads are made in pieces of this size, so memory follows the data actually there.
 _CHUNK = 1 << 20
-# The classic pickle decompresses to about 220 MB (float32 images); the same in float64 is
-# still below this.
+# The arrays of a pickled data set, all together: the classic mnist.pkl.gz holds 220 MB
+# (float32 images), the same in float64 440 MB.
 MAX_PICKLE_BYTES = 1 << 30
+# The pickle's six arrays, in the order numpy writes them.
+_PICKLE_ARRAYS = tuple(f"{part} {what}" for part in ("train", "valid", "test")
+                       for what in ("images", "labels"))
 
 
 @dataclass(frozen=True)
@@ -144,21 +146,6 @@ def _open_data(path: Path) -> Iterator[IO[bytes]]:
                 from None
 
 
-def _read_up_to(stream: IO[bytes], size: int) -> bytes:
-    """At most ``size`` bytes, fewer only at the end of the stream.
-
-    Read in chunks, so that memory follows the data actually present, not a size a header
-    claims (a file that lies about its size must not make us allocate it).
-    """
-    data = bytearray()
-    while len(data) < size:
-        chunk = stream.read(min(_CHUNK, size - len(data)))
-        if not chunk:
-            break
-        data += chunk
-    return bytes(data)
-
-
 def read_idx(path: str | os.PathLike, expected_magic: int | None = None) -> np.ndarray:
     """Read one IDX file of unsigned bytes (plain or ``.gz``) as a uint8 array.
 
@@ -167,7 +154,7 @@ def read_idx(path: str | os.PathLike, expected_magic: int | None = None) -> np.n
     """
     path = Path(path)
     with _open_data(path) as stream:
-        head = _read_up_to(stream, 4)
+        head = read_up_to(stream, 4)
         if len(head) < 4:
             raise DataError(f"{path}: truncated: {len(head)} bytes, too short for an IDX "
                             "header")
@@ -180,13 +167,13 @@ def read_idx(path: str | os.PathLike, expected_magic: int | None = None) -> np.n
                             f"0x{expected_magic:08x}")
         ndim = magic & 0xFF
         header = 4 + 4 * ndim
-        raw_dims = _read_up_to(stream, 4 * ndim)
+        raw_dims = read_up_to(stream, 4 * ndim)
         if len(raw_dims) < 4 * ndim:
             raise DataError(f"{path}: truncated: {4 + len(raw_dims)} bytes, header needs "
                             f"{header}")
         dims = tuple(int.from_bytes(raw_dims[4 * i:4 * i + 4], "big") for i in range(ndim))
         size = math.prod(dims)
-        data = _read_up_to(stream, size)
+        data = read_up_to(stream, size)
         if len(data) < size:
             raise DataError(f"{path}: truncated: dimensions {dims} need {size} bytes of data, "
                             f"file has {len(data)}")
@@ -236,22 +223,6 @@ def load_idx_dir(directory: str | os.PathLike) -> tuple[Split, Split]:
             _idx_split(paths["test_images"], paths["test_labels"]))
 
 
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles tuples of numpy arrays and nothing else, so a data file cannot run code."""
-
-    _ALLOWED = {
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-    }
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        return super().find_class(module, name)
-
-
 _EXPECTED_DATA = ("expected a folder holding the four MNIST IDX files (plain or .gz) or a "
                   "pickled (train, valid, test) file such as mnist.pkl.gz")
 
@@ -282,25 +253,18 @@ def load_pickle(path: str | os.PathLike) -> tuple[Split, Split]:
     IDX files (the default, 10000 of these 60000, gives back the pickle's own split).
     """
     path = Path(path)
-    # A pickle says nothing of its size up front, so its expansion is capped instead.
     with _open_data(path) as stream:
-        head = _read_up_to(stream, 4)
+        head = read_up_to(stream, 4)
         _check_looks_like_pickle(path, head)
-        data = head + _read_up_to(stream, MAX_PICKLE_BYTES + 1 - len(head))
-    if len(data) > MAX_PICKLE_BYTES:
-        raise DataError(f"{path}: more than {MAX_PICKLE_BYTES >> 20} MiB of pickle data; the "
-                        "classic mnist.pkl.gz holds about 220 MB")
-    try:
-        # latin1 reads the Python 2 pickles the classic file was written as.
-        parts = _ArrayUnpickler(io.BytesIO(data), encoding="latin1").load()
-    except Exception as e:  # a corrupt pickle can raise almost anything
-        raise DataError(f"{path}: corrupt pickle ({type(e).__name__}: {e})") from None
-    if not (isinstance(parts, (tuple, list)) and len(parts) == 3
-            and all(isinstance(p, (tuple, list)) and len(p) == 2 for p in parts)):
+        # Not unpickled: read opcode by opcode, numpy arrays in tuples and nothing else, no
+        # more data than their shapes declare (see dlsys.data.array_pickle).
+        parts = read_arrays(stream, str(path), _PICKLE_ARRAYS, MAX_PICKLE_BYTES, bytes(head))
+    if not (isinstance(parts, tuple) and len(parts) == 3
+            and all(isinstance(p, tuple) and len(p) == 2
+                    and all(isinstance(a, np.ndarray) for a in p) for p in parts)):
         raise DataError(f"{path}: expected a tuple (train, valid, test) of (images, labels) pairs")
     splits = []
     for name, (images, labels) in zip(("train", "valid", "test"), parts):
-        images, labels = np.asarray(images), np.asarray(labels)
         if images.ndim != 2 or images.shape[1] != NUM_PIXELS:
             raise DataError(f"{path}: wrong dimensions: {name} images have shape "
                             f"{images.shape}, expected (N, {NUM_PIXELS})")

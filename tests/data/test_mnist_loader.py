@@ -6,11 +6,12 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
 
-from dlsys.data import mnist
+from dlsys.data import array_pickle, mnist
 from dlsys.data.mnist import load_dataset, one_hot, read_idx
 from dlsys.errors import DataError
 from dlsys.testing.synthetic import (
@@ -42,7 +43,7 @@ def test_one_hot_rows():
     np.testing.assert_array_equal(out.sum(axis=1), 1.0)
 
 
-@pytest.mark.parametrize("protocol", [2, 5])
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
 def test_pickle_loads_train_plus_valid(tmp_path, protocol):
     path = write_pickle_dataset(tmp_path / "mnist.pkl.gz", sizes=(120, 30, 40), seed=1,
                                 protocol=protocol)
@@ -174,15 +175,16 @@ def test_corrupt_pickle(tmp_path):
     assert str(path) in message and "pickle" in message
 
 
-def test_pickle_refuses_code(tmp_path):
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_pickle_refuses_code(tmp_path, protocol):
     class Evil:
         def __reduce__(self):
             return (print, ("this must not run",))
 
     path = tmp_path / "mnist.pkl.gz"
-    path.write_bytes(gzip.compress(pickle.dumps(Evil(), protocol=2)))
+    path.write_bytes(gzip.compress(pickle.dumps(Evil(), protocol=protocol)))
     message = _error(path)
-    assert "refusing" in message and "print" in message
+    assert "refusing to load" in message and "builtin" in message and ".print" in message
 
 
 def test_pickle_wrong_structure(tmp_path):
@@ -269,20 +271,16 @@ def _write_bomb(path, header: bytes, zeros: int) -> None:
             f.write(chunk)
 
 
-def test_gzip_bomb_is_refused_within_a_memory_bound(tmp_path):
-    # The header promises ten 28x28 images (7840 bytes); 800 MB of zeros follow (815 KB of
-    # gzip). The loader must stop after what the header allows, not inflate it all.
-    images, _ = synthetic_images(10, 0)
-    path = tmp_path / "train-images-idx3-ubyte.gz"
-    _write_bomb(path, idx_bytes(images), 800 << 20)
-    assert path.stat().st_size < 1 << 20
+def _growth_kib(call: str) -> tuple[str, int]:
+    """What ``call`` (a dlsys.data.mnist function on a file) printed or raised, and how much
+    the peak memory of a fresh process grew while it ran (resource's ru_maxrss)."""
     child = textwrap.dedent(f"""
         import resource
-        from dlsys.data.mnist import read_idx
+        from dlsys.data import array_pickle, mnist
         from dlsys.errors import DataError
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         try:
-            read_idx({str(path)!r})
+            mnist.{call}
         except DataError as e:
             print("refused:", e)
         grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
@@ -291,18 +289,49 @@ def test_gzip_bomb_is_refused_within_a_memory_bound(tmp_path):
     result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "refused:" in result.stdout and "trailing bytes" in result.stdout
-    grown_kib = int(result.stdout.split("grown_kib")[1])
+    output, grown = result.stdout.split("grown_kib")
+    return output, int(grown)
+
+
+def test_gzip_bomb_is_refused_within_a_memory_bound(tmp_path):
+    # The header promises ten 28x28 images (7840 bytes); 800 MB of zeros follow (815 KB of
+    # gzip). The loader must stop after what the header allows, not inflate it all.
+    images, _ = synthetic_images(10, 0)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    _write_bomb(path, idx_bytes(images), 800 << 20)
+    assert path.stat().st_size < 1 << 20
+    output, grown_kib = _growth_kib(f"read_idx({str(path)!r})")
+    assert "refused:" in output and "trailing bytes" in output
     assert grown_kib < 64 * 1024, f"reading the bomb took {grown_kib} KiB more memory"
 
 
-def test_pickle_bomb_is_capped(tmp_path, monkeypatch):
+@pytest.mark.parametrize("opening, closing", [(b"]q\x00(", b"e."), (b"(", b"t.")])
+def test_a_pickle_of_small_ints_is_refused_at_once(tmp_path, opening, closing):
+    # 64 MiB of BININT1 opcodes (a list, or a tuple, of 32 Mi zeros) in 63 KB of gzip:
+    # unpickled, 32 Mi Python objects (over 256 MB) before any check could look at them.
     path = tmp_path / "mnist.pkl.gz"
-    # Starts as a pickle does (PROTO 2), so only its size can refuse it.
-    _write_bomb(path, b"\x80\x02", 4 << 20)
-    monkeypatch.setattr(mnist, "MAX_PICKLE_BYTES", 1 << 20)
+    ints = b"K\x00" * (1 << 19)
+    with gzip.GzipFile(path, "wb", compresslevel=9) as f:
+        f.write(b"\x80\x02" + opening)
+        for _ in range(64):
+            f.write(ints)
+        f.write(closing)
+    started = time.perf_counter()
+    output, grown_kib = _growth_kib(f"load_pickle({str(path)!r})")
+    assert "refused:" in output and str(path) in output
+    assert "EMPTY_LIST" in output or f"more than {array_pickle.MAX_OPCODES}" in output
+    assert grown_kib < 16 * 1024, f"reading the bomb took {grown_kib} KiB more memory"
+    assert time.perf_counter() - started < 30
+
+
+def test_an_array_larger_than_the_bound_is_refused_before_its_data_is_read(
+        tmp_path, monkeypatch):
+    path = write_pickle_dataset(tmp_path / "mnist.pkl.gz", sizes=(120, 30, 40), protocol=3)
+    # The train images (120 x 784 float32, 376320 bytes) fit; the valid ones do not.
+    monkeypatch.setattr(mnist, "MAX_PICKLE_BYTES", 400000)
     message = _error(path)
-    assert str(path) in message and "more than 1 MiB" in message
+    assert message.startswith(f"{path}: valid images: shape (30, 784) of float32 declares "
+                              f"94080 bytes, more than the 22720 left")
 
 
 @pytest.mark.parametrize("special", ["/dev/zero", "/dev/null"])
@@ -335,9 +364,10 @@ def test_an_idx_name_that_is_not_a_regular_file(tmp_path, kind):
 
 
 @pytest.mark.parametrize("images, words", [
-    (np.full((5, 784), "a"), "must be real numbers, got <U1"),
-    (np.zeros((5, 784), np.complex64), "must be real numbers, got complex64"),
-    (np.full((5, 784), None, dtype=object), "must be real numbers, got object"),
+    (np.full((5, 784), "a"), "must be real numbers, got dtype <U1"),
+    (np.zeros((5, 784), np.complex64), "must be real numbers, got dtype <c8"),
+    (np.full((5, 784), None, dtype=object), "must be real numbers, got dtype |O8"),
+    (np.ones((5, 784), bool), "must be real numbers, got bool"),
     (np.where(np.eye(5, 784) > 0, np.nan, 0.5).astype(np.float32), "NaN or infinite"),
     (np.full((5, 784), 255, np.uint8), "must lie in [0, 1], found 255..255"),
 ])
