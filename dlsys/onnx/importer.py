@@ -8,12 +8,14 @@ the ONNX graph and builds the dlsys graph, one converter of ``dlsys.onnx.ops`` p
 from __future__ import annotations
 
 import inspect
+import math
 
 import numpy as np
 
 from dlsys.errors import ArgumentTypeError, DlsysError
 from dlsys.graph import Node
 from dlsys.nn.module import Module
+from dlsys.onnx.bounds import check_ranks, check_size, size_bound
 from dlsys.onnx.ops import CONVERTERS, Context, supported_ops
 from dlsys.onnx.reader import (
     INPUT_TYPE,
@@ -78,6 +80,12 @@ class OnnxModule(Module):
                     self._add_tensor(node.output[0], value, True, where)
             else:
                 self._nodes.append(node)
+        # Each value's shape for one batch row while ``build_checked`` builds the graph, to
+        # bound what a run may allocate (``bounds.SIZE_FACTOR``); None otherwise. Set past
+        # Module.__setattr__, which would drop an initializer of the same name.
+        object.__setattr__(self, "_row_shapes", None)
+        object.__setattr__(self, "_rows_exact", False)
+        object.__setattr__(self, "_size_bound", 0)
 
     def _add_tensor(self, name: str, array: np.ndarray, buffer: bool, where: str) -> None:
         if array.dtype != np.float32:
@@ -126,14 +134,72 @@ class OnnxModule(Module):
             raise OnnxError(f"{where}: {len(node.input)} inputs; dlsys's {node.op_type} takes "
                             f"{low} to {high}")
         args = [values[name] if name else None for name in node.input]
+        ctx = Context(node, attrs, self._shapes, self.training, self._fixed)
+        first = ctx.input_dims(0, args[0]) if args and args[0] is not None else None
+        check_ranks(where, entry.ranked, attrs, None if first is None else len(first))
         try:
-            out = fn(Context(node, attrs, self._shapes, self.training, self._fixed), *args)
+            out = fn(ctx, *args)
         except OnnxError as err:
             raise OnnxError(f"{self.source}: {err}") from None
         except DlsysError as err:
             # A dlsys operator refused the node's values: say which ONNX node built it.
             raise type(err)(f"{where}: {err}") from None
-        return out if isinstance(out, tuple) else (out,)
+        out = out if isinstance(out, tuple) else (out,)
+        if self._row_shapes is not None:
+            self._check_sizes(where, out)
+        return out
+
+    def build_checked(self) -> None:
+        """Build the graph once on placeholders, as ``import_model`` does to refuse a bad node
+        now, following each value's shape for one batch row of the declared inputs (the
+        file's batch where it fixes one): a value larger than ``bounds.size_bound`` is
+        refused naming its node, before any run asks for its memory."""
+        inputs = [Variable(name) for name in self.input_names]
+        declared = [self.declared[name][0] for name in self.input_names]
+        if any(dims is None for dims in declared):  # a rank unknown: nothing to follow
+            self(*inputs)
+            return
+        rows = {node: tuple(d if isinstance(d, int) else 1 for d in dims)
+                for node, dims in zip(inputs, declared)}
+        sizes = [int(np.size(v)) for v in self._constants.values()]
+        sizes += [math.prod(v.shape) for v in (*self._parameters.values(),
+                                               *self._buffers.values())]
+        object.__setattr__(self, "_size_bound", size_bound(list(rows.values()), sizes))
+        object.__setattr__(self, "_rows_exact",
+                           all(isinstance(d, int) for dims in declared for d in dims))
+        object.__setattr__(self, "_row_shapes", rows)
+        try:
+            self(*inputs)
+        finally:
+            object.__setattr__(self, "_row_shapes", None)
+
+    def _check_sizes(self, where: str, outputs: tuple) -> None:
+        shapes = self._row_shapes
+        # The nodes this ONNX node added, each after its inputs (depth first, a node seen
+        # again once its inputs are done).
+        stack = [(v, False) for v in outputs if isinstance(v, Node)]
+        while stack:
+            node, inputs_done = stack.pop()
+            if node in shapes:
+                continue
+            if not inputs_done:
+                stack.append((node, True))
+                stack.extend((i, False) for i in node.inputs if i not in shapes)
+                continue
+            try:
+                if node.op.holds_value:
+                    shapes[node] = tuple(node.shape)
+                else:
+                    shapes[node] = tuple(node.op.infer_shape(node, [shapes[i]
+                                                                    for i in node.inputs]))
+            except DlsysError as err:
+                if self._rows_exact:  # the very shapes every run of the file has
+                    raise type(err)(f"{where}: {err}") from None
+                # A symbolic size taken as 1 that the graph does not allow: the run's own
+                # shape checks, at the sizes fed, refuse what is really wrong.
+                object.__setattr__(self, "_row_shapes", None)
+                return
+            check_size(where, f"value {node.name!r}", shapes[node], self._size_bound)
 
     def to_proto(self):
         """The imported model with its initializers' current values (after fine-tuning):
@@ -198,5 +264,5 @@ def import_model(source) -> OnnxModule:
     model, where = load_model(source)
     module = OnnxModule(model, where)
     module.eval()
-    module(*(Variable(name) for name in module.input_names))
+    module.build_checked()
     return module

@@ -11,11 +11,12 @@ that dlsys cannot compute, is an ``OnnxError`` naming the node.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from dlsys.graph import Node
+from dlsys.onnx.bounds import AXIS, PERMUTATION, SPATIAL, SPATIAL_PAIRS, SPLIT, RankRule
 from dlsys.onnx.reader import OnnxError
 from dlsys.ops import (
     add_op,
@@ -94,22 +95,25 @@ Converter = Callable[..., object]
 @dataclass(frozen=True)
 class OpEntry:
     """What the importer knows of an op type: its converter, the attributes it understands,
-    and the inputs it reads as numbers fixed by the file (a dropout's ratio, a reshape's
-    target shape), which an initializer there stays, where any other is a parameter."""
+    the inputs it reads as numbers fixed by the file (a dropout's ratio, a reshape's target
+    shape), which an initializer there stays, where any other is a parameter, and the
+    attributes whose values depend on the first input's rank (checked before ``fn`` runs)."""
 
     fn: Converter
     attrs: frozenset[str]
     constant_inputs: frozenset[int] = frozenset()
+    ranked: dict[str, RankRule] = field(default_factory=dict)
 
 
 CONVERTERS: dict[str, OpEntry] = {}
 
 
 def converter(*op_types: str, attrs: tuple[str, ...] = (),
-              constant_inputs: tuple[int, ...] = ()):
+              constant_inputs: tuple[int, ...] = (), ranked: dict[str, RankRule] | None = None):
     def register(fn: Converter) -> Converter:
         for op_type in op_types:
-            CONVERTERS[op_type] = OpEntry(fn, frozenset(attrs), frozenset(constant_inputs))
+            CONVERTERS[op_type] = OpEntry(fn, frozenset(attrs), frozenset(constant_inputs),
+                                          dict(ranked or {}))
         return fn
     return register
 
@@ -220,6 +224,11 @@ def matmul(ctx, a, b):
 
 
 # ---------------------------------------------------------------- convolution
+# A window's sizes run over the axes after (N, C) of its input.
+_WINDOW_RANKS = {"kernel_shape": SPATIAL, "strides": SPATIAL, "dilations": SPATIAL,
+                 "pads": SPATIAL_PAIRS}
+
+
 def _window(ctx: Context, rank_from: str) -> tuple[tuple[int, int], tuple[int, int]]:
     """The (stride, padding) pairs of a 2-d window, every unsupported setting refused."""
     auto_pad = ctx.attr("auto_pad", "NOTSET")
@@ -240,7 +249,8 @@ def _window(ctx: Context, rank_from: str) -> tuple[tuple[int, int], tuple[int, i
     return (int(strides[0]), int(strides[1])), (int(pads[0]), int(pads[1]))
 
 
-@converter("Conv", attrs=("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"))
+@converter("Conv", attrs=("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"),
+           ranked=_WINDOW_RANKS)
 def conv(ctx, x, w, b=None):
     x, w = ctx.node_input(0, x), ctx.node_input(1, w)
     if ctx.attr("group", 1) != 1:
@@ -272,14 +282,14 @@ def _pool_window(ctx: Context):
 
 
 @converter("MaxPool", attrs=("auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads",
-                             "storage_order", "strides"))
+                             "storage_order", "strides"), ranked=_WINDOW_RANKS)
 def max_pool(ctx, x):
     ctx.only_first_output()  # the indices output
     return maxpool2d_op(ctx.node_input(0, x), *_pool_window(ctx))
 
 
 @converter("AveragePool", attrs=("auto_pad", "ceil_mode", "count_include_pad", "dilations",
-                                 "kernel_shape", "pads", "strides"))
+                                 "kernel_shape", "pads", "strides"), ranked=_WINDOW_RANKS)
 def average_pool(ctx, x):
     kernel, stride, padding = _pool_window(ctx)
     if padding != (0, 0) and not ctx.attr("count_include_pad", 0):
@@ -322,7 +332,7 @@ def batch_norm(ctx, x, scale, bias, mean, var):
 
 
 # ------------------------------------------------------------------- shapes
-@converter("Flatten", attrs=("axis",))
+@converter("Flatten", attrs=("axis",), ranked={"axis": SPLIT})
 def flatten(ctx, x):
     x = ctx.node_input(0, x)
     axis = int(ctx.attr("axis", 1))
@@ -349,6 +359,11 @@ def reshape(ctx, x, shape):
         if dims is None:
             raise ctx.refuse(f"shape {spec} copies input dimensions whose sizes ONNX's shape "
                              f"inference does not know")
+        beyond = [i for i, d in enumerate(spec) if d == 0 and i >= len(dims)]
+        if beyond:
+            raise ctx.refuse(f"shape {spec} copies the input's dimension(s) {beyond} (a 0 "
+                             f"copies the size at its index), but the input {_show(dims)} "
+                             f"has rank {len(dims)}")
         spec = [dims[i] if d == 0 else d for i, d in enumerate(spec)]
     if None not in spec:
         return reshape_op(x, tuple(spec))
@@ -363,19 +378,19 @@ def _reshape_spec(ctx: Context, dims: Dims | None, what: str) -> tuple[int, ...]
     return tuple(-1 if d is None else d for d in dims)
 
 
-@converter("Transpose", attrs=("perm",))
+@converter("Transpose", attrs=("perm",), ranked={"perm": PERMUTATION})
 def transpose(ctx, x):
     perm = ctx.attr("perm")
     return transpose_op(ctx.node_input(0, x), None if perm is None else tuple(perm))
 
 
-@converter("Softmax", "LogSoftmax", attrs=("axis",))
+@converter("Softmax", "LogSoftmax", attrs=("axis",), ranked={"axis": AXIS})
 def softmax(ctx, x):
     x = ctx.node_input(0, x)
     dims = ctx.input_dims(0, x)
     if dims is None:
         raise ctx.refuse("the input's rank is unknown to ONNX's shape inference")
-    axis = int(ctx.attr("axis", -1)) % len(dims)
+    axis = int(ctx.attr("axis", -1)) % len(dims)  # in [-rank, rank): checked at import
     if ctx.training:
         return _differentiable_log_softmax(ctx, x, axis)
     if len(dims) == 2 and axis == 1:

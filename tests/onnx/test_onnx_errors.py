@@ -184,3 +184,97 @@ def test_export_bad_arguments(tmp_path):
     with pytest.raises(DataError, match="cannot write"):
         donnx.export(nn.Linear(3, 2), (1, 3), tmp_path / "absent" / "m.onnx")
     assert not list(tmp_path.iterdir())
+
+
+# Values out of range for an input of rank r, per kind of rank-dependent attribute
+# (``dlsys.onnx.bounds``): each kind an op declares must have its values here.
+OUT_OF_RANGE = {
+    "axis": lambda r: [r, -r - 1],
+    "split": lambda r: [r + 1, -r - 1],
+    "permutation": lambda r: [list(range(r + 1)), [0] * r],
+    "spatial": lambda r: [[1] * (r - 1)],
+    "spatial_pairs": lambda r: [[0] * (2 * (r - 1))],
+}
+
+
+def _ranked_cases():
+    """(op type, attribute, bad value, valid model of the op) for every rank-dependent
+    attribute of every supported op, from the op table and one valid case per op."""
+    from onnx_testing import model as build_model
+    from test_onnx_ops import CASES
+
+    from dlsys.onnx.ops import CONVERTERS
+
+    cases = []
+    for op_type, entry in sorted(CONVERTERS.items()):
+        if not entry.ranked:
+            continue
+        # The first valid case whose one node is this op (the op table's test checks each
+        # op has one).
+        node, inputs, outputs, inits = next(
+            case for case in (CASES[n]() for n in sorted(CASES))
+            if not isinstance(case[0], list) and case[0].op_type == op_type)
+        proto = build_model([node], inputs, outputs, inits, opset=20)  # every attribute
+        rank = len(proto.graph.input[0].type.tensor_type.shape.dim)
+        for attr, rule in sorted(entry.ranked.items()):
+            for bad in OUT_OF_RANGE[rule.name](rank):
+                cases.append(pytest.param(op_type, attr, bad, proto,
+                                          id=f"{op_type}-{attr}={bad}"))
+    return cases
+
+
+@pytest.mark.parametrize("op_type,attr,bad,valid", _ranked_cases())
+def test_rank_dependent_attributes_out_of_range_are_refused(op_type, attr, bad, valid):
+    """An axis, permutation or window that does not fit the input's rank is refused at
+    import, naming the node and the attribute; onnxruntime refuses the same model (so the
+    value is really out of range). A Softmax once ran on ``axis % rank``."""
+    import onnxruntime as ort
+
+    proto = onnx.ModelProto()
+    proto.CopyFrom(valid)
+    node = proto.graph.node[-1]
+    node.name = "ranked_node"
+    kept = [a for a in node.attribute if a.name != attr]
+    del node.attribute[:]
+    node.attribute.extend([*kept, helper.make_attribute(attr, bad)])
+    with pytest.raises(donnx.OnnxError) as err:
+        donnx.import_model(proto)
+    assert "ranked_node" in str(err.value) and f"{attr}={bad}" in str(err.value)
+    data = proto.SerializeToString()
+    x = normal([d.dim_value or 2 for d in proto.graph.input[0].type.tensor_type.shape.dim])
+    with pytest.raises(Exception):  # noqa: B017 - onnxruntime's own error types
+        ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(
+            None, {proto.graph.input[0].name: x})
+
+
+def test_every_kind_of_rank_rule_has_out_of_range_values():
+    from dlsys.onnx.ops import CONVERTERS
+
+    kinds = {rule.name for entry in CONVERTERS.values() for rule in entry.ranked.values()}
+    assert kinds and kinds <= set(OUT_OF_RANGE)
+
+
+def test_reshape_copying_a_dimension_the_input_lacks_is_refused():
+    """A 0 in Reshape's shape copies the input's size at its index: at index 2 of a 2-d
+    input there is none (once a bare IndexError)."""
+    node = helper.make_node("Reshape", ["x", "s"], ["y"], name="reshape_0")
+    proto = model([node], {"x": (2, 4)}, {"y": (2, 4, 1)}, {"s": np.array([2, 4, 0])})
+    with pytest.raises(donnx.OnnxError, match=r"reshape_0.*\[2, 4, 0\].*rank 2"):
+        donnx.import_model(proto)
+
+
+@pytest.mark.parametrize("declared", [None, ("N", 3)])
+def test_a_value_far_larger_than_the_inputs_imply_is_refused(declared):
+    """pads=[20000]*4 on a 4x4 image asks for a 40004x40004 output (6.4 GB) from a file of a
+    few hundred bytes: refused at import, naming the node and the bytes, whatever output
+    shape the file declares."""
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="huge", pads=[20000] * 4)
+    proto = model([node], {"x": ("N", 1, 4, 4)}, {"y": declared}, {"w": normal((1, 1, 1, 1))})
+    with pytest.raises(donnx.OnnxError, match=r"huge.*\(1, 1, 40004, 40004\).*6401280064 "
+                                              r"bytes"):
+        donnx.InferenceSession(proto.SerializeToString())
+    # The same padding within the bound imports and runs.
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="padded", pads=[200] * 4)
+    proto = model([node], {"x": ("N", 1, 4, 4)}, {"y": None}, {"w": normal((1, 1, 1, 1))})
+    out = donnx.InferenceSession(proto.SerializeToString()).run(None, {"x": normal((2, 1, 4, 4))})
+    assert out[0].shape == (2, 1, 404, 404)
