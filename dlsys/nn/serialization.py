@@ -7,14 +7,24 @@ types and constructor arguments. Loading reads it with ``allow_pickle=False``, a
 layer types defined in ``dlsys.nn`` with arguments of plain JSON types, builds the model and
 loads the weights strictly. Writing goes to a temporary file renamed into place, so a
 crash never leaves half a model.
+
+A model file is data from outside, and small files can ask for a lot: sizes are checked
+before anything is allocated. Each member's size comes from the zip directory and its
+shape and dtype from its ``.npy`` header (:func:`npz_members`), at most ``MAX_MODEL_BYTES``
+in all; the parameters the architecture would allocate are computed from its configs
+(:func:`state_shapes`) and must be exactly the weights the file holds, names and shapes,
+before the model is built.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
 import os
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +36,11 @@ FORMAT = "dlsys-model"
 VERSION = 1
 HEADER = "__dlsys_model__"
 _JSON_SCALARS = (bool, int, float, str, type(None))
+# The arrays of a model file, all together, inflated: the front end's models take 0.03-2 MB;
+# 1 GiB is a 268-million-parameter float32 model.
+MAX_MODEL_BYTES = 1 << 30
+# The architecture's JSON: a few hundred bytes per layer.
+MAX_HEADER_BYTES = 1 << 20
 
 
 def _is_pair(value) -> bool:
@@ -49,14 +64,18 @@ def architecture(model: Module) -> dict:
     return tree
 
 
-def build(tree, where: str) -> Module:
-    """The model a tree describes; every deviation from the format is a ``DataError``."""
+def _layer_type(tree, where: str) -> type[Module]:
     if not isinstance(tree, dict) or not isinstance(tree.get("type"), str):
         raise DataError(f"{where}: a layer must be an object with a 'type'")
     types = Module.layer_types()
     cls = types.get(tree["type"])
     if cls is None:
         raise DataError(f"{where}: unknown layer type {tree['type']!r}; known: {sorted(types)}")
+    return cls
+
+
+def _config(tree: dict, where: str) -> dict:
+    """A layer's constructor arguments: plain JSON values, a JSON pair as a tuple."""
     config = tree.get("config", {})
     if not isinstance(config, dict) or not all(
             isinstance(k, str) and (isinstance(v, _JSON_SCALARS) or _is_pair(v))
@@ -64,7 +83,13 @@ def build(tree, where: str) -> Module:
         raise DataError(f"{where}: the config of {tree['type']} must map names to numbers, "
                         f"bools, strings or pairs of ints")
     # JSON has no tuples: a (height, width) pair comes back as a list.
-    config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+
+
+def build(tree, where: str) -> Module:
+    """The model a tree describes; every deviation from the format is a ``DataError``."""
+    cls = _layer_type(tree, where)
+    config = _config(tree, where)
     children = tree.get("children")
     try:
         if cls is Sequential:
@@ -80,6 +105,121 @@ def build(tree, where: str) -> Module:
         if isinstance(err, DataError):
             raise
         raise DataError(f"{where}: cannot build {tree['type']}: {err}") from None
+
+
+Shape = tuple[int, ...]
+
+
+def npz_members(archive: zipfile.ZipFile, where: str, max_bytes: int,
+                max_array_bytes: int | None = None) -> dict[str, tuple[Shape, np.dtype]]:
+    """Each array's name, shape and dtype in an ``.npz`` archive, read from the zip directory
+    and the ``.npy`` headers alone, so that nothing is inflated before it is known to fit.
+
+    Refused with a :class:`DataError` naming ``where`` and the member: more than
+    ``max_bytes`` in all (or one array over ``max_array_bytes``), a member that is not a
+    ``.npy`` array, a repeated name, an object dtype, and a header whose shape and dtype do
+    not account for exactly the member's size (which bounds what reading it inflates).
+    """
+    infos = archive.infolist()
+    total = sum(info.file_size for info in infos)
+    if total > max_bytes:
+        raise DataError(f"{where}: its {len(infos)} arrays take {total} bytes inflated, more "
+                        f"than the {max_bytes} a file may hold")
+    members: dict[str, tuple[Shape, np.dtype]] = {}
+    for info in infos:
+        name = info.filename.removesuffix(".npy")
+        if name == info.filename or name in members:
+            raise DataError(f"{where}: member {info.filename!r} is not a .npy array or is "
+                            f"repeated")
+        with archive.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(member)
+            header_size = member.tell()
+        size = math.prod(shape) * dtype.itemsize
+        if dtype.hasobject or header_size + size != info.file_size:
+            raise DataError(f"{where}: member {name}: its header declares {dtype} of shape "
+                            f"{shape} ({size} bytes), the archive holds "
+                            f"{info.file_size - header_size}")
+        if max_array_bytes is not None and size > max_array_bytes:
+            raise DataError(f"{where}: member {name}: {size} bytes (shape {shape}, {dtype}), "
+                            f"more than the {max_array_bytes} an array may take")
+        members[name] = (shape, dtype)
+    return members
+
+
+def read_member(archive: zipfile.ZipFile, name: str) -> np.ndarray:
+    """One array of an archive whose sizes :func:`npz_members` checked; never unpickled."""
+    with archive.open(name + ".npy") as member:
+        return np.lib.format.read_array(member, allow_pickle=False)
+
+
+def _positive(*values) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
+
+
+def _linear_state(args: dict) -> dict[str, Shape] | None:
+    if not _positive(args["in_features"], args["out_features"]):
+        return None
+    weight = {"weight": (args["out_features"], args["in_features"])}
+    return {**weight, "bias": (args["out_features"],)} if args["bias"] else weight
+
+
+def _conv_state(args: dict) -> dict[str, Shape] | None:
+    kernel = args["kernel_size"]
+    kernel = kernel if isinstance(kernel, tuple) else (kernel, kernel)
+    if not _positive(args["in_channels"], args["out_channels"], *kernel):
+        return None
+    weight = {"weight": (args["out_channels"], args["in_channels"], *kernel)}
+    return {**weight, "bias": (args["out_channels"],)} if args["bias"] else weight
+
+
+def _batchnorm_state(args: dict) -> dict[str, Shape] | None:
+    if not _positive(args["num_features"]):
+        return None
+    channels = (args["num_features"],)
+    return dict.fromkeys(("weight", "bias", "running_mean", "running_var"), channels)
+
+
+# What each layer type holds (parameters and buffers), from its constructor's arguments: a
+# model file is checked against its weights before a layer allocates anything. A layer type
+# in neither table is built to find out (tests/nn/test_serialization.py names any such).
+LAYER_STATE: dict[str, Callable[[dict], dict[str, Shape] | None]] = {
+    "Linear": _linear_state, "Conv2d": _conv_state, "BatchNorm2d": _batchnorm_state,
+    "Dropout": lambda args: {"seed": (1,)},
+}
+STATELESS_LAYERS = frozenset({"ReLU", "Sigmoid", "Tanh", "Flatten", "MaxPool2d", "AvgPool2d",
+                              "_Pool2d", "Sequential"})
+
+
+def state_shapes(tree, where: str, prefix: str = "") -> dict[str, Shape]:
+    """The ``state_dict`` names and shapes of the model ``tree`` describes, computed from
+    its configs without allocating; a layer whose config its constructor would refuse, or
+    of a type neither table knows, is built (for its error, or its state)."""
+    cls = _layer_type(tree, where)
+    shapes: dict[str, Shape] = {}
+    if cls is Sequential:
+        children = tree.get("children")
+        if not isinstance(children, list):
+            raise DataError(f"{where}: a Sequential needs a list of children")
+        for i, child in enumerate(children):
+            shapes.update(state_shapes(child, f"{where}/{i}", f"{prefix}{i}."))
+        return shapes
+    own = None
+    if tree["type"] in LAYER_STATE:
+        try:
+            args = inspect.signature(cls).bind(**_config(tree, where))
+        except TypeError:
+            args = None  # build names the argument the constructor does not take
+        if args is not None:
+            args.apply_defaults()
+            own = LAYER_STATE[tree["type"]](args.arguments)
+    elif tree["type"] in STATELESS_LAYERS:
+        own = {}
+    if own is None:
+        own = {name: value.shape for name, value in build(tree, where).state_dict().items()}
+    return {prefix + name: tuple(shape) for name, shape in own.items()}
 
 
 def save(model: Module, path: str | os.PathLike, metadata: dict | None = None) -> Path:
@@ -116,34 +256,71 @@ def save(model: Module, path: str | os.PathLike, metadata: dict | None = None) -
 
 
 def load(path: str | os.PathLike) -> Module:
-    """The model saved at ``path``; a truncated, tampered or foreign file is a ``DataError``."""
+    """The model saved at ``path``; a truncated, tampered or foreign file is a ``DataError``.
+
+    Nothing is allocated before it is known to fit: the archive's sizes are checked (at most
+    ``MAX_MODEL_BYTES``), then the parameters the architecture declares against the weights
+    the file holds, and only then is the model built and are the weights read.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such model file")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if HEADER not in archive.files:
-                raise DataError(f"{path}: not a dlsys model file (no {HEADER} entry)")
-            header = json.loads(bytes(archive[HEADER]).decode())
-            weights = {name: archive[name] for name in archive.files if name != HEADER}
+        with zipfile.ZipFile(path) as archive:
+            members = npz_members(archive, str(path), MAX_MODEL_BYTES)
+            header = _read_header(archive, members, path)
+            model = _checked_model(header, members, path)
+            weights = {name: read_member(archive, name) for name in members if name != HEADER}
     except DataError:
         raise
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile,
             UnicodeDecodeError, RecursionError) as err:
         raise DataError(f"{path}: not a readable dlsys model file (truncated or corrupt: "
                         f"{err})") from None
+    try:
+        model.load_state_dict(weights, strict=True)
+    except DlsysError as err:
+        raise DataError(f"{path}: the weights do not fit the architecture: {err}") from None
+    return model
+
+
+def _read_header(archive: zipfile.ZipFile, members: dict, path: Path) -> dict:
+    if HEADER not in members:
+        raise DataError(f"{path}: not a dlsys model file (no {HEADER} entry)")
+    shape, dtype = members[HEADER]
+    if dtype != np.uint8 or len(shape) != 1 or shape[0] > MAX_HEADER_BYTES:
+        raise DataError(f"{path}: {HEADER} must be at most {MAX_HEADER_BYTES} bytes of JSON, "
+                        f"got {dtype} of shape {shape}")
+    header = json.loads(read_member(archive, HEADER).tobytes().decode())
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise DataError(f"{path}: not a dlsys model file")
     if header.get("version") != VERSION:
         raise DataError(f"{path}: model file version {header.get('version')!r}; this dlsys "
                         f"reads version {VERSION}")
-    model = build(header.get("architecture"), str(path))
-    try:
-        model.load_state_dict(weights, strict=True)
-    except DlsysError as err:
-        raise DataError(f"{path}: the weights do not fit the architecture: {err}") from None
-    metadata = header.get("metadata", {})
-    if not isinstance(metadata, dict):
+    if not isinstance(header.get("metadata", {}), dict):
         raise DataError(f"{path}: the model's metadata must be a JSON object")
-    model.metadata = metadata
+    return header
+
+
+def _checked_model(header: dict, members: dict, path: Path) -> Module:
+    """The model the header describes, built once its state is known to be the weights'."""
+    tree = header.get("architecture")
+    expected = state_shapes(tree, str(path))
+    weights = {name: shape for name, (shape, _) in members.items() if name != HEADER}
+    problems = []
+    missing = [name for name in expected if name not in weights]
+    unexpected = sorted(set(weights) - set(expected))
+    if missing:
+        problems.append(f"missing {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected members {', '.join(unexpected)}")
+    problems += [f"{name} has shape {weights[name]}, the architecture {shape}"
+                 for name, shape in expected.items() if weights.get(name, shape) != shape]
+    problems += [f"{name} is {dtype}, not real numbers" for name, (_, dtype) in members.items()
+                 if name != HEADER and dtype.kind not in "iuf"]
+    if problems:
+        raise DataError(f"{path}: the weights do not fit the architecture: "
+                        f"{'; '.join(problems)}")
+    model = build(tree, str(path))
+    model.metadata = header.get("metadata", {})
     return model

@@ -3,13 +3,11 @@
 import gzip
 import os
 import pickle
-import subprocess
-import sys
-import textwrap
 import time
 
 import numpy as np
 import pytest
+from bombs import refusal_and_growth
 
 from dlsys.data import array_pickle, mnist
 from dlsys.data.mnist import load_dataset, one_hot, read_idx
@@ -272,25 +270,8 @@ def _write_bomb(path, header: bytes, zeros: int) -> None:
 
 
 def _growth_kib(call: str) -> tuple[str, int]:
-    """What ``call`` (a dlsys.data.mnist function on a file) printed or raised, and how much
-    the peak memory of a fresh process grew while it ran (resource's ru_maxrss)."""
-    child = textwrap.dedent(f"""
-        import resource
-        from dlsys.data import array_pickle, mnist
-        from dlsys.errors import DataError
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        try:
-            mnist.{call}
-        except DataError as e:
-            print("refused:", e)
-        grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-        print("grown_kib", grown)
-    """)
-    result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr
-    output, grown = result.stdout.split("grown_kib")
-    return output, int(grown)
+    """What ``call`` (of a dlsys.data.mnist function) said, and what it cost in memory."""
+    return refusal_and_growth("from dlsys.data import mnist", f"mnist.{call}")
 
 
 def test_gzip_bomb_is_refused_within_a_memory_bound(tmp_path):

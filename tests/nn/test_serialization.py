@@ -7,11 +7,13 @@ import zipfile
 
 import numpy as np
 import pytest
+from bombs import refusal_and_growth, write_npy_member
 
 import dlsys
 from dlsys import autodiff as ad
 from dlsys import nn
 from dlsys.errors import ArgumentTypeError, DataError
+from dlsys.nn import serialization
 
 
 def _predict(model, images):
@@ -134,3 +136,80 @@ def test_per_axis_sizes_round_trip(tmp_path):
     assert repr(loaded) == repr(model)
     images = np.random.default_rng(0).normal(size=(2, 1, 7, 5)).astype(np.float32)
     np.testing.assert_array_equal(_predict(loaded, images), _predict(model, images))
+
+
+def _with_member(path, out, name, shape, zeros):
+    """``path``'s model file with member ``name`` replaced (or added)."""
+    with zipfile.ZipFile(path) as source, \
+            zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for info in source.infolist():
+            if info.filename != name + ".npy":
+                archive.writestr(info.filename, source.read(info))
+        write_npy_member(archive, name, shape, zeros)
+    return out
+
+
+_BIG = 128 << 20
+
+
+def _load_measured(path):
+    """What ``dlsys.load(path)`` said and what it cost in memory (dlsys imported before)."""
+    return refusal_and_growth("import dlsys.nn.serialization", f"dlsys.load({str(path)!r})")
+
+
+@pytest.mark.parametrize("shape, words", [
+    # The header lies about the member's size: 640 bytes declared, 128 MiB inflated.
+    ((8, 20), "member 1.weight: its header declares float32 of shape (8, 20) (640 bytes), "
+              f"the archive holds {_BIG}"),
+    # An honest member, 128 MiB of it, where the architecture has an 8 x 20 weight.
+    ((8192, 4096), "1.weight has shape (8192, 4096), the architecture (8, 20)"),
+])
+def test_an_oversized_member_is_refused_before_it_is_inflated(saved, tmp_path, shape, words):
+    _, path = saved
+    bomb = _with_member(path, tmp_path / "bomb.npz", "1.weight", shape,
+                        _BIG if shape == (8, 20) else 4 * 8192 * 4096)
+    assert bomb.stat().st_size < 1 << 20
+    output, grown_kib = _load_measured(bomb)
+    assert grown_kib < 32 * 1024, f"loading took {grown_kib} KiB more memory"
+    assert f"refused: {bomb}" in output and words in output
+
+
+def test_an_architecture_is_checked_against_the_weights_before_it_is_built(tmp_path):
+    # 500 bytes declaring Linear(8000, 8000): 256 MB of float32 (512 MB drawn as float64)
+    # that the file does not hold.
+    path = tmp_path / "model.npz"
+    header = {"format": "dlsys-model", "version": 1, "metadata": {},
+              "architecture": {"type": "Sequential", "children": [
+                  {"type": "Linear", "config": {"in_features": 8000, "out_features": 8000}}]}}
+    np.savez(path, __dlsys_model__=np.frombuffer(json.dumps(header).encode(), np.uint8))
+    output, grown_kib = _load_measured(path)
+    assert grown_kib < 32 * 1024, f"loading took {grown_kib} KiB more memory"
+    assert "the weights do not fit the architecture: missing 0.weight, 0.bias" in output
+
+
+def test_unknown_members_are_refused_by_name(saved, tmp_path):
+    _, path = saved
+    extra = _with_member(path, tmp_path / "extra.npz", "junk", (3,), 12)
+    with pytest.raises(DataError, match="unexpected members junk"):
+        dlsys.load(extra)
+
+
+def test_a_model_file_over_the_total_bound(saved, tmp_path, monkeypatch):
+    _, path = saved
+    monkeypatch.setattr(serialization, "MAX_MODEL_BYTES", 500)
+    with pytest.raises(DataError, match=f"{path}: its 4 arrays take .* bytes inflated, more "
+                                        "than the 500 a file may hold"):
+        dlsys.load(path)
+
+
+def test_every_layer_type_states_its_parameters_without_being_built():
+    # A layer type the tables do not know is built to find its parameters, allocating
+    # whatever a file's config asks: add it to LAYER_STATE or STATELESS_LAYERS.
+    known = set(serialization.LAYER_STATE) | serialization.STATELESS_LAYERS
+    assert set(nn.Module.layer_types()) <= known
+    model = nn.Sequential(nn.Conv2d(3, 4, (3, 2), bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Dropout(0.1), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Sequential(nn.Linear(20, 7), nn.Tanh(), nn.Linear(7, 2, False)),
+                          nn.Conv2d(1, 1, 5), nn.AvgPool2d(2), nn.Sigmoid())
+    expected = {name: value.shape for name, value in model.state_dict().items()}
+    assert serialization.state_shapes(serialization.architecture(model), "m") == expected
