@@ -6,10 +6,14 @@ document under ``meta``. It is loaded with ``allow_pickle=False``, so a checkpoi
 Every file the trainer writes goes through :func:`atomic_file`: temporary file in the same
 directory, fsync, ``os.replace``, fsync of the directory.
 
-A checkpoint is data from outside: :func:`load_checkpoint` checks every part of it (sizes
-before anything is read, then settings, parameters by name and exact shape, counters,
-metrics and the RNG state) and refuses it with a DataError naming the part, so no loader
-trains on, or crashes with, a checkpoint that dlsys would not have written.
+A checkpoint is data from outside: :func:`load_checkpoint` checks every part of it and
+refuses it with a DataError naming the part, so no loader trains on, or crashes with, a
+checkpoint that dlsys would not have written. Sizes come first, before any array is read:
+every member's from the zip directory and its ``.npy`` header (at most ``MAX_ARRAY_BYTES``
+each, ``MAX_CHECKPOINT_BYTES`` in all), members other than ``meta``, ``param/*`` and
+``optim/*`` refused by name, then the parameters' names and shapes against the recorded
+model and the optimiser's state against the parameters; then the settings, counters,
+metrics and the RNG state.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import numpy as np
 from dlsys.errors import DataError
 from dlsys.frontend.models import param_shapes
 from dlsys.frontend.settings import is_int, is_real, settings_problem
+from dlsys.nn.serialization import npz_members, read_member
 
 CHECKPOINT_NAME = "checkpoint.npz"
 FORMAT_VERSION = 1
@@ -38,6 +43,13 @@ TEMP_PREFIX = ".dlsys-tmp-"
 # No array of a real checkpoint comes near this (the MLP's largest is 0.8 MB); a header that
 # claims more is refused before numpy allocates it.
 MAX_ARRAY_BYTES = 256 << 20
+# All arrays together: the parameters (at most settings.MAX_PARAM_BYTES, 256 MiB), Adam's two
+# moments of the same size, and the metadata.
+MAX_CHECKPOINT_BYTES = 1 << 30
+# The optimiser's state beside the parameters: Adam keeps two moments per parameter; the
+# learning rate and step count are a few bytes.
+_OPTIM_STATE_FACTOR = 2
+_OPTIM_STATE_SLACK = 4096
 _PARAM = "param/"
 _OPTIM = "optim/"
 _META = "meta"
@@ -123,26 +135,17 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a checkpoint written by :func:`save_checkpoint`; DataError if it is unusable."""
     path = Path(path)
     try:
-        _check_array_sizes(path)
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
+        with zipfile.ZipFile(path) as archive:
+            members = npz_members(archive, str(path), MAX_CHECKPOINT_BYTES, MAX_ARRAY_BYTES)
+            meta = _read_meta(archive, members, path)
+            _check_members(members, meta["config"], path)
+            arrays = {key: read_member(archive, key) for key in members if key != _META}
     except FileNotFoundError:
         raise DataError(f"{path}: no such checkpoint") from None
+    except DataError:
+        raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"{path}: unreadable checkpoint ({e})") from None
-    try:
-        meta = json.loads(str(arrays.pop(_META)))
-        version = meta["format_version"]
-    except (KeyError, TypeError, ValueError, RecursionError) as e:
-        raise DataError(f"{path}: malformed checkpoint metadata ({type(e).__name__}: {e})") \
-            from None
-    if version != FORMAT_VERSION:
-        raise DataError(f"{path}: checkpoint format {version}, this dlsys reads format "
-                        f"{FORMAT_VERSION}")
-    missing = [key for key in ("epoch", "rng_state", "metrics", "config", "optimizer")
-               if key not in meta]
-    if missing:
-        raise DataError(f"{path}: malformed checkpoint metadata: no {', '.join(missing)}")
     checkpoint = Checkpoint(
         epoch=meta["epoch"],
         params={k[len(_PARAM):]: v for k, v in arrays.items() if k.startswith(_PARAM)},
@@ -158,19 +161,52 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     return checkpoint
 
 
-def _check_array_sizes(path: Path) -> None:
-    """Refuse a member whose header claims more than MAX_ARRAY_BYTES, before numpy reads it."""
-    with zipfile.ZipFile(path) as archive:
-        for info in archive.infolist():
-            with archive.open(info) as member:
-                version = np.lib.format.read_magic(member)
-                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                               else np.lib.format.read_array_header_2_0)
-                shape, _, dtype = read_header(member)
-            size = math.prod(shape) * dtype.itemsize
-            if size > MAX_ARRAY_BYTES:
-                raise ValueError(f"array {info.filename} claims {size} bytes "
-                                 f"(shape {shape}, {dtype})")
+def _read_meta(archive: zipfile.ZipFile, members: dict, path: Path) -> dict:
+    """The checkpoint's JSON metadata, its format and keys checked and its settings usable."""
+    shape, dtype = members.get(_META, ((), np.dtype(np.float32)))
+    if shape != () or dtype.kind != "U":
+        raise DataError(f"{path}: malformed checkpoint metadata: no {_META} text")
+    try:
+        meta = json.loads(str(read_member(archive, _META)))
+        version = meta["format_version"]
+    except (KeyError, TypeError, ValueError, RecursionError) as e:
+        raise DataError(f"{path}: malformed checkpoint metadata ({type(e).__name__}: {e})") \
+            from None
+    if version != FORMAT_VERSION:
+        raise DataError(f"{path}: checkpoint format {version}, this dlsys reads format "
+                        f"{FORMAT_VERSION}")
+    missing = [key for key in ("epoch", "rng_state", "metrics", "config", "optimizer")
+               if key not in meta]
+    if missing:
+        raise DataError(f"{path}: malformed checkpoint metadata: no {', '.join(missing)}")
+    problem = settings_problem(meta["config"])
+    if problem is not None:
+        raise DataError(f"{path}: unusable checkpoint: {problem}")
+    return meta
+
+
+def _check_members(members: dict, config: dict, path: Path) -> None:
+    """Refuse, before any array is read, members a checkpoint of ``config``'s model would
+    not hold: unknown names, parameters of other names or shapes than the model's, and more
+    optimiser state than Adam keeps for those parameters."""
+    unknown = sorted(key for key in members
+                     if key != _META and not key.startswith((_PARAM, _OPTIM)))
+    if unknown:
+        raise DataError(f"{path}: unknown checkpoint members {', '.join(unknown)}; a "
+                        f"checkpoint holds {_META}, {_PARAM}* and {_OPTIM}*")
+    params = {key[len(_PARAM):]: value for key, value in members.items()
+              if key.startswith(_PARAM)}
+    problem = _shapes_problem(config, {name: (shape, dtype) for name, (shape, dtype)
+                                       in params.items()})
+    if problem is not None:
+        raise DataError(f"{path}: unusable checkpoint: {problem}")
+    param_bytes = sum(math.prod(shape) * dtype.itemsize for shape, dtype in params.values())
+    optim_bytes = sum(math.prod(shape) * dtype.itemsize for key, (shape, dtype)
+                      in members.items() if key.startswith(_OPTIM))
+    if optim_bytes > _OPTIM_STATE_FACTOR * param_bytes + _OPTIM_STATE_SLACK:
+        raise DataError(f"{path}: unusable checkpoint: {optim_bytes} bytes of optimizer "
+                        f"state for {param_bytes} bytes of parameters; no optimizer keeps "
+                        f"more than {_OPTIM_STATE_FACTOR} arrays per parameter")
 
 
 def checkpoint_problem(checkpoint: Checkpoint) -> str | None:
@@ -188,22 +224,31 @@ def _settings_problem(checkpoint: Checkpoint) -> str | None:
 
 
 def _params_problem(checkpoint: Checkpoint) -> str | None:
+    problem = _shapes_problem(checkpoint.config, {name: (array.shape, array.dtype)
+                                                  for name, array in checkpoint.params.items()})
+    if problem is not None:
+        return problem
+    for name, array in checkpoint.params.items():
+        if not np.isfinite(array).all():
+            return f"parameter {name} holds NaN or infinite values"
+    return None
+
+
+def _shapes_problem(config: dict, params: dict[str, tuple[tuple[int, ...], np.dtype]]
+                    ) -> str | None:
+    """Why parameters of these names, shapes and dtypes are not ``config``'s model's."""
     # Exact names and shapes: a bias of (1, 256) for (256,) would broadcast and train on.
-    expected = param_shapes(checkpoint.config["model"], checkpoint.config.get("hidden"))
-    params = checkpoint.params
+    expected = param_shapes(config["model"], config.get("hidden"))
     missing = [name for name in expected if name not in params]
     extra = sorted(set(params) - set(expected))
     if missing or extra:
-        return (f"parameters of model {checkpoint.config['model']!r} are "
-                f"{', '.join(expected)}; missing {missing or 'none'}, unexpected "
-                f"{extra or 'none'}")
+        return (f"parameters of model {config['model']!r} are {', '.join(expected)}; "
+                f"missing {missing or 'none'}, unexpected {extra or 'none'}")
     for name, shape in expected.items():
-        array = params[name]
-        if array.shape != tuple(shape) or array.dtype != np.float32:
+        got_shape, dtype = params[name]
+        if tuple(got_shape) != tuple(shape) or dtype != np.float32:
             return (f"parameter {name} must be float32 of shape {tuple(shape)}, got "
-                    f"{array.dtype} of shape {array.shape}")
-        if not np.isfinite(array).all():
-            return f"parameter {name} holds NaN or infinite values"
+                    f"{dtype} of shape {tuple(got_shape)}")
     return None
 
 

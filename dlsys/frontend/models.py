@@ -77,8 +77,19 @@ def init_params(name: str, seed: int, hidden: Sequence[int] | None = None
 
 def param_shapes(name: str, hidden: Sequence[int] | None = None) -> dict[str, tuple[int, ...]]:
     """State-dict names (``0.weight``, ``0.bias``, ``2.weight``, ...; buffers too) and shapes,
-    in order."""
-    return {key: value.shape for key, value in init_params(name, 0, hidden).items()}
+    in order.
+
+    For the dense models, computed from the layer sizes without building the model: a
+    checkpoint's settings are checked against its arrays before either is allocated.
+    """
+    if check_model(name) in ("lenet", "cnn"):  # fixed and small (0.2 and 1.7 MB)
+        return {key: value.shape for key, value in init_params(name, 0, hidden).items()}
+    shapes: dict[str, tuple[int, ...]] = {}
+    sizes = layer_sizes(name, hidden)
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        # _dense puts a ReLU after every Linear but the last: the Linears are 0, 2, 4...
+        shapes[f"{2 * i}.weight"], shapes[f"{2 * i}.bias"] = (fan_out, fan_in), (fan_out,)
+    return shapes
 
 
 __all__ = ["build_model", "init_params", "param_shapes", "layer_sizes", "seed_streams",

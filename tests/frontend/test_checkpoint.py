@@ -6,6 +6,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from bombs import refusal_and_growth, write_npy_member
 
 from dlsys.errors import DataError
 from dlsys.frontend import checkpoint as ckpt
@@ -207,7 +208,8 @@ def test_huge_array_header_is_refused_before_reading(tmp_path):
         header, {"descr": "<f4", "fortran_order": False, "shape": (10**6, 10**6)})
     with zipfile.ZipFile(path, "a") as archive:
         archive.writestr("param/W9.npy", header.getvalue())
-    with pytest.raises(DataError, match="param/W9.npy claims 4000000000000 bytes"):
+    with pytest.raises(DataError, match=r"member param/W9: its header declares float32 of "
+                                        r"shape \(1000000, 1000000\) \(4000000000000 bytes\)"):
         load_checkpoint(path)
 
 
@@ -226,3 +228,59 @@ def test_only_dlsys_temporary_files_are_removed(tmp_path):
     ours.write_bytes(b"PK partial")
     ckpt.remove_stale_temp_files(tmp_path)
     assert not ours.exists() and all(path.exists() for path in users)
+
+
+def _with_members(path, members: dict[str, tuple[tuple[int, ...], int]]):
+    """``path``'s checkpoint with members added: name -> (declared shape, zero bytes)."""
+    with zipfile.ZipFile(path, "a", zipfile.ZIP_DEFLATED) as archive:
+        for name, (shape, zeros) in members.items():
+            write_npy_member(archive, name, shape, zeros)
+    return path
+
+
+def test_unknown_members_are_refused_by_name_before_they_are_read(tmp_path):
+    # Two honest arrays of 128 MiB (256 KB on disk) under names no checkpoint holds.
+    path = tmp_path / "c.npz"
+    save_checkpoint(path, _trainer_checkpoint())
+    big = ((8192, 4096), 4 * 8192 * 4096)
+    _with_members(path, {"extra0": big, "notes/extra1": big})
+    assert path.stat().st_size < 2 << 20
+    output, grown_kib = refusal_and_growth("from dlsys.frontend import checkpoint",
+                                           f"checkpoint.load_checkpoint({str(path)!r})")
+    assert grown_kib < 32 * 1024, f"loading took {grown_kib} KiB more memory"
+    assert f"{path}: unknown checkpoint members extra0, notes/extra1" in output
+
+
+def test_more_optimizer_state_than_adam_keeps_is_refused(tmp_path):
+    path = tmp_path / "c.npz"
+    save_checkpoint(path, _trainer_checkpoint())  # logreg: 31400 bytes of parameters
+    _with_members(path, {"optim/exp_avg.0": ((10, 784), 31360),
+                         "optim/exp_avg_sq.0": ((10, 784), 31360)})
+    assert load_checkpoint(path).optimizer_state["exp_avg.0"].shape == (10, 784)
+    _with_members(path, {"optim/velocity.0": ((10, 784), 31360)})
+    with pytest.raises(DataError, match="94080 bytes of optimizer state for 31400 bytes of "
+                                        "parameters"):
+        load_checkpoint(path)
+
+
+def test_a_checkpoint_over_the_total_bound(tmp_path, monkeypatch):
+    path = tmp_path / "c.npz"
+    save_checkpoint(path, _trainer_checkpoint())
+    monkeypatch.setattr(ckpt, "MAX_CHECKPOINT_BYTES", 10000)
+    with pytest.raises(DataError, match=f"{path}: its 3 arrays take .* bytes inflated, more "
+                                        "than the 10000 a file may hold"):
+        load_checkpoint(path)
+
+
+def test_parameters_of_another_shape_are_refused_before_they_are_read(tmp_path):
+    path = tmp_path / "c.npz"
+    checkpoint = _trainer_checkpoint()
+    del checkpoint.params["0.weight"]
+    save_checkpoint(path, checkpoint)
+    # 128 MiB declared and held, where logreg's weight is 10 x 784.
+    _with_members(path, {"param/0.weight": ((8192, 4096), 4 * 8192 * 4096)})
+    output, grown_kib = refusal_and_growth("from dlsys.frontend import checkpoint",
+                                           f"checkpoint.load_checkpoint({str(path)!r})")
+    assert grown_kib < 32 * 1024, f"loading took {grown_kib} KiB more memory"
+    assert "parameter 0.weight must be float32 of shape (10, 784), got float32 of shape " \
+           "(8192, 4096)" in output
