@@ -40,7 +40,9 @@ class _Prepared:
     feed_slots: dict[Node, list[tuple[int, int, Shape]]]
     feed_buffers: dict[Node, tvm.runtime.Tensor]
     outputs: list                 # eval node -> its tensor, or (placeholder, shape) to view
-    owned_ranges: list[tuple[int, int]]       # [start, end) addresses of the planned storage
+    # [start, end) addresses of every buffer the executor allocated and writes: the planned
+    # storage, the feed buffers and the constant values' buffers.
+    owned_ranges: list[tuple[int, int]]
     state_targets: frozenset = frozenset()    # parameters that kernels update in place
     contiguous_buffer: tvm.runtime.Tensor | None = None  # the group placed side by side
     # The calls before this index compute constant values (``constants``): they run at the
@@ -54,15 +56,57 @@ class _Prepared:
     feed_arrays: dict = field(default_factory=dict)
     itemsize: int = 4
 
-    def owns_memory_of(self, tensor: tvm.runtime.Tensor) -> bool:
-        """Whether ``tensor`` (of the executor's dtype) overlaps a buffer of the plan (e.g. a
-        returned output fed back)."""
-        start = tensor.data_ptr()
-        end = start + tensor.numel() * self.itemsize
-        for low, high in self.owned_ranges:
-            if start < high and low < end:
-                return True
-        return False
+    def owns_memory_of(self, value) -> bool:
+        """Whether ``value`` (a TVM tensor or a contiguous array of the executor's dtype)
+        overlaps a buffer of the executor (e.g. a returned output fed back)."""
+        if isinstance(value, np.ndarray):
+            if not _may_view_foreign_memory(value):
+                return False
+            start, count = value.ctypes.data, value.size
+        else:
+            start, count = value.data_ptr(), value.numel()
+        return _overlaps(start, start + count * self.itemsize, self.owned_ranges)
+
+
+def _overlaps(start: int, end: int, ranges) -> bool:
+    """Whether [start, end) overlaps one of the [low, high) address ranges."""
+    for low, high in ranges:
+        if start < high and low < end:
+            return True
+    return False
+
+
+def _overlaps_states(tensor: tvm.runtime.Tensor, placeholder: Node, prepared: _Prepared,
+                     feeds: dict) -> bool:
+    """Whether ``tensor``, fed for ``placeholder``, shares memory with the tensor of another
+    placeholder that a kernel of this run updates in place (a state fed as an array is
+    copied into a feed buffer, which ``owns_memory_of`` covers)."""
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * prepared.itemsize
+    states = [feeds[s] for s in prepared.state_targets
+              if s is not placeholder and isinstance(feeds[s], tvm.runtime.Tensor)]
+    return _overlaps(start, end, [(t.data_ptr(), t.data_ptr() + t.numel() * prepared.itemsize)
+                                  for t in states])
+
+
+def _may_view_foreign_memory(array: np.ndarray) -> bool:
+    """False for an array whose memory numpy allocated (itself or the array it views), which
+    no TVM tensor can share: the cheap answer for the usual feed (40 ns, where reading its
+    address costs 1 us); True for a view of another owner's memory (a DLPack view of a TVM
+    tensor, a buffer, a memory map)."""
+    base = array.base
+    while isinstance(base, np.ndarray):
+        base = base.base
+    return base is not None
+
+
+def _private_copy(value):
+    """A copy of a fed value in memory of its own, read now (before any buffer is written)."""
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    copy = tvm.runtime.empty(value.shape, value.dtype, value.device)
+    copy.copyfrom(value)
+    return copy
 
 
 def _view(tensor: tvm.runtime.Tensor, shape: Shape) -> tvm.runtime.Tensor:
@@ -135,8 +179,9 @@ class Executor:
     contiguous, writeable and of at least ``IN_PLACE_FEED_BYTES`` is not copied: the
     kernels read it where it lies (never write it; a state a kernel updates is copied), and
     the executor holds on to it until the next run. A tensor or array that shares memory
-    with the executor's own buffers (an output of an earlier run fed back in) is copied
-    first, since the kernels would overwrite it while reading it.
+    with anything the run writes (the executor's buffers and feed buffers, as an output of
+    an earlier run fed back in does, or a state a kernel updates in place) is read into a
+    copy first, since the run would overwrite it before or while reading it.
 
     Threads: ``run`` holds a lock, so calls from several threads run one after another and
     each computes its own feeds' values. The TVM tensors it returns are the executor's
@@ -283,18 +328,18 @@ class Executor:
         plan.naive_bytes = itemsize * sum(int(np.prod(shapes[n])) for n in self.topo_order
                                           if not n.op.is_placeholder)
         storage = [tvm.runtime.empty((n,), self.dtype, self.ctx) for n in plan.storage_elements]
-        owned_ranges = [(t.data_ptr(), t.data_ptr() + n * itemsize)
-                        for t, n in zip(storage, plan.storage_elements)]
         feed_buffers = {p: tvm.runtime.empty(shapes[p], self.dtype, self.ctx)
                         for p in self.placeholders}
         value: dict[Node, object] = dict(feed_buffers)
         for node, sid in plan.storage_of.items():
             value[node] = _view_at(storage[sid], plan.offset_of.get(node, 0), shapes[node])
         # Constant values live across runs: a buffer each, outside the plan.
+        constant_buffers: list[tvm.runtime.Tensor] = []
         for step in hoisted:
             if step.alias_of is None:
                 for out in step.outputs:
                     value[out] = tvm.runtime.empty(shapes[out], self.dtype, self.ctx)
+                    constant_buffers.append(value[out])
         # An alias of a placeholder is that placeholder's (re-bindable) tensor, viewed with
         # the alias's shape where it reshapes.
         source = {p: p for p in self.placeholders}
@@ -309,6 +354,8 @@ class Executor:
                 source[step.output] = step.writes_state
                 value[step.output] = value[step.writes_state]
 
+        owned_ranges = [(t.data_ptr(), t.data_ptr() + t.numel() * itemsize)
+                        for t in (*storage, *feed_buffers.values(), *constant_buffers)]
         calls: list[tuple] = []
         feed_slots: dict[Node, list[tuple[int, int, Shape]]] = {p: [] for p in self.placeholders}
         for step in steps:
@@ -367,18 +414,30 @@ class Executor:
             if placeholder in feed_dict:
                 constant_fed = constant_fed or placeholder in self.constants
                 fed = self._feed_value(placeholder, feed_dict[placeholder])
+                # An array numpy allocated (base None) or the tensor bound last run is not
+                # the executor's: the check costs 50 ns for them.
+                if (prepared is not None and (fed.base is not None if isinstance(fed, np.ndarray)
+                                              else fed is not bound[placeholder])
+                        and prepared.owns_memory_of(fed)):
+                    # The executor's own memory (an output fed back, or a view of one): read
+                    # now, before any feed buffer is copied into or any kernel writes it.
+                    # (A new plan's buffers cannot overlap it: it holds its memory alive.)
+                    fed = _private_copy(fed)
                 shapes.append(tuple(fed.shape))
                 feeds[placeholder] = fed
                 continue
             data = placeholder.data
             if data is bound.get(placeholder):
                 # Still the tensor bound at the last run, checked then (dtype, device, no
-                # overlap with the plan's buffers; a new plan clears the bindings): its shape
-                # is the plan's.
+                # overlap with the executor's buffers; a new plan clears the bindings): its
+                # shape is the plan's.
                 shapes.append(prepared.shapes[placeholder])
                 feeds[placeholder] = data
                 continue
             fed = self._feed_value(placeholder, data, bound=True)
+            if (prepared is not None and placeholder not in prepared.state_targets
+                    and prepared.owns_memory_of(fed)):
+                fed = _private_copy(fed)  # as above (a state must stay its own tensor)
             shapes.append(tuple(fed.shape))
             feeds[placeholder] = fed
         signature = tuple(shapes)
@@ -405,9 +464,10 @@ class Executor:
                 # Read where it lies, not copied (a kernel updating it in place would write
                 # into the caller's array: such a feed is copied).
                 fed = _in_place_tensor(fed)
-            if isinstance(fed, np.ndarray) or prepared.owns_memory_of(fed):
-                # A tensor this executor returned (or a view of one) would be overwritten
-                # while kernels still read it: run on a copy, like an array feed.
+            if isinstance(fed, np.ndarray) or (prepared.state_targets and _overlaps_states(
+                    fed, placeholder, prepared, feeds)):
+                # An array, or a tensor sharing memory with a state a kernel updates in place
+                # (read after the update otherwise): copied (no kernel has run yet).
                 buffer = prepared.feed_buffers[placeholder]
                 array_view = prepared.feed_arrays.get(placeholder)
                 if isinstance(fed, np.ndarray) and array_view is not None:

@@ -227,6 +227,39 @@ def test_returned_output_fed_back_is_read_before_it_is_overwritten(monkeypatch, 
         (out,) = executor.run({h: np.from_dlpack(out) if as_numpy else out, w: w_val})
 
 
+@pytest.mark.parametrize("as_numpy", [False, True])
+@pytest.mark.parametrize("size", [4, 32768])  # copied in, and read in place (128 KiB)
+def test_returned_feed_fed_back_as_another_feed_is_read_before_it_is_copied_over(as_numpy,
+                                                                                 size):
+    # The y returned is y's feed buffer: fed back as x while a new y is copied into that
+    # buffer (a read-only array is copied whatever its size), it must be read first.
+    x, y = ad.Variable("x"), ad.Variable("y")
+    executor = ad.Executor([y, 2 * x + y])
+    first_y, new_y = np.full(size, 10.0, "float32"), np.full(size, 100.0, "float32")
+    first_y.setflags(write=False)
+    new_y.setflags(write=False)
+    returned_y, _ = executor.run({x: np.ones(size, "float32"), y: first_y})
+    fed = np.from_dlpack(returned_y) if as_numpy else returned_y
+    _, z = executor.run({x: fed, y: new_y})
+    np.testing.assert_array_equal(z.numpy(), np.full(size, 120.0))
+
+
+def test_feed_sharing_memory_with_a_state_is_read_before_the_state_is_updated():
+    # A running statistic is written over its buffer's tensor during the run (here with the
+    # batch's means, about 1); a feed viewing that tensor must be read as it was before.
+    from dlsys import nn
+
+    bn = nn.BatchNorm2d(2, momentum=1.0)
+    x, shift = ad.Variable("x"), ad.Variable("shift")
+    out = ad.sum_op(bn(x), (0, 2, 3)) + shift  # the normalised sums are 0
+    before = np.array([5.0, 7.0], "float32")
+    bn.running_mean.data.copyfrom(before)
+    batch = np.random.default_rng(0).standard_normal((4, 2, 3, 3)).astype("float32") + 1
+    (got,) = ad.Executor([out]).run({x: batch, shift: bn.running_mean.data},
+                                    convert_to_numpy_ret_vals=True)
+    np.testing.assert_allclose(got, before, atol=1e-4)
+
+
 def test_one_executor_from_several_threads_gives_every_thread_its_own_answer():
     from concurrent.futures import ThreadPoolExecutor
 
