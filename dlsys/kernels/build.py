@@ -13,6 +13,7 @@ import hashlib
 import math
 import numbers
 import os
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from functools import cache, lru_cache
@@ -130,8 +131,34 @@ class Kernel:
         return f"Kernel({self.name}, {self.arg_shapes}, {self.dtype})"
 
 
+# Kernels built in this process, kept while anything besides this table uses them: an
+# executor's plan holds its kernels' functions, a caller the Kernel itself. One nobody holds
+# is forgotten (``release_unused_kernels``), and its library unmapped, so a session cycling
+# through many shapes keeps only what its live plans run; asked for again, it comes back
+# from the disk cache in about a millisecond.
 _memory_cache: dict[str, Kernel] = {}
 _lock = threading.Lock()
+
+
+def _references(table: dict, key: str) -> int:
+    kernel = table[key]
+    return sys.getrefcount(kernel) + sys.getrefcount(kernel.func)
+
+
+# What ``_references`` counts for a kernel that only its table holds, measured the same way
+# (the count includes the call's own temporary references, which vary between interpreters).
+_ALONE = _references({"probe": Kernel(object(), "probe", [], "float32")}, "probe")
+
+
+def release_unused_kernels() -> int:
+    """Forget the kernels that nothing outside the in-process cache holds (neither the
+    ``Kernel`` nor its function); returns how many. Run at every kernel built; a plan
+    dropped in a reference cycle is noticed once Python's collector has freed it."""
+    with _lock:
+        unused = [key for key in _memory_cache if _references(_memory_cache, key) <= _ALONE]
+        for key in unused:
+            del _memory_cache[key]
+    return len(unused)
 
 
 def cache_dir() -> Path:
@@ -200,6 +227,7 @@ def build_kernel(kind: str, params: tuple, define: Callable[[], tuple[list, list
         cached = _memory_cache.get(key)
     if cached is not None:
         return cached
+    release_unused_kernels()
     inputs, outputs = define()
     arg_shapes = [tuple(int(d) for d in t.shape) for t in inputs + outputs]
     arg_names = [t.op.name for t in inputs + outputs]
@@ -209,6 +237,7 @@ def build_kernel(kind: str, params: tuple, define: Callable[[], tuple[list, list
     func = None
     directory = None
     if disk_cache_enabled() and target.kind.name == "llvm":
+        disk_cache.max_bytes()  # a bad value named here, not swallowed by a failed save
         directory = disk_cache.private_dir()
     if directory is not None:
         unscheduled = _unscheduled_module(inputs, outputs, symbol, target)

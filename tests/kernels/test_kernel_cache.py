@@ -244,3 +244,51 @@ def test_a_new_kernel_runs_from_the_library_it_exported(disk_cache, compile_coun
     (path,) = disk_cache.glob("*.so")
     assert compile_count == ["injective"] and loaded == [path]
     _check_relu_5x7(kernel)
+
+
+def test_kernels_nothing_holds_are_released(compile_count):
+    """The in-process cache keeps a kernel while a caller holds it, or only its function
+    (as an executor's plan does), and forgets it once nobody does."""
+    build.clear_memory_cache()
+    held = op.make_relu((4, 9), "llvm", "llvm", "relu")
+    function_only = op.make_relu((4, 10), "llvm", "llvm", "relu").func
+    op.make_relu((4, 11), "llvm", "llvm", "relu")  # dropped at once
+    assert build.release_unused_kernels() == 1
+    assert op.make_relu((4, 9), "llvm", "llvm", "relu") is held
+    assert {k.func for k in build._memory_cache.values()} == {held.func, function_only}
+    del held, function_only
+    assert build.release_unused_kernels() == 2 and not build._memory_cache
+
+
+def _entry_bytes(folder) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.suffix in (".so", ".sha256"))
+
+
+def test_disk_cache_is_bounded_least_recently_used_first(disk_cache, monkeypatch):
+    """Past DLSYS_CACHE_MAX_MB the least recently used entries go first: loading an entry
+    makes it recent again, and the entry just written always stays."""
+    monkeypatch.setenv("DLSYS_CACHE_MAX_MB", "0.1")  # 104857 bytes: five relu kernels
+    older, old = _two_entries(disk_cache)  # (5, 7) and (3, 3), then the memory cache cleared
+    for path, age in [(older, 7200), (old, 3600)]:
+        os.utime(path, (time.time() - age, time.time() - age))
+    _check_relu_5x7(op.make_relu((5, 7), "llvm", "llvm", "relu"))  # a load: used now
+    for rows in range(1, 12):
+        op.make_relu((rows, 4), "llvm", "llvm", "relu")
+        assert _entry_bytes(disk_cache) <= 0.1 * 2**20
+        newest = max(disk_cache.glob("*.so"), key=lambda p: p.stat().st_mtime)
+        if not old.exists():
+            break
+    assert not old.exists() and older.exists(), "the entry used longest ago goes first"
+    assert not old.with_suffix(".sha256").exists()
+    assert newest.exists()
+    assert {p.stem for p in disk_cache.glob("*.so")} == {
+        p.stem for p in disk_cache.glob("*.sha256")}
+
+
+def test_bad_disk_cache_bound_is_named(disk_cache, monkeypatch):
+    from dlsys.errors import ArgumentError
+
+    for value in ["abc", "0", "-5", "nan"]:
+        monkeypatch.setenv("DLSYS_CACHE_MAX_MB", value)
+        with pytest.raises(ArgumentError, match="DLSYS_CACHE_MAX_MB"):
+            op.make_relu((3, 13), "llvm", "llvm", "relu")

@@ -327,3 +327,30 @@ def test_size_one_initializers_are_trained_and_exported(tmp_path):
     np.testing.assert_allclose(session.run(None, {"x": x_value})[0],
                                (x_value @ expected["w"].T + expected["b"]) * expected["t"],
                                rtol=TOLERANCE, atol=TOLERANCE)
+
+
+def test_session_keeps_only_the_kernels_its_live_plans_run(tmp_path, monkeypatch):
+    """A session cycling through more batch sizes than it keeps plans for releases the
+    kernels of the plans it dropped; a dropped session releases all of its kernels."""
+    import gc
+
+    from dlsys.kernels import build
+    from dlsys.onnx import session as session_module
+
+    monkeypatch.setattr(session_module, "MAX_PLANS", 2)
+    dlsys.manual_seed(0)
+    path = tmp_path / "mlp.onnx"
+    donnx.export(nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3)), (1, 12), path)
+    session = donnx.InferenceSession(str(path))
+    build.clear_memory_cache()
+    for batch in range(1, 9):
+        session.run(None, {"input": normal((batch, 12))})
+    gc.collect()
+    build.release_unused_kernels()
+    live_calls = sum(e.kernel_calls for e in session._executors.values())
+    assert len(session._executors) == 2
+    assert 0 < len(build._memory_cache) <= live_calls
+    del session
+    gc.collect()
+    build.release_unused_kernels()
+    assert not build._memory_cache
