@@ -23,6 +23,7 @@ from dlsys.frontend.settings import (
     DEFAULT_MODEL,
     MODELS,
     learning_rate_problem,
+    model_size_problem,
 )
 from dlsys.frontend.settings import OPTIMIZER_NAMES as OPTIMIZERS
 from dlsys.frontend.settings import SCHEDULE_NAMES as LR_SCHEDULES
@@ -162,6 +163,9 @@ def _widths(text: str) -> tuple[int, ...]:
                                          f"{text!r}") from None
     if not widths or min(widths) <= 0:
         raise argparse.ArgumentTypeError(f"must be positive integers, got {text!r}")
+    problem = model_size_problem("mlp", widths)  # refused here, before anything is built
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
     return widths
 
 
@@ -238,6 +242,12 @@ def main(argv: list[str] | None = None) -> int:
         return _exit_status(2, e)
     except OSError as e:
         print(f"{PROG}{_rank()}: error: {e}", file=sys.stderr)
+        return _exit_status(2, e)
+    except MemoryError as e:
+        # Sizes are bounded where they enter (model files, data, flags); this is the machine
+        # having less memory than those bounds allow, still said in one line.
+        print(f"{PROG}{_rank()}: error: out of memory ({e or 'an allocation failed'})",
+              file=sys.stderr)
         return _exit_status(2, e)
     except KeyboardInterrupt as e:
         hint = f"; continue with --resume --out {out}" if out is not None else ""

@@ -7,6 +7,7 @@ the inputs and summarises the outputs (argmax, the confusion matrix).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -15,9 +16,18 @@ import numpy as np
 import dlsys
 from dlsys import autodiff as ad
 from dlsys import nn
-from dlsys.data.mnist import Split, load_dataset
+from dlsys.data.mnist import NUM_CLASSES, Split, load_dataset
 from dlsys.errors import DataError
+from dlsys.graph import find_topo_sort
 from dlsys.nn import functional as F
+from dlsys.passes.shape_inference import infer_shapes
+
+# One image as a model takes it, and one image file as it is decoded: 2^24 elements (a
+# 4096 x 4096 grey image, 64 MiB as float32). MNIST's is 784; a model file that records
+# more, or a PNG whose header declares more pixels, is refused before anything is resized
+# or decoded.
+MAX_INPUT_ELEMENTS = 1 << 24
+MAX_IMAGE_PIXELS = 1 << 24
 
 
 class Evaluator:
@@ -54,6 +64,16 @@ class Evaluator:
         self._executor(True, False).run(
             {self.x: np.zeros((self.batch_size, *input_shape), dtype=np.float32),
              self.labels: np.zeros(self.batch_size, dtype=np.float32)})
+
+    def logits_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
+        """The model's output shape for one image of ``input_shape``, by shape inference
+        alone: a model that cannot take the images, or gives other than one row of class
+        scores, is refused before any kernel is built."""
+        logits = self.nodes[0]
+        order = find_topo_sort([logits])
+        feeds = {node: node.shape for node in order if node.op.holds_value}
+        feeds[self.x] = (1, *input_shape)
+        return infer_shapes(order, feeds)[logits]
 
     def _shaped(self, images: np.ndarray) -> np.ndarray:
         if self.input_shape is None:
@@ -101,7 +121,26 @@ def _load(path: Path) -> nn.Module:
                                                       for d in shape)):
         raise DataError(f"{path}: the model file does not record its input shape; save it "
                         f"with dlsys.save(model, path, metadata={{'input_shape': [...]}})")
+    _check_input_size(path, shape)
     return model
+
+
+def _check_input_size(path: Path, shape: Sequence[int]) -> None:
+    """An input shape from a file is a request to allocate: bounded before it is obeyed."""
+    if math.prod(shape) > MAX_INPUT_ELEMENTS:
+        raise DataError(f"{path}: input shape {list(shape)} has {math.prod(shape)} elements "
+                        f"per image, more than the {MAX_INPUT_ELEMENTS} dlsys eval and "
+                        f"predict take")
+
+
+def _check_outputs(path: Path, outputs: tuple[int, ...], classes: int | None = None) -> None:
+    """One row of class scores per image (``classes`` of them, when the data set says)."""
+    if len(outputs) != 2:
+        raise DataError(f"{path}: the model's output has shape {outputs} for one image; "
+                        f"dlsys eval and predict take one row of class scores per image")
+    if classes is not None and outputs[1] != classes:
+        raise DataError(f"{path}: the model has {outputs[1]} outputs, the data set "
+                        f"{classes} classes")
 
 
 def _load_onnx(path: Path) -> nn.Module:
@@ -117,6 +156,7 @@ def _load_onnx(path: Path) -> nn.Module:
     if dims is None or len(dims) < 2 or not all(isinstance(d, int) for d in dims[1:]):
         raise DataError(f"{path}: input {model.input_names[0]!r} has shape {dims}; dlsys eval "
                         f"and predict need every dimension after the batch fixed")
+    _check_input_size(path, dims[1:])
     model.metadata = {"input_shape": list(dims[1:])}
     return model
 
@@ -139,6 +179,7 @@ def evaluate_command(model_path: Path, data: str | None, batch_size: int,
         raise DataError(f"{dataset.source}: images of shape {dataset.test.images.shape[1:]}, "
                         f"the model takes {expected}")
     evaluator = Evaluator(model, min(batch_size, len(dataset.test)), input_shape=expected)
+    _check_outputs(model_path, evaluator.logits_shape(expected), NUM_CLASSES)
     loss, accuracy, logits = evaluator.evaluate(dataset.test)
     classes = logits.shape[1]
     names = _class_names(model, classes)
@@ -188,7 +229,8 @@ def read_image(path: Path, input_shape: tuple[int, ...]) -> np.ndarray:
     side = math.isqrt(size)
     if path.suffix.lower() == ".npy":
         try:
-            array = np.load(path, allow_pickle=False)
+            # Mapped, not read: its header's shape is checked before its data is loaded.
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as err:
             raise DataError(f"{path}: not a readable .npy array ({err})") from None
         if array.size != size or not np.issubdtype(array.dtype, np.number) \
@@ -204,11 +246,20 @@ def read_image(path: Path, input_shape: tuple[int, ...]) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
-            grey = image.convert("L").resize((side, side))
-            pixels = np.asarray(grey, dtype=np.float32) / 255.0
+        # PIL only warns between its own limit and twice it; here a bomb is an error.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:  # reads the header: the size, no pixels yet
+                width, height = image.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise DataError(f"{path}: an image of {width}x{height} pixels, more than "
+                                    f"the {MAX_IMAGE_PIXELS} dlsys predict decodes")
+                grey = image.convert("L").resize((side, side))
+                pixels = np.asarray(grey, dtype=np.float32) / 255.0
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image (PNG or JPEG) nor a .npy array") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise DataError(f"{path}: too large an image to decode ({err})") from None
     except OSError as err:
         raise DataError(f"{path}: cannot read the image ({err})") from None
     return pixels.reshape(input_shape)
@@ -220,7 +271,9 @@ def predict_command(model_path: Path, images: Sequence[Path],
     model = _load(model_path)
     input_shape = tuple(model.metadata["input_shape"])
     batch = np.stack([read_image(Path(p), input_shape) for p in images])
-    probabilities = Evaluator(model, len(batch)).probabilities(batch)
+    evaluator = Evaluator(model, len(batch))
+    _check_outputs(model_path, evaluator.logits_shape(input_shape))
+    probabilities = evaluator.probabilities(batch)
     names = _class_names(model, probabilities.shape[1])
     results = []
     for path, row in zip(images, probabilities):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from dlsys.errors import DataError, DlsysError
 from dlsys.frontend.checkpoint import atomic_file
+from dlsys.frontend.settings import settings_problem
 
 SETTINGS_FILE = "run.json"
 LOCK_FILE = ".dlsys-lock"
@@ -72,6 +73,10 @@ def recorded_settings(out: Path) -> dict | None:
         raise DataError(f"{path}: unreadable run settings ({err})") from None
     if not isinstance(settings, dict):
         raise DataError(f"{path}: run settings must be a JSON object")
+    # Checked here, naming the file: a recorded setting is obeyed (a width, allocated).
+    problem = settings_problem(settings)
+    if problem is not None:
+        raise DataError(f"{path}: unusable run settings: {problem}")
     return settings
 
 

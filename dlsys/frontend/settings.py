@@ -45,6 +45,27 @@ def layer_sizes(name: str, hidden: Sequence[int] | None = None) -> tuple[int, ..
     return (INPUT_FEATURES, *check_hidden(hidden or DEFAULT_HIDDEN), NUM_CLASSES)
 
 
+# Training keeps the parameters, their gradients and up to two optimiser moments (Adam's) in
+# memory, four copies: 256 MiB of float32 parameters (67 million; the default MLP has
+# 0.2 million) keeps that near 1 GiB. Larger widths are refused before anything is built.
+MAX_PARAM_BYTES = 256 << 20
+
+
+def model_size_problem(name: str, hidden: Sequence[int] | None = None) -> str | None:
+    """Why the model's parameters are too large to train, computed from the layer widths
+    (before anything is allocated), or None. lenet and cnn are fixed and small."""
+    if name not in ("logreg", "mlp"):
+        return None
+    sizes = layer_sizes(name, hidden)
+    count = sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
+    if 4 * count <= MAX_PARAM_BYTES:
+        return None
+    return (f"model {name} with hidden sizes {list(sizes[1:-1])} has {count} parameters "
+            f"({4 * count / 2**30:.1f} GiB of float32), more than the "
+            f"{MAX_PARAM_BYTES >> 20} MiB dlsys train holds (with their gradients and "
+            f"optimizer state)")
+
+
 def seed_streams(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
     """Two independent generators from one seed: one for initialisation, one for shuffling.
 
@@ -129,6 +150,9 @@ def settings_problem(config: object) -> str | None:
         return f"setting model/hidden: {err}"
     if config.get("hidden") is not None and config["model"] != "mlp":
         return f"setting hidden sizes the mlp's layers; model {config['model']} has its own"
+    size_problem = model_size_problem(config["model"], config.get("hidden"))
+    if size_problem is not None:
+        return size_problem
     for key, accept, what in (
             ("batch_size", lambda v: is_int(v) and v > 0, "a positive integer"),
             ("epochs", lambda v: is_int(v) and 0 < v <= MAX_EPOCHS,
