@@ -71,7 +71,8 @@ MOMENTUM = 0.9
 DIVERGENCE_FACTOR = 1000.0
 MODEL_FILE = "model.npz"
 # Settings a resumed run may change (announced); every other one must match the record.
-CHANGEABLE_ON_RESUME = ("epochs", "lr", "data")
+# Not the data: its metrics and checkpoint would mix two data sets under one run.
+CHANGEABLE_ON_RESUME = ("epochs", "lr")
 
 
 class Trainer:
@@ -114,34 +115,44 @@ class Trainer:
     def compile(self) -> float:
         """Build or load every kernel of both executors now; returns the seconds it took.
 
-        Runs each executor once on zeros, which changes no parameter, so that epoch 1's time
-        measures training like every other epoch's, not kernel compilation.
+        Runs each executor once on zeros and undoes the running statistics and seeds it
+        updated, so that epoch 1's time measures training like every other epoch's, not
+        kernel compilation, and a compiled trainer is in the state of one never compiled.
         """
         started = time.perf_counter()
         feeds = {self.x: np.zeros((self.batch_size, *self.input_shape), dtype=np.float32),
                  self.labels: np.zeros(self.batch_size, dtype=np.float32)}
         self.train_executor.run(feeds)
+        self.train_executor.undo_state_updates()
         self.evaluator.compile(self.input_shape)
         return time.perf_counter() - started
 
     def train_step(self, images: np.ndarray, labels: np.ndarray) -> float:
         """One optimiser step on a batch (labels as class indices); returns its mean loss.
 
-        Raises TrainingError, before touching the parameters, if the loss is not finite or
-        has exploded (``DIVERGENCE_FACTOR`` times the first batch's).
+        Raises TrainingError if the loss is not finite or has exploded (``DIVERGENCE_FACTOR``
+        times the first accepted batch's); the refused step changes no state at all (the
+        parameters, the optimiser's state, batch norm's running statistics, the dropout
+        seeds, the training accuracy's counts).
         """
         images = images.reshape(len(images), *self.input_shape)
         loss, logits, *grads = self.train_executor.run({self.x: images, self.labels: labels})
         if self.data_parallel is not None:
             self.data_parallel.reduce()  # the global batch's mean loss and gradients, every rank
         value = float(loss.numpy()[0])
-        if self._first_loss is None:
-            self._first_loss = value
+        refusal = None
         if not math.isfinite(value):
-            raise TrainingError(f"loss became {value}")
-        if value > DIVERGENCE_FACTOR * max(self._first_loss, 1e-3):
-            raise TrainingError(f"loss exploded to {value:.4g} (the first batch's was "
-                                f"{self._first_loss:.4g})")
+            refusal = f"loss became {value}"
+        elif self._first_loss is not None and value > DIVERGENCE_FACTOR * max(self._first_loss,
+                                                                              1e-3):
+            refusal = (f"loss exploded to {value:.4g} (the first batch's was "
+                       f"{self._first_loss:.4g})")
+        if refusal is not None:
+            # The forward pass already updated the running statistics and seeds in place.
+            self.train_executor.undo_state_updates()
+            raise TrainingError(refusal)
+        if self._first_loss is None:  # a refused first batch must not become the yardstick
+            self._first_loss = value
         self.optimizer.step(grads)
         self.correct += int(np.sum(logits.numpy().argmax(axis=1) == labels))
         self.seen += len(labels)
@@ -293,9 +304,15 @@ def resolve_settings(config: TrainConfig, recorded: dict | None,
         return {**_defaults(given), **given}
     settings = dict(recorded)
     for name, value in given.items():
-        if name == "data" or value == recorded.get(name):
+        if value == recorded.get(name) or (name == "data" and _same_path(value,
+                                                                         recorded.get(name))):
             settings[name] = value
             continue
+        if name == "data":
+            raise run_folder.RunFolderError(
+                f"--data {value} is not the data set of the run being resumed, "
+                f"{recorded.get(name)}; continue that run with: dlsys train --out "
+                f"{config.out} --resume (or train on {value} in another --out)")
         if name not in CHANGEABLE_ON_RESUME:
             raise run_folder.RunFolderError(
                 f"--{name.replace('_', '-')} {value} contradicts the run being resumed "
@@ -304,6 +321,12 @@ def resolve_settings(config: TrainConfig, recorded: dict | None,
         log(f"{name}: {recorded.get(name)} -> {value} (was recorded as {recorded.get(name)})")
         settings[name] = value
     return settings
+
+
+def _same_path(given: str, recorded: object) -> bool:
+    """``--data`` names the recorded data set, however spelt (relative, trailing slash)."""
+    return isinstance(recorded, str) and \
+        Path(given).expanduser().resolve() == Path(recorded).expanduser().resolve()
 
 
 def run_training(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:

@@ -12,6 +12,7 @@ from cli_runner import run_cli as _run
 import dlsys
 from dlsys import nn
 from dlsys.frontend import inference, settings
+from dlsys.testing.synthetic import write_idx_dataset
 
 
 def _one_line(capsys) -> str:
@@ -98,6 +99,25 @@ def test_the_parameter_bound_is_what_the_model_holds():
     widest = (settings.MAX_PARAM_BYTES // 4 - 10) // (784 + 1 + 10)
     assert settings.model_size_problem("mlp", [widest]) is None
     assert "more than the 256 MiB" in settings.model_size_problem("mlp", [widest + 1])
+
+
+def test_resume_on_another_data_set_is_refused_naming_both(capsys, data_dir, tmp_path):
+    out = tmp_path / "run"
+    train = ["train", "--model", "logreg", "--val-size", "100", "--batch-size", "50",
+             "--out", str(out), "--no-progress"]
+    assert _run([*train, "--data", str(data_dir), "--epochs", "1"]) == 0
+    other = write_idx_dataset(tmp_path / "other", num_train=300, num_test=60, seed=1)
+    capsys.readouterr()
+    assert _run(["train", "--resume", "--out", str(out), "--data", str(other),
+                 "--epochs", "2"]) == 2
+    assert _one_line(capsys) == (
+        f"dlsys: error: --data {other} is not the data set of the run being resumed, "
+        f"{data_dir}; continue that run with: dlsys train --out {out} --resume (or train "
+        f"on {other} in another --out)")
+    # The recorded data set, however spelt, is no change.
+    assert _run(["train", "--resume", "--out", str(out), "--data", f"{data_dir}/",
+                 "--epochs", "2", "--no-progress"]) == 0
+    assert json.loads((out / "run.json").read_text())["data"] == str(data_dir)
 
 
 def test_eval_refuses_a_model_whose_output_is_not_class_scores(capsys, data_dir, tmp_path):
