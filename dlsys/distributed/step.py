@@ -82,6 +82,11 @@ class DataParallel:
         self.reduce()
         return values
 
+    def undo_state_updates(self) -> None:
+        """Put back the states the last run updated in place (``Executor.undo_state_updates``):
+        every rank refuses a step alike, since the loss it checks is the reduced one."""
+        self.executor.undo_state_updates()
+
 
 class DistributedStep(TrainStep):
     """``step(feed_dict) -> float``: ``optimizer.minimize(loss)`` across the ranks of an MPI

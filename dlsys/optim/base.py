@@ -302,16 +302,22 @@ class TrainStep:
     def __call__(self, feed_dict: dict) -> float:
         """Run one training step on ``feed_dict``; returns the loss before the update.
 
-        A loss that is not of shape (1,), or not finite, raises before any parameter changes.
+        A loss that is not of shape (1,), or not finite, raises and the step changes no
+        state at all: not the parameters, the optimiser's moments and step count, batch
+        norm's running statistics nor the dropout seeds (a retry of the batch draws the same
+        masks).
         """
         loss, *grads = self.executor.run(feed_dict)
         if tuple(loss.shape) != (1,):
+            self.executor.undo_state_updates()
             raise ShapeError(f"minimize: the loss {self.loss.name} has shape "
                              f"{tuple(loss.shape)}; it must be a scalar of shape (1,), such "
                              f"as a mean")
         value = float(loss.numpy()[0])
         if not math.isfinite(value):
-            raise TrainingError(f"loss {self.loss.name} became {value}; the parameters were "
-                                f"not updated")
+            # The forward pass already updated the running statistics and seeds in place.
+            self.executor.undo_state_updates()
+            raise TrainingError(f"loss {self.loss.name} became {value}; the step changed "
+                                f"nothing (parameters, optimiser state, running statistics)")
         self.optimizer.step(grads)
         return value

@@ -6,6 +6,7 @@ import tvm
 
 from dlsys.data.batches import epoch_batches
 from dlsys.data.mnist import Split
+from dlsys.errors import TrainingError
 from dlsys.frontend.models import build_model, init_params, param_shapes, seed_streams
 from dlsys.frontend.trainer import Trainer
 from dlsys.testing import numpy_reference as ref
@@ -69,3 +70,48 @@ def test_evaluate_runs_the_last_smaller_batch():
     assert accuracy == np.mean(expected.argmax(axis=1) == labels)
     ref_loss, _ = ref.loss_and_grads(params, x, np.eye(10, dtype=np.float32)[labels])
     assert loss == pytest.approx(ref_loss, rel=1e-5)
+
+
+def _trainer_state(trainer) -> dict:
+    return {**{f"model {k}": v for k, v in trainer.model.state_dict().items()},
+            **{f"optimiser {k}": v for k, v in trainer.optimizer.state_dict().items()},
+            "counts": np.array([trainer.correct, trainer.seen])}
+
+
+def _assert_same_state(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys()
+    for name, value in want.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+
+
+def test_compiling_and_a_refused_step_leave_the_cnn_as_it_was():
+    # The cnn's batch norms update their running statistics in place during the forward pass,
+    # before the loss can be checked.
+    trainer = Trainer.for_model("cnn", 0, lr=1e-3, batch_size=8, optimizer="adam")
+    fresh = _trainer_state(trainer)
+    trainer.compile()
+    _assert_same_state(_trainer_state(trainer), fresh)
+    images, labels = synthetic_images(16, 3)
+    x = images.reshape(16, 784).astype(np.float32) / 255
+    trainer.train_step(x[:8], labels[:8])
+    before = _trainer_state(trainer)
+    poisoned = x[8:].copy()
+    poisoned[1, 400] = np.nan
+    with pytest.raises(TrainingError, match="became nan"):
+        trainer.train_step(poisoned, labels[8:])
+    _assert_same_state(_trainer_state(trainer), before)
+    _, _, logits = trainer.evaluate(Split(x, labels))
+    assert np.isfinite(logits).all()
+
+
+def test_a_refused_first_batch_is_not_the_divergence_yardstick():
+    trainer = Trainer.for_model("logreg", 0, lr=0.2, batch_size=8)
+    images, labels = synthetic_images(8, 4)
+    x = images.reshape(8, 784).astype(np.float32) / 255
+    poisoned = x.copy()
+    poisoned[0, 0] = np.nan
+    with pytest.raises(TrainingError, match="became nan"):
+        trainer.train_step(poisoned, labels)
+    trainer.train_step(x, labels)
+    with pytest.raises(TrainingError, match="loss exploded"):
+        trainer.train_step(x * 1e6, labels)  # logits of about 1e5: a loss 1000 times the first

@@ -5,9 +5,13 @@ import numpy as np
 import pytest
 
 from dlsys import autodiff as ad
+from dlsys import nn
+from dlsys.distributed import DistributedStep
 from dlsys.errors import ArgumentError, ArgumentTypeError, ShapeError, TrainingError
+from dlsys.nn import functional as F
+from dlsys.nn import init
 from dlsys.ops.placeholder import Parameter
-from dlsys.optim import SGD, Adam
+from dlsys.optim import SGD, Adam, StepLR
 
 
 def linear_model(seed=0):
@@ -84,6 +88,64 @@ def test_non_finite_loss_leaves_the_parameters():
     assert optimizer.steps == 0
     for p, b in zip(params, before):
         np.testing.assert_array_equal(p.numpy(), b)
+
+
+def conv_bn_dropout_model(seed=0):
+    """A convolution, batch norm, dropout and a classifier: every kind of state a training
+    graph updates in place (running statistics, a dropout seed) next to the parameters."""
+    with init.using_generator(np.random.default_rng(seed)):
+        model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(),
+                              nn.Dropout(0.3), nn.Linear(3 * 4 * 4, 3))
+    x, y = ad.Variable("x"), ad.Variable("y")
+    return model, F.cross_entropy(model(x), y), x, y
+
+
+def every_state(model, optimizer, schedule) -> dict:
+    """The model's parameters and buffers, the optimiser's rate, step count and moments, and
+    the schedule's position, as arrays by name."""
+    return {**{f"model {k}": v for k, v in model.state_dict().items()},
+            **{f"optimiser {k}": v for k, v in optimizer.state_dict().items()},
+            **{f"schedule {k}": np.array(v) for k, v in schedule.state_dict().items()}}
+
+
+@pytest.mark.parametrize("make", [lambda p: SGD(p, 0.1), lambda p: SGD(p, 0.1, momentum=0.9),
+                                  lambda p: Adam(p, lr=0.01)], ids=["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("kind", ["minimize", "distributed"])
+def test_a_refused_step_changes_no_state(make, kind):
+    rng = np.random.default_rng(1)
+    batches = [{"x": rng.standard_normal((8, 1, 6, 6)).astype(np.float32),
+                "y": rng.integers(0, 3, 8).astype(np.float32)} for _ in range(2)]
+    poisoned = dict(batches[1], x=batches[1]["x"].copy())
+    poisoned["x"][2, 0, 3, 3] = np.nan
+
+    def trained(first_steps):
+        """A model, optimiser, schedule and step after one step on the first batch."""
+        model, loss, x, y = conv_bn_dropout_model()
+        optimizer = make(model.parameters())
+        schedule = StepLR(optimizer, step_size=1, gamma=0.5)
+        step = optimizer.minimize(loss) if kind == "minimize" else DistributedStep(optimizer, loss)
+        for batch in first_steps:
+            step({x: batch["x"], y: batch["y"]})
+            schedule.step()
+        return model, optimizer, schedule, lambda b: step({x: b["x"], y: b["y"]}), x
+
+    model, optimizer, schedule, step, x = trained(batches[:1])
+    before = every_state(model, optimizer, schedule)
+    with pytest.raises(TrainingError, match="became nan"):
+        step(poisoned)
+    after = every_state(model, optimizer, schedule)
+    for name, value in before.items():
+        np.testing.assert_array_equal(after[name], value, err_msg=name)
+    # The next step is the one of a model that never saw the poisoned batch, dropout mask
+    # included, and the eval-mode outputs are finite.
+    twin, twin_optimizer, twin_schedule, twin_step, _ = trained(batches[:1])
+    assert step(batches[1]) == twin_step(batches[1])
+    for name, value in every_state(twin, twin_optimizer, twin_schedule).items():
+        np.testing.assert_array_equal(every_state(model, optimizer, schedule)[name], value,
+                                      err_msg=name)
+    model.eval()
+    (logits,) = ad.Executor([model(x)]).run({x: batches[0]["x"]}, convert_to_numpy_ret_vals=True)
+    assert np.isfinite(logits).all()
 
 
 def test_minimize_needs_parameter_nodes_and_a_node():
