@@ -22,6 +22,7 @@ from dlsys.onnx.reader import (
     OnnxError,
     attributes,
     declared_values,
+    fixed_batch,
     load_model,
     static_shapes,
     tensor_array,
@@ -35,7 +36,11 @@ _BUFFER_INPUTS = {"BatchNormalization": (3, 4)}
 class OnnxModule(Module):
     """An imported ONNX graph. ``input_names`` and ``output_names`` are the graph's; calling
     the module takes one node per input and returns the output node (a tuple of them when
-    the graph has several outputs). ``metadata`` holds what the front end reads."""
+    the graph has several outputs).
+
+    ``fixed_batch`` is the batch size the file's inputs declare, or None where they leave it
+    free; the module itself takes any batch, the file's ``InferenceSession`` only that one.
+    ``metadata`` holds what the front end reads."""
 
     def __init__(self, model, where: str):
         super().__init__()
@@ -49,6 +54,7 @@ class OnnxModule(Module):
             if self.declared[name][1] != INPUT_TYPE:
                 raise OnnxError(f"{where}: input {name!r} has type {self.declared[name][1]}; "
                                 f"dlsys runs models whose inputs are {INPUT_TYPE}")
+        self.fixed_batch = fixed_batch(self.declared, self.input_names)
         self.metadata = {}
         self._shapes = static_shapes(model)
         self._fixed_shapes = None  # as the file fixes them, inferred only if a node asks

@@ -2,7 +2,7 @@
 and declared shapes turned into plain Python and numpy values.
 
 Parsing a protobuf runs no code from the file. Tensors stored outside the file (ONNX's
-"external data") are refused rather than read from paths the file names.
+"external data") are read only from beside the model file (``dlsys.onnx.external``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from dlsys.errors import ArgumentTypeError, DataError, DlsysError
+from dlsys.onnx.external import read_external_data
 
 # The default-domain opsets whose operator semantics the converters follow (Softmax's axis,
 # Reshape's allowzero, BatchNormalization's training_mode all take their opset-13+ meaning).
@@ -40,6 +41,7 @@ def load_model(source, where: str | None = None):
     onnx = require_onnx()
     from google.protobuf.message import DecodeError
 
+    folder = None  # where external data may lie: beside a model read from a path
     if isinstance(source, onnx.ModelProto):
         model, where = source, where or "<ModelProto>"
     else:
@@ -48,6 +50,7 @@ def load_model(source, where: str | None = None):
         elif isinstance(source, (str, os.PathLike)):
             where = str(source)
             path = Path(source)
+            folder = path.parent
             if not path.is_file():
                 raise DataError(f"{where}: no such ONNX file")
             try:
@@ -62,19 +65,16 @@ def load_model(source, where: str | None = None):
             model.ParseFromString(data)
         except (DecodeError, ValueError, RuntimeError) as err:
             raise DataError(f"{where}: not an ONNX model, or a truncated one ({err})") from None
+    # Protobuf parses many byte strings (an empty file, a truncated one cut at a field
+    # boundary) into a message with nothing in it; the checker tells those from models.
+    if not model.graph.node and not model.graph.output:
+        raise DataError(f"{where}: not an ONNX model (no graph), or a truncated file")
+    read_external_data(model, folder, where)
     _check(onnx, model, where)
     return model, where
 
 
 def _check(onnx, model, where: str) -> None:
-    # Protobuf parses many byte strings (an empty file, a truncated one cut at a field
-    # boundary) into a message with nothing in it; the checker tells those from models.
-    if not model.graph.node and not model.graph.output:
-        raise DataError(f"{where}: not an ONNX model (no graph), or a truncated file")
-    for tensor in model.graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            raise DataError(f"{where}: initializer {tensor.name!r} is stored in an external "
-                            f"file; dlsys reads self-contained models only")
     try:
         onnx.checker.check_model(model)
     except Exception as err:  # the checker raises ValidationError and C++ errors alike
@@ -184,11 +184,29 @@ def _free_batch(onnx, model):
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     initializers = {t.name for t in copy.graph.initializer}
+    freed = False
     for value in copy.graph.input:
         if value.name in initializers or not value.type.HasField("tensor_type"):
             continue
         dims = value.type.tensor_type.shape.dim
         if len(dims):
+            freed |= dims[0].HasField("dim_value")
             dims[0].Clear()
             dims[0].dim_param = "dlsys_batch"
+    if freed:
+        # The shapes the file records for the other values (PyTorch's default exporter
+        # writes every one) hold the fixed batch too, and ONNX's inference keeps what a file
+        # records: they are inferred again from the freed inputs.
+        del copy.graph.value_info[:]
+        for value in copy.graph.output:
+            if value.type.HasField("tensor_type"):
+                value.type.tensor_type.ClearField("shape")
     return copy
+
+
+def fixed_batch(declared: dict[str, tuple], input_names: list[str]) -> int | None:
+    """The batch size the file fixes: the first dimension every input declares, when they
+    all declare the same number; None where any leaves it free (or declares no shape)."""
+    firsts = {dims[0] if dims else None for dims, _ in (declared[n] for n in input_names)}
+    first = firsts.pop() if len(firsts) == 1 else None
+    return first if isinstance(first, int) else None

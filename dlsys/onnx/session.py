@@ -34,7 +34,15 @@ class InferenceSession:
     """Runs the ONNX model in ``path_or_bytes`` with dlsys: ``run(output_names, feeds)`` as
     ``onnxruntime.InferenceSession.run``. The graph is compiled once per set of input
     shapes (shape inference, fusion, memory plan, kernels) and reused for every run at
-    those shapes."""
+    those shapes.
+
+    A file whose inputs fix the batch size (PyTorch's default exporter fixes the example's)
+    is run at that batch only, as onnxruntime does, and a feed of another batch is refused
+    naming the fixed one (``fixed_batch``): dlsys cannot prove that a graph treats each row
+    alone (a softmax or a mean over the batch axis, a reshape folding rows together), and
+    the fixed batch is the only one the file's author ran. ``dlsys.onnx.import_model``
+    leaves the batch free, for fine-tuning and for callers that know their model is
+    row-wise."""
 
     def __init__(self, path_or_bytes, sess_options=None, providers=None, ctx=None):
         # sess_options and providers are onnxruntime's; accepted so code moves unchanged.
@@ -61,6 +69,12 @@ class InferenceSession:
 
     def get_outputs(self) -> list[NodeArg]:
         return [self._arg(name) for name in self._model.output_names]
+
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size the file's inputs fix, the only one ``run`` takes; None where the
+        batch is free."""
+        return self._model.fixed_batch
 
     @property
     def model(self):
@@ -127,6 +141,17 @@ class InferenceSession:
                     isinstance(d, int) and d != n for d, n in zip(arg.shape, value.shape))):
                 expected = tuple("?" if not isinstance(d, int) else d for d in arg.shape)
                 raise ShapeError(f"run: input {arg.name!r} has shape {value.shape}; the model "
-                                 f"takes {expected}")
+                                 f"takes {expected}" + self._batch_hint(arg, value.shape))
             arrays.append(value)
         return arrays
+
+    def _batch_hint(self, arg: NodeArg, shape: tuple[int, ...]) -> str:
+        """What to do when a feed differs from the input only in a batch the file fixes."""
+        batch = self.fixed_batch
+        if batch is None or len(shape) != len(arg.shape) or shape[0] == batch or any(
+                isinstance(d, int) and d != n for d, n in zip(arg.shape[1:], shape[1:])):
+            return ""
+        return (f": the file fixes the batch size at {batch}; feed batches of {batch}, or "
+                f"export the model with a free batch (torch.onnx.export(..., dynamic_shapes="
+                f"...) with dynamo=True, dynamic_axes={{{arg.name!r}: {{0: 'batch'}}}} with "
+                f"dynamo=False)")
