@@ -279,9 +279,14 @@ def _mean_loss(y: te.Tensor, labels: te.Tensor, row_max: te.Tensor, row_sum: te.
                dtype: str) -> te.Tensor:
     rows, cols = (int(d) for d in y.shape)
     j = te.reduce_axis((0, cols), name="jl")
+    zero = tirx.const(0, dtype)
+    # A class labelled 0 adds nothing (0 log 0 = 0), also where its logit is -inf (a masked
+    # class, as in attention): its log-softmax is -inf, and 0 * -inf would make the loss NaN.
+    # A NaN label (a bad class index, ``one_hot``) still makes it NaN.
     row_loss = te.compute(
         (rows,),
-        lambda i: te.sum(-labels[i, j] * (y[i, j] - row_max[i] - te.log(row_sum[i])), axis=j),
+        lambda i: te.sum(tirx.Select(labels[i, j] == zero, zero, -labels[i, j] * (
+            y[i, j] - row_max[i] - te.log(row_sum[i]))), axis=j),
         name="row_loss")
     r = te.reduce_axis((0, rows), name="r")
     inv_rows = tirx.const(1.0 / rows, dtype)

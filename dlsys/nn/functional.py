@@ -13,7 +13,10 @@ def cross_entropy(logits: Node, labels: Node) -> Node:
     """Mean softmax cross-entropy of ``logits`` (batch, classes), shape ``(1,)``.
 
     ``labels`` are class indices, shape ``(batch,)`` (fed as numbers), or one-hot (or any
-    probability rows) of the logits' shape; which one is decided by the fed shape.
+    probability rows) of the logits' shape; which one is decided by the fed shape. A class
+    labelled 0 adds nothing, even where its logit is ``-inf`` (a masked class): the loss and
+    its gradient are finite while every target's logit is, with indices as with one-hot rows
+    (where PyTorch gives NaN).
     """
     return softmaxcrossentropy_op(logits, onehot_like_op(labels, logits))
 

@@ -129,6 +129,30 @@ def test_cross_entropy_takes_indices_or_one_hot_and_flags_bad_indices():
         executor.run({logits: values, labels: np.zeros((4, 2))})
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("as_rows", [False, True], ids=["indices", "one-hot"])
+@pytest.mark.parametrize("with_gradient", [False, True])
+def test_cross_entropy_with_masked_classes_is_finite(dtype, as_rows, with_gradient):
+    # Attention and constrained decoding mask classes with -inf logits: while the target's
+    # logit is finite, the loss and its gradient are (PyTorch's with class indices too; with
+    # one-hot rows PyTorch gives NaN, from 0 * -inf, where dlsys counts 0 log 0 as 0).
+    logits, labels = ad.Variable("logits"), ad.Variable("labels")
+    loss = F.cross_entropy(logits, labels)
+    executor = ad.Executor([loss, *ad.gradients(loss, [logits])] if with_gradient else [loss])
+    values = np.random.default_rng(3).normal(size=(4, 5)).astype(dtype)
+    values[0, 1] = values[2, [0, 3]] = values[3, :4] = -np.inf  # row 3: only the target
+    indices = np.array([0, 4, 1, 4])
+    got = executor.run({logits: values, labels: np.eye(5)[indices] if as_rows else indices},
+                       convert_to_numpy_ret_vals=True)
+    finite = np.where(np.isinf(values), -1e30, values)  # the same softmax, without infinities
+    softmax = np.exp(finite - finite.max(1, keepdims=True))
+    softmax /= softmax.sum(1, keepdims=True)
+    expected_loss = -np.log(softmax[np.arange(4), indices]).mean()
+    np.testing.assert_allclose(got[0], [expected_loss], rtol=1e-5)
+    if with_gradient:
+        np.testing.assert_allclose(got[1], (softmax - np.eye(5)[indices]) / 4, atol=1e-7)
+
+
 @pytest.mark.parametrize("make, error", [
     (lambda: nn.Linear(0, 3), ArgumentError),
     (lambda: nn.Linear(2.5, 3), ArgumentTypeError),
