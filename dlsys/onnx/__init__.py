@@ -2,7 +2,8 @@
 
 - ``import_model(path)``: an ONNX model as a trainable ``dlsys.nn.Module``;
 - ``InferenceSession(path)``: onnxruntime's interface, run by dlsys's passes and kernels;
-- ``export(model, input_shape, path)``: a ``dlsys.nn`` model as an ONNX file.
+- ``export(model, input_shape, path, class_names=None)``: a ``dlsys.nn`` model as an ONNX
+  file, its class names in the file's metadata (``InferenceSession.class_names``).
 
 Needs the ``onnx`` package (``pip install 'dlsys[onnx]'``); onnxruntime is never needed.
 """
@@ -11,7 +12,7 @@ from dlsys.onnx.export import export
 from dlsys.onnx.importer import OnnxModule, import_model
 from dlsys.onnx.ops import supported_ops
 from dlsys.onnx.reader import OnnxError
-from dlsys.onnx.session import InferenceSession, NodeArg
+from dlsys.onnx.session import InferenceSession, ModelMetadata, NodeArg
 
-__all__ = ["export", "import_model", "InferenceSession", "NodeArg", "OnnxModule", "OnnxError",
-           "supported_ops"]
+__all__ = ["export", "import_model", "InferenceSession", "ModelMetadata", "NodeArg",
+           "OnnxModule", "OnnxError", "supported_ops"]

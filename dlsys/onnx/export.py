@@ -3,10 +3,11 @@ that any runtime serves, with the layers' PyTorch names on its initializers."""
 
 from __future__ import annotations
 
+import json
 import numbers
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from dlsys.errors import ArgumentTypeError, DataError, ShapeError
 from dlsys.graph import find_topo_sort
 from dlsys.nn.module import Module, Sequential
 from dlsys.onnx.importer import OnnxModule
-from dlsys.onnx.reader import require_onnx
+from dlsys.onnx.reader import CLASS_NAMES_KEY, require_onnx
 from dlsys.ops.placeholder import Variable
 from dlsys.passes.shape_inference import infer_shapes
 
@@ -137,21 +138,35 @@ def _output_shape(model: Module, shape: tuple[int, ...]) -> tuple[int, ...]:
     return infer_shapes(order, feeds)[y]
 
 
-def export(model: Module, input_shape, path) -> None:
+def export(model: Module, input_shape, path, class_names: Sequence[str] | None = None) -> None:
     """Write ``model`` (in eval mode: dropout off, batch norm with running statistics) as an
     ONNX file at ``path`` for inputs of ``input_shape`` (the batch first; the file leaves
     the batch size free). A model from ``import_model`` is written as its own graph with its
-    current parameters. The file is written whole or not at all."""
+    current parameters. The file is written whole or not at all.
+
+    ``class_names`` (one per output column) are written to the file's ``metadata_props``
+    under ``reader.CLASS_NAMES_KEY`` as a JSON list, where ``InferenceSession.class_names``
+    and ``OnnxModule.class_names`` read them back. Without them, the names the model's
+    ``metadata`` records (``"classes"``, as ``dlsys train`` saves them and ``dlsys.load``
+    and ``import_model`` restore them) are written, if any."""
     if not isinstance(model, Module):
         raise ArgumentTypeError(f"dlsys.onnx.export: model must be a dlsys.nn.Module, got "
                                 f"{type(model).__name__}")
     shape = _check_shape(input_shape)
+    metadata = getattr(model, "metadata", None)
+    if class_names is None and isinstance(metadata, dict):
+        class_names = metadata.get("classes")
+    names = None if class_names is None else _check_names(class_names)
     if isinstance(model, OnnxModule):  # imported, perhaps fine-tuned: its own graph back
+        proto = model.to_proto()
         if len(model.input_names) == 1 and len(model.output_names) == 1:
-            _output_shape(model, shape)
-        _write_atomically(Path(path), model.to_proto().SerializeToString())
+            _check_width(names, _output_shape(model, shape))
+        if names is not None:
+            _set_class_names(proto, names)
+        _write_atomically(Path(path), proto.SerializeToString())
         return
     out_shape = _output_shape(model, shape)
+    _check_width(names, out_shape)
     onnx = require_onnx()
     from onnx import TensorProto, helper, numpy_helper
 
@@ -166,8 +181,32 @@ def export(model: Module, input_shape, path) -> None:
         builder.initializers)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               ir_version=IR_VERSION, producer_name="dlsys")
+    if names is not None:
+        _set_class_names(proto, names)
     onnx.checker.check_model(proto)
     _write_atomically(Path(path), proto.SerializeToString())
+
+
+def _check_names(class_names) -> list[str]:
+    if isinstance(class_names, (str, bytes)) or not isinstance(class_names, Sequence) \
+            or not class_names or not all(isinstance(n, str) for n in class_names):
+        raise ArgumentTypeError(f"dlsys.onnx.export: class_names must be a list of strings, "
+                                f"one per output column, got {class_names!r}")
+    return list(class_names)
+
+
+def _check_width(names: list[str] | None, out_shape: tuple[int, ...]) -> None:
+    if names is not None and len(names) != out_shape[-1]:
+        raise ShapeError(f"dlsys.onnx.export: {len(names)} class names for an output of shape "
+                         f"{('batch', *out_shape[1:])}, which has {out_shape[-1]} columns")
+
+
+def _set_class_names(proto, names: list[str]) -> None:
+    """``names`` under ``CLASS_NAMES_KEY`` in ``proto``'s metadata, replacing any there."""
+    kept = [(e.key, e.value) for e in proto.metadata_props if e.key != CLASS_NAMES_KEY]
+    del proto.metadata_props[:]
+    for key, value in [*kept, (CLASS_NAMES_KEY, json.dumps(names))]:
+        proto.metadata_props.add(key=key, value=value)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

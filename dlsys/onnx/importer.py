@@ -21,9 +21,11 @@ from dlsys.onnx.reader import (
     INPUT_TYPE,
     OnnxError,
     attributes,
+    class_names,
     declared_values,
     fixed_batch,
     load_model,
+    metadata_props,
     static_shapes,
     tensor_array,
 )
@@ -38,9 +40,12 @@ class OnnxModule(Module):
     the module takes one node per input and returns the output node (a tuple of them when
     the graph has several outputs).
 
-    ``fixed_batch`` is the batch size the file's inputs declare, or None where they leave it
-    free; the module itself takes any batch, the file's ``InferenceSession`` only that one.
-    ``metadata`` holds what the front end reads."""
+    What the file says of itself: ``class_names`` (a list of strings, or None where the file
+    records none; see ``reader.CLASS_NAMES_KEY``), ``fixed_batch`` (the batch size the
+    file's inputs declare, or None where they leave it free; the module itself takes any
+    batch, the file's ``InferenceSession`` only that one) and ``metadata_props`` (all of the
+    file's free-form metadata). ``metadata`` holds what the front end reads, as for a model
+    from ``dlsys.load``: ``{"classes": class_names}`` when the file names its classes."""
 
     def __init__(self, model, where: str):
         super().__init__()
@@ -54,8 +59,10 @@ class OnnxModule(Module):
             if self.declared[name][1] != INPUT_TYPE:
                 raise OnnxError(f"{where}: input {name!r} has type {self.declared[name][1]}; "
                                 f"dlsys runs models whose inputs are {INPUT_TYPE}")
+        self.metadata_props = metadata_props(model)
+        self.class_names = class_names(model, where)
         self.fixed_batch = fixed_batch(self.declared, self.input_names)
-        self.metadata = {}
+        self.metadata = {} if self.class_names is None else {"classes": self.class_names}
         self._shapes = static_shapes(model)
         self._fixed_shapes = None  # as the file fixes them, inferred only if a node asks
         self._model_proto = model

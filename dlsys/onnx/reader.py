@@ -204,6 +204,40 @@ def _free_batch(onnx, model):
     return copy
 
 
+# The metadata_props key under which ``dlsys.onnx.export`` writes the class names: a JSON
+# list of strings, one per output column.
+CLASS_NAMES_KEY = "class_names"
+
+
+def metadata_props(model) -> dict[str, str]:
+    """The model's ``metadata_props`` (free-form key -> value text) as a dict."""
+    return {entry.key: entry.value for entry in model.metadata_props}
+
+
+def class_names(model, where: str) -> list[str] | None:
+    """The class names the file records under ``CLASS_NAMES_KEY``, None where it records
+    none. Read as JSON data, never evaluated; a value that is not a list of strings, or
+    whose length is not the width of the model's one output, is a ``DataError``."""
+    import json
+
+    text = metadata_props(model).get(CLASS_NAMES_KEY)
+    if text is None:
+        return None
+    try:
+        names = json.loads(text)
+    except ValueError:
+        names = None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise DataError(f"{where}: metadata {CLASS_NAMES_KEY!r} must be a JSON list of class "
+                        f"names (strings), got {text[:80]!r}")
+    outputs = [_dims(v.type) for v in model.graph.output]
+    width = outputs[0][-1] if len(outputs) == 1 and outputs[0] else None
+    if isinstance(width, int) and width != len(names):
+        raise DataError(f"{where}: metadata {CLASS_NAMES_KEY!r} names {len(names)} classes, "
+                        f"the model's output has {width} columns")
+    return names
+
+
 def fixed_batch(declared: dict[str, tuple], input_names: list[str]) -> int | None:
     """The batch size the file fixes: the first dimension every input declares, when they
     all declare the same number; None where any leaves it free (or declares no shape)."""

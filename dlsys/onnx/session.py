@@ -30,6 +30,20 @@ class NodeArg:
     type: str
 
 
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What the file says of itself, as onnxruntime's ``get_modelmeta()`` gives it;
+    ``custom_metadata_map`` is the file's ``metadata_props``."""
+
+    producer_name: str
+    graph_name: str
+    domain: str
+    description: str
+    graph_description: str
+    version: int
+    custom_metadata_map: dict[str, str]
+
+
 class InferenceSession:
     """Runs the ONNX model in ``path_or_bytes`` with dlsys: ``run(output_names, feeds)`` as
     ``onnxruntime.InferenceSession.run``. The graph is compiled once per set of input
@@ -71,10 +85,22 @@ class InferenceSession:
         return [self._arg(name) for name in self._model.output_names]
 
     @property
+    def class_names(self) -> list[str] | None:
+        """The class names the file records (one per output column; written by
+        ``dlsys.onnx.export``), or None where it records none."""
+        return self._model.class_names
+
+    @property
     def fixed_batch(self) -> int | None:
         """The batch size the file's inputs fix, the only one ``run`` takes; None where the
         batch is free."""
         return self._model.fixed_batch
+
+    def get_modelmeta(self) -> ModelMetadata:
+        proto = self._model._model_proto
+        return ModelMetadata(proto.producer_name, proto.graph.name, proto.domain,
+                             proto.doc_string, proto.graph.doc_string, int(proto.model_version),
+                             dict(self._model.metadata_props))
 
     @property
     def model(self):
