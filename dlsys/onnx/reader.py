@@ -216,9 +216,12 @@ def metadata_props(model) -> dict[str, str]:
 
 def class_names(model, where: str) -> list[str] | None:
     """The class names the file records under ``CLASS_NAMES_KEY``, None where it records
-    none. Read as JSON data, never evaluated; a value that is not a list of strings, or
-    whose length is not the width of the model's one output, is a ``DataError``."""
+    none. Read as JSON data, never evaluated. Metadata is free-form: another tool may use the
+    same key in its own way, so a value that is not a list of strings, or whose length is
+    not the width of the model's one output, is ignored with a warning rather than refusing
+    a model that runs."""
     import json
+    import warnings
 
     text = metadata_props(model).get(CLASS_NAMES_KEY)
     if text is None:
@@ -227,14 +230,18 @@ def class_names(model, where: str) -> list[str] | None:
         names = json.loads(text)
     except ValueError:
         names = None
+    problem = None
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise DataError(f"{where}: metadata {CLASS_NAMES_KEY!r} must be a JSON list of class "
-                        f"names (strings), got {text[:80]!r}")
-    outputs = [_dims(v.type) for v in model.graph.output]
-    width = outputs[0][-1] if len(outputs) == 1 and outputs[0] else None
-    if isinstance(width, int) and width != len(names):
-        raise DataError(f"{where}: metadata {CLASS_NAMES_KEY!r} names {len(names)} classes, "
-                        f"the model's output has {width} columns")
+        problem = f"is not a JSON list of class names (strings): {text[:80]!r}"
+    else:
+        outputs = [_dims(v.type) for v in model.graph.output]
+        width = outputs[0][-1] if len(outputs) == 1 and outputs[0] else None
+        if isinstance(width, int) and width != len(names):
+            problem = f"names {len(names)} classes, the model's output has {width} columns"
+    if problem is not None:
+        warnings.warn(f"{where}: ignoring metadata {CLASS_NAMES_KEY!r}, which {problem}",
+                      RuntimeWarning, stacklevel=2)
+        return None
     return names
 
 
