@@ -8,12 +8,15 @@ infinite); 130 when interrupted. Every failure is one line on stderr, without a 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib.metadata
+import shlex
 import sys
 import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from dlsys.data.mnist import DATA_ENV_VAR, DEFAULT_DATA_DIR, DEFAULT_VAL_CAP
 from dlsys.errors import DlsysError, TrainingError
@@ -22,6 +25,7 @@ from dlsys.frontend.settings import (
     DEFAULT_LR,
     DEFAULT_MODEL,
     MODELS,
+    RUNS_DIR,
     learning_rate_problem,
     model_size_problem,
 )
@@ -29,6 +33,7 @@ from dlsys.frontend.settings import OPTIMIZER_NAMES as OPTIMIZERS
 from dlsys.frontend.settings import SCHEDULE_NAMES as LR_SCHEDULES
 
 PROG = "dlsys"
+MODEL_HELP = "model file (.npz from dlsys train or dlsys.save, or .onnx), or a run folder"
 
 
 def _bounded(convert: Callable[[str], float], what: str,
@@ -72,19 +77,73 @@ def _package_version() -> str:
         return "(not installed)"
 
 
-def build_parser() -> argparse.ArgumentParser:
+class Parser(argparse.ArgumentParser):
+    """argparse without its surprises for a newcomer: no prefix matching (``--epoch 1``
+    silently taken as ``--epochs``), one usage line before an error instead of every flag
+    (or the top-level usage for a mistake in one command's flags), and the closest flag
+    suggested for an unknown one."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        # Filled by add_argument, which the base __init__ already calls for --help.
+        self.flags: list[str] = []
+        self.commands: dict[str, Parser] = {}
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        self.flags.extend(action.option_strings)
+        return action
+
+    def add_command(self, commands, name: str, **kwargs) -> Parser:
+        """``commands.add_parser(name, ...)``, remembered so that main() can report an
+        unknown flag with this command's usage and flags."""
+        parser = commands.add_parser(name, allow_abbrev=False, **kwargs)
+        self.commands[name] = parser
+        return parser
+
+    def short_usage(self) -> str:
+        """``usage: dlsys train [options]``: the command and its positional arguments."""
+        parts = [self.prog, "[options]"]
+        for action in self._get_positional_actions():
+            name = action.metavar or action.dest.upper()
+            if action.nargs == argparse.PARSER:
+                parts.append(f"{name} ...")
+            else:
+                parts.append(f"{name} [{name} ...]" if action.nargs == "+" else name)
+        return f"usage: {' '.join(parts)}  ({self.prog} --help lists the options)"
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.short_usage()}\n{self.prog}: error: {message}\n")
+
+    def unknown_arguments(self, extras: list[str]) -> NoReturn:
+        """Refuse arguments no flag takes, suggesting the closest flag for a misspelt one."""
+        message = f"unrecognized arguments: {' '.join(extras)}"
+        for extra in extras:
+            if extra.startswith("-"):
+                close = difflib.get_close_matches(extra.split("=", 1)[0], self.flags, n=1)
+                if close:
+                    message += f"; did you mean {close[0]}?"
+                    break
+        self.error(message)
+
+
+def build_parser() -> Parser:
     """The argument parser of the ``dlsys`` command."""
-    parser = argparse.ArgumentParser(prog=PROG, description="Train models with dlsys, a deep "
-                                     "learning stack whose every operator is TVM-compiled.")
+    parser = Parser(prog=PROG, description="Train models with dlsys, a deep learning stack "
+                                           "whose every operator is TVM-compiled.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
     # Not required: a bare ``dlsys`` gets the whole help from main(), not argparse's one line.
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    train = commands.add_parser(
-        "train", help="train a model on MNIST-format data",
-        description="Train a model with mini-batch SGD, checkpointing after every epoch. "
-                    "With --resume, options left out take the checkpoint's values. Under "
-                    "mpirun -n N it trains data-parallel over the N ranks, --batch-size being "
-                    "the global batch (pip install 'dlsys[distributed]').")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    train = parser.add_command(
+        commands, "train", help="train a model on MNIST-format data",
+        description="Train a model with mini-batch SGD, SGD with momentum, Adam or AdamW "
+                    "(--optimizer), checkpointing after every epoch. Without --out, each run "
+                    f"gets a folder of its own: {RUNS_DIR}/<model>, then {RUNS_DIR}/<model>-2, "
+                    f"{RUNS_DIR}/<model>-3, ... With --resume, options left out take the "
+                    "recorded run's values. Under mpirun -n N it trains data-parallel over the "
+                    "N ranks, --batch-size being the global batch (pip install "
+                    "'dlsys[distributed]').")
     train.add_argument("--model", choices=MODELS, default=None,
                        help=f"model to train (default {DEFAULT_MODEL})")
     train.add_argument("--hidden", type=_widths, default=None,
@@ -119,9 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "0 trains on all of them and reports no validation accuracy "
                             f"(default a sixth of them, at most {DEFAULT_VAL_CAP})")
     train.add_argument("--out", type=Path, default=None,
-                       help="output directory (default runs/<model>)")
+                       help=f"output folder (default: the first of {RUNS_DIR}/<model>, "
+                            f"{RUNS_DIR}/<model>-2, ... that holds no run)")
     train.add_argument("--resume", action="store_true",
-                       help="continue the run in --out with its recorded settings")
+                       help="continue a run with its recorded settings: the one in --out, "
+                            f"else the latest run in {RUNS_DIR}/ (of --model, when given)")
     train.add_argument("--overwrite", action="store_true",
                        help="replace an earlier run's files in --out")
     # Off without a terminal: a log or a pipe would get every redrawn frame, joined by \r.
@@ -131,12 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "stderr is a terminal)")
     train.add_argument("--debug-memory", action="store_true",
                        help="print each training step's node, shape and storage id")
-    evaluate = commands.add_parser(
-        "eval", help="evaluate a saved model on a data set",
+    evaluate = parser.add_command(
+        commands, "eval", help="evaluate a saved model on a data set",
         description="Loss, accuracy, per-class accuracy and the confusion matrix of a model "
                     "file (model.npz, as dlsys train writes it, or an .onnx file) on a data "
                     "set's test split.")
-    evaluate.add_argument("model", type=Path, help="model file (.npz from dlsys, or .onnx)")
+    evaluate.add_argument("model", type=Path, help=MODEL_HELP)
     evaluate.add_argument("--data", default=None,
                           help=f"MNIST-format data as for train (default ${DATA_ENV_VAR}, "
                                f"else {DEFAULT_DATA_DIR})")
@@ -144,12 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help="images per kernel call (default 1000)")
     evaluate.add_argument("--confusion-png", type=Path, default=None,
                           help="also draw the confusion matrix into this PNG")
-    predict = commands.add_parser(
-        "predict", help="classify images with a saved model",
+    predict = parser.add_command(
+        commands, "predict", help="classify images with a saved model",
         description="Print each image's most probable class and its probability. Images are "
                     "PNG or JPEG (grey-scaled and resized to the model's input) or .npy "
                     "arrays of pixels in [0, 1].")
-    predict.add_argument("model", type=Path, help="model file (.npz from dlsys, or .onnx)")
+    predict.add_argument("model", type=Path, help=MODEL_HELP)
     predict.add_argument("images", type=Path, nargs="+", help="image files")
     return parser
 
@@ -195,6 +256,8 @@ def _check_run_folder(directory: Path) -> None:
 
 def _check_writable(directory: Path) -> None:
     """Fail now, not after an epoch of training, if ``directory`` cannot take our files."""
+    if directory.exists() and not directory.is_dir():
+        raise DlsysError(f"output directory {directory} is a file, not a folder")
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=directory):
@@ -213,18 +276,22 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dlsys`` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # reported with the command's own usage and flags, not the top level's
+        parser.commands.get(args.command, parser).unknown_arguments(extras)
     if args.command is None:
         # Exit status 2, as argparse gives for a missing command, but with the whole help.
         parser.print_help(sys.stderr)
         print(f"{PROG}: error: name a COMMAND, such as: {PROG} train", file=sys.stderr)
         return 2
-    out = None
+    if args.command == "train":
+        _check_train_flags(args, parser.commands["train"])
+    run = _Run()
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             if args.command == "train":
-                out = _train(args)
+                _train(args, sys.argv[1:] if argv is None else argv, run)
             else:
                 # Imported after parsing so that --help and flag errors do not wait for TVM.
                 from dlsys.frontend import inference
@@ -250,10 +317,32 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return _exit_status(2, e)
     except KeyboardInterrupt as e:
-        hint = f"; continue with --resume --out {out}" if out is not None else ""
-        print(f"{PROG}{_rank()}: interrupted{hint}", file=sys.stderr)
+        print(f"{PROG}{_rank()}: interrupted{run.resume_hint()}", file=sys.stderr)
         return _exit_status(130, e)
     return 0
+
+
+class _Run:
+    """The run folder a ``dlsys train`` works in, once chosen: an interrupt names the exact
+    command that continues the run there."""
+
+    def __init__(self) -> None:
+        self.out: Path | None = None
+
+    def resume_hint(self) -> str:
+        from dlsys.frontend.run_folder import SETTINGS_FILE, resume_command
+
+        # Only once the run recorded its settings: before that there is nothing to continue.
+        if self.out is None or not (self.out / SETTINGS_FILE).is_file():
+            return ""
+        return f"; continue with: {resume_command(self.out)}"
+
+
+def _check_train_flags(args: argparse.Namespace, train: Parser) -> None:
+    """Flags that contradict each other, refused before anything is loaded."""
+    if args.hidden is not None and args.model not in (None, "mlp"):
+        train.error(f"--hidden applies to --model mlp only; {args.model} has no hidden "
+                    f"widths to set")
 
 
 def _rank() -> str:
@@ -275,24 +364,29 @@ def _print(line: str) -> None:
     print(line, flush=True)
 
 
-def _train(args: argparse.Namespace) -> Path:
+def _train(args: argparse.Namespace, argv: list[str], run: _Run) -> None:
+    from dlsys.distributed.comm import launched_rank
+    from dlsys.frontend import run_folder
     from dlsys.frontend.trainer import TrainConfig, run_training
 
-    out = args.out if args.out is not None else Path("runs") / (args.model or DEFAULT_MODEL)
+    out = args.out
+    if out is None and args.resume:
+        out = run_folder.latest_run([args.model] if args.model else MODELS)
+    elif out is None:
+        out = run_folder.fresh_folder(args.model or DEFAULT_MODEL)
+    run.out = out
     config = TrainConfig(out=out, model=args.model, hidden=args.hidden, data=args.data,
                          epochs=args.epochs, batch_size=args.batch_size,
                          optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
                          lr_schedule=args.lr_schedule, warmup=args.warmup, seed=args.seed,
                          val_size=args.val_size, resume=args.resume,
                          overwrite=args.overwrite, progress=args.progress,
-                         debug_memory=args.debug_memory)
-    from dlsys.distributed.comm import launched_rank
-
+                         debug_memory=args.debug_memory,
+                         command=shlex.join([PROG, *argv]))
     if launched_rank() == 0:  # in an MPI job, rank 0 alone writes the run folder
         _check_run_folder(out)
         _check_writable(out)
     run_training(config, log=_print)
-    return out
 
 
 if __name__ == "__main__":

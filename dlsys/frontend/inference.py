@@ -111,6 +111,19 @@ def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, classes: int) ->
                        minlength=classes * classes).reshape(classes, classes)
 
 
+MODEL_FILE = "model.npz"  # what dlsys train writes into its run folder
+
+
+def model_file(path: Path) -> Path:
+    """The model file ``path`` names: itself, or a run folder's ``model.npz``."""
+    if not path.is_dir():
+        return path
+    if (path / MODEL_FILE).is_file():
+        return path / MODEL_FILE
+    raise DataError(f"{path} is a folder, not a model file, and holds no {MODEL_FILE} (a run "
+                    f"folder has one once its run finished)")
+
+
 def _load(path: Path) -> nn.Module:
     if path.suffix.lower() == ".onnx":
         return _load_onnx(path)
@@ -172,6 +185,7 @@ def evaluate_command(model_path: Path, data: str | None, batch_size: int,
                      confusion_png: Path | None, log: Callable[[str], None] = print) -> dict:
     """``dlsys eval``: loss, accuracy, per-class accuracy and confusion matrix on the test
     split; returns them as a dict."""
+    model_path = model_file(model_path)
     model = _load(model_path)
     dataset = load_dataset(data)
     expected = tuple(model.metadata["input_shape"])
@@ -268,7 +282,7 @@ def read_image(path: Path, input_shape: tuple[int, ...]) -> np.ndarray:
 def predict_command(model_path: Path, images: Sequence[Path],
                     log: Callable[[str], None] = print) -> list[tuple[str, float]]:
     """``dlsys predict``: each image's most probable class and its probability."""
-    model = _load(model_path)
+    model = _load(model_file(model_path))
     input_shape = tuple(model.metadata["input_shape"])
     batch = np.stack([read_image(Path(p), input_shape) for p in images])
     evaluator = Evaluator(model, len(batch))

@@ -13,6 +13,8 @@ import numpy as np
 from dlsys.errors import ArgumentError, ArgumentTypeError, DlsysError
 
 MODELS = ("logreg", "mlp", "lenet", "cnn")
+# Where ``dlsys train`` puts a run without --out: runs/<model>, runs/<model>-2, ...
+RUNS_DIR = "runs"
 DEFAULT_MODEL = "mlp"
 DEFAULT_HIDDEN = (256, 100)
 INPUT_FEATURES = 784
@@ -88,6 +90,20 @@ MODEL_LR = {"cnn": {"sgd": 0.05, "momentum": 0.005}}
 def default_lr(model: str, optimizer: str) -> float:
     """The learning rate a run of ``model`` with ``optimizer`` gets unless ``--lr`` is given."""
     return MODEL_LR.get(model, {}).get(optimizer, DEFAULT_LR[optimizer])
+
+
+def describe_lr(settings: dict) -> str:
+    """``lr 0.02 (cosine schedule, 1 warm-up epoch)``: the rate and, when the rate changes
+    during the run, how; for the start line and the plot's title, where a run's figures are
+    read against its settings."""
+    changes = []
+    if settings.get("lr_schedule", "constant") != "constant":
+        changes.append(f"{settings['lr_schedule']} schedule")
+    warmup = settings.get("warmup") or 0
+    if warmup:
+        changes.append(f"{warmup} warm-up epoch{'s' if warmup > 1 else ''}")
+    return f"lr {settings['lr']}" + (f" ({', '.join(changes)})" if changes else "")
+
 DEFAULT_EPOCHS = 10
 DEFAULT_BATCH_SIZE = 1000
 # The convolutional models learn far more per epoch in smaller batches (LeNet-5, SGD 0.2,

@@ -44,7 +44,7 @@ from dlsys.frontend.checkpoint import (
     remove_stale_temp_files,
     save_checkpoint,
 )
-from dlsys.frontend.inference import Evaluator
+from dlsys.frontend.inference import MODEL_FILE, Evaluator
 from dlsys.frontend.models import build_model
 from dlsys.frontend.settings import (
     DEFAULT_BATCH_SIZE,
@@ -57,6 +57,7 @@ from dlsys.frontend.settings import (
     OPTIMIZER_NAMES,
     SCHEDULE_NAMES,
     default_lr,
+    describe_lr,
     seed_streams,
     settings_problem,
 )
@@ -69,7 +70,6 @@ MOMENTUM = 0.9
 # A batch loss this many times the first batch's means the run has diverged (a mean
 # cross-entropy starts near log(classes) and only falls while training works).
 DIVERGENCE_FACTOR = 1000.0
-MODEL_FILE = "model.npz"
 # Settings a resumed run may change (announced); every other one must match the record.
 # Not the data: its metrics and checkpoint would mix two data sets under one run.
 CHANGEABLE_ON_RESUME = ("epochs", "lr")
@@ -265,6 +265,8 @@ class TrainConfig:
     overwrite: bool = False
     progress: bool = True
     debug_memory: bool = False
+    # The command line that started the run, shown where a message says how to rerun it.
+    command: str | None = None
 
 
 SETTING_NAMES = ("model", "hidden", "data", "epochs", "batch_size", "optimizer", "lr",
@@ -349,21 +351,30 @@ def _run_locked(config: TrainConfig, out: Path, log: Callable[[str], None],
     writer = group is None or group.rank == 0
     if writer:
         remove_stale_temp_files(out)
-        run_folder.prepare(out, config.resume, config.overwrite)
+        run_folder.prepare(out, config.resume, config.overwrite, config.command)
     checkpoint = recorded = None
+    finished = False  # the checkpoint's run wrote its model: it ended, not only its epochs
     if config.resume and writer:
         recorded = run_folder.recorded_settings(out)
         if ckpt_path.exists():
             checkpoint = load_checkpoint(ckpt_path)
             recorded = recorded or checkpoint.config
+            finished = (out / MODEL_FILE).exists()
         if recorded is None:
             log(f"nothing to resume in {out}; starting from scratch")
     if group is not None:  # every rank continues what rank 0 found in its run folder
-        recorded, checkpoint = group.share((recorded, checkpoint))
+        recorded, checkpoint, finished = group.share((recorded, checkpoint, finished))
     settings = resolve_settings(config, recorded, log)
     problem = settings_problem(settings)
     if problem is not None:
         raise DataError(f"run settings: {problem}")
+    if finished and checkpoint.epoch >= settings["epochs"]:
+        # Evaluating again would only rewrite the run's files with what they hold.
+        log(f"{out}: the run finished its {checkpoint.epoch} epochs; nothing to resume. "
+            f"To train it on, give the new total: {run_folder.resume_command(out)} --epochs "
+            f"{checkpoint.epoch + 10} trains epochs {checkpoint.epoch + 1}-"
+            f"{checkpoint.epoch + 10} from its checkpoint")
+        return TrainResult(checkpoint.params, list(checkpoint.metrics))
     dataset = load_dataset(settings["data"], settings["val_size"])
     settings["data"] = dataset.source
     settings["val_size"] = len(dataset.val)
@@ -399,7 +410,8 @@ def _run_locked(config: TrainConfig, out: Path, log: Callable[[str], None],
                       data_parallel=group is not None)
     log(f"training {settings['model']} on {dataset.source} ({len(dataset.train)} train / "
         f"{len(dataset.val)} val / {len(dataset.test)} test), {settings['optimizer']}, batch "
-        f"{settings['batch_size']}, lr {settings['lr']}, seed {settings['seed']}")
+        f"{settings['batch_size']}, {describe_lr(settings)}, seed {settings['seed']}, into "
+        f"{out}")
     if group is not None:
         log(f"data-parallel over {group.size} MPI ranks, {batch} images of each batch and "
             f"{group.threads} TVM thread(s) per rank")
@@ -464,8 +476,8 @@ def _run_locked(config: TrainConfig, out: Path, log: Callable[[str], None],
                          "classes": class_names(dataset.source), "data": dataset.source})
     if history:
         report.plot_curves(out, history, f"dlsys {settings['model']}, {settings['optimizer']} "
-                                         f"lr {settings['lr']}, batch {settings['batch_size']}",
-                           summary)
+                                         f"{describe_lr(settings)}, batch "
+                                         f"{settings['batch_size']}", summary)
     log(f"wrote {MODEL_FILE}, {report.METRICS_JSON}, {report.PLOT_PNG} and {CHECKPOINT_NAME} "
         f"to {out}")
     return TrainResult(final, history, test_acc, summary)

@@ -41,6 +41,13 @@ _JSON_SCALARS = (bool, int, float, str, type(None))
 MAX_MODEL_BYTES = 1 << 30
 # The architecture's JSON: a few hundred bytes per layer.
 MAX_HEADER_BYTES = 1 << 20
+# Said of any file that is not one, so that no reader is left to guess (or to follow numpy's
+# advice to load a foreign file with allow_pickle).
+NOT_A_MODEL_FILE = ("not a dlsys model file (a model file is a .npz written by dlsys train or "
+                    "dlsys.save, or an .onnx file)")
+# Every zip archive, an .npz included, starts with a local file header or, empty, with the
+# end of its directory: a file that starts otherwise is no model file, not a corrupt one.
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 
 
 def _is_pair(value) -> bool:
@@ -266,7 +273,19 @@ def load(path: str | os.PathLike) -> Module:
     if not path.is_file():
         raise DataError(f"{path}: no such model file")
     try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as err:
+        raise DataError(f"{path}: cannot read the model file ({err.strerror or err})") from None
+    if magic not in _ZIP_MAGIC:
+        raise DataError(f"{path}: {NOT_A_MODEL_FILE}")
+    try:
         with zipfile.ZipFile(path) as archive:
+            # An archive of other things (params.npz, any zip) is named as no model file
+            # before its members are judged as a model's.
+            if HEADER + ".npy" not in archive.namelist():
+                raise DataError(f"{path}: {NOT_A_MODEL_FILE}; this archive has no {HEADER} "
+                                f"entry")
             members = npz_members(archive, str(path), MAX_MODEL_BYTES)
             header = _read_header(archive, members, path)
             model = _checked_model(header, members, path)
@@ -285,15 +304,13 @@ def load(path: str | os.PathLike) -> Module:
 
 
 def _read_header(archive: zipfile.ZipFile, members: dict, path: Path) -> dict:
-    if HEADER not in members:
-        raise DataError(f"{path}: not a dlsys model file (no {HEADER} entry)")
     shape, dtype = members[HEADER]
     if dtype != np.uint8 or len(shape) != 1 or shape[0] > MAX_HEADER_BYTES:
         raise DataError(f"{path}: {HEADER} must be at most {MAX_HEADER_BYTES} bytes of JSON, "
                         f"got {dtype} of shape {shape}")
     header = json.loads(read_member(archive, HEADER).tobytes().decode())
     if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise DataError(f"{path}: not a dlsys model file")
+        raise DataError(f"{path}: {NOT_A_MODEL_FILE}")
     if header.get("version") != VERSION:
         raise DataError(f"{path}: model file version {header.get('version')!r}; this dlsys "
                         f"reads version {VERSION}")

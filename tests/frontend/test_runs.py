@@ -161,3 +161,86 @@ def test_convolutional_models_train_save_and_predict(capsys, data_dir, tmp_path,
     assert _run(["train", "--model", model, "--hidden", "10", "--out", str(tmp_path / "x"),
                  "--data", str(data_dir)]) == 2
     assert "hidden" in _err(capsys)
+
+
+def _lines(text: str, start: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(start)]
+
+
+def test_without_out_each_run_gets_a_folder_of_its_own(capsys, data_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "logreg-2").mkdir(parents=True)  # empty: free
+    folders = []
+    for _ in range(3):
+        assert _run(["train", "--model", "logreg", "--data", str(data_dir), "--val-size", "100",
+                     "--batch-size", "50", "--epochs", "1", "--no-progress"]) == 0
+        (start,) = _lines(capsys.readouterr().out, "training logreg")
+        folders.append(start.rsplit(", into ", 1)[1])
+    assert folders == ["runs/logreg", "runs/logreg-2", "runs/logreg-3"]
+    assert all((tmp_path / folder / "model.npz").is_file() for folder in folders)
+
+
+def test_an_explicit_out_holding_a_run_shows_the_commands_that_continue_or_replace_it(
+        capsys, data_dir, tmp_path):
+    out = tmp_path / "run"
+    assert _train(data_dir, out, "--epochs", "1") == 0
+    assert _train(data_dir, out, "--epochs", "1") == 2
+    line = _err(capsys)
+    command = (f"dlsys train --model logreg --data {data_dir} --val-size 100 --batch-size 50 "
+               f"--out {out} --no-progress --epochs 1")
+    assert f"continue it with: dlsys train --out {out} --resume;" in line
+    assert f"replace it with: {command} --overwrite;" in line
+
+
+def test_resume_without_out_continues_the_latest_run(capsys, data_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert _run(["train", "--resume", "--no-progress"]) == 2
+    assert _err(capsys) == ("dlsys: error: no run of logreg or mlp or lenet or cnn in runs/ to "
+                            "resume; name the run folder with --out")
+    common = ["--data", str(data_dir), "--val-size", "100", "--batch-size", "50",
+              "--epochs", "1", "--no-progress"]
+    assert _run(["train", "--model", "logreg", *common]) == 0
+    assert _run(["train", "--model", "logreg", *common, "--seed", "3"]) == 0
+    capsys.readouterr()
+    assert _run(["train", "--resume", "--epochs", "2", "--no-progress"]) == 0
+    stdout = capsys.readouterr().out
+    assert "seed 3, into runs/logreg-2" in stdout and "epoch 2/2" in stdout
+    assert _run(["train", "--model", "mlp", "--resume", "--no-progress"]) == 2
+    assert "no run of mlp in runs/ to resume" in _err(capsys)
+
+
+def test_an_interrupt_prints_the_command_that_resumes(capsys, data_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(trainer.Trainer, "train_epoch",
+                        lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert _run(["train", "--model", "logreg", "--data", str(data_dir), "--val-size", "100",
+                 "--batch-size", "50", "--epochs", "2", "--no-progress"]) == 130
+    assert _err(capsys) == ("dlsys: interrupted; continue with: dlsys train --out runs/logreg "
+                            "--resume")
+
+
+def test_resuming_a_finished_run_says_so_and_rewrites_nothing(capsys, data_dir, tmp_path):
+    out = tmp_path / "run"
+    assert _train(data_dir, out, "--epochs", "1") == 0
+    written = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
+    capsys.readouterr()
+    assert _run(["train", "--out", str(out), "--resume", "--no-progress"]) == 0
+    stdout = capsys.readouterr().out
+    assert (f"{out}: the run finished its 1 epochs; nothing to resume. To train it on, give "
+            f"the new total: dlsys train --out {out} --resume --epochs 11 trains epochs 2-11 "
+            f"from its checkpoint") in stdout
+    assert "test acc" not in stdout
+    assert {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()} == written
+
+
+def test_the_start_line_and_the_plot_name_the_schedule(capsys, data_dir, tmp_path, monkeypatch):
+    from dlsys.frontend import report
+
+    titles = []
+    real = report.plot_curves
+    monkeypatch.setattr(report, "plot_curves", lambda out, history, title, summary: (
+        titles.append(title), real(out, history, title, summary))[1])
+    assert _train(data_dir, tmp_path / "run", "--epochs", "2", "--lr", "0.1",
+                  "--lr-schedule", "cosine", "--warmup", "1") == 0
+    assert "lr 0.1 (cosine schedule, 1 warm-up epoch)" in capsys.readouterr().out
+    assert titles == ["dlsys logreg, sgd lr 0.1 (cosine schedule, 1 warm-up epoch), batch 50"]
