@@ -353,12 +353,52 @@ def reduce_sum_to(shape: Shape, to_shape: Shape, dtype: str):
     return reduce_sum(shape, source, 1.0, dtype)
 
 
+# The type sums accumulate in. A float32 sum stops growing at 2**24 (16,777,216 + 1 rounds
+# back to 16,777,216) and loses up to one rounding of the running total per term besides;
+# float64's 29 extra bits bound that loss to about n * 2**-53 relative for n positive terms
+# (1e-8 at 10**8 terms), below float32's own rounding of the result.
+ACCUMULATOR = "float64"
+# Terms a float32 partial sum adds before it joins a float64 total (``block_sums``). Its
+# error grows about as the square root of its terms, under 1e-6 relative here; and one
+# float64 add per this many float32 ones leaves a sum of data in cache as fast as a float32
+# one (converting every term to float64 made the MLP's bias gradient, 256 x 256, 1.4-1.6x
+# slower on znver4).
+BLOCK_TERMS = 256
+
+
+def accumulate(value: tirx.PrimExpr) -> tirx.PrimExpr:
+    """``value`` as a term of a sum, in the ``ACCUMULATOR`` type (unchanged if it is)."""
+    return value.astype(ACCUMULATOR)
+
+
+def block_size(rows: int) -> int:
+    """The rows of one float32 block of ``block_sums``: the widest divisor of ``rows`` up to
+    ``BLOCK_TERMS`` (TE's reductions cannot skip a short last block: ``create_prim_func``
+    drops a reduction's ``where``)."""
+    return max(d for d in range(1, min(rows, BLOCK_TERMS) + 1) if rows % d == 0)
+
+
+def block_sums(term: Callable, rows: int, shape: Shape, name: str) -> te.Tensor:
+    """``P[b, *i]``: the sum of ``term(row, *i)`` over the ``block_size(rows)`` rows of block
+    ``b``, in ``term``'s type; a sum whose float32 partials ``P`` are then added in
+    ``ACCUMULATOR``, each partial short enough to be accurate (and, in the schedules, kept
+    in registers)."""
+    block = block_size(rows)
+    r = te.reduce_axis((0, block), name=f"{name}_r")
+    return te.compute((rows // block, *shape), lambda b, *index: te.sum(
+        term(b * block + r, *index), axis=r), name=name)
+
+
 def reduce_sum(shape: Shape, source: Sequence[int | None], scale: float, dtype: str):
     """``C = scale * sum(A)`` over every axis of ``A`` that ``source`` does not name.
 
     ``source`` gives, for each output axis, the input axis it indexes, or None for a size-1
     axis (``dlsys.ops.shapes.reduce_source``); ``scale`` is 1 for a sum, ``1 / count`` for a
-    mean (folded into each term, so the kernel stays one reduction block for its schedule).
+    mean. The sum is taken in ``ACCUMULATOR`` (block ``reduce_sum``), then scaled once and
+    rounded to ``dtype`` (``reduce_out``). Where ``A``'s innermost axis is kept (a sum over
+    rows), one summed axis is first added up in float32 blocks (``reduce_block``, see
+    ``block_sums``); where it is summed, every term is converted, and the schedule's vector
+    lanes each add their own run of it.
     """
     a = te.placeholder(shape, dtype=dtype, name="A")
     out_shape = tuple(1 if d is None else shape[d] for d in source)
@@ -366,15 +406,31 @@ def reduce_sum(shape: Shape, source: Sequence[int | None], scale: float, dtype: 
     if not reduced:
         return [a], [te.compute(out_shape, lambda *i: a[_input_index(i, source, {})],
                                 name="copy")]
-    axes = {d: te.reduce_axis((0, shape[d]), name=f"r{d}") for d in reduced}
-    factor = None if scale == 1.0 else tirx.const(scale, dtype)
+    if reduced[-1] == len(shape) - 1:
+        axes = {d: te.reduce_axis((0, shape[d]), name=f"r{d}") for d in reduced}
+        total = te.compute(out_shape, lambda *i: te.sum(
+            accumulate(a[_input_index(i, source, axes)]), axis=list(axes.values())),
+            name="reduce_sum")
+    else:
+        # The axis that makes the longest float32 blocks; the other summed axes are the
+        # float64 total's, around the blocks (the partials are indexed by them).
+        blocked = max(reduced, key=lambda d: (block_size(shape[d]), -d))
+        others = [d for d in reduced if d != blocked]
 
-    def body(*out_index):
-        term = a[_input_index(out_index, source, axes)]
-        return te.sum(term if factor is None else term * factor, axis=list(axes.values()))
+        def term(row, *index):
+            summed = {**dict(zip(others, index[:len(others)])), blocked: row}
+            return a[_input_index(index[len(others):], source, summed)]
 
-    return [a], [te.compute(out_shape, body, name="reduce_sum" if factor is None
-                            else "reduce_mean")]
+        partial = block_sums(term, shape[blocked], (*(shape[d] for d in others), *out_shape),
+                             "reduce_block")
+        axes = [te.reduce_axis((0, shape[d]), name=f"r{d}") for d in others]
+        rb = te.reduce_axis((0, int(partial.shape[0])), name="rb")
+        total = te.compute(out_shape, lambda *i: te.sum(accumulate(partial[(rb, *axes, *i)]),
+                                                        axis=[*axes, rb]), name="reduce_sum")
+    factor = tirx.const(scale, ACCUMULATOR)
+    out = te.compute(out_shape, lambda *i: (total[i] if scale == 1.0 else total[i] * factor)
+                     .astype(dtype), name="reduce_out")
+    return [a], [out]
 
 
 def _input_index(out_index: Sequence, source: Sequence[int | None], axes: dict) -> tuple:

@@ -12,18 +12,34 @@ from collections.abc import Callable, Sequence
 
 from tvm import te, tirx
 
-from dlsys.kernels.compute import Epilogue, Shape, apply_epilogue
+from dlsys.kernels.compute import (
+    ACCUMULATOR,
+    Epilogue,
+    Shape,
+    accumulate,
+    apply_epilogue,
+    block_sums,
+)
 
 
 def _channel_mean(values, shape: Shape, name: str, dtype: str, mean: bool = True):
-    """Per-channel mean (or sum) of ``values(n, c, h, w)`` over (N, H, W)."""
+    """Per-channel mean (or sum) of ``values(n, c, h, w)`` over (N, H, W).
+
+    Three blocks: each plane position's float32 sum over blocks of images
+    (``{name}_partial``, shaped (blocks, C, H * W), ``compute.block_sums``), their
+    per-channel total in ``ACCUMULATOR`` (``{name}_sum``), then that total scaled and
+    rounded to ``dtype`` (``{name}``). The partials index a plane as one axis, so that the
+    schedule's vector of plane positions reads and writes them contiguously.
+    """
     n, c, h, w = shape
-    rn = te.reduce_axis((0, n), name=f"{name}_n")
-    rh = te.reduce_axis((0, h), name=f"{name}_h")
-    rw = te.reduce_axis((0, w), name=f"{name}_w")
-    count = tirx.const(1.0 / (n * h * w) if mean else 1.0, dtype)
-    return te.compute((c,), lambda ch: te.sum(values(rn, ch, rh, rw) * count,
-                                              axis=[rn, rh, rw]), name=name)
+    partial = block_sums(lambda row, ch, p: values(row, ch, p // w, p % w), n, (c, h * w),
+                         f"{name}_partial")
+    rb, rp = (te.reduce_axis((0, extent), name=f"{name}_{axis}")
+              for axis, extent in (("b", int(partial.shape[0])), ("p", h * w)))
+    total = te.compute((c,), lambda ch: te.sum(accumulate(partial[rb, ch, rp]), axis=[rb, rp]),
+                       name=f"{name}_sum")
+    count = tirx.const(1.0 / (n * h * w) if mean else 1.0, ACCUMULATOR)
+    return te.compute((c,), lambda ch: (total[ch] * count).astype(dtype), name=name)
 
 
 def _batch_statistics(x: te.Tensor, shape: Shape, dtype: str):

@@ -6,65 +6,74 @@ Everything runs in one parallel loop over groups of channels: a group's statisti
 computed once, in the iteration that uses them, and the group's slice of each input is read
 again by the next statistic and by the output pass while it is still in the core's cache.
 A group is as many channels as make each image's part of the slice a run of at least
-``RUN_MIN`` contiguous values, which the hardware prefetchers follow (a 14 x 14 plane alone
-is under a kilobyte, then a jump of the whole image). Each per-channel sum keeps partial
-sums per plane position (``rfactor``), one vector lane each, accumulated over the batch,
-then adds them up; an elementwise producer (``x_hat``) is inlined into its readers, a
-multiply-add cheaper than a pass over memory.
+``RUN_MIN`` contiguous values, which the hardware prefetchers follow (a 7 x 7 plane alone
+is 196 bytes, then a jump of the whole image), and few enough that the group's partial
+sums fit in registers. Each per-channel sum keeps float32
+partial sums per plane position, one vector lane each, accumulated over a block of images
+(``compute.block_sums``), then adds them up in float64; an elementwise producer (``x_hat``)
+is inlined into its readers, a multiply-add cheaper than a pass over memory.
 """
 
 from __future__ import annotations
 
 from tvm import s_tir
 
+from dlsys.errors import ArgumentError
 from dlsys.kernels import cpu
 
 # The widest vector loop over a plane's positions (several registers, so independent lanes
 # hide the adds' latency); a plane longer than this is split into vectors of a divisor.
 PLANE_VECTOR_MAX = 64
-# Contiguous values per image that a group of channels reads in one run (2 KiB of float32).
-RUN_MIN = 512
+# Contiguous values per image that a group of channels reads in one run (784 bytes of
+# float32). LLVM unrolls a group's loop and keeps the group's partial sums in vector
+# registers: at 512 values (a 14 x 14 group of four channels, 64 AVX-512 registers of
+# partials) they spilled, and the batch-norm kernels at (256, 64, 14, 14) ran 1.2-1.5x
+# slower than with one channel a group (znver4, same process, alternating).
+RUN_MIN = 196
 
 
 def schedule_channel_norm(sch: s_tir.Schedule) -> None:
     """Per-channel statistics of NCHW tensors and the elementwise pass that uses them."""
-    root = sch.get_sblock("root")
-    if _is_reduction(sch, sch.get_child_blocks(root)[-1]):
-        # A statistic that is itself the output (a parameter's gradient) gets a copy to the
-        # output, so that every reduction is a producer split into partial sums below.
-        sch.cache_write(sch.get_child_blocks(root)[-1], 0, "global")
-    *producers, last = sch.get_child_blocks(root)
-    plane = _plane(sch, producers + [last])
+    *producers, last = sch.get_child_blocks(sch.get_sblock("root"))
+    plane = _plane(sch)
     group, group_size = _group_loop(sch, last, plane)
-    partials = []
+    partials, totals = [], []
     for block in reversed(producers):
-        if _is_reduction(sch, block):
-            _, _, rh, rw = sch.get_loops(block)
-            partial = sch.rfactor(sch.fuse(rh, rw), factor_axis=1)   # [c, hw], over n
-            sch.compute_at(block, group)
-            sch.compute_at(partial, group)
-            partials.append(partial)
-        elif len(sch.get(block).iter_vars) == 4:
+        iter_vars = sch.get(block).iter_vars
+        if len(iter_vars) == 4 and not _is_reduction(sch, block):
             # x_hat, the affine before an activation, a fused epilogue's blocks
             # (compute.apply_epilogue): folded into the output loop, which alone writes.
             sch.compute_inline(block)
-        else:
-            sch.compute_at(block, group)
-    # Before the partial sums' initialisation is split off, which parallel() would refuse.
+            continue
+        sch.compute_at(block, group)
+        if _is_reduction(sch, block):
+            # A statistic's float32 partials (b, c, plane position; over a block of images)
+            # or their float64 total per channel (c; over b and the plane): compute_norm.
+            spatial = sum(1 for iv in iter_vars if iv.iter_type == 0)
+            (partials if spatial == 3 else totals).append(block)
+    # Before the sums' initialisations are split off, which parallel() would refuse.
     sch.parallel(group)
     for partial in partials:
-        _vectorize_partials(sch, partial, group_size, plane[1])
+        _vectorize_partials(sch, partial, group_size)
+    for total in totals:
+        # compute_at made a loop per iterator but those of extent 1 (c, then b and the
+        # plane): the first reduction loop is the one after the channels', if any is left.
+        loops = sch.get_loops(total)[1:]
+        first = 1 if group_size > 1 else 0
+        if len(loops) > first:
+            sch.decompose_reduction(total, loops[first])
 
 
-def _vectorize_partials(sch: s_tir.Schedule, partial, group_size: int, size: int) -> None:
-    """The images' loop outermost in the group, then channels, then the vectorised plane."""
-    # compute_at made one loop per iterator of the block (rfactor's order: hw, c, n), each
-    # but those of extent 1; all inside the group loop, outermost.
-    images = int(sch.get(partial).iter_vars[2].dom.extent)
-    named = [name for name, extent in (("hw", size), ("c", group_size), ("n", images))
-             if extent > 1]
+def _vectorize_partials(sch: s_tir.Schedule, partial, group_size: int) -> None:
+    """The partial sums' loops in the group: blocks of images, images, the group's channels,
+    then its plane positions fused and vectorised, so each image's slice is one run."""
+    # compute_at made one loop per iterator of the block (b, c, the plane position, then the
+    # images of a block), each but those of extent 1; all inside the group loop, outermost.
+    extents = [int(iv.dom.extent) for iv in sch.get(partial).iter_vars]
+    extents[1] = group_size
+    named = [name for name, extent in zip(("b", "c", "hw", "n"), extents) if extent > 1]
     loops = dict(zip(named, sch.get_loops(partial)[1:]))
-    order = [loops[name] for name in ("n", "c", "hw") if name in loops]
+    order = [loops[name] for name in ("b", "n", "c", "hw") if name in loops]
     if len(order) > 1:
         sch.reorder(*order)
     if "hw" in loops:
@@ -73,15 +82,17 @@ def _vectorize_partials(sch: s_tir.Schedule, partial, group_size: int, size: int
         sch.decompose_reduction(partial, order[0])
 
 
-def _plane(sch: s_tir.Schedule, blocks: list) -> tuple[int, int]:
-    """(channels, plane size) of the kernel's NCHW input, from its first reduction or the
-    last block."""
-    for block in blocks:
-        loops = sch.get_loops(block)
-        if len(loops) == 4:
-            n, c, h, w = (int(sch.get(lp).extent) for lp in loops)
+def _plane(sch: s_tir.Schedule) -> tuple[int, int]:
+    """(channels, plane size) of the kernel's NCHW input. Read from the input, not from the
+    blocks: a kernel may have none that spans it (a running statistic with momentum 0 reads
+    no batch statistic at all, and TE drops the unread blocks)."""
+    func = sch.mod[sch.func_working_on]
+    for param in func.params:
+        if len(param.ty.shape) == 4:
+            _, c, h, w = (int(d) for d in param.ty.shape)
             return c, h * w
-    raise ValueError("channel_norm: no NCHW block in the kernel")
+    raise ArgumentError(f"channel_norm: kernel {sch.func_working_on.name_hint} has no NCHW "
+                        f"input; its inputs are {[tuple(p.ty.shape) for p in func.params]}")
 
 
 def _group_loop(sch: s_tir.Schedule, last, plane: tuple[int, int]) -> tuple:
@@ -109,14 +120,14 @@ def vectorize_row(sch: s_tir.Schedule, loop) -> None:
     """Vectorise a contiguous loop (a plane, an image row) whole or in whole vectors of a
     divisor of its extent, never with a predicated tail (which the vectoriser scalarises)."""
     extent = int(sch.get(loop).extent)
-    width = _vector_width(extent)
+    width = vector_width(extent)
     if width < extent:
         _, loop = sch.split(loop, factors=[None, width])
     if width > 1:
         sch.vectorize(loop)
 
 
-def _vector_width(extent: int) -> int:
+def vector_width(extent: int) -> int:
     """The whole plane when it fits ``PLANE_VECTOR_MAX``; else the widest divisor that is a
     whole number of registers, or failing that the widest divisor (no tail loop)."""
     if extent <= PLANE_VECTOR_MAX:

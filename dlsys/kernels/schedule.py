@@ -28,6 +28,7 @@ from dlsys.kernels.matmul import (
     schedule_matmul_tuned,
 )
 from dlsys.kernels.norm import schedule_channel_norm, vectorize_row
+from dlsys.kernels.reduce import schedule_sum
 
 # Two vector registers of float32 per step (16 lanes on AVX2, 32 on AVX-512), so LLVM can
 # interleave independent operations; read from this machine's CPU, never assumed.
@@ -133,25 +134,11 @@ def _vector_axes(sch: s_tir.Schedule, block) -> int:
 
 
 def schedule_reduce_sum(sch: s_tir.Schedule) -> None:
-    """Sum over leading rows: rows outermost, so the kept axis stays contiguous and vectorised."""
-    block = _all_blocks(sch)[0]
-    loops = sch.get_loops(block)
-    if not _is_reduction(sch, block):
+    """Sums (``dlsys.kernels.reduce``); a sum over no axis is a copy, scheduled as one."""
+    blocks = _all_blocks(sch)
+    if not _is_reduction(sch, blocks[0]):
         return schedule_injective(sch)
-    iter_types = [iv.iter_type for iv in sch.get(block).iter_vars]
-    spatial = [lp for lp, t in zip(loops, iter_types) if t == 0]
-    reduce = [lp for lp, t in zip(loops, iter_types) if t != 0]
-    if not spatial:
-        return
-    kept = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
-    extent = _extent(sch, kept)
-    lanes = min(VECTOR_LANES, extent)
-    outer, inner = sch.split(kept, factors=[None, lanes])
-    sch.reorder(outer, *reduce, inner)
-    sch.vectorize(inner)
-    if _extent(sch, outer) > 1 and extent * _extent(sch, reduce[0]) >= PARALLEL_MIN_ELEMENTS:
-        sch.parallel(outer)
-    sch.decompose_reduction(block, reduce[0])
+    schedule_sum(sch, blocks)
 
 
 def schedule_row_softmax(sch: s_tir.Schedule) -> None:
