@@ -18,9 +18,8 @@ from dlsys import autodiff as ad
 from dlsys import nn
 from dlsys.data.mnist import NUM_CLASSES, Split, load_dataset
 from dlsys.errors import DataError
-from dlsys.graph import find_topo_sort
 from dlsys.nn import functional as F
-from dlsys.passes.shape_inference import infer_shapes
+from dlsys.nn.serialization import infer_input_shape, output_shape
 
 # One image as a model takes it, and one image file as it is decoded: 2^24 elements (a
 # 4096 x 4096 grey image, 64 MiB as float32). MNIST's is 784; a model file that records
@@ -69,11 +68,7 @@ class Evaluator:
         """The model's output shape for one image of ``input_shape``, by shape inference
         alone: a model that cannot take the images, or gives other than one row of class
         scores, is refused before any kernel is built."""
-        logits = self.nodes[0]
-        order = find_topo_sort([logits])
-        feeds = {node: node.shape for node in order if node.op.holds_value}
-        feeds[self.x] = (1, *input_shape)
-        return infer_shapes(order, feeds)[logits]
+        return output_shape(self.nodes[0], self.x, tuple(input_shape))
 
     def _shaped(self, images: np.ndarray) -> np.ndarray:
         if self.input_shape is None:
@@ -130,10 +125,21 @@ def _load(path: Path) -> nn.Module:
     model = dlsys.load(path)
     metadata = getattr(model, "metadata", {})
     shape = metadata.get("input_shape")
+    if shape is None:
+        # A file that dlsys.save wrote before it recorded shapes, or for a model whose first
+        # layer fixes none: the architecture may still fix it.
+        inferred = infer_input_shape(model)
+        if inferred is None:
+            raise DataError(f"{path}: the model file does not record its input shape, and "
+                            f"its first layer does not fix one; save it with "
+                            f"dlsys.save(model, path, input_shape=(1, 28, 28)) (one image, "
+                            f"without the batch)")
+        shape = metadata["input_shape"] = list(inferred)
     if not (isinstance(shape, list) and shape and all(isinstance(d, int) and d > 0
                                                       for d in shape)):
-        raise DataError(f"{path}: the model file does not record its input shape; save it "
-                        f"with dlsys.save(model, path, metadata={{'input_shape': [...]}})")
+        raise DataError(f"{path}: the model file records input shape {shape!r}, not a list "
+                        f"of positive ints; save it with dlsys.save(model, path, "
+                        f"input_shape=(784,))")
     _check_input_size(path, shape)
     return model
 

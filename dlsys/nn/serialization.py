@@ -14,6 +14,11 @@ shape and dtype from its ``.npy`` header (:func:`npz_members`), at most ``MAX_MO
 in all; the parameters the architecture would allocate are computed from its configs
 (:func:`state_shapes`) and must be exactly the weights the file holds, names and shapes,
 before the model is built.
+
+``dlsys eval`` and ``dlsys predict`` feed a model one example of the shape its file records
+(``metadata["input_shape"]``). ``save`` records the shape it is given (``input_shape=``),
+else the one the first layer fixes (:func:`infer_input_shape`), so that a model built and
+saved in Python is read by the command line as one ``dlsys train`` wrote.
 """
 
 from __future__ import annotations
@@ -24,13 +29,16 @@ import math
 import os
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from dlsys.errors import ArgumentTypeError, DataError, DlsysError
+from dlsys.graph import Node, find_topo_sort
 from dlsys.nn.module import Module, Sequential
+from dlsys.ops import Variable
+from dlsys.passes.shape_inference import infer_shapes
 
 FORMAT = "dlsys-model"
 VERSION = 1
@@ -229,19 +237,101 @@ def state_shapes(tree, where: str, prefix: str = "") -> dict[str, Shape]:
     return {prefix + name: tuple(shape) for name, shape in own.items()}
 
 
-def save(model: Module, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+def output_shape(output: Node, x: Node, input_shape: Shape) -> Shape:
+    """``output``'s shape for one example of ``input_shape`` fed as ``x``, by shape inference
+    alone (no kernel is built); a ``ShapeError`` where the graph cannot take it."""
+    order = find_topo_sort([output])
+    feeds = {node: node.shape for node in order if node.op.holds_value}
+    feeds[x] = (1, *input_shape)
+    return infer_shapes(order, feeds)[output]
+
+
+# The sides tried for a convolutional model's square input, smallest first: MNIST's 28 is
+# the 28th try, each shape inference alone.
+MAX_INFERRED_SIDE = 512
+
+
+def infer_input_shape(model: Module) -> Shape | None:
+    """One example's shape (without the batch) where the model's first layer fixes it, or
+    None where it does not.
+
+    A first ``Linear(n, ...)`` takes ``(n,)``. A first ``Conv2d`` or ``BatchNorm2d`` of ``c``
+    channels fixes no image size, but a later ``Linear`` may: the smallest square
+    ``(c, s, s)`` that the whole model turns into one row of scores is taken, 28 for LeNet-5
+    and the front end's cnn (31 passes too, pooling dropping the extra rows, but no pixel of
+    28 is dropped). A model that takes ``2s`` as well (global pooling) fixes no size.
+    """
+    first = next((layer.config() for _, layer in model.named_modules()
+                  if {"in_features", "in_channels", "num_features"} & set(layer.config())),
+                 None)
+    if first is None:
+        return None
+    if "in_features" in first:
+        candidates = [(first["in_features"],)]
+    else:
+        channels = first.get("in_channels", first.get("num_features"))
+        candidates = [(channels, side, side) for side in range(1, MAX_INFERRED_SIDE + 1)]
+    x = Variable("x")
+    was_training = model.training
+    model.eval()  # the graph eval and predict build
+    try:
+        output = model(x)
+    except DlsysError:
+        return None
+    finally:
+        model.train(was_training)
+
+    def scores(shape: Shape) -> bool:
+        try:
+            return len(output_shape(output, x, shape)) == 2
+        except DlsysError:
+            return False
+
+    shape = next((shape for shape in candidates if scores(shape)), None)
+    if shape is None or (len(shape) == 3 and scores((shape[0], 2 * shape[1], 2 * shape[2]))):
+        return None
+    return shape
+
+
+def _input_shape(value, model: Module) -> list[int] | None:
+    """``save``'s ``input_shape``, checked; inferred where not given."""
+    if value is None:
+        inferred = infer_input_shape(model)
+        return None if inferred is None else list(inferred)
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ArgumentTypeError(f"dlsys.save: input_shape must be a tuple of positive ints "
+                                f"(one example, without the batch), got {value!r}")
+    shape = list(value)
+    if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0
+                            for d in shape):
+        raise ArgumentTypeError(f"dlsys.save: input_shape must be a tuple of positive ints "
+                                f"(one example, without the batch), got {value!r}")
+    return shape
+
+
+def save(model: Module, path: str | os.PathLike, metadata: dict | None = None,
+         input_shape: Sequence[int] | None = None) -> Path:
     """Write ``model`` (architecture and weights) to ``path``, atomically.
 
     ``metadata``: JSON-able facts for whoever loads it (``dlsys train`` records the input
     shape and the class names); ``load`` puts it on the model as ``model.metadata``.
+    ``input_shape``: one example's shape without the batch, such as ``(784,)`` or
+    ``(1, 28, 28)``, recorded as ``metadata["input_shape"]`` for ``dlsys eval`` and
+    ``dlsys predict``; left out (and not in ``metadata``), the shape the first layer fixes
+    (:func:`infer_input_shape`) is recorded, where it fixes one.
     """
     if not isinstance(model, Module):
         raise ArgumentTypeError(f"dlsys.save takes a dlsys.nn.Module, got "
                                 f"{type(model).__name__}")
+    metadata = dict(metadata or {})
+    if input_shape is not None or "input_shape" not in metadata:
+        shape = _input_shape(input_shape, model)
+        if shape is not None:
+            metadata["input_shape"] = shape
     try:
         header = json.dumps({"format": FORMAT, "version": VERSION,
                              "architecture": architecture(model),
-                             "metadata": metadata or {}})
+                             "metadata": metadata})
     except (TypeError, ValueError) as err:
         raise ArgumentTypeError(f"dlsys.save: metadata must be JSON data ({err})") from None
     state = model.state_dict()

@@ -213,3 +213,33 @@ def test_every_layer_type_states_its_parameters_without_being_built():
                           nn.Conv2d(1, 1, 5), nn.AvgPool2d(2), nn.Sigmoid())
     expected = {name: value.shape for name, value in model.state_dict().items()}
     assert serialization.state_shapes(serialization.architecture(model), "m") == expected
+
+
+@pytest.mark.parametrize("layers, shape", [
+    # The README's Python example: the first Linear fixes the input.
+    ([nn.Linear(784, 256), nn.ReLU(), nn.Dropout(0.2), nn.Linear(256, 10)], [784]),
+    ([nn.Flatten(), nn.Linear(20, 4)], [20]),
+    # LeNet-5's convolutions fix no size; its Linear(400, 120) does: 28 x 28 is the smallest.
+    ([nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5),
+      nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(400, 10)], [1, 28, 28]),
+    ([nn.BatchNorm2d(3), nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(2 * 6 * 6, 5)], [3, 8, 8]),
+    # Global pooling takes any size: nothing is recorded rather than a guess.
+    ([nn.Conv2d(1, 4, 3), nn.AvgPool2d(2), nn.Flatten()], None),
+    ([nn.ReLU()], None),
+])
+def test_save_records_the_input_shape_the_first_layer_fixes(tmp_path, layers, shape):
+    model = nn.Sequential(*layers)
+    dlsys.save(model, tmp_path / "m.npz")
+    assert dlsys.load(tmp_path / "m.npz").metadata.get("input_shape") == shape
+    assert model.training  # inferring built an eval-mode graph and restored the mode
+
+
+def test_save_takes_an_input_shape(tmp_path):
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AvgPool2d(2), nn.Flatten())
+    dlsys.save(model, tmp_path / "m.npz", input_shape=(1, 10, 10))
+    assert dlsys.load(tmp_path / "m.npz").metadata == {"input_shape": [1, 10, 10]}
+    dlsys.save(model, tmp_path / "m.npz", metadata={"input_shape": [1, 12, 12]})
+    assert dlsys.load(tmp_path / "m.npz").metadata == {"input_shape": [1, 12, 12]}
+    for bad in ("784", (0, 3), (2.5,), 7):
+        with pytest.raises(ArgumentTypeError, match="input_shape must be a tuple of positive"):
+            dlsys.save(model, tmp_path / "bad.npz", input_shape=bad)
