@@ -20,6 +20,7 @@ from typing import NoReturn
 
 from dlsys.data.mnist import DATA_ENV_VAR, DEFAULT_DATA_DIR, DEFAULT_VAL_CAP
 from dlsys.errors import DlsysError, TrainingError
+from dlsys.frontend.images import INVERT_CHOICES
 from dlsys.frontend.settings import (
     DEFAULT_HIDDEN,
     DEFAULT_LR,
@@ -212,6 +213,11 @@ def build_parser() -> Parser:
                     "arrays of pixels in [0, 1].")
     predict.add_argument("model", type=Path, help=MODEL_HELP)
     predict.add_argument("images", type=Path, nargs="+", help="image files")
+    predict.add_argument("--invert", choices=INVERT_CHOICES, default="auto",
+                         help="read PNG/JPEG images as dark on light and invert them: auto "
+                              "(default) when most of an image's border is light, as on a "
+                              "photo of a shoe on white paper; the models learnt light on "
+                              "dark, as in MNIST")
     return parser
 
 
@@ -300,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
                     inference.evaluate_command(args.model, args.data, args.batch_size,
                                                args.confusion_png, log=_print)
                 else:
-                    inference.predict_command(args.model, args.images, log=_print)
+                    inference.predict_command(args.model, args.images, log=_print,
+                                              invert=args.invert)
     except TrainingError as e:
         print(f"{PROG}{_rank()}: training failed: {e}", file=sys.stderr)
         return _exit_status(1, e)

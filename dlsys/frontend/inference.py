@@ -7,7 +7,6 @@ the inputs and summarises the outputs (argmax, the confusion matrix).
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -18,15 +17,14 @@ from dlsys import autodiff as ad
 from dlsys import nn
 from dlsys.data.mnist import NUM_CLASSES, Split, load_dataset
 from dlsys.errors import DataError
+from dlsys.frontend.images import read_image
 from dlsys.nn import functional as F
 from dlsys.nn.serialization import infer_input_shape, output_shape
 
-# One image as a model takes it, and one image file as it is decoded: 2^24 elements (a
-# 4096 x 4096 grey image, 64 MiB as float32). MNIST's is 784; a model file that records
-# more, or a PNG whose header declares more pixels, is refused before anything is resized
-# or decoded.
+# One image as a model takes it: 2^24 elements (a 4096 x 4096 grey image, 64 MiB as
+# float32). MNIST's is 784; a model file that records more is refused before anything is
+# allocated for it.
 MAX_INPUT_ELEMENTS = 1 << 24
-MAX_IMAGE_PIXELS = 1 << 24
 
 
 class Evaluator:
@@ -242,62 +240,23 @@ def plot_confusion(matrix: np.ndarray, names: list[str], path: Path, title: str)
     plt.close(fig)
 
 
-def read_image(path: Path, input_shape: tuple[int, ...]) -> np.ndarray:
-    """One image as the model's input: PNG/JPEG grey-scaled and resized (pixels in [0, 1]),
-    or a ``.npy`` array of pixels in [0, 1] with the input's number of elements."""
-    size = math.prod(input_shape)
-    side = math.isqrt(size)
-    if path.suffix.lower() == ".npy":
-        try:
-            # Mapped, not read: its header's shape is checked before its data is loaded.
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise DataError(f"{path}: not a readable .npy array ({err})") from None
-        if array.size != size or not np.issubdtype(array.dtype, np.number) \
-                or np.iscomplexobj(array):
-            raise DataError(f"{path}: needs {size} real pixel values, got an array of "
-                            f"{array.dtype} with shape {array.shape}")
-        pixels = array.astype(np.float32)
-        if not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 1:
-            raise DataError(f"{path}: pixel values must be finite and in [0, 1]")
-        return pixels.reshape(input_shape)
-    if side * side != size:
-        raise DataError(f"the model's input {input_shape} is not a square image")
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        # PIL only warns between its own limit and twice it; here a bomb is an error.
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:  # reads the header: the size, no pixels yet
-                width, height = image.size
-                if width * height > MAX_IMAGE_PIXELS:
-                    raise DataError(f"{path}: an image of {width}x{height} pixels, more than "
-                                    f"the {MAX_IMAGE_PIXELS} dlsys predict decodes")
-                grey = image.convert("L").resize((side, side))
-                pixels = np.asarray(grey, dtype=np.float32) / 255.0
-    except UnidentifiedImageError:
-        raise DataError(f"{path}: not an image (PNG or JPEG) nor a .npy array") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise DataError(f"{path}: too large an image to decode ({err})") from None
-    except OSError as err:
-        raise DataError(f"{path}: cannot read the image ({err})") from None
-    return pixels.reshape(input_shape)
-
-
 def predict_command(model_path: Path, images: Sequence[Path],
-                    log: Callable[[str], None] = print) -> list[tuple[str, float]]:
-    """``dlsys predict``: each image's most probable class and its probability."""
+                    log: Callable[[str], None] = print,
+                    invert: str = "auto") -> list[tuple[str, float]]:
+    """``dlsys predict``: each image's most probable class and its probability (``invert``:
+    see :func:`dlsys.frontend.images.read_image`)."""
     model = _load(model_file(model_path))
     input_shape = tuple(model.metadata["input_shape"])
-    batch = np.stack([read_image(Path(p), input_shape) for p in images])
+    read = [read_image(Path(p), input_shape, invert) for p in images]
+    batch = np.stack([pixels for pixels, _ in read])
     evaluator = Evaluator(model, len(batch))
     _check_outputs(model_path, evaluator.logits_shape(input_shape))
     probabilities = evaluator.probabilities(batch)
     names = _class_names(model, probabilities.shape[1])
     results = []
-    for path, row in zip(images, probabilities):
+    for path, row, (_, inverted) in zip(images, probabilities, read):
         best = int(row.argmax())
         results.append((names[best], float(row[best])))
-        log(f"{path}: {names[best]} ({100 * row[best]:.1f}%)")
+        how = ", inverted" if inverted else ""  # read as light on dark, as the model learnt
+        log(f"{path}: {names[best]} ({100 * row[best]:.1f}%{how})")
     return results
