@@ -35,6 +35,8 @@ from dlsys.frontend.settings import SCHEDULE_NAMES as LR_SCHEDULES
 
 PROG = "dlsys"
 MODEL_HELP = "model file (.npz from dlsys train or dlsys.save, or .onnx), or a run folder"
+CLASSES_HELP = ("the classes' names, comma-separated or a file of one per line (default: the "
+                "names the model file records, else the indices)")
 
 
 def _bounded(convert: Callable[[str], float], what: str,
@@ -206,6 +208,7 @@ def build_parser() -> Parser:
                           help="images per kernel call (default 1000)")
     evaluate.add_argument("--confusion-png", type=Path, default=None,
                           help="also draw the confusion matrix into this PNG")
+    evaluate.add_argument("--classes", default=None, help=CLASSES_HELP)
     predict = parser.add_command(
         commands, "predict", help="classify images with a saved model",
         description="Print each image's most probable class and its probability. Images are "
@@ -218,6 +221,7 @@ def build_parser() -> Parser:
                               "(default) when most of an image's border is light, as on a "
                               "photo of a shoe on white paper; the models learnt light on "
                               "dark, as in MNIST")
+    predict.add_argument("--classes", default=None, help=CLASSES_HELP)
     return parser
 
 
@@ -302,12 +306,14 @@ def main(argv: list[str] | None = None) -> int:
                 # Imported after parsing so that --help and flag errors do not wait for TVM.
                 from dlsys.frontend import inference
 
+                classes = (None if args.classes is None
+                           else inference.class_names_option(args.classes))
                 if args.command == "eval":
                     inference.evaluate_command(args.model, args.data, args.batch_size,
-                                               args.confusion_png, log=_print)
+                                               args.confusion_png, log=_print, classes=classes)
                 else:
                     inference.predict_command(args.model, args.images, log=_print,
-                                              invert=args.invert)
+                                              invert=args.invert, classes=classes)
     except TrainingError as e:
         print(f"{PROG}{_rank()}: training failed: {e}", file=sys.stderr)
         return _exit_status(1, e)

@@ -32,12 +32,17 @@ class Evaluator:
     run in batches of ``batch_size``.
 
     A last, smaller batch runs on an executor of its own, so that neither executor re-plans
-    (each keeps the plan of its one batch shape).
+    (each keeps the plan of its one batch shape). With ``fixed_batch`` (a file that fixes its
+    batch size, as PyTorch's ONNX export does: its graph may mix rows, in a reshape that
+    bakes the batch in, and that batch is the only one its author ran) the last batch is
+    padded with zero images to ``batch_size`` instead, and the padding left out of every
+    result.
     """
 
     def __init__(self, model: nn.Module, batch_size: int, ctx=None,
-                 input_shape: Sequence[int] | None = None):
+                 input_shape: Sequence[int] | None = None, fixed_batch: bool = False):
         self.batch_size = batch_size
+        self.fixed_batch = fixed_batch
         # Images arrive as rows of pixels; a convolutional model views them as C x H x W.
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.x, self.labels = ad.Variable("x"), ad.Variable("labels")
@@ -73,16 +78,33 @@ class Evaluator:
             return images
         return images.reshape(len(images), *self.input_shape)
 
+    def _padded(self, images: np.ndarray) -> np.ndarray:
+        """``images`` with zero images after them up to a whole batch."""
+        padding = np.zeros((self.batch_size - len(images), *images.shape[1:]), images.dtype)
+        return np.concatenate([images, padding])
+
+    def _padded_labels(self, labels: np.ndarray, images: np.ndarray) -> np.ndarray:
+        """One-hot rows for ``labels``, then all-zero rows for the padding: cross-entropy
+        adds nothing for a row labelled all 0, so the batch's mean loss is the real rows'
+        sum over the whole batch."""
+        classes = output_shape(self.nodes[0], self.x, images.shape[1:])[1]
+        rows = np.zeros((self.batch_size, classes), np.float32)
+        rows[np.arange(len(labels)), labels.astype(int)] = 1
+        return rows
+
     def evaluate(self, split: Split) -> tuple[float, float, np.ndarray]:
         """Mean loss, accuracy and logits over ``split``."""
         logits, total_loss = [], 0.0
         for start in range(0, len(split), self.batch_size):
             images = self._shaped(split.images[start:start + self.batch_size])
             labels = split.labels[start:start + self.batch_size]
-            executor = self._executor(True, len(images) < self.batch_size)
-            out, loss = executor.run({self.x: images, self.labels: labels},
-                                     convert_to_numpy_ret_vals=True)
-            logits.append(out)
+            count, tail = len(images), len(images) < self.batch_size
+            if tail and self.fixed_batch:
+                labels = self._padded_labels(labels, images)
+                images = self._padded(images)
+            out, loss = self._executor(True, tail).run({self.x: images, self.labels: labels},
+                                                       convert_to_numpy_ret_vals=True)
+            logits.append(out[:count])
             total_loss += float(loss[0]) * len(images)
         all_logits = np.concatenate(logits)
         accuracy = float(np.mean(np.argmax(all_logits, axis=1) == split.labels))
@@ -93,8 +115,11 @@ class Evaluator:
         rows = []
         for start in range(0, len(images), self.batch_size):
             chunk = self._shaped(images[start:start + self.batch_size])
-            executor = self._executor(False, len(chunk) < self.batch_size)
-            rows.append(executor.run({self.x: chunk}, convert_to_numpy_ret_vals=True)[1])
+            count, tail = len(chunk), len(chunk) < self.batch_size
+            if tail and self.fixed_batch:
+                chunk = self._padded(chunk)
+            out = self._executor(False, tail).run({self.x: chunk}, convert_to_numpy_ret_vals=True)
+            rows.append(out[1][:count])
         return np.concatenate(rows)
 
 
@@ -174,21 +199,63 @@ def _load_onnx(path: Path) -> nn.Module:
         raise DataError(f"{path}: input {model.input_names[0]!r} has shape {dims}; dlsys eval "
                         f"and predict need every dimension after the batch fixed")
     _check_input_size(path, dims[1:])
-    model.metadata = {"input_shape": list(dims[1:])}
+    # Beside what the importer read from the file (the class names its metadata records).
+    model.metadata = {**model.metadata, "input_shape": list(dims[1:])}
     return model
 
 
-def _class_names(model: nn.Module, count: int) -> list[str]:
+# A --classes file: a name a line, for at most a few thousand classes.
+MAX_CLASSES_FILE_BYTES = 1 << 20
+
+
+def class_names_option(text: str) -> list[str]:
+    """``--classes``: a file of one name a line, or names separated by commas."""
+    path = Path(text)
+    if path.is_file():
+        if path.stat().st_size > MAX_CLASSES_FILE_BYTES:
+            raise DataError(f"--classes {path}: over {MAX_CLASSES_FILE_BYTES} bytes; a classes "
+                            f"file holds one name a line")
+        try:
+            names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as err:
+            raise DataError(f"--classes {path}: unreadable ({err})") from None
+    else:
+        names = [name.strip() for name in text.split(",")]
+    if not names or not all(names):
+        raise DataError(f"--classes {text!r}: give names separated by commas, or a file of "
+                        f"one name a line")
+    return names
+
+
+def _class_names(model: nn.Module, count: int, given: list[str] | None = None) -> list[str]:
+    """What each of the model's ``count`` outputs means: ``--classes``, else the names the
+    file records, else the indices."""
+    if given is not None:
+        if len(given) != count:
+            raise DataError(f"--classes names {len(given)} classes; the model has {count} "
+                            f"outputs")
+        return given
     names = getattr(model, "metadata", {}).get("classes")
     if isinstance(names, list) and len(names) == count and all(isinstance(n, str) for n in names):
         return names
     return [str(i) for i in range(count)]
 
 
+def _fixed_batch(model: nn.Module, path: Path, log: Callable[[str], None]) -> int | None:
+    """The batch size an ONNX file fixes (None for a free one, and for dlsys's own files),
+    announced: the images then run in batches of exactly that size."""
+    fixed = getattr(model, "fixed_batch", None)
+    if fixed is not None:
+        log(f"{path} fixes the batch size at {fixed}: images run in batches of {fixed}, the "
+            f"last padded")
+    return fixed
+
+
 def evaluate_command(model_path: Path, data: str | None, batch_size: int,
-                     confusion_png: Path | None, log: Callable[[str], None] = print) -> dict:
+                     confusion_png: Path | None, log: Callable[[str], None] = print,
+                     classes: list[str] | None = None) -> dict:
     """``dlsys eval``: loss, accuracy, per-class accuracy and confusion matrix on the test
-    split; returns them as a dict."""
+    split; returns them as a dict. ``classes``: names for the model's outputs."""
     model_path = model_file(model_path)
     model = _load(model_path)
     dataset = load_dataset(data)
@@ -196,12 +263,14 @@ def evaluate_command(model_path: Path, data: str | None, batch_size: int,
     if math.prod(dataset.test.images.shape[1:]) != math.prod(expected):
         raise DataError(f"{dataset.source}: images of shape {dataset.test.images.shape[1:]}, "
                         f"the model takes {expected}")
-    evaluator = Evaluator(model, min(batch_size, len(dataset.test)), input_shape=expected)
-    _check_outputs(model_path, evaluator.logits_shape(expected), NUM_CLASSES)
+    fixed = _fixed_batch(model, model_path, log)
+    evaluator = Evaluator(model, fixed or min(batch_size, len(dataset.test)),
+                          input_shape=expected, fixed_batch=fixed is not None)
+    outputs = evaluator.logits_shape(expected)
+    _check_outputs(model_path, outputs, NUM_CLASSES)
+    names = _class_names(model, outputs[1], classes)
     loss, accuracy, logits = evaluator.evaluate(dataset.test)
-    classes = logits.shape[1]
-    names = _class_names(model, classes)
-    matrix = confusion_matrix(dataset.test.labels, logits.argmax(axis=1), classes)
+    matrix = confusion_matrix(dataset.test.labels, logits.argmax(axis=1), outputs[1])
     per_class = matrix.diagonal() / np.maximum(matrix.sum(axis=1), 1)
     log(f"{model_path} on {dataset.source} test split ({len(dataset.test)} images)")
     log(f"loss {loss:.4f}  accuracy {100 * accuracy:.2f}%")
@@ -241,18 +310,21 @@ def plot_confusion(matrix: np.ndarray, names: list[str], path: Path, title: str)
 
 
 def predict_command(model_path: Path, images: Sequence[Path],
-                    log: Callable[[str], None] = print,
-                    invert: str = "auto") -> list[tuple[str, float]]:
+                    log: Callable[[str], None] = print, invert: str = "auto",
+                    classes: list[str] | None = None) -> list[tuple[str, float]]:
     """``dlsys predict``: each image's most probable class and its probability (``invert``:
-    see :func:`dlsys.frontend.images.read_image`)."""
-    model = _load(model_file(model_path))
+    see :func:`dlsys.frontend.images.read_image`; ``classes``: names for the outputs)."""
+    model_path = model_file(model_path)
+    model = _load(model_path)
     input_shape = tuple(model.metadata["input_shape"])
     read = [read_image(Path(p), input_shape, invert) for p in images]
     batch = np.stack([pixels for pixels, _ in read])
-    evaluator = Evaluator(model, len(batch))
-    _check_outputs(model_path, evaluator.logits_shape(input_shape))
+    fixed = _fixed_batch(model, model_path, log)
+    evaluator = Evaluator(model, fixed or len(batch), fixed_batch=fixed is not None)
+    outputs = evaluator.logits_shape(input_shape)
+    _check_outputs(model_path, outputs)
+    names = _class_names(model, outputs[1], classes)
     probabilities = evaluator.probabilities(batch)
-    names = _class_names(model, probabilities.shape[1])
     results = []
     for path, row, (_, inverted) in zip(images, probabilities, read):
         best = int(row.argmax())
