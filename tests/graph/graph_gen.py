@@ -18,6 +18,8 @@ from dlsys import autodiff as ad
 from dlsys.graph import Node, find_topo_sort
 from dlsys.ops import ELEMENTWISE_OPS, BroadcastBinaryOp
 from dlsys.ops.conv import windows
+from dlsys.ops.norm import batchnorm2d_op
+from dlsys.ops.placeholder import Parameter
 from dlsys.ops.reshape import flatten_op
 
 # Binary operators whose operands broadcast (add, mul, sub, div...), from the registry.
@@ -129,6 +131,21 @@ def _max_pool_gaps_are_clear(x: np.ndarray, attrs: dict) -> bool:
     return bool(np.all((gaps == 0) | (gaps > 1e-3) | np.isnan(gaps)))
 
 
+def _batchnorm_node(draw, x: Node, shape: tuple, placeholder) -> Node:
+    """Batch norm in training mode over the 4-d value ``x`` (new gamma and beta placeholders,
+    running statistics as parameters), its momentum often at an end of [0, 1]: a
+    coefficient of 0 or 1 lets TE simplify a term of the running update away, which once
+    broke the kernel's build. eps stays where finite differences hold (a tiny one makes
+    x_hat's slope too steep for them); the kernel tests cover its extremes."""
+    channels = (shape[1],)
+    momentum = draw(st.sampled_from([0.0, 1.0]) | st.floats(0.0, 1.0))
+    eps = draw(st.sampled_from([1e-5, 1.0]) | st.floats(1e-3, 10.0))
+    running = [Parameter(np.zeros(channels), "running_mean"),
+               Parameter(np.ones(channels), "running_var")]
+    return batchnorm2d_op(x, placeholder(channels), placeholder(channels), *running,
+                          training=True, momentum=momentum, eps=eps)
+
+
 @dataclass
 class RandomGraph:
     """A random dlsys graph with its feeds and what may be differentiated."""
@@ -205,6 +222,7 @@ def random_graphs(draw, max_ops: int = 7, allow_softmax: bool = True) -> RandomG
         if len(shape) == 4:
             # Weighted up against the many elementwise operators, so that windows show up.
             ops += ["conv2d", "maxpool", "avgpool"] * 4 + ["global_avgpool", "flatten"]
+            ops += ["batchnorm"] * 2
         op = draw(st.sampled_from(ops))
         if isinstance(op, tuple):
             binary = BROADCASTING_OPS[op[1]]
@@ -250,6 +268,8 @@ def random_graphs(draw, max_ops: int = 7, allow_softmax: bool = True) -> RandomG
                 # difference (exact ties, broadcast copies of one value, are fine).
                 value = numpy_eval([current], graph.feeds)[0]
                 assume(_max_pool_gaps_are_clear(value, node.attrs))
+        elif op == "batchnorm":
+            node = _batchnorm_node(draw, current, shape, placeholder)
         elif op == "global_avgpool":
             node = ad.global_avgpool_op(current)
         elif op == "flatten":

@@ -29,8 +29,9 @@ def _eval_nodes(graph, draw_subset):
 
 def _feeds_for(executor, graph):
     """The feeds the executor reads: an operator such as OnesLike cuts its output off from
-    placeholders upstream, and an executor refuses feeds it never reads."""
-    return {p: graph.feeds[p] for p in executor.placeholders}
+    placeholders upstream, and an executor refuses feeds it never reads. Parameters (batch
+    norm's running statistics) hold their values and are not fed."""
+    return {p: graph.feeds[p] for p in executor.placeholders if p in graph.feeds}
 
 
 def _peak_by_rescanning(prepared, keep) -> int:

@@ -38,6 +38,67 @@ def test_training_normalises_and_updates_the_running_statistics():
     np.testing.assert_allclose(layer.running_mean.numpy(), 0.19 * mean.ravel(), rtol=1e-5)
 
 
+ONNX_NAMES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
+
+
+def _training_steps(executor, x, state, momentum: float, steps: int = 2) -> None:
+    """Run ``steps`` training steps and check each output and the running statistics
+    against PyTorch's rule, computed in float64: running = (1 - momentum) * running +
+    momentum * batch statistic, the variance unbiased. ``state()`` reads the layer's
+    weight, bias, running_mean and running_var as they are now."""
+    start = state()
+    running = [start[name].astype(np.float64) for name in ("running_mean", "running_var")]
+    channel = (1, -1, 1, 1)
+    gamma, beta = (start[name].reshape(channel) for name in ("weight", "bias"))
+    rng = np.random.default_rng(5)
+    for _ in range(steps):
+        values = rng.normal(1.0, 2.0, size=(4, 3, 5, 7)).astype(np.float32)
+        (out,) = executor.run({x: values}, convert_to_numpy_ret_vals=True)
+        mean = values.mean(axis=(0, 2, 3), dtype=np.float64)
+        var = values.var(axis=(0, 2, 3), dtype=np.float64)
+        expected = (values - mean.reshape(channel)) / np.sqrt(var.reshape(channel) + 1e-5)
+        np.testing.assert_allclose(out, expected * gamma + beta, rtol=1e-4, atol=1e-5)
+        batch = [mean, values.var(axis=(0, 2, 3), ddof=1, dtype=np.float64)]
+        running = [(1 - momentum) * r + momentum * b for r, b in zip(running, batch)]
+        now = state()
+        for name, want in zip(("running_mean", "running_var"), running):
+            np.testing.assert_allclose(now[name], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.3, 1.0])
+def test_every_momentum_trains_as_pytorch_does(momentum):
+    """PyTorch accepts momentum 0 (the running statistics stay) and 1 (they are the last
+    batch's). At 0 TE simplified the batch statistic out of the running update's kernel,
+    whose schedule then found no NCHW block to read the plane from and failed to build."""
+    layer = _layer(momentum=momentum)
+    layer.running_mean.assign([0.5, -1.0, 2.0])
+    layer.running_var.assign([4.0, 0.25, 1.0])
+    x = ad.Variable("x")
+    _training_steps(ad.Executor([layer(x)]), x, layer.state_dict, momentum)
+
+
+def test_onnx_batch_norm_with_momentum_one_trains():
+    """ONNX weighs the running statistic by its momentum: 1.0 is PyTorch's 0.0."""
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    import dlsys.onnx as donnx
+
+    inits = {"scale": [0.5, 1.0, 1.5], "bias": [0.1, -0.2, 0.3], "mean": [0.5, -1.0, 2.0],
+             "var": [4.0, 0.25, 1.0]}
+    node = helper.make_node("BatchNormalization", ["x", *inits], ["y"], momentum=1.0)
+    value = {n: helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 3, 5, 7])
+             for n in ("x", "y")}
+    graph = helper.make_graph([node], "bn", [value["x"]], [value["y"]],
+                              [numpy_helper.from_array(np.array(a, np.float32), n)
+                               for n, a in inits.items()])
+    module = donnx.import_model(helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)).train()
+    x = ad.Variable("x")
+    _training_steps(ad.Executor([module(x)]), x,
+                    lambda: {ONNX_NAMES[k]: v for k, v in module.state_dict().items()}, 0.0)
+
+
 def test_eval_mode_uses_the_running_statistics():
     layer = _layer()
     layer.running_mean.assign([0.5, -1.0, 2.0])
