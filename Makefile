@@ -68,6 +68,7 @@ bench: setup-test data
 	$(VENV_PYTHON) benchmarks/bench_matmul.py
 	$(VENV_PYTHON) benchmarks/bench_startup.py
 	$(VENV_PYTHON) benchmarks/bench_optim.py
+	$(VENV_PYTHON) benchmarks/bench_reduce.py
 	$(VENV_PYTHON) benchmarks/bench_onnx.py
 	$(VENV_PYTHON) benchmarks/bench_distributed.py
 	$(VENV_PYTHON) benchmarks/bench_cnn.py

@@ -149,8 +149,10 @@ def schedule_row_softmax(sch: s_tir.Schedule) -> None:
 
 def schedule_row_loss(sch: s_tir.Schedule) -> None:
     """Row-wise reductions that end in a scalar mean over the rows (the loss): the row
-    blocks share one parallel row loop, and the mean runs after it."""
-    *producers, last, _mean = _all_blocks(sch)
+    blocks share one parallel row loop, and the mean's total and scale run after it."""
+    blocks = _all_blocks(sch)
+    last = sch.get_sblock("row_loss")
+    producers = blocks[:[sch.get(b).name_hint for b in blocks].index("row_loss")]
     _rows_in_parallel(sch, producers, last)
 
 

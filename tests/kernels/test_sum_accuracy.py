@@ -77,3 +77,20 @@ def test_batchnorm_channel_sums_and_statistics_match_numpy(shape):
     mean = _run(KernelSpec("running_statistic", (shape, "mean", 1.0)).build("llvm", "float32"),
                 running, x)
     _assert_close(mean, x.mean(axis=(0, 2, 3), dtype=np.float64))
+
+
+@pytest.mark.parametrize("fused_with_gradient", [False, True])
+def test_mean_loss_of_a_large_batch(fused_with_gradient):
+    # The loss's mean over 2**20 rows: a float32 total drifted by 6e-6 relative.
+    rng = np.random.default_rng(0)
+    rows = 1 << 20
+    logits = rng.standard_normal((rows, 10)).astype(np.float32)
+    labels = np.eye(10, dtype=np.float32)[rng.integers(0, 10, rows)]
+    y, y_ = ad.Variable("y"), ad.Variable("y_")
+    loss = ad.softmaxcrossentropy_op(y, y_)
+    nodes = [loss, *ad.gradients(loss, [y])] if fused_with_gradient else [loss]
+    got = ad.Executor(nodes).run({y: logits, y_: labels}, convert_to_numpy_ret_vals=True)[0]
+    wide = logits.astype(np.float64)
+    shifted = wide - wide.max(axis=1, keepdims=True)
+    log_softmax = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    _assert_close(got, np.array([-(labels * log_softmax).sum(axis=1).mean()]))
