@@ -1,10 +1,11 @@
 """The executor: runs what the graph passes decided, and nothing else.
 
-For each new set of feed shapes it runs the passes once (shape inference, step
-construction, memory planning), allocates one buffer per storage id, compiles or fetches
-each step's kernel, and freezes the result into a flat list of ``(kernel, arguments)``
-calls. A ``run`` with the same shapes only checks and binds the feeds and walks that list:
-it allocates no device memory and looks nothing up per kernel call.
+For each new set of feed shapes it compiles the graph once (``passes.pipeline.compile``:
+shape inference, lowering, fusion, constant folding, memory planning, kernels), allocates
+one buffer per storage id of the program's memory plan, and freezes the program's steps into
+a flat list of ``(kernel, arguments)`` calls. A ``run`` with the same shapes only checks and
+binds the feeds and walks that list: it allocates no device memory and looks nothing up per
+kernel call.
 """
 
 from __future__ import annotations
@@ -21,11 +22,7 @@ import tvm_ffi
 from dlsys.errors import ArgumentError, ArgumentTypeError, DtypeError, FeedError, ShapeError
 from dlsys.graph import Node, Shape, find_topo_sort, short_name
 from dlsys.kernels.build import SUPPORTED_DTYPES
-from dlsys.passes.fusion import eliminate_dead_steps, fuse_epilogues
-from dlsys.passes.lower import Step, build_steps
-from dlsys.passes.memory_plan import MemoryPlan, order_problems, plan_memory
-from dlsys.passes.prepack import constant_values, pack_constant_operands
-from dlsys.passes.shape_inference import infer_shapes
+from dlsys.passes import pipeline
 
 
 @dataclass
@@ -33,8 +30,8 @@ class _Prepared:
     """Everything that depends on one set of feed shapes."""
 
     shapes: dict[Node, Shape]
-    steps: list[Step]
-    plan: MemoryPlan
+    steps: list[pipeline.Step]
+    plan: pipeline.MemoryPlan
     calls: list[tuple]                        # (packed function, argument tuple)
     # placeholder -> (call, argument position, shape read there: an alias may reshape it)
     feed_slots: dict[Node, list[tuple[int, int, Shape]]]
@@ -60,6 +57,7 @@ class _Prepared:
     # was rebound, until the next save.
     state_backups: dict = field(default_factory=dict)
     state_pairs: list | None = None
+    program: pipeline.Program | None = None   # what the pipeline compiled (``program()``)
 
     def owns_memory_of(self, value) -> bool:
         """Whether ``value`` (a TVM tensor or a contiguous array of the executor's dtype)
@@ -310,39 +308,43 @@ class Executor:
 
     # ------------------------------------------------------------- planning
     def _prepare(self, feed_shapes: dict[Node, Shape]) -> _Prepared:
-        shapes = infer_shapes(self.topo_order, feed_shapes)
-        keep = set(self.eval_node_list)
-        steps = build_steps(self.topo_order, shapes)
-        steps = (fuse_epilogues(steps, shapes, keep) if self.fuse
-                 else eliminate_dead_steps(steps, keep))
-        constant: set[Node] = set()
-        constant_params: tuple = ()
-        if self.constants:
-            # A parameter a kernel updates in place changes within the run: not a constant.
-            updated = {s.writes_state for s in steps if s.writes_state is not None}
-            constant_params = tuple(p for p in self.placeholders
-                                    if p in self.constants and p not in updated)
-            constant = constant_values(steps, set(constant_params), keep)
-            if self.target == "llvm":  # the packed layouts are the CPU matmul's
-                steps, shapes = pack_constant_operands(steps, shapes, constant, self.dtype)
-                constant = constant_values(steps, set(constant_params), keep)
-        # Constant steps read only constants, so they can all run first, once.
-        hoisted = [s for s in steps if s.output in constant]
-        per_run = [s for s in steps if s.output not in constant]
-        steps = hoisted + per_run
-        misordered = order_problems(steps)
-        if misordered:  # a pass broke the schedule: never run it and return stale values
-            raise RuntimeError("dlsys internal error, please report: " + "; ".join(misordered))
-        itemsize = np.dtype(self.dtype).itemsize
-        try:
-            plan = plan_memory(per_run, shapes, keep, itemsize, share=self.plan_memory,
-                               contiguous=self.contiguous)
-        except ValueError as err:  # a contiguous group that cannot be placed
-            raise ArgumentError(f"Executor: {err}") from None
-        # The reference is one buffer per node of the graph as written, before fusion
-        # removed some of them, so the figure shows what fusion and planning save together.
-        plan.naive_bytes = itemsize * sum(int(np.prod(shapes[n])) for n in self.topo_order
-                                          if not n.op.is_placeholder)
+        """Compile the graph for these feed shapes (``passes.pipeline``), then allocate its
+        buffers and freeze its kernel calls with their arguments."""
+        options = pipeline.CompileOptions(
+            dtype=self.dtype, target=self.target, fuse=self.fuse,
+            share_memory=self.plan_memory, contiguous=tuple(self.contiguous),
+            constants=self.constants)
+        program = pipeline.compile(self.eval_node_list, feed_shapes, options)
+        value, source, feed_buffers, owned_ranges, group = self._allocate(program)
+        calls, feed_slots = self._bind_calls(program, value, source)
+        shapes = program.shapes
+        outputs = [(source[n], shapes[n]) if n in source else value[n]
+                   for n in self.eval_node_list]
+        self._bound = dict(feed_buffers)
+        feed_arrays = ({p: np.from_dlpack(t) for p, t in feed_buffers.items()}
+                       if self.target == "llvm" else {})
+        state_backups = {s: tvm.runtime.empty(shapes[s], self.dtype, self.ctx)
+                         for s in program.state_targets}
+        hoisted = program.steps[:program.first_per_run_step]
+        return _Prepared(shapes, program.steps, program.plan, calls, feed_slots, feed_buffers,
+                         outputs, owned_ranges, program.state_targets, group,
+                         first_per_run_call=sum(step.alias_of is None for step in hoisted),
+                         constant_params=program.constant_params,
+                         constant_values=program.constant_values,
+                         feed_arrays=feed_arrays, itemsize=program.plan.itemsize,
+                         state_backups=state_backups, program=program)
+
+    def _allocate(self, program: pipeline.Program) -> tuple:
+        """A tensor for every value the program reads or writes, and who owns it.
+
+        Returns ``(value, source, feed_buffers, owned_ranges, contiguous_buffer)``: ``value``
+        maps each node to its tensor (a view of a planned storage, a feed buffer, or a
+        constant's buffer); ``source`` maps each placeholder, and each value living in a
+        placeholder's tensor (a view of a feed, a state updated in place), to that
+        placeholder, whose tensor a run may rebind; ``owned_ranges`` are the address ranges
+        of every buffer allocated here.
+        """
+        shapes, plan, steps = program.shapes, program.plan, program.steps
         storage = [tvm.runtime.empty((n,), self.dtype, self.ctx) for n in plan.storage_elements]
         feed_buffers = {p: tvm.runtime.empty(shapes[p], self.dtype, self.ctx)
                         for p in self.placeholders}
@@ -351,7 +353,7 @@ class Executor:
             value[node] = _view_at(storage[sid], plan.offset_of.get(node, 0), shapes[node])
         # Constant values live across runs: a buffer each, outside the plan.
         constant_buffers: list[tvm.runtime.Tensor] = []
-        for step in hoisted:
+        for step in steps[:program.first_per_run_step]:
             if step.alias_of is None:
                 for out in step.outputs:
                     value[out] = tvm.runtime.empty(shapes[out], self.dtype, self.ctx)
@@ -363,42 +365,35 @@ class Executor:
             if step.alias_of is not None and step.alias_of in source:
                 source[step.output] = source[step.alias_of]
                 value[step.output] = _view(value[step.alias_of], shapes[step.output])
-            elif step.alias_of is not None and step.alias_of in constant:
+            elif step.alias_of is not None and step.alias_of in program.constant_values:
                 value[step.output] = _view(value[step.alias_of], shapes[step.output])
             elif step.writes_state is not None:
                 # The kernel writes the new state into the state's own (bound) tensor.
                 source[step.output] = step.writes_state
                 value[step.output] = value[step.writes_state]
-
+        itemsize = plan.itemsize
         owned_ranges = [(t.data_ptr(), t.data_ptr() + t.numel() * itemsize)
                         for t in (*storage, *feed_buffers.values(), *constant_buffers)]
+        group = storage[plan.contiguous_storage] if plan.contiguous_storage is not None else None
+        return value, source, feed_buffers, owned_ranges, group
+
+    def _bind_calls(self, program: pipeline.Program, value: dict, source: dict
+                    ) -> tuple[list[tuple], dict[Node, list[tuple[int, int, Shape]]]]:
+        """The run's kernel calls, ``(packed function, arguments)`` in order, and each
+        placeholder's argument slots ``(call, position, shape read there)``, which ``_rebind``
+        points at the tensor fed."""
         calls: list[tuple] = []
         feed_slots: dict[Node, list[tuple[int, int, Shape]]] = {p: [] for p in self.placeholders}
-        for step in steps:
-            if step.alias_of is not None:
-                continue
-            kernel = step.kernel.build(self.target, self.dtype)
+        for step, kernel in zip(program.steps, program.kernels):
+            if kernel is None:
+                continue  # an alias: its value is its input's memory
             args = [value[i] for i in step.inputs] + [value[out] for out in step.outputs]
             for position, arg_node in enumerate(step.inputs + step.outputs):
                 if arg_node in source:
                     feed_slots[source[arg_node]].append((len(calls), position,
-                                                         shapes[arg_node]))
+                                                         program.shapes[arg_node]))
             calls.append((kernel.func, tuple(args)))
-        outputs = [(source[n], shapes[n]) if n in source else value[n]
-                   for n in self.eval_node_list]
-        self._bound = dict(feed_buffers)
-        state_targets = frozenset(s.writes_state for s in steps if s.writes_state is not None)
-        group = storage[plan.contiguous_storage] if plan.contiguous_storage is not None else None
-        feed_arrays = ({p: np.from_dlpack(t) for p, t in feed_buffers.items()}
-                       if self.target == "llvm" else {})
-        state_backups = {s: tvm.runtime.empty(shapes[s], self.dtype, self.ctx)
-                         for s in state_targets}
-        return _Prepared(shapes, steps, plan, calls, feed_slots, feed_buffers, outputs,
-                         owned_ranges, state_targets, group,
-                         first_per_run_call=sum(step.alias_of is None for step in hoisted),
-                         constant_params=constant_params, constant_values=frozenset(constant),
-                         feed_arrays=feed_arrays, itemsize=itemsize,
-                         state_backups=state_backups)
+        return calls, feed_slots
 
     def _rebind(self, prepared: _Prepared, placeholder: Node, tensor) -> None:
         """Point every argument slot of ``placeholder`` at ``tensor`` (only when it changed)."""
@@ -421,14 +416,49 @@ class Executor:
             return self._run(feed_dict, convert_to_numpy_ret_vals)
 
     def _run(self, feed_dict: dict, convert_to_numpy_ret_vals: bool) -> list:
+        """``run`` under the lock: check the feeds, compile for new shapes, bind, call."""
         self._saved_states = []  # a run that fails before its save leaves none to undo
         self._check_feed_keys(feed_dict)
-        bound = self._bound
         if self.dtype is None:
             # Parameters bind the tensor they hold unless the caller feeds another value.
             self._resolve_dtype({p: feed_dict[p] if p in feed_dict else p.data
                                  for p in self.placeholders})
+        feeds, signature, constant_fed = self._gather_feeds(feed_dict)
+        if signature != self._signature:
+            self._prepared = self._prepare({p: tuple(v.shape) for p, v in feeds.items()})
+            self._signature = signature
         prepared = self._prepared
+        if prepared.state_targets:
+            self._check_state_feeds(prepared, feeds, feed_dict)
+        refresh = prepared.constants_stale
+        if prepared.constant_params:
+            versions = tuple(p.version for p in prepared.constant_params)
+            refresh = refresh or constant_fed or versions != prepared.constant_versions
+        # Binding first: a constant bound to another tensor must be computed again.
+        refresh = self._bind_feeds(prepared, feeds) or refresh
+        if prepared.state_targets:
+            self._save_states(prepared)
+        first = 0 if refresh else prepared.first_per_run_call
+        for func, args in itertools.islice(prepared.calls, first, None):
+            func(*args)
+        if prepared.constant_params:
+            prepared.constants_stale = False
+            prepared.constant_versions = versions
+        for state in prepared.state_targets:
+            state.version += 1  # executors holding it as a constant recompute from it
+        results = [_view(self._bound[out[0]], out[1]) if isinstance(out, tuple) else out
+                   for out in prepared.outputs]
+        if convert_to_numpy_ret_vals:
+            if self.target == "llvm":  # a copy through numpy: TVM's numpy() costs 6 us more
+                return [np.from_dlpack(r).copy() for r in results]
+            return [r.numpy() for r in results]
+        return results
+
+    def _gather_feeds(self, feed_dict: dict) -> tuple[dict, tuple, bool]:
+        """Each placeholder's value for this run (fed, or the tensor a parameter holds),
+        checked and converted; the feed shapes (the plan's key); whether a constant was fed.
+        A value in the executor's own memory is copied here, before anything writes it."""
+        bound, prepared = self._bound, self._prepared
         feeds = {}
         shapes = []
         constant_fed = False
@@ -462,22 +492,24 @@ class Executor:
                 fed = _private_copy(fed)  # as above (a state must stay its own tensor)
             shapes.append(tuple(fed.shape))
             feeds[placeholder] = fed
-        signature = tuple(shapes)
-        if signature != self._signature:
-            self._prepared = self._prepare({p: tuple(v.shape) for p, v in feeds.items()})
-            self._signature = signature
-            bound = self._bound
-        prepared = self._prepared
+        return feeds, tuple(shapes), constant_fed
+
+    def _check_state_feeds(self, prepared: _Prepared, feeds: dict, feed_dict: dict) -> None:
+        """Refuse a state updated in place whose parameter holds a tensor the run would have
+        to convert: the update would go to the copy."""
         for state in prepared.state_targets:
             if state not in feed_dict and feeds[state] is not state.data:
                 # A converted copy would take the update, and the parameter would never see it.
                 raise DtypeError(f"{state.name} is updated in place by this graph, so it must "
                                  f"hold a {self.dtype} tensor on {self.ctx}, not "
                                  f"{state.data.dtype} on {state.data.device}")
-        refresh = prepared.constants_stale
-        if prepared.constant_params:
-            versions = tuple(p.version for p in prepared.constant_params)
-            refresh = refresh or constant_fed or versions != prepared.constant_versions
+
+    def _bind_feeds(self, prepared: _Prepared, feeds: dict) -> bool:
+        """Point the kernels' arguments at this run's feeds (copying those that must be
+        copied into the feed buffers); whether a constant value's input was rebound, so that
+        the constant values must be computed again."""
+        bound = self._bound
+        refresh = False
         for placeholder, fed in feeds.items():
             if fed is bound[placeholder]:
                 continue  # bound and checked at an earlier run
@@ -502,23 +534,7 @@ class Executor:
             if bound[placeholder] is not fed:
                 self._rebind(prepared, placeholder, fed)
                 refresh = refresh or placeholder in prepared.constant_values
-        if prepared.state_targets:
-            self._save_states(prepared)
-        first = 0 if refresh else prepared.first_per_run_call
-        for func, args in itertools.islice(prepared.calls, first, None):
-            func(*args)
-        if prepared.constant_params:
-            prepared.constants_stale = False
-            prepared.constant_versions = versions
-        for state in prepared.state_targets:
-            state.version += 1  # executors holding it as a constant recompute from it
-        results = [_view(self._bound[out[0]], out[1]) if isinstance(out, tuple) else out
-                   for out in prepared.outputs]
-        if convert_to_numpy_ret_vals:
-            if self.target == "llvm":  # a copy through numpy: TVM's numpy() costs 6 us more
-                return [np.from_dlpack(r).copy() for r in results]
-            return [r.numpy() for r in results]
-        return results
+        return refresh
 
     # --------------------------------------------------------------- states
     # A run saves every state it updates in place (batch norm's running statistics, dropout
@@ -562,6 +578,11 @@ class Executor:
             raise ShapeError("the executor has no plan yet: call run() first, so that the "
                              "feed shapes are known")
         return self._prepared
+
+    def program(self) -> pipeline.Program:
+        """The compiled program for the last feed shapes run (``print`` it for its table of
+        steps and memory plan)."""
+        return self._require_prepared().program
 
     def memory_stats(self) -> dict[str, int]:
         """The memory plan's figures for the last feed shapes run.

@@ -1,0 +1,308 @@
+"""The compile pipeline: from the nodes asked for and the feeds' shapes to a ``Program``.
+
+``PASSES`` below is the whole compiler, in the order it runs, one line per pass: each pass is
+a plain function over a ``Compilation`` (the values computed so far) and says which of them
+it reads (``requires``) and which it sets (``provides``), as NNVM's passes declare their graph
+attributes. ``compile`` runs them top to bottom and freezes the result into a ``Program``,
+which the executor allocates and runs; ``describe`` prints it as a table of steps and the
+memory plan, for people reading what the compiler made of their graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dlsys.errors import ArgumentError
+from dlsys.graph import Node, Shape, find_topo_sort, short_name
+from dlsys.kernels.build import Kernel
+from dlsys.passes.fusion import eliminate_dead_steps, fuse_epilogues
+from dlsys.passes.lower import Step, build_steps
+from dlsys.passes.memory_plan import MemoryPlan, order_problems, plan_memory
+from dlsys.passes.prepack import constant_values, pack_constant_operands
+from dlsys.passes.shape_inference import infer_shapes
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """How to compile: the element type and target, and the switches the tests compare.
+
+    ``fuse=False`` runs one kernel per node (fusion's reference); ``share_memory=False``
+    gives every value its own buffer (the planner's reference). ``contiguous``: values asked
+    for to place side by side in one buffer (every gradient, for one allreduce).
+    ``constants``: parameters whose values may be treated as fixed (folded and prepacked).
+    """
+
+    dtype: str = "float32"
+    target: str = "llvm"  # "llvm" (the CPU) or "cuda"
+    fuse: bool = True
+    share_memory: bool = True
+    contiguous: tuple[Node, ...] = ()
+    constants: frozenset[Node] = frozenset()
+
+
+@dataclass
+class Compilation:
+    """What the passes have computed so far; each pass reads and sets some of these fields
+    (``Pass.requires`` and ``Pass.provides`` name them)."""
+
+    outputs: list[Node]
+    feed_shapes: dict[Node, Shape]
+    options: CompileOptions
+    order: list[Node]                      # every node, inputs first
+    keep: set[Node]                        # the values asked for: never overwritten in a run
+    shapes: dict[Node, Shape] = field(default_factory=dict)
+    steps: list[Step] = field(default_factory=list)
+    constant_params: tuple[Node, ...] = ()
+    constant: set[Node] = field(default_factory=set)
+    first_per_run_step: int = 0
+    plan: MemoryPlan | None = None
+    kernels: list[Kernel | None] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One pass: ``run`` reads the ``requires`` fields of a ``Compilation`` and sets its
+    ``provides`` fields."""
+
+    name: str
+    run: Callable[[Compilation], None]
+    requires: tuple[str, ...]
+    provides: tuple[str, ...]
+
+
+# ------------------------------------------------------------------------------ the passes
+def _infer_shapes(c: Compilation) -> None:
+    c.shapes = infer_shapes(c.order, c.feed_shapes)
+
+
+def _lower(c: Compilation) -> None:
+    c.steps = build_steps(c.order, c.shapes)
+
+
+def _fuse(c: Compilation) -> None:
+    # Without fusion the dead steps still go (a value nobody reads), so both runs compare
+    # the same values.
+    c.steps = (fuse_epilogues(c.steps, c.shapes, c.keep) if c.options.fuse
+               else eliminate_dead_steps(c.steps, c.keep))
+
+
+def _fold_constants(c: Compilation) -> None:
+    if not c.options.constants:
+        return
+    # A parameter a kernel updates in place changes within the run: not a constant.
+    updated = {s.writes_state for s in c.steps if s.writes_state is not None}
+    c.constant_params = tuple(p for p in c.order if p in c.options.constants
+                              and p.op.is_placeholder and p not in updated)
+    c.constant = constant_values(c.steps, set(c.constant_params), c.keep)
+
+
+def _prepack(c: Compilation) -> None:
+    # The packed layouts are the CPU matmul's.
+    if c.constant and c.options.target == "llvm":
+        c.steps, c.shapes = pack_constant_operands(c.steps, c.shapes, c.constant,
+                                                   c.options.dtype)
+        c.constant = constant_values(c.steps, set(c.constant_params), c.keep)
+
+
+def _hoist_constants(c: Compilation) -> None:
+    # Constant steps read only constants, so they can all run first, once.
+    hoisted = [s for s in c.steps if s.output in c.constant]
+    c.steps = hoisted + [s for s in c.steps if s.output not in c.constant]
+    c.first_per_run_step = len(hoisted)
+
+
+def _check_order(c: Compilation) -> None:
+    misordered = order_problems(c.steps)
+    if misordered:  # a pass broke the schedule: never run it and return stale values
+        raise RuntimeError("dlsys internal error, please report: " + "; ".join(misordered))
+
+
+def _plan_memory(c: Compilation) -> None:
+    itemsize = np.dtype(c.options.dtype).itemsize
+    try:
+        # Constant values live across runs in buffers of their own: only per-run steps.
+        c.plan = plan_memory(c.steps[c.first_per_run_step:], c.shapes, c.keep, itemsize,
+                             share=c.options.share_memory, contiguous=c.options.contiguous)
+    except ValueError as err:  # a contiguous group that cannot be placed
+        # The executor's ``contiguous`` argument, so named as before the pipeline existed.
+        raise ArgumentError(f"Executor: {err}") from None
+    # The reference is one buffer per node of the graph as written, before fusion removed
+    # some of them, so the figure shows what fusion and planning save together.
+    c.plan.naive_bytes = itemsize * sum(int(np.prod(c.shapes[n])) for n in c.order
+                                        if not n.op.is_placeholder)
+
+
+def _build_kernels(c: Compilation) -> None:
+    # Compiled once per kind, parameters, dtype and target, then fetched from the cache.
+    c.kernels = [None if s.alias_of is not None
+                 else s.kernel.build(c.options.target, c.options.dtype) for s in c.steps]
+
+
+# The compiler, in order. Reorder or add a pass here; ``_check_passes`` below refuses a list
+# where a pass reads a field no earlier pass (nor ``compile``'s arguments) set.
+PASSES: tuple[Pass, ...] = (
+    Pass("infer_shapes", _infer_shapes, ("order", "feed_shapes"), ("shapes",)),
+    Pass("lower", _lower, ("order", "shapes"), ("steps",)),
+    Pass("fuse", _fuse, ("steps", "shapes", "keep"), ("steps",)),
+    Pass("fold_constants", _fold_constants, ("steps", "keep"), ("constant_params", "constant")),
+    Pass("prepack", _prepack, ("steps", "shapes", "constant"), ("steps", "shapes", "constant")),
+    Pass("hoist_constants", _hoist_constants, ("steps", "constant"),
+         ("steps", "first_per_run_step")),
+    Pass("check_order", _check_order, ("steps",), ()),
+    Pass("plan_memory", _plan_memory, ("steps", "shapes", "keep", "first_per_run_step"),
+         ("plan",)),
+    Pass("build_kernels", _build_kernels, ("steps",), ("kernels",)),
+)
+
+_GIVEN = ("outputs", "feed_shapes", "options", "order", "keep")
+
+
+def _check_passes(passes: Sequence[Pass]) -> None:
+    """Refuse a pass list where a pass reads a field nothing set before it."""
+    available = set(_GIVEN)
+    for p in passes:
+        missing = [name for name in p.requires if name not in available]
+        if missing:
+            raise RuntimeError(f"pass {p.name} requires {missing}, which no earlier pass provides")
+        available.update(p.provides)
+
+
+_check_passes(PASSES)
+
+
+# ------------------------------------------------------------------------------ the program
+@dataclass
+class Program:
+    """The compiled graph for one set of feed shapes: what the executor allocates and runs.
+
+    ``steps`` run in order, one kernel call each (``kernels[i]``, None for an alias, which
+    runs nothing); the first ``first_per_run_step`` compute constant values, run once ahead
+    of the runs and again only when a constant changes. ``plan`` assigns the per-run values
+    their storage; ``state_targets`` are the parameters kernels update in place.
+    """
+
+    outputs: list[Node]
+    placeholders: list[Node]
+    shapes: dict[Node, Shape]
+    steps: list[Step]
+    kernels: list[Kernel | None]
+    plan: MemoryPlan
+    first_per_run_step: int
+    constant_params: tuple[Node, ...]
+    constant_values: frozenset[Node]
+    state_targets: frozenset[Node]
+    options: CompileOptions
+
+    def rows(self) -> list[StepRow]:
+        """One row per step, in run order (see ``StepRow``)."""
+        return [_step_row(self, step) for step in self.steps]
+
+    def storage_rows(self) -> list[tuple[int, int, list[str]]]:
+        """``(storage id, bytes, names of the values it holds in turn)`` for every storage
+        of the memory plan; their bytes add up to ``plan.planned_bytes``."""
+        held: dict[int, list[str]] = {sid: [] for sid in range(len(self.plan.storage_elements))}
+        for node, sid in self.plan.storage_of.items():
+            held[sid].append(short_name(node))
+        itemsize = self.plan.itemsize
+        return [(sid, elements * itemsize, held[sid])
+                for sid, elements in enumerate(self.plan.storage_elements)]
+
+    def table(self) -> str:
+        """The steps and the memory plan as plain-text tables (what ``describe`` prints)."""
+        return describe(self)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+@dataclass(frozen=True)
+class StepRow:
+    """One step as ``describe`` shows it.
+
+    ``operators``: the operators the kernel computes (a fused step lists its anchor, then
+    its epilogue). ``storage``: per output, its storage id, or where its value lives instead
+    (``const`` for a value computed ahead of the runs, ``state`` for a parameter updated in
+    place, ``feed`` for a view of a fed value). ``bytes``: the outputs' sizes.
+    """
+
+    kernel: str
+    operators: tuple[str, ...]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    storage: tuple[str, ...]
+    bytes: int
+
+
+def _step_row(program: Program, step: Step) -> StepRow:
+    """``step`` as a row of the table."""
+    plan, itemsize = program.plan, program.plan.itemsize
+    kernel_name = "(alias, no kernel)" if step.alias_of is not None else step.kernel.kind
+    if step.anchor is not None:
+        operators = (step.anchor.op.name, *(label for label, *_ in step.epilogue))
+    else:
+        operators = tuple(out.op.name for out in (*step.extra_outputs, step.output))
+    storage = []
+    for out in step.outputs:
+        if out in plan.storage_of:
+            storage.append(str(plan.storage_of[out]))
+        elif out in program.constant_values:
+            storage.append("const")
+        elif step.writes_state is not None:
+            storage.append(f"state {short_name(step.writes_state)}")
+        else:
+            storage.append("feed")
+    size = sum(int(np.prod(program.shapes[out])) for out in step.outputs) * itemsize
+    return StepRow(kernel_name, operators, tuple(short_name(i) for i in step.inputs),
+                   tuple(short_name(o) for o in step.outputs), tuple(storage), size)
+
+
+def _format(header: Sequence[str], rows: list[Sequence[str]]) -> list[str]:
+    """Rows of cells as lines of left-aligned columns under ``header``."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    return ["  ".join(str(cell).ljust(w) for cell, w in zip(r, widths)).rstrip()
+            for r in [header, *rows]]
+
+
+def describe(program: Program) -> str:
+    """The program as text: one row per step (kernel, fused operators, inputs, outputs,
+    storage ids, bytes), then one row per storage of the memory plan, then the plan's
+    totals. What ``dlsys inspect`` prints."""
+    step_rows = [(str(i), r.kernel, "+".join(r.operators), ", ".join(r.inputs),
+                  ", ".join(r.outputs), ", ".join(r.storage), str(r.bytes))
+                 for i, r in enumerate(program.rows())]
+    lines = [f"program: {len(program.steps)} steps, "
+             f"{sum(k is not None for k in program.kernels)} kernel calls "
+             f"({program.first_per_run_step} ahead of the runs), "
+             f"{program.options.dtype} on {program.options.target}", ""]
+    lines += _format(("#", "kernel", "operators", "inputs", "outputs", "storage", "bytes"),
+                     step_rows)
+    storage = [(str(sid), str(size), ", ".join(names))
+               for sid, size, names in program.storage_rows()]
+    lines += ["", *_format(("storage", "bytes", "holds in turn"), storage)]
+    stats = program.plan.stats()
+    lines += ["", f"planned {stats['planned_bytes']} bytes in {stats['buffers']} buffers; "
+                  f"one buffer per node {stats['naive_bytes']}, live peak "
+                  f"{stats['peak_live_bytes']}, {stats['inplace_steps']} steps in place"]
+    return "\n".join(lines)
+
+
+def compile(outputs: Sequence[Node], feed_shapes: dict[Node, Shape],
+            options: CompileOptions | None = None) -> Program:
+    """Run ``PASSES`` over the graph computing ``outputs``, for placeholders of
+    ``feed_shapes`` (every placeholder the outputs read, parameters included), and return
+    the ``Program`` an executor allocates and runs."""
+    outputs = list(outputs)
+    options = options if options is not None else CompileOptions()
+    order = find_topo_sort(outputs)
+    c = Compilation(outputs, dict(feed_shapes), options, order, set(outputs))
+    for p in PASSES:
+        p.run(c)
+    assert c.plan is not None  # set by plan_memory
+    return Program(outputs, [n for n in order if n.op.is_placeholder], c.shapes, c.steps,
+                   c.kernels, c.plan, c.first_per_run_step, c.constant_params,
+                   frozenset(c.constant),
+                   frozenset(s.writes_state for s in c.steps if s.writes_state is not None),
+                   options)
