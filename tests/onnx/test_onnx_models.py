@@ -227,7 +227,13 @@ def test_imported_model_fine_tunes_as_pytorch_does(tmp_path, name):
     losses = _fine_tune(imported, x, labels.astype(np.float32), 8, lr=0.1)
     assert losses[-1] < losses[0] * 0.9, losses
     after = imported.state_dict()
-    assert all(not np.array_equal(before[n], after[n]) for n in names)
+    # A bias added just before batch norm on batch statistics is subtracted again with the
+    # channel's mean: its gradient is exactly zero, and with sums accumulated in float64 it
+    # comes out (nearly) so; float32 rounding used to move it by noise. It must not drift.
+    flat = {"conv1.bias"} if name == "lenet" else set()
+    for n in flat:
+        np.testing.assert_allclose(after[n], before[n], rtol=0, atol=1e-6)
+    assert all(not np.array_equal(before[n], after[n]) for n in names - flat)
     if name == "lenet":  # batch statistics were used and blended into the buffers
         assert not np.array_equal(before["bn.running_mean"], after["bn.running_mean"])
 
