@@ -1,4 +1,5 @@
-"""The ``dlsys`` command line: ``dlsys train``, ``dlsys eval MODEL``, ``dlsys predict MODEL``.
+"""The ``dlsys`` command line: ``dlsys train``, ``dlsys eval MODEL``, ``dlsys predict MODEL``,
+``dlsys inspect TARGET``.
 
 Exit status: 0 on success; 2 for bad flags (argparse), bad data, an unusable output directory
 or checkpoint, or a failed write; 1 when training itself fails (a loss that became NaN or
@@ -170,7 +171,27 @@ def build_parser() -> Parser:
                               "photo of a shoe on white paper; the models learnt light on "
                               "dark, as in MNIST")
     predict.add_argument("--classes", default=None, help=CLASSES_HELP)
+    _add_inspect(parser, commands)
     return parser
+
+
+def _add_inspect(parser: Parser, commands) -> None:
+    """``dlsys inspect``'s flags (a function of its own: build_parser is long enough)."""
+    inspect = parser.add_command(
+        commands, "inspect", help="print a model's compiled program and memory plan",
+        description="Compile a model as dlsys runs it and print the program's steps (kernel, "
+                    "fused operators, inputs, outputs, storage, bytes) and the memory plan; "
+                    "--plot draws the plan's buffers over the steps.")
+    inspect.add_argument("target", metavar="TARGET",
+                         help=f"a built-in model ({', '.join(MODELS)}), or a {MODEL_HELP}")
+    inspect.add_argument("--train", action="store_true",
+                         help="the training step's program (loss and gradients) instead of "
+                              "inference's")
+    inspect.add_argument("--batch-size", type=_positive_int, default=None,
+                         help="images per run (default: the batch an ONNX file fixes, else 1; "
+                              "with --train, a built-in model's training batch)")
+    inspect.add_argument("--plot", type=Path, default=None,
+                         help="draw the memory plan's buffers over the steps into this PNG")
 
 
 def _widths(text: str) -> tuple[int, ...]:
@@ -248,20 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
-            if args.command == "train":
-                _train(args, sys.argv[1:] if argv is None else argv, run)
-            else:
-                # Imported after parsing so that --help and flag errors do not wait for TVM.
-                from dlsys.frontend import inference
-
-                classes = (None if args.classes is None
-                           else inference.class_names_option(args.classes))
-                if args.command == "eval":
-                    inference.evaluate_command(args.model, args.data, args.batch_size,
-                                               args.confusion_png, log=_print, classes=classes)
-                else:
-                    inference.predict_command(args.model, args.images, log=_print,
-                                              invert=args.invert, classes=classes)
+            _dispatch(args, sys.argv[1:] if argv is None else argv, run)
     except TrainingError as e:
         print(f"{PROG}{_rank()}: training failed: {e}", file=sys.stderr)
         return _exit_status(1, e)
@@ -281,6 +289,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}{_rank()}: interrupted{run.resume_hint()}", file=sys.stderr)
         return _exit_status(130, e)
     return 0
+
+
+def _dispatch(args: argparse.Namespace, argv: list[str], run: _Run) -> None:
+    """Run the command ``args`` names."""
+    if args.command == "train":
+        _train(args, argv, run)
+        return
+    if args.command == "inspect":
+        # Imported after parsing so that --help and flag errors do not wait for TVM.
+        from dlsys.frontend.inspect import inspect_command
+
+        inspect_command(args.target, args.train, args.batch_size, args.plot, log=_print)
+        return
+    from dlsys.frontend import inference
+
+    classes = None if args.classes is None else inference.class_names_option(args.classes)
+    if args.command == "eval":
+        inference.evaluate_command(args.model, args.data, args.batch_size,
+                                   args.confusion_png, log=_print, classes=classes)
+    else:
+        inference.predict_command(args.model, args.images, log=_print,
+                                  invert=args.invert, classes=classes)
 
 
 class _Run:
