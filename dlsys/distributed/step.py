@@ -10,19 +10,23 @@ The executor places the scaled loss and every gradient side by side in one buffe
 ``contiguous`` group), so one ``MPI_Allreduce`` over that buffer sums them all, with no
 packing copies; the optimiser then reads the gradients where the allreduce left them, and
 every rank applies the same update.
+
+None of this is a step of its own: ``AllReduce`` is the ``GradientReduce`` hook that
+``dlsys.optim.TrainStep`` runs between the backward pass and the update, and
+``DistributedStep`` is a ``TrainStep`` with that hook.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from dlsys.distributed.comm import DistributedError, allreduce_, broadcast_, rank, world_size
 from dlsys.errors import ArgumentError, ArgumentTypeError
 from dlsys.graph import Node
 from dlsys.ops.elementwise import mul_byconst_op
 from dlsys.ops.placeholder import Parameter
-from dlsys.optim.base import TrainStep
-from dlsys.passes.gradient import gradients
+from dlsys.optim.step import GradientReduce, TrainStep, step_executor
 from dlsys.runtime.executor import Executor
 
 
@@ -40,39 +44,60 @@ def shard_slice(global_batch: int) -> slice:
     return slice(rank() * share, (rank() + 1) * share)
 
 
-class DataParallel:
-    """The executor of a data-parallel step: ``run(feeds)`` evaluates this rank's scaled loss
-    and gradients, then sums them over the ranks (see the module docstring).
+class AllReduce(GradientReduce):
+    """The data-parallel hook of a ``TrainStep``: broadcasts the parameters from rank 0 when
+    the step is built (every rank starts from the same values, whatever it initialised them
+    to), differentiates the loss scaled by ``1/size``, and after each run sums the scaled
+    loss and gradients over the ranks with one allreduce of their contiguous buffer."""
 
-    ``params`` (Parameter nodes) are broadcast from rank 0 when it is made, so every rank
-    starts from the same values whatever it initialised them to. ``extra`` nodes (such as
-    the logits) are evaluated too, each rank's own, never reduced; a run returns the loss,
-    the extra values and the gradients, in that order.
+    contiguous = True
+
+    def __init__(self) -> None:
+        self.size = world_size()
+
+    def prepare(self, loss: Node, params: Sequence[Parameter]) -> Node:
+        """Broadcast ``params`` from rank 0; the loss every rank differentiates."""
+        for param in params:
+            broadcast_(param.data)
+        return loss if self.size == 1 else mul_byconst_op(loss, 1.0 / self.size)
+
+    def reduce(self, executor: Executor) -> None:
+        """Sum the last run's loss and gradients over the ranks, in place."""
+        if self.size > 1:
+            allreduce_(executor.contiguous_buffer())
+
+
+def _check_params(owner: str, params: Sequence) -> list[Parameter]:
+    params = list(params)
+    for i, param in enumerate(params):
+        if not isinstance(param, Parameter):
+            raise ArgumentTypeError(f"{owner}: params[{i}] must be a Parameter, got "
+                                    f"{type(param).__name__}")
+    return params
+
+
+class DataParallel:
+    """A data-parallel step's executor without an optimiser, for code that times or drives
+    the phases itself (``benchmarks/bench_distributed.py``): the executor ``TrainStep``
+    builds with the ``AllReduce`` hook, and that hook.
+
+    ``run(feeds)`` evaluates this rank's scaled loss, the ``extra`` nodes (each rank's own,
+    never reduced) and the gradients, then sums the loss and gradients over the ranks.
     """
 
-    def __init__(self, loss: Node, params: Sequence[Parameter], ctx=None,
+    def __init__(self, loss: Node, params: Sequence[Parameter], ctx: Any = None,
                  dtype: str | None = None, extra: Sequence[Node] = ()):
         if not isinstance(loss, Node):
             raise ArgumentTypeError(f"DataParallel: loss must be a graph node, got "
                                     f"{type(loss).__name__}")
-        params = list(params)
-        for i, param in enumerate(params):
-            if not isinstance(param, Parameter):
-                raise ArgumentTypeError(f"DataParallel: params[{i}] must be a Parameter, got "
-                                        f"{type(param).__name__}")
-        self.size = world_size()
-        self.loss = loss if self.size == 1 else mul_byconst_op(loss, 1.0 / self.size)
-        self.grads = gradients(self.loss, params)
-        reduced = [self.loss, *self.grads]
-        self.executor = Executor([self.loss, *extra, *self.grads], ctx=ctx, dtype=dtype,
-                                 contiguous=reduced)
-        for param in params:
-            broadcast_(param.data)
+        self.hook = AllReduce()
+        self.size = self.hook.size
+        self.executor = step_executor(loss, _check_params("DataParallel", params), extra,
+                                      self.hook, ctx=ctx, dtype=dtype)
 
     def reduce(self) -> None:
         """Sum the last run's loss and gradients over the ranks, in place: one allreduce."""
-        if self.size > 1:
-            allreduce_(self.executor.contiguous_buffer())
+        self.hook.reduce(self.executor)
 
     def run(self, feed_dict: dict) -> list:
         """This rank's shard in ``feed_dict``; returns the global batch's mean loss, the
@@ -83,27 +108,27 @@ class DataParallel:
         return values
 
     def undo_state_updates(self) -> None:
-        """Put back the states the last run updated in place (``Executor.undo_state_updates``):
-        every rank refuses a step alike, since the loss it checks is the reduced one."""
+        """Put back the states the last run updated in place (``Executor.undo_state_updates``)."""
         self.executor.undo_state_updates()
 
 
 class DistributedStep(TrainStep):
     """``step(feed_dict) -> float``: ``optimizer.minimize(loss)`` across the ranks of an MPI
-    job. Feed each rank its shard of the global batch (``x[shard_slice(len(x))]``); every
-    rank gets the global batch's mean loss, checked as ``TrainStep`` checks it (a loss that
-    is not finite raises on every rank alike, before any parameter changes), and applies the
-    same update. Outside a job it is a plain training step.
+    job, a ``TrainStep`` with the ``AllReduce`` hook and nothing else. Feed each rank its
+    shard of the global batch (``x[shard_slice(len(x))]``); every rank gets the global
+    batch's mean loss, checked as ``TrainStep`` checks it (a loss that is not finite raises
+    on every rank alike, since each checks the reduced loss, before any state changes), and
+    applies the same update. Outside a job it is a plain training step.
     """
 
-    def __init__(self, optimizer, loss: Node):
+    def __init__(self, optimizer: Any, loss: Node):
         if getattr(optimizer, "_nodes", None) is None:
             raise ArgumentError(f"DistributedStep needs a dlsys.optim optimiser built over "
                                 f"Parameter nodes, got {type(optimizer).__name__}")
-        # TrainStep's own executor is not built: DataParallel takes its place, and
-        # TrainStep.__call__ runs it (this rank's shard, then the allreduce).
-        self.optimizer = optimizer
-        self.loss = loss
-        self.parallel = DataParallel(loss, optimizer._nodes, ctx=optimizer.device,
-                                     dtype=optimizer.dtype)
-        self.executor = self.parallel
+        super().__init__(optimizer, loss, reduce=AllReduce())
+
+    @property
+    def parallel(self) -> DistributedStep:
+        """The step itself: it holds the executor (``step.parallel.executor``) that
+        ``DataParallel`` held when that class was the step's executor."""
+        return self

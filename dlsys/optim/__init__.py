@@ -3,11 +3,12 @@ learning-rate schedules.
 
 ``SGD``, ``Adam`` and ``AdamW`` follow PyTorch's documented update rules; the learning rate,
 the coefficients and the step count are tensors the kernel reads at run time, so changing
-the rate or stepping compiles nothing. ``optimizer.minimize(loss)`` builds a training step.
+the rate or stepping compiles nothing. ``optimizer.minimize(loss)`` builds a training step
+(``TrainStep``, the one step every training path runs).
 """
 
 from dlsys.optim.adam import Adam, AdamW
-from dlsys.optim.base import Optimizer, TrainStep
+from dlsys.optim.base import Optimizer
 from dlsys.optim.schedulers import (
     CosineAnnealingLR,
     LinearWarmup,
@@ -16,6 +17,7 @@ from dlsys.optim.schedulers import (
     StepLR,
 )
 from dlsys.optim.sgd import SGD
+from dlsys.optim.step import GradientReduce, StepRefused, TrainStep
 
-__all__ = ["SGD", "Adam", "AdamW", "CosineAnnealingLR", "LRScheduler", "LinearWarmup",
-           "Optimizer", "SequentialLR", "StepLR", "TrainStep"]
+__all__ = ["SGD", "Adam", "AdamW", "CosineAnnealingLR", "GradientReduce", "LRScheduler",
+           "LinearWarmup", "Optimizer", "SequentialLR", "StepLR", "StepRefused", "TrainStep"]

@@ -17,19 +17,12 @@ import numpy as np
 import tvm
 
 from dlsys.checks import check_constant, state_arrays
-from dlsys.errors import (
-    ArgumentError,
-    ArgumentTypeError,
-    DtypeError,
-    ShapeError,
-    TrainingError,
-)
+from dlsys.errors import ArgumentError, ArgumentTypeError, DtypeError, ShapeError
 from dlsys.graph import Node
 from dlsys.kernels.build import SUPPORTED_DTYPES
 from dlsys.kernels.registry import KernelSpec
 from dlsys.ops.placeholder import Parameter
-from dlsys.passes.gradient import gradients
-from dlsys.runtime.executor import Executor
+from dlsys.optim.step import TrainStep
 
 # The device keeps the step count in the parameters' dtype; float32 counts every integer
 # exactly up to 2**24, and a state_dict beyond it could not be restored exactly.
@@ -288,36 +281,3 @@ class Optimizer:
         return (f"{type(self).__name__}({len(self.params)} parameters, lr={self.lr:g}, "
                 f"{hyper})")
 
-
-class TrainStep:
-    """``step(feed_dict) -> float``: forward, backward and one update; see ``minimize``."""
-
-    def __init__(self, optimizer: Optimizer, loss: Node):
-
-        self.optimizer = optimizer
-        self.loss = loss
-        grads = gradients(loss, optimizer._nodes)
-        self.executor = Executor([loss, *grads], ctx=optimizer.device, dtype=optimizer.dtype)
-
-    def __call__(self, feed_dict: dict) -> float:
-        """Run one training step on ``feed_dict``; returns the loss before the update.
-
-        A loss that is not of shape (1,), or not finite, raises and the step changes no
-        state at all: not the parameters, the optimiser's moments and step count, batch
-        norm's running statistics nor the dropout seeds (a retry of the batch draws the same
-        masks).
-        """
-        loss, *grads = self.executor.run(feed_dict)
-        if tuple(loss.shape) != (1,):
-            self.executor.undo_state_updates()
-            raise ShapeError(f"minimize: the loss {self.loss.name} has shape "
-                             f"{tuple(loss.shape)}; it must be a scalar of shape (1,), such "
-                             f"as a mean")
-        value = float(loss.numpy()[0])
-        if not math.isfinite(value):
-            # The forward pass already updated the running statistics and seeds in place.
-            self.executor.undo_state_updates()
-            raise TrainingError(f"loss {self.loss.name} became {value}; the step changed "
-                                f"nothing (parameters, optimiser state, running statistics)")
-        self.optimizer.step(grads)
-        return value

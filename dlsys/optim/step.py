@@ -1,0 +1,142 @@
+"""The one training step: ``optimizer.minimize(loss)``, ``dlsys train``'s trainer and
+data-parallel training (``dlsys.distributed.DistributedStep``) all run a ``TrainStep``.
+
+A step is the forward and backward pass (one planned executor for the loss, any ``extra``
+outputs and every gradient), then a ``GradientReduce`` hook (nothing in one process, the
+allreduce of the loss and gradients across the ranks of an MPI job), then a check of the
+loss, then the optimiser's fused update. A loss the check refuses raises before the update
+and after the executor has put back the states the forward pass updated in place, so a
+refused step changes no state at all.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from dlsys.errors import ShapeError, TrainingError
+from dlsys.graph import Node
+from dlsys.ops.placeholder import Parameter
+from dlsys.passes.gradient import gradients
+from dlsys.runtime.executor import Executor
+
+# Why the refused step is harmless, appended to every refusal's reason.
+UNCHANGED = "the step changed nothing (parameters, optimiser state, running statistics)"
+
+
+class StepRefused(TrainingError):
+    """A loss the step refused (not finite, or diverged); ``reason`` says why in a few words
+    (``"loss became nan"``), for callers that add where it happened (an epoch, a batch)."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"{reason}; {UNCHANGED}")
+        self.reason = reason
+
+
+class Updater(Protocol):
+    """What a step needs of its optimiser (``dlsys.optim.Optimizer``, which imports this
+    module: naming the protocol instead keeps the imports one-way)."""
+
+    device: Any
+    dtype: str
+    _nodes: list[Parameter] | None  # the Parameter nodes it updates (None: tensors only)
+
+    def step(self, grads: Sequence) -> None:
+        """Apply one update with ``grads``, in the order of the parameters."""
+
+
+class GradientReduce:
+    """What happens between the backward run and the update. This base does nothing: the
+    step of one process. A subclass (``dlsys.distributed``'s allreduce) may rewrite the loss
+    before it is differentiated, ask for the loss and gradients side by side in one buffer
+    (``contiguous``) and combine them in place after each run."""
+
+    # Whether the executor places the loss and every gradient in one buffer
+    # (``Executor.contiguous_buffer()``), so that one collective call covers them all.
+    contiguous: bool = False
+
+    def prepare(self, loss: Node, params: Sequence[Parameter]) -> Node:
+        """Called once, before the graph is differentiated: the loss to differentiate."""
+        return loss
+
+    def reduce(self, executor: Executor) -> None:
+        """Called after each run, before the loss is read: combine its outputs in place."""
+
+
+def step_executor(loss: Node, params: Sequence[Parameter], extra: Sequence[Node] = (),
+                  reduce: GradientReduce | None = None, ctx=None,
+                  dtype: str | None = None) -> Executor:
+    """The executor of a training step: its outputs are the loss to report (``reduce``'s
+    rewrite of ``loss``), the ``extra`` nodes and the gradients, in the order of ``params``."""
+    if reduce is not None:
+        loss = reduce.prepare(loss, params)
+    grads = gradients(loss, list(params))
+    contiguous = [loss, *grads] if reduce is not None and reduce.contiguous else None
+    return Executor([loss, *extra, *grads], ctx=ctx, dtype=dtype, contiguous=contiguous)
+
+
+class TrainStep:
+    """``step(feed_dict) -> float``: forward, backward, ``reduce``, a check of the loss and
+    one update of ``optimizer`` (built over Parameter nodes); see ``Optimizer.minimize``.
+
+    ``extra`` nodes (such as the logits) are evaluated too and returned by ``run``, never
+    reduced. ``divergence_factor``: refuse a loss that many times the first accepted one
+    (a mean cross-entropy only falls while training works); ``None`` checks finiteness only.
+    """
+
+    def __init__(self, optimizer: Updater, loss: Node, extra: Sequence[Node] = (),
+                 reduce: GradientReduce | None = None,
+                 divergence_factor: float | None = None):
+        self.optimizer = optimizer
+        self.loss = loss
+        self.reduce = reduce
+        self.divergence_factor = divergence_factor
+        # The yardstick of the divergence check: the first loss a step accepted.
+        self.first_loss: float | None = None
+        self.executor = step_executor(loss, optimizer._nodes, extra, reduce,
+                                      ctx=optimizer.device, dtype=optimizer.dtype)
+        self._outputs = 1 + len(extra)
+
+    def __call__(self, feed_dict: dict) -> float:
+        """Run one training step on ``feed_dict``; returns the loss before the update.
+
+        A loss that is not of shape (1,), or not finite, raises and the step changes no
+        state at all: not the parameters, the optimiser's moments and step count, batch
+        norm's running statistics nor the dropout seeds (a retry of the batch draws the same
+        masks).
+        """
+        return self.run(feed_dict)[0]
+
+    def run(self, feed_dict: dict) -> tuple[float, list]:
+        """``__call__``, also returning the ``extra`` values (TVM tensors the next run
+        overwrites)."""
+        values = self.executor.run(feed_dict)
+        if self.reduce is not None:
+            self.reduce.reduce(self.executor)
+        loss = values[0]
+        if tuple(loss.shape) != (1,):
+            self.executor.undo_state_updates()
+            raise ShapeError(f"minimize: the loss {self.loss.name} has shape "
+                             f"{tuple(loss.shape)}; it must be a scalar of shape (1,), such "
+                             f"as a mean")
+        value = float(loss.numpy()[0])
+        refusal = self._refusal(value)
+        if refusal is not None:
+            # The forward pass already updated the running statistics and seeds in place.
+            self.executor.undo_state_updates()
+            raise StepRefused(refusal)
+        if self.first_loss is None:  # a refused first batch must not become the yardstick
+            self.first_loss = value
+        self.optimizer.step(values[self._outputs:])
+        return value, values[1:self._outputs]
+
+    def _refusal(self, value: float) -> str | None:
+        """Why a step with this loss must not update anything, or None."""
+        if not math.isfinite(value):
+            return f"loss became {value}"
+        first = self.first_loss
+        if (self.divergence_factor is not None and first is not None
+                and value > self.divergence_factor * max(first, 1e-3)):
+            return f"loss exploded to {value:.4g} (the first batch's was {first:.4g})"
+        return None
