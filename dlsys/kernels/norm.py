@@ -79,7 +79,9 @@ def _vectorize_partials(sch: s_tir.Schedule, partial, group_size: int) -> None:
     if "hw" in loops:
         vectorize_row(sch, loops["hw"])
     if order:
-        sch.decompose_reduction(partial, order[0])
+        # With one image (batch 1) the plane's loop is the only one, and vectorising may
+        # have split it: the initialisation goes at the outermost loop now in its place.
+        sch.decompose_reduction(partial, sch.get_loops(partial)[1])
 
 
 def _plane(sch: s_tir.Schedule) -> tuple[int, int]:

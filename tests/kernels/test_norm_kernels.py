@@ -24,7 +24,9 @@ KINDS = {
     "batchnorm_parameter_gradient": ("scale", EPS),
     "channel_sum": (),
 }
-SHAPES = [(4, 32, 28, 28), (8, 16, 14, 14), (3, 5, 9, 9), (1, 2, 2, 3), (2, 3, 1, 1)]
+# (1, 6, 28, 28): one image whose plane is vectorised in pieces (LeNet at batch 1).
+SHAPES = [(4, 32, 28, 28), (8, 16, 14, 14), (3, 5, 9, 9), (1, 2, 2, 3), (2, 3, 1, 1),
+          (1, 6, 28, 28)]
 
 
 def _statistics(x):
