@@ -40,9 +40,13 @@ $(INSTALLED)-runtime: pyproject.toml | $(VENV_PYTHON)
 	@touch $@
 
 # What `make test` needs besides: the test tools, and the optional features' packages so that
-# their tests run (onnxruntime is a reference for the ONNX tests, never a dependency).
-$(INSTALLED)-test: pyproject.toml | $(VENV_PYTHON)
-	$(PIP_INSTALL) -e '.[test,onnx,distributed]' onnxruntime
+# their tests run. The references are never dependencies: onnxruntime for the ONNX tests,
+# PyTorch (PyPI's torch 2.13.0 for Linux x86-64 is its CPU build, 190 MB) for the comparisons
+# with it, and onnxscript for PyTorch's default ONNX exporter. Installed again when this file
+# changes too, since the references are named here.
+TEST_REFERENCES := onnxruntime torch==2.13.0 onnxscript
+$(INSTALLED)-test: pyproject.toml Makefile | $(VENV_PYTHON)
+	$(PIP_INSTALL) -e '.[test,onnx,distributed]' $(TEST_REFERENCES)
 	@touch $@ $(INSTALLED)-runtime
 
 setup: $(INSTALLED)-runtime
