@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dlsys.checks import check_constant, check_flag
 from dlsys.errors import ArgumentError, ShapeError
 from dlsys.kernels.build import Kernel, build_kernel, check_shape  # noqa: F401 - re-exported
-from dlsys.kernels.compute import EPILOGUE_LABELS, epilogue_from_label
+from dlsys.kernels.common.epilogue import EPILOGUE_LABELS, epilogue_from_label
 from dlsys.kernels.registry import KernelSpec
 from dlsys.ops.arguments import check_axes
 from dlsys.ops.shapes import (
@@ -131,9 +131,10 @@ def make_matmul_epilogue(shapeA: Shape, transposeA: bool, shapeB: Shape, transpo
                          dtype="float32") -> Kernel:
     """A matmul with a fused elementwise epilogue: ``f(A, B, *operands, C)``.
 
-    ``epilogue`` is a sequence of labelled steps from ``compute.EPILOGUE_LABELS`` (e.g.
-    ``[("bias_add",), ("relu",)]``, ``("add_const", 2.0)``); steps that read a vector or a
-    matrix take one operand each, in order, after ``A`` and ``B``.
+    ``epilogue`` is a sequence of labelled steps from ``EPILOGUE_LABELS``
+    (``dlsys.kernels.common.epilogue``; e.g. ``[("bias_add",), ("relu",)]``,
+    ``("add_const", 2.0)``); steps that read a vector or a matrix take one operand each, in
+    order, after ``A`` and ``B``.
     """
     operands = _matmul_operands(shapeA, transposeA, shapeB, transposeB)
     steps = []

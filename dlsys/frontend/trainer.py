@@ -33,7 +33,7 @@ from dlsys import autodiff as ad
 from dlsys import nn, optim
 from dlsys.data.batches import epoch_batches
 from dlsys.data.mnist import Split, load_dataset
-from dlsys.distributed import DataParallel
+from dlsys.distributed import AllReduce
 from dlsys.distributed.training import silent, training_group
 from dlsys.errors import DataError, TrainingError
 from dlsys.frontend import report, run_folder
@@ -63,6 +63,7 @@ from dlsys.frontend.settings import (
 )
 from dlsys.nn import functional as F
 from dlsys.nn.serialization import save as save_model
+from dlsys.optim import StepRefused
 
 OPTIMIZERS = OPTIMIZER_NAMES
 LR_SCHEDULES = SCHEDULE_NAMES
@@ -91,17 +92,14 @@ class Trainer:
         logits = model(self.x)
         loss = F.cross_entropy(logits, self.labels)
         # The logits too, for the training accuracy (they exist anyway: the loss reads them).
-        self.data_parallel = None
-        if data_parallel:  # one rank of an MPI job: the same outputs, reduced after each run
-            self.data_parallel = DataParallel(loss, self.params, ctx, extra=[logits])
-            self.train_executor = self.data_parallel.executor
-        else:
-            self.train_executor = ad.Executor([loss, logits, *ad.gradients(loss, self.params)],
-                                              ctx=ctx)
+        # One rank of an MPI job reduces the loss and gradients after each run.
+        self.step = optim.TrainStep(optimizer, loss, extra=[logits],
+                                    reduce=AllReduce() if data_parallel else None,
+                                    divergence_factor=DIVERGENCE_FACTOR)
+        self.train_executor = self.step.executor
         self.correct = self.seen = 0
         # Inference: a graph of its own, built in eval mode (dropout off, running statistics).
         self.evaluator = Evaluator(model, batch_size, ctx, self.input_shape)
-        self._first_loss: float | None = None
 
     @classmethod
     def for_model(cls, name: str, seed: int, lr: float, batch_size: int,
@@ -136,24 +134,7 @@ class Trainer:
         seeds, the training accuracy's counts).
         """
         images = images.reshape(len(images), *self.input_shape)
-        loss, logits, *grads = self.train_executor.run({self.x: images, self.labels: labels})
-        if self.data_parallel is not None:
-            self.data_parallel.reduce()  # the global batch's mean loss and gradients, every rank
-        value = float(loss.numpy()[0])
-        refusal = None
-        if not math.isfinite(value):
-            refusal = f"loss became {value}"
-        elif self._first_loss is not None and value > DIVERGENCE_FACTOR * max(self._first_loss,
-                                                                              1e-3):
-            refusal = (f"loss exploded to {value:.4g} (the first batch's was "
-                       f"{self._first_loss:.4g})")
-        if refusal is not None:
-            # The forward pass already updated the running statistics and seeds in place.
-            self.train_executor.undo_state_updates()
-            raise TrainingError(refusal)
-        if self._first_loss is None:  # a refused first batch must not become the yardstick
-            self._first_loss = value
-        self.optimizer.step(grads)
+        value, (logits,) = self.step.run({self.x: images, self.labels: labels})
         self.correct += int(np.sum(logits.numpy().argmax(axis=1) == labels))
         self.seen += len(labels)
         return value
@@ -168,9 +149,9 @@ class Trainer:
             for number, idx in enumerate(batches, start=1):
                 try:
                     losses.append(self.train_step(split.images[idx], split.labels[idx]))
-                except TrainingError as e:
-                    raise TrainingError(f"{e} at epoch {epoch}, batch {number}/{len(batches)}") \
-                        from None
+                except StepRefused as e:
+                    raise TrainingError(f"{e.reason} at epoch {epoch}, batch "
+                                        f"{number}/{len(batches)}") from None
                 bar.update()
                 if number % 10 == 0 or number == len(batches):
                     bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}")
@@ -345,25 +326,90 @@ def run_training(config: TrainConfig, log: Callable[[str], None] = print) -> Tra
         return _run_locked(config, out, log, group)
 
 
+@dataclass
+class _Run:
+    """What preparing a run hands to its loop and its finish."""
+
+    out: Path
+    log: Callable[[str], None]
+    group: object | None  # the MPI ranks' training group, None in one process
+    settings: dict
+    dataset: object
+    model: nn.Module
+    optimizer: object
+    trainer: Trainer
+    shuffle_rng: np.random.Generator
+    history: list[dict]
+    start: int  # the last epoch already trained (the checkpoint's)
+    resumed: bool
+
+    @property
+    def writer(self) -> bool:
+        """Whether this process owns the run folder: one process, or MPI rank 0."""
+        return self.group is None or self.group.rank == 0
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out / CHECKPOINT_NAME
+
+
 def _run_locked(config: TrainConfig, out: Path, log: Callable[[str], None],
                 group=None) -> TrainResult:
-    ckpt_path = out / CHECKPOINT_NAME
+    """Prepare, train and finish a run, with the run folder locked (by rank 0 alone)."""
+    run = _prepare(config, out, log, group)
+    if isinstance(run, TrainResult):  # a finished run, nothing to resume
+        return run
+    _train_epochs(run, config)
+    if not run.writer:
+        return TrainResult(run.trainer.params_numpy())
+    return _finish(run)
+
+
+def _read_resume(config: TrainConfig, out: Path, log: Callable[[str], None],
+                 group) -> tuple[dict | None, Checkpoint | None, bool]:
+    """The recorded settings, the checkpoint and whether the checkpoint's run wrote its model
+    (it ended, not only its epochs), as rank 0 finds them in its run folder."""
+    checkpoint = recorded = None
+    finished = False
     writer = group is None or group.rank == 0
     if writer:
         remove_stale_temp_files(out)
         run_folder.prepare(out, config.resume, config.overwrite, config.command)
-    checkpoint = recorded = None
-    finished = False  # the checkpoint's run wrote its model: it ended, not only its epochs
     if config.resume and writer:
         recorded = run_folder.recorded_settings(out)
-        if ckpt_path.exists():
-            checkpoint = load_checkpoint(ckpt_path)
+        if (out / CHECKPOINT_NAME).exists():
+            checkpoint = load_checkpoint(out / CHECKPOINT_NAME)
             recorded = recorded or checkpoint.config
             finished = (out / MODEL_FILE).exists()
         if recorded is None:
             log(f"nothing to resume in {out}; starting from scratch")
     if group is not None:  # every rank continues what rank 0 found in its run folder
         recorded, checkpoint, finished = group.share((recorded, checkpoint, finished))
+    return recorded, checkpoint, finished
+
+
+def _load_data(settings: dict, config: TrainConfig, out: Path, group):
+    """The run's data set, checked against its settings (and the other ranks'); records the
+    settings, with the data set's source and validation size, in the run folder (rank 0)."""
+    dataset = load_dataset(settings["data"], settings["val_size"])
+    settings["data"] = dataset.source
+    settings["val_size"] = len(dataset.val)
+    if settings["batch_size"] > len(dataset.train):
+        raise DataError(f"{dataset.source}: batch size {settings['batch_size']} is larger than "
+                        f"the {len(dataset.train)} training images")
+    if group is not None:
+        group.check_agreement(settings, dataset, config.resume)
+    if group is None or group.rank == 0:
+        run_folder.record_settings(out, settings)
+    return dataset
+
+
+def _prepare(config: TrainConfig, out: Path, log: Callable[[str], None],
+             group) -> _Run | TrainResult:
+    """Everything before the first epoch: the run folder, the settings (recorded or given),
+    the data, the model and optimiser restored from the checkpoint, the compiled trainer.
+    A TrainResult when the run being resumed has finished its epochs."""
+    recorded, checkpoint, finished = _read_resume(config, out, log, group)
     settings = resolve_settings(config, recorded, log)
     problem = settings_problem(settings)
     if problem is not None:
@@ -375,17 +421,16 @@ def _run_locked(config: TrainConfig, out: Path, log: Callable[[str], None],
             f"{checkpoint.epoch + 10} trains epochs {checkpoint.epoch + 1}-"
             f"{checkpoint.epoch + 10} from its checkpoint")
         return TrainResult(checkpoint.params, list(checkpoint.metrics))
-    dataset = load_dataset(settings["data"], settings["val_size"])
-    settings["data"] = dataset.source
-    settings["val_size"] = len(dataset.val)
-    if settings["batch_size"] > len(dataset.train):
-        raise DataError(f"{dataset.source}: batch size {settings['batch_size']} is larger than "
-                        f"the {len(dataset.train)} training images")
-    if group is not None:
-        group.check_agreement(settings, dataset, config.resume)
-    if writer:
-        run_folder.record_settings(out, settings)
+    dataset = _load_data(settings, config, out, group)
+    run = _restore(out, log, group, settings, dataset, checkpoint)
+    _start_trainer(run, config)
+    return run
 
+
+def _restore(out: Path, log: Callable[[str], None], group, settings: dict, dataset,
+             checkpoint: Checkpoint | None) -> _Run:
+    """The model, optimiser, shuffling and history: the checkpoint's, else fresh from the
+    seed; and the trainer over them, once the images fit the model."""
     model = build_model(settings["model"], settings["seed"], settings["hidden"])
     if checkpoint is not None:
         model.load_state_dict(checkpoint.params)
@@ -399,8 +444,7 @@ def _run_locked(config: TrainConfig, out: Path, log: Callable[[str], None],
     if checkpoint is not None and checkpoint.optimizer_state:
         optimizer.load_state_dict(checkpoint.optimizer_state)
     if checkpoint is not None:
-        log(f"resuming from {ckpt_path} after epoch {start}")
-
+        log(f"resuming from {out / CHECKPOINT_NAME} after epoch {start}")
     input_shape = INPUT_SHAPES[settings["model"]]
     if math.prod(dataset.train.images.shape[1:]) != math.prod(input_shape):
         raise DataError(f"{dataset.source}: images of {dataset.train.images.shape[1:]} pixels; "
@@ -408,78 +452,100 @@ def _run_locked(config: TrainConfig, out: Path, log: Callable[[str], None],
     batch = settings["batch_size"] if group is None else group.local_batch(settings["batch_size"])
     trainer = Trainer(model, optimizer, batch, input_shape=input_shape,
                       data_parallel=group is not None)
+    return _Run(out, log, group, settings, dataset, model, optimizer, trainer, shuffle_rng,
+                history, start, checkpoint is not None)
+
+
+def _start_trainer(run: _Run, config: TrainConfig) -> None:
+    """Say what is trained, compile the kernels and report the memory plan."""
+    settings, dataset, log, group = run.settings, run.dataset, run.log, run.group
     log(f"training {settings['model']} on {dataset.source} ({len(dataset.train)} train / "
         f"{len(dataset.val)} val / {len(dataset.test)} test), {settings['optimizer']}, batch "
         f"{settings['batch_size']}, {describe_lr(settings)}, seed {settings['seed']}, into "
-        f"{out}")
+        f"{run.out}")
     if group is not None:
-        log(f"data-parallel over {group.size} MPI ranks, {batch} images of each batch and "
-            f"{group.threads} TVM thread(s) per rank")
-    seconds = trainer.compile()
+        log(f"data-parallel over {group.size} MPI ranks, {run.trainer.batch_size} images of "
+            f"each batch and {group.threads} TVM thread(s) per rank")
+    seconds = run.trainer.compile()
     log(f"kernels ready in {seconds:.2f}s")
-    log(trainer.memory_report())
+    log(run.trainer.memory_report())
     if config.debug_memory:
-        log(trainer.plan_report())
-        log(trainer.storage_report())
+        log(run.trainer.plan_report())
+        log(run.trainer.storage_report())
+
+
+def _train_epochs(run: _Run, config: TrainConfig) -> None:
+    """Train the epochs after ``run.start``; rank 0 evaluates, logs and checkpoints each."""
+    settings, trainer, group = run.settings, run.trainer, run.group
     epochs = settings["epochs"]
-    for epoch in range(start + 1, epochs + 1):
-        optimizer.lr = learning_rate_at(epoch, settings)
-        batches = epoch_batches(shuffle_rng, len(dataset.train), settings["batch_size"])
+    for epoch in range(run.start + 1, epochs + 1):
+        run.optimizer.lr = learning_rate_at(epoch, settings)
+        batches = epoch_batches(run.shuffle_rng, len(run.dataset.train), settings["batch_size"])
         if group is not None:
             batches = group.shard(batches)
         started = time.perf_counter()
         try:
-            losses = trainer.train_epoch(epoch, dataset.train, batches,
-                                         config.progress and writer,
+            losses = trainer.train_epoch(epoch, run.dataset.train, batches,
+                                         config.progress and run.writer,
                                          desc=f"epoch {epoch}/{epochs}")
         except TrainingError as e:
-            kept = (f"checkpoint of epoch {epoch - 1} kept in {ckpt_path}" if epoch > 1
+            kept = (f"checkpoint of epoch {epoch - 1} kept in {run.ckpt_path}" if epoch > 1
                     else "no checkpoint written")
             raise TrainingError(f"{e}; {kept}") from None
         if group is not None:  # the training accuracy over every rank's shards
             trainer.correct, trainer.seen = group.total(trainer.correct, trainer.seen)
-            if not writer:
-                continue  # rank 0 alone evaluates, logs and writes
-        epoch_time = round(time.perf_counter() - started, 4)
-        row = {"epoch": epoch, "loss": float(np.mean(losses)), "epoch_time_s": epoch_time}
-        line = f"epoch {epoch}/{epochs}  loss {row['loss']:.4f}  time {epoch_time:.2f}s"
-        started = time.perf_counter()
-        if len(dataset.val):
-            val_loss, row["val_acc"], _ = trainer.evaluate(dataset.val)
-            row["val_loss"] = val_loss
-            line += f"  val acc {100 * row['val_acc']:.2f}%"
-        row.update(train_acc=trainer.correct / max(trainer.seen, 1),
-                   eval_time_s=round(time.perf_counter() - started, 4), lr=optimizer.lr,
-                   batch_losses=[round(v, 5) for v in losses])
-        if checkpoint is not None and epoch == start + 1:
-            row["resumed"] = 1  # the plot marks where the run was resumed
-        history.append(row)
-        log(line)
-        save_checkpoint(ckpt_path, Checkpoint(epoch, trainer.params_numpy(),
-                                              shuffle_rng.bit_generator.state, history,
-                                              settings, settings["optimizer"],
-                                              optimizer_arrays(optimizer)))
-        report.write_metrics(out, history, {"settings": settings})
-    if not writer:
-        return TrainResult(trainer.params_numpy())
+        if run.writer:  # rank 0 alone evaluates, logs and writes
+            _end_epoch(run, epoch, losses, round(time.perf_counter() - started, 4))
 
-    _, test_acc, _ = trainer.evaluate(dataset.test)
-    final = trainer.params_numpy()
+
+def _end_epoch(run: _Run, epoch: int, losses: list[float], epoch_time: float) -> None:
+    """Evaluate an epoch on the validation split, log it, add it to the history and write
+    the checkpoint and the metrics."""
+    trainer, dataset = run.trainer, run.dataset
+    row = {"epoch": epoch, "loss": float(np.mean(losses)), "epoch_time_s": epoch_time}
+    line = (f"epoch {epoch}/{run.settings['epochs']}  loss {row['loss']:.4f}  time "
+            f"{epoch_time:.2f}s")
+    started = time.perf_counter()
+    if len(dataset.val):
+        val_loss, row["val_acc"], _ = trainer.evaluate(dataset.val)
+        row["val_loss"] = val_loss
+        line += f"  val acc {100 * row['val_acc']:.2f}%"
+    row.update(train_acc=trainer.correct / max(trainer.seen, 1),
+               eval_time_s=round(time.perf_counter() - started, 4), lr=run.optimizer.lr,
+               batch_losses=[round(v, 5) for v in losses])
+    if run.resumed and epoch == run.start + 1:
+        row["resumed"] = 1  # the plot marks where the run was resumed
+    run.history.append(row)
+    run.log(line)
+    save_checkpoint(run.ckpt_path, Checkpoint(epoch, trainer.params_numpy(),
+                                              run.shuffle_rng.bit_generator.state, run.history,
+                                              run.settings, run.settings["optimizer"],
+                                              optimizer_arrays(run.optimizer)))
+    report.write_metrics(run.out, run.history, {"settings": run.settings})
+
+
+def _finish(run: _Run) -> TrainResult:
+    """After the last epoch (rank 0): the test accuracy, the metrics, parameters, model and
+    plot written to the run folder."""
+    settings, history, out = run.settings, run.history, run.out
+    _, test_acc, _ = run.trainer.evaluate(run.dataset.test)
+    final = run.trainer.params_numpy()
     summary = {"settings": settings, "test_acc": test_acc,
                "val_acc": history[-1].get("val_acc") if history else None,
                "resumed_at": [row["epoch"] - 1 for row in history if row.get("resumed")]}
-    log(f"test acc {100 * test_acc:.2f}%")
+    run.log(f"test acc {100 * test_acc:.2f}%")
     report.write_metrics(out, history, summary)
     report.write_params(out, final)
-    save_model(model, out / MODEL_FILE,
-               metadata={"input_shape": list(input_shape),
-                         "classes": class_names(dataset.source), "data": dataset.source})
+    save_model(run.model, out / MODEL_FILE,
+               metadata={"input_shape": list(INPUT_SHAPES[settings["model"]]),
+                         "classes": class_names(run.dataset.source),
+                         "data": run.dataset.source})
     if history:
         report.plot_curves(out, history, f"dlsys {settings['model']}, {settings['optimizer']} "
                                          f"{describe_lr(settings)}, batch "
                                          f"{settings['batch_size']}", summary)
-    log(f"wrote {MODEL_FILE}, {report.METRICS_JSON}, {report.PLOT_PNG} and {CHECKPOINT_NAME} "
-        f"to {out}")
+    run.log(f"wrote {MODEL_FILE}, {report.METRICS_JSON}, {report.PLOT_PNG} and "
+            f"{CHECKPOINT_NAME} to {out}")
     return TrainResult(final, history, test_acc, summary)
 
 

@@ -23,8 +23,9 @@ import numpy as np
 import tvm
 
 from dlsys.errors import ArgumentError, ArgumentTypeError, DtypeError, ShapeError
-from dlsys.kernels import compute, disk_cache, tuning
+from dlsys.kernels import disk_cache, tuning
 from dlsys.kernels import schedule as schedules
+from dlsys.kernels.common.compute import prim_func
 
 SUPPORTED_DTYPES = ("float32", "float64")
 SUPPORTED_TARGETS = ("llvm", "cuda")
@@ -171,11 +172,22 @@ def disk_cache_enabled() -> bool:
     return os.environ.get("DLSYS_DISK_CACHE", "1") != "0"
 
 
+KERNELS_ROOT = Path(__file__).parent
+
+
+def code_files() -> list[Path]:
+    """The modules that decide generated code: every ``*.py`` of ``dlsys/kernels`` and of its
+    family folders (the tuning tables are data, and never invalidate a kernel)."""
+    return sorted(KERNELS_ROOT.rglob("*.py"))
+
+
 @lru_cache(maxsize=1)
 def _code_fingerprint() -> str:
-    """Hash of the modules that decide generated code, so editing them invalidates the cache."""
+    """Hash of ``code_files``, each under its path (a module moved between folders changes
+    the hash too), so editing them invalidates the cache."""
     digest = hashlib.sha256(tvm.__version__.encode())
-    for path in sorted(Path(__file__).parent.glob("*.py")):
+    for path in code_files():
+        digest.update(path.relative_to(KERNELS_ROOT).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -189,7 +201,7 @@ def _unscheduled_module(inputs: list, outputs: list, func_name: str,
                         target: tvm.target.Target) -> tvm.IRModule:
     # CPU kernels read their inputs wherever they lie, so that the executor can hand them a
     # caller's numpy array without copying it (GPU inputs are always dlsys's own copies).
-    prim = compute.prim_func(inputs, outputs, inputs_aligned=target.kind.name != "llvm")
+    prim = prim_func(inputs, outputs, inputs_aligned=target.kind.name != "llvm")
     return tvm.IRModule({func_name: prim.with_attr("global_symbol", func_name)})
 
 

@@ -9,51 +9,18 @@ two modules: schedules look blocks up by these names.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
-import tvm
-import tvm_ffi
 from tvm import te, tirx
 
-Shape = tuple[int, ...]
-TensorList = list[te.Tensor]
-
-
-def prim_func(inputs: TensorList, outputs: TensorList,
-              inputs_aligned: bool = True) -> tirx.PrimFunc:
-    """The function taking ``inputs + outputs`` as its buffers.
-
-    TVM promises the code generator 64-byte-aligned buffers. ``inputs_aligned=False``
-    promises the inputs only their element's alignment, so that a kernel can read a
-    caller's array where it lies: numpy allocates on 16-byte boundaries, and copying a batch
-    into an aligned buffer costs as much as a small model's kernels. The inputs are then
-    read with unaligned vector loads, which on x86 CPUs with AVX run as fast as aligned
-    ones when the data happens to be aligned. Outputs keep the promise: they are always
-    memory dlsys allocated.
-    """
-    func = te.create_prim_func(inputs + outputs)
-    if inputs_aligned:
-        return func
-    relaxed = {}
-    for param in func.params[:len(inputs)]:
-        declared = param.ty
-        relaxed[param] = tirx.decl_buffer(
-            declared.shape, declared.dtype, param.name, strides=declared.strides,
-            elem_offset=declared.elem_offset,
-            data_alignment=tvm.runtime.DataType(declared.dtype).bits // 8,
-            offset_factor=declared.offset_factor)
-    # Buffers are variables: swapping each one everywhere it occurs (the parameters, the
-    # loads, the blocks' read regions) redeclares it.
-    return tvm_ffi.structural_map(func, (tirx.Var, lambda var: relaxed.get(var, var)),
-                                  order="post")
-
-
-def broadcast_index(out_index: Sequence, in_shape: Shape, out_shape: Shape) -> list:
-    """Map an index of ``out_shape`` to the index of an input broadcast to it (numpy rules)."""
-    offset = len(out_shape) - len(in_shape)
-    return [0 if in_shape[d] == 1 and out_shape[d + offset] != 1 else out_index[d + offset]
-            for d in range(len(in_shape))]
-
+from dlsys.kernels.common.compute import (
+    ACCUMULATOR,
+    Shape,
+    TensorList,
+    accumulate,
+    block_size,
+    block_sums,
+    broadcast_index,
+)
 
 # ------------------------------------------------------------------ elementwise
 # The scalar formula of each elementwise kernel kind: one element of each input, then the
@@ -158,91 +125,6 @@ def elementwise(formula: Callable, input_shapes: Sequence[Shape], out_shape: Sha
 def elemwise_add(shape: Shape, dtype: str):
     return elementwise(add, [shape, shape], shape, (), dtype)
 
-
-def matmul_sizes(shape_a: Shape, trans_a: bool, shape_b: Shape,
-                 trans_b: bool) -> tuple[int, int, int]:
-    """``(M, N, K)`` of ``op(A) @ op(B)`` from the stored shapes (a transposed operand is
-    stored transposed)."""
-    m, k = (shape_a[1], shape_a[0]) if trans_a else shape_a
-    return m, (shape_b[0] if trans_b else shape_b[1]), k
-
-
-def matmul(shape_a: Shape, trans_a: bool, shape_b: Shape, trans_b: bool, dtype: str):
-    """``C = op(A) @ op(B)`` where ``op`` transposes when asked; reduction over ``k``."""
-    a = te.placeholder(shape_a, dtype=dtype, name="A")
-    b = te.placeholder(shape_b, dtype=dtype, name="B")
-    m, n, k_len = matmul_sizes(shape_a, trans_a, shape_b, trans_b)
-    k = te.reduce_axis((0, k_len), name="k")
-
-    def a_at(i, kk):
-        return a[kk, i] if trans_a else a[i, kk]
-
-    def b_at(kk, j):
-        return b[j, kk] if trans_b else b[kk, j]
-
-    c = te.compute((m, n), lambda i, j: te.sum(a_at(i, k) * b_at(k, j), axis=k), name="matmul")
-    return [a, b], [c]
-
-
-# The block annotation that carries a pre-packed matmul's tiles to its schedule: the panel
-# width is fixed when the operand is packed, so the product must use the same tiles.
-MATMUL_TILES_ATTR = "dlsys_matmul_tiles"
-
-
-def pack_panels(shape_b: Shape, trans_b: bool, panel: int, dtype: str):
-    """``op(B)`` (K x N) as column panels ``P[p, k, l] = op(B)[k, p * panel + l]``, the last
-    panel zero-filled past N: the layout the matmul's inner loop streams (``kernels.matmul``)."""
-    b = te.placeholder(shape_b, dtype=dtype, name="B")
-    k_len, n = (shape_b[1], shape_b[0]) if trans_b else shape_b
-    panels = -(-n // panel)
-
-    def body(p, kk, lane):
-        j = p * panel + lane
-        value = b[j, kk] if trans_b else b[kk, j]
-        # if_then_else, not select: a column past N must not even be read.
-        return value if n % panel == 0 else tirx.if_then_else(j < n, value,
-                                                              tirx.const(0, dtype))
-
-    return [b], [te.compute((panels, k_len, panel), body, name="pack_panels")]
-
-
-def matmul_prepacked(shape_a: Shape, trans_a: bool, shape_b: Shape, trans_b: bool,
-                     tiles: tuple, epilogue: Sequence[tuple[Epilogue, Callable]], dtype: str):
-    """``epilogue(op(A) @ op(B))`` with B already in ``pack_panels`` layout (panel ``tiles[1]``).
-
-    The product runs over whole register tiles (``tiles[0]`` rows, whole panels), so A's rows
-    are zero-padded (block ``A_pad``, in A's stored layout) and a block ``matmul_crop`` cuts the
-    product back to (M, N): the same blocks ``pad_einsum`` makes for an unpacked matmul.
-    """
-    rows, panel = tiles[0], tiles[1]
-    a = te.placeholder(shape_a, dtype=dtype, name="A")
-    m, n, k_len = matmul_sizes(shape_a, trans_a, shape_b, trans_b)
-    panels = -(-n // panel)
-    packed = te.placeholder((panels, k_len, panel), dtype=dtype, name="B_packed")
-    m_pad = -(-m // rows) * rows
-    a_read = a
-    if m_pad != m:
-        stored = (k_len, m_pad) if trans_a else (m_pad, k_len)
-        row_axis = 1 if trans_a else 0
-
-        def padded(*index):
-            return tirx.if_then_else(index[row_axis] < m, a[index], tirx.const(0, dtype))
-
-        a_read = te.compute(stored, padded, name="A_pad")
-    k = te.reduce_axis((0, k_len), name="k")
-
-    def a_at(i, kk):
-        return a_read[kk, i] if trans_a else a_read[i, kk]
-
-    product = te.compute(
-        (m_pad, panels * panel),
-        lambda i, j: te.sum(a_at(i, k) * packed[j // panel, k, j % panel], axis=k),
-        name="matmul", attrs={MATMUL_TILES_ATTR: [m, n, k_len, int(trans_a), int(trans_b),
-                                                 *(int(t) for t in tiles)]})
-    if (m_pad, panels * panel) != (m, n):
-        product = te.compute((m, n), lambda i, j: product[i, j], name="matmul_crop")
-    operands, out = apply_epilogue(product, epilogue, dtype)
-    return [a, packed, *operands], [out]
 
 
 def _row_log_sum_exp(y: te.Tensor, rows: int, cols: int):
@@ -357,41 +239,6 @@ def reduce_sum_to(shape: Shape, to_shape: Shape, dtype: str):
     return reduce_sum(shape, source, 1.0, dtype)
 
 
-# The type sums accumulate in. A float32 sum stops growing at 2**24 (16,777,216 + 1 rounds
-# back to 16,777,216) and loses up to one rounding of the running total per term besides;
-# float64's 29 extra bits bound that loss to about n * 2**-53 relative for n positive terms
-# (1e-8 at 10**8 terms), below float32's own rounding of the result.
-ACCUMULATOR = "float64"
-# Terms a float32 partial sum adds before it joins a float64 total (``block_sums``). Its
-# error grows about as the square root of its terms, under 1e-6 relative here; and one
-# float64 add per this many float32 ones leaves a sum of data in cache as fast as a float32
-# one (converting every term to float64 made the MLP's bias gradient, 256 x 256, 1.4-1.6x
-# slower on znver4).
-BLOCK_TERMS = 256
-
-
-def accumulate(value: tirx.PrimExpr) -> tirx.PrimExpr:
-    """``value`` as a term of a sum, in the ``ACCUMULATOR`` type (unchanged if it is)."""
-    return value.astype(ACCUMULATOR)
-
-
-def block_size(rows: int) -> int:
-    """The rows of one float32 block of ``block_sums``: the widest divisor of ``rows`` up to
-    ``BLOCK_TERMS`` (TE's reductions cannot skip a short last block: ``create_prim_func``
-    drops a reduction's ``where``)."""
-    return max(d for d in range(1, min(rows, BLOCK_TERMS) + 1) if rows % d == 0)
-
-
-def block_sums(term: Callable, rows: int, shape: Shape, name: str) -> te.Tensor:
-    """``P[b, *i]``: the sum of ``term(row, *i)`` over the ``block_size(rows)`` rows of block
-    ``b``, in ``term``'s type; a sum whose float32 partials ``P`` are then added in
-    ``ACCUMULATOR``, each partial short enough to be accurate (and, in the schedules, kept
-    in registers)."""
-    block = block_size(rows)
-    r = te.reduce_axis((0, block), name=f"{name}_r")
-    return te.compute((rows // block, *shape), lambda b, *index: te.sum(
-        term(b * block + r, *index), axis=r), name=name)
-
 
 def reduce_sum(shape: Shape, source: Sequence[int | None], scale: float, dtype: str):
     """``C = scale * sum(A)`` over every axis of ``A`` that ``source`` does not name.
@@ -476,105 +323,6 @@ def broadcast_to(shape: Shape, to_shape: Shape, dtype: str):
                    name="broadcast")
     return [a], [c]
 
-
-@dataclass(frozen=True)
-class Epilogue:
-    """One elementwise step applied to a matmul's result before it is stored.
-
-    ``kind`` names an elementwise formula; the running result is its argument ``position``;
-    ``operand`` says what else it reads: ``None``, ``"columns"`` (a vector indexed by the
-    output's column, a dense layer's bias), ``"channels"`` (a (C, 1, 1) tensor indexed by an
-    NCHW output's channel, a convolution's bias) or ``"matrix"`` (a tensor of the output's
-    shape);
-    ``constants`` follow the tensors. ``label`` is how the step is shown and requested
-    through ``tvm_op.make_matmul_epilogue``.
-    """
-
-    kind: str
-    label: str
-    position: int = 0
-    operand: str | None = None
-    constants: tuple[float, ...] = ()
-
-    @property
-    def label_tuple(self) -> tuple:
-        return (self.label, *self.constants)
-
-
-def epilogue_from_label(label: str, *constants: float) -> Epilogue:
-    """The epilogue step that ``label`` (a key of ``EPILOGUE_LABELS``) names."""
-    template = EPILOGUE_LABELS[label]
-    return Epilogue(template.kind, label, template.position, template.operand,
-                    tuple(float(c) for c in constants))
-
-
-EPILOGUE_LABELS = {
-    "bias_add": Epilogue("add", "bias_add", operand="columns"),
-    "channel_bias_add": Epilogue("add", "channel_bias_add", operand="channels"),
-    "add": Epilogue("add", "add", operand="matrix"),
-    # (H > 0) * G where G is the matmul result: the adjoint of relu at its output H.
-    "relu_mask": Epilogue("relu_gradient", "relu_mask", position=1, operand="matrix"),
-    "relu": Epilogue("relu", "relu"),
-    "add_const": Epilogue("add_const", "add_const"),
-    "mul_const": Epilogue("mul_const", "mul_const"),
-}
-EPILOGUE_OPERANDS = {label: {"columns": "vector", "matrix": "matrix", "channels": "channels",
-                                None: None}[e.operand]
-                     for label, e in EPILOGUE_LABELS.items()}
-
-
-def matmul_epilogue(shape_a: Shape, trans_a: bool, shape_b: Shape, trans_b: bool,
-                    epilogue: Sequence[tuple[Epilogue, Callable]], dtype: str):
-    """``epilogue(op(A) @ op(B))`` in one kernel; inputs are A, B, then each step's operand.
-
-    ``epilogue`` pairs each step with its formula (see ``elementwise``).
-    """
-    (a, b), (product,) = matmul(shape_a, trans_a, shape_b, trans_b, dtype)
-    operands, out = apply_epilogue(product, epilogue, dtype)
-    return [a, b, *operands], [out]
-
-
-# The name of every epilogue block starts with it, so a schedule can find the chain.
-EPILOGUE_PREFIX = "epilogue"
-
-
-def apply_epilogue(result: te.Tensor, epilogue: Sequence[tuple[Epilogue, Callable]],
-                   dtype: str) -> tuple[TensorList, te.Tensor]:
-    """``epilogue`` applied to ``result`` as a chain of elementwise blocks; returns the
-    placeholders of the steps' operands (in order) and the last block."""
-    shape = tuple(int(d) for d in result.shape)
-    operand_shapes = {"columns": (shape[-1],), "matrix": shape,
-                      "channels": (shape[1], 1, 1) if len(shape) == 4 else None}
-    operands = []
-    out = result
-    for position, (step, formula) in enumerate(epilogue):
-        operand = None
-        if step.operand is not None:
-            operand = te.placeholder(operand_shapes[step.operand], dtype=dtype,
-                                     name=f"E{position}")
-            operands.append(operand)
-        out = _epilogue_block(out, operand, step, formula, position, dtype)
-    return operands, out
-
-
-def _epilogue_block(x: te.Tensor, operand, step: Epilogue, formula: Callable, position: int,
-                    dtype: str) -> te.Tensor:
-    # A function of its own so each block's lambda closes over its own step.
-    consts = [tirx.const(c, dtype) for c in step.constants]
-
-    def body(*index):
-        tensors = [x[index]]
-        if operand is not None:
-            if step.operand == "columns":
-                value = operand[index[-1]]
-            elif step.operand == "channels":
-                value = operand[index[1], 0, 0]
-            else:
-                value = operand[index]
-            tensors.insert(1 - step.position, value)  # the running result at its position
-        return formula(*tensors, *consts)
-
-    return te.compute(x.shape, body, name=f"{EPILOGUE_PREFIX}{position}")
 
 
 def sgd_update_many(shapes: Sequence[Shape], dtype: str):

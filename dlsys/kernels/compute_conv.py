@@ -24,7 +24,8 @@ from collections.abc import Callable, Sequence
 from tvm import te, tirx
 
 from dlsys.kernels import cpu
-from dlsys.kernels.compute import Epilogue, Shape, TensorList, apply_epilogue
+from dlsys.kernels.common.compute import Shape, TensorList
+from dlsys.kernels.common.epilogue import Epilogue, apply_epilogue
 from dlsys.kernels.conv import (
     DIRECT_BLOCK,
     GEMM_BLOCK,

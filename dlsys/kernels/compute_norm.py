@@ -12,14 +12,8 @@ from collections.abc import Callable, Sequence
 
 from tvm import te, tirx
 
-from dlsys.kernels.compute import (
-    ACCUMULATOR,
-    Epilogue,
-    Shape,
-    accumulate,
-    apply_epilogue,
-    block_sums,
-)
+from dlsys.kernels.common.compute import ACCUMULATOR, Shape, accumulate, block_sums
+from dlsys.kernels.common.epilogue import Epilogue, apply_epilogue
 
 
 def _channel_mean(values, shape: Shape, name: str, dtype: str, mean: bool = True):

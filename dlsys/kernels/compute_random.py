@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from tvm import te, tirx
 
-from dlsys.kernels.compute import Shape
+from dlsys.kernels.common.compute import Shape
 
 # The seed is kept in the graph's float dtype: float32 holds every integer below 2**24.
 SEED_PERIOD = 1 << 24

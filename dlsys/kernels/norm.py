@@ -19,11 +19,8 @@ from __future__ import annotations
 from tvm import s_tir
 
 from dlsys.errors import ArgumentError
-from dlsys.kernels import cpu
+from dlsys.kernels.common.loops import vectorize_row
 
-# The widest vector loop over a plane's positions (several registers, so independent lanes
-# hide the adds' latency); a plane longer than this is split into vectors of a divisor.
-PLANE_VECTOR_MAX = 64
 # Contiguous values per image that a group of channels reads in one run (784 bytes of
 # float32). LLVM unrolls a group's loop and keeps the group's partial sums in vector
 # registers: at 512 values (a 14 x 14 group of four channels, 64 AVX-512 registers of
@@ -116,27 +113,6 @@ def _group_loop(sch: s_tir.Schedule, last, plane: tuple[int, int]) -> tuple:
     sch.reorder(outer, n, inner)
     vectorize_row(sch, sch.fuse(h, w))
     return outer, group
-
-
-def vectorize_row(sch: s_tir.Schedule, loop) -> None:
-    """Vectorise a contiguous loop (a plane, an image row) whole or in whole vectors of a
-    divisor of its extent, never with a predicated tail (which the vectoriser scalarises)."""
-    extent = int(sch.get(loop).extent)
-    width = vector_width(extent)
-    if width < extent:
-        _, loop = sch.split(loop, factors=[None, width])
-    if width > 1:
-        sch.vectorize(loop)
-
-
-def vector_width(extent: int) -> int:
-    """The whole plane when it fits ``PLANE_VECTOR_MAX``; else the widest divisor that is a
-    whole number of registers, or failing that the widest divisor (no tail loop)."""
-    if extent <= PLANE_VECTOR_MAX:
-        return extent
-    divisors = [d for d in range(PLANE_VECTOR_MAX, 0, -1) if extent % d == 0]
-    whole = [d for d in divisors if d % cpu.host().lanes("float32") == 0]
-    return (whole or divisors)[0]
 
 
 def _is_reduction(sch: s_tir.Schedule, block) -> bool:

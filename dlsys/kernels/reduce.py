@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from dlsys.kernels.norm import vector_width, vectorize_row
+from dlsys.kernels.common.loops import vector_width, vectorize_row
 
 # Fewer kept rows than this are not worth sharing between cores: the reduction itself is cut.
 PARALLEL_ROWS_MIN = 16

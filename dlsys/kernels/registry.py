@@ -2,12 +2,10 @@
 
 An operator names the kernel it needs as a ``KernelSpec`` (a kind and its parameters, which
 are shapes, flags and constants); ``KernelSpec.build`` finds the kind here, defines the
-computation with ``dlsys.kernels.compute`` and compiles it with the CPU schedule of its
-family from ``dlsys.kernels.schedule`` (or the GPU thread binding on CUDA), through the
-kernel caches of ``dlsys.kernels.build``. Nothing else ties compute to schedule.
-
-Adding an elementwise kernel is one formula in ``compute`` and one ``register_elementwise``
-line below.
+computation with the compute of its family and compiles it with the family's CPU schedule
+(``dlsys.kernels.schedule``; the GPU thread binding on CUDA), through the kernel caches of
+``dlsys.kernels.build``. The kinds come from each family's ``register()``
+(``dlsys.kernels.families``); nothing else ties compute to schedule.
 """
 
 from __future__ import annotations
@@ -19,6 +17,7 @@ from functools import partial
 from dlsys.errors import ArgumentError
 from dlsys.kernels import compute, compute_norm, compute_random
 from dlsys.kernels.build import Kernel, build_kernel
+from dlsys.kernels.families import FAMILIES
 from dlsys.kernels.schedule import SCHEDULES
 
 
@@ -32,18 +31,22 @@ class KernelKind:
     compute: Callable[..., tuple[list, list]]
     schedule: str
     formula: Callable | None = None
+    # ``(params, dtype) -> layout or None``: for a kind whose operator packs a constant
+    # operand ahead of the calls, the layout the kernel layer chooses for it (the matmul's
+    # tiles); operators ask for it through ``KernelSpec.packed_layout``.
+    packed_layout: Callable[[tuple, str], tuple | None] | None = None
 
 
 KINDS: dict[str, KernelKind] = {}
 
 
-def register(name: str, compute_fn: Callable, schedule: str,
-             formula: Callable | None = None) -> None:
+def register(name: str, compute_fn: Callable, schedule: str, formula: Callable | None = None,
+             packed_layout: Callable[[tuple, str], tuple | None] | None = None) -> None:
     if name in KINDS:
         raise ArgumentError(f"kernel kind {name!r} is registered twice")
     if schedule not in SCHEDULES:
         raise ArgumentError(f"kernel kind {name!r}: unknown schedule family {schedule!r}")
-    KINDS[name] = KernelKind(name, compute_fn, schedule, formula)
+    KINDS[name] = KernelKind(name, compute_fn, schedule, formula, packed_layout)
 
 
 def register_elementwise(name: str, formula: Callable) -> None:
@@ -80,16 +83,32 @@ class KernelSpec:
                             lambda: entry.compute(*params, dtype), dtype, target, tgt_host,
                             func_name)
 
+    def packed_layout(self, dtype: str) -> tuple | None:
+        """The layout the kernel layer packs this kernel's constant operand in, or None
+        where the kind packs nothing or its operand is better read as stored."""
+        choose = kind(self.kind).packed_layout
+        return None if choose is None else choose(self.params, dtype)
 
-def register_epilogue(name: str, compute_fn: Callable, schedule: str) -> None:
-    """A kind whose compute ends ``(..., epilogue, dtype)``: the spec's ``compute.Epilogue``
-    steps are paired with their elementwise formulas before the compute sees them."""
+
+def register_epilogue(name: str, compute_fn: Callable, schedule: str,
+                      packed_layout: Callable[[tuple, str], tuple | None] | None = None) -> None:
+    """A kind whose compute ends ``(..., epilogue, dtype)``: the spec's ``Epilogue`` steps
+    (``dlsys.kernels.common.epilogue``) are paired with their elementwise formulas before
+    the compute sees them."""
     def define(*params):
         *leading, epilogue, dtype = params
         steps = [(step, elementwise_formula(step.kind)) for step in epilogue]
         return compute_fn(*leading, steps, dtype)
 
-    register(name, define, schedule)
+    register(name, define, schedule, packed_layout=packed_layout)
+
+
+class Registrar:
+    """What a family's ``register()`` is handed: it adds the family's kinds to ``KINDS``."""
+
+    add = staticmethod(register)
+    add_elementwise = staticmethod(register_elementwise)
+    add_epilogue = staticmethod(register_epilogue)
 
 
 for _name, _formula in [("add", compute.add), ("mul", compute.mul),
@@ -105,11 +124,6 @@ register("broadcast_to", compute.broadcast_to, "injective")
 register("reduce_sum_to", compute.reduce_sum_to, "reduce_sum")
 register("reduce_sum", compute.reduce_sum, "reduce_sum")
 register("expand_axes", compute.expand_axes, "injective")
-register("matmul", compute.matmul, "matmul")
-register_epilogue("matmul_epilogue", compute.matmul_epilogue, "matmul")
-# A constant B packed once (an inference session's weights), then read by every product.
-register("pack_panels", compute.pack_panels, "injective")
-register_epilogue("matmul_prepacked", compute.matmul_prepacked, "matmul_prepacked")
 register("softmax", compute.softmax, "softmax")
 register("softmax_cross_entropy", compute.softmax_cross_entropy, "row_loss")
 register("softmax_cross_entropy_gradient", compute.softmax_cross_entropy_gradient, "softmax")
@@ -154,3 +168,6 @@ register_epilogue("max_pool2d_grad_epilogue", compute_conv.max_pool2d_grad_epilo
 from dlsys.kernels import compute_layout  # noqa: E402 - appended after the operators' kinds
 
 register("transpose", compute_layout.transpose, "injective")
+
+for _family in FAMILIES:
+    _family.register(Registrar())

@@ -13,7 +13,7 @@ import numpy as np
 from dlsys.checks import check_constant
 from dlsys.errors import ArgumentError, ArgumentTypeError, ShapeError
 from dlsys.graph import Node, Op, short_name
-from dlsys.kernels.compute import Epilogue, epilogue_from_label
+from dlsys.kernels.common.epilogue import Epilogue, epilogue_from_label
 from dlsys.kernels.registry import KernelSpec
 from dlsys.ops.arguments import check_node
 from dlsys.ops.reduce import reducesumto_op

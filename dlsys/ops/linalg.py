@@ -8,7 +8,6 @@ import numpy as np
 from dlsys.checks import check_flag
 from dlsys.errors import GradientError
 from dlsys.graph import Node, Op, short_name
-from dlsys.kernels.matmul import prepacked_tiles
 from dlsys.kernels.registry import KernelSpec
 from dlsys.ops.shapes import apply_rule, matmul_shape
 
@@ -60,7 +59,9 @@ class MatMulOp(Op):
 
     def packed_kernel_spec(self, node, shapes, spec, dtype):
         operands = self._operands(node, [shapes[i] for i in node.inputs])
-        tiles = prepacked_tiles(*operands, dtype)
+        # The tiles are the kernel layer's choice for this CPU; the operator only lays B out
+        # in the panels they ask for.
+        tiles = spec.packed_layout(dtype)
         if tiles is None:
             return None
         packed = pack_panels_op(node.inputs[1], node.attrs["trans_B"], tiles[1])

@@ -17,10 +17,13 @@ from tvm import s_tir, te, tirx
 from dlsys import autodiff as ad
 from dlsys import tvm_op
 from dlsys.errors import ArgumentError
-from dlsys.kernels import compute, tuning
-from dlsys.kernels import matmul as mm
+from dlsys.kernels import compute as formulas
+from dlsys.kernels import tuning
 from dlsys.kernels.build import make_target
+from dlsys.kernels.common import epilogue
 from dlsys.kernels.cpu import facts_for
+from dlsys.kernels.matmul import compute
+from dlsys.kernels.matmul import search as mm
 from dlsys.kernels.schedule import SCHEDULES, apply_schedule
 
 # Register files of CPUs this machine need not be: tiles are chosen from facts alone.
@@ -383,10 +386,10 @@ def test_fusion_pass_epilogues(steps):
     a, b, value = _operands(rng, problem)
     operands = []
     for kind, *extra in steps:
-        if compute.EPILOGUE_OPERANDS[kind] == "vector":
+        if epilogue.EPILOGUE_OPERANDS[kind] == "vector":
             operands.append(rng.standard_normal(n).astype("float32"))
             value = value + operands[-1]
-        elif compute.EPILOGUE_OPERANDS[kind] == "matrix":
+        elif epilogue.EPILOGUE_OPERANDS[kind] == "matrix":
             operands.append(rng.standard_normal((m, n)).astype("float32"))
             value = np.where(operands[-1] > 0, value, 0) if kind == "relu_mask" \
                 else value + operands[-1]
@@ -443,8 +446,8 @@ def test_a_single_row_against_pytorch_weights_is_a_matrix_vector_product(n, k, f
     steps = [("bias_add",), ("relu",)] if fused else []
     inputs, outputs = (compute.matmul_epilogue(
         (1, k), False, (n, k), True,
-        [(compute.epilogue_from_label(label), formula) for (label,), formula
-         in zip(steps, (compute.add, compute.relu))], "float32"))
+        [(epilogue.epilogue_from_label(label), formula) for (label,), formula
+         in zip(steps, (formulas.add, formulas.relu))], "float32"))
     scheduled = apply_schedule(tvm.IRModule({"main": te.create_prim_func(inputs + outputs)}),
                                "matmul", make_target("llvm")).script()
     assert ("matmul_rf" in scheduled) == (mm.gemv_lanes(problem) is not None)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tvm
 
-from dlsys.kernels import matmul as mm
-from dlsys.kernels.compute import Epilogue
+from dlsys.kernels.common.epilogue import Epilogue
+from dlsys.kernels.matmul import search as mm
 from dlsys.kernels.registry import KernelSpec
 from dlsys.ops.linalg import pack_panels_op
 from dlsys.ops.placeholder import Variable

@@ -16,6 +16,7 @@ from kernel_testing import (
 )
 
 from dlsys.kernels import build, compute, compute_conv
+from dlsys.kernels.matmul import compute as matmul_compute
 
 TARGET = build.make_target("llvm")
 # Big enough that every tuned schedule parallelises or vectorises something.
@@ -26,7 +27,7 @@ DEFINITIONS = [
     ("row_loss", lambda: compute.softmax_cross_entropy((64, 300), "float32")),
     ("window", lambda: compute_conv.conv2d((4, 3, 12, 12), (8, 3, 3, 3), (4, 8, 10, 10), (1, 1),
                                            (0, 0), "float32")),
-    ("matmul", lambda: compute.matmul((64, 48), False, (48, 80), False, "float32")),
+    ("matmul", lambda: matmul_compute.matmul((64, 48), False, (48, 80), False, "float32")),
 ]
 OPTIMISED_LOOP = re.compile(r"T\.(parallel|vectorized)\(")
 

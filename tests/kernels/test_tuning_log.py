@@ -7,9 +7,9 @@ from dataclasses import asdict
 
 import pytest
 
-from dlsys.kernels import matmul as mm
 from dlsys.kernels import tuning
 from dlsys.kernels.cpu import facts_for
+from dlsys.kernels.matmul import search as mm
 
 # An AVX2 register file (16 registers of 8 float32 lanes), whatever this machine's: the
 # pathological tiles below are judged against it. No table ships tiles for "haswell".

@@ -1,0 +1,267 @@
+"""The matmul's tile sizes: the problem a product poses (``MatmulProblem``), a choice of
+tiles (``MatmulConfig``), the candidates worth timing and the untimed heuristic choice.
+
+Nothing here builds or times a kernel: ``dlsys.kernels.matmul.schedule`` applies a config,
+``dlsys.kernels.matmul.search`` times candidates and picks one per shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dlsys.kernels import cpu as cpu_facts
+from dlsys.kernels.cpu import CpuFacts
+
+# Configs a first-use search times per shape (twice as many for a packed B).
+SEARCH_CANDIDATES = 4
+# A packed element (a scalar load and store) costs about as long as this many multiply-adds
+# inside the vectorised FMA loop; used to rank tiles that pad A against those that do not.
+PACK_COST_MACS = 8
+MAX_TILE = 64
+# The smallest per-core L2 of the x86 CPUs in use (Skylake client: 256 KiB).
+MIN_L2_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class MatmulProblem:
+    """What decides the best tiles: ``C[m, n] = sum_k op(A)[m, k] op(B)[k, n]``."""
+
+    m: int
+    n: int
+    k: int
+    trans_a: bool
+    trans_b: bool
+    dtype: str
+    # The CPU the tiles are for: its vector width, register file and L2 (this machine's
+    # unless a test or a table names another).
+    cpu: CpuFacts = field(default_factory=cpu_facts.host)
+    # B arrives packed in panels (``compute.matmul_prepacked``, a constant packed once), so
+    # a call copies at most A: the best tiles differ from those of a call packing B too.
+    b_prepacked: bool = False
+
+    def key(self, cpu: str | None = None) -> str:
+        """The tuning-log key: CPU, dtype, sizes, transposes, and ``pb1`` for a packed B."""
+        return (f"{cpu or self.cpu.name}/{self.dtype}/m{self.m}n{self.n}k{self.k}"
+                f"/ta{int(self.trans_a)}tb{int(self.trans_b)}"
+                + ("pb1" if self.b_prepacked else ""))
+
+    @property
+    def l2_budget_bytes(self) -> int:
+        """Half the L2: room for the B slab plus the A panel and C tiles streaming by."""
+        return self.cpu.l2_bytes // 2
+
+    @property
+    def macs(self) -> int:
+        return self.m * self.n * self.k
+
+    @property
+    def lanes(self) -> int:
+        return self.cpu.lanes(self.dtype)
+
+    def shapes(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The stored shapes of A and B (transposed operands are stored transposed)."""
+        shape_a = (self.k, self.m) if self.trans_a else (self.m, self.k)
+        shape_b = (self.n, self.k) if self.trans_b else (self.k, self.n)
+        return shape_a, shape_b
+
+
+@dataclass(frozen=True)
+class MatmulConfig:
+    """Tile sizes: ``mr`` x ``nr`` register tile, ``nc`` columns per L2 slab, A packed or not,
+    B packed or read where it is stored (``pack_b=False``: an untransposed B whose rows hold
+    whole column tiles, streamed with stride N instead of copied).
+
+    ``vec_m`` vectorises the tile along its rows instead of its columns (A's packed panel
+    supplies the vectors, B is broadcast): for a narrow output such as N = 10, where column
+    vectors would pad 10 to 16, rows are plentiful and need no padding.
+    """
+
+    mr: int
+    nr: int
+    nc: int
+    pack_a: bool = True
+    vec_m: bool = False
+    pack_b: bool = True
+
+    def tiles(self) -> tuple:
+        """The config as ``compute.matmul_prepacked`` takes it (a kernel spec parameter)."""
+        return (self.mr, self.nr, self.nc, self.pack_a, self.vec_m)
+
+    @classmethod
+    def from_json(cls, record: dict, problem: MatmulProblem) -> MatmulConfig | None:
+        """The config a log record holds, or ``None`` if it is malformed or does not fit."""
+        try:
+            sizes = [record[name] for name in ("mr", "nr", "nc")]
+            flags = [record.get("pack_a", True), record.get("vec_m", False),
+                     record.get("pack_b", True)]
+        except (KeyError, TypeError):
+            return None
+        if not all(type(v) is int for v in sizes) or not all(type(f) is bool for f in flags):
+            return None
+        config = cls(*sizes, *flags)
+        return config if config.fits(problem) and config._search_shaped(problem) else None
+
+    def fits(self, problem: MatmulProblem) -> bool:
+        """Whether the tiles divide the padded problem, as the schedule requires."""
+        n_pad = _round_up(problem.n, self.nr) if self.nr > 0 else 0
+        # B read in place: its rows must hold whole column tiles, unpadded, along j.
+        b_in_place = (self.pack_b or not problem.b_prepacked and not problem.trans_b
+                      and not self.vec_m and problem.n % self.nr == 0)
+        # The bounds keep a hand-edited log from asking for a tile that unrolls into
+        # thousands of instructions.
+        return (0 < self.mr <= min(problem.m, MAX_TILE) and 0 < self.nr <= MAX_TILE
+                and 0 < self.nc and self.nc % self.nr == 0 and n_pad % self.nc == 0
+                and b_in_place)
+
+    def _search_shaped(self, problem: MatmulProblem) -> bool:
+        """Whether a logged config (which fits) is one the search could have logged, or a tile
+        of the same kind: legal tiles can still be pathological (1 x 1 runs a matmul about 70x
+        slower than the tuned tile), and a log is a file anyone with access can edit."""
+        if self in candidate_configs(problem, limit=64):
+            return True
+        lanes = problem.lanes
+        if self.vec_m:
+            # Row vectors come from the packed copy of A, in whole vectors.
+            vectors, broadcast, extent = self.mr // lanes, self.nr, problem.n
+            whole = self.mr % lanes == 0 and self.pack_a
+        else:
+            # Whole column vectors, or all of an output narrower than one; padded rows only
+            # exist in the packed copy of A.
+            vectors, broadcast, extent = -(-self.nr // lanes), self.mr, problem.m
+            whole = ((self.nr % lanes == 0 or self.nr == problem.n < lanes)
+                     and (self.pack_a or problem.m % self.mr == 0))
+        accumulators = vectors * broadcast
+        # As in cpu.TILE_SHAPES: accumulators, the loaded vectors and a broadcast within the
+        # register file, and at least two independent accumulators where the output allows.
+        registers_ok = (accumulators + vectors + 1 <= problem.cpu.vector_registers
+                        and accumulators >= min(2, extent))
+        # B's slab is whole, or no narrower than the search would cut for the smallest L2
+        # (a table searched on a CPU with a larger L2 than this one's cuts wider slabs).
+        n_pad = _round_up(problem.n, self.nr)
+        narrowest = _slab_columns(problem, self.nr, MIN_L2_BYTES // 2)
+        return whole and registers_ok and (self.nc == n_pad or self.nc >= narrowest)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _slab_columns(problem: MatmulProblem, nr: int, budget_bytes: int | None = None) -> int:
+    """The widest slab of whole panels that divides the padded N and fits the L2 budget
+    (``problem``'s, unless ``budget_bytes`` says)."""
+    budget = problem.l2_budget_bytes if budget_bytes is None else budget_bytes
+    panels = _round_up(problem.n, nr) // nr
+    itemsize = np.dtype(problem.dtype).itemsize
+    best = 1
+    for count in range(1, panels + 1):
+        if panels % count == 0 and problem.k * nr * count * itemsize <= budget:
+            best = count
+    return best * nr
+
+
+def _packs_a(problem: MatmulProblem, mr: int, nr: int) -> bool:
+    """Whether A is packed by default: when each panel is reused across column tiles, and
+    always when its rows need padding. A single use does not repay the copy, even for a
+    transposed A (measured: 100x10x1000 runs 1.4x faster unpacked)."""
+    n_pad = _round_up(problem.n, nr)
+    return n_pad // nr > 1 or problem.m % mr != 0
+
+
+def _register_tiles(problem: MatmulProblem) -> list[tuple[int, int]]:
+    """(mr, nr) pairs, best first by estimated cost in multiply-add time."""
+    lanes = problem.lanes
+    scored: dict[tuple[int, int], float] = {}
+    for rows, vectors, preference in problem.cpu.tile_shapes:
+        mr = min(rows, problem.m)
+        nr = vectors * lanes
+        if problem.n < nr:
+            # A narrow output gets fewer (or partial) vectors per row rather than padding.
+            nr = problem.n if problem.n < lanes else _round_up(problem.n, lanes)
+        weight = preference * mr / rows * min(1.0, nr / (vectors * lanes))
+        m_pad = _round_up(problem.m, mr)
+        cost = m_pad * _round_up(problem.n, nr) * problem.k / weight
+        if _packs_a(problem, mr, nr):
+            cost += m_pad * problem.k * PACK_COST_MACS
+        scored[(mr, nr)] = min(scored.get((mr, nr), float("inf")), cost)
+    return sorted(scored, key=scored.__getitem__)
+
+
+def candidate_configs(problem: MatmulProblem, limit: int = SEARCH_CANDIDATES) -> list[MatmulConfig]:
+    """Up to ``limit`` configs worth timing, the heuristic's favourite first.
+
+    Variations, in order: the best register tile with B unsplit, then with B read in place;
+    rows vectorised instead of columns where N is narrow; the second-best tile; the
+    favourite with B cut into L2-sized slabs, then with A's packing flipped; then the
+    remaining tiles, each followed by its B-in-place variant.
+    """
+    def make(mr: int, nr: int, nc: int | None = None, pack_a: bool | None = None):
+        if pack_a is None:
+            pack_a = _packs_a(problem, mr, nr)
+        return MatmulConfig(mr, nr, nc or _round_up(problem.n, nr), pack_a)
+
+    tiles = _register_tiles(problem)
+    best = make(*tiles[0])
+    configs = [best, *_b_in_place(problem, best)[:1], *_row_vector_configs(problem)[:1],
+               *(make(*tile) for tile in tiles[1:2])]
+    slab = _slab_columns(problem, best.nr)
+    if slab != best.nc:
+        configs.append(make(best.mr, best.nr, slab))
+    if problem.m % best.mr == 0:
+        # Padded rows force packing, so only whole row tiles leave a choice.
+        configs.append(make(best.mr, best.nr, best.nc, not best.pack_a))
+    configs += _row_vector_configs(problem)[1:]
+    configs += [variant for tile in tiles[1:] for config in [make(*tile)]
+                for variant in [config, *_b_in_place(problem, config)]]
+    if problem.b_prepacked:
+        # With B packed ahead, packing A is the only copy left in a call: each tile whose
+        # rows divide M is offered without it, first (the winner for every dense layer of
+        # the ONNX benchmark's MLP and LeNet at batch 256 on znver4; 256x100x256: 69 us
+        # with A read in place, 80 us packed).
+        configs = [variant for config in configs for variant in
+                   ([dataclasses.replace(config, pack_a=False), config]
+                    if config.pack_a and not config.vec_m and problem.m % config.mr == 0
+                    else [config])]
+    unique = list(dict.fromkeys(configs))
+    return unique[:max(1, limit)]
+
+
+def _b_in_place(problem: MatmulProblem, config: MatmulConfig) -> list[MatmulConfig]:
+    """``config`` reading B where it is stored instead of packing it, where that can work: B
+    stored along j (not transposed), in whole column tiles. The packing copy costs as much
+    as the product when B is large and each panel meets few row tiles (the MLP's weight
+    gradient 256x784x1000 reading its input in place on znver4: 184 -> 200 GFLOPS; its
+    100x256x1000 173 -> 212)."""
+    variant = dataclasses.replace(config, pack_b=False)
+    return [variant] if variant.fits(problem) else []
+
+
+def _row_vector_configs(problem: MatmulProblem) -> list[MatmulConfig]:
+    """``vec_m`` tiles, offered only where column vectors would waste a third of the work."""
+    lanes = problem.lanes
+    if problem.n >= 2 * lanes or _round_up(problem.n, lanes) * 2 < problem.n * 3 \
+            or problem.m < lanes:
+        return []
+    # Up to six broadcast columns times two row vectors keeps 12 accumulators, as (6, 2) does.
+    nr = max((d for d in range(1, 7) if problem.n % d == 0), default=1)
+    if nr < 3 and problem.n > 6:
+        nr = 6
+    n_pad = _round_up(problem.n, nr)
+    return [MatmulConfig(mr, nr, n_pad, True, True)
+            for mr in (2 * lanes, lanes) if mr <= problem.m]
+
+
+def heuristic_config(problem: MatmulProblem) -> MatmulConfig:
+    """The untimed choice: the best-ranked candidate."""
+    return candidate_configs(problem, 1)[0]
+
+
+def gemv_lanes(problem: MatmulProblem) -> int | None:
+    """Vector lanes along k for a matrix-vector product, or None where the tiled schedule
+    applies: one output row with B stored along k (PyTorch's weight layout, a batch of one),
+    and a whole number of vectors of at least 4 lanes in k."""
+    if problem.m != 1 or not problem.trans_b:
+        return None
+    return next((w for w in range(problem.lanes, 3, -1) if problem.k % w == 0), None)
