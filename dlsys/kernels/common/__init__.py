@@ -1,0 +1,2 @@
+"""What every kernel family shares: compute helpers (``compute``), fused epilogues
+(``epilogue``) and schedule helpers (``loops``)."""
