@@ -12,10 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
 from dlsys.errors import ArgumentError
-from dlsys.kernels import compute, compute_norm, compute_random
 from dlsys.kernels.build import Kernel, build_kernel
 from dlsys.kernels.families import FAMILIES
 from dlsys.kernels.schedule import SCHEDULES
@@ -47,11 +45,6 @@ def register(name: str, compute_fn: Callable, schedule: str, formula: Callable |
     if schedule not in SCHEDULES:
         raise ArgumentError(f"kernel kind {name!r}: unknown schedule family {schedule!r}")
     KINDS[name] = KernelKind(name, compute_fn, schedule, formula, packed_layout)
-
-
-def register_elementwise(name: str, formula: Callable) -> None:
-    """An elementwise kind: ``params`` are ``(input_shapes, out_shape, constants)``."""
-    register(name, partial(compute.elementwise, formula), "injective", formula)
 
 
 def kind(name: str) -> KernelKind:
@@ -107,67 +100,8 @@ class Registrar:
     """What a family's ``register()`` is handed: it adds the family's kinds to ``KINDS``."""
 
     add = staticmethod(register)
-    add_elementwise = staticmethod(register_elementwise)
     add_epilogue = staticmethod(register_epilogue)
 
-
-for _name, _formula in [("add", compute.add), ("mul", compute.mul),
-                        ("add_const", compute.add_const), ("mul_const", compute.mul_const),
-                        ("relu", compute.relu), ("relu_gradient", compute.relu_gradient),
-                        ("sigmoid", compute.sigmoid), ("sgd", compute.sgd),
-                        ("fill", compute.fill), ("sub", compute.sub), ("div", compute.div),
-                        ("neg", compute.neg), ("div_const", compute.div_const),
-                        ("rdiv_const", compute.rdiv_const), ("exp", compute.exp),
-                        ("log", compute.log), ("tanh", compute.tanh)]:
-    register_elementwise(_name, _formula)
-register("broadcast_to", compute.broadcast_to, "injective")
-register("reduce_sum_to", compute.reduce_sum_to, "reduce_sum")
-register("reduce_sum", compute.reduce_sum, "reduce_sum")
-register("expand_axes", compute.expand_axes, "injective")
-register("softmax", compute.softmax, "softmax")
-register("softmax_cross_entropy", compute.softmax_cross_entropy, "row_loss")
-register("softmax_cross_entropy_gradient", compute.softmax_cross_entropy_gradient, "softmax")
-register("softmax_cross_entropy_with_gradient", compute.softmax_cross_entropy_with_gradient,
-         "row_blocks")
-register("one_hot", compute.one_hot, "injective")
-register("dropout", compute_random.dropout, "injective")
-register("next_seed", compute_random.next_seed, "injective")
-register("batchnorm_normalize", compute_norm.batchnorm_normalize, "channel_norm")
-register("batchnorm_normalize_gradient", compute_norm.batchnorm_normalize_gradient, "channel_norm")
-register("running_statistic", compute_norm.running_statistic, "channel_norm")
-register("channel_sum", compute_norm.channel_sum, "channel_norm")
-register("batchnorm_affine", compute_norm.batchnorm_affine, "channel_norm")
-register_epilogue("batchnorm_affine_epilogue", compute_norm.batchnorm_affine_epilogue,
-                  "channel_norm")
-register("batchnorm_affine_gradient", compute_norm.batchnorm_affine_gradient, "channel_norm")
-register("batchnorm_parameter_gradient", compute_norm.batchnorm_parameter_gradient,
-         "channel_norm")
-register("batchnorm_inference", compute_norm.batchnorm_inference, "channel_norm")
-register("sgd_many", compute.sgd_update_many, "injective")
-
-# The optimisers' fused updates (``dlsys.optim``), defined in a file of their own.
-from dlsys.kernels import compute_optim  # noqa: E402 - appended after the operators' kinds
-
-register("sgd_update", compute_optim.sgd_update, "injective")
-register("adam_update", compute_optim.adam_update, "injective")
-
-# Convolutions and pooling (``dlsys.ops.conv``, ``dlsys.ops.pool``), in a file of their own.
-from dlsys.kernels import compute_conv  # noqa: E402 - appended after the operators' kinds
-
-register("conv2d", compute_conv.conv2d, "conv_gemm")
-register_epilogue("conv2d_epilogue", compute_conv.conv2d_epilogue, "conv_gemm")
-register("conv2d_grad_input", compute_conv.conv2d_grad_input, "conv_direct")
-register_epilogue("conv2d_grad_input_epilogue", compute_conv.conv2d_grad_input_epilogue,
-                  "conv_direct")
-register("conv2d_grad_weight", compute_conv.conv2d_grad_weight, "conv_weight")
-for _name in ("max_pool2d", "avg_pool2d", "max_pool2d_grad", "avg_pool2d_grad"):
-    register(_name, getattr(compute_conv, _name), "window")
-register_epilogue("max_pool2d_grad_epilogue", compute_conv.max_pool2d_grad_epilogue, "window")
-
-# Layout changes (``dlsys.ops.layout``), in a file of their own.
-from dlsys.kernels import compute_layout  # noqa: E402 - appended after the operators' kinds
-
-register("transpose", compute_layout.transpose, "injective")
 
 for _family in FAMILIES:
     _family.register(Registrar())

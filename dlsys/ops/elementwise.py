@@ -1,9 +1,9 @@
 """Elementwise operators: each output element from the same element of each input.
 
-Each operator names its formula (``kernel_kind``, a function of ``dlsys.kernels.compute``
-registered in ``dlsys.kernels.registry``); the standalone kernel and the epilogue of a fused
-matmul both apply that formula, so the math is written once. Binary operators broadcast
-their inputs as numpy does.
+Each operator names its formula (``kernel_kind``, a function of
+``dlsys.kernels.elementwise.compute`` registered by that family); the standalone kernel and
+the epilogue of a fused matmul both apply that formula, so the math is written once. Binary
+operators broadcast their inputs as numpy does.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ without either CPU: every tile fits its register file and divides the channels."
 
 import pytest
 
-from dlsys.kernels import conv
+from dlsys.kernels.conv import schedule as conv
 from dlsys.kernels.cpu import CpuFacts
 
 AVX2 = CpuFacts("znver3", vector_bytes=32, vector_registers=16)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tvm_ffi
 
-from dlsys.kernels import build, compute
+from dlsys.kernels import build
+from dlsys.kernels.elementwise import compute
 from dlsys.kernels.registry import KernelSpec
 from dlsys.testing.synthetic import misaligned
 

@@ -17,11 +17,11 @@ from tvm import s_tir, te, tirx
 from dlsys import autodiff as ad
 from dlsys import tvm_op
 from dlsys.errors import ArgumentError
-from dlsys.kernels import compute as formulas
 from dlsys.kernels import tuning
 from dlsys.kernels.build import make_target
 from dlsys.kernels.common import epilogue
 from dlsys.kernels.cpu import facts_for
+from dlsys.kernels.elementwise import compute as formulas
 from dlsys.kernels.matmul import compute
 from dlsys.kernels.matmul import search as mm
 from dlsys.kernels.schedule import SCHEDULES, apply_schedule

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tvm
 
-from dlsys.kernels import build, compute_norm, registry
+from dlsys.kernels import build, registry
+from dlsys.kernels.norm import compute as compute_norm
 
 TARGET = build.make_target("llvm")
 EPS, MOMENTUM = 1e-5, 0.1

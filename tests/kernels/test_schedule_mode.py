@@ -15,16 +15,20 @@ from kernel_testing import (
     window_schedule_cases,
 )
 
-from dlsys.kernels import build, compute, compute_conv
+from dlsys.kernels import build
+from dlsys.kernels.conv import compute as compute_conv
+from dlsys.kernels.elementwise import compute
+from dlsys.kernels.loss import compute as loss_compute
 from dlsys.kernels.matmul import compute as matmul_compute
+from dlsys.kernels.reduce import compute as reduce_compute
 
 TARGET = build.make_target("llvm")
 # Big enough that every tuned schedule parallelises or vectorises something.
 DEFINITIONS = [
     ("injective", lambda: compute.elemwise_add((64, 300), "float32")),
-    ("reduce_sum", lambda: compute.reduce_sum_axis_zero((300, 64), "float32")),
-    ("softmax", lambda: compute.softmax((64, 300), "float32")),
-    ("row_loss", lambda: compute.softmax_cross_entropy((64, 300), "float32")),
+    ("reduce_sum", lambda: reduce_compute.reduce_sum_axis_zero((300, 64), "float32")),
+    ("softmax", lambda: loss_compute.softmax((64, 300), "float32")),
+    ("row_loss", lambda: loss_compute.softmax_cross_entropy((64, 300), "float32")),
     ("window", lambda: compute_conv.conv2d((4, 3, 12, 12), (8, 3, 3, 3), (4, 8, 10, 10), (1, 1),
                                            (0, 0), "float32")),
     ("matmul", lambda: matmul_compute.matmul((64, 48), False, (48, 80), False, "float32")),

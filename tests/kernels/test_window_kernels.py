@@ -9,7 +9,8 @@ import pytest
 
 from dlsys import tvm_op as op
 from dlsys.errors import ArgumentTypeError, ShapeError
-from dlsys.kernels import build, compute_conv, registry
+from dlsys.kernels import build, registry
+from dlsys.kernels.conv import compute as compute_conv
 
 TARGET = build.make_target("llvm")
 X, F, Y = (4, 3, 13, 12), (8, 3, 3, 3), (4, 8, 7, 6)   # stride 2, padding 1

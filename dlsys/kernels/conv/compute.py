@@ -26,7 +26,7 @@ from tvm import te, tirx
 from dlsys.kernels import cpu
 from dlsys.kernels.common.compute import Shape, TensorList
 from dlsys.kernels.common.epilogue import Epilogue, apply_epilogue
-from dlsys.kernels.conv import (
+from dlsys.kernels.conv.schedule import (
     DIRECT_BLOCK,
     GEMM_BLOCK,
     WEIGHT_BLOCK,

@@ -1,5 +1,6 @@
-"""How convolutions run on a CPU: tile choices and the schedules of the ``conv_gemm`` and
-``conv_weight`` families (the compute definitions are in ``dlsys.kernels.compute_conv``).
+"""How convolutions and pooling run on a CPU: tile choices and the schedules of the
+``conv_gemm``, ``conv_direct``, ``conv_weight`` and ``window`` families (the compute
+definitions are in ``dlsys.kernels.conv.compute``).
 
 The forward convolution is a small matrix product per image (an
 *implicit GEMM*): ``Y[b, o, p] = sum_k F[o, k] col[b, k, p]`` where ``p`` runs over output
@@ -49,6 +50,14 @@ from tvm import s_tir
 
 from dlsys.kernels import available_cpus
 from dlsys.kernels import cpu as cpu_facts
+from dlsys.kernels.common.epilogue import EPILOGUE_PREFIX
+from dlsys.kernels.common.loops import (
+    VECTOR_LANES,
+    all_blocks,
+    is_reduction,
+    loop_extent,
+    vectorize_and_parallelize,
+)
 
 GEMM_BLOCK = "conv_gemm"
 DIRECT_BLOCK = "conv_direct"
@@ -254,3 +263,53 @@ def _vectorize_innermost(sch: s_tir.Schedule, block) -> None:
     loops = sch.get_loops(block)
     if loops and _extent(sch, loops[-1]) > 1:
         sch.vectorize(loops[-1])
+
+
+# A window kernel's output row up to this long is one vector loop (LeNet's 28 and 10 columns);
+# a longer one is split into whole vectors.
+WINDOW_VECTOR_MAX = 64
+
+
+def schedule_window(sch: s_tir.Schedule) -> None:
+    """Sliding-window kernels (``dlsys.kernels.conv.compute``: pooling and its adjoints).
+    Producer blocks (padding, a pooling window's argmax) run first, each on its own in
+    parallel; the last block runs its outer output axes fused and in parallel, its
+    reductions (if any) inside them and its innermost output axis (a row) vectorised, so
+    that each vector lane accumulates one output element (no reduction across lanes) and a
+    lane's image position is plain arithmetic, not a division of a fused index."""
+    *producers, main = all_blocks(sch)
+    while producers and not is_reduction(sch, producers[-1]) \
+            and sch.get(main).name_hint.startswith(EPILOGUE_PREFIX):
+        # A fused epilogue (common.epilogue.apply_epilogue): the elementwise kernel before it folds
+        # into it, so the epilogue's result is the only array written.
+        sch.compute_inline(producers.pop())
+    for block in producers:
+        _parallel_outer(sch, block, vector=not is_reduction(sch, block))
+    _parallel_outer(sch, main, vector=True)
+
+
+def _parallel_outer(sch: s_tir.Schedule, block, vector: bool) -> None:
+    loops = sch.get_loops(block)
+    kinds = [iv.iter_type for iv in sch.get(block).iter_vars]
+    spatial = [lp for lp, t in zip(loops, kinds) if t == 0]
+    reduce = [lp for lp, t in zip(loops, kinds) if t != 0]
+    if not reduce and not (vector and len(spatial) > 1):
+        vectorize_and_parallelize(sch, sch.fuse(*spatial))
+        return
+    if not vector:
+        sch.parallel(sch.fuse(*spatial))
+        return
+    *outer, inner = spatial
+    inner_extent = loop_extent(sch, inner)
+    if inner_extent > WINDOW_VECTOR_MAX:
+        # A wide row: whole vectors in the innermost loop, the rest of the row outside.
+        rows, inner = sch.split(inner, factors=[None, VECTOR_LANES])
+        outer.append(rows)
+    fused = sch.fuse(*outer) if len(outer) > 1 else (outer[0] if outer else None)
+    sch.reorder(*([fused] if fused is not None else []), *reduce, inner)
+    if fused is not None and loop_extent(sch, fused) > 1:
+        sch.parallel(fused)
+    if inner_extent > 1:
+        sch.vectorize(inner)
+    if reduce:
+        sch.decompose_reduction(block, reduce[0])

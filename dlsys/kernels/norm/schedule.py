@@ -1,4 +1,4 @@
-"""The schedule of the batch-normalisation kernels (``dlsys.kernels.compute_norm``): NCHW
+"""The schedule of the batch-normalisation kernels (``dlsys.kernels.norm.compute``): NCHW
 tensors reduced per channel over (N, H, W), then, in most kinds, an elementwise pass that
 reads each channel's statistics.
 

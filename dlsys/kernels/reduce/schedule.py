@@ -1,4 +1,4 @@
-"""The schedule of the sums (``dlsys.kernels.compute.reduce_sum``): a reduction block that
+"""The schedule of the sums (``reduce.compute.reduce_sum``): a reduction block that
 sums in float64 (``compute.ACCUMULATOR``) and a block that scales and rounds each sum.
 
 Two layouts, told apart by the input's innermost axis:
@@ -18,7 +18,13 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from dlsys.kernels.common.loops import vector_width, vectorize_row
+from dlsys.kernels.common.loops import (
+    all_blocks,
+    is_reduction,
+    schedule_injective,
+    vector_width,
+    vectorize_row,
+)
 
 # Fewer kept rows than this are not worth sharing between cores: the reduction itself is cut.
 PARALLEL_ROWS_MIN = 16
@@ -26,6 +32,14 @@ PARALLEL_ROWS_MIN = 16
 CHUNKS_MAX = 64
 # Below this many terms, waking the thread pool costs more than the sum.
 PARALLEL_MIN_TERMS = 1 << 14
+
+
+def schedule_reduce_sum(sch: s_tir.Schedule) -> None:
+    """Sums (``dlsys.kernels.reduce``); a sum over no axis is a copy, scheduled as one."""
+    blocks = all_blocks(sch)
+    if not is_reduction(sch, blocks[0]):
+        return schedule_injective(sch)
+    schedule_sum(sch, blocks)
 
 
 def schedule_sum(sch: s_tir.Schedule, blocks: list) -> None:

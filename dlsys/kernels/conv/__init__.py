@@ -1,0 +1,33 @@
+"""Sliding windows: 2-D convolutions and their adjoints, and pooling and its adjoints
+(``compute``), with register tiles read from the CPU (``schedule``). One family because they
+share the padding and window helpers of their compute and the per-image schedule shape."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from dlsys.kernels.conv import compute
+from dlsys.kernels.conv.schedule import (
+    schedule_conv_direct,
+    schedule_conv_gemm,
+    schedule_conv_weight,
+    schedule_window,
+)
+
+if TYPE_CHECKING:
+    from dlsys.kernels.registry import Registrar
+
+SCHEDULES = {"conv_gemm": schedule_conv_gemm, "conv_direct": schedule_conv_direct,
+             "conv_weight": schedule_conv_weight, "window": schedule_window}
+
+
+def register(kinds: Registrar) -> None:
+    kinds.add("conv2d", compute.conv2d, "conv_gemm")
+    kinds.add_epilogue("conv2d_epilogue", compute.conv2d_epilogue, "conv_gemm")
+    kinds.add("conv2d_grad_input", compute.conv2d_grad_input, "conv_direct")
+    kinds.add_epilogue("conv2d_grad_input_epilogue", compute.conv2d_grad_input_epilogue,
+                       "conv_direct")
+    kinds.add("conv2d_grad_weight", compute.conv2d_grad_weight, "conv_weight")
+    for name in ("max_pool2d", "avg_pool2d", "max_pool2d_grad", "avg_pool2d_grad"):
+        kinds.add(name, getattr(compute, name), "window")
+    kinds.add_epilogue("max_pool2d_grad_epilogue", compute.max_pool2d_grad_epilogue, "window")

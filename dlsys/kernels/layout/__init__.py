@@ -1,0 +1,17 @@
+"""Layout changes (a transpose): index arithmetic only (``compute``), run with the shared
+injective schedule."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from dlsys.kernels.layout import compute
+
+if TYPE_CHECKING:
+    from dlsys.kernels.registry import Registrar
+
+SCHEDULES: dict = {}
+
+
+def register(kinds: Registrar) -> None:
+    kinds.add("transpose", compute.transpose, "injective")

@@ -1,0 +1,29 @@
+"""Softmax, the softmax cross-entropy loss and its adjoint, and one-hot labels: row-wise
+kernels (``compute``) whose rows run in parallel (``schedule``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from dlsys.kernels.loss import compute
+from dlsys.kernels.loss.schedule import (
+    schedule_row_blocks,
+    schedule_row_loss,
+    schedule_row_softmax,
+)
+
+if TYPE_CHECKING:
+    from dlsys.kernels.registry import Registrar
+
+SCHEDULES = {"softmax": schedule_row_softmax, "row_loss": schedule_row_loss,
+             "row_blocks": schedule_row_blocks}
+
+
+def register(kinds: Registrar) -> None:
+    kinds.add("softmax", compute.softmax, "softmax")
+    kinds.add("softmax_cross_entropy", compute.softmax_cross_entropy, "row_loss")
+    kinds.add("softmax_cross_entropy_gradient", compute.softmax_cross_entropy_gradient,
+              "softmax")
+    kinds.add("softmax_cross_entropy_with_gradient",
+              compute.softmax_cross_entropy_with_gradient, "row_blocks")
+    kinds.add("one_hot", compute.one_hot, "injective")

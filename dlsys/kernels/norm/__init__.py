@@ -1,0 +1,25 @@
+"""Batch normalisation: per-channel statistics of NCHW tensors and the passes that use them
+(``compute``), one parallel loop over groups of channels (``schedule``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from dlsys.kernels.norm import compute
+from dlsys.kernels.norm.schedule import schedule_channel_norm
+
+if TYPE_CHECKING:
+    from dlsys.kernels.registry import Registrar
+
+SCHEDULES = {"channel_norm": schedule_channel_norm}
+
+
+def register(kinds: Registrar) -> None:
+    for name in ("batchnorm_normalize", "batchnorm_normalize_gradient", "running_statistic",
+                 "channel_sum", "batchnorm_affine"):
+        kinds.add(name, getattr(compute, name), "channel_norm")
+    kinds.add_epilogue("batchnorm_affine_epilogue", compute.batchnorm_affine_epilogue,
+                       "channel_norm")
+    for name in ("batchnorm_affine_gradient", "batchnorm_parameter_gradient",
+                 "batchnorm_inference"):
+        kinds.add(name, getattr(compute, name), "channel_norm")
