@@ -29,8 +29,9 @@ class StepRefused(TrainingError):
     """A loss the step refused (not finite, or diverged); ``reason`` says why in a few words
     (``"loss became nan"``), for callers that add where it happened (an epoch, a batch)."""
 
-    def __init__(self, reason: str):
-        super().__init__(f"{reason}; {UNCHANGED}")
+    def __init__(self, reason: str, node: str | None = None):
+        where = f" (loss node {node})" if node else ""
+        super().__init__(f"{reason}{where}; {UNCHANGED}")
         self.reason = reason
 
 
@@ -125,7 +126,10 @@ class TrainStep:
         if refusal is not None:
             # The forward pass already updated the running statistics and seeds in place.
             self.executor.undo_state_updates()
-            raise StepRefused(refusal)
+            # The reason alone stays for callers that add where it happened (the trainer's
+            # epoch and batch); the message names the loss node, as every dlsys error names
+            # what it is about.
+            raise StepRefused(refusal, node=self.loss.name)
         if self.first_loss is None:  # a refused first batch must not become the yardstick
             self.first_loss = value
         self.optimizer.step(values[self._outputs:])
