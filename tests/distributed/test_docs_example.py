@@ -1,4 +1,5 @@
-"""The README's data-parallel example, run as it says: ``mpirun -n 2 python train.py``."""
+"""The data-parallel example of docs/distributed.md, run as it says: ``mpirun -n 2 python
+train.py``."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ from mpi_jobs import PYTHON, mpirun, needs_mpi
 
 from dlsys.testing.synthetic import write_idx_dataset
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "distributed.md"
 
 
 @needs_mpi
 def test_distributed_example_trains_on_two_ranks(tmp_path):
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
+    blocks = re.findall(r"```python\n(.*?)```", GUIDE.read_text(), re.DOTALL)
     (example,) = [block for block in blocks if "DistributedStep" in block]
     (tmp_path / "train.py").write_text(example)
     data = write_idx_dataset(tmp_path / "data", num_train=2400, num_test=100)
