@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import zlib
+from typing import Protocol
 
 import numpy as np
 
@@ -26,6 +27,15 @@ from dlsys.distributed.step import shard_slice
 DATA_SPLITS = ("train", "val", "test")
 
 
+class RunSettings(Protocol):
+    """What the ranks compare of a run's settings (``dlsys.frontend.settings.RunSettings``,
+    named by what it offers: the front end sits above this package)."""
+
+    batch_size: int
+
+    def to_record(self) -> dict[str, object]: ...
+
+
 def _digest(split) -> int:
     """A checksum of a split's images and labels: ranks that read different files (or one
     that read a truncated copy) disagree here even when the sizes match."""
@@ -33,9 +43,12 @@ def _digest(split) -> int:
     return zlib.crc32(np.ascontiguousarray(split.labels), value)
 
 
-def _fingerprint(settings: dict, dataset, resume: bool) -> dict:
-    """What must be equal on every rank for them to train one model together."""
-    return {"settings": {k: v for k, v in settings.items() if k != "data"}, "resume": resume,
+def _fingerprint(settings: RunSettings, dataset, resume: bool) -> dict:
+    """What must be equal on every rank for them to train one model together: the settings
+    as recorded (so that a difference reads as ``run.json`` would show it), less the data
+    set's path, which may differ between machines; its contents are compared instead."""
+    record = {k: v for k, v in settings.to_record().items() if k != "data"}
+    return {"settings": record, "resume": resume,
             "data": {name: (len(getattr(dataset, name)), _digest(getattr(dataset, name)))
                      for name in DATA_SPLITS}}
 
@@ -71,7 +84,7 @@ class TrainingGroup:
         """Rank 0's ``value`` on every rank (what it read from its run folder)."""
         return share(value)
 
-    def check_agreement(self, settings: dict, dataset, resume: bool) -> None:
+    def check_agreement(self, settings: RunSettings, dataset, resume: bool) -> None:
         """Raise on every rank, alike, unless all of them resolved the same settings and read
         the same data, and the global batch divides among them."""
         fingerprints = gather_all((_fingerprint(settings, dataset, resume), dataset.source))
@@ -86,7 +99,7 @@ class TrainingGroup:
             raise DistributedError(f"the {self.size} ranks must run the same settings on the "
                                    f"same data (rank 0 read {source0}), but "
                                    + "; ".join(problems), every_rank=True)
-        shard_slice(settings["batch_size"])  # raises alike on every rank if it does not divide
+        shard_slice(settings.batch_size)  # raises alike on every rank if it does not divide
 
     def total(self, *counts: int) -> tuple[int, ...]:
         """Each of ``counts`` summed over the ranks."""

@@ -27,6 +27,7 @@ from dlsys.frontend.settings import (
     DEFAULT_MODEL,
     MODELS,
     RUNS_DIR,
+    given_settings,
     learning_rate_problem,
     model_size_problem,
 )
@@ -60,7 +61,9 @@ _non_negative_float = _bounded(float, "a non-negative number",
 
 
 def _learning_rate(text: str) -> float:
-    """``--lr``: a positive number that float32, the dtype of the update, holds as one."""
+    """``--lr``: a positive number that float32, the dtype of the update, holds as one.
+    Checked by RunSettings' own rule as the flag is parsed, so that a bad rate is refused
+    with the command's usage line before anything is loaded."""
     try:
         value = float(text)
     except ValueError:
@@ -87,6 +90,14 @@ def build_parser() -> Parser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
     # Not required: a bare ``dlsys`` gets the whole help from main(), not argparse's one line.
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    _add_train(parser, commands)
+    _add_eval_predict(parser, commands)
+    _add_inspect(parser, commands)
+    return parser
+
+
+def _add_train(parser: Parser, commands) -> None:
+    """``dlsys train``'s flags: one per RunSettings field (same names), then the run's."""
     train = parser.add_command(
         commands, "train", help="train a model on MNIST-format data",
         description="Train a model with mini-batch SGD, SGD with momentum, Adam or AdamW "
@@ -144,6 +155,10 @@ def build_parser() -> Parser:
                             "stderr is a terminal)")
     train.add_argument("--debug-memory", action="store_true",
                        help="print each training step's node, shape and storage id")
+
+
+def _add_eval_predict(parser: Parser, commands) -> None:
+    """``dlsys eval``'s and ``dlsys predict``'s flags."""
     evaluate = parser.add_command(
         commands, "eval", help="evaluate a saved model on a data set",
         description="Loss, accuracy, per-class accuracy and the confusion matrix of a model "
@@ -171,8 +186,6 @@ def build_parser() -> Parser:
                               "photo of a shoe on white paper; the models learnt light on "
                               "dark, as in MNIST")
     predict.add_argument("--classes", default=None, help=CLASSES_HELP)
-    _add_inspect(parser, commands)
-    return parser
 
 
 def _add_inspect(parser: Parser, commands) -> None:
@@ -366,14 +379,10 @@ def _train(args: argparse.Namespace, argv: list[str], run: _Run) -> None:
     elif out is None:
         out = run_folder.fresh_folder(args.model or DEFAULT_MODEL)
     run.out = out
-    config = TrainConfig(out=out, model=args.model, hidden=args.hidden, data=args.data,
-                         epochs=args.epochs, batch_size=args.batch_size,
-                         optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
-                         lr_schedule=args.lr_schedule, warmup=args.warmup, seed=args.seed,
-                         val_size=args.val_size, resume=args.resume,
-                         overwrite=args.overwrite, progress=args.progress,
-                         debug_memory=args.debug_memory,
-                         command=shlex.join([PROG, *argv]))
+    # The settings' flags are named as RunSettings' fields: passed on by that one list.
+    config = TrainConfig(out=out, resume=args.resume, overwrite=args.overwrite,
+                         progress=args.progress, debug_memory=args.debug_memory,
+                         command=shlex.join([PROG, *argv]), **given_settings(args))
     if launched_rank() == 0:  # in an MPI job, rank 0 alone writes the run folder
         _check_run_folder(out)
         _check_writable(out)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from dlsys.errors import DataError, DlsysError
 from dlsys.frontend.checkpoint import atomic_file
-from dlsys.frontend.settings import RUNS_DIR, settings_problem
+from dlsys.frontend.settings import RUNS_DIR, RunSettings
 
 SETTINGS_FILE = "run.json"
 LOCK_FILE = ".dlsys-lock"
@@ -98,12 +98,14 @@ def latest_run(models: Sequence[str], root: Path = Path(RUNS_DIR)) -> Path:
     return max(runs, key=lambda folder: (folder / SETTINGS_FILE).stat().st_mtime_ns)
 
 
-def record_settings(out: Path, settings: dict) -> None:
+def record_settings(out: Path, settings: RunSettings) -> None:
+    """Write ``run.json``: the settings' record, keys sorted (the format every earlier run
+    folder holds, so that they resume)."""
     with atomic_file(out / SETTINGS_FILE) as f:
-        f.write(json.dumps(settings, indent=1, sort_keys=True).encode())
+        f.write(json.dumps(settings.to_record(), indent=1, sort_keys=True).encode())
 
 
-def recorded_settings(out: Path) -> dict | None:
+def recorded_settings(out: Path) -> RunSettings | None:
     """The settings a run recorded in ``out`` when it started, or None if none did."""
     path = out / SETTINGS_FILE
     if not path.exists():
@@ -115,10 +117,7 @@ def recorded_settings(out: Path) -> dict | None:
     if not isinstance(settings, dict):
         raise DataError(f"{path}: run settings must be a JSON object")
     # Checked here, naming the file: a recorded setting is obeyed (a width, allocated).
-    problem = settings_problem(settings)
-    if problem is not None:
-        raise DataError(f"{path}: unusable run settings: {problem}")
-    return settings
+    return RunSettings.from_record(settings, f"{path}: unusable run settings")
 
 
 __all__ = ["RunFolderError", "locked", "prepare", "record_settings", "recorded_settings",

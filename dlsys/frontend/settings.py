@@ -1,16 +1,24 @@
 """A run's settings, light enough for the command line to check flags without loading TVM:
-the models' names and shapes, the optimisers and schedules, defaults, and the checks that
-``run.json`` and checkpoints must pass."""
+the models' names and shapes, the optimisers and schedules, defaults, and ``RunSettings``,
+the one frozen record of a run's settings: built from the flags (``from_args``) or from a
+recorded run (``from_record``: ``run.json``, checkpoints), checked in one place
+(``settings_problem``, which the constructor runs), written back by ``to_record``.
+
+The learning rate's whole path through the front end is here: its default (``default_lr``),
+its check (``learning_rate_problem``, also the ``--lr`` flag's), its schedule per epoch
+(``RunSettings.lr_at``); the trainer hands it to the optimiser, whose kernel reads it."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from dlsys.errors import ArgumentError, ArgumentTypeError, DlsysError
+from dlsys.errors import ArgumentError, ArgumentTypeError, DataError, DlsysError
 
 MODELS = ("logreg", "mlp", "lenet", "cnn")
 # Where ``dlsys train`` puts a run without --out: runs/<model>, runs/<model>-2, ...
@@ -92,26 +100,12 @@ def default_lr(model: str, optimizer: str) -> float:
     return MODEL_LR.get(model, {}).get(optimizer, DEFAULT_LR[optimizer])
 
 
-def describe_lr(settings: dict) -> str:
-    """``lr 0.02 (cosine schedule, 1 warm-up epoch)``: the rate and, when the rate changes
-    during the run, how; for the start line and the plot's title, where a run's figures are
-    read against its settings."""
-    changes = []
-    if settings.get("lr_schedule", "constant") != "constant":
-        changes.append(f"{settings['lr_schedule']} schedule")
-    warmup = settings.get("warmup") or 0
-    if warmup:
-        changes.append(f"{warmup} warm-up epoch{'s' if warmup > 1 else ''}")
-    return f"lr {settings['lr']}" + (f" ({', '.join(changes)})" if changes else "")
-
 DEFAULT_EPOCHS = 10
 DEFAULT_BATCH_SIZE = 1000
 # The convolutional models learn far more per epoch in smaller batches (LeNet-5, SGD 0.2,
 # 3 epochs: 83.6 % validation accuracy at 256 against 65.6 % at 1000), and a batch of 256
 # images keeps their activations in cache-sized pieces.
 DEFAULT_BATCH_SIZES = {"lenet": 256, "cnn": 256}
-SETTINGS = ("model", "hidden", "data", "epochs", "batch_size", "optimizer", "lr",
-            "weight_decay", "lr_schedule", "warmup", "seed", "val_size")
 # Far beyond any real run; a larger count in a file is a lie about it.
 MAX_EPOCHS = 100000
 # As Python floats: comparing a float with a numpy float32 casts the float, which warns when
@@ -148,14 +142,135 @@ def is_real(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def settings_problem(config: object) -> str | None:
-    """Why ``config`` cannot be a run's settings (as ``run.json`` and checkpoints hold
-    them), or None if it can."""
-    if not isinstance(config, dict):
-        return f"settings must be a mapping, got {config!r}"
-    unknown = sorted(map(str, set(config) - set(SETTINGS)))
-    if unknown:
-        return f"unknown settings {', '.join(unknown)}"
+def scheduled_lr(epoch: int, *, lr: float, epochs: int, warmup: int, lr_schedule: str) -> float:
+    """The learning rate of epoch ``epoch`` (from 1): a linear warm-up over ``warmup``
+    epochs, then constant, stepped (x0.1 after each third of the rest) or cosine-annealed
+    to zero. A function of the epoch alone, so a resumed run follows the same schedule."""
+    if epoch <= warmup:
+        return lr * epoch / (warmup + 1)
+    done, rest = epoch - warmup - 1, max(1, epochs - warmup)
+    if lr_schedule == "step":
+        return lr * 0.1 ** (done // max(1, math.ceil(rest / 3)))
+    if lr_schedule == "cosine":
+        return lr * (1 + math.cos(math.pi * done / rest)) / 2
+    return lr
+
+
+Check = Callable[[object], "str | None"]
+
+
+def _must(accept: Callable[[object], bool], what: str) -> Check:
+    """A setting's check: None when ``accept`` takes the value, else what it must be."""
+    return lambda value: None if accept(value) else f"must be {what}"
+
+
+def _setting(check: Check | None = None) -> object:
+    """A RunSettings field and its check (the model and hidden widths are checked together,
+    by ``_model_problem``). The fields' order is the order in which problems are reported,
+    of a record and of a resumed run's contradicting flags."""
+    return field(metadata={"check": check})
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Every setting of one run, typed and checked: the flags over the defaults, or what a
+    run recorded. Frozen: a resumed run's announced changes (``--epochs``, ``--lr``) and
+    the data set's resolved source are new settings made with ``dataclasses.replace``,
+    which checks them again."""
+
+    model: str = _setting()
+    hidden: tuple[int, ...] | None = _setting()  # the mlp's widths; None for other models
+    data: str | None = _setting(_must(lambda v: v is None or isinstance(v, str), "a path"))
+    epochs: int = _setting(_must(lambda v: is_int(v) and 0 < v <= MAX_EPOCHS,
+                                 f"an integer in 1..{MAX_EPOCHS}"))
+    batch_size: int = _setting(_must(lambda v: is_int(v) and v > 0, "a positive integer"))
+    optimizer: str = _setting(_must(lambda v: v in OPTIMIZER_NAMES,
+                                    f"one of {OPTIMIZER_NAMES}"))
+    lr: float = _setting(learning_rate_problem)
+    weight_decay: float = _setting(_must(lambda v: is_real(v) and 0 <= v < FLOAT32_MAX,
+                                         "a non-negative number"))
+    lr_schedule: str = _setting(_must(lambda v: v in SCHEDULE_NAMES, f"one of {SCHEDULE_NAMES}"))
+    warmup: int = _setting(_must(lambda v: is_int(v) and v >= 0, "a non-negative integer"))
+    seed: int = _setting(_must(lambda v: is_int(v) and v >= 0, "a non-negative integer"))
+    val_size: int | None = _setting(_must(lambda v: v is None or (is_int(v) and v >= 0),
+                                          "a non-negative integer"))
+
+    def __post_init__(self) -> None:
+        problem = settings_problem(self.to_record())
+        if problem is not None:
+            raise DataError(f"run settings: {problem}")
+
+    @classmethod
+    def from_args(cls, namespace: object) -> RunSettings:
+        """A new run's settings: the flags ``namespace`` gives (attributes named as the
+        fields, None when not given; argparse's namespace or a TrainConfig) over the
+        defaults, which depend on the model and the optimiser."""
+        given = given_settings(namespace)
+        model = given.get("model") or DEFAULT_MODEL
+        optimizer = given.get("optimizer") or "sgd"
+        defaults = dict(model=model, hidden=DEFAULT_HIDDEN if model == "mlp" else None,
+                        data=None, epochs=DEFAULT_EPOCHS,
+                        batch_size=DEFAULT_BATCH_SIZES.get(model, DEFAULT_BATCH_SIZE),
+                        optimizer=optimizer, lr=default_lr(model, optimizer),
+                        weight_decay=0.0, lr_schedule="constant", warmup=0, seed=0,
+                        val_size=None)
+        return cls(**{**defaults, **given})
+
+    @classmethod
+    def from_record(cls, record: object, where: str = "run settings") -> RunSettings:
+        """The settings a run recorded (``run.json``, a checkpoint's); a DataError
+        ``<where>: <problem>`` if they are not a whole, usable run's."""
+        problem = settings_problem(record)
+        if problem is None:
+            missing = [name for name in SETTING_NAMES if name not in record]
+            if missing:
+                problem = f"missing settings {', '.join(missing)}"
+        if problem is not None:
+            raise DataError(f"{where}: {problem}")
+        hidden = record["hidden"]
+        return cls(**{**record, "hidden": None if hidden is None else tuple(hidden)})
+
+    def to_record(self) -> dict[str, object]:
+        """The settings as ``run.json``, checkpoints and ``metrics.json`` hold them (JSON:
+        the hidden widths as a list); ``from_record`` reads it back."""
+        record = {name: getattr(self, name) for name in SETTING_NAMES}
+        if self.hidden is not None:
+            record["hidden"] = list(self.hidden)
+        return record
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate of epoch ``epoch`` (from 1), by the run's schedule."""
+        return scheduled_lr(epoch, lr=self.lr, epochs=self.epochs, warmup=self.warmup,
+                            lr_schedule=self.lr_schedule)
+
+    def describe_lr(self) -> str:
+        """``lr 0.02 (cosine schedule, 1 warm-up epoch)``: the rate and, when the rate
+        changes during the run, how; for the start line and the plot's title, where a run's
+        figures are read against its settings."""
+        changes = []
+        if self.lr_schedule != "constant":
+            changes.append(f"{self.lr_schedule} schedule")
+        if self.warmup:
+            changes.append(f"{self.warmup} warm-up epoch{'s' if self.warmup > 1 else ''}")
+        return f"lr {self.lr}" + (f" ({', '.join(changes)})" if changes else "")
+
+
+# The one list of the settings' names: RunSettings' fields.
+SETTING_NAMES = tuple(f.name for f in dataclasses.fields(RunSettings))
+
+
+def given_settings(namespace: object) -> dict[str, object]:
+    """The settings a namespace of flags gives (its attributes named as RunSettings'
+    fields that are not None), the hidden widths as a tuple."""
+    given = {name: getattr(namespace, name, None) for name in SETTING_NAMES}
+    given = {name: value for name, value in given.items() if value is not None}
+    if "hidden" in given:
+        given["hidden"] = tuple(given["hidden"])
+    return given
+
+
+def _model_problem(config: Mapping) -> str | None:
+    """Why the model and its hidden widths cannot be trained, or None."""
     if not isinstance(config.get("model"), str):
         return f"setting model must name a model, got {config.get('model')!r}"
     try:
@@ -166,28 +281,24 @@ def settings_problem(config: object) -> str | None:
         return f"setting model/hidden: {err}"
     if config.get("hidden") is not None and config["model"] != "mlp":
         return f"setting hidden sizes the mlp's layers; model {config['model']} has its own"
-    size_problem = model_size_problem(config["model"], config.get("hidden"))
-    if size_problem is not None:
-        return size_problem
-    for key, accept, what in (
-            ("batch_size", lambda v: is_int(v) and v > 0, "a positive integer"),
-            ("epochs", lambda v: is_int(v) and 0 < v <= MAX_EPOCHS,
-             f"an integer in 1..{MAX_EPOCHS}"),
-            ("val_size", lambda v: v is None or (is_int(v) and v >= 0),
-             "a non-negative integer"),
-            ("seed", lambda v: is_int(v) and v >= 0, "a non-negative integer"),
-            ("warmup", lambda v: is_int(v) and v >= 0, "a non-negative integer"),
-            ("weight_decay", lambda v: is_real(v) and 0 <= v < FLOAT32_MAX,
-             "a non-negative number"),
-            ("optimizer", lambda v: v in OPTIMIZER_NAMES, f"one of {OPTIMIZER_NAMES}"),
-            ("lr_schedule", lambda v: v in SCHEDULE_NAMES, f"one of {SCHEDULE_NAMES}"),
-            ("data", lambda v: v is None or isinstance(v, str), "a path")):
-        if key in config and not accept(config[key]):
-            return f"setting {key} must be {what}, got {config[key]!r}"
-    if "lr" in config:
-        problem = learning_rate_problem(config["lr"])
-        if problem is not None:
-            return f"setting lr {problem}, got {config['lr']!r}"
+    return model_size_problem(config["model"], config.get("hidden"))
+
+
+def settings_problem(config: object) -> str | None:
+    """Why ``config`` cannot be a run's settings (a record, as ``run.json`` and checkpoints
+    hold them, whole or in part), or None if it can: the one place settings are checked."""
+    if not isinstance(config, dict):
+        return f"settings must be a mapping, got {config!r}"
+    unknown = sorted(map(str, set(config) - set(SETTING_NAMES)))
+    if unknown:
+        return f"unknown settings {', '.join(unknown)}"
+    problem = _model_problem(config)
+    if problem is not None:
+        return problem
+    for setting in dataclasses.fields(RunSettings):
+        check = setting.metadata["check"]
+        if check is not None and setting.name in config:
+            problem = check(config[setting.name])
+            if problem is not None:
+                return f"setting {setting.name} {problem}, got {config[setting.name]!r}"
     return None
-
-

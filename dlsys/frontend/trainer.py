@@ -19,10 +19,11 @@ summed-loss rates at batch 1000.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,19 +48,15 @@ from dlsys.frontend.checkpoint import (
 from dlsys.frontend.inference import MODEL_FILE, Evaluator
 from dlsys.frontend.models import build_model
 from dlsys.frontend.settings import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_BATCH_SIZES,
-    DEFAULT_EPOCHS,
-    DEFAULT_HIDDEN,
     DEFAULT_LR,
-    DEFAULT_MODEL,
     INPUT_SHAPES,
     OPTIMIZER_NAMES,
     SCHEDULE_NAMES,
-    default_lr,
-    describe_lr,
+    SETTING_NAMES,
+    RunSettings,
+    given_settings,
+    scheduled_lr,
     seed_streams,
-    settings_problem,
 )
 from dlsys.nn import functional as F
 from dlsys.nn.serialization import save as save_model
@@ -106,8 +103,7 @@ class Trainer:
                   optimizer: str = "sgd", hidden=None, ctx=None) -> Trainer:
         """A trainer for one of the front end's models, initialised from ``seed``."""
         model = build_model(name, seed, hidden)
-        settings = {"optimizer": optimizer, "lr": lr, "weight_decay": 0.0}
-        return cls(model, make_optimizer(settings, model.parameters()), batch_size, ctx,
+        return cls(model, make_optimizer(optimizer, model.parameters(), lr), batch_size, ctx,
                    INPUT_SHAPES[name])
 
     def compile(self) -> float:
@@ -197,9 +193,9 @@ class Trainer:
         return "\n".join(lines)
 
 
-def make_optimizer(settings: dict, params: list) -> object:
-    """The optimiser a run's settings name, over ``params``."""
-    name, lr, decay = settings["optimizer"], settings["lr"], settings["weight_decay"]
+def make_optimizer(name: str, params: list, lr: float, decay: float = 0.0) -> optim.Optimizer:
+    """The optimiser ``name`` (one of ``OPTIMIZER_NAMES``) over ``params``: the learning
+    rate goes from the run's settings to it, and from it to the update kernel."""
     if name == "sgd":
         return optim.SGD(params, lr, weight_decay=decay)
     if name == "momentum":
@@ -209,49 +205,33 @@ def make_optimizer(settings: dict, params: list) -> object:
     return optim.AdamW(params, lr, weight_decay=decay)
 
 
-def learning_rate_at(epoch: int, settings: dict) -> float:
-    """The learning rate of epoch ``epoch`` (from 1): a linear warm-up over ``warmup``
-    epochs, then constant, stepped (x0.1 after each third of the rest) or cosine-annealed
-    to zero. A function of the epoch alone, so a resumed run follows the same schedule."""
-    base, total, warmup = settings["lr"], settings["epochs"], settings["warmup"]
-    if epoch <= warmup:
-        return base * epoch / (warmup + 1)
-    done, rest = epoch - warmup - 1, max(1, total - warmup)
-    if settings["lr_schedule"] == "step":
-        return base * 0.1 ** (done // max(1, math.ceil(rest / 3)))
-    if settings["lr_schedule"] == "cosine":
-        return base * (1 + math.cos(math.pi * done / rest)) / 2
-    return base
+def learning_rate_at(epoch: int, settings: RunSettings | Mapping) -> float:
+    """The learning rate of epoch ``epoch`` (from 1) by a run's schedule: its settings, or
+    their record's learning-rate entries (``lr``, ``epochs``, ``warmup``, ``lr_schedule``)."""
+    if isinstance(settings, RunSettings):
+        return settings.lr_at(epoch)
+    return scheduled_lr(epoch, **settings)
 
 
-@dataclass
 class TrainConfig:
-    """The settings of one run; ``None`` means the recorded value when resuming, else the
-    default."""
+    """What ``dlsys train`` was told: the settings given, as keyword arguments named as
+    RunSettings' fields (left out or None: the recorded value when resuming, else the
+    default), the output folder, and how to run (resume, overwrite, progress bar, memory
+    report, the command line that started the run, shown where a message says how to rerun
+    it)."""
 
-    out: Path
-    model: str | None = None
-    hidden: tuple[int, ...] | None = None
-    data: str | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    optimizer: str | None = None
-    lr: float | None = None
-    weight_decay: float | None = None
-    lr_schedule: str | None = None
-    warmup: int | None = None
-    seed: int | None = None
-    val_size: int | None = None
-    resume: bool = False
-    overwrite: bool = False
-    progress: bool = True
-    debug_memory: bool = False
-    # The command line that started the run, shown where a message says how to rerun it.
-    command: str | None = None
-
-
-SETTING_NAMES = ("model", "hidden", "data", "epochs", "batch_size", "optimizer", "lr",
-                 "weight_decay", "lr_schedule", "warmup", "seed", "val_size")
+    def __init__(self, out: Path, *, resume: bool = False, overwrite: bool = False,
+                 progress: bool = True, debug_memory: bool = False,
+                 command: str | None = None, **settings: object) -> None:
+        unknown = sorted(set(settings) - set(SETTING_NAMES))
+        if unknown:
+            raise TypeError(f"TrainConfig: unknown settings {', '.join(unknown)}")
+        self.out = out
+        self.resume, self.overwrite, self.progress = resume, overwrite, progress
+        self.debug_memory, self.command = debug_memory, command
+        # Read by RunSettings.from_args / given_settings as a namespace of flags.
+        for name in SETTING_NAMES:
+            setattr(self, name, settings.get(name))
 
 
 @dataclass
@@ -264,46 +244,40 @@ class TrainResult:
     summary: dict = field(default_factory=dict)
 
 
-def _defaults(given: dict) -> dict:
-    optimizer = given.get("optimizer") or "sgd"
-    model = given.get("model") or DEFAULT_MODEL
-    return {"model": model, "hidden": list(DEFAULT_HIDDEN) if model == "mlp" else None,
-            "data": None, "epochs": DEFAULT_EPOCHS,
-            "batch_size": DEFAULT_BATCH_SIZES.get(model, DEFAULT_BATCH_SIZE),
-            "optimizer": optimizer, "lr": default_lr(model, optimizer), "weight_decay": 0.0,
-            "lr_schedule": "constant", "warmup": 0, "seed": 0, "val_size": None}
-
-
-def resolve_settings(config: TrainConfig, recorded: dict | None,
-                     log: Callable[[str], None]) -> dict:
+def resolve(config: TrainConfig, recorded: RunSettings | None,
+            log: Callable[[str], None]) -> RunSettings:
     """The run's settings: the recorded run's when resuming (a flag that contradicts it is
     an error, except those in ``CHANGEABLE_ON_RESUME``, which are announced), else the
     flags given over the defaults."""
-    given = {name: getattr(config, name) for name in SETTING_NAMES
-             if getattr(config, name) is not None}
-    if "hidden" in given:
-        given["hidden"] = list(given["hidden"])
     if recorded is None:
-        return {**_defaults(given), **given}
-    settings = dict(recorded)
-    for name, value in given.items():
-        if value == recorded.get(name) or (name == "data" and _same_path(value,
-                                                                         recorded.get(name))):
-            settings[name] = value
+        return RunSettings.from_args(config)
+    record, changes = recorded.to_record(), {}
+    for name, value in given_settings(config).items():
+        # Compared and reported as recorded: the hidden widths as a list.
+        shown = list(value) if name == "hidden" else value
+        if shown == record[name] or (name == "data" and _same_path(value, record[name])):
+            changes[name] = value
             continue
         if name == "data":
             raise run_folder.RunFolderError(
                 f"--data {value} is not the data set of the run being resumed, "
-                f"{recorded.get(name)}; continue that run with: dlsys train --out "
+                f"{record[name]}; continue that run with: dlsys train --out "
                 f"{config.out} --resume (or train on {value} in another --out)")
         if name not in CHANGEABLE_ON_RESUME:
             raise run_folder.RunFolderError(
-                f"--{name.replace('_', '-')} {value} contradicts the run being resumed "
-                f"({name} {recorded.get(name)!r}); leave it out to continue that run, or "
+                f"--{name.replace('_', '-')} {shown} contradicts the run being resumed "
+                f"({name} {record[name]!r}); leave it out to continue that run, or "
                 f"start a new one with --overwrite")
-        log(f"{name}: {recorded.get(name)} -> {value} (was recorded as {recorded.get(name)})")
-        settings[name] = value
-    return settings
+        log(f"{name}: {record[name]} -> {value} (was recorded as {record[name]})")
+        changes[name] = value
+    return dataclasses.replace(recorded, **changes)
+
+
+def resolve_settings(config: TrainConfig, recorded: dict | None,
+                     log: Callable[[str], None]) -> dict:
+    """``resolve`` over records: the settings as ``run.json`` records them."""
+    settings = None if recorded is None else RunSettings.from_record(recorded)
+    return resolve(config, settings, log).to_record()
 
 
 def _same_path(given: str, recorded: object) -> bool:
@@ -333,7 +307,7 @@ class _Run:
     out: Path
     log: Callable[[str], None]
     group: object | None  # the MPI ranks' training group, None in one process
-    settings: dict
+    settings: RunSettings
     dataset: object
     model: nn.Module
     optimizer: object
@@ -366,7 +340,7 @@ def _run_locked(config: TrainConfig, out: Path, log: Callable[[str], None],
 
 
 def _read_resume(config: TrainConfig, out: Path, log: Callable[[str], None],
-                 group) -> tuple[dict | None, Checkpoint | None, bool]:
+                 group) -> tuple[RunSettings | None, Checkpoint | None, bool]:
     """The recorded settings, the checkpoint and whether the checkpoint's run wrote its model
     (it ended, not only its epochs), as rank 0 finds them in its run folder."""
     checkpoint = recorded = None
@@ -379,7 +353,8 @@ def _read_resume(config: TrainConfig, out: Path, log: Callable[[str], None],
         recorded = run_folder.recorded_settings(out)
         if (out / CHECKPOINT_NAME).exists():
             checkpoint = load_checkpoint(out / CHECKPOINT_NAME)
-            recorded = recorded or checkpoint.config
+            recorded = recorded or RunSettings.from_record(
+                checkpoint.config, f"{out / CHECKPOINT_NAME}: unusable checkpoint")
             finished = (out / MODEL_FILE).exists()
         if recorded is None:
             log(f"nothing to resume in {out}; starting from scratch")
@@ -388,20 +363,21 @@ def _read_resume(config: TrainConfig, out: Path, log: Callable[[str], None],
     return recorded, checkpoint, finished
 
 
-def _load_data(settings: dict, config: TrainConfig, out: Path, group):
-    """The run's data set, checked against its settings (and the other ranks'); records the
-    settings, with the data set's source and validation size, in the run folder (rank 0)."""
-    dataset = load_dataset(settings["data"], settings["val_size"])
-    settings["data"] = dataset.source
-    settings["val_size"] = len(dataset.val)
-    if settings["batch_size"] > len(dataset.train):
-        raise DataError(f"{dataset.source}: batch size {settings['batch_size']} is larger than "
+def _load_data(settings: RunSettings, config: TrainConfig, out: Path,
+               group) -> tuple[RunSettings, object]:
+    """The run's data set, checked against its settings (and the other ranks'), and the
+    settings with the data set's source and validation size, which rank 0 records in the
+    run folder."""
+    dataset = load_dataset(settings.data, settings.val_size)
+    settings = dataclasses.replace(settings, data=dataset.source, val_size=len(dataset.val))
+    if settings.batch_size > len(dataset.train):
+        raise DataError(f"{dataset.source}: batch size {settings.batch_size} is larger than "
                         f"the {len(dataset.train)} training images")
     if group is not None:
         group.check_agreement(settings, dataset, config.resume)
     if group is None or group.rank == 0:
         run_folder.record_settings(out, settings)
-    return dataset
+    return settings, dataset
 
 
 def _prepare(config: TrainConfig, out: Path, log: Callable[[str], None],
@@ -410,28 +386,25 @@ def _prepare(config: TrainConfig, out: Path, log: Callable[[str], None],
     the data, the model and optimiser restored from the checkpoint, the compiled trainer.
     A TrainResult when the run being resumed has finished its epochs."""
     recorded, checkpoint, finished = _read_resume(config, out, log, group)
-    settings = resolve_settings(config, recorded, log)
-    problem = settings_problem(settings)
-    if problem is not None:
-        raise DataError(f"run settings: {problem}")
-    if finished and checkpoint.epoch >= settings["epochs"]:
+    settings = resolve(config, recorded, log)  # checked as it is made
+    if finished and checkpoint.epoch >= settings.epochs:
         # Evaluating again would only rewrite the run's files with what they hold.
         log(f"{out}: the run finished its {checkpoint.epoch} epochs; nothing to resume. "
             f"To train it on, give the new total: {run_folder.resume_command(out)} --epochs "
             f"{checkpoint.epoch + 10} trains epochs {checkpoint.epoch + 1}-"
             f"{checkpoint.epoch + 10} from its checkpoint")
         return TrainResult(checkpoint.params, list(checkpoint.metrics))
-    dataset = _load_data(settings, config, out, group)
+    settings, dataset = _load_data(settings, config, out, group)
     run = _restore(out, log, group, settings, dataset, checkpoint)
     _start_trainer(run, config)
     return run
 
 
-def _restore(out: Path, log: Callable[[str], None], group, settings: dict, dataset,
+def _restore(out: Path, log: Callable[[str], None], group, settings: RunSettings, dataset,
              checkpoint: Checkpoint | None) -> _Run:
     """The model, optimiser, shuffling and history: the checkpoint's, else fresh from the
     seed; and the trainer over them, once the images fit the model."""
-    model = build_model(settings["model"], settings["seed"], settings["hidden"])
+    model = build_model(settings.model, settings.seed, settings.hidden)
     if checkpoint is not None:
         model.load_state_dict(checkpoint.params)
         history, start = list(checkpoint.metrics), checkpoint.epoch
@@ -439,17 +412,18 @@ def _restore(out: Path, log: Callable[[str], None], group, settings: dict, datas
         shuffle_rng.bit_generator.state = checkpoint.rng_state
     else:
         history, start = [], 0
-        _, shuffle_rng = seed_streams(settings["seed"])
-    optimizer = make_optimizer(settings, model.parameters())
+        _, shuffle_rng = seed_streams(settings.seed)
+    optimizer = make_optimizer(settings.optimizer, model.parameters(), settings.lr,
+                               settings.weight_decay)
     if checkpoint is not None and checkpoint.optimizer_state:
         optimizer.load_state_dict(checkpoint.optimizer_state)
     if checkpoint is not None:
         log(f"resuming from {out / CHECKPOINT_NAME} after epoch {start}")
-    input_shape = INPUT_SHAPES[settings["model"]]
+    input_shape = INPUT_SHAPES[settings.model]
     if math.prod(dataset.train.images.shape[1:]) != math.prod(input_shape):
         raise DataError(f"{dataset.source}: images of {dataset.train.images.shape[1:]} pixels; "
-                        f"{settings['model']} takes {input_shape}")
-    batch = settings["batch_size"] if group is None else group.local_batch(settings["batch_size"])
+                        f"{settings.model} takes {input_shape}")
+    batch = settings.batch_size if group is None else group.local_batch(settings.batch_size)
     trainer = Trainer(model, optimizer, batch, input_shape=input_shape,
                       data_parallel=group is not None)
     return _Run(out, log, group, settings, dataset, model, optimizer, trainer, shuffle_rng,
@@ -459,9 +433,9 @@ def _restore(out: Path, log: Callable[[str], None], group, settings: dict, datas
 def _start_trainer(run: _Run, config: TrainConfig) -> None:
     """Say what is trained, compile the kernels and report the memory plan."""
     settings, dataset, log, group = run.settings, run.dataset, run.log, run.group
-    log(f"training {settings['model']} on {dataset.source} ({len(dataset.train)} train / "
-        f"{len(dataset.val)} val / {len(dataset.test)} test), {settings['optimizer']}, batch "
-        f"{settings['batch_size']}, {describe_lr(settings)}, seed {settings['seed']}, into "
+    log(f"training {settings.model} on {dataset.source} ({len(dataset.train)} train / "
+        f"{len(dataset.val)} val / {len(dataset.test)} test), {settings.optimizer}, batch "
+        f"{settings.batch_size}, {settings.describe_lr()}, seed {settings.seed}, into "
         f"{run.out}")
     if group is not None:
         log(f"data-parallel over {group.size} MPI ranks, {run.trainer.batch_size} images of "
@@ -477,10 +451,10 @@ def _start_trainer(run: _Run, config: TrainConfig) -> None:
 def _train_epochs(run: _Run, config: TrainConfig) -> None:
     """Train the epochs after ``run.start``; rank 0 evaluates, logs and checkpoints each."""
     settings, trainer, group = run.settings, run.trainer, run.group
-    epochs = settings["epochs"]
+    epochs = settings.epochs
     for epoch in range(run.start + 1, epochs + 1):
-        run.optimizer.lr = learning_rate_at(epoch, settings)
-        batches = epoch_batches(run.shuffle_rng, len(run.dataset.train), settings["batch_size"])
+        run.optimizer.lr = settings.lr_at(epoch)
+        batches = epoch_batches(run.shuffle_rng, len(run.dataset.train), settings.batch_size)
         if group is not None:
             batches = group.shard(batches)
         started = time.perf_counter()
@@ -503,7 +477,7 @@ def _end_epoch(run: _Run, epoch: int, losses: list[float], epoch_time: float) ->
     the checkpoint and the metrics."""
     trainer, dataset = run.trainer, run.dataset
     row = {"epoch": epoch, "loss": float(np.mean(losses)), "epoch_time_s": epoch_time}
-    line = (f"epoch {epoch}/{run.settings['epochs']}  loss {row['loss']:.4f}  time "
+    line = (f"epoch {epoch}/{run.settings.epochs}  loss {row['loss']:.4f}  time "
             f"{epoch_time:.2f}s")
     started = time.perf_counter()
     if len(dataset.val):
@@ -519,9 +493,9 @@ def _end_epoch(run: _Run, epoch: int, losses: list[float], epoch_time: float) ->
     run.log(line)
     save_checkpoint(run.ckpt_path, Checkpoint(epoch, trainer.params_numpy(),
                                               run.shuffle_rng.bit_generator.state, run.history,
-                                              run.settings, run.settings["optimizer"],
+                                              run.settings.to_record(), run.settings.optimizer,
                                               optimizer_arrays(run.optimizer)))
-    report.write_metrics(run.out, run.history, {"settings": run.settings})
+    report.write_metrics(run.out, run.history, {"settings": run.settings.to_record()})
 
 
 def _finish(run: _Run) -> TrainResult:
@@ -530,20 +504,20 @@ def _finish(run: _Run) -> TrainResult:
     settings, history, out = run.settings, run.history, run.out
     _, test_acc, _ = run.trainer.evaluate(run.dataset.test)
     final = run.trainer.params_numpy()
-    summary = {"settings": settings, "test_acc": test_acc,
+    summary = {"settings": settings.to_record(), "test_acc": test_acc,
                "val_acc": history[-1].get("val_acc") if history else None,
                "resumed_at": [row["epoch"] - 1 for row in history if row.get("resumed")]}
     run.log(f"test acc {100 * test_acc:.2f}%")
     report.write_metrics(out, history, summary)
     report.write_params(out, final)
     save_model(run.model, out / MODEL_FILE,
-               metadata={"input_shape": list(INPUT_SHAPES[settings["model"]]),
+               metadata={"input_shape": list(INPUT_SHAPES[settings.model]),
                          "classes": class_names(run.dataset.source),
                          "data": run.dataset.source})
     if history:
-        report.plot_curves(out, history, f"dlsys {settings['model']}, {settings['optimizer']} "
-                                         f"{describe_lr(settings)}, batch "
-                                         f"{settings['batch_size']}", summary)
+        report.plot_curves(out, history, f"dlsys {settings.model}, {settings.optimizer} "
+                                         f"{settings.describe_lr()}, batch "
+                                         f"{settings.batch_size}", summary)
     run.log(f"wrote {MODEL_FILE}, {report.METRICS_JSON}, {report.PLOT_PNG} and "
             f"{CHECKPOINT_NAME} to {out}")
     return TrainResult(final, history, test_acc, summary)
@@ -567,4 +541,5 @@ def optimizer_arrays(optimizer) -> dict[str, np.ndarray]:
 
 
 __all__ = ["Trainer", "TrainConfig", "TrainResult", "run_training", "make_optimizer",
-           "learning_rate_at", "OPTIMIZERS", "LR_SCHEDULES", "DEFAULT_LR"]
+           "learning_rate_at", "resolve", "resolve_settings", "OPTIMIZERS", "LR_SCHEDULES",
+           "DEFAULT_LR"]
