@@ -327,8 +327,8 @@ def make_sgd_update_fused(shapes: Sequence[Shape], momentum: bool, nesterov: boo
                           tgt_host, func_name, dtype="float32") -> Kernel:
     """PyTorch's SGD for every parameter in one kernel (``dlsys.optim.SGD``'s):
     ``f(lr, hyper, step, W.., [B..], G.., step', [B'..], W'..)``, where ``hyper`` holds
-    ``compute_optim.SGD_HYPER`` and the momentum buffers ``B`` exist when ``momentum``.
-    Pass the same tensors as outputs to update in place; see ``compute_optim.sgd_update``.
+    ``kernels.optim.compute.SGD_HYPER`` and the momentum buffers ``B`` exist when ``momentum``.
+    Pass the same tensors as outputs to update in place; see ``kernels.optim.compute.sgd_update``.
     """
     momentum, nesterov = check_flag("momentum", momentum), check_flag("nesterov", nesterov)
     if nesterov and not momentum:
@@ -341,6 +341,6 @@ def make_adam_update(shapes: Sequence[Shape], tgt, tgt_host, func_name,
                      dtype="float32") -> Kernel:
     """PyTorch's Adam and AdamW for every parameter in one kernel (``dlsys.optim.Adam``'s):
     ``f(lr, hyper, step, W.., M.., V.., G.., step', M'.., V'.., W'..)``, where ``hyper``
-    holds ``compute_optim.ADAM_HYPER``; see ``compute_optim.adam_update``."""
+    holds ``kernels.optim.compute.ADAM_HYPER``; see ``kernels.optim.compute.adam_update``."""
     return _build("adam_update", (_parameter_shapes(shapes),), tgt, tgt_host, func_name,
                   dtype)

@@ -12,17 +12,16 @@ from __future__ import annotations
 from types import ModuleType
 
 from dlsys.kernels import (
-    compute_optim,
-    compute_random,
     conv,
     elementwise,
     layout,
     loss,
     matmul,
     norm,
+    optim,
+    random,
     reduce,
 )
 
-# compute_random and compute_optim are families in one file each (see there).
-FAMILIES: tuple[ModuleType, ...] = (elementwise, reduce, matmul, loss, compute_random, norm,
-                                    compute_optim, conv, layout)
+FAMILIES: tuple[ModuleType, ...] = (elementwise, reduce, matmul, loss, random, norm, optim,
+                                    conv, layout)

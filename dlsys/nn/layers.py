@@ -13,7 +13,7 @@ import numpy as np
 from dlsys.checks import check_constant, check_flag
 from dlsys.errors import ArgumentError, ArgumentTypeError
 from dlsys.graph import Node
-from dlsys.kernels.compute_random import SEED_PERIOD
+from dlsys.kernels.random import SEED_PERIOD
 from dlsys.nn import init
 from dlsys.nn.module import Module
 from dlsys.ops import matmul_op, relu_op, sigmoid_op, tanh_op

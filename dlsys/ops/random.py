@@ -11,7 +11,7 @@ from __future__ import annotations
 from dlsys.checks import check_constant
 from dlsys.errors import ArgumentError, ShapeError
 from dlsys.graph import Node, Op, short_name
-from dlsys.kernels.compute_random import SEED_PERIOD
+from dlsys.kernels.random import SEED_PERIOD
 from dlsys.kernels.registry import KernelSpec
 
 

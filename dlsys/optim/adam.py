@@ -7,7 +7,7 @@ import numbers
 import numpy as np
 
 from dlsys.errors import ArgumentError, ArgumentTypeError
-from dlsys.kernels.compute_optim import ADAM_HYPER
+from dlsys.kernels.optim import ADAM_HYPER
 from dlsys.optim.base import Optimizer, check_nonnegative, check_rate
 
 

@@ -1,7 +1,7 @@
 """What every optimiser shares: its parameters, one fused update kernel, runtime scalars,
 state tensors with a checked ``state_dict``, and ``minimize``.
 
-An optimiser subclass declares its kernel kind (``dlsys.kernels.compute_optim``), the names
+An optimiser subclass declares its kernel kind (``dlsys.kernels.optim``), the names
 of its runtime coefficients and of its per-parameter state; this class allocates the state
 next to the parameters, builds the kernel once and binds its arguments. A step is one call
 of the compiled kernel, which also counts the steps on the device: nothing is copied from
@@ -98,7 +98,7 @@ def _target_for(owner: str, device, target: str | None) -> str:
 
 class Optimizer:
     """The base class: subclasses set ``kind``, ``hyper_names`` (the order of the kernel's
-    coefficient vector, from ``compute_optim``) and ``state_names``, and implement
+    coefficient vector, from ``dlsys.kernels.optim``) and ``state_names``, and implement
     ``_hyperparameters`` and ``_kernel_params``.
 
     ``params`` are Parameter nodes (then ``minimize`` can build a training step) or TVM

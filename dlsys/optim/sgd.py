@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dlsys.checks import check_flag
 from dlsys.errors import ArgumentError
-from dlsys.kernels.compute_optim import SGD_HYPER
+from dlsys.kernels.optim import SGD_HYPER
 from dlsys.optim.base import Optimizer, check_nonnegative
 
 

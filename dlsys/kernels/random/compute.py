@@ -7,14 +7,9 @@ the seed (a one-element state tensor) advances once per run.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from tvm import te, tirx
 
 from dlsys.kernels.common.compute import Shape
-
-if TYPE_CHECKING:
-    from dlsys.kernels.registry import Registrar
 
 # The seed is kept in the graph's float dtype: float32 holds every integer below 2**24.
 SEED_PERIOD = 1 << 24
@@ -65,13 +60,3 @@ def next_seed(dtype: str):
     nxt = te.compute((1,), lambda i: tirx.Select(seed[i] + one >= period, seed[i] + one - period,
                                                  seed[i] + one), name="next_seed")
     return [seed], [nxt]
-
-
-# This file is the random family whole (its kinds run with the injective schedule); it stays
-# a module of its own because dlsys.nn reads SEED_PERIOD from it.
-SCHEDULES: dict = {}
-
-
-def register(kinds: Registrar) -> None:
-    kinds.add("dropout", dropout, "injective")
-    kinds.add("next_seed", next_seed, "injective")

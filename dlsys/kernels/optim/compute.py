@@ -22,12 +22,8 @@ rather than once per element.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from tvm import te, tirx
-
-if TYPE_CHECKING:
-    from dlsys.kernels.registry import Registrar
 
 Shape = tuple[int, ...]
 
@@ -150,12 +146,3 @@ def _adam_blocks(k: int, w, m, v, g, h: dict, scalars: dict, dtype: str):
         / (te.sqrt(v_new[i]) * scalars["inverse_root_correction"][0] + h["eps"]), f"param{k}")
     return m_new, v_new, w_new
 
-
-# This file is the optimisers' family whole (their updates run with the injective schedule);
-# it stays a module of its own because dlsys.optim reads the hyper-parameter names from it.
-SCHEDULES: dict = {}
-
-
-def register(kinds: Registrar) -> None:
-    kinds.add("sgd_update", sgd_update, "injective")
-    kinds.add("adam_update", adam_update, "injective")
