@@ -122,75 +122,18 @@ def apply_config(sch: s_tir.Schedule, problem: MatmulProblem, config: MatmulConf
     For ``problem.b_prepacked`` the function is ``compute.matmul_prepacked``, which reads B
     already in panels and brings its own padded blocks, so B is neither padded nor packed.
     """
-    b_prepacked = problem.b_prepacked
     if not config.fits(problem):
         raise ValueError(f"config {config} does not fit {problem}")
-    mr, nr = config.mr, config.nr
     block = sch.get_sblock(BLOCK)
-    m_pad, n_pad = _round_up(problem.m, mr), _round_up(problem.n, nr)
+    m_pad, n_pad = _round_up(problem.m, config.mr), _round_up(problem.n, config.nr)
     padded = (m_pad, n_pad) != (problem.m, problem.n)
-    root = sch.get_sblock("root")
-    before = {sch.get(b).name_hint for b in sch.get_child_blocks(root)}
-    if b_prepacked:
-        new_blocks = before & PREPACKED_PAD_BLOCKS
-    else:
-        if padded:
-            sch.pad_einsum(block, [mr if m_pad != problem.m else 1,
-                                   nr if n_pad != problem.n else 1, 1])
-        new_blocks = {sch.get(b).name_hint for b in sch.get_child_blocks(root)} - before
-
-    packed_b = None
-    if not b_prepacked and config.pack_b:
-        packed_b = _pack(sch, block, _operand_index(sch, block, 1), problem.trans_b, nr,
-                         new_blocks)
-    packed_a = None
-    if config.pack_a or config.vec_m or m_pad != problem.m:
-        packed_a = _pack(sch, block, _operand_index(sch, block, 0), not problem.trans_a, mr,
-                         new_blocks)
-
-    if padded:
-        # The padded product is followed by a block copying it out (pad_einsum's, or
-        # matmul_prepacked's crop); making the product local turns that copy into the
-        # register tile's write-back.
-        write_back = next(c for c in sch.get_consumers(block)
-                          if sch.get(c).name_hint in new_blocks)
-        sch.set_scope(block, 0, "local")
-    else:
-        write_back = sch.cache_write(block, 0, "local")
-    leftovers = _fuse_epilogues(sch, write_back)
-    if config.vec_m:
-        # Accumulator rows adjacent, so each row vector is one register, not a gather.
-        sch.transform_layout(block, ("write", 0), lambda ri, cj: (cj, ri))
-
-    i, j, k = sch.get_loops(block)
-    io, ii = sch.split(i, factors=[None, mr])
-    jc, jo, ji = sch.split(j, factors=[None, config.nc // nr, nr])
-    if config.vec_m:
-        sch.reorder(jc, io, jo, k, ji, ii)
-        ii, ji = ji, ii  # from here on: ji is the vectorised loop, ii the unrolled one
-    else:
-        sch.reorder(jc, io, jo, k, ii, ji)
-    # Unit loops are kept so that a block's last two loops are always its own.
-    sch.reverse_compute_at(write_back, jo, preserve_unit_loops=True)
-    for leftover in leftovers:
-        try:
-            sch.reverse_compute_at(leftover, jo, preserve_unit_loops=True)
-        except s_tir.ScheduleError:
-            pass  # left at the root: correct, only not fused into the tile
-    if packed_a is not None and config.nc < n_pad:
-        # B comes in several slabs, each of which meets every row panel of A: pack A once,
-        # whole, rather than once per slab (a K x mr panel per row tile streams by).
-        _schedule_pack_root(sch, packed_a, not problem.trans_a, mr, problem)
-    elif packed_a is not None:
-        sch.compute_at(packed_a, io, preserve_unit_loops=True)
-        first, last = sch.get_loops(packed_a)[-2:]
-        if problem.trans_a:
-            _vectorize(sch, last)  # (k, rows): a panel row is one vector copy
-        else:
-            # (rows, k) would store with stride mr, which LLVM vectorises into scatters;
-            # walking k outside the rows stores each panel row contiguously.
-            sch.reorder(last, first)
-            sch.unroll(first)
+    pad_blocks = _pad_to_tiles(sch, block, problem, config, m_pad, n_pad)
+    packed_a, packed_b = _pack_operands(sch, block, problem, config, m_pad, pad_blocks)
+    write_back, leftovers = _make_write_back(sch, block, config, padded, pad_blocks)
+    jc, io, jo, k, ii, ji = _tile_loops(sch, block, config)
+    _place_in_tile(sch, jo, write_back, leftovers)
+    if packed_a is not None:
+        _schedule_pack_a(sch, packed_a, io, problem, config, n_pad)
     _vectorize(sch, ji)
     sch.unroll(ii)
     outer = sch.fuse(jc, io)
@@ -198,18 +141,116 @@ def apply_config(sch: s_tir.Schedule, problem: MatmulProblem, config: MatmulConf
         sch.parallel(outer)
     sch.decompose_reduction(block, k)
     if not config.vec_m:
-        lanes_loop = sch.get_loops(write_back)[-1]
-        if n_pad != problem.n:
-            # A clipped tile would need masked stores, which the CPU backend scalarises: peel
-            # off the last column tile, and within it the last partial vector, so that every
-            # other store stays one vector.
-            sch.annotate(jo, "pragma_loop_partition_hint", 1)
-            if nr > problem.lanes and nr % problem.lanes == 0:
-                vectors, lanes_loop = sch.split(lanes_loop, factors=[None, problem.lanes])
-                sch.annotate(vectors, "pragma_loop_partition_hint", 1)
-        _vectorize(sch, lanes_loop)
+        _vectorize_write_back(sch, write_back, jo, problem, config.nr, n_pad)
     if packed_b is not None:
-        _schedule_pack_root(sch, packed_b, problem.trans_b, nr, problem)
+        _schedule_pack_root(sch, packed_b, problem.trans_b, config.nr, problem)
+
+
+def _pad_to_tiles(sch: s_tir.Schedule, block, problem: MatmulProblem, config: MatmulConfig,
+                  m_pad: int, n_pad: int) -> set[str]:
+    """Pad the product up to whole register tiles; returns the names of the padding blocks."""
+    root = sch.get_sblock("root")
+    before = {sch.get(b).name_hint for b in sch.get_child_blocks(root)}
+    if problem.b_prepacked:
+        return before & PREPACKED_PAD_BLOCKS
+    if (m_pad, n_pad) != (problem.m, problem.n):
+        sch.pad_einsum(block, [config.mr if m_pad != problem.m else 1,
+                               config.nr if n_pad != problem.n else 1, 1])
+    return {sch.get(b).name_hint for b in sch.get_child_blocks(root)} - before
+
+
+def _pack_operands(sch: s_tir.Schedule, block, problem: MatmulProblem, config: MatmulConfig,
+                   m_pad: int, pad_blocks: set[str]) -> tuple:
+    """Decide which operands are copied into panels; returns the copies ``(A, B)`` or None."""
+    packed_b = None
+    if not problem.b_prepacked and config.pack_b:
+        packed_b = _pack(sch, block, _operand_index(sch, block, 1), problem.trans_b, config.nr,
+                         pad_blocks)
+    packed_a = None
+    if config.pack_a or config.vec_m or m_pad != problem.m:
+        packed_a = _pack(sch, block, _operand_index(sch, block, 0), not problem.trans_a,
+                         config.mr, pad_blocks)
+    return packed_a, packed_b
+
+
+def _make_write_back(sch: s_tir.Schedule, block, config: MatmulConfig, padded: bool,
+                     pad_blocks: set[str]) -> tuple:
+    """Decide which block writes the register tile back; returns it and the unfused epilogues."""
+    if padded:
+        # The padded product is followed by a block copying it out (pad_einsum's, or
+        # matmul_prepacked's crop); making the product local turns that copy into the
+        # register tile's write-back.
+        write_back = next(c for c in sch.get_consumers(block)
+                          if sch.get(c).name_hint in pad_blocks)
+        sch.set_scope(block, 0, "local")
+    else:
+        write_back = sch.cache_write(block, 0, "local")
+    leftovers = _fuse_epilogues(sch, write_back)
+    if config.vec_m:
+        # Accumulator rows adjacent, so each row vector is one register, not a gather.
+        sch.transform_layout(block, ("write", 0), lambda ri, cj: (cj, ri))
+    return write_back, leftovers
+
+
+def _tile_loops(sch: s_tir.Schedule, block, config: MatmulConfig) -> tuple:
+    """Decide the loop order of the tiled product; returns ``(jc, io, jo, k, ii, ji)``.
+
+    ``ji`` is always the vectorised loop and ``ii`` the unrolled one, whichever way round.
+    """
+    i, j, k = sch.get_loops(block)
+    io, ii = sch.split(i, factors=[None, config.mr])
+    jc, jo, ji = sch.split(j, factors=[None, config.nc // config.nr, config.nr])
+    if config.vec_m:
+        sch.reorder(jc, io, jo, k, ji, ii)
+        ii, ji = ji, ii  # from here on: ji is the vectorised loop, ii the unrolled one
+    else:
+        sch.reorder(jc, io, jo, k, ii, ji)
+    return jc, io, jo, k, ii, ji
+
+
+def _place_in_tile(sch: s_tir.Schedule, jo, write_back, leftovers: list) -> None:
+    """Decide where the write-back and the unfused epilogues run: inside each column tile."""
+    # Unit loops are kept so that a block's last two loops are always its own.
+    sch.reverse_compute_at(write_back, jo, preserve_unit_loops=True)
+    for leftover in leftovers:
+        try:
+            sch.reverse_compute_at(leftover, jo, preserve_unit_loops=True)
+        except s_tir.ScheduleError:
+            pass  # left at the root: correct, only not fused into the tile
+
+
+def _schedule_pack_a(sch: s_tir.Schedule, packed_a, io, problem: MatmulProblem,
+                     config: MatmulConfig, n_pad: int) -> None:
+    """Decide where A's panels are packed: once whole, or per row tile inside the product."""
+    if config.nc < n_pad:
+        # B comes in several slabs, each of which meets every row panel of A: pack A once,
+        # whole, rather than once per slab (a K x mr panel per row tile streams by).
+        _schedule_pack_root(sch, packed_a, not problem.trans_a, config.mr, problem)
+        return
+    sch.compute_at(packed_a, io, preserve_unit_loops=True)
+    first, last = sch.get_loops(packed_a)[-2:]
+    if problem.trans_a:
+        _vectorize(sch, last)  # (k, rows): a panel row is one vector copy
+    else:
+        # (rows, k) would store with stride mr, which LLVM vectorises into scatters;
+        # walking k outside the rows stores each panel row contiguously.
+        sch.reorder(last, first)
+        sch.unroll(first)
+
+
+def _vectorize_write_back(sch: s_tir.Schedule, write_back, jo, problem: MatmulProblem,
+                          nr: int, n_pad: int) -> None:
+    """Decide how a column tile is stored: whole vectors, the clipped last tile peeled off."""
+    lanes_loop = sch.get_loops(write_back)[-1]
+    if n_pad != problem.n:
+        # A clipped tile would need masked stores, which the CPU backend scalarises: peel
+        # off the last column tile, and within it the last partial vector, so that every
+        # other store stays one vector.
+        sch.annotate(jo, "pragma_loop_partition_hint", 1)
+        if nr > problem.lanes and nr % problem.lanes == 0:
+            vectors, lanes_loop = sch.split(lanes_loop, factors=[None, problem.lanes])
+            sch.annotate(vectors, "pragma_loop_partition_hint", 1)
+    _vectorize(sch, lanes_loop)
 
 
 def _vectorize(sch: s_tir.Schedule, loop) -> None:
