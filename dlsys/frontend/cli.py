@@ -107,6 +107,13 @@ def _add_train(parser: Parser, commands) -> None:
                     "recorded run's values. Under mpirun -n N it trains data-parallel over the "
                     "N ranks, --batch-size being the global batch (pip install "
                     "'dlsys[distributed]').")
+    _add_setting_flags(train)
+    _add_run_flags(train)
+
+
+def _add_setting_flags(train: Parser) -> None:
+    """``dlsys train``'s flags that set the run's RunSettings, one per field and named as it;
+    left out (None), they take the recorded run's value on --resume, else the default."""
     train.add_argument("--model", choices=MODELS, default=None,
                        help=f"model to train (default {DEFAULT_MODEL})")
     train.add_argument("--hidden", type=_widths, default=None,
@@ -140,6 +147,11 @@ def _add_train(parser: Parser, commands) -> None:
                        help="images held out from the end of the training set for validation; "
                             "0 trains on all of them and reports no validation accuracy "
                             f"(default a sixth of them, at most {DEFAULT_VAL_CAP})")
+
+
+def _add_run_flags(train: Parser) -> None:
+    """``dlsys train``'s flags about the run rather than what it learns: where its files go,
+    whether it continues or replaces a run, and what it prints while training."""
     train.add_argument("--out", type=Path, default=None,
                        help=f"output folder (default: the first of {RUNS_DIR}/<model>, "
                             f"{RUNS_DIR}/<model>-2, ... that holds no run)")

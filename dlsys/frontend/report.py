@@ -145,11 +145,33 @@ def draw_curves(history: list[dict], title: str, summary: dict | None = None):
     # A headless backend: training runs on servers without a display.
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     summary = summary or {}
     epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.4))
+    _draw_metrics(ax_loss, ax_acc, history, epochs)
+    test_acc = summary.get("test_acc")
+    if test_acc is not None and math.isfinite(test_acc):
+        ax_acc.axhline(100 * test_acc, color="tab:red", linestyle=":",
+                       label=f"test, after the last epoch ({100 * test_acc:.2f}%)")
+    for ax in (ax_loss, ax_acc):
+        _finish_axes(ax, epochs, summary.get("resumed_at") or [])
+    if not ax_acc.get_lines():
+        # A run with --val-size 0 and no test accuracy (yet): say so, rather
+        # than leave an empty frame that looks like a failed plot.
+        ax_acc.text(0.5, 0.5, "no accuracy recorded", transform=ax_acc.transAxes,
+                    ha="center", va="center", color="grey")
+    ax_loss.set(xlabel="epoch", ylabel="mean cross-entropy loss", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    fig.suptitle(_title(title, summary))
+    fig.tight_layout()
+    return fig
+
+
+def _draw_metrics(ax_loss, ax_acc, history: list[dict], epochs: list) -> None:
+    """The history's curves: each batch's loss faintly behind the loss per epoch, and every
+    per-epoch metric some row has (the last finite value in its label); a metric no row has
+    draws nothing."""
     xs, ys = _batch_loss_curve(history)
     if any(math.isfinite(y) for y in ys):
         ax_loss.plot(xs, ys, color="tab:blue", alpha=0.3, linewidth=0.8,
@@ -165,29 +187,21 @@ def draw_curves(history: list[dict], title: str, summary: dict | None = None):
                 if last is not None:
                     label += f" (last {last:.2f}%)" if scale == 100 else f" (last {last:.4f})"
                 ax.plot(epochs, values, marker="o", markersize=5, color=colour, label=label)
-    test_acc = summary.get("test_acc")
-    if test_acc is not None and math.isfinite(test_acc):
-        ax_acc.axhline(100 * test_acc, color="tab:red", linestyle=":",
-                       label=f"test, after the last epoch ({100 * test_acc:.2f}%)")
-    for ax in (ax_loss, ax_acc):
-        for number, epoch in enumerate(summary.get("resumed_at") or []):
-            ax.axvline(epoch, color="grey", linestyle="--", linewidth=1,
-                       label="resumed" if number == 0 else None)
-        # Whole epochs only: at one or two epochs matplotlib would tick 0.25, 0.5, ...
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if epochs:
-            # From the start of the first epoch shown, so a single epoch still spans a width.
-            ax.set_xlim(min(epochs) - 1, max(epochs) + 0.25)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize="small")
-    if not ax_acc.get_lines():
-        # A run with --val-size 0 and no test accuracy (yet): say so, rather
-        # than leave an empty frame that looks like a failed plot.
-        ax_acc.text(0.5, 0.5, "no accuracy recorded", transform=ax_acc.transAxes,
-                    ha="center", va="center", color="grey")
-    ax_loss.set(xlabel="epoch", ylabel="mean cross-entropy loss", title="loss")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
-    fig.suptitle(_title(title, summary))
-    fig.tight_layout()
-    return fig
+
+
+def _finish_axes(ax, epochs: list, resumed_at: list) -> None:
+    """One panel's frame: a dashed mark at each epoch a run was resumed after, whole-epoch
+    ticks over the epochs shown, a grid, and a legend when anything is labelled."""
+    from matplotlib.ticker import MaxNLocator
+
+    for number, epoch in enumerate(resumed_at):
+        ax.axvline(epoch, color="grey", linestyle="--", linewidth=1,
+                   label="resumed" if number == 0 else None)
+    # Whole epochs only: at one or two epochs matplotlib would tick 0.25, 0.5, ...
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if epochs:
+        # From the start of the first epoch shown, so a single epoch still spans a width.
+        ax.set_xlim(min(epochs) - 1, max(epochs) + 0.25)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")

@@ -109,33 +109,50 @@ def plan_memory(steps: list[Step], shapes: dict[Node, Shape], keep: set[Node], i
     root = resolve_aliases(steps)
     first, last = live_ranges(steps, keep)
     sizes = {owner: _elements(shapes[owner]) for owner in first}
-    storage_of_owner: dict[Node, int] = {}
     storage_elements: list[int] = []
+    offset_of_owner, group_sid = _contiguous_group(contiguous, root, sizes, keep,
+                                                   storage_elements, itemsize)
+    storage_of_owner, inplace_steps = _assign_storage(steps, root, last, sizes, share,
+                                                      offset_of_owner, group_sid,
+                                                      storage_elements)
+    storage_of = {node: storage_of_owner[owner] for node, owner in root.items()
+                  if owner in storage_of_owner}
+    offset_of = {node: offset_of_owner[owner] for node, owner in root.items()
+                 if owner in offset_of_owner}
+    naive = sum(_elements(shapes[out]) for step in steps for out in step.outputs) * itemsize
+    return MemoryPlan(storage_of, storage_elements, itemsize, naive,
+                      _peak_live(steps, root, first, last, sizes, inplace_steps) * itemsize,
+                      inplace_steps, offset_of, group_sid)
+
+
+def _assign_storage(steps: list[Step], root: dict[Node, Node], last: dict[Node, int],
+                    sizes: dict[Node, int], share: bool, offset_of_owner: dict[Node, int],
+                    group_sid: int | None, storage_elements: list[int],
+                    ) -> tuple[dict[Node, int], set[Node]]:
+    """Each storage-owning value's storage id, decided in run order: the contiguous group's,
+    an input's taken over in place, or a buffer by best fit (new ones are appended to
+    ``storage_elements``); a buffer is free again after its values' last use.
+
+    Returns the storage id of every owner and the steps that write in place.
+    """
+    storage_of_owner: dict[Node, int] = dict.fromkeys(offset_of_owner, group_sid)
     free: list[int] = []
     inplace_steps: set[Node] = set()
     dying: dict[int, list[Node]] = {}
     for owner, t in last.items():
         dying.setdefault(t, []).append(owner)
-    offset_of_owner, group_sid = _contiguous_group(contiguous, root, sizes, keep,
-                                                   storage_elements, itemsize)
-    storage_of_owner.update(dict.fromkeys(offset_of_owner, group_sid))
-
     for t, step in enumerate(steps):
         owner = step.output
         candidate = None
         if owner in offset_of_owner:
             pass  # placed in the group's storage up front; it is kept, so never freed
         elif step.alias_of is None and step.writes_state is None:
-            need = sizes[owner]
-            if step.inplace_input is not None:
-                candidate = root.get(step.inplace_input, step.inplace_input)
-            # Kept values live to len(steps) and feeds have no range, so neither passes.
-            if (share and candidate is not None and last.get(candidate) == t
-                    and sizes[candidate] == need):
+            candidate, in_place = _inplace_candidate(step, t, root, last, sizes, share)
+            if in_place:
                 storage_of_owner[owner] = storage_of_owner[candidate]
                 inplace_steps.add(owner)
             else:
-                storage_of_owner[owner] = _allocate(need, free, storage_elements, share)
+                storage_of_owner[owner] = _allocate(sizes[owner], free, storage_elements, share)
             for extra in step.extra_outputs:
                 if extra not in offset_of_owner:
                     storage_of_owner[extra] = _allocate(sizes[extra], free, storage_elements,
@@ -148,15 +165,21 @@ def plan_memory(steps: list[Step], shapes: dict[Node, Shape], keep: set[Node], i
                 # A buffer taken over in place stays with its new owner.
                 if sid is not None and not (dead is candidate and owner in inplace_steps):
                     free.append(sid)
+    return storage_of_owner, inplace_steps
 
-    storage_of = {node: storage_of_owner[owner] for node, owner in root.items()
-                  if owner in storage_of_owner}
-    offset_of = {node: offset_of_owner[owner] for node, owner in root.items()
-                 if owner in offset_of_owner}
-    naive = sum(_elements(shapes[out]) for step in steps for out in step.outputs) * itemsize
-    return MemoryPlan(storage_of, storage_elements, itemsize, naive,
-                      _peak_live(steps, root, first, last, sizes, inplace_steps) * itemsize,
-                      inplace_steps, offset_of, group_sid)
+
+def _inplace_candidate(step: Step, t: int, root: dict[Node, Node], last: dict[Node, int],
+                       sizes: dict[Node, int], share: bool) -> tuple[Node | None, bool]:
+    """The value whose buffer step ``t``'s output may write in place (None when the step
+    allows none), and whether it does: only when that value dies at this step and is the
+    output's size."""
+    candidate = None
+    if step.inplace_input is not None:
+        candidate = root.get(step.inplace_input, step.inplace_input)
+    # Kept values live to len(steps) and feeds have no range, so neither passes.
+    in_place = (share and candidate is not None and last.get(candidate) == t
+                and sizes[candidate] == sizes[step.output])
+    return candidate, in_place
 
 
 # Kernels assume 64-byte aligned arguments (one AVX-512 vector, TVM's default alignment), so
