@@ -8,7 +8,7 @@ import numbers
 
 import numpy as np
 
-from dlsys.errors import ArgumentError, ArgumentTypeError
+from dlsys.errors import ArgumentError, ArgumentTypeError, DtypeError
 
 # The largest float32: a constant beyond it cannot be compiled into a float32 kernel.
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -34,6 +34,17 @@ def check_constant(name: str, value) -> float:
     if not math.isfinite(number) or abs(number) > FLOAT32_MAX:
         raise ArgumentError(f"{name} must be a finite float32 number, got {value!r}")
     return number
+
+
+def check_dtype_device(tensor, what: str, dtype: str, device, whose: str,
+                       device_error: type[Exception] = ArgumentError) -> None:
+    """Refuse a TVM ``tensor`` (named ``what``) that is not of ``dtype`` on ``device``, which
+    belong to ``whose`` ("the parameters", "this executor runs"): a DtypeError, else
+    ``device_error``. A kernel would read either mismatch as garbage, or crash."""
+    if str(tensor.dtype) != dtype:
+        raise DtypeError(f"{what} has dtype {tensor.dtype}, {whose} {dtype}")
+    if tensor.device != device:
+        raise device_error(f"{what} is on {tensor.device}, {whose} on {device}")
 
 
 def state_arrays(expected: dict[str, tuple[int, ...]], given: dict, strict: bool = True

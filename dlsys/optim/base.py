@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import tvm
 
-from dlsys.checks import check_constant, state_arrays
+from dlsys.checks import check_constant, check_dtype_device, state_arrays
 from dlsys.errors import ArgumentError, ArgumentTypeError, DtypeError, ShapeError
 from dlsys.graph import Node
 from dlsys.kernels.build import SUPPORTED_DTYPES
@@ -197,12 +197,8 @@ class Optimizer:
             if tuple(grad.shape) != tuple(param.shape):
                 raise ShapeError(f"{owner}: grads[{i}] has shape {tuple(grad.shape)}, its "
                                  f"parameter {tuple(param.shape)}")
-            if str(grad.dtype) != self.dtype:
-                raise DtypeError(f"{owner}: grads[{i}] has dtype {grad.dtype}, the parameters "
-                                 f"{self.dtype}")
-            if grad.device != self.device:
-                raise ArgumentError(f"{owner}: grads[{i}] is on {grad.device}, the parameters "
-                                    f"on {self.device}")
+            check_dtype_device(grad, f"{owner}: grads[{i}]", self.dtype, self.device,
+                               "the parameters")
         states = [t for name in self.state_names for t in self._state[name]]
         self._args = (self._lr, self._hyper, self._step, *self.params, *states, *grads,
                       self._step, *states, *self.params)

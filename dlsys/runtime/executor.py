@@ -19,6 +19,7 @@ import numpy as np
 import tvm
 import tvm_ffi
 
+from dlsys.checks import check_dtype_device
 from dlsys.errors import ArgumentError, ArgumentTypeError, DtypeError, FeedError, ShapeError
 from dlsys.graph import Node, Shape, find_topo_sort, short_name
 from dlsys.kernels.build import SUPPORTED_DTYPES
@@ -284,16 +285,13 @@ class Executor:
         ``bound``: the value a parameter holds; one of another dtype or device is copied
         (converted) for the run, never refused, since the caller did not choose it here.
         """
-        if bound and (str(value.dtype) != self.dtype or value.device != self.ctx):
-            value = value.numpy()
         if isinstance(value, tvm.runtime.Tensor):
-            if str(value.dtype) != self.dtype:
-                raise DtypeError(f"feed {node.name} has dtype {value.dtype}, this executor runs "
-                                 f"{self.dtype}")
-            if value.device != self.ctx:
-                raise FeedError(f"feed {node.name} is on {value.device}, this executor runs on "
-                                f"{self.ctx}")
-            return value
+            if str(value.dtype) == self.dtype and value.device == self.ctx:
+                return value  # the run's common case: no call, no message built
+            if not bound:
+                check_dtype_device(value, f"feed {node.name}", self.dtype, self.ctx,
+                                   "this executor runs", FeedError)
+            value = value.numpy()
         if np.iscomplexobj(value):
             raise DtypeError(f"feed {node.name} is complex; dlsys computes in real "
                              f"{self.dtype}, and dropping the imaginary part would be silent")
