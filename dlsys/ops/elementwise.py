@@ -28,13 +28,27 @@ class ElementwiseOp(Op):
     tables, which pick every elementwise operator up from ``dlsys.ops.ELEMENTWISE_OPS``.
     ``positive_inputs`` are the inputs where the formula is defined and smooth only for
     positive values (log's argument; a divisor, whose pole at 0 is kept out of reach): the
-    test tables draw those inputs positive, and nothing else reads it.
+    test tables draw those inputs positive, and nothing else reads it. ``formula``, a numpy
+    function of the inputs then the constants, is the numpy reference where one fits.
+
+    A subclass declares these traits in its class line, ``class ExpOp(ElementwiseOp,
+    name="Exp", kernel_kind="exp", formula=np.exp)``, and writes below only what is its own
+    (the gradient, above all).
     """
 
     kernel_kind = ""
     arity = 1
     inplace_input = 0
     positive_inputs: tuple[int, ...] = ()
+    symbol = ""
+    formula = None
+
+    def __init_subclass__(cls, **traits):
+        super().__init_subclass__()
+        for trait, value in traits.items():
+            if not hasattr(cls, trait):  # a misspelt trait would otherwise be ignored
+                raise TypeError(f"{cls.__name__}: no elementwise trait {trait!r}")
+            setattr(cls, trait, staticmethod(value) if trait == "formula" else value)
 
     def __call__(self, *inputs: Node) -> Node:
         return Node(self, self.check_inputs(inputs))
@@ -66,6 +80,11 @@ class ElementwiseOp(Op):
         return Epilogue(self.kernel_kind, self.kernel_kind,
                         constants=self.constants(node)), []
 
+    def reference(self, node, *arrays):
+        if self.formula is None:
+            return super().reference(node, *arrays)
+        return self.formula(*arrays, *self.constants(node))
+
 
 class BroadcastBinaryOp(ElementwiseOp):
     """``a symbol b`` with numpy broadcasting of both inputs."""
@@ -88,12 +107,8 @@ class BroadcastBinaryOp(ElementwiseOp):
         return None
 
 
-class AddOp(BroadcastBinaryOp):
+class AddOp(BroadcastBinaryOp, name="Add", kernel_kind="add", symbol="+", formula=np.add):
     """``a + b`` with numpy broadcasting."""
-
-    name = "Add"
-    kernel_kind = "add"
-    symbol = "+"
 
     def gradient(self, node, output_grad):
         a, b = node.inputs
@@ -115,57 +130,35 @@ class AddOp(BroadcastBinaryOp):
             return epilogue_from_label("add"), [other]
         return None
 
-    def reference(self, node, a, b):
-        return a + b
 
-
-class MulOp(BroadcastBinaryOp):
+class MulOp(BroadcastBinaryOp, name="Mul", kernel_kind="mul", symbol="*",
+            formula=np.multiply):
     """``a * b`` with numpy broadcasting."""
-
-    name = "Mul"
-    kernel_kind = "mul"
-    symbol = "*"
 
     def gradient(self, node, output_grad):
         a, b = node.inputs
         return [reducesumto_op(output_grad * b, a), reducesumto_op(output_grad * a, b)]
 
-    def reference(self, node, a, b):
-        return a * b
 
-
-class SubOp(BroadcastBinaryOp):
+class SubOp(BroadcastBinaryOp, name="Sub", kernel_kind="sub", symbol="-",
+            formula=np.subtract):
     """``a - b`` with numpy broadcasting."""
-
-    name = "Sub"
-    kernel_kind = "sub"
-    symbol = "-"
 
     def gradient(self, node, output_grad):
         a, b = node.inputs
         # Negated after the sum: b is never larger than the output, often much smaller.
         return [reducesumto_op(output_grad, a), neg_op(reducesumto_op(output_grad, b))]
 
-    def reference(self, node, a, b):
-        return a - b
 
-
-class DivOp(BroadcastBinaryOp):
+class DivOp(BroadcastBinaryOp, name="Div", kernel_kind="div", symbol="/", formula=np.divide,
+            positive_inputs=(1,)):
     """``a / b`` with numpy broadcasting."""
-
-    name = "Div"
-    kernel_kind = "div"
-    symbol = "/"
-    positive_inputs = (1,)
 
     def gradient(self, node, output_grad):
         a, b = node.inputs
         # d(a/b)/db = -a/b**2 = -(a/b)/b: read from the output rather than squaring b.
         return [reducesumto_op(output_grad / b, a),
                 neg_op(reducesumto_op(output_grad * node / b, b))]
-
-    def reference(self, node, a, b):
-        return a / b
 
 
 def _broadcast_rule(shape_a, shape_b):
@@ -175,12 +168,9 @@ def _broadcast_rule(shape_a, shape_b):
     return out
 
 
-class AddByConstOp(ElementwiseOp):
-    """``a + c`` for a number ``c``."""
-
-    name = "AddByConst"
-    kernel_kind = "add_const"
-    symbol = "+"
+class AddByConstOp(ElementwiseOp, name="AddByConst", kernel_kind="add_const", symbol="+",
+                   formula=np.add):
+    """``a + c`` for a number ``c``; the operators below take their constant the same way."""
 
     def __call__(self, a: Node, const_val: float) -> Node:
         (a,) = self.check_inputs((a,))
@@ -201,16 +191,10 @@ class AddByConstOp(ElementwiseOp):
     def gradient(self, node, output_grad):
         return [output_grad]
 
-    def reference(self, node, a):
-        return a + node.attrs["const"]
 
-
-class MulByConstOp(AddByConstOp):
+class MulByConstOp(AddByConstOp, name="MulByConst", kernel_kind="mul_const", symbol="*",
+                   formula=np.multiply):
     """``a * c`` for a number ``c``."""
-
-    name = "MulByConst"
-    kernel_kind = "mul_const"
-    symbol = "*"
 
     def example(self, inputs):
         return self(inputs[0], -0.75)
@@ -218,16 +202,10 @@ class MulByConstOp(AddByConstOp):
     def gradient(self, node, output_grad):
         return [output_grad * node.attrs["const"]]
 
-    def reference(self, node, a):
-        return a * node.attrs["const"]
 
-
-class DivByConstOp(AddByConstOp):
+class DivByConstOp(AddByConstOp, name="DivByConst", kernel_kind="div_const", symbol="/",
+                   formula=np.divide):
     """``a / c`` for a number ``c`` other than 0."""
-
-    name = "DivByConst"
-    kernel_kind = "div_const"
-    symbol = "/"
 
     def check_const(self, a, const_val):
         value = super().check_const(a, const_val)
@@ -244,16 +222,10 @@ class DivByConstOp(AddByConstOp):
     def gradient(self, node, output_grad):
         return [output_grad / node.attrs["const"]]
 
-    def reference(self, node, a):
-        return a / node.attrs["const"]
 
-
-class RDivByConstOp(AddByConstOp):
+class RDivByConstOp(AddByConstOp, name="RDivByConst", kernel_kind="rdiv_const",
+                    positive_inputs=(0,)):
     """``c / a`` for a number ``c``: a number divided by a tensor."""
-
-    name = "RDivByConst"
-    kernel_kind = "rdiv_const"
-    positive_inputs = (0,)
 
     def describe(self, node):
         return f"({node.attrs['const']:g}/{short_name(node.inputs[0])})"
@@ -269,22 +241,14 @@ class RDivByConstOp(AddByConstOp):
         return node.attrs["const"] / a
 
 
-class NegOp(ElementwiseOp):
+class NegOp(ElementwiseOp, name="Neg", kernel_kind="neg", formula=np.negative):
     """``-a``."""
-
-    name = "Neg"
-    kernel_kind = "neg"
 
     def gradient(self, node, output_grad):
         return [neg_op(output_grad)]
 
-    def reference(self, node, a):
-        return -a
 
-
-class ReluOp(ElementwiseOp):
-    name = "Relu"
-    kernel_kind = "relu"
+class ReluOp(ElementwiseOp, name="Relu", kernel_kind="relu"):
     keeps_positive_sign = True
 
     def gradient(self, node, output_grad):
@@ -294,13 +258,10 @@ class ReluOp(ElementwiseOp):
         return np.where(a < 0, 0.0, a)  # keeps NaN, like the kernel
 
 
-class ReluGradientOp(ElementwiseOp):
+class ReluGradientOp(ElementwiseOp, name="ReluGradient", kernel_kind="relu_gradient", arity=2,
+                     inplace_input=1):
     """``(a > 0) * g``."""
 
-    name = "ReluGradient"
-    kernel_kind = "relu_gradient"
-    arity = 2
-    inplace_input = 1
     sign_only_input = 0
 
     def infer_shape(self, node, input_shapes):
@@ -320,11 +281,8 @@ class ReluGradientOp(ElementwiseOp):
         return np.where(a > 0, g, 0.0)
 
 
-class SigmoidOp(ElementwiseOp):
+class SigmoidOp(ElementwiseOp, name="Sigmoid", kernel_kind="sigmoid"):
     """``1 / (1 + exp(-a))``."""
-
-    name = "Sigmoid"
-    kernel_kind = "sigmoid"
 
     def gradient(self, node, output_grad):
         # sigmoid' = s (1 - s), read from the output itself.
@@ -334,41 +292,22 @@ class SigmoidOp(ElementwiseOp):
         return 1.0 / (1.0 + np.exp(-a))
 
 
-class ExpOp(ElementwiseOp):
-    name = "Exp"
-    kernel_kind = "exp"
-
+class ExpOp(ElementwiseOp, name="Exp", kernel_kind="exp", formula=np.exp):
     def gradient(self, node, output_grad):
         return [output_grad * node]  # exp' = exp, read from the output itself
 
-    def reference(self, node, a):
-        return np.exp(a)
 
-
-class LogOp(ElementwiseOp):
+class LogOp(ElementwiseOp, name="Log", kernel_kind="log", formula=np.log, positive_inputs=(0,)):
     """The natural logarithm (NaN below 0, -inf at 0, as in numpy)."""
-
-    name = "Log"
-    kernel_kind = "log"
-    positive_inputs = (0,)
 
     def gradient(self, node, output_grad):
         return [output_grad / node.inputs[0]]
 
-    def reference(self, node, a):
-        return np.log(a)
 
-
-class TanhOp(ElementwiseOp):
-    name = "Tanh"
-    kernel_kind = "tanh"
-
+class TanhOp(ElementwiseOp, name="Tanh", kernel_kind="tanh", formula=np.tanh):
     def gradient(self, node, output_grad):
         # tanh' = 1 - tanh**2, read from the output itself.
         return [output_grad * (1.0 - node * node)]
-
-    def reference(self, node, a):
-        return np.tanh(a)
 
 
 class FillLikeOp(ElementwiseOp):
