@@ -9,7 +9,7 @@ their kernels from ``KernelSpec``s directly; these builders are the public, chec
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from dlsys.checks import check_constant, check_flag
 from dlsys.errors import ArgumentError, ShapeError
@@ -51,12 +51,28 @@ def _elementwise(kind: str, shape: Shape, tgt, tgt_host, func_name, dtype, arity
     return _build(kind, ((shape,) * arity, shape, constants), tgt, tgt_host, func_name, dtype)
 
 
-def make_elemwise_add(shape: Shape, tgt, tgt_host, func_name, dtype="float32") -> Kernel:
-    return _elementwise("add", shape, tgt, tgt_host, func_name, dtype, 2)
+def _same_shape_builder(name: str, kind: str, arity: int, doc: str
+                        ) -> Callable[..., Kernel]:
+    """The course builder ``name(shape, tgt, tgt_host, func_name, dtype="float32")``: the
+    formula ``kind`` over ``arity`` inputs of ``shape``, writing an output of ``shape``."""
+
+    def build(shape: Shape, tgt, tgt_host, func_name, dtype="float32") -> Kernel:
+        return _elementwise(kind, shape, tgt, tgt_host, func_name, dtype, arity)
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = doc
+    return build
 
 
-def make_elemwise_mul(shape: Shape, tgt, tgt_host, func_name, dtype="float32") -> Kernel:
-    return _elementwise("mul", shape, tgt, tgt_host, func_name, dtype, 2)
+make_elemwise_add = _same_shape_builder("make_elemwise_add", "add", 2,
+                                        "``f(A, B, C)``: ``C = A + B``.")
+make_elemwise_mul = _same_shape_builder("make_elemwise_mul", "mul", 2,
+                                        "``f(A, B, C)``: ``C = A * B``.")
+make_relu = _same_shape_builder("make_relu", "relu", 1, "``f(A, C)``: ``C = max(A, 0)``.")
+make_relu_gradient = _same_shape_builder("make_relu_gradient", "relu_gradient", 2,
+                                         "``f(A, G, C)``: ``C = (A > 0) * G``.")
+make_sigmoid = _same_shape_builder("make_sigmoid", "sigmoid", 1,
+                                   "``f(A, C)``: ``C = 1 / (1 + exp(-A))``.")
 
 
 def make_elemwise_add_by_const(shape: Shape, const_k, tgt, tgt_host, func_name,
@@ -69,18 +85,6 @@ def make_elemwise_mul_by_const(shape: Shape, const_k, tgt, tgt_host, func_name,
                                dtype="float32") -> Kernel:
     k = check_constant("const_k", const_k)
     return _elementwise("mul_const", shape, tgt, tgt_host, func_name, dtype, 1, (k,))
-
-
-def make_relu(shape: Shape, tgt, tgt_host, func_name, dtype="float32") -> Kernel:
-    return _elementwise("relu", shape, tgt, tgt_host, func_name, dtype, 1)
-
-
-def make_relu_gradient(shape: Shape, tgt, tgt_host, func_name, dtype="float32") -> Kernel:
-    return _elementwise("relu_gradient", shape, tgt, tgt_host, func_name, dtype, 2)
-
-
-def make_sigmoid(shape: Shape, tgt, tgt_host, func_name, dtype="float32") -> Kernel:
-    return _elementwise("sigmoid", shape, tgt, tgt_host, func_name, dtype, 1)
 
 
 def make_sgd_update(shape: Shape, learning_rate, tgt, tgt_host, func_name,
