@@ -11,19 +11,28 @@ kernel call.
 from __future__ import annotations
 
 import itertools
-import math
 import threading
 from dataclasses import dataclass, field
 
 import numpy as np
 import tvm
-import tvm_ffi
 
 from dlsys.checks import check_dtype_device
 from dlsys.errors import ArgumentError, ArgumentTypeError, DtypeError, FeedError, ShapeError
 from dlsys.graph import Node, Shape, find_topo_sort, short_name
 from dlsys.kernels.build import SUPPORTED_DTYPES
 from dlsys.passes import pipeline
+from dlsys.runtime.memory import (
+    IN_PLACE_FEED_BYTES,
+    check_device,
+    copy_pairs,
+    in_place_tensor,
+    may_view_foreign_memory,
+    overlaps,
+    private_copy,
+    view,
+    view_at,
+)
 
 
 @dataclass
@@ -64,20 +73,12 @@ class _Prepared:
         """Whether ``value`` (a TVM tensor or a contiguous array of the executor's dtype)
         overlaps a buffer of the executor (e.g. a returned output fed back)."""
         if isinstance(value, np.ndarray):
-            if not _may_view_foreign_memory(value):
+            if not may_view_foreign_memory(value):
                 return False
             start, count = value.ctypes.data, value.size
         else:
             start, count = value.data_ptr(), value.numel()
-        return _overlaps(start, start + count * self.itemsize, self.owned_ranges)
-
-
-def _overlaps(start: int, end: int, ranges) -> bool:
-    """Whether [start, end) overlaps one of the [low, high) address ranges."""
-    for low, high in ranges:
-        if start < high and low < end:
-            return True
-    return False
+        return overlaps(start, start + count * self.itemsize, self.owned_ranges)
 
 
 def _overlaps_states(tensor: tvm.runtime.Tensor, placeholder: Node, prepared: _Prepared,
@@ -89,84 +90,8 @@ def _overlaps_states(tensor: tvm.runtime.Tensor, placeholder: Node, prepared: _P
     end = start + tensor.numel() * prepared.itemsize
     states = [feeds[s] for s in prepared.state_targets
               if s is not placeholder and isinstance(feeds[s], tvm.runtime.Tensor)]
-    return _overlaps(start, end, [(t.data_ptr(), t.data_ptr() + t.numel() * prepared.itemsize)
+    return overlaps(start, end, [(t.data_ptr(), t.data_ptr() + t.numel() * prepared.itemsize)
                                   for t in states])
-
-
-def _may_view_foreign_memory(array: np.ndarray) -> bool:
-    """False for an array whose memory numpy allocated (itself or the array it views), which
-    no TVM tensor can share: the cheap answer for the usual feed (40 ns, where reading its
-    address costs 1 us); True for a view of another owner's memory (a DLPack view of a TVM
-    tensor, a buffer, a memory map)."""
-    base = array.base
-    while isinstance(base, np.ndarray):
-        base = base.base
-    return base is not None
-
-
-def _copy_pairs(pairs: list, to_second: bool) -> None:
-    """Copy each pair's first tensor into its second, or back; numpy arrays or TVM tensors."""
-    for first, second in pairs:
-        source, target = (first, second) if to_second else (second, first)
-        if isinstance(target, np.ndarray):
-            np.copyto(target, source)
-        else:
-            target.copyfrom(source)
-
-
-def _private_copy(value):
-    """A copy of a fed value in memory of its own, read now (before any buffer is written)."""
-    if isinstance(value, np.ndarray):
-        return value.copy()
-    copy = tvm.runtime.empty(value.shape, value.dtype, value.device)
-    copy.copyfrom(value)
-    return copy
-
-
-def _view(tensor: tvm.runtime.Tensor, shape: Shape) -> tvm.runtime.Tensor:
-    """``tensor`` itself, or a view of its memory with ``shape`` (a reshaping alias)."""
-    return tensor if tuple(tensor.shape) == tuple(shape) else tensor._create_view(shape)
-
-
-def _view_at(base: tvm.runtime.Tensor, offset: int, shape: Shape) -> tvm.runtime.Tensor:
-    """A view of ``base``'s memory from element ``offset`` with ``shape``. Kernels take no
-    byte offset in their arguments, so a view further in is made through numpy's DLPack
-    view, whose data pointer itself moves (the memory stays ``base``'s; CPU only)."""
-    if offset == 0:
-        return base._create_view(shape)
-    if base.device.dlpack_device_type() != tvm.cpu(0).dlpack_device_type():
-        raise ArgumentError("Executor: contiguous groups are supported on the CPU only")
-    flat = np.from_dlpack(base)
-    return tvm.runtime.from_dlpack(flat[offset:offset + math.prod(shape)].reshape(shape))
-
-
-# A numpy feed at least this large is read where it lies, not copied in: wrapping it and
-# pointing the kernels at it costs about 2 us (znver4), the time to copy 64-100 KiB.
-IN_PLACE_FEED_BYTES = 64 * 1024
-
-
-def _in_place_tensor(array: np.ndarray):
-    """A TVM tensor over ``array``'s own memory, for CPU kernels to read it where it lies
-    (their inputs are declared aligned to the element only, ``compute.prim_func``); or
-    ``array`` itself where that cannot be done: a read-only array (DLPack as TVM speaks it
-    cannot say read-only) or one whose elements are not aligned."""
-    if not (array.flags.writeable and array.flags.aligned):
-        return array
-    return tvm_ffi.from_dlpack(array, require_alignment=0)
-
-
-def _check_device(ctx) -> tvm.runtime.Device:
-    """``ctx`` when it is a TVM CPU or CUDA device that exists on this machine."""
-    if not isinstance(ctx, tvm.runtime.Device):
-        raise ArgumentTypeError(f"Executor: ctx must be a TVM device such as tvm.cpu(0) or "
-                                f"tvm.cuda(0), got {ctx!r}")
-    kinds = {tvm.cpu(0).dlpack_device_type(): "cpu", tvm.cuda(0).dlpack_device_type(): "cuda"}
-    if ctx.dlpack_device_type() not in kinds:
-        raise ArgumentError(f"Executor: ctx {ctx} is not supported; dlsys runs on tvm.cpu(0) "
-                            f"or tvm.cuda(0)")
-    if not ctx.exist:
-        raise ArgumentError(f"Executor: device {ctx} does not exist on this machine")
-    return ctx
 
 
 class Executor:
@@ -214,7 +139,7 @@ class Executor:
             if not isinstance(node, Node):
                 raise ArgumentTypeError(f"eval_node_list[{i}] must be a Node, got "
                                         f"{type(node).__name__}")
-        self.ctx = _check_device(ctx if ctx is not None else tvm.cpu(0))
+        self.ctx = check_device(ctx if ctx is not None else tvm.cpu(0))
         on_gpu = self.ctx.dlpack_device_type() == tvm.cuda(0).dlpack_device_type()
         self.target = "cuda" if on_gpu else "llvm"
         if dtype is not None and dtype not in SUPPORTED_DTYPES:
@@ -348,7 +273,7 @@ class Executor:
                         for p in self.placeholders}
         value: dict[Node, object] = dict(feed_buffers)
         for node, sid in plan.storage_of.items():
-            value[node] = _view_at(storage[sid], plan.offset_of.get(node, 0), shapes[node])
+            value[node] = view_at(storage[sid], plan.offset_of.get(node, 0), shapes[node])
         # Constant values live across runs: a buffer each, outside the plan.
         constant_buffers: list[tvm.runtime.Tensor] = []
         for step in steps[:program.first_per_run_step]:
@@ -362,9 +287,9 @@ class Executor:
         for step in steps:
             if step.alias_of is not None and step.alias_of in source:
                 source[step.output] = source[step.alias_of]
-                value[step.output] = _view(value[step.alias_of], shapes[step.output])
+                value[step.output] = view(value[step.alias_of], shapes[step.output])
             elif step.alias_of is not None and step.alias_of in program.constant_values:
-                value[step.output] = _view(value[step.alias_of], shapes[step.output])
+                value[step.output] = view(value[step.alias_of], shapes[step.output])
             elif step.writes_state is not None:
                 # The kernel writes the new state into the state's own (bound) tensor.
                 source[step.output] = step.writes_state
@@ -398,7 +323,7 @@ class Executor:
         calls = prepared.calls
         for call_index, position, shape in prepared.feed_slots[placeholder]:
             func, args = calls[call_index]
-            arg = _view(tensor, shape)
+            arg = view(tensor, shape)
             calls[call_index] = (func, args[:position] + (arg,) + args[position + 1:])
         self._bound[placeholder] = tensor
         if placeholder in prepared.state_targets:
@@ -444,7 +369,7 @@ class Executor:
             prepared.constant_versions = versions
         for state in prepared.state_targets:
             state.version += 1  # executors holding it as a constant recompute from it
-        results = [_view(self._bound[out[0]], out[1]) if isinstance(out, tuple) else out
+        results = [view(self._bound[out[0]], out[1]) if isinstance(out, tuple) else out
                    for out in prepared.outputs]
         if convert_to_numpy_ret_vals:
             if self.target == "llvm":  # a copy through numpy: TVM's numpy() costs 6 us more
@@ -472,7 +397,7 @@ class Executor:
                     # The executor's own memory (an output fed back, or a view of one): read
                     # now, before any feed buffer is copied into or any kernel writes it.
                     # (A new plan's buffers cannot overlap it: it holds its memory alive.)
-                    fed = _private_copy(fed)
+                    fed = private_copy(fed)
                 shapes.append(tuple(fed.shape))
                 feeds[placeholder] = fed
                 continue
@@ -487,7 +412,7 @@ class Executor:
             fed = self._feed_value(placeholder, data, bound=True)
             if (prepared is not None and placeholder not in prepared.state_targets
                     and prepared.owns_memory_of(fed)):
-                fed = _private_copy(fed)  # as above (a state must stay its own tensor)
+                fed = private_copy(fed)  # as above (a state must stay its own tensor)
             shapes.append(tuple(fed.shape))
             feeds[placeholder] = fed
         return feeds, tuple(shapes), constant_fed
@@ -515,7 +440,7 @@ class Executor:
                     and self.target == "llvm" and placeholder not in prepared.state_targets):
                 # Read where it lies, not copied (a kernel updating it in place would write
                 # into the caller's array: such a feed is copied).
-                fed = _in_place_tensor(fed)
+                fed = in_place_tensor(fed)
             if isinstance(fed, np.ndarray) or (prepared.state_targets and _overlaps_states(
                     fed, placeholder, prepared, feeds)):
                 # An array, or a tensor sharing memory with a state a kernel updates in place
@@ -548,7 +473,7 @@ class Executor:
             if self.target == "llvm":  # np.copyto costs less than TVM's copyfrom
                 pairs = [(np.from_dlpack(t), np.from_dlpack(b)) for t, b in pairs]
             prepared.state_pairs = pairs
-        _copy_pairs(pairs, to_second=True)
+        copy_pairs(pairs, to_second=True)
         self._saved_states = pairs
 
     def undo_state_updates(self) -> None:
@@ -559,7 +484,7 @@ class Executor:
         last run is undone; a second call changes nothing more."""
         with self._lock:
             if self._saved_states:
-                _copy_pairs(self._saved_states, to_second=False)
+                copy_pairs(self._saved_states, to_second=False)
                 for state in self._prepared.state_targets:
                     state.version += 1  # executors holding it as a constant recompute from it
 
