@@ -119,13 +119,17 @@ class DistributedStep(TrainStep):
     batch's mean loss, checked as ``TrainStep`` checks it (a loss that is not finite raises
     on every rank alike, since each checks the reduced loss, before any state changes), and
     applies the same update. Outside a job it is a plain training step.
+
+    ``max_grad_norm`` clips as ``TrainStep`` does: the update kernel reads the gradients
+    where the allreduce left them, so the norm is the global batch's gradient's, the same
+    number on every rank, and every rank applies the same clipped update.
     """
 
-    def __init__(self, optimizer: Any, loss: Node):
+    def __init__(self, optimizer: Any, loss: Node, max_grad_norm: float | None = None):
         if getattr(optimizer, "_nodes", None) is None:
             raise ArgumentError(f"DistributedStep needs a dlsys.optim optimiser built over "
                                 f"Parameter nodes, got {type(optimizer).__name__}")
-        super().__init__(optimizer, loss, reduce=AllReduce())
+        super().__init__(optimizer, loss, reduce=AllReduce(), max_grad_norm=max_grad_norm)
 
     @property
     def parallel(self) -> DistributedStep:

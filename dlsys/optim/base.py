@@ -20,9 +20,10 @@ from dlsys.checks import check_constant, check_dtype_device, state_arrays
 from dlsys.errors import ArgumentError, ArgumentTypeError, DtypeError, ShapeError
 from dlsys.graph import Node
 from dlsys.kernels.build import SUPPORTED_DTYPES
+from dlsys.kernels.common.compute import ACCUMULATOR
 from dlsys.kernels.registry import KernelSpec
 from dlsys.ops.placeholder import Parameter
-from dlsys.optim.step import TrainStep
+from dlsys.optim.step import TrainStep, check_max_grad_norm
 
 # The device keeps the step count in the parameters' dtype; float32 counts every integer
 # exactly up to 2**24, and a state_dict beyond it could not be restored exactly.
@@ -129,8 +130,16 @@ class Optimizer:
         shapes = tuple(tuple(int(d) for d in p.shape) for p in self.params)
         self._kernel = KernelSpec(self.kind, self._kernel_params(shapes)).build(self.target,
                                                                                self.dtype)
+        # The clipped kernel (``step(..., max_grad_norm=...)``), built at its first use; its
+        # limit and the norm it writes, in float64 as the kernel sums.
+        self._clipped_kernel = None
+        self._max_norm_value: float | None = None
+        self._max_norm = tvm.runtime.tensor(np.zeros(1, ACCUMULATOR), self.device)
+        self._grad_norm = tvm.runtime.tensor(np.zeros(1, ACCUMULATOR), self.device)
+        self._last_clipped = False   # whether the last update clipped (wrote the norm)
         self._grads: list | None = None
         self._args: tuple = ()
+        self._clipped_args: tuple = ()
         # The rate every schedule starts from, set by the first one (PyTorch's initial_lr),
         # so that a schedule made after another one has changed ``lr`` starts from the same.
         self.initial_lr: float | None = None
@@ -168,8 +177,15 @@ class Optimizer:
         return int(self._step.numpy()[0])
 
     # ------------------------------------------------------------- the update
-    def step(self, grads: Sequence[tvm.runtime.Tensor]) -> None:
+    def step(self, grads: Sequence[tvm.runtime.Tensor],
+             max_grad_norm: float | None = None) -> None:
         """Apply one update with ``grads``, TVM tensors given in the order of ``params``.
+
+        ``max_grad_norm``: clip the gradients by their global L2 norm first, as
+        ``torch.nn.utils.clip_grad_norm_(params, max_grad_norm)`` does (each read as
+        ``grad * min(1, max_grad_norm / (norm + 1e-6))``; ``math.inf`` never clips), inside
+        the same kernel, which sums the squares in float64 and writes the norm before
+        clipping to ``last_grad_norm``. The gradients themselves are left as they are.
 
         The argument tuple is built once and reused while the gradients are the same tensors
         (an executor returns the same buffers every run), so a step allocates nothing.
@@ -178,9 +194,33 @@ class Optimizer:
         if (bound is None or not isinstance(grads, (list, tuple)) or len(grads) != len(bound)
                 or any(a is not b for a, b in zip(grads, bound))):
             self._bind(grads)
-        self._kernel.func(*self._args)
+        if max_grad_norm is None:
+            self._kernel.func(*self._args)
+        else:
+            if max_grad_norm != self._max_norm_value:  # NaN never equals: checked, refused
+                self._set_max_norm(max_grad_norm)
+            self._clipped_kernel.func(*self._clipped_args)
+        self._last_clipped = max_grad_norm is not None
         for node in self._nodes or ():
             node.version += 1  # an executor holding it as a constant recomputes from it
+
+    def _set_max_norm(self, value) -> None:
+        number = check_max_grad_norm(f"{type(self).__name__}.step", value)
+        if self._clipped_kernel is None:
+            shapes = tuple(tuple(int(d) for d in p.shape) for p in self.params)
+            spec = KernelSpec(f"{self.kind}_clipped", self._kernel_params(shapes))
+            self._clipped_kernel = spec.build(self.target, self.dtype)
+            self._bind_clipped()
+        self._max_norm.copyfrom(np.array([number], dtype=ACCUMULATOR))
+        self._max_norm_value = number
+
+    @property
+    def last_grad_norm(self) -> float | None:
+        """The global L2 norm of the gradients (before clipping) at the last update, when
+        that update clipped (``step(..., max_grad_norm=...)``); else None. PyTorch's
+        ``clip_grad_norm_`` returns the same number. Reading it copies one number from the
+        device: nothing is computed for it."""
+        return float(self._grad_norm.numpy()[0]) if self._last_clipped else None
 
     def _bind(self, grads) -> None:
         owner = f"{type(self).__name__}.step"
@@ -203,6 +243,16 @@ class Optimizer:
         self._args = (self._lr, self._hyper, self._step, *self.params, *states, *grads,
                       self._step, *states, *self.params)
         self._grads = list(grads)
+        self._bind_clipped()
+
+    def _bind_clipped(self) -> None:
+        """The clipped kernel's arguments: the plain kernel's, with the limit after the
+        gradients and the norm after the outputs (``dlsys.kernels.optim.compute``)."""
+        if self._clipped_kernel is None or self._grads is None:
+            return
+        inputs = 3 + len(self.params) * (1 + len(self.state_names)) + len(self._grads)
+        self._clipped_args = (*self._args[:inputs], self._max_norm, *self._args[inputs:],
+                              self._grad_norm)
 
     # ------------------------------------------------------------- state
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -249,19 +299,24 @@ class Optimizer:
         if problems:
             raise ShapeError(f"{owner}: " + "; ".join(problems))
         self._write_lr(float(arrays["lr"]))
+        self._last_clipped = False  # the norm was of another run's gradients
         self._step.copyfrom(np.array([arrays["step"]], dtype=self.dtype))
         for name in self.state_names:
             for i, tensor in enumerate(self._state[name]):
                 tensor.copyfrom(np.ascontiguousarray(arrays[f"{name}.{i}"], dtype=self.dtype))
 
     # ------------------------------------------------------------- training
-    def minimize(self, loss: Node) -> TrainStep:
+    def minimize(self, loss: Node, max_grad_norm: float | None = None) -> TrainStep:
         """A compiled training step for ``loss`` (the TinyFlow / TensorFlow 1 idiom).
 
         ``step = optimizer.minimize(loss)``; ``step(feed_dict)`` runs the forward pass, the
         gradients of ``loss`` with respect to this optimiser's Parameter nodes (one planned
         executor for the loss and every gradient) and the fused update, and returns the loss
         as a float. Needs an optimiser built over Parameter nodes.
+
+        ``max_grad_norm``: clip the gradients by their global L2 norm in the update kernel,
+        as ``torch.nn.utils.clip_grad_norm_`` before ``optimizer.step()``; the step's
+        ``last_grad_norm`` is the norm before clipping (what ``clip_grad_norm_`` returns).
         """
         owner = f"{type(self).__name__}.minimize"
         if self._nodes is None:
@@ -270,7 +325,7 @@ class Optimizer:
         if not isinstance(loss, Node):
             raise ArgumentTypeError(f"{owner}: loss must be a graph node, got "
                                     f"{type(loss).__name__}")
-        return TrainStep(self, loss)
+        return TrainStep(self, loss, max_grad_norm=check_max_grad_norm(owner, max_grad_norm))
 
     def __repr__(self) -> str:
         hyper = ", ".join(f"{k}={v:g}" for k, v in self._hyperparameters().items())

@@ -12,10 +12,13 @@ refused step changes no state at all.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from dlsys.errors import ShapeError, TrainingError
+import numpy as np
+
+from dlsys.errors import ArgumentError, ArgumentTypeError, ShapeError, TrainingError
 from dlsys.graph import Node
 from dlsys.ops.placeholder import Parameter
 from dlsys.passes.gradient import gradients
@@ -23,6 +26,24 @@ from dlsys.runtime.executor import Executor
 
 # Why the refused step is harmless, appended to every refusal's reason.
 UNCHANGED = "the step changed nothing (parameters, optimiser state, running statistics)"
+
+
+def check_max_grad_norm(owner: str, value) -> float | None:
+    """None (no clipping) or a positive number, ``math.inf`` included (PyTorch's idiom for
+    measuring the norm without clipping), as a float."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ArgumentTypeError(f"{owner}: max_grad_norm must be a positive number or None, "
+                                f"got {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond any float, such as 10**400
+        number = math.inf
+    if not number > 0:  # also NaN
+        raise ArgumentError(f"{owner}: max_grad_norm must be positive (math.inf measures the "
+                            f"norm without clipping), got {value!r}")
+    return number
 
 
 class StepRefused(TrainingError):
@@ -43,8 +64,13 @@ class Updater(Protocol):
     dtype: str
     _nodes: list[Parameter] | None  # the Parameter nodes it updates (None: tensors only)
 
-    def step(self, grads: Sequence) -> None:
-        """Apply one update with ``grads``, in the order of the parameters."""
+    def step(self, grads: Sequence, max_grad_norm: float | None = None) -> None:
+        """Apply one update with ``grads``, in the order of the parameters, clipped by their
+        global norm to ``max_grad_norm`` when given."""
+
+    @property
+    def last_grad_norm(self) -> float | None:
+        """The gradients' global norm before clipping at the last (clipped) update."""
 
 
 class GradientReduce:
@@ -84,11 +110,16 @@ class TrainStep:
     ``extra`` nodes (such as the logits) are evaluated too and returned by ``run``, never
     reduced. ``divergence_factor``: refuse a loss that many times the first accepted one
     (a mean cross-entropy only falls while training works); ``None`` checks finiteness only.
+    ``max_grad_norm``: clip the (reduced) gradients by their global L2 norm inside the
+    update kernel, as ``torch.nn.utils.clip_grad_norm_``; ``last_grad_norm`` is then the
+    norm before clipping. It may be changed between steps (it compiles nothing).
     """
 
     def __init__(self, optimizer: Updater, loss: Node, extra: Sequence[Node] = (),
                  reduce: GradientReduce | None = None,
-                 divergence_factor: float | None = None):
+                 divergence_factor: float | None = None,
+                 max_grad_norm: float | None = None):
+        self.max_grad_norm = max_grad_norm
         self.optimizer = optimizer
         self.loss = loss
         self.reduce = reduce
@@ -98,6 +129,24 @@ class TrainStep:
         self.executor = step_executor(loss, optimizer._nodes, extra, reduce,
                                       ctx=optimizer.device, dtype=optimizer.dtype)
         self._outputs = 1 + len(extra)
+        self._updated = False  # whether the last call updated (else it has no norm)
+
+    @property
+    def max_grad_norm(self) -> float | None:
+        """The clipping limit of the gradients' global norm, or None (no clipping)."""
+        return self._max_grad_norm
+
+    @max_grad_norm.setter
+    def max_grad_norm(self, value: float | None) -> None:
+        self._max_grad_norm = check_max_grad_norm("TrainStep", value)
+
+    @property
+    def last_grad_norm(self) -> float | None:
+        """The global L2 norm of every gradient before clipping, at the last call, as
+        ``torch.nn.utils.clip_grad_norm_`` returns it; None without ``max_grad_norm`` or
+        when the last call was refused. The update kernel computed it: reading it copies
+        one number."""
+        return self.optimizer.last_grad_norm if self._updated else None
 
     def __call__(self, feed_dict: dict) -> float:
         """Run one training step on ``feed_dict``; returns the loss before the update.
@@ -112,6 +161,7 @@ class TrainStep:
     def run(self, feed_dict: dict) -> tuple[float, list]:
         """``__call__``, also returning the ``extra`` values (TVM tensors the next run
         overwrites)."""
+        self._updated = False
         values = self.executor.run(feed_dict)
         if self.reduce is not None:
             self.reduce.reduce(self.executor)
@@ -132,7 +182,8 @@ class TrainStep:
             raise StepRefused(refusal, node=self.loss.name)
         if self.first_loss is None:  # a refused first batch must not become the yardstick
             self.first_loss = value
-        self.optimizer.step(values[self._outputs:])
+        self.optimizer.step(values[self._outputs:], max_grad_norm=self._max_grad_norm)
+        self._updated = True
         return value, values[1:self._outputs]
 
     def _refusal(self, value: float) -> str | None:
