@@ -1,4 +1,5 @@
-"""Layers: ``Linear`` and the parameter-free activations and reshapes.
+"""Layers: ``Linear``, ``Embedding``, the normalisations, and the parameter-free
+activations and reshapes.
 
 Shapes, names and default initialisation follow PyTorch (``Linear.weight`` is
 ``(out_features, in_features)``), so a state dict moves between the two through numpy.
@@ -14,6 +15,7 @@ from dlsys.checks import check_constant, check_flag
 from dlsys.errors import ArgumentError, ArgumentTypeError
 from dlsys.graph import Node
 from dlsys.kernels.random import SEED_PERIOD
+from dlsys.nn import functional as F
 from dlsys.nn import init
 from dlsys.nn.module import Module
 from dlsys.ops import matmul_op, relu_op, sigmoid_op, tanh_op
@@ -33,7 +35,8 @@ def check_size(layer: str, name: str, value) -> int:
 
 
 class Linear(Module):
-    """``y = x @ weight.T + bias`` for ``x`` of shape ``(batch, in_features)``.
+    """``y = x @ weight.T + bias`` for ``x`` of shape ``(..., in_features)``: a batch of
+    rows, or of sequences (B, T, in_features), the matmul taking a 2-D weight.
 
     Built as one matmul with the bias added in its epilogue (the fusion pass reads the bias
     vector directly), so a layer is one kernel call.
@@ -129,3 +132,66 @@ class Flatten(Module):
 
     def forward(self, x: Node) -> Node:
         return flatten_op(x)
+
+
+class GELU(Module):
+    """``x * Phi(x)``, Phi the standard normal's CDF; ``approximate="tanh"`` uses its tanh
+    approximation, as PyTorch's."""
+
+    def __init__(self, approximate: str = "none"):
+        super().__init__()
+        self.approximate = F.check_approximate("GELU", approximate)
+
+    def forward(self, x: Node) -> Node:
+        return F.gelu(x, self.approximate)
+
+    def config(self) -> dict:
+        return {"approximate": self.approximate}
+
+
+class Embedding(Module):
+    """Row ``i`` of ``weight`` (num_embeddings, embedding_dim) for each id ``i``: ids of
+    shape ``S`` (a placeholder fed int32 or int64) give ``S + (embedding_dim,)``. The weight
+    starts N(0, 1), as PyTorch's."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int):
+        super().__init__()
+        self.num_embeddings = check_size("Embedding", "num_embeddings", num_embeddings)
+        self.embedding_dim = check_size("Embedding", "embedding_dim", embedding_dim)
+        shape = (self.num_embeddings, self.embedding_dim)
+        self.weight = Parameter(init.generator().standard_normal(shape).astype(np.float32),
+                                "weight")
+
+    def forward(self, ids: Node) -> Node:
+        return F.embedding(ids, self.weight)
+
+    def config(self) -> dict:
+        return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim}
+
+
+class LayerNorm(Module):
+    """``(x - mean) / sqrt(var + eps) * weight + bias`` over the last axis, ``weight`` ones
+    and ``bias`` zeros at first, as PyTorch's. ``normalized_shape`` is the last axis's size,
+    an int or a 1-tuple: dlsys normalises over one axis (a longer shape is a ShapeError)."""
+
+    def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True,
+                 bias: bool = True):
+        super().__init__()
+        self.normalized_shape = (F.normalized_size("LayerNorm", normalized_shape),)
+        self.eps = check_constant("LayerNorm: eps", eps)
+        if self.eps <= 0:
+            raise ArgumentError(f"LayerNorm: eps must be positive, got {eps}")
+        self.elementwise_affine = check_flag("elementwise_affine", elementwise_affine)
+        affine_bias = check_flag("bias", bias) and self.elementwise_affine
+        self.weight = (Parameter(np.ones(self.normalized_shape, np.float32), "weight")
+                       if self.elementwise_affine else None)
+        self.bias = (Parameter(np.zeros(self.normalized_shape, np.float32), "bias")
+                     if affine_bias else None)
+
+    def forward(self, x: Node) -> Node:
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def config(self) -> dict:
+        # An int, not the 1-tuple: model files keep plain JSON values.
+        return {"normalized_shape": self.normalized_shape[0], "eps": self.eps,
+                "elementwise_affine": self.elementwise_affine, "bias": self.bias is not None}

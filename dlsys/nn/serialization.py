@@ -73,7 +73,9 @@ def architecture(model: Module) -> dict:
     tree: dict = {"type": cls.__name__, "config": model.config()}
     if isinstance(model, Sequential):
         tree["children"] = [architecture(child) for child in model]
-    elif model._modules:
+    elif model._modules and not getattr(cls, "builds_children", False):
+        # A layer whose constructor builds its children (MultiheadAttention's out_proj)
+        # is described by its config alone; any other child would be lost.
         raise ArgumentTypeError(f"dlsys.save: {cls.__name__} has child modules but is not a "
                                 f"Sequential")
     return tree
@@ -197,15 +199,59 @@ def _batchnorm_state(args: dict) -> dict[str, Shape] | None:
     return dict.fromkeys(("weight", "bias", "running_mean", "running_var"), channels)
 
 
+def _embedding_state(args: dict) -> dict[str, Shape] | None:
+    if not _positive(args["num_embeddings"], args["embedding_dim"]):
+        return None
+    return {"weight": (args["num_embeddings"], args["embedding_dim"])}
+
+
+def _layernorm_state(args: dict) -> dict[str, Shape] | None:
+    size = args["normalized_shape"]
+    if not _positive(size) or not isinstance(args["elementwise_affine"], bool):
+        return None  # built, for LayerNorm's own error
+    if not args["elementwise_affine"]:
+        return {}
+    return {"weight": (size,), "bias": (size,)} if args["bias"] else {"weight": (size,)}
+
+
+def _attention_state(args: dict) -> dict[str, Shape] | None:
+    e, heads = args["embed_dim"], args["num_heads"]
+    if not _positive(e, heads) or e % heads:
+        return None
+    if not args["bias"]:
+        return {"in_proj_weight": (3 * e, e), "out_proj.weight": (e, e)}
+    return {"in_proj_weight": (3 * e, e), "in_proj_bias": (3 * e,), "out_proj.weight": (e, e),
+            "out_proj.bias": (e,)}
+
+
+def _encoder_layer_state(args: dict) -> dict[str, Shape] | None:
+    d, hidden, bias = args["d_model"], args["dim_feedforward"], args["bias"]
+    attention = _attention_state({"embed_dim": d, "num_heads": args["nhead"], "bias": bias})
+    if attention is None or not _positive(hidden):
+        return None
+    shapes = {f"self_attn.{name}": shape for name, shape in attention.items()}
+    for name, (n_in, n_out) in (("linear1", (d, hidden)), ("linear2", (hidden, d))):
+        linear = _linear_state({"in_features": n_in, "out_features": n_out, "bias": bias})
+        shapes.update({f"{name}.{key}": shape for key, shape in linear.items()})
+    for name in ("norm1", "norm2"):
+        norm = _layernorm_state({"normalized_shape": d, "elementwise_affine": True,
+                                 "bias": bias})
+        shapes.update({f"{name}.{key}": shape for key, shape in norm.items()})
+    shapes.update({f"{name}.seed": (1,) for name in ("dropout", "dropout1", "dropout2")})
+    return shapes
+
+
 # What each layer type holds (parameters and buffers), from its constructor's arguments: a
 # model file is checked against its weights before a layer allocates anything. A layer type
 # in neither table is built to find out (tests/nn/test_serialization.py names any such).
 LAYER_STATE: dict[str, Callable[[dict], dict[str, Shape] | None]] = {
     "Linear": _linear_state, "Conv2d": _conv_state, "BatchNorm2d": _batchnorm_state,
-    "Dropout": lambda args: {"seed": (1,)},
+    "Dropout": lambda args: {"seed": (1,)}, "Embedding": _embedding_state,
+    "LayerNorm": _layernorm_state, "MultiheadAttention": _attention_state,
+    "TransformerEncoderLayer": _encoder_layer_state,
 }
-STATELESS_LAYERS = frozenset({"ReLU", "Sigmoid", "Tanh", "Flatten", "MaxPool2d", "AvgPool2d",
-                              "_Pool2d", "Sequential"})
+STATELESS_LAYERS = frozenset({"ReLU", "Sigmoid", "Tanh", "GELU", "Flatten", "MaxPool2d",
+                              "AvgPool2d", "_Pool2d", "Sequential"})
 
 
 def state_shapes(tree, where: str, prefix: str = "") -> dict[str, Shape]:
@@ -328,15 +374,16 @@ def save(model: Module, path: str | os.PathLike, metadata: dict | None = None,
         shape = _input_shape(input_shape, model)
         if shape is not None:
             metadata["input_shape"] = shape
+    tree = architecture(model)
     try:
-        header = json.dumps({"format": FORMAT, "version": VERSION,
-                             "architecture": architecture(model),
+        header = json.dumps({"format": FORMAT, "version": VERSION, "architecture": tree,
                              "metadata": metadata})
     except (TypeError, ValueError) as err:
         raise ArgumentTypeError(f"dlsys.save: metadata must be JSON data ({err})") from None
     state = model.state_dict()
     if HEADER in state:
         raise ArgumentTypeError(f"dlsys.save: a parameter may not be named {HEADER}")
+    _check_rebuilt_state(tree, state, type(model).__name__)
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=".dlsys-tmp-", suffix=".npz", dir=path.parent or ".")
     try:
@@ -350,6 +397,19 @@ def save(model: Module, path: str | os.PathLike, metadata: dict | None = None,
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _check_rebuilt_state(tree: dict, state: dict[str, np.ndarray], name: str) -> None:
+    """Refuse to write a model that loading would not rebuild: a layer described by its
+    config alone (``builds_children``) whose children were replaced after it was built."""
+    rebuilt = state_shapes(tree, "dlsys.save")
+    held = {key: tuple(array.shape) for key, array in state.items()}
+    if rebuilt != held:
+        differ = sorted(key for key in set(rebuilt) | set(held)
+                        if rebuilt.get(key) != held.get(key))
+        raise ArgumentTypeError(f"dlsys.save: {name}'s state differs from what its "
+                                f"architecture rebuilds at {', '.join(differ)} (a child "
+                                f"module replaced after construction is not saved)")
 
 
 def load(path: str | os.PathLike) -> Module:

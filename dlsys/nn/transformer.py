@@ -1,0 +1,241 @@
+"""Transformer modules: ``MultiheadAttention`` and ``TransformerEncoderLayer``, with
+PyTorch's constructor arguments, parameter names, shapes and default initialisation, so a
+state dict moves between the two through numpy.
+
+Sequences are (B, T, E) with ``batch_first``, else (T, B, E), PyTorch's default. Masks
+follow ``nn.MultiheadAttention``: a boolean ``attn_mask`` or ``key_padding_mask`` is True
+where a query may *not* attend (the opposite of ``F.scaled_dot_product_attention``), a float
+one is added to the scores. ``is_causal=True`` applies the causal mask by itself; PyTorch
+reads it only as a hint about a mask that must be given too. With both, dlsys applies both,
+which is PyTorch's result whenever its hint is true (the given mask is causal).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from dlsys.checks import check_constant, check_flag
+from dlsys.errors import ArgumentError, ArgumentTypeError, ShapeError
+from dlsys.graph import Node
+from dlsys.nn import functional as F
+from dlsys.nn import init
+from dlsys.nn.layers import Dropout, LayerNorm, Linear, check_size
+from dlsys.nn.module import Module
+from dlsys.ops import matmul_op, reshape_op, reshape_to_op, transpose_op
+from dlsys.ops.arguments import check_node
+from dlsys.ops.placeholder import Parameter
+
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
+
+
+def _check_inputs(where: str, **nodes) -> None:
+    for name, node in nodes.items():
+        check_node(where, name, node)
+
+
+class MultiheadAttention(Module):
+    """Attention of ``num_heads`` heads over ``embed_dim`` features, as PyTorch's.
+
+    ``in_proj_weight`` (3E, E) stacks the query, key and value projections (xavier-uniform
+    at first), ``in_proj_bias`` (3E) their biases (zeros); ``out_proj`` is a ``Linear(E, E)``
+    whose bias starts at zero. ``dropout`` drops attention weights in training mode.
+    """
+
+    # Its config rebuilds ``out_proj`` (dlsys.nn.serialization saves the config alone).
+    builds_children = True
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
+                 batch_first: bool = False):
+        super().__init__()
+        self.embed_dim = check_size("MultiheadAttention", "embed_dim", embed_dim)
+        self.num_heads = check_size("MultiheadAttention", "num_heads", num_heads)
+        if self.embed_dim % self.num_heads:
+            raise ShapeError(f"MultiheadAttention: embed_dim {embed_dim} is not divisible by "
+                             f"num_heads {num_heads}")
+        self.head_dim = self.embed_dim // self.num_heads
+        self.dropout = F.check_probability("MultiheadAttention", "dropout", dropout)
+        self.batch_first = check_flag("batch_first", batch_first)
+        e = self.embed_dim
+        # xavier_uniform over (3E, E): fan_in E, fan_out 3E.
+        self.in_proj_weight = Parameter(init.uniform((3 * e, e), math.sqrt(6.0 / (4 * e))),
+                                        "in_proj_weight")
+        has_bias = check_flag("bias", bias)
+        self.in_proj_bias = Parameter(np.zeros(3 * e, np.float32), "in_proj_bias") \
+            if has_bias else None
+        self.out_proj = Linear(e, e, bias=has_bias)
+        if has_bias:
+            self.out_proj.bias.assign(np.zeros(e, np.float32))
+
+    def config(self) -> dict:
+        return {"embed_dim": self.embed_dim, "num_heads": self.num_heads,
+                "dropout": self.dropout, "bias": self.in_proj_bias is not None,
+                "batch_first": self.batch_first}
+
+    def __call__(self, query: Node, key: Node, value: Node, attn_mask=None,
+                 is_causal: bool = False, need_weights: bool = False, *,
+                 key_padding_mask=None) -> tuple[Node, None]:
+        _check_inputs("MultiheadAttention", query=query, key=key, value=value)
+        return self.forward(query, key, value, attn_mask, is_causal, need_weights,
+                            key_padding_mask=key_padding_mask)
+
+    def forward(self, query: Node, key: Node, value: Node, attn_mask=None,
+                is_causal: bool = False, need_weights: bool = False, *,
+                key_padding_mask=None) -> tuple[Node, None]:
+        """``(output, None)``: the attended sequence, of the query's layout and shape.
+
+        ``attn_mask``: (T, S) or (B * num_heads, T, S) as an array, boolean (True: may not
+        attend) or float (added); a graph node is fed the float mask, shaped to broadcast
+        to (B, num_heads, T, S). ``key_padding_mask``: a (B, S) array, True (or ``-inf``)
+        at the keys to ignore. ``need_weights=True`` (PyTorch's default) is refused: dlsys
+        does not return the attention weights.
+        """
+        if check_flag("MultiheadAttention: need_weights", need_weights):
+            raise ArgumentError("MultiheadAttention: need_weights=True is not supported "
+                                "(dlsys returns (output, None)); pass need_weights=False")
+        mask = self._mask(attn_mask, key_padding_mask)
+        q, k, v = (self._project(x, i) for i, x in enumerate((query, key, value)))
+        dropout = self.dropout if self.training else 0.0
+        heads = F.attention(q, k, v, mask, check_flag("is_causal", is_causal), dropout,
+                            F.default_scale(self.head_dim))
+        # (B, H, T, D) -> the query's layout, heads side by side: (B, T, E) or (T, B, E).
+        perm = (0, 2, 1, 3) if self.batch_first else (2, 0, 1, 3)
+        joined = reshape_to_op(transpose_op(heads, perm), query)
+        return self.out_proj(joined), None
+
+    def _project(self, x: Node, which: int) -> Node:
+        """Query (0), key (1) or value (2) projection of ``x``, split into heads:
+        (B, H, L, D).
+
+        The batch and sequence sizes are known only when ``x`` is fed, so no reshape can
+        split E into heads; the weight is reshaped instead, to (H, 1, D, E), and the
+        batched matmul broadcasts ``x`` over the heads: (H, B, L, D) with ``batch_first``,
+        (H, L, B, D) otherwise, then one transpose.
+        """
+        h, d, e = self.num_heads, self.head_dim, self.embed_dim
+        weight = reshape_op(_stacked_part(self.in_proj_weight, which, e * e), (h, 1, d, e))
+        y = matmul_op(x, weight, False, True)
+        if self.in_proj_bias is not None:
+            y = y + reshape_op(_stacked_part(self.in_proj_bias, which, e), (h, 1, 1, d))
+        return transpose_op(y, (1, 0, 2, 3) if self.batch_first else (2, 0, 1, 3))
+
+    def _mask(self, attn_mask, key_padding_mask) -> Node | None:
+        """The additive mask of the scores (B, H, T, S): arrays combine into one constant,
+        a graph node is added as it is fed."""
+        where = "MultiheadAttention"
+        if key_padding_mask is not None and (isinstance(key_padding_mask, Node)
+                                             or isinstance(attn_mask, Node)):
+            raise ArgumentTypeError(f"{where}: key_padding_mask must be an array and come "
+                                    f"with no graph-node attn_mask; feed the padding as an "
+                                    f"additive attn_mask of shape (B, 1, 1, S) instead")
+        if isinstance(attn_mask, Node):
+            return attn_mask
+        parts = []
+        if attn_mask is not None:
+            parts.append(self._heads_mask(F.additive_mask(attn_mask, where, True)))
+        if key_padding_mask is not None:
+            padding = F.additive_mask(key_padding_mask, where, True)
+            if padding.ndim != 2:
+                raise ShapeError(f"{where}: key_padding_mask must be (B, S), got shape "
+                                 f"{padding.shape}")
+            parts.append(padding[:, None, None, :])
+        if not parts:
+            return None
+        try:
+            total = sum(parts[1:], parts[0])
+        except ValueError:
+            raise ShapeError(f"{where}: attn_mask of shape {parts[0].shape} and "
+                             f"key_padding_mask of shape {parts[1].shape[::3]} do not "
+                             f"broadcast together") from None
+        return Parameter(total, "attn_mask")
+
+    def _heads_mask(self, mask: np.ndarray) -> np.ndarray:
+        """PyTorch's (T, S) or (B * H, T, S) attention mask as one that broadcasts to the
+        scores (B, H, T, S)."""
+        if mask.ndim == 2:
+            return mask
+        if mask.ndim != 3 or mask.shape[0] % self.num_heads:
+            raise ShapeError(f"MultiheadAttention: attn_mask must be (T, S) or "
+                             f"(B * num_heads, T, S) with num_heads {self.num_heads}, got "
+                             f"shape {mask.shape}")
+        return mask.reshape(-1, self.num_heads, *mask.shape[1:])
+
+
+def _stacked_part(stacked: Parameter, which: int, size: int) -> Node:
+    """Part ``which`` (0, 1, 2) of a parameter stacking three parts of ``size`` elements,
+    flat. dlsys has no slicing operator: a (1, 3) one-hot row times the (3, size) view picks
+    the part, at 3 * size multiply-adds, and its gradient puts the part's gradient back in
+    its place (the three parts' gradients add up to the parameter's)."""
+    pick = np.zeros((1, 3), np.float32)
+    pick[0, which] = 1.0
+    return matmul_op(Parameter(pick, f"{stacked.name}.part{which}"),
+                     reshape_op(stacked, (3, size)))
+
+
+class TransformerEncoderLayer(Module):
+    """Self-attention then a feed-forward block, each with a residual connection and a
+    layer norm, as PyTorch's: after each block (``norm_first=False``, the original
+    transformer) or before it (``norm_first=True``, as GPT).
+
+    Submodules keep PyTorch's names (``self_attn``, ``linear1``, ``dropout``, ``linear2``,
+    ``norm1``, ``norm2``, ``dropout1``, ``dropout2``), so its parameters' state dict keys are
+    PyTorch's. The three dropouts hold their seeds as state (``dropout.seed``, ...), keys
+    PyTorch does not have: load a PyTorch state dict with ``strict=False``.
+    """
+
+    builds_children = True
+
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048,
+                 dropout: float = 0.1, activation: str = "relu", layer_norm_eps: float = 1e-5,
+                 batch_first: bool = False, norm_first: bool = False, bias: bool = True):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ArgumentError(f"TransformerEncoderLayer: activation must be one of "
+                                f"{sorted(ACTIVATIONS)}, got {activation!r}")
+        self.activation = activation
+        self.norm_first = check_flag("norm_first", norm_first)
+        eps = check_constant("TransformerEncoderLayer: layer_norm_eps", layer_norm_eps)
+        self.self_attn = MultiheadAttention(d_model, nhead, dropout, bias, batch_first)
+        self.linear1 = Linear(d_model, dim_feedforward, bias)
+        self.dropout = Dropout(dropout)
+        self.linear2 = Linear(dim_feedforward, d_model, bias)
+        self.norm1 = LayerNorm(d_model, eps, bias=bias)
+        self.norm2 = LayerNorm(d_model, eps, bias=bias)
+        self.dropout1 = Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
+
+    def config(self) -> dict:
+        attn = self.self_attn
+        return {"d_model": attn.embed_dim, "nhead": attn.num_heads,
+                "dim_feedforward": self.linear1.out_features, "dropout": self.dropout.p,
+                "activation": self.activation, "layer_norm_eps": self.norm1.eps,
+                "batch_first": attn.batch_first, "norm_first": self.norm_first,
+                "bias": attn.in_proj_bias is not None}
+
+    def __call__(self, src: Node, src_mask=None, is_causal: bool = False, *,
+                 src_key_padding_mask=None) -> Node:
+        _check_inputs("TransformerEncoderLayer", src=src)
+        return self.forward(src, src_mask, is_causal, src_key_padding_mask=src_key_padding_mask)
+
+    def forward(self, src: Node, src_mask=None, is_causal: bool = False, *,
+                src_key_padding_mask=None) -> Node:
+        """The layer applied to ``src`` (B, T, E) or (T, B, E); masks as
+        ``MultiheadAttention``'s ``attn_mask`` and ``key_padding_mask``."""
+        masks = {"attn_mask": src_mask, "is_causal": is_causal,
+                 "key_padding_mask": src_key_padding_mask}
+        x = src
+        if self.norm_first:
+            x = x + self._attention_block(self.norm1(x), masks)
+            return x + self._feed_forward_block(self.norm2(x))
+        x = self.norm1(x + self._attention_block(x, masks))
+        return self.norm2(x + self._feed_forward_block(x))
+
+    def _attention_block(self, x: Node, masks: dict) -> Node:
+        out, _ = self.self_attn(x, x, x, masks["attn_mask"], masks["is_causal"],
+                                key_padding_mask=masks["key_padding_mask"])
+        return self.dropout1(out)
+
+    def _feed_forward_block(self, x: Node) -> Node:
+        hidden = self.dropout(ACTIVATIONS[self.activation](self.linear1(x)))
+        return self.dropout2(self.linear2(hidden))
