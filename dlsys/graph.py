@@ -10,6 +10,7 @@ in place, how it fuses, and which kernel runs it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from dlsys.errors import GradientError
@@ -71,6 +72,11 @@ class Op:
       the kernel ``spec`` reading it so, or ``None`` where packing would not pay.
     - ``reference(node, *arrays)``: the value in numpy, from the definition: the oracle of
       the tests, never used to compute.
+    - ``index_bounds(node, shapes)``: for each of ``index_inputs``, the ``IndexBounds`` its
+      values must keep (the embedding's row count), checked where the ids are fed.
+    - ``index_kernel_spec(node, input_shapes, output_shape, index_dtypes)``: the kernel of an
+      operator with ``index_inputs``, for the integer types its ids are fed in (called
+      instead of ``kernel_spec``).
 
     Traits:
     - ``is_placeholder``: a value from outside the graph, fed at run time; ``holds_value``:
@@ -88,6 +94,11 @@ class Op:
     - ``packable_input``: index of an input the kernel re-lays out on every call (a
       matmul's B, copied into panels); where that input is constant (weights in an
       inference session) the layout can be made once, ahead of the runs.
+    - ``index_inputs``: the inputs read as integer indices (token ids, class indices): the
+      placeholder feeding one is fed an int32 or int64 array, which keeps its type; every
+      other input of every operator is a floating-point value.
+    - ``keeps_dtype``: the output has input 0's element type (a reshaping alias, which may
+      pass ids on); other outputs are floating-point.
     - ``updates_state``: index of an input that holds a value (a parameter or buffer) which
       the kernel overwrites with the node's value: the node *is* the new state (a dropout
       seed advanced, running statistics updated). Such a step always runs, and no later step
@@ -105,6 +116,8 @@ class Op:
     absorbs: Op | None = None
     updates_state: int | None = None
     packable_input: int | None = None
+    index_inputs: tuple[int, ...] = ()
+    keeps_dtype = False
 
     def describe(self, node: Node) -> str:
         args = ", ".join(short_name(i) for i in node.inputs)
@@ -140,6 +153,25 @@ class Op:
 
     def reference(self, node: Node, *inputs):
         raise NotImplementedError(f"{self.name} has no numpy reference")
+
+    def index_bounds(self, node: Node, shapes: dict[Node, Shape]) -> dict[int, IndexBounds]:
+        return {}
+
+    def index_kernel_spec(self, node: Node, input_shapes: list[Shape], output_shape: Shape,
+                          index_dtypes: tuple[str, ...]):
+        raise NotImplementedError(f"{self.name} reads no integer indices")
+
+
+@dataclass(frozen=True)
+class IndexBounds:
+    """The values integer indices may take: ``[0, stop)``, plus ``also`` (an ignore index)."""
+
+    stop: int
+    also: tuple[int, ...] = ()
+
+    def describe(self) -> str:
+        extra = "".join(f" or {v}" for v in self.also)
+        return f"in [0, {self.stop}){extra}"
 
 
 def short_name(node: Node) -> str:

@@ -14,6 +14,7 @@ from types import ModuleType
 from dlsys.kernels import (
     conv,
     elementwise,
+    gather,
     layout,
     loss,
     matmul,
@@ -24,4 +25,4 @@ from dlsys.kernels import (
 )
 
 FAMILIES: tuple[ModuleType, ...] = (elementwise, reduce, matmul, loss, random, norm, optim,
-                                    conv, layout)
+                                    conv, layout, gather)

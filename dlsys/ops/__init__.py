@@ -33,6 +33,7 @@ from dlsys.ops.elementwise import (
     tanh_op,
     zeroslike_op,
 )
+from dlsys.ops.embedding import embedding_gradient_op, embedding_op
 from dlsys.ops.layout import transpose_op
 from dlsys.ops.linalg import matmul_op
 from dlsys.ops.loss import (
@@ -82,6 +83,7 @@ ALL_OPS: list[Op] = [
     reshape_to_op, transpose_op, dropout_op, next_seed_op, batchnorm_normalize_op,
     batchnorm_normalize_gradient_op, running_statistic_op, batchnorm_inference_op,
     batchnorm_affine_op, batchnorm_affine_gradient_op, batchnorm_parameter_gradient_op,
+    embedding_op, embedding_gradient_op,
 ]
 ELEMENTWISE_OPS: list[ElementwiseOp] = [op for op in ALL_OPS if isinstance(op, ElementwiseOp)]
 
@@ -146,6 +148,7 @@ Node.__neg__ = _neg
 Node.__array_ufunc__ = None
 
 __all__ = [
+    "embedding_op", "embedding_gradient_op",
     "Parameter", "parameter_op", "onehot_like_op", "reshape_op", "flatten_op", "reshape_to_op",
     "transpose_op", "dropout_op", "next_seed_op", "batchnorm2d_op",
     "ALL_OPS", "ELEMENTWISE_OPS", "BroadcastBinaryOp", "Variable", "placeholder_op", "add_op",

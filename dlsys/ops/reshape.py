@@ -43,6 +43,8 @@ def check_reshape_spec(what: str, shape) -> tuple[int, ...]:
 
 
 class _AliasOp(Op):
+    keeps_dtype = True  # the same elements: integer ids stay ids
+
     def is_alias(self, node, input_shapes):
         return True
 

@@ -42,8 +42,20 @@ class Step:
         return (self.output, *self.extra_outputs)
 
 
-def build_steps(order: list[Node], shapes: dict[Node, Shape]) -> list[Step]:
-    """One step per computed node, marking aliases and legal in-place candidates."""
+def _kernel_spec(node: Node, in_shapes: list[Shape], shapes: dict[Node, Shape],
+                 dtypes: dict[Node, str] | None) -> KernelSpec:
+    """The node's kernel; an operator reading integer indices gets their fed types."""
+    if not node.op.index_inputs:
+        return node.op.kernel_spec(node, in_shapes, shapes[node])
+    index_dtypes = tuple((dtypes or {}).get(node.inputs[i], "int64")
+                         for i in node.op.index_inputs)
+    return node.op.index_kernel_spec(node, in_shapes, shapes[node], index_dtypes)
+
+
+def build_steps(order: list[Node], shapes: dict[Node, Shape],
+                dtypes: dict[Node, str] | None = None) -> list[Step]:
+    """One step per computed node, marking aliases and legal in-place candidates.
+    ``dtypes`` gives the integer types of index inputs (default int64)."""
     steps = []
     for node in order:
         if node.op.is_placeholder:
@@ -59,7 +71,7 @@ def build_steps(order: list[Node], shapes: dict[Node, Shape]) -> list[Step]:
                 raise ArgumentTypeError(f"{node.name}: input {state.name} must be a parameter "
                                         f"or buffer (it is updated in place)")
             steps.append(Step(node, reads, writes_state=state,
-                              kernel=node.op.kernel_spec(node, in_shapes, shapes[node])))
+                              kernel=_kernel_spec(node, in_shapes, shapes, dtypes)))
             continue
         inplace = None
         index = node.op.inplace_input
@@ -67,5 +79,5 @@ def build_steps(order: list[Node], shapes: dict[Node, Shape]) -> list[Step]:
         if index is not None and shapes[node.inputs[index]] == shapes[node]:
             inplace = node.inputs[index]
         steps.append(Step(node, reads, inplace_input=inplace,
-                          kernel=node.op.kernel_spec(node, in_shapes, shapes[node])))
+                          kernel=_kernel_spec(node, in_shapes, shapes, dtypes)))
     return steps

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dlsys.errors import ArgumentError
-from dlsys.graph import Node, Shape, find_topo_sort, short_name
+from dlsys.graph import IndexBounds, Node, Shape, find_topo_sort, short_name
 from dlsys.kernels.build import Kernel
+from dlsys.passes.dtypes import index_checks, index_placeholders, infer_dtypes
 from dlsys.passes.fusion import eliminate_dead_steps, fuse_epilogues
 from dlsys.passes.lower import Step, build_steps
 from dlsys.passes.memory_plan import MemoryPlan, order_problems, plan_memory
@@ -53,7 +54,10 @@ class Compilation:
     options: CompileOptions
     order: list[Node]                      # every node, inputs first
     keep: set[Node]                        # the values asked for: never overwritten in a run
+    feed_dtypes: dict[Node, str] = field(default_factory=dict)  # the integer feeds' types
     shapes: dict[Node, Shape] = field(default_factory=dict)
+    dtypes: dict[Node, str] = field(default_factory=dict)
+    index_checks: dict[Node, list[tuple[IndexBounds, Node]]] = field(default_factory=dict)
     steps: list[Step] = field(default_factory=list)
     constant_params: tuple[Node, ...] = ()
     constant: set[Node] = field(default_factory=set)
@@ -78,8 +82,13 @@ def _infer_shapes(c: Compilation) -> None:
     c.shapes = infer_shapes(c.order, c.feed_shapes)
 
 
+def _infer_dtypes(c: Compilation) -> None:
+    c.dtypes = infer_dtypes(c.order, c.feed_dtypes, c.options.dtype)
+    c.index_checks = index_checks(c.order, c.shapes)
+
+
 def _lower(c: Compilation) -> None:
-    c.steps = build_steps(c.order, c.shapes)
+    c.steps = build_steps(c.order, c.shapes, c.dtypes)
 
 
 def _fuse(c: Compilation) -> None:
@@ -145,7 +154,9 @@ def _build_kernels(c: Compilation) -> None:
 # where a pass reads a field no earlier pass (nor ``compile``'s arguments) set.
 PASSES: tuple[Pass, ...] = (
     Pass("infer_shapes", _infer_shapes, ("order", "feed_shapes"), ("shapes",)),
-    Pass("lower", _lower, ("order", "shapes"), ("steps",)),
+    Pass("infer_dtypes", _infer_dtypes, ("order", "feed_dtypes", "shapes"),
+         ("dtypes", "index_checks")),
+    Pass("lower", _lower, ("order", "shapes", "dtypes"), ("steps",)),
     Pass("fuse", _fuse, ("steps", "shapes", "keep"), ("steps",)),
     Pass("fold_constants", _fold_constants, ("steps", "keep"), ("constant_params", "constant")),
     Pass("prepack", _prepack, ("steps", "shapes", "constant"), ("steps", "shapes", "constant")),
@@ -157,7 +168,7 @@ PASSES: tuple[Pass, ...] = (
     Pass("build_kernels", _build_kernels, ("steps",), ("kernels",)),
 )
 
-_GIVEN = ("outputs", "feed_shapes", "options", "order", "keep")
+_GIVEN = ("outputs", "feed_shapes", "feed_dtypes", "options", "order", "keep")
 
 
 def _check_passes(passes: Sequence[Pass]) -> None:
@@ -195,6 +206,10 @@ class Program:
     constant_values: frozenset[Node]
     state_targets: frozenset[Node]
     options: CompileOptions
+    # Every node's element type (integer ids and their reshapes; the rest options.dtype),
+    # and the bounds each index placeholder's values must keep, with the node asking.
+    dtypes: dict[Node, str] = field(default_factory=dict)
+    index_checks: dict[Node, list[tuple[IndexBounds, Node]]] = field(default_factory=dict)
 
     def rows(self) -> list[StepRow]:
         """One row per step, in run order (see ``StepRow``)."""
@@ -290,14 +305,19 @@ def describe(program: Program) -> str:
 
 
 def compile(outputs: Sequence[Node], feed_shapes: dict[Node, Shape],
-            options: CompileOptions | None = None) -> Program:
+            options: CompileOptions | None = None,
+            feed_dtypes: dict[Node, str] | None = None) -> Program:
     """Run ``PASSES`` over the graph computing ``outputs``, for placeholders of
-    ``feed_shapes`` (every placeholder the outputs read, parameters included), and return
-    the ``Program`` an executor allocates and runs."""
+    ``feed_shapes`` (every placeholder the outputs read, parameters included) and the
+    integer types of the placeholders fed indices (``feed_dtypes``; the others are of
+    ``options.dtype``), and return the ``Program`` an executor allocates and runs."""
     outputs = list(outputs)
     options = options if options is not None else CompileOptions()
     order = find_topo_sort(outputs)
-    c = Compilation(outputs, dict(feed_shapes), options, order, set(outputs))
+    # Placeholders read as indices and not given a type are int64, numpy's default integer.
+    index_feeds = {p: "int64" for p in index_placeholders(order)} | dict(feed_dtypes or {})
+    c = Compilation(outputs, dict(feed_shapes), options, order, set(outputs),
+                    feed_dtypes=index_feeds)
     for p in PASSES:
         p.run(c)
     assert c.plan is not None  # set by plan_memory
@@ -305,4 +325,4 @@ def compile(outputs: Sequence[Node], feed_shapes: dict[Node, Shape],
                    c.kernels, c.plan, c.first_per_run_step, c.constant_params,
                    frozenset(c.constant),
                    frozenset(s.writes_state for s in c.steps if s.writes_state is not None),
-                   options)
+                   options, c.dtypes, c.index_checks)

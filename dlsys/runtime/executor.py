@@ -22,6 +22,7 @@ from dlsys.errors import ArgumentError, ArgumentTypeError, DtypeError, FeedError
 from dlsys.graph import Node, Shape, find_topo_sort, short_name
 from dlsys.kernels.build import SUPPORTED_DTYPES
 from dlsys.passes import pipeline
+from dlsys.passes.dtypes import INDEX_DTYPES, index_placeholders
 from dlsys.runtime.memory import (
     IN_PLACE_FEED_BYTES,
     check_device,
@@ -75,10 +76,10 @@ class _Prepared:
         if isinstance(value, np.ndarray):
             if not may_view_foreign_memory(value):
                 return False
-            start, count = value.ctypes.data, value.size
+            start, size = value.ctypes.data, value.nbytes
         else:
-            start, count = value.data_ptr(), value.numel()
-        return overlaps(start, start + count * self.itemsize, self.owned_ranges)
+            start, size = value.data_ptr(), tensor_bytes(value)
+        return overlaps(start, start + size, self.owned_ranges)
 
 
 def _overlaps_states(tensor: tvm.runtime.Tensor, placeholder: Node, prepared: _Prepared,
@@ -92,6 +93,28 @@ def _overlaps_states(tensor: tvm.runtime.Tensor, placeholder: Node, prepared: _P
               if s is not placeholder and isinstance(feeds[s], tvm.runtime.Tensor)]
     return overlaps(start, end, [(t.data_ptr(), t.data_ptr() + t.numel() * prepared.itemsize)
                                   for t in states])
+
+
+def tensor_bytes(tensor: tvm.runtime.Tensor) -> int:
+    """The bytes a TVM tensor's elements take (ids may be int64 beside float32 values)."""
+    return tensor.numel() * tvm.runtime.DataType(str(tensor.dtype)).bits // 8
+
+
+def _check_indices(node: Node, array: np.ndarray, checks: list) -> None:
+    """Refuse ids outside what the operators reading them accept: read out of bounds, an id
+    past the embedding's rows would return another row's memory, silently."""
+    low, high = int(array.min()), int(array.max())
+    for bounds, reader in checks:
+        if low >= 0 and high < bounds.stop:
+            continue
+        bad = (array < 0) | (array >= bounds.stop)
+        for extra in bounds.also:
+            bad &= array != extra
+        if bad.any():
+            position = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise FeedError(f"feed {node.name}: id {int(array[position])} at {position} is out "
+                            f"of range for {reader.name}, which takes ids "
+                            f"{bounds.describe()}")
 
 
 class Executor:
@@ -157,6 +180,9 @@ class Executor:
         self._placeholder_set = set(self.placeholders)
         # The placeholders every run must feed (parameters hold a value of their own).
         self._required_feeds = [p for p in self.placeholders if not p.op.holds_value]
+        # Placeholders fed integer indices (token ids, class indices), each mapped to the
+        # first node reading them so: fed int32 or int64 arrays, kept in that type.
+        self._index_feeds = index_placeholders(self.topo_order)
         if isinstance(constants, Node) or not isinstance(constants, (list, tuple, type(None))):
             raise ArgumentTypeError(f"Executor: constants must be a list of parameters, got "
                                     f"{type(constants).__name__}")
@@ -193,7 +219,8 @@ class Executor:
 
     def _resolve_dtype(self, feed_dict: dict) -> str:
         if self.dtype is None:
-            fed = {str(v.dtype) for v in feed_dict.values() if isinstance(v, tvm.runtime.Tensor)}
+            fed = {str(v.dtype) for p, v in feed_dict.items()
+                   if isinstance(v, tvm.runtime.Tensor) and p not in self._index_feeds}
             if len(fed) > 1:
                 raise DtypeError(f"feed_dict mixes TVM tensors of dtypes {sorted(fed)}")
             dtype = fed.pop() if fed else "float32"
@@ -210,6 +237,8 @@ class Executor:
         ``bound``: the value a parameter holds; one of another dtype or device is copied
         (converted) for the run, never refused, since the caller did not choose it here.
         """
+        if node in self._index_feeds:
+            return self._index_value(node, value)
         if isinstance(value, tvm.runtime.Tensor):
             if str(value.dtype) == self.dtype and value.device == self.ctx:
                 return value  # the run's common case: no call, no message built
@@ -229,15 +258,44 @@ class Executor:
             raise FeedError(f"feed {node.name} is a scalar; feed an array of at least 1 dimension")
         return array
 
+    def _index_value(self, node: Node, value):
+        """Fed integer ids as an int32 or int64 TVM tensor or array (other integer types are
+        widened to int64); a float or bool array is refused: an id is never rounded."""
+        reader = self._index_feeds[node].name
+        if isinstance(value, tvm.runtime.Tensor):
+            if str(value.dtype) in INDEX_DTYPES and value.device == self.ctx:
+                return value
+            value = value.numpy()
+        array = np.asarray(value)
+        if array.dtype.kind not in "iu":
+            raise DtypeError(f"feed {node.name}: {reader} reads it as integer ids, so feed an "
+                             f"int32 or int64 array, not {array.dtype}")
+        if array.ndim == 0:
+            raise FeedError(f"feed {node.name} is a scalar; feed an array of at least 1 dimension")
+        if str(array.dtype) not in INDEX_DTYPES:
+            if array.size and array.dtype.kind == "u" and int(array.max()) > 2**63 - 1:
+                raise FeedError(f"feed {node.name}: id {int(array.max())} is past int64")
+            array = array.astype(np.int64)
+        return np.ascontiguousarray(array)
+
+    def _check_index_feeds(self, prepared: _Prepared, feeds: dict) -> None:
+        for node, checks in prepared.program.index_checks.items():
+            fed = feeds[node]
+            if isinstance(fed, tvm.runtime.Tensor):
+                fed = np.from_dlpack(fed) if self.target == "llvm" else fed.numpy()
+            _check_indices(node, fed, checks)
+
     # ------------------------------------------------------------- planning
-    def _prepare(self, feed_shapes: dict[Node, Shape]) -> _Prepared:
-        """Compile the graph for these feed shapes (``passes.pipeline``), then allocate its
-        buffers and freeze its kernel calls with their arguments."""
+    def _prepare(self, feeds: dict) -> _Prepared:
+        """Compile the graph for these feeds' shapes and index types (``passes.pipeline``),
+        then allocate its buffers and freeze its kernel calls with their arguments."""
         options = pipeline.CompileOptions(
             dtype=self.dtype, target=self.target, fuse=self.fuse,
             share_memory=self.plan_memory, contiguous=tuple(self.contiguous),
             constants=self.constants)
-        program = pipeline.compile(self.eval_node_list, feed_shapes, options)
+        program = pipeline.compile(self.eval_node_list,
+                                   {p: tuple(v.shape) for p, v in feeds.items()}, options,
+                                   {p: str(feeds[p].dtype) for p in self._index_feeds})
         value, source, feed_buffers, owned_ranges, group = self._allocate(program)
         calls, feed_slots = self._bind_calls(program, value, source)
         shapes = program.shapes
@@ -269,7 +327,7 @@ class Executor:
         """
         shapes, plan, steps = program.shapes, program.plan, program.steps
         storage = [tvm.runtime.empty((n,), self.dtype, self.ctx) for n in plan.storage_elements]
-        feed_buffers = {p: tvm.runtime.empty(shapes[p], self.dtype, self.ctx)
+        feed_buffers = {p: tvm.runtime.empty(shapes[p], program.dtypes[p], self.ctx)
                         for p in self.placeholders}
         value: dict[Node, object] = dict(feed_buffers)
         for node, sid in plan.storage_of.items():
@@ -294,8 +352,7 @@ class Executor:
                 # The kernel writes the new state into the state's own (bound) tensor.
                 source[step.output] = step.writes_state
                 value[step.output] = value[step.writes_state]
-        itemsize = plan.itemsize
-        owned_ranges = [(t.data_ptr(), t.data_ptr() + t.numel() * itemsize)
+        owned_ranges = [(t.data_ptr(), t.data_ptr() + tensor_bytes(t))
                         for t in (*storage, *feed_buffers.values(), *constant_buffers)]
         group = storage[plan.contiguous_storage] if plan.contiguous_storage is not None else None
         return value, source, feed_buffers, owned_ranges, group
@@ -348,9 +405,11 @@ class Executor:
                                  for p in self.placeholders})
         feeds, signature, constant_fed = self._gather_feeds(feed_dict)
         if signature != self._signature:
-            self._prepared = self._prepare({p: tuple(v.shape) for p, v in feeds.items()})
+            self._prepared = self._prepare(feeds)
             self._signature = signature
         prepared = self._prepared
+        if self._index_feeds:
+            self._check_index_feeds(prepared, feeds)
         if prepared.state_targets:
             self._check_state_feeds(prepared, feeds, feed_dict)
         refresh = prepared.constants_stale
@@ -399,6 +458,8 @@ class Executor:
                     # (A new plan's buffers cannot overlap it: it holds its memory alive.)
                     fed = private_copy(fed)
                 shapes.append(tuple(fed.shape))
+                if placeholder in self._index_feeds:  # int32 and int64 ids compile apart
+                    shapes.append(str(fed.dtype))
                 feeds[placeholder] = fed
                 continue
             data = placeholder.data
