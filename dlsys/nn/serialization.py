@@ -322,7 +322,7 @@ def infer_input_shape(model: Module) -> Shape | None:
     model.eval()  # the graph eval and predict build
     try:
         output = model(x)
-    except DlsysError:
+    except (DlsysError, TypeError):  # TypeError: a model of several inputs (attention)
         return None
     finally:
         model.train(was_training)
