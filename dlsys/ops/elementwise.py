@@ -8,10 +8,12 @@ operators broadcast their inputs as numpy does.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from dlsys.checks import check_constant
-from dlsys.errors import ArgumentError, ArgumentTypeError, ShapeError
+from dlsys.errors import ArgumentError, ArgumentTypeError, GradientError, ShapeError
 from dlsys.graph import Node, Op, short_name
 from dlsys.kernels.common.epilogue import Epilogue, epilogue_from_label
 from dlsys.kernels.registry import KernelSpec
@@ -69,16 +71,21 @@ class ElementwiseOp(Op):
     def infer_shape(self, node, input_shapes):
         return tuple(input_shapes[0])
 
+    def node_kind(self, node: Node) -> str:
+        """The formula of ``node``: ``kernel_kind``, unless an attribute picks another one
+        (GELU's ``approximate``)."""
+        return self.kernel_kind
+
     def kernel_spec(self, node, input_shapes, output_shape):
-        return KernelSpec(self.kernel_kind, (tuple(tuple(s) for s in input_shapes),
-                                             tuple(output_shape), self.constants(node)))
+        return KernelSpec(self.node_kind(node), (tuple(tuple(s) for s in input_shapes),
+                                                 tuple(output_shape), self.constants(node)))
 
     def epilogue(self, node, inputs, chain_input, shapes):
         # A unary formula joins a matmul's kernel as it is: it reads only the running result.
         if self.arity != 1:
             return None
-        return Epilogue(self.kernel_kind, self.kernel_kind,
-                        constants=self.constants(node)), []
+        kind = self.node_kind(node)
+        return Epilogue(kind, kind, constants=self.constants(node)), []
 
     def reference(self, node, *arrays):
         if self.formula is None:
@@ -310,6 +317,86 @@ class TanhOp(ElementwiseOp, name="Tanh", kernel_kind="tanh", formula=np.tanh):
         return [output_grad * (1.0 - node * node)]
 
 
+GELU_APPROXIMATIONS = ("none", "tanh")
+
+
+def _check_approximate(where: str, approximate) -> str:
+    if approximate not in GELU_APPROXIMATIONS:
+        raise ArgumentError(f"{where}: approximate must be 'none' or 'tanh' (as in PyTorch), "
+                            f"got {approximate!r}")
+    return approximate
+
+
+def _gelu_reference(x: np.ndarray, approximate: str, derivative: int = 0) -> np.ndarray:
+    """GELU (``derivative`` 0) or its first or second derivative, in numpy."""
+    if approximate == "tanh":
+        k, a = np.sqrt(2 / np.pi), 0.044715
+        t = np.tanh(k * (x + a * x ** 3))
+        du = k * (1 + 3 * a * x * x)
+        if derivative == 0:
+            return 0.5 * x * (1 + t)
+        if derivative == 1:
+            return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du
+        return (1 - t * t) * (du + 0.5 * x * (6 * k * a * x - 2 * t * du * du))
+    cdf = 0.5 * (1 + np.vectorize(math.erf, otypes=[float])(x / np.sqrt(2)))
+    pdf = np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi)
+    return (x * cdf, cdf + x * pdf, pdf * (2 - x * x))[derivative]
+
+
+class GeluOp(ElementwiseOp, name="Gelu", kernel_kind="gelu"):
+    """``x * Phi(x)``, Phi the standard normal distribution function (``approximate``
+    "none", through erf), or ``0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x**3)))``
+    ("tanh"), as PyTorch's ``gelu``."""
+
+    def __call__(self, x: Node, approximate: str = "none") -> Node:
+        (x,) = self.check_inputs((x,))
+        approximate = _check_approximate(f"{self.name}({x.name})", approximate)
+        return Node(self, [x], {"approximate": approximate})
+
+    def describe(self, node):
+        tanh = ", tanh" if node.attrs["approximate"] == "tanh" else ""
+        return f"{self.name}({short_name(node.inputs[0])}{tanh})"
+
+    def node_kind(self, node):
+        return "gelu_tanh" if node.attrs["approximate"] == "tanh" else "gelu"
+
+    def gradient(self, node, output_grad):
+        return [gelu_gradient_op(node.inputs[0], output_grad, node.attrs["approximate"])]
+
+    def reference(self, node, x):
+        return _gelu_reference(x, node.attrs["approximate"])
+
+
+class GeluGradientOp(ElementwiseOp, name="GeluGradient", kernel_kind="gelu_gradient",
+                     arity=2, inplace_input=1):
+    """``gelu'(x) * g`` (``derivative`` 1), the adjoint of GELU at its input ``x``, or
+    ``gelu''(x) * g`` (``derivative`` 2), the adjoint of that one in ``x``."""
+
+    def __call__(self, x: Node, g: Node, approximate: str = "none", derivative: int = 1) -> Node:
+        x, g = self.check_inputs((x, g))
+        approximate = _check_approximate(f"{self.name}({x.name}, {g.name})", approximate)
+        return Node(self, [x, g], {"approximate": approximate, "derivative": derivative})
+
+    def infer_shape(self, node, input_shapes):
+        return same_shape(node, input_shapes)
+
+    def node_kind(self, node):
+        tanh = "_tanh" if node.attrs["approximate"] == "tanh" else ""
+        return f"gelu{tanh}_{'gradient' if node.attrs['derivative'] == 1 else 'second'}"
+
+    def gradient(self, node, output_grad):
+        x, g = node.inputs
+        approximate, derivative = node.attrs["approximate"], node.attrs["derivative"]
+        if derivative == 2:
+            raise GradientError(f"{node.name}: GELU has no third derivative in dlsys")
+        # Linear in g; in x, the next derivative of GELU.
+        return [gelu_gradient_op(x, g * output_grad, approximate, 2),
+                gelu_gradient_op(x, output_grad, approximate, derivative)]
+
+    def reference(self, node, x, g):
+        return _gelu_reference(x, node.attrs["approximate"], node.attrs["derivative"]) * g
+
+
 class FillLikeOp(ElementwiseOp):
     """A constant tensor of the input's shape (the input's values are never read)."""
 
@@ -354,10 +441,12 @@ sigmoid_op = SigmoidOp()
 exp_op = ExpOp()
 log_op = LogOp()
 tanh_op = TanhOp()
+gelu_op = GeluOp()
+gelu_gradient_op = GeluGradientOp()
 oneslike_op = FillLikeOp("OnesLike", 1.0)
 zeroslike_op = FillLikeOp("ZerosLike", 0.0)
 
 __all__ = ["ElementwiseOp", "BroadcastBinaryOp", "add_op", "mul_op", "sub_op", "div_op",
            "add_byconst_op", "mul_byconst_op", "div_byconst_op", "rdiv_byconst_op", "neg_op",
            "relu_op", "relu_gradient_op", "sigmoid_op", "exp_op", "log_op", "tanh_op",
-           "oneslike_op", "zeroslike_op"]
+           "gelu_op", "gelu_gradient_op", "oneslike_op", "zeroslike_op"]

@@ -1,13 +1,17 @@
-"""Softmax and the softmax cross-entropy loss, with its exact gradient."""
+"""The softmax cross-entropy loss, with its exact gradient, and one-hot labels.
+
+``softmax_op`` lives in ``dlsys.ops.softmax`` (along any axis, with its gradient) and is
+re-exported here for the callers that import it with the loss."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from dlsys.errors import GradientError, ShapeError
+from dlsys.errors import ShapeError
 from dlsys.graph import Node, Op
 from dlsys.kernels.registry import KernelSpec
 from dlsys.ops.shapes import apply_rule, row_matrix_shape, same_shape
+from dlsys.ops.softmax import softmax_op  # noqa: F401  (re-exported)
 
 
 def _log_softmax(y: np.ndarray) -> np.ndarray:
@@ -84,27 +88,6 @@ class SoftmaxCrossEntropyGradientOp(Op):
         return (np.exp(_log_softmax(y)) - labels) / len(y) * g[0]
 
 
-class SoftmaxOp(Op):
-    name = "Softmax"
-
-    def __call__(self, node: Node) -> Node:
-        return Node(self, [node])
-
-    def infer_shape(self, node, input_shapes):
-        _check_logits(node, input_shapes)
-        return tuple(input_shapes[0])
-
-    def gradient(self, node, output_grad):
-        raise GradientError(f"{node.name}: Softmax has no gradient in dlsys; train with "
-                            f"softmaxcrossentropy_op, whose gradient is exact and stable")
-
-    def kernel_spec(self, node, input_shapes, output_shape):
-        return KernelSpec("softmax", (tuple(output_shape),))
-
-    def reference(self, node, a):
-        return np.exp(_log_softmax(a))
-
-
 class OneHotLikeOp(Op):
     """``labels`` as rows of ``logits``' shape: class indices ``(batch,)`` become one-hot
     rows; labels already of that shape pass through (an alias, no kernel). An index that is
@@ -149,5 +132,4 @@ class OneHotLikeOp(Op):
 softmaxcrossentropy_op = SoftmaxCrossEntropyOp()
 softmaxcrossentropy_gradient_op = SoftmaxCrossEntropyGradientOp()
 softmaxcrossentropy_gradient_op.absorbs = softmaxcrossentropy_op
-softmax_op = SoftmaxOp()
 onehot_like_op = OneHotLikeOp()

@@ -21,7 +21,10 @@ FORMULAS = {"add": compute.add, "mul": compute.mul, "add_const": compute.add_con
             "sgd": compute.sgd, "fill": compute.fill, "sub": compute.sub, "div": compute.div,
             "neg": compute.neg, "div_const": compute.div_const,
             "rdiv_const": compute.rdiv_const, "exp": compute.exp, "log": compute.log,
-            "tanh": compute.tanh}
+            "tanh": compute.tanh, "gelu": compute.gelu, "gelu_tanh": compute.gelu_tanh,
+            "gelu_gradient": compute.gelu_gradient, "gelu_second": compute.gelu_second,
+            "gelu_tanh_gradient": compute.gelu_tanh_gradient,
+            "gelu_tanh_second": compute.gelu_tanh_second}
 
 
 def register(kinds: Registrar) -> None:
@@ -29,3 +32,4 @@ def register(kinds: Registrar) -> None:
         kinds.add(name, partial(compute.elementwise, formula), "injective", formula)
     kinds.add("broadcast_to", compute.broadcast_to, "injective")
     kinds.add("sgd_many", compute.sgd_update_many, "injective")
+    kinds.add("causal_mask", compute.causal_mask, "injective")

@@ -6,6 +6,7 @@ parameters in one kernel. All of them run with the ``injective`` schedule
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 from tvm import te, tirx
@@ -85,6 +86,63 @@ def sigmoid(x):
     return one / (one + te.exp(-x))
 
 
+# GELU, x * Phi(x), and its first two derivatives, exact (through erf) and in PyTorch's tanh
+# form. Phi is the standard normal distribution function, phi its density.
+SQRT_HALF = math.sqrt(0.5)
+INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
+TANH_SCALE, TANH_CUBIC = math.sqrt(2 / math.pi), 0.044715
+
+
+def _normal_cdf_pdf(x):
+    half = tirx.const(0.5, x.dtype)
+    cdf = half + half * te.erf(x * tirx.const(SQRT_HALF, x.dtype))
+    pdf = te.exp(-half * x * x) * tirx.const(INV_SQRT_2PI, x.dtype)
+    return cdf, pdf
+
+
+def gelu(x):
+    return x * _normal_cdf_pdf(x)[0]
+
+
+def gelu_gradient(x, g):
+    """``gelu'(x) * g = (Phi(x) + x phi(x)) * g``."""
+    cdf, pdf = _normal_cdf_pdf(x)
+    return (cdf + x * pdf) * g
+
+
+def gelu_second(x, g):
+    """``gelu''(x) * g = phi(x) (2 - x**2) * g``."""
+    return _normal_cdf_pdf(x)[1] * (tirx.const(2, x.dtype) - x * x) * g
+
+
+def _tanh_form(x):
+    """``t = tanh(u)`` and ``u'`` for ``u = k (x + a x**3)``: GELU's tanh form."""
+    k, a = (tirx.const(c, x.dtype) for c in (TANH_SCALE, TANH_CUBIC))
+    x2 = x * x
+    return te.tanh(k * (x + a * x2 * x)), k * (tirx.const(1, x.dtype) + tirx.const(
+        3 * TANH_CUBIC, x.dtype) * x2)
+
+
+def gelu_tanh(x):
+    half = tirx.const(0.5, x.dtype)
+    return half * x * (tirx.const(1, x.dtype) + _tanh_form(x)[0])
+
+
+def gelu_tanh_gradient(x, g):
+    """``(0.5 (1 + t) + 0.5 x (1 - t**2) u') * g``."""
+    t, du = _tanh_form(x)
+    half, one = tirx.const(0.5, x.dtype), tirx.const(1, x.dtype)
+    return (half * (one + t) + half * x * (one - t * t) * du) * g
+
+
+def gelu_tanh_second(x, g):
+    """``(1 - t**2) (u' + 0.5 x (u'' - 2 t u'**2)) * g``, ``u'' = 6 k a x``."""
+    t, du = _tanh_form(x)
+    half, one = tirx.const(0.5, x.dtype), tirx.const(1, x.dtype)
+    ddu = tirx.const(6 * TANH_SCALE * TANH_CUBIC, x.dtype) * x
+    return (one - t * t) * (du + half * x * (ddu - tirx.const(2, x.dtype) * t * du * du)) * g
+
+
 def sgd(w, g, lr):
     """``w - lr * g``; reads each element before writing it, so it may run in place."""
     return w - lr * g
@@ -123,6 +181,16 @@ def broadcast_to(shape: Shape, to_shape: Shape, dtype: str):
                    name="broadcast")
     return [a], [c]
 
+
+def causal_mask(shape: Shape, fill: float, dtype: str):
+    """``A[..., i, j]`` where ``j <= i + S - T`` and ``fill`` elsewhere, over the last two
+    axes (T, S) of ``A``: attention's causal mask (``fill`` -inf) and its adjoint (0)."""
+    a = te.placeholder(shape, dtype=dtype, name="A")
+    offset = shape[-1] - shape[-2]
+    value = tirx.const(fill, dtype)
+    c = te.compute(shape, lambda *i: tirx.Select(i[-1] <= i[-2] + offset, a[i], value),
+                   name="causal_mask")
+    return [a], [c]
 
 
 def sgd_update_many(shapes: Sequence[Shape], dtype: str):

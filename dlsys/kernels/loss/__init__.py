@@ -1,11 +1,13 @@
 """Softmax, the softmax cross-entropy loss and its adjoint, and one-hot labels: row-wise
-kernels (``compute``) whose rows run in parallel (``schedule``)."""
+kernels (``compute``) whose rows run in parallel (``schedule``); softmax and log-softmax
+along any axis of any rank, and their adjoints (``softmax``), with the norm family's row
+schedule."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from dlsys.kernels.loss import compute
+from dlsys.kernels.loss import compute, softmax
 from dlsys.kernels.loss.schedule import (
     schedule_row_blocks,
     schedule_row_loss,
@@ -27,3 +29,6 @@ def register(kinds: Registrar) -> None:
     kinds.add("softmax_cross_entropy_with_gradient",
               compute.softmax_cross_entropy_with_gradient, "row_blocks")
     kinds.add("one_hot", compute.one_hot, "injective")
+    # Along any axis of any rank, with the row schedule of the norm family.
+    kinds.add("softmax_along", softmax.softmax_along, "rows")
+    kinds.add("softmax_along_gradient", softmax.softmax_along_gradient, "rows")
