@@ -17,13 +17,17 @@ from dlsys.ops import (
     avgpool2d_grad_op,
     avgpool2d_op,
     broadcastto_op,
+    causal_mask_op,
     conv2d_grad_input_op,
     conv2d_grad_weight_op,
     conv2d_op,
     div_op,
     exp_op,
+    gelu_op,
     global_avgpool_op,
+    layernorm_op,
     log_op,
+    logsoftmax_op,
     matmul_op,
     maxpool2d_grad_op,
     maxpool2d_op,
@@ -53,6 +57,7 @@ from dlsys.passes.gradient import gradients
 from dlsys.runtime.executor import Executor
 
 __all__ = [
+    "gelu_op", "layernorm_op", "logsoftmax_op", "causal_mask_op",
     "batchnorm2d_op", "dropout_op", "flatten_op", "reshape_op",
     "Node", "Op", "Variable", "gradients", "find_topo_sort", "softmax_func", "Executor",
     "add_op", "add_byconst_op", "mul_op", "mul_byconst_op", "matmul_op", "placeholder_op",

@@ -20,6 +20,8 @@ from dlsys.ops.elementwise import (
     div_byconst_op,
     div_op,
     exp_op,
+    gelu_gradient_op,
+    gelu_op,
     log_op,
     mul_byconst_op,
     mul_op,
@@ -34,6 +36,11 @@ from dlsys.ops.elementwise import (
     zeroslike_op,
 )
 from dlsys.ops.embedding import embedding_gradient_op, embedding_op
+from dlsys.ops.layernorm import (
+    layernorm_gradient_op,
+    layernorm_op,
+    layernorm_scale_gradient_op,
+)
 from dlsys.ops.layout import transpose_op
 from dlsys.ops.linalg import matmul_op
 from dlsys.ops.loss import (
@@ -71,6 +78,7 @@ from dlsys.ops.reduce import (
     sum_op,
 )
 from dlsys.ops.reshape import flatten_op, reshape_op, reshape_to_op
+from dlsys.ops.softmax import causal_mask_op, logsoftmax_op, softmax_gradient_op
 
 ALL_OPS: list[Op] = [
     placeholder_op, add_op, mul_op, sub_op, div_op, add_byconst_op, mul_byconst_op,
@@ -83,6 +91,8 @@ ALL_OPS: list[Op] = [
     reshape_to_op, transpose_op, dropout_op, next_seed_op, batchnorm_normalize_op,
     batchnorm_normalize_gradient_op, running_statistic_op, batchnorm_inference_op,
     batchnorm_affine_op, batchnorm_affine_gradient_op, batchnorm_parameter_gradient_op,
+    gelu_op, gelu_gradient_op, layernorm_op, layernorm_gradient_op, layernorm_scale_gradient_op,
+    logsoftmax_op, softmax_gradient_op, causal_mask_op,
     embedding_op, embedding_gradient_op,
 ]
 ELEMENTWISE_OPS: list[ElementwiseOp] = [op for op in ALL_OPS if isinstance(op, ElementwiseOp)]
@@ -148,6 +158,8 @@ Node.__neg__ = _neg
 Node.__array_ufunc__ = None
 
 __all__ = [
+    "gelu_op", "gelu_gradient_op", "layernorm_op", "layernorm_gradient_op",
+    "layernorm_scale_gradient_op", "logsoftmax_op", "softmax_gradient_op", "causal_mask_op",
     "embedding_op", "embedding_gradient_op",
     "Parameter", "parameter_op", "onehot_like_op", "reshape_op", "flatten_op", "reshape_to_op",
     "transpose_op", "dropout_op", "next_seed_op", "batchnorm2d_op",
