@@ -13,7 +13,6 @@ import math
 
 import numpy as np
 
-from dlsys import ops
 from dlsys.checks import check_constant, check_flag
 from dlsys.errors import ArgumentError, ArgumentTypeError, ShapeError
 from dlsys.graph import Node
@@ -21,14 +20,20 @@ from dlsys.kernels.random import SEED_PERIOD
 from dlsys.nn import init
 from dlsys.ops import (
     broadcastto_op,
+    causal_mask_op,
+    embedding_op,
     exp_op,
+    gelu_op,
+    layernorm_op,
     log_op,
+    logsoftmax_op,
     matmul_op,
     mean_op,
     mul_byconst_op,
     oneslike_op,
     relu_op,
     sigmoid_op,
+    softmax_op,
     softmaxcrossentropy_op,
     sum_op,
     tanh_op,
@@ -85,17 +90,17 @@ def check_approximate(where: str, approximate) -> str:
 
 def gelu(x: Node, approximate: str = "none") -> Node:
     """``x * Phi(x)``, Phi the standard normal's CDF (``"tanh"``: its tanh approximation)."""
-    return ops.gelu_op(x, approximate=check_approximate("gelu", approximate))
+    return gelu_op(x, approximate=check_approximate("gelu", approximate))
 
 
 def softmax(x: Node, dim: int = -1) -> Node:
     """``exp(x) / sum(exp(x))`` along axis ``dim``."""
-    return ops.softmax_op(x, axis=dim)
+    return softmax_op(x, axis=dim)
 
 
 def log_softmax(x: Node, dim: int = -1) -> Node:
     """``x - log(sum(exp(x)))`` along axis ``dim``, computed without overflow."""
-    return ops.logsoftmax_op(x, axis=dim)
+    return logsoftmax_op(x, axis=dim)
 
 
 def normalized_size(where: str, normalized_shape) -> int:
@@ -127,13 +132,13 @@ def layer_norm(x: Node, normalized_shape, weight: Node | None = None,
         weight = Parameter(np.ones(size, np.float32), "layer_norm.ones")
     if bias is None:
         bias = Parameter(np.zeros(size, np.float32), "layer_norm.zeros")
-    return ops.layernorm_op(x, weight, bias, eps=eps)
+    return layernorm_op(x, weight, bias, eps=eps)
 
 
 def embedding(input: Node, weight: Node) -> Node:  # noqa: A002 - PyTorch's argument name
     """Rows of ``weight`` (num_embeddings, dim) picked by the integer ids ``input``:
     shape ``input.shape + (dim,)``."""
-    return ops.embedding_op(weight, input)
+    return embedding_op(weight, input)
 
 
 def linear(x: Node, weight: Node, bias: Node | None = None) -> Node:
@@ -229,8 +234,8 @@ def attention(query: Node, key: Node, value: Node, mask: Node | None, is_causal:
         # them silently; shape inference names the mask where it does not fit.
         scores = scores + broadcastto_op(mask, scores)
     if is_causal:
-        scores = ops.causal_mask_op(scores)
-    weights = ops.softmax_op(scores, axis=-1)
+        scores = causal_mask_op(scores)
+    weights = softmax_op(scores, axis=-1)
     if dropout_p > 0:
         weights = dropout(weights, dropout_p)
     return matmul_op(weights, value)
