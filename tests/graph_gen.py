@@ -146,6 +146,19 @@ def _batchnorm_node(draw, x: Node, shape: tuple, placeholder) -> Node:
                           training=True, momentum=momentum, eps=eps)
 
 
+def _transformer_node(draw, op: str, x: Node, shape: tuple, placeholder) -> Node:
+    """Layer norm over the last axis (new gamma and beta placeholders), softmax or
+    log-softmax along a drawn axis, or a softmax of causally masked scores."""
+    if op == "layernorm":
+        # eps where finite differences hold: rows of equal values make x_hat's slope 1/sqrt(eps).
+        eps = draw(st.sampled_from([1e-5, 0.1, 1.0]))
+        return ad.layernorm_op(x, placeholder(shape[-1:]), placeholder(shape[-1:]), eps)
+    if op == "causal_softmax":
+        return ad.softmax_op(ad.causal_mask_op(x))
+    axis = draw(st.integers(-len(shape), len(shape) - 1))
+    return (ad.softmax_op if op == "rowsoftmax" else ad.logsoftmax_op)(x, axis)
+
+
 @dataclass
 class RandomGraph:
     """A random dlsys graph with its feeds and what may be differentiated."""
@@ -219,6 +232,9 @@ def random_graphs(draw, max_ops: int = 7, allow_softmax: bool = True) -> RandomG
         ops += ["rsum0"] if len(shape) >= 2 else []
         if len(shape) == 2:
             ops += ["matmul", "matmul", "sce"] + (["softmax"] if allow_softmax else [])
+        # The transformer's row-wise operators, along any axis and on any rank.
+        ops += ["layernorm", "rowsoftmax", "logsoftmax"]
+        ops += ["causal_softmax"] if len(shape) >= 2 else []
         if len(shape) == 4:
             # Weighted up against the many elementwise operators, so that windows show up.
             ops += ["conv2d", "maxpool", "avgpool"] * 4 + ["global_avgpool", "flatten"]
@@ -277,6 +293,8 @@ def random_graphs(draw, max_ops: int = 7, allow_softmax: bool = True) -> RandomG
         elif op == "softmax":
             node = ad.softmax_op(current)
             graph.has_softmax = True
+        elif op in ("layernorm", "rowsoftmax", "logsoftmax", "causal_softmax"):
+            node = _transformer_node(draw, op, current, shape, placeholder)
         elif op == "sce":
             labels = _softmax(rng.normal(size=shape))
             node = ad.softmaxcrossentropy_op(
