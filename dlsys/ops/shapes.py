@@ -43,16 +43,25 @@ def sum_to_shape(shape: Sequence[int], to_shape: Sequence[int]) -> Shape:
 
 def matmul_shape(shape_a: Sequence[int], trans_a: bool, shape_b: Sequence[int],
                  trans_b: bool) -> Shape:
-    """``(m, n)`` of ``op(A) @ op(B)`` for matrices, ``op`` transposing where asked."""
+    """The shape of ``op(A) @ op(B)`` as ``numpy.matmul``'s, ``op`` transposing the last two
+    axes where asked: ``(m, n)`` for matrices; for operands of rank >= 3 the axes before the
+    last two are batch axes, broadcast against each other (a matrix is shared by the whole
+    batch), giving ``(*batch, m, n)``."""
     for which, shape in (("first", shape_a), ("second", shape_b)):
-        if len(shape) != 2:
-            raise ShapeError(f"the {which} operand must be a matrix, got shape {tuple(shape)}")
-    (ra, ca), (rb, cb) = shape_a, shape_b
+        if len(shape) < 2:
+            raise ShapeError(f"the {which} operand must be a matrix or a stack of matrices, "
+                             f"got shape {tuple(shape)}")
+    ra, ca = shape_a[-2:]
+    rb, cb = shape_b[-2:]
     m, k_a = (ca, ra) if trans_a else (ra, ca)
     k_b, n = (cb, rb) if trans_b else (rb, cb)
     if k_a != k_b:
         raise ShapeError(f"inner dimensions {k_a} and {k_b} differ")
-    return (m, n)
+    batch = broadcast_shape(shape_a[:-2], shape_b[:-2])
+    if batch is None:
+        raise ShapeError(f"batch dimensions {tuple(shape_a[:-2])} and {tuple(shape_b[:-2])} "
+                         f"do not broadcast")
+    return (*batch, m, n)
 
 
 def normalize_axes(shape: Sequence[int], axes: Sequence[int] | None) -> tuple[int, ...]:

@@ -1,18 +1,21 @@
 """The matrix product: its compute (``compute``), the tiles it may use (``config``), the
-schedules that run it (``schedule``) and the per-shape choice of tiles (``search``)."""
+schedules that run it (``schedule``), the per-shape choice of tiles (``search``), and the
+schedule of stacks of matrices (``batched``)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from dlsys.kernels.matmul import compute
+from dlsys.kernels.matmul.batched import schedule_batched
 from dlsys.kernels.matmul.schedule import schedule_matmul_prepacked
 from dlsys.kernels.matmul.search import decisions, prepacked_tiles, schedule_matmul_packed
 
 if TYPE_CHECKING:
     from dlsys.kernels.registry import Registrar
 
-SCHEDULES = {"matmul": schedule_matmul_packed, "matmul_prepacked": schedule_matmul_prepacked}
+SCHEDULES = {"matmul": schedule_matmul_packed, "matmul_prepacked": schedule_matmul_prepacked,
+             "batched_matmul": schedule_batched}
 # The tiles depend on a tuning log as well as the shapes: the disk cache keys kernels by them.
 DECISIONS = {"matmul": decisions}
 
@@ -30,3 +33,5 @@ def register(kinds: Registrar) -> None:
     # A constant B packed once (an inference session's weights), then read by every product.
     kinds.add("pack_panels", compute.pack_panels, "injective")
     kinds.add_epilogue("matmul_prepacked", compute.matmul_prepacked, "matmul_prepacked")
+    # Stacks of matrices (rank >= 3, batch axes broadcast), with or without an epilogue.
+    kinds.add_epilogue("batched_matmul", compute.batched_matmul, "batched_matmul")

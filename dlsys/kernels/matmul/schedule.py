@@ -33,7 +33,7 @@ from dlsys.kernels.common.loops import (
     loop_extent,
     vectorize_and_parallelize,
 )
-from dlsys.kernels.matmul.compute import MATMUL_TILES_ATTR
+from dlsys.kernels.matmul.compute import MATMUL_TILES_ATTR, ROWS_VIEW_SUFFIX
 from dlsys.kernels.matmul.config import MatmulConfig, MatmulProblem, _round_up
 
 BLOCK = "matmul"
@@ -129,6 +129,7 @@ def apply_config(sch: s_tir.Schedule, problem: MatmulProblem, config: MatmulConf
     padded = (m_pad, n_pad) != (problem.m, problem.n)
     pad_blocks = _pad_to_tiles(sch, block, problem, config, m_pad, n_pad)
     packed_a, packed_b = _pack_operands(sch, block, problem, config, m_pad, pad_blocks)
+    _inline_rows_view(sch)
     write_back, leftovers = _make_write_back(sch, block, config, padded, pad_blocks)
     jc, io, jo, k, ii, ji = _tile_loops(sch, block, config)
     _place_in_tile(sch, jo, write_back, leftovers)
@@ -171,6 +172,14 @@ def _pack_operands(sch: s_tir.Schedule, block, problem: MatmulProblem, config: M
         packed_a = _pack(sch, block, _operand_index(sch, block, 0), not problem.trans_a,
                          config.mr, pad_blocks)
     return packed_a, packed_b
+
+
+def _inline_rows_view(sch: s_tir.Schedule) -> None:
+    """Read the rows of an operand of rank >= 3 where they lie: its ``*_rows`` index map
+    (``compute``) joins its readers (the panels, or the product itself): nothing is copied."""
+    for block in all_blocks(sch):
+        if sch.get(block).name_hint.endswith(ROWS_VIEW_SUFFIX):
+            sch.compute_inline(block)
 
 
 def _make_write_back(sch: s_tir.Schedule, block, config: MatmulConfig, padded: bool,
