@@ -16,7 +16,7 @@ import pytest
 import dlsys
 from dlsys import autodiff as ad
 from dlsys import nn, ops
-from dlsys.errors import ArgumentError, ArgumentTypeError, DataError, ShapeError
+from dlsys.errors import ArgumentError, ArgumentTypeError, DataError, DlsysError, ShapeError
 from dlsys.nn import functional as F
 from dlsys.nn import serialization
 
@@ -117,6 +117,41 @@ def test_embedding_rows_and_repeated_ids_gradient_match_pytorch():
     _close(got, want.detach().numpy())
     (want_grad,) = _torch_grads(want, upstream, [torch_layer.weight])
     _close(grad, want_grad)
+
+
+@needs_ops("embedding_op")
+def test_embedding_refuses_ids_outside_its_table_before_any_kernel_runs():
+    layer = nn.Embedding(10, E)
+    x = ad.Variable("ids")
+    executor = ad.Executor([layer(x)])
+    with pytest.raises(DlsysError, match="10"):
+        executor.run({x: np.array([[1, 10]], np.int64)})
+
+
+def test_layer_norm_and_gelu_named_errors():
+    with pytest.raises(ShapeError, match="last axis only"):
+        nn.LayerNorm((4, E))
+    with pytest.raises(ArgumentError, match="eps"):
+        nn.LayerNorm(E, eps=0)
+    with pytest.raises(ArgumentTypeError, match="normalized_shape"):
+        nn.LayerNorm("12")
+    with pytest.raises(ArgumentError, match="approximate"):
+        nn.GELU("sigmoid")
+    assert [(n, p.shape) for n, p in nn.LayerNorm((E,)).named_parameters()] == [
+        ("weight", (E,)), ("bias", (E,))]
+    assert list(nn.LayerNorm(E, bias=False).state_dict()) == ["weight"]
+
+
+@needs_torch
+def test_linear_takes_sequences():
+    """A Linear over (B, T, in_features) applies to every position, as PyTorch's."""
+    layer = nn.Linear(E, 5)
+    x = _rng(22).normal(size=(B, T, E))
+    _check_module(layer, torch.nn.Linear(E, 5), {"x": x}, lambda n: layer(n["x"]),
+                  lambda m, t: m(t["x"]))
+    node = ad.Variable("x")
+    (got,) = ad.Executor([F.linear(node, layer.weight)], dtype="float64").run({node: x}, True)
+    _close(got, x @ layer.weight.numpy().T.astype(np.float64))
 
 
 @needs_torch
@@ -267,6 +302,24 @@ def test_attention_masks_that_do_not_broadcast_are_named_before_any_kernel_runs(
         F.scaled_dot_product_attention(*nodes, dropout_p=1.5)
 
 
+@needs_ops(*ATTENTION_OPS)
+def test_attention_dropout_drops_weights_and_scales_the_rest():
+    """With equal scores every weight is 1 / S; dropout keeps each with probability 1 - p,
+    scaled to 2 / S at p = 0.5, so an output row of ones becomes 2 / S times the kept
+    count: about 1 on average, and another draw at every run."""
+    nodes = [ad.Variable(name) for name in "qkv"]
+    keys = 16
+    output = F.scaled_dot_product_attention(*nodes, dropout_p=0.5)
+    executor = ad.Executor([output])
+    feeds = {nodes[0]: np.zeros((4, 2, 32, 3), np.float32),
+             nodes[1]: np.zeros((4, 2, keys, 3), np.float32),
+             nodes[2]: np.ones((4, 2, keys, 1), np.float32)}
+    first, second = (executor.run(feeds, True)[0] for _ in range(2))
+    kept = first * keys / 2
+    np.testing.assert_allclose(kept, np.round(kept), atol=1e-4)
+    assert abs(first.mean() - 1) < 0.05 and not np.array_equal(first, second)
+
+
 # ---------------------------------------------------------------------- MultiheadAttention
 def test_multihead_attention_names_shapes_and_initialisation():
     dlsys.manual_seed(0)
@@ -348,6 +401,21 @@ def test_multihead_cross_attention_without_biases_matches_pytorch(batch_first):
                   lambda n: attention(*n.values(), key_padding_mask=padding)[0],
                   lambda m, t: m(*t.values(), key_padding_mask=torch.from_numpy(padding),
                                  need_weights=False)[0])
+
+
+@needs_ops(*ATTENTION_OPS)
+def test_multihead_attention_drops_weights_in_training_only():
+    attention = nn.MultiheadAttention(E, H, dropout=0.5)
+    x = ad.Variable("x")
+    values = _rng(23).normal(size=(T, B, E)).astype(np.float32)
+    train = ad.Executor([attention(x, x, x)[0]]).run({x: values}, True)[0]
+    attention.eval()
+    evaluated = ad.Executor([attention(x, x, x)[0]]).run({x: values}, True)[0]
+    plain = nn.MultiheadAttention(E, H)
+    plain.load_state_dict(attention.state_dict())
+    want = ad.Executor([plain(x, x, x)[0]]).run({x: values}, True)[0]
+    np.testing.assert_allclose(evaluated, want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(train, want, rtol=1e-3)
 
 
 def test_multihead_attention_named_errors():
