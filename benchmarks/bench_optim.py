@@ -3,7 +3,10 @@
 
 The parameters are those of the 784-256-100-10 MLP, weights and biases (227,670 floats in
 six tensors); the gradients are fixed random tensors, since a step's cost does not depend on
-their values. Each optimiser (SGD, SGD with momentum 0.9, Adam) is timed as the median over
+their values (their global norm, about 4.8, is above the clipping limit, so the clip acts).
+Each optimiser (SGD, SGD with momentum 0.9, Adam, AdamW, and AdamW clipping the gradients'
+global norm to 1.0: dlsys's ``step(grads, max_grad_norm=1.0)``, one kernel, against
+PyTorch's ``clip_grad_norm_`` then ``step()``) is timed as the median over
 many repeats of a run of consecutive steps, after warm-up steps (which compile or load the
 kernel). dlsys and PyTorch each run in a process of their own, with the same thread count,
 so that one's spinning thread pool does not steal the cores from the other; the two take
@@ -36,10 +39,13 @@ import numpy as np
 # The MLP's parameters (dlsys layout: weights are (in, out); PyTorch's transpose has the same
 # number of elements, and an elementwise update does not care).
 SHAPES = [(784, 256), (256,), (256, 100), (100,), (100, 10), (10,)]
+# Column name: (optimiser, its settings, the clipping limit of the gradients' global norm).
 OPTIMISERS = {
-    "SGD": {"lr": 0.01},
-    "SGD momentum 0.9": {"lr": 0.01, "momentum": 0.9},
-    "Adam": {"lr": 1e-3},
+    "SGD": ("SGD", {"lr": 0.01}, None),
+    "SGD momentum 0.9": ("SGD", {"lr": 0.01, "momentum": 0.9}, None),
+    "Adam": ("Adam", {"lr": 1e-3}, None),
+    "AdamW": ("AdamW", {"lr": 1e-3}, None),
+    "AdamW clip 1.0": ("AdamW", {"lr": 1e-3}, 1.0),
 }
 WARMUP_STEPS = 20
 
@@ -76,16 +82,16 @@ def time_steps(step, steps: int, repeats: int) -> float:
 def measure_dlsys(steps: int, repeats: int) -> dict:
     import tvm
 
-    from dlsys.optim import SGD, Adam
+    from dlsys import optim
 
     threads = int(os.environ["TVM_NUM_THREADS"])  # checked or set by importing dlsys
     grads = [tvm.runtime.tensor(g) for g in arrays(1)]
     results = {}
-    for name, settings in OPTIMISERS.items():
+    for name, (kind, settings, clip) in OPTIMISERS.items():
         params = [tvm.runtime.tensor(p) for p in arrays(0)]
-        make = Adam if name == "Adam" else SGD
-        optimizer = make(params, **settings)
-        results[name] = time_steps(lambda o=optimizer: o.step(grads), steps, repeats)
+        optimizer = getattr(optim, kind)(params, **settings)
+        results[name] = time_steps(lambda o=optimizer, c=clip: o.step(grads, max_grad_norm=c),
+                                   steps, repeats)
     return {"threads": threads, "rows": {"dlsys": results}}
 
 
@@ -96,21 +102,40 @@ def measure_torch(steps: int, repeats: int, threads: int) -> dict:
     rows: dict[str, dict[str, float]] = {}
     for variant in ("default", "foreach", "fused"):
         results = {}
-        for name, settings in OPTIMISERS.items():
+        for name, (kind, settings, clip) in OPTIMISERS.items():
             params = [torch.nn.Parameter(torch.from_numpy(p)) for p in arrays(0)]
-            for p, g in zip(params, arrays(1)):
-                p.grad = torch.from_numpy(g)
-            make = torch.optim.Adam if name == "Adam" else torch.optim.SGD
+            grads = [torch.from_numpy(g) for g in arrays(1)]
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
             options = {} if variant == "default" else {variant: True}
             try:
-                optimizer = make(params, **settings, **options)
+                optimizer = getattr(torch.optim, kind)(params, **settings, **options)
                 optimizer.step()
             except (RuntimeError, ValueError, TypeError):  # not supported on this CPU build
                 continue
-            results[name] = time_steps(optimizer.step, steps, repeats)
+            step = optimizer.step
+            if clip is not None:
+                step = clipped_torch_step(torch, optimizer, params, grads, clip,
+                                          foreach=variant != "default")
+            results[name] = time_steps(step, steps, repeats)
         if results:
             rows[f"PyTorch {torch.__version__} {variant}"] = results
     return {"threads": torch.get_num_threads(), "rows": rows}
+
+
+def clipped_torch_step(torch, optimizer, params: list, grads: list, max_norm: float,
+                       foreach: bool):
+    """``clip_grad_norm_`` then ``step()``; the clip scales the gradients in place, so each
+    step first puts the fixed gradients back (``torch._foreach_copy_``, one call, timed too:
+    a training step's backward pass writes fresh gradients instead)."""
+    parameters = list(params)
+    targets = [p.grad for p in parameters]
+
+    def step() -> None:
+        torch._foreach_copy_(targets, grads)
+        torch.nn.utils.clip_grad_norm_(parameters, max_norm, foreach=foreach or None)
+        optimizer.step()
+    return step
 
 
 def child(system: str, steps: int, repeats: int, threads: int = 0) -> dict:
