@@ -15,6 +15,10 @@ of a shared machine weighs on both sides alike.
 
     python benchmarks/bench_optim.py [--steps 50] [--repeats 40] [--rounds 3] [--threads N]
 
+A second table times a whole training step of that MLP (batch 64, AdamW), without and with
+the clip: dlsys's ``minimize(loss, max_grad_norm=1.0)`` against PyTorch's forward, backward,
+``clip_grad_norm_`` and ``step()``.
+
 ``--threads`` sets both thread counts (default: dlsys's, one per physical core); on a shared
 machine, one thread is the steadier measurement, since a parallel kernel waits for its
 slowest thread.
@@ -48,6 +52,10 @@ OPTIMISERS = {
     "AdamW clip 1.0": ("AdamW", {"lr": 1e-3}, 1.0),
 }
 WARMUP_STEPS = 20
+# A whole training step of that MLP (forward, cross-entropy, backward, AdamW), on one batch
+# of this many random images, without and with the clip: what clipping costs a step.
+BATCH = 64
+TRAIN = {"train AdamW": None, "train AdamW clip 1.0": 1.0}
 
 
 def cpu_name() -> str:
@@ -79,6 +87,46 @@ def time_steps(step, steps: int, repeats: int) -> float:
     return statistics.median(samples)
 
 
+def batch() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(2)
+    return rng.standard_normal((BATCH, 784)).astype(np.float32), rng.integers(0, 10, BATCH)
+
+
+def dlsys_train_step(max_norm: float | None):
+    from dlsys import autodiff as ad
+    from dlsys import nn
+    from dlsys.nn import functional as F
+    from dlsys.optim import AdamW
+
+    model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 100), nn.ReLU(),
+                          nn.Linear(100, 10))
+    x, y = ad.Variable("x"), ad.Variable("y")
+    step = AdamW(model.parameters()).minimize(F.cross_entropy(model(x), y),
+                                              max_grad_norm=max_norm)
+    images, labels = batch()
+    feeds = {x: images, y: labels.astype(np.float32)}
+    return lambda: step(feeds)
+
+
+def torch_train_step(torch, max_norm: float | None, options: dict):
+    model = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(),
+                                torch.nn.Linear(256, 100), torch.nn.ReLU(),
+                                torch.nn.Linear(100, 10))
+    optimizer = torch.optim.AdamW(model.parameters(), **options)
+    images, labels = (torch.from_numpy(a) for a in batch())
+
+    def step() -> float:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        loss.backward()
+        if max_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm,
+                                           foreach=True if options else None)
+        optimizer.step()
+        return loss.item()
+    return step
+
+
 def measure_dlsys(steps: int, repeats: int) -> dict:
     import tvm
 
@@ -92,6 +140,8 @@ def measure_dlsys(steps: int, repeats: int) -> dict:
         optimizer = getattr(optim, kind)(params, **settings)
         results[name] = time_steps(lambda o=optimizer, c=clip: o.step(grads, max_grad_norm=c),
                                    steps, repeats)
+    for name, max_norm in TRAIN.items():
+        results[name] = time_steps(dlsys_train_step(max_norm), steps, repeats)
     return {"threads": threads, "rows": {"dlsys": results}}
 
 
@@ -118,6 +168,11 @@ def measure_torch(steps: int, repeats: int, threads: int) -> dict:
                 step = clipped_torch_step(torch, optimizer, params, grads, clip,
                                           foreach=variant != "default")
             results[name] = time_steps(step, steps, repeats)
+        for name, max_norm in TRAIN.items():
+            if name in results or "AdamW" not in results:
+                continue
+            results[name] = time_steps(torch_train_step(torch, max_norm, options), steps,
+                                       repeats)
         if results:
             rows[f"PyTorch {torch.__version__} {variant}"] = results
     return {"threads": torch.get_num_threads(), "rows": rows}
@@ -187,19 +242,26 @@ def main() -> None:
           f"({sum(int(np.prod(s)) for s in SHAPES)} floats in {len(SHAPES)} tensors), "
           f"median of {args.repeats} x {args.steps} steps, median of {args.rounds} rounds, "
           f"microseconds per step")
-    names = list(OPTIMISERS)
-    print(f"{'':28s}" + "".join(f"{n:>18s}" for n in names))
+    print_table(rows, list(OPTIMISERS))
+    print(f"one training step of that MLP on a batch of {BATCH} (forward, cross-entropy, "
+          f"backward, AdamW lr 1e-3), without and with clipping the gradients' global norm "
+          f"to 1.0, microseconds per step")
+    print_table(rows, list(TRAIN))
+    print("(a ratio above 1: PyTorch's step takes that many times dlsys's)")
+
+
+def print_table(rows: dict[str, dict[str, float]], names: list[str]) -> None:
+    print(f"{'':28s}" + "".join(f"{n:>22s}" for n in names))
     for system, results in rows.items():
-        print(f"{system:28s}" + "".join(f"{results[n]:18.1f}" if n in results else f"{'-':>18s}"
+        print(f"{system:28s}" + "".join(f"{results[n]:22.1f}" if n in results else f"{'-':>22s}"
                                         for n in names))
     base = rows["dlsys"]
     for system, results in rows.items():
         if system == "dlsys":
             continue
-        ratios = "".join(f"{results[n] / base[n]:17.2f}x" if n in results else f"{'-':>18s}"
+        ratios = "".join(f"{results[n] / base[n]:21.2f}x" if n in results else f"{'-':>22s}"
                          for n in names)
         print(f"{system + ' / dlsys':28s}{ratios}")
-    print("(a ratio above 1: PyTorch's step takes that many times dlsys's)")
 
 
 if __name__ == "__main__":
