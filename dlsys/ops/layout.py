@@ -28,16 +28,19 @@ def check_perm(where: str, perm) -> tuple[int, ...] | None:
 
 
 def resolve_perm(perm: tuple[int, ...] | None, rank: int) -> tuple[int, ...]:
-    """The permutation of ``rank`` axes that ``perm`` names (None: reversed)."""
+    """The permutation of ``rank`` axes that ``perm`` names (None: reversed), each axis
+    non-negative (``-1`` is the last, as numpy and PyTorch read it)."""
     if perm is None:
         return tuple(range(rank - 1, -1, -1))
-    if sorted(perm) != list(range(rank)):
+    normal = tuple(p % rank if -rank <= p < rank else p for p in perm)
+    if sorted(normal) != list(range(rank)):
         raise ShapeError(f"perm {perm} is not a permutation of the {rank} axes")
-    return perm
+    return normal
 
 
 class TransposeOp(Op):
-    """``x.transpose(perm)``, as numpy's: output axis ``d`` is input axis ``perm[d]``."""
+    """``x.transpose(perm)``, as numpy's, for any rank: output axis ``d`` is input axis
+    ``perm[d]`` (negative axes count from the end)."""
 
     name = "Transpose"
 
@@ -68,13 +71,14 @@ class TransposeOp(Op):
 
     def gradient(self, node, output_grad):
         # The adjoint of a permutation is its inverse. It is resolved without the rank for
-        # an explicit perm; None (reversal) is its own inverse.
+        # an explicit perm (which names every axis, so its length is the rank); None
+        # (reversal) is its own inverse.
         perm = node.attrs["perm"]
         if perm is None:
             return [transpose_op(output_grad)]
         inverse = [0] * len(perm)
         for d, p in enumerate(perm):
-            inverse[p] = d
+            inverse[p % len(perm)] = d
         return [transpose_op(output_grad, tuple(inverse))]
 
     def kernel_spec(self, node, input_shapes, output_shape):

@@ -12,7 +12,10 @@ from dlsys.errors import ArgumentError, ArgumentTypeError, ShapeError
 from dlsys.ops.layout import transpose_op
 
 CASES = [((2, 3), None), ((2, 3, 4), (0, 2, 1)), ((2, 3, 4, 5), (0, 2, 3, 1)),
-         ((2, 3, 4, 5), (3, 1, 0, 2)), ((3, 1, 4), (1, 0, 2)), ((5,), (0,))]
+         ((2, 3, 4, 5), (3, 1, 0, 2)), ((3, 1, 4), (1, 0, 2)), ((5,), (0,)),
+         # attention's heads split off and back: (B, T, H, D) <-> (B, H, T, D)
+         ((2, 3, 2, 4), (0, 2, 1, 3)), ((2, 3, 4), (0, -1, -2)), ((2, 3, 1, 2, 3), None),
+         ((2, 1, 3, 1, 2, 3), (5, 3, 1, 0, 4, 2))]
 
 
 @pytest.mark.parametrize("shape,perm", CASES)
@@ -64,4 +67,8 @@ def test_bad_permutations_are_named():
         transpose_op(x, (0, 0))
     node = transpose_op(x, (0, 2))
     with pytest.raises(ShapeError, match=r"Transpose\(x, \(0, 2\)\).*not a permutation"):
+        ad.Executor([node]).run({x: np.zeros((2, 3), np.float32)})
+    # -1 names the last axis, here axis 1 a second time
+    node = transpose_op(x, (1, -1))
+    with pytest.raises(ShapeError, match=r"Transpose\(x, \(1, -1\)\).*not a permutation"):
         ad.Executor([node]).run({x: np.zeros((2, 3), np.float32)})

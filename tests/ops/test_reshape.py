@@ -9,6 +9,7 @@ from test_autodiff import check_gradients
 
 from dlsys import autodiff as ad
 from dlsys.errors import ArgumentTypeError, ShapeError
+from dlsys.ops.layout import transpose_op
 from dlsys.ops.reshape import flatten_op, reshape_op
 
 
@@ -41,10 +42,25 @@ def test_reshape_of_a_fed_tensor_follows_rebinding():
         np.testing.assert_array_equal(doubled, 2 * value.reshape(3, 4))
 
 
+def test_reshapes_of_any_rank_are_views():
+    x = ad.Variable("x")
+    value = np.random.default_rng(2).normal(size=(2, 3, 4, 5)).astype(np.float32)
+    merged = reshape_op(reshape_op(x, (6, -1)), (2, 3, 2, 2, 5))
+    executor = ad.Executor([merged * 2.0])
+    out = executor.run({x: value}, convert_to_numpy_ret_vals=True)[0]
+    np.testing.assert_array_equal(out, 2 * value.reshape(2, 3, 2, 2, 5))
+    assert executor.kernel_calls == 1  # the multiply; both reshapes are views
+
+
 @pytest.mark.parametrize("build, shapes", [
     (lambda a: reshape_op(a, (3, -1)) * 2.0, [(2, 3, 2)]),
     (lambda a, b: ad.matmul_op(flatten_op(a), b), [(3, 2, 5), (10, 4)]),
     (lambda a: reshape_op(ad.relu_op(a), (4, 3)) * 2.0, [(2, 6)]),
+    # any rank: attention's heads split off a (B, T, C) tensor, moved, and merged back
+    (lambda a: reshape_op(transpose_op(reshape_op(a, (2, 3, 2, -1)), (0, 2, 1, 3)), (4, 3, 2)),
+     [(2, 3, 4)]),
+    (lambda a: reshape_op(a, (1, 2, 3, 1, 2)) * 2.0, [(3, 4)]),
+    (lambda a, b: ad.matmul_op(reshape_op(a, (2, 3, 4)), b), [(6, 4), (2, 4, 5)]),
 ])
 def test_gradients_match_finite_differences(build, shapes):
     check_gradients(build, shapes)
