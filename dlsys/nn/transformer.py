@@ -73,12 +73,10 @@ class MultiheadAttention(Module):
                 "dropout": self.dropout, "bias": self.in_proj_bias is not None,
                 "batch_first": self.batch_first}
 
-    def __call__(self, query: Node, key: Node, value: Node, attn_mask=None,
-                 is_causal: bool = False, need_weights: bool = False, *,
-                 key_padding_mask=None) -> tuple[Node, None]:
+    def __call__(self, query: Node, key: Node, value: Node, *args, **kwargs):
+        # Module.__call__ takes nodes only; the masks and flags are no nodes.
         _check_inputs("MultiheadAttention", query=query, key=key, value=value)
-        return self.forward(query, key, value, attn_mask, is_causal, need_weights,
-                            key_padding_mask=key_padding_mask)
+        return self.forward(query, key, value, *args, **kwargs)
 
     def forward(self, query: Node, key: Node, value: Node, attn_mask=None,
                 is_causal: bool = False, need_weights: bool = False, *,
@@ -122,17 +120,16 @@ class MultiheadAttention(Module):
 
     def _mask(self, attn_mask, key_padding_mask) -> Node | None:
         """The additive mask of the scores (B, H, T, S): arrays combine into one constant,
-        a graph node is added as it is fed."""
+        a graph-node ``attn_mask`` is added as it is fed."""
         where = "MultiheadAttention"
-        if key_padding_mask is not None and (isinstance(key_padding_mask, Node)
-                                             or isinstance(attn_mask, Node)):
-            raise ArgumentTypeError(f"{where}: key_padding_mask must be an array and come "
-                                    f"with no graph-node attn_mask; feed the padding as an "
-                                    f"additive attn_mask of shape (B, 1, 1, S) instead")
-        if isinstance(attn_mask, Node):
-            return attn_mask
+        if isinstance(key_padding_mask, Node):
+            # Its (B, S) would need a reshape to (B, 1, 1, S), unknown sizes before a feed.
+            raise ArgumentTypeError(f"{where}: key_padding_mask must be an array; feed the "
+                                    f"padding as an additive attn_mask of shape (B, 1, 1, S) "
+                                    f"instead")
+        fed = attn_mask if isinstance(attn_mask, Node) else None
         parts = []
-        if attn_mask is not None:
+        if attn_mask is not None and fed is None:
             parts.append(self._heads_mask(F.additive_mask(attn_mask, where, True)))
         if key_padding_mask is not None:
             padding = F.additive_mask(key_padding_mask, where, True)
@@ -141,14 +138,14 @@ class MultiheadAttention(Module):
                                  f"{padding.shape}")
             parts.append(padding[:, None, None, :])
         if not parts:
-            return None
+            return fed
         try:
-            total = sum(parts[1:], parts[0])
+            constant = Parameter(np.add(*parts) if len(parts) == 2 else parts[0], "attn_mask")
         except ValueError:
             raise ShapeError(f"{where}: attn_mask of shape {parts[0].shape} and "
                              f"key_padding_mask of shape {parts[1].shape[::3]} do not "
                              f"broadcast together") from None
-        return Parameter(total, "attn_mask")
+        return constant if fed is None else fed + constant
 
     def _heads_mask(self, mask: np.ndarray) -> np.ndarray:
         """PyTorch's (T, S) or (B * H, T, S) attention mask as one that broadcasts to the
@@ -213,28 +210,25 @@ class TransformerEncoderLayer(Module):
                 "batch_first": attn.batch_first, "norm_first": self.norm_first,
                 "bias": attn.in_proj_bias is not None}
 
-    def __call__(self, src: Node, src_mask=None, is_causal: bool = False, *,
-                 src_key_padding_mask=None) -> Node:
+    def __call__(self, src: Node, *args, **kwargs) -> Node:
         _check_inputs("TransformerEncoderLayer", src=src)
-        return self.forward(src, src_mask, is_causal, src_key_padding_mask=src_key_padding_mask)
+        return self.forward(src, *args, **kwargs)
 
     def forward(self, src: Node, src_mask=None, is_causal: bool = False, *,
                 src_key_padding_mask=None) -> Node:
         """The layer applied to ``src`` (B, T, E) or (T, B, E); masks as
         ``MultiheadAttention``'s ``attn_mask`` and ``key_padding_mask``."""
-        masks = {"attn_mask": src_mask, "is_causal": is_causal,
-                 "key_padding_mask": src_key_padding_mask}
+        def attention_block(x: Node) -> Node:
+            out, _ = self.self_attn(x, x, x, src_mask, is_causal,
+                                    key_padding_mask=src_key_padding_mask)
+            return self.dropout1(out)
+
         x = src
         if self.norm_first:
-            x = x + self._attention_block(self.norm1(x), masks)
+            x = x + attention_block(self.norm1(x))
             return x + self._feed_forward_block(self.norm2(x))
-        x = self.norm1(x + self._attention_block(x, masks))
+        x = self.norm1(x + attention_block(x))
         return self.norm2(x + self._feed_forward_block(x))
-
-    def _attention_block(self, x: Node, masks: dict) -> Node:
-        out, _ = self.self_attn(x, x, x, masks["attn_mask"], masks["is_causal"],
-                                key_padding_mask=masks["key_padding_mask"])
-        return self.dropout1(out)
 
     def _feed_forward_block(self, x: Node) -> Node:
         hidden = self.dropout(ACTIVATIONS[self.activation](self.linear1(x)))

@@ -403,6 +403,25 @@ def test_multihead_cross_attention_without_biases_matches_pytorch(batch_first):
                                  need_weights=False)[0])
 
 
+@needs_torch
+@needs_ops(*ATTENTION_OPS)
+def test_multihead_attention_takes_a_fed_mask_with_an_array_key_padding_mask():
+    attention = nn.MultiheadAttention(E, H)
+    x, mask = ad.Variable("x"), ad.Variable("mask")
+    padding = np.arange(T)[None, :] >= np.array([[T], [5]])
+    values = _rng(24).normal(size=(T, B, E))
+    additive = np.where(_causal_bool(T, T), -np.inf, 0.0)
+    output = attention(x, x, x, mask, key_padding_mask=padding)[0]
+    (got,) = ad.Executor([output], dtype="float64").run({x: values, mask: additive}, True)
+    torch_attention = _to_torch(attention, torch.nn.MultiheadAttention(E, H))
+    with torch.no_grad():
+        want = torch_attention(*[torch.from_numpy(values)] * 3, need_weights=False,
+                               attn_mask=torch.from_numpy(additive),
+                               key_padding_mask=torch.from_numpy(
+                                   np.where(padding, -np.inf, 0.0)))[0]
+    _close(got, want.numpy())
+
+
 @needs_ops(*ATTENTION_OPS)
 def test_multihead_attention_drops_weights_in_training_only():
     attention = nn.MultiheadAttention(E, H, dropout=0.5)
@@ -433,6 +452,10 @@ def test_multihead_attention_named_errors():
         attention(x, x, x, key_padding_mask=np.zeros((B, 1, T), bool))
     with pytest.raises(ArgumentTypeError, match="query"):
         attention(np.zeros((T, B, E)), x, x)
+    with pytest.raises(ArgumentTypeError, match=r"key_padding_mask must be an array"):
+        attention(x, x, x, key_padding_mask=ad.Variable("padding"))
+    with pytest.raises(ShapeError, match="do not broadcast together"):
+        attention(x, x, x, attn_mask=np.zeros((T, T)), key_padding_mask=np.zeros((B, 5)))
 
 
 # ------------------------------------------------------------------ TransformerEncoderLayer
