@@ -64,9 +64,9 @@ class Op:
       ``(Epilogue, operand nodes)``, or ``None``.
     - ``fused_kernel_spec(node, shapes, epilogue)``: for an anchor, its kernel with the
       ``Epilogue`` steps applied to its result.
-    - ``absorb_kernel_spec(node, other, shapes)``: where this operator's kernel can also
-      compute ``other``'s value (a node of operator ``absorbs``), the kernel writing both
-      (this node's output first), else ``None``.
+    - ``absorb_kernel_spec(node, other, shapes, spec)``: where this operator's kernel
+      (``spec``) can also compute ``other``'s value (a node of operator ``absorbs``), the
+      kernel writing both (this node's output first), else ``None``.
     - ``packed_kernel_spec(node, shapes, spec, dtype)``: for an operator with a
       ``packable_input``, the node computing that input in the layout the kernel reads and
       the kernel ``spec`` reading it so, or ``None`` where packing would not pay.
@@ -75,8 +75,8 @@ class Op:
     - ``index_bounds(node, shapes)``: for each of ``index_inputs``, the ``IndexBounds`` its
       values must keep (the embedding's row count), checked where the ids are fed.
     - ``index_kernel_spec(node, input_shapes, output_shape, index_dtypes)``: the kernel of an
-      operator with ``index_inputs``, for the integer types its ids are fed in (called
-      instead of ``kernel_spec``).
+      operator with ``index_inputs`` (then ``optional_index_inputs``), for the types they
+      are fed in (called instead of ``kernel_spec``).
 
     Traits:
     - ``is_placeholder``: a value from outside the graph, fed at run time; ``holds_value``:
@@ -97,6 +97,9 @@ class Op:
     - ``index_inputs``: the inputs read as integer indices (token ids, class indices): the
       placeholder feeding one is fed an int32 or int64 array, which keeps its type; every
       other input of every operator is a floating-point value.
+    - ``optional_index_inputs``: inputs that are integer indices when fed an integer array
+      and floating-point values otherwise (cross-entropy targets: class indices, or
+      probability rows, as PyTorch's); ``index_kernel_spec`` is told which.
     - ``keeps_dtype``: the output has input 0's element type (a reshaping alias, which may
       pass ids on); other outputs are floating-point.
     - ``updates_state``: index of an input that holds a value (a parameter or buffer) which
@@ -117,6 +120,7 @@ class Op:
     updates_state: int | None = None
     packable_input: int | None = None
     index_inputs: tuple[int, ...] = ()
+    optional_index_inputs: tuple[int, ...] = ()
     keeps_dtype = False
 
     def describe(self, node: Node) -> str:
@@ -145,7 +149,7 @@ class Op:
     def fused_kernel_spec(self, node: Node, shapes: dict[Node, Shape], epilogue: tuple):
         raise NotImplementedError(f"{self.name} is not a fusion anchor")
 
-    def absorb_kernel_spec(self, node: Node, other: Node, shapes: dict[Node, Shape]):
+    def absorb_kernel_spec(self, node: Node, other: Node, shapes: dict[Node, Shape], spec):
         return None
 
     def packed_kernel_spec(self, node: Node, shapes: dict[Node, Shape], spec, dtype: str):

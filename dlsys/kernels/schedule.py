@@ -39,9 +39,15 @@ def _collect(tables: list[dict]) -> dict:
     return collected
 
 
+def _as_written(sch: s_tir.Schedule) -> None:
+    """For kernels that lay out their own loops (an extern block, which no schedule
+    primitive can split) or are too small to gain from a schedule (one short sum)."""
+
+
 SCHEDULES: dict[str, ScheduleFn] = _collect(
     # The injective schedule serves every elementwise-shaped kernel, of any family.
-    [{"injective": schedule_injective}, *(family.SCHEDULES for family in FAMILIES)])
+    [{"injective": schedule_injective, "as_written": _as_written},
+     *(family.SCHEDULES for family in FAMILIES)])
 # What a family's schedule decides beyond the shapes (the matmul's tiles), by schedule family.
 DECISIONS: dict[str, Callable[[s_tir.Schedule], str]] = _collect(
     [getattr(family, "DECISIONS", {}) for family in FAMILIES])

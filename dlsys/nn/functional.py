@@ -34,12 +34,11 @@ from dlsys.ops import (
     relu_op,
     sigmoid_op,
     softmax_op,
-    softmaxcrossentropy_op,
     sum_op,
     tanh_op,
 )
 from dlsys.ops.arguments import check_node
-from dlsys.ops.loss import onehot_like_op
+from dlsys.ops.cross_entropy import cross_entropy as _cross_entropy
 from dlsys.ops.placeholder import Parameter
 from dlsys.ops.random import dropout_op, next_seed_op
 
@@ -50,16 +49,20 @@ __all__ = ["cross_entropy", "mse_loss", "relu", "sigmoid", "tanh", "gelu", "soft
 GELU_APPROXIMATIONS = ("none", "tanh")
 
 
-def cross_entropy(logits: Node, labels: Node) -> Node:
-    """Mean softmax cross-entropy of ``logits`` (batch, classes), shape ``(1,)``.
+def cross_entropy(logits: Node, target: Node, ignore_index: int = -100,
+                  label_smoothing: float = 0.0) -> Node:
+    """PyTorch's ``F.cross_entropy`` for logits (batch, classes): the mean over the rows
+    that count of ``-sum(w * log_softmax(logits))``, shape ``(1,)``.
 
-    ``labels`` are class indices, shape ``(batch,)`` (fed as numbers), or one-hot (or any
-    probability rows) of the logits' shape; which one is decided by the fed shape. A class
-    labelled 0 adds nothing, even where its logit is ``-inf`` (a masked class): the loss and
-    its gradient are finite while every target's logit is, with indices as with one-hot rows
-    (where PyTorch gives NaN).
+    ``target``: class indices of shape ``(batch,)``, fed as integers (kept in their type and
+    checked to lie in ``[0, classes)`` or equal ``ignore_index``, whose rows add nothing and
+    are not counted) or as whole numbers in floats (a bad one makes the loss NaN); or
+    probability rows (one-hot, say) of the logits' shape. ``label_smoothing`` mixes each
+    target row with the uniform one, as PyTorch does. A class weighted 0 adds nothing, even
+    where its logit is ``-inf`` (a masked class): the loss and its gradient are finite while
+    every target's logit is (PyTorch gives NaN for probability rows there).
     """
-    return softmaxcrossentropy_op(logits, onehot_like_op(labels, logits))
+    return _cross_entropy(logits, target, ignore_index, label_smoothing)
 
 
 def mse_loss(prediction: Node, target: Node) -> Node:

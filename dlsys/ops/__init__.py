@@ -12,6 +12,7 @@ from dlsys.checks import check_constant
 from dlsys.errors import ArgumentTypeError
 from dlsys.graph import Node, Op, short_name
 from dlsys.ops.conv import conv2d_grad_input_op, conv2d_grad_weight_op, conv2d_op
+from dlsys.ops.cross_entropy import cross_entropy_gradient_op, cross_entropy_op, target_count_op
 from dlsys.ops.elementwise import (
     BroadcastBinaryOp,
     ElementwiseOp,
@@ -93,7 +94,8 @@ ALL_OPS: list[Op] = [
     batchnorm_affine_op, batchnorm_affine_gradient_op, batchnorm_parameter_gradient_op,
     gelu_op, gelu_gradient_op, layernorm_op, layernorm_gradient_op, layernorm_scale_gradient_op,
     logsoftmax_op, softmax_gradient_op, causal_mask_op,
-    embedding_op, embedding_gradient_op,
+    embedding_op, embedding_gradient_op, cross_entropy_op, cross_entropy_gradient_op,
+    target_count_op,
 ]
 ELEMENTWISE_OPS: list[ElementwiseOp] = [op for op in ALL_OPS if isinstance(op, ElementwiseOp)]
 
@@ -160,7 +162,8 @@ Node.__array_ufunc__ = None
 __all__ = [
     "gelu_op", "gelu_gradient_op", "layernorm_op", "layernorm_gradient_op",
     "layernorm_scale_gradient_op", "logsoftmax_op", "softmax_gradient_op", "causal_mask_op",
-    "embedding_op", "embedding_gradient_op",
+    "embedding_op", "embedding_gradient_op", "cross_entropy_op", "cross_entropy_gradient_op",
+    "target_count_op",
     "Parameter", "parameter_op", "onehot_like_op", "reshape_op", "flatten_op", "reshape_to_op",
     "transpose_op", "dropout_op", "next_seed_op", "batchnorm2d_op",
     "ALL_OPS", "ELEMENTWISE_OPS", "BroadcastBinaryOp", "Variable", "placeholder_op", "add_op",

@@ -78,7 +78,7 @@ class SoftmaxCrossEntropyGradientOp(Op):
     def kernel_spec(self, node, input_shapes, output_shape):
         return KernelSpec("softmax_cross_entropy_gradient", (tuple(output_shape),))
 
-    def absorb_kernel_spec(self, node, other, shapes):
+    def absorb_kernel_spec(self, node, other, shapes, spec):
         logits, labels, _ = node.inputs
         if other.inputs[0] is not logits or other.inputs[1] is not labels:
             return None

@@ -21,15 +21,17 @@ def _index_source(node: Node) -> Node:
     return node
 
 
-def index_placeholders(order: list[Node]) -> dict[Node, Node]:
-    """Each placeholder read as integer indices, mapped to the first node reading it so.
+def index_placeholders(order: list[Node], optional: bool = False) -> dict[Node, Node]:
+    """Each placeholder read as integer indices, mapped to the first node reading it so;
+    with ``optional``, those read through ``optional_index_inputs`` instead, which are
+    indices only when fed an integer array.
 
     A parameter (which holds a floating-point tensor) is left out: ``infer_dtypes`` refuses
     it, naming the node that would read it as indices.
     """
     found: dict[Node, Node] = {}
     for node in order:
-        for i in node.op.index_inputs:
+        for i in (node.op.optional_index_inputs if optional else node.op.index_inputs):
             source = _index_source(node.inputs[i])
             if source.op.is_placeholder and not source.op.holds_value:
                 found.setdefault(source, node)
@@ -50,8 +52,11 @@ def infer_dtypes(order: list[Node], feed_dtypes: dict[Node, str],
             dtypes[node] = feed_dtypes.get(node, float_dtype)
             continue
         index_inputs = set(node.op.index_inputs)
+        either = set(node.op.optional_index_inputs)
         for i, x in enumerate(node.inputs):
             integer = dtypes[x] in INDEX_DTYPES
+            if i in either:
+                continue
             if i in index_inputs and not integer:
                 raise DtypeError(
                     f"{node.name}: input {i} ({short_name(x)}) holds integer indices, but "

@@ -117,7 +117,8 @@ def fuse_absorbed_siblings(steps: list[Step], shapes: dict[Node, Shape]) -> list
             if other_index > index or other_index in moved:
                 continue
             other = steps[other_index]
-            spec = step.output.op.absorb_kernel_spec(step.output, other.output, shapes)
+            spec = step.output.op.absorb_kernel_spec(step.output, other.output, shapes,
+                                                     step.kernel)
             if spec is None or any(out in between.inputs for between in steps[other_index + 1:index]
                                    for out in other.outputs):
                 continue

@@ -45,10 +45,10 @@ class Step:
 def _kernel_spec(node: Node, in_shapes: list[Shape], shapes: dict[Node, Shape],
                  dtypes: dict[Node, str] | None) -> KernelSpec:
     """The node's kernel; an operator reading integer indices gets their fed types."""
-    if not node.op.index_inputs:
+    indices = node.op.index_inputs + node.op.optional_index_inputs
+    if not indices:
         return node.op.kernel_spec(node, in_shapes, shapes[node])
-    index_dtypes = tuple((dtypes or {}).get(node.inputs[i], "int64")
-                         for i in node.op.index_inputs)
+    index_dtypes = tuple((dtypes or {}).get(node.inputs[i], "int64") for i in indices)
     return node.op.index_kernel_spec(node, in_shapes, shapes[node], index_dtypes)
 
 

@@ -100,6 +100,17 @@ def tensor_bytes(tensor: tvm.runtime.Tensor) -> int:
     return tensor.numel() * tvm.runtime.DataType(str(tensor.dtype)).bits // 8
 
 
+def _is_integer(value) -> bool:
+    """Whether a fed value holds integers (a TVM tensor or numpy array of an integer type;
+    a list of Python ints too, as numpy reads it)."""
+    if isinstance(value, tvm.runtime.Tensor):
+        return str(value.dtype) in INDEX_DTYPES or str(value.dtype).startswith(("int", "uint"))
+    dtype = getattr(value, "dtype", None)
+    if dtype is None:
+        dtype = np.asarray(value).dtype
+    return np.dtype(dtype).kind in "iu"
+
+
 def _check_indices(node: Node, array: np.ndarray, checks: list) -> None:
     """Refuse ids outside what the operators reading them accept: read out of bounds, an id
     past the embedding's rows would return another row's memory, silently."""
@@ -183,6 +194,11 @@ class Executor:
         # Placeholders fed integer indices (token ids, class indices), each mapped to the
         # first node reading them so: fed int32 or int64 arrays, kept in that type.
         self._index_feeds = index_placeholders(self.topo_order)
+        # Placeholders that are indices when fed integers (cross-entropy targets), else
+        # floating-point values (probability rows).
+        self._optional_index_feeds = {
+            p: reader for p, reader in index_placeholders(self.topo_order, optional=True).items()
+            if p not in self._index_feeds}
         if isinstance(constants, Node) or not isinstance(constants, (list, tuple, type(None))):
             raise ArgumentTypeError(f"Executor: constants must be a list of parameters, got "
                                     f"{type(constants).__name__}")
@@ -220,7 +236,7 @@ class Executor:
     def _resolve_dtype(self, feed_dict: dict) -> str:
         if self.dtype is None:
             fed = {str(v.dtype) for p, v in feed_dict.items()
-                   if isinstance(v, tvm.runtime.Tensor) and p not in self._index_feeds}
+                   if isinstance(v, tvm.runtime.Tensor) and not _is_integer(v)}
             if len(fed) > 1:
                 raise DtypeError(f"feed_dict mixes TVM tensors of dtypes {sorted(fed)}")
             dtype = fed.pop() if fed else "float32"
@@ -237,7 +253,8 @@ class Executor:
         ``bound``: the value a parameter holds; one of another dtype or device is copied
         (converted) for the run, never refused, since the caller did not choose it here.
         """
-        if node in self._index_feeds:
+        if node in self._index_feeds or (node in self._optional_index_feeds
+                                         and _is_integer(value)):
             return self._index_value(node, value)
         if isinstance(value, tvm.runtime.Tensor):
             if str(value.dtype) == self.dtype and value.device == self.ctx:
@@ -261,7 +278,7 @@ class Executor:
     def _index_value(self, node: Node, value):
         """Fed integer ids as an int32 or int64 TVM tensor or array (other integer types are
         widened to int64); a float or bool array is refused: an id is never rounded."""
-        reader = self._index_feeds[node].name
+        reader = (self._index_feeds.get(node) or self._optional_index_feeds[node]).name
         if isinstance(value, tvm.runtime.Tensor):
             if str(value.dtype) in INDEX_DTYPES and value.device == self.ctx:
                 return value
@@ -281,6 +298,8 @@ class Executor:
     def _check_index_feeds(self, prepared: _Prepared, feeds: dict) -> None:
         for node, checks in prepared.program.index_checks.items():
             fed = feeds[node]
+            if str(fed.dtype) not in INDEX_DTYPES:
+                continue  # an optional index fed floating-point values (probability rows)
             if isinstance(fed, tvm.runtime.Tensor):
                 fed = np.from_dlpack(fed) if self.target == "llvm" else fed.numpy()
             _check_indices(node, fed, checks)
@@ -295,7 +314,9 @@ class Executor:
             constants=self.constants)
         program = pipeline.compile(self.eval_node_list,
                                    {p: tuple(v.shape) for p, v in feeds.items()}, options,
-                                   {p: str(feeds[p].dtype) for p in self._index_feeds})
+                                   {p: str(feeds[p].dtype) for p in self._index_feeds}
+                                   | {p: str(feeds[p].dtype) for p in self._optional_index_feeds
+                                      if str(feeds[p].dtype) in INDEX_DTYPES})
         value, source, feed_buffers, owned_ranges, group = self._allocate(program)
         calls, feed_slots = self._bind_calls(program, value, source)
         shapes = program.shapes
@@ -408,7 +429,7 @@ class Executor:
             self._prepared = self._prepare(feeds)
             self._signature = signature
         prepared = self._prepared
-        if self._index_feeds:
+        if self._index_feeds or self._optional_index_feeds:
             self._check_index_feeds(prepared, feeds)
         if prepared.state_targets:
             self._check_state_feeds(prepared, feeds, feed_dict)
@@ -458,8 +479,8 @@ class Executor:
                     # (A new plan's buffers cannot overlap it: it holds its memory alive.)
                     fed = private_copy(fed)
                 shapes.append(tuple(fed.shape))
-                if placeholder in self._index_feeds:  # int32 and int64 ids compile apart
-                    shapes.append(str(fed.dtype))
+                if placeholder in self._index_feeds or placeholder in self._optional_index_feeds:
+                    shapes.append(str(fed.dtype))  # int32 and int64 ids compile apart
                 feeds[placeholder] = fed
                 continue
             data = placeholder.data

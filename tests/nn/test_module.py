@@ -8,7 +8,7 @@ import pytest
 import dlsys
 from dlsys import autodiff as ad
 from dlsys import nn
-from dlsys.errors import ArgumentError, ArgumentTypeError, ShapeError
+from dlsys.errors import ArgumentError, ArgumentTypeError, FeedError, ShapeError
 from dlsys.nn import functional as F
 
 
@@ -123,8 +123,14 @@ def test_cross_entropy_takes_indices_or_one_hot_and_flags_bad_indices():
     log_softmax = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
     expected = -log_softmax[np.arange(4), indices].mean()
     np.testing.assert_allclose([by_index[0], by_rows[0]], [expected] * 2, rtol=1e-5)
+    # Integer indices are checked where they are fed (PyTorch raises too); indices fed as
+    # floats cannot be, so a bad one makes the loss NaN.
+    for bad in ([2, 0, 3, 1], [2, 0, -1, 1]):
+        with pytest.raises(FeedError, match=r"id (3|-1) at \(2,\) is out of range"):
+            executor.run({logits: values, labels: np.array(bad)})
     for bad in ([2, 0, 3, 1], [2, 0, -1, 1], [2, 0, 0.5, 1]):
-        assert np.isnan(executor.run({logits: values, labels: np.array(bad)}, True)[0][0])
+        assert np.isnan(executor.run({logits: values, labels: np.array(bad, dtype=float)},
+                                     True)[0][0])
     with pytest.raises(ShapeError, match="class indices"):
         executor.run({logits: values, labels: np.zeros((4, 2))})
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from dlsys.kernels.loss import compute, softmax
+from dlsys.kernels.loss import compute, cross_entropy, softmax
 from dlsys.kernels.loss.schedule import (
     schedule_row_blocks,
     schedule_row_loss,
@@ -29,6 +29,12 @@ def register(kinds: Registrar) -> None:
     kinds.add("softmax_cross_entropy_with_gradient",
               compute.softmax_cross_entropy_with_gradient, "row_blocks")
     kinds.add("one_hot", compute.one_hot, "injective")
+    kinds.add("cross_entropy", cross_entropy.cross_entropy, "row_loss")
+    kinds.add("cross_entropy_gradient", cross_entropy.cross_entropy_gradient, "softmax")
+    kinds.add("cross_entropy_with_gradient", cross_entropy.cross_entropy_with_gradient,
+              "row_blocks")
+    # One sum over the targets, a few microseconds as TVM lays it out.
+    kinds.add("target_count", cross_entropy.target_count, "as_written")
     # Along any axis of any rank, with the row schedule of the norm family.
     kinds.add("softmax_along", softmax.softmax_along, "rows")
     kinds.add("softmax_along_gradient", softmax.softmax_along_gradient, "rows")
