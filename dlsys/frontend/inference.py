@@ -65,7 +65,7 @@ class Evaluator:
         """Build the full-batch executor's kernels now (so a timed epoch excludes them)."""
         self._executor(True, False).run(
             {self.x: np.zeros((self.batch_size, *input_shape), dtype=np.float32),
-             self.labels: np.zeros(self.batch_size, dtype=np.float32)})
+             self.labels: np.zeros(self.batch_size, dtype=np.int64)})
 
     def logits_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         """The model's output shape for one image of ``input_shape``, by shape inference
