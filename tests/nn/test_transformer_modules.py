@@ -31,15 +31,6 @@ RTOL, ATOL = 1e-6, 1e-9
 needs_torch = pytest.mark.skipif(torch is None, reason="compared with PyTorch, not installed")
 
 
-def needs_ops(*names: str):
-    """Skip where an operator these modules build on has not landed in dlsys.ops."""
-    missing = [name for name in names if not hasattr(ops, name)]
-    return pytest.mark.skipif(bool(missing), reason=f"dlsys.ops lacks {', '.join(missing)}")
-
-
-ATTENTION_OPS = ("softmax_op", "causal_mask_op")
-
-
 def _rng(seed: int = 0) -> np.random.Generator:
     return np.random.default_rng(seed)
 
@@ -105,7 +96,6 @@ def test_embedding_names_shapes_and_normal_initialisation():
 
 
 @needs_torch
-@needs_ops("embedding_op")
 def test_embedding_rows_and_repeated_ids_gradient_match_pytorch():
     layer = nn.Embedding(10, E)
     ids = np.array([[1, 4, 4, 9, 0, 1, 1], [3, 3, 3, 2, 8, 7, 4]], np.int64)
@@ -119,7 +109,6 @@ def test_embedding_rows_and_repeated_ids_gradient_match_pytorch():
     _close(grad, want_grad)
 
 
-@needs_ops("embedding_op")
 def test_embedding_refuses_ids_outside_its_table_before_any_kernel_runs():
     layer = nn.Embedding(10, E)
     x = ad.Variable("ids")
@@ -155,7 +144,6 @@ def test_linear_takes_sequences():
 
 
 @needs_torch
-@needs_ops("layernorm_op")
 @pytest.mark.parametrize("normalized_shape", [E, (E,)])
 def test_layer_norm_matches_pytorch_with_gradients(normalized_shape):
     layer = nn.LayerNorm(normalized_shape, eps=1e-4)
@@ -167,7 +155,6 @@ def test_layer_norm_matches_pytorch_with_gradients(normalized_shape):
 
 
 @needs_torch
-@needs_ops("layernorm_op")
 def test_layer_norm_without_affine_parameters():
     layer = nn.LayerNorm(E, elementwise_affine=False)
     assert layer.state_dict() == {}
@@ -179,7 +166,6 @@ def test_layer_norm_without_affine_parameters():
 
 
 @needs_torch
-@needs_ops("gelu_op")
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
 def test_gelu_matches_pytorch_with_gradient(approximate):
     x = _rng(6).normal(0, 3, size=(B, T, E))
@@ -193,7 +179,6 @@ def test_gelu_matches_pytorch_with_gradient(approximate):
 
 
 @needs_torch
-@needs_ops("softmax_op", "logsoftmax_op")
 @pytest.mark.parametrize("dim", [-1, 1])
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
 def test_softmax_and_log_softmax_match_pytorch_along_any_axis(name, dim):
@@ -222,7 +207,6 @@ SDPA_MASKS = {
 
 
 @needs_torch
-@needs_ops(*ATTENTION_OPS)
 @pytest.mark.parametrize("keys", [T, 5])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("mask_kind", list(SDPA_MASKS))
@@ -254,7 +238,6 @@ def test_scaled_dot_product_attention_matches_pytorch(mask_kind, causal, keys):
 
 
 @needs_torch
-@needs_ops(*ATTENTION_OPS)
 def test_scaled_dot_product_attention_takes_a_scale_and_a_fed_mask():
     rng = _rng(12)
     q, k, v = (rng.normal(size=(B, H, T, 4)) for _ in range(3))
@@ -268,7 +251,6 @@ def test_scaled_dot_product_attention_takes_a_scale_and_a_fed_mask():
     _close(got, want.numpy())
 
 
-@needs_ops(*ATTENTION_OPS)
 def test_causal_mask_aligns_the_last_query_with_the_last_key():
     """With T < S (new queries after a cache of keys), query i sees keys j <= i + S - T."""
     rng = _rng(13)
@@ -283,7 +265,6 @@ def test_causal_mask_aligns_the_last_query_with_the_last_key():
     _close(got, weights / weights.sum(-1, keepdims=True) @ v)
 
 
-@needs_ops(*ATTENTION_OPS)
 def test_attention_masks_that_do_not_broadcast_are_named_before_any_kernel_runs():
     nodes = [ad.Variable(name) for name in "qkv"]
     with pytest.raises(ShapeError, match="attn_mask"):
@@ -302,7 +283,6 @@ def test_attention_masks_that_do_not_broadcast_are_named_before_any_kernel_runs(
         F.scaled_dot_product_attention(*nodes, dropout_p=1.5)
 
 
-@needs_ops(*ATTENTION_OPS)
 def test_attention_dropout_drops_weights_and_scales_the_rest():
     """With equal scores every weight is 1 / S; dropout keeps each with probability 1 - p,
     scaled to 2 / S at p = 0.5, so an output row of ones becomes 2 / S times the kept
@@ -368,7 +348,6 @@ def _torch_mha_masks(masks: dict) -> dict:
 
 
 @needs_torch
-@needs_ops(*ATTENTION_OPS)
 @pytest.mark.parametrize("batch_first", [True, False])
 @pytest.mark.parametrize("mask_kind", list(MHA_MASKS))
 def test_multihead_self_attention_matches_pytorch(mask_kind, batch_first):
@@ -387,7 +366,6 @@ def test_multihead_self_attention_matches_pytorch(mask_kind, batch_first):
 
 
 @needs_torch
-@needs_ops(*ATTENTION_OPS)
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_multihead_cross_attention_without_biases_matches_pytorch(batch_first):
     attention = nn.MultiheadAttention(E, H, bias=False, batch_first=batch_first)
@@ -404,7 +382,6 @@ def test_multihead_cross_attention_without_biases_matches_pytorch(batch_first):
 
 
 @needs_torch
-@needs_ops(*ATTENTION_OPS)
 def test_multihead_attention_takes_a_fed_mask_with_an_array_key_padding_mask():
     attention = nn.MultiheadAttention(E, H)
     x, mask = ad.Variable("x"), ad.Variable("mask")
@@ -422,7 +399,6 @@ def test_multihead_attention_takes_a_fed_mask_with_an_array_key_padding_mask():
     _close(got, want.numpy())
 
 
-@needs_ops(*ATTENTION_OPS)
 def test_multihead_attention_drops_weights_in_training_only():
     attention = nn.MultiheadAttention(E, H, dropout=0.5)
     x = ad.Variable("x")
@@ -475,7 +451,6 @@ def test_encoder_layer_submodules_and_state_keys_follow_pytorch():
 
 
 @needs_torch
-@needs_ops(*ATTENTION_OPS, "layernorm_op", "gelu_op")
 @pytest.mark.parametrize("norm_first", [False, True])
 @pytest.mark.parametrize("activation, batch_first, masks", [
     ("relu", False, {}),
@@ -504,7 +479,6 @@ def test_encoder_layer_matches_pytorch(norm_first, activation, batch_first, mask
 
 
 @needs_torch
-@needs_ops(*ATTENTION_OPS, "layernorm_op")
 def test_encoder_layer_in_eval_mode_drops_nothing():
     layer = nn.TransformerEncoderLayer(E, H, dim_feedforward=20, dropout=0.5).eval()
     x = _rng(20).normal(size=(T, B, E))
@@ -513,6 +487,28 @@ def test_encoder_layer_in_eval_mode_drops_nothing():
     (got,) = ad.Executor([layer(node)], dtype="float64").run({node: x}, True)
     with torch.no_grad():
         _close(got, torch_layer(torch.from_numpy(x)).numpy())
+
+
+@needs_torch
+def test_pytorch_weights_load_into_dlsys():
+    """PyTorch's state dicts load as they are: MultiheadAttention's strictly, an encoder
+    layer's with strict=False (dlsys's dropouts keep their seeds as state)."""
+    torch.manual_seed(0)
+    torch_layer = torch.nn.TransformerEncoderLayer(E, H, 20, 0.0, batch_first=True).eval()
+    state = {k: v.numpy() for k, v in torch_layer.state_dict().items()}
+    attention = nn.MultiheadAttention(E, H, batch_first=True)
+    attention.load_state_dict({k.removeprefix("self_attn."): v for k, v in state.items()
+                               if k.startswith("self_attn.")})
+    layer = nn.TransformerEncoderLayer(E, H, 20, 0.0, batch_first=True)
+    layer.load_state_dict(state, strict=False)
+    x = _rng(25).normal(size=(B, T, E)).astype(np.float32)
+    node = ad.Variable("x")
+    got = ad.Executor([layer(node), attention(node, node, node)[0]]).run({node: x}, True)
+    with torch.no_grad():
+        want = [torch_layer(torch.from_numpy(x)), torch_layer.self_attn(
+            *[torch.from_numpy(x)] * 3, need_weights=False)[0]]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w.numpy(), rtol=1e-4, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------ model files
@@ -539,7 +535,6 @@ def test_a_replaced_child_is_refused_at_save(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-@needs_ops(*ATTENTION_OPS, "layernorm_op", "gelu_op", "embedding_op")
 def test_a_transformer_model_file_round_trips(tmp_path):
     dlsys.manual_seed(3)
     model = _gpt_like()
