@@ -182,7 +182,11 @@ class TrainStep:
             raise StepRefused(refusal, node=self.loss.name)
         if self.first_loss is None:  # a refused first batch must not become the yardstick
             self.first_loss = value
-        self.optimizer.step(values[self._outputs:], max_grad_norm=self._max_grad_norm)
+        grads = values[self._outputs:]
+        if self._max_grad_norm is None:  # an Updater that never clips needs no such argument
+            self.optimizer.step(grads)
+        else:
+            self.optimizer.step(grads, max_grad_norm=self._max_grad_norm)
         self._updated = True
         return value, values[1:self._outputs]
 

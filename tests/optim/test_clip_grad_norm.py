@@ -201,6 +201,16 @@ def test_max_grad_norm_changes_between_steps_without_compiling():
     step.max_grad_norm = None
     step({x: images, y: labels})
     assert step.last_grad_norm is None
+    # A smaller last batch: new gradient buffers, which the clipped kernel reads too.
+    step.max_grad_norm = 1e-3
+    grads = ad.Executor(ad.gradients(loss, ours.parameters())).run(
+        {x: images[:5], y: labels[:5]}, convert_to_numpy_ret_vals=True)
+    before = [p.numpy() for p in ours.parameters()]
+    step({x: images[:5], y: labels[:5]})
+    want, norm = clipped(grads, 1e-3)
+    assert step.last_grad_norm == pytest.approx(norm, rel=1e-6)
+    for p, b, g in zip(ours.parameters(), before, want):
+        np.testing.assert_allclose(p.numpy(), b - 0.1 * g, rtol=1e-6, atol=1e-7)
 
 
 TWO_RANKS = Path(__file__).parent / "clip_two_ranks.py"
