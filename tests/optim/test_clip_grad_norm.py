@@ -59,6 +59,20 @@ def test_step_clips_as_clip_grad_norm(name, max_norm):
         np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_float64_parameters_clip_in_float64():
+    params, grads = ref.random_problem(3, dtype=np.float64)
+    optimizer = AdamW(ref.tensors(params), lr=0.01)
+    expected = []
+    for step_grads in grads:
+        optimizer.step(ref.tensors(step_grads), max_grad_norm=2.0)
+        norm = math.sqrt(sum(float((g ** 2).sum()) for g in step_grads))
+        assert optimizer.last_grad_norm == pytest.approx(norm, rel=1e-13)
+        expected.append([g * min(1.0, 2.0 / (norm + 1e-6)) for g in step_grads])
+    want = ref.adam(params, expected, [0.01] * 3, weight_decay=0.01, decoupled=True)[-1]
+    for got, value in zip(optimizer.params, want):
+        np.testing.assert_allclose(got.numpy(), value, rtol=1e-12, atol=1e-14)
+
+
 def test_infinity_measures_without_clipping_and_plain_steps_report_no_norm():
     params, grads = ref.random_problem(2)
     measured, plain = AdamW(ref.tensors(params)), AdamW(ref.tensors(params))
