@@ -4,7 +4,9 @@ learning-rate schedules.
 ``SGD``, ``Adam`` and ``AdamW`` follow PyTorch's documented update rules; the learning rate,
 the coefficients and the step count are tensors the kernel reads at run time, so changing
 the rate or stepping compiles nothing. ``optimizer.minimize(loss)`` builds a training step
-(``TrainStep``, the one step every training path runs).
+(``TrainStep``, the one step every training path runs); ``minimize(loss, max_grad_norm=1.0)``
+clips the gradients by their global norm as ``torch.nn.utils.clip_grad_norm_`` does, inside
+the same update kernel, and ``step.last_grad_norm`` is the norm before clipping.
 """
 
 from dlsys.optim.adam import Adam, AdamW
