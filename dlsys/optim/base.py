@@ -197,7 +197,9 @@ class Optimizer:
         if max_grad_norm is None:
             self._kernel.func(*self._args)
         else:
-            if max_grad_norm != self._max_norm_value:  # NaN never equals: checked, refused
+            # Anything but the float last set is checked (NaN never equals it, an array is
+            # not a float: both refused) and copied to the device.
+            if not (type(max_grad_norm) is float and max_grad_norm == self._max_norm_value):
                 self._set_max_norm(max_grad_norm)
             self._clipped_kernel.func(*self._clipped_args)
         self._last_clipped = max_grad_norm is not None

@@ -142,7 +142,8 @@ def test_minimize_matches_torch_adamw_with_clip_grad_norm(max_norm):
 
 BAD = [(-1.0, ArgumentError), (0, ArgumentError), (float("nan"), ArgumentError),
        (-math.inf, ArgumentError), ("1.0", ArgumentTypeError), (True, ArgumentTypeError),
-       ([1.0], ArgumentTypeError), (1 + 2j, ArgumentTypeError)]
+       ([1.0], ArgumentTypeError), (1 + 2j, ArgumentTypeError),
+       (np.array([1.0, 2.0]), ArgumentTypeError)]
 
 
 @pytest.mark.parametrize("value, error", BAD, ids=[repr(v) for v, _ in BAD])
