@@ -13,7 +13,9 @@ before anything is allocated. Each member's size comes from the zip directory an
 shape and dtype from its ``.npy`` header (:func:`npz_members`), at most ``MAX_MODEL_BYTES``
 in all; the parameters the architecture would allocate are computed from its configs
 (:func:`state_shapes`) and must be exactly the weights the file holds, names and shapes,
-before the model is built.
+before the model is built. A layer whose constructor builds its own children
+(``builds_children``, as ``MultiheadAttention`` its ``out_proj``) is saved as its config
+alone; ``save`` refuses one whose state is not what that config rebuilds.
 
 ``dlsys eval`` and ``dlsys predict`` feed a model one example of the shape its file records
 (``metadata["input_shape"]``). ``save`` records the shape it is given (``input_shape=``),
@@ -252,6 +254,16 @@ LAYER_STATE: dict[str, Callable[[dict], dict[str, Shape] | None]] = {
 }
 STATELESS_LAYERS = frozenset({"ReLU", "Sigmoid", "Tanh", "GELU", "Flatten", "MaxPool2d",
                               "AvgPool2d", "_Pool2d", "Sequential"})
+
+
+def register_layer_state(layer_type: str,
+                         rule: Callable[[dict], dict[str, Shape] | None]) -> None:
+    """Declare what a layer type defined outside this file holds (a model of
+    ``dlsys.nn``, say), so that its model files are checked before it is built: ``rule``
+    takes the constructor's arguments, defaults applied, and returns the state dict's names
+    and shapes, or None where the constructor would refuse them (it is then built, for its
+    error). Call it where the layer is defined."""
+    LAYER_STATE[layer_type] = rule
 
 
 def state_shapes(tree, where: str, prefix: str = "") -> dict[str, Shape]:
