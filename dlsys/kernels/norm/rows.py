@@ -83,13 +83,14 @@ def schedule_rows(sch: s_tir.Schedule) -> None:
     outer = sch.fuse(*loops[:axis]) if axis > 1 else loops[0]
     for block in reversed(kept):
         sch.compute_at(block, outer)
+    rows = loop_extent(sch, outer)
+    if rows > 1 and rows * loop_extent(sch, sch.get_loops(last)[-1]) >= PARALLEL_MIN_ELEMENTS:
+        # Before the partials' initialisations are split off, which parallel() would refuse.
+        sch.parallel(outer)
     for block in kept:
         if sch.get(block).name_hint.endswith(PARTIAL_SUFFIX):
             _vectorize_lanes(sch, block)
     vectorize_row(sch, sch.get_loops(last)[-1])
-    rows = loop_extent(sch, outer)
-    if rows > 1 and rows * loop_extent(sch, sch.get_loops(last)[-1]) >= PARALLEL_MIN_ELEMENTS:
-        sch.parallel(outer)
 
 
 def _vectorize_lanes(sch: s_tir.Schedule, partial) -> None:
