@@ -32,7 +32,7 @@ from typing import IO
 import numpy as np
 
 from dlsys.errors import DataError
-from dlsys.frontend.models import param_shapes
+from dlsys.frontend.models import recorded_param_shapes
 from dlsys.frontend.settings import is_int, is_real, settings_problem
 from dlsys.nn.serialization import npz_members, read_member
 
@@ -238,7 +238,9 @@ def _shapes_problem(config: dict, params: dict[str, tuple[tuple[int, ...], np.dt
                     ) -> str | None:
     """Why parameters of these names, shapes and dtypes are not ``config``'s model's."""
     # Exact names and shapes: a bias of (1, 256) for (256,) would broadcast and train on.
-    expected = param_shapes(config["model"], config.get("hidden"))
+    expected = recorded_param_shapes(config)
+    if expected is None:
+        return f"model {config['model']!r} records no vocabulary, so no parameter shapes"
     missing = [name for name in expected if name not in params]
     extra = sorted(set(params) - set(expected))
     if missing or extra:

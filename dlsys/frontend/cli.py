@@ -1,5 +1,5 @@
 """The ``dlsys`` command line: ``dlsys train``, ``dlsys eval MODEL``, ``dlsys predict MODEL``,
-``dlsys inspect TARGET``.
+``dlsys inspect TARGET``, ``dlsys generate MODEL``.
 
 Exit status: 0 on success; 2 for bad flags (argparse), bad data, an unusable output directory
 or checkpoint, or a failed write; 1 when training itself fails (a loss that became NaN or
@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dlsys.data.mnist import DATA_ENV_VAR, DEFAULT_DATA_DIR, DEFAULT_VAL_CAP
+from dlsys.data.text import DEFAULT_TEXT_DIR
+from dlsys.data.text import DEFAULT_VAL_CAP as TEXT_VAL_CAP
 from dlsys.errors import DlsysError, TrainingError
 from dlsys.frontend.arguments import Parser
 from dlsys.frontend.images import INVERT_CHOICES
@@ -25,6 +27,9 @@ from dlsys.frontend.settings import (
     DEFAULT_HIDDEN,
     DEFAULT_LR,
     DEFAULT_MODEL,
+    GPT_DEFAULTS,
+    GPT_SETTING_NAMES,
+    IMAGE_MODELS,
     MODELS,
     RUNS_DIR,
     given_settings,
@@ -58,6 +63,7 @@ _positive_int = _bounded(int, "a positive integer", lambda v: v > 0)
 _non_negative_int = _bounded(int, "a non-negative integer", lambda v: v >= 0)
 _non_negative_float = _bounded(float, "a non-negative number",
                                lambda v: 0 <= v < float("inf"))
+_probability = _bounded(float, "a probability in [0, 1)", lambda v: 0 <= v < 1)
 
 
 def _learning_rate(text: str) -> float:
@@ -99,9 +105,11 @@ def build_parser() -> Parser:
 def _add_train(parser: Parser, commands) -> None:
     """``dlsys train``'s flags: one per RunSettings field (same names), then the run's."""
     train = parser.add_command(
-        commands, "train", help="train a model on MNIST-format data",
+        commands, "train", help="train a model on MNIST-format data (or a GPT on text)",
         description="Train a model with mini-batch SGD, SGD with momentum, Adam or AdamW "
-                    "(--optimizer), checkpointing after every epoch. Without --out, each run "
+                    "(--optimizer), checkpointing after every epoch. --model gpt trains a "
+                    "character-level transformer on a text corpus (Debian's fortunes by "
+                    "default), an epoch being --steps-per-epoch steps. Without --out, each run "
                     f"gets a folder of its own: {RUNS_DIR}/<model>, then {RUNS_DIR}/<model>-2, "
                     f"{RUNS_DIR}/<model>-3, ... With --resume, options left out take the "
                     "recorded run's values. Under mpirun -n N it trains data-parallel over the "
@@ -121,32 +129,57 @@ def _add_setting_flags(train: Parser) -> None:
                             f"{','.join(map(str, DEFAULT_HIDDEN))})")
     train.add_argument("--data", default=None,
                        help="directory of the four MNIST IDX files (plain or .gz), or a "
-                            f"mnist.pkl.gz (default ${DATA_ENV_VAR}, else {DEFAULT_DATA_DIR})")
+                            f"mnist.pkl.gz (default ${DATA_ENV_VAR}, else {DEFAULT_DATA_DIR}); "
+                            f"for gpt a UTF-8 text file or a folder of fortune files (default "
+                            f"{DEFAULT_TEXT_DIR})")
     train.add_argument("--epochs", type=_positive_int, default=None,
                        help="total number of epochs, counting those of a resumed run "
                             "(default 10)")
     train.add_argument("--batch-size", type=_positive_int, default=None,
-                       help="mini-batch size (default 1000; 256 for lenet and cnn)")
+                       help="mini-batch size (default 1000; 256 for lenet and cnn; 32 "
+                            "windows of --context characters for gpt)")
     train.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
                        help="sgd, momentum (SGD with momentum 0.9), adam or adamw "
-                            "(default sgd)")
+                            "(default sgd; adamw for gpt)")
     train.add_argument("--lr", type=_learning_rate, default=None,
                        help="learning rate (default: " + ", ".join(
                            f"{name} {rate:g}" for name, rate in DEFAULT_LR.items())
                        + "; for cnn, sgd 0.05 and momentum 0.005)")
     train.add_argument("--weight-decay", type=_non_negative_float, default=None,
-                       help="L2 penalty (decoupled for adamw; default 0)")
+                       help="L2 penalty (decoupled for adamw; default 0; 0.01 for gpt)")
     train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
                        help="constant, step (x0.1 after each third of the epochs) or cosine "
-                            "(default constant)")
+                            "(default constant; cosine for gpt, whose rate moves every step)")
     train.add_argument("--warmup", type=_non_negative_int, default=None,
-                       help="epochs of linear learning-rate warm-up (default 0)")
+                       help="epochs of linear learning-rate warm-up (default 0; 1 for gpt)")
     train.add_argument("--seed", type=_non_negative_int, default=None,
                        help="seed of initialisation and data order (default 0)")
     train.add_argument("--val-size", type=_non_negative_int, default=None,
                        help="images held out from the end of the training set for validation; "
                             "0 trains on all of them and reports no validation accuracy "
-                            f"(default a sixth of them, at most {DEFAULT_VAL_CAP})")
+                            f"(default a sixth of them, at most {DEFAULT_VAL_CAP}); for gpt, "
+                            f"characters held out from the end of the corpus (default a "
+                            f"tenth, at most {TEXT_VAL_CAP})")
+    _add_gpt_flags(train)
+
+
+def _add_gpt_flags(train: Parser) -> None:
+    """``dlsys train``'s flags of the GPT's shape and epochs (``--model gpt`` alone)."""
+    gpt = GPT_DEFAULTS
+    train.add_argument("--context", type=_positive_int, default=None,
+                       help=f"gpt: characters the model sees at once, its position table "
+                            f"(default {gpt['context']})")
+    train.add_argument("--width", type=_positive_int, default=None,
+                       help=f"gpt: features per position (default {gpt['width']})")
+    train.add_argument("--heads", type=_positive_int, default=None,
+                       help=f"gpt: attention heads, dividing the width (default {gpt['heads']})")
+    train.add_argument("--layers", type=_positive_int, default=None,
+                       help=f"gpt: transformer blocks (default {gpt['layers']})")
+    train.add_argument("--dropout", type=_probability, default=None,
+                       help=f"gpt: dropout probability (default {gpt['dropout']:g})")
+    train.add_argument("--steps-per-epoch", type=_positive_int, default=None,
+                       help=f"gpt: optimiser steps between evaluations and checkpoints "
+                            f"(default {gpt['steps_per_epoch']})")
 
 
 def _add_run_flags(train: Parser) -> None:
@@ -208,7 +241,8 @@ def _add_inspect(parser: Parser, commands) -> None:
                     "fused operators, inputs, outputs, storage, bytes) and the memory plan; "
                     "--plot draws the plan's buffers over the steps.")
     inspect.add_argument("target", metavar="TARGET",
-                         help=f"a built-in model ({', '.join(MODELS)}), or a {MODEL_HELP}")
+                         help=f"a built-in model ({', '.join(IMAGE_MODELS)}), or a "
+                              f"{MODEL_HELP}")
     inspect.add_argument("--train", action="store_true",
                          help="the training step's program (loss and gradients) instead of "
                               "inference's")
@@ -359,6 +393,11 @@ def _check_train_flags(args: argparse.Namespace, train: Parser) -> None:
     if args.hidden is not None and args.model not in (None, "mlp"):
         train.error(f"--hidden applies to --model mlp only; {args.model} has no hidden "
                     f"widths to set")
+    gpt_flags = [name for name in GPT_SETTING_NAMES if getattr(args, name, None) is not None]
+    if gpt_flags and args.model != "gpt" and not args.resume:
+        flag = "--" + gpt_flags[0].replace("_", "-")
+        train.error(f"{flag} applies to --model gpt only; {args.model or DEFAULT_MODEL} has "
+                    f"no {gpt_flags[0].replace('_', ' ')}")
 
 
 def _rank() -> str:

@@ -13,11 +13,12 @@ the same point.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from dlsys import nn
+from dlsys.errors import ArgumentError
 from dlsys.frontend.settings import (
     DEFAULT_HIDDEN,
     DEFAULT_MODEL,
@@ -29,6 +30,7 @@ from dlsys.frontend.settings import (
     seed_streams,
 )
 from dlsys.nn import init
+from dlsys.nn.gpt import gpt_state_shapes
 
 
 def _dense(sizes: Sequence[int]) -> list[nn.Module]:
@@ -59,8 +61,11 @@ def _cnn() -> list[nn.Module]:
 
 
 def build_model(name: str, seed: int = 0, hidden: Sequence[int] | None = None) -> nn.Module:
-    """A fresh model, initialised from ``seed``'s initialisation stream."""
-    check_model(name)
+    """A fresh image model, initialised from ``seed``'s initialisation stream (the GPT's
+    size depends on its corpus: ``dlsys.frontend.lm.build_gpt``)."""
+    if check_model(name) == "gpt":
+        raise ArgumentError("build_model builds the image models; build the GPT with "
+                            "dlsys.nn.gpt.GPT(vocab_size, ...)")
     with init.using_generator(seed_streams(seed)[0]):
         if name == "lenet":
             return nn.Sequential(*_lenet())
@@ -92,5 +97,18 @@ def param_shapes(name: str, hidden: Sequence[int] | None = None) -> dict[str, tu
     return shapes
 
 
-__all__ = ["build_model", "init_params", "param_shapes", "layer_sizes", "seed_streams",
+def recorded_param_shapes(config: Mapping) -> dict[str, tuple[int, ...]] | None:
+    """The state-dict names and shapes of the model a run's settings record (``run.json``,
+    a checkpoint's) describes, without building it; None for a GPT whose record lacks the
+    vocabulary (its size is the corpus's)."""
+    if config["model"] != "gpt":
+        return param_shapes(config["model"], config.get("hidden"))
+    if not config.get("vocab"):
+        return None
+    return gpt_state_shapes(len(config["vocab"]), config["context"], config["width"],
+                            config["heads"], config["layers"], config["dropout"])
+
+
+__all__ = ["build_model", "recorded_param_shapes", "init_params", "param_shapes", "layer_sizes",
+           "seed_streams",
            "DEFAULT_MODEL", "DEFAULT_HIDDEN", "MODELS", "INPUT_SHAPES"]

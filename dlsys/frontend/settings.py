@@ -20,7 +20,10 @@ import numpy as np
 
 from dlsys.errors import ArgumentError, ArgumentTypeError, DataError, DlsysError
 
-MODELS = ("logreg", "mlp", "lenet", "cnn")
+# The image classifiers, trained on MNIST-format data, and the character-level GPT
+# (dlsys.nn.gpt), trained on a text corpus.
+IMAGE_MODELS = ("logreg", "mlp", "lenet", "cnn")
+MODELS = (*IMAGE_MODELS, "gpt")
 # Where ``dlsys train`` puts a run without --out: runs/<model>, runs/<model>-2, ...
 RUNS_DIR = "runs"
 DEFAULT_MODEL = "mlp"
@@ -61,16 +64,32 @@ def layer_sizes(name: str, hidden: Sequence[int] | None = None) -> tuple[int, ..
 MAX_PARAM_BYTES = 256 << 20
 
 
-def model_size_problem(name: str, hidden: Sequence[int] | None = None) -> str | None:
+def gpt_parameter_count(vocab: int, context: int, width: int, layers: int) -> int:
+    """The GPT's parameters (dlsys.nn.gpt): two embeddings and the head, and per block two
+    layer norms, the attention's q/k/v and output projections and the 4x MLP."""
+    block = 2 * 2 * width + 4 * (width * width + width) + 8 * width * width + 5 * width
+    return vocab * width + context * width + layers * block + 2 * width + vocab * width + vocab
+
+
+def model_size_problem(name: str, hidden: Sequence[int] | None = None,
+                       gpt: Mapping | None = None) -> str | None:
     """Why the model's parameters are too large to train, computed from the layer widths
-    (before anything is allocated), or None. lenet and cnn are fixed and small."""
-    if name not in ("logreg", "mlp"):
+    (before anything is allocated), or None. lenet and cnn are fixed and small; the GPT's
+    size is ``gpt``'s settings' (an unknown vocabulary counted as 256 characters)."""
+    if name == "gpt" and gpt is not None:
+        vocab = len(gpt.get("vocab") or "") or 256
+        count = gpt_parameter_count(vocab, gpt["context"], gpt["width"], gpt["layers"])
+        what = (f"model gpt with context {gpt['context']}, width {gpt['width']} and "
+                f"{gpt['layers']} layers")
+    elif name in ("logreg", "mlp"):
+        sizes = layer_sizes(name, hidden)
+        count = sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
+        what = f"model {name} with hidden sizes {list(sizes[1:-1])}"
+    else:
         return None
-    sizes = layer_sizes(name, hidden)
-    count = sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
     if 4 * count <= MAX_PARAM_BYTES:
         return None
-    return (f"model {name} with hidden sizes {list(sizes[1:-1])} has {count} parameters "
+    return (f"{what} has {count} parameters "
             f"({4 * count / 2**30:.1f} GiB of float32), more than the "
             f"{MAX_PARAM_BYTES >> 20} MiB dlsys train holds (with their gradients and "
             f"optimizer state)")
@@ -108,6 +127,19 @@ DEFAULT_BATCH_SIZE = 1000
 DEFAULT_BATCH_SIZES = {"lenet": 256, "cnn": 256}
 # Far beyond any real run; a larger count in a file is a lie about it.
 MAX_EPOCHS = 100000
+# The GPT's position table and vocabulary: far beyond what this machine trains, and bounds
+# on what a record may ask to allocate.
+MAX_CONTEXT = 1 << 16
+MAX_VOCABULARY = 1 << 16
+# The character-level GPT's run: AdamW with a warm-up epoch then a cosine decay, stepped
+# per batch (see dlsys.frontend.lm), on batches of 32 windows of 128 characters; an epoch
+# is 100 steps. Sized so that the default run takes a few minutes on 2 cores.
+GPT_DEFAULTS = {"context": 128, "width": 128, "heads": 4, "layers": 4, "dropout": 0.0,
+                "steps_per_epoch": 100}
+MODEL_DEFAULTS: dict[str, dict[str, object]] = {
+    "gpt": {**GPT_DEFAULTS, "optimizer": "adamw", "lr_schedule": "cosine", "warmup": 1,
+            "weight_decay": 0.01, "batch_size": 32, "epochs": 10},
+}
 # As Python floats: comparing a float with a numpy float32 casts the float, which warns when
 # it overflows float32, the very case being checked.
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -171,6 +203,18 @@ def _setting(check: Check | None = None) -> object:
     return field(metadata={"check": check})
 
 
+def _gpt_setting(check: Check) -> object:
+    """A setting of the GPT alone: None for the image models, and then left out of the
+    record, so that their ``run.json`` reads as it did before the GPT."""
+    return field(default=None, metadata={"check": lambda v: None if v is None else check(v)})
+
+
+def _is_vocabulary(value: object) -> bool:
+    """A vocabulary as a run records it: its distinct characters, sorted."""
+    return (isinstance(value, str) and 0 < len(value) <= MAX_VOCABULARY
+            and list(value) == sorted(set(value)))
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """Every setting of one run, typed and checked: the flags over the defaults, or what a
@@ -194,6 +238,20 @@ class RunSettings:
     seed: int = _setting(_must(lambda v: is_int(v) and v >= 0, "a non-negative integer"))
     val_size: int | None = _setting(_must(lambda v: v is None or (is_int(v) and v >= 0),
                                           "a non-negative integer"))
+    # The GPT's shape, its dropout, the steps an epoch counts, and its vocabulary (the
+    # corpus's characters, known once the corpus is read).
+    context: int | None = _gpt_setting(_must(lambda v: is_int(v) and 0 < v <= MAX_CONTEXT,
+                                             f"an integer in 1..{MAX_CONTEXT}"))
+    width: int | None = _gpt_setting(_must(lambda v: is_int(v) and v > 0, "a positive integer"))
+    heads: int | None = _gpt_setting(_must(lambda v: is_int(v) and v > 0, "a positive integer"))
+    layers: int | None = _gpt_setting(_must(lambda v: is_int(v) and v > 0,
+                                            "a positive integer"))
+    dropout: float | None = _gpt_setting(_must(lambda v: is_real(v) and 0 <= v < 1,
+                                               "a probability in [0, 1)"))
+    steps_per_epoch: int | None = _gpt_setting(_must(lambda v: is_int(v) and v > 0,
+                                                     "a positive integer"))
+    vocab: str | None = _gpt_setting(_must(_is_vocabulary, f"the sorted distinct characters "
+                                                           f"of a corpus (1..{MAX_VOCABULARY})"))
 
     def __post_init__(self) -> None:
         problem = settings_problem(self.to_record())
@@ -207,13 +265,14 @@ class RunSettings:
         defaults, which depend on the model and the optimiser."""
         given = given_settings(namespace)
         model = given.get("model") or DEFAULT_MODEL
-        optimizer = given.get("optimizer") or "sgd"
+        own = MODEL_DEFAULTS.get(model, {})
+        optimizer = given.get("optimizer") or own.get("optimizer", "sgd")
         defaults = dict(model=model, hidden=DEFAULT_HIDDEN if model == "mlp" else None,
                         data=None, epochs=DEFAULT_EPOCHS,
                         batch_size=DEFAULT_BATCH_SIZES.get(model, DEFAULT_BATCH_SIZE),
-                        optimizer=optimizer, lr=default_lr(model, optimizer),
                         weight_decay=0.0, lr_schedule="constant", warmup=0, seed=0,
                         val_size=None)
+        defaults.update(own, optimizer=optimizer, lr=default_lr(model, optimizer))
         return cls(**{**defaults, **given})
 
     @classmethod
@@ -222,7 +281,12 @@ class RunSettings:
         ``<where>: <problem>`` if they are not a whole, usable run's."""
         problem = settings_problem(record)
         if problem is None:
-            missing = [name for name in SETTING_NAMES if name not in record]
+            # The GPT's settings but its vocabulary (known once the corpus is read) are the
+            # GPT's record's; an image model's record has none of them.
+            needed = [name for name in SETTING_NAMES if name not in GPT_SETTING_NAMES]
+            if record["model"] == "gpt":
+                needed += [name for name in GPT_SETTING_NAMES if name != "vocab"]
+            missing = [name for name in needed if name not in record]
             if missing:
                 problem = f"missing settings {', '.join(missing)}"
         if problem is not None:
@@ -232,8 +296,10 @@ class RunSettings:
 
     def to_record(self) -> dict[str, object]:
         """The settings as ``run.json``, checkpoints and ``metrics.json`` hold them (JSON:
-        the hidden widths as a list); ``from_record`` reads it back."""
-        record = {name: getattr(self, name) for name in SETTING_NAMES}
+        the hidden widths as a list; the GPT's settings only where they are set);
+        ``from_record`` reads it back."""
+        record = {name: getattr(self, name) for name in SETTING_NAMES
+                  if name not in GPT_SETTING_NAMES or getattr(self, name) is not None}
         if self.hidden is not None:
             record["hidden"] = list(self.hidden)
         return record
@@ -257,6 +323,8 @@ class RunSettings:
 
 # The one list of the settings' names: RunSettings' fields.
 SETTING_NAMES = tuple(f.name for f in dataclasses.fields(RunSettings))
+GPT_SETTING_NAMES = ("context", "width", "heads", "layers", "dropout", "steps_per_epoch",
+                     "vocab")
 
 
 def given_settings(namespace: object) -> dict[str, object]:
@@ -281,7 +349,27 @@ def _model_problem(config: Mapping) -> str | None:
         return f"setting model/hidden: {err}"
     if config.get("hidden") is not None and config["model"] != "mlp":
         return f"setting hidden sizes the mlp's layers; model {config['model']} has its own"
-    return model_size_problem(config["model"], config.get("hidden"))
+    if config["model"] != "gpt":
+        given = [name for name in GPT_SETTING_NAMES if config.get(name) is not None]
+        if given:
+            return (f"setting {given[0]} is the gpt's; model {config['model']} has no "
+                    f"{given[0]}")
+        return model_size_problem(config["model"], config.get("hidden"))
+    return _gpt_problem(config)
+
+
+def _gpt_problem(config: Mapping) -> str | None:
+    """Why the GPT's shape cannot be trained (before its settings are checked one by one:
+    a width that its heads do not divide, a model too large), or None."""
+    shape = {name: config.get(name) for name in ("context", "width", "heads", "layers")}
+    if not all(is_int(value) and value > 0 for value in shape.values()):
+        return None  # incomplete or ill-typed: the settings' own checks say which
+    if shape["width"] % shape["heads"]:
+        return (f"setting width {shape['width']} must be divisible by heads "
+                f"{shape['heads']} (each head takes width / heads features)")
+    vocab = config.get("vocab")
+    return model_size_problem("gpt", gpt={**shape, "vocab": vocab if isinstance(vocab, str)
+                                          else None})
 
 
 def settings_problem(config: object) -> str | None:

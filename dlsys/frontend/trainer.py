@@ -73,7 +73,41 @@ DIVERGENCE_FACTOR = 1000.0
 CHANGEABLE_ON_RESUME = ("epochs", "lr")
 
 
-class Trainer:
+class StepReports:
+    """What a trainer says of its training step's compiled program (``train_executor``):
+    the memory report of every run, and ``--debug-memory``'s plan and storage table."""
+
+    train_executor: ad.Executor
+
+    def memory_report(self) -> str:
+        """One line, for people, on the memory the training step's plan uses."""
+        stats = self.train_executor.memory_stats()
+        mib = 1 << 20
+        return (f"working memory {stats['planned_bytes'] / mib:.2f} MiB for "
+                f"{self.train_executor.kernel_calls} kernel calls per step (one buffer per "
+                f"value would take {stats['naive_bytes'] / mib:.2f} MiB)")
+
+    def plan_report(self) -> str:
+        """The memory plan's figures, for ``--debug-memory``."""
+        stats = self.train_executor.memory_stats()
+        mib = 1 << 20
+        return (f"memory plan: {stats['planned_bytes'] / mib:.2f} MiB in {stats['buffers']} "
+                f"buffers for {self.train_executor.kernel_calls} kernel calls "
+                f"({stats['planned_bytes'] / stats['naive_bytes']:.2f} of one buffer per node, "
+                f"{stats['naive_bytes'] / mib:.2f} MiB; peak live "
+                f"{stats['peak_live_bytes'] / mib:.2f} MiB)")
+
+    def storage_report(self) -> str:
+        """Each step's node, shape and storage id (for ``--debug-memory``)."""
+        rows = self.train_executor.storage_table()
+        width = max(len(name) for name, *_ in rows)
+        lines = [f"{'node':{width}s}  {'shape':>12s}  storage"]
+        lines += [f"{name:{width}s}  {str(shape):>12s}  {sid if sid is not None else '-':>7}  {how}"
+                  for name, shape, sid, how in rows]
+        return "\n".join(lines)
+
+
+class Trainer(StepReports):
     """A model's training and inference executors and its optimiser."""
 
     def __init__(self, model: nn.Module, optimizer, batch_size: int, ctx=None,
@@ -115,7 +149,7 @@ class Trainer:
         """
         started = time.perf_counter()
         feeds = {self.x: np.zeros((self.batch_size, *self.input_shape), dtype=np.float32),
-                 self.labels: np.zeros(self.batch_size, dtype=np.float32)}
+                 self.labels: np.zeros(self.batch_size, dtype=np.int64)}
         self.train_executor.run(feeds)
         self.train_executor.undo_state_updates()
         self.evaluator.compile(self.input_shape)
@@ -164,33 +198,6 @@ class Trainer:
     def params_numpy(self) -> dict[str, np.ndarray]:
         """Copies of the current parameters (and buffers), by state-dict name."""
         return self.model.state_dict()
-
-    def memory_report(self) -> str:
-        """One line, for people, on the memory the training step's plan uses."""
-        stats = self.train_executor.memory_stats()
-        mib = 1 << 20
-        return (f"working memory {stats['planned_bytes'] / mib:.2f} MiB for "
-                f"{self.train_executor.kernel_calls} kernel calls per step (one buffer per "
-                f"value would take {stats['naive_bytes'] / mib:.2f} MiB)")
-
-    def plan_report(self) -> str:
-        """The memory plan's figures, for ``--debug-memory``."""
-        stats = self.train_executor.memory_stats()
-        mib = 1 << 20
-        return (f"memory plan: {stats['planned_bytes'] / mib:.2f} MiB in {stats['buffers']} "
-                f"buffers for {self.train_executor.kernel_calls} kernel calls "
-                f"({stats['planned_bytes'] / stats['naive_bytes']:.2f} of one buffer per node, "
-                f"{stats['naive_bytes'] / mib:.2f} MiB; peak live "
-                f"{stats['peak_live_bytes'] / mib:.2f} MiB)")
-
-    def storage_report(self) -> str:
-        """Each step's node, shape and storage id (for ``--debug-memory``)."""
-        rows = self.train_executor.storage_table()
-        width = max(len(name) for name, *_ in rows)
-        lines = [f"{'node':{width}s}  {'shape':>12s}  storage"]
-        lines += [f"{name:{width}s}  {str(shape):>12s}  {sid if sid is not None else '-':>7}  {how}"
-                  for name, shape, sid, how in rows]
-        return "\n".join(lines)
 
 
 def make_optimizer(name: str, params: list, lr: float, decay: float = 0.0) -> optim.Optimizer:
@@ -255,7 +262,7 @@ def resolve(config: TrainConfig, recorded: RunSettings | None,
     for name, value in given_settings(config).items():
         # Compared and reported as recorded: the hidden widths as a list.
         shown = list(value) if name == "hidden" else value
-        if shown == record[name] or (name == "data" and _same_path(value, record[name])):
+        if shown == record.get(name) or (name == "data" and _same_path(value, record[name])):
             changes[name] = value
             continue
         if name == "data":
@@ -266,7 +273,7 @@ def resolve(config: TrainConfig, recorded: RunSettings | None,
         if name not in CHANGEABLE_ON_RESUME:
             raise run_folder.RunFolderError(
                 f"--{name.replace('_', '-')} {shown} contradicts the run being resumed "
-                f"({name} {record[name]!r}); leave it out to continue that run, or "
+                f"({name} {record.get(name)!r}); leave it out to continue that run, or "
                 f"start a new one with --overwrite")
         log(f"{name}: {record[name]} -> {value} (was recorded as {record[name]})")
         changes[name] = value
@@ -300,6 +307,77 @@ def run_training(config: TrainConfig, log: Callable[[str], None] = print) -> Tra
         return _run_locked(config, out, log, group)
 
 
+class ImageTask:
+    """What a run of an image classifier does that a language model's does not
+    (``dlsys.frontend.lm.LanguageModelTask`` is the other task): its data (MNIST-format
+    images), its model, its trainer, its batches (a shuffled epoch), its rate (per epoch),
+    its validation (accuracy) and its finish (test accuracy, class names)."""
+
+    unit = "batch"
+
+    def load(self, settings: RunSettings) -> tuple[RunSettings, object]:
+        dataset = load_dataset(settings.data, settings.val_size)
+        settings = dataclasses.replace(settings, data=dataset.source, val_size=len(dataset.val))
+        if settings.batch_size > len(dataset.train):
+            raise DataError(f"{dataset.source}: batch size {settings.batch_size} is larger "
+                            f"than the {len(dataset.train)} training images")
+        return settings, dataset
+
+    def build_model(self, settings: RunSettings) -> nn.Module:
+        return build_model(settings.model, settings.seed, settings.hidden)
+
+    def trainer(self, settings: RunSettings, model: nn.Module, optimizer, dataset, group,
+                start: int) -> Trainer:
+        """The trainer over the model, once the images fit it."""
+        input_shape = INPUT_SHAPES[settings.model]
+        if math.prod(dataset.train.images.shape[1:]) != math.prod(input_shape):
+            raise DataError(f"{dataset.source}: images of {dataset.train.images.shape[1:]} "
+                            f"pixels; {settings.model} takes {input_shape}")
+        batch = settings.batch_size if group is None else group.local_batch(settings.batch_size)
+        return Trainer(model, optimizer, batch, input_shape=input_shape,
+                       data_parallel=group is not None)
+
+    def describe(self, settings: RunSettings, dataset, out: Path) -> str:
+        return (f"training {settings.model} on {dataset.source} ({len(dataset.train)} train / "
+                f"{len(dataset.val)} val / {len(dataset.test)} test), {settings.optimizer}, "
+                f"batch {settings.batch_size}, {settings.describe_lr()}, seed {settings.seed}, "
+                f"into {out}")
+
+    def epoch_batches(self, run: _Run, epoch: int) -> list[np.ndarray]:
+        """The epoch's rate set, and its batches: index arrays of a fresh permutation."""
+        run.optimizer.lr = run.settings.lr_at(epoch)
+        batches = epoch_batches(run.shuffle_rng, len(run.dataset.train),
+                                run.settings.batch_size)
+        return batches if run.group is None else run.group.shard(batches)
+
+    def validate(self, run: _Run, row: dict) -> str:
+        """Validation accuracy and loss into the row; the log line's part."""
+        if not len(run.dataset.val):
+            return ""
+        val_loss, row["val_acc"], _ = run.trainer.evaluate(run.dataset.val)
+        row["val_loss"] = val_loss
+        return f"  val acc {100 * row['val_acc']:.2f}%"
+
+    def finish(self, run: _Run) -> tuple[dict, str, dict]:
+        """The test accuracy, the closing log line and the model file's metadata."""
+        _, test_acc, _ = run.trainer.evaluate(run.dataset.test)
+        history = run.history
+        metadata = {"input_shape": list(INPUT_SHAPES[run.settings.model]),
+                    "classes": class_names(run.dataset.source), "data": run.dataset.source}
+        return ({"test_acc": test_acc,
+                 "val_acc": history[-1].get("val_acc") if history else None},
+                f"test acc {100 * test_acc:.2f}%", metadata)
+
+
+def task_for(model: str):
+    """The task a model's run follows: the GPT's, or the image classifiers'."""
+    if model == "gpt":
+        from dlsys.frontend.lm import LanguageModelTask  # TVM-free until a GPT is trained
+
+        return LanguageModelTask()
+    return ImageTask()
+
+
 @dataclass
 class _Run:
     """What preparing a run hands to its loop and its finish."""
@@ -316,6 +394,7 @@ class _Run:
     history: list[dict]
     start: int  # the last epoch already trained (the checkpoint's)
     resumed: bool
+    task: object = None  # ImageTask or the language model's
 
     @property
     def writer(self) -> bool:
@@ -368,11 +447,7 @@ def _load_data(settings: RunSettings, config: TrainConfig, out: Path,
     """The run's data set, checked against its settings (and the other ranks'), and the
     settings with the data set's source and validation size, which rank 0 records in the
     run folder."""
-    dataset = load_dataset(settings.data, settings.val_size)
-    settings = dataclasses.replace(settings, data=dataset.source, val_size=len(dataset.val))
-    if settings.batch_size > len(dataset.train):
-        raise DataError(f"{dataset.source}: batch size {settings.batch_size} is larger than "
-                        f"the {len(dataset.train)} training images")
+    settings, dataset = task_for(settings.model).load(settings)
     if group is not None:
         group.check_agreement(settings, dataset, config.resume)
     if group is None or group.rank == 0:
@@ -404,7 +479,8 @@ def _restore(out: Path, log: Callable[[str], None], group, settings: RunSettings
              checkpoint: Checkpoint | None) -> _Run:
     """The model, optimiser, shuffling and history: the checkpoint's, else fresh from the
     seed; and the trainer over them, once the images fit the model."""
-    model = build_model(settings.model, settings.seed, settings.hidden)
+    task = task_for(settings.model)
+    model = task.build_model(settings)
     if checkpoint is not None:
         model.load_state_dict(checkpoint.params)
         history, start = list(checkpoint.metrics), checkpoint.epoch
@@ -419,24 +495,15 @@ def _restore(out: Path, log: Callable[[str], None], group, settings: RunSettings
         optimizer.load_state_dict(checkpoint.optimizer_state)
     if checkpoint is not None:
         log(f"resuming from {out / CHECKPOINT_NAME} after epoch {start}")
-    input_shape = INPUT_SHAPES[settings.model]
-    if math.prod(dataset.train.images.shape[1:]) != math.prod(input_shape):
-        raise DataError(f"{dataset.source}: images of {dataset.train.images.shape[1:]} pixels; "
-                        f"{settings.model} takes {input_shape}")
-    batch = settings.batch_size if group is None else group.local_batch(settings.batch_size)
-    trainer = Trainer(model, optimizer, batch, input_shape=input_shape,
-                      data_parallel=group is not None)
+    trainer = task.trainer(settings, model, optimizer, dataset, group, start)
     return _Run(out, log, group, settings, dataset, model, optimizer, trainer, shuffle_rng,
-                history, start, checkpoint is not None)
+                history, start, checkpoint is not None, task)
 
 
 def _start_trainer(run: _Run, config: TrainConfig) -> None:
     """Say what is trained, compile the kernels and report the memory plan."""
-    settings, dataset, log, group = run.settings, run.dataset, run.log, run.group
-    log(f"training {settings.model} on {dataset.source} ({len(dataset.train)} train / "
-        f"{len(dataset.val)} val / {len(dataset.test)} test), {settings.optimizer}, batch "
-        f"{settings.batch_size}, {settings.describe_lr()}, seed {settings.seed}, into "
-        f"{run.out}")
+    settings, log, group = run.settings, run.log, run.group
+    log(run.task.describe(settings, run.dataset, run.out))
     if group is not None:
         log(f"data-parallel over {group.size} MPI ranks, {run.trainer.batch_size} images of "
             f"each batch and {group.threads} TVM thread(s) per rank")
@@ -453,10 +520,7 @@ def _train_epochs(run: _Run, config: TrainConfig) -> None:
     settings, trainer, group = run.settings, run.trainer, run.group
     epochs = settings.epochs
     for epoch in range(run.start + 1, epochs + 1):
-        run.optimizer.lr = settings.lr_at(epoch)
-        batches = epoch_batches(run.shuffle_rng, len(run.dataset.train), settings.batch_size)
-        if group is not None:
-            batches = group.shard(batches)
+        batches = run.task.epoch_batches(run, epoch)
         started = time.perf_counter()
         try:
             losses = trainer.train_epoch(epoch, run.dataset.train, batches,
@@ -475,17 +539,15 @@ def _train_epochs(run: _Run, config: TrainConfig) -> None:
 def _end_epoch(run: _Run, epoch: int, losses: list[float], epoch_time: float) -> None:
     """Evaluate an epoch on the validation split, log it, add it to the history and write
     the checkpoint and the metrics."""
-    trainer, dataset = run.trainer, run.dataset
+    trainer = run.trainer
     row = {"epoch": epoch, "loss": float(np.mean(losses)), "epoch_time_s": epoch_time}
     line = (f"epoch {epoch}/{run.settings.epochs}  loss {row['loss']:.4f}  time "
             f"{epoch_time:.2f}s")
     started = time.perf_counter()
-    if len(dataset.val):
-        val_loss, row["val_acc"], _ = trainer.evaluate(dataset.val)
-        row["val_loss"] = val_loss
-        line += f"  val acc {100 * row['val_acc']:.2f}%"
-    row.update(train_acc=trainer.correct / max(trainer.seen, 1),
-               eval_time_s=round(time.perf_counter() - started, 4), lr=run.optimizer.lr,
+    line += run.task.validate(run, row)
+    if trainer.seen:  # a language model counts no training accuracy
+        row["train_acc"] = trainer.correct / trainer.seen
+    row.update(eval_time_s=round(time.perf_counter() - started, 4), lr=run.optimizer.lr,
                batch_losses=[round(v, 5) for v in losses])
     if run.resumed and epoch == run.start + 1:
         row["resumed"] = 1  # the plot marks where the run was resumed
@@ -502,25 +564,21 @@ def _finish(run: _Run) -> TrainResult:
     """After the last epoch (rank 0): the test accuracy, the metrics, parameters, model and
     plot written to the run folder."""
     settings, history, out = run.settings, run.history, run.out
-    _, test_acc, _ = run.trainer.evaluate(run.dataset.test)
+    figures, line, metadata = run.task.finish(run)
     final = run.trainer.params_numpy()
-    summary = {"settings": settings.to_record(), "test_acc": test_acc,
-               "val_acc": history[-1].get("val_acc") if history else None,
+    summary = {"settings": settings.to_record(), **figures,
                "resumed_at": [row["epoch"] - 1 for row in history if row.get("resumed")]}
-    run.log(f"test acc {100 * test_acc:.2f}%")
+    run.log(line)
     report.write_metrics(out, history, summary)
     report.write_params(out, final)
-    save_model(run.model, out / MODEL_FILE,
-               metadata={"input_shape": list(INPUT_SHAPES[settings.model]),
-                         "classes": class_names(run.dataset.source),
-                         "data": run.dataset.source})
+    save_model(run.model, out / MODEL_FILE, metadata=metadata)
     if history:
         report.plot_curves(out, history, f"dlsys {settings.model}, {settings.optimizer} "
                                          f"{settings.describe_lr()}, batch "
                                          f"{settings.batch_size}", summary)
     run.log(f"wrote {MODEL_FILE}, {report.METRICS_JSON}, {report.PLOT_PNG} and "
             f"{CHECKPOINT_NAME} to {out}")
-    return TrainResult(final, history, test_acc, summary)
+    return TrainResult(final, history, figures.get("test_acc", float("nan")), summary)
 
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
