@@ -76,15 +76,23 @@ def arrays(seed: int) -> list[np.ndarray]:
 
 def time_steps(step, steps: int, repeats: int) -> float:
     """Median microseconds per step over ``repeats`` runs of ``steps`` consecutive steps."""
-    for _ in range(WARMUP_STEPS):
-        step()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(steps):
+    return time_alternating({"": step}, steps, repeats)[""]
+
+
+def time_alternating(named_steps: dict, steps: int, repeats: int) -> dict[str, float]:
+    """``time_steps`` of several steps whose samples take turns, so that a busy spell of a
+    shared machine weighs on each alike (the clip's cost is smaller than such spells)."""
+    for step in named_steps.values():
+        for _ in range(WARMUP_STEPS):
             step()
-        samples.append((time.perf_counter() - start) / steps * 1e6)
-    return statistics.median(samples)
+    samples: dict[str, list[float]] = {name: [] for name in named_steps}
+    for _ in range(repeats):
+        for name, step in named_steps.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                step()
+            samples[name].append((time.perf_counter() - start) / steps * 1e6)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def batch() -> tuple[np.ndarray, np.ndarray]:
@@ -140,8 +148,8 @@ def measure_dlsys(steps: int, repeats: int) -> dict:
         optimizer = getattr(optim, kind)(params, **settings)
         results[name] = time_steps(lambda o=optimizer, c=clip: o.step(grads, max_grad_norm=c),
                                    steps, repeats)
-    for name, max_norm in TRAIN.items():
-        results[name] = time_steps(dlsys_train_step(max_norm), steps, repeats)
+    results.update(time_alternating({name: dlsys_train_step(max_norm)
+                                     for name, max_norm in TRAIN.items()}, steps, repeats))
     return {"threads": threads, "rows": {"dlsys": results}}
 
 
@@ -168,11 +176,10 @@ def measure_torch(steps: int, repeats: int, threads: int) -> dict:
                 step = clipped_torch_step(torch, optimizer, params, grads, clip,
                                           foreach=variant != "default")
             results[name] = time_steps(step, steps, repeats)
-        for name, max_norm in TRAIN.items():
-            if name in results or "AdamW" not in results:
-                continue
-            results[name] = time_steps(torch_train_step(torch, max_norm, options), steps,
-                                       repeats)
+        if "AdamW" in results:  # this variant of AdamW runs here
+            results.update(time_alternating(
+                {name: torch_train_step(torch, max_norm, options)
+                 for name, max_norm in TRAIN.items()}, steps, repeats))
         if results:
             rows[f"PyTorch {torch.__version__} {variant}"] = results
     return {"threads": torch.get_num_threads(), "rows": rows}
