@@ -164,6 +164,7 @@ def dropout(x: Node, p: float = 0.5, training: bool = True) -> Node:
 
 
 def check_probability(where: str, name: str, p) -> float:
+    """A dropout probability ``p`` in [0, 1]; ``where`` and ``name`` name it in the error."""
     p = check_constant(f"{where}: {name}", p)
     if not 0 <= p <= 1:
         raise ArgumentError(f"{where}: {name} must be in [0, 1], got {p!r}")
