@@ -99,6 +99,7 @@ def build_parser() -> Parser:
     _add_train(parser, commands)
     _add_eval_predict(parser, commands)
     _add_inspect(parser, commands)
+    _add_generate(parser, commands)
     return parser
 
 
@@ -253,6 +254,31 @@ def _add_inspect(parser: Parser, commands) -> None:
                          help="draw the memory plan's buffers over the steps into this PNG")
 
 
+def _add_generate(parser: Parser, commands) -> None:
+    """``dlsys generate``'s flags."""
+    generate = parser.add_command(
+        commands, "generate", help="sample text from a character-level GPT",
+        description="Sample characters from a model that dlsys train --model gpt wrote, "
+                    "after a prompt, with a key/value cache (each new character costs one "
+                    "position), and print the text; the rate with and without the cache "
+                    "goes to stderr.")
+    generate.add_argument("model", type=Path, help="a GPT's model.npz, or its run folder")
+    generate.add_argument("--prompt", default="\n",
+                          help="the text to continue (default a new line)")
+    generate.add_argument("--tokens", type=_positive_int, default=300,
+                          help="characters to sample (default 300)")
+    generate.add_argument("--temperature", type=_non_negative_float, default=0.8,
+                          help="divides the logits: lower is more predictable, 0 takes the "
+                               "most likely character (default 0.8)")
+    generate.add_argument("--top-k", type=_positive_int, default=None,
+                          help="sample among the k most likely characters only (default all)")
+    generate.add_argument("--seed", type=_non_negative_int, default=0,
+                          help="seed of the draws (default 0)")
+    generate.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
+                          help="decode with the key/value cache (default); --no-cache "
+                               "recomputes the whole context for every character")
+
+
 def _widths(text: str) -> tuple[int, ...]:
     """``--hidden 256,100``: positive layer widths."""
     try:
@@ -361,6 +387,12 @@ def _dispatch(args: argparse.Namespace, argv: list[str], run: _Run) -> None:
 
         inspect_command(args.target, args.train, args.batch_size, args.plot, log=_print)
         return
+    if args.command == "generate":
+        from dlsys.frontend.generate import generate_command
+
+        generate_command(args.model, args.prompt, args.tokens, args.temperature, args.top_k,
+                         args.seed, args.cache, log=_print, note=_note)
+        return
     from dlsys.frontend import inference
 
     classes = None if args.classes is None else inference.class_names_option(args.classes)
@@ -417,6 +449,12 @@ def _exit_status(status: int, error: BaseException) -> int:
 
 def _print(line: str) -> None:
     print(line, flush=True)
+
+
+def _note(line: str) -> None:
+    """A remark beside a command's output (``dlsys generate``'s rates): on stderr, so that
+    the output alone can be redirected."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _train(args: argparse.Namespace, argv: list[str], run: _Run) -> None:

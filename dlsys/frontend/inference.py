@@ -147,6 +147,10 @@ def _load(path: Path) -> nn.Module:
         return _load_onnx(path)
     model = dlsys.load(path)
     metadata = getattr(model, "metadata", {})
+    if "vocab" in metadata:
+        raise DataError(f"{path}: a character-level language model (dlsys train --model "
+                        f"gpt), not an image classifier; sample it with: dlsys generate "
+                        f"{path}")
     shape = metadata.get("input_shape")
     if shape is None:
         # A file that dlsys.save wrote before it recorded shapes, or for a model whose first

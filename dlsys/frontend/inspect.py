@@ -24,8 +24,8 @@ from dlsys.frontend.models import build_model
 from dlsys.frontend.settings import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_BATCH_SIZES,
+    IMAGE_MODELS,
     INPUT_SHAPES,
-    MODELS,
 )
 from dlsys.graph import Node, Shape, find_topo_sort, short_name
 from dlsys.nn import functional as F
@@ -66,11 +66,12 @@ class Lifetime:
 def load_target(text: str) -> Target:
     """A built-in model name, or a model file / run folder / ONNX file, as a ``Target``."""
     path = Path(text)
-    if text in MODELS and not path.exists():  # a file named "mlp" in the folder wins
+    if text in IMAGE_MODELS and not path.exists():  # a file named "mlp" in the folder wins
         return Target(text, build_model(text, seed=0), tuple(INPUT_SHAPES[text]), None,
                       DEFAULT_BATCH_SIZES.get(text, DEFAULT_BATCH_SIZE))
     if not path.exists():
-        raise DataError(f"{text}: no such file, nor a built-in model ({', '.join(MODELS)})")
+        raise DataError(f"{text}: no such file, nor a built-in model "
+                        f"({', '.join(IMAGE_MODELS)})")
     path = inference.model_file(path)
     # eval and predict's loader: the same checks of the input shape and the same messages.
     model = inference._load(path)

@@ -195,8 +195,8 @@ def test_an_explicit_out_holding_a_run_shows_the_commands_that_continue_or_repla
 def test_resume_without_out_continues_the_latest_run(capsys, data_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert _run(["train", "--resume", "--no-progress"]) == 2
-    assert _err(capsys) == ("dlsys: error: no run of logreg or mlp or lenet or cnn in runs/ to "
-                            "resume; name the run folder with --out")
+    assert _err(capsys) == ("dlsys: error: no run of logreg or mlp or lenet or cnn or gpt in "
+                            "runs/ to resume; name the run folder with --out")
     common = ["--data", str(data_dir), "--val-size", "100", "--batch-size", "50",
               "--epochs", "1", "--no-progress"]
     assert _run(["train", "--model", "logreg", *common]) == 0
