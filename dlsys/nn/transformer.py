@@ -23,7 +23,7 @@ from dlsys.nn import functional as F
 from dlsys.nn import init
 from dlsys.nn.layers import Dropout, LayerNorm, Linear, check_size
 from dlsys.nn.module import Module
-from dlsys.ops import matmul_op, reshape_op, reshape_to_op, transpose_op
+from dlsys.ops import matmul_op, reshape_op, reshape_to_op, sum_op, transpose_op
 from dlsys.ops.arguments import check_node
 from dlsys.ops.placeholder import Parameter
 
@@ -93,7 +93,12 @@ class MultiheadAttention(Module):
             raise ArgumentError("MultiheadAttention: need_weights=True is not supported "
                                 "(dlsys returns (output, None)); pass need_weights=False")
         mask = self._mask(attn_mask, key_padding_mask)
-        q, k, v = (self._project(x, i) for i, x in enumerate((query, key, value)))
+        # One heads shape per distinct input: self-attention computes it once.
+        shapes: dict[Node, Node] = {}
+        for x in (query, key, value):
+            if x not in shapes:
+                shapes[x] = self._heads_shape(x)
+        q, k, v = (self._project(x, i, shapes[x]) for i, x in enumerate((query, key, value)))
         dropout = self.dropout if self.training else 0.0
         heads = F.attention(q, k, v, mask, check_flag("is_causal", is_causal), dropout,
                             F.default_scale(self.head_dim))
@@ -102,21 +107,38 @@ class MultiheadAttention(Module):
         joined = reshape_to_op(transpose_op(heads, perm), query)
         return self.out_proj(joined), None
 
-    def _project(self, x: Node, which: int) -> Node:
+    def _project(self, x: Node, which: int, heads_shape: Node | None = None) -> Node:
         """Query (0), key (1) or value (2) projection of ``x``, split into heads:
-        (B, H, L, D).
+        (B, H, L, D). ``heads_shape``: a node of ``x``'s shape with E split into (H, D)
+        (:meth:`_heads_shape`), made here when not given.
 
-        The batch and sequence sizes are known only when ``x`` is fed, so no reshape can
-        split E into heads; the weight is reshaped instead, to (H, 1, D, E), and the
-        batched matmul broadcasts ``x`` over the heads: (H, B, L, D) with ``batch_first``,
-        (H, L, B, D) otherwise, then one transpose.
+        A dense layer over every row (the tuned 2-D matmul, forward and backward), then a
+        reshape to (..., H, D) that moves no data, and one transpose.
         """
-        h, d, e = self.num_heads, self.head_dim, self.embed_dim
-        weight = reshape_op(_stacked_part(self.in_proj_weight, which, e * e), (h, 1, d, e))
-        y = matmul_op(x, weight, False, True)
-        if self.in_proj_bias is not None:
-            y = y + reshape_op(_stacked_part(self.in_proj_bias, which, e), (h, 1, 1, d))
-        return transpose_op(y, (1, 0, 2, 3) if self.batch_first else (2, 0, 1, 3))
+        e = self.embed_dim
+        weight = reshape_op(_stacked_part(self.in_proj_weight, which, e * e), (e, e))
+        bias = (None if self.in_proj_bias is None
+                else reshape_op(_stacked_part(self.in_proj_bias, which, e), (e,)))
+        y = F.linear(x, weight, bias)
+        heads = reshape_to_op(y, self._heads_shape(x) if heads_shape is None else heads_shape)
+        return transpose_op(heads, (0, 2, 1, 3) if self.batch_first else (1, 2, 0, 3))
+
+    def _heads_shape(self, x: Node) -> Node:
+        """A node of shape (L1, L2, H, D) for ``x`` of shape (L1, L2, E), which lends its
+        shape to the reshape that splits E into heads, never its values (so it has no
+        gradient).
+
+        The batch and sequence sizes are known only when ``x`` is fed, so no reshape can name
+        them: the shape is built instead, from ``x``'s rows summed (L1, L2, 1) times ones
+        (H, 1, 1, D), giving (H, L1, L2, D), then transposed. That costs a pass over ``x``
+        and two writes of its size; splitting the heads by a batched product of ``x`` with
+        the weight reshaped (H, 1, D, E) needs no such shape, but its weight gradient, summed
+        over the batch, is a slow kernel (20x this).
+        """
+        h, d = self.num_heads, self.head_dim
+        rows = sum_op(x, axes=-1, keepdims=True)
+        spread = matmul_op(rows, Parameter(np.ones((h, 1, 1, d), np.float32), "heads.ones"))
+        return transpose_op(spread, (1, 2, 0, 3))
 
     def _mask(self, attn_mask, key_padding_mask) -> Node | None:
         """The additive mask of the scores (B, H, T, S): arrays combine into one constant,
