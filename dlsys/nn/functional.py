@@ -211,8 +211,10 @@ def scaled_dot_product_attention(query: Node, key: Node, value: Node, attn_mask=
 
     ``attn_mask``: a boolean array (True: may attend), a float array added to the scores,
     or a graph node fed such floats; it must broadcast to (B, H, T, S). ``is_causal``: query
-    ``i`` attends to keys ``j <= i + S - T``. Unlike PyTorch, which refuses the pair, a mask
-    and ``is_causal`` together apply both. ``scale`` defaults to ``1 / sqrt(D)``.
+    ``i`` attends to keys ``j <= i + S - T``, the last query to every key (new queries after
+    a cache of keys); PyTorch aligns the first instead (``j <= i``), the same when T == S.
+    Unlike PyTorch, which refuses the pair, a mask and ``is_causal`` together apply both.
+    ``scale`` defaults to ``1 / sqrt(D)``.
     ``dropout_p``: dropout on the attention weights (always applied when positive, as
     PyTorch's function does; modules pass 0 in eval mode).
     """
