@@ -12,6 +12,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from dlsys.kernels import (
+    attention,
     conv,
     elementwise,
     gather,
@@ -25,4 +26,4 @@ from dlsys.kernels import (
 )
 
 FAMILIES: tuple[ModuleType, ...] = (elementwise, reduce, matmul, loss, random, norm, optim,
-                                    conv, layout, gather)
+                                    conv, layout, gather, attention)

@@ -11,6 +11,13 @@ from __future__ import annotations
 from dlsys.checks import check_constant
 from dlsys.errors import ArgumentTypeError
 from dlsys.graph import Node, Op, short_name
+from dlsys.ops.attention import (
+    attention_key_gradient_op,
+    attention_lse_op,
+    attention_op,
+    attention_query_gradient_op,
+    attention_value_gradient_op,
+)
 from dlsys.ops.conv import conv2d_grad_input_op, conv2d_grad_weight_op, conv2d_op
 from dlsys.ops.cross_entropy import cross_entropy_gradient_op, cross_entropy_op, target_count_op
 from dlsys.ops.elementwise import (
@@ -95,7 +102,8 @@ ALL_OPS: list[Op] = [
     gelu_op, gelu_gradient_op, layernorm_op, layernorm_gradient_op, layernorm_scale_gradient_op,
     logsoftmax_op, softmax_gradient_op, causal_mask_op,
     embedding_op, embedding_gradient_op, cross_entropy_op, cross_entropy_gradient_op,
-    target_count_op,
+    target_count_op, attention_op, attention_lse_op, attention_query_gradient_op,
+    attention_key_gradient_op, attention_value_gradient_op,
 ]
 ELEMENTWISE_OPS: list[ElementwiseOp] = [op for op in ALL_OPS if isinstance(op, ElementwiseOp)]
 
@@ -163,7 +171,8 @@ __all__ = [
     "gelu_op", "gelu_gradient_op", "layernorm_op", "layernorm_gradient_op",
     "layernorm_scale_gradient_op", "logsoftmax_op", "softmax_gradient_op", "causal_mask_op",
     "embedding_op", "embedding_gradient_op", "cross_entropy_op", "cross_entropy_gradient_op",
-    "target_count_op",
+    "target_count_op", "attention_op", "attention_lse_op", "attention_query_gradient_op",
+    "attention_key_gradient_op", "attention_value_gradient_op",
     "Parameter", "parameter_op", "onehot_like_op", "reshape_op", "flatten_op", "reshape_to_op",
     "transpose_op", "dropout_op", "next_seed_op", "batchnorm2d_op",
     "ALL_OPS", "ELEMENTWISE_OPS", "BroadcastBinaryOp", "Variable", "placeholder_op", "add_op",

@@ -1,0 +1,227 @@
+"""Fused attention: ``softmax(Q K^T * scale [+ causal mask]) V`` as one operator whose
+kernels never hold the T x S matrix of scores (``dlsys.kernels.attention``).
+
+The forward kernel runs an online softmax over blocks of keys and can write, besides the
+output, each query's log-sum-exp ``L`` of its scores, which is all the backward pass needs
+to recompute the probabilities ``P = exp(Q K^T * scale - L)`` block by block. dlsys gives
+each node one value, so ``L`` is a node of its own (``attention_lse_op``) that the output
+node carries as an input it does not read (``kernel_inputs``): the two steps then sit side
+by side, and fusion (``absorbs``) computes ``L`` in the output's kernel, one pass over the
+keys. Unfused (``fuse=False``) each has its own kernel; in an inference graph nothing reads
+``L`` and its step is dropped.
+
+The gradients are three nodes with two kernels: dQ loops over key blocks for each block of
+queries; dK and dV loop over query blocks for each block of keys, and the dK node carries
+the dV node as an unread input so that one kernel writes both. Each kernel's parallel tasks
+own the rows they write, so the gradients are deterministic, with no atomics.
+
+The causal mask keeps key ``j`` for query ``i`` where ``j <= i + S - T``, as
+``causal_mask_op`` does (PyTorch's ``is_causal`` for T == S). A query that sees no key
+(T > S, causal) gets NaN, as the unfused graph does.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from dlsys.checks import check_constant, check_flag
+from dlsys.errors import GradientError, ShapeError
+from dlsys.graph import Node, Op, Shape, short_name
+from dlsys.kernels.registry import KernelSpec
+from dlsys.ops.arguments import check_node
+from dlsys.ops.shapes import inputs_text
+
+
+def attention_shapes(node: Node, input_shapes: list[Shape]) -> tuple[int, int, int, int, int,
+                                                                     int]:
+    """``(B, H, T, S, D, E)`` of Q (B, H, T, D), K (B, H, S, D) and V (B, H, S, E), or a
+    ``ShapeError`` naming the node and its inputs' shapes."""
+    q, k, v = (tuple(s) for s in input_shapes[:3])
+    problem = None
+    if any(len(s) != 4 for s in (q, k, v)):
+        problem = "query, key and value must be (B, H, length, depth)"
+    elif q[:2] != k[:2] or k[:3] != v[:3]:
+        problem = "batch and heads must agree, and keys and values have the same length"
+    elif q[3] != k[3]:
+        problem = "queries and keys must have the same depth"
+    elif 0 in q or 0 in k or 0 in v:
+        problem = "every axis must be positive"
+    if problem is not None:
+        raise ShapeError(f"{node.name}: {problem} (fused attention: no batch broadcast), got "
+                         f"{inputs_text(node, input_shapes[:3])}")
+    return q[0], q[1], q[2], k[2], q[3], v[3]
+
+
+def _scale(node: Node, depth: int) -> float:
+    scale = node.attrs["scale"]
+    return 1.0 / math.sqrt(depth) if scale is None else scale
+
+
+def _params(node: Node, shapes: list[Shape]) -> tuple:
+    """The kernels' leading parameters: the three operand shapes, the scale, the mask."""
+    depth = attention_shapes(node, shapes)[4]
+    return (*(tuple(s) for s in shapes[:3]), _scale(node, depth), node.attrs["causal"])
+
+
+def _reference_probabilities(node: Node, q, k) -> np.ndarray:
+    t, s = q.shape[-2], k.shape[-2]
+    scores = np.matmul(q, np.swapaxes(k, -1, -2)) * _scale(node, q.shape[-1])
+    if node.attrs["causal"]:
+        keep = np.arange(s)[None, :] <= np.arange(t)[:, None] + (s - t)
+        scores = np.where(keep, scores, -np.inf)
+    with np.errstate(invalid="ignore"):  # a query that sees no key: NaN, as the graph gives
+        shifted = scores - scores.max(axis=-1, keepdims=True)
+        weights = np.exp(shifted)
+        return weights / weights.sum(axis=-1, keepdims=True)
+
+
+class _AttentionNodeOp(Op):
+    """What the attention operators share: attributes ``scale`` (None: ``1/sqrt(D)``) and
+    ``causal``, the first three inputs Q, K, V, and no second derivative."""
+
+    def describe(self, node):
+        causal = ", causal" if node.attrs["causal"] else ""
+        return f"{self.name}({', '.join(short_name(i) for i in node.inputs[:3])}{causal})"
+
+    def gradient(self, node, output_grad):
+        raise GradientError(f"{node.name}: fused attention has no second derivative in dlsys")
+
+
+class AttentionLSEOp(_AttentionNodeOp):
+    """``L = logsumexp(Q K^T * scale [+ causal mask])`` per query, shape (B, H, T): the
+    statistic the backward kernels recompute the probabilities from. Its own kernel runs
+    the forward loops writing only ``L``; fused, the output's kernel writes it."""
+
+    name = "AttentionLSE"
+
+    def __call__(self, q: Node, k: Node, v: Node, scale: float | None, causal: bool) -> Node:
+        return Node(self, [q, k, v], {"scale": scale, "causal": causal})
+
+    def infer_shape(self, node, input_shapes):
+        return attention_shapes(node, input_shapes)[:3]
+
+    def kernel_spec(self, node, input_shapes, output_shape):
+        return KernelSpec("attention_forward", (*_params(node, input_shapes), "lse"))
+
+    def reference(self, node, q, k, v=None):
+        t, s = q.shape[-2], k.shape[-2]
+        scores = np.matmul(q, np.swapaxes(k, -1, -2)) * _scale(node, q.shape[-1])
+        if node.attrs["causal"]:
+            keep = np.arange(s)[None, :] <= np.arange(t)[:, None] + (s - t)
+            scores = np.where(keep, scores, -np.inf)
+        top = scores.max(axis=-1)
+        with np.errstate(invalid="ignore"):
+            return top + np.log(np.exp(scores - top[..., None]).sum(axis=-1))
+
+
+class AttentionOp(_AttentionNodeOp):
+    """``softmax(Q K^T * scale [+ causal mask]) V`` for Q (B, H, T, D), K (B, H, S, D),
+    V (B, H, S, E): shape (B, H, T, E). Input 3 is its ``AttentionLSE`` sibling, not read
+    (see the module docstring)."""
+
+    name = "Attention"
+    absorbs = None  # set below: the log-sum-exp its kernel writes too
+
+    def __call__(self, q: Node, k: Node, v: Node, scale: float | None = None,
+                 causal: bool = False) -> Node:
+        for argument, value in (("q", q), ("k", k), ("v", v)):
+            check_node(self.name, argument, value)
+        if scale is not None:
+            scale = check_constant(f"{self.name}: scale", scale)
+        causal = check_flag(f"{self.name}: causal", causal)
+        lse = attention_lse_op(q, k, v, scale, causal)
+        return Node(self, [q, k, v, lse], {"scale": scale, "causal": causal})
+
+    def kernel_inputs(self, node):
+        return node.inputs[:3]
+
+    def infer_shape(self, node, input_shapes):
+        b, h, t, _, _, e = attention_shapes(node, input_shapes)
+        return (b, h, t, e)
+
+    def gradient(self, node, output_grad):
+        q, k, v, lse = node.inputs
+        operands = (q, k, v, node, output_grad, lse, node.attrs["scale"], node.attrs["causal"])
+        dv = attention_value_gradient_op(*operands)
+        return [attention_query_gradient_op(*operands),
+                attention_key_gradient_op(*operands, dv), dv, None]
+
+    def kernel_spec(self, node, input_shapes, output_shape):
+        return KernelSpec("attention_forward", (*_params(node, input_shapes), "output"))
+
+    def absorb_kernel_spec(self, node, other, shapes, spec):
+        if other is not node.inputs[3]:
+            return None
+        return KernelSpec("attention_forward",
+                          (*_params(node, [shapes[i] for i in node.inputs]), "both"))
+
+    def reference(self, node, q, k, v, lse=None):
+        return np.matmul(_reference_probabilities(node, q, k), v)
+
+
+class AttentionGradientOp(_AttentionNodeOp):
+    """One adjoint of ``AttentionOp`` (``wrt``: "query", "key" or "value") from Q, K, V, the
+    output O, its gradient dO and the log-sum-exp L, recomputing the probabilities.
+
+    The key gradient may carry the value gradient as a seventh input it does not read, so
+    that fusion computes both in one kernel (``absorbs``)."""
+
+    name = "AttentionGrad"
+
+    def __init__(self, wrt: str):
+        self.wrt = wrt
+        self.name = f"Attention{wrt.capitalize()}Grad"
+
+    def __call__(self, q: Node, k: Node, v: Node, out: Node, d_out: Node, lse: Node,
+                 scale: float | None, causal: bool, sibling: Node | None = None) -> Node:
+        inputs = [q, k, v, out, d_out, lse] + ([] if sibling is None else [sibling])
+        return Node(self, inputs, {"scale": scale, "causal": causal})
+
+    def kernel_inputs(self, node):
+        return node.inputs[:6]
+
+    def infer_shape(self, node, input_shapes):
+        b, h, t, _, _, e = attention_shapes(node, input_shapes)
+        for position, expected in ((3, (b, h, t, e)), (4, (b, h, t, e)), (5, (b, h, t))):
+            if tuple(input_shapes[position]) != expected:
+                raise ShapeError(f"{node.name}: {node.inputs[position].name} must have shape "
+                                 f"{expected}, got {tuple(input_shapes[position])}")
+        return tuple(input_shapes[{"query": 0, "key": 1, "value": 2}[self.wrt]])
+
+    def kernel_spec(self, node, input_shapes, output_shape):
+        params = _params(node, input_shapes)
+        if self.wrt == "query":
+            return KernelSpec("attention_query_gradient", params)
+        return KernelSpec("attention_key_gradient", (*params, self.wrt))
+
+    def absorb_kernel_spec(self, node, other, shapes, spec):
+        if len(node.inputs) < 7 or other is not node.inputs[6]:
+            return None
+        return KernelSpec("attention_key_gradient",
+                          (*_params(node, [shapes[i] for i in node.inputs]), "both"))
+
+    def reference(self, node, q, k, v, out, d_out, lse, sibling=None):
+        p = _reference_probabilities(node, q, k)
+        scale = _scale(node, q.shape[-1])
+        if self.wrt == "value":
+            return np.matmul(np.swapaxes(p, -1, -2), d_out)
+        delta = (d_out * out).sum(axis=-1, keepdims=True)
+        ds = p * (np.matmul(d_out, np.swapaxes(v, -1, -2)) - delta)
+        if self.wrt == "query":
+            return np.matmul(ds, k) * scale
+        return np.matmul(np.swapaxes(ds, -1, -2), q) * scale
+
+
+attention_lse_op = AttentionLSEOp()
+attention_op = AttentionOp()
+attention_op.absorbs = attention_lse_op
+attention_query_gradient_op = AttentionGradientOp("query")
+attention_key_gradient_op = AttentionGradientOp("key")
+attention_value_gradient_op = AttentionGradientOp("value")
+attention_key_gradient_op.absorbs = attention_value_gradient_op
+
+__all__ = ["AttentionOp", "AttentionLSEOp", "AttentionGradientOp", "attention_op",
+           "attention_lse_op", "attention_query_gradient_op", "attention_key_gradient_op",
+           "attention_value_gradient_op", "attention_shapes"]
