@@ -2,7 +2,9 @@
 
 Cases (float32, the sizes of the default GPT: batch 8, context 128, width 128, 4 heads):
 layer norm over (8*128, 128) with its three gradients; softmax over the last axis of
-attention scores (8, 4, 128, 128) and its gradient, alone and after the causal mask; GELU
+attention scores (8, 4, 128, 128) and its gradient, alone, after the causal mask (two more
+kernels) and as the fused ``softmax_op(x, causal=True)`` (PyTorch: ``masked_fill`` then
+``softmax`` in both causal rows); GELU
 (exact) over (8*128, 512), forward alone and with its gradient. dlsys runs a graph of the
 forward node and its adjoint nodes with the upstream gradient fed (what reverse mode builds
 inside a training graph); PyTorch the forward call and ``torch.autograd.grad`` with the same
@@ -29,8 +31,8 @@ import numpy as np
 
 ROWS, WIDTH, HEADS, CONTEXT, HIDDEN = 8 * 128, 128, 4, 128, 512
 SCORES = (8, HEADS, CONTEXT, CONTEXT)
-CASES = ["layernorm fwd+bwd", "softmax fwd+bwd", "causal softmax fwd+bwd", "gelu fwd",
-         "gelu fwd+bwd"]
+CASES = ["layernorm fwd+bwd", "softmax fwd+bwd", "causal softmax fwd+bwd",
+         "causal fused fwd+bwd", "gelu fwd", "gelu fwd+bwd"]
 WARMUP = 5
 
 
@@ -48,8 +50,6 @@ def cpu_name() -> str:
 def inputs(case: str) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     shape = {"layernorm": (ROWS, WIDTH), "gelu": (ROWS, HIDDEN)}.get(case.split()[0], SCORES)
-    if case.startswith("causal"):
-        shape = SCORES
     arrays = {"x": rng.normal(size=shape), "g": rng.normal(size=shape),
               "gamma": rng.normal(size=shape[-1:]), "beta": rng.normal(size=shape[-1:])}
     return {k: v.astype(np.float32) for k, v in arrays.items()}
@@ -79,6 +79,9 @@ def dlsys_graph(case: str, ad):
         y = ad.layernorm_op(x, gamma, beta)
         return [y, layernorm_gradient_op(g, x, gamma, 1e-5),
                 layernorm_scale_gradient_op(g, x, 1e-5), ad.reducesumto_op(g, beta)], feeds
+    if case.startswith("causal fused"):
+        y = ad.softmax_op(x, causal=True)
+        return [y, softmax_gradient_op(g, y, -1, False, causal=True)], feeds
     if "softmax" in case:
         y = ad.softmax_op(ad.causal_mask_op(x) if case.startswith("causal") else x)
         grad = softmax_gradient_op(g, y, -1, False)
@@ -114,7 +117,7 @@ def torch_call(case: str, torch, arrays: dict):
         gamma, beta = t["gamma"].requires_grad_(), t["beta"].requires_grad_()
         return lambda: torch.autograd.grad(F.layer_norm(x, (WIDTH,), gamma, beta), [x, gamma,
                                                                                     beta], t["g"])
-    if "softmax" in case:
+    if "softmax" in case or "causal" in case:
         keep = torch.ones(CONTEXT, CONTEXT, dtype=torch.bool).tril()
 
         def scores():
@@ -155,13 +158,13 @@ def report(rounds: list[dict], threads: int, args) -> None:
     print(f"float32, median of {args.repeats} calls, median of {args.rounds} rounds, "
           f"microseconds per call; layer norm ({ROWS}, {WIDTH}), softmax {SCORES}, "
           f"GELU ({ROWS}, {HIDDEN})")
-    print(f"{'':24s}" + "".join(f"{c:>24s}" for c in CASES))
+    print(f"{'':28s}" + "".join(f"{c:>24s}" for c in CASES))
     for system, results in rows.items():
-        print(f"{system:24s}" + "".join(f"{results[c]:24.1f}" for c in CASES))
+        print(f"{system:28s}" + "".join(f"{results[c]:24.1f}" for c in CASES))
     base = rows["dlsys"]
     for system, results in rows.items():
         if system != "dlsys":
-            print(f"{'dlsys / ' + system:24s}"
+            print(f"{'dlsys / ' + system:28s}"
                   + "".join(f"{base[c] / results[c]:23.2f}x" for c in CASES))
     print("(a ratio below 1: dlsys takes that fraction of PyTorch's time)")
 

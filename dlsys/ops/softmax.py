@@ -45,32 +45,44 @@ def _log_softmax(x: np.ndarray, axis: int) -> np.ndarray:
 
 
 class SoftmaxOp(Op):
-    """``exp(x) / sum(exp(x))`` along ``axis`` (default the last), any rank."""
+    """``exp(x) / sum(exp(x))`` along ``axis`` (default the last), any rank. ``causal``:
+    of ``causal_mask_op(x)``, in one kernel (the last axis only)."""
 
     name = "Softmax"
     log = False
 
-    def __call__(self, x: Node, axis: int = -1) -> Node:
+    def __call__(self, x: Node, axis: int = -1, causal: bool = False) -> Node:
         x = check_node(self.name, "x", x)
-        return Node(self, [x], {"axis": _check_axis(f"{self.name}({x.name})", axis)})
+        where = f"{self.name}({x.name})"
+        return Node(self, [x], {"axis": _check_axis(where, axis),
+                                "causal": check_flag(f"{where}: causal", causal)})
 
     def describe(self, node):
         axis = node.attrs["axis"]
-        return f"{self.name}({short_name(node.inputs[0])}{'' if axis == -1 else f', {axis}'})"
+        extra = ("" if axis == -1 else f", {axis}") + (", causal" if node.attrs["causal"] else "")
+        return f"{self.name}({short_name(node.inputs[0])}{extra})"
 
     def infer_shape(self, node, input_shapes):
         shape = tuple(input_shapes[0])
-        _normalized_axis(node, shape)
+        axis = _normalized_axis(node, shape)
+        if node.attrs["causal"] and (len(shape) < 2 or axis != len(shape) - 1):
+            raise ShapeError(f"{node.name}: a causal softmax runs along the last axis of "
+                             f"scores (..., T, S); got axis {node.attrs['axis']} of "
+                             f"{node.inputs[0].name} of shape {shape}")
         return shape
 
     def gradient(self, node, output_grad):
-        return [softmax_gradient_op(output_grad, node, node.attrs["axis"], self.log)]
+        return [softmax_gradient_op(output_grad, node, node.attrs["axis"], self.log,
+                                    node.attrs["causal"])]
 
     def kernel_spec(self, node, input_shapes, output_shape):
         shape = tuple(output_shape)
-        return KernelSpec("softmax_along", (shape, _normalized_axis(node, shape), self.log))
+        return KernelSpec("softmax_along", (shape, _normalized_axis(node, shape), self.log,
+                                            node.attrs["causal"]))
 
     def reference(self, node, x):
+        if node.attrs["causal"]:
+            x = _causal_reference(x, float("-inf"))
         logs = _log_softmax(x, node.attrs["axis"])
         return logs if self.log else np.exp(logs)
 
@@ -84,12 +96,14 @@ class LogSoftmaxOp(SoftmaxOp):
 
 class SoftmaxGradientOp(Op):
     """The adjoint of softmax (``log``: of log-softmax) along ``axis`` at its output ``y``
-    for the upstream gradient ``g``."""
+    for the upstream gradient ``g``; ``causal``: of the causal softmax, 0 at the masked
+    logits (also in a row with no key left, whose output is NaN)."""
 
     name = "SoftmaxGrad"
 
-    def __call__(self, g: Node, y: Node, axis: int, log: bool) -> Node:
-        return Node(self, [g, y], {"axis": axis, "log": check_flag("log", log)})
+    def __call__(self, g: Node, y: Node, axis: int, log: bool, causal: bool = False) -> Node:
+        return Node(self, [g, y], {"axis": axis, "log": check_flag("log", log),
+                                   "causal": check_flag("causal", causal)})
 
     def describe(self, node):
         kind = "LogSoftmaxGrad" if node.attrs["log"] else "SoftmaxGrad"
@@ -107,14 +121,16 @@ class SoftmaxGradientOp(Op):
 
     def kernel_spec(self, node, input_shapes, output_shape):
         shape = tuple(output_shape)
-        return KernelSpec("softmax_along_gradient",
-                          (shape, _normalized_axis(node, shape), node.attrs["log"]))
+        return KernelSpec("softmax_along_gradient", (shape, _normalized_axis(node, shape),
+                                                     node.attrs["log"], node.attrs["causal"]))
 
     def reference(self, node, g, y):
         axis = node.attrs["axis"]
         if node.attrs["log"]:
-            return g - np.exp(y) * g.sum(axis=axis, keepdims=True)
-        return y * (g - (g * y).sum(axis=axis, keepdims=True))
+            grad = g - np.exp(y) * g.sum(axis=axis, keepdims=True)
+        else:
+            grad = y * (g - (g * y).sum(axis=axis, keepdims=True))
+        return _causal_reference(grad, 0.0) if node.attrs["causal"] else grad
 
 
 class CausalMaskOp(Op):
@@ -128,6 +144,9 @@ class CausalMaskOp(Op):
 
     def __call__(self, x: Node, fill: float = float("-inf")) -> Node:
         x = check_node(self.name, "x", x)
+        if isinstance(fill, (bool, np.bool_)) or not isinstance(fill, numbers.Real):
+            raise ArgumentTypeError(f"{self.name}({x.name}): fill must be a number, got "
+                                    f"{fill!r}")
         return Node(self, [x], {"fill": float(fill)})
 
     def describe(self, node):
@@ -149,9 +168,13 @@ class CausalMaskOp(Op):
         return KernelSpec("causal_mask", (tuple(output_shape), node.attrs["fill"]))
 
     def reference(self, node, x):
-        t, s = x.shape[-2:]
-        keep = np.arange(s)[None, :] <= np.arange(t)[:, None] + (s - t)
-        return np.where(keep, x, node.attrs["fill"])
+        return _causal_reference(x, node.attrs["fill"])
+
+
+def _causal_reference(x: np.ndarray, fill: float) -> np.ndarray:
+    t, s = x.shape[-2:]
+    keep = np.arange(s)[None, :] <= np.arange(t)[:, None] + (s - t)
+    return np.where(keep, x, fill)
 
 
 softmax_op = SoftmaxOp()

@@ -81,6 +81,20 @@ def test_causal_softmax_matches_torch(shape):
                    lambda a: torch.softmax(a.masked_fill(~keep, float("-inf")), -1), [x])
 
 
+@pytest.mark.parametrize("log", [False, True])
+@pytest.mark.parametrize("shape", [(5, 5), (3, 4, 6), (2, 2, 3, 3), (2, 4, 1)])
+def test_fused_causal_softmax_matches_torch(shape, log):
+    t, s = shape[-2:]
+    x = np.random.default_rng(3).normal(size=shape)
+    keep = torch.ones(t, s, dtype=torch.bool).tril(diagonal=s - t)
+    ours, theirs = (ad.logsoftmax_op, torch.log_softmax) if log else (ad.softmax_op,
+                                                                       torch.softmax)
+    # With T > S the first rows have no key at all: NaN forward (as PyTorch's), and a
+    # gradient of 0 to the masked logits (as PyTorch's through masked_fill).
+    _against_torch(lambda a: ours(a, causal=True),
+                   lambda a: theirs(a.masked_fill(~keep, float("-inf")), -1), [x])
+
+
 def test_causal_mask_values_and_pytorch_convention():
     x = ad.Variable("x")
     values = np.arange(2 * 3 * 5, dtype=float).reshape(2, 3, 5)
@@ -110,6 +124,7 @@ GRADIENT_CASES = {
     "logsoftmax_last": (ad.logsoftmax_op, [(4, 5)]),
     "logsoftmax_middle": (lambda x: ad.logsoftmax_op(x, -2), [(2, 3, 4, 2)]),
     "causal_softmax": (lambda x: ad.softmax_op(ad.causal_mask_op(x)), [(2, 3, 5)]),
+    "causal_softmax_fused": (lambda x: ad.softmax_op(x, causal=True), [(2, 3, 4)]),
 }
 
 
@@ -185,6 +200,9 @@ def test_bad_axis_names_node_shape_and_axis():
         ad.Executor([ad.logsoftmax_op(x, -3)]).run({x: np.zeros((2, 3))})
     with pytest.raises(ArgumentTypeError, match=r"Softmax\(scores\): axis must be an int"):
         ad.softmax_op(x, axis=1.0)
+    with pytest.raises(ShapeError, match=r"Softmax\(scores, 0, causal\): a causal softmax "
+                                         r"runs along the last axis.*\(2, 3\)"):
+        ad.Executor([ad.softmax_op(x, 0, causal=True)]).run({x: np.zeros((2, 3))})
 
 
 def test_layernorm_parameter_of_the_wrong_shape_names_it():

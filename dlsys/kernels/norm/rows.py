@@ -3,7 +3,7 @@ the kernels built from them (``schedule_rows``).
 
 A row's sum or max over its last axis is taken in two blocks: ``{name}_partial``, of shape
 ``(*rows, lanes)``, where lane ``l`` combines the elements ``l, l + lanes, l + 2 lanes...``
-of its row, and ``{name}``, which combines the lanes. The schedule runs the partial's lanes
+of its row, and ``{name}``, which combines the lanes pairwise. The schedule runs the partial's lanes
 as one vector: the row is read in order, a vector at a time, and each lane's running value
 sits in a register, where a single running value would wait on each add's latency. Along
 another axis (softmax over a middle axis) the reduction is one plain block.
@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import tvm
-from tvm import s_tir, te
+from tvm import s_tir, te, tirx
 
 from dlsys.kernels import cpu
 from dlsys.kernels.common.compute import Shape
@@ -31,6 +31,12 @@ from dlsys.kernels.common.loops import (
 
 # The name of every lane-partial block ends with it, so that the schedule finds them.
 PARTIAL_SUFFIX = "_partial"
+# An elementwise block whose name ends with it is computed a row at a time into a buffer
+# (a value read by several blocks of the row, such as softmax's exponentials), not inlined
+# into its readers.
+ROW_SUFFIX = "_row"
+# How a reduction's lanes are combined: its reducer as a binary operation.
+COMBINE = {te.sum: lambda a, b: a + b, te.max: tirx.max}
 
 
 def row_lanes(size: int, dtype: str) -> int:
@@ -51,6 +57,10 @@ def reduce_along(term: Callable, shape: Shape, axis: int, reducer: Callable, nam
     axis = axis % rank
     size = shape[axis]
     kept = shape[:axis] + shape[axis + 1:]
+    if size == 1:
+        # The element itself, not its max with the reduction's identity (-FLT_MAX, which
+        # would make a row of one -inf a row with a finite max).
+        return te.compute(kept, lambda *i: term(*i[:axis], 0, *i[axis:]), name=name)
     if axis != rank - 1:
         k = te.reduce_axis((0, size), name=f"{name}_k")
         return te.compute(kept, lambda *i: reducer(term(*i[:axis], k, *i[axis:]), axis=k),
@@ -59,8 +69,17 @@ def reduce_along(term: Callable, shape: Shape, axis: int, reducer: Callable, nam
     k = te.reduce_axis((0, size // lanes), name=f"{name}_k")
     partial = te.compute((*kept, lanes), lambda *i: reducer(
         term(*i[:-1], k * lanes + i[-1]), axis=k), name=name + PARTIAL_SUFFIX)
-    lane = te.reduce_axis((0, lanes), name=f"{name}_lane")
-    return te.compute(kept, lambda *i: reducer(partial[(*i, lane)], axis=lane), name=name)
+    combine = COMBINE[reducer]
+
+    def lane_tree(*i):
+        # Pairwise, so that the lanes' total waits on log2(lanes) operations, not on lanes.
+        terms = [partial[(*i, lane)] for lane in range(lanes)]
+        while len(terms) > 1:
+            terms = [combine(*terms[k:k + 2]) if k + 1 < len(terms) else terms[k]
+                     for k in range(0, len(terms), 2)]
+        return terms[0]
+
+    return te.compute(kept, lane_tree, name=name)
 
 
 def schedule_rows(sch: s_tir.Schedule) -> None:
@@ -72,7 +91,8 @@ def schedule_rows(sch: s_tir.Schedule) -> None:
     rank = len(sch.get_loops(last))
     kept = []
     for block in producers:
-        if not is_reduction(sch, block) and len(sch.get(block).iter_vars) == rank:
+        if not is_reduction(sch, block) and len(sch.get(block).iter_vars) == rank \
+                and not sch.get(block).name_hint.endswith(ROW_SUFFIX):
             sch.compute_inline(block)
         else:
             kept.append(block)
@@ -88,8 +108,11 @@ def schedule_rows(sch: s_tir.Schedule) -> None:
         # Before the partials' initialisations are split off, which parallel() would refuse.
         sch.parallel(outer)
     for block in kept:
-        if sch.get(block).name_hint.endswith(PARTIAL_SUFFIX):
+        name = sch.get(block).name_hint
+        if name.endswith(PARTIAL_SUFFIX):
             _vectorize_lanes(sch, block)
+        elif name.endswith(ROW_SUFFIX):
+            vectorize_row(sch, sch.get_loops(block)[-1])
     vectorize_row(sch, sch.get_loops(last)[-1])
 
 
