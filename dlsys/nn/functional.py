@@ -38,6 +38,7 @@ from dlsys.ops import (
     tanh_op,
 )
 from dlsys.ops.arguments import check_node
+from dlsys.ops.attention import attention_op, use_fused_attention
 from dlsys.ops.cross_entropy import cross_entropy as _cross_entropy
 from dlsys.ops.placeholder import Parameter
 from dlsys.ops.random import dropout_op, next_seed_op
@@ -230,8 +231,18 @@ def scaled_dot_product_attention(query: Node, key: Node, value: Node, attn_mask=
 
 def attention(query: Node, key: Node, value: Node, mask: Node | None, is_causal: bool,
               dropout_p: float, scale: float | None) -> Node:
-    """The unfused attention graph on checked arguments (see
-    :func:`scaled_dot_product_attention`); ``mask`` an additive node or None."""
+    """Attention on checked arguments (see :func:`scaled_dot_product_attention`); ``mask``
+    an additive node or None. The fused operator (``ops.attention``, no T x S buffer) where
+    ``use_fused_attention`` chooses it (DLSYS_ATTENTION forces either), else the unfused
+    graph."""
+    if use_fused_attention(mask is not None, dropout_p):
+        return attention_op(query, key, value, scale, is_causal)
+    return unfused_attention(query, key, value, mask, is_causal, dropout_p, scale)
+
+
+def unfused_attention(query: Node, key: Node, value: Node, mask: Node | None,
+                      is_causal: bool, dropout_p: float, scale: float | None) -> Node:
+    """The unfused attention graph: matmul, scale, masks, softmax, dropout, matmul."""
     scores = matmul_op(query, key, False, True)
     scores = scores * inverse_sqrt_last_axis(query) if scale is None \
         else mul_byconst_op(scores, scale)

@@ -23,35 +23,37 @@ The causal mask keeps key ``j`` for query ``i`` where ``j <= i + S - T``, as
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
 from dlsys.checks import check_constant, check_flag
-from dlsys.errors import GradientError, ShapeError
+from dlsys.errors import ArgumentError, GradientError, ShapeError
 from dlsys.graph import Node, Op, Shape, short_name
 from dlsys.kernels.registry import KernelSpec
 from dlsys.ops.arguments import check_node
 from dlsys.ops.shapes import inputs_text
 
 
-def attention_shapes(node: Node, input_shapes: list[Shape]) -> tuple[int, int, int, int, int,
+def attention_shapes(node: Node, input_shapes: list[Shape]) -> tuple[Shape, int, int, int,
                                                                      int]:
-    """``(B, H, T, S, D, E)`` of Q (B, H, T, D), K (B, H, S, D) and V (B, H, S, E), or a
+    """``(lead, T, S, D, E)`` of Q (*lead, T, D), K (*lead, S, D) and V (*lead, S, E)
+    (``lead`` is (B, H) in a transformer, any leading axes the three share), or a
     ``ShapeError`` naming the node and its inputs' shapes."""
     q, k, v = (tuple(s) for s in input_shapes[:3])
     problem = None
-    if any(len(s) != 4 for s in (q, k, v)):
-        problem = "query, key and value must be (B, H, length, depth)"
-    elif q[:2] != k[:2] or k[:3] != v[:3]:
-        problem = "batch and heads must agree, and keys and values have the same length"
-    elif q[3] != k[3]:
+    if any(len(s) < 2 for s in (q, k, v)) or not len(q) == len(k) == len(v):
+        problem = "query, key and value must be (..., length, depth) of one rank"
+    elif q[:-2] != k[:-2] or k[:-1] != v[:-1]:
+        problem = ("the leading axes must agree (the fused kernel does not broadcast them), "
+                   "and keys and values have the same length")
+    elif q[-1] != k[-1]:
         problem = "queries and keys must have the same depth"
-    elif 0 in q or 0 in k or 0 in v:
+    elif 0 in q + k + v:
         problem = "every axis must be positive"
     if problem is not None:
-        raise ShapeError(f"{node.name}: {problem} (fused attention: no batch broadcast), got "
-                         f"{inputs_text(node, input_shapes[:3])}")
-    return q[0], q[1], q[2], k[2], q[3], v[3]
+        raise ShapeError(f"{node.name}: {problem}; got {inputs_text(node, input_shapes[:3])}")
+    return q[:-2], q[-2], k[-2], q[-1], v[-1]
 
 
 def _scale(node: Node, depth: int) -> float:
@@ -61,7 +63,7 @@ def _scale(node: Node, depth: int) -> float:
 
 def _params(node: Node, shapes: list[Shape]) -> tuple:
     """The kernels' leading parameters: the three operand shapes, the scale, the mask."""
-    depth = attention_shapes(node, shapes)[4]
+    depth = attention_shapes(node, shapes)[3]
     return (*(tuple(s) for s in shapes[:3]), _scale(node, depth), node.attrs["causal"])
 
 
@@ -100,7 +102,8 @@ class AttentionLSEOp(_AttentionNodeOp):
         return Node(self, [q, k, v], {"scale": scale, "causal": causal})
 
     def infer_shape(self, node, input_shapes):
-        return attention_shapes(node, input_shapes)[:3]
+        lead, queries, *_ = attention_shapes(node, input_shapes)
+        return (*lead, queries)
 
     def kernel_spec(self, node, input_shapes, output_shape):
         return KernelSpec("attention_forward", (*_params(node, input_shapes), "lse"))
@@ -118,7 +121,8 @@ class AttentionLSEOp(_AttentionNodeOp):
 
 class AttentionOp(_AttentionNodeOp):
     """``softmax(Q K^T * scale [+ causal mask]) V`` for Q (B, H, T, D), K (B, H, S, D),
-    V (B, H, S, E): shape (B, H, T, E). Input 3 is its ``AttentionLSE`` sibling, not read
+    V (B, H, S, E): shape (B, H, T, E) (any leading axes the three share, in place of
+    (B, H)). Input 3 is its ``AttentionLSE`` sibling, not read
     (see the module docstring)."""
 
     name = "Attention"
@@ -138,8 +142,8 @@ class AttentionOp(_AttentionNodeOp):
         return node.inputs[:3]
 
     def infer_shape(self, node, input_shapes):
-        b, h, t, _, _, e = attention_shapes(node, input_shapes)
-        return (b, h, t, e)
+        lead, queries, _, _, value_depth = attention_shapes(node, input_shapes)
+        return (*lead, queries, value_depth)
 
     def gradient(self, node, output_grad):
         q, k, v, lse = node.inputs
@@ -183,8 +187,8 @@ class AttentionGradientOp(_AttentionNodeOp):
         return node.inputs[:6]
 
     def infer_shape(self, node, input_shapes):
-        b, h, t, _, _, e = attention_shapes(node, input_shapes)
-        for position, expected in ((3, (b, h, t, e)), (4, (b, h, t, e)), (5, (b, h, t))):
+        lead, t, _, _, e = attention_shapes(node, input_shapes)
+        for position, expected in ((3, (*lead, t, e)), (4, (*lead, t, e)), (5, (*lead, t))):
             if tuple(input_shapes[position]) != expected:
                 raise ShapeError(f"{node.name}: {node.inputs[position].name} must have shape "
                                  f"{expected}, got {tuple(input_shapes[position])}")
@@ -224,4 +228,40 @@ attention_key_gradient_op.absorbs = attention_value_gradient_op
 
 __all__ = ["AttentionOp", "AttentionLSEOp", "AttentionGradientOp", "attention_op",
            "attention_lse_op", "attention_query_gradient_op", "attention_key_gradient_op",
-           "attention_value_gradient_op", "attention_shapes"]
+           "attention_value_gradient_op", "attention_shapes", "attention_strategy",
+           "use_fused_attention", "STRATEGY_VARIABLE"]
+
+
+# ------------------------------------------------------------------------------ the choice
+STRATEGY_VARIABLE = "DLSYS_ATTENTION"
+STRATEGIES = ("auto", "fused", "unfused")
+
+
+def attention_strategy(strategy: str | None = None) -> str:
+    """``strategy``, or else the environment variable DLSYS_ATTENTION, or ``"auto"``:
+    ``"fused"`` or ``"unfused"`` force that graph where the fused operator supports the
+    call; ``"auto"`` applies ``use_fused_attention``'s measured rule."""
+    chosen = strategy if strategy is not None else os.environ.get(STRATEGY_VARIABLE, "")
+    chosen = chosen.strip().lower() or "auto"
+    if chosen not in STRATEGIES:
+        raise ArgumentError(f"{STRATEGY_VARIABLE} must be one of {STRATEGIES}, got {chosen!r}")
+    return chosen
+
+
+def use_fused_attention(has_mask: bool, dropout_p: float, strategy: str | None = None) -> bool:
+    """Whether ``F.scaled_dot_product_attention`` builds ``attention_op`` (True) or the
+    unfused graph of matmuls, mask and softmax (False).
+
+    The fused operator takes no ``attn_mask`` and no dropout: such calls are always
+    unfused. Otherwise, ``"auto"`` chooses the fused operator, from measurements
+    (``benchmarks/bench_attention.py``, AMD EPYC znver4, 2 cores, float32, B=8, H=4, D=32):
+    forward and backward it was faster than the unfused graph at every length measured
+    (T = S from 16 to 512, causal and not), and it never holds the (B, H, T, S) scores the
+    unfused graph writes several times over (32 MiB at T = 512). The graph is built before
+    the lengths are known (placeholders get their shapes when fed), so the rule cannot
+    depend on them; a length where the unfused graph won would need this choice made at
+    compile time.
+    """
+    if has_mask or dropout_p > 0:
+        return False
+    return attention_strategy(strategy) != "unfused"

@@ -30,6 +30,7 @@ the last row and their scores masked, so every vector loop has a fixed length.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from tvm import te, tirx
@@ -56,8 +57,7 @@ WRITES = ("output", "lse", "both")
 class Layout:
     """The sizes of one attention call and the blocks its loops take."""
 
-    batch: int
-    heads: int
+    lead: Shape       # the leading axes Q, K, V and O share: (B, H), or any others
     queries: int      # T
     keys: int         # S
     depth: int        # D, of queries and keys
@@ -107,45 +107,49 @@ class Layout:
 
 def _layout(q_shape: Shape, k_shape: Shape, v_shape: Shape, scale: float, causal: bool,
             dtype: str) -> Layout:
-    batch, heads, queries, depth = q_shape
-    return Layout(batch, heads, queries, k_shape[2], depth, v_shape[3], float(scale),
+    *lead, queries, depth = q_shape
+    return Layout(tuple(lead), queries, k_shape[-2], depth, v_shape[-1], float(scale),
                   bool(causal), dtype)
 
 
 def _tasks(lay: Layout, blocks: int, body) -> tirx.Stmt:
-    """One parallel loop over (b, h, block): ``body(b, h, block)``."""
-    per_batch = lay.heads * blocks
-
+    """One parallel loop over (leading index, block): ``body(at, block)``, ``at`` the index
+    of the leading axes (b, h) as a tuple."""
     def task(t):
-        return body(t // per_batch, (t // blocks) % lay.heads, t % blocks)
+        at, rest = [], t // blocks
+        for extent in reversed(lay.lead):
+            at.insert(0, rest % extent)
+            rest = rest // extent
+        return body(tuple(at), t % blocks)
 
-    return loop("task", lay.batch * per_batch, task, tirx.ForKind.PARALLEL)
+    return loop("task", math.prod(lay.lead) * blocks, task, tirx.ForKind.PARALLEL)
 
 
 # ------------------------------------------------------------------------------ forward
 def attention_forward(q_shape: Shape, k_shape: Shape, v_shape: Shape, scale: float,
                       causal: bool, writes: str, dtype: str):
-    """Inputs Q (B, H, T, D), K (B, H, S, D), V (B, H, S, E); outputs O (B, H, T, E) and/or
-    L (B, H, T) as ``writes`` asks (``"both"``: O then L)."""
+    """Inputs Q (..., T, D), K (..., S, D), V (..., S, E), the leading axes (B, H) the same
+    for all; outputs O (..., T, E) and/or L (..., T) as ``writes`` asks (``"both"``: O
+    then L)."""
     lay = _layout(q_shape, k_shape, v_shape, scale, causal, dtype)
     q = te.placeholder(q_shape, dtype=dtype, name="Q")
     k = te.placeholder(k_shape, dtype=dtype, name="K")
     v = te.placeholder(v_shape, dtype=dtype, name="V")
-    out_shape = (lay.batch, lay.heads, lay.queries, lay.value_depth)
-    lse_shape = (lay.batch, lay.heads, lay.queries)
+    out_shape = (*lay.lead, lay.queries, lay.value_depth)
+    lse_shape = (*lay.lead, lay.queries)
     shapes = {"output": [out_shape], "lse": [lse_shape], "both": [out_shape, lse_shape]}
 
     def body(ins, outs):
         named = dict(zip(("output", "lse") if writes == "both" else (writes,), outs))
-        return _tasks(lay, lay.blocks(lay.queries), lambda b, h, blk: _forward_task(
-            lay, *ins, named.get("output"), named.get("lse"), b, h, blk))
+        return _tasks(lay, lay.blocks(lay.queries), lambda at, blk: _forward_task(
+            lay, *ins, named.get("output"), named.get("lse"), at, blk))
 
     outs = te.extern(shapes[writes], [q, k, v], body, name="attention",
                      dtype=[dtype] * len(shapes[writes]))
     return [q, k, v], [outs] if isinstance(outs, te.Tensor) else list(outs)
 
 
-def _forward_task(lay: Layout, q, k, v, out, lse, b, h, blk) -> tirx.Stmt:
+def _forward_task(lay: Layout, q, k, v, out, lse, at, blk) -> tirx.Stmt:
     n, dt = lay.lanes, lay.dtype
     qt = local("qt", (lay.depth, n), dt)            # Q^T of the block, times the scale
     acc = local("acc", (lay.value_depth, n), dt)     # the output's running sum, transposed
@@ -155,7 +159,7 @@ def _forward_task(lay: Layout, q, k, v, out, lse, b, h, blk) -> tirx.Stmt:
     scale = const(lay.scale, dt)
     init = seq(
         loop("d", lay.depth, lambda d: vector_loop("i", n, lambda i: store(
-            qt, q[b, h, lay.clamp_query(i0 + i), d] * scale, [d, i]))),
+            qt, q[(*at, lay.clamp_query(i0 + i), d)] * scale, [d, i]))),
         loop("e", lay.value_depth, lambda e: vector_loop(
             "i", n, lambda i: store(acc, const(0, dt), [e, i]))),
         vector_loop("i", n, lambda i: seq(store(row_max, const(float("-inf"), dt), [i]),
@@ -165,30 +169,30 @@ def _forward_task(lay: Layout, q, k, v, out, lse, b, h, blk) -> tirx.Stmt:
     def key_block(kb):
         j0 = kb * lay.key_block
         return seq(
-            _scores(lay, qt, k, p, b, h, i0, j0),
+            _scores(lay, qt, k, p, at, i0, j0),
             _rescale(lay, p, row_max, row_sum, alpha, acc),
             loop("e", lay.value_depth, lambda e: vector_loop("i", n, lambda i: store(
                 acc, acc[e, i] * alpha[i] + unrolled_sum(
-                    lambda j: p[j, i] * v[b, h, lay.clamp_key(j0 + j), e], lay.key_block),
+                    lambda j: p[j, i] * v[(*at, lay.clamp_key(j0 + j), e)], lay.key_block),
                 [e, i]))))
 
     finish = loop("i", tirx.min(n, lay.queries - i0), lambda i: seq(
         *([] if out is None else [loop("e", lay.value_depth, lambda e: store(
-            out, acc[e, i] / row_sum[i], [b, h, i0 + i, e]))]),
+            out, acc[e, i] / row_sum[i], [*at, i0 + i, e]))]),
         *([] if lse is None else [store(lse, row_max[i] + tirx.log(row_sum[i]),
-                                        [b, h, i0 + i])])))
+                                        [*at, i0 + i])])))
     return allocate([qt, acc, p, row_max, row_sum, alpha],
                     seq(init, loop("kb", key_blocks, key_block), finish))
 
 
-def _scores(lay: Layout, qt, k, p, b, h, i0, j0) -> tirx.Stmt:
+def _scores(lay: Layout, qt, k, p, at, i0, j0) -> tirx.Stmt:
     """``p[j, i]``: the scaled score of query ``i0 + i`` and key ``j0 + j``, or ``-inf``
     where the mask hides it."""
     n, dt = lay.lanes, lay.dtype
     hidden = const(float("-inf"), dt)
     return loop("j", lay.key_block, lambda j: vector_loop("i", n, lambda i: store(
         p, tirx.Select(lay.visible(i0 + i, j0 + j), unrolled_sum(
-            lambda d: k[b, h, lay.clamp_key(j0 + j), d] * qt[d, i], lay.depth), hidden),
+            lambda d: k[(*at, lay.clamp_key(j0 + j), d)] * qt[d, i], lay.depth), hidden),
         [j, i])))
 
 
@@ -212,21 +216,21 @@ def _rescale(lay: Layout, p, row_max, row_sum, alpha, acc) -> tirx.Stmt:
 
 
 # ------------------------------------------------------------------------------ backward
-def _delta(lay: Layout, d_out, out, b, h, query) -> tirx.PrimExpr:
+def _delta(lay: Layout, d_out, out, at, query) -> tirx.PrimExpr:
     """``rowsum(dO * O)`` of one query: the softmax adjoint's correction term."""
-    return unrolled_sum(lambda e: d_out[b, h, query, e] * out[b, h, query, e],
+    return unrolled_sum(lambda e: d_out[(*at, query, e)] * out[(*at, query, e)],
                         lay.value_depth)
 
 
 def _gradient_inputs(lay: Layout, q_shape: Shape, k_shape: Shape, v_shape: Shape):
     dt = lay.dtype
-    out_shape = (lay.batch, lay.heads, lay.queries, lay.value_depth)
+    out_shape = (*lay.lead, lay.queries, lay.value_depth)
     return [te.placeholder(q_shape, dtype=dt, name="Q"),
             te.placeholder(k_shape, dtype=dt, name="K"),
             te.placeholder(v_shape, dtype=dt, name="V"),
             te.placeholder(out_shape, dtype=dt, name="O"),
             te.placeholder(out_shape, dtype=dt, name="dO"),
-            te.placeholder((lay.batch, lay.heads, lay.queries), dtype=dt, name="L")]
+            te.placeholder((*lay.lead, lay.queries), dtype=dt, name="L")]
 
 
 def attention_key_gradient(q_shape: Shape, k_shape: Shape, v_shape: Shape, scale: float,
@@ -239,15 +243,15 @@ def attention_key_gradient(q_shape: Shape, k_shape: Shape, v_shape: Shape, scale
 
     def body(ins, outs):
         named = dict(zip(("key", "value") if writes == "both" else (writes,), outs))
-        return _tasks(lay, lay.blocks(lay.keys), lambda b, h, blk: _key_task(
-            lay, *ins, named.get("key"), named.get("value"), b, h, blk))
+        return _tasks(lay, lay.blocks(lay.keys), lambda at, blk: _key_task(
+            lay, *ins, named.get("key"), named.get("value"), at, blk))
 
     outs = te.extern(shapes[writes], inputs, body, name="attention_key_grad",
                      dtype=[dtype] * len(shapes[writes]))
     return inputs, [outs] if isinstance(outs, te.Tensor) else list(outs)
 
 
-def _key_task(lay: Layout, q, k, v, out, d_out, lse, dk, dv, b, h, blk) -> tirx.Stmt:
+def _key_task(lay: Layout, q, k, v, out, d_out, lse, dk, dv, at, blk) -> tirx.Stmt:
     """dK and dV of keys ``j0 .. j0 + lanes``, vectors across those keys; the query blocks
     that see them run in turn, ``rows`` queries of each block at a time."""
     n, dt = lay.lanes, lay.dtype
@@ -264,10 +268,10 @@ def _key_task(lay: Layout, q, k, v, out, d_out, lse, dk, dv, b, h, blk) -> tirx.
     scale, zero = const(lay.scale, dt), const(0, dt)
     init = seq(
         loop("d", lay.depth, lambda d: vector_loop("j", n, lambda j: seq(
-            store(kt, k[b, h, lay.clamp_key(j0 + j), d] * scale, [d, j]),
+            store(kt, k[(*at, lay.clamp_key(j0 + j), d)] * scale, [d, j]),
             store(dkt, zero, [d, j])))),
         loop("e", lay.value_depth, lambda e: vector_loop("j", n, lambda j: seq(
-            store(vt, v[b, h, lay.clamp_key(j0 + j), e], [e, j]),
+            store(vt, v[(*at, lay.clamp_key(j0 + j), e)], [e, j]),
             store(dvt, zero, [e, j])))))
     first_block = lay.first_query(j0) // rows
 
@@ -278,29 +282,29 @@ def _key_task(lay: Layout, q, k, v, out, d_out, lse, dk, dv, b, h, blk) -> tirx.
             return lay.clamp_query(i0 + i)
 
         return seq(
-            loop("i", rows, lambda i: seq(store(lse_q, lse[b, h, qi(i)], [i]),
-                                          store(delta, _delta(lay, d_out, out, b, h, qi(i)),
+            loop("i", rows, lambda i: seq(store(lse_q, lse[(*at, qi(i))], [i]),
+                                          store(delta, _delta(lay, d_out, out, at, qi(i)),
                                                 [i]))),
             loop("i", rows, lambda i: vector_loop("j", n, lambda j: store(
                 p, tirx.Select(lay.visible(i0 + i, j0 + j), exp(unrolled_sum(
-                    lambda d: q[b, h, qi(i), d] * kt[d, j], lay.depth) - lse_q[i]), zero),
+                    lambda d: q[(*at, qi(i), d)] * kt[d, j], lay.depth) - lse_q[i]), zero),
                 [i, j]))),
             loop("i", rows, lambda i: vector_loop("j", n, lambda j: store(
-                ds, p[i, j] * (unrolled_sum(lambda e: d_out[b, h, qi(i), e] * vt[e, j],
+                ds, p[i, j] * (unrolled_sum(lambda e: d_out[(*at, qi(i), e)] * vt[e, j],
                                             lay.value_depth) - delta[i]), [i, j]))),
             loop("e", lay.value_depth, lambda e: vector_loop("j", n, lambda j: store(
-                dvt, dvt[e, j] + unrolled_sum(lambda i: p[i, j] * d_out[b, h, qi(i), e],
+                dvt, dvt[e, j] + unrolled_sum(lambda i: p[i, j] * d_out[(*at, qi(i), e)],
                                               rows), [e, j]))),
             loop("d", lay.depth, lambda d: vector_loop("j", n, lambda j: store(
-                dkt, dkt[d, j] + unrolled_sum(lambda i: ds[i, j] * q[b, h, qi(i), d], rows),
+                dkt, dkt[d, j] + unrolled_sum(lambda i: ds[i, j] * q[(*at, qi(i), d)], rows),
                 [d, j]))))
 
     count = tirx.min(n, lay.keys - j0)
     finish = loop("j", count, lambda j: seq(
         *([] if dk is None else [loop("d", lay.depth, lambda d: store(
-            dk, dkt[d, j] * scale, [b, h, j0 + j, d]))]),
+            dk, dkt[d, j] * scale, [*at, j0 + j, d]))]),
         *([] if dv is None else [loop("e", lay.value_depth, lambda e: store(
-            dv, dvt[e, j], [b, h, j0 + j, e]))])))
+            dv, dvt[e, j], [*at, j0 + j, e]))])))
     blocks = lay.blocks(lay.queries)
     return allocate([kt, vt, dkt, dvt, p, ds, lse_q, delta], seq(
         init, loop("qb", blocks - first_block, query_block, start=first_block), finish))
@@ -314,13 +318,13 @@ def attention_query_gradient(q_shape: Shape, k_shape: Shape, v_shape: Shape, sca
 
     def body(ins, outs):
         return _tasks(lay, lay.blocks(lay.queries),
-                      lambda b, h, blk: _query_task(lay, *ins, outs[0], b, h, blk))
+                      lambda at, blk: _query_task(lay, *ins, outs[0], at, blk))
 
     dq = te.extern([q_shape], inputs, body, name="attention_query_grad", dtype=[dtype])
     return inputs, [dq]
 
 
-def _query_task(lay: Layout, q, k, v, out, d_out, lse, dq, b, h, blk) -> tirx.Stmt:
+def _query_task(lay: Layout, q, k, v, out, d_out, lse, dq, at, blk) -> tirx.Stmt:
     """dQ of queries ``i0 .. i0 + lanes``, vectors across those queries, over the key
     blocks they see."""
     n, dt = lay.lanes, lay.dtype
@@ -338,11 +342,11 @@ def _query_task(lay: Layout, q, k, v, out, d_out, lse, dq, b, h, blk) -> tirx.St
 
     init = seq(
         loop("d", lay.depth, lambda d: vector_loop("i", n, lambda i: seq(
-            store(qt, q[b, h, qi(i), d] * scale, [d, i]), store(dqt, zero, [d, i])))),
+            store(qt, q[(*at, qi(i), d)] * scale, [d, i]), store(dqt, zero, [d, i])))),
         loop("e", lay.value_depth, lambda e: vector_loop("i", n, lambda i: store(
-            dot, d_out[b, h, qi(i), e], [e, i]))),
-        loop("i", n, lambda i: seq(store(lse_q, lse[b, h, qi(i)], [i]),
-                                   store(delta, _delta(lay, d_out, out, b, h, qi(i)), [i]))))
+            dot, d_out[(*at, qi(i), e)], [e, i]))),
+        loop("i", n, lambda i: seq(store(lse_q, lse[(*at, qi(i))], [i]),
+                                   store(delta, _delta(lay, d_out, out, at, qi(i)), [i]))))
     key_blocks = (lay.last_key(i0) + (lay.key_block - 1)) // lay.key_block
 
     def key_block(kb):
@@ -354,16 +358,16 @@ def _query_task(lay: Layout, q, k, v, out, d_out, lse, dq, b, h, blk) -> tirx.St
         return seq(
             loop("j", lay.key_block, lambda j: vector_loop("i", n, lambda i: store(
                 ds, tirx.Select(lay.visible(i0 + i, j0 + j), exp(unrolled_sum(
-                    lambda d: k[b, h, kj(j), d] * qt[d, i], lay.depth) - lse_q[i]), zero),
+                    lambda d: k[(*at, kj(j), d)] * qt[d, i], lay.depth) - lse_q[i]), zero),
                 [j, i]))),
             loop("j", lay.key_block, lambda j: vector_loop("i", n, lambda i: store(
-                ds, ds[j, i] * (unrolled_sum(lambda e: v[b, h, kj(j), e] * dot[e, i],
+                ds, ds[j, i] * (unrolled_sum(lambda e: v[(*at, kj(j), e)] * dot[e, i],
                                              lay.value_depth) - delta[i]), [j, i]))),
             loop("d", lay.depth, lambda d: vector_loop("i", n, lambda i: store(
-                dqt, dqt[d, i] + unrolled_sum(lambda j: ds[j, i] * k[b, h, kj(j), d],
+                dqt, dqt[d, i] + unrolled_sum(lambda j: ds[j, i] * k[(*at, kj(j), d)],
                                               lay.key_block), [d, i]))))
 
     finish = loop("i", tirx.min(n, lay.queries - i0), lambda i: loop(
-        "d", lay.depth, lambda d: store(dq, dqt[d, i] * scale, [b, h, i0 + i, d])))
+        "d", lay.depth, lambda d: store(dq, dqt[d, i] * scale, [*at, i0 + i, d])))
     return allocate([qt, dot, dqt, ds, lse_q, delta],
                     seq(init, loop("kb", key_blocks, key_block), finish))
