@@ -108,8 +108,9 @@ def schedule_batched_matmul(sch: s_tir.Schedule) -> None:
     _place_in_tile(sch, jo, write_back, leftovers)
     if packed_a is not None:
         _place_pack(sch, packed_a, io, problem.trans_a)
-    # Matrices enough for every core to get a few: each core takes whole matrices.
-    per_batch = batch >= 2 * (os.cpu_count() or 1)
+    # Matrices enough for every thread to get a few (the pool's size, which dlsys.kernels
+    # sets): each takes whole matrices.
+    per_batch = batch >= 2 * int(os.environ.get("TVM_NUM_THREADS", "1"))
     if packed_b is not None:
         _place_pack(sch, packed_b, b, not problem.trans_b)
         per_batch = True  # B's panels are made once per matrix, at the top of its loop
