@@ -52,6 +52,23 @@ def test_layernorm_matches_torch(shape):
                    lambda x, g, b: F.layer_norm(x, shape[-1:], g, b, eps=1e-5), arrays)
 
 
+@pytest.mark.parametrize("offset", [0.0, 1e3])
+def test_float32_layernorm_and_gradients_match_float64(offset):
+    # Statistics of float32 rows (float32 lane partials, float64 totals, two passes): rows
+    # far from 0 lose only the rounding of their mean to float32 (offset * 6e-8).
+    rng = np.random.default_rng(8)
+    x, gamma, beta, g = (ad.Variable(n) for n in ("x", "gamma", "beta", "g"))
+    values = [rng.normal(size=(6, 300)) + offset, rng.normal(size=300), rng.normal(size=300),
+              rng.normal(size=(6, 300))]
+    values = [v.astype(np.float32).astype(np.float64) for v in values]
+    out = ad.layernorm_op(x, gamma, beta)
+    nodes = [out, *ad.gradients(out * g, [x, gamma, beta])]
+    feeds = dict(zip((x, gamma, beta, g), values))
+    tol = 2e-6 + offset * 1e-7
+    for got, want in zip(_run(nodes, feeds, "float32"), _run(nodes, feeds, "float64")):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_gelu_matches_torch(shape, approximate):

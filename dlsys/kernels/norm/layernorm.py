@@ -2,7 +2,8 @@
 ``gamma`` and ``beta`` of shape (C,): the forward pass and the adjoints of ``X`` and
 ``gamma``. (That of ``beta``, a sum of ``G`` over the rows, is the reduce family's sum.)
 
-Each row's mean and variance are sums taken in ``ACCUMULATOR`` (two passes over the row:
+Each row's mean and variance are sums taken in ``ACCUMULATOR`` (float32 partials of at most
+``BLOCK_TERMS`` terms, as the reduce family's; two passes over the row:
 the variance is the mean of squared deviations, which does not cancel as the difference of
 mean square and squared mean does). The backward kernels recompute them from ``X``: a row
 is cheap to read again, and no statistics have to stay alive between the passes.
@@ -12,15 +13,28 @@ from __future__ import annotations
 
 from tvm import te, tirx
 
-from dlsys.kernels.common.compute import ACCUMULATOR, Shape, accumulate, block_sums
-from dlsys.kernels.norm.rows import reduce_along
+from dlsys.kernels.common.compute import (
+    ACCUMULATOR,
+    BLOCK_TERMS,
+    Shape,
+    accumulate,
+    block_sums,
+)
+from dlsys.kernels.norm.rows import reduce_along, row_lanes
 
 
 def _row_sum(term, shape: Shape, name: str, dtype: str, scale: float = 1.0) -> te.Tensor:
     """``scale * sum(term)`` along each row, added in ``ACCUMULATOR`` and rounded to
-    ``dtype`` once."""
-    total = reduce_along(lambda *i: accumulate(term(*i)), shape, -1, te.sum, f"{name}_sum",
-                         ACCUMULATOR)
+    ``dtype`` once. As the reduce family's sums (``common.compute.block_sums``): each vector
+    lane adds its share of the row in ``term``'s type when that is at most ``BLOCK_TERMS``
+    terms (float32 adds at twice float64's width), the lanes' total is taken in
+    ``ACCUMULATOR``."""
+    lanes = row_lanes(shape[-1], dtype)
+    if shape[-1] // lanes <= BLOCK_TERMS:
+        total = reduce_along(term, shape, -1, te.sum, f"{name}_sum", dtype, ACCUMULATOR)
+    else:
+        total = reduce_along(lambda *i: accumulate(term(*i)), shape, -1, te.sum,
+                             f"{name}_sum", ACCUMULATOR)
     factor = tirx.const(scale, ACCUMULATOR)
     return te.compute(total.shape, lambda *r: (total[r] * factor).astype(dtype), name=name)
 

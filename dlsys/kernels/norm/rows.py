@@ -48,11 +48,12 @@ def row_lanes(size: int, dtype: str) -> int:
 
 
 def reduce_along(term: Callable, shape: Shape, axis: int, reducer: Callable, name: str,
-                 dtype: str) -> te.Tensor:
+                 dtype: str, total_dtype: str | None = None) -> te.Tensor:
     """``reducer`` (``te.sum`` or ``te.max``) of ``term(*index)`` over ``axis`` of ``shape``,
     shaped ``shape`` without ``axis``. Along the last axis in two blocks (the lanes'
-    partials, then their total); ``dtype`` is the type the partials are kept in (a sum's
-    accumulator), which sets their width."""
+    partials, then their total); ``dtype`` is the type the partials are kept in (``term``'s
+    own, which sets their width); ``total_dtype`` the one their total adds them in (a
+    sum's accumulator: each lane's partial is then a short sum, the whole in float64)."""
     rank = len(shape)
     axis = axis % rank
     size = shape[axis]
@@ -74,6 +75,8 @@ def reduce_along(term: Callable, shape: Shape, axis: int, reducer: Callable, nam
     def lane_tree(*i):
         # Pairwise, so that the lanes' total waits on log2(lanes) operations, not on lanes.
         terms = [partial[(*i, lane)] for lane in range(lanes)]
+        if total_dtype is not None:
+            terms = [t.astype(total_dtype) for t in terms]
         while len(terms) > 1:
             terms = [combine(*terms[k:k + 2]) if k + 1 < len(terms) else terms[k]
                      for k in range(0, len(terms), 2)]
