@@ -190,6 +190,11 @@ def test_gelu_float32_matches_math_erf():
     grid = values.astype(np.float32).astype(np.float64)
     want = np.array([v * 0.5 * (1 + math.erf(v / math.sqrt(2))) for v in grid])
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    g = ad.Variable("g")
+    nan = np.float32([np.nan, 1.0])
+    got = _run([ad.gelu_op(x), *ad.gradients(ad.gelu_op(x) * g, [x])], {x: nan, g: nan[::-1]},
+               "float32")
+    assert np.isnan(got[0][0]) and np.isnan(got[1][0]) and not np.isnan(got[0][1])
 
 
 # ---------------------------------------------------------------- broadcasting

@@ -92,24 +92,20 @@ def sigmoid(x):
 TANH_SCALE, TANH_CUBIC = math.sqrt(2 / math.pi), 0.044715
 
 
-def _normal_cdf_pdf(x):
-    # Vectorised formulas in float32; TVM's erf is a C library call per element.
-    return fastmath.normal_cdf(x), fastmath.normal_pdf(x)
-
-
+# Phi and phi come from fastmath, vectorised formulas in float32 (TVM's erf is a C library
+# call per element).
 def gelu(x):
-    return x * _normal_cdf_pdf(x)[0]
+    return x * fastmath.normal_cdf(x)
 
 
 def gelu_gradient(x, g):
     """``gelu'(x) * g = (Phi(x) + x phi(x)) * g``."""
-    cdf, pdf = _normal_cdf_pdf(x)
-    return (cdf + x * pdf) * g
+    return fastmath.with_normal_cdf_pdf(x, lambda cdf, pdf: (cdf + x * pdf) * g)
 
 
 def gelu_second(x, g):
     """``gelu''(x) * g = phi(x) (2 - x**2) * g``."""
-    return _normal_cdf_pdf(x)[1] * (tirx.const(2, x.dtype) - x * x) * g
+    return fastmath.normal_pdf(x) * (tirx.const(2, x.dtype) - x * x) * g
 
 
 def _tanh_form(x):

@@ -16,6 +16,7 @@ weighted for relative error, against Python's ``math.erf``/``math.erfc`` in floa
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from tvm import te, tirx
 
@@ -57,26 +58,29 @@ def _polynomial(x, coefficients) -> tirx.PrimExpr:
     return result
 
 
-def exp(x) -> tirx.PrimExpr:
+def exp(x, keep_nan: bool = True) -> tirx.PrimExpr:
     """``exp(x)``; in float32, ``2**n * exp(r)`` with ``r = x - n ln 2`` in [-ln2/2, ln2/2],
     ``exp(r)`` its Taylor polynomial of degree 7 (truncation 5e-9), ``2**n`` built in the
-    exponent field as two factors (so that each stays a normal number)."""
+    exponent field as two factors (so that each stays a normal number). ``keep_nan=False``
+    leaves a NaN's value undefined, for a caller whose result takes its NaN elsewhere."""
     if dtype_of(x) != "float32":
         return te.exp(x)
     return _let(x, lambda v: _let(
         tirx.max(tirx.min(v, _const(EXP_MAX, v)), _const(EXP_MIN, v)),
         lambda clamped: _let(
             te.floor(clamped * _const(LOG2_E, v) + _const(0.5, v)),
-            lambda n: _scaled_taylor(v, clamped, n))))
+            lambda n: _scaled_taylor(v, clamped, n, keep_nan))))
 
 
-def _scaled_taylor(x, clamped, n) -> tirx.PrimExpr:
+def _scaled_taylor(x, clamped, n, keep_nan: bool) -> tirx.PrimExpr:
     def body(r):
         taylor = _polynomial(r, [1.0 / math.factorial(k) for k in range(8)])
         whole = n.astype("int32")
         half = tirx.shift_right(whole, tirx.const(1, "int32"))
         # One factor at a time, so that exp(88.5) = 0.7 * 2**128 stays finite.
         value = taylor * _power_of_two(half) * _power_of_two(whole - half)
+        if not keep_nan:
+            return value
         return tirx.Select(_is_nan(x), x, value)  # the clamp would have made NaN a number
 
     return _let(clamped - n * _const(LN2_HIGH, x) - n * _const(LN2_LOW, x), body)
@@ -108,14 +112,29 @@ def normal_cdf(x) -> tirx.PrimExpr:
     """``Phi(x) = erfc(-x / sqrt(2)) / 2``, the standard normal distribution function; in
     float32, ``(1 + erf(z)) / 2`` near 0 (``|z| < 1``), else from ``erfc(|z|)``, so that
     neither tail loses its digits to a cancellation."""
+    return with_normal_cdf_pdf(x, lambda cdf, pdf: cdf)
+
+
+def normal_pdf(x) -> tirx.PrimExpr:
+    """``phi(x) = exp(-x**2 / 2) / sqrt(2 pi)``, the standard normal density."""
+    return with_normal_cdf_pdf(x, lambda cdf, pdf: pdf)
+
+
+def with_normal_cdf_pdf(x, body: Callable) -> tirx.PrimExpr:
+    """``body(Phi(x), phi(x))``: in float32 both from one ``exp(-x**2 / 2)``, which the
+    density is and ``erfc``'s tail multiplies (GELU's gradient reads both)."""
     half = _const(0.5, x)
-    z = x * _const(math.sqrt(0.5), x)
     if dtype_of(x) != "float32":
-        return half + half * te.erf(z)
-    return _let(z, _cdf_float32)
+        pdf = te.exp(_const(-0.5, x) * x * x) * _const(1 / math.sqrt(2 * math.pi), x)
+        return body(half + half * te.erf(x * _const(math.sqrt(0.5), x)), pdf)
+    z = x * _const(math.sqrt(0.5), x)
+    # A NaN x reaches each result through z (and the cdf's near branch), not through exp.
+    return _let(z, lambda z: _let(exp(-z * z, keep_nan=False), lambda gauss: body(
+        _cdf_float32(z, gauss), gauss * _const(1 / math.sqrt(2 * math.pi), z))))
 
 
-def _cdf_float32(z) -> tirx.PrimExpr:
+def _cdf_float32(z, gauss) -> tirx.PrimExpr:
+    """Phi at ``x = sqrt(2) z``, given ``gauss = exp(-z**2)``."""
     half, one = _const(0.5, z), _const(1.0, z)
     near = half + half * z * _polynomial(z * z, ERF_SMALL)
     a = tirx.abs(z)
@@ -123,11 +142,7 @@ def _cdf_float32(z) -> tirx.PrimExpr:
     s = (_const(2.0, z) * inverse - _const(1 + 1 / ERFC_MAX, z)) * _const(
         1 / (1 - 1 / ERFC_MAX), z)
     # Past ERFC_MAX the fit extrapolates a little, while exp(-a**2) underflows to 0.
-    erfc = exp(-a * a) * inverse * _polynomial(s, ERFC_LARGE)
+    erfc = gauss * inverse * _polynomial(s, ERFC_LARGE)
     far = _let(half * erfc, lambda tail: tirx.Select(z > _const(0.0, z), one - tail, tail))
-    return tirx.Select(a < one, near, far)
-
-
-def normal_pdf(x) -> tirx.PrimExpr:
-    """``phi(x) = exp(-x**2 / 2) / sqrt(2 pi)``, the standard normal density."""
-    return exp(_const(-0.5, x) * x * x) * _const(1 / math.sqrt(2 * math.pi), x)
+    # NaN fails every comparison: it takes the near branch, which keeps it.
+    return tirx.Select(a >= one, far, near)
