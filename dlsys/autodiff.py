@@ -22,6 +22,7 @@ from dlsys.ops import (
     conv2d_grad_weight_op,
     conv2d_op,
     div_op,
+    embedding_op,
     exp_op,
     gelu_op,
     global_avgpool_op,
@@ -57,6 +58,7 @@ from dlsys.passes.gradient import gradients
 from dlsys.runtime.executor import Executor
 
 __all__ = [
+    "embedding_op",
     "gelu_op", "layernorm_op", "logsoftmax_op", "causal_mask_op",
     "batchnorm2d_op", "dropout_op", "flatten_op", "reshape_op",
     "Node", "Op", "Variable", "gradients", "find_topo_sort", "softmax_func", "Executor",

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from dlsys import autodiff as ad
 from dlsys.graph import Node, find_topo_sort
+from dlsys.nn import functional as F
 from dlsys.ops import ELEMENTWISE_OPS, BroadcastBinaryOp
 from dlsys.ops.conv import windows
 from dlsys.ops.norm import batchnorm2d_op
@@ -41,7 +42,8 @@ def numpy_eval(nodes: list[Node], feeds: dict[Node, np.ndarray]) -> list[np.ndar
         if node.op.is_placeholder:
             # A parameter not fed is bound to the tensor it holds, as in the executor.
             fed = feeds[node] if node in feeds or not node.op.holds_value else node.data.numpy()
-            value[node] = np.asarray(fed, dtype=np.float64)
+            integer = np.asarray(fed).dtype.kind in "iu"  # ids stay ids, as in the executor
+            value[node] = np.asarray(fed, dtype=None if integer else np.float64)
         else:
             value[node] = np.asarray(node.op.reference(node, *(value[i] for i in node.inputs)))
     return [value[n] for n in nodes]
@@ -159,6 +161,24 @@ def _transformer_node(draw, op: str, x: Node, shape: tuple, placeholder) -> Node
     return (ad.softmax_op if op == "rowsoftmax" else ad.logsoftmax_op)(x, axis)
 
 
+def _index_node(draw, op: str, x: Node, shape: tuple, placeholder, rng) -> Node:
+    """An embedding lookup in the matrix ``x`` (its rows the table) by a new placeholder of
+    integer ids, or PyTorch's cross-entropy of the logits ``x`` against integer targets
+    (some ignored, label smoothing drawn): the integer feeds of a transformer."""
+    ids_dtype = draw(st.sampled_from([np.int32, np.int64]))
+    if op == "embedding":
+        ids_shape = tuple(draw(st.lists(DIMS, min_size=1, max_size=2)))
+        ids = rng.integers(0, shape[0], ids_shape).astype(ids_dtype)
+        return ad.embedding_op(x, placeholder(ids_shape, differentiable=False, values=ids))
+    targets = rng.integers(0, shape[1], shape[0]).astype(ids_dtype)
+    ignore_index = draw(st.sampled_from([-100, 0]))
+    targets[0] = ignore_index if draw(st.booleans()) else targets[0]
+    assume(np.any(targets != ignore_index))  # every row ignored is NaN, as in PyTorch
+    smoothing = draw(st.sampled_from([0.0, 0.1]))
+    target = placeholder(shape[:1], differentiable=False, values=targets)
+    return F.cross_entropy(x, target, ignore_index=ignore_index, label_smoothing=smoothing)
+
+
 @dataclass
 class RandomGraph:
     """A random dlsys graph with its feeds and what may be differentiated."""
@@ -172,7 +192,8 @@ class RandomGraph:
 
 
 @st.composite
-def random_graphs(draw, max_ops: int = 7, allow_softmax: bool = True) -> RandomGraph:
+def random_graphs(draw, max_ops: int = 7, allow_softmax: bool = True,
+                  integer_feeds: bool = False) -> RandomGraph:
     """A chain of random operators over small random shapes, each compatible by construction.
 
     New placeholders appear where an operator needs a second operand (broadcast partners,
@@ -181,7 +202,8 @@ def random_graphs(draw, max_ops: int = 7, allow_softmax: bool = True) -> RandomG
     keeps examples small to shrink while values stay well spread. ``allow_softmax=False``
     leaves out softmax, which has no gradient (the loss, which has one, stays). Inputs an
     operator needs positive (log's, a divisor) are made so; a graph with a value beyond
-    ``MAX_MAGNITUDE`` (or NaN) is rejected.
+    ``MAX_MAGNITUDE`` (or NaN) is rejected. ``integer_feeds=True`` draws the operators
+    that read integer ids (embedding, cross-entropy) six times as often.
     """
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     graph = RandomGraph(output=None, values=[])  # type: ignore[arg-type]
@@ -232,6 +254,7 @@ def random_graphs(draw, max_ops: int = 7, allow_softmax: bool = True) -> RandomG
         ops += ["rsum0"] if len(shape) >= 2 else []
         if len(shape) == 2:
             ops += ["matmul", "matmul", "sce"] + (["softmax"] if allow_softmax else [])
+            ops += ["embedding", "cross_entropy"] * (6 if integer_feeds else 1)
         # The transformer's row-wise operators, along any axis and on any rank.
         ops += ["layernorm", "rowsoftmax", "logsoftmax"]
         ops += ["causal_softmax"] if len(shape) >= 2 else []
@@ -295,6 +318,8 @@ def random_graphs(draw, max_ops: int = 7, allow_softmax: bool = True) -> RandomG
             graph.has_softmax = True
         elif op in ("layernorm", "rowsoftmax", "logsoftmax", "causal_softmax"):
             node = _transformer_node(draw, op, current, shape, placeholder)
+        elif op in ("embedding", "cross_entropy"):
+            node = _index_node(draw, op, current, shape, placeholder, rng)
         elif op == "sce":
             labels = _softmax(rng.normal(size=shape))
             node = ad.softmaxcrossentropy_op(

@@ -48,7 +48,7 @@ def _peak_by_rescanning(prepared, keep) -> int:
     return peak * prepared.plan.itemsize
 
 
-@given(graph=random_graphs(), data=st.data())
+@given(graph=random_graphs() | random_graphs(integer_feeds=True), data=st.data())
 def test_planned_equals_unplanned_and_numpy(graph, data):
     def subset(values):
         return data.draw(st.lists(st.sampled_from(values), max_size=3)) if values else []
@@ -73,7 +73,7 @@ def test_planned_equals_unplanned_and_numpy(graph, data):
         assert np.array_equal(g, a), node.name
 
 
-@given(graph=random_graphs(), data=st.data())
+@given(graph=random_graphs() | random_graphs(integer_feeds=True), data=st.data())
 def test_returned_tensors_fed_back_are_read_as_they_were(graph, data):
     # A run's outputs (planned storage, and the placeholders' feed buffers, as every
     # placeholder is evaluated too) fed back as the next run's feeds, as TVM tensors or numpy
@@ -88,7 +88,9 @@ def test_returned_tensors_fed_back_are_read_as_they_were(graph, data):
     returned = executor.run(feeds)
     refed = {}
     for node, value in feeds.items():
-        same_shape = [r for r in returned if tuple(r.shape) == value.shape]
+        # Of the same type too: integer ids take ids, floats take floats.
+        same_shape = [r for r in returned if tuple(r.shape) == value.shape
+                      and str(r.dtype) == str(value.dtype)]
         if same_shape and data.draw(st.booleans()):
             tensor = data.draw(st.sampled_from(same_shape))
             refed[node] = np.from_dlpack(tensor) if data.draw(st.booleans()) else tensor
@@ -101,7 +103,8 @@ def test_returned_tensors_fed_back_are_read_as_they_were(graph, data):
         np.testing.assert_allclose(g, e, rtol=1e-9, atol=1e-12, err_msg=node.name)
 
 
-@given(graph=random_graphs(allow_softmax=False))
+@given(graph=random_graphs(allow_softmax=False)
+       | random_graphs(allow_softmax=False, integer_feeds=True))
 def test_gradients_match_finite_differences(graph):
     # Relu's kink inside a finite difference would make the quotient meaningless.
     if graph.relu_inputs:
