@@ -32,6 +32,8 @@ from dlsys.errors import ArgumentError, GradientError, ShapeError
 from dlsys.graph import Node, Op, Shape, short_name
 from dlsys.kernels.registry import KernelSpec
 from dlsys.ops.arguments import check_node
+from dlsys.ops.elementwise import mul_op
+from dlsys.ops.reduce import sum_op
 from dlsys.ops.shapes import inputs_text
 
 
@@ -147,7 +149,10 @@ class AttentionOp(_AttentionNodeOp):
 
     def gradient(self, node, output_grad):
         q, k, v, lse = node.inputs
-        operands = (q, k, v, node, output_grad, lse, node.attrs["scale"], node.attrs["causal"])
+        # rowsum(dO * O), the softmax adjoint's correction, once for both kernels.
+        delta = sum_op(mul_op(output_grad, node), axes=-1)
+        operands = (q, k, v, output_grad, lse, delta, node.attrs["scale"],
+                    node.attrs["causal"])
         dv = attention_value_gradient_op(*operands)
         return [attention_query_gradient_op(*operands),
                 attention_key_gradient_op(*operands, dv), dv, None]
@@ -167,7 +172,8 @@ class AttentionOp(_AttentionNodeOp):
 
 class AttentionGradientOp(_AttentionNodeOp):
     """One adjoint of ``AttentionOp`` (``wrt``: "query", "key" or "value") from Q, K, V, the
-    output O, its gradient dO and the log-sum-exp L, recomputing the probabilities.
+    output's gradient dO, the log-sum-exp L and ``delta = rowsum(dO * O)`` (..., T),
+    recomputing the probabilities.
 
     The key gradient may carry the value gradient as a seventh input it does not read, so
     that fusion computes both in one kernel (``absorbs``)."""
@@ -178,9 +184,9 @@ class AttentionGradientOp(_AttentionNodeOp):
         self.wrt = wrt
         self.name = f"Attention{wrt.capitalize()}Grad"
 
-    def __call__(self, q: Node, k: Node, v: Node, out: Node, d_out: Node, lse: Node,
+    def __call__(self, q: Node, k: Node, v: Node, d_out: Node, lse: Node, delta: Node,
                  scale: float | None, causal: bool, sibling: Node | None = None) -> Node:
-        inputs = [q, k, v, out, d_out, lse] + ([] if sibling is None else [sibling])
+        inputs = [q, k, v, d_out, lse, delta] + ([] if sibling is None else [sibling])
         return Node(self, inputs, {"scale": scale, "causal": causal})
 
     def kernel_inputs(self, node):
@@ -188,7 +194,7 @@ class AttentionGradientOp(_AttentionNodeOp):
 
     def infer_shape(self, node, input_shapes):
         lead, t, _, _, e = attention_shapes(node, input_shapes)
-        for position, expected in ((3, (*lead, t, e)), (4, (*lead, t, e)), (5, (*lead, t))):
+        for position, expected in ((3, (*lead, t, e)), (4, (*lead, t)), (5, (*lead, t))):
             if tuple(input_shapes[position]) != expected:
                 raise ShapeError(f"{node.name}: {node.inputs[position].name} must have shape "
                                  f"{expected}, got {tuple(input_shapes[position])}")
@@ -206,13 +212,12 @@ class AttentionGradientOp(_AttentionNodeOp):
         return KernelSpec("attention_key_gradient",
                           (*_params(node, [shapes[i] for i in node.inputs]), "both"))
 
-    def reference(self, node, q, k, v, out, d_out, lse, sibling=None):
+    def reference(self, node, q, k, v, d_out, lse, delta, sibling=None):
         p = _reference_probabilities(node, q, k)
         scale = _scale(node, q.shape[-1])
         if self.wrt == "value":
             return np.matmul(np.swapaxes(p, -1, -2), d_out)
-        delta = (d_out * out).sum(axis=-1, keepdims=True)
-        ds = p * (np.matmul(d_out, np.swapaxes(v, -1, -2)) - delta)
+        ds = p * (np.matmul(d_out, np.swapaxes(v, -1, -2)) - delta[..., None])
         if self.wrt == "query":
             return np.matmul(ds, k) * scale
         return np.matmul(np.swapaxes(ds, -1, -2), q) * scale

@@ -17,8 +17,8 @@ score, probability and accumulator row is a register-wide vector, and the scalar
   backward pass reads, and the two at once.
 - ``attention_key_gradient``: per (b, h, block of keys), over the query blocks that see it:
   the probabilities recomputed from Q, K and L, then ``dV = P^T dO`` and
-  ``dK = (P * (dO V^T - delta))^T Q * scale`` with ``delta = rowsum(dO * O)``; writes dK,
-  dV or both.
+  ``dK = (P * (dO V^T - delta))^T Q * scale``, ``delta = rowsum(dO * O)`` an input (a
+  graph node, computed once rather than by every task); writes dK, dV or both.
 - ``attention_query_gradient``: per (b, h, block of queries), over the key blocks:
   ``dQ = (P * (dO V^T - delta)) K * scale``.
 
@@ -40,6 +40,7 @@ from dlsys.kernels.attention.tir import (
     const,
     local,
     loop,
+    rows_of_vectors,
     seq,
     store,
     unrolled_max,
@@ -171,10 +172,10 @@ def _forward_task(lay: Layout, q, k, v, out, lse, at, blk) -> tirx.Stmt:
         return seq(
             _scores(lay, qt, k, p, at, i0, j0),
             _rescale(lay, p, row_max, row_sum, alpha, acc),
-            loop("e", lay.value_depth, lambda e: vector_loop("i", n, lambda i: store(
+            rows_of_vectors("e", lay.value_depth, n, lambda e, i: store(
                 acc, acc[e, i] * alpha[i] + unrolled_sum(
                     lambda j: p[j, i] * v[(*at, lay.clamp_key(j0 + j), e)], lay.key_block),
-                [e, i]))))
+                [e, i])))
 
     finish = loop("i", tirx.min(n, lay.queries - i0), lambda i: seq(
         *([] if out is None else [loop("e", lay.value_depth, lambda e: store(
@@ -190,10 +191,10 @@ def _scores(lay: Layout, qt, k, p, at, i0, j0) -> tirx.Stmt:
     where the mask hides it."""
     n, dt = lay.lanes, lay.dtype
     hidden = const(float("-inf"), dt)
-    return loop("j", lay.key_block, lambda j: vector_loop("i", n, lambda i: store(
+    return rows_of_vectors("j", lay.key_block, n, lambda j, i: store(
         p, tirx.Select(lay.visible(i0 + i, j0 + j), unrolled_sum(
             lambda d: k[(*at, lay.clamp_key(j0 + j), d)] * qt[d, i], lay.depth), hidden),
-        [j, i])))
+        [j, i]))
 
 
 def _rescale(lay: Layout, p, row_max, row_sum, alpha, acc) -> tirx.Stmt:
@@ -216,27 +217,22 @@ def _rescale(lay: Layout, p, row_max, row_sum, alpha, acc) -> tirx.Stmt:
 
 
 # ------------------------------------------------------------------------------ backward
-def _delta(lay: Layout, d_out, out, at, query) -> tirx.PrimExpr:
-    """``rowsum(dO * O)`` of one query: the softmax adjoint's correction term."""
-    return unrolled_sum(lambda e: d_out[(*at, query, e)] * out[(*at, query, e)],
-                        lay.value_depth)
-
-
 def _gradient_inputs(lay: Layout, q_shape: Shape, k_shape: Shape, v_shape: Shape):
     dt = lay.dtype
     out_shape = (*lay.lead, lay.queries, lay.value_depth)
     return [te.placeholder(q_shape, dtype=dt, name="Q"),
             te.placeholder(k_shape, dtype=dt, name="K"),
             te.placeholder(v_shape, dtype=dt, name="V"),
-            te.placeholder(out_shape, dtype=dt, name="O"),
             te.placeholder(out_shape, dtype=dt, name="dO"),
-            te.placeholder((*lay.lead, lay.queries), dtype=dt, name="L")]
+            te.placeholder((*lay.lead, lay.queries), dtype=dt, name="L"),
+            te.placeholder((*lay.lead, lay.queries), dtype=dt, name="delta")]
 
 
 def attention_key_gradient(q_shape: Shape, k_shape: Shape, v_shape: Shape, scale: float,
                            causal: bool, writes: str, dtype: str):
-    """Inputs Q, K, V, O, dO, L; outputs dK (B, H, S, D) and/or dV (B, H, S, E) as
-    ``writes`` asks (``"key"``, ``"value"`` or ``"both"``: dK then dV)."""
+    """Inputs Q, K, V, dO, L and ``delta = rowsum(dO * O)`` (..., T); outputs dK
+    (..., S, D) and/or dV (..., S, E) as ``writes`` asks (``"key"``, ``"value"`` or
+    ``"both"``: dK then dV)."""
     lay = _layout(q_shape, k_shape, v_shape, scale, causal, dtype)
     inputs = _gradient_inputs(lay, q_shape, k_shape, v_shape)
     shapes = {"key": [k_shape], "value": [v_shape], "both": [k_shape, v_shape]}
@@ -251,7 +247,7 @@ def attention_key_gradient(q_shape: Shape, k_shape: Shape, v_shape: Shape, scale
     return inputs, [outs] if isinstance(outs, te.Tensor) else list(outs)
 
 
-def _key_task(lay: Layout, q, k, v, out, d_out, lse, dk, dv, at, blk) -> tirx.Stmt:
+def _key_task(lay: Layout, q, k, v, d_out, lse, deltas, dk, dv, at, blk) -> tirx.Stmt:
     """dK and dV of keys ``j0 .. j0 + lanes``, vectors across those keys; the query blocks
     that see them run in turn, ``rows`` queries of each block at a time."""
     n, dt = lay.lanes, lay.dtype
@@ -283,21 +279,20 @@ def _key_task(lay: Layout, q, k, v, out, d_out, lse, dk, dv, at, blk) -> tirx.St
 
         return seq(
             loop("i", rows, lambda i: seq(store(lse_q, lse[(*at, qi(i))], [i]),
-                                          store(delta, _delta(lay, d_out, out, at, qi(i)),
-                                                [i]))),
-            loop("i", rows, lambda i: vector_loop("j", n, lambda j: store(
+                                          store(delta, deltas[(*at, qi(i))], [i]))),
+            rows_of_vectors("i", rows, n, lambda i, j: store(
                 p, tirx.Select(lay.visible(i0 + i, j0 + j), exp(unrolled_sum(
                     lambda d: q[(*at, qi(i), d)] * kt[d, j], lay.depth) - lse_q[i]), zero),
-                [i, j]))),
-            loop("i", rows, lambda i: vector_loop("j", n, lambda j: store(
+                [i, j])),
+            rows_of_vectors("i", rows, n, lambda i, j: store(
                 ds, p[i, j] * (unrolled_sum(lambda e: d_out[(*at, qi(i), e)] * vt[e, j],
-                                            lay.value_depth) - delta[i]), [i, j]))),
-            loop("e", lay.value_depth, lambda e: vector_loop("j", n, lambda j: store(
+                                            lay.value_depth) - delta[i]), [i, j])),
+            rows_of_vectors("e", lay.value_depth, n, lambda e, j: store(
                 dvt, dvt[e, j] + unrolled_sum(lambda i: p[i, j] * d_out[(*at, qi(i), e)],
-                                              rows), [e, j]))),
-            loop("d", lay.depth, lambda d: vector_loop("j", n, lambda j: store(
+                                              rows), [e, j])),
+            rows_of_vectors("d", lay.depth, n, lambda d, j: store(
                 dkt, dkt[d, j] + unrolled_sum(lambda i: ds[i, j] * q[(*at, qi(i), d)], rows),
-                [d, j]))))
+                [d, j])))
 
     count = tirx.min(n, lay.keys - j0)
     finish = loop("j", count, lambda j: seq(
@@ -312,7 +307,7 @@ def _key_task(lay: Layout, q, k, v, out, d_out, lse, dk, dv, at, blk) -> tirx.St
 
 def attention_query_gradient(q_shape: Shape, k_shape: Shape, v_shape: Shape, scale: float,
                              causal: bool, dtype: str):
-    """Inputs Q, K, V, O, dO, L; output dQ (B, H, T, D)."""
+    """Inputs Q, K, V, dO, L and delta; output dQ (..., T, D)."""
     lay = _layout(q_shape, k_shape, v_shape, scale, causal, dtype)
     inputs = _gradient_inputs(lay, q_shape, k_shape, v_shape)
 
@@ -324,7 +319,7 @@ def attention_query_gradient(q_shape: Shape, k_shape: Shape, v_shape: Shape, sca
     return inputs, [dq]
 
 
-def _query_task(lay: Layout, q, k, v, out, d_out, lse, dq, at, blk) -> tirx.Stmt:
+def _query_task(lay: Layout, q, k, v, d_out, lse, deltas, dq, at, blk) -> tirx.Stmt:
     """dQ of queries ``i0 .. i0 + lanes``, vectors across those queries, over the key
     blocks they see."""
     n, dt = lay.lanes, lay.dtype
@@ -346,7 +341,7 @@ def _query_task(lay: Layout, q, k, v, out, d_out, lse, dq, at, blk) -> tirx.Stmt
         loop("e", lay.value_depth, lambda e: vector_loop("i", n, lambda i: store(
             dot, d_out[(*at, qi(i), e)], [e, i]))),
         loop("i", n, lambda i: seq(store(lse_q, lse[(*at, qi(i))], [i]),
-                                   store(delta, _delta(lay, d_out, out, at, qi(i)), [i]))))
+                                   store(delta, deltas[(*at, qi(i))], [i]))))
     key_blocks = (lay.last_key(i0) + (lay.key_block - 1)) // lay.key_block
 
     def key_block(kb):
@@ -356,16 +351,16 @@ def _query_task(lay: Layout, q, k, v, out, d_out, lse, dq, at, blk) -> tirx.Stmt
             return lay.clamp_key(j0 + j)
 
         return seq(
-            loop("j", lay.key_block, lambda j: vector_loop("i", n, lambda i: store(
+            rows_of_vectors("j", lay.key_block, n, lambda j, i: store(
                 ds, tirx.Select(lay.visible(i0 + i, j0 + j), exp(unrolled_sum(
                     lambda d: k[(*at, kj(j), d)] * qt[d, i], lay.depth) - lse_q[i]), zero),
-                [j, i]))),
-            loop("j", lay.key_block, lambda j: vector_loop("i", n, lambda i: store(
+                [j, i])),
+            rows_of_vectors("j", lay.key_block, n, lambda j, i: store(
                 ds, ds[j, i] * (unrolled_sum(lambda e: v[(*at, kj(j), e)] * dot[e, i],
-                                             lay.value_depth) - delta[i]), [j, i]))),
-            loop("d", lay.depth, lambda d: vector_loop("i", n, lambda i: store(
+                                             lay.value_depth) - delta[i]), [j, i])),
+            rows_of_vectors("d", lay.depth, n, lambda d, i: store(
                 dqt, dqt[d, i] + unrolled_sum(lambda j: ds[j, i] * k[(*at, kj(j), d)],
-                                              lay.key_block), [d, i]))))
+                                              lay.key_block), [d, i])))
 
     finish = loop("i", tirx.min(n, lay.queries - i0), lambda i: loop(
         "d", lay.depth, lambda d: store(dq, dqt[d, i] * scale, [*at, i0 + i, d])))

@@ -60,7 +60,7 @@ def store(buffer: tirx.Buffer, value: tirx.PrimExpr, indices: Sequence) -> tirx.
 
 
 def unrolled_sum(term: Callable[[int], tirx.PrimExpr], count: int,
-                 chains: int = 4) -> tirx.PrimExpr:
+                 chains: int = 2) -> tirx.PrimExpr:
     """``term(0) + ... + term(count - 1)`` as ``chains`` running sums added at the end:
     each chain is a run of multiply-adds LLVM contracts to FMAs, and the chains are
     independent, so their latencies overlap."""
@@ -82,3 +82,18 @@ def unrolled_max(term: Callable[[int], tirx.PrimExpr], count: int) -> tirx.PrimE
         terms = [tirx.max(terms[n], terms[n + 1]) if n + 1 < len(terms) else terms[n]
                  for n in range(0, len(terms), 2)]
     return terms[0]
+
+
+# Rows one vectorised body computes at once: each vector it loads serves that many rows'
+# sums, and their independent chains hide the multiply-adds' latency.
+ROWS_AT_ONCE = 4
+
+
+def rows_of_vectors(name: str, rows: int, lanes: int,
+                    row: Callable[[tirx.PrimExpr, tirx.Var], tirx.Stmt]) -> tirx.Stmt:
+    """``row(r, i)`` for every row ``r < rows`` and lane ``i < lanes``: a loop over groups
+    of ``ROWS_AT_ONCE`` rows (the widest divisor of ``rows`` up to it), each group one
+    vector loop whose body holds its rows' statements side by side."""
+    group = max(g for g in range(1, ROWS_AT_ONCE + 1) if rows % g == 0)
+    return loop(name, rows // group, lambda r: vector_loop("i", lanes, lambda i: seq(
+        *(row(r * group + offset, i) for offset in range(group)))))
