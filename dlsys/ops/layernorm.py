@@ -47,6 +47,8 @@ class LayerNormOp(Op):
     last axis of ``x``; ``gamma`` and ``beta`` of shape (C,)."""
 
     name = "LayerNorm"
+    # Its kernel reads a row (all of it, for the statistics) before it writes that row.
+    inplace_input = 0
 
     def __call__(self, x: Node, gamma: Node, beta: Node, eps: float = 1e-5) -> Node:
         nodes = [check_node(self.name, what, value)
@@ -81,6 +83,7 @@ class LayerNormGradientOp(Op):
     ``inv_std * (h - mean(h) - x_hat * mean(h * x_hat))`` with ``h = g * gamma``."""
 
     name = "LayerNormGrad"
+    inplace_input = 0  # g: each row's sums are taken before the row is written
 
     def __call__(self, g: Node, x: Node, gamma: Node, eps: float) -> Node:
         return Node(self, [g, x, gamma], {"eps": eps})

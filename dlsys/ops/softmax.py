@@ -50,6 +50,8 @@ class SoftmaxOp(Op):
 
     name = "Softmax"
     log = False
+    # Its kernel reads a row (all of it, for its max and sum) before it writes that row.
+    inplace_input = 0
 
     def __call__(self, x: Node, axis: int = -1, causal: bool = False) -> Node:
         x = check_node(self.name, "x", x)
@@ -100,6 +102,7 @@ class SoftmaxGradientOp(Op):
     logits (also in a row with no key left, whose output is NaN)."""
 
     name = "SoftmaxGrad"
+    inplace_input = 0  # g: each row's sum is taken before the row is written
 
     def __call__(self, g: Node, y: Node, axis: int, log: bool, causal: bool = False) -> Node:
         return Node(self, [g, y], {"axis": axis, "log": check_flag("log", log),
