@@ -43,6 +43,7 @@ from dlsys.ops import (
     relu_gradient_op,
     relu_op,
     sigmoid_op,
+    slice_op,
     softmax_op,
     softmaxcrossentropy_gradient_op,
     softmaxcrossentropy_op,
@@ -60,7 +61,7 @@ from dlsys.runtime.executor import Executor
 __all__ = [
     "embedding_op",
     "gelu_op", "layernorm_op", "logsoftmax_op", "causal_mask_op",
-    "batchnorm2d_op", "dropout_op", "flatten_op", "reshape_op",
+    "batchnorm2d_op", "dropout_op", "flatten_op", "reshape_op", "slice_op",
     "Node", "Op", "Variable", "gradients", "find_topo_sort", "softmax_func", "Executor",
     "add_op", "add_byconst_op", "mul_op", "mul_byconst_op", "matmul_op", "placeholder_op",
     "oneslike_op", "zeroslike_op", "reducesumaxiszero_op", "reducesumto_op", "broadcastto_op",

@@ -258,6 +258,7 @@ def random_graphs(draw, max_ops: int = 7, allow_softmax: bool = True,
         # The transformer's row-wise operators, along any axis and on any rank.
         ops += ["layernorm", "rowsoftmax", "logsoftmax"]
         ops += ["causal_softmax"] if len(shape) >= 2 else []
+        ops += ["slice"]
         if len(shape) == 4:
             # Weighted up against the many elementwise operators, so that windows show up.
             ops += ["conv2d", "maxpool", "avgpool"] * 4 + ["global_avgpool", "flatten"]
@@ -298,6 +299,13 @@ def random_graphs(draw, max_ops: int = 7, allow_softmax: bool = True,
             target = tuple(draw(DIMS) if d == 1 else d for d in shape)
             target = (draw(DIMS),) * draw(st.integers(0, 1)) + target
             node = ad.broadcastto_op(current, placeholder(target, differentiable=False))
+        elif op == "slice":
+            # A run along a drawn axis (negative half the time), the whole axis included.
+            axis = draw(st.integers(0, len(shape) - 1))
+            start = draw(st.integers(0, shape[axis] - 1))
+            stop = draw(st.integers(start + 1, shape[axis]))
+            node = ad.slice_op(current, axis - len(shape) if draw(st.booleans()) else axis,
+                               start, stop)
         elif op == "rsum0":
             node = ad.reducesumaxiszero_op(current)
         elif op in ("conv2d", "maxpool", "avgpool"):

@@ -86,6 +86,7 @@ from dlsys.ops.reduce import (
     sum_op,
 )
 from dlsys.ops.reshape import flatten_op, reshape_op, reshape_to_op
+from dlsys.ops.slicing import slice_gradient_op, slice_op
 from dlsys.ops.softmax import causal_mask_op, logsoftmax_op, softmax_gradient_op
 
 ALL_OPS: list[Op] = [
@@ -103,7 +104,7 @@ ALL_OPS: list[Op] = [
     logsoftmax_op, softmax_gradient_op, causal_mask_op,
     embedding_op, embedding_gradient_op, cross_entropy_op, cross_entropy_gradient_op,
     target_count_op, attention_op, attention_lse_op, attention_query_gradient_op,
-    attention_key_gradient_op, attention_value_gradient_op,
+    attention_key_gradient_op, attention_value_gradient_op, slice_op, slice_gradient_op,
 ]
 ELEMENTWISE_OPS: list[ElementwiseOp] = [op for op in ALL_OPS if isinstance(op, ElementwiseOp)]
 
@@ -174,7 +175,8 @@ __all__ = [
     "target_count_op", "attention_op", "attention_lse_op", "attention_query_gradient_op",
     "attention_key_gradient_op", "attention_value_gradient_op",
     "Parameter", "parameter_op", "onehot_like_op", "reshape_op", "flatten_op", "reshape_to_op",
-    "transpose_op", "dropout_op", "next_seed_op", "batchnorm2d_op",
+    "transpose_op", "dropout_op", "next_seed_op", "batchnorm2d_op", "slice_op",
+    "slice_gradient_op",
     "ALL_OPS", "ELEMENTWISE_OPS", "BroadcastBinaryOp", "Variable", "placeholder_op", "add_op",
     "mul_op", "sub_op", "div_op", "add_byconst_op", "mul_byconst_op", "div_byconst_op",
     "rdiv_byconst_op", "neg_op", "relu_op", "relu_gradient_op", "sigmoid_op", "exp_op",

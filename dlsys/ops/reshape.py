@@ -15,7 +15,14 @@ from dlsys.graph import Node, Op, short_name
 
 
 def resolve_shape(shape: tuple[int, ...], spec: tuple[int, ...]) -> tuple[int, ...]:
-    """``spec`` with its one ``-1`` replaced so that it holds as many elements as ``shape``."""
+    """``spec`` made concrete for an input of ``shape``: each ``0`` is the input's size on
+    that axis (ONNX Reshape's convention, so a spec can keep sizes known only at the feed,
+    as (B, T, E) -> (0, 0, H, D)), then the one ``-1`` the size that holds as many elements
+    as ``shape``."""
+    if any(d == 0 for d in spec[len(shape):]):
+        raise ShapeError(f"cannot reshape {shape} to {spec}: a 0 keeps the input's axis at "
+                         f"its place, and {shape} has {len(shape)} axes")
+    spec = tuple(shape[i] if d == 0 else d for i, d in enumerate(spec))
     known = math.prod(d for d in spec if d != -1)
     if -1 in spec:
         if known == 0 or math.prod(shape) % known:
@@ -28,7 +35,8 @@ def resolve_shape(shape: tuple[int, ...], spec: tuple[int, ...]) -> tuple[int, .
 
 
 def check_reshape_spec(what: str, shape) -> tuple[int, ...]:
-    """A reshape's target: positive ints and at most one -1; ``what`` names the call."""
+    """A reshape's target: positive ints, zeros (keep the input's size on that axis) and
+    at most one -1; ``what`` names the call."""
     if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
         raise ArgumentTypeError(f"{what}: the shape must be a tuple of ints, got {shape!r}")
     spec = tuple(shape)
@@ -36,9 +44,9 @@ def check_reshape_spec(what: str, shape) -> tuple[int, ...]:
                            for d in spec):
         raise ArgumentTypeError(f"{what}: the shape must be a non-empty tuple of ints, "
                                 f"got {shape!r}")
-    if sum(d == -1 for d in spec) > 1 or any(d <= 0 and d != -1 for d in spec):
-        raise ShapeError(f"{what}: the shape takes positive sizes and at most one -1, "
-                         f"got {spec}")
+    if sum(d == -1 for d in spec) > 1 or any(d < -1 for d in spec):
+        raise ShapeError(f"{what}: the shape takes positive sizes, zeros (the input's size "
+                         f"on that axis) and at most one -1, got {spec}")
     return tuple(int(d) for d in spec)
 
 
@@ -56,7 +64,8 @@ class _AliasOp(Op):
 
 
 class ReshapeOp(_AliasOp):
-    """``x`` with shape ``shape`` (one ``-1`` stands for the remaining size)."""
+    """``x`` with shape ``shape`` (one ``-1`` stands for the remaining size, a ``0`` for
+    the input's size on that axis)."""
 
     name = "Reshape"
 
@@ -73,7 +82,7 @@ class ReshapeOp(_AliasOp):
             raise ShapeError(f"{node.name}: {err}") from None
 
     def reference(self, node, x):
-        return x.reshape(node.attrs["shape"])
+        return x.reshape(resolve_shape(x.shape, node.attrs["shape"]))
 
 
 class FlattenOp(_AliasOp):

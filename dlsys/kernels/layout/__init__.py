@@ -1,5 +1,5 @@
-"""Layout changes (a transpose): index arithmetic only (``compute``), run with the shared
-injective schedule."""
+"""Layout changes (a transpose, a slice and its adjoint): index arithmetic only
+(``compute``), run with the shared injective schedule."""
 
 from __future__ import annotations
 
@@ -15,3 +15,5 @@ SCHEDULES: dict = {}
 
 def register(kinds: Registrar) -> None:
     kinds.add("transpose", compute.transpose, "injective")
+    kinds.add("slice", compute.slice_axis, "injective")
+    kinds.add("slice_gradient", compute.slice_axis_gradient, "injective")
