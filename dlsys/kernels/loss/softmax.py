@@ -5,8 +5,8 @@ of their adjoints, row-wise kernels (``dlsys.kernels.norm.rows``) that run with 
 Softmax is taken stably: each row's max is subtracted before ``exp``, so logits of 1e4
 neither overflow nor lose the row, and an entry of ``-inf`` (a masked position) gives an
 exact 0 (log-softmax: ``-inf``) while its row has a finite entry. A row of ``-inf`` only is
-NaN, as in PyTorch: its max is ``-inf``, and ``-inf - -inf`` is NaN. ``exp`` is
-``fastmath.exp``, vectorised in float32.
+NaN, as in PyTorch: its exponentials are all 0, and ``0 * (1 / 0)`` (log-softmax:
+``-inf - log(0)``) is NaN. ``exp`` is ``fastmath.exp``, vectorised in float32.
 """
 
 from __future__ import annotations

@@ -3,10 +3,11 @@ the kernels built from them (``schedule_rows``).
 
 A row's sum or max over its last axis is taken in two blocks: ``{name}_partial``, of shape
 ``(*rows, lanes)``, where lane ``l`` combines the elements ``l, l + lanes, l + 2 lanes...``
-of its row, and ``{name}``, which combines the lanes pairwise. The schedule runs the partial's lanes
-as one vector: the row is read in order, a vector at a time, and each lane's running value
-sits in a register, where a single running value would wait on each add's latency. Along
-another axis (softmax over a middle axis) the reduction is one plain block.
+of its row, and ``{name}``, which combines the lanes pairwise. The schedule runs the
+partial's lanes as one vector: the row is read in order, a vector at a time, and each
+lane's running value sits in a register, where a single running value would wait on each
+add's latency. Along another axis (softmax over a middle axis) the reduction is one plain
+block.
 
 ``schedule_rows`` puts every row's reductions and its output in the same iteration of one
 parallel loop, so each row is read from the cache while it is still there.
