@@ -182,3 +182,19 @@ def test_shape_errors_name_node_and_shapes(shape_a, shape_b, texts):
     message = str(caught.value)
     for text in [*texts, "MatMul(a, b)", str(shape_a), str(shape_b)]:
         assert text in message
+
+
+def test_second_derivatives_through_a_summed_gradient_match_pytorch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    values = [rng.standard_normal((3, 1, 7, 5)), rng.standard_normal((1, 5, 5, 7))]
+    upstream, probe = rng.standard_normal((3, 5, 7, 7)), rng.standard_normal((3, 1, 7, 5))
+    ta, tb = (torch.tensor(v, requires_grad=True) for v in values)
+    (grad_a,) = torch.autograd.grad((torch.matmul(ta, tb) * torch.tensor(upstream)).sum(), ta,
+                                    create_graph=True)
+    (expected,) = torch.autograd.grad((grad_a * torch.tensor(probe)).sum(), tb)
+    a, b, weight, s = (ad.Variable(n) for n in ("a", "b", "R", "S"))
+    (first,) = ad.gradients(ad.sum_op(matmul_op(a, b) * weight), [a])
+    (second,) = ad.gradients(ad.sum_op(first * s), [b])
+    out = _run([second], {a: values[0], b: values[1], weight: upstream, s: probe})[0]
+    np.testing.assert_allclose(out, expected.numpy(), rtol=1e-10, atol=1e-12)
