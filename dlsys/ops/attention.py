@@ -11,8 +11,8 @@ keys. Unfused (``fuse=False``) each has its own kernel; in an inference graph no
 ``L`` and its step is dropped.
 
 The gradients are three nodes with two kernels: dQ loops over key blocks for each block of
-queries; dK and dV loop over query blocks for each block of keys, and the dK node carries
-the dV node as an unread input so that one kernel writes both. Each kernel's parallel tasks
+queries; dK and dV loop over query blocks for each block of keys, and the dV node carries
+the dK node as an unread input so that one kernel writes both. Each kernel's parallel tasks
 own the rows they write, so the gradients are deterministic, with no atomics.
 
 The causal mask keeps key ``j`` for query ``i`` where ``j <= i + S - T``, as
@@ -153,9 +153,9 @@ class AttentionOp(_AttentionNodeOp):
         delta = sum_op(mul_op(output_grad, node), axes=-1)
         operands = (q, k, v, output_grad, lse, delta, node.attrs["scale"],
                     node.attrs["causal"])
-        dv = attention_value_gradient_op(*operands)
-        return [attention_query_gradient_op(*operands),
-                attention_key_gradient_op(*operands, dv), dv, None]
+        dk = attention_key_gradient_op(*operands)
+        return [attention_query_gradient_op(*operands), dk,
+                attention_value_gradient_op(*operands, dk), None]
 
     def kernel_spec(self, node, input_shapes, output_shape):
         return KernelSpec("attention_forward", (*_params(node, input_shapes), "output"))
@@ -175,8 +175,10 @@ class AttentionGradientOp(_AttentionNodeOp):
     output's gradient dO, the log-sum-exp L and ``delta = rowsum(dO * O)`` (..., T),
     recomputing the probabilities.
 
-    The key gradient may carry the value gradient as a seventh input it does not read, so
-    that fusion computes both in one kernel (``absorbs``)."""
+    The value gradient may carry the key gradient as a seventh input it does not read, so
+    that fusion computes both in one kernel (``absorbs``). It is that way round because a
+    transformer's backward pass reaches dV first (its projection was made last): dK's step
+    then sits right before dV's, with no reader of dK between, as absorbing needs."""
 
     name = "AttentionGrad"
 
@@ -229,12 +231,12 @@ attention_op.absorbs = attention_lse_op
 attention_query_gradient_op = AttentionGradientOp("query")
 attention_key_gradient_op = AttentionGradientOp("key")
 attention_value_gradient_op = AttentionGradientOp("value")
-attention_key_gradient_op.absorbs = attention_value_gradient_op
+attention_value_gradient_op.absorbs = attention_key_gradient_op
 
 __all__ = ["AttentionOp", "AttentionLSEOp", "AttentionGradientOp", "attention_op",
            "attention_lse_op", "attention_query_gradient_op", "attention_key_gradient_op",
            "attention_value_gradient_op", "attention_shapes", "attention_strategy",
-           "use_fused_attention", "STRATEGY_VARIABLE"]
+           "use_fused_attention", "STRATEGY_VARIABLE", "FUSED_FROM_LENGTH"]
 
 
 # ------------------------------------------------------------------------------ the choice
@@ -253,20 +255,37 @@ def attention_strategy(strategy: str | None = None) -> str:
     return chosen
 
 
-def use_fused_attention(has_mask: bool, dropout_p: float, strategy: str | None = None) -> bool:
+# The length from which the fused operator's forward and backward beat the unfused graph's
+# (measured, see ``use_fused_attention``); below it the unfused graph's tuned batched
+# matmuls, which need not recompute the probabilities, win the backward pass.
+FUSED_FROM_LENGTH = 128
+
+
+def use_fused_attention(has_mask: bool, dropout_p: float, strategy: str | None = None,
+                        length: int | None = None) -> bool:
     """Whether ``F.scaled_dot_product_attention`` builds ``attention_op`` (True) or the
     unfused graph of matmuls, mask and softmax (False).
 
     The fused operator takes no ``attn_mask`` and no dropout: such calls are always
-    unfused. Otherwise, ``"auto"`` chooses the fused operator, from measurements
-    (``benchmarks/bench_attention.py``, AMD EPYC znver4, 2 cores, float32, B=8, H=4, D=32):
-    forward and backward it was faster than the unfused graph at every length measured
-    (T = S from 16 to 512, causal and not), and it never holds the (B, H, T, S) scores the
-    unfused graph writes several times over (32 MiB at T = 512). The graph is built before
-    the lengths are known (placeholders get their shapes when fed), so the rule cannot
-    depend on them; a length where the unfused graph won would need this choice made at
-    compile time.
+    unfused. ``"fused"`` and ``"unfused"`` (``strategy`` or DLSYS_ATTENTION) force the
+    choice otherwise. ``"auto"`` chooses from ``benchmarks/bench_attention.py``'s figures
+    (AMD EPYC znver4, one thread, float32, B=8, H=4, D=32, T = S, causal; kernel times):
+
+    - forward only, the fused operator was faster at every length, 16 to 512 (1.2-1.3x at
+      T <= 64, 3-6x from T = 128, where the unfused graph writes the (B, H, T, T) scores
+      and their softmax, 8 MiB each at T = 512, and reads them back);
+    - forward and backward, the unfused graph was faster below T = 128 (0.66-0.88x of the
+      fused time at T = 16-64, under 0.2 ms apart), even at T = 128 (2.8 against 2.9 ms
+      of kernels), and slower from T = 256 (1.5x at 256, 1.85x at 512).
+
+    The graph is built before the lengths are known (placeholders get their shapes when
+    fed), so ``"auto"`` takes the fused operator unless the caller passes the key
+    ``length`` and it is under ``FUSED_FROM_LENGTH``: it loses at most a fraction of a
+    millisecond on short sequences, and wins, and saves the T x S buffers, on long ones.
     """
     if has_mask or dropout_p > 0:
         return False
-    return attention_strategy(strategy) != "unfused"
+    chosen = attention_strategy(strategy)
+    if chosen != "auto":
+        return chosen == "fused"
+    return length is None or length >= FUSED_FROM_LENGTH

@@ -16,7 +16,7 @@ from dlsys.errors import ArgumentError, ShapeError
 from dlsys.graph import find_topo_sort
 from dlsys.nn import functional as F
 from dlsys.ops import attention_op, sum_op
-from dlsys.ops.attention import AttentionOp, use_fused_attention
+from dlsys.ops.attention import FUSED_FROM_LENGTH, AttentionOp, use_fused_attention
 from dlsys.passes.pipeline import CompileOptions, compile
 
 RTOL, ATOL = 1e-6, 1e-9
@@ -160,6 +160,9 @@ def test_the_choice_of_graph(monkeypatch):
     assert not use_fused_attention(True, 0.0)       # a mask: the unfused graph
     assert not use_fused_attention(False, 0.1)      # dropout: the unfused graph
     assert not use_fused_attention(False, 0.0, "unfused")
+    assert not use_fused_attention(False, 0.0, length=FUSED_FROM_LENGTH - 1)  # measured
+    assert use_fused_attention(False, 0.0, length=FUSED_FROM_LENGTH)
+    assert use_fused_attention(False, 0.0, "fused", length=16)
     monkeypatch.setenv("DLSYS_ATTENTION", "unfused")
     assert not use_fused_attention(False, 0.0)
     monkeypatch.setenv("DLSYS_ATTENTION", "fused")
@@ -167,3 +170,20 @@ def test_the_choice_of_graph(monkeypatch):
     monkeypatch.setenv("DLSYS_ATTENTION", "fast")
     with pytest.raises(ArgumentError, match="DLSYS_ATTENTION"):
         use_fused_attention(False, 0.0)
+
+
+def test_a_transformer_layer_gets_the_fused_kernels(monkeypatch):
+    # MultiheadAttention's backward pass reaches dV before dK: still one kernel for both.
+    from dlsys import nn
+    monkeypatch.delenv("DLSYS_ATTENTION", raising=False)
+    layer = nn.MultiheadAttention(8, 2, batch_first=True)
+    x = ad.Variable("x")
+    out, _ = layer(x, x, x, is_causal=True, need_weights=False)
+    params = list(layer.parameters())
+    grads = ad.gradients(sum_op(out), params)
+    program = compile([out, *grads], {x: (2, 5, 8), **{p: p.shape for p in params}},
+                      CompileOptions())
+    kernels = sorted((s.kernel.kind, s.kernel.params[-1]) for s in program.steps
+                     if s.kernel is not None and s.kernel.kind.startswith("attention"))
+    assert kernels == [("attention_forward", "both"), ("attention_key_gradient", "both"),
+                       ("attention_query_gradient", True)]

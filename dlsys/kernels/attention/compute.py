@@ -234,13 +234,13 @@ def attention_key_gradient(q_shape: Shape, k_shape: Shape, v_shape: Shape, scale
                            causal: bool, writes: str, dtype: str):
     """Inputs Q, K, V, dO, L and ``delta = rowsum(dO * O)`` (..., T); outputs dK
     (..., S, D) and/or dV (..., S, E) as ``writes`` asks (``"key"``, ``"value"`` or
-    ``"both"``: dK then dV)."""
+    ``"both"``: dV then dK)."""
     lay = _layout(q_shape, k_shape, v_shape, scale, causal, dtype)
     inputs = _gradient_inputs(lay, q_shape, k_shape, v_shape)
-    shapes = {"key": [k_shape], "value": [v_shape], "both": [k_shape, v_shape]}
+    shapes = {"key": [k_shape], "value": [v_shape], "both": [v_shape, k_shape]}
 
     def body(ins, outs):
-        named = dict(zip(("key", "value") if writes == "both" else (writes,), outs))
+        named = dict(zip(("value", "key") if writes == "both" else (writes,), outs))
         return _tasks(lay, lay.blocks(lay.keys), lambda at, blk: _key_task(
             lay, *ins, named.get("key"), named.get("value"), at, blk))
 
