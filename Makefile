@@ -5,6 +5,8 @@
 # The Python that makes the venv (3.10 or newer); Debian's python3 is used when it cannot.
 PYTHON ?= python3
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
+# The default corpus of dlsys train --model gpt.
+FORTUNES := /usr/share/games/fortunes
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_GET := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 
@@ -52,10 +54,11 @@ $(INSTALLED)-test: pyproject.toml Makefile | $(VENV_PYTHON)
 setup: $(INSTALLED)-runtime
 setup-test: $(INSTALLED)-test
 
-# Fashion-MNIST from Debian's package, the default data set when no MNIST is given.
+# Fashion-MNIST from Debian's package, the default data set when no MNIST is given, and
+# Debian's fortunes, the GPT's default corpus: both installed when either is missing.
 data:
-	@[ -d $(FASHION_MNIST) ] || { $(APT_GET) update -qq && \
-	  $(APT_GET) install -y -qq dataset-fashion-mnist; }
+	@[ -d $(FASHION_MNIST) ] && [ -d $(FORTUNES) ] || { $(APT_GET) update -qq && \
+	  $(APT_GET) install -y -qq dataset-fashion-mnist fortunes; }
 
 # The default data set is installed only when no other is named ($DLSYS_DATA or --data).
 train: setup $(if $(DLSYS_DATA)$(findstring --data,$(ARGS)),,data)
