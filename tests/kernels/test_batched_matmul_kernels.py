@@ -11,6 +11,7 @@ import pytest
 import tvm
 from tvm import s_tir, te
 
+from dlsys.kernels.build import make_target
 from dlsys.kernels.common.epilogue import Epilogue, epilogue_from_label
 from dlsys.kernels.matmul import batched, compute
 from dlsys.kernels.matmul import search as mm
@@ -68,16 +69,26 @@ def test_the_weight_gradient_sums_every_row(lead, k, n):
     np.testing.assert_allclose(out, a.reshape(-1, k).T @ g.reshape(-1, n), **TOL["float32"])
 
 
-@pytest.mark.parametrize("lead,trans_a", [((3, 7), False), ((2, 16), True)])
-def test_the_tuned_schedule_applies_to_rows_views(lead, trans_a):
-    inputs, outputs = compute.matmul((*lead, 24), trans_a, (24, 40) if not trans_a
-                                     else (*lead, 40), False, "float32")
-
-    def schedule(sch):
-        problem = matmul_problem(sch)
-        apply_config(sch, problem, mm.heuristic_config(problem))
-
-    _schedule(inputs, outputs, schedule)
+@pytest.mark.parametrize("lead,trans_a,n", [((3, 7), False, 10), ((2, 16), True, 10),
+                                            ((4, 30), False, 48)])
+def test_every_candidate_tile_applies_to_rows_views(lead, trans_a, n):
+    """Padded rows, row vectors, B read in place: each candidate reads the stack's rows."""
+    rng = np.random.default_rng(5)
+    shape_b = (*lead, n) if trans_a else (24, n)
+    inputs, outputs = compute.matmul((*lead, 24), trans_a, shape_b, False, "float32")
+    a = rng.standard_normal((*lead, 24)).astype("float32")
+    b = rng.standard_normal(shape_b).astype("float32")
+    expected = a.reshape(-1, 24).T @ b.reshape(-1, n) if trans_a else a @ b
+    base = s_tir.Schedule(tvm.IRModule({"main": te.create_prim_func(inputs + outputs)}))
+    base.work_on("main")
+    problem = matmul_problem(base)
+    for config in mm.candidate_configs(problem, limit=6):
+        sch = base.copy()
+        apply_config(sch, problem, config)
+        func = tvm.tirx.build(sch.mod, target=make_target("llvm"))["main"]
+        out = tvm.runtime.empty(expected.shape, "float32")
+        func(tvm.runtime.tensor(a), tvm.runtime.tensor(b), out)
+        np.testing.assert_allclose(out.numpy(), expected, err_msg=str(config), **TOL["float32"])
 
 
 @pytest.mark.parametrize("trans_b", [False, True])
