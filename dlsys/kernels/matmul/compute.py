@@ -3,10 +3,11 @@ with B already packed in the column panels the tuned schedule streams; and the b
 product of stacks of matrices (``batched_matmul``).
 
 The block named ``matmul`` is what ``dlsys.kernels.matmul.schedule`` looks for. An
-untransposed A of rank >= 3 times a matrix B is the same product over A's rows, all batch
-axes folded into M: A is read through the block ``A_rows`` and the product written through
-``matmul_rows`` (index maps, no copy, which the schedule inlines), so a dense layer applied
-to (batch, time, features) runs the tuned 2-D kernel.
+operand of rank >= 3 is read as the matrix of its rows, all batch axes folded together:
+through the block ``A_rows`` (``B_rows``), and an untransposed A's product is written back
+through ``matmul_stacked`` (index maps, no copy, which the schedule inlines). So a dense
+layer applied to (batch, time, features) runs the tuned 2-D kernel with M = batch * time,
+and its weight gradient with K = batch * time.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def matmul_sizes(shape_a: Shape, trans_a: bool, shape_b: Shape,
     """``(M, N, K)`` of ``op(A) @ op(B)`` from the stored shapes (a transposed operand is
     stored transposed); an operand of rank >= 3 is read as the matrix of its rows."""
     m, k = _rows_shape(shape_a)[::-1] if trans_a else _rows_shape(shape_a)
-    k_b, n = _rows_shape(shape_b)[::-1] if trans_b else _rows_shape(shape_b)
+    _, n = _rows_shape(shape_b)[::-1] if trans_b else _rows_shape(shape_b)
     return m, n, k
 
 
