@@ -1,6 +1,7 @@
 """Fused attention: the forward pass with an online softmax over blocks of keys, and its
 adjoints recomputing the probabilities from the row log-sum-exp, none holding the T x S
-matrix of scores (``compute``, loop nests written in TIR with ``tir``'s builders)."""
+matrix of scores (``compute``, loop nests written in TIR with ``tir``'s builders; their
+block sizes in ``schedule``)."""
 
 from __future__ import annotations
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 from tvm import te, tirx
 
+from dlsys.kernels.attention.schedule import block_lanes
 from dlsys.kernels.attention.tir import (
     allocate,
     const,
@@ -48,7 +49,6 @@ from dlsys.kernels.attention.tir import (
     vector_loop,
 )
 from dlsys.kernels.common.compute import Shape
-from dlsys.kernels.cpu import host
 from dlsys.kernels.elementwise.fastmath import exp
 
 WRITES = ("output", "lse", "both")
@@ -69,10 +69,8 @@ class Layout:
 
     @property
     def lanes(self) -> int:
-        """Positions per block: one vector register (two were 10-30% slower on znver4 at
-        T = 128 and 512: a causal diagonal block wastes more, and half as many rows fit
-        the registers at once)."""
-        return host().lanes(self.dtype)
+        """Positions per block (``schedule.block_lanes``)."""
+        return block_lanes(self.dtype)
 
     @property
     def key_block(self) -> int:

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 
 from tvm import tirx
 
+from dlsys.kernels.attention.schedule import ROWS_AT_ONCE
+
 Body = Callable[..., tirx.Stmt]
 
 
@@ -84,16 +86,12 @@ def unrolled_max(term: Callable[[int], tirx.PrimExpr], count: int) -> tirx.PrimE
     return terms[0]
 
 
-# Rows one vectorised body computes at once: each vector it loads serves that many rows'
-# sums, and their independent chains hide the multiply-adds' latency (8 against 4 and 2:
-# 5-25% faster kernels on znver4, one thread, B=H=2, T=128 and 512, causal).
-ROWS_AT_ONCE = 8
 
 
 def rows_of_vectors(name: str, rows: int, lanes: int,
                     row: Callable[[tirx.PrimExpr, tirx.Var], tirx.Stmt]) -> tirx.Stmt:
     """``row(r, i)`` for every row ``r < rows`` and lane ``i < lanes``: a loop over groups
-    of ``ROWS_AT_ONCE`` rows (the widest divisor of ``rows`` up to it), each group one
+    of ``schedule.ROWS_AT_ONCE`` rows (the widest divisor of ``rows`` up to it), each group one
     vector loop whose body holds its rows' statements side by side."""
     group = max(g for g in range(1, ROWS_AT_ONCE + 1) if rows % g == 0)
     return loop(name, rows // group, lambda r: vector_loop("i", lanes, lambda i: seq(
