@@ -131,16 +131,29 @@ def test_batched_product_with_an_epilogue(shape_a, trans_a, shape_b, trans_b, dt
               batched.schedule_batched_matmul)
 
 
-@pytest.mark.parametrize("out_shape", [(3, 1, 7, 7), (1, 5, 7, 7), (5, 7, 7), (7, 7)])
-def test_batched_product_summed_over_broadcast_axes(out_shape):
+SUMMED = [((3, 1, 7, 5), False, (1, 5, 5, 7), False, (3, 1, 7, 7)),
+          ((3, 1, 7, 5), False, (1, 5, 5, 7), False, (1, 5, 7, 7)),
+          ((3, 1, 7, 5), False, (1, 5, 5, 7), False, (5, 7, 7)),
+          ((3, 1, 7, 5), False, (1, 5, 5, 7), False, (7, 7)),
+          # a weight per head's gradient, summed over the batch: x (B, 1, T, E), g (B, H, T, D)
+          ((4, 1, 16, 8), True, (4, 3, 16, 8), False, (3, 8, 8)),
+          ((2, 9, 5), False, (2, 6, 5), True, (9, 6))]
+
+
+@pytest.mark.parametrize("shape_a,trans_a,shape_b,trans_b,out_shape", SUMMED)
+def test_batched_product_summed_over_broadcast_axes(shape_a, trans_a, shape_b, trans_b,
+                                                    out_shape):
     rng = np.random.default_rng(4)
-    a = rng.standard_normal((3, 1, 7, 5))
-    b = rng.standard_normal((1, 5, 5, 7))
-    product = a @ b
+    a = rng.standard_normal(shape_a)
+    b = rng.standard_normal(shape_b)
+    product = np.matmul(_op(a, trans_a), _op(b, trans_b))
     lead = product.ndim - len(out_shape)
     expected = product.sum(axis=tuple(range(lead)))
     axes = tuple(d for d, n in enumerate(out_shape) if n == 1 and expected.shape[d] != 1)
     expected = expected.sum(axis=axes, keepdims=True)
-    spec = KernelSpec("batched_matmul", (a.shape, False, b.shape, False, out_shape, ()))
+    spec = KernelSpec("batched_matmul", (shape_a, trans_a, shape_b, trans_b, out_shape, ()))
     np.testing.assert_allclose(_call(spec, [a, b], out_shape, "float64"), expected,
                                **TOL["float64"])
+    _schedule(*compute.batched_matmul(shape_a, trans_a, shape_b, trans_b, out_shape, [],
+                                      "float64"),
+              batched.schedule_summed_matmul)

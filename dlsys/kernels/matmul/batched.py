@@ -36,7 +36,7 @@ from dlsys.kernels.matmul.schedule import (
 def batched_problem(sch: s_tir.Schedule) -> tuple[MatmulProblem, int]:
     """The problem one matrix of the stack poses, and how many matrices the stack holds."""
     stmt = sch.get(sch.get_sblock(BATCHED_BLOCK))
-    m, n, k, trans_a, trans_b = (int(v) for v in stmt.annotations[BATCHED_ATTR])
+    m, n, k, trans_a, trans_b, _ = (int(v) for v in stmt.annotations[BATCHED_ATTR])
     batch = 1
     for iv in stmt.iter_vars[:-3]:
         batch *= int(iv.dom.extent)
@@ -123,7 +123,7 @@ def schedule_batched_matmul(sch: s_tir.Schedule) -> None:
 
 
 def _pad_and_pack(sch: s_tir.Schedule, block, problem: MatmulProblem, mr: int,
-                  nr: int) -> tuple:
+                  nr: int, summed: int = 0) -> tuple:
     """Pad each matrix's product to whole register tiles, and decide which operands are
     copied into panels: B where it is transposed or padded (its columns must be
     contiguous), A where it is padded. Returns the copies (or None) and the pad blocks."""
@@ -131,9 +131,10 @@ def _pad_and_pack(sch: s_tir.Schedule, block, problem: MatmulProblem, mr: int,
     root = sch.get_sblock("root")
     before = {sch.get(b).name_hint for b in sch.get_child_blocks(root)}
     if (m_pad, n_pad) != (problem.m, problem.n):
-        axes = len(sch.get(block).iter_vars) - 3
+        axes = len(sch.get(block).iter_vars) - 3 - summed
         sch.pad_einsum(block, [1] * axes + [mr if m_pad != problem.m else 1,
-                                            nr if n_pad != problem.n else 1, 1])
+                                            nr if n_pad != problem.n else 1]
+                       + [1] * (summed + 1))
     pad_blocks = {sch.get(b).name_hint for b in sch.get_child_blocks(root)} - before
     packed_a = packed_b = None
     if problem.trans_b or n_pad != problem.n:
@@ -145,19 +146,54 @@ def _pad_and_pack(sch: s_tir.Schedule, block, problem: MatmulProblem, mr: int,
     return packed_a, packed_b, pad_blocks
 
 
-def schedule_batched(sch: s_tir.Schedule) -> None:
-    """The tuned batched schedule, tried on a copy first; a product summed over batch axes
-    (a gradient's, rare), or one where a primitive refuses, runs TVM's default nest with
-    its outermost loop shared between cores."""
+def schedule_summed_matmul(sch: s_tir.Schedule) -> None:
+    """A batched product summed over some batch axes (the gradient of an operand broadcast
+    along them): the register tile accumulates across the summed matrices as it does along
+    k, so each output tile is stored once; operands that need panels are packed whole,
+    ahead of the product, since every output tile reads several matrices of them."""
     block = sch.get_sblock(BATCHED_BLOCK)
-    if BATCHED_ATTR in sch.get(block).annotations:
-        try:
-            schedule_batched_matmul(sch.copy())
-        except (RuntimeError, ValueError, StopIteration):
-            sch.unannotate(block, BATCHED_ATTR)
-        else:
-            schedule_batched_matmul(sch)
-            return
-    first = sch.get_loops(block)[0]
-    if int(sch.get(first).extent) > 1:
-        sch.parallel(first)
+    stmt = sch.get(block)
+    m, n, k, trans_a, trans_b, summed = (int(v) for v in stmt.annotations[BATCHED_ATTR])
+    sch.unannotate(block, BATCHED_ATTR)
+    problem = MatmulProblem(m, n, k, bool(trans_a), bool(trans_b),
+                            str(stmt.writes[0].source.dtype))
+    config = batched_config(problem)
+    m_pad, n_pad = _round_up(m, config.mr), _round_up(n, config.nr)
+    packed = _pad_and_pack(sch, block, problem, config.mr, config.nr, summed)
+    write_back, leftovers = _make_write_back(sch, block, config, (m_pad, n_pad) != (m, n),
+                                             packed[2])
+    loops = sch.get_loops(block)
+    kept = loops[:len(loops) - 3 - summed]
+    i, j, *reduced = loops[len(kept):]
+    io, ii = sch.split(i, factors=[None, config.mr])
+    jo, ji = sch.split(j, factors=[None, config.nr])
+    outer = [sch.fuse(*kept) if len(kept) > 1 else kept[0]] if kept else []
+    sch.reorder(*outer, io, jo, *reduced, ii, ji)
+    _place_in_tile(sch, jo, write_back, leftovers)
+    for copy in packed[:2]:
+        if copy is not None:
+            first = sch.get_loops(copy)[0]
+            sch.parallel(first)
+    _vectorize(sch, ji)
+    sch.unroll(ii)
+    sch.parallel(sch.fuse(*outer, io) if outer else io)
+    sch.decompose_reduction(block, reduced[0])
+    _vectorize(sch, sch.get_loops(write_back)[-1])
+
+
+def schedule_batched(sch: s_tir.Schedule) -> None:
+    """The tuned batched schedule (summed over batch axes or not), tried on a copy first;
+    where a primitive refuses it, TVM's default nest with its outermost loop shared between
+    cores."""
+    block = sch.get_sblock(BATCHED_BLOCK)
+    summed = int(sch.get(block).annotations[BATCHED_ATTR][-1])
+    schedule = schedule_summed_matmul if summed else schedule_batched_matmul
+    try:
+        schedule(sch.copy())
+    except (RuntimeError, ValueError, StopIteration):
+        sch.unannotate(block, BATCHED_ATTR)
+        first = sch.get_loops(block)[0]
+        if int(sch.get(first).extent) > 1:
+            sch.parallel(first)
+        return
+    schedule(sch)

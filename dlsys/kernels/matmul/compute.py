@@ -178,7 +178,8 @@ def matmul_epilogue(shape_a: Shape, trans_a: bool, shape_b: Shape, trans_b: bool
 
 
 # The block of ``batched_matmul``, and the annotation carrying its per-matrix problem
-# ``[M, N, K, trans_a, trans_b]`` to its schedule (``dlsys.kernels.matmul.batched``).
+# ``[M, N, K, trans_a, trans_b, summed batch axes]`` to its schedule
+# (``dlsys.kernels.matmul.batched``).
 BATCHED_BLOCK = "batched_matmul"
 BATCHED_ATTR = "dlsys_batched_matmul"
 
@@ -202,8 +203,7 @@ def batched_matmul(shape_a: Shape, trans_a: bool, shape_b: Shape, trans_b: bool,
 
     ``out_shape`` is the product's (*batch, M, N), or a shape it sums down to as numpy
     broadcasting's adjoint (leading batch axes dropped, others kept with size 1): a
-    gradient with respect to an operand that was broadcast. Only an unsummed product
-    carries the annotation of the tuned schedule.
+    gradient with respect to an operand that was broadcast.
     """
     a = te.placeholder(shape_a, dtype=dtype, name="A")
     b = te.placeholder(shape_b, dtype=dtype, name="B")
@@ -227,7 +227,7 @@ def batched_matmul(shape_a: Shape, trans_a: bool, shape_b: Shape, trans_b: bool,
         b_value = b[(*at_b, j, k)] if trans_b else b[(*at_b, k, j)]
         return te.sum(a_value * b_value, axis=[*summed.values(), k])
 
-    attrs = {} if summed else {BATCHED_ATTR: [m, n, k_len, int(trans_a), int(trans_b)]}
-    product = te.compute((*out_batch, m, n), body, name=BATCHED_BLOCK, attrs=attrs)
+    product = te.compute((*out_batch, m, n), body, name=BATCHED_BLOCK, attrs={
+        BATCHED_ATTR: [m, n, k_len, int(trans_a), int(trans_b), len(summed)]})
     operands, out = apply_epilogue(product, epilogue, dtype)
     return [a, b, *operands], [out]
