@@ -14,7 +14,9 @@ loop, so one matrix's operands stay in one core's caches::
                 for k in K: acc += A[b][i, k] * Bp[jo, k, :]   # nr vectorised
                 C[b][tile] = epilogue(acc)
 
-A batch smaller than the thread count shares its row tiles between cores instead.
+A batch smaller than the thread count shares its row tiles between cores instead. A
+product summed over batch axes (``schedule_summed_matmul``, a gradient) keeps the output's
+batch outside and the summed matrices inside the tile, accumulated in registers like k.
 """
 
 from __future__ import annotations
