@@ -106,7 +106,8 @@ def _batch_loss_curve(history: list[dict]) -> tuple[list[float], list[float]]:
 
 
 def _title(title: str, summary: dict | None) -> str:
-    """``title``, then the data set's name and the test accuracy where ``summary`` has them."""
+    """``title``, then the data set's name and the test accuracy (a language model's
+    validation bits per character) where ``summary`` has them."""
     facts = []
     data = ((summary or {}).get("settings") or {}).get("data")
     if data:
@@ -114,6 +115,9 @@ def _title(title: str, summary: dict | None) -> str:
     test_acc = (summary or {}).get("test_acc")
     if test_acc is not None and math.isfinite(test_acc):
         facts.append(f"test accuracy {100 * test_acc:.2f}%")
+    bits = (summary or {}).get("val_bpc")  # a language model's
+    if bits is not None and math.isfinite(bits):
+        facts.append(f"validation {bits:.3f} bits per character")
     return title + ("\n" + ", ".join(facts) if facts else "")
 
 
