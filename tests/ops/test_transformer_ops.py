@@ -261,8 +261,8 @@ def _float32_formula(formula, values: np.ndarray) -> np.ndarray:
     return result.numpy().astype(np.float64)
 
 
-@pytest.mark.parametrize("name", ["exp", "normal_cdf"])
-def test_float32_exp_and_normal_cdf_match_math(name):
+@pytest.mark.parametrize("name", ["exp", "normal_cdf", "tanh"])
+def test_float32_exp_tanh_and_normal_cdf_match_math(name):
     # The vectorised float32 formulas of dlsys.kernels.elementwise.fastmath, against Python's
     # math in float64, over the whole range and at inf, -inf and NaN.
     from dlsys.kernels.elementwise import fastmath
@@ -272,6 +272,8 @@ def test_float32_exp_and_normal_cdf_match_math(name):
     if name == "exp":
         want = np.array([math.exp(v) if v < 89 else math.inf for v in values.astype(float)])
         want[want > np.finfo(np.float32).max] = np.inf  # overflows float32
+    elif name == "tanh":
+        want = np.tanh(values.astype(float))
     else:
         want = np.array([0.5 * math.erfc(-v / math.sqrt(2)) for v in values.astype(float)])
     got = _float32_formula(getattr(fastmath, name), values)

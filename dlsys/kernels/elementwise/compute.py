@@ -68,7 +68,8 @@ def log(x):
 
 
 def tanh(x):
-    return te.tanh(x)
+    # Vectorised in float32: TVM's tanh ran 12 ns an element on znver4 (fastmath).
+    return fastmath.tanh(x)
 
 
 def relu(x):
@@ -112,7 +113,7 @@ def _tanh_form(x):
     """``t = tanh(u)`` and ``u'`` for ``u = k (x + a x**3)``: GELU's tanh form."""
     k, a = (tirx.const(c, x.dtype) for c in (TANH_SCALE, TANH_CUBIC))
     x2 = x * x
-    return te.tanh(k * (x + a * x2 * x)), k * (tirx.const(1, x.dtype) + tirx.const(
+    return fastmath.tanh(k * (x + a * x2 * x)), k * (tirx.const(1, x.dtype) + tirx.const(
         3 * TANH_CUBIC, x.dtype) * x2)
 
 
@@ -123,17 +124,18 @@ def gelu_tanh(x):
 
 def gelu_tanh_gradient(x, g):
     """``(0.5 (1 + t) + 0.5 x (1 - t**2) u') * g``."""
-    t, du = _tanh_form(x)
+    tanh, du = _tanh_form(x)
     half, one = tirx.const(0.5, x.dtype), tirx.const(1, x.dtype)
-    return (half * (one + t) + half * x * (one - t * t) * du) * g
+    return fastmath.bind(tanh, lambda t: (half * (one + t) + half * x * (one - t * t) * du) * g)
 
 
 def gelu_tanh_second(x, g):
     """``(1 - t**2) (u' + 0.5 x (u'' - 2 t u'**2)) * g``, ``u'' = 6 k a x``."""
-    t, du = _tanh_form(x)
+    tanh, du = _tanh_form(x)
     half, one = tirx.const(0.5, x.dtype), tirx.const(1, x.dtype)
     ddu = tirx.const(6 * TANH_SCALE * TANH_CUBIC, x.dtype) * x
-    return (one - t * t) * (du + half * x * (ddu - tirx.const(2, x.dtype) * t * du * du)) * g
+    return fastmath.bind(tanh, lambda t: (one - t * t) * (
+        du + half * x * (ddu - tirx.const(2, x.dtype) * t * du * du)) * g)
 
 
 def sgd(w, g, lr):
