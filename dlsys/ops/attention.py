@@ -233,11 +233,6 @@ attention_key_gradient_op = AttentionGradientOp("key")
 attention_value_gradient_op = AttentionGradientOp("value")
 attention_value_gradient_op.absorbs = attention_key_gradient_op
 
-__all__ = ["AttentionOp", "AttentionLSEOp", "AttentionGradientOp", "attention_op",
-           "attention_lse_op", "attention_query_gradient_op", "attention_key_gradient_op",
-           "attention_value_gradient_op", "attention_shapes", "attention_strategy",
-           "use_fused_attention", "STRATEGY_VARIABLE", "FUSED_FROM_LENGTH"]
-
 
 # ------------------------------------------------------------------------------ the choice
 STRATEGY_VARIABLE = "DLSYS_ATTENTION"
@@ -289,3 +284,9 @@ def use_fused_attention(has_mask: bool, dropout_p: float, strategy: str | None =
     if chosen != "auto":
         return chosen == "fused"
     return length is None or length >= FUSED_FROM_LENGTH
+
+
+__all__ = ["AttentionOp", "AttentionLSEOp", "AttentionGradientOp", "attention_op",
+           "attention_lse_op", "attention_query_gradient_op", "attention_key_gradient_op",
+           "attention_value_gradient_op", "attention_shapes", "attention_strategy",
+           "use_fused_attention", "STRATEGY_VARIABLE", "FUSED_FROM_LENGTH"]
