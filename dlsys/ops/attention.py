@@ -17,7 +17,7 @@ own the rows they write, so the gradients are deterministic, with no atomics.
 
 The causal mask keeps key ``j`` for query ``i`` where ``j <= i + S - T``, as
 ``causal_mask_op`` does (PyTorch's ``is_causal`` for T == S). A query that sees no key
-(T > S, causal) gets NaN, as the unfused graph does.
+(T > S, causal) gets NaN, and so do the gradients it reaches, as in the unfused graph.
 """
 
 from __future__ import annotations
