@@ -7,8 +7,9 @@ to recompute the probabilities ``P = exp(Q K^T * scale - L)`` block by block. dl
 each node one value, so ``L`` is a node of its own (``attention_lse_op``) that the output
 node carries as an input it does not read (``kernel_inputs``): the two steps then sit side
 by side, and fusion (``absorbs``) computes ``L`` in the output's kernel, one pass over the
-keys. Unfused (``fuse=False``) each has its own kernel; in an inference graph nothing reads
-``L`` and its step is dropped.
+keys. Unfused (``fuse=False``) each has its own kernel. In an inference graph nothing
+reads ``L``: unfused its step is dropped, fused the one kernel still writes it (an array
+of (..., T), a 1/E share of the output's size).
 
 The gradients are three nodes with two kernels: dQ loops over key blocks for each block of
 queries; dK and dV loop over query blocks for each block of keys, and the dV node carries
