@@ -48,8 +48,9 @@ def attention_shapes(node: Node, input_shapes: list[Shape]) -> tuple[Shape, int,
     if any(len(s) < 2 for s in (q, k, v)) or not len(q) == len(k) == len(v):
         problem = "query, key and value must be (..., length, depth) of one rank"
     elif q[:-2] != k[:-2] or k[:-1] != v[:-1]:
-        problem = ("the leading axes must agree (the fused kernel does not broadcast them), "
-                   "and keys and values have the same length")
+        problem = ("the leading axes must agree (the fused kernel does not broadcast them: "
+                   f"set {STRATEGY_VARIABLE}=unfused for the graph that does), and keys and "
+                   "values have the same length")
     elif q[-1] != k[-1]:
         problem = "queries and keys must have the same depth"
     elif 0 in q + k + v:
