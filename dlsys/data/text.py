@@ -35,10 +35,10 @@ from dlsys.errors import ArgumentError, DataError
 DEFAULT_TEXT_DIR = Path("/usr/share/games/fortunes")
 # strfile's random-access indexes beside each fortune file: binary, not text.
 INDEX_SUFFIX = ".dat"
-# The validation tail: this fraction of the corpus, at most the cap (64 Ki characters, 512
-# windows of 128: evaluated in seconds after every epoch).
+# The validation tail: this fraction of the corpus, at most the cap (32 Ki characters, 256
+# windows of 128: evaluated in a few seconds after every epoch).
 DEFAULT_VAL_FRACTION = 0.1
-DEFAULT_VAL_CAP = 1 << 16
+DEFAULT_VAL_CAP = 1 << 15
 # A corpus is read whole into memory, as text and as int64 ids (9 bytes per character):
 # 256 MiB of text is 2.3 GiB of ids. Larger files are refused before they are read.
 MAX_CORPUS_BYTES = 256 << 20
