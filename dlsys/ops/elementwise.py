@@ -128,7 +128,9 @@ class AddOp(BroadcastBinaryOp, name="Add", kernel_kind="add", symbol="+", formul
         other = b if a is chain_input else a
         # A bias row broadcast over the batch: read the vector itself, skip the broadcast.
         vector = other.inputs[0] if other.op.broadcasts_input else other
-        if len(shapes[node]) == 2 and shapes[vector] == (shapes[node][1],):
+        # Rows of a matrix, or of a stack of them (a dense layer over a sequence, (B, T, N)):
+        # the matmul kernel adds the bias along its last axis either way.
+        if len(shapes[node]) in (2, 3) and shapes[vector] == (shapes[node][-1],):
             return epilogue_from_label("bias_add"), [vector]
         if len(shapes[node]) == 4 and shapes[vector] == (shapes[node][1], 1, 1):
             # A convolution's bias, one per channel.
