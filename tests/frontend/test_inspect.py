@@ -50,7 +50,7 @@ def test_lenet_train_prints_the_training_step_and_says_the_update_is_not_in_it(c
     out = _inspect(capsys, "lenet", "--train", "--batch-size", "8")
     assert out.startswith("lenet: training step at batch 8 (training mode)")
     assert "the optimiser's update is not a graph node" in out
-    assert "conv2d" in out.lower() and "SoftmaxXEntropyGrad" in out
+    assert "conv2d" in out.lower() and "CrossEntropyGrad" in out
     # Every parameter's gradient is computed: more steps than the forward pass alone.
     assert _step_count(out) > 10
 
