@@ -135,7 +135,7 @@ def _add_setting_flags(train: Parser) -> None:
                             f"{DEFAULT_TEXT_DIR})")
     train.add_argument("--epochs", type=_positive_int, default=None,
                        help="total number of epochs, counting those of a resumed run "
-                            "(default 10; 6 for gpt)")
+                            "(default 10; 8 for gpt)")
     train.add_argument("--batch-size", type=_positive_int, default=None,
                        help="mini-batch size (default 1000; 256 for lenet and cnn; 16 "
                             "windows of --context characters for gpt)")
@@ -145,7 +145,7 @@ def _add_setting_flags(train: Parser) -> None:
     train.add_argument("--lr", type=_learning_rate, default=None,
                        help="learning rate (default: " + ", ".join(
                            f"{name} {rate:g}" for name, rate in DEFAULT_LR.items())
-                       + "; for cnn, sgd 0.05 and momentum 0.005; for gpt, adam(w) 0.002)")
+                       + "; for cnn, sgd 0.05 and momentum 0.005; for gpt, adam(w) 0.006)")
     train.add_argument("--weight-decay", type=_non_negative_float, default=None,
                        help="L2 penalty (decoupled for adamw; default 0; 0.01 for gpt)")
     train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
