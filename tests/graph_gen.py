@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from dlsys import autodiff as ad
 from dlsys.graph import Node, find_topo_sort
 from dlsys.nn import functional as F
-from dlsys.ops import ELEMENTWISE_OPS, BroadcastBinaryOp
+from dlsys.ops import ELEMENTWISE_OPS, BroadcastBinaryOp, attention_op
 from dlsys.ops.conv import windows
 from dlsys.ops.norm import batchnorm2d_op
 from dlsys.ops.placeholder import Parameter
@@ -179,6 +179,26 @@ def _index_node(draw, op: str, x: Node, shape: tuple, placeholder, rng) -> Node:
     return F.cross_entropy(x, target, ignore_index=ignore_index, label_smoothing=smoothing)
 
 
+def _stack_node(draw, op: str, x: Node, shape: tuple, placeholder) -> Node:
+    """A product of the stack ``x`` (rank 3 or 4) with a new operand, its batch axes
+    broadcast (some squeezed to 1, or none: a matrix), either side transposed; or the
+    fused attention with ``x`` as the queries and new keys and values of another length."""
+    if op == "attention":
+        keys = draw(DIMS)
+        k = placeholder((*shape[:-2], keys, shape[-1]))
+        v = placeholder((*shape[:-2], keys, draw(DIMS)))
+        # Causal needs a key for every query: j <= i + S - T leaves none when S < T.
+        causal = keys >= shape[-2] and draw(st.booleans())
+        return attention_op(x, k, v, None, causal)
+    ta, tb = draw(st.booleans()), draw(st.booleans())
+    inner = shape[-2] if ta else shape[-1]
+    n = draw(DIMS)
+    batch = tuple(1 if draw(st.booleans()) else d for d in shape[:-2])
+    batch = () if draw(st.booleans()) else batch
+    other = placeholder((*batch, n, inner) if tb else (*batch, inner, n))
+    return ad.matmul_op(x, other, ta, tb)
+
+
 @dataclass
 class RandomGraph:
     """A random dlsys graph with its feeds and what may be differentiated."""
@@ -259,6 +279,8 @@ def random_graphs(draw, max_ops: int = 7, allow_softmax: bool = True,
         ops += ["layernorm", "rowsoftmax", "logsoftmax"]
         ops += ["causal_softmax"] if len(shape) >= 2 else []
         ops += ["slice"]
+        # Products of stacks (batch axes broadcast as numpy.matmul's) and attention.
+        ops += ["stack_matmul", "attention"] if len(shape) >= 3 else []
         if len(shape) == 4:
             # Weighted up against the many elementwise operators, so that windows show up.
             ops += ["conv2d", "maxpool", "avgpool"] * 4 + ["global_avgpool", "flatten"]
@@ -326,6 +348,8 @@ def random_graphs(draw, max_ops: int = 7, allow_softmax: bool = True,
             graph.has_softmax = True
         elif op in ("layernorm", "rowsoftmax", "logsoftmax", "causal_softmax"):
             node = _transformer_node(draw, op, current, shape, placeholder)
+        elif op in ("stack_matmul", "attention"):
+            node = _stack_node(draw, op, current, shape, placeholder)
         elif op in ("embedding", "cross_entropy"):
             node = _index_node(draw, op, current, shape, placeholder, rng)
         elif op == "sce":

@@ -2,6 +2,7 @@
 
 from dlsys.nn import functional, init
 from dlsys.nn.conv import AvgPool2d, Conv2d, MaxPool2d
+from dlsys.nn.gpt import GPT, GPTBlock
 from dlsys.nn.init import manual_seed
 from dlsys.nn.layers import (
     GELU,
@@ -19,7 +20,8 @@ from dlsys.nn.module import Module, Sequential
 from dlsys.nn.transformer import MultiheadAttention, TransformerEncoderLayer
 from dlsys.ops.placeholder import Parameter
 
-__all__ = ["Module", "Parameter", "Sequential", "Linear", "ReLU", "Sigmoid", "Tanh", "Dropout",
+__all__ = ["GPT", "GPTBlock", "Module", "Parameter",
+           "Sequential", "Linear", "ReLU", "Sigmoid", "Tanh", "Dropout",
            "BatchNorm2d",
            "Flatten",
            "Conv2d", "MaxPool2d", "AvgPool2d",

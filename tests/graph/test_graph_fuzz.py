@@ -2,7 +2,8 @@
 
 Everything runs in float64. Planned and unplanned runs execute the same kernels in the same
 order, so they must agree bit for bit. Against numpy the kernels may sum in another order:
-rtol = 1e-9, atol = 1e-12. Gradients against central differences (eps = 1e-6):
+rtol = 1e-9, atol = 1e-10 (a value that is 0 in exact arithmetic, such as the gradient of a
+layer norm's output sum, comes out as the rounding of terms near 1: 1e-11, either sign). Gradients against central differences (eps = 1e-6):
 rtol = 1e-5, atol = 1e-6, looser than per-operator checks because random chains multiply
 values and so scale the rounding error of the difference quotient.
 """
@@ -16,6 +17,8 @@ from hypothesis import strategies as st
 
 from dlsys import autodiff as ad
 from dlsys.passes.memory_plan import live_ranges, resolve_aliases, verify_plan
+
+ATOL = 1e-10
 
 
 def _eval_nodes(graph, draw_subset):
@@ -66,7 +69,7 @@ def test_planned_equals_unplanned_and_numpy(graph, data):
     for node, g, w, e in zip(nodes, got, want, expected):
         assert np.array_equal(g, w), node.name
         assert g.shape == e.shape, node.name
-        np.testing.assert_allclose(g, e, rtol=1e-9, atol=1e-12, err_msg=node.name)
+        np.testing.assert_allclose(g, e, rtol=1e-9, atol=ATOL, err_msg=node.name)
     # A second run over the same buffers must give the same answers again.
     again = planned.run(_feeds_for(planned, graph), convert_to_numpy_ret_vals=True)
     for node, g, a in zip(nodes, got, again):
@@ -100,7 +103,7 @@ def test_returned_tensors_fed_back_are_read_as_they_were(graph, data):
     got = executor.run(refed, convert_to_numpy_ret_vals=True)
     expected = numpy_eval(executor.eval_node_list, as_they_were)
     for node, g, e in zip(executor.eval_node_list, got, expected):
-        np.testing.assert_allclose(g, e, rtol=1e-9, atol=1e-12, err_msg=node.name)
+        np.testing.assert_allclose(g, e, rtol=1e-9, atol=ATOL, err_msg=node.name)
 
 
 @given(graph=random_graphs(allow_softmax=False)
