@@ -79,3 +79,7 @@ bench: setup-test data
 	$(VENV_PYTHON) benchmarks/bench_onnx.py
 	$(VENV_PYTHON) benchmarks/bench_distributed.py
 	$(VENV_PYTHON) benchmarks/bench_cnn.py
+	$(VENV_PYTHON) benchmarks/bench_transformer.py
+	$(VENV_PYTHON) benchmarks/bench_attention.py
+	$(VENV_PYTHON) benchmarks/bench_batched_matmul.py
+	$(VENV_PYTHON) benchmarks/bench_transformer_ops.py

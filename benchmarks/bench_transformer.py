@@ -102,16 +102,17 @@ def dlsys_attention(b: int, h: int, t: int, d: int, repeats: int) -> float:
 
 
 def dlsys_sampling(tokens: int, cached: bool) -> float:
-    """Tokens per second of dlsys's sampler (``dlsys.frontend.lm``), with or without its
-    key/value cache."""
-    from dlsys.frontend import lm
+    """Tokens per second of ``dlsys generate``'s sampler, with its key/value cache (one
+    position per token) or without (the whole window per token)."""
+    from dlsys.frontend.generate import CachedDecoder, FullDecoder, sample
     from dlsys.nn.gpt import GPT
     model = GPT(VOCAB, CONTEXT, WIDTH, HEADS, LAYERS)
     model.load_state_dict(initial_state())
-    sampler = lm.Sampler(model, cached=cached)
-    sampler.sample([0], 4, temperature=1.0, top_k=None, seed=0)  # compile
+    decoder = (CachedDecoder if cached else FullDecoder)(model)
+    prompt = np.array([0])
+    sample(decoder, prompt, 4, 1.0, None, 0)  # compile
     start = time.perf_counter()
-    sampler.sample([0], tokens, temperature=1.0, top_k=None, seed=0)
+    sample(decoder, prompt, tokens, 1.0, None, 0)
     return tokens / (time.perf_counter() - start)
 
 
@@ -211,7 +212,9 @@ def report(rounds: dict[str, list[dict]], args: argparse.Namespace) -> None:
         values = [r[key] if index is None else r[key][index] for r in rounds[system]]
         return statistics.median(values)
 
-    print(f"CPU: {lscpu_model()}; {args.threads} threads; medians of {args.rounds} rounds")
+    from dlsys.kernels.cpu import host
+    print(f"CPU: {lscpu_model()} (LLVM {host().name}); {args.threads} threads; medians of "
+          f"{args.rounds} rounds")
     d_train, t_train = median("dlsys", "train"), median("torch", "train")
     print(f"\nGPT training step (batch {args.batch}, context {CONTEXT}, width {WIDTH}, "
           f"{HEADS} heads, {LAYERS} layers, AdamW)")

@@ -135,7 +135,7 @@ def _add_setting_flags(train: Parser) -> None:
                             f"{DEFAULT_TEXT_DIR})")
     train.add_argument("--epochs", type=_positive_int, default=None,
                        help="total number of epochs, counting those of a resumed run "
-                            "(default 10; 15 for gpt)")
+                            "(default 10; 70 for gpt)")
     train.add_argument("--batch-size", type=_positive_int, default=None,
                        help="mini-batch size (default 1000; 256 for lenet and cnn; 16 "
                             "windows of --context characters for gpt)")

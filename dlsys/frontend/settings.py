@@ -133,15 +133,17 @@ MAX_CONTEXT = 1 << 16
 MAX_VOCABULARY = 1 << 16
 # The character-level GPT's run: AdamW at 6e-3 with a warm-up epoch then a cosine decay,
 # stepped per batch (see dlsys.frontend.lm), on batches of 16 windows of 128 characters; an
-# epoch is 50 steps, the run 15 epochs. Sized so that the default run takes a few minutes
-# on 2 cores: in a fixed time, 16 windows a step learnt more than 32 (twice the steps), and
-# 300 steps at 6e-3 reached 3.54 bits per character where 2e-3 reached 3.72. The 750 steps
-# took 3.6 minutes with the kernels built (znver4, 2 cores shared) and reached 2.99.
+# epoch is 50 steps, the run 70 epochs. Sized so that the default run takes a few minutes
+# on 2 cores and ends below 2.5 bits per character: in a fixed time, 16 windows a step
+# learnt more than 32 (twice the steps), and 300 steps at 6e-3 reached 3.54 bits per
+# character where 2e-3 reached 3.72. On znver4, 2 cores, kernels built: 15 epochs (750
+# steps) reached 2.99, 30 epochs 2.67, 70 epochs (3,500 steps, 4.3 s an epoch, about 6.5
+# minutes with validation) 2.36.
 GPT_DEFAULTS = {"context": 128, "width": 128, "heads": 4, "layers": 4, "dropout": 0.0,
                 "steps_per_epoch": 50}
 MODEL_DEFAULTS: dict[str, dict[str, object]] = {
     "gpt": {**GPT_DEFAULTS, "optimizer": "adamw", "lr_schedule": "cosine", "warmup": 1,
-            "weight_decay": 0.01, "batch_size": 16, "epochs": 15},
+            "weight_decay": 0.01, "batch_size": 16, "epochs": 70},
 }
 # As Python floats: comparing a float with a numpy float32 casts the float, which warns when
 # it overflows float32, the very case being checked.
