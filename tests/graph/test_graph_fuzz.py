@@ -4,8 +4,9 @@ Everything runs in float64. Planned and unplanned runs execute the same kernels 
 order, so they must agree bit for bit. Against numpy the kernels may sum in another order:
 rtol = 1e-9, atol = 1e-10 (a value that is 0 in exact arithmetic, such as the gradient of a
 layer norm's output sum, comes out as the rounding of terms near 1: 1e-11, either sign).
-Gradients against central differences (eps = 1e-6): rtol = 1e-5, atol = 1e-6, looser than per-operator checks because random chains multiply
-values and so scale the rounding error of the difference quotient.
+Gradients against central differences (eps = 1e-6): rtol = 1e-5, atol = 1e-6, looser
+than per-operator checks because random chains multiply values and so scale the rounding
+error of the difference quotient.
 """
 
 from __future__ import annotations
