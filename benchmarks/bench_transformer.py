@@ -182,13 +182,6 @@ def measure(system: str, args: argparse.Namespace) -> dict:
     return result
 
 
-def lscpu_model() -> str:
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown CPU (lscpu failed)"
-    return next((line.split(":", 1)[1].strip() for line in text.splitlines()
-                 if line.startswith("Model name:")), "unknown CPU")
 
 
 def run_child(system: str, args: argparse.Namespace) -> dict:
@@ -212,9 +205,9 @@ def report(rounds: dict[str, list[dict]], args: argparse.Namespace) -> None:
         values = [r[key] if index is None else r[key][index] for r in rounds[system]]
         return statistics.median(values)
 
-    from dlsys.kernels.cpu import host
-    print(f"CPU: {lscpu_model()} (LLVM {host().name}); {args.threads} threads; medians of "
-          f"{args.rounds} rounds")
+    from dlsys.testing.machine import cpu_description
+    print(f"CPU: {cpu_description()}; {args.threads} threads; medians of {args.rounds} "
+          f"rounds")
     d_train, t_train = median("dlsys", "train"), median("torch", "train")
     print(f"\nGPT training step (batch {args.batch}, context {CONTEXT}, width {WIDTH}, "
           f"{HEADS} heads, {LAYERS} layers, AdamW)")

@@ -29,6 +29,8 @@ import time
 
 import numpy as np
 
+from dlsys.testing.machine import cpu_description
+
 ROWS, WIDTH, HEADS, CONTEXT, HIDDEN = 8 * 128, 128, 4, 128, 512
 SCORES = (8, HEADS, CONTEXT, CONTEXT)
 CASES = ["layernorm fwd+bwd", "softmax fwd+bwd", "causal softmax fwd+bwd",
@@ -36,15 +38,6 @@ CASES = ["layernorm fwd+bwd", "softmax fwd+bwd", "causal softmax fwd+bwd",
 WARMUP = 5
 
 
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown CPU (lscpu failed)"
-    for line in out.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def inputs(case: str) -> dict[str, np.ndarray]:
@@ -154,7 +147,7 @@ def child(system: str, repeats: int, threads: int = 0) -> dict:
 def report(rounds: list[dict], threads: int, args) -> None:
     rows = {system: {c: statistics.median(r[system][c] for r in rounds) for c in CASES}
             for system in rounds[0]}
-    print(f"CPU: {cpu_name()}, {threads} threads for dlsys and PyTorch")
+    print(f"CPU: {cpu_description()}, {threads} threads for dlsys and PyTorch")
     print(f"float32, median of {args.repeats} calls, median of {args.rounds} rounds, "
           f"microseconds per call; layer norm ({ROWS}, {WIDTH}), softmax {SCORES}, "
           f"GELU ({ROWS}, {HIDDEN})")

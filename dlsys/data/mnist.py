@@ -116,13 +116,10 @@ def resolve_data_path(path: str | os.PathLike | None) -> Path:
     return Path(env) if env else DEFAULT_DATA_DIR
 
 
-@contextlib.contextmanager
-def _open_data(path: Path) -> Iterator[IO[bytes]]:
-    """The file as a stream of bytes, gunzipped as it is read when its name ends in ``.gz``.
-
-    Only a regular file is opened: a device such as ``/dev/zero`` would never end, and a FIFO
-    would block before anything could be said about it.
-    """
+def open_regular_file(path: Path) -> int:
+    """A descriptor of ``path`` opened for reading, blocking, when it is a regular file; a
+    DataError naming it otherwise (a device such as ``/dev/zero`` would never end, a FIFO
+    would block before anything could be said about it)."""
     try:
         # Non-blocking so that opening a FIFO returns at once, to be refused below.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -134,7 +131,17 @@ def _open_data(path: Path) -> Iterator[IO[bytes]]:
         os.close(fd)
         raise DataError(f"{path}: not a regular file")
     os.set_blocking(fd, True)
-    with os.fdopen(fd, "rb") as raw:
+    return fd
+
+
+@contextlib.contextmanager
+def _open_data(path: Path) -> Iterator[IO[bytes]]:
+    """The file as a stream of bytes, gunzipped as it is read when its name ends in ``.gz``.
+
+    Only a regular file is opened: a device such as ``/dev/zero`` would never end, and a FIFO
+    would block before anything could be said about it.
+    """
+    with os.fdopen(open_regular_file(path), "rb") as raw:
         gzipped = path.suffix == ".gz"
         try:
             yield gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from dlsys.data.mnist import open_regular_file
 from dlsys.errors import ArgumentError, DataError
 
 DEFAULT_TEXT_DIR = Path("/usr/share/games/fortunes")
@@ -107,20 +107,11 @@ class TextData:
 def _read_bytes(path: Path) -> bytes:
     """A regular file's bytes (a device or FIFO would never end), at most
     ``MAX_CORPUS_BYTES``."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise DataError(f"{path}: not a regular file")
-        if info.st_size > MAX_CORPUS_BYTES:
-            raise DataError(f"{path}: {info.st_size} bytes, more than the "
+    with os.fdopen(open_regular_file(path), "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size > MAX_CORPUS_BYTES:
+            raise DataError(f"{path}: {size} bytes, more than the "
                             f"{MAX_CORPUS_BYTES >> 20} MiB a corpus may hold")
-        os.set_blocking(handle.fileno(), True)
         return handle.read(MAX_CORPUS_BYTES + 1)
 
 
