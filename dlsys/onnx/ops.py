@@ -467,3 +467,8 @@ def _show(dims) -> str:
     if dims is None:
         return "(unknown)"
     return "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
+
+
+# The converters of the other op families register themselves into ``CONVERTERS`` on import:
+# elementwise arithmetic, tensor and shape manipulation, reductions and normalisations.
+from dlsys.onnx import ops_math, ops_reduce, ops_tensor  # noqa: E402,F401

@@ -1,0 +1,3 @@
+"""ONNX's reductions and normalisations as dlsys graph nodes (see ``ops``)."""
+
+from __future__ import annotations
