@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from dlsys.kernels.conv import compute
+from dlsys.kernels.conv import compute, depthwise
 from dlsys.kernels.conv.schedule import (
     schedule_conv_direct,
     schedule_conv_gemm,
@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from dlsys.kernels.registry import Registrar
 
 SCHEDULES = {"conv_gemm": schedule_conv_gemm, "conv_direct": schedule_conv_direct,
-             "conv_weight": schedule_conv_weight, "window": schedule_window}
+             "conv_weight": schedule_conv_weight, "window": schedule_window,
+             "depthwise": depthwise.schedule_depthwise}
 
 
 def register(kinds: Registrar) -> None:
@@ -28,6 +29,16 @@ def register(kinds: Registrar) -> None:
     kinds.add_epilogue("conv2d_grad_input_epilogue", compute.conv2d_grad_input_epilogue,
                        "conv_direct")
     kinds.add("conv2d_grad_weight", compute.conv2d_grad_weight, "conv_weight")
+    # Dilated and grouped convolutions: the same kernels with the group's channels.
+    kinds.add("grouped_conv2d", compute.grouped_conv2d, "conv_gemm")
+    kinds.add_epilogue("grouped_conv2d_epilogue", compute.grouped_conv2d_epilogue, "conv_gemm")
+    kinds.add("grouped_conv2d_grad_input", compute.grouped_conv2d_grad_input, "conv_direct")
+    kinds.add_epilogue("grouped_conv2d_grad_input_epilogue",
+                       compute.grouped_conv2d_grad_input_epilogue, "conv_direct")
+    kinds.add("grouped_conv2d_grad_weight", compute.grouped_conv2d_grad_weight, "conv_weight")
+    kinds.add("depthwise_conv2d", depthwise.depthwise_conv2d, "depthwise")
+    kinds.add_epilogue("depthwise_conv2d_epilogue", depthwise.depthwise_conv2d_epilogue,
+                       "depthwise")
     for name in ("max_pool2d", "avg_pool2d", "max_pool2d_grad", "avg_pool2d_grad"):
         kinds.add(name, getattr(compute, name), "window")
     kinds.add_epilogue("max_pool2d_grad_epilogue", compute.max_pool2d_grad_epilogue, "window")

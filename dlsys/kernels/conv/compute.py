@@ -78,15 +78,49 @@ def conv2d_epilogue(shape_x: Shape, shape_f: Shape, shape_y: Shape, stride: Pair
                     dtype: str) -> tuple[TensorList, TensorList]:
     """``epilogue(X * F)`` in one kernel (a bias per channel, a ReLU: ``compute.Epilogue``
     steps with their formulas); inputs are X, F, then each step's operand."""
+    return grouped_conv2d_epilogue(shape_x, shape_f, shape_y, stride, padding, (1, 1), 1,
+                                   epilogue, dtype)
+
+
+def grouped_conv2d(shape_x: Shape, shape_f: Shape, shape_y: Shape, stride: Pair,
+                   padding: Pair, dilation: Pair, groups: int,
+                   dtype: str) -> tuple[TensorList, TensorList]:
+    """``conv2d`` with filters dilated by ``dilation`` and the channels in ``groups``
+    groups: output channel ``o`` reads the ``shape_f[1]`` image channels of its group."""
+    return grouped_conv2d_epilogue(shape_x, shape_f, shape_y, stride, padding, dilation,
+                                   groups, (), dtype)
+
+
+def grouped_conv2d_epilogue(shape_x: Shape, shape_f: Shape, shape_y: Shape, stride: Pair,
+                            padding: Pair, dilation: Pair, groups: int,
+                            epilogue: Sequence[tuple[Epilogue, Callable]],
+                            dtype: str) -> tuple[TensorList, TensorList]:
+    """``epilogue(grouped_conv2d)`` in one kernel. ``padding`` is the start padding; the end
+    padding is whatever ``shape_y`` needs (zeros)."""
     x = te.placeholder(shape_x, dtype=dtype, name="X")
     f = te.placeholder(shape_f, dtype=dtype, name="F")
     layout = _gemm_layout(shape_f[0], shape_y, dtype)
-    height = max(shape_x[2] + 2 * padding[0], (layout[1] - 1) * stride[0] + shape_f[2])
-    xp = _embed(x, padding, (height, shape_x[3] + 2 * padding[1]), 0.0)
+    span = _span(shape_f[2:], dilation)
+    height = max(shape_x[2] + 2 * padding[0], (layout[1] - 1) * stride[0] + span[0])
+    width = max(shape_x[3] + 2 * padding[1], (shape_y[3] - 1) * stride[1] + span[1])
+    xp = _embed(x, padding, (height, width), 0.0)
     y = _implicit_gemm(xp, lambda o, c, ry, rx: f[o, c, ry, rx], shape_f, shape_y, stride,
-                       layout, "conv2d")
+                       layout, "conv2d", dilation, groups)
     operands, out = apply_epilogue(y, epilogue, dtype)
     return [x, f, *operands], [out]
+
+
+def _span(kernel: Sequence[int], dilation: Pair) -> Pair:
+    """The extent of a dilated window along each axis."""
+    return tuple((int(k) - 1) * d + 1 for k, d in zip(kernel, dilation))
+
+
+def _group_channel(o, per_group_out: int, per_group_in: int, groups: int, c):
+    """The image channel that channel ``c`` of output channel ``o``'s group is: ``c`` itself
+    when there is one group (no index arithmetic in the common kernel)."""
+    if groups == 1:
+        return c
+    return (o // per_group_out) * per_group_in + c
 
 
 def _gemm_layout(channels: int, shape_y: Shape, dtype: str) -> tuple[int, int]:
@@ -99,28 +133,35 @@ def _gemm_layout(channels: int, shape_y: Shape, dtype: str) -> tuple[int, int]:
 
 
 def _implicit_gemm(image: te.Tensor, weight, shape_f: Shape, shape_y: Shape, stride: Pair,
-                   layout: tuple[int, int], name: str) -> te.Tensor:
+                   layout: tuple[int, int], name: str, dilation: Pair = (1, 1),
+                   groups: int = 1) -> te.Tensor:
     """``Y[b, o, p] = sum_k weight(o, k) col[b, k, p]`` over flat output positions ``p``.
 
     ``layout`` is ``_gemm_layout``'s ``(positions, rows)``; ``image`` is padded, with zero
     rows enough below for those output rows (the extra positions' results are never
     stored). ``col`` holds each window tap's plane of positions, so the product reads whole
-    vectors of it; ``weight(o, c, ry, rx)`` is the filter tap.
+    vectors of it; ``weight(o, c, ry, rx)`` is the filter tap. With ``groups``, ``k`` runs
+    over the channels of ``o``'s group only.
     """
     n, channels, kh, kw = shape_y[0], shape_f[1], shape_f[2], shape_f[3]
     out_h, out_w = shape_y[2:]
     positions, rows = layout
-    sh, sw = stride
-    col = te.compute((n, channels, kh, kw, rows, out_w),
-                     lambda b, c, ry, rx, i, j: image[b, c, i * sh + ry, j * sw + rx], name="col")
+    (sh, sw), (dh, dw) = stride, dilation
+    per_group_out = shape_y[1] // groups
+    col = te.compute((n, int(image.shape[1]), kh, kw, rows, out_w),
+                     lambda b, c, ry, rx, i, j: image[b, c, i * sh + ry * dh, j * sw + rx * dw],
+                     name="col")
     rc = te.reduce_axis((0, channels), name="rc")
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
-    product = te.compute(
-        (n, shape_y[1], positions),
-        lambda b, o, p: te.sum(weight(o, rc, ry, rx) * col[b, rc, ry, rx, p // out_w, p % out_w],
-                               axis=[rc, ry, rx]), name=GEMM_BLOCK)
-    return te.compute(shape_y, lambda b, o, i, j: product[b, o, i * out_w + j], name=name)
+
+    def product(b, o, p):
+        c = _group_channel(o, per_group_out, channels, groups, rc)
+        return te.sum(weight(o, rc, ry, rx) * col[b, c, ry, rx, p // out_w, p % out_w],
+                      axis=[rc, ry, rx])
+
+    gemm = te.compute((n, shape_y[1], positions), product, name=GEMM_BLOCK)
+    return te.compute(shape_y, lambda b, o, i, j: gemm[b, o, i * out_w + j], name=name)
 
 
 def _covering(position, padding: int, kernel: int, stride: int, windows: int, r):
@@ -180,12 +221,30 @@ def conv2d_grad_input_epilogue(shape_g: Shape, shape_f: Shape, shape_x: Shape, s
                                padding: Pair, epilogue: Sequence[tuple[Epilogue, Callable]],
                                dtype: str) -> tuple[TensorList, TensorList]:
     """``epilogue(dX)`` (the relu gradient of the layer below, ``compute.Epilogue`` steps)
-    in one kernel; inputs are G, F, then each step's operand. ``dX`` is the adjoint of
-    ``conv2d`` in ``X`` applied to ``G`` (the output's gradient): ``G`` dilated by the stride
-    and padded, convolved with the filters flipped in space and
-    with their channel axes swapped. The padding block does all the index arithmetic, so
-    the convolution reads plain arrays; with a stride above 1 it multiplies the zeros
-    between ``G``'s elements too (``stride**2`` times the work of the covering windows).
+    in one kernel; inputs are G, F, then each step's operand: the grouped kernel's with one
+    group and no dilation."""
+    return grouped_conv2d_grad_input_epilogue(shape_g, shape_f, shape_x, stride, padding,
+                                              (1, 1), 1, epilogue, dtype)
+
+
+def grouped_conv2d_grad_input(shape_g: Shape, shape_f: Shape, shape_x: Shape, stride: Pair,
+                              padding: Pair, dilation: Pair, groups: int,
+                              dtype: str) -> tuple[TensorList, TensorList]:
+    """``dX`` of ``grouped_conv2d``, no epilogue."""
+    return grouped_conv2d_grad_input_epilogue(shape_g, shape_f, shape_x, stride, padding,
+                                              dilation, groups, (), dtype)
+
+
+def grouped_conv2d_grad_input_epilogue(shape_g: Shape, shape_f: Shape, shape_x: Shape,
+                                       stride: Pair, padding: Pair, dilation: Pair, groups: int,
+                                       epilogue: Sequence[tuple[Epilogue, Callable]],
+                                       dtype: str) -> tuple[TensorList, TensorList]:
+    """``dX`` is the adjoint of the convolution in ``X`` applied to ``G`` (the output's
+    gradient): ``G`` dilated by the stride and padded, convolved with the filters flipped in
+    space, dilated as they were, and with their channel axes swapped within each group. The
+    padding block does all the index arithmetic, so the convolution reads plain arrays; with
+    a stride above 1 it multiplies the zeros between ``G``'s elements too (``stride**2``
+    times the work of the covering windows).
 
     A direct convolution (``kernels.conv``'s ``conv_direct``): vector lanes run along rows
     of ``dX``, padded to whole vectors, and read shifted rows of the padded ``G`` with no
@@ -194,15 +253,26 @@ def conv2d_grad_input_epilogue(shape_g: Shape, shape_f: Shape, shape_x: Shape, s
     g = te.placeholder(shape_g, dtype=dtype, name="G")
     f = te.placeholder(shape_f, dtype=dtype, name="F")
     kh, kw = shape_f[2:]
+    (dh, dw) = dilation
+    span_h, span_w = _span((kh, kw), dilation)
     lanes = cpu.host().lanes(dtype)
     width = -(-shape_x[3] // lanes) * lanes
-    gd = _dilate_and_pad(g, (kh, kw), stride, padding, (shape_x[2] + kh - 1, width + kw - 1))
-    ro = te.reduce_axis((0, shape_f[0]), name="ro")
+    gd = _dilate_and_pad(g, (span_h, span_w), stride, padding,
+                         (shape_x[2] + span_h - 1, width + span_w - 1))
+    per_group_out, per_group_in = shape_f[0] // groups, shape_f[1]
+    ro = te.reduce_axis((0, per_group_out), name="ro")
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
-    rows = te.compute((shape_x[0], shape_x[1], shape_x[2], width), lambda b, c, h, w: te.sum(
-        gd[b, ro, h + ry, w + rx] * f[ro, c, kh - 1 - ry, kw - 1 - rx], axis=[ro, ry, rx]),
-        name=DIRECT_BLOCK)
+
+    def direct(b, c, h, w):
+        if groups == 1:
+            o, c_in_group = ro, c
+        else:
+            o, c_in_group = (c // per_group_in) * per_group_out + ro, c % per_group_in
+        return te.sum(gd[b, o, h + ry * dh, w + rx * dw]
+                      * f[o, c_in_group, kh - 1 - ry, kw - 1 - rx], axis=[ro, ry, rx])
+
+    rows = te.compute((shape_x[0], shape_x[1], shape_x[2], width), direct, name=DIRECT_BLOCK)
     dx = te.compute(shape_x, lambda b, c, h, w: rows[b, c, h, w], name="conv2d_grad_input")
     operands, out = apply_epilogue(dx, epilogue, dtype)
     return [g, f, *operands], [out]
@@ -210,8 +280,17 @@ def conv2d_grad_input_epilogue(shape_g: Shape, shape_f: Shape, shape_x: Shape, s
 
 def conv2d_grad_weight(shape_x: Shape, shape_g: Shape, shape_f: Shape, stride: Pair,
                        padding: Pair, dtype: str) -> tuple[TensorList, TensorList]:
-    """``dF``: the adjoint of ``conv2d`` in ``F``: each filter tap sums ``G`` times the image
-    elements it met, over the batch and every output position.
+    """``dF`` of ``conv2d``: the grouped kernel's with one group and no dilation."""
+    return grouped_conv2d_grad_weight(shape_x, shape_g, shape_f, stride, padding, (1, 1), 1,
+                                      dtype)
+
+
+def grouped_conv2d_grad_weight(shape_x: Shape, shape_g: Shape, shape_f: Shape, stride: Pair,
+                               padding: Pair, dilation: Pair, groups: int,
+                               dtype: str) -> tuple[TensorList, TensorList]:
+    """``dF``: the adjoint of the convolution in ``F``: each filter tap sums ``G`` times the
+    image elements it met (in its group's channels), over the batch and every output
+    position.
 
     Vector lanes run along output rows, each keeping a partial sum (``kernels.conv``): ``G``'s
     rows are padded with zeros to whole vectors, the image with zero columns to match, and
@@ -222,20 +301,23 @@ def conv2d_grad_weight(shape_x: Shape, shape_g: Shape, shape_f: Shape, stride: P
     g = te.placeholder(shape_g, dtype=dtype, name="G")
     n, out_channels, out_h, out_w = shape_g
     _, channels, kh, kw = shape_f
-    (sh, sw), (ph, pw) = stride, padding
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    span_h, span_w = _span((kh, kw), dilation)
     lanes = cpu.host().lanes(dtype)
     width = -(-out_w // lanes) * lanes
     partials, per_partial = weight_partials(n)
     chunk = WEIGHT_CHUNK_IMAGES
     images = partials * per_partial * chunk
     zero = tirx.const(0, dtype)
+    per_group_out = out_channels // groups
 
     def padded_image(b, c, i, j):
         inside = tirx.all(b < n, i >= ph, i < shape_x[2] + ph, j >= pw, j < shape_x[3] + pw)
         return tirx.if_then_else(inside, x[b, c, i - ph, j - pw], zero)
 
-    xp = te.compute((images, channels, shape_x[2] + 2 * ph,
-                     max(shape_x[3] + 2 * pw, (width - 1) * sw + kw)), padded_image, name="pad")
+    xp = te.compute((images, shape_x[1], max(shape_x[2] + 2 * ph, (out_h - 1) * sh + span_h),
+                     max(shape_x[3] + 2 * pw, (width - 1) * sw + span_w)), padded_image,
+                    name="pad")
     gp = te.compute((images, out_channels, out_h, width),
                     lambda b, o, i, j: tirx.if_then_else(tirx.all(b < n, j < out_w),
                                                          g[b, o, i, j], zero), name="pad_g")
@@ -246,7 +328,9 @@ def conv2d_grad_weight(shape_x: Shape, shape_g: Shape, shape_f: Shape, stride: P
     def chunk_sum(t, q, o, c, ky, kx, lane):
         b = (t * per_partial + q) * chunk + rb
         j = rv * lanes + lane
-        return te.sum(gp[b, o, ri, j] * xp[b, c, ri * sh + ky, j * sw + kx], axis=[rb, ri, rv])
+        channel = _group_channel(o, per_group_out, channels, groups, c)
+        return te.sum(gp[b, o, ri, j] * xp[b, channel, ri * sh + ky * dh, j * sw + kx * dw],
+                      axis=[rb, ri, rv])
 
     per_chunk = te.compute((partials, per_partial, out_channels, channels, kh, kw, lanes),
                            chunk_sum, name=WEIGHT_BLOCK)
