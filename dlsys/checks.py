@@ -75,3 +75,44 @@ def state_arrays(expected: dict[str, tuple[int, ...]], given: dict, strict: bool
         else:
             arrays[key] = array
     return arrays, problems
+
+
+# Binary units, as ``--memory-budget 64MiB`` writes them (a plain number is bytes).
+BYTE_UNITS = {"": 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+
+
+def parse_bytes(name: str, value) -> int:
+    """A positive size in bytes from an int or a string such as ``"64MiB"``, ``"1.5 GiB"``
+    or ``"4096"`` (units ``KiB``, ``MiB``, ``GiB``; an ``ArgumentError`` naming ``name``
+    otherwise)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise ArgumentTypeError(f"{name} must be a size in bytes (an int, or a string such as "
+                                f"'64MiB'), got {value!r}")
+    if isinstance(value, numbers.Integral):
+        number, unit = int(value), ""
+    elif isinstance(value, str):
+        text = value.strip()
+        digits = text.rstrip("KMGiB").strip()
+        unit = text[len(text.rstrip("KMGiB")):]
+        try:
+            number = float(digits)
+        except ValueError:
+            number = math.nan
+        if unit not in BYTE_UNITS or not math.isfinite(number):
+            raise ArgumentError(f"{name} must be a size such as 4096, '512KiB', '64MiB' or "
+                                f"'2GiB', got {value!r}")
+    else:
+        raise ArgumentTypeError(f"{name} must be a size in bytes (an int, or a string such as "
+                                f"'64MiB'), got {type(value).__name__}")
+    size = int(number * BYTE_UNITS[unit])
+    if size <= 0:
+        raise ArgumentError(f"{name} must be positive, got {value!r}")
+    return size
+
+
+def format_bytes(size: int) -> str:
+    """``size`` in the largest binary unit that keeps it at least 1 (``"64.00 MiB"``)."""
+    for unit in ("GiB", "MiB", "KiB"):
+        if size >= BYTE_UNITS[unit]:
+            return f"{size / BYTE_UNITS[unit]:.2f} {unit}"
+    return f"{size} B"

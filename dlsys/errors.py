@@ -43,3 +43,12 @@ class DataError(DlsysError, ValueError):
 
 class TrainingError(DlsysError, RuntimeError):
     """Training that cannot go on (a loss that became NaN or infinite)."""
+
+
+class MemoryBudgetError(DlsysError, ValueError):
+    """A memory budget no plan of the graph fits, even recomputing what can be recomputed.
+    ``smallest_bytes`` is the smallest budget that this graph, at these shapes, can reach."""
+
+    def __init__(self, message: str, smallest_bytes: int):
+        super().__init__(message)
+        self.smallest_bytes = smallest_bytes

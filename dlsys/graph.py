@@ -9,6 +9,7 @@ in place, how it fuses, and which kernel runs it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -77,6 +78,9 @@ class Op:
     - ``index_kernel_spec(node, input_shapes, output_shape, index_dtypes)``: the kernel of an
       operator with ``index_inputs`` (then ``optional_index_inputs``), for the types they
       are fed in (called instead of ``kernel_spec``).
+    - ``flops(node, input_shapes, output_shape)``: about how many arithmetic operations the
+      node's kernel does (one per output element unless the operator says more: a matmul's
+      multiply-adds), what recomputation under a memory budget weighs its choices by.
 
     Traits:
     - ``is_placeholder``: a value from outside the graph, fed at run time; ``holds_value``:
@@ -164,6 +168,9 @@ class Op:
     def index_kernel_spec(self, node: Node, input_shapes: list[Shape], output_shape: Shape,
                           index_dtypes: tuple[str, ...]):
         raise NotImplementedError(f"{self.name} reads no integer indices")
+
+    def flops(self, node: Node, input_shapes: list[Shape], output_shape: Shape) -> int:
+        return math.prod(output_shape)
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,12 @@ class _AttentionNodeOp(Op):
     def gradient(self, node, output_grad):
         raise GradientError(f"{node.name}: fused attention has no second derivative in dlsys")
 
+    def flops(self, node, input_shapes, output_shape):
+        # The scores Q K^T and the product with V, a multiply-add each: what dominates every
+        # attention kernel (the gradient's kernel does about twice as much; same order).
+        lead, t, s, d, e = attention_shapes(node, input_shapes)
+        return 2 * math.prod(lead) * t * s * (d + e)
+
 
 class AttentionLSEOp(_AttentionNodeOp):
     """``L = logsumexp(Q K^T * scale [+ causal mask])`` per query, shape (B, H, T): the

@@ -3,6 +3,8 @@ panel layout its B takes when B is constant."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from dlsys.checks import check_flag
@@ -120,6 +122,13 @@ class MatMulOp(Op):
         # last parameter is the fused epilogue.
         epilogue = spec.params[-1] if spec.kind == "matmul_epilogue" else ()
         return packed, KernelSpec("matmul_prepacked", (*operands, tiles, epilogue))
+
+    def flops(self, node, input_shapes, output_shape):
+        # One multiply and one add per element of the product and step of the inner axis.
+        shape_a, trans_a, _, _ = self._operands(node, input_shapes)
+        inner = shape_a[-2] if trans_a else shape_a[-1]
+        product = matmul_shape(*self._operands(node, input_shapes))
+        return 2 * math.prod(product) * inner
 
     def reference(self, node, a, b, like=None):
         product = np.matmul(np.swapaxes(a, -1, -2) if node.attrs["trans_A"] else a,

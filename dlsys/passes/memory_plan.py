@@ -323,16 +323,26 @@ def order_problems(steps: list[Step], provided: frozenset = frozenset()) -> list
 
 
 def verify_plan(steps: list[Step], shapes: dict[Node, Shape], keep: set[Node],
-                plan: MemoryPlan, provided: frozenset = frozenset()) -> list[str]:
+                plan: MemoryPlan, provided: frozenset = frozenset(), fixed_bytes: int = 0,
+                budget_bytes: int | None = None) -> list[str]:
     """Every way ``plan`` is wrong, as messages (empty when it is sound).
 
     Checks that every step reads only values computed before it, that each buffer holds its
     values, that no two values alive at the same step share a buffer (except an output
     written in place over an input that dies at that step, where the step allows it), and
     that kept values are never shared with anything later. ``provided``: values that exist
-    before the steps run (constants computed ahead), which the plan does not hold.
+    before the steps run (constants computed ahead), which the plan does not hold. With a
+    ``budget_bytes``, also that the plan's bytes and ``fixed_bytes`` (what a run holds
+    besides: parameters, feeds, constants) stay within it.
+
+    Recomputed values (``passes.recompute``) are values like any other: the first check
+    proves each is computed before it is read, the sharing check that none, nor any input of
+    a later recomputation, is overwritten while still needed.
     """
     problems: list[str] = order_problems(steps, provided)
+    if budget_bytes is not None and plan.planned_bytes + fixed_bytes > budget_bytes:
+        problems.append(f"the plan's {plan.planned_bytes} bytes and {fixed_bytes} bytes held "
+                        f"besides exceed the memory budget of {budget_bytes} bytes")
     root = resolve_aliases(steps)
     first, last = live_ranges(steps, keep)
     for owner in first:
@@ -346,23 +356,39 @@ def verify_plan(steps: list[Step], shapes: dict[Node, Shape], keep: set[Node],
             problems.append(f"{node.name}: an alias of {owner.name} but not in its storage")
     if problems:
         return problems  # the sharing check below needs every value to have a storage
-    owners = list(first)
-    for t, step in enumerate(steps):
-        live = [o for o in owners if first[o] <= t <= last[o]]
-        by_storage: dict[int, list[Node]] = {}
-        for o in live:
-            by_storage.setdefault(plan.storage_of[o], []).append(o)
-        taken = root.get(step.inplace_input)
-        for sid, sharing in by_storage.items():
-            sharing = _overlapping(sharing, shapes, plan.offset_of)
-            if len(sharing) < 2:
-                continue
-            legal_inplace = (len(sharing) == 2 and step.output in sharing
-                             and taken in sharing and last[taken] == t)
-            if not legal_inplace:
-                names = ", ".join(o.name for o in sharing)
-                problems.append(f"step {t} ({step.output.name}): storage {sid} holds live "
-                                f"values {names}")
+    return _sharing_problems(steps, shapes, plan, root, first, last)
+
+
+def _sharing_problems(steps: list[Step], shapes: dict[Node, Shape], plan: MemoryPlan,
+                      root: dict[Node, Node], first: dict[Node, int], last: dict[Node, int]
+                      ) -> list[str]:
+    """Pairs of values of one storage alive at the same step with overlapping elements,
+    except an output written in place over an input dying there. Each storage's values are
+    swept in order of birth against those still alive: linear in the values but for the
+    overlaps themselves, so the check stays cheap for programs of thousands of steps."""
+    by_storage: dict[int, list[Node]] = {}
+    for owner in first:
+        by_storage.setdefault(plan.storage_of[owner], []).append(owner)
+    reported: set[tuple[int, int]] = set()
+    problems: list[str] = []
+    for sid, owners in by_storage.items():
+        alive: list[Node] = []
+        for value in sorted(owners, key=lambda o: (first[o], o.id)):
+            t = first[value]
+            alive = [o for o in alive if last[o] >= t]
+            clashing = _overlapping([value, *alive], shapes, plan.offset_of)
+            others = [o for o in clashing if o is not value]
+            if value in clashing and others:
+                step = steps[t]
+                taken = root.get(step.inplace_input)
+                legal_inplace = (len(others) == 1 and others[0] is taken and last[taken] == t
+                                 and value is step.output)
+                if not legal_inplace and (sid, t) not in reported:
+                    reported.add((sid, t))
+                    names = ", ".join(o.name for o in [*others, value])
+                    problems.append(f"step {t} ({step.output.name}): storage {sid} holds live "
+                                    f"values {names}")
+            alive.append(value)
     return problems
 
 

@@ -15,14 +15,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dlsys.errors import ArgumentError
+from dlsys.checks import format_bytes
+from dlsys.errors import ArgumentError, MemoryBudgetError
 from dlsys.graph import IndexBounds, Node, Shape, find_topo_sort, short_name
 from dlsys.kernels.build import Kernel
 from dlsys.passes.dtypes import index_checks, index_placeholders, infer_dtypes
 from dlsys.passes.fusion import eliminate_dead_steps, fuse_epilogues
 from dlsys.passes.lower import Step, build_steps
-from dlsys.passes.memory_plan import MemoryPlan, order_problems, plan_memory
+from dlsys.passes.memory_plan import MemoryPlan, order_problems, plan_memory, verify_plan
 from dlsys.passes.prepack import constant_values, pack_constant_operands
+from dlsys.passes.recompute import RecomputePlan, fit_memory_budget, total_flops
 from dlsys.passes.shape_inference import infer_shapes
 
 
@@ -34,6 +36,11 @@ class CompileOptions:
     gives every value its own buffer (the planner's reference). ``contiguous``: values asked
     for to place side by side in one buffer (every gradient, for one allreduce).
     ``constants``: parameters whose values may be treated as fixed (folded and prepacked).
+    ``memory_budget``: the bytes a run may hold, counting the plan's working memory, every
+    placeholder's value (parameters and feeds), the constants computed ahead and
+    ``reserved_bytes`` (an optimiser's state, held beside the program); values are
+    recomputed to fit it (``passes.recompute``), else compiling fails with a
+    ``MemoryBudgetError`` naming the smallest budget reachable. None: today's plan.
     """
 
     dtype: str = "float32"
@@ -42,6 +49,8 @@ class CompileOptions:
     share_memory: bool = True
     contiguous: tuple[Node, ...] = ()
     constants: frozenset[Node] = frozenset()
+    memory_budget: int | None = None
+    reserved_bytes: int = 0
 
 
 @dataclass
@@ -64,6 +73,8 @@ class Compilation:
     first_per_run_step: int = 0
     plan: MemoryPlan | None = None
     kernels: list[Kernel | None] = field(default_factory=list)
+    fixed_bytes: int = 0                   # placeholders, constants and reserved bytes
+    recompute: RecomputePlan | None = None
 
 
 @dataclass(frozen=True)
@@ -129,19 +140,76 @@ def _check_order(c: Compilation) -> None:
         raise RuntimeError("dlsys internal error, please report: " + "; ".join(misordered))
 
 
-def _plan_memory(c: Compilation) -> None:
+def _fixed_bytes(c: Compilation) -> None:
+    # What a run holds besides the plan: every placeholder's value (in its own type), each
+    # constant computed ahead in a buffer of its own, and what the caller reserves.
+    def nbytes(node: Node) -> int:
+        return int(np.prod(c.shapes[node])) * np.dtype(c.dtypes.get(node,
+                                                                   c.options.dtype)).itemsize
+    hoisted = c.steps[:c.first_per_run_step]
+    c.fixed_bytes = (sum(nbytes(p) for p in c.feed_shapes)
+                     + sum(nbytes(s.output) for s in hoisted if s.alias_of is None)
+                     + c.options.reserved_bytes)
+
+
+def _plan(c: Compilation, steps: list[Step], shapes: dict[Node, Shape]) -> MemoryPlan:
     itemsize = np.dtype(c.options.dtype).itemsize
     try:
-        # Constant values live across runs in buffers of their own: only per-run steps.
-        c.plan = plan_memory(c.steps[c.first_per_run_step:], c.shapes, c.keep, itemsize,
-                             share=c.options.share_memory, contiguous=c.options.contiguous)
+        return plan_memory(steps, shapes, c.keep, itemsize, share=c.options.share_memory,
+                           contiguous=c.options.contiguous)
     except ValueError as err:  # a contiguous group that cannot be placed
         # The executor's ``contiguous`` argument, so named as before the pipeline existed.
         raise ArgumentError(f"Executor: {err}") from None
+
+
+def _fit_memory_budget(c: Compilation) -> None:
+    budget = c.options.memory_budget
+    if budget is None:
+        return
+    per_run = c.steps[c.first_per_run_step:]
+    chosen, tried = fit_memory_budget(per_run, c.shapes, c.dtypes, c.keep,
+                                      budget - c.fixed_bytes,
+                                      lambda steps, shapes: _plan(c, steps, shapes).planned_bytes)
+    if chosen is None:
+        smallest = min(t.planned_bytes for t in tried) + c.fixed_bytes
+        raise MemoryBudgetError(
+            f"memory budget {format_bytes(budget)} is below what this graph can reach at "
+            f"these shapes: the smallest is {format_bytes(smallest)} ({smallest} bytes: "
+            f"{format_bytes(c.fixed_bytes)} of parameters, feeds, constants and reserved "
+            f"state, and {format_bytes(smallest - c.fixed_bytes)} of working memory, "
+            f"recomputing what can be recomputed)", smallest)
+    if chosen is tried[0] and len(tried) == 1:
+        return  # the plain plan fits: unchanged
+    c.steps = c.steps[:c.first_per_run_step] + chosen.steps
+    c.shapes, c.dtypes = chosen.shapes, chosen.dtypes
+    c.recompute = RecomputePlan(chosen.kept, chosen.recomputed, chosen.extra_flops,
+                                total_flops(per_run, c.shapes), chosen.reordered,
+                                tried[0].planned_bytes)
+
+
+def _plan_memory(c: Compilation) -> None:
+    itemsize = np.dtype(c.options.dtype).itemsize
+    # Constant values live across runs in buffers of their own: only per-run steps.
+    c.plan = _plan(c, c.steps[c.first_per_run_step:], c.shapes)
     # The reference is one buffer per node of the graph as written, before fusion removed
     # some of them, so the figure shows what fusion and planning save together.
     c.plan.naive_bytes = itemsize * sum(int(np.prod(c.shapes[n])) for n in c.order
                                         if not n.op.is_placeholder)
+
+
+def _check_budget(c: Compilation) -> None:
+    # The checker proves what the budget asks: a sound plan (every value, recomputed ones
+    # included, computed before it is read and never overwritten while still needed) whose
+    # bytes, with what a run holds besides, are within the budget.
+    if c.options.memory_budget is None:
+        return
+    assert c.plan is not None  # set by plan_memory
+    problems = verify_plan(c.steps[c.first_per_run_step:], c.shapes, c.keep, c.plan,
+                           provided=frozenset(c.constant), fixed_bytes=c.fixed_bytes,
+                           budget_bytes=c.options.memory_budget)
+    if problems:
+        raise RuntimeError("dlsys internal error, please report: the plan under the memory "
+                           "budget fails its check: " + "; ".join(problems))
 
 
 def _build_kernels(c: Compilation) -> None:
@@ -162,9 +230,16 @@ PASSES: tuple[Pass, ...] = (
     Pass("prepack", _prepack, ("steps", "shapes", "constant"), ("steps", "shapes", "constant")),
     Pass("hoist_constants", _hoist_constants, ("steps", "constant"),
          ("steps", "first_per_run_step")),
+    Pass("count_fixed_bytes", _fixed_bytes, ("feed_shapes", "shapes", "dtypes", "steps",
+                                              "first_per_run_step"), ("fixed_bytes",)),
+    Pass("fit_memory_budget", _fit_memory_budget,
+         ("steps", "shapes", "dtypes", "keep", "first_per_run_step", "fixed_bytes"),
+         ("steps", "shapes", "dtypes", "recompute")),
     Pass("check_order", _check_order, ("steps",), ()),
     Pass("plan_memory", _plan_memory, ("steps", "shapes", "keep", "first_per_run_step"),
          ("plan",)),
+    Pass("check_budget", _check_budget, ("steps", "shapes", "keep", "plan", "fixed_bytes"),
+         ()),
     Pass("build_kernels", _build_kernels, ("steps",), ("kernels",)),
 )
 
@@ -210,6 +285,10 @@ class Program:
     # and the bounds each index placeholder's values must keep, with the node asking.
     dtypes: dict[Node, str] = field(default_factory=dict)
     index_checks: dict[Node, list[tuple[IndexBounds, Node]]] = field(default_factory=dict)
+    # What a run holds besides the plan (placeholders, constants, reserved bytes), and what
+    # recomputation did to fit ``options.memory_budget`` (None: nothing).
+    fixed_bytes: int = 0
+    recompute: RecomputePlan | None = None
 
     def rows(self) -> list[StepRow]:
         """One row per step, in run order (see ``StepRow``)."""
@@ -325,4 +404,4 @@ def compile(outputs: Sequence[Node], feed_shapes: dict[Node, Shape],
                    c.kernels, c.plan, c.first_per_run_step, c.constant_params,
                    frozenset(c.constant),
                    frozenset(s.writes_state for s in c.steps if s.writes_state is not None),
-                   options, c.dtypes, c.index_checks)
+                   options, c.dtypes, c.index_checks, c.fixed_bytes, c.recompute)

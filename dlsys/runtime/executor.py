@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import tvm
 
-from dlsys.checks import check_dtype_device
+from dlsys.checks import check_dtype_device, parse_bytes
 from dlsys.errors import ArgumentError, ArgumentTypeError, DtypeError, FeedError, ShapeError
 from dlsys.graph import Node, Shape, find_topo_sort, short_name
 from dlsys.kernels.build import SUPPORTED_DTYPES
@@ -138,6 +138,12 @@ class Executor:
     ``contiguous``: evaluated nodes (e.g. every gradient) to place side by side in one buffer,
     each on a 64-byte boundary; ``contiguous_buffer()`` returns it, so one collective call
     (an allreduce) covers them all without packing copies.
+    ``memory_budget``: the bytes a run may hold (an int, or a string such as ``"64MiB"``):
+    the plan's working memory plus every placeholder's value, the constants computed ahead
+    and ``reserved_bytes`` (an optimiser's state, which ``minimize`` counts here). Values
+    are recomputed in the backward pass to fit it (``passes.recompute``); results are
+    bit-identical to the run without a budget. A budget no plan reaches fails the first run
+    at those shapes with a ``MemoryBudgetError`` naming the smallest budget that would do.
     ``constants``: parameters whose values this executor may treat as fixed (an inference
     session's weights). Values computed from them alone, and the packed layouts of constant
     matmul operands (``passes.prepack``), are computed at the first run and kept; they are
@@ -164,7 +170,8 @@ class Executor:
 
     def __init__(self, eval_node_list: list[Node], ctx=None, dtype: str | None = None,
                  plan_memory: bool = True, fuse: bool = True,
-                 contiguous: list[Node] | None = None, constants: list[Node] | None = None):
+                 contiguous: list[Node] | None = None, constants: list[Node] | None = None,
+                 memory_budget: int | str | None = None, reserved_bytes: int = 0):
         if isinstance(eval_node_list, Node) or not isinstance(eval_node_list, (list, tuple)):
             raise ArgumentTypeError(f"Executor: eval_node_list must be a list of Nodes, got "
                                     f"{type(eval_node_list).__name__}")
@@ -181,6 +188,9 @@ class Executor:
         self.dtype = dtype
         self.plan_memory = plan_memory
         self.fuse = fuse
+        self.memory_budget = (None if memory_budget is None
+                              else parse_bytes("Executor: memory_budget", memory_budget))
+        self.reserved_bytes = int(reserved_bytes)
         self.contiguous = list(contiguous or [])
         for node in self.contiguous:
             if not any(node is n for n in self.eval_node_list):
@@ -311,7 +321,8 @@ class Executor:
         options = pipeline.CompileOptions(
             dtype=self.dtype, target=self.target, fuse=self.fuse,
             share_memory=self.plan_memory, contiguous=tuple(self.contiguous),
-            constants=self.constants)
+            constants=self.constants, memory_budget=self.memory_budget,
+            reserved_bytes=self.reserved_bytes)
         program = pipeline.compile(self.eval_node_list,
                                    {p: tuple(v.shape) for p, v in feeds.items()}, options,
                                    {p: str(feeds[p].dtype) for p in self._index_feeds}
@@ -594,9 +605,13 @@ class Executor:
 
         ``naive_bytes``: one buffer per node output; ``planned_bytes``: what the plan
         allocates; ``buffers``: how many; ``peak_live_bytes``: the largest total of values
-        alive at one step, the lower bound for any plan. Feeds are not counted.
+        alive at one step, the lower bound for any plan without recomputation. Feeds are not
+        counted in these; ``held_bytes`` is what a run holds besides the plan (every
+        placeholder's value, the constants computed ahead, ``reserved_bytes``), the part of
+        a ``memory_budget`` the plan cannot touch.
         """
-        return self._require_prepared().plan.stats()
+        prepared = self._require_prepared()
+        return {**prepared.plan.stats(), "held_bytes": prepared.program.fixed_bytes}
 
     def storage_table(self) -> list[tuple[str, Shape, int | None, str]]:
         """``(node, shape, storage id, how)`` for every step, in run order (for debugging)."""
