@@ -11,6 +11,7 @@ from __future__ import annotations
 from dlsys.checks import check_constant
 from dlsys.errors import ArgumentTypeError
 from dlsys.graph import Node, Op, short_name
+from dlsys.ops.activations import ACTIVATION_OPS
 from dlsys.ops.attention import (
     attention_key_gradient_op,
     attention_lse_op,
@@ -18,6 +19,7 @@ from dlsys.ops.attention import (
     attention_query_gradient_op,
     attention_value_gradient_op,
 )
+from dlsys.ops.concat import concat_op, concat_part_op
 from dlsys.ops.conv import conv2d_grad_input_op, conv2d_grad_weight_op, conv2d_op
 from dlsys.ops.cross_entropy import cross_entropy_gradient_op, cross_entropy_op, target_count_op
 from dlsys.ops.elementwise import (
@@ -49,7 +51,7 @@ from dlsys.ops.layernorm import (
     layernorm_op,
     layernorm_scale_gradient_op,
 )
-from dlsys.ops.layout import transpose_op
+from dlsys.ops.layout import transpose_op, trilu_op
 from dlsys.ops.linalg import matmul_op
 from dlsys.ops.loss import (
     onehot_like_op,
@@ -67,6 +69,7 @@ from dlsys.ops.norm import (
     batchnorm_parameter_gradient_op,
     running_statistic_op,
 )
+from dlsys.ops.pad import pad_gradient_op, pad_op
 from dlsys.ops.placeholder import Parameter, Variable, parameter_op, placeholder_op
 from dlsys.ops.pool import (
     avgpool2d_grad_op,
@@ -88,6 +91,8 @@ from dlsys.ops.reduce import (
 from dlsys.ops.reshape import flatten_op, reshape_op, reshape_to_op
 from dlsys.ops.slicing import slice_gradient_op, slice_op
 from dlsys.ops.softmax import causal_mask_op, logsoftmax_op, softmax_gradient_op
+from dlsys.ops.take import take_gradient_op, take_op
+from dlsys.ops.tile import expand_to_op, tile_axes_op, tile_op
 
 ALL_OPS: list[Op] = [
     placeholder_op, add_op, mul_op, sub_op, div_op, add_byconst_op, mul_byconst_op,
@@ -105,6 +110,9 @@ ALL_OPS: list[Op] = [
     embedding_op, embedding_gradient_op, cross_entropy_op, cross_entropy_gradient_op,
     target_count_op, attention_op, attention_lse_op, attention_query_gradient_op,
     attention_key_gradient_op, attention_value_gradient_op, slice_op, slice_gradient_op,
+    concat_op, concat_part_op, take_op, take_gradient_op, pad_op, pad_gradient_op, tile_op,
+    tile_axes_op, expand_to_op, trilu_op,
+    *ACTIVATION_OPS,
 ]
 ELEMENTWISE_OPS: list[ElementwiseOp] = [op for op in ALL_OPS if isinstance(op, ElementwiseOp)]
 
@@ -176,7 +184,8 @@ __all__ = [
     "attention_key_gradient_op", "attention_value_gradient_op",
     "Parameter", "parameter_op", "onehot_like_op", "reshape_op", "flatten_op", "reshape_to_op",
     "transpose_op", "dropout_op", "next_seed_op", "batchnorm2d_op", "slice_op",
-    "slice_gradient_op",
+    "slice_gradient_op", "concat_op", "concat_part_op", "take_op", "take_gradient_op",
+    "pad_op", "pad_gradient_op", "tile_op", "tile_axes_op", "expand_to_op", "trilu_op",
     "ALL_OPS", "ELEMENTWISE_OPS", "BroadcastBinaryOp", "Variable", "placeholder_op", "add_op",
     "mul_op", "sub_op", "div_op", "add_byconst_op", "mul_byconst_op", "div_byconst_op",
     "rdiv_byconst_op", "neg_op", "relu_op", "relu_gradient_op", "sigmoid_op", "exp_op",

@@ -1,4 +1,5 @@
-"""Layout operators: the same elements in another order."""
+"""Layout operators: the same elements in another order (a transpose), or some of them
+kept in place (a triangle of each matrix)."""
 
 from __future__ import annotations
 
@@ -90,3 +91,43 @@ class TransposeOp(Op):
 
 
 transpose_op = TransposeOp()
+
+
+class TriluOp(Op):
+    """``numpy.triu(x, k)`` (``upper``) or ``numpy.tril(x, k)`` over the last two axes: the
+    elements on and above (below) the ``k``-th diagonal kept, the others zero."""
+
+    name = "Trilu"
+
+    def __call__(self, x: Node, upper: bool = True, k: int = 0) -> Node:
+        x = check_node(self.name, "x", x)
+        where = f"Trilu({short_name(x)})"
+        if not isinstance(upper, (bool, np.bool_)):
+            raise ArgumentTypeError(f"{where}: upper must be a bool, got {upper!r}")
+        if not isinstance(k, numbers.Integral) or isinstance(k, (bool, np.bool_)):
+            raise ArgumentTypeError(f"{where}: k must be an int, got {k!r}")
+        return Node(self, [x], {"upper": bool(upper), "k": int(k)})
+
+    def describe(self, node):
+        a = node.attrs
+        return f"{'Triu' if a['upper'] else 'Tril'}({short_name(node.inputs[0])}, {a['k']})"
+
+    def infer_shape(self, node, input_shapes):
+        shape = tuple(input_shapes[0])
+        if len(shape) < 2:
+            raise ShapeError(f"{node.name}: needs at least 2 axes (a matrix, or a stack of "
+                             f"them) ({inputs_text(node, input_shapes)})")
+        return shape
+
+    def gradient(self, node, output_grad):
+        # A mask: its adjoint is the same mask.
+        return [trilu_op(output_grad, node.attrs["upper"], node.attrs["k"])]
+
+    def kernel_spec(self, node, input_shapes, output_shape):
+        return KernelSpec("trilu", (tuple(output_shape), node.attrs["upper"], node.attrs["k"]))
+
+    def reference(self, node, x):
+        return (np.triu if node.attrs["upper"] else np.tril)(x, node.attrs["k"])
+
+
+trilu_op = TriluOp()

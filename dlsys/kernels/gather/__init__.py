@@ -1,4 +1,5 @@
-"""Gathers by integer ids (an embedding's lookup) and their scatter-add adjoint."""
+"""Gathers by integer ids (an embedding's lookup, a take of indices fixed by the graph) and
+their scatter-add adjoints."""
 
 from __future__ import annotations
 
@@ -17,3 +18,5 @@ SCHEDULES: dict = {}
 def register(kinds: Registrar) -> None:
     kinds.add("embedding", compute.embedding, "injective")
     kinds.add("embedding_gradient", compute.embedding_gradient, "as_written")
+    kinds.add("take", compute.take, "injective")
+    kinds.add("take_gradient", compute.take_gradient, "injective")

@@ -81,3 +81,60 @@ def embedding_gradient(table_shape: Shape, ids_shape: Shape, ids_dtype: str, dty
 
     out = te.extern([table_shape], [grad, ids], body, name="scatter_add", dtype=dtype)
     return [grad, ids], [out]
+
+
+# A take's constant indices as runs ``(out_start, in_start, step, length)``: indices
+# ``in_start + k * step`` at output positions ``out_start + k``, for k below ``length``.
+Runs = tuple[tuple[int, int, int, int], ...]
+
+
+def _clamp(value, extent: int):
+    return tirx.min(tirx.max(value, 0), extent - 1)
+
+
+def take(shape: Shape, axis: int, runs: Runs, dtype: str):
+    """``C = numpy.take(A, indices, axis)`` for indices fixed when the kernel is built, given
+    as ``runs``: each output position finds its run (a short select chain: a range, a
+    reversal or one index are one run) and loads the index it names."""
+    a = te.placeholder(shape, dtype=dtype, name="A")
+    count = sum(length for *_, length in runs)
+    out_shape = tuple(count if d == axis else n for d, n in enumerate(shape))
+
+    def body(*index):
+        i = index[axis]
+        source = None
+        for out_start, in_start, step, length in reversed(runs):
+            here = in_start + (i - out_start) * step
+            source = here if source is None else \
+                tirx.Select(i < out_start + length, here, source)
+        at = _clamp(source, shape[axis])
+        return a[tuple(at if d == axis else v for d, v in enumerate(index))]
+
+    return [a], [te.compute(out_shape, body, name="take")]
+
+
+def take_gradient(shape: Shape, axis: int, runs: Runs, dtype: str):
+    """The adjoint of ``take`` (``shape`` is the table's): each element of the table sums
+    the gradient at every output position that took it, one term per run that holds it
+    (an index repeated in several runs gathers all of them)."""
+    count = sum(length for *_, length in runs)
+    g_shape = tuple(count if d == axis else n for d, n in enumerate(shape))
+    g = te.placeholder(g_shape, dtype=dtype, name="G")
+
+    def body(*index):
+        j = index[axis]
+        total = None
+        for out_start, in_start, step, length in runs:
+            offset = (j - in_start) * (1 if step > 0 else -1)
+            stride = abs(step)
+            inside = tirx.all(offset >= 0, offset < length * stride)
+            if stride > 1:
+                inside = tirx.all(inside, tirx.floormod(offset, stride) == 0)
+            at = _clamp(out_start + tirx.floordiv(offset, stride), count)
+            term = tirx.Select(inside, g[tuple(at if d == axis else v
+                                               for d, v in enumerate(index))],
+                               tirx.const(0, dtype))
+            total = term if total is None else total + term
+        return total
+
+    return [g], [te.compute(tuple(shape), body, name="take_gradient")]

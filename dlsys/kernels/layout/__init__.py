@@ -1,5 +1,6 @@
-"""Layout changes (a transpose, a slice and its adjoint): index arithmetic only
-(``compute``), run with the shared injective schedule."""
+"""Layout changes (a transpose, a slice, a concatenation, a tile, a pad and their adjoints,
+a triangle's mask): index arithmetic only (``compute``), run with the shared injective
+schedule."""
 
 from __future__ import annotations
 
@@ -17,3 +18,8 @@ def register(kinds: Registrar) -> None:
     kinds.add("transpose", compute.transpose, "injective")
     kinds.add("slice", compute.slice_axis, "injective")
     kinds.add("slice_gradient", compute.slice_axis_gradient, "injective")
+    kinds.add("concat", compute.concat, "injective")
+    kinds.add("tile", compute.tile, "injective")
+    kinds.add("trilu", compute.trilu, "injective")
+    kinds.add("pad", compute.pad, "injective")
+    kinds.add("pad_gradient", compute.pad_gradient, "injective")
