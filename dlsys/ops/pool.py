@@ -4,6 +4,12 @@ the adjoints of the window pools.
 ``kernel_size``, ``stride`` (default: the kernel size) and ``padding`` are each an int or an
 (h, w) pair, as in PyTorch; max pooling pads with -inf, average pooling with zeros that count
 in the mean (PyTorch's ``count_include_pad=True``).
+
+ONNX's options (``PoolOptions``): ``padding_end`` pads the end of each axis by its own amount,
+``ceil_mode`` keeps a last partial window, max pooling's ``dilation`` spreads its window, and
+average pooling's ``count_include_pad=False`` divides by the image elements of each window
+only. The kernels are given the start padding and the output's shape; an average's divisor
+is the part of each window inside its ``counted`` span of each axis.
 """
 
 from __future__ import annotations
@@ -14,7 +20,13 @@ from dlsys.errors import ShapeError
 from dlsys.graph import Node, Op, short_name
 from dlsys.kernels.registry import KernelSpec
 from dlsys.ops.arguments import check_node
-from dlsys.ops.conv import describe_window, scatter_windows, window_attrs, windows
+from dlsys.ops.conv import (
+    describe_window,
+    scatter_windows,
+    window_attrs,
+    window_size,
+    windows,
+)
 from dlsys.ops.reduce import ReduceAxesOp
 from dlsys.ops.shapes import (
     Pair,
@@ -36,33 +48,129 @@ def pool_attrs(where: str, kernel_size, stride, padding) -> dict:
     return {"kernel": kernel, **window_attrs(where, kernel if stride is None else stride, padding)}
 
 
+# The options beyond PyTorch's pools, and their values when not given.
+POOL_DEFAULTS = {"padding_end": None, "ceil_mode": False, "dilation": (1, 1),
+                 "count_include_pad": True}
+
+
+def pool_options(where: str, padding: Pair, padding_end=None, ceil_mode: bool = False,
+                 dilation=1, count_include_pad: bool = True) -> dict:
+    """The checked ONNX options of a window pool (see the module's docstring)."""
+    try:
+        end = padding if padding_end is None else window_pair("padding_end", padding_end, 0)
+        return {"padding_end": end, "ceil_mode": bool(ceil_mode),
+                "dilation": window_pair("dilation", dilation, 1),
+                "count_include_pad": bool(count_include_pad)}
+    except ShapeError as err:
+        raise ShapeError(f"{where}: {err}") from None
+
+
+def pool_output_shape(shape_x, kernel: Pair, stride: Pair, padding: Pair, padding_end: Pair,
+                      ceil_mode: bool, dilation: Pair) -> tuple:
+    """(N, C, H', W') of a pool with ONNX's options (``conv.window_size`` per axis)."""
+    if len(shape_x) != 4:
+        raise ShapeError(f"images must be 4-d (N, C, H, W), got shape {tuple(shape_x)}")
+    size = tuple(window_size(shape_x[2 + a], kernel[a], stride[a], padding[a], padding_end[a],
+                             dilation[a], ceil_mode) for a in range(2))
+    if min(size) < 1:
+        raise ShapeError(f"pooling window {tuple(kernel)} dilated by {tuple(dilation)} is "
+                         f"larger than the image {tuple(shape_x[2:])} padded by "
+                         f"{tuple(padding)} and {tuple(padding_end)}")
+    return (shape_x[0], shape_x[1], *size)
+
+
+def _reach(size: int, out: int, kernel: int, stride: int, begin: int, dilation: int) -> int:
+    """The end padding that ``out`` windows need over ``size`` elements (ceil mode's last
+    window may reach past the declared padding)."""
+    return max(0, (out - 1) * stride + (kernel - 1) * dilation + 1 - size - begin)
+
+
 class _PoolFamilyOp(Op):
-    """Shared by the window pools and their adjoints: ``kernel``, ``stride``, ``padding``."""
+    """Shared by the window pools and their adjoints: ``kernel``, ``stride``, ``padding``
+    and the ``POOL_DEFAULTS`` options."""
 
     kind = ""
+    averages = False  # whether the kernel divides by each window's count
 
     def describe(self, node):
         return describe_window(node, {"kernel": None, "stride": node.attrs["kernel"],
-                                      "padding": (0, 0)})
+                                      "padding": (0, 0), "ceil_mode": False,
+                                      "dilation": (1, 1), "count_include_pad": True,
+                                      "padding_end": node.attrs["padding"]})
 
     def _window(self, node) -> tuple[Pair, Pair, Pair]:
         return node.attrs["kernel"], node.attrs["stride"], node.attrs["padding"]
 
+    def _options(self, node) -> dict:
+        return {k: node.attrs[k] for k in POOL_DEFAULTS}
+
+    def _plain(self, node) -> bool:
+        """Whether only PyTorch's options are used (the plain kernels and shape rule)."""
+        a = node.attrs
+        return not a["ceil_mode"] and a["dilation"] == (1, 1) and a["count_include_pad"] \
+            and a["padding_end"] == a["padding"]
+
     def _forward_shape(self, node, shape_x):
-        return pool2d_shape(shape_x, *self._window(node))
+        if self._plain(node):
+            return pool2d_shape(shape_x, *self._window(node))
+        a = node.attrs
+        return pool_output_shape(shape_x, *self._window(node), a["padding_end"], a["ceil_mode"],
+                                 a["dilation"])
+
+    def _shape_x(self, input_shapes) -> tuple:
+        """The pooled images' shape among the inputs' shapes."""
+        return tuple(input_shapes[0])
 
     def kernel_spec(self, node, input_shapes, output_shape):
         shapes = [tuple(s) for s in input_shapes[:len(self.kernel_inputs(node))]]
-        return KernelSpec(self.kind, (*shapes, tuple(output_shape), *self._window(node)))
+        kind, extra = self.kind, ()
+        if node.attrs["dilation"] != (1, 1):
+            kind, extra = f"dilated_{self.kind}", (node.attrs["dilation"],)
+        elif self.averages and not self._plain(node):
+            # Only the divisors differ: a max pool needs the start padding and the output's
+            # shape alone, which the plain kernel takes.
+            kind, extra = f"{self.kind}_counted", (self._counted(node,
+                                                                     self._shape_x(input_shapes)),)
+        return KernelSpec(kind, (*shapes, tuple(output_shape), *self._window(node), *extra))
+
+    def _counted(self, node, shape_x) -> tuple[Pair, Pair]:
+        """Per axis, the span ``[lo, hi)`` of positions an average counts: the padded image
+        (as declared, not ceil mode's extra reach) or the image alone."""
+        a, size = node.attrs, shape_x[2:]
+        if a["count_include_pad"]:
+            return tuple((-a["padding"][i], size[i] + a["padding_end"][i]) for i in range(2))
+        return tuple((0, size[i]) for i in range(2))
+
+    def _reference_windows(self, node, x, out_shape, value):
+        """Every window of ``x`` (numpy), ``out_shape[2:]`` of them per axis."""
+        kernel, stride, padding = self._window(node)
+        dilation = node.attrs["dilation"]
+        end = tuple(max(node.attrs["padding_end"][i], _reach(x.shape[2 + i], out_shape[2 + i],
+                                                              kernel[i], stride[i], padding[i],
+                                                              dilation[i])) for i in range(2))
+        view = windows(x, kernel, stride, padding, value, padding_end=end, dilation=dilation)
+        return view[:, :, :out_shape[2], :out_shape[3]]
+
+    def _divisor(self, node, shape_x, out_shape) -> np.ndarray:
+        """Each window's divisor (H', W'): its positions inside the counted spans."""
+        kernel, stride, padding = self._window(node)
+        counts = []
+        for a, (lo, hi) in enumerate(self._counted(node, shape_x)):
+            start = np.arange(out_shape[2 + a]) * stride[a] - padding[a]
+            counts.append(np.clip(np.minimum(start + kernel[a], hi) - np.maximum(start, lo),
+                                  1, None))
+        return np.outer(*counts)
 
 
 class _PoolOp(_PoolFamilyOp):
     """``pool(x)`` over every window."""
 
-    def __call__(self, x: Node, kernel_size, stride=None, padding=0) -> Node:
+    def __call__(self, x: Node, kernel_size, stride=None, padding=0, **options) -> Node:
+        """``options``: ONNX's ``POOL_DEFAULTS`` (``padding_end``, ``ceil_mode``...)."""
         where = f"{self.name}({short_name(x)})"
+        attrs = pool_attrs(where, kernel_size, stride, padding)
         return Node(self, [check_node(self.name, "x", x)],
-                    pool_attrs(where, kernel_size, stride, padding))
+                    {**attrs, **pool_options(where, attrs["padding"], **options)})
 
     def infer_shape(self, node, input_shapes):
         return apply_rule(node, input_shapes, self._forward_shape, node, input_shapes[0])
@@ -71,9 +179,11 @@ class _PoolOp(_PoolFamilyOp):
 class _PoolGradOp(_PoolFamilyOp):
     """A window pool's adjoint: gradient ``g`` of its output back to its input ``x``'s shape."""
 
-    def __call__(self, a: Node, b: Node, kernel, stride, padding) -> Node:
+    def __call__(self, a: Node, b: Node, kernel, stride, padding, **options) -> Node:
         inputs = [check_node(self.name, "input 0", a), check_node(self.name, "input 1", b)]
-        return Node(self, inputs, pool_attrs(self.name, kernel, stride, padding))
+        attrs = pool_attrs(self.name, kernel, stride, padding)
+        return Node(self, inputs, {**attrs, **pool_options(self.name, attrs["padding"],
+                                                           **options)})
 
     def _x_and_g(self, shapes) -> tuple:
         raise NotImplementedError
@@ -93,10 +203,12 @@ class MaxPool2dOp(_PoolOp):
     kind = "max_pool2d"
 
     def gradient(self, node, output_grad):
-        return [maxpool2d_grad_op(node.inputs[0], output_grad, *self._window(node))]
+        return [maxpool2d_grad_op(node.inputs[0], output_grad, *self._window(node),
+                                  **self._options(node))]
 
     def reference(self, node, x):
-        return windows(x, *self._window(node), value=-np.inf).max(axis=(-2, -1))
+        out = self._forward_shape(node, x.shape)
+        return self._reference_windows(node, x, out, -np.inf).max(axis=(-2, -1))
 
 
 class MaxPool2dGradOp(_PoolGradOp):
@@ -114,16 +226,16 @@ class MaxPool2dGradOp(_PoolGradOp):
 
     def fused_kernel_spec(self, node, shapes, epilogue):
         spec = self.kernel_spec(node, [shapes[i] for i in node.inputs], shapes[node])
-        return KernelSpec("max_pool2d_grad_epilogue", (*spec.params, tuple(epilogue)))
+        return KernelSpec(f"{spec.kind}_epilogue", (*spec.params, tuple(epilogue)))
 
     def reference(self, node, x, g):
         kernel, stride, padding = self._window(node)
-        flat = windows(x, kernel, stride, padding, value=-np.inf)
+        flat = self._reference_windows(node, x, g.shape, -np.inf)
         flat = flat.reshape(*flat.shape[:4], -1)
         first = np.argmax(flat, axis=-1)  # numpy's argmax is the first maximum
         chosen = np.arange(flat.shape[-1]) == first[..., None]
         per_window = (chosen * g[..., None]).reshape(*g.shape, *kernel)
-        return scatter_windows(per_window, x.shape, stride, padding)
+        return scatter_windows(per_window, x.shape, stride, padding, node.attrs["dilation"])
 
 
 class AvgPool2dOp(_PoolOp):
@@ -131,12 +243,16 @@ class AvgPool2dOp(_PoolOp):
 
     name = "AvgPool2d"
     kind = "avg_pool2d"
+    averages = True
 
     def gradient(self, node, output_grad):
-        return [avgpool2d_grad_op(output_grad, node.inputs[0], *self._window(node))]
+        return [avgpool2d_grad_op(output_grad, node.inputs[0], *self._window(node),
+                                  **self._options(node))]
 
     def reference(self, node, x):
-        return windows(x, *self._window(node)).mean(axis=(-2, -1))
+        out = self._forward_shape(node, x.shape)
+        sums = self._reference_windows(node, x, out, 0.0).sum(axis=(-2, -1))
+        return sums / self._divisor(node, x.shape, out)
 
 
 class AvgPool2dGradOp(_PoolGradOp):
@@ -145,6 +261,7 @@ class AvgPool2dGradOp(_PoolGradOp):
 
     name = "AvgPool2dGrad"
     kind = "avg_pool2d_grad"
+    averages = True
 
     def kernel_inputs(self, node):
         return node.inputs[:1]
@@ -152,13 +269,17 @@ class AvgPool2dGradOp(_PoolGradOp):
     def _x_and_g(self, shapes):
         return shapes[1], shapes[0]
 
+    def _shape_x(self, input_shapes):
+        return tuple(input_shapes[1])
+
     def gradient(self, node, output_grad):
-        return [avgpool2d_op(output_grad, *self._window(node)), None]
+        # The pool is (divisors)^-1 (window sums): its adjoint's adjoint is itself.
+        return [avgpool2d_op(output_grad, *self._window(node), **self._options(node)), None]
 
     def reference(self, node, g, x):
         kernel, stride, padding = self._window(node)
-        per_window = np.broadcast_to(g[..., None, None] / (kernel[0] * kernel[1]),
-                                     (*g.shape, *kernel))
+        scaled = g / self._divisor(node, x.shape, g.shape)
+        per_window = np.broadcast_to(scaled[..., None, None], (*g.shape, *kernel))
         return scatter_windows(per_window, x.shape, stride, padding)
 
 

@@ -66,6 +66,19 @@ def _pad(x: te.Tensor, padding: Pair, value: float) -> te.Tensor:
     return _embed(x, padding, (h + 2 * ph, w + 2 * pw), value)
 
 
+def _pad_to(x: te.Tensor, padding: Pair, out: Sequence[int], kernel: Pair, stride: Pair,
+            value: float, dilation: Pair = (1, 1)) -> te.Tensor:
+    """``x`` padded with ``value``: ``padding`` before each axis and after it as far as
+    ``out`` windows reach (at least as much as before, so that an evenly padded pool keeps
+    its copy); ``x`` itself when that is no padding at all."""
+    size = tuple(max(int(x.shape[2 + a]) + 2 * padding[a],
+                     (out[a] - 1) * stride[a] + (kernel[a] - 1) * dilation[a] + 1)
+                 for a in range(2))
+    if padding == (0, 0) and size == tuple(int(d) for d in x.shape[2:]):
+        return x
+    return _embed(x, padding, size, value)
+
+
 def conv2d(shape_x: Shape, shape_f: Shape, shape_y: Shape, stride: Pair, padding: Pair,
            dtype: str) -> tuple[TensorList, TensorList]:
     """``Y = X * F``: cross-correlation (as in every DL framework) of NCHW images with OIHW
@@ -351,12 +364,19 @@ def _window_axes(kernel: Pair) -> tuple[te.IterVar, te.IterVar]:
 
 def max_pool2d(shape_x: Shape, shape_y: Shape, kernel: Pair, stride: Pair, padding: Pair,
                dtype: str) -> tuple[TensorList, TensorList]:
-    """The maximum of each window; padding is -inf, so it never wins."""
+    """The maximum of each window; padding is -inf, so it never wins. ``padding`` pads the
+    start of each axis; the end is padded as far as ``shape_y``'s windows reach."""
+    return dilated_max_pool2d(shape_x, shape_y, kernel, stride, padding, (1, 1), dtype)
+
+
+def dilated_max_pool2d(shape_x: Shape, shape_y: Shape, kernel: Pair, stride: Pair,
+                       padding: Pair, dilation: Pair, dtype: str) -> tuple[TensorList, TensorList]:
+    """``max_pool2d`` over windows taking every ``dilation``-th element."""
     x = te.placeholder(shape_x, dtype=dtype, name="X")
-    xp = _pad(x, padding, float("-inf"))
+    xp = _pad_to(x, padding, shape_y[2:], kernel, stride, float("-inf"), dilation)
     ry, rx = _window_axes(kernel)
-    sh, sw = stride
-    y = te.compute(shape_y, lambda b, c, i, j: te.max(xp[b, c, i * sh + ry, j * sw + rx],
+    (sh, sw), (dh, dw) = stride, dilation
+    y = te.compute(shape_y, lambda b, c, i, j: te.max(xp[b, c, i * sh + ry * dh, j * sw + rx * dw],
                                                       axis=[ry, rx]), name="max_pool2d")
     return [x], [y]
 
@@ -388,6 +408,57 @@ def avg_pool2d_grad(shape_g: Shape, shape_x: Shape, kernel: Pair, stride: Pair, 
     def body(b, c, h, w):
         i, _, valid_y = _covering(h, padding[0], kernel[0], stride[0], shape_g[2], wy)
         j, _, valid_x = _covering(w, padding[1], kernel[1], stride[1], shape_g[3], wx)
+        return te.sum(tirx.Select(tirx.all(valid_y, valid_x), gp[b, c, i, j] * scale, zero),
+                      axis=[wy, wx])
+
+    return [g], [te.compute(shape_x, body, name="avg_pool2d_grad")]
+
+
+def _inverse_count(window_y, window_x, kernel: Pair, stride: Pair, padding: Pair,
+                   counted: tuple[Pair, Pair], dtype: str):
+    """1 / the number of positions of window ``(window_y, window_x)`` inside the ``counted``
+    span ``[lo, hi)`` of each axis (at least 1)."""
+    count = tirx.const(1, "int32")
+    for window, k, s, p, (lo, hi) in zip((window_y, window_x), kernel, stride, padding, counted):
+        start = window * s - p
+        inside = tirx.min(start + k, hi) - tirx.max(start, lo)
+        count = count * tirx.max(inside, 1)
+    return tirx.const(1.0, dtype) / count.astype(dtype)
+
+
+def avg_pool2d_counted(shape_x: Shape, shape_y: Shape, kernel: Pair, stride: Pair,
+                       padding: Pair, counted: tuple[Pair, Pair],
+                       dtype: str) -> tuple[TensorList, TensorList]:
+    """The mean of each window over its positions inside ``counted`` (ONNX's
+    ``count_include_pad=0``, and ceil mode's last windows); padding adds zeros."""
+    x = te.placeholder(shape_x, dtype=dtype, name="X")
+    xp = _pad_to(x, padding, shape_y[2:], kernel, stride, 0.0)
+    ry, rx = _window_axes(kernel)
+    sh, sw = stride
+
+    def body(b, c, i, j):
+        scale = _inverse_count(i, j, kernel, stride, padding, counted, dtype)
+        return te.sum(xp[b, c, i * sh + ry, j * sw + rx] * scale, axis=[ry, rx])
+
+    return [x], [te.compute(shape_y, body, name="avg_pool2d")]
+
+
+def avg_pool2d_grad_counted(shape_g: Shape, shape_x: Shape, kernel: Pair, stride: Pair,
+                            padding: Pair, counted: tuple[Pair, Pair],
+                            dtype: str) -> tuple[TensorList, TensorList]:
+    """``dX`` of ``avg_pool2d_counted``: each element gets its covering windows' gradients,
+    each over its window's count."""
+    g = te.placeholder(shape_g, dtype=dtype, name="G")
+    gp = _windows_padded(g, shape_x[2:], kernel, stride, padding, 0.0, "pad")
+    wy, wx = _covering_axes(kernel, stride)
+    shift = [-(-k // s) - 1 for k, s in zip(kernel, stride)]
+    zero = tirx.const(0, dtype)
+
+    def body(b, c, h, w):
+        i, _, valid_y = _covering(h, padding[0], kernel[0], stride[0], shape_g[2], wy)
+        j, _, valid_x = _covering(w, padding[1], kernel[1], stride[1], shape_g[3], wx)
+        scale = _inverse_count(i - shift[0], j - shift[1], kernel, stride, padding, counted,
+                               dtype)
         return te.sum(tirx.Select(tirx.all(valid_y, valid_x), gp[b, c, i, j] * scale, zero),
                       axis=[wy, wx])
 
@@ -428,7 +499,7 @@ def max_pool2d_grad_epilogue(shape_x: Shape, shape_g: Shape, shape_dx: Shape, ke
     one expression, not a reduction, so the epilogue folds into the same loop."""
     x = te.placeholder(shape_x, dtype=dtype, name="X")
     g = te.placeholder(shape_g, dtype=dtype, name="G")
-    xp = _pad(x, padding, float("-inf"))
+    xp = _pad_to(x, padding, shape_g[2:], kernel, stride, float("-inf"))
     ry, rx = _window_axes(kernel)
     sh, sw = stride
     kw = kernel[1]
@@ -450,6 +521,59 @@ def max_pool2d_grad_epilogue(shape_x: Shape, shape_g: Shape, shape_dx: Shape, ke
                 j, kx, valid_x = _covering(w, padding[1], kw, stride[1], shape_g[3], wx)
                 chosen = tirx.all(valid_y, valid_x, wherep[b, c, i, j] == ky * kw + kx)
                 total = total + tirx.Select(chosen, gp[b, c, i, j], zero)
+        return total
+
+    dx = te.compute(shape_dx, body, name="max_pool2d_grad")
+    operands, out = apply_epilogue(dx, epilogue, dtype)
+    return [x, g, *operands], [out]
+
+
+def dilated_max_pool2d_grad(shape_x: Shape, shape_g: Shape, shape_dx: Shape, kernel: Pair,
+                            stride: Pair, padding: Pair, dilation: Pair,
+                            dtype: str) -> tuple[TensorList, TensorList]:
+    """``dX`` of ``dilated_max_pool2d``: ``dilated_max_pool2d_grad_epilogue``, no epilogue."""
+    return dilated_max_pool2d_grad_epilogue(shape_x, shape_g, shape_dx, kernel, stride, padding,
+                                            dilation, (), dtype)
+
+
+def dilated_max_pool2d_grad_epilogue(shape_x: Shape, shape_g: Shape, shape_dx: Shape,
+                                     kernel: Pair, stride: Pair, padding: Pair, dilation: Pair,
+                                     epilogue: Sequence[tuple[Epilogue, Callable]],
+                                     dtype: str) -> tuple[TensorList, TensorList]:
+    """``epilogue(dX)`` of ``dilated_max_pool2d``: each tap ``(ky, kx)`` of the kernel names
+    the one window (if any) in which an element is that tap, ``(p - k * dilation) /
+    stride`` along each axis; the element gets that window's gradient when it is the
+    window's first maximum."""
+    x = te.placeholder(shape_x, dtype=dtype, name="X")
+    g = te.placeholder(shape_g, dtype=dtype, name="G")
+    xp = _pad_to(x, padding, shape_g[2:], kernel, stride, float("-inf"), dilation)
+    ry, rx = _window_axes(kernel)
+    (sh, sw), (dh, dw), (kh, kw) = stride, dilation, kernel
+    where, _ = te.compute(
+        shape_g, lambda b, c, i, j: _argmax(((ry * kw + rx).astype("int32"),
+                                             xp[b, c, i * sh + ry * dh, j * sw + rx * dw]),
+                                            axis=[ry, rx]), name="argmax")
+    # Copies shifted so that every window index a tap gives is in range.
+    shift = tuple(-(-((k - 1) * d) // s) for k, d, s in zip(kernel, dilation, stride))
+    size = tuple((n - 1 + p) // s + 1 + t
+                 for n, p, s, t in zip(shape_dx[2:], padding, stride, shift))
+    wherep = _embed(where, shift, size, -1, "pad_argmax")
+    gp = _embed(g, shift, size, 0.0, "pad_g")
+    zero = tirx.const(0, dtype)
+
+    def tap(position, pad, k, d, s, windows):
+        start = position + pad - k * d
+        return start // s, tirx.all(start >= 0, start % s == 0, start // s < windows)
+
+    def body(b, c, h, w):
+        total = zero
+        for ky in range(kh):
+            i, valid_y = tap(h, padding[0], ky, dh, sh, shape_g[2])
+            for kx in range(kw):
+                j, valid_x = tap(w, padding[1], kx, dw, sw, shape_g[3])
+                at = (b, c, i + shift[0], j + shift[1])
+                chosen = tirx.all(valid_y, valid_x, wherep[at] == ky * kw + kx)
+                total = total + tirx.Select(chosen, gp[at], zero)
         return total
 
     dx = te.compute(shape_dx, body, name="max_pool2d_grad")
