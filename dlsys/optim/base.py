@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import tvm
 
-from dlsys.checks import check_constant, check_dtype_device, state_arrays
+from dlsys.checks import check_constant, check_dtype_device, parse_bytes, state_arrays
 from dlsys.errors import ArgumentError, ArgumentTypeError, DtypeError, ShapeError
 from dlsys.graph import Node
 from dlsys.kernels.build import SUPPORTED_DTYPES
@@ -143,6 +143,14 @@ class Optimizer:
         # The rate every schedule starts from, set by the first one (PyTorch's initial_lr),
         # so that a schedule made after another one has changed ``lr`` starts from the same.
         self.initial_lr: float | None = None
+
+    @property
+    def state_bytes(self) -> int:
+        """The bytes of the optimiser's own state (moments, step count, coefficients), held
+        beside a training step's program: what ``minimize(memory_budget=...)`` counts."""
+        tensors = [self._lr, self._hyper, self._step, self._max_norm, self._grad_norm,
+                   *(t for name in self.state_names for t in self._state[name])]
+        return sum(math.prod(t.shape) * np.dtype(t.dtype).itemsize for t in tensors)
 
     # ------------------------------------------------------------- subclass hooks
     def _hyperparameters(self) -> dict[str, float]:
@@ -308,7 +316,8 @@ class Optimizer:
                 tensor.copyfrom(np.ascontiguousarray(arrays[f"{name}.{i}"], dtype=self.dtype))
 
     # ------------------------------------------------------------- training
-    def minimize(self, loss: Node, max_grad_norm: float | None = None) -> TrainStep:
+    def minimize(self, loss: Node, max_grad_norm: float | None = None,
+                 memory_budget: int | str | None = None) -> TrainStep:
         """A compiled training step for ``loss`` (the TinyFlow / TensorFlow 1 idiom).
 
         ``step = optimizer.minimize(loss)``; ``step(feed_dict)`` runs the forward pass, the
@@ -327,7 +336,10 @@ class Optimizer:
         if not isinstance(loss, Node):
             raise ArgumentTypeError(f"{owner}: loss must be a graph node, got "
                                     f"{type(loss).__name__}")
-        return TrainStep(self, loss, max_grad_norm=check_max_grad_norm(owner, max_grad_norm))
+        budget = None if memory_budget is None else parse_bytes(f"{owner}: memory_budget",
+                                                                 memory_budget)
+        return TrainStep(self, loss, max_grad_norm=check_max_grad_norm(owner, max_grad_norm),
+                         memory_budget=budget)
 
     def __repr__(self) -> str:
         hyper = ", ".join(f"{k}={v:g}" for k, v in self._hyperparameters().items())

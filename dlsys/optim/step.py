@@ -93,14 +93,18 @@ class GradientReduce:
 
 def step_executor(loss: Node, params: Sequence[Parameter], extra: Sequence[Node] = (),
                   reduce: GradientReduce | None = None, ctx=None,
-                  dtype: str | None = None) -> Executor:
+                  dtype: str | None = None, memory_budget: int | None = None,
+                  reserved_bytes: int = 0) -> Executor:
     """The executor of a training step: its outputs are the loss to report (``reduce``'s
-    rewrite of ``loss``), the ``extra`` nodes and the gradients, in the order of ``params``."""
+    rewrite of ``loss``), the ``extra`` nodes and the gradients, in the order of ``params``;
+    planned within ``memory_budget`` bytes (``reserved_bytes`` of which the optimiser holds)
+    when one is given."""
     if reduce is not None:
         loss = reduce.prepare(loss, params)
     grads = gradients(loss, list(params))
     contiguous = [loss, *grads] if reduce is not None and reduce.contiguous else None
-    return Executor([loss, *extra, *grads], ctx=ctx, dtype=dtype, contiguous=contiguous)
+    return Executor([loss, *extra, *grads], ctx=ctx, dtype=dtype, contiguous=contiguous,
+                    memory_budget=memory_budget, reserved_bytes=reserved_bytes)
 
 
 class TrainStep:
@@ -113,12 +117,14 @@ class TrainStep:
     ``max_grad_norm``: clip the (reduced) gradients by their global L2 norm inside the
     update kernel, as ``torch.nn.utils.clip_grad_norm_``; ``last_grad_norm`` is then the
     norm before clipping. It may be changed between steps (it compiles nothing).
+    ``memory_budget``: the bytes the step may hold, the optimiser's state included (see
+    ``Optimizer.minimize``).
     """
 
     def __init__(self, optimizer: Updater, loss: Node, extra: Sequence[Node] = (),
                  reduce: GradientReduce | None = None,
                  divergence_factor: float | None = None,
-                 max_grad_norm: float | None = None):
+                 max_grad_norm: float | None = None, memory_budget: int | None = None):
         self.max_grad_norm = max_grad_norm
         self.optimizer = optimizer
         self.loss = loss
@@ -126,8 +132,11 @@ class TrainStep:
         self.divergence_factor = divergence_factor
         # The yardstick of the divergence check: the first loss a step accepted.
         self.first_loss: float | None = None
+        # The optimiser's state is held beside the program: a budget counts it too.
+        reserved = getattr(optimizer, "state_bytes", 0) if memory_budget is not None else 0
         self.executor = step_executor(loss, optimizer._nodes, extra, reduce,
-                                      ctx=optimizer.device, dtype=optimizer.dtype)
+                                      ctx=optimizer.device, dtype=optimizer.dtype,
+                                      memory_budget=memory_budget, reserved_bytes=reserved)
         self._outputs = 1 + len(extra)
         self._updated = False  # whether the last call updated (else it has no norm)
 
