@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from dlsys.checks import parse_bytes
 from dlsys.data.mnist import DATA_ENV_VAR, DEFAULT_DATA_DIR, DEFAULT_VAL_CAP
 from dlsys.data.text import DEFAULT_TEXT_DIR
 from dlsys.data.text import DEFAULT_VAL_CAP as TEXT_VAL_CAP
@@ -200,7 +201,23 @@ def _add_run_flags(train: Parser) -> None:
                        help="show a progress bar during each epoch (default: only when "
                             "stderr is a terminal)")
     train.add_argument("--debug-memory", action="store_true",
-                       help="print each training step's node, shape and storage id")
+                       help="print each training step's node, shape and storage id, and "
+                            "under --memory-budget what is kept, what is recomputed and the "
+                            "extra work")
+    train.add_argument("--memory-budget", type=_memory_size, default=None, metavar="SIZE",
+                       help="the most memory a training step may hold (e.g. 64MiB; units "
+                            "KiB, MiB, GiB): parameters, optimiser state, the batch and the "
+                            "working memory. Activations are recomputed in the backward pass "
+                            "to fit it, with identical results; a budget no plan reaches is "
+                            "an error naming the smallest that does")
+
+
+def _memory_size(text: str) -> int:
+    """``--memory-budget``'s value in bytes (argparse reports the error with the flag)."""
+    try:
+        return parse_bytes("the size", text)
+    except DlsysError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _add_eval_predict(parser: Parser, commands) -> None:
@@ -471,6 +488,7 @@ def _train(args: argparse.Namespace, argv: list[str], run: _Run) -> None:
     # The settings' flags are named as RunSettings' fields: passed on by that one list.
     config = TrainConfig(out=out, resume=args.resume, overwrite=args.overwrite,
                          progress=args.progress, debug_memory=args.debug_memory,
+                         memory_budget=args.memory_budget,
                          command=shlex.join([PROG, *argv]), **given_settings(args))
     if launched_rank() == 0:  # in an MPI job, rank 0 alone writes the run folder
         _check_run_folder(out)

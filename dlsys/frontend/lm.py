@@ -83,7 +83,7 @@ class LanguageModelTrainer(StepReports):
     over (B, T) windows; the run loop's ``Trainer`` for the character model."""
 
     def __init__(self, model: GPT, optimizer: optim.Optimizer, settings: RunSettings,
-                 done_steps: int = 0):
+                 done_steps: int = 0, memory_budget: int | None = None):
         self.model, self.optimizer = model, optimizer
         self.batch_size, self.context = settings.batch_size, settings.context
         self.ids, self.targets = ad.Variable("ids"), ad.Variable("targets")
@@ -92,7 +92,7 @@ class LanguageModelTrainer(StepReports):
         model.train()
         loss = self._loss(model(self.ids, self.positions))
         self.step = optim.TrainStep(optimizer, loss, divergence_factor=DIVERGENCE_FACTOR,
-                                    max_grad_norm=MAX_GRAD_NORM)
+                                    max_grad_norm=MAX_GRAD_NORM, memory_budget=memory_budget)
         self.train_executor = self.step.executor
         # Inference: a graph of its own, built in eval mode (dropout off).
         model.eval()
@@ -190,10 +190,11 @@ class LanguageModelTask:
         return build_gpt(settings, len(settings.vocab))
 
     def trainer(self, settings: RunSettings, model: GPT, optimizer, data: TextData, group,
-                start: int) -> LanguageModelTrainer:
+                start: int, memory_budget: int | None = None) -> LanguageModelTrainer:
         if group is not None:
             raise DataError("--model gpt trains in one process; run it without mpirun")
-        return LanguageModelTrainer(model, optimizer, settings, start * settings.steps_per_epoch)
+        return LanguageModelTrainer(model, optimizer, settings, start * settings.steps_per_epoch,
+                                    memory_budget)
 
     def describe(self, settings: RunSettings, data: TextData, out) -> str:
         chars = settings.steps_per_epoch * settings.batch_size * settings.context

@@ -83,9 +83,23 @@ class StepReports:
         """One line, for people, on the memory the training step's plan uses."""
         stats = self.train_executor.memory_stats()
         mib = 1 << 20
-        return (f"working memory {stats['planned_bytes'] / mib:.2f} MiB for "
+        line = (f"working memory {stats['planned_bytes'] / mib:.2f} MiB for "
                 f"{self.train_executor.kernel_calls} kernel calls per step (one buffer per "
                 f"value would take {stats['naive_bytes'] / mib:.2f} MiB)")
+        budget = self.train_executor.memory_budget
+        if budget is None:
+            return line
+        held = stats["held_bytes"]
+        return (f"{line}; with {held / mib:.2f} MiB of parameters, optimiser state and batch, "
+                f"{(held + stats['planned_bytes']) / mib:.2f} MiB of the "
+                f"{budget / mib:.2f} MiB budget")
+
+    def recompute_report(self) -> str:
+        """What the memory budget made the step keep and recompute (``--debug-memory``)."""
+        recompute = self.train_executor.program().recompute
+        if recompute is None:
+            return "recomputation: none (the plain plan fits the budget)"
+        return recompute.describe()
 
     def plan_report(self) -> str:
         """The memory plan's figures, for ``--debug-memory``."""
@@ -111,7 +125,8 @@ class Trainer(StepReports):
     """A model's training and inference executors and its optimiser."""
 
     def __init__(self, model: nn.Module, optimizer, batch_size: int, ctx=None,
-                 input_shape: tuple[int, ...] = (784,), data_parallel: bool = False):
+                 input_shape: tuple[int, ...] = (784,), data_parallel: bool = False,
+                 memory_budget: int | None = None):
         self.model = model
         self.batch_size = batch_size
         # Batches arrive as rows of pixels, viewed (no copy) with the model's input shape.
@@ -126,7 +141,8 @@ class Trainer(StepReports):
         # One rank of an MPI job reduces the loss and gradients after each run.
         self.step = optim.TrainStep(optimizer, loss, extra=[logits],
                                     reduce=AllReduce() if data_parallel else None,
-                                    divergence_factor=DIVERGENCE_FACTOR)
+                                    divergence_factor=DIVERGENCE_FACTOR,
+                                    memory_budget=memory_budget)
         self.train_executor = self.step.executor
         self.correct = self.seen = 0
         # Inference: a graph of its own, built in eval mode (dropout off, running statistics).
@@ -229,13 +245,17 @@ class TrainConfig:
 
     def __init__(self, out: Path, *, resume: bool = False, overwrite: bool = False,
                  progress: bool = True, debug_memory: bool = False,
-                 command: str | None = None, **settings: object) -> None:
+                 memory_budget: int | None = None, command: str | None = None,
+                 **settings: object) -> None:
         unknown = sorted(set(settings) - set(SETTING_NAMES))
         if unknown:
             raise TypeError(f"TrainConfig: unknown settings {', '.join(unknown)}")
         self.out = out
         self.resume, self.overwrite, self.progress = resume, overwrite, progress
         self.debug_memory, self.command = debug_memory, command
+        # How to run, not what: the results are the same under any budget, so it is not a
+        # recorded setting and a resumed run may set another.
+        self.memory_budget = memory_budget
         # Read by RunSettings.from_args / given_settings as a namespace of flags.
         for name in SETTING_NAMES:
             setattr(self, name, settings.get(name))
@@ -327,7 +347,7 @@ class ImageTask:
         return build_model(settings.model, settings.seed, settings.hidden)
 
     def trainer(self, settings: RunSettings, model: nn.Module, optimizer, dataset, group,
-                start: int) -> Trainer:
+                start: int, memory_budget: int | None = None) -> Trainer:
         """The trainer over the model, once the images fit it."""
         input_shape = INPUT_SHAPES[settings.model]
         if math.prod(dataset.train.images.shape[1:]) != math.prod(input_shape):
@@ -335,7 +355,7 @@ class ImageTask:
                             f"pixels; {settings.model} takes {input_shape}")
         batch = settings.batch_size if group is None else group.local_batch(settings.batch_size)
         return Trainer(model, optimizer, batch, input_shape=input_shape,
-                       data_parallel=group is not None)
+                       data_parallel=group is not None, memory_budget=memory_budget)
 
     def describe(self, settings: RunSettings, dataset, out: Path) -> str:
         return (f"training {settings.model} on {dataset.source} ({len(dataset.train)} train / "
@@ -470,13 +490,13 @@ def _prepare(config: TrainConfig, out: Path, log: Callable[[str], None],
             f"{checkpoint.epoch + 10} from its checkpoint")
         return TrainResult(checkpoint.params, list(checkpoint.metrics))
     settings, dataset = _load_data(settings, config, out, group)
-    run = _restore(out, log, group, settings, dataset, checkpoint)
+    run = _restore(out, log, group, settings, dataset, checkpoint, config.memory_budget)
     _start_trainer(run, config)
     return run
 
 
 def _restore(out: Path, log: Callable[[str], None], group, settings: RunSettings, dataset,
-             checkpoint: Checkpoint | None) -> _Run:
+             checkpoint: Checkpoint | None, memory_budget: int | None = None) -> _Run:
     """The model, optimiser, shuffling and history: the checkpoint's, else fresh from the
     seed; and the trainer over them, once the images fit the model."""
     task = task_for(settings.model)
@@ -495,7 +515,7 @@ def _restore(out: Path, log: Callable[[str], None], group, settings: RunSettings
         optimizer.load_state_dict(checkpoint.optimizer_state)
     if checkpoint is not None:
         log(f"resuming from {out / CHECKPOINT_NAME} after epoch {start}")
-    trainer = task.trainer(settings, model, optimizer, dataset, group, start)
+    trainer = task.trainer(settings, model, optimizer, dataset, group, start, memory_budget)
     return _Run(out, log, group, settings, dataset, model, optimizer, trainer, shuffle_rng,
                 history, start, checkpoint is not None, task)
 
@@ -512,6 +532,8 @@ def _start_trainer(run: _Run, config: TrainConfig) -> None:
     log(run.trainer.memory_report())
     if config.debug_memory:
         log(run.trainer.plan_report())
+        if config.memory_budget is not None:
+            log(run.trainer.recompute_report())
         log(run.trainer.storage_report())
 
 
