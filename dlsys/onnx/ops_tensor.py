@@ -1,5 +1,13 @@
 """ONNX's tensor and shape manipulation as dlsys graph nodes, and the shape computations
-that fold into constants once the input shapes are known (see ``ops``)."""
+that fold into constants once the input shapes are known (see ``ops``).
+
+Every converter here takes numpy constants as well as graph nodes: where all its inputs
+are constants it computes its result in numpy, so a chain such as Shape -> Gather ->
+Concat -> Reshape folds into the reshape's target before any graph exists. A Shape reads
+the static dimensions ONNX's shape inference found; one unknown until run time is refused
+naming the node. The joins, cuts and pads (Concat, Split, Slice, Gather, Pad, Tile,
+Expand, Trilu) live in ``ops_tensor_parts``, imported at the end of this module.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +15,92 @@ import math
 
 import numpy as np
 
+from dlsys.graph import Node
 from dlsys.onnx.bounds import PERMUTATION, SPLIT
 from dlsys.onnx.ops import Context, Dims, converter, reshape_target, show_dims
 from dlsys.ops.layout import transpose_op
+from dlsys.ops.placeholder import Parameter
 from dlsys.ops.reshape import flatten_op, reshape_op
+
+# The numpy types of ONNX's TensorProto element types that a Cast may name.
+_ONNX_TYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16, 6: np.int32,
+               7: np.int64, 9: np.bool_, 10: np.float16, 11: np.float64, 12: np.uint32,
+               13: np.uint64}
+
+
+# ------------------------------------------------------------------ helpers
+def is_constant(value) -> bool:
+    """Whether a converter's input value is a number fixed by the file (a numpy array)."""
+    return isinstance(value, np.ndarray)
+
+
+def as_node(ctx: Context, i: int, value) -> Node:
+    """Input ``i`` as a graph node: a node as it is, a floating-point constant as a
+    parameter that holds it (no optimiser sees it: the module does not list it); an integer
+    constant read as a tensor is refused."""
+    if isinstance(value, Node):
+        return value
+    if value is None:
+        raise ctx.refuse(f"input {i} is required")
+    array = np.asarray(value)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ctx.refuse(f"input {i} ({ctx.node.input[i]!r}) is a constant of type "
+                         f"{array.dtype} read as a tensor; dlsys computes tensors in floating "
+                         f"point and takes integers only as shapes, axes and indices")
+    if array.dtype not in (np.float32, np.float64):
+        array = array.astype(np.float32)
+    if array.size == 0:
+        raise ctx.refuse(f"input {i} ({ctx.node.input[i]!r}) is an empty constant "
+                         f"{array.shape}; dlsys tensors hold at least one element")
+    name = f"{ctx.node.output[0]}:input{i}"
+    return Parameter(array.reshape(1) if array.ndim == 0 else array, name)
+
+
+def constant_ints(ctx: Context, i: int, value, what: str) -> list[int]:
+    """Input ``i``, which must be a constant, as a list of ints."""
+    if not is_constant(value):
+        raise ctx.refuse(f"{what} (input {i}, {ctx.node.input[i]!r}) must be a constant (an "
+                         f"initializer, a Constant node, or computed from shapes dlsys knows "
+                         f"when it builds the graph)")
+    if not np.issubdtype(value.dtype, np.integer):
+        raise ctx.refuse(f"{what} must be integers, got {value.dtype}")
+    return [int(v) for v in value.reshape(-1)]
+
+
+def axes_of(ctx: Context, axes: list[int], rank: int, what: str = "axes") -> list[int]:
+    """``axes`` in ``[0, rank)`` (negative ones count from the end), each named once."""
+    wrong = [a for a in axes if not -rank <= a < rank]
+    if wrong:
+        raise ctx.refuse(f"{what} {axes}: axis {wrong[0]} is out of range for rank {rank}")
+    normal = [a % rank for a in axes]
+    if len(set(normal)) != len(normal):
+        raise ctx.refuse(f"{what} {axes} name an axis more than once")
+    return normal
+
+
+def dims_of(ctx: Context, i: int, value) -> Dims:
+    """Input ``i``'s dimensions (None for a size unknown until run time); an input whose
+    rank ONNX's shape inference does not know is refused."""
+    dims = ctx.input_dims(i, value)
+    if dims is None:
+        raise ctx.refuse(f"the rank of input {i} ({ctx.node.input[i]!r}) is unknown; dlsys "
+                         f"needs it when it builds the graph")
+    return tuple(dims)
+
+
+def reshaped(ctx: Context, x: Node, dims: Dims, what: str) -> Node:
+    """``x`` viewed with ``dims`` (one of them may be unknown: the batch)."""
+    return reshape_op(x, reshape_target(ctx, dims, what))
 
 
 # ------------------------------------------------------------------- shapes
 @converter("Flatten", attrs=("axis",), ranked={"axis": SPLIT})
 def flatten(ctx, x):
-    x = ctx.node_input(0, x)
     axis = int(ctx.attr("axis", 1))
+    if is_constant(x):
+        axis += x.ndim if axis < 0 else 0
+        return x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))
+    x = ctx.node_input(0, x)
     if axis == 1:
         return flatten_op(x)
     if axis == 0:
@@ -25,13 +108,26 @@ def flatten(ctx, x):
     return reshape_op(x, reshape_target(ctx, ctx.output_dims(0), "the flattened shape"))
 
 
+def _numpy_reshape(ctx: Context, x: np.ndarray, spec: list[int]) -> np.ndarray:
+    if not ctx.attr("allowzero", 0):
+        if any(d == 0 and i >= x.ndim for i, d in enumerate(spec)):
+            raise ctx.refuse(f"shape {spec} copies a dimension the input {x.shape} lacks")
+        spec = [x.shape[i] if d == 0 else d for i, d in enumerate(spec)]
+    try:
+        return x.reshape(spec)
+    except ValueError:
+        raise ctx.refuse(f"cannot reshape a constant of shape {x.shape} to {spec}") from None
+
+
 @converter("Reshape", attrs=("allowzero",), constant_inputs=(1,))
 def reshape(ctx, x, shape):
-    x = ctx.node_input(0, x)
     if not isinstance(shape, np.ndarray):
         raise ctx.refuse("the target shape must be a constant (an initializer or a Constant "
                          "node); dlsys fixes shapes when it builds the graph")
     spec = [int(d) for d in shape.reshape(-1)]
+    if is_constant(x):
+        return _numpy_reshape(ctx, x, spec)
+    x = ctx.node_input(0, x)
     if ctx.attr("allowzero", 0) and 0 in spec:
         raise ctx.refuse("allowzero=1 with a 0 in the shape (an empty tensor) is not supported")
     if spec == [0, -1]:  # PyTorch's x.view(x.size(0), -1)
@@ -90,4 +186,171 @@ def _batch_free(ctx: Context, dims: Dims | None, spec: list[int]) -> list[int]:
 @converter("Transpose", attrs=("perm",), ranked={"perm": PERMUTATION})
 def transpose(ctx, x):
     perm = ctx.attr("perm")
+    if is_constant(x):
+        return np.transpose(x, perm)
     return transpose_op(ctx.node_input(0, x), None if perm is None else tuple(perm))
+
+
+@converter("Unsqueeze", constant_inputs=(1,))
+def unsqueeze(ctx, x, axes):
+    dims = dims_of(ctx, 0, x)
+    rank = len(dims) + len(constant_ints(ctx, 1, axes, "axes"))
+    inserted = axes_of(ctx, constant_ints(ctx, 1, axes, "axes"), rank)
+    out, rest = [], iter(dims)
+    for d in range(rank):
+        out.append(1 if d in inserted else next(rest))
+    if is_constant(x):
+        return x.reshape(out)
+    return reshaped(ctx, as_node(ctx, 0, x), tuple(out), "the unsqueezed shape")
+
+
+@converter("Squeeze", constant_inputs=(1,))
+def squeeze(ctx, x, axes=None):
+    dims = dims_of(ctx, 0, x)
+    if axes is None:
+        if None in dims:
+            raise ctx.refuse(f"squeezing every size-1 axis of {show_dims(dims)}, whose sizes "
+                             f"are not all known when dlsys builds the graph; name the axes")
+        removed = [d for d, n in enumerate(dims) if n == 1]
+    else:
+        removed = axes_of(ctx, constant_ints(ctx, 1, axes, "axes"), len(dims))
+        wrong = [d for d in removed if dims[d] not in (1, None)]
+        if wrong:
+            raise ctx.refuse(f"axis {wrong[0]} of {show_dims(dims)} has size {dims[wrong[0]]}, "
+                             f"not 1")
+    out = tuple(n for d, n in enumerate(dims) if d not in removed)
+    if is_constant(x):
+        return x.reshape(out)
+    if not out:  # a scalar: dlsys keeps one axis, as ONNX's 0-d tensors are held
+        out = (1,)
+    return reshaped(ctx, as_node(ctx, 0, x), out, "the squeezed shape")
+
+
+def _known_shape(ctx: Context, x) -> tuple[int, ...]:
+    dims = dims_of(ctx, 0, x)
+    if None in dims:
+        raise ctx.refuse(f"the shape of input {ctx.node.input[0]!r} is {show_dims(dims)}: "
+                         f"shape unknown until run time, and dlsys computes shapes when it "
+                         f"builds the graph (an InferenceSession does so for the fed shapes)")
+    return tuple(int(d) for d in dims)
+
+
+@converter("Shape", attrs=("start", "end"))
+def shape(ctx, x):
+    # Only the sizes are read, never the values: a constant or a node alike.
+    dims = x.shape if is_constant(x) else _known_shape(ctx, x)
+    start, end = ctx.attr("start", 0), ctx.attr("end", None)
+    return np.asarray(dims[start:end] if end is not None else dims[start:], dtype=np.int64)
+
+
+@converter("Size")
+def size(ctx, x):
+    dims = x.shape if is_constant(x) else _known_shape(ctx, x)
+    return np.asarray(math.prod(dims), dtype=np.int64)
+
+
+@converter("ConstantOfShape", attrs=("value",), constant_inputs=(0,))
+def constant_of_shape(ctx, shape):
+    value = ctx.attr("value")
+    value = np.zeros(1, np.float32) if value is None else np.asarray(value)
+    return np.full(constant_ints(ctx, 0, shape, "the shape"), value.reshape(-1)[0],
+                   dtype=value.dtype)
+
+
+@converter("Range", constant_inputs=(0, 1, 2))
+def range_(ctx, start, limit, delta):
+    for i, value in enumerate((start, limit, delta)):
+        if not is_constant(value):
+            raise ctx.refuse(f"input {i} ({ctx.node.input[i]!r}) must be a constant; dlsys "
+                             f"fixes a range's length when it builds the graph")
+    start, limit, delta = (v.reshape(()) for v in (start, limit, delta))
+    if delta == 0:
+        raise ctx.refuse("delta is 0")
+    count = max(int(math.ceil((limit - start) / delta)), 0)
+    return (start + np.arange(count, dtype=start.dtype) * delta).astype(start.dtype)
+
+
+def _cast(ctx: Context, x, to: np.dtype):
+    """``x`` in type ``to``: a constant converted (as numpy does, the ONNX reference's way),
+    a node passed on where the cast keeps its meaning in dlsys."""
+    if is_constant(x):
+        return x.astype(to)
+    x = ctx.node_input(0, x)
+    if np.issubdtype(to, np.floating):
+        # dlsys computes every floating-point value in the model's one type.
+        return x
+    if np.issubdtype(to, np.integer) and _fed_directly(x):
+        # Integer ids fed to the graph stay ids (dlsys keeps the type they are fed in).
+        return x
+    raise ctx.refuse(f"a cast of computed values to {np.dtype(to).name}; dlsys computes "
+                     f"tensors in floating point and casts only constants and the ids it is "
+                     f"fed to integers")
+
+
+def _fed_directly(x: Node) -> bool:
+    """Whether ``x`` is an input fed to the graph, through reshapes at most."""
+    while x.op.keeps_dtype and x.inputs and not x.op.is_placeholder:
+        x = x.inputs[0]
+    return x.op.is_placeholder and not x.op.holds_value
+
+
+@converter("Cast", attrs=("to", "saturate"))
+def cast(ctx, x):
+    to = _ONNX_TYPES.get(int(ctx.attr("to", 1)))
+    if to is None:
+        raise ctx.refuse(f"a cast to ONNX type {ctx.attr('to')}, which dlsys does not "
+                         f"compute in")
+    return _cast(ctx, x, np.dtype(to))
+
+
+@converter("CastLike", attrs=("saturate",))
+def cast_like(ctx, x, like):
+    to = like.dtype if is_constant(like) else np.dtype(np.float32)
+    if isinstance(like, Parameter):
+        to = np.dtype(like.dtype)
+    return _cast(ctx, x, to)
+
+
+@converter("DepthToSpace", attrs=("blocksize", "mode"))
+def depth_to_space(ctx, x):
+    b = int(ctx.attr("blocksize"))
+    n, c, h, w = _image_dims(ctx, x)
+    if b < 1 or c % (b * b):
+        raise ctx.refuse(f"blocksize {b}: the {c} channels are not a multiple of {b * b}")
+    if ctx.attr("mode", "DCR") == "DCR":
+        split, perm = (n, b, b, c // (b * b), h, w), (0, 3, 4, 1, 5, 2)
+    else:  # CRD
+        split, perm = (n, c // (b * b), b, b, h, w), (0, 1, 4, 2, 5, 3)
+    return _regroup(ctx, x, split, perm, (n, c // (b * b), h * b, w * b))
+
+
+@converter("SpaceToDepth", attrs=("blocksize", "mode"))
+def space_to_depth(ctx, x):
+    b = int(ctx.attr("blocksize"))
+    n, c, h, w = _image_dims(ctx, x)
+    if b < 1 or h % b or w % b:
+        raise ctx.refuse(f"blocksize {b} does not divide the image's {h} x {w}")
+    # DCR: the block's offsets before the channel in the output's channels; CRD: after.
+    perm = (0, 3, 5, 1, 2, 4) if ctx.attr("mode", "DCR") == "DCR" else (0, 1, 3, 5, 2, 4)
+    return _regroup(ctx, x, (n, c, h // b, b, w // b, b), perm,
+                    (n, c * b * b, h // b, w // b))
+
+
+def _image_dims(ctx: Context, x) -> Dims:
+    dims = dims_of(ctx, 0, x)
+    if len(dims) != 4 or None in dims[1:]:
+        raise ctx.refuse(f"the input must be (N, C, H, W) with C, H and W known, got "
+                         f"{show_dims(dims)}")
+    return dims
+
+
+def _regroup(ctx: Context, x, split: Dims, perm: tuple[int, ...], out: Dims):
+    """``x`` viewed as ``split``, its axes moved by ``perm``, and viewed as ``out``."""
+    if is_constant(x):
+        return np.transpose(x.reshape(split), perm).reshape(out)
+    moved = transpose_op(reshaped(ctx, as_node(ctx, 0, x), split, "the blocks' shape"), perm)
+    return reshaped(ctx, moved, out, "the output shape")
+
+
+# The joins, cuts and pads register themselves on import.
+from dlsys.onnx import ops_tensor_parts  # noqa: E402,F401
