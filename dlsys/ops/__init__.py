@@ -59,6 +59,7 @@ from dlsys.ops.loss import (
     softmaxcrossentropy_gradient_op,
     softmaxcrossentropy_op,
 )
+from dlsys.ops.lrn import lrn_gradient_op, lrn_op
 from dlsys.ops.norm import (
     batchnorm2d_op,
     batchnorm_affine_gradient_op,
@@ -88,6 +89,19 @@ from dlsys.ops.reduce import (
     reducesumto_op,
     sum_op,
 )
+from dlsys.ops.reduce_modes import (
+    argmax_op,
+    argmin_op,
+    hardmax_op,
+    l1_norm_op,
+    l2_norm_op,
+    logsumexp_op,
+    max_op,
+    min_op,
+    prod_op,
+    reduce_mode_gradient_op,
+    sum_square_op,
+)
 from dlsys.ops.reshape import flatten_op, reshape_op, reshape_to_op
 from dlsys.ops.slicing import slice_gradient_op, slice_op
 from dlsys.ops.softmax import causal_mask_op, logsoftmax_op, softmax_gradient_op
@@ -112,6 +126,8 @@ ALL_OPS: list[Op] = [
     attention_key_gradient_op, attention_value_gradient_op, slice_op, slice_gradient_op,
     concat_op, concat_part_op, take_op, take_gradient_op, pad_op, pad_gradient_op, tile_op,
     tile_axes_op, expand_to_op, trilu_op,
+    l1_norm_op, l2_norm_op, sum_square_op, max_op, min_op, prod_op, logsumexp_op,
+    reduce_mode_gradient_op, argmax_op, argmin_op, hardmax_op, lrn_op, lrn_gradient_op,
     *ACTIVATION_OPS,
 ]
 ELEMENTWISE_OPS: list[ElementwiseOp] = [op for op in ALL_OPS if isinstance(op, ElementwiseOp)]
@@ -194,4 +210,7 @@ __all__ = [
     "softmaxcrossentropy_op", "softmaxcrossentropy_gradient_op", "softmax_op", "conv2d_op",
     "conv2d_grad_input_op", "conv2d_grad_weight_op", "maxpool2d_op", "maxpool2d_grad_op",
     "avgpool2d_op", "avgpool2d_grad_op", "global_avgpool_op",
+    "l1_norm_op", "l2_norm_op", "sum_square_op", "max_op", "min_op", "prod_op",
+    "logsumexp_op", "reduce_mode_gradient_op", "argmax_op", "argmin_op", "hardmax_op",
+    "lrn_op", "lrn_gradient_op",
 ]

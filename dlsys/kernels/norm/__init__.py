@@ -1,13 +1,14 @@
 """Normalisation: batch normalisation's per-channel statistics of NCHW tensors and the passes
 that use them (``compute``), one parallel loop over groups of channels (``schedule``); layer
 normalisation over the last axis (``layernorm``), row by row (``rows``), whose row
-reductions and schedule softmax shares."""
+reductions and schedule softmax shares; local response normalisation across channels
+(``lrn``)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from dlsys.kernels.norm import compute, layernorm
+from dlsys.kernels.norm import compute, layernorm, lrn
 from dlsys.kernels.norm.rows import schedule_row_columns, schedule_rows
 from dlsys.kernels.norm.schedule import schedule_channel_norm
 
@@ -30,3 +31,5 @@ def register(kinds: Registrar) -> None:
     kinds.add("layernorm", layernorm.layernorm, "rows")
     kinds.add("layernorm_gradient", layernorm.layernorm_gradient, "rows")
     kinds.add("layernorm_scale_gradient", layernorm.layernorm_scale_gradient, "row_columns")
+    kinds.add("lrn", lrn.lrn, "each_block")
+    kinds.add("lrn_gradient", lrn.lrn_gradient, "each_block")

@@ -8,7 +8,7 @@ blocks ``reduce_block``, ``reduce_sum`` and ``reduce_out``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from tvm import te, tirx
 
@@ -27,8 +27,11 @@ def reduce_sum_to(shape: Shape, to_shape: Shape, dtype: str):
 
 
 
-def reduce_sum(shape: Shape, source: Sequence[int | None], scale: float, dtype: str):
-    """``C = scale * sum(A)`` over every axis of ``A`` that ``source`` does not name.
+def reduce_sum(shape: Shape, source: Sequence[int | None], scale: float, dtype: str,
+               term: Callable | None = None, finish: Callable | None = None):
+    """``C = scale * sum(A)`` over every axis of ``A`` that ``source`` does not name; with
+    ``term``, the sum of ``term(A)`` instead, and with ``finish``, ``finish`` of the scaled
+    sum (``modes.reduce_norm``: ``|A|``, ``A * A``, the square root).
 
     ``source`` gives, for each output axis, the input axis it indexes, or None for a size-1
     axis (``dlsys.ops.shapes.reduce_source``); ``scale`` is 1 for a sum, ``1 / count`` for a
@@ -38,12 +41,14 @@ def reduce_sum(shape: Shape, source: Sequence[int | None], scale: float, dtype: 
     ``block_sums``); where it is summed, every term is converted, and the schedule's vector
     lanes each add their own run of it.
     """
-    a = te.placeholder(shape, dtype=dtype, name="A")
+    placeholder = te.placeholder(shape, dtype=dtype, name="A")
+    a = _TermOf(placeholder, term) if term is not None else placeholder
+    finish = finish or (lambda value: value)
     out_shape = tuple(1 if d is None else shape[d] for d in source)
     reduced = [d for d in range(len(shape)) if d not in source]
     if not reduced:
-        return [a], [te.compute(out_shape, lambda *i: a[_input_index(i, source, {})],
-                                name="copy")]
+        return [placeholder], [te.compute(out_shape, lambda *i: finish(
+            a[_input_index(i, source, {})]), name="copy")]
     if reduced[-1] == len(shape) - 1:
         axes = {d: te.reduce_axis((0, shape[d]), name=f"r{d}") for d in reduced}
         total = te.compute(out_shape, lambda *i: te.sum(
@@ -66,9 +71,21 @@ def reduce_sum(shape: Shape, source: Sequence[int | None], scale: float, dtype: 
         total = te.compute(out_shape, lambda *i: te.sum(accumulate(partial[(rb, *axes, *i)]),
                                                         axis=[*axes, rb]), name="reduce_sum")
     factor = tirx.const(scale, ACCUMULATOR)
-    out = te.compute(out_shape, lambda *i: (total[i] if scale == 1.0 else total[i] * factor)
-                     .astype(dtype), name="reduce_out")
-    return [a], [out]
+    out = te.compute(out_shape, lambda *i: finish(
+        total[i] if scale == 1.0 else total[i] * factor).astype(dtype), name="reduce_out")
+    return [placeholder], [out]
+
+
+class _TermOf:
+    """``term(A[index])`` read as ``A[index]``: the terms of a sum of a function of A,
+    computed where they are read (no block of their own, so the sum's schedule is
+    unchanged)."""
+
+    def __init__(self, tensor: te.Tensor, term: Callable):
+        self.tensor, self.term = tensor, term
+
+    def __getitem__(self, index):
+        return self.term(self.tensor[index])
 
 
 def _input_index(out_index: Sequence, source: Sequence[int | None], axes: dict) -> tuple:

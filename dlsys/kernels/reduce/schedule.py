@@ -23,6 +23,7 @@ from dlsys.kernels.common.loops import (
     is_reduction,
     schedule_injective,
     vector_width,
+    vectorize_and_parallelize,
     vectorize_row,
 )
 
@@ -188,3 +189,23 @@ def _product(sch: s_tir.Schedule, loops: list) -> int:
 
 def _extent(sch: s_tir.Schedule, loop) -> int:
     return int(sch.get(loop).extent)
+
+
+def schedule_each_block(sch: s_tir.Schedule) -> None:
+    """Plain reductions (``modes.reduce_extreme``, ``arg_extreme``, LRN's windows): each
+    block's output positions in one loop, shared between cores when the block has enough
+    work; elementwise blocks as the injective schedule runs them. Their reductions are
+    short or rare in models (a max over a few axes, an argmax at the output), so each term
+    is read where the compute reads it."""
+    for block in all_blocks(sch):
+        loops = sch.get_loops(block)
+        kinds = [iv.iter_type for iv in sch.get(block).iter_vars]
+        spatial = [lp for lp, t in zip(loops, kinds) if t == 0]
+        if not spatial:
+            continue
+        fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+        terms = _product(sch, sch.get_loops(block))
+        if not is_reduction(sch, block):
+            vectorize_and_parallelize(sch, fused)
+        elif _extent(sch, fused) > 1 and terms >= PARALLEL_MIN_TERMS:
+            sch.parallel(fused)
