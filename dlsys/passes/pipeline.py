@@ -385,11 +385,13 @@ def describe(program: Program) -> str:
 
 def compile(outputs: Sequence[Node], feed_shapes: dict[Node, Shape],
             options: CompileOptions | None = None,
-            feed_dtypes: dict[Node, str] | None = None) -> Program:
+            feed_dtypes: dict[Node, str] | None = None, build: bool = True) -> Program:
     """Run ``PASSES`` over the graph computing ``outputs``, for placeholders of
     ``feed_shapes`` (every placeholder the outputs read, parameters included) and the
     integer types of the placeholders fed indices (``feed_dtypes``; the others are of
-    ``options.dtype``), and return the ``Program`` an executor allocates and runs."""
+    ``options.dtype``), and return the ``Program`` an executor allocates and runs.
+    ``build=False`` stops before the kernels are built: a program to read (its steps, its
+    memory plan, whether a budget is met), not to run."""
     outputs = list(outputs)
     options = options if options is not None else CompileOptions()
     order = find_topo_sort(outputs)
@@ -398,7 +400,8 @@ def compile(outputs: Sequence[Node], feed_shapes: dict[Node, Shape],
     c = Compilation(outputs, dict(feed_shapes), options, order, set(outputs),
                     feed_dtypes=index_feeds)
     for p in PASSES:
-        p.run(c)
+        if build or p.name != "build_kernels":
+            p.run(c)
     assert c.plan is not None  # set by plan_memory
     return Program(outputs, [n for n in order if n.op.is_placeholder], c.shapes, c.steps,
                    c.kernels, c.plan, c.first_per_run_step, c.constant_params,

@@ -249,6 +249,23 @@ def _mapped(node: Node | None, copies: dict[Node, Node]) -> Node | None:
     return None if node is None else copies.get(node, node)
 
 
+# A stash value is dear to recompute when its step does this many times the median work per
+# byte of the stash's steps.
+COSTLY_FACTOR = 4
+
+
+def costly_values(steps: list[Step], stash: list[Node], shapes: dict[Node, Shape]
+                  ) -> frozenset[Node]:
+    """The stash values whose steps do far more work per byte kept than the stash's median
+    (``COSTLY_FACTOR`` times): keeping them saves the most work for their memory."""
+    producer = {step.output: step for step in steps}
+    ratio = {v: step_flops(producer[v], shapes) / math.prod(shapes[v]) for v in stash}
+    if not ratio:
+        return frozenset()
+    median = sorted(ratio.values())[len(ratio) // 2]
+    return frozenset(v for v, r in ratio.items() if r > COSTLY_FACTOR * median)
+
+
 def checkpoint_sets(stash: list[Node], shapes: dict[Node, Shape],
                     tries: int = SEGMENT_SIZES_TRIED) -> list[frozenset[Node]]:
     """Chen et al.'s greedy choice for segment sizes from one value to the whole stash:
@@ -305,7 +322,16 @@ def candidates(plain: Candidate, keep: set[Node], planned_bytes: PlannedBytes
     tried = [plain, ordered]
     base = ordered if ordered.planned_bytes < plain.planned_bytes else plain
     split = _split(base.steps, keep, base.shapes)
-    for kept in checkpoint_sets(split.stash, base.shapes):
+    costly = costly_values(base.steps, split.stash, base.shapes)
+    tried_sets: list[frozenset[Node]] = []
+    for chosen in checkpoint_sets(split.stash, base.shapes):
+        # Each choice as Chen et al. make it, by bytes alone, and with the values dear to
+        # recompute (a convolution beside the cheap normalisation and pooling after it, a
+        # wide input layer beside narrow ones) kept as well.
+        for kept in (chosen, chosen | costly):
+            if kept not in tried_sets:
+                tried_sets.append(kept)
+    for kept in tried_sets:
         shapes, dtypes = dict(base.shapes), dict(base.dtypes)
         new_steps, twice, extra = rewrite(base.steps, split, set(kept), shapes, dtypes)
         if not twice and len(new_steps) == len(base.steps) and new_steps == base.steps:
