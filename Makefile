@@ -83,3 +83,4 @@ bench: setup-test data
 	$(VENV_PYTHON) benchmarks/bench_attention.py
 	$(VENV_PYTHON) benchmarks/bench_batched_matmul.py
 	$(VENV_PYTHON) benchmarks/bench_transformer_ops.py
+	$(VENV_PYTHON) benchmarks/bench_memory.py
