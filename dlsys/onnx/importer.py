@@ -13,23 +13,31 @@ import math
 import numpy as np
 
 from dlsys.errors import ArgumentTypeError, DlsysError
-from dlsys.graph import Node
+from dlsys.graph import Node, find_topo_sort
 from dlsys.nn.module import Module
 from dlsys.onnx.bounds import check_ranks, check_size, size_bound
 from dlsys.onnx.ops import CONVERTERS, Context, supported_ops
 from dlsys.onnx.reader import (
-    INPUT_TYPE,
+    FLOAT_TYPES,
     OnnxError,
     attributes,
     class_names,
     declared_values,
+    element_type,
     fixed_batch,
     load_model,
     metadata_props,
+    shapes_for_feeds,
     static_shapes,
     tensor_array,
 )
 from dlsys.ops.placeholder import Parameter, Variable
+
+
+class ValueTooLarge(OnnxError):
+    """A value of the graph larger than ``bounds.size_bound`` allows (the message names its
+    node): a refusal that no other set of shapes undoes."""
+
 
 # Inputs of these ops that are state, not trained: batch norm's running mean and variance.
 _BUFFER_INPUTS = {"BatchNormalization": (3, 4)}
@@ -45,7 +53,13 @@ class OnnxModule(Module):
     file's inputs declare, or None where they leave it free; the module itself takes any
     batch, the file's ``InferenceSession`` only that one) and ``metadata_props`` (all of the
     file's free-form metadata). ``metadata`` holds what the front end reads, as for a model
-    from ``dlsys.load``: ``{"classes": class_names}`` when the file names its classes."""
+    from ``dlsys.load``: ``{"classes": class_names}`` when the file names its classes.
+
+    ``dtype`` is the floating-point type the model computes in: "float64" for a model whose
+    float inputs and initializers are all float64 (``double``), else "float32"; a model
+    mixing the two is refused. ``input_dtypes`` and ``output_dtypes`` hold the numpy types
+    the file declares (None where it declares none). Integer inputs are taken as the
+    indices an operator reads (``Op.index_inputs``; see ``check_integer_inputs``)."""
 
     def __init__(self, model, where: str):
         super().__init__()
@@ -55,10 +69,16 @@ class OnnxModule(Module):
         self.input_names = [v.name for v in graph.input if v.name not in initializers]
         self.output_names = [v.name for v in graph.output]
         self.declared = declared_values(model)
-        for name in self.input_names:
-            if self.declared[name][1] != INPUT_TYPE:
-                raise OnnxError(f"{where}: input {name!r} has type {self.declared[name][1]}; "
-                                f"dlsys runs models whose inputs are {INPUT_TYPE}")
+        types = {v.name: element_type(v.type) for v in (*graph.input, *graph.output)}
+        self.input_dtypes = [types[name] for name in self.input_names]
+        self.output_dtypes = [types[name] for name in self.output_names]
+        # An initializer is a weight, trained whatever its size (a Linear(n, 1) bias is one
+        # number), unless the graph reads it only where an op takes a number fixed by the
+        # file; integer ones are shapes and axes. Inputs read so are folded in per run by
+        # the session; neither decides the type the model computes in.
+        read_as_constant = _read_only_as_constants(graph)
+        self.dtype = _float_dtype(model, self.input_names, self.declared, read_as_constant,
+                                  where)
         self.metadata_props = metadata_props(model)
         self.class_names = class_names(model, where)
         self.fixed_batch = fixed_batch(self.declared, self.input_names)
@@ -69,10 +89,6 @@ class OnnxModule(Module):
         self._constants: dict[str, np.ndarray] = {}
         buffers = {node.input[i] for node in graph.node
                    for i in _BUFFER_INPUTS.get(node.op_type, ()) if i < len(node.input)}
-        # An initializer is a weight, trained whatever its size (a Linear(n, 1) bias is one
-        # number), unless the graph reads it only where an op takes a number fixed by the
-        # file; integer ones are shapes and axes.
-        read_as_constant = _read_only_as_constants(graph)
         for tensor in graph.initializer:
             array = tensor_array(tensor)
             if tensor.name in read_as_constant or not np.issubdtype(array.dtype, np.floating):
@@ -90,7 +106,8 @@ class OnnxModule(Module):
                         and value.ndim <= 1:
                     self._constants[node.output[0]] = value
                 else:
-                    self._add_tensor(node.output[0], value, True, where)
+                    # A number the file fixes, taken in the type the model computes in.
+                    self._add_tensor(node.output[0], value.astype(self.dtype), True, where)
             else:
                 self._nodes.append(node)
         # Each value's shape for one batch row while ``build_checked`` builds the graph, to
@@ -101,9 +118,9 @@ class OnnxModule(Module):
         object.__setattr__(self, "_size_bound", 0)
 
     def _add_tensor(self, name: str, array: np.ndarray, buffer: bool, where: str) -> None:
-        if array.dtype != np.float32:
-            raise OnnxError(f"{where}: tensor {name!r} is {array.dtype}; dlsys imports float32 "
-                            f"models")
+        if array.dtype != self.dtype:
+            raise OnnxError(f"{where}: tensor {name!r} is {array.dtype}; the model computes "
+                            f"in {self.dtype}, and dlsys imports float32 or float64 models")
         if 0 in array.shape:
             raise OnnxError(f"{where}: tensor {name!r} is empty (shape {array.shape})")
         # dlsys tensors have at least one axis: a 0-d initializer (a learned temperature) is
@@ -117,19 +134,79 @@ class OnnxModule(Module):
         if len(inputs) != len(self.input_names):
             raise ArgumentTypeError(f"{self.source}: the model takes {len(self.input_names)} "
                                     f"input(s) {self.input_names}, got {len(inputs)}")
+        results = self._walk(dict(zip(self.input_names, inputs)), self._shapes, self._fixed)
+        return results[0] if len(results) == 1 else results
+
+    def build_for_feeds(self, inputs: dict[str, Node | np.ndarray],
+                        input_shapes: dict[str, tuple[int, ...]]) -> tuple:
+        """The graph's outputs (a tuple) built for one set of feeds: ``inputs`` maps each
+        input's name to its node, or to its value where the graph reads it as a number
+        fixed when the graph is built (a reshape's target shape fed as an input), and
+        ``input_shapes`` gives the fed shapes. The converters see every size ONNX's shape
+        inference finds at those shapes (a Shape node's of a symbolic batch among them)."""
+        missing = [name for name in self.input_names if name not in inputs]
+        if missing:
+            raise ArgumentTypeError(f"{self.source}: no value for input(s) {missing}")
+        values = {name: v for name, v in inputs.items() if isinstance(v, np.ndarray)}
+        shapes = shapes_for_feeds(self._model_proto, input_shapes, values)
+        return self._walk(inputs, shapes, lambda: shapes)
+
+    def _walk(self, inputs: dict, shapes: dict, fixed) -> tuple:
+        """The outputs for ``inputs`` (input name -> node or constant), converting every
+        node with ``shapes`` as the sizes its converter may read."""
         values: dict[str, object] = dict(self._constants)
         values.update(self._parameters)
         values.update(self._buffers)
-        values.update(zip(self.input_names, inputs))
+        values.update(inputs)
         for node in self._nodes:
-            outputs = self._convert(node, values)
+            outputs = self._convert(node, values, shapes, fixed)
             for name, value in zip(node.output, outputs):
                 if name:
                     values[name] = value
-        results = tuple(values[name] for name in self.output_names)
-        return results[0] if len(results) == 1 else results
+        return tuple(values[name] for name in self.output_names)
 
-    def _convert(self, node, values: dict) -> tuple:
+    def constant_read_inputs(self) -> list[str]:
+        """The inputs that every node reading them reads as a number fixed when the graph
+        is built (a reshape's target shape, a Clip's bounds fed as inputs)."""
+        read_as_constant = _read_only_as_constants(self._model_proto.graph)
+        return [name for name in self.input_names if name in read_as_constant]
+
+    def check_supported(self) -> None:
+        """Refuse, naming the node, an operator or attribute dlsys does not convert: what
+        building the graph would refuse first, told without building it."""
+        for node in self._nodes:
+            entry = CONVERTERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+            where = f"{self.source}: {node.op_type} node {node.name or node.output[0]!r}"
+            if entry is None:
+                domain = (f" of domain {node.domain!r}"
+                          if node.domain not in ("", "ai.onnx") else "")
+                raise OnnxError(f"{where}: operator {node.op_type!r}{domain} is not "
+                                f"supported; dlsys imports {', '.join(supported_ops())}")
+            unknown = sorted(set(attributes(node)) - entry.attrs)
+            if unknown:
+                raise OnnxError(f"{where}: attribute(s) {unknown} are not supported; "
+                                f"{node.op_type} takes {sorted(entry.attrs) or 'none'}")
+
+    def check_integer_inputs(self, inputs: dict[str, Node], outputs) -> None:
+        """Refuse an integer (or bool) input the built graph reads other than as indices:
+        dlsys computes in floating point, and would round ids it reads as numbers."""
+        from dlsys.passes.dtypes import index_placeholders
+
+        order = find_topo_sort([v for v in outputs if isinstance(v, Node)])
+        indices = {**index_placeholders(order), **index_placeholders(order, optional=True)}
+        read = set(order)
+        for name, dtype in zip(self.input_names, self.input_dtypes):
+            node = inputs.get(name)
+            if dtype is None or dtype.kind not in "iub" or not isinstance(node, Node):
+                continue
+            if node in read and (dtype.kind == "b" or node not in indices):
+                raise OnnxError(
+                    f"{self.source}: input {name!r} has type {self.declared[name][1]}; dlsys "
+                    f"computes in {self.dtype} and reads integer inputs only as indices (a "
+                    f"Gather's indices into an initializer) or as numbers fixed per run (a "
+                    f"Reshape's shape), which this graph does not")
+
+    def _convert(self, node, values: dict, shapes: dict, fixed) -> tuple:
         entry = CONVERTERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         where = f"{self.source}: {node.op_type} node {node.name or node.output[0]!r}"
         if entry is None:
@@ -147,7 +224,7 @@ class OnnxModule(Module):
             raise OnnxError(f"{where}: {len(node.input)} inputs; dlsys's {node.op_type} takes "
                             f"{low} to {high}")
         args = [values[name] if name else None for name in node.input]
-        ctx = Context(node, attrs, self._shapes, self.training, self._fixed)
+        ctx = Context(node, attrs, shapes, self.training, fixed)
         first = ctx.input_dims(0, args[0]) if args and args[0] is not None else None
         check_ranks(where, entry.ranked, attrs, None if first is None else len(first))
         try:
@@ -162,16 +239,17 @@ class OnnxModule(Module):
             self._check_sizes(where, out)
         return out
 
-    def build_checked(self) -> None:
+    def build_checked(self) -> tuple[list[Node], tuple]:
         """Build the graph once on placeholders, as ``import_model`` does to refuse a bad node
         now, following each value's shape for one batch row of the declared inputs (the
         file's batch where it fixes one): a value larger than ``bounds.size_bound`` is
-        refused naming its node, before any run asks for its memory."""
+        refused naming its node, before any run asks for its memory. Returns the
+        placeholders (one per input) and the outputs (a tuple) built on them."""
         inputs = [Variable(name) for name in self.input_names]
         declared = [self.declared[name][0] for name in self.input_names]
         if any(dims is None for dims in declared):  # a rank unknown: nothing to follow
-            self(*inputs)
-            return
+            return inputs, self._walk(dict(zip(self.input_names, inputs)), self._shapes,
+                                      self._fixed)
         rows = {node: tuple(d if isinstance(d, int) else 1 for d in dims)
                 for node, dims in zip(inputs, declared)}
         sizes = [int(np.size(v)) for v in self._constants.values()]
@@ -182,7 +260,8 @@ class OnnxModule(Module):
                            all(isinstance(d, int) for dims in declared for d in dims))
         object.__setattr__(self, "_row_shapes", rows)
         try:
-            self(*inputs)
+            return inputs, self._walk(dict(zip(self.input_names, inputs)), self._shapes,
+                                      self._fixed)
         finally:
             object.__setattr__(self, "_row_shapes", None)
 
@@ -212,7 +291,10 @@ class OnnxModule(Module):
                 # shape checks, at the sizes fed, refuse what is really wrong.
                 object.__setattr__(self, "_row_shapes", None)
                 return
-            check_size(where, f"value {node.name!r}", shapes[node], self._size_bound)
+            try:
+                check_size(where, f"value {node.name!r}", shapes[node], self._size_bound)
+            except OnnxError as err:
+                raise ValueTooLarge(str(err)) from None
 
     def to_proto(self):
         """The imported model with its initializers' current values (after fine-tuning):
@@ -249,6 +331,34 @@ def _read_only_as_constants(graph) -> set[str]:
     return as_constant - as_tensor
 
 
+def _float_dtype(model, input_names: list[str], declared: dict, read_as_constant: set[str],
+                 where: str) -> str:
+    """The floating-point type the model computes in, from the types of its float inputs
+    and initializers (those it reads only as constants aside); a model mixing float32 and
+    float64, or of another float type, is refused naming one value of each."""
+    found: dict[str, str] = {}  # dtype -> the first value of that type
+    for name in input_names:
+        if name in read_as_constant:
+            continue
+        type_name = declared[name][1]
+        if type_name in FLOAT_TYPES:
+            found.setdefault(FLOAT_TYPES[type_name], f"input {name!r}")
+        elif not type_name.startswith(("tensor(int", "tensor(uint", "tensor(bool")):
+            # float16, float8, a sequence...; integer inputs are checked once the graph shows
+            # how it reads them (``check_integer_inputs``).
+            raise OnnxError(f"{where}: input {name!r} has type {type_name}; dlsys computes in "
+                            f"float32 or float64")
+    for tensor in model.graph.initializer:
+        if tensor.data_type not in (1, 11) or tensor.name in read_as_constant:
+            continue  # 1 and 11: ONNX's float and double
+        dtype = np.dtype(tensor_array(tensor).dtype)
+        found.setdefault(dtype.name, f"initializer {tensor.name!r}")
+    if len(found) > 1:
+        raise OnnxError(f"{where}: the model mixes float32 ({found['float32']}) and float64 "
+                        f"({found['float64']}) values; dlsys runs a model in one of them")
+    return found.popitem()[0] if found else "float32"
+
+
 def _arity(fn) -> tuple[int, int]:
     params = list(inspect.signature(fn).parameters.values())[1:]  # after the context
     return sum(p.default is inspect.Parameter.empty for p in params), len(params)
@@ -277,5 +387,6 @@ def import_model(source) -> OnnxModule:
     model, where = load_model(source)
     module = OnnxModule(model, where)
     module.eval()
-    module.build_checked()
+    inputs, outputs = module.build_checked()
+    module.check_integer_inputs(dict(zip(module.input_names, inputs)), outputs)
     return module

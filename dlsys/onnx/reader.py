@@ -15,11 +15,15 @@ import numpy as np
 from dlsys.errors import ArgumentTypeError, DataError, DlsysError
 from dlsys.onnx.external import read_external_data
 
-# The default-domain opsets whose operator semantics the converters follow (Softmax's axis,
-# Reshape's allowzero, BatchNormalization's training_mode all take their opset-13+ meaning).
-OPSETS = range(13, 21)
-# What a model file may declare as an input: dlsys computes in float32.
-INPUT_TYPE = "tensor(float)"
+# The first default-domain opset whose operator semantics the converters follow (Softmax's
+# axis, Reshape's allowzero, BatchNormalization's training_mode all take their opset-13+
+# meaning). An older model is converted to it with ONNX's version converter; newer opsets
+# are read up to the installed onnx package's newest (an attribute or input a converter
+# does not know is refused by name, so a later opset's additions cannot pass unseen).
+FIRST_OPSET = 13
+# The floating-point types a model may compute in (the type of its float inputs and
+# initializers), by ONNX's name.
+FLOAT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64"}
 
 
 class OnnxError(DlsysError, ValueError):
@@ -71,7 +75,7 @@ def load_model(source, where: str | None = None):
         raise DataError(f"{where}: not an ONNX model (no graph), or a truncated file")
     read_external_data(model, folder, where)
     _check(onnx, model, where)
-    return model, where
+    return upgrade_opset(model, where), where
 
 
 def _check(onnx, model, where: str) -> None:
@@ -80,10 +84,38 @@ def _check(onnx, model, where: str) -> None:
     except Exception as err:  # the checker raises ValidationError and C++ errors alike
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DataError(f"{where}: not a valid ONNX model: {message}") from None
+    newest = newest_opset()
     opset = default_opset(model)
-    if opset not in OPSETS:
+    if opset is not None and opset > newest:
         raise OnnxError(f"{where}: opset {opset} of the default domain; dlsys imports opsets "
-                        f"{OPSETS.start} to {OPSETS.stop - 1}")
+                        f"{FIRST_OPSET} to {newest} (the installed onnx package's newest)")
+
+
+def newest_opset() -> int:
+    """The newest default-domain opset the installed onnx package knows."""
+    return int(require_onnx().defs.onnx_opset_version())
+
+
+def upgrade_opset(model, where: str):
+    """``model`` itself when its default-domain opset is ``FIRST_OPSET`` or newer, else a
+    copy converted to ``FIRST_OPSET`` by ONNX's version converter (an opset-9 Upsample
+    becomes a Resize, an opset-11 Squeeze's axes attribute an input). A model the converter
+    cannot convert is an ``OnnxError`` naming its opset and its operators of that opset."""
+    opset = default_opset(model)
+    if opset is None or opset >= FIRST_OPSET:
+        return model
+    onnx = require_onnx()
+    try:
+        converted = onnx.version_converter.convert_version(model, FIRST_OPSET)
+    except Exception as err:  # the converter raises C++ errors of several types
+        lines = str(err).strip().splitlines()
+        op_types = sorted({n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx")})
+        raise OnnxError(f"{where}: opset {opset} of the default domain: ONNX's version "
+                        f"converter cannot convert the model to opset {FIRST_OPSET} "
+                        f"({lines[0] if lines else type(err).__name__}); its operators: "
+                        f"{', '.join(op_types)}; export the model at opset {FIRST_OPSET} or "
+                        f"newer") from None
+    return converted
 
 
 def default_opset(model) -> int | None:
@@ -147,17 +179,32 @@ def type_name(type_proto) -> str:
     return f"tensor({names.get(numpy_type, str(numpy_type))})"
 
 
+def element_type(type_proto) -> np.dtype | None:
+    """The numpy type of a tensor value's elements, None where the file says none (or one
+    numpy has no name for)."""
+    from onnx import helper
+
+    if not type_proto.HasField("tensor_type") or not type_proto.tensor_type.elem_type:
+        return None
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(type_proto.tensor_type.elem_type))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def declared_values(model) -> dict[str, tuple]:
     """``name -> (dims, type)`` of the graph's inputs and outputs as the file declares them."""
     graph = model.graph
     return {v.name: (_dims(v.type), type_name(v.type)) for v in (*graph.input, *graph.output)}
 
 
-def static_shapes(model, free_batch: bool = True) -> dict[str, tuple[int | None, ...]]:
+def static_shapes(model, free_batch: bool = True,
+                  data_prop: bool = False) -> dict[str, tuple[int | None, ...]]:
     """Every value's dimensions that ONNX's shape inference can tell without the batch size
     (None for a symbolic or unknown dimension). The converters read them where a dlsys
     operator needs a size fixed when the graph is built (a reshape's target). With
-    ``free_batch``, the inputs' first dimension counts as unknown whatever the file says."""
+    ``free_batch``, the inputs' first dimension counts as unknown whatever the file says;
+    ``data_prop`` lets the inference follow computed shapes (Shape -> Gather -> Reshape)."""
     onnx = require_onnx()
     # The batch is left free, whatever size the file fixes: an exporter's example batch
     # (PyTorch's default export fixes it) must not become a reshape's size, so that the
@@ -165,7 +212,7 @@ def static_shapes(model, free_batch: bool = True) -> dict[str, tuple[int | None,
     if free_batch:
         model = _free_batch(onnx, model)
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=data_prop)
     except Exception:  # an unknown op stops ONNX's inference; the declared shapes remain
         inferred = model
     graph = inferred.graph
@@ -177,6 +224,41 @@ def static_shapes(model, free_batch: bool = True) -> dict[str, tuple[int | None,
     for tensor in graph.initializer:
         shapes[tensor.name] = tuple(int(d) for d in tensor.dims)
     return shapes
+
+
+def shapes_for_feeds(model, input_shapes: dict[str, tuple[int, ...]],
+                     input_values: dict[str, np.ndarray]) -> dict[str, tuple[int | None, ...]]:
+    """``static_shapes`` of ``model`` run at these inputs' shapes, the inputs of
+    ``input_values`` taken as constants of those values (so that ONNX's inference follows
+    a target shape fed as an input): the sizes a graph built for one set of feeds reads."""
+    onnx = require_onnx()
+    from onnx import numpy_helper
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    graph = copy.graph
+    kept = []
+    for value in graph.input:
+        if value.name in input_values:
+            graph.initializer.append(numpy_helper.from_array(
+                np.asarray(input_values[value.name]), value.name))
+            continue
+        kept.append(value)
+        shape = input_shapes.get(value.name)
+        if shape is not None and value.type.HasField("tensor_type"):
+            dims = value.type.tensor_type.shape
+            dims.ClearField("dim")
+            for size in shape:
+                dims.dim.add().dim_value = int(size)
+    del graph.input[:]
+    graph.input.extend(kept)
+    # The sizes recorded for the other values may be the file's symbolic ones; inferred
+    # again from the inputs'.
+    del graph.value_info[:]
+    for value in graph.output:
+        if value.type.HasField("tensor_type"):
+            value.type.tensor_type.ClearField("shape")
+    return static_shapes(copy, free_batch=False, data_prop=True)
 
 
 def _free_batch(onnx, model):

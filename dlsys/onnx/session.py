@@ -10,7 +10,8 @@ import numpy as np
 
 from dlsys.errors import ArgumentError, ArgumentTypeError, DtypeError, FeedError, ShapeError
 from dlsys.graph import Node, find_topo_sort
-from dlsys.onnx.importer import import_model
+from dlsys.onnx.importer import OnnxModule, ValueTooLarge
+from dlsys.onnx.reader import OnnxError, load_model
 from dlsys.ops.placeholder import Variable
 from dlsys.runtime.executor import Executor
 
@@ -28,6 +29,24 @@ class NodeArg:
     name: str
     shape: list | None
     type: str
+
+
+@dataclass
+class _Graph:
+    """The dlsys graph of the model built for some feeds: one placeholder per input the
+    graph computes on (None for one folded in as a constant), the outputs, and the
+    parameters read, which the executors treat as constants."""
+
+    inputs: list[Node | None]
+    outputs: list
+    weights: list[Node]
+
+    @classmethod
+    def of(cls, inputs: list[Node | None], outputs) -> _Graph:
+        outputs = list(outputs)
+        weights = [n for n in find_topo_sort([v for v in outputs if isinstance(v, Node)])
+                   if n.op.holds_value]
+        return cls(inputs, outputs, weights)
 
 
 @dataclass(frozen=True)
@@ -56,23 +75,77 @@ class InferenceSession:
     alone (a softmax or a mean over the batch axis, a reshape folding rows together), and
     the fixed batch is the only one the file's author ran. ``dlsys.onnx.import_model``
     leaves the batch free, for fine-tuning and for callers that know their model is
-    row-wise."""
+    row-wise.
+
+    Types. A model whose float inputs and initializers are float64 runs in float64 (and
+    takes float64 feeds); one mixing float32 and float64 is refused. An integer input is
+    taken where the graph reads it as indices (a Gather's into an initializer: fed as int32
+    or int64, never rounded through a float) or, where every node reading it reads a number
+    fixed when the graph is built (a Reshape's target shape, a TopK's k fed as an input),
+    folded in as a constant: the graph is built again for each new value fed (kept, as the
+    compiled shapes are, up to ``MAX_PLANS``). Any other integer or bool input is refused,
+    naming it. Outputs come back in the type the file declares: a bool or integer output
+    that dlsys computes as floating-point 0/1 or indices is rounded and cast at the
+    boundary here.
+
+    Shapes. The graph is built once on placeholders where the converters need no size
+    unknown before the run; where one does (a Shape node of a symbolic batch, a Reshape to
+    a computed shape), it is built for each set of fed shapes, with the sizes ONNX's shape
+    inference finds at those shapes."""
 
     def __init__(self, path_or_bytes, sess_options=None, providers=None, ctx=None):
         # sess_options and providers are onnxruntime's; accepted so code moves unchanged.
-        self._model = import_model(path_or_bytes)
-        self._inputs = [Variable(name) for name in self._model.input_names]
-        outputs = self._model(*self._inputs)
-        self._outputs = list(outputs) if isinstance(outputs, tuple) else [outputs]
-        # The initializers are constants, as onnxruntime reads them: the weights' packed
-        # layouts are made once per compiled shape (``passes.prepack``), not at every run.
-        self._weights = [n for n in find_topo_sort(
-            [v for v in self._outputs if isinstance(v, Node)]) if n.op.holds_value]
+        model, where = load_model(path_or_bytes)
+        self._model = OnnxModule(model, where)
+        self._model.eval()
+        names = self._model.input_names
+        folded = set(self._model.constant_read_inputs())
+        self._folded = [name in folded for name in names]
         self._ctx = ctx
         self._input_args = self.get_inputs()  # checked against at every run
+        # The graph built on placeholders, for every feed; None where the graph is built
+        # per set of feeds (``_graph_for``).
+        self._graph: _Graph | None = None
+        if not folded:
+            self._graph = self._build_generic()
+        if self._graph is None:
+            self._model.check_supported()
+        # Executors, and the graph each runs, per set of feeds' shapes (and folded values).
         self._executors: dict[tuple, Executor] = {}
+        self._graphs: dict[tuple, _Graph] = {}
         # Each executor runs one call at a time itself; this guards the table of them.
         self._lock = threading.Lock()
+
+    def _build_generic(self) -> _Graph | None:
+        """The graph on placeholders, checked as ``import_model`` checks it; None where a
+        converter needs a size that only the feeds tell. A model whose inputs all declare
+        fixed shapes, which are the only ones it takes, is built at those shapes instead."""
+        model = self._model
+        try:
+            inputs, outputs = model.build_checked()
+        except ValueTooLarge:
+            raise
+        except OnnxError:
+            declared = [model.declared[name][0] for name in model.input_names]
+            if any(dims is None or not all(isinstance(d, int) for d in dims)
+                   for dims in declared):
+                return None  # built per set of feeds; a real refusal shows at the first run
+            inputs = [Variable(name) for name in model.input_names]
+            outputs = model.build_for_feeds(dict(zip(model.input_names, inputs)),
+                                            dict(zip(model.input_names, declared)))
+        model.check_integer_inputs(dict(zip(model.input_names, inputs)), outputs)
+        return _Graph.of(inputs, outputs)
+
+    def _graph_for(self, arrays: list[np.ndarray]) -> _Graph:
+        """The graph built for these feeds: their shapes, the folded inputs' values."""
+        model = self._model
+        inputs = {name: array if folded else Variable(name)
+                  for name, array, folded in zip(model.input_names, arrays, self._folded)}
+        shapes = {name: tuple(a.shape) for name, a in zip(model.input_names, arrays)}
+        outputs = model.build_for_feeds(inputs, shapes)
+        model.check_integer_inputs(inputs, outputs)
+        return _Graph.of([v if isinstance(v, Node) else None for v in inputs.values()],
+                         outputs)
 
     def _arg(self, name: str) -> NodeArg:
         dims, type_name = self._model.declared[name]
@@ -113,22 +186,29 @@ class InferenceSession:
         ``input_feed`` (input name -> numpy array), as a list of numpy arrays."""
         wanted = self._wanted(output_names)
         arrays = self._check_feed(input_feed)
-        key = tuple(a.shape for a in arrays)
+        key = tuple(a.shape if not folded else (a.dtype.str, a.shape, a.tobytes())
+                    for a, folded in zip(arrays, self._folded))
         with self._lock:
             executor = self._executors.get(key)
             if executor is None:
+                graph = self._graph if self._graph is not None else self._graph_for(arrays)
                 if len(self._executors) >= MAX_PLANS:
-                    self._executors.pop(next(iter(self._executors)))
-                nodes = [v for v in self._outputs if isinstance(v, Node)]
-                executor = self._executors[key] = Executor(nodes, ctx=self._ctx,
-                                                           constants=self._weights)
-        feeds = {var: array for var, array in zip(self._inputs, arrays)
-                 if var in executor.placeholders}
+                    oldest = next(iter(self._executors))
+                    del self._executors[oldest], self._graphs[oldest]
+                # The initializers are constants, as onnxruntime reads them: the weights'
+                # packed layouts are made once per compiled shape (``passes.prepack``).
+                nodes = [v for v in graph.outputs if isinstance(v, Node)]
+                executor = self._executors[key] = Executor(
+                    nodes, ctx=self._ctx, dtype=self._model.dtype, constants=graph.weights)
+                self._graphs[key] = graph
+            graph = self._graphs[key]
+        feeds = {var: array for var, array in zip(graph.inputs, arrays)
+                 if var is not None and var in executor.placeholders}
         computed = iter(executor.run(feeds, convert_to_numpy_ret_vals=True)
                         if executor.eval_node_list else [])
         results = [next(computed) if isinstance(v, Node) else np.array(v)
-                   for v in self._outputs]
-        return [results[i] for i in wanted]
+                   for v in graph.outputs]
+        return [_as_declared(results[i], self._model.output_dtypes[i]) for i in wanted]
 
     def _wanted(self, output_names) -> list[int]:
         names = self._model.output_names
@@ -155,14 +235,15 @@ class InferenceSession:
                             + "; ".join([f"missing {missing}"] * bool(missing)
                                         + [f"unknown {unknown}"] * bool(unknown)))
         arrays = []
-        for arg in self._input_args:
+        for arg, dtype in zip(self._input_args, self._model.input_dtypes):
             value = input_feed[arg.name]
             if not isinstance(value, np.ndarray):
                 raise FeedError(f"run: input {arg.name!r} must be a numpy array, got "
                                 f"{type(value).__name__}")
-            if value.dtype != np.float32:
+            if dtype is not None and value.dtype != dtype and not (
+                    dtype.kind in "iu" and value.dtype.kind in "iu"):
                 raise DtypeError(f"run: input {arg.name!r} has dtype {value.dtype}; the model "
-                                 f"takes {arg.type} (float32)")
+                                 f"takes {arg.type} ({dtype})")
             if arg.shape is not None and (len(arg.shape) != value.ndim or any(
                     isinstance(d, int) and d != n for d, n in zip(arg.shape, value.shape))):
                 expected = tuple("?" if not isinstance(d, int) else d for d in arg.shape)
@@ -181,3 +262,16 @@ class InferenceSession:
                 f"export the model with a free batch (torch.onnx.export(..., dynamic_shapes="
                 f"...) with dynamo=True, dynamic_axes={{{arg.name!r}: {{0: 'batch'}}}} with "
                 f"dynamo=False)")
+
+
+def _as_declared(array: np.ndarray, dtype: np.dtype | None) -> np.ndarray:
+    """An output in the type the file declares for it: dlsys computes comparisons as
+    floating-point 0/1 and indices (an ArgMax's) as floating-point whole numbers, which are
+    cast back here (rounded first, so that 2.9999999 is 3)."""
+    if dtype is None or array.dtype == dtype:
+        return array
+    if dtype.kind == "b":
+        return array != 0
+    if dtype.kind in "iu" and array.dtype.kind == "f":
+        return np.rint(array).astype(dtype)
+    return array.astype(dtype)

@@ -1,0 +1,144 @@
+"""The session's types, opsets and shapes: float64 models, models of older opsets, integer
+inputs (indices, or numbers folded in per run), outputs in their declared types, graphs
+built again for the fed shapes, and the refusals of what dlsys cannot run."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import dlsys.onnx as donnx
+from dlsys.errors import DtypeError
+
+FLOAT, DOUBLE, INT64 = TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.INT64
+IR_VERSION = {9: 4, 11: 6, 13: 7, 17: 8}
+
+
+def typed_model(nodes, inputs: dict, outputs: dict, initializers: dict | None = None,
+                opset: int = 17) -> onnx.ModelProto:
+    """A model of ``nodes`` whose inputs and outputs are ``name -> (ONNX type, shape)``."""
+    graph = helper.make_graph(
+        nodes, "types", [helper.make_tensor_value_info(n, t, s) for n, (t, s) in inputs.items()],
+        [helper.make_tensor_value_info(n, t, s) for n, (t, s) in outputs.items()],
+        [numpy_helper.from_array(np.asarray(a), n) for n, a in (initializers or {}).items()])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              ir_version=IR_VERSION[opset])
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def onnxruntime_outputs(proto: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
+    session = ort.InferenceSession(proto.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def dense_relu(dtype, type_id: int, opset: int = 17) -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["h"], transB=1),
+             helper.make_node("Relu", ["h"], ["y"])]
+    return typed_model(nodes, {"x": (type_id, ["batch", 3])}, {"y": (type_id, ["batch", 4])},
+                       {"w": rng.normal(size=(4, 3)).astype(dtype),
+                        "b": rng.normal(size=4).astype(dtype)}, opset)
+
+
+def test_float64_model_runs_in_float64():
+    proto = dense_relu(np.float64, DOUBLE)
+    x = np.random.default_rng(1).normal(size=(2, 3))
+    session = donnx.InferenceSession(proto)
+    assert session.model.dtype == "float64"
+    (ours,), (theirs,) = session.run(None, {"x": x}), onnxruntime_outputs(proto, {"x": x})
+    assert ours.dtype == np.float64
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-12)
+    with pytest.raises(DtypeError, match="'x' has dtype float32.*double"):
+        session.run(None, {"x": x.astype(np.float32)})
+
+
+def test_mixed_float32_and_float64_is_refused():
+    proto = dense_relu(np.float32, DOUBLE)  # float64 input, float32 weights
+    with pytest.raises(donnx.OnnxError, match=r"mixes float32 \(initializer 'w'\) and "
+                                              r"float64 \(input 'x'\)"):
+        donnx.InferenceSession(proto)
+
+
+@pytest.mark.parametrize("opset", [9, 11])
+def test_older_opsets_are_converted(opset):
+    """A model of opset 9 or 11 (Softmax coerced to 2-D, Dropout's is_test gone) is
+    converted to opset 13 at import and runs as onnxruntime runs the original."""
+    proto = dense_relu(np.float32, FLOAT, opset)
+    proto.graph.node.append(helper.make_node("Softmax", ["y"], ["p"], axis=1))
+    proto.graph.output.append(helper.make_tensor_value_info("p", FLOAT, ["batch", 4]))
+    x = np.random.default_rng(2).normal(size=(2, 3)).astype(np.float32)
+    ours = donnx.InferenceSession(proto).run(None, {"x": x})
+    for a, b in zip(ours, onnxruntime_outputs(proto, {"x": x})):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_failed_opset_conversion_names_the_opset_and_ops(monkeypatch):
+    def refuse(model, version):
+        raise RuntimeError("No Adapter For Relu\nmore detail")
+
+    monkeypatch.setattr(onnx.version_converter, "convert_version", refuse)
+    with pytest.raises(donnx.OnnxError, match="opset 11 .*cannot convert the model to opset "
+                                              "13 \\(No Adapter For Relu\\); its operators: "
+                                              "Gemm, Relu"):
+        donnx.InferenceSession(dense_relu(np.float32, FLOAT, 11))
+
+
+def test_integer_input_read_as_a_constant_is_folded_per_value():
+    """A ReduceSum's axes fed as an int64 input: the graph is built for each value fed."""
+    proto = typed_model([helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=0)],
+                        {"x": (FLOAT, [2, 3]), "axes": (INT64, [1])}, {"y": (FLOAT, ["n"])})
+    session = donnx.InferenceSession(proto)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    for axis in (0, 1, 0):
+        feeds = {"x": x, "axes": np.array([axis], dtype=np.int64)}
+        (ours,) = session.run(None, feeds)
+        np.testing.assert_allclose(ours, x.sum(axis=axis))
+
+
+def test_integer_output_is_returned_in_its_declared_type():
+    proto = typed_model([helper.make_node("ArgMax", ["x"], ["i"], axis=1, keepdims=0)],
+                        {"x": (FLOAT, [2, 5])}, {"i": (INT64, [2])})
+    x = np.random.default_rng(3).normal(size=(2, 5)).astype(np.float32)
+    (ours,) = donnx.InferenceSession(proto).run(None, {"x": x})
+    assert ours.dtype == np.int64
+    np.testing.assert_array_equal(ours, x.argmax(axis=1))
+
+
+@pytest.mark.skipif("Gather" not in donnx.supported_ops(), reason="no Gather converter")
+def test_int64_index_input():
+    """Token ids fed as int64 index an initializer's rows (an embedding), as onnxruntime."""
+    table = np.random.default_rng(4).normal(size=(5, 3)).astype(np.float32)
+    proto = typed_model([helper.make_node("Gather", ["table", "ids"], ["y"], axis=0)],
+                        {"ids": (INT64, ["batch", 2])}, {"y": (FLOAT, ["batch", 2, 3])},
+                        {"table": table})
+    ids = np.array([[0, 4], [3, 3]], dtype=np.int64)
+    (ours,) = donnx.InferenceSession(proto).run(None, {"ids": ids})
+    np.testing.assert_array_equal(ours, table[ids])
+
+
+def test_integer_input_read_as_numbers_is_refused():
+    proto = typed_model([helper.make_node("Relu", ["x"], ["y"])], {"x": (INT64, [2])},
+                        {"y": (INT64, [2])}, opset=13)
+    with pytest.raises(donnx.OnnxError, match=r"input 'x' has type tensor\(int64\); dlsys "
+                                              r"computes in float32 and reads integer inputs "
+                                              r"only as indices"):
+        donnx.InferenceSession(proto)
+
+
+def test_graph_is_built_for_the_fed_shapes():
+    """A product of (batch, seq, 4) rows where both leading sizes are symbolic: the
+    converter needs one of them, so the graph is built for each set of shapes fed."""
+    w = np.random.default_rng(5).normal(size=(4, 2)).astype(np.float32)
+    proto = typed_model([helper.make_node("MatMul", ["x", "w"], ["y"])],
+                        {"x": (FLOAT, ["batch", "seq", 4])}, {"y": (FLOAT, ["batch", "seq", 2])},
+                        {"w": w})
+    session = donnx.InferenceSession(proto)
+    for shape in [(2, 3, 4), (1, 5, 4), (2, 3, 4)]:
+        x = np.random.default_rng(6).normal(size=shape).astype(np.float32)
+        (ours,) = session.run(None, {"x": x})
+        np.testing.assert_allclose(ours, x @ w, rtol=1e-5, atol=1e-5)
