@@ -59,8 +59,11 @@ class ReduceModeOp(ReduceAxesOp):
         return self.mode in IDENTITY_ON_ONE and super().is_alias(node, input_shapes)
 
     def gradient(self, node, output_grad):
-        return [reduce_mode_gradient_op(output_grad, node.inputs[0], node, self.mode,
-                                        node.attrs["axes"], node.attrs["keepdims"])]
+        x, axes, keepdims = node.inputs[0], node.attrs["axes"], node.attrs["keepdims"]
+        if self.mode in ("max", "min"):
+            # Tied extremes share the gradient evenly, as PyTorch's amax and amin do.
+            output_grad = output_grad / extreme_count_op(x, node, axes, keepdims)
+        return [reduce_mode_gradient_op(output_grad, x, node, self.mode, axes, keepdims)]
 
     def kernel_spec(self, node, input_shapes, output_shape):
         shape = tuple(input_shapes[0])
@@ -76,8 +79,9 @@ class ReduceModeOp(ReduceAxesOp):
 
 class ReduceModeGradientOp(Op):
     """The adjoint of a ``ReduceModeOp`` of ``mode`` at its input ``x`` and output ``y`` for
-    the upstream gradient ``g`` (see ``kernels.reduce.modes.reduce_mode_gradient``: a tied
-    max or min gives each of its elements all of ``g``)."""
+    the upstream gradient ``g`` (see ``kernels.reduce.modes.reduce_mode_gradient``; a max or min
+    gives ``g`` to each element equal to ``y``, its operator having divided ``g`` by their
+    count)."""
 
     name = "ReduceModeGrad"
 
@@ -124,6 +128,37 @@ class ReduceModeGradientOp(Op):
             if mode == "prod":
                 return g * y / x
             return g * np.exp(x - y)
+
+
+class ExtremeCountOp(Op):
+    """How many elements of each slice of ``x`` over ``axes`` equal ``y``, its max or min
+    (shaped as ``y``): the ties that share a max's gradient."""
+
+    name = "ExtremeCount"
+
+    def __call__(self, x: Node, y: Node, axes, keepdims: bool) -> Node:
+        return Node(self, [x, y], _axes_attrs(self.name, x, axes, keepdims))
+
+    def infer_shape(self, node, input_shapes):
+        reduced = reduce_shape(input_shapes[0], node.attrs["axes"], node.attrs["keepdims"])
+        if tuple(input_shapes[1]) != reduced:
+            raise GradientError(f"{node.name}: y must have the reduced shape {reduced}")
+        return reduced
+
+    def gradient(self, node, output_grad):
+        return [None, None]  # a count of ties: piecewise constant
+
+    def kernel_spec(self, node, input_shapes, output_shape):
+        shape = tuple(input_shapes[0])
+        return KernelSpec("extreme_count", (shape, reduce_source(
+            shape, node.attrs["axes"], node.attrs["keepdims"])))
+
+    def reference(self, node, x, y):
+        axes = normalize_axes(x.shape, node.attrs["axes"])
+        spread = [1 if d in axes else n for d, n in enumerate(x.shape)]
+        count = (x == np.reshape(y, spread)).sum(axis=axes, keepdims=node.attrs["keepdims"])
+        return np.reshape(count, reduce_shape(x.shape, axes, node.attrs["keepdims"])
+                          ).astype(np.float64)
 
 
 class ArgExtremeOp(Op):
@@ -209,10 +244,12 @@ min_op = ReduceModeOp("ReduceMin", "min")
 prod_op = ReduceModeOp("ReduceProd", "prod")
 logsumexp_op = ReduceModeOp("ReduceLogSumExp", "log_sum_exp")
 reduce_mode_gradient_op = ReduceModeGradientOp()
+extreme_count_op = ExtremeCountOp()
 argmax_op = ArgExtremeOp("ArgMax", largest=True)
 argmin_op = ArgExtremeOp("ArgMin", largest=False)
 hardmax_op = HardmaxOp()
 
-__all__ = ["ReduceModeOp", "ReduceModeGradientOp", "ArgExtremeOp", "HardmaxOp", "l1_norm_op",
-           "l2_norm_op", "sum_square_op", "max_op", "min_op", "prod_op", "logsumexp_op",
-           "reduce_mode_gradient_op", "argmax_op", "argmin_op", "hardmax_op"]
+__all__ = ["ReduceModeOp", "ReduceModeGradientOp", "ExtremeCountOp", "ArgExtremeOp", "HardmaxOp",
+           "l1_norm_op", "l2_norm_op", "sum_square_op", "max_op", "min_op", "prod_op",
+           "logsumexp_op", "reduce_mode_gradient_op", "extreme_count_op", "argmax_op",
+           "argmin_op", "hardmax_op"]

@@ -65,6 +65,19 @@ def test_l2_gradient_of_a_zero_slice_is_zero():
     np.testing.assert_allclose(got, [[0, 0], [0.6, 0.8]], rtol=1e-6)
 
 
+@pytest.mark.parametrize("op,reduce", [(max_op, "amax"), (min_op, "amin")])
+def test_tied_extremes_share_the_gradient_as_in_pytorch(op, reduce):
+    torch = pytest.importorskip("torch")
+    values = np.array([[[1, 3, 3], [0, 0, 0]], [[2, 1, 2], [5, 4, 5]]], np.float32)
+    weights = np.random.default_rng(5).normal(size=(2, 3)).astype(np.float32)
+    x, w = ad.Variable("x"), ad.Variable("w")
+    grad = ad.gradients(ad.sum_op(op(x, (1,)) * w), [x])[0]
+    got = _run([grad], {x: values, w: weights})[0]
+    tensor = torch.tensor(values, requires_grad=True)
+    (getattr(tensor, reduce)(1) * torch.tensor(weights)).sum().backward()
+    np.testing.assert_allclose(got, tensor.grad.numpy(), rtol=1e-6)
+
+
 def test_arg_extremes_and_hardmax_match_numpy():
     x = ad.Variable("x")
     rng = np.random.default_rng(1)

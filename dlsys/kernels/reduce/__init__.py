@@ -23,5 +23,6 @@ def register(kinds: Registrar) -> None:
     kinds.add("reduce_norm", modes.reduce_norm, "reduce_sum")
     kinds.add("reduce_extreme", modes.reduce_extreme, "each_block")
     kinds.add("reduce_mode_gradient", modes.reduce_mode_gradient, "injective")
+    kinds.add("extreme_count", modes.extreme_count, "each_block")
     kinds.add("arg_extreme", modes.arg_extreme, "each_block")
     kinds.add("hardmax", modes.hardmax, "each_block")

@@ -85,9 +85,9 @@ def reduce_mode_gradient(shape: Shape, source: Sequence[int | None], mode: str, 
     gradient G (G and Y of the reduced shape); inputs G, X, Y.
 
     ``l1``: ``G * sign(X)``; ``sum_square``: ``2 G X``; ``l2``: ``G X / Y`` (0 where Y is 0,
-    the subgradient PyTorch takes); ``max``/``min``: ``G`` at every element equal to Y (each
-    of tied extremes gets all of it), 0 elsewhere; ``prod``: ``G Y / X`` (infinite or NaN
-    at a zero X); ``log_sum_exp``: ``G exp(X - Y)``.
+    the subgradient PyTorch takes); ``max``/``min``: ``G`` at every element equal to Y, 0
+    elsewhere (the operator divides G by the count of ties first, ``extreme_count``);
+    ``prod``: ``G Y / X`` (infinite or NaN at a zero X); ``log_sum_exp``: ``G exp(X - Y)``.
     """
     out_shape = tuple(1 if d is None else shape[d] for d in source)
     g = te.placeholder(out_shape, dtype=dtype, name="G")
@@ -113,6 +113,22 @@ def reduce_mode_gradient(shape: Shape, source: Sequence[int | None], mode: str, 
         return gi * te.exp(xi - yi)
 
     return [g, x, y], [te.compute(shape, body, name="reduce_grad")]
+
+
+def extreme_count(shape: Shape, source: Sequence[int | None], dtype: str):
+    """``C`` = how many elements of each slice of X equal its reduction Y (the ties of a max
+    or min, which share its gradient); inputs X, Y (Y of the reduced shape)."""
+    out_shape = tuple(1 if d is None else shape[d] for d in source)
+    x = te.placeholder(shape, dtype=dtype, name="X")
+    y = te.placeholder(out_shape, dtype=dtype, name="Y")
+    axes = _reduced_axes(shape, source, "r")
+    one, zero = tirx.const(1, dtype), tirx.const(0, dtype)
+    if not axes:
+        return [x, y], [te.compute(out_shape, lambda *i: one, name="count")]
+    count = te.compute(out_shape, lambda *i: te.sum(tirx.Select(
+        x[_input_index(i, source, axes)] == y[i], one, zero), axis=list(axes.values())),
+        name="count")
+    return [x, y], [count]
 
 
 def _arg_reducer(largest: bool, last: bool):
