@@ -11,10 +11,12 @@ Expand, Trilu) live in ``ops_tensor_parts``, imported at the end of this module.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 
+from dlsys.errors import DlsysError
 from dlsys.graph import Node
 from dlsys.onnx.bounds import PERMUTATION, SPLIT
 from dlsys.onnx.ops import Context, Dims, converter, reshape_target, show_dims
@@ -30,8 +32,24 @@ _ONNX_TYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16
 
 # ------------------------------------------------------------------ helpers
 def is_constant(value) -> bool:
-    """Whether a converter's input value is a number fixed by the file (a numpy array)."""
-    return isinstance(value, np.ndarray)
+    """Whether a converter's input value is a number fixed by the file (a numpy array, or a
+    numpy scalar that another family's folding produced)."""
+    return isinstance(value, (np.ndarray, np.generic))
+
+
+def folding(*op_types: str, **options):
+    """``converter`` for the converters of this family: a numpy scalar they compute (numpy
+    gives one for a 0-d result) is passed on as a 0-d array, as converters expect."""
+    def register(fn):
+        @functools.wraps(fn)
+        def convert(ctx, *inputs):
+            out = fn(ctx, *inputs)
+            if isinstance(out, tuple):
+                return tuple(np.asarray(v) if isinstance(v, np.generic) else v for v in out)
+            return np.asarray(out) if isinstance(out, np.generic) else out
+        converter(*op_types, **options)(convert)
+        return fn
+    return register
 
 
 def as_node(ctx: Context, i: int, value) -> Node:
@@ -78,10 +96,49 @@ def axes_of(ctx: Context, axes: list[int], rank: int, what: str = "axes") -> lis
     return normal
 
 
+# The shapes dlsys's own shape rules gave the nodes of one walk of the ONNX graph (keyed by
+# the walk's ``ctx.shapes``, which every converter of that walk shares): only the latest
+# walk's are kept.
+_WALK_SHAPES: list = [None, {}]
+
+
+def graph_dims(ctx: Context, value) -> tuple[int, ...] | None:
+    """The shape of a node built so far, from dlsys's shape rules and the sizes of the
+    graph's inputs, where ONNX's shape inference lost track (a Pad whose pads are computed
+    from shapes, then a Slice of it); None where an input's size is unknown until run
+    time."""
+    if not isinstance(value, Node):
+        return None
+    if _WALK_SHAPES[0] is not ctx.shapes:
+        _WALK_SHAPES[:] = [ctx.shapes, {}]
+    known = _WALK_SHAPES[1]
+    stack = [(value, False)]
+    while stack:
+        node, inputs_done = stack.pop()
+        if node in known:
+            continue
+        if node.op.is_placeholder:
+            dims = node.shape if node.op.holds_value else ctx.shapes.get(node.name)
+            if dims is None or None in dims:
+                return None
+            known[node] = tuple(int(d) for d in dims)
+        elif inputs_done:
+            try:
+                known[node] = tuple(node.op.infer_shape(node, [known[i] for i in node.inputs]))
+            except DlsysError:
+                return None
+        else:
+            stack.append((node, True))
+            stack.extend((i, False) for i in node.inputs if i not in known)
+    return known[value]
+
+
 def dims_of(ctx: Context, i: int, value) -> Dims:
     """Input ``i``'s dimensions (None for a size unknown until run time); an input whose
     rank ONNX's shape inference does not know is refused."""
     dims = ctx.input_dims(i, value)
+    if dims is None or None in dims:
+        dims = graph_dims(ctx, value) or dims
     if dims is None:
         raise ctx.refuse(f"the rank of input {i} ({ctx.node.input[i]!r}) is unknown; dlsys "
                          f"needs it when it builds the graph")
@@ -94,7 +151,7 @@ def reshaped(ctx: Context, x: Node, dims: Dims, what: str) -> Node:
 
 
 # ------------------------------------------------------------------- shapes
-@converter("Flatten", attrs=("axis",), ranked={"axis": SPLIT})
+@folding("Flatten", attrs=("axis",), ranked={"axis": SPLIT})
 def flatten(ctx, x):
     axis = int(ctx.attr("axis", 1))
     if is_constant(x):
@@ -119,7 +176,7 @@ def _numpy_reshape(ctx: Context, x: np.ndarray, spec: list[int]) -> np.ndarray:
         raise ctx.refuse(f"cannot reshape a constant of shape {x.shape} to {spec}") from None
 
 
-@converter("Reshape", attrs=("allowzero",), constant_inputs=(1,))
+@folding("Reshape", attrs=("allowzero",), constant_inputs=(1,))
 def reshape(ctx, x, shape):
     if not isinstance(shape, np.ndarray):
         raise ctx.refuse("the target shape must be a constant (an initializer or a Constant "
@@ -183,7 +240,7 @@ def _batch_free(ctx: Context, dims: Dims | None, spec: list[int]) -> list[int]:
     return [0, -1] if rest == [-1] else [-1, *(row // known if d == -1 else d for d in rest)]
 
 
-@converter("Transpose", attrs=("perm",), ranked={"perm": PERMUTATION})
+@folding("Transpose", attrs=("perm",), ranked={"perm": PERMUTATION})
 def transpose(ctx, x):
     perm = ctx.attr("perm")
     if is_constant(x):
@@ -191,7 +248,7 @@ def transpose(ctx, x):
     return transpose_op(ctx.node_input(0, x), None if perm is None else tuple(perm))
 
 
-@converter("Unsqueeze", constant_inputs=(1,))
+@folding("Unsqueeze", constant_inputs=(1,))
 def unsqueeze(ctx, x, axes):
     dims = dims_of(ctx, 0, x)
     rank = len(dims) + len(constant_ints(ctx, 1, axes, "axes"))
@@ -204,7 +261,7 @@ def unsqueeze(ctx, x, axes):
     return reshaped(ctx, as_node(ctx, 0, x), tuple(out), "the unsqueezed shape")
 
 
-@converter("Squeeze", constant_inputs=(1,))
+@folding("Squeeze", constant_inputs=(1,))
 def squeeze(ctx, x, axes=None):
     dims = dims_of(ctx, 0, x)
     if axes is None:
@@ -235,7 +292,7 @@ def _known_shape(ctx: Context, x) -> tuple[int, ...]:
     return tuple(int(d) for d in dims)
 
 
-@converter("Shape", attrs=("start", "end"))
+@folding("Shape", attrs=("start", "end"))
 def shape(ctx, x):
     # Only the sizes are read, never the values: a constant or a node alike.
     dims = x.shape if is_constant(x) else _known_shape(ctx, x)
@@ -243,13 +300,13 @@ def shape(ctx, x):
     return np.asarray(dims[start:end] if end is not None else dims[start:], dtype=np.int64)
 
 
-@converter("Size")
+@folding("Size")
 def size(ctx, x):
     dims = x.shape if is_constant(x) else _known_shape(ctx, x)
     return np.asarray(math.prod(dims), dtype=np.int64)
 
 
-@converter("ConstantOfShape", attrs=("value",), constant_inputs=(0,))
+@folding("ConstantOfShape", attrs=("value",), constant_inputs=(0,))
 def constant_of_shape(ctx, shape):
     value = ctx.attr("value")
     value = np.zeros(1, np.float32) if value is None else np.asarray(value)
@@ -257,7 +314,7 @@ def constant_of_shape(ctx, shape):
                    dtype=value.dtype)
 
 
-@converter("Range", constant_inputs=(0, 1, 2))
+@folding("Range", constant_inputs=(0, 1, 2))
 def range_(ctx, start, limit, delta):
     for i, value in enumerate((start, limit, delta)):
         if not is_constant(value):
@@ -294,7 +351,7 @@ def _fed_directly(x: Node) -> bool:
     return x.op.is_placeholder and not x.op.holds_value
 
 
-@converter("Cast", attrs=("to", "saturate"))
+@folding("Cast", attrs=("to", "saturate"))
 def cast(ctx, x):
     to = _ONNX_TYPES.get(int(ctx.attr("to", 1)))
     if to is None:
@@ -303,7 +360,7 @@ def cast(ctx, x):
     return _cast(ctx, x, np.dtype(to))
 
 
-@converter("CastLike", attrs=("saturate",))
+@folding("CastLike", attrs=("saturate",))
 def cast_like(ctx, x, like):
     to = like.dtype if is_constant(like) else np.dtype(np.float32)
     if isinstance(like, Parameter):
@@ -311,7 +368,7 @@ def cast_like(ctx, x, like):
     return _cast(ctx, x, to)
 
 
-@converter("DepthToSpace", attrs=("blocksize", "mode"))
+@folding("DepthToSpace", attrs=("blocksize", "mode"))
 def depth_to_space(ctx, x):
     b = int(ctx.attr("blocksize"))
     n, c, h, w = _image_dims(ctx, x)
@@ -324,7 +381,7 @@ def depth_to_space(ctx, x):
     return _regroup(ctx, x, split, perm, (n, c // (b * b), h * b, w * b))
 
 
-@converter("SpaceToDepth", attrs=("blocksize", "mode"))
+@folding("SpaceToDepth", attrs=("blocksize", "mode"))
 def space_to_depth(ctx, x):
     b = int(ctx.attr("blocksize"))
     n, c, h, w = _image_dims(ctx, x)

@@ -10,12 +10,13 @@ import numpy as np
 
 from dlsys.graph import Node
 from dlsys.onnx.bounds import AXIS
-from dlsys.onnx.ops import Context, converter, show_dims
+from dlsys.onnx.ops import Context, show_dims
 from dlsys.onnx.ops_tensor import (
     as_node,
     axes_of,
     constant_ints,
     dims_of,
+    folding,
     is_constant,
     reshaped,
 )
@@ -52,11 +53,11 @@ def concat(ctx, *inputs):
     return nodes[0] if len(nodes) == 1 else concat_op(nodes, axis)
 
 
-converter("Concat", attrs=("axis",), ranked={"axis": AXIS})(
+folding("Concat", attrs=("axis",), ranked={"axis": AXIS})(
     _variadic(concat, MAX_CONCAT_INPUTS))
 
 
-@converter("Split", attrs=("axis", "num_outputs"), constant_inputs=(1,), ranked={"axis": AXIS})
+@folding("Split", attrs=("axis", "num_outputs"), constant_inputs=(1,), ranked={"axis": AXIS})
 def split(ctx, x, sizes=None):
     dims = dims_of(ctx, 0, x)
     axis = axes_of(ctx, [int(ctx.attr("axis", 0))], len(dims), "axis")[0]
@@ -111,7 +112,7 @@ def _slice_bounds(ctx: Context, size: int | None, start: int, end: int, step: in
     return start, end
 
 
-@converter("Slice", constant_inputs=(1, 2, 3, 4))
+@folding("Slice", constant_inputs=(1, 2, 3, 4))
 def slice_(ctx, x, starts, ends, axes=None, steps=None):
     dims = dims_of(ctx, 0, x)
     starts = constant_ints(ctx, 1, starts, "starts")
@@ -140,11 +141,12 @@ def slice_(ctx, x, starts, ends, axes=None, steps=None):
     return x
 
 
-@converter("Gather", attrs=("axis",), ranked={"axis": AXIS})
+@folding("Gather", attrs=("axis",), ranked={"axis": AXIS})
 def gather(ctx, data, indices):
     axis = int(ctx.attr("axis", 0))
     if is_constant(data) and is_constant(indices):
-        return np.take(data, indices, axis=axis)
+        # np.take gives a numpy scalar for a 0-d index; converters pass arrays on.
+        return np.asarray(np.take(data, indices, axis=axis))
     dims = dims_of(ctx, 0, data)
     axis %= len(dims)
     if not is_constant(indices):
@@ -189,7 +191,7 @@ def _gather_ids(ctx: Context, x: Node, ids: Node, dims, axis: int) -> Node:
     return transpose_op(rows, perm)
 
 
-@converter("Pad", attrs=("mode",), constant_inputs=(1, 2, 3))
+@folding("Pad", attrs=("mode",), constant_inputs=(1, 2, 3))
 def pad(ctx, x, pads, constant_value=None, axes=None):
     dims = dims_of(ctx, 0, x)
     mode = ctx.attr("mode", "constant")
@@ -228,7 +230,7 @@ def pad(ctx, x, pads, constant_value=None, axes=None):
     return pad_op(x, pairs, mode, value)
 
 
-@converter("Tile", constant_inputs=(1,))
+@folding("Tile", constant_inputs=(1,))
 def tile(ctx, x, repeats):
     repeats = constant_ints(ctx, 1, repeats, "repeats")
     if is_constant(x):
@@ -240,7 +242,7 @@ def tile(ctx, x, repeats):
     return x if all(r == 1 for r in repeats) else tile_op(x, repeats)
 
 
-@converter("Expand", constant_inputs=(1,))
+@folding("Expand", constant_inputs=(1,))
 def expand(ctx, x, shape):
     shape = constant_ints(ctx, 1, shape, "the shape")
     if is_constant(x):
@@ -251,7 +253,7 @@ def expand(ctx, x, shape):
     return expand_to_op(as_node(ctx, 0, x), shape)
 
 
-@converter("Trilu", attrs=("upper",), constant_inputs=(1,))
+@folding("Trilu", attrs=("upper",), constant_inputs=(1,))
 def trilu(ctx, x, k=None):
     upper = bool(ctx.attr("upper", 1))
     diagonal = 0 if k is None else constant_ints(ctx, 1, k, "k")[0]

@@ -93,6 +93,17 @@ CASES = {
              "v", TensorProto.FLOAT, [1], [2.0])),
          node("Div", ["c", "f"], ["d"]), node("Concat", ["x", "d"], axis=2)],
         {"x": (2, 3, 4)}, {"y": (2, 3, 5)}, {}),
+    # Pads computed from a shape: ONNX's shape inference loses the pad's sizes, which the
+    # slice after it needs; dlsys's own shape rules give them.
+    "pads_from_shape_then_slice": lambda: (
+        [node("Shape", ["x"], ["s"]), const("i2", ints(2)), const("i3", ints(3)),
+         node("Slice", ["s", "i2", "i3"], ["w"]), const("three", ints(3)),
+         node("Sub", ["w", "three"], ["one"]), const("zero", ints(0)),
+         node("Concat", ["zero", "zero", "one", "zero", "zero", "one"], ["p"], axis=0),
+         node("Pad", ["x", "p"], ["padded"], mode="edge"), const("a", ints(2)),
+         const("st", ints(1)), const("en", ints(-1)),
+         node("Slice", ["padded", "st", "en", "a"])],
+        {"x": (2, 3, 4)}, {"y": (2, 3, 4)}, {}),
     "range_indices_for_gather": lambda: (
         [const("a", np.asarray(3, np.int64)), const("b", np.asarray(-1, np.int64)),
          const("c", np.asarray(-1, np.int64)), node("Range", ["a", "b", "c"], ["r"]),
