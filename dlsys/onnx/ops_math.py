@@ -1,21 +1,129 @@
-"""ONNX's elementwise arithmetic and activations as dlsys graph nodes (see ``ops``)."""
+"""ONNX's elementwise arithmetic, math functions, activations, comparisons and Where as
+dlsys graph nodes (see ``ops``).
+
+Where all of a node's inputs are constants fixed by the file (a Shape's sizes, a Constant),
+the converter computes its value in numpy, in the file's types (constant folding: this is how
+the shape arithmetic of an exported transformer disappears). Otherwise the model computes in
+floating point: a constant operand becomes a number of a by-constant operator, or a constant
+graph value (``constant_node``) broadcast as numpy broadcasts.
+
+Comparisons and logical operators compute 1.0 where true and 0.0 where false, and read a
+condition (Where's, And's inputs) as true where it is not 0: the session casts an output the
+file declares bool back to bool. Integer tensors computed at run time are not supported: an
+integer constant operand of an arithmetic node or a comparison, which ONNX types only beside
+an integer tensor, is refused naming the node.
+"""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from dlsys.onnx.ops import Context, converter, scalar_operand
+from dlsys.graph import Node
+from dlsys.onnx.ops import Context, converter
 from dlsys.ops import (
     add_op,
     div_op,
+    exp_op,
+    gelu_op,
+    log_op,
     mul_op,
+    neg_op,
+    relu_gradient_op,
     relu_op,
     sigmoid_op,
     sub_op,
     tanh_op,
 )
+from dlsys.ops.activations import (
+    abs_op,
+    ceil_op,
+    clip_op,
+    cos_op,
+    elu_op,
+    equal_op,
+    erf_op,
+    floor_op,
+    greater_equal_op,
+    greater_op,
+    hard_swish_op,
+    leaky_relu_op,
+    less_equal_op,
+    less_op,
+    logical_and_op,
+    logical_not_op,
+    logical_or_op,
+    logical_xor_op,
+    pow_byconst_op,
+    pow_op,
+    prelu_op,
+    round_op,
+    sign_op,
+    sin_op,
+    softplus_op,
+    sqrt_op,
+    where_op,
+)
+from dlsys.ops.elementwise import gelu_reference
+from dlsys.ops.placeholder import Parameter
 
-# ----------------------------------------------------------------- elementwise
+
+# ------------------------------------------------------------------ constants
+def constant_node(ctx: Context, array: np.ndarray, i: int) -> Node:
+    """The constant ``array``, input ``i`` of the node, as a graph value that holds it: a
+    parameter no module owns, so no optimiser updates it, and the session reads it as a
+    constant. A float array keeps its type (the executor converts it to the type it computes
+    in); a bool or integer one (a mask) becomes float32 numbers. dlsys values have an axis:
+    a 0-d array is held as (1,), which broadcasts alike."""
+    array = np.asarray(array)
+    if array.dtype not in (np.float32, np.float64):
+        array = array.astype(np.float32)
+    name = ctx.node.input[i] or f"{ctx.node.output[0]}:input{i}"
+    return Parameter(array.reshape(1) if array.ndim == 0 else array, name)
+
+
+def _all_constant(values) -> bool:
+    return all(isinstance(v, np.ndarray) for v in values if v is not None)
+
+
+def _refuse_integer(ctx: Context, i: int, array: np.ndarray) -> None:
+    """Refuse an integer constant beside a tensor computed at run time: ONNX gives both
+    operands of these ops one type, so that tensor is an integer one, which dlsys does not
+    compute."""
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ctx.refuse(f"input {i} ({ctx.node.input[i]!r}) is a constant of type "
+                         f"{array.dtype} beside a tensor computed at run time; dlsys computes "
+                         f"in floating point, not on integer tensors")
+
+
+def _node_operands(ctx: Context, values, integers_allowed: bool = False) -> list[Node]:
+    """Every operand as a graph node, constants as constant graph values."""
+    nodes = []
+    for i, value in enumerate(values):
+        if isinstance(value, np.ndarray):
+            if not integers_allowed:
+                _refuse_integer(ctx, i, value)
+            value = constant_node(ctx, value, i)
+        nodes.append(value)
+    return nodes
+
+
+def _number(array: np.ndarray) -> float | None:
+    """The finite number ``array`` holds when it is one (shape () or (1,)), else None: a
+    by-constant operator's constant (a (1, 1) constant would add an axis to a vector)."""
+    if array.size != 1 or array.ndim > 1:
+        return None
+    number = float(array.reshape(()))
+    return number if math.isfinite(number) else None
+
+
+def _fold(result: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """A folded floating-point result in the type of its input, as ONNX types it."""
+    return np.asarray(result).astype(like.dtype, copy=False)
+
+
+# ----------------------------------------------------------------- arithmetic
 _BINARY = {"Add": (add_op, np.add), "Sub": (sub_op, np.subtract), "Mul": (mul_op, np.multiply),
            "Div": (div_op, np.divide)}
 
@@ -26,33 +134,208 @@ def binary(ctx: Context, a, b):
     constant_a, constant_b = isinstance(a, np.ndarray), isinstance(b, np.ndarray)
     if constant_a and constant_b:
         # Both sides fixed by the file: arithmetic on the file's constants, as ONNX's own
-        # constant folding would do, before any graph exists.
-        return numpy_op(a, b).astype(np.result_type(a, b))
-    if constant_a or constant_b:
-        number = scalar_operand(ctx, a if constant_a else b)
-        node = b if constant_a else a
-        # Node arithmetic with a number builds dlsys's by-constant operators, each side
-        # rounding as the tensor operator would.
-        if ctx.node.op_type == "Add":
-            return node + number
-        if ctx.node.op_type == "Mul":
-            return node * number
-        if ctx.node.op_type == "Sub":
-            return number - node if constant_a else node - number
-        return number / node if constant_a else node / number
-    return op(a, b)
+        # constant folding would do, before any graph exists. An integer Div truncates.
+        return np.asarray(numpy_op(a, b)).astype(np.result_type(a, b))
+    if not (constant_a or constant_b):
+        return op(a, b)
+    constant, node = (a, b) if constant_a else (b, a)
+    _refuse_integer(ctx, 0 if constant_a else 1, constant)
+    number = _number(constant)
+    if number is None:
+        return op(*_node_operands(ctx, (a, b)))
+    # Node arithmetic with a number builds dlsys's by-constant operators, each side rounding
+    # as the tensor operator would.
+    if ctx.node.op_type == "Add":
+        return node + number
+    if ctx.node.op_type == "Mul":
+        return node * number
+    if ctx.node.op_type == "Sub":
+        return number - node if constant_a else node - number
+    return number / node if constant_a else node / number
 
 
-@converter("Relu")
-def relu(ctx, x):
-    return relu_op(ctx.node_input(0, x))
+@converter("Pow", constant_inputs=(1,))
+def power(ctx: Context, base, exponent):
+    if _all_constant((base, exponent)):
+        return np.asarray(np.power(base, exponent)).astype(base.dtype)
+    if isinstance(exponent, np.ndarray):
+        # The exponent may be of another type than the base (an int64 2): only its value
+        # matters. A number is the by-constant operator (x**2 a product, no pow call).
+        number = _number(exponent)
+        if number is not None:
+            return pow_byconst_op(base, number)
+        exponent = constant_node(ctx, exponent, 1)
+    if isinstance(base, np.ndarray):
+        _refuse_integer(ctx, 0, base)
+        base = constant_node(ctx, base, 0)
+    return pow_op(base, exponent)
 
 
-@converter("Sigmoid")
-def sigmoid(ctx, x):
-    return sigmoid_op(ctx.node_input(0, x))
+# ------------------------------------------------------------ unary functions
+def _softsign(x: Node) -> Node:
+    return x / (abs_op(x) + 1.0)
 
 
-@converter("Tanh")
-def tanh(ctx, x):
-    return tanh_op(ctx.node_input(0, x))
+def _mish(x: Node) -> Node:
+    return x * tanh_op(softplus_op(x))
+
+
+def _erf(array: np.ndarray) -> np.ndarray:
+    return np.vectorize(math.erf, otypes=[np.float64])(array)
+
+
+def _numpy_softplus(x):
+    return np.logaddexp(0, x)
+
+
+def _numpy_hard_swish(x):
+    return x * np.clip(x / 6 + 0.5, 0, 1)
+
+
+# op type -> (the graph's operator, numpy's function for constants)
+_UNARY = {
+    "Sqrt": (sqrt_op, np.sqrt), "Abs": (abs_op, np.abs), "Neg": (neg_op, np.negative),
+    "Exp": (exp_op, np.exp), "Log": (log_op, np.log), "Erf": (erf_op, _erf),
+    "Sin": (sin_op, np.sin), "Cos": (cos_op, np.cos), "Floor": (floor_op, np.floor),
+    "Ceil": (ceil_op, np.ceil), "Sign": (sign_op, np.sign), "Round": (round_op, np.round),
+    "Reciprocal": (lambda x: 1.0 / x, np.reciprocal),
+    "Relu": (relu_op, lambda x: np.maximum(x, 0)),
+    "Sigmoid": (sigmoid_op, lambda x: 1 / (1 + np.exp(-x))), "Tanh": (tanh_op, np.tanh),
+    "Softplus": (softplus_op, _numpy_softplus),
+    "Softsign": (_softsign, lambda x: x / (1 + np.abs(x))),
+    "Mish": (_mish, lambda x: x * np.tanh(_numpy_softplus(x))),
+    "HardSwish": (hard_swish_op, _numpy_hard_swish),
+}
+
+
+@converter(*_UNARY)
+def unary(ctx: Context, x):
+    op, numpy_fn = _UNARY[ctx.node.op_type]
+    if isinstance(x, np.ndarray):
+        with np.errstate(all="ignore"):  # log(0) is -inf, as in the graph
+            return _fold(numpy_fn(x), x)
+    return op(ctx.node_input(0, x))
+
+
+@converter("Not")
+def logical_not(ctx: Context, x):
+    if isinstance(x, np.ndarray):
+        return np.asarray(np.logical_not(x))
+    return logical_not_op(ctx.node_input(0, x))
+
+
+# ----------------------------------------------------------------- activations
+# op type -> its attributes' defaults, in ONNX's order.
+_ACTIVATION_ATTRS = {
+    "LeakyRelu": {"alpha": 0.01}, "Elu": {"alpha": 1.0},
+    "Selu": {"alpha": 1.67326319217681884765625, "gamma": 1.05070102214813232421875},
+    "Celu": {"alpha": 1.0}, "HardSigmoid": {"alpha": 0.2, "beta": 0.5},
+    "ThresholdedRelu": {"alpha": 1.0},
+}
+
+
+def _activation(op_type: str, x, alpha: float, beta: float = 0.0):
+    """The activation on a node or, through the same formulas' numpy forms, on an array."""
+    if op_type == "LeakyRelu":
+        return leaky_relu_op(x, alpha) if isinstance(x, Node) else np.where(x > 0, x, alpha * x)
+    if op_type in ("Elu", "Selu", "Celu"):
+        scale = beta if op_type == "Selu" else 1.0
+        if op_type == "Celu":  # alpha * elu(x / alpha)
+            x, scale, alpha = x / alpha, alpha, 1.0
+        if isinstance(x, Node):
+            return elu_op(x, alpha, scale)
+        return np.where(x > 0, scale * x, scale * alpha * (np.exp(np.minimum(x, 0)) - 1))
+    if op_type == "HardSigmoid":
+        if isinstance(x, Node):
+            return clip_op(x * alpha + beta, 0.0, 1.0)
+        return np.clip(x * alpha + beta, 0, 1)
+    # ThresholdedRelu: x where x > alpha, else 0, as relu's mask of x - alpha applied to x.
+    if isinstance(x, Node):
+        return relu_gradient_op(x - alpha if alpha else x, x)
+    return np.where(x > alpha, x, 0)
+
+
+@converter(*_ACTIVATION_ATTRS, attrs=("alpha", "beta", "gamma"))
+def activation(ctx: Context, x):
+    defaults = _ACTIVATION_ATTRS[ctx.node.op_type]
+    unknown = sorted(set(ctx.attrs) - set(defaults))
+    if unknown:
+        raise ctx.refuse(f"attribute(s) {unknown} are not supported; {ctx.node.op_type} "
+                         f"takes {sorted(defaults)}")
+    values = [float(ctx.attr(name, default)) for name, default in defaults.items()]
+    if isinstance(x, np.ndarray):
+        return _fold(_activation(ctx.node.op_type, x, *values), x)
+    return _activation(ctx.node.op_type, ctx.node_input(0, x), *values)
+
+
+@converter("Gelu", attrs=("approximate",))
+def gelu(ctx: Context, x):
+    approximate = ctx.attr("approximate", "none")
+    if approximate not in ("none", "tanh"):
+        raise ctx.refuse(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+    if isinstance(x, np.ndarray):
+        return _fold(gelu_reference(x.astype(np.float64), approximate), x)
+    return gelu_op(ctx.node_input(0, x), approximate)
+
+
+@converter("Clip", attrs=("min", "max"), constant_inputs=(1, 2))
+def clip(ctx: Context, x, low=None, high=None):
+    # Before opset 11 the bounds are attributes; from 11 on, optional constant inputs.
+    bounds = [ctx.attr("min"), ctx.attr("max")]
+    for i, value in ((1, low), (2, high)):
+        if value is None:
+            continue
+        if not isinstance(value, np.ndarray) or value.size != 1:
+            raise ctx.refuse(f"input {i} ({ctx.node.input[i]!r}), a bound, must be a constant "
+                             f"number (an initializer or a Constant node)")
+        bounds[i - 1] = float(value.reshape(()))
+    if isinstance(x, np.ndarray):
+        low_bound, high_bound = (-np.inf if bounds[0] is None else bounds[0],
+                                 np.inf if bounds[1] is None else bounds[1])
+        return _fold(np.minimum(np.maximum(x, low_bound), high_bound), x)
+    x = ctx.node_input(0, x)
+    return x if bounds == [None, None] else clip_op(x, *bounds)
+
+
+@converter("PRelu")
+def prelu(ctx: Context, x, slope):
+    if _all_constant((x, slope)):
+        return _fold(np.where(x > 0, x, slope * x), x)
+    return prelu_op(*_node_operands(ctx, (x, slope)))
+
+
+# ------------------------------------------------------ comparison and Where
+_COMPARISONS = {
+    "Equal": (equal_op, np.equal), "Less": (less_op, np.less),
+    "Greater": (greater_op, np.greater), "LessOrEqual": (less_equal_op, np.less_equal),
+    "GreaterOrEqual": (greater_equal_op, np.greater_equal),
+    "And": (logical_and_op, np.logical_and), "Or": (logical_or_op, np.logical_or),
+    "Xor": (logical_xor_op, np.logical_xor),
+}
+
+
+@converter(*_COMPARISONS)
+def compare(ctx: Context, a, b):
+    op, numpy_op = _COMPARISONS[ctx.node.op_type]
+    if _all_constant((a, b)):
+        return np.asarray(numpy_op(a, b))
+    # And, Or and Xor read bools, which a mask of 0.0 and 1.0 holds as well.
+    logical = ctx.node.op_type in ("And", "Or", "Xor")
+    return op(*_node_operands(ctx, (a, b), integers_allowed=logical))
+
+
+@converter("Where")
+def where(ctx: Context, condition, a, b):
+    if _all_constant((condition, a, b)):
+        return np.asarray(np.where(condition, a, b))
+    if isinstance(condition, np.ndarray):
+        condition = constant_node(ctx, condition, 0)
+    return where_op(condition, _branch(ctx, 1, a), _branch(ctx, 2, b))
+
+
+def _branch(ctx: Context, i: int, value) -> Node:
+    """Where's branch ``i`` as a graph node: a float constant as a constant value."""
+    if isinstance(value, np.ndarray):
+        _refuse_integer(ctx, i, value)
+        return constant_node(ctx, value, i)
+    return value

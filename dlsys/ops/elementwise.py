@@ -329,7 +329,7 @@ def _check_approximate(where: str, approximate) -> str:
     return approximate
 
 
-def _gelu_reference(x: np.ndarray, approximate: str, derivative: int = 0) -> np.ndarray:
+def gelu_reference(x: np.ndarray, approximate: str, derivative: int = 0) -> np.ndarray:
     """GELU (``derivative`` 0) or its first or second derivative, in numpy."""
     if approximate == "tanh":
         k, a = np.sqrt(2 / np.pi), 0.044715
@@ -366,7 +366,7 @@ class GeluOp(ElementwiseOp, name="Gelu", kernel_kind="gelu"):
         return [gelu_gradient_op(node.inputs[0], output_grad, node.attrs["approximate"])]
 
     def reference(self, node, x):
-        return _gelu_reference(x, node.attrs["approximate"])
+        return gelu_reference(x, node.attrs["approximate"])
 
 
 class GeluGradientOp(ElementwiseOp, name="GeluGradient", kernel_kind="gelu_gradient",
@@ -396,7 +396,7 @@ class GeluGradientOp(ElementwiseOp, name="GeluGradient", kernel_kind="gelu_gradi
                 gelu_gradient_op(x, output_grad, approximate, derivative)]
 
     def reference(self, node, x, g):
-        return _gelu_reference(x, node.attrs["approximate"], node.attrs["derivative"]) * g
+        return gelu_reference(x, node.attrs["approximate"], node.attrs["derivative"]) * g
 
 
 class FillLikeOp(ElementwiseOp):

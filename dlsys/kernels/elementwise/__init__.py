@@ -1,4 +1,5 @@
-"""Elementwise kernels: one formula per kind applied over broadcast inputs (``compute``),
+"""Elementwise kernels: one formula per kind applied over broadcast inputs (``compute``; the
+activations, math functions and comparisons ONNX models use in ``activations``),
 run with the shared ``injective`` schedule (``dlsys.kernels.common.loops``)."""
 
 from __future__ import annotations
@@ -6,7 +7,7 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING
 
-from dlsys.kernels.elementwise import compute
+from dlsys.kernels.elementwise import activations, compute
 
 if TYPE_CHECKING:
     from dlsys.kernels.registry import Registrar
@@ -24,7 +25,7 @@ FORMULAS = {"add": compute.add, "mul": compute.mul, "add_const": compute.add_con
             "tanh": compute.tanh, "gelu": compute.gelu, "gelu_tanh": compute.gelu_tanh,
             "gelu_gradient": compute.gelu_gradient, "gelu_second": compute.gelu_second,
             "gelu_tanh_gradient": compute.gelu_tanh_gradient,
-            "gelu_tanh_second": compute.gelu_tanh_second}
+            "gelu_tanh_second": compute.gelu_tanh_second, **activations.FORMULAS}
 
 
 def register(kinds: Registrar) -> None:
