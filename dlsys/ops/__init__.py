@@ -11,7 +11,40 @@ from __future__ import annotations
 from dlsys.checks import check_constant
 from dlsys.errors import ArgumentTypeError
 from dlsys.graph import Node, Op, short_name
-from dlsys.ops.activations import ACTIVATION_OPS
+from dlsys.ops.activations import (
+    ACTIVATION_OPS,
+    abs_op,
+    ceil_op,
+    clip_gradient_op,
+    clip_op,
+    cos_op,
+    elu_gradient_op,
+    elu_op,
+    equal_op,
+    erf_op,
+    floor_op,
+    greater_equal_op,
+    greater_op,
+    hard_swish_gradient_op,
+    hard_swish_op,
+    leaky_relu_gradient_op,
+    leaky_relu_op,
+    less_equal_op,
+    less_op,
+    logical_and_op,
+    logical_not_op,
+    logical_or_op,
+    logical_xor_op,
+    pow_byconst_op,
+    pow_op,
+    prelu_op,
+    round_op,
+    sign_op,
+    sin_op,
+    softplus_op,
+    sqrt_op,
+    where_op,
+)
 from dlsys.ops.attention import (
     attention_key_gradient_op,
     attention_lse_op,
@@ -213,4 +246,10 @@ __all__ = [
     "l1_norm_op", "l2_norm_op", "sum_square_op", "max_op", "min_op", "prod_op",
     "logsumexp_op", "reduce_mode_gradient_op", "argmax_op", "argmin_op", "hardmax_op",
     "lrn_op", "lrn_gradient_op",
+    "abs_op", "ceil_op", "clip_gradient_op", "clip_op", "cos_op", "elu_gradient_op", "elu_op",
+    "equal_op", "erf_op", "floor_op", "greater_equal_op", "greater_op",
+    "hard_swish_gradient_op", "hard_swish_op", "leaky_relu_gradient_op", "leaky_relu_op",
+    "less_equal_op", "less_op", "logical_and_op", "logical_not_op", "logical_or_op",
+    "logical_xor_op", "pow_byconst_op", "pow_op", "prelu_op", "round_op", "sign_op", "sin_op",
+    "softplus_op", "sqrt_op", "where_op",
 ]
