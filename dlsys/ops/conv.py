@@ -16,6 +16,7 @@ the start, since the output's shape fixes how far the windows reach.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 
@@ -165,6 +166,13 @@ class _ConvFamilyOp(Op):
         a = node.attrs
         return grouped_conv2d_shape(shape_x, shape_f, a["stride"], a["padding"],
                                     a["padding_end"], a["dilation"], a["groups"])
+
+    def flops(self, node, input_shapes, output_shape):
+        # A multiply-add per element of the forward convolution's output and tap of its
+        # group's filter; the adjoints do the same products in another order.
+        named = dict(zip(getattr(self, "inputs", ("x", "w")), input_shapes))
+        forward_output = named.get("g", output_shape)
+        return 2 * math.prod(forward_output) * math.prod(named["w"][1:])
 
     def _spec(self, node, kind: str, shapes) -> KernelSpec:
         """The kernel: ``kind`` with the plain parameters, or its ``grouped_`` variant with
