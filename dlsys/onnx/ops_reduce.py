@@ -20,7 +20,8 @@ import numpy as np
 from dlsys.graph import Node
 from dlsys.onnx.bounds import AXIS
 from dlsys.onnx.ops import Context, converter, show_dims
-from dlsys.ops import exp_op, log_op, mean_op, relu_op, sum_op
+from dlsys.ops import exp_op, log_op, mean_op, sum_op
+from dlsys.ops.activations import greater_equal_op, less_equal_op, where_op
 from dlsys.ops.layernorm import layernorm_op
 from dlsys.ops.layout import transpose_op
 from dlsys.ops.lrn import lrn_op
@@ -174,36 +175,41 @@ def arg_extreme(ctx, x):
 
 
 # ------------------------------------------------------------ variadic elementwise
-def _operand(ctx: Context, i: int, value) -> Node | float:
+def _operand(ctx: Context, i: int, value, scalars: bool = True) -> Node | float:
+    """Input ``i`` as a node, or where ``scalars`` allows, a one-element constant as a
+    number (for the by-constant operators)."""
     if isinstance(value, Node):
         return value
-    if value.size == 1:
+    if scalars and value.size == 1:
         return float(np.asarray(value).reshape(()))
-    return _constant_node(ctx, value, f"input{i}")
+    return _constant_node(ctx, value.reshape(value.shape or (1,)), f"input{i}")
 
 
 @converter("Sum", "Mean", "Max", "Min")
 def variadic(ctx, *values):
     values = values[:len(ctx.node.input)]
+    op_type = ctx.node.op_type
     if all(isinstance(v, np.ndarray) for v in values):
-        fold = {"Sum": np.add, "Mean": np.add, "Max": np.maximum, "Min": np.minimum}
+        fold = {"Sum": np.add, "Mean": np.add, "Max": np.maximum, "Min": np.minimum}[op_type]
         result = values[0]
         for v in values[1:]:
-            result = fold[ctx.node.op_type](result, v)
-        return result / len(values) if ctx.node.op_type == "Mean" else result
+            result = fold(result, v)
+        return result / len(values) if op_type == "Mean" else result
+    if op_type in ("Max", "Min"):
+        # Selected, not computed (max(a, b) = a + relu(b - a) loses b next to a large a):
+        # exact, and the gradient goes to the operand chosen (the first among equals).
+        nodes = [_operand(ctx, i, v, scalars=False) for i, v in enumerate(values)]
+        keep = greater_equal_op if op_type == "Max" else less_equal_op
+        result = nodes[0]
+        for other in nodes[1:]:
+            result = where_op(keep(result, other), result, other)
+        return result
     operands = [_operand(ctx, i, v) for i, v in enumerate(values)]
     # Node operands first, so the running result is a node (a number joins as by-constant).
     result, *rest = sorted(operands, key=lambda v: not isinstance(v, Node))
     for other in rest:
-        if ctx.node.op_type in ("Sum", "Mean"):
-            result = result + other
-        elif ctx.node.op_type == "Max":
-            # max(a, b) = a + relu(b - a): exact where b <= a, within a rounding of b
-            # elsewhere, and its gradient goes to the larger operand.
-            result = result + relu_op(other - result)
-        else:
-            result = result - relu_op(result - other)
-    return result * (1.0 / len(values)) if ctx.node.op_type == "Mean" else result
+        result = result + other
+    return result * (1.0 / len(values)) if op_type == "Mean" else result
 
 
 # The importer reads a converter's arity from its signature: these take 1 to

@@ -143,6 +143,16 @@ def _variadic():
                  {"c": normal((4,), 3)})
 
 
+def test_variadic_max_and_min_are_exact_beside_large_operands():
+    nodes = [helper.make_node(op, ["x", "big"], [op.lower()]) for op in ("Max", "Min")]
+    proto = model(nodes, {"x": ("N", 3)}, {"max": None, "min": None},
+                  {"big": np.array([-1e8, 1e8, -1e8], np.float32)})
+    x = normal((2, 3)) * 1e-3
+    got_max, got_min = donnx.InferenceSession(proto.SerializeToString()).run(None, {"x": x})
+    np.testing.assert_array_equal(got_max, np.maximum(x, [-1e8, 1e8, -1e8]))
+    np.testing.assert_array_equal(got_min, np.minimum(x, [-1e8, 1e8, -1e8]))
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_normalisations_and_softmax_match_onnxruntime(case):
     proto = CASES[case]()
@@ -198,8 +208,8 @@ def test_group_norm_of_opset_18_scales_each_group():
 
 
 def test_fine_tuning_differentiates_every_converted_operator():
-    """A model of a product, LRN, layer norm, softmax and a log-sum-exp: the gradient of its
-    output's sum in the product's weight equals PyTorch's."""
+    """A model of a product, LRN, layer norm, softmax, a max, a log-sum-exp and variadic Max
+    and Sum: the gradient of its output's sum in the product's weight equals PyTorch's."""
     torch = pytest.importorskip("torch")
     w = normal((4, 8), 1)
     nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
@@ -210,8 +220,10 @@ def test_fine_tuning_differentiates_every_converted_operator():
              helper.make_node("Softmax", ["norm"], ["p"]),
              helper.make_node("ReduceMax", ["p"], ["top"], axes=[1], keepdims=1),
              helper.make_node("ReduceLogSumExp", ["norm"], ["lse"], axes=[1], keepdims=1),
-             helper.make_node("Sum", ["top", "lse"], ["y"])]
-    inits = {"w": w, "shape": np.array([-1, 4, 2, 1]), "scale": normal((8,), 2)}
+             helper.make_node("Max", ["lse", "zero"], ["positive"]),
+             helper.make_node("Sum", ["top", "positive"], ["y"])]
+    inits = {"w": w, "shape": np.array([-1, 4, 2, 1]), "scale": normal((8,), 2),
+             "zero": np.zeros(1, np.float32)}
     proto = model(nodes, {"x": ("N", 4)}, {"y": ("N", 1)}, inits, opset=17)
     module = donnx.import_model(proto).train()
     x = ad.Variable("x")
@@ -224,6 +236,6 @@ def test_fine_tuning_differentiates_every_converted_operator():
     images = (torch.tensor(x_value) @ tw).reshape(-1, 4, 2, 1)
     rows = torch.nn.functional.local_response_norm(images, 3, 0.5, 0.75, 1.0).flatten(1)
     norm = torch.nn.functional.layer_norm(rows, (8,), torch.tensor(inits["scale"]), eps=1e-5)
-    y = norm.softmax(1).amax(1) + norm.logsumexp(1)
+    y = norm.softmax(1).amax(1) + torch.maximum(norm.logsumexp(1), torch.zeros(1))
     y.sum().backward()
     np.testing.assert_allclose(got, tw.grad.numpy(), rtol=1e-4, atol=1e-5)
