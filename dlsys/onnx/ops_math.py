@@ -230,32 +230,43 @@ _ACTIVATION_ATTRS = {
     "LeakyRelu": {"alpha": 0.01}, "Elu": {"alpha": 1.0},
     "Selu": {"alpha": 1.67326319217681884765625, "gamma": 1.05070102214813232421875},
     "Celu": {"alpha": 1.0}, "HardSigmoid": {"alpha": 0.2, "beta": 0.5},
-    "ThresholdedRelu": {"alpha": 1.0},
+    "ThresholdedRelu": {"alpha": 1.0}, "Swish": {"alpha": 1.0},
+    "Shrink": {"lambd": 0.5, "bias": 0.0},
 }
 
 
 def _activation(op_type: str, x, alpha: float, beta: float = 0.0):
-    """The activation on a node or, through the same formulas' numpy forms, on an array."""
+    """The activation on a node or, through the same formulas' numpy forms, on an array
+    (``alpha`` and ``beta`` its attributes in ``_ACTIVATION_ATTRS``'s order)."""
+    node = isinstance(x, Node)
     if op_type == "LeakyRelu":
-        return leaky_relu_op(x, alpha) if isinstance(x, Node) else np.where(x > 0, x, alpha * x)
+        return leaky_relu_op(x, alpha) if node else np.where(x > 0, x, alpha * x)
     if op_type in ("Elu", "Selu", "Celu"):
         scale = beta if op_type == "Selu" else 1.0
         if op_type == "Celu":  # alpha * elu(x / alpha)
             x, scale, alpha = x / alpha, alpha, 1.0
-        if isinstance(x, Node):
+        if node:
             return elu_op(x, alpha, scale)
         return np.where(x > 0, scale * x, scale * alpha * (np.exp(np.minimum(x, 0)) - 1))
     if op_type == "HardSigmoid":
-        if isinstance(x, Node):
-            return clip_op(x * alpha + beta, 0.0, 1.0)
-        return np.clip(x * alpha + beta, 0, 1)
+        return clip_op(x * alpha + beta, 0.0, 1.0) if node else np.clip(x * alpha + beta, 0, 1)
+    if op_type == "Swish":  # x * sigmoid(alpha * x)
+        if node:
+            return x * sigmoid_op(x * alpha if alpha != 1 else x)
+        return x / (1 + np.exp(-alpha * x))
+    if op_type == "Shrink":
+        # x - bias above lambd, x + bias below -lambd, 0 between: relu's mask of
+        # |x| - lambd applied to x - sign(x) bias.
+        if node:
+            return relu_gradient_op(abs_op(x) - alpha, x - sign_op(x) * beta if beta else x)
+        return np.where(x < -alpha, x + beta, np.where(x > alpha, x - beta, 0))
     # ThresholdedRelu: x where x > alpha, else 0, as relu's mask of x - alpha applied to x.
-    if isinstance(x, Node):
+    if node:
         return relu_gradient_op(x - alpha if alpha else x, x)
     return np.where(x > alpha, x, 0)
 
 
-@converter(*_ACTIVATION_ATTRS, attrs=("alpha", "beta", "gamma"))
+@converter(*_ACTIVATION_ATTRS, attrs=("alpha", "beta", "gamma", "lambd", "bias"))
 def activation(ctx: Context, x):
     defaults = _ACTIVATION_ATTRS[ctx.node.op_type]
     unknown = sorted(set(ctx.attrs) - set(defaults))

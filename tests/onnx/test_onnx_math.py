@@ -51,16 +51,22 @@ ACTIVATIONS = [
     ("Selu", {}), ("Selu", {"alpha": 1.5, "gamma": 2.0}), ("Celu", {"alpha": 2.0}),
     ("HardSigmoid", {}), ("HardSigmoid", {"alpha": 0.3, "beta": 0.4}),
     ("ThresholdedRelu", {"alpha": 0.5}), ("ThresholdedRelu", {"alpha": 0.0}),
-    ("Gelu", {}), ("Gelu", {"approximate": "tanh"}),
+    ("Shrink", {}), ("Shrink", {"lambd": 1.0, "bias": 0.5}),
+    ("Gelu", {}), ("Gelu", {"approximate": "tanh"}), ("Swish", {"alpha": 0.5}),
 ]
+# The first opset of each op type newer than OPSET, and the IR version onnxruntime reads it in.
+NEWER_OPSETS = {"Gelu": (20, 9), "Swish": (24, 10)}
 
 
 @pytest.mark.parametrize("op_type, attrs", ACTIVATIONS,
                          ids=[f"{t}-{'-'.join(a) or 'default'}" for t, a in ACTIVATIONS])
 def test_activations_with_attributes_match_onnxruntime(op_type, attrs):
-    opset = 20 if op_type == "Gelu" else OPSET
-    proto = model([helper.make_node(op_type, ["x"], ["y"], **attrs)], {"x": X_SHAPE},
-                  {"y": X_SHAPE}, opset=opset)
+    opset, ir_version = NEWER_OPSETS.get(op_type, (OPSET, 8))
+    graph = helper.make_graph([helper.make_node(op_type, ["x"], ["y"], **attrs)], "act",
+                              [_value("x", X_SHAPE)], [_value("y", X_SHAPE)])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              ir_version=ir_version)
+    onnx.checker.check_model(proto)
     assert_matches_onnxruntime(proto, {"x": _feed()})
 
 
