@@ -239,3 +239,30 @@ def test_fine_tuning_differentiates_every_converted_operator():
     y = norm.softmax(1).amax(1) + torch.maximum(norm.logsumexp(1), torch.zeros(1))
     y.sum().backward()
     np.testing.assert_allclose(got, tw.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_fine_tuning_through_instance_mvn_and_lp_normalisations():
+    """Gradients in InstanceNormalization's scale and bias and in the input, through MVN,
+    LpNormalization and ReduceL1, against PyTorch's."""
+    torch = pytest.importorskip("torch")
+    inits = {"s": normal((4,), 1), "b": normal((4,), 2)}
+    nodes = [helper.make_node("InstanceNormalization", ["x", "s", "b"], ["i"]),
+             helper.make_node("MeanVarianceNormalization", ["i"], ["m"], axes=[2, 3]),
+             helper.make_node("LpNormalization", ["m"], ["l"], axis=1, p=2),
+             helper.make_node("ReduceL1", ["l"], ["y"], axes=[1], keepdims=1)]
+    module = donnx.import_model(model(nodes, {"x": ("N", 4, 2, 3)}, {"y": None}, inits))
+    module.train()
+    x = ad.Variable("x")
+    params = dict(module.named_parameters())
+    grads = ad.gradients(ad.sum_op(module(x)), [params["s"], params["b"], x])
+    x_value = normal((2, 4, 2, 3), 4)
+    got = ad.Executor(grads).run({x: x_value}, convert_to_numpy_ret_vals=True)
+
+    tx, ts, tb = (torch.tensor(a, requires_grad=True) for a in (x_value, inits["s"],
+                                                                 inits["b"]))
+    i = torch.nn.functional.instance_norm(tx, weight=ts, bias=tb, eps=1e-5)
+    centered = i - i.mean((2, 3), keepdim=True)
+    m = centered / (centered ** 2).mean((2, 3), keepdim=True).sqrt()
+    (m / m.norm(dim=1, keepdim=True)).abs().sum().backward()
+    for g, expected in zip(got, (ts.grad, tb.grad, tx.grad)):
+        np.testing.assert_allclose(g, expected.numpy(), rtol=1e-4, atol=1e-5)
