@@ -269,6 +269,9 @@ def _add_inspect(parser: Parser, commands) -> None:
                               "with --train, a built-in model's training batch)")
     inspect.add_argument("--plot", type=Path, default=None,
                          help="draw the memory plan's buffers over the steps into this PNG")
+    inspect.add_argument("--memory-budget", type=_memory_size, default=None, metavar="SIZE",
+                         help="with --train: plan the step within this many bytes (e.g. "
+                              "4MiB), recomputing activations, and say what is recomputed")
 
 
 def _add_generate(parser: Parser, commands) -> None:
@@ -402,7 +405,8 @@ def _dispatch(args: argparse.Namespace, argv: list[str], run: _Run) -> None:
         # Imported after parsing so that --help and flag errors do not wait for TVM.
         from dlsys.frontend.inspect import inspect_command
 
-        inspect_command(args.target, args.train, args.batch_size, args.plot, log=_print)
+        inspect_command(args.target, args.train, args.batch_size, args.plot, log=_print,
+                        memory_budget=args.memory_budget)
         return
     if args.command == "generate":
         from dlsys.frontend.generate import generate_command

@@ -115,16 +115,19 @@ def inference_program(target: Target, batch: int) -> pipeline.Program:
     return pipeline.compile(outputs, shapes, pipeline.CompileOptions(constants=weights))
 
 
-def training_program(target: Target, batch: int) -> pipeline.Program:
+def training_program(target: Target, batch: int,
+                     memory_budget: int | None = None) -> pipeline.Program:
     """What ``dlsys train`` compiles for one step: the loss, the logits and the gradients of
-    every parameter, in training mode (labels are class indices, one per image)."""
+    every parameter, in training mode (labels are class indices, one per image); within
+    ``memory_budget`` bytes when given (the optimiser's state, not part of this program, is
+    not counted)."""
     x, labels = ad.Variable("x"), ad.Variable("labels")
     target.model.train()
     logits = target.model(x)
     loss = F.cross_entropy(logits, labels)
     outputs = [loss, logits, *ad.gradients(loss, target.model.parameters())]
     shapes = _feed_shapes(outputs, {x: (batch, *target.input_shape), labels: (batch,)})
-    return pipeline.compile(outputs, shapes, pipeline.CompileOptions())
+    return pipeline.compile(outputs, shapes, pipeline.CompileOptions(memory_budget=memory_budget))
 
 
 def lifetimes(program: pipeline.Program) -> list[Lifetime]:
@@ -231,15 +234,19 @@ def plot_plan(program: pipeline.Program, title: str, path: Path) -> None:
 
 
 def inspect_command(target_text: str, train: bool, batch_size: int | None,
-                    plot: Path | None, log: Callable[[str], None] = print) -> pipeline.Program:
+                    plot: Path | None, log: Callable[[str], None] = print,
+                    memory_budget: int | None = None) -> pipeline.Program:
     """``dlsys inspect``: print the program of a model's inference (or, with ``train``, its
-    training step) and its memory plan; draw the plan into ``plot``. Returns the program."""
+    training step, within ``memory_budget`` bytes when given) and its memory plan; draw the
+    plan into ``plot``. Returns the program."""
     if plot is not None and plot.suffix.lower() != ".png":
         raise DataError(f"--plot {plot}: name a .png file")
+    if memory_budget is not None and not train:
+        raise DataError("--memory-budget plans a training step: add --train")
     target = load_target(target_text)
     batch = choose_batch(target, batch_size, train)
     if train:
-        program = training_program(target, batch)
+        program = training_program(target, batch, memory_budget)
         what = f"training step at batch {batch} (training mode)"
         log(f"{target.name}: {what}: loss, logits and the gradients of "
             f"{len(target.model.parameters())} parameters; the optimiser's update is not a "
@@ -252,6 +259,9 @@ def inspect_command(target_text: str, train: bool, batch_size: int | None,
     log(f"input {list(target.input_shape)} per image, "
         f"{math.prod(target.input_shape)} values")
     log(pipeline.describe(program))
+    if memory_budget is not None:
+        log(program.recompute.describe() if program.recompute is not None
+            else "recomputation: none (the plain plan fits the budget)")
     if plot is not None:
         plot_plan(program, f"{target.name}: {what}", plot)
         log(f"wrote {plot}")

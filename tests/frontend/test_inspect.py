@@ -55,6 +55,17 @@ def test_lenet_train_prints_the_training_step_and_says_the_update_is_not_in_it(c
     assert _step_count(out) > 10
 
 
+def test_a_memory_budget_shows_what_is_recomputed(capsys):
+    assert run_cli(["inspect", "lenet", "--train", "--batch-size", "64", "--memory-budget",
+                    "1KiB"]) == 2
+    smallest = int(re.search(r"smallest is .*\((\d+) bytes", capsys.readouterr().err)[1])
+    out = _inspect(capsys, "lenet", "--train", "--batch-size", "64", "--memory-budget",
+                   str(smallest))
+    assert re.search(r"recomputation: .* [1-9]\d* values computed again", out)
+    assert "(recomputed)" in out  # the copies are steps of the program's table
+    assert int(TOTALS.search(out)[1]) <= smallest
+
+
 def test_saved_model_file(tmp_path, capsys):
     path = tmp_path / "small.npz"
     dlsys.save(_small_model(), path, input_shape=(784,))
