@@ -54,6 +54,7 @@ from dlsys.ops.attention import (
 )
 from dlsys.ops.concat import concat_op, concat_part_op
 from dlsys.ops.conv import conv2d_grad_input_op, conv2d_grad_weight_op, conv2d_op
+from dlsys.ops.conv_transpose import conv_transpose2d_op
 from dlsys.ops.cross_entropy import cross_entropy_gradient_op, cross_entropy_op, target_count_op
 from dlsys.ops.elementwise import (
     BroadcastBinaryOp,
@@ -148,7 +149,8 @@ ALL_OPS: list[Op] = [
     reducesumto_op, broadcastto_op, sum_op, mean_op, expand_op, expandmean_op,
     softmaxcrossentropy_op, softmaxcrossentropy_gradient_op, softmax_op, conv2d_op,
     conv2d_grad_input_op, conv2d_grad_weight_op, maxpool2d_op, maxpool2d_grad_op, avgpool2d_op,
-    avgpool2d_grad_op, global_avgpool_op, parameter_op, onehot_like_op, reshape_op, flatten_op,
+    avgpool2d_grad_op, global_avgpool_op, conv_transpose2d_op, parameter_op, onehot_like_op,
+    reshape_op, flatten_op,
     reshape_to_op, transpose_op, dropout_op, next_seed_op, batchnorm_normalize_op,
     batchnorm_normalize_gradient_op, running_statistic_op, batchnorm_inference_op,
     batchnorm_affine_op, batchnorm_affine_gradient_op, batchnorm_parameter_gradient_op,
@@ -242,7 +244,7 @@ __all__ = [
     "reducesumto_op", "broadcastto_op", "sum_op", "mean_op", "expand_op", "expandmean_op",
     "softmaxcrossentropy_op", "softmaxcrossentropy_gradient_op", "softmax_op", "conv2d_op",
     "conv2d_grad_input_op", "conv2d_grad_weight_op", "maxpool2d_op", "maxpool2d_grad_op",
-    "avgpool2d_op", "avgpool2d_grad_op", "global_avgpool_op",
+    "avgpool2d_op", "avgpool2d_grad_op", "global_avgpool_op", "conv_transpose2d_op",
     "l1_norm_op", "l2_norm_op", "sum_square_op", "max_op", "min_op", "prod_op",
     "logsumexp_op", "reduce_mode_gradient_op", "argmax_op", "argmin_op", "hardmax_op",
     "lrn_op", "lrn_gradient_op",
