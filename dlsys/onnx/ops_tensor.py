@@ -97,21 +97,30 @@ def axes_of(ctx: Context, axes: list[int], rank: int, what: str = "axes") -> lis
 
 
 # The shapes dlsys's own shape rules gave the nodes of one walk of the ONNX graph (keyed by
-# the walk's ``ctx.shapes``, which every converter of that walk shares): only the latest
-# walk's are kept.
+# the walk's ``ctx.shapes``, which every converter of that walk shares), one table per
+# stand-in size: only the latest walk's are kept.
 _WALK_SHAPES: list = [None, {}]
+# Two sizes that stand in for an input's size unknown until run time (the batch): an output
+# size that comes out the same for both does not depend on it.
+_STAND_INS = (7919, 7927)
 
 
-def graph_dims(ctx: Context, value) -> tuple[int, ...] | None:
+def graph_dims(ctx: Context, value) -> Dims | None:
     """The shape of a node built so far, from dlsys's shape rules and the sizes of the
     graph's inputs, where ONNX's shape inference lost track (a Pad whose pads are computed
-    from shapes, then a Slice of it); None where an input's size is unknown until run
-    time."""
+    from shapes, then a Slice of it); a size that depends on an input's size unknown until
+    run time is None. None where the rules do not hold at the stand-in sizes."""
     if not isinstance(value, Node):
         return None
     if _WALK_SHAPES[0] is not ctx.shapes:
-        _WALK_SHAPES[:] = [ctx.shapes, {}]
-    known = _WALK_SHAPES[1]
+        _WALK_SHAPES[:] = [ctx.shapes, {n: {} for n in _STAND_INS}]
+    found = [_infer_dims(ctx, value, n, _WALK_SHAPES[1][n]) for n in _STAND_INS]
+    if None in found:
+        return None
+    return tuple(a if a == b else None for a, b in zip(*found))
+
+
+def _infer_dims(ctx: Context, value: Node, stand_in: int, known: dict):
     stack = [(value, False)]
     while stack:
         node, inputs_done = stack.pop()
@@ -119,9 +128,9 @@ def graph_dims(ctx: Context, value) -> tuple[int, ...] | None:
             continue
         if node.op.is_placeholder:
             dims = node.shape if node.op.holds_value else ctx.shapes.get(node.name)
-            if dims is None or None in dims:
+            if dims is None:
                 return None
-            known[node] = tuple(int(d) for d in dims)
+            known[node] = tuple(stand_in if d is None else int(d) for d in dims)
         elif inputs_done:
             try:
                 known[node] = tuple(node.op.infer_shape(node, [known[i] for i in node.inputs]))
@@ -138,7 +147,9 @@ def dims_of(ctx: Context, i: int, value) -> Dims:
     rank ONNX's shape inference does not know is refused."""
     dims = ctx.input_dims(i, value)
     if dims is None or None in dims:
-        dims = graph_dims(ctx, value) or dims
+        found = graph_dims(ctx, value)
+        if found is not None and (dims is None or len(dims) == len(found)):
+            dims = tuple(d if d is not None else f for d, f in zip(dims or found, found))
     if dims is None:
         raise ctx.refuse(f"the rank of input {i} ({ctx.node.input[i]!r}) is unknown; dlsys "
                          f"needs it when it builds the graph")
