@@ -331,6 +331,11 @@ def _read_only_as_constants(graph) -> set[str]:
     return as_constant - as_tensor
 
 
+# The integer input types dlsys reads, as indices or as numbers folded in per run.
+_INTEGER_TYPES = {f"tensor({t})" for t in ("bool", "int8", "int16", "int32", "int64", "uint8",
+                                           "uint16", "uint32", "uint64")}
+
+
 def _float_dtype(model, input_names: list[str], declared: dict, read_as_constant: set[str],
                  where: str) -> str:
     """The floating-point type the model computes in, from the types of its float inputs
@@ -343,7 +348,7 @@ def _float_dtype(model, input_names: list[str], declared: dict, read_as_constant
         type_name = declared[name][1]
         if type_name in FLOAT_TYPES:
             found.setdefault(FLOAT_TYPES[type_name], f"input {name!r}")
-        elif not type_name.startswith(("tensor(int", "tensor(uint", "tensor(bool")):
+        elif type_name not in _INTEGER_TYPES:
             # float16, float8, a sequence...; integer inputs are checked once the graph shows
             # how it reads them (``check_integer_inputs``).
             raise OnnxError(f"{where}: input {name!r} has type {type_name}; dlsys computes in "

@@ -19,6 +19,10 @@ from dlsys.runtime.executor import Executor
 # memory plan. A caller cycling through more shapes than this re-plans (the kernels stay
 # in dlsys's kernel cache).
 MAX_PLANS = 8
+# The output types a session returns: what dlsys computes in, and the integers and bools
+# that it computes as floating-point values (cast back in ``_as_declared``).
+OUTPUT_DTYPES = {"float32", "float64", "bool", "int8", "int16", "int32", "int64", "uint8",
+                 "uint16", "uint32", "uint64"}
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,12 @@ class InferenceSession:
         model, where = load_model(path_or_bytes)
         self._model = OnnxModule(model, where)
         self._model.eval()
+        for name, dtype in zip(self._model.output_names, self._model.output_dtypes):
+            if dtype is not None and dtype.name not in OUTPUT_DTYPES:
+                raise OnnxError(f"{where}: output {name!r} has type "
+                                f"{self._model.declared[name][1]}; dlsys computes in float32 "
+                                f"or float64 and returns outputs of those types, integers or "
+                                f"bools")
         names = self._model.input_names
         folded = set(self._model.constant_read_inputs())
         self._folded = [name in folded for name in names]

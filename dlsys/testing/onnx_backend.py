@@ -286,6 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="seconds one case may take (default %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no line per case on stderr")
     args = parser.parse_args(argv)
+    if args.write and args.match:
+        parser.error("--write records a run of every case; leave out --match")
     cases = collect_cases()
     if args.match:
         cases = [c for c in cases if re.search(args.match, c.name)]
@@ -294,8 +296,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(summary(results))
     print(f"{time.perf_counter() - start:.0f} s")
     if args.write:
-        if args.match:
-            parser.error("--write records a run of every case; leave out --match")
         names = sorted(r.name for r in results if r.passed)
         EXPECTED_PASS_FILE.write_text("".join(f"{n}\n" for n in names))
         print(f"wrote {len(names)} names to {EXPECTED_PASS_FILE}")
