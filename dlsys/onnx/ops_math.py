@@ -9,9 +9,10 @@ graph value (``constant_node``) broadcast as numpy broadcasts.
 
 Comparisons and logical operators compute 1.0 where true and 0.0 where false, and read a
 condition (Where's, And's inputs) as true where it is not 0: the session casts an output the
-file declares bool back to bool. Integer tensors computed at run time are not supported: an
-integer constant operand of an arithmetic node or a comparison, which ONNX types only beside
-an integer tensor, is refused naming the node.
+file declares bool back to bool. Integers computed at run time (an ArgMax's index) are
+floats in the graph, as in the rest of dlsys: an integer constant beside one is taken as a
+float where that is exact (sums, products, comparisons of integers up to 2**24), and refused
+naming the node where it is not (an integer Div, which truncates).
 """
 
 from __future__ import annotations
@@ -87,23 +88,33 @@ def _all_constant(values) -> bool:
     return all(isinstance(v, np.ndarray) for v in values if v is not None)
 
 
-def _refuse_integer(ctx: Context, i: int, array: np.ndarray) -> None:
-    """Refuse an integer constant beside a tensor computed at run time: ONNX gives both
-    operands of these ops one type, so that tensor is an integer one, which dlsys does not
-    compute."""
-    if not np.issubdtype(array.dtype, np.floating):
+# Integers a float32 value holds exactly: an integer constant beyond them is refused.
+EXACT_INTEGER = 2 ** 24
+
+
+def _check_integer(ctx: Context, i: int, array: np.ndarray) -> None:
+    """Refuse an integer constant, input ``i``, beside a tensor computed at run time that a
+    float cannot stand in for. ONNX types both operands alike, so that tensor holds integers
+    (an ArgMax's index, a cast), which dlsys computes as floats: exact for sums, products
+    and comparisons of integers up to ``EXACT_INTEGER``, not for a truncating division."""
+    if np.issubdtype(array.dtype, np.floating) or array.dtype == np.bool_:
+        return
+    if ctx.node.op_type == "Div":
         raise ctx.refuse(f"input {i} ({ctx.node.input[i]!r}) is a constant of type "
-                         f"{array.dtype} beside a tensor computed at run time; dlsys computes "
-                         f"in floating point, not on integer tensors")
+                         f"{array.dtype}: an integer division (which truncates) of a tensor "
+                         f"computed at run time is not supported; dlsys computes in floating "
+                         f"point")
+    if array.size and np.abs(array.astype(np.float64)).max() > EXACT_INTEGER:
+        raise ctx.refuse(f"input {i} ({ctx.node.input[i]!r}) holds integers beyond 2**24, "
+                         f"which dlsys's floating-point values do not hold exactly")
 
 
-def _node_operands(ctx: Context, values, integers_allowed: bool = False) -> list[Node]:
+def _node_operands(ctx: Context, values) -> list[Node]:
     """Every operand as a graph node, constants as constant graph values."""
     nodes = []
     for i, value in enumerate(values):
         if isinstance(value, np.ndarray):
-            if not integers_allowed:
-                _refuse_integer(ctx, i, value)
+            _check_integer(ctx, i, value)
             value = constant_node(ctx, value, i)
         nodes.append(value)
     return nodes
@@ -139,7 +150,7 @@ def binary(ctx: Context, a, b):
     if not (constant_a or constant_b):
         return op(a, b)
     constant, node = (a, b) if constant_a else (b, a)
-    _refuse_integer(ctx, 0 if constant_a else 1, constant)
+    _check_integer(ctx, 0 if constant_a else 1, constant)
     number = _number(constant)
     if number is None:
         return op(*_node_operands(ctx, (a, b)))
@@ -166,7 +177,7 @@ def power(ctx: Context, base, exponent):
             return pow_byconst_op(base, number)
         exponent = constant_node(ctx, exponent, 1)
     if isinstance(base, np.ndarray):
-        _refuse_integer(ctx, 0, base)
+        _check_integer(ctx, 0, base)
         base = constant_node(ctx, base, 0)
     return pow_op(base, exponent)
 
@@ -331,8 +342,7 @@ def compare(ctx: Context, a, b):
     if _all_constant((a, b)):
         return np.asarray(numpy_op(a, b))
     # And, Or and Xor read bools, which a mask of 0.0 and 1.0 holds as well.
-    logical = ctx.node.op_type in ("And", "Or", "Xor")
-    return op(*_node_operands(ctx, (a, b), integers_allowed=logical))
+    return op(*_node_operands(ctx, (a, b)))
 
 
 @converter("Where")
@@ -347,6 +357,6 @@ def where(ctx: Context, condition, a, b):
 def _branch(ctx: Context, i: int, value) -> Node:
     """Where's branch ``i`` as a graph node: a float constant as a constant value."""
     if isinstance(value, np.ndarray):
-        _refuse_integer(ctx, i, value)
+        _check_integer(ctx, i, value)
         return constant_node(ctx, value, i)
     return value

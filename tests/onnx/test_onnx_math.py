@@ -160,6 +160,21 @@ def test_prelu_pow_and_binary_ops_with_constant_tensors_match_onnxruntime():
     assert_matches_onnxruntime(proto, {"x": _feed()})
 
 
+def test_integers_computed_at_run_time_meet_integer_constants_as_floats():
+    """An ArgMax's index (a float in the graph) compared with, and offset by, int64
+    constants, as an exported model's integer arithmetic is written."""
+    def constant(name, array):
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(
+            np.asarray(array), name))
+
+    nodes = [helper.make_node("ArgMax", ["x"], ["index"], axis=-1, keepdims=0),
+             constant("two", np.int64(2)), constant("row", np.int64([1, 3, 0])),
+             helper.make_node("Add", ["index", "two"], ["shifted"]),
+             helper.make_node("GreaterOrEqual", ["shifted", "row"], ["y"])]
+    proto = _typed_model(nodes, {"x": X_SHAPE}, {"y": (("N", 3), TensorProto.BOOL)})
+    assert_matches_onnxruntime(proto, {"x": _feed()})
+
+
 def test_arithmetic_on_constants_is_folded_into_a_reshape_target():
     """Shape arithmetic written with Equal, Where, Mul, Sqrt and Pow on Constant nodes (as
     exporters write it) is computed in numpy while the graph is built: the graph holds the
@@ -193,8 +208,12 @@ def _raw_model(nodes):
 
 @pytest.mark.parametrize("nodes, pattern", [
     ([helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(
-        np.int64([1, 2, 3, 4]), "k")), helper.make_node("Add", ["x", "k"], ["y"], name="add")],
-     r"Add node 'add': input 1 \('k'\) is a constant of type int64 beside a tensor computed"),
+        np.int64([1, 2, 3, 4]), "k")), helper.make_node("Div", ["x", "k"], ["y"], name="div")],
+     r"Div node 'div': input 1 \('k'\) is a constant of type int64: an integer division"),
+    ([helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(
+        np.int64([1, 2, 3, 2 ** 40]), "k")), helper.make_node("Add", ["x", "k"], ["y"],
+                                                             name="add")],
+     r"Add node 'add': input 1 \('k'\) holds integers beyond 2\*\*24"),
     ([helper.make_node("Clip", ["x", "x"], ["y"], name="clip")],
      r"Clip node 'clip': input 1 \('x'\), a bound, must be a constant number"),
     ([helper.make_node("Gelu", ["x"], ["y"], name="gelu", approximate="erf")],
