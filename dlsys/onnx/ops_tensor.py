@@ -20,6 +20,7 @@ from dlsys.errors import DlsysError
 from dlsys.graph import Node
 from dlsys.onnx.bounds import PERMUTATION, SPLIT
 from dlsys.onnx.ops import Context, Dims, converter, reshape_target, show_dims
+from dlsys.ops.activations import logical_not_op
 from dlsys.ops.layout import transpose_op
 from dlsys.ops.placeholder import Parameter
 from dlsys.ops.reshape import flatten_op, reshape_op
@@ -350,9 +351,12 @@ def _cast(ctx: Context, x, to: np.dtype):
     if np.issubdtype(to, np.integer) and _fed_directly(x):
         # Integer ids fed to the graph stay ids (dlsys keeps the type they are fed in).
         return x
+    if to == np.bool_:
+        # dlsys holds truth values as 0 and 1 (a comparison's mask): x != 0.
+        return logical_not_op(logical_not_op(x))
     raise ctx.refuse(f"a cast of computed values to {np.dtype(to).name}; dlsys computes "
                      f"tensors in floating point and casts only constants and the ids it is "
-                     f"fed to integers")
+                     f"fed to integers (truth values are held as 0 and 1)")
 
 
 def _fed_directly(x: Node) -> bool:

@@ -79,6 +79,9 @@ CASES = {
     "cast_float_to_float_and_identity": lambda: (
         [node("Cast", ["x"], ["c"], to=TensorProto.FLOAT), node("Identity", ["c"])],
         {"x": ("N", 3)}, {"y": None}, {}),
+    "cast_to_bool_and_back": lambda: (
+        [node("Relu", ["x"], ["r"]), node("Cast", ["r"], ["b"], to=TensorProto.BOOL),
+         node("Cast", ["b"], to=TensorProto.FLOAT)], {"x": ("N", 5)}, {"y": None}, {}),
     # Shape arithmetic on sizes dlsys knows: folded into the reshape's target.
     "shape_gather_concat_reshape_folds": lambda: (
         [node("Shape", ["x"], ["s"]), const("zero", ints(0)),
