@@ -3,6 +3,8 @@ onnxruntime, the reference."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -53,3 +55,27 @@ def assert_matches_onnxruntime(proto: onnx.ModelProto, feeds: dict[str, np.ndarr
 
 def normal(shape, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+@functools.cache
+def passing_backend_cases() -> dict:
+    """ONNX's own node cases that dlsys passes (``backend_expected_pass.txt``), by name:
+    valid models of every op type they cover, for tests that need one of each."""
+    from dlsys.testing.onnx_backend import collect_cases, read_expected_pass
+
+    names = set(read_expected_pass())
+    return {case.name: case for case in collect_cases() if case.name in names}
+
+
+def single_node_backend_case(op_type: str):
+    """A passing backend case whose graph is one ``op_type`` node reading float32 inputs of
+    static shapes, or None."""
+    for name in sorted(passing_backend_cases()):
+        case = passing_backend_cases()[name]
+        graph = case.model.graph
+        if len(graph.node) != 1 or graph.node[0].op_type != op_type or not graph.input:
+            continue
+        first = graph.input[0].type.tensor_type
+        if first.elem_type == TensorProto.FLOAT and all(d.dim_value for d in first.shape.dim):
+            return case
+    return None
