@@ -39,6 +39,8 @@ from dlsys.ops import (
 )
 from dlsys.ops.activations import (
     abs_op,
+    asinh_op,
+    atan_op,
     ceil_op,
     clip_op,
     cos_op,
@@ -191,6 +193,33 @@ def _mish(x: Node) -> Node:
     return x * tanh_op(softplus_op(x))
 
 
+def _sinh(x: Node) -> Node:
+    return (exp_op(x) - exp_op(neg_op(x))) * 0.5
+
+
+def _cosh(x: Node) -> Node:
+    return (exp_op(x) + exp_op(neg_op(x))) * 0.5
+
+
+def _asin(x: Node) -> Node:
+    # atan(x / sqrt(1 - x**2)), 1 - x**2 as (1 - x)(1 + x), which keeps its digits near 1.
+    return atan_op(x / sqrt_op((1.0 - x) * (x + 1.0)))
+
+
+def _acos(x: Node) -> Node:
+    return math.pi / 2 - _asin(x)
+
+
+def _acosh(x: Node) -> Node:
+    # log(x + sqrt(x**2 - 1)) for x >= 1: a sum of positive terms, no cancellation.
+    return log_op(x + sqrt_op((x - 1.0) * (x + 1.0)))
+
+
+def _atanh(x: Node) -> Node:
+    # asinh(x / sqrt(1 - x**2)): exact near 0, where 0.5 log((1 + x) / (1 - x)) is not.
+    return asinh_op(x / sqrt_op((1.0 - x) * (x + 1.0)))
+
+
 def _erf(array: np.ndarray) -> np.ndarray:
     return np.vectorize(math.erf, otypes=[np.float64])(array)
 
@@ -207,7 +236,11 @@ def _numpy_hard_swish(x):
 _UNARY = {
     "Sqrt": (sqrt_op, np.sqrt), "Abs": (abs_op, np.abs), "Neg": (neg_op, np.negative),
     "Exp": (exp_op, np.exp), "Log": (log_op, np.log), "Erf": (erf_op, _erf),
-    "Sin": (sin_op, np.sin), "Cos": (cos_op, np.cos), "Floor": (floor_op, np.floor),
+    "Sin": (sin_op, np.sin), "Cos": (cos_op, np.cos),
+    "Tan": (lambda x: sin_op(x) / cos_op(x), np.tan), "Atan": (atan_op, np.arctan),
+    "Asin": (_asin, np.arcsin), "Acos": (_acos, np.arccos), "Sinh": (_sinh, np.sinh),
+    "Cosh": (_cosh, np.cosh), "Asinh": (asinh_op, np.arcsinh), "Acosh": (_acosh, np.arccosh),
+    "Atanh": (_atanh, np.arctanh), "Floor": (floor_op, np.floor),
     "Ceil": (ceil_op, np.ceil), "Sign": (sign_op, np.sign), "Round": (round_op, np.round),
     "Reciprocal": (lambda x: 1.0 / x, np.reciprocal),
     "Relu": (relu_op, lambda x: np.maximum(x, 0)),

@@ -81,6 +81,22 @@ class CosOp(ElementwiseOp, name="Cos", kernel_kind="cos", formula=np.cos):
         return [neg_op(output_grad * sin_op(node.inputs[0]))]
 
 
+class AtanOp(ElementwiseOp, name="Atan", kernel_kind="atan", formula=np.arctan):
+    """The arc tangent (ONNX's Asin and Acos are built on it)."""
+
+    def gradient(self, node, output_grad):
+        x = node.inputs[0]
+        return [output_grad / (x * x + 1.0)]
+
+
+class AsinhOp(ElementwiseOp, name="Asinh", kernel_kind="asinh", formula=np.arcsinh):
+    """The inverse hyperbolic sine (ONNX's Atanh is built on it)."""
+
+    def gradient(self, node, output_grad):
+        x = node.inputs[0]
+        return [output_grad / sqrt_op(x * x + 1.0)]
+
+
 def _erf(x: np.ndarray) -> np.ndarray:
     return np.vectorize(math.erf, otypes=[np.asarray(x).dtype])(x)
 
@@ -415,6 +431,8 @@ ceil_op = CeilOp()
 round_op = RoundOp()
 sin_op = SinOp()
 cos_op = CosOp()
+atan_op = AtanOp()
+asinh_op = AsinhOp()
 erf_op = ErfOp()
 softplus_op = SoftplusOp()
 pow_byconst_op = PowByConstOp()
@@ -442,8 +460,8 @@ logical_not_op = NotOp()
 where_op = WhereOp()
 
 ACTIVATION_OPS = [
-    sqrt_op, abs_op, sign_op, floor_op, ceil_op, round_op, sin_op, cos_op, erf_op,
-    softplus_op, pow_byconst_op, pow_op, clip_op, clip_gradient_op, leaky_relu_op,
+    sqrt_op, abs_op, sign_op, floor_op, ceil_op, round_op, sin_op, cos_op, atan_op, asinh_op,
+    erf_op, softplus_op, pow_byconst_op, pow_op, clip_op, clip_gradient_op, leaky_relu_op,
     leaky_relu_gradient_op, prelu_op, elu_op, elu_gradient_op, hard_swish_op,
     hard_swish_gradient_op, equal_op, less_op, greater_op, less_equal_op, greater_equal_op,
     logical_and_op, logical_or_op, logical_xor_op, logical_not_op, where_op,
@@ -451,9 +469,10 @@ ACTIVATION_OPS = [
 
 __all__ = [
     "ACTIVATION_OPS", "MaskOp", "sqrt_op", "abs_op", "sign_op", "floor_op", "ceil_op",
-    "round_op", "sin_op", "cos_op", "erf_op", "softplus_op", "pow_byconst_op", "pow_op",
-    "clip_op", "clip_gradient_op", "leaky_relu_op", "leaky_relu_gradient_op", "prelu_op",
-    "elu_op", "elu_gradient_op", "hard_swish_op", "hard_swish_gradient_op", "equal_op",
-    "less_op", "greater_op", "less_equal_op", "greater_equal_op", "logical_and_op",
-    "logical_or_op", "logical_xor_op", "logical_not_op", "where_op",
+    "round_op", "sin_op", "cos_op", "atan_op", "asinh_op", "erf_op", "softplus_op",
+    "pow_byconst_op", "pow_op", "clip_op", "clip_gradient_op", "leaky_relu_op",
+    "leaky_relu_gradient_op", "prelu_op", "elu_op", "elu_gradient_op", "hard_swish_op",
+    "hard_swish_gradient_op", "equal_op", "less_op", "greater_op", "less_equal_op",
+    "greater_equal_op", "logical_and_op", "logical_or_op", "logical_xor_op", "logical_not_op",
+    "where_op",
 ]

@@ -24,19 +24,23 @@ OPSET = 18
 X_SHAPE = ("N", 3, 4)
 FEED_SHAPE = (2, 3, 4)
 
-# op type -> whether its input must be positive
-UNARY = {"Sqrt": True, "Log": True, "Reciprocal": True, "Abs": False, "Neg": False,
-         "Exp": False, "Erf": False, "Sin": False, "Cos": False, "Floor": False,
-         "Ceil": False, "Sign": False, "Round": False, "Relu": False, "Sigmoid": False,
-         "Tanh": False, "Softplus": False, "Softsign": False, "Mish": False,
-         "HardSwish": False}
+# op type -> the domain its input is drawn from: "all", "positive", "unit" (|x| < 1) or
+# "above_one".
+UNARY = {"Sqrt": "positive", "Log": "positive", "Reciprocal": "positive", "Abs": "all",
+         "Neg": "all", "Exp": "all", "Erf": "all", "Sin": "all", "Cos": "all", "Tan": "all",
+         "Atan": "all", "Asin": "unit", "Acos": "unit", "Sinh": "all", "Cosh": "all",
+         "Asinh": "all", "Acosh": "above_one", "Atanh": "unit", "Floor": "all", "Ceil": "all",
+         "Sign": "all", "Round": "all", "Relu": "all", "Sigmoid": "all", "Tanh": "all",
+         "Softplus": "all", "Softsign": "all", "Mish": "all", "HardSwish": "all"}
 
 
-def _feed(positive: bool = False, seed: int = 7) -> np.ndarray:
+def _feed(domain: str = "all", seed: int = 7) -> np.ndarray:
     x = normal(FEED_SHAPE, seed) * 3
     # Halves for Round (to even), and exact zeros for Sign.
     x.flat[:4] = [2.5, -0.5, 0.0, 1.5]
-    return np.abs(x) + 0.1 if positive else x
+    if domain == "unit":
+        return np.tanh(x / 3) * 0.99
+    return {"all": x, "positive": np.abs(x) + 0.1, "above_one": np.abs(x) + 1}[domain]
 
 
 @pytest.mark.parametrize("op_type", sorted(UNARY))

@@ -61,6 +61,14 @@ def cos(x):
     return te.cos(x)
 
 
+def atan(x):
+    return te.atan(x)
+
+
+def asinh(x):
+    return te.asinh(x)
+
+
 def erf(x):
     # Vectorised in float32: TVM's erf is a C library call per element (fastmath).
     return fastmath.erf(x)
@@ -221,7 +229,8 @@ def where(condition, x, y):
 # Kind name -> formula, merged into the family's ``FORMULAS``.
 FORMULAS = {
     "sqrt": sqrt, "abs": abs_, "sign": sign, "floor": floor, "ceil": ceil, "round": round_,
-    "sin": sin, "cos": cos, "erf": erf, "softplus": softplus, "pow_const": pow_const,
+    "sin": sin, "cos": cos, "atan": atan, "asinh": asinh,
+    "erf": erf, "softplus": softplus, "pow_const": pow_const,
     "pow": pow_, "clip": clip, "clip_gradient": clip_gradient, "leaky_relu": leaky_relu,
     "leaky_relu_gradient": leaky_relu_gradient, "prelu": prelu, "elu": elu,
     "elu_gradient": elu_gradient, "elu_second": elu_second, "hard_swish": hard_swish,
