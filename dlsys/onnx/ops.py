@@ -183,4 +183,11 @@ def show_dims(dims) -> str:
 
 
 # The converters of the other op families register themselves into ``CONVERTERS`` on import.
-from dlsys.onnx import ops_conv, ops_math, ops_reduce, ops_tensor  # noqa: E402,F401
+from dlsys.onnx import (  # noqa: E402,F401
+    ops_conv,
+    ops_einsum,
+    ops_image,
+    ops_math,
+    ops_reduce,
+    ops_tensor,
+)

@@ -1,0 +1,3 @@
+"""ONNX's image resampling (Resize, Upsample) as dlsys graph nodes (see ``ops``)."""
+
+from __future__ import annotations
