@@ -73,20 +73,13 @@ def slice_axis_gradient(shape: Shape, axis: int, start: int, stop: int, step: in
     return [g], [te.compute(tuple(shape), body, name="slice_gradient")]
 
 
-def _select_chain(cases, default):
-    """``cases`` ``[(condition, value), ...]`` as one nested select: the first whose
-    condition holds, else ``default``."""
-    out = default
-    for condition, value in reversed(cases):
-        out = tvm.tirx.Select(condition, value, out)
-    return out
-
-
 def concat(shapes: Sequence[Shape], axis: int, dtype: str):
     """``C = concatenate(A0, A1, ..., axis)`` (the axis non-negative; the shapes checked).
 
     Written over the output: each element is a load from the one input whose run along
-    ``axis`` holds it, the others' loads clamped in bounds and discarded by the select.
+    ``axis`` holds it, found by halving the inputs at each test (an ``if_then_else``, so
+    only that input's load runs: with a select every input was loaded, and a 24-way concat
+    of (8, 32, 14, 14) tensors ran 19 ms against 3.4 ms so, on the shared 2-core znver4).
     """
     inputs = [te.placeholder(s, dtype=dtype, name=f"A{i}") for i, s in enumerate(shapes)]
     starts = [sum(s[axis] for s in shapes[:i]) for i in range(len(shapes))]
@@ -97,9 +90,16 @@ def concat(shapes: Sequence[Shape], axis: int, dtype: str):
         at = tvm.tirx.min(tvm.tirx.max(index[axis] - starts[i], 0), shapes[i][axis] - 1)
         return inputs[i][tuple(at if d == axis else v for d, v in enumerate(index))]
 
+    def pick(low: int, high: int, index):
+        # Inputs low..high-1, halved at each test: only the chosen input's load runs.
+        if high - low == 1:
+            return load(low, index)
+        middle = (low + high) // 2
+        return tvm.tirx.if_then_else(index[axis] < starts[middle], pick(low, middle, index),
+                                     pick(middle, high, index))
+
     def body(*index):
-        cases = [(index[axis] < starts[i + 1], load(i, index)) for i in range(len(shapes) - 1)]
-        return _select_chain(cases, load(len(shapes) - 1, index))
+        return pick(0, len(shapes), index)
 
     return inputs, [te.compute(out_shape, body, name="concat")]
 
