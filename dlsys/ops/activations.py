@@ -164,6 +164,22 @@ def _bound(op: ElementwiseOp, x: Node, what: str, value) -> float:
     return number
 
 
+class AdjointOp(ElementwiseOp):
+    """``f'(x) * g`` (or ``f''(x) * g``): a piecewise activation's adjoint at its input
+    ``x``, linear in the upstream gradient ``g``, whose buffer it may take. The node's
+    attributes ``constant_names`` are the activation's constants, in its formula's order."""
+
+    arity = 2
+    inplace_input = 1
+    constant_names: tuple[str, ...] = ()
+
+    def constants(self, node):
+        return tuple(node.attrs[name] for name in self.constant_names)
+
+    def infer_shape(self, node, input_shapes):
+        return same_shape(node, input_shapes)
+
+
 class ClipOp(ElementwiseOp, name="Clip", kernel_kind="clip"):
     """``x`` limited to ``[low, high]`` (None: unbounded on that side); a ``low`` above
     ``high`` gives ``high`` everywhere, as ONNX's Clip."""
@@ -190,10 +206,11 @@ class ClipOp(ElementwiseOp, name="Clip", kernel_kind="clip"):
         return np.minimum(np.maximum(x, node.attrs["low"]), node.attrs["high"])
 
 
-class ClipGradientOp(ElementwiseOp, name="ClipGradient", kernel_kind="clip_gradient", arity=2,
-                     inplace_input=1):
+class ClipGradientOp(AdjointOp, name="ClipGradient", kernel_kind="clip_gradient"):
     """``g`` where ``low <= x <= high``, else 0: the adjoint of clip at its input ``x`` (as
     PyTorch's clamp, both bounds included)."""
+
+    constant_names = ("low", "high")
 
     def __call__(self, x: Node, g: Node, low: float | None = None,
                  high: float | None = None) -> Node:
@@ -203,12 +220,6 @@ class ClipGradientOp(ElementwiseOp, name="ClipGradient", kernel_kind="clip_gradi
 
     def example(self, inputs):
         return self(inputs[0], inputs[1], -0.5, 0.75)
-
-    def constants(self, node):
-        return node.attrs["low"], node.attrs["high"]
-
-    def infer_shape(self, node, input_shapes):
-        return same_shape(node, input_shapes)
 
     def gradient(self, node, output_grad):
         # Zero almost everywhere in x; linear in g with the same mask.
@@ -234,9 +245,11 @@ class LeakyReluOp(AddByConstOp, name="LeakyRelu", kernel_kind="leaky_relu"):
         return np.where(x > 0, x, node.attrs["const"] * x)
 
 
-class LeakyReluGradientOp(ElementwiseOp, name="LeakyReluGradient",
-                          kernel_kind="leaky_relu_gradient", arity=2, inplace_input=1):
+class LeakyReluGradientOp(AdjointOp, name="LeakyReluGradient",
+                          kernel_kind="leaky_relu_gradient"):
     """``g`` where ``x > 0``, else ``alpha * g``: the adjoint of leaky relu at ``x``."""
+
+    constant_names = ("const",)
 
     def __call__(self, x: Node, g: Node, alpha: float) -> Node:
         x, g = self.check_inputs((x, g))
@@ -244,12 +257,6 @@ class LeakyReluGradientOp(ElementwiseOp, name="LeakyReluGradient",
 
     def example(self, inputs):
         return self(inputs[0], inputs[1], 0.1)
-
-    def constants(self, node):
-        return (node.attrs["const"],)
-
-    def infer_shape(self, node, input_shapes):
-        return same_shape(node, input_shapes)
 
     def gradient(self, node, output_grad):
         return [None, leaky_relu_gradient_op(node.inputs[0], output_grad, node.attrs["const"])]
@@ -298,10 +305,11 @@ class EluOp(ElementwiseOp, name="Elu", kernel_kind="elu"):
         return np.where(x > 0, scale * x, scale * alpha * (np.exp(np.minimum(x, 0)) - 1))
 
 
-class EluGradientOp(ElementwiseOp, name="EluGradient", kernel_kind="elu_gradient", arity=2,
-                    inplace_input=1):
+class EluGradientOp(AdjointOp, name="EluGradient", kernel_kind="elu_gradient"):
     """``elu'(x) * g`` (``derivative`` 1) or ``elu''(x) * g`` (``derivative`` 2). Below 0
     both are ``scale * alpha * exp(x) * g``, so the second derivative is its own."""
+
+    constant_names = ("alpha", "scale")
 
     def __call__(self, x: Node, g: Node, alpha: float = 1.0, scale: float = 1.0,
                  derivative: int = 1) -> Node:
@@ -311,14 +319,8 @@ class EluGradientOp(ElementwiseOp, name="EluGradient", kernel_kind="elu_gradient
     def example(self, inputs):
         return self(inputs[0], inputs[1], 0.7, 1.25)
 
-    def constants(self, node):
-        return node.attrs["alpha"], node.attrs["scale"]
-
     def node_kind(self, node):
         return "elu_gradient" if node.attrs["derivative"] == 1 else "elu_second"
-
-    def infer_shape(self, node, input_shapes):
-        return same_shape(node, input_shapes)
 
     def gradient(self, node, output_grad):
         x, g = node.inputs
@@ -342,8 +344,8 @@ class HardSwishOp(ElementwiseOp, name="HardSwish", kernel_kind="hard_swish"):
         return x * np.clip(x / 6 + 0.5, 0, 1)
 
 
-class HardSwishGradientOp(ElementwiseOp, name="HardSwishGradient",
-                          kernel_kind="hard_swish_gradient", arity=2, inplace_input=1):
+class HardSwishGradientOp(AdjointOp, name="HardSwishGradient",
+                          kernel_kind="hard_swish_gradient"):
     """``hard_swish'(x) * g`` (``derivative`` 1: 0 below -3, ``x / 3 + 1 / 2`` up to 3,
     then 1) or ``hard_swish''(x) * g`` (``derivative`` 2: 1/3 between -3 and 3)."""
 
@@ -353,9 +355,6 @@ class HardSwishGradientOp(ElementwiseOp, name="HardSwishGradient",
 
     def node_kind(self, node):
         return "hard_swish_gradient" if node.attrs["derivative"] == 1 else "hard_swish_second"
-
-    def infer_shape(self, node, input_shapes):
-        return same_shape(node, input_shapes)
 
     def gradient(self, node, output_grad):
         x, g = node.inputs
