@@ -21,6 +21,7 @@ from dlsys.graph import Node
 from dlsys.onnx.bounds import PERMUTATION, SPLIT
 from dlsys.onnx.ops import Context, Dims, converter, reshape_target, show_dims
 from dlsys.ops.activations import logical_not_op
+from dlsys.ops.cast import as_float_op
 from dlsys.ops.layout import transpose_op
 from dlsys.ops.placeholder import Parameter
 from dlsys.ops.reshape import flatten_op, reshape_op
@@ -346,8 +347,9 @@ def _cast(ctx: Context, x, to: np.dtype):
         return x.astype(to)
     x = ctx.node_input(0, x)
     if np.issubdtype(to, np.floating):
-        # dlsys computes every floating-point value in the model's one type.
-        return x
+        # dlsys computes every floating-point value in the model's one type; an input fed
+        # as integers (an attention mask) is converted where it is read so.
+        return as_float_op(x) if _fed_directly(x) else x
     if np.issubdtype(to, np.integer) and _fed_directly(x):
         # Integer ids fed to the graph stay ids (dlsys keeps the type they are fed in).
         return x

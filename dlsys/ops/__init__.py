@@ -54,6 +54,7 @@ from dlsys.ops.attention import (
     attention_query_gradient_op,
     attention_value_gradient_op,
 )
+from dlsys.ops.cast import as_float_op
 from dlsys.ops.concat import concat_op, concat_part_op
 from dlsys.ops.conv import conv2d_grad_input_op, conv2d_grad_weight_op, conv2d_op
 from dlsys.ops.conv_transpose import conv_transpose2d_op
@@ -162,7 +163,7 @@ ALL_OPS: list[Op] = [
     target_count_op, attention_op, attention_lse_op, attention_query_gradient_op,
     attention_key_gradient_op, attention_value_gradient_op, slice_op, slice_gradient_op,
     concat_op, concat_part_op, take_op, take_gradient_op, pad_op, pad_gradient_op, tile_op,
-    tile_axes_op, expand_to_op, trilu_op,
+    tile_axes_op, expand_to_op, trilu_op, as_float_op,
     l1_norm_op, l2_norm_op, sum_square_op, max_op, min_op, prod_op, logsumexp_op,
     reduce_mode_gradient_op, argmax_op, argmin_op, hardmax_op, lrn_op, lrn_gradient_op,
     *ACTIVATION_OPS,
@@ -239,6 +240,7 @@ __all__ = [
     "transpose_op", "dropout_op", "next_seed_op", "batchnorm2d_op", "slice_op",
     "slice_gradient_op", "concat_op", "concat_part_op", "take_op", "take_gradient_op",
     "pad_op", "pad_gradient_op", "tile_op", "tile_axes_op", "expand_to_op", "trilu_op",
+    "as_float_op",
     "ALL_OPS", "ELEMENTWISE_OPS", "BroadcastBinaryOp", "Variable", "placeholder_op", "add_op",
     "mul_op", "sub_op", "div_op", "add_byconst_op", "mul_byconst_op", "div_byconst_op",
     "rdiv_byconst_op", "neg_op", "relu_op", "relu_gradient_op", "sigmoid_op", "exp_op",

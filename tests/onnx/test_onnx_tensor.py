@@ -144,6 +144,28 @@ def test_gather_of_fed_ids_is_an_embedding_lookup():
     np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-6)
 
 
+def test_integer_mask_cast_to_float_as_bert_exports_it():
+    """``(1.0 - attention_mask[:, None, :].float()) * x``: the mask is fed as int64."""
+    if not hasattr(pytest.importorskip("dlsys.onnx.importer").OnnxModule,
+                   "check_integer_inputs"):
+        pytest.skip("this dlsys's InferenceSession takes float inputs only")
+    from onnx_testing import run_both
+
+    graph = helper.make_graph(
+        [const("axis", ints(1)), node("Unsqueeze", ["mask", "axis"], ["m"]),
+         node("Cast", ["m"], ["f"], to=TensorProto.FLOAT),
+         helper.make_node("Constant", [], ["one"], value_float=1.0),
+         node("Sub", ["one", "f"], ["keep"]), node("Mul", ["keep", "x"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4]),
+         helper.make_tensor_value_info("mask", TensorProto.INT64, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                              ir_version=8)
+    mask = np.array([[1, 1, 0, 0], [1, 0, 1, 0]], np.int64)
+    ours, theirs = run_both(proto, {"x": normal((2, 3, 4)), "mask": mask})
+    np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-6)
+
+
 def test_shape_unknown_until_run_time_is_refused_naming_the_node():
     proto = model([node("Shape", ["x"], ["s"]), node("Reshape", ["x", "s"])],
                   {"x": ("N", 3)}, {"y": None})

@@ -12,6 +12,7 @@ from dlsys import autodiff as ad
 from dlsys.errors import ArgumentError, ShapeError
 from dlsys.ops import (
     ALL_OPS,
+    as_float_op,
     concat_op,
     expand_to_op,
     pad_gradient_op,
@@ -112,6 +113,19 @@ def test_take_adjoint_adds_repeated_indices():
     np.testing.assert_array_equal(got[:, [1, 2, 4]], 0)
 
 
+@pytest.mark.parametrize("value", [np.array([[3, -2], [0, 7]], np.int64),
+                                   np.array([5, 1 << 20], np.int32),
+                                   np.array([1.5, -2.25], np.float32)])
+def test_as_float_reads_integers_fed_in_their_type(value):
+    x = ad.Variable("mask")
+    got = run(as_float_op(x) * 2.0, [x], [value])
+    np.testing.assert_array_equal(got, value.astype(np.float32) * 2)
+
+
+def test_as_float_passes_a_float_gradient_through():
+    check_gradients(lambda a: as_float_op(a) * a, [(2, 3)])
+
+
 def test_index_runs_cover_ranges_reversals_and_repeats():
     assert index_runs((0, 1, 2, 3)) == ((0, 0, 1, 4),)
     assert index_runs((4, 3, 2)) == ((0, 4, -1, 3),)
@@ -145,4 +159,5 @@ def test_bad_arguments_are_refused_where_made():
 
 
 def test_registered():
-    assert {concat_op, take_op, pad_op, tile_op, expand_to_op, trilu_op} <= set(ALL_OPS)
+    assert {concat_op, take_op, pad_op, tile_op, expand_to_op, trilu_op,
+            as_float_op} <= set(ALL_OPS)

@@ -20,3 +20,4 @@ def register(kinds: Registrar) -> None:
     kinds.add("embedding_gradient", compute.embedding_gradient, "as_written")
     kinds.add("take", compute.take, "injective")
     kinds.add("take_gradient", compute.take_gradient, "injective")
+    kinds.add("as_float", compute.as_float, "injective")

@@ -138,3 +138,10 @@ def take_gradient(shape: Shape, axis: int, runs: Runs, dtype: str):
         return total
 
     return [g], [te.compute(tuple(shape), body, name="take_gradient")]
+
+
+def as_float(shape: Shape, source_dtype: str, dtype: str):
+    """``C = A`` converted from ``source_dtype`` (the type an input was fed in: integer ids,
+    or a float copied) to the graph's floating-point type."""
+    a = te.placeholder(shape, dtype=source_dtype, name="A")
+    return [a], [te.compute(shape, lambda *i: a[i].astype(dtype), name="as_float")]
