@@ -51,6 +51,8 @@ from dlsys.ops.activations import (
     greater_equal_op,
     greater_op,
     hard_swish_op,
+    is_inf_op,
+    is_nan_op,
     leaky_relu_op,
     less_equal_op,
     less_op,
@@ -266,6 +268,21 @@ def logical_not(ctx: Context, x):
     if isinstance(x, np.ndarray):
         return np.asarray(np.logical_not(x))
     return logical_not_op(ctx.node_input(0, x))
+
+
+@converter("IsNaN")
+def is_nan(ctx: Context, x):
+    if isinstance(x, np.ndarray):
+        return np.asarray(np.isnan(x))
+    return is_nan_op(ctx.node_input(0, x))
+
+
+@converter("IsInf", attrs=("detect_negative", "detect_positive"))
+def is_inf(ctx: Context, x):
+    negative, positive = bool(ctx.attr("detect_negative", 1)), bool(ctx.attr("detect_positive", 1))
+    if isinstance(x, np.ndarray):
+        return np.asarray(np.isneginf(x) & negative | np.isposinf(x) & positive)
+    return is_inf_op(ctx.node_input(0, x), negative, positive)
 
 
 # ----------------------------------------------------------------- activations

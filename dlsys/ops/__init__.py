@@ -29,6 +29,8 @@ from dlsys.ops.activations import (
     greater_op,
     hard_swish_gradient_op,
     hard_swish_op,
+    is_inf_op,
+    is_nan_op,
     leaky_relu_gradient_op,
     leaky_relu_op,
     less_equal_op,
@@ -258,5 +260,5 @@ __all__ = [
     "hard_swish_gradient_op", "hard_swish_op", "leaky_relu_gradient_op", "leaky_relu_op",
     "less_equal_op", "less_op", "logical_and_op", "logical_not_op", "logical_or_op",
     "logical_xor_op", "pow_byconst_op", "pow_op", "prelu_op", "round_op", "sign_op", "sin_op",
-    "softplus_op", "sqrt_op", "where_op",
+    "softplus_op", "sqrt_op", "where_op", "is_nan_op", "is_inf_op",
 ]

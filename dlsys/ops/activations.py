@@ -395,6 +395,35 @@ class NotOp(ElementwiseOp, name="Not", kernel_kind="logical_not"):
         return (x == 0).astype(x.dtype)
 
 
+class IsNanOp(ElementwiseOp, name="IsNaN", kernel_kind="is_nan"):
+    """1.0 where ``x`` is NaN, else 0.0."""
+
+    def gradient(self, node, output_grad):
+        return [None]
+
+    def reference(self, node, x):
+        return np.isnan(x).astype(x.dtype)
+
+
+class IsInfOp(ElementwiseOp, name="IsInf", kernel_kind="is_inf"):
+    """1.0 where ``x`` is -inf (if ``negative``) or inf (if ``positive``), else 0.0."""
+
+    def __call__(self, x: Node, negative: bool = True, positive: bool = True) -> Node:
+        (x,) = self.check_inputs((x,))
+        return Node(self, [x], {"negative": bool(negative), "positive": bool(positive)})
+
+    def constants(self, node):
+        return float(node.attrs["negative"]), float(node.attrs["positive"])
+
+    def gradient(self, node, output_grad):
+        return [None]
+
+    def reference(self, node, x):
+        found = (np.isneginf(x) & node.attrs["negative"]) | (np.isposinf(x)
+                                                            & node.attrs["positive"])
+        return found.astype(x.dtype)
+
+
 class WhereOp(ElementwiseOp, name="Where", kernel_kind="where", arity=3):
     """``where_op(condition, a, b)``: ``a`` where ``condition`` is not 0 (NaN included, as
     a cast to bool takes it), else ``b``, the three broadcast as in numpy."""
@@ -456,6 +485,8 @@ logical_or_op = MaskOp("Or", "logical_or", " or ", lambda a, b: np.logical_or(a 
 logical_xor_op = MaskOp("Xor", "logical_xor", " xor ",
                         lambda a, b: np.logical_xor(a != 0, b != 0))
 logical_not_op = NotOp()
+is_nan_op = IsNanOp()
+is_inf_op = IsInfOp()
 where_op = WhereOp()
 
 ACTIVATION_OPS = [
@@ -463,7 +494,8 @@ ACTIVATION_OPS = [
     erf_op, softplus_op, pow_byconst_op, pow_op, clip_op, clip_gradient_op, leaky_relu_op,
     leaky_relu_gradient_op, prelu_op, elu_op, elu_gradient_op, hard_swish_op,
     hard_swish_gradient_op, equal_op, less_op, greater_op, less_equal_op, greater_equal_op,
-    logical_and_op, logical_or_op, logical_xor_op, logical_not_op, where_op,
+    logical_and_op, logical_or_op, logical_xor_op, logical_not_op, is_nan_op, is_inf_op,
+    where_op,
 ]
 
 __all__ = [
@@ -473,5 +505,5 @@ __all__ = [
     "leaky_relu_gradient_op", "prelu_op", "elu_op", "elu_gradient_op", "hard_swish_op",
     "hard_swish_gradient_op", "equal_op", "less_op", "greater_op", "less_equal_op",
     "greater_equal_op", "logical_and_op", "logical_or_op", "logical_xor_op", "logical_not_op",
-    "where_op",
+    "is_nan_op", "is_inf_op", "where_op",
 ]

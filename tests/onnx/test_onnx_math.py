@@ -117,6 +117,16 @@ def test_comparisons_match_onnxruntime_with_ties_and_broadcasting(op_type):
     assert_matches_onnxruntime(proto, {"x": x, "y": y})
 
 
+@pytest.mark.parametrize("op_type, attrs", [("IsNaN", {}), ("IsInf", {}),
+                                             ("IsInf", {"detect_positive": 0})])
+def test_nan_and_infinity_tests_match_onnxruntime(op_type, attrs):
+    proto = _typed_model([helper.make_node(op_type, ["x"], ["y"], **attrs)], {"x": X_SHAPE},
+                         {"y": (X_SHAPE, TensorProto.BOOL)})
+    x = _feed()
+    x.flat[4:8] = [np.nan, np.inf, -np.inf, -0.0]
+    assert_matches_onnxruntime(proto, {"x": x})
+
+
 def test_logical_operators_and_where_on_computed_masks_match_onnxruntime():
     """And, Or, Xor and Not of comparisons, and Where selecting with them: the masks are
     computed in the graph (a bool input is the session's affair)."""

@@ -57,6 +57,10 @@ UNARY_FLOAT32 = {
              lambda x: 1.0507 * np.where(x > 0, x, 1.6733 * np.expm1(np.minimum(x, 0)))),
     "hard_swish": (act.hard_swish_op, lambda x: x * np.clip(x / 6 + 0.5, 0, 1)),
     "not": (act.logical_not_op, lambda x: (x == 0).astype(np.float32)),
+    "is_nan": (act.is_nan_op, np.isnan),
+    "is_inf": (act.is_inf_op, np.isinf),
+    "is_inf_negative": (lambda x: act.is_inf_op(x, positive=False), np.isneginf),
+    "is_inf_positive": (lambda x: act.is_inf_op(x, negative=False), np.isposinf),
 }
 
 

@@ -221,6 +221,29 @@ def logical_not(x):
     return _mask(x == _const(0.0, x), x)
 
 
+def is_nan(x):
+    return _mask(fastmath.is_nan(x), x)
+
+
+def is_inf(x, negative, positive):
+    """1.0 where ``x`` is an infinity of a sign asked for (``negative``, ``positive``: 1.0 or
+    0.0), from its bits: under LLVM's fast-math flags a comparison with inf may be folded."""
+    wide = fastmath.dtype_of(x) == "float64"
+    int_type, sign_bit = ("int64", 63) if wide else ("int32", 31)
+    exponent = 0x7FF0000000000000 if wide else 0x7F800000
+    bits = tirx.reinterpret(int_type, x)
+    magnitude = bits & tirx.const((1 << sign_bit) - 1, int_type)
+    infinite = magnitude == tirx.const(exponent, int_type)
+    below = bits < tirx.const(0, int_type)  # the sign bit
+    if float(negative.value) and float(positive.value):
+        return _mask(infinite, x)
+    if float(negative.value):
+        return _mask(infinite & below, x)
+    if float(positive.value):
+        return _mask(infinite & tirx.Not(below), x)
+    return _const(0.0, x)
+
+
 def where(condition, x, y):
     """``x`` where ``condition`` is not 0, else ``y``."""
     return tirx.Select(_true(condition), x, y)
@@ -237,5 +260,6 @@ FORMULAS = {
     "hard_swish_gradient": hard_swish_gradient, "hard_swish_second": hard_swish_second,
     "equal": equal, "less": less, "greater": greater, "less_equal": less_equal,
     "greater_equal": greater_equal, "logical_and": logical_and, "logical_or": logical_or,
-    "logical_xor": logical_xor, "logical_not": logical_not, "where": where,
+    "logical_xor": logical_xor, "logical_not": logical_not, "is_nan": is_nan,
+    "is_inf": is_inf, "where": where,
 }
