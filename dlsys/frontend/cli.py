@@ -23,7 +23,7 @@ from dlsys.data.text import DEFAULT_TEXT_DIR
 from dlsys.data.text import DEFAULT_VAL_CAP as TEXT_VAL_CAP
 from dlsys.errors import DlsysError, TrainingError
 from dlsys.frontend.arguments import Parser
-from dlsys.frontend.images import INVERT_CHOICES
+from dlsys.frontend.images import INVERT_CHOICES, photo_options
 from dlsys.frontend.settings import (
     DEFAULT_HIDDEN,
     DEFAULT_LR,
@@ -240,7 +240,11 @@ def _add_eval_predict(parser: Parser, commands) -> None:
         commands, "predict", help="classify images with a saved model",
         description="Print each image's most probable class and its probability. Images are "
                     "PNG or JPEG (grey-scaled and resized to the model's input) or .npy "
-                    "arrays of pixels in [0, 1].")
+                    "arrays of pixels in [0, 1]. For a model taking colour images of at "
+                    "least 64x64 (N, 3, H, W: ImageNet-style), photos are resized, "
+                    "center-cropped and normalised as torchvision's ImageNet preset (see "
+                    "--resize, --crop, --mean, --std), and the 5 most probable classes "
+                    "printed.")
     predict.add_argument("model", type=Path, help=MODEL_HELP)
     predict.add_argument("images", type=Path, nargs="+", help="image files")
     predict.add_argument("--invert", choices=INVERT_CHOICES, default="auto",
@@ -249,6 +253,20 @@ def _add_eval_predict(parser: Parser, commands) -> None:
                               "photo of a shoe on white paper; the models learnt light on "
                               "dark, as in MNIST")
     predict.add_argument("--classes", default=None, help=CLASSES_HELP)
+    # Photos for ImageNet-style models (input N x 3 x H x W, H and W at least 64).
+    predict.add_argument("--resize", type=_positive_int, default=None,
+                         help="for models taking colour images of at least 64x64: resize "
+                              "each photo's shorter side to this many pixels, bilinear "
+                              "(default: 256 for a 224 crop, in that proportion otherwise)")
+    predict.add_argument("--crop", default=None,
+                         help="the central N or HxW pixels kept after resizing (default: "
+                              "the model's input size; 224 where the model leaves it free)")
+    predict.add_argument("--mean", default=None,
+                         help="per-channel R,G,B means subtracted from pixels in [0, 1] "
+                              "(default ImageNet's 0.485,0.456,0.406)")
+    predict.add_argument("--std", default=None,
+                         help="per-channel R,G,B standard deviations the pixels are divided "
+                              "by (default ImageNet's 0.229,0.224,0.225)")
 
 
 def _add_inspect(parser: Parser, commands) -> None:
@@ -422,7 +440,9 @@ def _dispatch(args: argparse.Namespace, argv: list[str], run: _Run) -> None:
                                    args.confusion_png, log=_print, classes=classes)
     else:
         inference.predict_command(args.model, args.images, log=_print,
-                                  invert=args.invert, classes=classes)
+                                  invert=args.invert, classes=classes,
+                                  photo=photo_options(args.resize, args.crop, args.mean,
+                                                      args.std))
 
 
 class _Run:

@@ -17,7 +17,7 @@ from dlsys import autodiff as ad
 from dlsys import nn
 from dlsys.data.mnist import NUM_CLASSES, Split, load_dataset
 from dlsys.errors import DataError
-from dlsys.frontend.images import read_image
+from dlsys.frontend.images import PhotoPreset, read_image, read_photo, takes_photos
 from dlsys.nn import functional as F
 from dlsys.nn.serialization import infer_input_shape, output_shape
 
@@ -142,9 +142,9 @@ def model_file(path: Path) -> Path:
                     f"folder has one once its run finished)")
 
 
-def _load(path: Path) -> nn.Module:
+def _load(path: Path, free_photo_sides: bool = False) -> nn.Module:
     if path.suffix.lower() == ".onnx":
-        return _load_onnx(path)
+        return _load_onnx(path, free_photo_sides)
     model = dlsys.load(path)
     metadata = getattr(model, "metadata", {})
     if "vocab" in metadata:
@@ -189,9 +189,11 @@ def _check_outputs(path: Path, outputs: tuple[int, ...], classes: int | None = N
                         f"{classes} classes")
 
 
-def _load_onnx(path: Path) -> nn.Module:
+def _load_onnx(path: Path, free_photo_sides: bool = False) -> nn.Module:
     """An ONNX model with one input and one output (the logits), its input shape read from
-    the graph's input: every dimension after the batch must be fixed."""
+    the graph's input: every dimension after the batch must be fixed, except, with
+    ``free_photo_sides``, the height and width of a colour image (N, 3, H, W), recorded as
+    None (``dlsys predict`` crops photos to a size of its choosing)."""
     from dlsys.onnx import import_model  # the optional onnx extra, needed only here
 
     model = import_model(path)
@@ -199,6 +201,11 @@ def _load_onnx(path: Path) -> nn.Module:
         raise DataError(f"{path}: the model has inputs {model.input_names} and outputs "
                         f"{model.output_names}; dlsys eval and predict take one of each")
     dims = model.declared[model.input_names[0]][0]
+    if free_photo_sides and dims is not None and len(dims) == 4 and dims[1] == 3:
+        dims = [*dims[:2], *(d if isinstance(d, int) else None for d in dims[2:])]
+        if takes_photos(tuple(dims[1:])):
+            model.metadata = {**model.metadata, "input_shape": list(dims[1:])}
+            return model
     if dims is None or len(dims) < 2 or not all(isinstance(d, int) for d in dims[1:]):
         raise DataError(f"{path}: input {model.input_names[0]!r} has shape {dims}; dlsys eval "
                         f"and predict need every dimension after the batch fixed")
@@ -313,15 +320,36 @@ def plot_confusion(matrix: np.ndarray, names: list[str], path: Path, title: str)
     plt.close(fig)
 
 
+# How many classes ``dlsys predict`` lists for a photo, most probable first.
+TOP_CLASSES = 5
+
+
 def predict_command(model_path: Path, images: Sequence[Path],
                     log: Callable[[str], None] = print, invert: str = "auto",
-                    classes: list[str] | None = None) -> list[tuple[str, float]]:
+                    classes: list[str] | None = None, photo: dict | None = None
+                    ) -> list[tuple[str, float]]:
     """``dlsys predict``: each image's most probable class and its probability (``invert``:
-    see :func:`dlsys.frontend.images.read_image`; ``classes``: names for the outputs)."""
+    see :func:`dlsys.frontend.images.read_image`; ``classes``: names for the outputs).
+
+    A model taking colour images of at least 64 x 64 (an ImageNet-style one, as torchvision
+    exports) gets photos preprocessed as torchvision's ImageNet preset does
+    (:class:`dlsys.frontend.images.PhotoPreset`; ``photo`` holds what the command line
+    changes of it: ``resize``, ``crop``, ``mean``, ``std``), and each image's
+    ``TOP_CLASSES`` most probable classes are printed."""
     model_path = model_file(model_path)
-    model = _load(model_path)
+    model = _load(model_path, free_photo_sides=True)
     input_shape = tuple(model.metadata["input_shape"])
-    read = [read_image(Path(p), input_shape, invert) for p in images]
+    photo = {k: v for k, v in (photo or {}).items() if v is not None}
+    if takes_photos(input_shape):
+        preset = PhotoPreset.for_input(input_shape[1:], **photo)
+        input_shape = (3, *preset.crop)
+        _check_input_size(model_path, input_shape)
+        read = [(read_photo(Path(p), preset), False) for p in images]
+    else:
+        if photo:
+            raise DataError(f"--{'/--'.join(photo)}: for models taking colour images of at "
+                            f"least 64x64 (N, 3, H, W); {model_path} takes {input_shape}")
+        read = [read_image(Path(p), input_shape, invert) for p in images]
     batch = np.stack([pixels for pixels, _ in read])
     fixed = _fixed_batch(model, model_path, log)
     evaluator = Evaluator(model, fixed or len(batch), fixed_batch=fixed is not None)
@@ -333,6 +361,11 @@ def predict_command(model_path: Path, images: Sequence[Path],
     for path, row, (_, inverted) in zip(images, probabilities, read):
         best = int(row.argmax())
         results.append((names[best], float(row[best])))
+        if takes_photos(input_shape):
+            log(f"{path}:")
+            for rank, index in enumerate(np.argsort(-row, kind="stable")[:TOP_CLASSES], 1):
+                log(f"  {rank}. {names[index]} ({100 * row[index]:.1f}%)")
+            continue
         how = ", inverted" if inverted else ""  # read as light on dark, as the model learnt
         log(f"{path}: {names[best]} ({100 * row[best]:.1f}%{how})")
     return results
