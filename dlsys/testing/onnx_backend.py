@@ -105,6 +105,8 @@ def _worker(conn) -> None:
     """Run the cases the parent sends, one at a time, answering (passed, reason) each."""
     import onnx
 
+    from dlsys.kernels.build import clear_memory_cache
+
     warnings.simplefilter("ignore")
     while True:
         try:
@@ -119,6 +121,8 @@ def _worker(conn) -> None:
             conn.send((True, ""))
         except Exception as err:  # every refusal and mismatch is the case's result
             conn.send((False, failure_line(err)))
+        # Each case finds its kernels as a fresh process would: in the disk cache only.
+        clear_memory_cache()
 
 
 class _Worker:

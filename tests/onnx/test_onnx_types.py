@@ -142,3 +142,19 @@ def test_graph_is_built_for_the_fed_shapes():
         x = np.random.default_rng(6).normal(size=shape).astype(np.float32)
         (ours,) = session.run(None, {"x": x})
         np.testing.assert_allclose(ours, x @ w, rtol=1e-5, atol=1e-5)
+
+
+def test_shape_of_a_symbolic_batch_is_read_at_the_fed_shape():
+    """Shape -> Gather -> Concat -> Reshape on a symbolic batch (PyTorch's flatten by
+    ``x.view(x.size(0), -1)``): the graph is built per fed shape, the chain folded."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Gather", ["s", "zero"], ["b"], axis=0),
+             helper.make_node("Concat", ["b", "six"], ["target"], axis=0),
+             helper.make_node("Reshape", ["x", "target"], ["y"])]
+    proto = typed_model(nodes, {"x": (FLOAT, ["batch", 2, 3])}, {"y": (FLOAT, ["batch", 6])},
+                        {"zero": np.array([0], np.int64), "six": np.array([6], np.int64)})
+    session = donnx.InferenceSession(proto)
+    for batch in (2, 3):
+        x = np.arange(batch * 6, dtype=np.float32).reshape(batch, 2, 3)
+        (ours,) = session.run(None, {"x": x})
+        np.testing.assert_array_equal(ours, x.reshape(batch, 6))
