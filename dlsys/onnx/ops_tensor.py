@@ -63,6 +63,8 @@ def as_node(ctx: Context, i: int, value) -> Node:
     if value is None:
         raise ctx.refuse(f"input {i} is required")
     array = np.asarray(value)
+    if array.dtype == np.bool_:  # truth values, held as 0 and 1 (a comparison's mask)
+        array = array.astype(np.float32)
     if not np.issubdtype(array.dtype, np.floating):
         raise ctx.refuse(f"input {i} ({ctx.node.input[i]!r}) is a constant of type "
                          f"{array.dtype} read as a tensor; dlsys computes tensors in floating "
@@ -175,7 +177,13 @@ def flatten(ctx, x):
         return flatten_op(x)
     if axis == 0:
         return reshape_op(x, (1, -1))
-    return reshape_op(x, reshape_target(ctx, ctx.output_dims(0), "the flattened shape"))
+    out = ctx.output_dims(0)
+    if out is None or sum(d is None for d in out) > 1:
+        dims = dims_of(ctx, 0, x)
+        axis += len(dims) if axis < 0 else 0
+        out = tuple(None if None in part else math.prod(part)
+                    for part in (dims[:axis], dims[axis:]))
+    return reshape_op(x, reshape_target(ctx, out, "the flattened shape"))
 
 
 def _numpy_reshape(ctx: Context, x: np.ndarray, spec: list[int]) -> np.ndarray:

@@ -45,10 +45,23 @@ def _variadic(fn, most: int):
     return fn
 
 
+def empty(ctx: Context, dims, axis: int, what: str) -> np.ndarray:
+    """An empty result (``dims`` with no entries along ``axis``) as the empty constant it is:
+    dlsys tensors hold at least one element, and a Concat leaves it out (a rotary
+    embedding's pass-through part, when the rotation covers the whole head)."""
+    shape = tuple(0 if d == axis else n for d, n in enumerate(dims))
+    if None in shape:
+        raise ctx.refuse(f"{what} is empty, {show_dims(shape)}, with a size unknown until "
+                         f"run time; dlsys tensors hold at least one element")
+    return np.zeros(shape, dtype=np.float32)
+
+
 def concat(ctx, *inputs):
     axis = int(ctx.attr("axis"))
     if all(is_constant(v) for v in inputs):
         return np.concatenate(inputs, axis=axis)
+    # Empty constants add nothing to the join.
+    inputs = [v for v in inputs if not (is_constant(v) and v.size == 0)]
     nodes = [as_node(ctx, i, v) for i, v in enumerate(inputs)]
     return nodes[0] if len(nodes) == 1 else concat_op(nodes, axis)
 
@@ -80,11 +93,11 @@ def split(ctx, x, sizes=None):
     bounds = np.cumsum([0, *sizes]).tolist()
     if is_constant(x):
         return tuple(np.split(x, bounds[1:-1], axis=axis))
-    if any(n <= 0 for n in sizes):
-        raise ctx.refuse(f"split sizes {sizes} hold an empty part; dlsys tensors hold at "
-                         f"least one element")
+    if any(n < 0 for n in sizes):
+        raise ctx.refuse(f"split sizes {sizes} must not be negative")
     x = as_node(ctx, 0, x)
-    return tuple(slice_op(x, axis, bounds[k], bounds[k + 1]) for k in range(parts))
+    return tuple(slice_op(x, axis, bounds[k], bounds[k + 1]) if sizes[k] else
+                 empty(ctx, dims, axis, f"part {k} of the split") for k in range(parts))
 
 
 # ONNX writes "to the end" as the largest int64 (or int32); anything from here counts so.
@@ -133,10 +146,12 @@ def slice_(ctx, x, starts, ends, axes=None, steps=None):
             index[axis] = slice(start, None if end < 0 else end, step)
         return x[tuple(index)]
     x = as_node(ctx, 0, x)
+    out = list(dims)
     for axis, start, end, step in cuts:
-        if not len(range(start, end, step)):
-            raise ctx.refuse(f"the slice of axis {axis} of {show_dims(dims)} is empty; dlsys "
-                             f"tensors hold at least one element")
+        out[axis] = len(range(start, end, step))
+    if 0 in out:
+        return empty(ctx, out, out.index(0), "the slice")
+    for axis, start, end, step in cuts:
         x = slice_op(x, axis, start, end, step)
     return x
 

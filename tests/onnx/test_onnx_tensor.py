@@ -82,6 +82,12 @@ CASES = {
     "cast_to_bool_and_back": lambda: (
         [node("Relu", ["x"], ["r"]), node("Cast", ["r"], ["b"], to=TensorProto.BOOL),
          node("Cast", ["b"], to=TensorProto.FLOAT)], {"x": ("N", 5)}, {"y": None}, {}),
+    # An empty part (a rotary embedding's pass-through, the rotation covering the head):
+    # an empty constant, which the concat leaves out.
+    "split_empty_part_concat": lambda: (
+        [node("Split", ["x", "s"], ["a", "b"], axis=1), node("Neg", ["a"], ["n"]),
+         node("Concat", ["n", "b"], axis=1)],
+        {"x": ("N", 4)}, {"y": None}, {"s": ints(4, 0)}),
     # Shape arithmetic on sizes dlsys knows: folded into the reshape's target.
     "shape_gather_concat_reshape_folds": lambda: (
         [node("Shape", ["x"], ["s"]), const("zero", ints(0)),
