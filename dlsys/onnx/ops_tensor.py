@@ -20,7 +20,7 @@ from dlsys.errors import DlsysError
 from dlsys.graph import Node
 from dlsys.onnx.bounds import PERMUTATION, SPLIT
 from dlsys.onnx.ops import Context, Dims, converter, reshape_target, show_dims
-from dlsys.ops.activations import logical_not_op
+from dlsys.ops import logical_not_op
 from dlsys.ops.cast import as_float_op
 from dlsys.ops.layout import transpose_op
 from dlsys.ops.placeholder import Parameter
