@@ -48,8 +48,8 @@ class AbsOp(ElementwiseOp, name="Abs", kernel_kind="abs", formula=np.abs):
 
 
 class PiecewiseConstantOp(ElementwiseOp):
-    """A function constant between its jumps (sign, floor, ceil, round): its gradient is 0
-    wherever it has one, so no gradient flows through it."""
+    """A function constant between its jumps (sign, floor, ceil, round, the unary masks):
+    its gradient is 0 wherever it has one, so no gradient flows through it."""
 
     def gradient(self, node, output_grad):
         return [None]
@@ -385,27 +385,21 @@ class MaskOp(BroadcastBinaryOp):
         return self.test(a, b).astype(np.result_type(a, b))
 
 
-class NotOp(ElementwiseOp, name="Not", kernel_kind="logical_not"):
+class NotOp(PiecewiseConstantOp, name="Not", kernel_kind="logical_not"):
     """1.0 where ``x`` is 0, else 0.0."""
-
-    def gradient(self, node, output_grad):
-        return [None]
 
     def reference(self, node, x):
         return (x == 0).astype(x.dtype)
 
 
-class IsNanOp(ElementwiseOp, name="IsNaN", kernel_kind="is_nan"):
+class IsNanOp(PiecewiseConstantOp, name="IsNaN", kernel_kind="is_nan"):
     """1.0 where ``x`` is NaN, else 0.0."""
-
-    def gradient(self, node, output_grad):
-        return [None]
 
     def reference(self, node, x):
         return np.isnan(x).astype(x.dtype)
 
 
-class IsInfOp(ElementwiseOp, name="IsInf", kernel_kind="is_inf"):
+class IsInfOp(PiecewiseConstantOp, name="IsInf", kernel_kind="is_inf"):
     """1.0 where ``x`` is -inf (if ``negative``) or inf (if ``positive``), else 0.0."""
 
     def __call__(self, x: Node, negative: bool = True, positive: bool = True) -> Node:
@@ -414,9 +408,6 @@ class IsInfOp(ElementwiseOp, name="IsInf", kernel_kind="is_inf"):
 
     def constants(self, node):
         return float(node.attrs["negative"]), float(node.attrs["positive"])
-
-    def gradient(self, node, output_grad):
-        return [None]
 
     def reference(self, node, x):
         found = (np.isneginf(x) & node.attrs["negative"]) | (np.isposinf(x)
@@ -444,6 +435,7 @@ class WhereOp(ElementwiseOp, name="Where", kernel_kind="where", arity=3):
 
 
 def _broadcast_three(shape_c, shape_a, shape_b):
+    """Numpy's broadcast of Where's three shapes."""
     out = broadcast_shape(shape_c, shape_a)
     out = None if out is None else broadcast_shape(out, shape_b)
     if out is None:
