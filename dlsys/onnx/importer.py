@@ -188,8 +188,10 @@ class OnnxModule(Module):
                                 f"{node.op_type} takes {sorted(entry.attrs) or 'none'}")
 
     def check_integer_inputs(self, inputs: dict[str, Node], outputs) -> None:
-        """Refuse an integer (or bool) input the built graph reads other than as indices:
-        dlsys computes in floating point, and would round ids it reads as numbers."""
+        """Refuse an integer (or bool) input the built graph reads other than as indices
+        (``Op.index_inputs``, or ``optional_index_inputs``: a Cast to float's kernel reads
+        integers as numbers): dlsys computes in floating point, and would round the ids
+        it computed with."""
         from dlsys.passes.dtypes import index_placeholders
 
         order = find_topo_sort([v for v in outputs if isinstance(v, Node)])
@@ -203,8 +205,8 @@ class OnnxModule(Module):
                 raise OnnxError(
                     f"{self.source}: input {name!r} has type {self.declared[name][1]}; dlsys "
                     f"computes in {self.dtype} and reads integer inputs only as indices (a "
-                    f"Gather's indices into an initializer) or as numbers fixed per run (a "
-                    f"Reshape's shape), which this graph does not")
+                    f"Gather's indices into an initializer), as numbers fixed per run (a "
+                    f"Reshape's shape) or through a Cast to float, which this graph does not")
 
     def _convert(self, node, values: dict, shapes: dict, fixed) -> tuple:
         entry = CONVERTERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
