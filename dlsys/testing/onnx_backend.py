@@ -34,6 +34,8 @@ EXPECTED_PASS_FILE = Path(__file__).resolve().parents[2] / "tests" / "onnx" / \
     "backend_expected_pass.txt"
 # Seconds one case may take, compiles included, before its worker is stopped.
 CASE_TIMEOUT_S = 120.0
+# Consecutive crashed cases after which the run stops: the worker itself is broken.
+MAX_CRASHES_IN_A_ROW = 10
 
 
 def collect_cases() -> list:
@@ -148,7 +150,8 @@ class _Worker:
         try:
             return self._conn.recv()
         except (EOFError, OSError):
-            code = self._process.exitcode if self._process is not None else None
+            self._process.join(5)  # reaped, so that its exit code (-11: a segfault) is known
+            code = self._process.exitcode
             self._stop()
             return False, f"crash: the worker died (exit code {code})"
 
@@ -205,6 +208,14 @@ def run_cases(cases: Sequence, timeout: float = CASE_TIMEOUT_S,
                 print(f"[{i + 1}/{len(cases)}] {mark} {case.name} "
                       f"({results[-1].seconds:.1f} s) {reason[:120]}", file=sys.stderr,
                       flush=True)
+            recent = results[-MAX_CRASHES_IN_A_ROW:]
+            if len(recent) == MAX_CRASHES_IN_A_ROW and all(
+                    r.reason.startswith("crash:") for r in recent):
+                # A worker that dies on every case (dlsys itself fails to import, say)
+                # would cost a restart per case: stop and say so.
+                raise RuntimeError(f"the worker crashed on {MAX_CRASHES_IN_A_ROW} cases in a "
+                                   f"row (the last {case.name}: {reason}); run "
+                                   f"`python -c 'import dlsys.onnx.backend'` to see why")
     finally:
         worker.close()
     return results
