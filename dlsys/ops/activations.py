@@ -31,7 +31,7 @@ from dlsys.ops.elementwise import (
     sigmoid_op,
     zeroslike_op,
 )
-from dlsys.ops.reduce import reducesumto_op
+from dlsys.ops.reduce import broadcastto_op, reducesumto_op
 from dlsys.ops.shapes import apply_rule, broadcast_shape, same_shape
 
 
@@ -273,9 +273,11 @@ class PReluOp(BroadcastBinaryOp, name="PRelu", kernel_kind="prelu", symbol=" pre
 
     def gradient(self, node, output_grad):
         x, slope = node.inputs
-        # The upstream gradient where x > 0 and where x < 0: relu masks, no new kernel kind.
+        # The upstream gradient where x > 0 and where x < 0: relu masks, no new kernel kind,
+        # over x broadcast to the output's shape (a view where x has it already).
+        x = broadcastto_op(x, node)
         below = relu_gradient_op(neg_op(x), output_grad)
-        return [reducesumto_op(relu_gradient_op(x, output_grad) + below * slope, x),
+        return [reducesumto_op(relu_gradient_op(x, output_grad) + below * slope, node.inputs[0]),
                 reducesumto_op(below * x, slope)]
 
     def reference(self, node, x, slope):

@@ -178,6 +178,8 @@ GRADIENT_CASES = {
     "pow_broadcast": (act.pow_op, torch.pow, [(2, 3, 4), (3, 1)], (0,), True),
     "prelu_per_channel": (act.prelu_op, lambda x, s: torch.where(x > 0, x, s * x),
                           [(2, 3, 4, 5), (3, 1, 1)], (), False),
+    "prelu_both_broadcast": (act.prelu_op, lambda x, s: torch.where(x > 0, x, s * x),
+                             [(3, 1), (2, 1, 4)], (), False),
     "where": (lambda c, a, b: act.where_op(act.greater_op(c, a), a, b),
               lambda c, a, b: torch.where(c > a, a, b), [(3, 4), (3, 4), (4,)], (), False),
 }
