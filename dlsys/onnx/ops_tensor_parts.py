@@ -206,6 +206,40 @@ def _gather_ids(ctx: Context, x: Node, ids: Node, dims, axis: int) -> Node:
     return transpose_op(rows, perm)
 
 
+@folding("GatherElements", attrs=("axis",), constant_inputs=(1,), ranked={"axis": AXIS})
+def gather_elements(ctx, data, indices):
+    """``numpy.take_along_axis(data, indices, axis)`` for indices fixed when the graph is
+    built (a fed array of them is folded per value by the session): a take of the flattened
+    data at each element's position, so its gradient is the take's scatter-add."""
+    axis = int(ctx.attr("axis", 0))
+    indices = np.asarray(constant_ints(ctx, 1, indices, "the indices")).reshape(
+        np.shape(indices))
+    dims = data.shape if is_constant(data) else dims_of(ctx, 0, data)
+    axis %= len(dims)
+    if None in dims:
+        raise ctx.refuse(f"the data's shape {show_dims(dims)} has sizes unknown until run "
+                         f"time; dlsys picks fixed elements of a known shape")
+    if indices.ndim != len(dims) or any(n > d for n, d in zip(indices.shape, dims)):
+        raise ctx.refuse(f"indices of shape {indices.shape} do not fit data {show_dims(dims)}")
+    size = dims[axis]
+    if np.any((indices < -size) | (indices >= size)):
+        raise ctx.refuse(f"an index is out of range for axis {axis} of {show_dims(dims)}")
+    along = np.where(indices < 0, indices + size, indices)
+    if is_constant(data):
+        return np.take_along_axis(data, along, axis)
+    # Each element's flat position in data: its own index on every axis but ``axis``.
+    grid = list(np.indices(indices.shape))
+    grid[axis] = along
+    flat = np.ravel_multi_index(tuple(grid), tuple(dims)).reshape(-1)
+    runs = len(index_runs(tuple(int(i) for i in flat)))
+    if runs > MAX_RUNS:
+        raise ctx.refuse(f"the {flat.size} indices fall into {runs} runs of equal steps; "
+                         f"dlsys takes at most {MAX_RUNS}")
+    rows = reshape_op(as_node(ctx, 0, data), (-1,))
+    return reshaped(ctx, take_op(rows, [int(i) for i in flat], 0), indices.shape,
+                    "the gathered shape")
+
+
 @folding("Pad", attrs=("mode",), constant_inputs=(1, 2, 3))
 def pad(ctx, x, pads, constant_value=None, axes=None):
     dims = dims_of(ctx, 0, x)

@@ -55,6 +55,9 @@ CASES = {
     "gather_2d_indices_from_initializer_table": lambda: (
         node("Gather", ["x", "i"], axis=1), {"x": ("N", 5)}, {"y": None},
         {"i": ints(4, -1, 0, 2).reshape(2, 2)}),
+    "gather_elements_negative_indices": lambda: (
+        node("GatherElements", ["x", "i"], axis=1), {"x": (2, 4)}, {"y": None},
+        {"i": ints(3, -1, 0, 0, 1, 2).reshape(2, 3)}),
     "unsqueeze_squeeze": lambda: (
         [node("Unsqueeze", ["x", "a"], ["u"]), node("Squeeze", ["u", "b"])],
         {"x": ("N", 3)}, {"y": None}, {"a": ints(1, -1), "b": ints(3)}),
