@@ -234,8 +234,7 @@ def shapes_for_feeds(model, input_shapes: dict[str, tuple[int, ...]],
     onnx = require_onnx()
     from onnx import numpy_helper
 
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
+    copy = _without_weights(onnx, model)
     graph = copy.graph
     kept = []
     for value in graph.input:
@@ -259,6 +258,43 @@ def shapes_for_feeds(model, input_shapes: dict[str, tuple[int, ...]],
         if value.type.HasField("tensor_type"):
             value.type.tensor_type.ClearField("shape")
     return static_shapes(copy, free_batch=False, data_prop=True)
+
+
+# Initializers of more elements than this are left out of the copies that shape inference
+# reads (declared as inputs of their type and shape instead): their values tell no size.
+_WEIGHT_ELEMENTS = 64
+
+
+def _without_weights(onnx, model):
+    """A copy of ``model`` for shape inference that leaves out its floating-point weights'
+    data (each declared as an input of its type and shape): a model of hundreds of
+    megabytes is not copied again for each set of feeds. Integer tensors and small ones,
+    which may be shapes that ONNX's data propagation follows, are kept."""
+    import math
+
+    from onnx import TensorProto, helper
+
+    copy = onnx.ModelProto()
+    copy.ir_version = model.ir_version
+    copy.opset_import.extend(model.opset_import)
+    copy.functions.extend(model.functions)
+    graph, source = copy.graph, model.graph
+    graph.name = source.name
+    graph.node.extend(source.node)
+    graph.input.extend(source.input)
+    graph.output.extend(source.output)
+    graph.value_info.extend(source.value_info)
+    declared = {v.name for v in source.input}
+    floating = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16,
+                TensorProto.BFLOAT16)
+    for tensor in source.initializer:
+        if tensor.data_type in floating and math.prod(tensor.dims) > _WEIGHT_ELEMENTS:
+            if tensor.name not in declared:
+                graph.input.append(helper.make_tensor_value_info(
+                    tensor.name, tensor.data_type, list(tensor.dims)))
+        else:
+            graph.initializer.append(tensor)
+    return copy
 
 
 def _free_batch(onnx, model):
