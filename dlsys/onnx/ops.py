@@ -127,13 +127,27 @@ def identity(ctx, x):
 
 @converter("Dropout", attrs=("seed",), constant_inputs=(1, 2))
 def dropout(ctx, x, ratio=None, training_mode=None):
-    # An exported model is an inference graph: its dropout passes the input through.
-    ctx.only_first_output()
-    if isinstance(training_mode, np.ndarray) and bool(training_mode.reshape(-1)[0]):
+    """An exported model is an inference graph: its dropout passes the input through, and
+    its mask output (where the graph reads it) keeps every element: all true."""
+    # A ratio of zero drops nothing, in training as at inference.
+    drops_nothing = isinstance(ratio, np.ndarray) and float(ratio.reshape(-1)[0]) == 0.0
+    if isinstance(training_mode, np.ndarray) and bool(training_mode.reshape(-1)[0]) \
+            and not drops_nothing:
         raise ctx.refuse("training_mode is true; dlsys imports dropout as at inference")
     if training_mode is not None and not isinstance(training_mode, np.ndarray):
         raise ctx.refuse("training_mode must be a constant")
-    return x
+    if len(ctx.node.output) < 2 or not ctx.node.output[1]:
+        return x
+    if isinstance(x, np.ndarray):
+        return x, np.ones(x.shape, dtype=bool)
+    dims = ctx.input_dims(0, x)
+    if dims is not None and None not in dims:
+        return x, np.ones(dims, dtype=bool)
+    # A size known only at run time (the batch): ones computed in the graph, which the
+    # session returns as the bool the file declares.
+    from dlsys.ops import oneslike_op
+
+    return x, oneslike_op(ctx.node_input(0, x))
 
 
 # ------------------------------------------------------------ matrix products
