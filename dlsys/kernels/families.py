@@ -23,7 +23,8 @@ from dlsys.kernels import (
     optim,
     random,
     reduce,
+    resize,
 )
 
 FAMILIES: tuple[ModuleType, ...] = (elementwise, reduce, matmul, loss, random, norm, optim,
-                                    conv, layout, gather, attention)
+                                    conv, layout, gather, attention, resize)

@@ -97,12 +97,12 @@ class OnnxModule(Module):
                 self._add_tensor(tensor.name, array, tensor.name in buffers, where)
         # Constant nodes hold values fixed by the file: taken once here, like initializers
         # that no optimiser updates; a single number is kept as one, for the by-constant
-        # operators.
+        # operators, and so is an empty tensor (a Resize's omitted roi, as PyTorch writes it).
         self._nodes = []
         for node in graph.node:
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
                 value = _constant_value(node, where)
-                if not np.issubdtype(value.dtype, np.floating) or value.size == 1 \
+                if not np.issubdtype(value.dtype, np.floating) or value.size <= 1 \
                         and value.ndim <= 1:
                     self._constants[node.output[0]] = value
                 else:

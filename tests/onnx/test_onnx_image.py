@@ -1,0 +1,166 @@
+"""ONNX's Resize and Upsample (dlsys/onnx/ops_image.py): one small model each, run by dlsys
+and compared with onnxruntime within 1e-4, PyTorch's own exports of F.interpolate (and
+their gradients), and what dlsys refuses, naming the node."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from onnx import TensorProto, helper  # noqa: E402
+from onnx_testing import assert_matches_onnxruntime, model, normal  # noqa: E402
+
+import dlsys.onnx as donnx  # noqa: E402
+from dlsys.onnx.reader import OnnxError  # noqa: E402
+
+
+def floats(*values) -> np.ndarray:
+    return np.asarray(values, dtype=np.float32)
+
+
+def ints(*values) -> np.ndarray:
+    return np.asarray(values, dtype=np.int64)
+
+
+def resize(inputs=("x", "", "s"), **attrs):
+    return helper.make_node("Resize", list(inputs), ["y"], **attrs)
+
+
+# name -> (node, initializers): an image ("N", 2, 3, 4) resized.
+CASES = {
+    "nearest_scales_default_modes": (resize(), {"s": floats(1, 1, 2, 1.5)}),
+    "nearest_sizes_asymmetric_floor": (
+        resize(("x", "", "", "z"), coordinate_transformation_mode="asymmetric",
+               nearest_mode="floor"), {"z": ints(2, 2, 7, 9)}),
+    "nearest_axes_round_prefer_ceil": (
+        resize(("x", "", "", "z"), axes=[3, 2], nearest_mode="round_prefer_ceil"),
+        {"z": ints(6, 5)}),
+    "linear_upsample_half_pixel": (resize(mode="linear"), {"s": floats(1, 1, 2, 2)}),
+    "linear_downsample_pytorch_half_pixel": (
+        resize(("x", "", "", "z"), mode="linear",
+               coordinate_transformation_mode="pytorch_half_pixel"), {"z": ints(2, 2, 2, 1)}),
+    "linear_align_corners_sizes": (
+        resize(("x", "", "", "z"), mode="linear", coordinate_transformation_mode="align_corners"),
+        {"z": ints(2, 2, 5, 7)}),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_resize_matches_onnxruntime(case):
+    node, initializers = CASES[case]
+    proto = model([node], {"x": ("N", 2, 3, 4)}, {"y": None}, initializers, opset=19)
+    assert_matches_onnxruntime(proto, {"x": normal((2, 2, 3, 4))})
+
+
+def test_upsample_of_an_old_opset_is_converted():
+    """Upsample (opset 9) reaches dlsys as a Resize, through ONNX's version converter."""
+    node = helper.make_node("Upsample", ["x", "s"], ["y"], mode="nearest")
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 6, 12])],
+        [helper.make_tensor("s", TensorProto.FLOAT, [4], [1, 1, 2, 3])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)], ir_version=4)
+    assert_matches_onnxruntime(proto, {"x": normal((1, 2, 3, 4))})
+
+
+class _Upsampling:
+    """A convolution followed by F.interpolate, as PyTorch's exporter writes it."""
+
+    @staticmethod
+    def export(torch, opset: int, **options) -> bytes:
+        class Net(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = torch.nn.Conv2d(2, 3, 3, padding=1)
+
+            def forward(self, x):
+                return torch.nn.functional.interpolate(self.conv(x), **options)
+
+        torch.manual_seed(0)
+        buffer = io.BytesIO()
+        torch.onnx.export(Net().eval(), (torch.zeros(2, 2, 4, 5),), buffer, dynamo=False,
+                          input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch"}}, opset_version=opset)
+        return buffer.getvalue()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("opset, options", [
+    (11, {"scale_factor": 2, "mode": "nearest"}),  # an empty roi constant
+    (17, {"size": (7, 9), "mode": "bilinear", "align_corners": True}),  # sizes from shapes
+])
+def test_pytorch_exports_match_onnxruntime(opset, options):
+    torch = pytest.importorskip("torch")
+    import onnxruntime as ort
+
+    data = _Upsampling.export(torch, opset, **options)
+    x = normal((3, 2, 4, 5))
+    ours = donnx.InferenceSession(data).run(None, {"x": x})[0]
+    theirs = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None,
+                                                                                {"x": x})[0]
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_imported_bilinear_upsampling_fine_tunes():
+    """The imported model's gradients (through the resize's adjoint) are PyTorch's."""
+    torch = pytest.importorskip("torch")
+    from dlsys import autodiff as ad
+
+    data = _Upsampling.export(torch, 17, scale_factor=2, mode="bilinear", align_corners=False)
+    module = donnx.import_model(data).train()
+    x, upstream = ad.Variable("x"), ad.Variable("upstream")
+    params = module.parameters()
+    grads = ad.gradients(ad.sum_op(module(x) * upstream), params)
+    x_value, weights = normal((2, 2, 4, 5)), normal((2, 3, 8, 10), 1)
+    got = ad.Executor(grads).run({x: x_value, upstream: weights},
+                                 convert_to_numpy_ret_vals=True)
+    conv = torch.nn.Conv2d(2, 3, 3, padding=1)
+    with torch.no_grad():
+        for p, value in zip(conv.parameters(), params):
+            p.copy_(torch.tensor(value.data.numpy()))
+    out = torch.nn.functional.interpolate(conv(torch.tensor(x_value)), scale_factor=2,
+                                          mode="bilinear", align_corners=False)
+    (out * torch.tensor(weights)).sum().backward()
+    for mine, p in zip(got, conv.parameters()):
+        np.testing.assert_allclose(mine, p.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("node, initializers, message", [
+    (resize(mode="cubic"), {"s": floats(1, 1, 2, 2)}, "mode 'cubic' is not supported"),
+    (resize(("x", "r", "", "z"), mode="linear",
+            coordinate_transformation_mode="tf_crop_and_resize"),
+     {"r": floats(0, 0, 0, 0, 1, 1, 1, 1), "z": ints(2, 2, 2, 2)},
+     "'tf_crop_and_resize' is not supported"),
+    (resize(mode="linear", antialias=1), {"s": floats(1, 1, 0.5, 0.5)},
+     "antialias when downsampling"),
+    (resize(("x", "", "s", "z")), {"s": floats(1, 1, 2, 2), "z": ints(2, 2, 6, 8)},
+     "exactly one of scales and sizes"),
+    (resize(("x", "", "", "z"), axes=[2, 3]), {"z": ints(2, 2, 6, 8)},
+     "one value per resized axis"),
+])
+def test_refusals_name_the_node(node, initializers, message):
+    proto = model([node], {"x": ("N", 2, 3, 4)}, {"y": ("N", 2, 6, 8)}, initializers,
+                  opset=19)
+    with pytest.raises(OnnxError, match=message) as err:
+        donnx.import_model(proto)
+    assert "Resize node 'y'" in str(err.value)
+
+
+def test_scales_computed_at_run_time_are_refused():
+    nodes = [helper.make_node("Relu", ["t"], ["s"]), resize(("x", "", "s"))]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 3, 4]),
+                     helper.make_tensor_value_info("t", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 6, 8])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)],
+                              ir_version=9)
+    with pytest.raises(OnnxError, match="scales .* must be fixed when the graph is built"):
+        donnx.import_model(proto)
