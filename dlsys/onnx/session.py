@@ -8,7 +8,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dlsys.errors import ArgumentError, ArgumentTypeError, DtypeError, FeedError, ShapeError
+from dlsys.errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    DlsysError,
+    DtypeError,
+    FeedError,
+    ShapeError,
+)
 from dlsys.graph import Node, find_topo_sort
 from dlsys.onnx.importer import OnnxModule, ValueTooLarge
 from dlsys.onnx.reader import OnnxError, load_model
@@ -136,7 +143,7 @@ class InferenceSession:
             inputs, outputs = model.build_checked()
         except ValueTooLarge:
             raise
-        except OnnxError:
+        except DlsysError:  # a converter's refusal of an unknown size (an OnnxError, mostly)
             declared = [model.declared[name][0] for name in model.input_names]
             if any(dims is None or not all(isinstance(d, int) for d in dims)
                    for dims in declared):
