@@ -226,7 +226,9 @@ class InferenceSession:
                         if executor.eval_node_list else [])
         results = [next(computed) if isinstance(v, Node) else np.array(v)
                    for v in graph.outputs]
-        return [_as_declared(results[i], self._model.output_dtypes[i]) for i in wanted]
+        names, dtypes = self._model.output_names, self._model.output_dtypes
+        return [_as_declared(results[i], dtypes[i], self._model.declared[names[i]][0])
+                for i in wanted]
 
     def _wanted(self, output_names) -> list[int]:
         names = self._model.output_names
@@ -282,10 +284,13 @@ class InferenceSession:
                 f"dynamo=False)")
 
 
-def _as_declared(array: np.ndarray, dtype: np.dtype | None) -> np.ndarray:
-    """An output in the type the file declares for it: dlsys computes comparisons as
-    floating-point 0/1 and indices (an ArgMax's) as floating-point whole numbers, which are
-    cast back here (rounded first, so that 2.9999999 is 3)."""
+def _as_declared(array: np.ndarray, dtype: np.dtype | None, dims: tuple | None) -> np.ndarray:
+    """An output in the type and rank the file declares for it: dlsys computes comparisons
+    as floating-point 0/1 and indices (an ArgMax's) as floating-point whole numbers, which
+    are cast back here (rounded first, so that 2.9999999 is 3); a scalar, which dlsys holds
+    as one element of shape (1,), comes back 0-d where the file declares it so."""
+    if dims == () and array.shape == (1,):
+        array = array.reshape(())
     if dtype is None or array.dtype == dtype:
         return array
     if dtype.kind == "b":

@@ -158,3 +158,15 @@ def test_shape_of_a_symbolic_batch_is_read_at_the_fed_shape():
         x = np.arange(batch * 6, dtype=np.float32).reshape(batch, 2, 3)
         (ours,) = session.run(None, {"x": x})
         np.testing.assert_array_equal(ours, x.reshape(batch, 6))
+
+
+def test_scalar_output_is_returned_0d():
+    """A sum over every axis is one number: held as (1,) by dlsys, returned 0-d as the file
+    declares (and as onnxruntime returns it)."""
+    proto = typed_model([helper.make_node("ReduceSum", ["x"], ["y"], keepdims=0)],
+                        {"x": (FLOAT, [2, 3])}, {"y": (FLOAT, [])})
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    (ours,) = donnx.InferenceSession(proto).run(None, {"x": x})
+    (theirs,) = onnxruntime_outputs(proto, {"x": x})
+    assert ours.shape == theirs.shape == ()
+    np.testing.assert_allclose(ours, theirs)
