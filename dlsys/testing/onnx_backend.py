@@ -256,7 +256,7 @@ def _reason_group(reason: str) -> str:
     reason = re.sub(r"; dlsys imports [^;]*", "", reason)  # the list of every op type
     reason = re.sub(r"\b(node|input|output|tensor|value|initializer)\(?s?\)? '[^']*'",
                     r"\1 …", reason)
-    reason = re.sub(r"\([^()]*\)", "(…)", reason)
+    reason = re.sub(r"(?<!tensor)\([^()]*\)", "(…)", reason)  # shapes; types kept
     return re.sub(r"\b\d+(\.\d+)?\b", "#", reason)[:160]
 
 
