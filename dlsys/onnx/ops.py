@@ -201,6 +201,7 @@ from dlsys.onnx import (  # noqa: E402,F401
     ops_conv,
     ops_einsum,
     ops_image,
+    ops_loss,
     ops_math,
     ops_reduce,
     ops_tensor,
