@@ -201,24 +201,27 @@ def largest_batch(layers: int, width: int, budget: int, recompute: bool) -> int:
     return low
 
 
-def mlp_section(args) -> None:
-    work = mlp_workload(args.layers, args.width, args.batch)
-    print(f"deep MLP: {args.layers} x (Linear {args.width} + ReLU), batch {args.batch}, SGD "
-          f"with momentum; outputs (loss and gradients) {work.output_bytes / MIB:.1f} MiB")
+def budgets_between(work: Workload, shares: tuple[float, ...]) -> list[int | None]:
+    """No budget, then budgets that leave these shares of the plain plan's working memory,
+    then the smallest reachable (those below it dropped)."""
     plain_step = work.step(None)
     plain_step(work.feeds)
-    stats = plain_step.executor.memory_stats()
+    planned = plain_step.executor.memory_stats()["planned_bytes"]
     smallest = work.smallest_budget()
     # What a budgeted step holds besides its plan (the optimiser's state is counted then).
     probe = work.step(smallest)
     probe(work.feeds)
     held = probe.executor.memory_stats()["held_bytes"]
-    budgets: list[int | None] = [None]
-    for share in (1.0, 0.6, 0.45, 0.35, 0.28, 0.22):
-        budgets.append(held + int(stats["planned_bytes"] * share))
-    budgets.append(smallest)
-    rows = measure(work, [b for b in budgets if b is None or b >= smallest], args.rounds,
-                   args.calls)
+    budgets = [held + int(planned * share) for share in shares]
+    return [None, *(b for b in budgets if b >= smallest), smallest]
+
+
+def mlp_section(args) -> None:
+    work = mlp_workload(args.layers, args.width, args.batch)
+    print(f"deep MLP: {args.layers} x (Linear {args.width} + ReLU), batch {args.batch}, SGD "
+          f"with momentum; outputs (loss and gradients) {work.output_bytes / MIB:.1f} MiB")
+    budgets = budgets_between(work, (1.0, 0.6, 0.45, 0.35, 0.28, 0.22))
+    rows = measure(work, budgets, args.rounds, args.calls)
     print_table(work, rows)
     targets(work, rows, args.layers)
     fixed = args.fixed_budget * MIB
@@ -230,15 +233,7 @@ def mlp_section(args) -> None:
 def gpt_section(args) -> None:
     work = gpt_workload()
     print("\nGPT (context 128, width 128, 4 heads, 4 layers, batch 16), AdamW:")
-    plain_step = work.step(None)
-    plain_step(work.feeds)
-    stats = plain_step.executor.memory_stats()
-    smallest = work.smallest_budget()
-    probe = work.step(smallest)
-    probe(work.feeds)
-    held = probe.executor.memory_stats()["held_bytes"]
-    budgets = [None, held + stats["planned_bytes"] // 2, smallest]
-    rows = measure(work, [b for b in budgets if b is None or b >= smallest], args.rounds, 1)
+    rows = measure(work, budgets_between(work, (0.5,)), args.rounds, 1)
     print_table(work, rows)
 
 

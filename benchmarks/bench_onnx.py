@@ -80,12 +80,6 @@ def measure(system: str, models: dict[str, str], threads: int) -> dict:
     return results
 
 
-def child(system: str, models: dict[str, str], threads: int) -> dict:
-    from dlsys.testing.machine import measure_in_child
-
-    return measure_in_child(__file__, system, threads, "--models", json.dumps(models))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="turns of each process")
@@ -107,25 +101,16 @@ def main() -> None:
         return
 
     from dlsys.kernels import thread_count
-    from dlsys.testing.machine import cpu_description
+    from dlsys.testing.machine import cpu_description, ratio_table, take_turns
 
     threads = args.threads or thread_count(None)
-    rounds: dict[str, list[dict]] = {"dlsys": [], "onnxruntime": []}
     with tempfile.TemporaryDirectory() as folder:
         models = write_models(Path(folder))
-        for _ in range(args.rounds):
-            for system in rounds:
-                rounds[system].append(child(system, models, threads))
+        results = take_turns(__file__, ("dlsys", "onnxruntime"), threads, args.rounds,
+                             "--models", json.dumps(models))
     print(f"CPU: {cpu_description()}; {threads} thread(s) each; onnxruntime "
           f"{onnxruntime.__version__}; median of {args.rounds} rounds")
-    print("| model | batch | dlsys ms | onnxruntime ms | dlsys / onnxruntime |")
-    print("|---|---|---|---|---|")
-    for key in rounds["dlsys"][0]:
-        ours = statistics.median(r[key] for r in rounds["dlsys"])
-        theirs = statistics.median(r[key] for r in rounds["onnxruntime"])
-        name, batch = key.split("|")
-        print(f"| {name} | {batch} | {ours:.3f} | {theirs:.3f} | {ours / theirs:.2f} |")
-
+    print("\n".join(ratio_table(results, "dlsys", "onnxruntime")))
 
 if __name__ == "__main__":
     main()

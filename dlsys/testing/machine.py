@@ -52,3 +52,31 @@ def measure_in_child(script: str, system: str, threads: int, *arguments: str) ->
         lines = done.stderr.strip().splitlines()
         sys.exit(f"{system} failed: {lines[-1] if lines else done.returncode}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def take_turns(script: str, systems: tuple[str, ...], threads: int, rounds: int,
+               *arguments: str) -> dict[str, list[dict]]:
+    """Each system's results (``measure_in_child``) over ``rounds`` rounds in which the
+    systems take turns, so that a slow spell of a shared machine weighs on all of them."""
+    results: dict[str, list[dict]] = {system: [] for system in systems}
+    for _ in range(rounds):
+        for system in systems:
+            results[system].append(measure_in_child(script, system, threads, *arguments))
+    return results
+
+
+def ratio_table(results: dict[str, list[dict]], ours: str, theirs: str,
+                decimals: int = 3) -> list[str]:
+    """A markdown table of ``model|batch`` keyed milliseconds: each system's median over its
+    rounds and their ratio, ``ours`` over ``theirs``."""
+    import statistics
+
+    lines = [f"| model | batch | {ours} ms | {theirs} ms | {ours} / {theirs} |",
+             "|---|---|---|---|---|"]
+    for key in results[ours][0]:
+        mine = statistics.median(r[key] for r in results[ours])
+        other = statistics.median(r[key] for r in results[theirs])
+        name, batch = key.split("|")
+        lines.append(f"| {name} | {batch} | {mine:.{decimals}f} | {other:.{decimals}f} | "
+                     f"{mine / other:.2f} |")
+    return lines
