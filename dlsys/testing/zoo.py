@@ -188,16 +188,21 @@ MODELS: dict[str, ZooModel] = {
 
 
 def _randomise_batch_norms(module, generator) -> None:
-    """Running statistics other than the identity (mean 0, variance 1 at construction), so
-    that a converter folding them wrongly shows."""
+    """Batch norms other than the identity (running mean 0, variance 1, scale 1, shift 0
+    at construction), so that a converter folding them wrongly shows; and each unlike the
+    others: the TorchScript exporter stores equal initializers once, which would tie the
+    layers' parameters together in the file."""
     import torch
 
     for layer in module.modules():
         if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm) and layer.track_running_stats:
+            shape = layer.running_mean.shape
             with torch.no_grad():
-                shape = layer.running_mean.shape
                 layer.running_mean.copy_(torch.rand(shape, generator=generator) * 0.2 - 0.1)
                 layer.running_var.copy_(torch.rand(shape, generator=generator) * 1.5 + 0.5)
+                if layer.affine:
+                    layer.weight.copy_(torch.rand(shape, generator=generator) * 0.5 + 0.75)
+                    layer.bias.copy_(torch.rand(shape, generator=generator) * 0.2 - 0.1)
 
 
 def build(name: str, seed: int = 0):
@@ -212,29 +217,35 @@ def build(name: str, seed: int = 0):
     return module.eval()
 
 
-def example_inputs(name: str, seed: int = 0, batch: int = 1) -> dict[str, np.ndarray]:
-    """Feeds for model ``name``, by input name: images of normal noise, token ids, or a
-    sequence of feature vectors."""
+def example_inputs(name: str, seed: int = 0, batch: int = 1,
+                   side: int | None = None) -> dict[str, np.ndarray]:
+    """Feeds for model ``name``, by input name: images of normal noise (``side`` pixels
+    square, the model's ``IMAGE_SIDE`` unless told), token ids, or a sequence of feature
+    vectors."""
     spec = MODELS[name]
     rng = np.random.default_rng(seed)
     if spec.takes == "image":
-        return {"x": rng.normal(size=(batch, 3, spec.side, spec.side)).astype(np.float32)}
+        side = side or spec.side
+        return {"x": rng.normal(size=(batch, 3, side, side)).astype(np.float32)}
     if spec.takes == "tokens":
         return {"input_ids": rng.integers(0, VOCAB, size=(batch, SEQUENCE), dtype=np.int64)}
     return {"x": rng.normal(size=(batch, SEQUENCE, 32)).astype(np.float32)}
 
 
 def export(name: str, folder: Path, exporter: str = "torchscript", seed: int = 0,
-           module=None) -> Path:
+           module=None, side: int | None = None, fold: bool = True) -> Path:
     """Write model ``name`` (or ``module``, built as :func:`build` does, to export a given
     set of weights) to ``folder/<name>-<exporter>.onnx`` and return that path; the dynamo
-    exporter writes its weights to a ``.data`` file beside it."""
+    exporter writes its weights to a ``.data`` file beside it. The example input (which
+    fixes the batch at 1) has ``side`` pixels square where given. ``fold=False`` keeps the
+    TorchScript exporter from folding batch norms into the convolutions before them, so
+    that the file's parameters are the module's (for fine-tuning as PyTorch does)."""
     import torch
 
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter {exporter!r}: one of {', '.join(EXPORTERS)}")
     module = build(name, seed) if module is None else module
-    feeds = example_inputs(name, seed)
+    feeds = example_inputs(name, seed, side=side)
     args = tuple(torch.from_numpy(a) for a in feeds.values())
     path = Path(folder) / f"{name}-{exporter}.onnx"
     options = {"input_names": list(feeds), "output_names": ["y"],
@@ -244,18 +255,20 @@ def export(name: str, folder: Path, exporter: str = "torchscript", seed: int = 0
     fast_path = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        _export(module, args, path, exporter, options)
+        _export(module, args, path, exporter, options, fold)
     finally:
         torch.backends.mha.set_fastpath_enabled(fast_path)
     return path
 
 
-def _export(module, args: tuple, path: Path, exporter: str, options: dict) -> None:
+def _export(module, args: tuple, path: Path, exporter: str, options: dict,
+            fold: bool) -> None:
     import torch
 
     with torch.no_grad():
         if exporter == "torchscript":
-            torch.onnx.export(module, args, str(path), dynamo=False, **options)
+            torch.onnx.export(module, args, str(path), dynamo=False,
+                              do_constant_folding=fold, **options)
         else:
             torch.onnx.export(module, args, str(path), dynamo=True, external_data=True,
                               verbose=False, **options)
