@@ -133,12 +133,12 @@ def scatter_windows(per_window: np.ndarray, shape_x: tuple, stride: Pair, paddin
     return out[:, :, ph:ph + shape_x[2], pw:pw + shape_x[3]]
 
 
-def _grouped(images: np.ndarray, groups: int) -> np.ndarray:
+def grouped_channels(images: np.ndarray, groups: int) -> np.ndarray:
     """(N, C, ...) as (N, groups, C / groups, ...)."""
     return images.reshape(images.shape[0], groups, -1, *images.shape[2:])
 
 
-class _ConvFamilyOp(Op):
+class ConvFamilyOp(Op):
     """Shared by the convolution and its adjoints: stride, padding (start and end),
     dilation and groups attributes."""
 
@@ -184,7 +184,7 @@ class _ConvFamilyOp(Op):
                                               a["groups"]))
 
 
-class Conv2dOp(_ConvFamilyOp):
+class Conv2dOp(ConvFamilyOp):
     """``y = x * w``: cross-correlation of NCHW images ``x`` with OIHW filters ``w`` (as in
     PyTorch), with ``stride``, zero ``padding`` (each an int or an (h, w) pair; the end of
     each axis padded by ``padding_end`` when given), ``dilation`` and ``groups``."""
@@ -229,12 +229,12 @@ class Conv2dOp(_ConvFamilyOp):
         per_window = windows(x, w.shape[2:], a["stride"], a["padding"],
                              padding_end=a["padding_end"], dilation=a["dilation"])
         groups = a["groups"]
-        y = np.einsum("bgchwij,gocij->bgohw", _grouped(per_window, groups),
+        y = np.einsum("bgchwij,gocij->bgohw", grouped_channels(per_window, groups),
                       w.reshape(groups, -1, *w.shape[1:]))
         return y.reshape(y.shape[0], -1, *y.shape[3:])
 
 
-class _ConvAdjointOp(_ConvFamilyOp):
+class _ConvAdjointOp(ConvFamilyOp):
     """An adjoint of the convolution: the output's gradient ``g`` taken back to one of its
     inputs, whose node is the last input and lends its shape only. ``inputs`` names the
     three inputs (of ``x``, ``w`` and ``g``) in order; ``kind`` is the kernel."""
@@ -288,7 +288,7 @@ class Conv2dGradInputOp(_ConvAdjointOp):
     def reference(self, node, g, w, x):
         a = node.attrs
         groups = a["groups"]
-        per_window = np.einsum("bgohw,gocij->bgchwij", _grouped(g, groups),
+        per_window = np.einsum("bgohw,gocij->bgchwij", grouped_channels(g, groups),
                                w.reshape(groups, -1, *w.shape[1:]))
         per_window = per_window.reshape(g.shape[0], -1, *per_window.shape[3:])
         return scatter_windows(per_window, x.shape, a["stride"], a["padding"], a["dilation"])
@@ -314,7 +314,8 @@ class Conv2dGradWeightOp(_ConvAdjointOp):
         groups = a["groups"]
         per_window = windows(x, w.shape[2:], a["stride"], a["padding"],
                              padding_end=a["padding_end"], dilation=a["dilation"])
-        dw = np.einsum("bgchwij,bgohw->gocij", _grouped(per_window, groups), _grouped(g, groups))
+        dw = np.einsum("bgchwij,bgohw->gocij", grouped_channels(per_window, groups),
+                       grouped_channels(g, groups))
         return dw.reshape(w.shape)
 
 

@@ -19,13 +19,13 @@ from dlsys.graph import Node, short_name
 from dlsys.kernels.registry import KernelSpec
 from dlsys.ops.arguments import check_node
 from dlsys.ops.conv import (
+    ConvFamilyOp,
     Pair,
-    _ConvFamilyOp,
-    _grouped,
     conv2d_grad_weight_op,
     conv2d_op,
     conv_attrs,
     describe_window,
+    grouped_channels,
     scatter_windows,
 )
 from dlsys.ops.shapes import apply_rule, window_pair
@@ -51,7 +51,7 @@ def conv_transpose2d_shape(shape_x, shape_w, stride: Pair, padding: Pair, paddin
     return (shape_x[0], shape_w[1] * groups, *size)
 
 
-class ConvTranspose2dOp(_ConvFamilyOp):
+class ConvTranspose2dOp(ConvFamilyOp):
     """``y = conv_transpose(x, w)``: the images a convolution's data gradient gives from
     ``x`` (see the module's docstring); ``output_padding`` adds rows and columns at the end
     that no stride reaches."""
@@ -107,7 +107,7 @@ class ConvTranspose2dOp(_ConvFamilyOp):
     def reference(self, node, x, w):
         a = node.attrs
         groups = a["groups"]
-        per_window = np.einsum("bgohw,gocij->bgchwij", _grouped(x, groups),
+        per_window = np.einsum("bgohw,gocij->bgchwij", grouped_channels(x, groups),
                                w.reshape(groups, -1, *w.shape[1:]))
         per_window = per_window.reshape(x.shape[0], -1, *per_window.shape[3:])
         out = self.infer_shape(node, [x.shape, w.shape])

@@ -5,7 +5,8 @@ the adjoints of the window pools.
 (h, w) pair, as in PyTorch; max pooling pads with -inf, average pooling with zeros that count
 in the mean (PyTorch's ``count_include_pad=True``).
 
-ONNX's options (``PoolOptions``): ``padding_end`` pads the end of each axis by its own amount,
+ONNX's options (``POOL_DEFAULTS``): ``padding_end`` pads the end of each axis by its own amount
+(and, given, lifts PyTorch's rule that padding is at most half the window, as ONNX does),
 ``ceil_mode`` keeps a last partial window, max pooling's ``dilation`` spreads its window, and
 average pooling's ``count_include_pad=False`` divides by the image elements of each window
 only. The kernels are given the start padding and the output's shape; an average's divisor
@@ -57,7 +58,8 @@ def pool_options(where: str, padding: Pair, padding_end=None, ceil_mode: bool = 
                  dilation=1, count_include_pad: bool = True) -> dict:
     """The checked ONNX options of a window pool (see the module's docstring)."""
     try:
-        end = padding if padding_end is None else window_pair("padding_end", padding_end, 0)
+        # None (not given) marks a pool with PyTorch's rules: padding at most half the window.
+        end = None if padding_end is None else window_pair("padding_end", padding_end, 0)
         return {"padding_end": end, "ceil_mode": bool(ceil_mode),
                 "dilation": window_pair("dilation", dilation, 1),
                 "count_include_pad": bool(count_include_pad)}
@@ -96,7 +98,7 @@ class _PoolFamilyOp(Op):
         return describe_window(node, {"kernel": None, "stride": node.attrs["kernel"],
                                       "padding": (0, 0), "ceil_mode": False,
                                       "dilation": (1, 1), "count_include_pad": True,
-                                      "padding_end": node.attrs["padding"]})
+                                      "padding_end": None})
 
     def _window(self, node) -> tuple[Pair, Pair, Pair]:
         return node.attrs["kernel"], node.attrs["stride"], node.attrs["padding"]
@@ -104,17 +106,22 @@ class _PoolFamilyOp(Op):
     def _options(self, node) -> dict:
         return {k: node.attrs[k] for k in POOL_DEFAULTS}
 
+    def _end(self, node) -> Pair:
+        """The padding of each axis's end."""
+        end = node.attrs["padding_end"]
+        return node.attrs["padding"] if end is None else end
+
     def _plain(self, node) -> bool:
         """Whether only PyTorch's options are used (the plain kernels and shape rule)."""
         a = node.attrs
         return not a["ceil_mode"] and a["dilation"] == (1, 1) and a["count_include_pad"] \
-            and a["padding_end"] == a["padding"]
+            and a["padding_end"] is None
 
     def _forward_shape(self, node, shape_x):
         if self._plain(node):
             return pool2d_shape(shape_x, *self._window(node))
         a = node.attrs
-        return pool_output_shape(shape_x, *self._window(node), a["padding_end"], a["ceil_mode"],
+        return pool_output_shape(shape_x, *self._window(node), self._end(node), a["ceil_mode"],
                                  a["dilation"])
 
     def _shape_x(self, input_shapes) -> tuple:
@@ -138,14 +145,14 @@ class _PoolFamilyOp(Op):
         (as declared, not ceil mode's extra reach) or the image alone."""
         a, size = node.attrs, shape_x[2:]
         if a["count_include_pad"]:
-            return tuple((-a["padding"][i], size[i] + a["padding_end"][i]) for i in range(2))
+            return tuple((-a["padding"][i], size[i] + self._end(node)[i]) for i in range(2))
         return tuple((0, size[i]) for i in range(2))
 
     def _reference_windows(self, node, x, out_shape, value):
         """Every window of ``x`` (numpy), ``out_shape[2:]`` of them per axis."""
         kernel, stride, padding = self._window(node)
         dilation = node.attrs["dilation"]
-        end = tuple(max(node.attrs["padding_end"][i], _reach(x.shape[2 + i], out_shape[2 + i],
+        end = tuple(max(self._end(node)[i], _reach(x.shape[2 + i], out_shape[2 + i],
                                                               kernel[i], stride[i], padding[i],
                                                               dilation[i])) for i in range(2))
         view = windows(x, kernel, stride, padding, value, padding_end=end, dilation=dilation)

@@ -38,7 +38,7 @@ from dlsys.kernels.conv.schedule import (
 Pair = tuple[int, int]
 
 
-def _embed(x: te.Tensor, offset: Pair, size: Pair, value, name: str = "pad") -> te.Tensor:
+def embed(x: te.Tensor, offset: Pair, size: Pair, value, name: str = "pad") -> te.Tensor:
     """``x`` placed at ``offset`` in images of ``size`` filled with ``value``.
 
     The one place where a load may fall outside its tensor, and it happens only under
@@ -63,7 +63,7 @@ def _pad(x: te.Tensor, padding: Pair, value: float) -> te.Tensor:
     if padding == (0, 0):
         return x
     (ph, pw), (h, w) = padding, (int(d) for d in x.shape[2:])
-    return _embed(x, padding, (h + 2 * ph, w + 2 * pw), value)
+    return embed(x, padding, (h + 2 * ph, w + 2 * pw), value)
 
 
 def _pad_to(x: te.Tensor, padding: Pair, out: Sequence[int], kernel: Pair, stride: Pair,
@@ -76,7 +76,7 @@ def _pad_to(x: te.Tensor, padding: Pair, out: Sequence[int], kernel: Pair, strid
                  for a in range(2))
     if padding == (0, 0) and size == tuple(int(d) for d in x.shape[2:]):
         return x
-    return _embed(x, padding, size, value)
+    return embed(x, padding, size, value)
 
 
 def conv2d(shape_x: Shape, shape_f: Shape, shape_y: Shape, stride: Pair, padding: Pair,
@@ -116,7 +116,7 @@ def grouped_conv2d_epilogue(shape_x: Shape, shape_f: Shape, shape_y: Shape, stri
     span = _span(shape_f[2:], dilation)
     height = max(shape_x[2] + 2 * padding[0], (layout[1] - 1) * stride[0] + span[0])
     width = max(shape_x[3] + 2 * padding[1], (shape_y[3] - 1) * stride[1] + span[1])
-    xp = _embed(x, padding, (height, width), 0.0)
+    xp = embed(x, padding, (height, width), 0.0)
     y = _implicit_gemm(xp, lambda o, c, ry, rx: f[o, c, ry, rx], shape_f, shape_y, stride,
                        layout, "conv2d", dilation, groups)
     operands, out = apply_epilogue(y, epilogue, dtype)
@@ -203,7 +203,7 @@ def _windows_padded(t: te.Tensor, image: Pair, kernel: Pair, stride: Pair, paddi
     size = tuple((n - 1 + p) // s + 1 + d for n, p, s, d in zip(image, padding, stride, shift))
     if shift == (0, 0) and size == tuple(int(d) for d in t.shape[2:]):
         return t  # windows side by side, no padding: every index is already in range
-    return _embed(t, shift, size, value, name)
+    return embed(t, shift, size, value, name)
 
 
 def _dilate_and_pad(g: te.Tensor, kernel: Pair, stride: Pair, padding: Pair,
@@ -557,8 +557,8 @@ def dilated_max_pool2d_grad_epilogue(shape_x: Shape, shape_g: Shape, shape_dx: S
     shift = tuple(-(-((k - 1) * d) // s) for k, d, s in zip(kernel, dilation, stride))
     size = tuple((n - 1 + p) // s + 1 + t
                  for n, p, s, t in zip(shape_dx[2:], padding, stride, shift))
-    wherep = _embed(where, shift, size, -1, "pad_argmax")
-    gp = _embed(g, shift, size, 0.0, "pad_g")
+    wherep = embed(where, shift, size, -1, "pad_argmax")
+    gp = embed(g, shift, size, 0.0, "pad_g")
     zero = tirx.const(0, dtype)
 
     def tap(position, pad, k, d, s, windows):

@@ -28,8 +28,8 @@ from tvm import s_tir, te
 from dlsys.kernels import cpu as cpu_facts
 from dlsys.kernels.common.compute import Shape, TensorList
 from dlsys.kernels.common.epilogue import Epilogue, apply_epilogue
-from dlsys.kernels.conv.compute import _embed
-from dlsys.kernels.conv.schedule import _fold_epilogue, _vectorize_innermost
+from dlsys.kernels.conv.compute import embed
+from dlsys.kernels.conv.schedule import fold_epilogue, vectorize_innermost
 
 Pair = tuple[int, int]
 DEPTHWISE_BLOCK = "depthwise_rows"
@@ -60,7 +60,7 @@ def depthwise_conv2d_epilogue(shape_x: Shape, shape_f: Shape, shape_y: Shape, st
     width = _padded_width(out_w, dtype)
     size = (max(shape_x[2] + padding[0], (out_h - 1) * sh + (kh - 1) * dh + 1),
             max(shape_x[3] + padding[1], (width - 1) * sw + (kw - 1) * dw + 1))
-    xp = _embed(x, padding, size, 0.0)
+    xp = embed(x, padding, size, 0.0)
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
     rows = te.compute(
@@ -98,14 +98,14 @@ def schedule_depthwise(sch: s_tir.Schedule) -> None:
     of rows x vectors with the taps unrolled inside, and the clipped copy to the output (with
     any epilogue folded in)."""
     block = sch.get_sblock(DEPTHWISE_BLOCK)
-    out = _fold_epilogue(sch, block)
+    out = fold_epilogue(sch, block)
     producers = [p for p in sch.get_producers(block) if sch.get(p).name_hint == "pad"]
     plane = sch.fuse(*sch.get_loops(out)[:2])
     sch.parallel(plane)
     sch.compute_at(block, plane, preserve_unit_loops=True)
     for pad in producers:
         sch.compute_at(pad, plane, preserve_unit_loops=True)
-        _vectorize_innermost(sch, pad)
+        vectorize_innermost(sch, pad)
     *_, row, column, ry, rx = sch.get_loops(block)
     dtype = str(sch.get(block).writes[0].source.dtype)
     lanes = cpu_facts.host().lanes(dtype)
@@ -120,5 +120,5 @@ def schedule_depthwise(sch: s_tir.Schedule) -> None:
         sch.unroll(loop)
     sch.vectorize(lane)
     sch.decompose_reduction(block, ry)
-    _vectorize_innermost(sch, write_back)
-    _vectorize_innermost(sch, out)
+    vectorize_innermost(sch, write_back)
+    vectorize_innermost(sch, out)

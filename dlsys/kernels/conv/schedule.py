@@ -149,7 +149,7 @@ def schedule_conv_gemm(sch: s_tir.Schedule) -> None:
     """Images in parallel; per image the padded copy and the windows in cache, then the
     product in register tiles whose write-back is the output block (with any epilogue)."""
     gemm = sch.get_sblock(GEMM_BLOCK)
-    out = _fold_epilogue(sch, gemm)
+    out = fold_epilogue(sch, gemm)
     stmt = sch.get(gemm)
     channels = int(stmt.iter_vars[1].dom.extent)
     out_height, out_width = (int(iv.dom.extent) for iv in sch.get(out).iter_vars[2:4])
@@ -176,7 +176,7 @@ def schedule_conv_direct(sch: s_tir.Schedule) -> None:
     """Images in parallel; per image the padded input, then register tiles of channels x
     rows, each row a vector along the (padded) output row; the copy to the output clips it."""
     direct = sch.get_sblock(DIRECT_BLOCK)
-    out = _fold_epilogue(sch, direct)
+    out = fold_epilogue(sch, direct)
     image, channel, row, column, *reduction = sch.get_loops(direct)
     tile_c, tile_r = direct_tile(_extent(sch, channel), _extent(sch, row))
     c_outer, c_inner = sch.split(channel, factors=[None, tile_c])
@@ -186,11 +186,11 @@ def schedule_conv_direct(sch: s_tir.Schedule) -> None:
     sch.reverse_compute_at(write_back, r_outer, preserve_unit_loops=True)
     sch.reverse_compute_at(out, image, preserve_unit_loops=True)
     _per_image(sch, direct, image, (c_inner, r_inner), column, reduction[0])
-    _vectorize_innermost(sch, write_back)
-    _vectorize_innermost(sch, out)
+    vectorize_innermost(sch, write_back)
+    vectorize_innermost(sch, out)
 
 
-def _fold_epilogue(sch: s_tir.Schedule, block):
+def fold_epilogue(sch: s_tir.Schedule, block):
     """The block writing ``block``'s result to the output, with a fused epilogue's blocks
     (``compute.apply_epilogue``) folded into the last one, which then reads ``block``."""
     (out,) = sch.get_consumers(block)
@@ -207,7 +207,7 @@ def _per_image(sch: s_tir.Schedule, block, image, unrolled, lane, reduction) -> 
     its accumulators zeroed before the reduction."""
     for producer in _producers_of(sch, block):
         sch.compute_at(producer, image, preserve_unit_loops=True)
-        _vectorize_innermost(sch, producer)
+        vectorize_innermost(sch, producer)
     if _extent(sch, image) > 1:
         sch.parallel(image)
     for loop in unrolled:
@@ -227,7 +227,7 @@ def schedule_conv_weight(sch: s_tir.Schedule) -> None:
     sch.compute_at(chunk_block, chunk, preserve_unit_loops=True)
     for producer in _producers_of(sch, chunk_block):
         sch.compute_at(producer, chunk, preserve_unit_loops=True)
-        _vectorize_innermost(sch, producer)
+        vectorize_innermost(sch, producer)
     sch.vectorize(lane)
     sch.decompose_reduction(partial, chunk)
     stmt = sch.get(chunk_block)
@@ -259,7 +259,7 @@ def _producers_of(sch: s_tir.Schedule, block) -> list:
     return unique
 
 
-def _vectorize_innermost(sch: s_tir.Schedule, block) -> None:
+def vectorize_innermost(sch: s_tir.Schedule, block) -> None:
     loops = sch.get_loops(block)
     if loops and _extent(sch, loops[-1]) > 1:
         sch.vectorize(loops[-1])
