@@ -188,10 +188,10 @@ class OnnxModule(Module):
                                 f"{node.op_type} takes {sorted(entry.attrs) or 'none'}")
 
     def check_integer_inputs(self, inputs: dict[str, Node], outputs) -> None:
-        """Refuse an integer (or bool) input the built graph reads other than as indices
+        """Refuse an integer input the built graph reads other than as indices
         (``Op.index_inputs``, or ``optional_index_inputs``: a Cast to float's kernel reads
         integers as numbers): dlsys computes in floating point, and would round the ids
-        it computed with."""
+        it computed with. A bool input is a mask of 0.0 and 1.0 (exact), except as ids."""
         from dlsys.passes.dtypes import index_placeholders
 
         order = find_topo_sort([v for v in outputs if isinstance(v, Node)])
@@ -201,7 +201,13 @@ class OnnxModule(Module):
             node = inputs.get(name)
             if dtype is None or dtype.kind not in "iub" or not isinstance(node, Node):
                 continue
-            if node in read and (dtype.kind == "b" or node not in indices):
+            if node not in read:
+                continue
+            if dtype.kind == "b" and node not in indices:
+                # A bool input is a mask, read as 0.0 and 1.0: exact for every operator
+                # ONNX lets read bools (logic, comparisons of bools, Where's condition, Cast).
+                continue
+            if dtype.kind == "b" or node not in indices:
                 raise OnnxError(
                     f"{self.source}: input {name!r} has type {self.declared[name][1]}; dlsys "
                     f"computes in {self.dtype} and reads integer inputs only as indices (a "

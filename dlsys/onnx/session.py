@@ -95,10 +95,10 @@ class InferenceSession:
     fixed when the graph is built (a Reshape's target shape, a TopK's k fed as an input),
     folded in as a constant: the graph is built again for each new value fed (kept, as the
     compiled shapes are, up to ``MAX_PLANS``); an input the graph casts to float before it
-    computes with it (BERT's attention mask) is read so by its first kernel. Any other
-    integer or bool input is refused, naming it. Outputs come back in the type the file
-    declares: a bool or integer output that dlsys computes as floating-point 0/1 or
-    indices is rounded and cast at the boundary here.
+    computes with it (BERT's attention mask) is read so by its first kernel. A bool input is
+    a mask, read as 0.0 and 1.0. Any other integer input is refused, naming it. Outputs
+    come back in the type the file declares: a bool or integer output that dlsys computes
+    as floating-point 0/1 or indices is rounded and cast at the boundary here.
 
     Shapes. The graph is built once on placeholders where the converters need no size
     unknown before the run; where one does (a Shape node of a symbolic batch, a Reshape to

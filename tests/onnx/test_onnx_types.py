@@ -170,3 +170,24 @@ def test_scalar_output_is_returned_0d():
     (theirs,) = onnxruntime_outputs(proto, {"x": x})
     assert ours.shape == theirs.shape == ()
     np.testing.assert_allclose(ours, theirs)
+
+
+def test_a_bool_input_is_a_mask_read_as_zero_and_one():
+    """Where's condition and the logic ops fed bools, against onnxruntime."""
+    nodes = [helper.make_node("Not", ["keep"], ["drop"]),
+             helper.make_node("Where", ["drop", "x", "y"], ["z"])]
+    graph = helper.make_graph(
+        nodes, "masked",
+        [helper.make_tensor_value_info("keep", TensorProto.BOOL, [2, 3]),
+         helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+         helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 3])])
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                             ir_version=8).SerializeToString()
+    rng = np.random.default_rng(0)
+    feeds = {"keep": rng.random((2, 3)) > 0.5,
+             "x": rng.normal(size=(2, 3)).astype(np.float32),
+             "y": rng.normal(size=(2, 3)).astype(np.float32)}
+    ours = donnx.InferenceSession(data).run(None, feeds)[0]
+    theirs = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_array_equal(ours, theirs)
