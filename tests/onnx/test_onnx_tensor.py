@@ -193,3 +193,45 @@ def test_what_dlsys_cannot_do_is_refused_naming_the_node(nodes, initializers, wo
     with pytest.raises(OnnxError, match=words) as caught:
         donnx.import_model(proto)
     assert "node 'y'" in str(caught.value)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+def test_imported_tensor_ops_fine_tune_as_pytorch_differentiates():
+    """Gradients through an exported model's Concat, Slice (a step, a flip), reflect Pad,
+    Gather of fixed rows, Trilu, Tile and Expand: those of PyTorch for the same weights."""
+    torch = pytest.importorskip("torch")
+    import io
+
+    from dlsys import autodiff as ad
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(1, 2, 4, 5))
+            self.table = torch.nn.Parameter(torch.randn(6, 5))
+
+        def forward(self, x):
+            y = torch.cat([x[:, :2], x[:, 1:] * self.w], 1)
+            y = torch.nn.functional.pad(y, (2, 1, 1, 0), mode="reflect")[:, :, 1:, 2:-1]
+            y = y.flip(-1) * torch.triu(self.table[torch.tensor([5, 0, 2, 2])], 1)
+            return y.repeat(1, 1, 2, 1)[:, :, ::3]
+
+    torch.manual_seed(0)
+    net = Net()
+    x = torch.randn(2, 3, 4, 5)
+    buffer = io.BytesIO()
+    torch.onnx.export(net, (x,), buffer, dynamo=False, opset_version=17, input_names=["x"],
+                      output_names=["y"], do_constant_folding=False)
+    module = donnx.import_model(buffer.getvalue())
+    module.train()
+    upstream = normal(tuple(net(x).shape), 1)
+    x_node, weight = ad.Variable("x"), ad.Variable("r")
+    params = module.parameters()
+    grads = ad.gradients(ad.sum_op(module(x_node) * weight), params)
+    ours = ad.Executor(grads).run({x_node: x.numpy(), weight: upstream},
+                                  convert_to_numpy_ret_vals=True)
+    (net(x) * torch.from_numpy(upstream)).sum().backward()
+    theirs = dict(net.named_parameters())
+    assert sorted(p.name for p in params) == ["table", "w"]
+    for p, grad in zip(params, ours):
+        np.testing.assert_allclose(grad, theirs[p.name].grad.numpy(), rtol=1e-5, atol=1e-5)
