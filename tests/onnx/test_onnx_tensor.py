@@ -209,11 +209,12 @@ def test_imported_tensor_ops_fine_tune_as_pytorch_differentiates():
             super().__init__()
             self.w = torch.nn.Parameter(torch.randn(1, 2, 4, 5))
             self.table = torch.nn.Parameter(torch.randn(6, 5))
+            self.register_buffer("rows", torch.tensor([5, 0, 2, 2]))
 
         def forward(self, x):
             y = torch.cat([x[:, :2], x[:, 1:] * self.w], 1)
             y = torch.nn.functional.pad(y, (2, 1, 1, 0), mode="reflect")[:, :, 1:, 2:-1]
-            y = y.flip(-1) * torch.triu(self.table[torch.tensor([5, 0, 2, 2])], 1)
+            y = y.flip(-1) * torch.triu(self.table[self.rows], 1)
             return y.repeat(1, 1, 2, 1)[:, :, ::3]
 
     torch.manual_seed(0)
