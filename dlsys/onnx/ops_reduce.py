@@ -283,6 +283,22 @@ def _layer_norm(ctx: Context, x: Node, scale, bias, columns: int, eps: float) ->
     return _affine(ctx, _normalize_rows(ctx, x, columns, eps), scale, bias, None)
 
 
+@converter("RMSNormalization", attrs=("axis", "epsilon", "stash_type"), ranked={"axis": AXIS})
+def rms_normalization(ctx, x, scale):
+    """``x / sqrt(mean(x ** 2) + epsilon) * scale``, the mean over the axes from ``axis`` on
+    (opset 23). ``stash_type`` asks for the statistics in float32 or wider: dlsys computes
+    them in the model's type, float32 at least."""
+    x = ctx.node_input(0, x)
+    axis = int(ctx.attr("axis", -1)) % _rank(ctx, x)
+    eps = float(ctx.attr("epsilon", 1e-5))
+    axes = tuple(range(axis, _rank(ctx, x)))
+    mean_square = mean_op(x * x, axes, True)
+    # 1 / sqrt(m + eps) as exp(-log(m + eps) / 2), as the layer norm's statistics output.
+    y = x * exp_op(log_op(mean_square + eps) * -0.5)
+    # The scale broadcasts against x from the right (the normalised shape, or fewer axes).
+    return _affine(ctx, y, scale, None, None)
+
+
 @converter("InstanceNormalization", attrs=("epsilon",))
 def instance_normalization(ctx, x, scale, bias):
     x = ctx.node_input(0, x)
