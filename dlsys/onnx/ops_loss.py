@@ -8,7 +8,9 @@ for fine-tuning: each target is compared with the class numbers (a 0/1 mask over
 axis, times the target's class weight), and the loss of a position is minus the sum, over
 the class axis, of the mask times the log-probabilities. The mean divides by the sum of
 the targets' weights, which ONNX defines for an ignored target as 0. Work grows with N * C
-(a mask, not a gather), which a loss's share of a step does not notice.
+(a mask, not a gather), which a loss's share of a step does not notice. A target outside
+[0, C) that is not ``ignore_index`` matches no class and so counts as ignored (onnxruntime
+refuses it at run time; dlsys reads fed targets only as numbers here).
 """
 
 from __future__ import annotations

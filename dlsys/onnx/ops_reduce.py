@@ -288,9 +288,13 @@ def rms_normalization(ctx, x, scale):
     """``x / sqrt(mean(x ** 2) + epsilon) * scale``, the mean over the axes from ``axis`` on
     (opset 23). ``stash_type`` asks for the statistics in float32 or wider: dlsys computes
     them in the model's type, float32 at least."""
+    eps = float(ctx.attr("epsilon", 1e-5))
+    if isinstance(x, np.ndarray) and isinstance(scale, np.ndarray):  # constants: folded
+        axes = tuple(range(int(ctx.attr("axis", -1)) % x.ndim, x.ndim))
+        mean_square = (x.astype(np.float32) ** 2).mean(axis=axes, keepdims=True)
+        return (x / np.sqrt(mean_square + eps) * scale).astype(np.float32)
     x = ctx.node_input(0, x)
     axis = int(ctx.attr("axis", -1)) % _rank(ctx, x)
-    eps = float(ctx.attr("epsilon", 1e-5))
     axes = tuple(range(axis, _rank(ctx, x)))
     mean_square = mean_op(x * x, axes, True)
     # 1 / sqrt(m + eps) as exp(-log(m + eps) / 2), as the layer norm's statistics output.

@@ -130,3 +130,18 @@ def test_fine_tuning_through_rms_norm_and_softmax_cross_entropy():
                                       ignore_index=ignore_index).backward()
     for g, expected in zip(got, (tw.grad, ts.grad)):
         np.testing.assert_allclose(g, expected.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_losses_and_rms_norm_of_constants_are_folded():
+    """Scores and targets fixed by the file (Constant nodes): the loss, and an RMS norm of
+    constants, are computed while the graph is built; a fed value is added after."""
+    x, t = normal((3, 4)), np.array([0, 2, 3], np.int64)
+    constants = [helper.make_node("Constant", [], [name], value=numpy_helper.from_array(a))
+                 for name, a in (("xc", x), ("tc", t), ("sc", normal((4,), 1)))]
+    nodes = [*constants,
+             helper.make_node("SoftmaxCrossEntropyLoss", ["xc", "tc"], ["l"], ignore_index=2),
+             helper.make_node("RMSNormalization", ["xc", "sc"], ["r"]),
+             helper.make_node("Add", ["l", "b"], ["y"]),
+             helper.make_node("Add", ["r", "b"], ["z"])]
+    proto = _model(nodes, {"b": (TensorProto.FLOAT, (1,))}, ["y", "z"])
+    _matches_onnxruntime(proto, {"b": np.ones(1, np.float32)})
