@@ -168,18 +168,26 @@ def gemm(ctx, a, b, c=None):
 
 @converter("MatMul")
 def matmul(ctx, a, b):
+    """``numpy.matmul``: matrices, stacks of them whose batch axes broadcast (attention's
+    products), and vectors (a 1-d operand gains an axis, which the result drops)."""
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return np.matmul(a, b)
     a, b = ctx.node_input(0, a), ctx.node_input(1, b)
     dims_a, dims_b = ctx.input_dims(0, a), ctx.input_dims(1, b)
-    if dims_a is None or dims_b is None or len(dims_b) != 2 or len(dims_a) < 2:
-        raise ctx.refuse(f"dlsys multiplies a matrix or a stack of rows by a matrix; the "
-                         f"operands have shapes {show_dims(dims_a)} and {show_dims(dims_b)}")
-    if len(dims_a) == 2:
-        return matmul_op(a, b)
-    # Rows stacked over leading axes: one matrix product over all rows, then the leading
-    # axes back (both reshapes are views).
-    k = dims_a[-1] if dims_a[-1] is not None else dims_b[0]
-    out = reshape_target(ctx, ctx.output_dims(0), "the product's shape")
-    return reshape_op(matmul_op(reshape_op(a, (-1, k)), b), out)
+    if dims_a is None or dims_b is None or not dims_a or not dims_b:
+        raise ctx.refuse(f"the operands' ranks must be known and at least 1; they have "
+                         f"shapes {show_dims(dims_a)} and {show_dims(dims_b)}")
+    vector = len(dims_a) == 1 or len(dims_b) == 1
+    if len(dims_a) == 1:
+        a = reshape_op(a, (1, -1))
+    if len(dims_b) == 1:
+        b = reshape_op(b, (-1, 1))
+    product = matmul_op(a, b)
+    if not vector:
+        return product
+    # A vector times a vector is a number, which dlsys holds as shape (1,).
+    target = reshape_target(ctx, ctx.output_dims(0), "the product's shape") or (1,)
+    return reshape_op(product, target)
 
 
 def reshape_target(ctx: Context, dims: Dims | None, what: str) -> tuple[int, ...]:

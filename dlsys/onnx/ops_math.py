@@ -169,6 +169,21 @@ def binary(ctx: Context, a, b):
     return number / node if constant_a else node / number
 
 
+@converter("Mod", attrs=("fmod",))
+def modulo(ctx: Context, a, b):
+    """The remainder of constants the file fixes (the shape arithmetic of a function's
+    body: a head count modulo a group size): ``fmod=1`` takes the dividend's sign, as C's
+    ``fmod``; ``fmod=0`` (integers only) the divisor's, as Python's ``%``."""
+    if not _all_constant((a, b)):
+        raise ctx.refuse("Mod of a tensor computed at run time is not supported (dlsys folds "
+                         "it where both operands are constants of the file)")
+    if ctx.attr("fmod", 0):
+        return np.asarray(np.fmod(a, b)).astype(np.result_type(a, b))
+    if np.issubdtype(np.result_type(a, b), np.floating):
+        raise ctx.refuse("fmod=0 on floating-point values is not defined by ONNX; set fmod=1")
+    return np.asarray(np.mod(a, b)).astype(np.result_type(a, b))
+
+
 @converter("Pow", constant_inputs=(1,))
 def power(ctx: Context, base, exponent):
     if _all_constant((base, exponent)):
