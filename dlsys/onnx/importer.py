@@ -372,8 +372,14 @@ def _float_dtype(model, input_names: list[str], declared: dict, read_as_constant
     return found.popitem()[0] if found else "float32"
 
 
-def _arity(fn) -> tuple[int, int]:
-    params = list(inspect.signature(fn).parameters.values())[1:]  # after the context
+def _arity(fn) -> tuple[int, float]:
+    """How many inputs converter ``fn`` takes: its parameters after the context, without a
+    default the least, all of them the most (any number where it takes ``*inputs``: Concat,
+    Sum, Einsum)."""
+    params = list(inspect.signature(fn).parameters.values())[1:]
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        required = [p for p in params if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+        return sum(p.default is inspect.Parameter.empty for p in required), math.inf
     return sum(p.default is inspect.Parameter.empty for p in params), len(params)
 
 

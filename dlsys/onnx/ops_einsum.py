@@ -21,7 +21,6 @@ Constants alone are folded with numpy's einsum.
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
 
@@ -146,16 +145,6 @@ def einsum(ctx, *operands):
         result = lowering.contract(result, other, keep)
     result = lowering.sum_out(result, set(output))
     return lowering.arrange(result, output)
-
-
-# The importer reads a converter's arity from its signature: Einsum takes 1 to
-# ``MAX_OPERANDS`` operands.
-MAX_OPERANDS = 16
-einsum.__signature__ = inspect.Signature(
-    [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_ONLY),
-     inspect.Parameter("x0", inspect.Parameter.POSITIONAL_ONLY)]
-    + [inspect.Parameter(f"x{i}", inspect.Parameter.POSITIONAL_ONLY, default=None)
-       for i in range(1, MAX_OPERANDS)])
 
 
 class _Lowering:

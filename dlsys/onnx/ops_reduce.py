@@ -12,7 +12,6 @@ session casts to the output's declared type.
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import numpy as np
@@ -210,16 +209,6 @@ def variadic(ctx, *values):
     for other in rest:
         result = result + other
     return result * (1.0 / len(values)) if op_type == "Mean" else result
-
-
-# The importer reads a converter's arity from its signature: these take 1 to
-# ``VARIADIC_MAX`` inputs (the omitted ones passed as None, and dropped above).
-VARIADIC_MAX = 64
-variadic.__signature__ = inspect.Signature(
-    [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_ONLY),
-     inspect.Parameter("x0", inspect.Parameter.POSITIONAL_ONLY)]
-    + [inspect.Parameter(f"x{i}", inspect.Parameter.POSITIONAL_ONLY, default=None)
-       for i in range(1, VARIADIC_MAX)])
 
 
 # ------------------------------------------------------------ normalisations

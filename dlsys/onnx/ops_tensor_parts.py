@@ -4,8 +4,6 @@ Tile, Expand, Trilu), each folded in numpy where all its inputs are constants (s
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 
 from dlsys.graph import Node
@@ -29,21 +27,6 @@ from dlsys.ops.slicing import slice_op
 from dlsys.ops.take import MAX_RUNS, index_runs, take_op
 from dlsys.ops.tile import expand_to_op, tile_op
 
-# The most inputs a Concat node may join (the importer reads a converter's signature for
-# how many inputs it takes).
-MAX_CONCAT_INPUTS = 1024
-
-
-def _variadic(fn, most: int):
-    """``fn(ctx, first, *rest)`` described to the importer as taking one to ``most``
-    inputs."""
-    optional = [inspect.Parameter(f"input{i}", inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                  default=None) for i in range(1, most)]
-    fn.__signature__ = inspect.Signature([
-        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-        inspect.Parameter("input0", inspect.Parameter.POSITIONAL_OR_KEYWORD), *optional])
-    return fn
-
 
 def empty(ctx: Context, dims, axis: int, what: str) -> np.ndarray:
     """An empty result (``dims`` with no entries along ``axis``) as the empty constant it is:
@@ -66,8 +49,7 @@ def concat(ctx, *inputs):
     return nodes[0] if len(nodes) == 1 else concat_op(nodes, axis)
 
 
-folding("Concat", attrs=("axis",), ranked={"axis": AXIS})(
-    _variadic(concat, MAX_CONCAT_INPUTS))
+folding("Concat", attrs=("axis",), ranked={"axis": AXIS})(concat)
 
 
 @folding("Split", attrs=("axis", "num_outputs"), constant_inputs=(1,), ranked={"axis": AXIS})
