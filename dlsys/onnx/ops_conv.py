@@ -13,10 +13,13 @@ from dataclasses import dataclass
 from dlsys.onnx.bounds import SPATIAL, SPATIAL_PAIRS
 from dlsys.onnx.ops import Context, Dims, converter, reshape_target, show_dims
 from dlsys.ops import (
+    abs_op,
     avgpool2d_op,
     conv2d_op,
     global_avgpool_op,
     maxpool2d_op,
+    pow_byconst_op,
+    sqrt_op,
 )
 from dlsys.ops.conv_transpose import conv_transpose2d_op
 from dlsys.ops.norm import batchnorm2d_op
@@ -232,6 +235,25 @@ def average_pool(ctx, x):
     y = avgpool2d_op(images, kernel, window.stride, window.begin, padding_end=window.end,
                      ceil_mode=bool(ctx.attr("ceil_mode", 0)),
                      count_include_pad=bool(ctx.attr("count_include_pad", 0)))
+    return _as_input_rank(ctx, y, window.line)
+
+
+@converter("LpPool", attrs=("auto_pad", "ceil_mode", "dilations", "kernel_shape", "p", "pads",
+                            "strides"), ranked=_WINDOW_RANKS)
+def lp_pool(ctx, x):
+    # (sum of |x|^p over the window)^(1/p): the window's mean times its size, the padding
+    # counted (zeros add nothing to the sum).
+    images, kernel, window = _pool(ctx, x)
+    p = int(ctx.attr("p", 2))
+    if p < 1 or window.dilation != (1, 1) or ctx.attr("ceil_mode", 0):
+        raise ctx.refuse(f"p={p}, dilations={ctx.attr('dilations')}, ceil_mode="
+                         f"{ctx.attr('ceil_mode', 0)}: dlsys takes p >= 1, no dilation and no "
+                         f"ceil mode for LpPool")
+    powers = {1: lambda v: abs_op(v), 2: lambda v: v * v}.get(
+        p, lambda v: pow_byconst_op(abs_op(v), float(p)))(images)
+    sums = avgpool2d_op(powers, kernel, window.stride, window.begin, padding_end=window.end,
+                        count_include_pad=True) * float(kernel[0] * kernel[1])
+    y = {1: lambda v: v, 2: sqrt_op}.get(p, lambda v: pow_byconst_op(v, 1.0 / p))(sums)
     return _as_input_rank(ctx, y, window.line)
 
 

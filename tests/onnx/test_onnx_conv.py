@@ -62,6 +62,9 @@ CASES = {
                                              strides=[2, 2], pads=[1, 0, 0, 1], ceil_mode=1,
                                              count_include_pad=1),
     "global_maxpool": lambda: pool("GlobalMaxPool", ("N", 3, 5, 4)),
+    "lppool_p2_pads": lambda: pool("LpPool", ("N", 2, 7, 6), kernel_shape=[3, 2],
+                                   strides=[2, 1], pads=[1, 0, 0, 1]),
+    "lppool_p3_1d": lambda: pool("LpPool", ("N", 2, 9), kernel_shape=[3], p=3),
 }
 
 

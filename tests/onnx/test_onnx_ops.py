@@ -110,6 +110,7 @@ CASES = {
                                              pads=[1, 1, 1, 1], count_include_pad=1),
     "global_avgpool": lambda: one_node("GlobalAveragePool", ("N", 3, 5, 4), None),
     "global_maxpool": lambda: one_node("GlobalMaxPool", ("N", 3, 5, 4), None),
+    "lppool": lambda: one_node("LpPool", ("N", 2, 6, 6), None, kernel_shape=[2, 2]),
     "conv_transpose": lambda: one_node("ConvTranspose", ("N", 3, 4, 5), None,
                                        {"w": normal((3, 2, 3, 3), 1)}, ["w"], strides=[2, 2]),
     "batchnorm_images": lambda: batch_norm(("N", 3, 4, 5)),
