@@ -131,6 +131,7 @@ from dlsys.ops.reduce import (
 from dlsys.ops.reduce_modes import (
     argmax_op,
     argmin_op,
+    extreme_count_op,
     hardmax_op,
     l1_norm_op,
     l2_norm_op,
@@ -142,6 +143,7 @@ from dlsys.ops.reduce_modes import (
     sum_square_op,
 )
 from dlsys.ops.reshape import flatten_op, reshape_op, reshape_to_op
+from dlsys.ops.resize import resize_gradient_op, resize_op
 from dlsys.ops.slicing import slice_gradient_op, slice_op
 from dlsys.ops.softmax import causal_mask_op, logsoftmax_op, softmax_gradient_op
 from dlsys.ops.take import take_gradient_op, take_op
@@ -168,6 +170,7 @@ ALL_OPS: list[Op] = [
     tile_axes_op, expand_to_op, trilu_op, as_float_op,
     l1_norm_op, l2_norm_op, sum_square_op, max_op, min_op, prod_op, logsumexp_op,
     reduce_mode_gradient_op, argmax_op, argmin_op, hardmax_op, lrn_op, lrn_gradient_op,
+    extreme_count_op, resize_op, resize_gradient_op,
     *ACTIVATION_OPS,
 ]
 ELEMENTWISE_OPS: list[ElementwiseOp] = [op for op in ALL_OPS if isinstance(op, ElementwiseOp)]
@@ -253,7 +256,7 @@ __all__ = [
     "avgpool2d_op", "avgpool2d_grad_op", "global_avgpool_op", "conv_transpose2d_op",
     "l1_norm_op", "l2_norm_op", "sum_square_op", "max_op", "min_op", "prod_op",
     "logsumexp_op", "reduce_mode_gradient_op", "argmax_op", "argmin_op", "hardmax_op",
-    "lrn_op", "lrn_gradient_op",
+    "lrn_op", "lrn_gradient_op", "extreme_count_op", "resize_op", "resize_gradient_op",
     "abs_op", "asinh_op", "atan_op", "ceil_op", "clip_gradient_op", "clip_op", "cos_op",
     "elu_gradient_op", "elu_op", "equal_op", "erf_op", "floor_op", "greater_equal_op",
     "greater_op",
