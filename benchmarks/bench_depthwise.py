@@ -4,8 +4,9 @@ PyTorch's ``F.conv2d(groups=C)``, forward only, float32.
 Cases: each depthwise layer shape of MobileNet v2 at 224x224 (channels, input size, stride),
 batch 8 by default. dlsys runs a graph of the one convolution through its executor (the
 feed bound in place); PyTorch the call under ``torch.no_grad``, with the same thread count.
-Both take turns over several rounds; each figure is the median over repeats of a call, then
-the median over rounds, so that a busy spell of a shared machine weighs on both alike.
+Both take turns over several rounds; each figure is the fastest of the repeats of a call in
+all rounds: on a shared machine a busy spell only ever slows a call down, and the fastest call
+is the one least disturbed, for both alike.
 
     python benchmarks/bench_depthwise.py [--batch 8] [--repeats 20] [--rounds 3]
 """
@@ -13,7 +14,6 @@ the median over rounds, so that a busy spell of a shared machine weighs on both 
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import numpy as np
@@ -32,7 +32,7 @@ WARMUP = 3
 
 
 def time_call(call, repeats: int) -> float:
-    """Median microseconds of ``call()`` over ``repeats`` calls, after warm-up calls."""
+    """The fastest of ``repeats`` calls of ``call()``, in microseconds, after warm-up calls."""
     for _ in range(WARMUP):
         call()
     samples = []
@@ -40,7 +40,7 @@ def time_call(call, repeats: int) -> float:
         start = time.perf_counter()
         call()
         samples.append((time.perf_counter() - start) * 1e6)
-    return statistics.median(samples)
+    return min(samples)
 
 
 def measure(channels: int, size: int, stride: int, args) -> tuple[float, float]:
@@ -63,7 +63,7 @@ def measure(channels: int, size: int, stride: int, args) -> tuple[float, float]:
     for _ in range(args.rounds):
         ours.append(time_call(lambda: executor.run(feeds), args.repeats))
         theirs.append(time_call(torch_call, args.repeats))
-    return statistics.median(ours), statistics.median(theirs)
+    return min(ours), min(theirs)
 
 
 def main() -> None:
