@@ -229,11 +229,8 @@ def max_pool(ctx, x):
                                  "kernel_shape", "pads", "strides"), ranked=_WINDOW_RANKS)
 def average_pool(ctx, x):
     images, kernel, window = _pool(ctx, x)
-    if window.dilation != (1, 1):
-        raise ctx.refuse(f"dilations={ctx.attr('dilations')} are not supported for average "
-                         f"pooling (only 1)")
     y = avgpool2d_op(images, kernel, window.stride, window.begin, padding_end=window.end,
-                     ceil_mode=bool(ctx.attr("ceil_mode", 0)),
+                     ceil_mode=bool(ctx.attr("ceil_mode", 0)), dilation=window.dilation,
                      count_include_pad=bool(ctx.attr("count_include_pad", 0)))
     return _as_input_rank(ctx, y, window.line)
 

@@ -7,7 +7,7 @@ in the mean (PyTorch's ``count_include_pad=True``).
 
 ONNX's options (``POOL_DEFAULTS``): ``padding_end`` pads the end of each axis by its own amount
 (and, given, lifts PyTorch's rule that padding is at most half the window, as ONNX does),
-``ceil_mode`` keeps a last partial window, max pooling's ``dilation`` spreads its window, and
+``ceil_mode`` keeps a last partial window, ``dilation`` spreads the window, and
 average pooling's ``count_include_pad=False`` divides by the image elements of each window
 only. The kernels are given the start padding and the output's shape; an average's divisor
 is the part of each window inside its ``counted`` span of each axis.
@@ -133,6 +133,8 @@ class _PoolFamilyOp(Op):
         kind, extra = self.kind, ()
         if node.attrs["dilation"] != (1, 1):
             kind, extra = f"dilated_{self.kind}", (node.attrs["dilation"],)
+            if self.averages:
+                extra += (self._counted(node, self._shape_x(input_shapes)),)
         elif self.averages and not self._plain(node):
             # Only the divisors differ: a max pool needs the start padding and the output's
             # shape alone, which the plain kernel takes.
@@ -164,8 +166,8 @@ class _PoolFamilyOp(Op):
         counts = []
         for a, (lo, hi) in enumerate(self._counted(node, shape_x)):
             start = np.arange(out_shape[2 + a]) * stride[a] - padding[a]
-            counts.append(np.clip(np.minimum(start + kernel[a], hi) - np.maximum(start, lo),
-                                  1, None))
+            taps = start[:, None] + np.arange(kernel[a]) * node.attrs["dilation"][a]
+            counts.append(np.clip(((taps >= lo) & (taps < hi)).sum(axis=1), 1, None))
         return np.outer(*counts)
 
 
@@ -287,7 +289,7 @@ class AvgPool2dGradOp(_PoolGradOp):
         kernel, stride, padding = self._window(node)
         scaled = g / self._divisor(node, x.shape, g.shape)
         per_window = np.broadcast_to(scaled[..., None, None], (*g.shape, *kernel))
-        return scatter_windows(per_window, x.shape, stride, padding)
+        return scatter_windows(per_window, x.shape, stride, padding, node.attrs["dilation"])
 
 
 class GlobalAvgPoolOp(ReduceAxesOp):

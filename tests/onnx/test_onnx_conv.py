@@ -28,9 +28,9 @@ def conv(op_type, x_shape, w_shape, bias=True, **attrs):
     return model([node], {"x": x_shape}, {"y": None}, inits)
 
 
-def pool(op_type, x_shape, **attrs):
+def pool(op_type, x_shape, opset=17, **attrs):
     node = helper.make_node(op_type, ["x"], ["y"], name="node0", **attrs)
-    return model([node], {"x": x_shape}, {"y": None})
+    return model([node], {"x": x_shape}, {"y": None}, opset=opset)
 
 
 CASES = {
@@ -61,6 +61,9 @@ CASES = {
     "avgpool_include_pad_ceil": lambda: pool("AveragePool", ("N", 2, 8, 7), kernel_shape=[3, 3],
                                              strides=[2, 2], pads=[1, 0, 0, 1], ceil_mode=1,
                                              count_include_pad=1),
+    "avgpool_dilated_exclude_pad": lambda: pool("AveragePool", ("N", 2, 9, 8),
+                                                kernel_shape=[2, 3], dilations=[2, 1],
+                                                pads=[1, 1, 0, 1], ceil_mode=1, opset=19),
     "global_maxpool": lambda: pool("GlobalMaxPool", ("N", 3, 5, 4)),
     "lppool_p2_pads": lambda: pool("LpPool", ("N", 2, 7, 6), kernel_shape=[3, 2],
                                    strides=[2, 1], pads=[1, 0, 0, 1]),

@@ -1,6 +1,7 @@
 """Convolutions and pools with ONNX's options (groups, depthwise, dilation, a padding of each
 side, the transposed convolution, ceil mode, averages without the padding): forward values and
-gradients against PyTorch (float64), the adjoints' own gradients against finite differences,
+gradients against PyTorch (float64), the adjoints' own gradients and the dilated average pool
+(which PyTorch lacks) against finite differences,
 a fused depthwise epilogue in float32, and bad arguments refused where the node is built."""
 
 from __future__ import annotations
@@ -99,7 +100,10 @@ OPTIONS = {"stride": 2, "padding": 1, "dilation": (1, 2), "groups": 2}
      [(1, 4, 3, 2), (4, 1, 3, 2), (1, 2, 5, 4)], (2,)),
     (lambda x, g, w: conv2d_grad_weight_op(x, g, w, **OPTIONS),
      [(1, 2, 5, 4), (1, 4, 3, 2), (4, 1, 3, 2)], (2,)),
-], ids=["grad_input", "grad_weight"])
+    # PyTorch has no dilated average pool: its gradient, and its adjoint's, numerically.
+    (lambda x: avgpool2d_op(x, (2, 3), 2, (1, 0), dilation=(2, 1), ceil_mode=True,
+                            count_include_pad=False), [(2, 2, 8, 7)], ()),
+], ids=["grad_input", "grad_weight", "avgpool_dilated"])
 def test_adjoint_gradients_match_finite_differences(build, shapes, constants):
     check_gradients(build, shapes, constants)
 

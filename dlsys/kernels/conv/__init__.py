@@ -44,7 +44,7 @@ def register(kinds: Registrar) -> None:
     kinds.add_epilogue("max_pool2d_grad_epilogue", compute.max_pool2d_grad_epilogue, "window")
     # ONNX's pooling options: dilated max pools, averages over counted positions only.
     for name in ("dilated_max_pool2d", "dilated_max_pool2d_grad", "avg_pool2d_counted",
-                 "avg_pool2d_grad_counted"):
+                 "avg_pool2d_grad_counted", "dilated_avg_pool2d", "dilated_avg_pool2d_grad"):
         kinds.add(name, getattr(compute, name), "window")
     kinds.add_epilogue("dilated_max_pool2d_grad_epilogue",
                        compute.dilated_max_pool2d_grad_epilogue, "window")
