@@ -1,6 +1,6 @@
-"""Real-world architectures through ONNX: torchvision's models with seeded random weights,
-exported by PyTorch's two exporters (dlsys.testing.zoo), run by dlsys and by onnxruntime;
-and an imported SqueezeNet fine-tuned by dlsys.optim as PyTorch fine-tunes it.
+"""Real-world architectures through ONNX: torchvision's and transformers' models with seeded
+random weights, exported by PyTorch's two exporters (dlsys.testing.zoo), run by dlsys and by
+onnxruntime; and an imported SqueezeNet fine-tuned by dlsys.optim as PyTorch fine-tunes it.
 
 The smaller models of the zoo at small images, so that the file stays within about a
 minute and a half on a quiet 2-core machine. (ResNet-18 fine-tunes wrongly for now: the
@@ -27,7 +27,7 @@ from dlsys.nn import functional as F  # noqa: E402
 from dlsys.testing import zoo  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def torchvision():
     try:
         return zoo.import_torchvision()
@@ -35,17 +35,39 @@ def torchvision():
         pytest.skip("torchvision is not installed")
 
 
-# (model, exporter, image side): each architecture at the smallest images it takes
-# (SqueezeNet and ShuffleNet downsample by 32; 32 x 32 leaves them a 1 x 1 map).
+# (model, exporter, image side): each architecture at small images (each downsamples by
+# 32: 32 x 32 leaves a 1 x 1 map). MobileNet v3 brings hard-swish and squeeze-excitation.
 CASES = [("squeezenet1_1", "torchscript", 32), ("shufflenet_v2_x0_5", "dynamo", 32),
-         ("resnet18", "dynamo", 32)]
+         ("resnet18", "dynamo", 32), ("mobilenet_v3_small", "torchscript", 32)]
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning",
                             "ignore::FutureWarning")
 @pytest.mark.parametrize("name,exporter,side", CASES)
-def test_exported_model_matches_onnxruntime(tmp_path, name, exporter, side):
+def test_exported_model_matches_onnxruntime(tmp_path, torchvision, name, exporter, side):
     """The dynamo exporter's weights lie in an external .data file beside the model."""
+    ours, theirs = _run_both(tmp_path, name, exporter, side)
+    assert ours.shape == (1, 1000)
+
+
+# The transformers at 2 layers, 2 heads, width 64 (32 for PyTorch's own encoder), 16 tokens.
+TRANSFORMER_CASES = [("bert", "torchscript"), ("gpt2", "dynamo"),
+                     ("transformer_encoder", "torchscript")]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning",
+                            "ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("name,exporter", TRANSFORMER_CASES)
+def test_exported_transformer_matches_onnxruntime(tmp_path, name, exporter):
+    """BERT's and GPT-2's token ids (int64) feed embedding lookups; their masks and
+    positions come from Shape, Range, comparisons and Where folded or computed."""
+    if name != "transformer_encoder":
+        pytest.importorskip("transformers")
+    _run_both(tmp_path, name, exporter, None)
+
+
+def _run_both(tmp_path, name: str, exporter: str, side: int | None):
+    """Model ``name`` exported, run by dlsys and by onnxruntime, compared; both outputs."""
     if exporter == "dynamo":
         pytest.importorskip("onnxscript")
     path = zoo.export(name, tmp_path, exporter, side=side)
@@ -54,12 +76,13 @@ def test_exported_model_matches_onnxruntime(tmp_path, name, exporter, side):
     ours = donnx.InferenceSession(str(path)).run(None, feeds)[0]
     theirs = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
         None, feeds)[0]
-    assert ours.shape == theirs.shape == (1, 1000)
+    assert ours.shape == theirs.shape
     np.testing.assert_allclose(ours, theirs, rtol=TOLERANCE, atol=TOLERANCE)
+    return ours, theirs
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
-def test_imported_squeezenet_fine_tunes_as_pytorch_does(tmp_path):
+def test_imported_squeezenet_fine_tunes_as_pytorch_does(tmp_path, torchvision):
     """Three SGD steps on three batches of 32 x 32 images: each step's loss is PyTorch's
     for the same weights and batches. The export drops the classifier's dropout (an
     inference graph), so PyTorch's runs with none either."""
