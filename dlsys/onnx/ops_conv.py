@@ -242,14 +242,14 @@ def lp_pool(ctx, x):
     # counted (zeros add nothing to the sum).
     images, kernel, window = _pool(ctx, x)
     p = int(ctx.attr("p", 2))
-    if p < 1 or window.dilation != (1, 1) or ctx.attr("ceil_mode", 0):
-        raise ctx.refuse(f"p={p}, dilations={ctx.attr('dilations')}, ceil_mode="
-                         f"{ctx.attr('ceil_mode', 0)}: dlsys takes p >= 1, no dilation and no "
-                         f"ceil mode for LpPool")
+    if p < 1 or ctx.attr("ceil_mode", 0):
+        raise ctx.refuse(f"p={p}, ceil_mode={ctx.attr('ceil_mode', 0)}: dlsys takes p >= 1 "
+                         f"and no ceil mode for LpPool")
     powers = {1: lambda v: abs_op(v), 2: lambda v: v * v}.get(
         p, lambda v: pow_byconst_op(abs_op(v), float(p)))(images)
     sums = avgpool2d_op(powers, kernel, window.stride, window.begin, padding_end=window.end,
-                        count_include_pad=True) * float(kernel[0] * kernel[1])
+                        dilation=window.dilation, count_include_pad=True) \
+        * float(kernel[0] * kernel[1])
     y = {1: lambda v: v, 2: sqrt_op}.get(p, lambda v: pow_byconst_op(v, 1.0 / p))(sums)
     return _as_input_rank(ctx, y, window.line)
 
