@@ -1,12 +1,14 @@
-"""Sliding windows: 2-D convolutions and their adjoints, and pooling and its adjoints
-(``compute``), with register tiles read from the CPU (``schedule``). One family because they
-share the padding and window helpers of their compute and the per-image schedule shape."""
+"""Sliding windows: 2-D convolutions (grouped and dilated too) and their adjoints, and pooling
+and its adjoints (``compute``), with register tiles read from the CPU (``schedule``); the
+depthwise convolution's compute and schedule (``depthwise``); the pools with ONNX's options
+(``pool_options``). One family because they share the padding and window helpers of their
+compute and the per-image schedule shape."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from dlsys.kernels.conv import compute, depthwise
+from dlsys.kernels.conv import compute, depthwise, pool_options
 from dlsys.kernels.conv.schedule import (
     schedule_conv_direct,
     schedule_conv_gemm,
@@ -43,8 +45,9 @@ def register(kinds: Registrar) -> None:
         kinds.add(name, getattr(compute, name), "window")
     kinds.add_epilogue("max_pool2d_grad_epilogue", compute.max_pool2d_grad_epilogue, "window")
     # ONNX's pooling options: dilated max pools, averages over counted positions only.
-    for name in ("dilated_max_pool2d", "dilated_max_pool2d_grad", "avg_pool2d_counted",
-                 "avg_pool2d_grad_counted", "dilated_avg_pool2d", "dilated_avg_pool2d_grad"):
-        kinds.add(name, getattr(compute, name), "window")
+    kinds.add("dilated_max_pool2d", compute.dilated_max_pool2d, "window")
+    for name in ("dilated_max_pool2d_grad", "avg_pool2d_counted", "avg_pool2d_grad_counted",
+                 "dilated_avg_pool2d", "dilated_avg_pool2d_grad"):
+        kinds.add(name, getattr(pool_options, name), "window")
     kinds.add_epilogue("dilated_max_pool2d_grad_epilogue",
-                       compute.dilated_max_pool2d_grad_epilogue, "window")
+                       pool_options.dilated_max_pool2d_grad_epilogue, "window")
