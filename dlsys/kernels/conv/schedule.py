@@ -278,10 +278,14 @@ def schedule_window(sch: s_tir.Schedule) -> None:
     that each vector lane accumulates one output element (no reduction across lanes) and a
     lane's image position is plain arithmetic, not a division of a fused index."""
     *producers, main = all_blocks(sch)
-    while producers and not is_reduction(sch, producers[-1]) \
+    if producers and not is_reduction(sch, producers[-1]) \
             and sch.get(main).name_hint.startswith(EPILOGUE_PREFIX):
-        # A fused epilogue (common.epilogue.apply_epilogue): the elementwise kernel before it folds
-        # into it, so the epilogue's result is the only array written.
+        # A fused epilogue (common.epilogue.apply_epilogue): the elementwise kernel before it
+        # folds into it, so the epilogue's result is the only array written. Only that one:
+        # the padded copies before it (a max pool's argmax and gradient, padded for windows
+        # that overlap) stay arrays of their own. Inlined too, their guarded loads ran in the
+        # vector loop and the gradient of a 3x3, stride-2 pool after a ReLU came out wrong,
+        # and different from run to run.
         sch.compute_inline(producers.pop())
     for block in producers:
         _parallel_outer(sch, block, vector=not is_reduction(sch, block))
