@@ -44,9 +44,12 @@ $(INSTALLED)-runtime: pyproject.toml | $(VENV_PYTHON)
 # What `make test` needs besides: the test tools, and the optional features' packages so that
 # their tests run. The references are never dependencies: onnxruntime for the ONNX tests,
 # PyTorch (PyPI's torch 2.13.0 for Linux x86-64 is its CPU build, 190 MB) for the comparisons
-# with it, and onnxscript for PyTorch's default ONNX exporter. Installed again when this file
-# changes too, since the references are named here.
-TEST_REFERENCES := onnxruntime torch==2.13.0 onnxscript
+# with it, onnxscript for PyTorch's default ONNX exporter, and torchvision and transformers,
+# whose architectures (random weights, never downloaded) the ONNX tests export. torchvision
+# 0.28.0 pins torch 2.13.0 and pulls no CUDA package; its compiled operators do not load
+# beside the CPU torch, and dlsys.testing.zoo stands in for the two it asks for. Installed
+# again when this file changes too, since the references are named here.
+TEST_REFERENCES := onnxruntime torch==2.13.0 onnxscript torchvision==0.28.0 transformers
 $(INSTALLED)-test: pyproject.toml Makefile | $(VENV_PYTHON)
 	$(PIP_INSTALL) -e '.[test,onnx,distributed]' $(TEST_REFERENCES)
 	@touch $@ $(INSTALLED)-runtime
