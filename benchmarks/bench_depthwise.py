@@ -14,7 +14,6 @@ is the one least disturbed, for both alike.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 from dlsys import autodiff as ad
 from dlsys.kernels import available_cpus
 from dlsys.ops.conv import conv2d_op
-from dlsys.testing.machine import cpu_description
+from dlsys.testing.machine import call_times, cpu_description
 
 # (channels, input height = width, stride): MobileNet v2's depthwise layers.
 LAYERS = [(32, 112, 1), (96, 112, 2), (144, 56, 1), (144, 56, 2), (192, 28, 1), (192, 28, 2),
@@ -33,14 +32,7 @@ WARMUP = 3
 
 def time_call(call, repeats: int) -> float:
     """The fastest of ``repeats`` calls of ``call()``, in microseconds, after warm-up calls."""
-    for _ in range(WARMUP):
-        call()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        samples.append((time.perf_counter() - start) * 1e6)
-    return min(samples)
+    return min(call_times(call, repeats, WARMUP))
 
 
 def measure(channels: int, size: int, stride: int, args) -> tuple[float, float]:

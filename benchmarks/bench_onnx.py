@@ -12,7 +12,6 @@ figure is the median of its rounds, so that a busy spell of a shared machine wei
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
@@ -81,15 +80,10 @@ def measure(system: str, models: dict[str, str], threads: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3, help="turns of each process")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="threads for both (default: dlsys's, one per physical core)")
-    parser.add_argument("--system", choices=("dlsys", "onnxruntime"), help=argparse.SUPPRESS)
-    parser.add_argument("--models", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.system:
-        print(json.dumps(measure(args.system, json.loads(args.models), args.threads)))
+    from dlsys.testing.machine import answered_as_child, comparison_parser
+
+    args = comparison_parser(__doc__.splitlines()[0]).parse_args()
+    if answered_as_child(args, measure):
         return
 
     try:

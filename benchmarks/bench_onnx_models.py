@@ -158,17 +158,13 @@ def cold_start(folder: Path, threads: int) -> tuple[float, float] | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3, help="turns of each process")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="threads for both (default: dlsys's, one per physical core)")
+    from dlsys.testing.machine import answered_as_child, comparison_parser
+
+    parser = comparison_parser(__doc__.splitlines()[0])
     parser.add_argument("--cold", action=argparse.BooleanOptionalAction, default=True,
                         help="time ResNet-50's import and first run with an empty cache")
-    parser.add_argument("--system", choices=("dlsys", "onnxruntime"), help=argparse.SUPPRESS)
-    parser.add_argument("--models", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.system:
-        print(json.dumps(measure(args.system, json.loads(args.models), args.threads)))
+    if answered_as_child(args, measure):
         return
     try:
         import onnxruntime

@@ -25,11 +25,10 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 import numpy as np
 
-from dlsys.testing.machine import cpu_description
+from dlsys.testing.machine import call_times, cpu_description
 
 ROWS, WIDTH, HEADS, CONTEXT, HIDDEN = 8 * 128, 128, 4, 128, 512
 SCORES = (8, HEADS, CONTEXT, CONTEXT)
@@ -50,14 +49,7 @@ def inputs(case: str) -> dict[str, np.ndarray]:
 
 def time_call(call, repeats: int) -> float:
     """Median microseconds of ``call()`` over ``repeats`` calls, after warm-up calls."""
-    for _ in range(WARMUP):
-        call()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        samples.append((time.perf_counter() - start) * 1e6)
-    return statistics.median(samples)
+    return statistics.median(call_times(call, repeats, WARMUP))
 
 
 def dlsys_graph(case: str, ad):

@@ -80,3 +80,44 @@ def ratio_table(results: dict[str, list[dict]], ours: str, theirs: str,
         lines.append(f"| {name} | {batch} | {mine:.{decimals}f} | {other:.{decimals}f} | "
                      f"{mine / other:.2f} |")
     return lines
+
+
+def call_times(call, repeats: int, warmup: int = 3) -> list[float]:
+    """Microseconds of each of ``repeats`` calls of ``call()``, after ``warmup`` calls (a
+    benchmark takes their median, or their minimum where the machine's noise is one-sided)."""
+    import time
+
+    for _ in range(warmup):
+        call()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - start) * 1e6)
+    return samples
+
+
+def comparison_parser(description: str, rounds: int = 3):
+    """The flags of a benchmark timing dlsys against another runtime in child processes:
+    ``--rounds``, ``--threads``, and the hidden ``--system`` and ``--models`` a child gets
+    (``take_turns``)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--rounds", type=int, default=rounds, help="turns of each process")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="threads for both (default: dlsys's, one per physical core)")
+    parser.add_argument("--system", choices=("dlsys", "onnxruntime"), help=argparse.SUPPRESS)
+    parser.add_argument("--models", help=argparse.SUPPRESS)
+    return parser
+
+
+def answered_as_child(args, measure) -> bool:
+    """In a child process (``--system`` given): print ``measure(system, models, threads)``
+    as the JSON line ``measure_in_child`` reads, and say so."""
+    import json
+
+    if not args.system:
+        return False
+    print(json.dumps(measure(args.system, json.loads(args.models), args.threads)))
+    return True
