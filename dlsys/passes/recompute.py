@@ -174,9 +174,10 @@ def _recomputable(steps: list[Step], keep: set[Node]) -> set[Node]:
 
 @dataclass
 class _Split:
-    """The program cut at its peak: forward steps ``[:at]``, backward steps ``[at:]``; the
-    stash (values the forward computes and the backward reads) that can be recomputed, in
-    forward order; the values each forward step's readers include."""
+    """The program cut at its peak: forward steps ``[:at]``, backward steps ``[at:]``. The
+    stash: values the forward steps compute and the backward steps read that can be
+    recomputed, in forward order; ``recomputable``: every forward value that can be;
+    ``read_early``: the values some forward step reads (the others need no first copy)."""
 
     at: int
     stash: list[Node]
