@@ -63,6 +63,7 @@ class OnnxModule(Module):
 
     def __init__(self, model, where: str):
         super().__init__()
+        model = _own_buffers(model)
         graph = model.graph
         self.source = where
         initializers = {t.name for t in graph.initializer}
@@ -370,6 +371,39 @@ def _float_dtype(model, input_names: list[str], declared: dict, read_as_constant
         raise OnnxError(f"{where}: the model mixes float32 ({found['float32']}) and float64 "
                         f"({found['float64']}) values; dlsys runs a model in one of them")
     return found.popitem()[0] if found else "float32"
+
+
+def _own_buffers(model):
+    """``model`` where every state input (batch norm's running statistics) is an initializer
+    no other input reads. An exporter writes equal tensors once: a fresh batch norm's scale
+    and running variance (both ones) become one initializer, and training, which updates
+    the statistics in place, would overwrite the scale with them. Such an input gets a copy
+    of its own, named ``<name>.<node>.<slot>``; ``model`` itself is left as it is."""
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    reads: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            reads[name] = reads.get(name, 0) + 1
+    for out in graph.output:
+        reads[out.name] = reads.get(out.name, 0) + 1
+    shared = [(k, i) for k, node in enumerate(graph.node)
+              for i in _BUFFER_INPUTS.get(node.op_type, ()) if i < len(node.input)
+              and node.input[i] in initializers and reads[node.input[i]] > 1]
+    if not shared:
+        return model
+    import onnx
+
+    owned = onnx.ModelProto()
+    owned.CopyFrom(model)
+    for k, i in shared:
+        node = owned.graph.node[k]
+        copy = onnx.TensorProto()
+        copy.CopyFrom(initializers[node.input[i]])
+        copy.name = f"{node.input[i]}.{node.name or k}.{i}"
+        owned.graph.initializer.append(copy)
+        node.input[i] = copy.name
+    return owned
 
 
 def _arity(fn) -> tuple[int, float]:

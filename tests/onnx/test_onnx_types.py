@@ -191,3 +191,31 @@ def test_a_bool_input_is_a_mask_read_as_zero_and_one():
     ours = donnx.InferenceSession(data).run(None, feeds)[0]
     theirs = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     np.testing.assert_array_equal(ours, theirs)
+
+
+def test_a_running_statistic_sharing_an_initializer_with_a_weight_gets_its_own():
+    """An exporter writes equal tensors once: a fresh batch norm's scale and running variance
+    (ones), its shift and running mean (zeros). Training updates the statistics in place;
+    the scale and shift must stay what they were."""
+    from dlsys import autodiff as ad
+
+    node = helper.make_node("BatchNormalization", ["x", "ones", "zeros", "zeros", "ones"],
+                            ["y"], name="bn")
+    graph = helper.make_graph(
+        [node], "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 3, 3])],
+        [numpy_helper.from_array(np.ones(2, np.float32), "ones"),
+         numpy_helper.from_array(np.zeros(2, np.float32), "zeros")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                              ir_version=8)
+    module = donnx.import_model(proto)
+    module.train()
+    x = ad.Variable("x")
+    images = np.random.default_rng(0).normal(2.0, 3.0, size=(4, 2, 3, 3)).astype(np.float32)
+    ad.Executor([module(x)]).run({x: images})
+    state = module.state_dict()
+    np.testing.assert_array_equal(state["ones"], np.ones(2, np.float32))
+    np.testing.assert_array_equal(state["zeros"], np.zeros(2, np.float32))
+    statistics = [v for k, v in state.items() if k not in ("ones", "zeros")]
+    assert len(statistics) == 2 and all(np.all(v != 0) and np.all(v != 1) for v in statistics)
+    assert len(proto.graph.initializer) == 2  # the caller's model is left as it was
