@@ -50,17 +50,9 @@ def input_shape(name: str) -> tuple[int, ...]:
 
 def measure(system: str, models: dict[str, str], threads: int) -> dict:
     """Median milliseconds per ``run()`` for each model and batch, in this process."""
-    if system == "dlsys":
-        from dlsys.onnx import InferenceSession
-    else:
-        import onnxruntime as ort
+    from dlsys.testing.machine import onnx_session_maker
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-
-        def InferenceSession(path):  # noqa: N802 - onnxruntime's name
-            return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    InferenceSession = onnx_session_maker(system, threads)  # noqa: N806 - either's name
 
     results = {}
     for name, path in models.items():

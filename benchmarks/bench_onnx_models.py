@@ -95,17 +95,9 @@ def feeds(model: dict, batch: int) -> np.ndarray:
 
 def measure(system: str, models: dict[str, dict], threads: int) -> dict:
     """Median milliseconds per ``run()`` for each model and batch, in this process."""
-    if system == "dlsys":
-        from dlsys.onnx import InferenceSession
-    else:
-        import onnxruntime as ort
+    from dlsys.testing.machine import onnx_session_maker
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-
-        def InferenceSession(path):  # noqa: N802 - onnxruntime's name
-            return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    InferenceSession = onnx_session_maker(system, threads)  # noqa: N806 - either's name
 
     results = {}
     for label, model in models.items():

@@ -121,3 +121,18 @@ def answered_as_child(args, measure) -> bool:
         return False
     print(json.dumps(measure(args.system, json.loads(args.models), args.threads)))
     return True
+
+
+def onnx_session_maker(system: str, threads: int):
+    """``path -> session`` for ``system``: dlsys's ``InferenceSession``, or onnxruntime's on
+    ``threads`` threads (one operator at a time), as the ONNX benchmarks compare them."""
+    if system == "dlsys":
+        from dlsys.onnx import InferenceSession
+
+        return InferenceSession
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return lambda path: ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])

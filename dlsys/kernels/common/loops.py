@@ -37,6 +37,14 @@ def is_reduction(sch: s_tir.Schedule, block) -> bool:
     return any(iv.iter_type != 0 for iv in sch.get(block).iter_vars)
 
 
+def split_loops(sch: s_tir.Schedule, block) -> tuple[list, list]:
+    """``block``'s loops as (spatial, reduction), each in nest order."""
+    loops = sch.get_loops(block)
+    kinds = [iv.iter_type for iv in sch.get(block).iter_vars]
+    return ([lp for lp, t in zip(loops, kinds) if t == 0],
+            [lp for lp, t in zip(loops, kinds) if t != 0])
+
+
 def all_blocks(sch: s_tir.Schedule) -> list:
     return sch.get_child_blocks(sch.get_sblock("root"))
 

@@ -56,6 +56,7 @@ from dlsys.kernels.common.loops import (
     all_blocks,
     is_reduction,
     loop_extent,
+    split_loops,
     vectorize_and_parallelize,
 )
 
@@ -293,10 +294,7 @@ def schedule_window(sch: s_tir.Schedule) -> None:
 
 
 def _parallel_outer(sch: s_tir.Schedule, block, vector: bool) -> None:
-    loops = sch.get_loops(block)
-    kinds = [iv.iter_type for iv in sch.get(block).iter_vars]
-    spatial = [lp for lp, t in zip(loops, kinds) if t == 0]
-    reduce = [lp for lp, t in zip(loops, kinds) if t != 0]
+    spatial, reduce = split_loops(sch, block)
     if not reduce and not (vector and len(spatial) > 1):
         vectorize_and_parallelize(sch, sch.fuse(*spatial))
         return

@@ -22,6 +22,7 @@ from dlsys.kernels.common.loops import (
     all_blocks,
     is_reduction,
     schedule_injective,
+    split_loops,
     vector_width,
     vectorize_and_parallelize,
     vectorize_row,
@@ -49,10 +50,7 @@ def schedule_sum(sch: s_tir.Schedule, blocks: list) -> None:
         _sum_columns(sch, *blocks)
         return
     block, out = blocks
-    kinds = [iv.iter_type for iv in sch.get(block).iter_vars]
-    loops = sch.get_loops(block)
-    spatial = [lp for lp, t in zip(loops, kinds) if t == 0]
-    reduce = [lp for lp, t in zip(loops, kinds) if t != 0]
+    spatial, reduce = split_loops(sch, block)
     # The input's innermost axes are summed (compute.reduce_sum): the reduction loops
     # that stand for them are the innermost ones, one contiguous run of memory.
     run = _reduced_run(sch, block)
@@ -82,10 +80,7 @@ def _reduced_run(sch: s_tir.Schedule, block) -> int:
 def _sum_columns(sch: s_tir.Schedule, partial, block, out) -> None:
     """The innermost axis kept: vector lanes along it. For each block of rows, the lanes'
     float32 partial sums run over the rows in registers, then join the float64 totals."""
-    kinds = [iv.iter_type for iv in sch.get(block).iter_vars]
-    loops = sch.get_loops(block)
-    *outer, last = [lp for lp, t in zip(loops, kinds) if t == 0]
-    reduce = [lp for lp, t in zip(loops, kinds) if t != 0]   # the other summed axes, blocks
+    (*outer, last), reduce = split_loops(sch, block)  # reduce: the other summed axes, blocks
     width = vector_width(_extent(sch, last))
     chunk, lanes = sch.split(last, factors=[None, width])
     outer = sch.fuse(*outer, chunk) if outer else chunk
@@ -198,9 +193,7 @@ def schedule_each_block(sch: s_tir.Schedule) -> None:
     short or rare in models (a max over a few axes, an argmax at the output), so each term
     is read where the compute reads it."""
     for block in all_blocks(sch):
-        loops = sch.get_loops(block)
-        kinds = [iv.iter_type for iv in sch.get(block).iter_vars]
-        spatial = [lp for lp, t in zip(loops, kinds) if t == 0]
+        spatial, _ = split_loops(sch, block)
         if not spatial:
             continue
         fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from dlsys.kernels.common.loops import PARALLEL_MIN_ELEMENTS, all_blocks, loop_extent
+from dlsys.kernels.common.loops import (
+    PARALLEL_MIN_ELEMENTS,
+    all_blocks,
+    loop_extent,
+    split_loops,
+)
 
 
 def schedule_resize_gradient(sch: s_tir.Schedule) -> None:
@@ -13,9 +18,7 @@ def schedule_resize_gradient(sch: s_tir.Schedule) -> None:
     nest (its loads are gathers, whose indices depend on the element); the elements are
     shared between cores, all the output axes fused into one parallel loop."""
     for block in all_blocks(sch):
-        loops = sch.get_loops(block)
-        kinds = [iv.iter_type for iv in sch.get(block).iter_vars]
-        spatial = [lp for lp, kind in zip(loops, kinds) if kind == 0]
+        spatial, _ = split_loops(sch, block)
         if not spatial:
             continue
         fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
