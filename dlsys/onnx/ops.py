@@ -206,11 +206,13 @@ def show_dims(dims) -> str:
 
 # The converters of the other op families register themselves into ``CONVERTERS`` on import.
 from dlsys.onnx import (  # noqa: E402,F401
+    ops_attention,
     ops_conv,
     ops_einsum,
     ops_image,
     ops_loss,
     ops_math,
+    ops_misc,
     ops_reduce,
     ops_tensor,
 )
