@@ -175,14 +175,17 @@ class Op:
 
 @dataclass(frozen=True)
 class IndexBounds:
-    """The values integer indices may take: ``[0, stop)``, plus ``also`` (an ignore index)."""
+    """The values integer indices may take: ``[start, stop)``, plus ``also`` (an ignore
+    index). ``start`` is negative where the reader counts negative ids from the end, as
+    ONNX's Gather and numpy's ``take`` do."""
 
     stop: int
     also: tuple[int, ...] = ()
+    start: int = 0
 
     def describe(self) -> str:
         extra = "".join(f" or {v}" for v in self.also)
-        return f"in [0, {self.stop}){extra}"
+        return f"in [{self.start}, {self.stop}){extra}"
 
 
 def short_name(node: Node) -> str:

@@ -116,9 +116,9 @@ def _check_indices(node: Node, array: np.ndarray, checks: list) -> None:
     past the embedding's rows would return another row's memory, silently."""
     low, high = int(array.min()), int(array.max())
     for bounds, reader in checks:
-        if low >= 0 and high < bounds.stop:
+        if low >= bounds.start and high < bounds.stop:
             continue
-        bad = (array < 0) | (array >= bounds.stop)
+        bad = (array < bounds.start) | (array >= bounds.stop)
         for extra in bounds.also:
             bad &= array != extra
         if bad.any():
