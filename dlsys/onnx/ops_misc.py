@@ -1,2 +1,336 @@
 """Converters of ONNX operators outside the other families: cumulative sums, top-k, one-hot,
-scatters."""
+identity matrices, scatters and the index selections (Compress, ReverseSequence).
+
+The positions a scatter writes, the elements a compression keeps and the order a reversal
+reads are fixed by integer inputs these converters take as constants (an initializer, a
+Constant node, or an input the session folds in per run): the graph then moves elements with
+``take`` (a gather of indices fixed when it is built), which has a gradient, so the data and
+updates may be tensors computed at run time. Where every input is a constant, the result is
+computed in numpy (constant folding).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dlsys.graph import Node
+from dlsys.onnx.ops import Context, converter, show_dims
+from dlsys.ops import mul_byconst_op
+from dlsys.ops.activations import (
+    equal_op,
+    greater_op,
+    less_op,
+    logical_or_op,
+    where_op,
+)
+from dlsys.ops.concat import concat_op
+from dlsys.ops.cumulative import cumsum_op, cumulative_sum_reference
+from dlsys.ops.placeholder import Parameter
+from dlsys.ops.reduce_modes import argmax_op, argmin_op, max_op, min_op
+from dlsys.ops.reshape import reshape_op
+from dlsys.ops.take import take_op
+
+# How many rounds of arg-max a run-time TopK may take: each is a few kernels over the input.
+TOPK_ROUNDS_LIMIT = 64
+
+
+def _constant(ctx: Context, array, what: str) -> Node:
+    """A table the converter computed, as a graph value the model does not train."""
+    dtype = getattr(ctx, "compute_dtype", "float32")
+    return Parameter(np.ascontiguousarray(array, dtype), f"{ctx.node.output[0]}:{what}")
+
+
+def _integer(ctx: Context, value, what: str) -> np.ndarray:
+    """An integer input the converter needs as a constant, as an int64 array."""
+    if not isinstance(value, np.ndarray):
+        raise ctx.refuse(f"{what} must be a constant (an initializer, a Constant node or an "
+                         f"input fed per run); dlsys fixes it when it builds the graph")
+    if value.dtype.kind == "f" and not np.all(np.isfinite(value) & (value == np.round(value))):
+        raise ctx.refuse(f"{what} must hold integers, got {value.reshape(-1)[:6]}")
+    return value.astype(np.int64)
+
+
+def _axis(ctx: Context, axis: int, rank: int, what: str = "axis") -> int:
+    if not -rank <= axis < rank:
+        raise ctx.refuse(f"{what} {axis} is out of range for rank {rank}")
+    return axis % rank
+
+
+def _static_dims(ctx: Context, i: int, value, what: str) -> tuple[int, ...]:
+    dims = ctx.input_dims(i, value)
+    if dims is not None and None in dims:  # the batch the file fixes, if it does
+        dims = ctx.fixed_shapes().get(ctx.node.input[i], dims)
+    if dims is None or any(d is None for d in dims):
+        raise ctx.refuse(f"{what} has shape {show_dims(dims)}; dlsys needs all its sizes "
+                         f"when it builds the graph")
+    return tuple(dims)
+
+
+def _as_node(ctx: Context, value, what: str) -> Node:
+    return _constant(ctx, value, what) if isinstance(value, np.ndarray) else value
+
+
+def _gathered(x: Node, flat_indices: np.ndarray, shape: tuple[int, ...]) -> Node:
+    """The elements of ``x`` at row-major positions ``flat_indices``, shaped ``shape``."""
+    picked = take_op(reshape_op(x, (-1,)), [int(i) for i in flat_indices.reshape(-1)], 0)
+    return reshape_op(picked, shape)
+
+
+# ------------------------------------------------------------ cumulative sums
+@converter("CumSum", attrs=("exclusive", "reverse"), constant_inputs=(1,))
+def cumsum(ctx, x, axis):
+    exclusive, reverse = bool(ctx.attr("exclusive", 0)), bool(ctx.attr("reverse", 0))
+    axis_value = _integer(ctx, axis, "the axis input").reshape(-1)
+    if axis_value.size != 1:
+        raise ctx.refuse(f"the axis input must be one number, got {axis_value}")
+    dims = ctx.input_dims(0, x)
+    if dims is None:
+        raise ctx.refuse("the input's rank is unknown to ONNX's shape inference")
+    rank = len(dims)
+    axis = _axis(ctx, int(axis_value[0]), rank)
+    if isinstance(x, np.ndarray):
+        return cumulative_sum_reference(x, axis, exclusive, reverse)
+    return cumsum_op(x, axis, exclusive, reverse)
+
+
+# ------------------------------------------------------------ one-hot and identity
+@converter("OneHot", attrs=("axis",), constant_inputs=(1, 2))
+def one_hot(ctx, indices, depth, values):
+    """``values[1]`` where the index (``index + depth`` for a negative one) equals the
+    position along the new axis, else ``values[0]``; an index out of [-depth, depth) is a
+    row of ``values[0]``."""
+    depth = np.asarray(depth).reshape(-1)
+    if depth.size != 1 or not depth[0] >= 1 or depth[0] != np.floor(depth[0]):
+        raise ctx.refuse(f"depth must be one positive whole number, got {depth}")
+    depth = int(depth[0])
+    values = np.asarray(values).reshape(-1)
+    if values.size != 2:
+        raise ctx.refuse(f"values must be (off, on), got {values}")
+    dims = ctx.input_dims(0, indices)
+    if dims is None:
+        raise ctx.refuse("the indices' rank is unknown to ONNX's shape inference")
+    axis = _axis(ctx, int(ctx.attr("axis", -1)), len(dims) + 1)
+    positions = np.arange(depth).reshape((depth,) + (1,) * (len(dims) - axis))
+    if isinstance(indices, np.ndarray):
+        index = np.expand_dims(np.trunc(indices).astype(np.int64), axis)
+        hot = (index == positions) | (index == positions - depth)
+        return np.where(hot, values[1], values[0]).astype(values.dtype)
+    index = reshape_op(indices, _expanded_shape(dims, axis))
+    hot = logical_or_op(equal_op(index, _constant(ctx, positions, "positions")),
+                        equal_op(index, _constant(ctx, positions - depth, "from_end")))
+    off, on = float(values[0]), float(values[1])
+    return hot if (off, on) == (0.0, 1.0) else mul_byconst_op(hot, on - off) + off
+
+
+def _expanded_shape(dims, axis: int) -> tuple[int, ...]:
+    """``dims`` with a size-1 axis inserted at ``axis`` (the batch, if unknown, as -1)."""
+    shape = [-1 if d is None else d for d in dims]
+    return tuple(shape[:axis] + [1] + shape[axis:])
+
+
+@converter("EyeLike", attrs=("dtype", "k"))
+def eye_like(ctx, x):
+    """Ones on the ``k``-th diagonal of a matrix of ``x``'s shape: a constant of the graph."""
+    dims = _static_dims(ctx, 0, x, "the input")
+    if len(dims) != 2:
+        raise ctx.refuse(f"the input must be a matrix, got shape {show_dims(dims)}")
+    from onnx import helper
+
+    dtype_code = ctx.attr("dtype")
+    if dtype_code is not None:
+        dtype = helper.tensor_dtype_to_np_dtype(int(dtype_code))
+    elif isinstance(x, np.ndarray):
+        dtype = x.dtype
+    else:
+        dtype = getattr(ctx, "input_dtype", lambda *_: None)(0, x) or np.float32
+    return np.eye(dims[0], dims[1], int(ctx.attr("k", 0)), dtype=dtype)
+
+
+# ------------------------------------------------------------ top-k
+@converter("TopK", attrs=("axis", "largest", "sorted"), constant_inputs=(1,))
+def top_k(ctx, x, k):
+    """The ``k`` largest (``largest=0``: smallest) values along ``axis`` and their indices,
+    in order, ties going to the lower index. At run time: ``k`` rounds, each taking the
+    arg-max and masking it out."""
+    k_value = _integer(ctx, k, "k").reshape(-1)
+    if k_value.size != 1 or k_value[0] < 0:
+        raise ctx.refuse(f"k must be one number at least 0, got {k_value}")
+    count, largest = int(k_value[0]), bool(ctx.attr("largest", 1))
+    if isinstance(x, np.ndarray):
+        axis = _axis(ctx, int(ctx.attr("axis", -1)), x.ndim)
+        order = np.argsort(-x if largest else x, axis=axis, kind="stable")
+        indices = np.take(order, np.arange(count), axis=axis)
+        return np.take_along_axis(x, indices, axis), indices.astype(np.int64)
+    dims = ctx.input_dims(0, x)
+    if dims is None:
+        raise ctx.refuse("the input's rank is unknown to ONNX's shape inference")
+    axis = _axis(ctx, int(ctx.attr("axis", -1)), len(dims))
+    if dims[axis] is None:
+        raise ctx.refuse(f"the input has shape {show_dims(dims)}; dlsys needs the size of "
+                         f"axis {axis} when it builds the graph")
+    if not 1 <= count <= min(dims[axis], TOPK_ROUNDS_LIMIT):
+        raise ctx.refuse(f"k={count} along an axis of {dims[axis]}: dlsys takes 1 to "
+                         f"{TOPK_ROUNDS_LIMIT} (and at most the axis' size) for a tensor "
+                         f"computed at run time")
+    extreme, arg = (max_op, argmax_op) if largest else (min_op, argmin_op)
+    positions = _constant(ctx, np.arange(dims[axis]).reshape(
+        (dims[axis],) + (1,) * (len(dims) - axis - 1)), "positions")
+    # Taken elements become -inf (+inf for the smallest), out of every later round's reach.
+    spent = _constant(ctx, np.array([-np.inf if largest else np.inf]), "spent")
+    values, indices, rest = [], [], x
+    for _ in range(count):
+        index = arg(rest, axis, keepdims=True)
+        values.append(extreme(rest, axis, keepdims=True))
+        indices.append(index)
+        rest = where_op(equal_op(positions, index), spent, rest)
+    if count == 1:
+        return values[0], indices[0]
+    return concat_op(values, axis), concat_op(indices, axis)
+
+
+# ------------------------------------------------------------ scatters
+_COMBINE = {
+    "none": lambda old, new: new,
+    "add": lambda old, new: old + new,
+    "mul": lambda old, new: old * new,
+    "max": lambda old, new: where_op(greater_op(new, old), new, old),
+    "min": lambda old, new: where_op(less_op(new, old), new, old),
+}
+_NUMPY_COMBINE = {"none": lambda old, new: new, "add": np.add, "mul": np.multiply,
+                  "max": np.maximum, "min": np.minimum}
+
+
+def _reduction(ctx: Context) -> str:
+    reduction = ctx.attr("reduction", "none")
+    reduction = reduction.decode() if isinstance(reduction, bytes) else str(reduction)
+    if reduction not in _COMBINE:
+        raise ctx.refuse(f"reduction {reduction!r} is not one of {sorted(_COMBINE)}")
+    return reduction
+
+
+def _scatter(ctx: Context, data, updates, targets: np.ndarray, data_dims: tuple) -> object:
+    """``data`` with element ``targets[j]`` (a row-major position) combined with update
+    ``j``, in the order of ``j`` (a position written twice takes both, one after the other).
+
+    At run time each round writes at most one update per position: round r takes the r-th
+    update aimed at each position, gathered by a take and selected by a constant mask."""
+    reduction = _reduction(ctx)
+    targets = targets.reshape(-1)
+    if isinstance(data, np.ndarray) and isinstance(updates, np.ndarray):
+        out = data.reshape(-1).copy()
+        flat_updates = updates.reshape(-1)
+        for j, target in enumerate(targets):
+            out[target] = _NUMPY_COMBINE[reduction](out[target], flat_updates[j])
+        return out.reshape(data.shape)
+    size = int(np.prod(data_dims))
+    out = reshape_op(_as_node(ctx, data, "data"), (size,))
+    flat_updates = reshape_op(_as_node(ctx, updates, "updates"), (-1,))
+    seen = np.zeros(size, dtype=np.int64)
+    rounds: list[dict[int, int]] = []
+    for j, target in enumerate(targets):
+        if seen[target] == len(rounds):
+            rounds.append({})
+        rounds[seen[target]][int(target)] = j
+        seen[target] += 1
+    for number, round_ in enumerate(rounds):
+        source = np.zeros(size, dtype=np.int64)
+        chosen = np.zeros(size, dtype=bool)
+        source[list(round_)] = list(round_.values())
+        chosen[list(round_)] = True
+        new = take_op(flat_updates, [int(i) for i in source], 0)
+        mask = _constant(ctx, chosen, f"round{number}")
+        out = where_op(mask, _COMBINE[reduction](out, new), out)
+    return reshape_op(out, data_dims)
+
+
+def _data_dims(ctx: Context, data) -> tuple[int, ...]:
+    return data.shape if isinstance(data, np.ndarray) else _static_dims(ctx, 0, data, "data")
+
+
+@converter("ScatterElements", "Scatter", attrs=("axis", "reduction"), constant_inputs=(1,))
+def scatter_elements(ctx, data, indices, updates):
+    """``out[..., indices[i, j, ...], ...] = updates[i, j, ...]`` along ``axis`` (negative
+    indices count from the axis' end), combined by ``reduction``."""
+    dims = _data_dims(ctx, data)
+    indices = _integer(ctx, indices, "indices")
+    axis = _axis(ctx, int(ctx.attr("axis", 0)), len(dims))
+    if indices.ndim != len(dims) or any(n > d for i, (n, d) in enumerate(
+            zip(indices.shape, dims)) if i != axis):
+        raise ctx.refuse(f"indices of shape {indices.shape} do not fit data of shape "
+                         f"{show_dims(dims)} along axis {axis}")
+    if np.any((indices < -dims[axis]) | (indices >= dims[axis])):
+        raise ctx.refuse(f"indices must be in [{-dims[axis]}, {dims[axis]}) along axis "
+                         f"{axis}, got {indices.min()} to {indices.max()}")
+    where = list(np.indices(indices.shape, sparse=False))
+    where[axis] = indices % dims[axis]
+    targets = np.ravel_multi_index(tuple(where), dims)
+    return _scatter(ctx, data, updates, targets, dims)
+
+
+@converter("ScatterND", attrs=("reduction",), constant_inputs=(1,))
+def scatter_nd(ctx, data, indices, updates):
+    """Slices of ``data`` addressed by the last axis of ``indices`` (a prefix of data's
+    index) replaced by, or combined with, the slices of ``updates``."""
+    dims = _data_dims(ctx, data)
+    indices = _integer(ctx, indices, "indices")
+    depth = indices.shape[-1] if indices.ndim else 0
+    if indices.ndim < 1 or not 1 <= depth <= len(dims):
+        raise ctx.refuse(f"indices of shape {indices.shape} must end in an axis of 1 to "
+                         f"{len(dims)} coordinates into data of shape {show_dims(dims)}")
+    bounds = np.asarray(dims[:depth])
+    if np.any((indices < -bounds) | (indices >= bounds)):
+        raise ctx.refuse(f"indices out of range for data of shape {show_dims(dims)}")
+    prefixes = np.ravel_multi_index(tuple(np.moveaxis(indices % bounds, -1, 0)), dims[:depth])
+    tail = int(np.prod(dims[depth:]))
+    targets = prefixes[..., None] * tail + np.arange(tail)
+    return _scatter(ctx, data, updates, targets, dims)
+
+
+# ------------------------------------------------------------ selections by constant indices
+@converter("Compress", attrs=("axis",), constant_inputs=(1,))
+def compress(ctx, x, condition):
+    """The slices along ``axis`` (of the flattened input without one) where ``condition``
+    is true; the condition is a constant, so the result's shape is known."""
+    keep = np.flatnonzero(np.asarray(condition).reshape(-1) != 0)
+    if isinstance(x, np.ndarray):
+        axis = ctx.attr("axis")
+        return np.compress(np.asarray(condition).reshape(-1) != 0, x, axis=axis)
+    dims = _static_dims(ctx, 0, x, "the input") if ctx.attr("axis") is None \
+        else ctx.input_dims(0, x)
+    if ctx.attr("axis") is None:
+        if keep.size and keep[-1] >= int(np.prod(dims)):
+            raise ctx.refuse(f"a condition of {keep[-1] + 1} elements for an input of "
+                             f"{int(np.prod(dims))}")
+        return take_op(reshape_op(x, (-1,)), [int(i) for i in keep], 0)
+    axis = _axis(ctx, int(ctx.attr("axis")), len(dims))
+    if dims[axis] is None or (keep.size and keep[-1] >= dims[axis]):
+        raise ctx.refuse(f"the condition reaches past axis {axis} of shape "
+                         f"{show_dims(dims)}")
+    return take_op(x, [int(i) for i in keep], axis)
+
+
+@converter("ReverseSequence", attrs=("batch_axis", "time_axis"), constant_inputs=(1,))
+def reverse_sequence(ctx, x, sequence_lens):
+    """Each batch entry's first ``sequence_lens[b]`` steps along the time axis reversed,
+    the rest kept: one gather of positions fixed by the constant lengths."""
+    dims = x.shape if isinstance(x, np.ndarray) else _static_dims(ctx, 0, x, "the input")
+    batch_axis, time_axis = int(ctx.attr("batch_axis", 1)), int(ctx.attr("time_axis", 0))
+    lengths = _integer(ctx, sequence_lens, "sequence_lens").reshape(-1)
+    if {batch_axis, time_axis} != {0, 1} or len(dims) < 2:
+        raise ctx.refuse(f"batch_axis {batch_axis} and time_axis {time_axis} must be 0 and "
+                         f"1 of an input of rank 2 or more, got shape {show_dims(dims)}")
+    if lengths.size != dims[batch_axis] or np.any((lengths < 0) | (lengths > dims[time_axis])):
+        raise ctx.refuse(f"sequence_lens {lengths} must hold one length in [0, "
+                         f"{dims[time_axis]}] per batch entry ({dims[batch_axis]})")
+    index = list(np.indices(dims))
+    time, batch = index[time_axis], index[batch_axis]
+    length = lengths[batch]
+    index[time_axis] = np.where(time < length, length - 1 - time, time)
+    flat = np.ravel_multi_index(tuple(index), dims)
+    if isinstance(x, np.ndarray):
+        return x.reshape(-1)[flat]
+    return _gathered(x, flat, dims)
+
+
+__all__ = ["cumsum", "one_hot", "eye_like", "top_k", "scatter_elements", "scatter_nd",
+           "compress", "reverse_sequence", "TOPK_ROUNDS_LIMIT"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from dlsys.kernels.reduce import compute, modes
+from dlsys.kernels.reduce import compute, cumulative, modes
 from dlsys.kernels.reduce.schedule import schedule_each_block, schedule_reduce_sum
 
 if TYPE_CHECKING:
@@ -26,3 +26,4 @@ def register(kinds: Registrar) -> None:
     kinds.add("extreme_count", modes.extreme_count, "each_block")
     kinds.add("arg_extreme", modes.arg_extreme, "each_block")
     kinds.add("hardmax", modes.hardmax, "each_block")
+    kinds.add("cumulative_sum", cumulative.cumulative_sum, "as_written")
