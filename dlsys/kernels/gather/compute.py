@@ -15,14 +15,24 @@ from dlsys.kernels.common.compute import Shape
 from dlsys.kernels.common.loops import VECTOR_LANES
 
 
-def embedding(table_shape: Shape, ids_shape: Shape, ids_dtype: str, dtype: str):
-    """``out[*i, :] = W[ids[*i], :]``, of shape ``ids.shape + (dim,)``. Ids were checked
-    against the table's rows where they were fed."""
+def _row(id_value: tirx.PrimExpr, rows: int, from_end: bool) -> tirx.PrimExpr:
+    """The table row an id picks: the id itself, or for a lookup that counts negative ids
+    from the end, ``id + rows`` where the id is negative."""
+    row = id_value.astype("int32")
+    return tirx.Select(row < 0, row + rows, row) if from_end else row
+
+
+def embedding(table_shape: Shape, ids_shape: Shape, ids_dtype: str, from_end: bool,
+              dtype: str):
+    """``out[*i, :] = W[ids[*i], :]``, of shape ``ids.shape + (dim,)``; a negative id counts
+    from the end where ``from_end``. Ids were checked against the table's rows where they
+    were fed."""
     rows, dim = table_shape
     table = te.placeholder(table_shape, dtype=dtype, name="W")
     ids = te.placeholder(ids_shape, dtype=ids_dtype, name="ids")
     out = te.compute((*ids_shape, dim),
-                     lambda *i: table[ids[i[:-1]].astype("int32"), i[-1]], name="gather")
+                     lambda *i: table[_row(ids[i[:-1]], rows, from_end), i[-1]],
+                     name="gather")
     return [table, ids], [out]
 
 
@@ -46,8 +56,10 @@ def _column_chunk(dim: int) -> int:
                  if dim % c == 0 and dim > c), dim)
 
 
-def embedding_gradient(table_shape: Shape, ids_shape: Shape, ids_dtype: str, dtype: str):
-    """``dW[v, :] = sum of G[n, :] over the positions n whose id is v``: a scatter-add.
+def embedding_gradient(table_shape: Shape, ids_shape: Shape, ids_dtype: str, from_end: bool,
+                       dtype: str):
+    """``dW[v, :] = sum of G[n, :] over the positions n whose id is v`` (or ``v - rows``,
+    where ``from_end``): a scatter-add.
 
     Deterministic: each column chunk belongs to one task, which walks the positions in
     order, so every row of ``dW`` adds its terms in the same order at every run (atomic adds
@@ -70,7 +82,7 @@ def embedding_gradient(table_shape: Shape, ids_shape: Shape, ids_dtype: str, dty
 
         def add(c, n, d):
             at = _unravel(n, ids_shape)
-            row, col = index[tuple(at)].astype("int32"), c * chunk + d
+            row, col = _row(index[tuple(at)], rows, from_end), c * chunk + d
             return tirx.BufferStore(out, out[row, col] + g[(*at, col)], [row, col])
 
         scatter = _loop("c", dim // chunk, lambda c: _loop("n", positions, lambda n: _loop(
