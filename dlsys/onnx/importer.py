@@ -24,12 +24,15 @@ from dlsys.onnx.reader import (
     class_names,
     declared_values,
     element_type,
+    element_types,
     fixed_batch,
+    is_narrow_float,
     load_model,
     metadata_props,
     shapes_for_feeds,
     static_shapes,
     tensor_array,
+    widened,
 )
 from dlsys.ops.placeholder import Parameter, Variable
 
@@ -56,10 +59,14 @@ class OnnxModule(Module):
     from ``dlsys.load``: ``{"classes": class_names}`` when the file names its classes.
 
     ``dtype`` is the floating-point type the model computes in: "float64" for a model whose
-    float inputs and initializers are all float64 (``double``), else "float32"; a model
-    mixing the two is refused. ``input_dtypes`` and ``output_dtypes`` hold the numpy types
-    the file declares (None where it declares none). Integer inputs are taken as the
-    indices an operator reads (``Op.index_inputs``; see ``check_integer_inputs``)."""
+    float inputs and initializers are all float64 (``double``), or that has none and takes
+    integer inputs (an integer graph, whose values float64 holds exactly up to 2**53), else
+    "float32"; a model mixing float32 and float64 is refused. The narrow floats (float16,
+    bfloat16, float8) are computed in float32: their initializers are widened here (exactly),
+    inputs and outputs converted by the session. ``input_dtypes`` and ``output_dtypes``
+    hold the numpy types the file declares (None where it declares none). Integer inputs
+    are taken as the indices an operator reads (``Op.index_inputs``; see
+    ``check_integer_inputs``)."""
 
     def __init__(self, model, where: str):
         super().__init__()
@@ -70,6 +77,7 @@ class OnnxModule(Module):
         self.input_names = [v.name for v in graph.input if v.name not in initializers]
         self.output_names = [v.name for v in graph.output]
         self.declared = declared_values(model)
+        self._dtypes = element_types(model)  # each value's ONNX type, for the converters
         types = {v.name: element_type(v.type) for v in (*graph.input, *graph.output)}
         self.input_dtypes = [types[name] for name in self.input_names]
         self.output_dtypes = [types[name] for name in self.output_names]
@@ -92,10 +100,10 @@ class OnnxModule(Module):
                    for i in _BUFFER_INPUTS.get(node.op_type, ()) if i < len(node.input)}
         for tensor in graph.initializer:
             array = tensor_array(tensor)
-            if tensor.name in read_as_constant or not np.issubdtype(array.dtype, np.floating):
+            if tensor.name in read_as_constant or not _is_float(array.dtype):
                 self._constants[tensor.name] = array
             else:
-                self._add_tensor(tensor.name, array, tensor.name in buffers, where)
+                self._add_tensor(tensor.name, widened(array), tensor.name in buffers, where)
         # Constant nodes hold values fixed by the file: taken once here, like initializers
         # that no optimiser updates; a single number is kept as one, for the by-constant
         # operators, and so is an empty tensor (a Resize's omitted roi, as PyTorch writes it).
@@ -103,8 +111,7 @@ class OnnxModule(Module):
         for node in graph.node:
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
                 value = _constant_value(node, where)
-                if not np.issubdtype(value.dtype, np.floating) or value.size <= 1 \
-                        and value.ndim <= 1:
+                if not _is_float(value.dtype) or value.size <= 1 and value.ndim <= 1:
                     self._constants[node.output[0]] = value
                 else:
                     # A number the file fixes, taken in the type the model computes in.
@@ -191,8 +198,10 @@ class OnnxModule(Module):
     def check_integer_inputs(self, inputs: dict[str, Node], outputs) -> None:
         """Refuse an integer input the built graph reads other than as indices
         (``Op.index_inputs``, or ``optional_index_inputs``: a Cast to float's kernel reads
-        integers as numbers): dlsys computes in floating point, and would round the ids
-        it computed with. A bool input is a mask of 0.0 and 1.0 (exact), except as ids."""
+        integers as numbers) in a model computed in float32, which would round the integers
+        it computed with past 2**24; a float64 model reads them as numbers (exact up to
+        2**53, which the session checks at the feeds and outputs). A bool input is a mask of
+        0.0 and 1.0 (exact), except as ids."""
         from dlsys.passes.dtypes import index_placeholders
 
         order = find_topo_sort([v for v in outputs if isinstance(v, Node)])
@@ -208,12 +217,15 @@ class OnnxModule(Module):
                 # A bool input is a mask, read as 0.0 and 1.0: exact for every operator
                 # ONNX lets read bools (logic, comparisons of bools, Where's condition, Cast).
                 continue
+            if dtype.kind in "iu" and node not in indices and self.dtype == "float64":
+                continue  # an integer graph, computed exactly in float64
             if dtype.kind == "b" or node not in indices:
                 raise OnnxError(
                     f"{self.source}: input {name!r} has type {self.declared[name][1]}; dlsys "
                     f"computes in {self.dtype} and reads integer inputs only as indices (a "
                     f"Gather's indices into an initializer), as numbers fixed per run (a "
-                    f"Reshape's shape) or through a Cast to float, which this graph does not")
+                    f"Reshape's shape) or through a Cast to float, which this graph does not; "
+                    f"an integer graph computes in float64, a model without float32 values")
 
     def _convert(self, node, values: dict, shapes: dict, fixed) -> tuple:
         entry = CONVERTERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
@@ -233,7 +245,7 @@ class OnnxModule(Module):
             raise OnnxError(f"{where}: {len(node.input)} inputs; dlsys's {node.op_type} takes "
                             f"{low} to {high}")
         args = [values[name] if name else None for name in node.input]
-        ctx = Context(node, attrs, shapes, self.training, fixed)
+        ctx = Context(node, attrs, shapes, self.training, fixed, self._dtypes, self.dtype)
         first = ctx.input_dims(0, args[0]) if args and args[0] is not None else None
         check_ranks(where, entry.ranked, attrs, None if first is None else len(first))
         try:
@@ -351,26 +363,50 @@ def _float_dtype(model, input_names: list[str], declared: dict, read_as_constant
     and initializers (those it reads only as constants aside); a model mixing float32 and
     float64, or of another float type, is refused naming one value of each."""
     found: dict[str, str] = {}  # dtype -> the first value of that type
+    integer_inputs = False
+    types = {v.name: element_type(v.type) for v in model.graph.input}
     for name in input_names:
         if name in read_as_constant:
             continue
         type_name = declared[name][1]
         if type_name in FLOAT_TYPES:
             found.setdefault(FLOAT_TYPES[type_name], f"input {name!r}")
+        elif is_narrow_float(types.get(name)):
+            found.setdefault("float32", f"input {name!r} ({type_name}, computed in float32)")
         elif type_name not in _INTEGER_TYPES:
-            # float16, float8, a sequence...; integer inputs are checked once the graph shows
-            # how it reads them (``check_integer_inputs``).
+            # float8 of a kind numpy lacks, a sequence...; integer inputs are checked once
+            # the graph shows how it reads them (``check_integer_inputs``).
             raise OnnxError(f"{where}: input {name!r} has type {type_name}; dlsys computes in "
-                            f"float32 or float64")
+                            f"float32 or float64 (float16, bfloat16 and float8 in float32)")
+        else:
+            integer_inputs |= type_name != "tensor(bool)"
     for tensor in model.graph.initializer:
-        if tensor.data_type not in (1, 11) or tensor.name in read_as_constant:
-            continue  # 1 and 11: ONNX's float and double
-        dtype = np.dtype(tensor_array(tensor).dtype)
-        found.setdefault(dtype.name, f"initializer {tensor.name!r}")
+        if tensor.name in read_as_constant:
+            continue
+        dtype = element_type(_tensor_type(tensor))
+        if dtype is None or not _is_float(dtype):
+            continue
+        name = "float32" if is_narrow_float(dtype) else dtype.name
+        found.setdefault(name, f"initializer {tensor.name!r}")
     if len(found) > 1:
         raise OnnxError(f"{where}: the model mixes float32 ({found['float32']}) and float64 "
                         f"({found['float64']}) values; dlsys runs a model in one of them")
-    return found.popitem()[0] if found else "float32"
+    if found:
+        return found.popitem()[0]
+    # No float value: an integer graph, whose integers float64 holds exactly to 2**53.
+    return "float64" if integer_inputs else "float32"
+
+
+def _is_float(dtype: np.dtype) -> bool:
+    """Whether ``dtype`` is a floating-point type, narrow ones included."""
+    return np.issubdtype(dtype, np.floating) or is_narrow_float(dtype)
+
+
+def _tensor_type(tensor):
+    """A TypeProto of ``tensor``'s element type, for ``element_type``."""
+    from onnx import helper
+
+    return helper.make_tensor_type_proto(tensor.data_type, None)
 
 
 def _own_buffers(model):

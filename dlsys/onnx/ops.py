@@ -44,6 +44,18 @@ class Context:
     # The shapes with the batch size the file fixes, if it does: for the rare node that
     # needs the batch's size itself (a softmax over the batch axis).
     fixed_shapes: Callable[[], dict[str, Dims]] = dict
+    # Each value's ONNX element type where the file or ONNX's type inference tells it, and
+    # the floating-point type the model computes in: an integer tensor is held as floats
+    # exact up to 2**24 (float32) or 2**53 (float64), and ONNX's integer semantics (Div's
+    # truncation) are built from float operators.
+    dtypes: dict[str, np.dtype] = field(default_factory=dict)
+    compute_dtype: str = "float32"
+
+    def input_dtype(self, i: int, value=None) -> np.dtype | None:
+        """The ONNX element type of input ``i`` (None where unknown)."""
+        if isinstance(value, np.ndarray):
+            return value.dtype
+        return self.dtypes.get(self.node.input[i])
 
     @property
     def where(self) -> str:

@@ -9,10 +9,15 @@ graph value (``constant_node``) broadcast as numpy broadcasts.
 
 Comparisons and logical operators compute 1.0 where true and 0.0 where false, and read a
 condition (Where's, And's inputs) as true where it is not 0: the session casts an output the
-file declares bool back to bool. Integers computed at run time (an ArgMax's index) are
-floats in the graph, as in the rest of dlsys: an integer constant beside one is taken as a
-float where that is exact (sums, products, comparisons of integers up to 2**24), and refused
-naming the node where it is not (an integer Div, which truncates).
+file declares bool back to bool. Integers computed at run time (an ArgMax's index, an
+integer graph's inputs) are floats in the graph, as in the rest of dlsys: exact for sums,
+products and comparisons of integers up to 2**24 in float32 and 2**53 in float64 (the
+session checks integer outputs against those bounds). ONNX's integer semantics are built
+from float operators where the node's type (``Context.input_dtype``) is an integer: Div
+truncates toward zero, Mod takes the divisor's sign (``fmod=0``) or the dividend's, and
+BitShift multiplies or floor-divides by powers of two. Each is exact: the quotient of two
+integers below 2**53, correctly rounded, is never rounded across a whole number, so its
+floor or truncation is the integer quotient's.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ from dlsys.ops.activations import (
     sqrt_op,
     where_op,
 )
+from dlsys.ops.cast import as_float_op, round_bfloat16_op, round_float16_op
 from dlsys.ops.elementwise import gelu_reference
 from dlsys.ops.placeholder import Parameter
 
@@ -79,11 +85,12 @@ def constant_node(ctx: Context, array: np.ndarray, i: int) -> Node:
     """The constant ``array``, input ``i`` of the node, as a graph value that holds it: a
     parameter no module owns, so no optimiser updates it, and the session reads it as a
     constant. A float array keeps its type (the executor converts it to the type it computes
-    in); a bool or integer one (a mask) becomes float32 numbers. dlsys values have an axis:
-    a 0-d array is held as (1,), which broadcasts alike."""
+    in); a bool or integer one (a mask) becomes float64 numbers (exact up to 2**53, then
+    converted by the executor), a narrow float one float32. dlsys values have an axis: a
+    0-d array is held as (1,), which broadcasts alike."""
     array = np.asarray(array)
     if array.dtype not in (np.float32, np.float64):
-        array = array.astype(np.float32)
+        array = array.astype(np.float64 if array.dtype.kind in "biu" else np.float32)
     name = ctx.node.input[i] or f"{ctx.node.output[0]}:input{i}"
     return Parameter(array.reshape(1) if array.ndim == 0 else array, name)
 
@@ -92,25 +99,51 @@ def _all_constant(values) -> bool:
     return all(isinstance(v, np.ndarray) for v in values if v is not None)
 
 
-# Integers a float32 value holds exactly: an integer constant beyond them is refused.
-EXACT_INTEGER = 2 ** 24
+# Integers each type a model computes in holds exactly: an integer constant beyond them is
+# refused.
+EXACT_INTEGER = {"float32": 2 ** 24, "float64": 2 ** 53}
 
 
 def _check_integer(ctx: Context, i: int, array: np.ndarray) -> None:
     """Refuse an integer constant, input ``i``, beside a tensor computed at run time that a
     float cannot stand in for. ONNX types both operands alike, so that tensor holds integers
-    (an ArgMax's index, a cast), which dlsys computes as floats: exact for sums, products
-    and comparisons of integers up to ``EXACT_INTEGER``, not for a truncating division."""
-    if np.issubdtype(array.dtype, np.floating) or array.dtype == np.bool_:
+    (an ArgMax's index, a cast), which dlsys computes as floats: exact for integers up to
+    ``EXACT_INTEGER`` of the model's type."""
+    if array.dtype.kind not in "iu" or not array.size:
         return
-    if ctx.node.op_type == "Div":
-        raise ctx.refuse(f"input {i} ({ctx.node.input[i]!r}) is a constant of type "
-                         f"{array.dtype}: an integer division (which truncates) of a tensor "
-                         f"computed at run time is not supported; dlsys computes in floating "
-                         f"point")
-    if array.size and np.abs(array.astype(np.float64)).max() > EXACT_INTEGER:
-        raise ctx.refuse(f"input {i} ({ctx.node.input[i]!r}) holds integers beyond 2**24, "
-                         f"which dlsys's floating-point values do not hold exactly")
+    limit = EXACT_INTEGER.get(ctx.compute_dtype, EXACT_INTEGER["float32"])
+    if max(abs(int(array.min())), abs(int(array.max()))) > limit:
+        raise ctx.refuse(f"input {i} ({ctx.node.input[i]!r}) holds integers beyond "
+                         f"2**{limit.bit_length() - 1}, which dlsys's {ctx.compute_dtype} "
+                         f"values do not hold exactly")
+
+
+_INTEGER_OPERATIONS = {"Div": "division", "Mod": "remainder", "BitShift": "shift"}
+
+
+def is_integer_node(ctx: Context, values) -> bool:
+    """Whether the node computes on integers: ONNX types its operands alike, so any input
+    whose type is known tells (a constant's own, a tensor's as ONNX's inference found it).
+    Operands of an integer and a float type, which ONNX's checker lets through and its type
+    inference would not, are refused: the node's semantics (truncating or not) are unknown."""
+    kinds = {}
+    for i, value in enumerate(values):
+        dtype = None if value is None else ctx.input_dtype(i, value)
+        if dtype is not None:
+            kinds.setdefault(dtype.kind in "iu", (i, dtype))
+    if len(kinds) > 1:
+        i, dtype = kinds[True]
+        what = "a constant" if isinstance(values[i], np.ndarray) else "a tensor"
+        operation = _INTEGER_OPERATIONS.get(ctx.node.op_type, ctx.node.op_type)
+        raise ctx.refuse(f"input {i} ({ctx.node.input[i]!r}) is {what} of type {dtype}: an "
+                         f"integer {operation} of {kinds[False][1]} values is not defined; "
+                         f"ONNX types the operands alike")
+    return bool(kinds) and next(iter(kinds))
+
+
+def truncated(x: Node) -> Node:
+    """``x`` rounded toward zero (C's and ONNX's integer conversion): sign(x) floor(|x|)."""
+    return sign_op(x) * floor_op(abs_op(x))
 
 
 def _node_operands(ctx: Context, values) -> list[Node]:
@@ -151,6 +184,9 @@ def binary(ctx: Context, a, b):
         # Both sides fixed by the file: arithmetic on the file's constants, as ONNX's own
         # constant folding would do, before any graph exists. An integer Div truncates.
         return np.asarray(numpy_op(a, b)).astype(np.result_type(a, b))
+    if ctx.node.op_type == "Div" and is_integer_node(ctx, (a, b)):
+        # The integer quotient: the float quotient truncated (exact, see the module's doc).
+        return truncated(div_op(*_node_operands(ctx, (a, b))))
     if not (constant_a or constant_b):
         return op(a, b)
     constant, node = (a, b) if constant_a else (b, a)
@@ -171,17 +207,56 @@ def binary(ctx: Context, a, b):
 
 @converter("Mod", attrs=("fmod",))
 def modulo(ctx: Context, a, b):
-    """The remainder of constants the file fixes (the shape arithmetic of a function's
-    body: a head count modulo a group size): ``fmod=1`` takes the dividend's sign, as C's
-    ``fmod``; ``fmod=0`` (integers only) the divisor's, as Python's ``%``."""
-    if not _all_constant((a, b)):
-        raise ctx.refuse("Mod of a tensor computed at run time is not supported (dlsys folds "
-                         "it where both operands are constants of the file)")
-    if ctx.attr("fmod", 0):
-        return np.asarray(np.fmod(a, b)).astype(np.result_type(a, b))
-    if np.issubdtype(np.result_type(a, b), np.floating):
-        raise ctx.refuse("fmod=0 on floating-point values is not defined by ONNX; set fmod=1")
-    return np.asarray(np.mod(a, b)).astype(np.result_type(a, b))
+    """The remainder: ``fmod=1`` takes the dividend's sign, as C's ``fmod``; ``fmod=0``
+    (integers only) the divisor's, as Python's ``%``. Constants the file fixes fold (the
+    shape arithmetic of a function's body); integer tensors computed at run time take
+    ``a - b * q`` with q the quotient truncated or floored, exact below 2**53 (``b * q`` is
+    no larger than ``a``). A floating-point remainder of a run-time tensor, which that
+    formula would round, is refused."""
+    fmod = bool(ctx.attr("fmod", 0))
+    if _all_constant((a, b)):
+        if fmod:
+            return np.asarray(np.fmod(a, b)).astype(np.result_type(a, b))
+        if not np.issubdtype(np.result_type(a, b), np.integer):
+            raise ctx.refuse("fmod=0 on floating-point values is not defined by ONNX; set "
+                             "fmod=1")
+        return np.asarray(np.mod(a, b)).astype(np.result_type(a, b))
+    if not is_integer_node(ctx, (a, b)):
+        raise ctx.refuse("Mod of floating-point tensors computed at run time is not "
+                         "supported (dlsys computes integer remainders exactly, and folds "
+                         "constants of the file)")
+    a, b = _node_operands(ctx, (a, b))
+    quotient = div_op(a, b)
+    whole = truncated(quotient) if fmod else floor_op(quotient)
+    return a - b * whole
+
+
+@converter("BitShift", attrs=("direction",))
+def bit_shift(ctx: Context, x, shift):
+    """ONNX's shifts of unsigned integers: ``x * 2**shift`` to the left, ``x`` floor-divided
+    by ``2**shift`` to the right, exact in floating point (a product by a power of two; the
+    session refuses an output past its type, where onnxruntime would drop the high bits)."""
+    direction = ctx.attr("direction", "")
+    if direction not in ("LEFT", "RIGHT"):
+        raise ctx.refuse(f"direction must be 'LEFT' or 'RIGHT', got {direction!r}")
+    if _all_constant((x, shift)):
+        shifted = np.left_shift(x, shift) if direction == "LEFT" else np.right_shift(x, shift)
+        return np.asarray(shifted).astype(np.result_type(x, shift))
+    if isinstance(shift, np.ndarray):
+        if shift.size and int(shift.max()) > 63:
+            raise ctx.refuse(f"a shift by {int(shift.max())} bits, past 63")
+        scale = np.asarray(np.exp2(shift.astype(np.float64)))
+        number = _number(scale)
+        x = ctx.node_input(0, x)
+        if number is not None:
+            return x * number if direction == "LEFT" else floor_op(x * (1.0 / number))
+        scale = constant_node(ctx, scale, 1)
+    else:
+        # 2**shift as pow(2, shift), exact for whole exponents (a power of two).
+        two = constant_node(ctx, np.asarray(2.0), 0)
+        scale = pow_op(two, shift)
+        x = x if isinstance(x, Node) else constant_node(ctx, x, 0)
+    return x * scale if direction == "LEFT" else floor_op(x / scale)
 
 
 @converter("Pow", constant_inputs=(1,))
@@ -425,3 +500,36 @@ def _branch(ctx: Context, i: int, value) -> Node:
         _check_integer(ctx, i, value)
         return constant_node(ctx, value, i)
     return value
+
+
+# ------------------------------------------------------------------ casts
+def narrow_cast(ctx: Context, x: Node, to: np.dtype) -> Node:
+    """A Cast of computed values to float16 or bfloat16: dlsys holds them in the model's
+    own type, rounded to the narrow type's nearest value (ties to even), so that what
+    follows reads the numbers onnxruntime's would. float8 has no such kernel: refused."""
+    if ctx.input_dtype(0, x) == to:
+        return x
+    rounding = {"float16": round_float16_op, "bfloat16": round_bfloat16_op}.get(
+        np.dtype(to).name)
+    if rounding is None:
+        raise ctx.refuse(f"a cast of computed values to {np.dtype(to).name}; dlsys rounds "
+                         f"computed values to float16 and bfloat16 only")
+    return rounding(as_float_op(x) if is_fed_input(x) else x)
+
+
+def integer_cast(ctx: Context, x: Node) -> Node:
+    """A Cast of computed values to an integer type: a float value truncated toward zero
+    (as C and onnxruntime convert), an integer or bool one kept (the session refuses an
+    output outside its declared type rather than wrap it). Integer ids fed to the graph
+    stay the ids they are fed as."""
+    source = ctx.input_dtype(0, x)
+    if source is not None and source.kind in "biu" or source is None and is_fed_input(x):
+        return x
+    return truncated(x)
+
+
+def is_fed_input(x: Node) -> bool:
+    """Whether ``x`` is an input fed to the graph, through reshapes at most."""
+    while x.op.keeps_dtype and x.inputs and not x.op.is_placeholder:
+        x = x.inputs[0]
+    return x.op.is_placeholder and not x.op.holds_value

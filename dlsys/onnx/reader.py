@@ -24,6 +24,34 @@ FIRST_OPSET = 13
 # The floating-point types a model may compute in (the type of its float inputs and
 # initializers), by ONNX's name.
 FLOAT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64"}
+# The narrow floating-point types (float16, bfloat16, the float8 variants), by numpy's name
+# (ml_dtypes' for all but float16). dlsys computes them in float32: every value of theirs
+# is a float32 value, so inputs and initializers widen exactly, and outputs are rounded to
+# the declared type (``narrow_float``).
+NARROW_FLOATS = frozenset({"float16", "bfloat16", "float8_e4m3fn", "float8_e4m3fnuz",
+                           "float8_e5m2", "float8_e5m2fnuz"})
+
+
+def is_narrow_float(dtype) -> bool:
+    """Whether ``dtype`` (a numpy type, or None) is one of ``NARROW_FLOATS``."""
+    return dtype is not None and np.dtype(dtype).name in NARROW_FLOATS
+
+
+def narrow_float_type(code: int) -> np.dtype | None:
+    """The numpy type of ONNX's element type ``code`` where it is a narrow float, else
+    None."""
+    from onnx import helper
+
+    try:
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(code))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return dtype if is_narrow_float(dtype) else None
+
+
+def widened(array: np.ndarray) -> np.ndarray:
+    """``array`` in float32 where it is of a narrow float type (exact), else itself."""
+    return array.astype(np.float32) if is_narrow_float(array.dtype) else array
 
 
 class OnnxError(DlsysError, ValueError):
@@ -190,6 +218,29 @@ def element_type(type_proto) -> np.dtype | None:
         return np.dtype(helper.tensor_dtype_to_np_dtype(type_proto.tensor_type.elem_type))
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def element_types(model) -> dict[str, np.dtype]:
+    """Every value's element type as the file declares it or ONNX's type inference finds
+    it (a Cast's output, a Div's of two int64 tensors): the converters read it where the
+    same dlsys operator stands for different ONNX semantics (an integer Div truncates)."""
+    onnx = require_onnx()
+    try:  # on a copy without the weights' data, which tells no type
+        inferred = onnx.shape_inference.infer_shapes(_without_weights(onnx, model))
+    except Exception:  # an unknown op stops ONNX's inference; the declared types remain
+        inferred = model
+    graph = inferred.graph
+    types = {}
+    for value in (*graph.input, *graph.value_info, *graph.output):
+        dtype = element_type(value.type)
+        if dtype is not None:
+            types[value.name] = dtype
+    for tensor in model.graph.initializer:
+        try:
+            types[tensor.name] = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+        except (KeyError, TypeError, ValueError):
+            pass
+    return types
 
 
 def declared_values(model) -> dict[str, tuple]:

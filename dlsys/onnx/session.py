@@ -18,7 +18,7 @@ from dlsys.errors import (
 )
 from dlsys.graph import Node, find_topo_sort
 from dlsys.onnx.importer import OnnxModule, ValueTooLarge
-from dlsys.onnx.reader import OnnxError, load_model
+from dlsys.onnx.reader import NARROW_FLOATS, OnnxError, is_narrow_float, load_model
 from dlsys.ops.placeholder import Variable
 from dlsys.runtime.executor import Executor
 
@@ -26,10 +26,13 @@ from dlsys.runtime.executor import Executor
 # memory plan. A caller cycling through more shapes than this re-plans (the kernels stay
 # in dlsys's kernel cache).
 MAX_PLANS = 8
-# The output types a session returns: what dlsys computes in, and the integers and bools
-# that it computes as floating-point values (cast back in ``_as_declared``).
+# The output types a session returns: what dlsys computes in, the narrow floats it computes
+# in float32, and the integers and bools that it computes as floating-point values (each
+# cast back in ``_as_declared``).
 OUTPUT_DTYPES = {"float32", "float64", "bool", "int8", "int16", "int32", "int64", "uint8",
-                 "uint16", "uint32", "uint64"}
+                 "uint16", "uint32", "uint64", *NARROW_FLOATS}
+# The integers each floating-point type holds exactly, every one up to this magnitude.
+EXACT_INTEGERS = {"float32": 2 ** 24, "float64": 2 ** 53}
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,22 @@ class InferenceSession:
     row-wise.
 
     Types. A model whose float inputs and initializers are float64 runs in float64 (and
-    takes float64 feeds); one mixing float32 and float64 is refused. An integer input is
+    takes float64 feeds); one mixing float32 and float64 is refused. Narrow floats (float16,
+    bfloat16, float8) are computed in float32: their feeds and initializers are widened
+    (exactly: each of their values is a float32 value), a Cast to float16 or bfloat16 inside
+    the graph rounds to that type's nearest value, and outputs are rounded to their
+    declared type. Computing between the casts in float32 is more precise than onnxruntime's
+    float16 kernels, so results may differ from them by float16 roundings.
+
+    Integer graphs. A model without float values that computes on integer inputs (sums,
+    products, Div, Mod, BitShift, comparisons, Where, reductions) runs in float64, which
+    holds every integer up to 2**53 exactly, with ONNX's integer semantics built from float
+    operators (Div truncates toward zero, Mod takes the divisor's sign unless ``fmod``).
+    An integer feed past 2**53 in magnitude is refused naming the input, and an integer
+    output that is not a whole number in its declared type's range (a product past 2**53,
+    an int32 overflow that onnxruntime would wrap) is refused naming the output, never
+    wrapped or rounded. Values inside the graph are checked only where they are outputs.
+    In a float32 model an integer input is
     taken where the graph reads it as indices (a Gather's into an initializer: fed as int32
     or int64, never rounded through a float) or, where every node reading it reads a number
     fixed when the graph is built (a Reshape's target shape, a TopK's k fed as an input),
@@ -227,7 +245,8 @@ class InferenceSession:
         results = [next(computed) if isinstance(v, Node) else np.array(v)
                    for v in graph.outputs]
         names, dtypes = self._model.output_names, self._model.output_dtypes
-        return [_as_declared(results[i], dtypes[i], self._model.declared[names[i]][0])
+        return [_as_declared(results[i], dtypes[i], self._model.declared[names[i]][0],
+                             names[i], self._model.dtype)
                 for i in wanted]
 
     def _wanted(self, output_names) -> list[int]:
@@ -264,6 +283,10 @@ class InferenceSession:
                     dtype.kind in "iu" and value.dtype.kind in "iu"):
                 raise DtypeError(f"run: input {arg.name!r} has dtype {value.dtype}; the model "
                                  f"takes {arg.type} ({dtype})")
+            if dtype is not None and dtype.kind in "iu" and value.size:
+                _check_exact_feed(arg.name, value, self._model.dtype)
+            if is_narrow_float(value.dtype):
+                value = value.astype(np.float32)  # exact: dlsys computes them in float32
             if arg.shape is not None and (len(arg.shape) != value.ndim or any(
                     isinstance(d, int) and d != n for d, n in zip(arg.shape, value.shape))):
                 expected = tuple("?" if not isinstance(d, int) else d for d in arg.shape)
@@ -284,11 +307,29 @@ class InferenceSession:
                 f"dynamo=False)")
 
 
-def _as_declared(array: np.ndarray, dtype: np.dtype | None, dims: tuple | None) -> np.ndarray:
+def _check_exact_feed(name: str, value: np.ndarray, compute_dtype: str) -> None:
+    """Refuse an integer feed that a float64 model would not hold exactly (past 2**53)."""
+    if compute_dtype != "float64":
+        return  # float32 models read integers as ids or through a Cast, as documented
+    low, high = int(value.min()), int(value.max())
+    limit = EXACT_INTEGERS["float64"]
+    if low < -limit or high > limit:
+        raise FeedError(f"run: input {name!r} holds {low if low < -limit else high}, past "
+                        f"2**53: dlsys computes integer graphs in float64, which holds "
+                        f"integers exactly only up to 2**53 in magnitude")
+
+
+def _as_declared(array: np.ndarray, dtype: np.dtype | None, dims: tuple | None,
+                 name: str = "", compute_dtype: str = "float32") -> np.ndarray:
     """An output in the type and rank the file declares for it: dlsys computes comparisons
-    as floating-point 0/1 and indices (an ArgMax's) as floating-point whole numbers, which
-    are cast back here (rounded first, so that 2.9999999 is 3); a scalar, which dlsys holds
-    as one element of shape (1,), comes back 0-d where the file declares it so."""
+    as floating-point 0/1, integers as floating-point whole numbers and narrow floats in
+    float32, which are cast back here; a scalar, which dlsys holds as one element of shape
+    (1,), comes back 0-d where the file declares it so.
+
+    An integer output must be a whole number in the declared type's range, and within the
+    integers ``compute_dtype`` holds exactly (a float32 index is rounded first, so that
+    2.9999999 is 3): anything else is refused naming the output, never wrapped or rounded
+    silently."""
     if dims == () and array.shape == (1,):
         array = array.reshape(())
     if dtype is None or array.dtype == dtype:
@@ -296,5 +337,27 @@ def _as_declared(array: np.ndarray, dtype: np.dtype | None, dims: tuple | None) 
     if dtype.kind == "b":
         return array != 0
     if dtype.kind in "iu" and array.dtype.kind == "f":
-        return np.rint(array).astype(dtype)
+        whole = np.rint(array) if compute_dtype == "float32" else array
+        _check_integer_output(name, whole, dtype, compute_dtype)
+        return whole.astype(dtype)
     return array.astype(dtype)
+
+
+def _check_integer_output(name: str, array: np.ndarray, dtype: np.dtype,
+                          compute_dtype: str) -> None:
+    """Refuse an integer output that is not exactly the integer ONNX would compute."""
+    if not array.size:
+        return
+    info = np.iinfo(dtype)
+    limit = EXACT_INTEGERS.get(compute_dtype, EXACT_INTEGERS["float32"])
+    low, high = max(info.min, -limit), min(info.max, limit)
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.isfinite(array) & (array == np.floor(array)) & (array >= low)
+                & (array <= high))
+    if bad.any():
+        value = float(array.reshape(-1)[int(np.flatnonzero(bad.reshape(-1))[0])])
+        value = int(value) if np.isfinite(value) and value == int(value) else value
+        raise OnnxError(f"run: output {name!r} ({dtype}) computes {value}, which is not "
+                        f"an integer of {dtype} held exactly in {compute_dtype} (between "
+                        f"{low} and {high}): dlsys computes integers in floating point and "
+                        f"refuses to wrap or round an overflowed or inexact one")

@@ -1,6 +1,8 @@
-"""Integer values fed to a graph (ids, an attention mask) read as floating-point numbers:
-ONNX's Cast of an integer input to float, the one place where dlsys computes on a value fed
-as integers."""
+"""Conversions between element types inside a graph: integer values fed to it (ids, an
+attention mask) read as floating-point numbers (ONNX's Cast of an integer input to float,
+the one place where dlsys computes on a value fed as integers), and floating-point values
+rounded to a narrow type (ONNX's Cast to float16 or bfloat16), which dlsys holds in the
+graph's own type."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import numpy as np
 from dlsys.graph import Node, Op
 from dlsys.kernels.registry import KernelSpec
 from dlsys.ops.arguments import check_node
+from dlsys.ops.elementwise import ElementwiseOp
 
 
 class AsFloatOp(Op):
@@ -37,3 +40,33 @@ class AsFloatOp(Op):
 
 
 as_float_op = AsFloatOp()
+
+
+def _round_bfloat16(x: np.ndarray) -> np.ndarray:
+    import ml_dtypes
+
+    return np.asarray(x).astype(ml_dtypes.bfloat16).astype(np.asarray(x).dtype)
+
+
+class RoundFloat16Op(ElementwiseOp, name="RoundFloat16", kernel_kind="round_float16",
+                     formula=lambda x: x.astype(np.float16).astype(x.dtype)):
+    """``x`` rounded to the nearest float16 (ties to even) and held in the graph's type:
+    ONNX's Cast to float16 inside a graph that dlsys computes in float32 or float64. The
+    gradient passes straight through, as under PyTorch's autocast, so that a model with
+    such casts fine-tunes (the rounding's own derivative is 0 almost everywhere)."""
+
+    def gradient(self, node, output_grad):
+        return [output_grad]
+
+
+class RoundBfloat16Op(ElementwiseOp, name="RoundBfloat16", kernel_kind="round_bfloat16",
+                      formula=_round_bfloat16):
+    """``x`` rounded to the nearest bfloat16 (ties to even) in the graph's type; the
+    gradient passes straight through, as ``RoundFloat16Op``'s."""
+
+    def gradient(self, node, output_grad):
+        return [output_grad]
+
+
+round_float16_op = RoundFloat16Op()
+round_bfloat16_op = RoundBfloat16Op()

@@ -1,6 +1,7 @@
-"""The session's types, opsets and shapes: float64 models, models of older opsets, integer
-inputs (indices, or numbers folded in per run), outputs in their declared types, graphs
-built again for the fed shapes, and the refusals of what dlsys cannot run."""
+"""The session's types, opsets and shapes: float64 models, narrow floats (float16, bfloat16)
+computed in float32, models of older opsets, integer inputs (indices, or numbers folded in
+per run), outputs in their declared types, graphs built again for the fed shapes, and the
+refusals of what dlsys cannot run."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import dlsys.onnx as donnx
 from dlsys.errors import DtypeError
 
 FLOAT, DOUBLE, INT64 = TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.INT64
+FLOAT16, BFLOAT16 = TensorProto.FLOAT16, TensorProto.BFLOAT16
 IR_VERSION = {9: 4, 11: 6, 13: 7, 17: 8}
 
 
@@ -122,12 +124,91 @@ def test_int64_index_input():
 
 
 def test_integer_input_read_as_numbers_is_refused():
-    proto = typed_model([helper.make_node("Relu", ["x"], ["y"])], {"x": (INT64, [2])},
-                        {"y": (INT64, [2])}, opset=13)
+    """In a float32 model (here for its float32 weight), which holds integers exactly only
+    to 2**24; an integer graph without float values runs in float64
+    (``test_onnx_integer_graphs``)."""
+    proto = typed_model([helper.make_node("Relu", ["x"], ["y"]),
+                         helper.make_node("Relu", ["w"], ["v"])], {"x": (INT64, [2])},
+                        {"y": (INT64, [2]), "v": (FLOAT, [2])},
+                        {"w": np.ones(2, dtype=np.float32)}, opset=13)
     with pytest.raises(donnx.OnnxError, match=r"input 'x' has type tensor\(int64\); dlsys "
                                               r"computes in float32 and reads integer inputs "
                                               r"only as indices"):
         donnx.InferenceSession(proto)
+
+
+def test_float16_model_is_computed_in_float32():
+    """float16 weights and feeds widen exactly to float32; the output is rounded to float16.
+    onnxruntime computes in float16, so the two differ by float16 roundings at most."""
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node("Add", ["h", "b"], ["z"]), helper.make_node("Relu", ["z"], ["y"])]
+    proto = typed_model(nodes, {"x": (FLOAT16, ["batch", 3])}, {"y": (FLOAT16, ["batch", 4])},
+                        {"w": rng.normal(size=(3, 4)).astype(np.float16),
+                         "b": rng.normal(size=4).astype(np.float16)})
+    session = donnx.InferenceSession(proto)
+    assert session.model.dtype == "float32"
+    x = rng.normal(size=(5, 3)).astype(np.float16)
+    (ours,), (theirs,) = session.run(None, {"x": x}), onnxruntime_outputs(proto, {"x": x})
+    assert ours.dtype == np.float16 and np.count_nonzero(ours) > 4
+    np.testing.assert_allclose(ours.astype(np.float32), theirs.astype(np.float32), rtol=2e-3,
+                               atol=2e-3)
+    with pytest.raises(DtypeError, match="'x' has dtype float32.*float16"):
+        session.run(None, {"x": x.astype(np.float32)})
+
+
+def test_bfloat16_output_is_rounded_to_nearest_even():
+    import ml_dtypes
+
+    proto = typed_model([helper.make_node("Cast", ["x"], ["y"], to=BFLOAT16)],
+                        {"x": (FLOAT, [6])}, {"y": (BFLOAT16, [6])})
+    # 1 + 2**-8 lies halfway between bfloat16's 1 and 1 + 2**-7: ties go to even (1).
+    x = np.array([1 + 2 ** -8, 1 + 3 * 2 ** -8, -3.14159, 1e-39, 3.4e38, np.inf],
+                 dtype=np.float32)
+    (ours,) = donnx.InferenceSession(proto).run(None, {"x": x})
+    assert ours.dtype == ml_dtypes.bfloat16
+    np.testing.assert_array_equal(ours.astype(np.float32), x.astype(ml_dtypes.bfloat16)
+                                  .astype(np.float32))
+    np.testing.assert_array_equal(ours.astype(np.float32)[:2], [1.0, 1 + 2 ** -6])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cast_to_float16_inside_the_graph_rounds(dtype):
+    """x -> float16 -> back, times 3: what follows the cast reads the float16 value, in a
+    float32 model as in a float64 one, as numpy's float16 rounds it."""
+    type_id = FLOAT if dtype == "float32" else DOUBLE
+    nodes = [helper.make_node("Cast", ["x"], ["half"], to=FLOAT16),
+             helper.make_node("Cast", ["half"], ["back"], to=type_id),
+             helper.make_node("Mul", ["back", "three"], ["y"])]
+    proto = typed_model(nodes, {"x": (type_id, [7])}, {"y": (type_id, [7])},
+                        {"three": np.array([3.0], dtype=dtype)})
+    x = np.array([1 + 2 ** -11, 1 + 3 * 2 ** -11, 0.1, -65519.0, 70000.0, 1e-8, 2 ** -20],
+                 dtype=dtype)
+    (ours,) = donnx.InferenceSession(proto).run(None, {"x": x})
+    with np.errstate(over="ignore"):
+        expected = x.astype(np.float16).astype(dtype) * 3
+    np.testing.assert_array_equal(ours, expected)
+    np.testing.assert_array_equal(ours, onnxruntime_outputs(proto, {"x": x})[0])
+
+
+def test_narrow_rounding_passes_the_gradient_straight_through():
+    """A model with a Cast to float16 fine-tunes: the rounding's gradient is the identity,
+    as PyTorch's autocast treats it."""
+    from dlsys.ops.cast import round_bfloat16_op, round_float16_op
+    from dlsys.ops.placeholder import Variable
+    from dlsys.passes.gradient import gradients
+    from dlsys.runtime.executor import Executor
+
+    x = Variable("x")
+    y = round_float16_op(x) * round_bfloat16_op(x)
+    (grad,) = gradients(y, [x])
+    values = np.array([0.1, 1.7, -2.3], dtype=np.float32)
+    (ours,) = Executor([grad], dtype="float32").run({x: values}, convert_to_numpy_ret_vals=True)
+    import ml_dtypes
+
+    expected = (values.astype(np.float16).astype(np.float32)
+                + values.astype(ml_dtypes.bfloat16).astype(np.float32))
+    np.testing.assert_allclose(ours, expected, rtol=1e-6)
 
 
 def test_graph_is_built_for_the_fed_shapes():

@@ -7,7 +7,7 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING
 
-from dlsys.kernels.elementwise import activations, compute
+from dlsys.kernels.elementwise import activations, compute, narrow
 
 if TYPE_CHECKING:
     from dlsys.kernels.registry import Registrar
@@ -25,7 +25,8 @@ FORMULAS = {"add": compute.add, "mul": compute.mul, "add_const": compute.add_con
             "tanh": compute.tanh, "gelu": compute.gelu, "gelu_tanh": compute.gelu_tanh,
             "gelu_gradient": compute.gelu_gradient, "gelu_second": compute.gelu_second,
             "gelu_tanh_gradient": compute.gelu_tanh_gradient,
-            "gelu_tanh_second": compute.gelu_tanh_second, **activations.FORMULAS}
+            "gelu_tanh_second": compute.gelu_tanh_second, **activations.FORMULAS,
+            **narrow.FORMULAS}
 
 
 def register(kinds: Registrar) -> None:
