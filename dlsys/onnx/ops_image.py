@@ -5,19 +5,28 @@ ONNX's version converter, see ``reader.upgrade_opset``) becomes one ``resize_op`
 input's trailing axes from the first one resized: nearest (every ``nearest_mode``) or
 linear (bilinear on an NCHW image), with the coordinate modes of ``dlsys.ops.resize``. The
 scales or sizes must be fixed when the graph is built (constants, or computed from shapes
-dlsys knows); cubic interpolation, tf_crop_and_resize and a downsampling antialias are
-refused naming the node.
+dlsys knows).
+
+Cubic interpolation, a downsampling antialias and tf_crop_and_resize are resampled one axis
+at a time by matrix products instead (``resample_by_matrices``): each axis's (out, in) matrix of
+weights is computed here in float64 and multiplied in by ``matmul_op``, which has a
+gradient. Their cost grows with in * out per axis, against the resize kernel's few taps per
+output, which keeps the common modes on ``resize_op``.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from dlsys.graph import Node
 from dlsys.onnx.ops import Context, converter, show_dims
+from dlsys.ops import matmul_op
+from dlsys.ops.activations import where_op
 from dlsys.ops.placeholder import Parameter
+from dlsys.ops.reshape import reshape_op
 from dlsys.ops.resize import COORDINATES, NEAREST_MODES, resize_op, resize_reference
 
 _POLICIES = ("stretch", "not_larger", "not_smaller")
@@ -54,10 +63,11 @@ def resize(ctx, x, roi=None, scales=None, sizes=None):
     # (exclude_outside changes only the cubic's weights, and extrapolation_value only
     # tf_crop_and_resize's: for the modes taken, the edge is read either way.)
     mode = ctx.attr("mode", "nearest")
-    if mode not in ("nearest", "linear"):
-        raise ctx.refuse(f"mode {mode!r} is not supported; dlsys resizes with 'nearest' or "
-                         f"'linear'")
-    coordinate = _choice(ctx, "coordinate_transformation_mode", "half_pixel", COORDINATES)
+    if mode not in ("nearest", "linear", "cubic"):
+        raise ctx.refuse(f"mode {mode!r} is not supported; dlsys resizes with 'nearest', "
+                         f"'linear' or 'cubic'")
+    coordinate = _choice(ctx, "coordinate_transformation_mode", "half_pixel",
+                         (*COORDINATES, CROP))
     nearest = _choice(ctx, "nearest_mode", "round_prefer_floor", NEAREST_MODES)
     policy = _choice(ctx, "keep_aspect_ratio_policy", "stretch", _POLICIES)
     dims = ctx.input_dims(0, x)
@@ -78,8 +88,14 @@ def resize(ctx, x, roi=None, scales=None, sizes=None):
                          f"{given.tolist()} must hold one value per resized axis, "
                          f"{len(axes)} for axes {axes}")
     out, factor = _sizes_and_scales(ctx, dims, axes, scale_values, size_values, policy)
-    if ctx.attr("antialias", 0) and mode == "linear" and min(factor) < 1.0:
-        raise ctx.refuse("antialias when downsampling is not supported")
+    antialias = bool(ctx.attr("antialias", 0)) and mode != "nearest" and min(factor) < 1.0
+    if mode == "cubic" or antialias or coordinate == CROP:
+        options = Resampling(mode, coordinate, nearest, float(ctx.attr("cubic_coeff_a", -0.75)),
+                             bool(ctx.attr("exclude_outside", 0)), antialias,
+                             float(ctx.attr("extrapolation_value", 0.0)))
+        roi_values = _constant(ctx, 1, roi, "roi") if coordinate == CROP else None
+        return resample_by_matrices(ctx, x, dims, axes, out, factor, options,
+                                    _roi_per_axis(ctx, roi_values, axes, rank))
     resized = [d for d in range(rank) if factor[d] != 1.0 or out[d] != dims[d]]
     if not resized:
         return x
@@ -130,8 +146,156 @@ def _sizes_and_scales(ctx: Context, dims, axes: list[int], scales, sizes,
     return out, factor
 
 
+def _roi_per_axis(ctx: Context, roi, axes: list[int], rank: int) -> dict[int, tuple]:
+    """tf_crop_and_resize's region of each resized axis, (start, end) as fractions of it."""
+    if roi is None:
+        if ctx.attr("coordinate_transformation_mode") == CROP:
+            raise ctx.refuse("tf_crop_and_resize needs the roi input")
+        return {}
+    if roi.size != 2 * len(axes):
+        raise ctx.refuse(f"roi {roi.tolist()} must hold a start and an end for each of the "
+                         f"{len(axes)} resized axes")
+    return {axis: (float(roi[i]), float(roi[len(axes) + i])) for i, axis in enumerate(axes)}
+
+
 def _known(ctx: Context, dims, axis: int) -> int:
     if dims[axis] is None:
         raise ctx.refuse(f"axis {axis} is resized and its size must be known when the graph "
                          f"is built; the input is {show_dims(dims)}")
     return dims[axis]
+
+
+# ------------------------------------------------------------ resampling by matrices
+CROP = "tf_crop_and_resize"
+# How far each side of a sample the interpolation kernel reaches, in input elements.
+_SUPPORT = {"linear": 1, "cubic": 2}
+
+
+@dataclass(frozen=True)
+class Resampling:
+    """The options of a resize computed with weight matrices (see the module docstring)."""
+
+    mode: str
+    coordinate: str
+    nearest: str
+    cubic_a: float
+    exclude_outside: bool
+    antialias: bool
+    extrapolation: float
+
+
+def _sources(size: int, out: int, scale: float, coordinate: str, roi) -> np.ndarray:
+    """The input coordinate each output index of an axis samples (ONNX's transformations)."""
+    i = np.arange(out, dtype=np.float64)
+    stretched = scale * size  # the output's size before rounding down
+    if coordinate == "asymmetric":
+        return i / scale
+    if coordinate == "align_corners":
+        return np.zeros(out) if stretched == 1 else i * (size - 1) / (stretched - 1)
+    if coordinate == CROP:
+        start, end = roi
+        if stretched == 1:
+            return np.full(out, (end - start) * (size - 1) / 2 + start * (size - 1))
+        return i * (end - start) * (size - 1) / (stretched - 1) + start * (size - 1)
+    if coordinate == "pytorch_half_pixel" and stretched == 1:
+        return np.full(out, -0.5)
+    if coordinate == "tf_half_pixel_for_nn":
+        return (i + 0.5) / scale
+    x = (i + 0.5) / scale - 0.5
+    if coordinate == "half_pixel_symmetric":
+        x = x + size / 2 * (1 - out / stretched)
+    return x
+
+
+def _kernel(options: Resampling, t: np.ndarray) -> np.ndarray:
+    """The interpolation weight at distance ``t`` from the sample: a triangle (linear) or
+    Keys' cubic with coefficient ``a``."""
+    t = np.abs(t)
+    if options.mode == "linear":
+        return np.clip(1 - t, 0, None)
+    a = options.cubic_a
+    near = ((a + 2) * t - (a + 3)) * t * t + 1
+    far = ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
+    return np.where(t <= 1, near, np.where(t < 2, far, 0.0))
+
+
+def axis_weights(size: int, out: int, scale: float, options: Resampling,
+                 roi=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The (out, size) weights of one resized axis, and for tf_crop_and_resize which
+    outputs fall outside the input (they take the extrapolation value), else None."""
+    x = _sources(size, out, scale, options.coordinate, roi)
+    outside = ((x < 0) | (x > size - 1)) if options.coordinate == CROP else None
+    matrix = np.zeros((out, size))
+    rows = np.arange(out)
+    if options.mode == "nearest":
+        rounded = {"round_prefer_floor": np.ceil(x - 0.5), "round_prefer_ceil":
+                   np.floor(x + 0.5), "floor": np.floor(x), "ceil": np.ceil(x)}[options.nearest]
+        matrix[rows, np.clip(rounded.astype(np.int64), 0, size - 1)] = 1.0
+        return matrix, outside
+    # Downsampling with antialias widens the kernel by 1 / scale (and lowers it alike).
+    stretch = min(scale, 1.0) if options.antialias else 1.0
+    reach = _SUPPORT[options.mode]
+    taps = 2 * reach if stretch == 1.0 else 2 - 2 * (math.floor(-reach / stretch) + 1)
+    # The taps nearest the sample, ties to the lower index: from ceil(x) - taps / 2 on.
+    first = np.ceil(x).astype(np.int64) - taps // 2
+    index = first[:, None] + np.arange(taps)[None, :]
+    weights = _kernel(options, stretch * (index - x[:, None]))
+    if options.antialias:
+        weights = weights / weights.sum(axis=1, keepdims=True)
+    if options.exclude_outside:
+        weights = np.where((index < 0) | (index >= size), 0.0, weights)
+        total = weights.sum(axis=1, keepdims=True)
+        weights = weights / np.where(total == 0, 1.0, total)
+    # Taps past either end read the edge element, as ONNX pads with the edge.
+    np.add.at(matrix, (np.repeat(rows, taps), np.clip(index, 0, size - 1).reshape(-1)),
+              weights.reshape(-1))
+    return matrix, outside
+
+
+def resample_by_matrices(ctx: Context, x, dims, axes: list[int], out: list,
+                         factor: list[float], options: Resampling, roi: dict):
+    """``x`` resized along ``axes`` (in that order), each by one product with its axis's
+    weights; tf_crop_and_resize's outside outputs set to the extrapolation value."""
+    dims, given = list(dims), x.dtype if isinstance(x, np.ndarray) else None
+    for axis in axes:
+        region = roi.get(axis)
+        if factor[axis] == 1.0 and out[axis] == dims[axis] and region in (None, (0.0, 1.0)):
+            continue  # this axis is unchanged
+        size = _known(ctx, dims, axis)
+        if any(d is None for d in dims[axis + 1:]):
+            raise ctx.refuse(f"the axes after {axis} must be of sizes known when the graph "
+                             f"is built; the input is {show_dims(dims)}")
+        matrix, outside = axis_weights(size, out[axis], factor[axis], options, region)
+        x = _apply_along(ctx, x, dims, axis, matrix)
+        dims[axis] = out[axis]
+        if outside is not None and outside.any():
+            keep_shape = (out[axis],) + (1,) * (len(dims) - axis - 1)
+            if isinstance(x, np.ndarray):
+                x = np.where(outside.reshape(keep_shape), options.extrapolation, x)
+            else:
+                x = where_op(_weights(ctx, outside.reshape(keep_shape), f"outside{axis}"),
+                             _weights(ctx, np.full(1, options.extrapolation), "extrapolation"),
+                             x)
+    return x.astype(given) if isinstance(x, np.ndarray) else x
+
+
+def _weights(ctx: Context, array: np.ndarray, what: str) -> Node:
+    """A table the converter computed, as a graph value the model does not train."""
+    dtype = getattr(ctx, "compute_dtype", "float32")
+    return Parameter(np.ascontiguousarray(array, dtype), f"{ctx.node.output[0]}:{what}")
+
+
+def _apply_along(ctx: Context, x, dims: list, axis: int, matrix: np.ndarray):
+    """``matrix`` (out, size) applied along ``axis`` of ``x``."""
+    if isinstance(x, np.ndarray):
+        return np.moveaxis(np.tensordot(matrix, x, axes=(1, axis)), 0, axis)
+    if axis == len(dims) - 1:
+        return matmul_op(x, _weights(ctx, matrix.T, f"axis{axis}"))
+    # (before, size, after) with the matrix applied to the middle axis of each block.
+    after = math.prod(dims[axis + 1:])
+    before = None if None in dims[:axis] else math.prod(dims[:axis])
+    blocks = reshape_op(x, (-1 if before is None else before, dims[axis], after))
+    product = matmul_op(_weights(ctx, matrix, f"axis{axis}"), blocks)
+    shape = [-1 if d is None else d for d in dims]
+    shape[axis] = matrix.shape[0]
+    return reshape_op(product, tuple(shape))

@@ -1,5 +1,6 @@
-"""ONNX's Resize and Upsample (dlsys/onnx/ops_image.py): one small model each, run by dlsys
-and compared with onnxruntime within 1e-4, PyTorch's own exports of F.interpolate (and
+"""ONNX's Resize and Upsample (dlsys/onnx/ops_image.py): one small model each (cubic,
+antialias and tf_crop_and_resize among them), run by dlsys and compared with onnxruntime
+within 1e-4, PyTorch's own exports of F.interpolate (and
 their gradients), and what dlsys refuses, naming the node."""
 
 from __future__ import annotations
@@ -47,6 +48,19 @@ CASES = {
     "linear_align_corners_sizes": (
         resize(("x", "", "", "z"), mode="linear", coordinate_transformation_mode="align_corners"),
         {"z": ints(2, 2, 5, 7)}),
+    # Resampled by weight matrices (ops_image.resample_by_matrices):
+    "cubic_upsample_half_pixel": (resize(mode="cubic"), {"s": floats(1, 1, 2, 1.5)}),
+    "cubic_exclude_outside_align_corners": (
+        resize(("x", "", "", "z"), mode="cubic", cubic_coeff_a=-0.5, exclude_outside=1,
+               coordinate_transformation_mode="align_corners"), {"z": ints(2, 2, 5, 3)}),
+    "linear_antialias_downsample": (resize(mode="linear", antialias=1),
+                                    {"s": floats(1, 1, 0.7, 0.5)}),
+    "cubic_antialias_downsample": (resize(("x", "", "", "z"), mode="cubic", antialias=1),
+                                   {"z": ints(2, 2, 2, 3)}),
+    "tf_crop_and_resize_extrapolated": (
+        resize(("x", "r", "", "z"), mode="linear", extrapolation_value=-2.0,
+               coordinate_transformation_mode="tf_crop_and_resize"),
+        {"r": floats(0, 0, -0.2, 0.1, 1, 1, 0.8, 1.3), "z": ints(2, 2, 4, 5)}),
 }
 
 
@@ -109,12 +123,14 @@ def test_pytorch_exports_match_onnxruntime(opset, options):
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_imported_bilinear_upsampling_fine_tunes():
-    """The imported model's gradients (through the resize's adjoint) are PyTorch's."""
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+def test_imported_upsampling_fine_tunes(mode):
+    """The imported model's gradients (through the resize's adjoint, or the bicubic's
+    weight matrices) are PyTorch's."""
     torch = pytest.importorskip("torch")
     from dlsys import autodiff as ad
 
-    data = _Upsampling.export(torch, 17, scale_factor=2, mode="bilinear", align_corners=False)
+    data = _Upsampling.export(torch, 17, scale_factor=2, mode=mode, align_corners=False)
     module = donnx.import_model(data).train()
     x, upstream = ad.Variable("x"), ad.Variable("upstream")
     params = module.parameters()
@@ -127,20 +143,17 @@ def test_imported_bilinear_upsampling_fine_tunes():
         for p, value in zip(conv.parameters(), params):
             p.copy_(torch.tensor(value.data.numpy()))
     out = torch.nn.functional.interpolate(conv(torch.tensor(x_value)), scale_factor=2,
-                                          mode="bilinear", align_corners=False)
+                                          mode=mode, align_corners=False)
     (out * torch.tensor(weights)).sum().backward()
     for mine, p in zip(got, conv.parameters()):
         np.testing.assert_allclose(mine, p.grad.numpy(), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("node, initializers, message", [
-    (resize(mode="cubic"), {"s": floats(1, 1, 2, 2)}, "mode 'cubic' is not supported"),
-    (resize(("x", "r", "", "z"), mode="linear",
+    (resize(mode="area"), {"s": floats(1, 1, 2, 2)}, "mode 'area' is not supported"),
+    (resize(("x", "", "", "z"), mode="linear", axes=[2, 3],
             coordinate_transformation_mode="tf_crop_and_resize"),
-     {"r": floats(0, 0, 0, 0, 1, 1, 1, 1), "z": ints(2, 2, 2, 2)},
-     "'tf_crop_and_resize' is not supported"),
-    (resize(mode="linear", antialias=1), {"s": floats(1, 1, 0.5, 0.5)},
-     "antialias when downsampling"),
+     {"z": ints(2, 2)}, "tf_crop_and_resize needs the roi input"),
     (resize(("x", "", "s", "z")), {"s": floats(1, 1, 2, 2), "z": ints(2, 2, 6, 8)},
      "exactly one of scales and sizes"),
     (resize(("x", "", "", "z"), axes=[2, 3]), {"z": ints(2, 2, 6, 8)},
