@@ -1,4 +1,5 @@
-"""ONNX's image resampling (Resize, Upsample) as dlsys graph nodes (see ``ops``).
+"""ONNX's image resampling (Resize, Upsample) and image layout operators (AffineGrid,
+CenterCropPad, Col2Im, MaxUnpool) as dlsys graph nodes (see ``ops``).
 
 Resize (opsets 11 and later; an older model's Resize or Upsample reaches it converted by
 ONNX's version converter, see ``reader.upgrade_opset``) becomes one ``resize_op`` over the
@@ -25,9 +26,11 @@ from dlsys.graph import Node
 from dlsys.onnx.ops import Context, converter, show_dims
 from dlsys.ops import matmul_op
 from dlsys.ops.activations import where_op
+from dlsys.ops.pad import pad_op
 from dlsys.ops.placeholder import Parameter
 from dlsys.ops.reshape import reshape_op
 from dlsys.ops.resize import COORDINATES, NEAREST_MODES, resize_op, resize_reference
+from dlsys.ops.slicing import slice_op
 
 _POLICIES = ("stretch", "not_larger", "not_smaller")
 
@@ -299,3 +302,139 @@ def _apply_along(ctx: Context, x, dims: list, axis: int, matrix: np.ndarray):
     shape = [-1 if d is None else d for d in dims]
     shape[axis] = matrix.shape[0]
     return reshape_op(product, tuple(shape))
+
+
+# ------------------------------------------------------------ grids, crops, folds
+@converter("AffineGrid", attrs=("align_corners",), constant_inputs=(1,))
+def affine_grid(ctx, theta, size):
+    """The sampling grid of ``theta`` (N, 2, 3) or (N, 3, 4) over an output of ``size``
+    (N, C, H, W) or (N, C, D, H, W): each position (x along W, y along H, z along D, in
+    [-1, 1]) times theta, one matrix product with a constant grid of positions."""
+    size = np.asarray(size).reshape(-1).astype(np.int64)
+    if size.size not in (4, 5) or (size < 1).any():
+        raise ctx.refuse(f"size {size.tolist()} must be (N, C, H, W) or (N, C, D, H, W)")
+    spatial = [int(n) for n in size[2:]]
+    corners = bool(ctx.attr("align_corners", 0))
+
+    def positions(n: int) -> np.ndarray:
+        if corners:
+            return np.linspace(-1.0, 1.0, n) if n > 1 else np.zeros(1)
+        return (2 * np.arange(n) + 1) / n - 1
+
+    axes = np.meshgrid(*[positions(n) for n in spatial], indexing="ij")
+    # Coordinates are listed x first: the last spatial axis (W) is x.
+    base = np.stack([*reversed(axes), np.ones(spatial)], axis=-1).reshape(-1,
+                                                                         len(spatial) + 1)
+    if isinstance(theta, np.ndarray):
+        grid = np.einsum("pk,nck->npc", base, theta)
+        return grid.reshape(theta.shape[0], *spatial, len(spatial)).astype(theta.dtype)
+    dims = ctx.input_dims(0, theta)
+    if dims is None or tuple(dims[1:]) != (len(spatial), len(spatial) + 1):
+        raise ctx.refuse(f"theta has shape {show_dims(dims)}; a size of {len(spatial)} "
+                         f"spatial axes needs (N, {len(spatial)}, {len(spatial) + 1})")
+    grid = matmul_op(_weights(ctx, base, "positions"), theta, False, True)
+    return reshape_op(grid, (-1, *spatial, len(spatial)))
+
+
+@converter("CenterCropPad", attrs=("axes",), constant_inputs=(1,))
+def center_crop_pad(ctx, x, shape):
+    """Each of ``axes`` cut to the centred window of its target size, or padded with zeros
+    around it (the odd element after the input, in either case)."""
+    dims = x.shape if isinstance(x, np.ndarray) else ctx.input_dims(0, x)
+    if dims is None:
+        raise ctx.refuse("the input's rank is unknown")
+    rank = len(dims)
+    axes = [int(a) for a in ctx.attr("axes", range(rank))]
+    target = np.asarray(shape).reshape(-1).astype(np.int64)
+    if target.size != len(axes) or any(not -rank <= a < rank for a in axes) or \
+            (target < 1).any():
+        raise ctx.refuse(f"shape {target.tolist()} must hold a positive size for each of "
+                         f"axes {axes}")
+    pads = [(0, 0)] * rank
+    for axis, size in zip((a % rank for a in axes), target.tolist()):
+        have = _known(ctx, dims, axis)
+        if have > size:
+            start = (have - size) // 2
+            x = x[(slice(None),) * axis + (slice(start, start + size),)] \
+                if isinstance(x, np.ndarray) else slice_op(x, axis, start, start + size)
+        elif have < size:
+            pads[axis] = ((size - have) // 2, size - have - (size - have) // 2)
+    if all(p == (0, 0) for p in pads):
+        return x
+    return np.pad(x, pads) if isinstance(x, np.ndarray) else pad_op(x, pads)
+
+
+@converter("Col2Im", attrs=("dilations", "pads", "strides"), constant_inputs=(1, 2))
+def col2im(ctx, x, image_shape, block_shape):
+    """The blocks of ``x`` (N, C * prod(block), L) added back into an image (N, C, *image),
+    as PyTorch's ``fold``: one product with a constant 0/1 matrix from (block, location) to
+    pixel, whose transpose is the gradient."""
+    image = [int(n) for n in np.asarray(image_shape).reshape(-1)]
+    block = [int(n) for n in np.asarray(block_shape).reshape(-1)]
+    spatial = len(image)
+    strides = [int(s) for s in ctx.attr("strides", [1] * spatial)]
+    dilations = [int(d) for d in ctx.attr("dilations", [1] * spatial)]
+    pads = [int(p) for p in ctx.attr("pads", [0] * 2 * spatial)]
+    grid = [(n + pads[i] + pads[spatial + i] - dilations[i] * (block[i] - 1) - 1)
+            // strides[i] + 1 for i, n in enumerate(image)]
+    dims = x.shape if isinstance(x, np.ndarray) else ctx.input_dims(0, x)
+    blocks, locations = math.prod(block), math.prod(grid)
+    if len(block) != spatial or dims is None or len(dims) != 3 or dims[1] is None or \
+            dims[1] % blocks or dims[2] != locations or min(grid) < 1:
+        raise ctx.refuse(f"an input of shape {show_dims(dims)} does not fold into image "
+                         f"{image} with blocks {block} ({locations} locations)")
+    # Pixel of (block offset k, location l) along each axis: l * stride - pad + k * dilation.
+    offsets = np.indices(block).reshape(spatial, -1)
+    places = np.indices(grid).reshape(spatial, -1)
+    pixel = (places[:, None, :] * np.asarray(strides)[:, None, None]
+             - np.asarray(pads[:spatial])[:, None, None]
+             + offsets[:, :, None] * np.asarray(dilations)[:, None, None])
+    inside = np.all((pixel >= 0) & (pixel < np.asarray(image)[:, None, None]), axis=0)
+    fold = np.zeros((blocks * locations, math.prod(image)))
+    rows = np.flatnonzero(inside)
+    fold[rows, np.ravel_multi_index(tuple(p.reshape(-1)[rows] for p in pixel), image)] = 1.0
+    channels = dims[1] // blocks
+    if isinstance(x, np.ndarray):
+        out = x.reshape(x.shape[0], channels, -1) @ fold
+        return out.reshape(x.shape[0], channels, *image).astype(x.dtype)
+    columns = reshape_op(x, (-1, channels, blocks * locations))
+    return reshape_op(matmul_op(columns, _weights(ctx, fold, "fold")), (-1, channels, *image))
+
+
+@converter("MaxUnpool", attrs=("kernel_shape", "pads", "strides"), constant_inputs=(1, 2))
+def max_unpool(ctx, x, indices, output_shape=None):
+    """Zeros of the unpooled shape with each value of ``x`` put back at its index (a
+    position in the whole output, as MaxPool's second output counts it); the indices are
+    constants, so the values move by a take."""
+    from dlsys.onnx.ops_misc import scatter_positions
+
+    dims = x.shape if isinstance(x, np.ndarray) else ctx.input_dims(0, x)
+    if dims is not None and None in dims:
+        dims = ctx.fixed_shapes().get(ctx.node.input[0], dims)
+    if dims is None or None in dims or len(dims) < 3:
+        raise ctx.refuse(f"the input has shape {show_dims(dims)}; dlsys needs all its sizes")
+    kernel = [int(k) for k in ctx.attr("kernel_shape")]
+    spatial = len(dims) - 2
+    strides = [int(s) for s in ctx.attr("strides", [1] * spatial)]
+    pads = [int(p) for p in ctx.attr("pads", [0] * 2 * spatial)]
+    out = [*dims[:2], *((n - 1) * strides[i] + kernel[i] - pads[i] - pads[spatial + i]
+                        for i, n in enumerate(dims[2:]))]
+    # An output_shape given places the unpooled tensor at its start, zeros after it.
+    given = out if output_shape is None else \
+        [int(n) for n in np.asarray(output_shape).reshape(-1)]
+    if len(given) != len(out) or any(g < n for g, n in zip(given, out)):
+        raise ctx.refuse(f"output_shape {given} must be at least the unpooled shape {out}")
+    if not isinstance(indices, np.ndarray):
+        raise ctx.refuse("the indices must be a constant (an initializer or an input fed "
+                         "per run); dlsys fixes where each value goes when it builds the graph")
+    targets = indices.astype(np.int64).reshape(-1)
+    if len(out) != len(dims) or targets.size != math.prod(dims) or \
+            np.any((targets < 0) | (targets >= math.prod(out))):
+        raise ctx.refuse(f"indices of shape {indices.shape} do not place an input of shape "
+                         f"{show_dims(dims)} into an output of shape {out}")
+    zeros = np.zeros(out, dtype=x.dtype if isinstance(x, np.ndarray) else np.float32)
+    y = scatter_positions(ctx, zeros, x, targets, tuple(out))
+    if given == out:
+        return y
+    widths = [(0, g - n) for g, n in zip(given, out)]
+    return np.pad(y, widths) if isinstance(y, np.ndarray) else pad_op(y, widths)

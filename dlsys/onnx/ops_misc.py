@@ -15,7 +15,7 @@ import numpy as np
 
 from dlsys.graph import Node
 from dlsys.onnx.ops import Context, converter, show_dims
-from dlsys.ops import mul_byconst_op
+from dlsys.ops import mul_byconst_op, sigmoid_op
 from dlsys.ops.activations import (
     equal_op,
     greater_op,
@@ -208,7 +208,8 @@ def _reduction(ctx: Context) -> str:
     return reduction
 
 
-def _scatter(ctx: Context, data, updates, targets: np.ndarray, data_dims: tuple) -> object:
+def scatter_positions(ctx: Context, data, updates, targets: np.ndarray,
+                      data_dims: tuple) -> object:
     """``data`` with element ``targets[j]`` (a row-major position) combined with update
     ``j``, in the order of ``j`` (a position written twice takes both, one after the other).
 
@@ -264,7 +265,7 @@ def scatter_elements(ctx, data, indices, updates):
     where = list(np.indices(indices.shape, sparse=False))
     where[axis] = indices % dims[axis]
     targets = np.ravel_multi_index(tuple(where), dims)
-    return _scatter(ctx, data, updates, targets, dims)
+    return scatter_positions(ctx, data, updates, targets, dims)
 
 
 @converter("ScatterND", attrs=("reduction",), constant_inputs=(1,))
@@ -283,7 +284,7 @@ def scatter_nd(ctx, data, indices, updates):
     prefixes = np.ravel_multi_index(tuple(np.moveaxis(indices % bounds, -1, 0)), dims[:depth])
     tail = int(np.prod(dims[depth:]))
     targets = prefixes[..., None] * tail + np.arange(tail)
-    return _scatter(ctx, data, updates, targets, dims)
+    return scatter_positions(ctx, data, updates, targets, dims)
 
 
 # ------------------------------------------------------------ selections by constant indices
@@ -332,5 +333,71 @@ def reverse_sequence(ctx, x, sequence_lens):
     return _gathered(x, flat, dims)
 
 
+
+
+# ------------------------------------------------------------ more selections and windows
+@converter("GatherND", attrs=("batch_dims",), constant_inputs=(1,))
+def gather_nd(ctx, data, indices):
+    """Slices of ``data`` addressed by the last axis of ``indices`` (a prefix of data's
+    index after the ``batch_dims`` shared leading axes), fixed by constant indices."""
+    dims = data.shape if isinstance(data, np.ndarray) else _static_dims(ctx, 0, data, "data")
+    indices = _integer(ctx, indices, "indices")
+    batch = int(ctx.attr("batch_dims", 0))
+    depth = indices.shape[-1] if indices.ndim else 0
+    if indices.ndim < 1 or batch < 0 or tuple(indices.shape[:batch]) != tuple(dims[:batch]) \
+            or not 1 <= depth <= len(dims) - batch:
+        raise ctx.refuse(f"indices of shape {indices.shape} do not address data of shape "
+                         f"{show_dims(dims)} after {batch} batch axes")
+    bounds = np.asarray(dims[batch:batch + depth])
+    if np.any((indices < -bounds) | (indices >= bounds)):
+        raise ctx.refuse(f"indices out of range for data of shape {show_dims(dims)}")
+    lead = int(np.prod(dims[:batch]))
+    per_batch = indices.reshape(lead, -1, depth) % bounds
+    # Flat position of each addressed slice's first element, then its elements in order.
+    starts = np.ravel_multi_index(tuple(np.moveaxis(per_batch, -1, 0)),
+                                  tuple(dims[batch:batch + depth]))
+    tail = int(np.prod(dims[batch + depth:]))
+    starts = starts * tail + np.arange(lead)[:, None] * int(np.prod(dims[batch:]))
+    flat = starts[..., None] + np.arange(tail)
+    shape = tuple(indices.shape[:-1]) + tuple(dims[batch + depth:])
+    if isinstance(data, np.ndarray):
+        return data.reshape(-1)[flat.reshape(-1)].reshape(shape)
+    return _gathered(data, flat, shape)
+
+
+@converter("SwiGLU", attrs=("alpha",))
+def swiglu(ctx, gate, value):
+    """``gate * sigmoid(alpha * gate) * value``."""
+    alpha = float(ctx.attr("alpha", 1.0))
+    if isinstance(gate, np.ndarray) and isinstance(value, np.ndarray):
+        return (gate / (1 + np.exp(-alpha * gate)) * value).astype(gate.dtype)
+    gate, value = _as_node(ctx, gate, "gate"), _as_node(ctx, value, "value")
+    scaled = gate if alpha == 1.0 else mul_byconst_op(gate, alpha)
+    return gate * sigmoid_op(scaled) * value
+
+
+# The cosine terms of each window: w[n] = sum_k c_k cos(2 pi k n / D), D the period.
+_WINDOWS = {"HannWindow": (0.5, -0.5), "HammingWindow": (25 / 46, -21 / 46),
+            "BlackmanWindow": (0.42, -0.5, 0.08)}
+
+
+@converter(*_WINDOWS, attrs=("periodic", "output_datatype"), constant_inputs=(0,))
+def window(ctx, size):
+    """A window of ``size`` samples: a constant of the graph. Periodic windows take the
+    period ``size``, symmetric ones ``size - 1``."""
+    from onnx import helper
+
+    count = _integer(ctx, size, "size").reshape(-1)
+    if count.size != 1 or count[0] < 1:
+        raise ctx.refuse(f"size must be one positive number, got {count}")
+    count = int(count[0])
+    period = count if ctx.attr("periodic", 1) else max(count - 1, 1)
+    phase = 2 * np.pi * np.arange(count) / period
+    values = sum(c * np.cos(k * phase) for k, c in enumerate(_WINDOWS[ctx.node.op_type]))
+    dtype = helper.tensor_dtype_to_np_dtype(int(ctx.attr("output_datatype", 1)))
+    return np.asarray(values).astype(dtype)
+
+
 __all__ = ["cumsum", "one_hot", "eye_like", "top_k", "scatter_elements", "scatter_nd",
-           "compress", "reverse_sequence", "TOPK_ROUNDS_LIMIT"]
+           "compress", "reverse_sequence", "gather_nd", "swiglu", "window",
+           "scatter_positions", "TOPK_ROUNDS_LIMIT"]

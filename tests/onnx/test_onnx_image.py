@@ -177,3 +177,50 @@ def test_scales_computed_at_run_time_are_refused():
                               ir_version=9)
     with pytest.raises(OnnxError, match="scales .* must be fixed when the graph is built"):
         donnx.import_model(proto)
+
+
+# name -> (node, float inputs (name -> shape), initializers, opset): the image layout ops.
+LAYOUT_CASES = {
+    "affine_grid_2d": (helper.make_node("AffineGrid", ["t", "z"], ["y"]), {"t": ("N", 2, 3)},
+                       {"z": ints(2, 3, 4, 5)}, 20),
+    "affine_grid_3d_align_corners": (
+        helper.make_node("AffineGrid", ["t", "z"], ["y"], align_corners=1),
+        {"t": ("N", 3, 4)}, {"z": ints(2, 1, 2, 3, 4)}, 20),
+    "center_crop_pad": (helper.make_node("CenterCropPad", ["x", "z"], ["y"], axes=[1, 2]),
+                        {"x": (2, 5, 4)}, {"z": ints(2, 7)}, 18),
+    "col2im_strided_padded": (
+        helper.make_node("Col2Im", ["x", "i", "b"], ["y"], strides=[2, 1], pads=[1, 0, 1, 1],
+                         dilations=[1, 2]),
+        {"x": (2, 6, 9)}, {"i": ints(5, 4), "b": ints(3, 2)}, 18),
+}
+
+
+@pytest.mark.parametrize("case", LAYOUT_CASES)
+def test_image_layout_ops_match_onnxruntime(case):
+    node, inputs, initializers, opset = LAYOUT_CASES[case]
+    proto = model([node], inputs, {"y": None}, initializers, opset=opset)
+    feeds = {name: normal(tuple(2 if d == "N" else d for d in shape), seed)
+             for seed, (name, shape) in enumerate(inputs.items())}
+    assert_matches_onnxruntime(proto, feeds)
+
+
+def test_max_unpool_puts_values_back_where_max_pool_found_them():
+    """MaxPool's values and indices unpooled (output_shape given as the unpooled shape:
+    where it is larger, onnxruntime counts the indices in it, ONNX's reference and dlsys in
+    the unpooled shape, then pad)."""
+    pool = helper.make_node("MaxPool", ["x"], ["p", "i"], kernel_shape=[2, 2], strides=[2, 2])
+    graph = helper.make_graph([pool], "pool", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, 2, 4, 4])], [
+        helper.make_tensor_value_info("p", TensorProto.FLOAT, [1, 2, 2, 2]),
+        helper.make_tensor_value_info("i", TensorProto.INT64, [1, 2, 2, 2])])
+    import onnxruntime as ort
+
+    pooled, where = ort.InferenceSession(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)],
+                          ir_version=8).SerializeToString(),
+        providers=["CPUExecutionProvider"]).run(None, {"x": normal((1, 2, 4, 4))})
+    unpool = helper.make_node("MaxUnpool", ["p", "i", "s"], ["y"], kernel_shape=[2, 2],
+                              strides=[2, 2])
+    proto = model([unpool], {"p": (1, 2, 2, 2)}, {"y": (1, 2, 4, 4)},
+                  {"i": where, "s": ints(1, 2, 4, 4)}, opset=18)
+    assert_matches_onnxruntime(proto, {"p": pooled})

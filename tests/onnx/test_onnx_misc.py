@@ -123,3 +123,32 @@ def test_scatter_refuses_indices_out_of_range():
                            {"i": np.array([[0, 4]])}, {"y": FLOAT}, axis=1)
     with pytest.raises(OnnxError, match="ScatterElements node.*indices must be in"):
         donnx.import_model(proto)(ad.Variable("x"), ad.Variable("u"))
+
+
+def test_gather_nd_with_batch_axes_matches_onnxruntime():
+    proto = one_node_model("GatherND", {"x": (2, 3, 4)},
+                           {"i": np.array([[[2], [0]], [[1], [1]]])}, {"y": FLOAT},
+                           batch_dims=1)
+    assert_close(proto, {"x": normal((2, 3, 4), 0)})
+
+
+@pytest.mark.parametrize("op_type", ["HannWindow", "HammingWindow", "BlackmanWindow"])
+@pytest.mark.parametrize("periodic", [0, 1])
+def test_windows_match_onnxruntime(op_type, periodic):
+    node = helper.make_node(op_type, ["n"], ["y"], periodic=periodic)
+    graph = helper.make_graph([node], "test", [], [helper.make_tensor_value_info(
+        "y", FLOAT, (7,))], [numpy_helper.from_array(np.array(7, np.int64), "n")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              ir_version=IR_VERSION)
+    assert_close(proto, {})
+
+
+def test_swiglu_is_swish_of_the_gate_times_the_value():
+    node = helper.make_node("SwiGLU", ["a", "b"], ["y"], alpha=0.5)
+    graph = helper.make_graph([node], "test", [
+        helper.make_tensor_value_info(n, FLOAT, (2, 3)) for n in "ab"],
+        [helper.make_tensor_value_info("y", FLOAT, (2, 3))])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 28)])
+    a, b = normal((2, 3), 0), normal((2, 3), 1)
+    (y,) = donnx.InferenceSession(proto.SerializeToString()).run(None, {"a": a, "b": b})
+    np.testing.assert_allclose(y, a / (1 + np.exp(-0.5 * a)) * b, rtol=1e-5, atol=1e-6)
