@@ -10,7 +10,9 @@ kernel call.
 
 from __future__ import annotations
 
+import bisect
 import itertools
+import os
 import threading
 from dataclasses import dataclass, field
 
@@ -20,7 +22,8 @@ import tvm
 from dlsys.checks import check_dtype_device, parse_bytes
 from dlsys.errors import ArgumentError, ArgumentTypeError, DtypeError, FeedError, ShapeError
 from dlsys.graph import Node, Shape, find_topo_sort, short_name
-from dlsys.kernels.build import SUPPORTED_DTYPES
+from dlsys.kernels.build import SUPPORTED_DTYPES, make_target
+from dlsys.ops.placeholder import Parameter
 from dlsys.passes import pipeline
 from dlsys.passes.dtypes import INDEX_DTYPES, index_placeholders
 from dlsys.runtime.memory import (
@@ -34,6 +37,7 @@ from dlsys.runtime.memory import (
     view,
     view_at,
 )
+from dlsys.runtime.native import ArgumentView, KernelCall, NativeRun
 
 
 @dataclass
@@ -69,6 +73,10 @@ class _Prepared:
     state_backups: dict = field(default_factory=dict)
     state_pairs: list | None = None
     program: pipeline.Program | None = None   # what the pipeline compiled (``program()``)
+    # The calls compiled into one native function (CPU), and the number of each
+    # placeholder's buffer among its arguments; None runs ``calls`` from Python.
+    native: NativeRun | None = None
+    native_buffer_of: dict = field(default_factory=dict)
 
     def owns_memory_of(self, value) -> bool:
         """Whether ``value`` (a TVM tensor or a contiguous array of the executor's dtype)
@@ -80,6 +88,22 @@ class _Prepared:
         else:
             start, size = value.data_ptr(), tensor_bytes(value)
         return overlaps(start, start + size, self.owned_ranges)
+
+
+@dataclass
+class _RepeatedFeeds:
+    """What the last run was fed, for a run fed the same way (``Executor._run_repeated``).
+
+    ``slots``: per fed placeholder, ``(placeholder, shape, dtype, feed buffer as numpy)``:
+    every feed was an array copied into its buffer. ``parameter_changes``: the count of
+    ``Parameter.changes`` after that run; ``results``: the outputs as TVM tensors, and
+    ``arrays``, the same as numpy views, for the copies a caller asks for.
+    """
+
+    slots: tuple
+    parameter_changes: int
+    results: list
+    arrays: list
 
 
 def _overlaps_states(tensor: tvm.runtime.Tensor, placeholder: Node, prepared: _Prepared,
@@ -98,6 +122,12 @@ def _overlaps_states(tensor: tvm.runtime.Tensor, placeholder: Node, prepared: _P
 def tensor_bytes(tensor: tvm.runtime.Tensor) -> int:
     """The bytes a TVM tensor's elements take (ids may be int64 beside float32 values)."""
     return tensor.numel() * tvm.runtime.DataType(str(tensor.dtype)).bits // 8
+
+
+def native_run_enabled() -> bool:
+    """Whether CPU runs make one native call (``runtime.native``); ``DLSYS_NATIVE_RUN=0``
+    runs the kernel calls from Python instead (the reference, and the GPU's way)."""
+    return os.environ.get("DLSYS_NATIVE_RUN", "1") != "0"
 
 
 def _is_integer(value) -> bool:
@@ -224,6 +254,7 @@ class Executor:
         # One run at a time: runs share the planned buffers and the bound argument lists.
         self._lock = threading.Lock()
         self._saved_states: list = []  # see undo_state_updates
+        self._repeated: _RepeatedFeeds | None = None
 
     # ----------------------------------------------------------------- feeds
     def _check_feed_keys(self, feed_dict: dict) -> None:
@@ -328,8 +359,13 @@ class Executor:
                                    {p: str(feeds[p].dtype) for p in self._index_feeds}
                                    | {p: str(feeds[p].dtype) for p in self._optional_index_feeds
                                       if str(feeds[p].dtype) in INDEX_DTYPES})
-        value, source, feed_buffers, owned_ranges, group = self._allocate(program)
+        value, source, feed_buffers, owned_ranges, group, fixed = self._allocate(program)
         calls, feed_slots = self._bind_calls(program, value, source)
+        native, native_buffer_of = (self._compile_run_loop(program, calls, feed_slots,
+                                                           feed_buffers, fixed)
+                                    if self.target == "llvm" and calls
+                                    and native_run_enabled()
+                                    else (None, {}))
         shapes = program.shapes
         outputs = [(source[n], shapes[n]) if n in source else value[n]
                    for n in self.eval_node_list]
@@ -345,17 +381,20 @@ class Executor:
                          constant_params=program.constant_params,
                          constant_values=program.constant_values,
                          feed_arrays=feed_arrays, itemsize=program.plan.itemsize,
-                         state_backups=state_backups, program=program)
+                         state_backups=state_backups, program=program, native=native,
+                         native_buffer_of=native_buffer_of)
 
     def _allocate(self, program: pipeline.Program) -> tuple:
         """A tensor for every value the program reads or writes, and who owns it.
 
-        Returns ``(value, source, feed_buffers, owned_ranges, contiguous_buffer)``: ``value``
+        Returns ``(value, source, feed_buffers, owned_ranges, contiguous_buffer, fixed)``:
+        ``value``
         maps each node to its tensor (a view of a planned storage, a feed buffer, or a
         constant's buffer); ``source`` maps each placeholder, and each value living in a
         placeholder's tensor (a view of a feed, a state updated in place), to that
         placeholder, whose tensor a run may rebind; ``owned_ranges`` are the address ranges
-        of every buffer allocated here.
+        of every buffer allocated here; ``fixed`` lists the planned storage and the
+        constants' buffers, which no run rebinds.
         """
         shapes, plan, steps = program.shapes, program.plan, program.steps
         storage = [tvm.runtime.empty((n,), self.dtype, self.ctx) for n in plan.storage_elements]
@@ -387,7 +426,37 @@ class Executor:
         owned_ranges = [(t.data_ptr(), t.data_ptr() + tensor_bytes(t))
                         for t in (*storage, *feed_buffers.values(), *constant_buffers)]
         group = storage[plan.contiguous_storage] if plan.contiguous_storage is not None else None
-        return value, source, feed_buffers, owned_ranges, group
+        return value, source, feed_buffers, owned_ranges, group, storage + constant_buffers
+
+    def _compile_run_loop(self, program: pipeline.Program, calls: list[tuple],
+                          feed_slots: dict, feed_buffers: dict, fixed: list) -> tuple:
+        """The calls as one native function (``runtime.native``): its buffers are every
+        placeholder's tensor (rebound as feeds change) and the ``fixed`` ones; each argument
+        is found in them by address. Returns the ``NativeRun`` and each placeholder's
+        buffer number."""
+        buffers = [*feed_buffers.values(), *fixed]
+        buffer_of = {p: i for i, p in enumerate(feed_buffers)}
+        fed_slot = {(call, position): buffer_of[p] for p, slots in feed_slots.items()
+                    for call, position, _ in slots}
+        spans = sorted((t.data_ptr(), len(feed_buffers) + i) for i, t in enumerate(fixed))
+        starts = [start for start, _ in spans]
+        described = []
+        for number, (_, args) in enumerate(calls):
+            views = []
+            for position, arg in enumerate(args):
+                shape, dtype = tuple(int(d) for d in arg.shape), str(arg.dtype)
+                if (number, position) in fed_slot:
+                    views.append(ArgumentView(fed_slot[number, position], 0, shape, dtype))
+                    continue
+                # The buffer holding it: the last one starting at or before its address.
+                address = arg.data_ptr()
+                start, index = spans[bisect.bisect_right(starts, address) - 1]
+                itemsize = tvm.runtime.DataType(dtype).bits // 8
+                views.append(ArgumentView(index, (address - start) // itemsize, shape, dtype))
+            described.append(KernelCall("", tuple(views)))
+        native = NativeRun([func for func, _ in calls], described, buffers,
+                           make_target(self.target))
+        return native, buffer_of
 
     def _bind_calls(self, program: pipeline.Program, value: dict, source: dict
                     ) -> tuple[list[tuple], dict[Node, list[tuple[int, int, Shape]]]]:
@@ -414,6 +483,8 @@ class Executor:
             func, args = calls[call_index]
             arg = view(tensor, shape)
             calls[call_index] = (func, args[:position] + (arg,) + args[position + 1:])
+        if prepared.native is not None:
+            prepared.native.rebind(prepared.native_buffer_of[placeholder], tensor)
         self._bound[placeholder] = tensor
         if placeholder in prepared.state_targets:
             prepared.state_pairs = None  # the save must read the new tensor
@@ -427,8 +498,72 @@ class Executor:
         with self._lock:
             return self._run(feed_dict, convert_to_numpy_ret_vals)
 
+    def _run_repeated(self, feed_dict: dict, convert_to_numpy_ret_vals: bool):
+        """The run for feeds like the last run's, or None where it does not apply.
+
+        The common case of a serving loop or a training loop: the same placeholders fed
+        arrays of the same shapes and dtypes, and no parameter rebound or changed since the
+        last run (``Parameter.changes``). Everything the full path decides then stands (the
+        plan, the bindings, the constants), so the run only checks each fed array, copies it
+        into its buffer and makes the one native call: its cost grows with the feeds, not
+        with the parameters. Anything else (a new shape, a view of the executor's own
+        memory, a large array read in place) takes the full path.
+        """
+        repeated, prepared = self._repeated, self._prepared
+        if (repeated.parameter_changes != Parameter.changes or prepared.constants_stale
+                or len(feed_dict) != len(repeated.slots)):
+            return None
+        arrays = []
+        for placeholder, shape, dtype, _ in repeated.slots:
+            value = feed_dict.get(placeholder)
+            if (type(value) is not np.ndarray or value.shape != shape or value.dtype != dtype
+                    or not value.flags.c_contiguous
+                    or (value.base is not None and prepared.owns_memory_of(value))):
+                return None
+            arrays.append(value)
+        if self._index_feeds or self._optional_index_feeds:
+            self._check_index_feeds(prepared, dict(zip(
+                (slot[0] for slot in repeated.slots), arrays)))
+        for (_, _, _, buffer), value in zip(repeated.slots, arrays):
+            np.copyto(buffer, value)
+        self._saved_states = []
+        if prepared.state_targets:
+            self._save_states(prepared)
+        if prepared.native is not None:
+            prepared.native.run(prepared.first_per_run_call)
+        else:
+            for func, args in itertools.islice(prepared.calls, prepared.first_per_run_call,
+                                               None):
+                func(*args)
+        for state in prepared.state_targets:
+            state.version += 1
+        repeated.parameter_changes = Parameter.changes
+        if convert_to_numpy_ret_vals:
+            return [array.copy() for array in repeated.arrays]
+        return list(repeated.results)
+
+    def _remember_feeds(self, prepared: _Prepared, feed_dict: dict, results: list) -> None:
+        """Keep what ``_run_repeated`` needs to repeat this run, where it can: every feed an
+        array copied into its buffer (CPU), none a constant."""
+        self._repeated = None
+        slots = []
+        for placeholder, value in feed_dict.items():
+            array = prepared.feed_arrays.get(placeholder)
+            if (placeholder in self.constants or array is None
+                    or self._bound[placeholder] is not prepared.feed_buffers[placeholder]
+                    or not isinstance(value, np.ndarray)):
+                return
+            slots.append((placeholder, value.shape, array.dtype, array))
+        self._repeated = _RepeatedFeeds(tuple(slots), Parameter.changes, list(results),
+                                        [np.from_dlpack(r) for r in results])
+
     def _run(self, feed_dict: dict, convert_to_numpy_ret_vals: bool) -> list:
         """``run`` under the lock: check the feeds, compile for new shapes, bind, call."""
+        if self._repeated is not None:
+            repeated = self._run_repeated(feed_dict, convert_to_numpy_ret_vals)
+            if repeated is not None:
+                return repeated
+        self._repeated = None
         self._saved_states = []  # a run that fails before its save leaves none to undo
         self._check_feed_keys(feed_dict)
         if self.dtype is None:
@@ -453,8 +588,11 @@ class Executor:
         if prepared.state_targets:
             self._save_states(prepared)
         first = 0 if refresh else prepared.first_per_run_call
-        for func, args in itertools.islice(prepared.calls, first, None):
-            func(*args)
+        if prepared.native is not None:
+            prepared.native.run(first)
+        else:
+            for func, args in itertools.islice(prepared.calls, first, None):
+                func(*args)
         if prepared.constant_params:
             prepared.constants_stale = False
             prepared.constant_versions = versions
@@ -462,6 +600,8 @@ class Executor:
             state.version += 1  # executors holding it as a constant recompute from it
         results = [view(self._bound[out[0]], out[1]) if isinstance(out, tuple) else out
                    for out in prepared.outputs]
+        if self.target == "llvm":
+            self._remember_feeds(prepared, feed_dict, results)
         if convert_to_numpy_ret_vals:
             if self.target == "llvm":  # a copy through numpy: TVM's numpy() costs 6 us more
                 return [np.from_dlpack(r).copy() for r in results]
