@@ -27,10 +27,12 @@ from dlsys.kernels import cpu
 from dlsys.kernels.common.compute import Shape, TensorList
 from dlsys.kernels.common.epilogue import Epilogue, apply_epilogue
 from dlsys.kernels.conv.schedule import (
+    COL_PANELS,
     DIRECT_BLOCK,
     GEMM_BLOCK,
     WEIGHT_BLOCK,
     WEIGHT_CHUNK_IMAGES,
+    col_in_panels,
     gemm_tile,
     weight_partials,
 )
@@ -112,7 +114,7 @@ def grouped_conv2d_epilogue(shape_x: Shape, shape_f: Shape, shape_y: Shape, stri
     padding is whatever ``shape_y`` needs (zeros)."""
     x = te.placeholder(shape_x, dtype=dtype, name="X")
     f = te.placeholder(shape_f, dtype=dtype, name="F")
-    layout = _gemm_layout(shape_f[0], shape_y, dtype)
+    layout = _gemm_layout(shape_f[0], shape_f[1] * shape_f[2] * shape_f[3], shape_y, dtype)
     span = _span(shape_f[2:], dilation)
     height = max(shape_x[2] + 2 * padding[0], (layout[1] - 1) * stride[0] + span[0])
     width = max(shape_x[3] + 2 * padding[1], (shape_y[3] - 1) * stride[1] + span[1])
@@ -136,42 +138,64 @@ def _group_channel(o, per_group_out: int, per_group_in: int, groups: int, c):
     return (o // per_group_out) * per_group_in + c
 
 
-def _gemm_layout(channels: int, shape_y: Shape, dtype: str) -> tuple[int, int]:
-    """``(positions, rows)`` of an implicit GEMM: flat output positions rounded up to whole
-    register tiles (``kernels.conv.gemm_tile``), and the output rows that takes."""
+def _gemm_layout(channels: int, taps: int, shape_y: Shape, dtype: str
+                 ) -> tuple[int, int, int]:
+    """``(positions, rows, panel)`` of an implicit GEMM with ``taps`` (channel, filter row,
+    filter column) terms per output: flat output positions rounded up to whole register
+    tiles (``kernels.conv.gemm_tile``), the output rows that takes, and the positions per
+    panel of the windows' copy when it is made a panel at a time (``col_in_panels``), else
+    0."""
     out_w = shape_y[3]
     columns = gemm_tile(channels, shape_y[2] * out_w, dtype).columns
     positions = -(-(shape_y[2] * out_w) // columns) * columns
-    return positions, -(-positions // out_w)
+    panel = columns if col_in_panels(taps, positions, dtype) else 0
+    return positions, -(-positions // out_w), panel
 
 
 def _implicit_gemm(image: te.Tensor, weight, shape_f: Shape, shape_y: Shape, stride: Pair,
-                   layout: tuple[int, int], name: str, dilation: Pair = (1, 1),
+                   layout: tuple[int, int, int], name: str, dilation: Pair = (1, 1),
                    groups: int = 1) -> te.Tensor:
     """``Y[b, o, p] = sum_k weight(o, k) col[b, k, p]`` over flat output positions ``p``.
 
-    ``layout`` is ``_gemm_layout``'s ``(positions, rows)``; ``image`` is padded, with zero
-    rows enough below for those output rows (the extra positions' results are never
+    ``layout`` is ``_gemm_layout``'s ``(positions, rows, panel)``; ``image`` is padded, with
+    zero rows enough below for those output rows (the extra positions' results are never
     stored). ``col`` holds each window tap's plane of positions, so the product reads whole
-    vectors of it; ``weight(o, c, ry, rx)`` is the filter tap. With ``groups``, ``k`` runs
-    over the channels of ``o``'s group only.
+    vectors of it; with a ``panel`` size, it holds them a panel of that many positions after
+    another (``COL_PANELS``: each panel's taps side by side, so that the schedule can copy
+    one panel just before the product reads it). ``weight(o, c, ry, rx)`` is the filter tap.
+    With ``groups``, ``k`` runs over the channels of ``o``'s group only.
     """
     n, channels, kh, kw = shape_y[0], shape_f[1], shape_f[2], shape_f[3]
     out_h, out_w = shape_y[2:]
-    positions, rows = layout
+    positions, rows, panel = layout
     (sh, sw), (dh, dw) = stride, dilation
     per_group_out = shape_y[1] // groups
-    col = te.compute((n, int(image.shape[1]), kh, kw, rows, out_w),
-                     lambda b, c, ry, rx, i, j: image[b, c, i * sh + ry * dh, j * sw + rx * dw],
-                     name="col")
+    if panel:
+        def window(b, t, c, ry, rx, lane):
+            p = t * panel + lane
+            return image[b, c, p // out_w * sh + ry * dh, p % out_w * sw + rx * dw]
+
+        col = te.compute((n, positions // panel, int(image.shape[1]), kh, kw, panel), window,
+                         name=COL_PANELS)
+
+        def col_at(b, c, ry, rx, p):
+            return col[b, p // panel, c, ry, rx, p % panel]
+    else:
+        col = te.compute((n, int(image.shape[1]), kh, kw, rows, out_w),
+                         lambda b, c, ry, rx, i, j: image[b, c, i * sh + ry * dh,
+                                                          j * sw + rx * dw],
+                         name="col")
+
+        def col_at(b, c, ry, rx, p):
+            return col[b, c, ry, rx, p // out_w, p % out_w]
+
     rc = te.reduce_axis((0, channels), name="rc")
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
 
     def product(b, o, p):
         c = _group_channel(o, per_group_out, channels, groups, rc)
-        return te.sum(weight(o, rc, ry, rx) * col[b, c, ry, rx, p // out_w, p % out_w],
-                      axis=[rc, ry, rx])
+        return te.sum(weight(o, rc, ry, rx) * col_at(b, c, ry, rx, p), axis=[rc, ry, rx])
 
     gemm = te.compute((n, shape_y[1], positions), product, name=GEMM_BLOCK)
     return te.compute(shape_y, lambda b, o, i, j: gemm[b, o, i * out_w + j], name=name)

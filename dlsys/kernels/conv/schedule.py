@@ -46,6 +46,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 from tvm import s_tir
 
 from dlsys.kernels import available_cpus
@@ -61,6 +62,7 @@ from dlsys.kernels.common.loops import (
 )
 
 GEMM_BLOCK = "conv_gemm"
+COL_PANELS = "col_panels"  # the implicit GEMM's windows copied a panel at a time
 DIRECT_BLOCK = "conv_direct"
 WEIGHT_BLOCK = "conv_weight_chunk"
 # Images per chunk of the weight adjoint: enough rows in each register tile's reduction to
@@ -69,6 +71,11 @@ WEIGHT_BLOCK = "conv_weight_chunk"
 WEIGHT_CHUNK_IMAGES = 16
 # At most this many rows in a register tile: each is one broadcast load per k.
 MAX_TILE_ROWS = 16
+# An implicit GEMM whose windows per image exceed this many L2s copies them per panel of
+# positions (``col_in_panels``): measured on znver4, ResNet's first convolution (7.4 MB of
+# windows per image) ran 1.1-1.3x faster so; with 1-2 MB (its 14 x 14 and 7 x 7 layers) the
+# copy per image was as fast.
+COL_L2_MULTIPLE = 4
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -92,17 +99,29 @@ def gemm_tile(channels: int, positions: int, dtype: str,
               cpu: cpu_facts.CpuFacts | None = None) -> GemmTile:
     """The register tile for an implicit GEMM with ``channels`` output rows.
 
-    Fewest padded positions first (ties to more vectors), then the most rows dividing
-    ``channels`` for which the accumulators, the loaded vectors and one broadcast fit.
+    Fewest padded positions first (ties to fewer vectors: more rows share each loaded
+    vector, and a 16 x 1 tile ran ResNet's 56 x 56 and 112 x 112 layers 1.1-1.3x faster than
+    4 x 4 on znver4), then the most rows dividing ``channels`` for which the accumulators,
+    the loaded vectors and one broadcast fit.
     """
     cpu = cpu or cpu_facts.host()
     lanes = cpu.lanes(dtype)
     registers = cpu.vector_registers
     vectors = min((v for v in (1, 2, 4) if v + 2 <= registers),
-                  key=lambda v: (_round_up(positions, v * lanes), -v))
+                  key=lambda v: (_round_up(positions, v * lanes), v))
     fitting = [r for r in range(1, min(channels, MAX_TILE_ROWS) + 1)
                if channels % r == 0 and r * vectors + vectors + 1 <= registers]
     return GemmTile(max(fitting, default=1), vectors, lanes)
+
+
+def col_in_panels(taps: int, positions: int, dtype: str,
+                  cpu: cpu_facts.CpuFacts | None = None) -> bool:
+    """Whether an implicit GEMM's windows (``taps`` rows of ``positions``, per image) are
+    copied a panel of positions at a time, just before the product reads it, rather than
+    all at once per image: when the whole copy would be more than ``COL_L2_MULTIPLE`` times
+    L2, it leaves the cache before the product reads it again for each tile of channels."""
+    cpu = cpu or cpu_facts.host()
+    return taps * positions * np.dtype(dtype).itemsize > COL_L2_MULTIPLE * cpu.l2_bytes
 
 
 def direct_tile(channels: int, height: int, cpu: cpu_facts.CpuFacts | None = None
@@ -161,15 +180,22 @@ def schedule_conv_gemm(sch: s_tir.Schedule) -> None:
     image, o, p, *reduction = sch.get_loops(gemm)
     o_outer, o_inner = sch.split(o, factors=[None, tile.rows])
     p_outer, p_vector, p_lane = sch.split(p, factors=[None, tile.vectors, tile.lanes])
-    sch.reorder(o_outer, p_outer, *reduction, o_inner, p_vector, p_lane)
+    panels = [b for b in _producers_of(sch, gemm) if sch.get(b).name_hint == COL_PANELS]
+    # Windows copied a panel at a time: each panel, in cache, meets every tile of channels
+    # before the next is copied; else each tile of channels (its filters) meets every panel.
+    outer = (p_outer, o_outer) if panels else (o_outer, p_outer)
+    sch.reorder(*outer, *reduction, o_inner, p_vector, p_lane)
     sch.set_scope(gemm, 0, "local")
-    sch.reverse_compute_at(out, p_outer, preserve_unit_loops=True)
+    sch.reverse_compute_at(out, outer[1], preserve_unit_loops=True)
     if (out_height * out_width) % tile.columns == 0:
         # Every tile whole: the write-back is whole vectors (a clipped one would be a masked
         # store, which the CPU backend scalarises).
         write_loops = sch.get_loops(out)
         _, lane = sch.split(write_loops[-1], factors=[None, tile.lanes])
         sch.vectorize(lane)
+    for panel in panels:
+        sch.compute_at(panel, p_outer, preserve_unit_loops=True)
+        vectorize_innermost(sch, panel)
     _per_image(sch, gemm, image, (o_inner, p_vector), p_lane, reduction[0])
 
 
@@ -207,6 +233,8 @@ def _per_image(sch: s_tir.Schedule, block, image, unrolled, lane, reduction) -> 
     computed per image, images in parallel, the register tile unrolled and vectorised, and
     its accumulators zeroed before the reduction."""
     for producer in _producers_of(sch, block):
+        if sch.get(producer).name_hint == COL_PANELS:
+            continue  # already placed inside the image's loops
         sch.compute_at(producer, image, preserve_unit_loops=True)
         vectorize_innermost(sch, producer)
     if _extent(sch, image) > 1:

@@ -1,0 +1,63 @@
+"""The implicit GEMM's windows copied a panel of positions at a time (``col_in_panels``, the
+schedule of ResNet's and MobileNet's wide layers): forced on small shapes here, plain,
+strided, dilated and grouped convolutions against PyTorch's; and which layers take it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+tvm = pytest.importorskip("tvm")
+
+from dlsys.kernels.build import compile_module, make_target, scheduled_module  # noqa: E402
+from dlsys.kernels.conv import compute  # noqa: E402
+from dlsys.kernels.conv import schedule as conv_schedule  # noqa: E402
+from dlsys.kernels.cpu import CpuFacts  # noqa: E402
+
+AVX512 = CpuFacts("znver4", vector_bytes=64, vector_registers=32, l2_bytes=1 << 20)
+
+# (images, filters, stride, padding, dilation, groups): the output's width is not a multiple
+# of the panel, so panels straddle rows, and the positions pad the last one.
+CASES = {
+    "plain": ((2, 3, 9, 11), (8, 3, 3, 3), (1, 1), (1, 1), (1, 1), 1),
+    "strided": ((1, 4, 13, 10), (6, 4, 3, 2), (2, 2), (1, 0), (1, 1), 1),
+    "dilated_grouped": ((2, 4, 10, 9), (6, 2, 3, 3), (1, 1), (2, 1), (2, 2), 2),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_panels_match_pytorch(monkeypatch, case):
+    monkeypatch.setattr(conv_schedule, "COL_L2_MULTIPLE", 0)  # every copy in panels
+    shape_x, shape_f, stride, padding, dilation, groups = CASES[case]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape_x).astype(np.float32)
+    f = rng.standard_normal(shape_f).astype(np.float32)
+    expected = torch.nn.functional.conv2d(
+        torch.from_numpy(x).double(), torch.from_numpy(f).double(), stride=stride,
+        padding=padding, dilation=dilation, groups=groups).numpy()
+    inputs, outputs = compute.grouped_conv2d(shape_x, shape_f, expected.shape, stride, padding,
+                                             dilation, groups, "float32")
+    target = make_target("llvm")
+    script = scheduled_module(inputs, outputs, "conv_gemm", target, "conv").script()
+    assert conv_schedule.COL_PANELS in script
+    kernel = compile_module(inputs, outputs, "conv_gemm", target, "conv")
+    out = tvm.runtime.empty(expected.shape, "float32")
+    kernel["conv"](tvm.runtime.tensor(x), tvm.runtime.tensor(f), out)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("taps, positions, expected", [
+    (64 * 9, 56 * 56, True),     # ResNet's 56 x 56 layers: 7.2 MB of windows per image
+    (3 * 49, 112 * 112, True),   # its first convolution
+    (128 * 9, 28 * 28, False),   # 3.6 MB: copied whole, as before
+    (6 * 25, 10 * 10, False),    # LeNet's second convolution
+])
+def test_wide_layers_take_panels(taps, positions, expected):
+    assert conv_schedule.col_in_panels(taps, positions, "float32", AVX512) is expected
+
+
+def test_wide_layers_take_one_vector_tiles():
+    # 3136 positions are whole tiles of 1, 2 or 4 vectors: 16 channels x 1 vector wins.
+    tile = conv_schedule.gemm_tile(64, 56 * 56, "float32", AVX512)
+    assert (tile.rows, tile.vectors, tile.lanes) == (16, 1, 16)
