@@ -1,0 +1,106 @@
+"""One native call per run (``runtime/native.py``) and the repeated-feeds path of the
+executor: the same results as the kernel calls made one by one from Python, bit for bit, and
+every change between runs (new values, a parameter assigned or rebound, an output fed back,
+another dtype) seen by the next run."""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+import tvm
+import tvm_ffi
+
+from dlsys import autodiff as ad
+from dlsys import nn
+from dlsys.errors import ArgumentError
+from dlsys.nn import functional as F
+from dlsys.runtime.native import ArgumentView, BufferParam, KernelCall, entry_function
+
+
+def _training_graph(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Linear(4 * 4 * 4, 10))
+    x, y = ad.Variable("x"), ad.Variable("y")
+    loss = F.cross_entropy(model(x), y)
+    params = model.parameters()
+    feeds = {x: rng.standard_normal((3, 1, 8, 8)).astype("float32"),
+             y: rng.integers(0, 10, size=3)}
+    return [loss, *ad.gradients(loss, params)], feeds
+
+
+def test_native_run_equals_the_python_loop_bit_for_bit(monkeypatch):
+    nodes, feeds = _training_graph()
+    native = ad.Executor(nodes)
+    native_values = native.run(feeds, convert_to_numpy_ret_vals=True)
+    assert native._prepared.native is not None
+    monkeypatch.setenv("DLSYS_NATIVE_RUN", "0")
+    looped = ad.Executor(nodes)
+    looped_values = looped.run(feeds, convert_to_numpy_ret_vals=True)
+    assert looped._prepared.native is None
+    for a, b in zip(native_values, looped_values):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_repeated_feeds_see_new_values_and_changed_parameters():
+    rng = np.random.default_rng(1)
+    layer = nn.Linear(6, 3)
+    x = ad.Variable("x")
+    out = layer(x)
+    executor = ad.Executor([out], constants=layer.parameters())
+
+    def expected(batch):
+        weight, bias = (p.numpy() for p in layer.parameters())
+        return batch @ weight.T + bias if weight.shape == (3, 6) else batch @ weight + bias
+
+    for step in range(3):
+        batch = rng.standard_normal((2, 6)).astype("float32")
+        (value,) = executor.run({x: batch}, convert_to_numpy_ret_vals=True)
+        np.testing.assert_allclose(value, expected(batch), rtol=1e-5, atol=1e-6)
+        if step:
+            assert executor._repeated is not None  # the repeated-feeds path served it
+    # A parameter assigned in place, then one rebound to another tensor: both seen.
+    weight = layer.parameters()[0]
+    weight.assign(rng.standard_normal(weight.shape).astype("float32"))
+    (value,) = executor.run({x: batch}, convert_to_numpy_ret_vals=True)
+    np.testing.assert_allclose(value, expected(batch), rtol=1e-5, atol=1e-6)
+    weight.data = tvm.runtime.tensor(rng.standard_normal(weight.shape).astype("float32"))
+    (value,) = executor.run({x: batch}, convert_to_numpy_ret_vals=True)
+    np.testing.assert_allclose(value, expected(batch), rtol=1e-5, atol=1e-6)
+
+
+def test_repeated_feeds_fall_back_for_other_dtypes_and_the_executors_own_memory():
+    x = ad.Variable("x")
+    executor = ad.Executor([ad.relu_op(x) * 2.0])
+    first = np.arange(-3, 3, dtype="float32").reshape(2, 3)
+    (out,) = executor.run({x: first})
+    np.testing.assert_array_equal(out.numpy(), np.maximum(first, 0) * 2)
+    # A float64 array is converted, as on the first run.
+    (out,) = executor.run({x: -first.astype("float64")})
+    np.testing.assert_array_equal(out.numpy(), np.maximum(-first, 0) * 2)
+    # The last output, fed back as a numpy view of the executor's memory, is read first.
+    fed_back = np.from_dlpack(out)
+    (out,) = executor.run({x: fed_back})
+    np.testing.assert_array_equal(out.numpy(), np.maximum(-first, 0) * 4)
+
+
+def test_a_dropped_plan_removes_its_kernels_from_the_global_table():
+    x = ad.Variable("x")
+    executor = ad.Executor([ad.exp_op(x) + 1.0])
+    executor.run({x: np.ones((2, 2), "float32")})
+    names = [n for n in tvm_ffi.registry.list_global_func_names()
+             if n.startswith("dlsys.native.")]
+    assert names
+    del executor
+    gc.collect()
+    left = set(tvm_ffi.registry.list_global_func_names())
+    assert not left.intersection(names)
+
+
+def test_entry_function_refuses_a_view_of_another_dtype():
+    buffers = [BufferParam((4,), "float32")]
+    call = KernelCall("k", (ArgumentView(0, 0, (4,), "int64"),))
+    with pytest.raises(ArgumentError, match="int64 view of a float32 buffer"):
+        entry_function(buffers, [call])
