@@ -1,5 +1,6 @@
-"""Converters of ONNX operators outside the other families: cumulative sums, top-k, one-hot,
-identity matrices, scatters and the index selections (Compress, ReverseSequence).
+"""Converters of ONNX operators outside the other families: cumulative sums and products,
+top-k, one-hot, identity matrices, windows, SwiGLU, scatters and the index selections
+(GatherND, Compress, ReverseSequence).
 
 The positions a scatter writes, the elements a compression keeps and the order a reversal
 reads are fixed by integer inputs these converters take as constants (an initializer, a
@@ -24,7 +25,7 @@ from dlsys.ops.activations import (
     where_op,
 )
 from dlsys.ops.concat import concat_op
-from dlsys.ops.cumulative import cumsum_op, cumulative_sum_reference
+from dlsys.ops.cumulative import cumprod_op, cumsum_op, cumulative_reference
 from dlsys.ops.placeholder import Parameter
 from dlsys.ops.reduce_modes import argmax_op, argmin_op, max_op, min_op
 from dlsys.ops.reshape import reshape_op
@@ -77,8 +78,10 @@ def _gathered(x: Node, flat_indices: np.ndarray, shape: tuple[int, ...]) -> Node
 
 
 # ------------------------------------------------------------ cumulative sums
-@converter("CumSum", attrs=("exclusive", "reverse"), constant_inputs=(1,))
+@converter("CumSum", "CumProd", attrs=("exclusive", "reverse"), constant_inputs=(1,))
 def cumsum(ctx, x, axis):
+    """Running sums (CumSum) or products (CumProd) along the constant ``axis``."""
+    product = ctx.node.op_type == "CumProd"
     exclusive, reverse = bool(ctx.attr("exclusive", 0)), bool(ctx.attr("reverse", 0))
     axis_value = _integer(ctx, axis, "the axis input").reshape(-1)
     if axis_value.size != 1:
@@ -89,8 +92,8 @@ def cumsum(ctx, x, axis):
     rank = len(dims)
     axis = _axis(ctx, int(axis_value[0]), rank)
     if isinstance(x, np.ndarray):
-        return cumulative_sum_reference(x, axis, exclusive, reverse)
-    return cumsum_op(x, axis, exclusive, reverse)
+        return cumulative_reference(x, axis, exclusive, reverse, "prod" if product else "sum")
+    return (cumprod_op if product else cumsum_op)(x, axis, exclusive, reverse)
 
 
 # ------------------------------------------------------------ one-hot and identity

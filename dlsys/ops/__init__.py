@@ -61,7 +61,7 @@ from dlsys.ops.concat import concat_op, concat_part_op
 from dlsys.ops.conv import conv2d_grad_input_op, conv2d_grad_weight_op, conv2d_op
 from dlsys.ops.conv_transpose import conv_transpose2d_op
 from dlsys.ops.cross_entropy import cross_entropy_gradient_op, cross_entropy_op, target_count_op
-from dlsys.ops.cumulative import cumsum_op
+from dlsys.ops.cumulative import cumprod_adjoint_op, cumprod_op, cumsum_op
 from dlsys.ops.elementwise import (
     BroadcastBinaryOp,
     ElementwiseOp,
@@ -171,7 +171,8 @@ ALL_OPS: list[Op] = [
     tile_axes_op, expand_to_op, trilu_op, as_float_op,
     l1_norm_op, l2_norm_op, sum_square_op, max_op, min_op, prod_op, logsumexp_op,
     reduce_mode_gradient_op, argmax_op, argmin_op, hardmax_op, lrn_op, lrn_gradient_op,
-    extreme_count_op, resize_op, resize_gradient_op, cumsum_op,
+    extreme_count_op, resize_op, resize_gradient_op, cumsum_op, cumprod_op,
+    cumprod_adjoint_op,
     *ACTIVATION_OPS,
 ]
 ELEMENTWISE_OPS: list[ElementwiseOp] = [op for op in ALL_OPS if isinstance(op, ElementwiseOp)]

@@ -27,3 +27,6 @@ def register(kinds: Registrar) -> None:
     kinds.add("arg_extreme", modes.arg_extreme, "each_block")
     kinds.add("hardmax", modes.hardmax, "each_block")
     kinds.add("cumulative_sum", cumulative.cumulative_sum, "as_written")
+    kinds.add("cumulative_product", cumulative.cumulative_product, "as_written")
+    kinds.add("cumulative_product_adjoint", cumulative.cumulative_product_adjoint,
+              "as_written")
