@@ -54,14 +54,20 @@ class Parameter(Node):
     # ``version`` counts changes of ``data`` made through dlsys (``assign``, a kernel's
     # in-place update), so an executor holding the parameter as a constant sees them.
     __slots__ = ("data", "version")
-    # Every rebinding of any parameter's ``data`` and every ``version`` step, counted: an
-    # executor whose last run saw the same count knows that no parameter changed since, and
-    # skips looking at each of them (``Executor``'s repeated-feeds path).
-    changes = 0
+    # Every rebinding of any parameter's ``data``, and every ``version`` step, counted
+    # apart: an executor whose last run saw the same counts knows that no parameter was
+    # rebound since (and, where it holds constants, that none changed), without looking at
+    # each of them (``Executor``'s repeated-feeds path). An optimiser steps every version at
+    # every update, which matters only to executors holding parameters as constants.
+    rebinds = 0
+    version_steps = 0
 
     def __setattr__(self, name: str, value) -> None:
         object.__setattr__(self, name, value)
-        Parameter.changes += 1
+        if name == "data":
+            Parameter.rebinds += 1
+        else:
+            Parameter.version_steps += 1
 
     def __init__(self, data, name: str = "param", device=None):
         if not isinstance(name, str) or not name:

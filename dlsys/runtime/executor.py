@@ -95,13 +95,14 @@ class _RepeatedFeeds:
     """What the last run was fed, for a run fed the same way (``Executor._run_repeated``).
 
     ``slots``: per fed placeholder, ``(placeholder, shape, dtype, feed buffer as numpy)``:
-    every feed was an array copied into its buffer. ``parameter_changes``: the count of
-    ``Parameter.changes`` after that run; ``results``: the outputs as TVM tensors, and
+    every feed was an array copied into its buffer. ``rebinds`` and ``version_steps``:
+    ``Parameter``'s counts after that run; ``results``: the outputs as TVM tensors, and
     ``arrays``, the same as numpy views, for the copies a caller asks for.
     """
 
     slots: tuple
-    parameter_changes: int
+    rebinds: int
+    version_steps: int
     results: list
     arrays: list
 
@@ -502,16 +503,19 @@ class Executor:
         """The run for feeds like the last run's, or None where it does not apply.
 
         The common case of a serving loop or a training loop: the same placeholders fed
-        arrays of the same shapes and dtypes, and no parameter rebound or changed since the
-        last run (``Parameter.changes``). Everything the full path decides then stands (the
-        plan, the bindings, the constants), so the run only checks each fed array, copies it
-        into its buffer and makes the one native call: its cost grows with the feeds, not
+        arrays of the same shapes and dtypes, no parameter rebound since the last run, and
+        none changed where the executor holds constants (``Parameter``'s counts).
+        Everything the full path decides then stands (the plan, the bindings, the
+        constants), so the run only checks each fed array, copies it into its buffer and
+        makes the one native call: its cost grows with the feeds, not
         with the parameters. Anything else (a new shape, a view of the executor's own
         memory, a large array read in place) takes the full path.
         """
         repeated, prepared = self._repeated, self._prepared
-        if (repeated.parameter_changes != Parameter.changes or prepared.constants_stale
-                or len(feed_dict) != len(repeated.slots)):
+        if (repeated.rebinds != Parameter.rebinds or prepared.constants_stale
+                or len(feed_dict) != len(repeated.slots)
+                or (prepared.constant_params
+                    and repeated.version_steps != Parameter.version_steps)):
             return None
         arrays = []
         for placeholder, shape, dtype, _ in repeated.slots:
@@ -537,7 +541,7 @@ class Executor:
                 func(*args)
         for state in prepared.state_targets:
             state.version += 1
-        repeated.parameter_changes = Parameter.changes
+        repeated.rebinds, repeated.version_steps = Parameter.rebinds, Parameter.version_steps
         if convert_to_numpy_ret_vals:
             return [array.copy() for array in repeated.arrays]
         return list(repeated.results)
@@ -554,7 +558,8 @@ class Executor:
                     or not isinstance(value, np.ndarray)):
                 return
             slots.append((placeholder, value.shape, array.dtype, array))
-        self._repeated = _RepeatedFeeds(tuple(slots), Parameter.changes, list(results),
+        self._repeated = _RepeatedFeeds(tuple(slots), Parameter.rebinds,
+                                        Parameter.version_steps, list(results),
                                         [np.from_dlpack(r) for r in results])
 
     def _run(self, feed_dict: dict, convert_to_numpy_ret_vals: bool) -> list:
