@@ -4,9 +4,11 @@ that fold into constants once the input shapes are known (see ``ops``).
 Every converter here takes numpy constants as well as graph nodes: where all its inputs
 are constants it computes its result in numpy, so a chain such as Shape -> Gather ->
 Concat -> Reshape folds into the reshape's target before any graph exists. A Shape reads
-the static dimensions ONNX's shape inference found; one unknown until run time is refused
-naming the node. The joins, cuts and pads (Concat, Split, Slice, Gather, Pad, Tile,
-Expand, Trilu) live in ``ops_tensor_parts``, imported at the end of this module.
+the static dimensions ONNX's shape inference found; where one is unknown until run time
+it gives a ``partial_shapes.PartialShape``, which the shape arithmetic carries to a
+Reshape's target and any other reader refuses naming the node. The joins, cuts and pads
+(Concat, Split, Slice, Gather, Pad, Tile, Expand, Trilu) live in ``ops_tensor_parts``,
+imported at the end of this module.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import numpy as np
 
 from dlsys.errors import DlsysError
 from dlsys.graph import Node
+from dlsys.onnx import partial_shapes as partial
 from dlsys.onnx.bounds import PERMUTATION, SPLIT
 from dlsys.onnx.ops import Context, Dims, converter, reshape_target, show_dims
+from dlsys.onnx.partial_shapes import PartialShape
 from dlsys.ops import logical_not_op
 from dlsys.ops.cast import as_float_op
 from dlsys.ops.layout import transpose_op
@@ -62,6 +66,8 @@ def as_node(ctx: Context, i: int, value) -> Node:
         return value
     if value is None:
         raise ctx.refuse(f"input {i} is required")
+    if isinstance(value, PartialShape):
+        raise partial.refuse(ctx, i, value)
     array = np.asarray(value)
     if array.dtype == np.bool_:  # truth values, held as 0 and 1 (a comparison's mask)
         array = array.astype(np.float32)
@@ -80,6 +86,8 @@ def as_node(ctx: Context, i: int, value) -> Node:
 
 def constant_ints(ctx: Context, i: int, value, what: str) -> list[int]:
     """Input ``i``, which must be a constant, as a list of ints."""
+    if isinstance(value, PartialShape):
+        raise partial.refuse(ctx, i, value, what)
     if not is_constant(value):
         raise ctx.refuse(f"{what} (input {i}, {ctx.node.input[i]!r}) must be a constant (an "
                          f"initializer, a Constant node, or computed from shapes dlsys knows "
@@ -199,6 +207,8 @@ def _numpy_reshape(ctx: Context, x: np.ndarray, spec: list[int]) -> np.ndarray:
 
 @folding("Reshape", attrs=("allowzero",), constant_inputs=(1,))
 def reshape(ctx, x, shape):
+    if isinstance(shape, PartialShape) and not is_constant(x):
+        shape = np.asarray(partial.reshape_spec(ctx, shape), dtype=np.int64)
     if not isinstance(shape, np.ndarray):
         raise ctx.refuse("the target shape must be a constant (an initializer or a Constant "
                          "node); dlsys fixes shapes when it builds the graph")
@@ -271,6 +281,8 @@ def transpose(ctx, x):
 
 @folding("Unsqueeze", constant_inputs=(1,))
 def unsqueeze(ctx, x, axes):
+    if isinstance(x, PartialShape):
+        return partial.unsqueeze(ctx, x, constant_ints(ctx, 1, axes, "axes"))
     dims = dims_of(ctx, 0, x)
     rank = len(dims) + len(constant_ints(ctx, 1, axes, "axes"))
     inserted = axes_of(ctx, constant_ints(ctx, 1, axes, "axes"), rank)
@@ -284,6 +296,9 @@ def unsqueeze(ctx, x, axes):
 
 @folding("Squeeze", constant_inputs=(1,))
 def squeeze(ctx, x, axes=None):
+    if isinstance(x, PartialShape):
+        return partial.squeeze(ctx, x, None if axes is None else
+                               constant_ints(ctx, 1, axes, "axes"))
     dims = dims_of(ctx, 0, x)
     if axes is None:
         if None in dims:
@@ -315,10 +330,19 @@ def _known_shape(ctx: Context, x) -> tuple[int, ...]:
 
 @folding("Shape", attrs=("start", "end"))
 def shape(ctx, x):
-    # Only the sizes are read, never the values: a constant or a node alike.
-    dims = x.shape if is_constant(x) else _known_shape(ctx, x)
+    # Only the sizes are read, never the values: a constant or a node alike. A size the
+    # file leaves free is carried as unknown (see ``partial_shapes``); one it fixes (the
+    # batch an export fixed, left free by dlsys) is refused, and a session builds the graph
+    # at the file's shapes instead.
+    if is_constant(x) or isinstance(x, PartialShape):
+        dims = x.shape
+    else:
+        dims = dims_of(ctx, 0, x)
+        fixed = ctx.fixed_shapes().get(ctx.node.input[0])
+        if fixed is not None and any(d is None and f is not None for d, f in zip(dims, fixed)):
+            dims = _known_shape(ctx, x)
     start, end = ctx.attr("start", 0), ctx.attr("end", None)
-    return np.asarray(dims[start:end] if end is not None else dims[start:], dtype=np.int64)
+    return partial.partial_or_constant(dims[start:end] if end is not None else dims[start:])
 
 
 @folding("Size")
@@ -353,6 +377,10 @@ def _cast(ctx: Context, x, to: np.dtype):
     a node passed on where the cast keeps its meaning in dlsys."""
     if is_constant(x):
         return x.astype(to)
+    if isinstance(x, PartialShape):
+        if not np.issubdtype(to, np.integer):
+            raise partial.refuse(ctx, 0, x)
+        return x  # sizes are whole numbers in every integer type
     x = ctx.node_input(0, x)
     if np.issubdtype(to, np.floating):
         # dlsys computes every floating-point value in the model's one type; an input fed

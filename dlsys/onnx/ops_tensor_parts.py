@@ -7,9 +7,11 @@ from __future__ import annotations
 import numpy as np
 
 from dlsys.graph import Node
+from dlsys.onnx import partial_shapes as partial
 from dlsys.onnx.bounds import AXIS
 from dlsys.onnx.ops import Context, show_dims
 from dlsys.onnx.ops_tensor import (
+    PartialShape,
     as_node,
     axes_of,
     constant_ints,
@@ -41,6 +43,8 @@ def empty(ctx: Context, dims, axis: int, what: str) -> np.ndarray:
 
 def concat(ctx, *inputs):
     axis = int(ctx.attr("axis"))
+    if any(isinstance(v, PartialShape) for v in inputs):
+        return partial.concat(ctx, inputs, axis)
     if all(is_constant(v) for v in inputs):
         return np.concatenate(inputs, axis=axis)
     # Empty constants add nothing to the join.
@@ -109,11 +113,13 @@ def _slice_bounds(ctx: Context, size: int | None, start: int, end: int, step: in
 
 @folding("Slice", constant_inputs=(1, 2, 3, 4))
 def slice_(ctx, x, starts, ends, axes=None, steps=None):
-    dims = dims_of(ctx, 0, x)
     starts = constant_ints(ctx, 1, starts, "starts")
     ends = constant_ints(ctx, 2, ends, "ends")
     axes = list(range(len(starts))) if axes is None else constant_ints(ctx, 3, axes, "axes")
     steps = [1] * len(starts) if steps is None else constant_ints(ctx, 4, steps, "steps")
+    if isinstance(x, PartialShape):
+        return partial.slice_(ctx, x, starts, ends, axes, steps)
+    dims = dims_of(ctx, 0, x)
     if not len(starts) == len(ends) == len(axes) == len(steps):
         raise ctx.refuse(f"starts {starts}, ends {ends}, axes {axes} and steps {steps} must "
                          f"have one entry per sliced axis")
@@ -141,6 +147,8 @@ def slice_(ctx, x, starts, ends, axes=None, steps=None):
 @folding("Gather", attrs=("axis",), ranked={"axis": AXIS})
 def gather(ctx, data, indices):
     axis = int(ctx.attr("axis", 0))
+    if isinstance(data, PartialShape):
+        return partial.take(ctx, data, indices, axis)
     if is_constant(data) and is_constant(indices):
         # np.take gives a numpy scalar for a 0-d index; converters pass arrays on.
         return np.asarray(np.take(data, indices, axis=axis))
@@ -174,14 +182,15 @@ def _gather_ids(ctx: Context, x: Node, ids: Node, dims, axis: int) -> Node:
     """``numpy.take(x, ids, axis)`` for ids fed at run time: the embedding's lookup of rows
     (axis 0 of a matrix), or for another axis or rank the same lookup in a table whose rows
     are ``x``'s slices along ``axis`` (axes moved and folded by views and transposes, so
-    the gradient is the embedding's scatter-add, moved back)."""
+    the gradient is the embedding's scatter-add, moved back). Ids in ``[-n, n)`` for an
+    axis of ``n``: a negative one counts from the end, as ONNX's Gather reads it."""
     if axis == 0 and len(dims) == 2:
-        return embedding_op(x, ids)
+        return embedding_op(x, ids, from_end=True)
     ids_dims = dims_of(ctx, 1, ids)
     others = [d for d in range(len(dims)) if d != axis]
     table = reshape_op(transpose_op(x, (axis, *others)), (0, -1))
-    rows = reshaped(ctx, embedding_op(table, ids), (*ids_dims, *(dims[d] for d in others)),
-                    "the gathered rows' shape")
+    rows = reshaped(ctx, embedding_op(table, ids, from_end=True),
+                    (*ids_dims, *(dims[d] for d in others)), "the gathered rows' shape")
     k = len(ids_dims)
     perm = (*(k + j for j in range(axis)), *range(k),
             *(k + j for j in range(axis, len(dims) - 1)))

@@ -78,12 +78,15 @@ def test_unsupported_attribute_values_are_named(build, named):
 
 
 def test_a_shape_unknown_until_run_time_is_refused_at_import_and_folded_per_run():
-    """A reshape to ``Shape(x)`` folds to a constant once the sizes are known: a session
-    builds its graph for the fed shapes; the module, whose batch is free, names the node."""
+    """A constant of ``Shape(x)``'s sizes folds once the sizes are known: a session builds
+    its graph for the fed shapes; the module, whose batch is free, names the node (a
+    Reshape to ``Shape(x)`` imports: its one free size is a -1, see test_onnx_tensor)."""
+    ones = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
     nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape_of_x"),
-             helper.make_node("Reshape", ["x", "s"], ["y"], name="r")]
+             helper.make_node("ConstantOfShape", ["s"], ["ones"], name="c", value=ones),
+             helper.make_node("Mul", ["x", "ones"], ["y"], name="m")]
     proto = model(nodes, {"x": ("N", 3)}, {"y": ("N", 3)})
-    with pytest.raises(donnx.OnnxError, match=r"shape_of_x.*unknown until run time"):
+    with pytest.raises(donnx.OnnxError, match=r"node 'c'.*'s'.*unknown until run time"):
         donnx.import_model(proto)
     x = normal((4, 3))
     np.testing.assert_array_equal(

@@ -133,23 +133,30 @@ def test_matches_onnxruntime(case):
     assert_matches_onnxruntime(proto, feeds)
 
 
-def test_gather_of_fed_ids_is_an_embedding_lookup():
+@pytest.mark.parametrize("data, axis, ids", [
+    (["N", 5, 3], 1, ints(4, 0, 1, 4).reshape(2, 2)),
+    # ONNX's ids lie in [-n, n): a negative one counts from the end of the axis.
+    (["N", 5, 3], 1, ints(-5, 0, -1, 4).reshape(2, 2)),
+    ([5, 3], 0, ints(-1, 2, -5, 0).reshape(2, 2)),
+])
+def test_gather_of_fed_ids_is_an_embedding_lookup(data, axis, ids):
     module = pytest.importorskip("dlsys.onnx.importer").OnnxModule
     if not hasattr(module, "check_integer_inputs"):
         pytest.skip("this dlsys's InferenceSession takes float inputs only")
     from onnx import numpy_helper
     from onnx_testing import run_both
 
+    taken = [*data[:axis], *ids.shape, *data[axis + 1:]]
     graph = helper.make_graph(
-        [node("Gather", ["x", "ids"], axis=1)], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5, 3]),
-         helper.make_tensor_value_info("ids", TensorProto.INT64, [2, 2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 2, 3])],
+        [node("Gather", ["x", "ids"], axis=axis)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, data),
+         helper.make_tensor_value_info("ids", TensorProto.INT64, list(ids.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, taken)],
         [numpy_helper.from_array(ints(0), "unused")])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
                               ir_version=8)
-    ours, theirs = run_both(proto, {"x": normal((2, 5, 3)), "ids": ints(4, 0, 1, 4)
-                                    .reshape(2, 2)})
+    shape = tuple(2 if isinstance(d, str) else d for d in data)
+    ours, theirs = run_both(proto, {"x": normal(shape), "ids": ids})
     np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-6)
 
 
@@ -175,10 +182,43 @@ def test_integer_mask_cast_to_float_as_bert_exports_it():
     np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-6)
 
 
-def test_shape_unknown_until_run_time_is_refused_naming_the_node():
-    proto = model([node("Shape", ["x"], ["s"]), node("Reshape", ["x", "s"])],
-                  {"x": ("N", 3)}, {"y": None})
-    with pytest.raises(OnnxError, match="Shape node 's'.*shape unknown until run time"):
+def test_a_shape_with_the_batch_unknown_reaches_a_reshape_as_its_free_size():
+    """``x.view(x.size(0), 2, x.size(1) // 2, x.size(2))`` as exported with a free batch:
+    Shape, Gather of its entries (the batch unknown, the rest known), Div, Unsqueeze,
+    Concat and Cast carry the batch as unknown to the Reshape, which takes it as -1; the
+    module built once runs at any batch."""
+    from dlsys import autodiff as ad
+
+    nodes = [node("Shape", ["x"], ["s"]), const("zero", ints(0)), const("two", ints(2)),
+             const("half", np.asarray(2, np.int64)),
+             node("Gather", ["s", "zero"], ["n"], axis=0),
+             node("Slice", ["s", "two", "three"], ["tail"]),
+             node("Gather", ["s", "one"], ["c"], axis=0), node("Div", ["c", "half"], ["c2"]),
+             node("Unsqueeze", ["c2", "zero"], ["c2v"]),
+             node("Concat", ["n", "two", "c2v", "tail"], ["target"], axis=0),
+             node("Cast", ["target"], ["t64"], to=TensorProto.INT64),
+             node("Reshape", ["x", "t64"])]
+    proto = model(nodes, {"x": ("N", 4, 3)}, {"y": None},
+                  {"one": np.asarray(1, np.int64), "three": ints(3)})
+    module = donnx.import_model(proto)
+    x = ad.Variable("x")
+    executor = ad.Executor([module(x)])
+    for batch in (1, 3):
+        value = normal((batch, 4, 3), batch)
+        got = executor.run({x: value}, convert_to_numpy_ret_vals=True)[0]
+        np.testing.assert_array_equal(got, value.reshape(batch, 2, 2, 3))
+
+
+@pytest.mark.parametrize("nodes, words", [
+    ([node("Shape", ["x"], ["s"]), node("ConstantOfShape", ["s"])],
+     "ConstantOfShape node 'y'.* the shape \\(\\?, 3\\), with a size unknown until run time"),
+    # Two sizes unknown: the element count fixes one of them only.
+    ([node("Shape", ["x"], ["s"]), node("Concat", ["s", "s"], ["t"], axis=0),
+      node("Reshape", ["x", "t"])], "Reshape node 'y'.*target shape.*\\(\\?, 3, \\?, 3\\)"),
+])
+def test_a_shape_unknown_until_run_time_is_refused_where_it_cannot_be_carried(nodes, words):
+    proto = model(nodes, {"x": ("N", 3)}, {"y": None})
+    with pytest.raises(OnnxError, match=words):
         donnx.import_model(proto)
 
 
