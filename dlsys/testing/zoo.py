@@ -35,6 +35,9 @@ IMAGE_SIDE = 64
 SEQUENCE = 16
 VOCAB = 100
 HIDDEN = 64
+# The tiny GPT-2 that tests fine-tune (``tiny_gpt2``): its vocabulary and sequence length.
+TINY_VOCAB = 64
+TINY_SEQUENCE = 8
 
 
 def import_torchvision():
@@ -161,6 +164,39 @@ def _gpt2():
     return _FirstOutput(GPT2LMHeadModel(config))
 
 
+def tiny_gpt2(seed: int = 0):
+    """A GPT-2 language model (returning its logits) small enough to fine-tune in a test:
+    2 layers, 2 heads, width 32, vocabulary :data:`TINY_VOCAB`, no dropout, in eval mode.
+    Its weights are drawn from ``seed`` and no two of its tensors are equal (see
+    :func:`distinct_weights`), so that an exported file holds each of them once."""
+    import torch
+
+    _import_transformers()
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=TINY_VOCAB, n_embd=32, n_layer=2, n_head=2,
+                        n_positions=2 * TINY_SEQUENCE, bos_token_id=0, eos_token_id=0,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                        attn_implementation="eager")
+    module = _FirstOutput(GPT2LMHeadModel(config))
+    distinct_weights(module, torch.Generator().manual_seed(seed))
+    return module.eval()
+
+
+def distinct_weights(module, generator) -> None:
+    """Every parameter of ``module`` that holds one number throughout (a fresh layer norm's
+    ones, a bias's zeros) gets small noise about it. The TorchScript exporter writes equal
+    tensors as one initializer, which would tie those parameters together in the file: an
+    imported model would then train them as one where PyTorch trains each."""
+    import torch
+
+    with torch.no_grad():
+        for param in module.parameters():
+            if param.numel() > 1 and bool((param == param.flatten()[0]).all()):
+                param.add_(torch.rand(param.shape, generator=generator) * 0.2 - 0.1)
+
+
 def _transformer_encoder():
     import torch
 
@@ -233,23 +269,33 @@ def example_inputs(name: str, seed: int = 0, batch: int = 1,
 
 
 def export(name: str, folder: Path, exporter: str = "torchscript", seed: int = 0,
-           module=None, side: int | None = None, fold: bool = True) -> Path:
+           module=None, side: int | None = None, fold: bool = True,
+           feeds: dict[str, np.ndarray] | None = None, free_batch: bool = False) -> Path:
     """Write model ``name`` (or ``module``, built as :func:`build` does, to export a given
     set of weights) to ``folder/<name>-<exporter>.onnx`` and return that path; the dynamo
     exporter writes its weights to a ``.data`` file beside it. The example input (which
     fixes the batch at 1) has ``side`` pixels square where given. ``fold=False`` keeps the
     TorchScript exporter from folding batch norms into the convolutions before them, so
-    that the file's parameters are the module's (for fine-tuning as PyTorch does)."""
+    that the file's parameters are the module's (for fine-tuning as PyTorch does).
+    ``feeds`` (input name -> example value) replaces the model's example inputs: for a
+    ``module`` that takes other shapes than model ``name`` (``tiny_gpt2``'s ids).
+    ``free_batch`` writes the inputs' and the output's first axis as a symbolic size
+    ``"N"`` (the TorchScript exporter's ``dynamic_axes``), where the default fixes it."""
     import torch
 
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter {exporter!r}: one of {', '.join(EXPORTERS)}")
     module = build(name, seed) if module is None else module
-    feeds = example_inputs(name, seed, side=side)
+    feeds = example_inputs(name, seed, side=side) if feeds is None else feeds
     args = tuple(torch.from_numpy(a) for a in feeds.values())
     path = Path(folder) / f"{name}-{exporter}.onnx"
     options = {"input_names": list(feeds), "output_names": ["y"],
                "opset_version": OPSET if exporter == "torchscript" else DYNAMO_OPSET}
+    if free_batch:
+        if exporter != "torchscript":
+            raise ValueError("free_batch: zoo.export frees the batch with the TorchScript "
+                             "exporter's dynamic_axes only")
+        options["dynamic_axes"] = {name: {0: "N"} for name in (*feeds, "y")}
     # The fast path of PyTorch's attention layers runs one fused operator that no ONNX
     # exporter writes out; off, they run (and export) as their parts.
     fast_path = torch.backends.mha.get_fastpath_enabled()
