@@ -354,7 +354,8 @@ def _read_only_as_constants(graph) -> set[str]:
 
 # The integer input types dlsys reads, as indices or as numbers folded in per run.
 _INTEGER_TYPES = {f"tensor({t})" for t in ("bool", "int8", "int16", "int32", "int64", "uint8",
-                                           "uint16", "uint32", "uint64")}
+                                           "uint16", "uint32", "uint64", "int4", "uint4",
+                                           "int2", "uint2")}
 
 
 def _float_dtype(model, input_names: list[str], declared: dict, read_as_constant: set[str],

@@ -75,7 +75,13 @@ from dlsys.ops.activations import (
     sqrt_op,
     where_op,
 )
-from dlsys.ops.cast import as_float_op, round_bfloat16_op, round_float16_op
+from dlsys.ops.cast import (
+    SMALL_FLOAT_TYPES,
+    as_float_op,
+    round_bfloat16_op,
+    round_float16_op,
+    round_small_float_op,
+)
 from dlsys.ops.elementwise import gelu_reference
 from dlsys.ops.placeholder import Parameter
 
@@ -504,17 +510,21 @@ def _branch(ctx: Context, i: int, value) -> Node:
 
 # ------------------------------------------------------------------ casts
 def narrow_cast(ctx: Context, x: Node, to: np.dtype) -> Node:
-    """A Cast of computed values to float16 or bfloat16: dlsys holds them in the model's
-    own type, rounded to the narrow type's nearest value (ties to even), so that what
-    follows reads the numbers onnxruntime's would. float8 has no such kernel: refused."""
+    """A Cast of computed values to a narrow float type: dlsys holds them in the model's
+    own type, rounded to the narrow type's nearest value (ties to even; float8 saturated
+    unless ``saturate=0``), so that what follows reads the numbers onnxruntime's would."""
     if ctx.input_dtype(0, x) == to:
         return x
-    rounding = {"float16": round_float16_op, "bfloat16": round_bfloat16_op}.get(
-        np.dtype(to).name)
-    if rounding is None:
-        raise ctx.refuse(f"a cast of computed values to {np.dtype(to).name}; dlsys rounds "
-                         f"computed values to float16 and bfloat16 only")
-    return rounding(as_float_op(x) if is_fed_input(x) else x)
+    x = as_float_op(x) if is_fed_input(x) else x
+    name = np.dtype(to).name
+    rounding = {"float16": round_float16_op, "bfloat16": round_bfloat16_op}.get(name)
+    if rounding is not None:
+        return rounding(x)
+    if name not in SMALL_FLOAT_TYPES:
+        raise ctx.refuse(f"a cast of computed values to {name}; dlsys rounds computed values "
+                         f"to float16, bfloat16, {', '.join(SMALL_FLOAT_TYPES)} only")
+    # ONNX saturates float8 casts by default (to the largest finite value).
+    return round_small_float_op(x, name, bool(ctx.attr("saturate", 1)))
 
 
 def integer_cast(ctx: Context, x: Node) -> Node:

@@ -23,7 +23,9 @@ from dlsys.graph import Node
 from dlsys.onnx import partial_shapes as partial
 from dlsys.onnx.bounds import PERMUTATION, SPLIT
 from dlsys.onnx.ops import Context, Dims, converter, reshape_target, show_dims
+from dlsys.onnx.ops_math import integer_cast, narrow_cast
 from dlsys.onnx.partial_shapes import PartialShape
+from dlsys.onnx.reader import is_narrow_float, narrow_float_type
 from dlsys.ops import logical_not_op
 from dlsys.ops.cast import as_float_op
 from dlsys.ops.layout import transpose_op
@@ -382,13 +384,16 @@ def _cast(ctx: Context, x, to: np.dtype):
             raise partial.refuse(ctx, 0, x)
         return x  # sizes are whole numbers in every integer type
     x = ctx.node_input(0, x)
+    if is_narrow_float(to):
+        return narrow_cast(ctx, x, to)
     if np.issubdtype(to, np.floating):
         # dlsys computes every floating-point value in the model's one type; an input fed
         # as integers (an attention mask) is converted where it is read so.
         return as_float_op(x) if _fed_directly(x) else x
-    if np.issubdtype(to, np.integer) and _fed_directly(x):
-        # Integer ids fed to the graph stay ids (dlsys keeps the type they are fed in).
-        return x
+    if np.issubdtype(to, np.integer):
+        # Integer ids fed to the graph stay ids (dlsys keeps the type they are fed in); a
+        # float value is truncated.
+        return integer_cast(ctx, x)
     if to == np.bool_:
         # dlsys holds truth values as 0 and 1 (a comparison's mask): x != 0.
         return logical_not_op(logical_not_op(x))
@@ -406,7 +411,8 @@ def _fed_directly(x: Node) -> bool:
 
 @folding("Cast", attrs=("to", "saturate"))
 def cast(ctx, x):
-    to = _ONNX_TYPES.get(int(ctx.attr("to", 1)))
+    code = int(ctx.attr("to", 1))
+    to = _ONNX_TYPES.get(code) or narrow_float_type(code)
     if to is None:
         raise ctx.refuse(f"a cast to ONNX type {ctx.attr('to')}, which dlsys does not "
                          f"compute in")
@@ -415,8 +421,8 @@ def cast(ctx, x):
 
 @folding("CastLike", attrs=("saturate",))
 def cast_like(ctx, x, like):
-    to = like.dtype if is_constant(like) else np.dtype(np.float32)
-    if isinstance(like, Parameter):
+    to = like.dtype if is_constant(like) else ctx.input_dtype(1) or np.dtype(np.float32)
+    if isinstance(like, Parameter) and ctx.input_dtype(1) is None:
         to = np.dtype(like.dtype)
     return _cast(ctx, x, to)
 

@@ -18,7 +18,14 @@ from dlsys.errors import (
 )
 from dlsys.graph import Node, find_topo_sort
 from dlsys.onnx.importer import OnnxModule, ValueTooLarge
-from dlsys.onnx.reader import NARROW_FLOATS, OnnxError, is_narrow_float, load_model
+from dlsys.onnx.reader import (
+    NARROW_FLOATS,
+    SMALL_INTEGERS,
+    OnnxError,
+    is_integer_type,
+    is_narrow_float,
+    load_model,
+)
 from dlsys.ops.placeholder import Variable
 from dlsys.runtime.executor import Executor
 
@@ -30,7 +37,7 @@ MAX_PLANS = 8
 # in float32, and the integers and bools that it computes as floating-point values (each
 # cast back in ``_as_declared``).
 OUTPUT_DTYPES = {"float32", "float64", "bool", "int8", "int16", "int32", "int64", "uint8",
-                 "uint16", "uint32", "uint64", *NARROW_FLOATS}
+                 "uint16", "uint32", "uint64", *NARROW_FLOATS, *SMALL_INTEGERS}
 # The integers each floating-point type holds exactly, every one up to this magnitude.
 EXACT_INTEGERS = {"float32": 2 ** 24, "float64": 2 ** 53}
 
@@ -283,10 +290,12 @@ class InferenceSession:
                     dtype.kind in "iu" and value.dtype.kind in "iu"):
                 raise DtypeError(f"run: input {arg.name!r} has dtype {value.dtype}; the model "
                                  f"takes {arg.type} ({dtype})")
-            if dtype is not None and dtype.kind in "iu" and value.size:
-                _check_exact_feed(arg.name, value, self._model.dtype)
             if is_narrow_float(value.dtype):
                 value = value.astype(np.float32)  # exact: dlsys computes them in float32
+            elif value.dtype.name in SMALL_INTEGERS:
+                value = value.astype(SMALL_INTEGERS[value.dtype.name])  # exact
+            if is_integer_type(dtype) and value.size:
+                _check_exact_feed(arg.name, value, self._model.dtype)
             if arg.shape is not None and (len(arg.shape) != value.ndim or any(
                     isinstance(d, int) and d != n for d, n in zip(arg.shape, value.shape))):
                 expected = tuple("?" if not isinstance(d, int) else d for d in arg.shape)
@@ -336,11 +345,20 @@ def _as_declared(array: np.ndarray, dtype: np.dtype | None, dims: tuple | None,
         return array
     if dtype.kind == "b":
         return array != 0
-    if dtype.kind in "iu" and array.dtype.kind == "f":
+    if is_integer_type(dtype) and array.dtype.kind == "f":
         whole = np.rint(array) if compute_dtype == "float32" else array
         _check_integer_output(name, whole, dtype, compute_dtype)
         return whole.astype(dtype)
     return array.astype(dtype)
+
+
+def _integer_range(dtype: np.dtype):
+    """numpy's ``iinfo`` of ``dtype``, ml_dtypes' for its 4- and 2-bit integers."""
+    if dtype.name in SMALL_INTEGERS:
+        import ml_dtypes
+
+        return ml_dtypes.iinfo(dtype)
+    return np.iinfo(dtype)
 
 
 def _check_integer_output(name: str, array: np.ndarray, dtype: np.dtype,
@@ -348,7 +366,7 @@ def _check_integer_output(name: str, array: np.ndarray, dtype: np.dtype,
     """Refuse an integer output that is not exactly the integer ONNX would compute."""
     if not array.size:
         return
-    info = np.iinfo(dtype)
+    info = _integer_range(dtype)
     limit = EXACT_INTEGERS.get(compute_dtype, EXACT_INTEGERS["float32"])
     low, high = max(info.min, -limit), min(info.max, limit)
     with np.errstate(invalid="ignore"):

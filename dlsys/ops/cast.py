@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from dlsys.errors import ArgumentError
 from dlsys.graph import Node, Op
 from dlsys.kernels.registry import KernelSpec
 from dlsys.ops.arguments import check_node
@@ -70,3 +71,54 @@ class RoundBfloat16Op(ElementwiseOp, name="RoundBfloat16", kernel_kind="round_bf
 
 round_float16_op = RoundFloat16Op()
 round_bfloat16_op = RoundBfloat16Op()
+
+
+# The float8 and float4 types ``RoundSmallFloatOp`` rounds to, by ml_dtypes' name (the
+# kernels' ``elementwise.narrow.FORMATS`` describes each).
+SMALL_FLOAT_TYPES = ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz",
+                     "float4_e2m1fn")
+
+
+def _round_to_format(x: np.ndarray, name: str, saturate: bool) -> np.ndarray:
+    """numpy's (ml_dtypes') rounding to the small float type ``name``, clamped first where
+    ``saturate`` (ONNX's Cast, as ``onnx.numpy_helper.saturate_cast``)."""
+    import ml_dtypes
+
+    dtype = np.dtype(getattr(ml_dtypes, name))
+    if saturate:
+        largest = float(ml_dtypes.finfo(dtype).max)
+        x = np.where(np.isnan(x), x, np.clip(x, -largest, largest))
+    with np.errstate(over="ignore", invalid="ignore"):
+        rounded = np.asarray(x).astype(dtype).astype(np.asarray(x).dtype)
+    # NaN stays NaN in the graph, also for float4, which has none (ml_dtypes gives -0).
+    return np.where(np.isnan(x), x, rounded)
+
+
+class RoundSmallFloatOp(ElementwiseOp, name="RoundSmallFloat", kernel_kind="round_small"):
+    """``x`` rounded to the nearest value of a float8 or float4 type (ties to even), held in
+    the graph's type: ONNX's Cast to one of them. ``saturate`` clamps to the type's largest
+    finite value first (ONNX's default); otherwise an overflow is the type's infinity or
+    NaN. NaN stays NaN (float4 has none: the session's output conversion decides). The
+    gradient passes straight through, as ``RoundFloat16Op``'s."""
+
+    def __call__(self, x: Node, name: str, saturate: bool = True) -> Node:
+        if name not in SMALL_FLOAT_TYPES:
+            raise ArgumentError(f"RoundSmallFloat: no type {name!r}; rounds to "
+                                f"{', '.join(SMALL_FLOAT_TYPES)}")
+        (x,) = self.check_inputs((x,))
+        return Node(self, [x], {"format": name, "saturate": bool(saturate)})
+
+    def example(self, inputs):
+        return self(inputs[0], "float8_e4m3fn")
+
+    def node_kind(self, node):
+        return f"round_{node.attrs['format']}{'_saturate' * node.attrs['saturate']}"
+
+    def gradient(self, node, output_grad):
+        return [output_grad]
+
+    def reference(self, node, x):
+        return _round_to_format(x, node.attrs["format"], node.attrs["saturate"])
+
+
+round_small_float_op = RoundSmallFloatOp()

@@ -120,3 +120,15 @@ def test_float_remainder_of_run_time_tensors_is_refused():
                         {"a": (FLOAT, [2]), "b": (FLOAT, [2])}, {"r": (FLOAT, [2])})
     with pytest.raises(donnx.OnnxError, match="Mod node 'r': Mod of floating-point tensors"):
         donnx.InferenceSession(proto)
+
+
+def test_four_bit_integers_are_widened_exactly():
+    """int4 feeds (ml_dtypes' type) widen to int8, and a Cast to float reads them exactly."""
+    import ml_dtypes
+
+    int4 = ml_dtypes.int4
+    proto = typed_model([helper.make_node("Cast", ["x"], ["y"], to=FLOAT)],
+                        {"x": (TensorProto.INT4, [4])}, {"y": (FLOAT, [4])})
+    x = np.array([-8, -1, 0, 7], dtype=int4)
+    (ours,) = donnx.InferenceSession(proto).run(None, {"x": x})
+    np.testing.assert_array_equal(ours, np.array([-8, -1, 0, 7], dtype=np.float32))

@@ -16,7 +16,7 @@ from dlsys.errors import DtypeError
 
 FLOAT, DOUBLE, INT64 = TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.INT64
 FLOAT16, BFLOAT16 = TensorProto.FLOAT16, TensorProto.BFLOAT16
-IR_VERSION = {9: 4, 11: 6, 13: 7, 17: 8}
+IR_VERSION = {9: 4, 11: 6, 13: 7, 17: 8, 21: 10}
 
 
 def typed_model(nodes, inputs: dict, outputs: dict, initializers: dict | None = None,
@@ -189,6 +189,28 @@ def test_cast_to_float16_inside_the_graph_rounds(dtype):
         expected = x.astype(np.float16).astype(dtype) * 3
     np.testing.assert_array_equal(ours, expected)
     np.testing.assert_array_equal(ours, onnxruntime_outputs(proto, {"x": x})[0])
+
+
+def test_cast_to_float8_inside_the_graph_saturates_unless_told_not_to():
+    """ONNX's Cast to float8 clamps to the largest finite value (448 for e4m3fn) unless
+    ``saturate=0``, where an overflow is NaN; what follows reads the rounded value."""
+    import ml_dtypes
+    from onnx.numpy_helper import saturate_cast
+
+    e4m3 = TensorProto.FLOAT8E4M3FN
+    nodes = [helper.make_node("Cast", ["x"], ["clamped"], to=e4m3),
+             helper.make_node("Cast", ["x"], ["wrapped"], to=e4m3, saturate=0),
+             helper.make_node("Cast", ["clamped"], ["a"], to=FLOAT),
+             helper.make_node("Cast", ["wrapped"], ["b"], to=FLOAT),
+             helper.make_node("Add", ["a", "b"], ["y"])]
+    proto = typed_model(nodes, {"x": (FLOAT, [6])}, {"y": (FLOAT, [6])}, opset=21)
+    x = np.array([0.3, -1.0625, 460.0, 1e6, -np.inf, 2 ** -9 * 1.5], dtype=np.float32)
+    (ours,) = donnx.InferenceSession(proto).run(None, {"x": x})
+    with np.errstate(over="ignore", invalid="ignore"):
+        expected = (saturate_cast(x, ml_dtypes.float8_e4m3fn).astype(np.float32)
+                    + x.astype(ml_dtypes.float8_e4m3fn).astype(np.float32))
+    np.testing.assert_array_equal(ours, expected)
+    assert np.isnan(ours[3]) and ours[2] == 896  # 460 rounds to 448 either way
 
 
 def test_narrow_rounding_passes_the_gradient_straight_through():

@@ -1,7 +1,8 @@
-"""Rounding to the narrow floating-point types (float16, bfloat16) without leaving the
-kernel's type: ONNX's Cast to one of them inside a graph, which dlsys computes in float32
-or float64 (``dlsys.ops.cast``). Each formula gives the narrow value nearest its input, ties
-to even, widened back exactly (every float16 and bfloat16 value is a float32 value).
+"""Rounding to the narrow floating-point types (float16, bfloat16, the float8 and float4
+types) without leaving the kernel's type: ONNX's Cast to one of them inside a graph, which
+dlsys computes in float32 or float64 (``dlsys.ops.cast``). Each formula gives the narrow
+value nearest its input, ties to even, widened back exactly (every such value is a float32
+value).
 """
 
 from __future__ import annotations
@@ -60,5 +61,68 @@ def round_bfloat16(x):
                         normal)))
 
 
-# Kind name -> formula, merged into the family's ``FORMULAS``.
-FORMULAS = {"round_float16": round_float16, "round_bfloat16": round_bfloat16}
+# The 8- and 4-bit floats by ml_dtypes' name: (stored significand bits, exponent of the
+# smallest normal number, largest finite value, what an overflow gives unless saturated:
+# "inf", "nan", or "saturate" for a type with neither, and whether the type has a -0).
+FORMATS = {
+    "float8_e4m3fn": (3, -6, 448.0, "nan", True),
+    "float8_e4m3fnuz": (3, -7, 240.0, "nan", False),
+    "float8_e5m2": (2, -14, 57344.0, "inf", True),
+    "float8_e5m2fnuz": (2, -15, 57344.0, "nan", False),
+    "float4_e2m1fn": (1, 0, 6.0, "saturate", True),
+}
+
+
+def round_to_format(name: str, saturate: bool, x):
+    """``x`` rounded to the nearest value of the small float type ``name`` (``FORMATS``),
+    ties to even, in ``x``'s type. ``saturate`` (ONNX's Cast attribute) clamps to the
+    largest finite value first, infinities included; otherwise an overflow is infinity or
+    NaN as the type has. NaN stays NaN; a type without -0 gives +0 for it."""
+    bits_stored, min_exponent, largest, overflow, negative_zero = FORMATS[name]
+    dtype = fastmath.dtype_of(x)
+    uint, stored = ("uint32", 23) if dtype == "float32" else ("uint64", 52)
+
+    def const(value):
+        return tirx.const(value, dtype)
+
+    if saturate or overflow == "saturate":
+        # Comparisons with NaN fail, so NaN passes through unclamped.
+        x = tirx.Select(x > const(largest), const(largest),
+                        tirx.Select(x < const(-largest), const(-largest), x))
+    dropped = stored - bits_stored
+    bits = tirx.reinterpret(uint, x)
+    odd = (bits >> tirx.const(dropped, uint)) & tirx.const(1, uint)
+    half = tirx.const((1 << (dropped - 1)) - 1, uint)
+    keep = tirx.const(~((1 << dropped) - 1) & ((1 << (8 * (4 if uint == "uint32" else 8))) - 1),
+                      uint)
+    normal = tirx.reinterpret(dtype, (bits + half + odd) & keep)
+    # Below the smallest normal number the spacing is fixed: nearbyint rounds ties to even,
+    # and the scalings by powers of two are exact.
+    step = const(2.0 ** (min_exponent - bits_stored))
+    subnormal = tirx.nearbyint(x / step) * step
+    rounded = tirx.Select(tirx.abs(x) < const(2.0 ** min_exponent), subnormal, normal)
+    if overflow == "inf":
+        too_large = tirx.Select(x > const(0.0), const(float("inf")), const(float("-inf")))
+    else:
+        too_large = const(float("nan"))
+    rounded = tirx.Select(tirx.abs(rounded) > const(largest), too_large, rounded)
+    if not negative_zero:
+        rounded = tirx.Select(rounded == const(0.0), const(0.0), rounded)
+    return tirx.Select(x != x, x, rounded)
+
+
+# Kind name -> formula, merged into the family's ``FORMULAS``: the float8 and float4 kinds
+# are ``round_<type>`` and ``round_<type>_saturate``.
+def _format_rounding(name: str, saturate: bool):
+    """``round_to_format`` for one type as a formula of ``x`` alone, named after its kind
+    (the kernel takes its name)."""
+    def formula(x):
+        return round_to_format(name, saturate, x)
+
+    formula.__name__ = f"round_{name}{'_saturate' * saturate}"
+    return formula
+
+
+FORMULAS = {"round_float16": round_float16, "round_bfloat16": round_bfloat16,
+            **{f"round_{name}{'_saturate' * saturate}": _format_rounding(name, saturate)
+               for name in FORMATS for saturate in (False, True)}}
