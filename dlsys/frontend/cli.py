@@ -101,6 +101,7 @@ def build_parser() -> Parser:
     _add_eval_predict(parser, commands)
     _add_inspect(parser, commands)
     _add_generate(parser, commands)
+    _add_compile(parser, commands)
     return parser
 
 
@@ -292,6 +293,53 @@ def _add_inspect(parser: Parser, commands) -> None:
                               "4MiB), recomputing activations, and say what is recomputed")
 
 
+def _add_compile(parser: Parser, commands) -> None:
+    """``dlsys compile``'s flags."""
+    compile_ = parser.add_command(
+        commands, "compile", help="compile an ONNX model into one shared library",
+        description="Compile an ONNX model for fixed input shapes into one shared library "
+                    "holding its kernels and weights, which runs with apache-tvm-ffi alone "
+                    "(libtvm_runtime.so is copied beside it); see docs/deployment.md.")
+    compile_.add_argument("model", type=Path, metavar="MODEL", help="an ONNX file")
+    compile_.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.so",
+                          help="the library to write")
+    compile_.add_argument("--input-shape", action="append", type=_input_shape, default=None,
+                          metavar="NAME=D0,D1,...",
+                          help="an input's shape (repeat for each input; default: the shapes "
+                               "the file fixes)")
+    compile_.add_argument("--batch-sizes", type=_batch_sizes, default=None, metavar="N,N,...",
+                          help="compile one entry run_b<N> per batch size (the first axis of "
+                               "every input); run is the first")
+    compile_.add_argument("--target", default=None,
+                          help="the CPU the kernels are built for: native (default: this "
+                               "CPU), an x86-64 level such as x86-64-v3, or an LLVM CPU name")
+
+
+def _input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """``x=1,3,224,224`` -> ("x", (1, 3, 224, 224))."""
+    name, equals, dims = text.rpartition("=")
+    try:
+        shape = tuple(int(d) for d in dims.split(","))
+    except ValueError:
+        shape = ()
+    if not equals or not name or not shape or any(d <= 0 for d in shape):
+        raise argparse.ArgumentTypeError(f"expected NAME=D0,D1,... with positive sizes, got "
+                                         f"{text!r}")
+    return name, shape
+
+
+def _batch_sizes(text: str) -> list[int]:
+    """``--batch-sizes 1,32``: positive sizes."""
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) <= 0:
+        raise argparse.ArgumentTypeError(f"must be comma-separated positive integers, got "
+                                         f"{text!r}")
+    return sizes
+
+
 def _add_generate(parser: Parser, commands) -> None:
     """``dlsys generate``'s flags."""
     generate = parser.add_command(
@@ -425,6 +473,15 @@ def _dispatch(args: argparse.Namespace, argv: list[str], run: _Run) -> None:
 
         inspect_command(args.target, args.train, args.batch_size, args.plot, log=_print,
                         memory_budget=args.memory_budget)
+        return
+    if args.command == "compile":
+        from dlsys.deploy import compile as compile_model
+
+        shapes = None if args.input_shape is None else dict(args.input_shape)
+        path = compile_model(args.model, shapes, args.output, target=args.target,
+                             batch_sizes=args.batch_sizes)
+        _print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB) and "
+               f"{path.parent / 'libtvm_runtime.so'}")
         return
     if args.command == "generate":
         from dlsys.frontend.generate import generate_command

@@ -15,7 +15,9 @@ import numbers
 import os
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import cache, lru_cache
 from pathlib import Path
 
@@ -46,7 +48,27 @@ def make_target(tgt: str | tvm.target.Target, tgt_host: str | None = "llvm") -> 
         raise ArgumentError(f"tgt takes no options, only {SUPPORTED_TARGETS}: got {tgt!r}")
     if tgt_host is not None and not (isinstance(tgt_host, str) and tgt_host == "llvm"):
         raise ArgumentError(f"tgt_host must be 'llvm' or None, got {tgt_host!r}")
+    override = _llvm_target.get()
+    if override is not None and tgt.split()[0] == "llvm":
+        return override
     return _make_target(tgt.split()[0])
+
+
+# The CPU target "llvm" means inside ``llvm_target`` (None: this machine's CPU).
+_llvm_target: ContextVar[tvm.target.Target | None] = ContextVar("llvm_target", default=None)
+
+
+@contextmanager
+def llvm_target(target: tvm.target.Target) -> Iterator[None]:
+    """Build every CPU kernel, inside the block, for ``target`` instead of this machine's
+    CPU: ``dlsys.deploy`` compiles a library for a portable baseline (x86-64-v3) so. The
+    target must run here too, since the program's constant values are computed by running
+    its kernels."""
+    token = _llvm_target.set(target)
+    try:
+        yield
+    finally:
+        _llvm_target.reset(token)
 
 
 @cache
@@ -97,13 +119,17 @@ class Kernel:
     ``func`` is the raw packed function the executor calls in its run loop; calling the
     ``Kernel`` itself first checks the arguments' shapes, dtypes and device, for direct users,
     and names the offending argument by its tensor name in the compute definition.
+    ``source(symbol)``, where known, rebuilds the scheduled IRModule compiled into ``func``
+    under the function name ``symbol`` (``dlsys.deploy`` links many kernels into one library).
     """
 
-    __slots__ = ("func", "name", "arg_names", "arg_shapes", "dtype", "device_type")
+    __slots__ = ("func", "name", "arg_names", "arg_shapes", "dtype", "device_type", "source")
 
     def __init__(self, func, name: str, arg_shapes: list[tuple[int, ...]], dtype: str,
-                 arg_names: list[str] | None = None, device_type: int | None = None):
+                 arg_names: list[str] | None = None, device_type: int | None = None,
+                 source: Callable[[str], tvm.IRModule] | None = None):
         self.func = func
+        self.source = source
         self.name = name
         self.arg_shapes = arg_shapes
         self.arg_names = arg_names or [f"#{i}" for i in range(len(arg_shapes))]
@@ -268,8 +294,12 @@ def build_kernel(kind: str, params: tuple, define: Callable[[], tuple[list, list
                 func = disk_cache.load(directory, disk_key, symbol)
         if func is None:
             func = lib[symbol]
+
+    def source(name: str) -> tvm.IRModule:
+        return scheduled_module(*define(), kind, target, name)
+
     kernel = Kernel(func, func_name, arg_shapes, dtype, arg_names,
-                    device_for(target).dlpack_device_type())
+                    device_for(target).dlpack_device_type(), source)
     with _lock:
         _memory_cache[key] = kernel
     return kernel

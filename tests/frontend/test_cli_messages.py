@@ -38,7 +38,8 @@ def test_no_parser_matches_a_flag_by_its_prefix():
     parser = build_parser()
     assert not parser.allow_abbrev
     assert all(not command.allow_abbrev for command in parser.commands.values())
-    assert set(parser.commands) == {"train", "eval", "predict", "inspect", "generate"}
+    assert set(parser.commands) == {"train", "eval", "predict", "inspect", "generate",
+                                    "compile"}
 
 
 def test_an_unknown_flag_of_eval_is_reported_by_eval(capsys, tmp_path):
