@@ -16,9 +16,9 @@ from dlsys.errors import ArgumentTypeError, DlsysError
 from dlsys.graph import Node, find_topo_sort
 from dlsys.nn.module import Module
 from dlsys.onnx.bounds import check_ranks, check_size, size_bound
+from dlsys.onnx.dtypes import compute_dtype, is_float_type, widened
 from dlsys.onnx.ops import CONVERTERS, Context, supported_ops
 from dlsys.onnx.reader import (
-    FLOAT_TYPES,
     OnnxError,
     attributes,
     class_names,
@@ -26,13 +26,11 @@ from dlsys.onnx.reader import (
     element_type,
     element_types,
     fixed_batch,
-    is_narrow_float,
     load_model,
     metadata_props,
     shapes_for_feeds,
     static_shapes,
     tensor_array,
-    widened,
 )
 from dlsys.ops.placeholder import Parameter, Variable
 
@@ -86,8 +84,8 @@ class OnnxModule(Module):
         # file; integer ones are shapes and axes. Inputs read so are folded in per run by
         # the session; neither decides the type the model computes in.
         read_as_constant = _read_only_as_constants(graph)
-        self.dtype = _float_dtype(model, self.input_names, self.declared, read_as_constant,
-                                  where)
+        self.dtype = compute_dtype(model, self.input_names, self.declared, read_as_constant,
+                                   where)
         self.metadata_props = metadata_props(model)
         self.class_names = class_names(model, where)
         self.fixed_batch = fixed_batch(self.declared, self.input_names)
@@ -100,7 +98,7 @@ class OnnxModule(Module):
                    for i in _BUFFER_INPUTS.get(node.op_type, ()) if i < len(node.input)}
         for tensor in graph.initializer:
             array = tensor_array(tensor)
-            if tensor.name in read_as_constant or not _is_float(array.dtype):
+            if tensor.name in read_as_constant or not is_float_type(array.dtype):
                 self._constants[tensor.name] = array
             else:
                 self._add_tensor(tensor.name, widened(array), tensor.name in buffers, where)
@@ -111,7 +109,7 @@ class OnnxModule(Module):
         for node in graph.node:
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
                 value = _constant_value(node, where)
-                if not _is_float(value.dtype) or value.size <= 1 and value.ndim <= 1:
+                if not is_float_type(value.dtype) or value.size <= 1 and value.ndim <= 1:
                     self._constants[node.output[0]] = value
                 else:
                     # A number the file fixes, taken in the type the model computes in.
@@ -350,64 +348,6 @@ def _read_only_as_constants(graph) -> set[str]:
         for i, name in enumerate(node.input):
             (as_constant if i in constant_inputs else as_tensor).add(name)
     return as_constant - as_tensor
-
-
-# The integer input types dlsys reads, as indices or as numbers folded in per run.
-_INTEGER_TYPES = {f"tensor({t})" for t in ("bool", "int8", "int16", "int32", "int64", "uint8",
-                                           "uint16", "uint32", "uint64", "int4", "uint4",
-                                           "int2", "uint2")}
-
-
-def _float_dtype(model, input_names: list[str], declared: dict, read_as_constant: set[str],
-                 where: str) -> str:
-    """The floating-point type the model computes in, from the types of its float inputs
-    and initializers (those it reads only as constants aside); a model mixing float32 and
-    float64, or of another float type, is refused naming one value of each."""
-    found: dict[str, str] = {}  # dtype -> the first value of that type
-    integer_inputs = False
-    types = {v.name: element_type(v.type) for v in model.graph.input}
-    for name in input_names:
-        if name in read_as_constant:
-            continue
-        type_name = declared[name][1]
-        if type_name in FLOAT_TYPES:
-            found.setdefault(FLOAT_TYPES[type_name], f"input {name!r}")
-        elif is_narrow_float(types.get(name)):
-            found.setdefault("float32", f"input {name!r} ({type_name}, computed in float32)")
-        elif type_name not in _INTEGER_TYPES:
-            # float8 of a kind numpy lacks, a sequence...; integer inputs are checked once
-            # the graph shows how it reads them (``check_integer_inputs``).
-            raise OnnxError(f"{where}: input {name!r} has type {type_name}; dlsys computes in "
-                            f"float32 or float64 (float16, bfloat16 and float8 in float32)")
-        else:
-            integer_inputs |= type_name != "tensor(bool)"
-    for tensor in model.graph.initializer:
-        if tensor.name in read_as_constant:
-            continue
-        dtype = element_type(_tensor_type(tensor))
-        if dtype is None or not _is_float(dtype):
-            continue
-        name = "float32" if is_narrow_float(dtype) else dtype.name
-        found.setdefault(name, f"initializer {tensor.name!r}")
-    if len(found) > 1:
-        raise OnnxError(f"{where}: the model mixes float32 ({found['float32']}) and float64 "
-                        f"({found['float64']}) values; dlsys runs a model in one of them")
-    if found:
-        return found.popitem()[0]
-    # No float value: an integer graph, whose integers float64 holds exactly to 2**53.
-    return "float64" if integer_inputs else "float32"
-
-
-def _is_float(dtype: np.dtype) -> bool:
-    """Whether ``dtype`` is a floating-point type, narrow ones included."""
-    return np.issubdtype(dtype, np.floating) or is_narrow_float(dtype)
-
-
-def _tensor_type(tensor):
-    """A TypeProto of ``tensor``'s element type, for ``element_type``."""
-    from onnx import helper
-
-    return helper.make_tensor_type_proto(tensor.data_type, None)
 
 
 def _own_buffers(model):

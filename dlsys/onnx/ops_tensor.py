@@ -22,10 +22,10 @@ from dlsys.errors import DlsysError
 from dlsys.graph import Node
 from dlsys.onnx import partial_shapes as partial
 from dlsys.onnx.bounds import PERMUTATION, SPLIT
+from dlsys.onnx.dtypes import is_narrow_float, narrow_float_type
 from dlsys.onnx.ops import Context, Dims, converter, reshape_target, show_dims
-from dlsys.onnx.ops_math import integer_cast, narrow_cast
+from dlsys.onnx.ops_types import integer_cast, narrow_cast
 from dlsys.onnx.partial_shapes import PartialShape
-from dlsys.onnx.reader import is_narrow_float, narrow_float_type
 from dlsys.ops import logical_not_op
 from dlsys.ops.cast import as_float_op
 from dlsys.ops.layout import transpose_op

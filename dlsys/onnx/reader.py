@@ -21,50 +21,6 @@ from dlsys.onnx.external import read_external_data
 # are read up to the installed onnx package's newest (an attribute or input a converter
 # does not know is refused by name, so a later opset's additions cannot pass unseen).
 FIRST_OPSET = 13
-# The floating-point types a model may compute in (the type of its float inputs and
-# initializers), by ONNX's name.
-FLOAT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64"}
-# The narrow floating-point types (float16, bfloat16, the float8 variants, float4), by
-# numpy's name (ml_dtypes' for all but float16). dlsys computes them in float32: every
-# value of theirs is a float32 value, so inputs and initializers widen exactly, and outputs
-# are rounded to the declared type.
-NARROW_FLOATS = frozenset({"float16", "bfloat16", "float8_e4m3fn", "float8_e4m3fnuz",
-                           "float8_e5m2", "float8_e5m2fnuz", "float4_e2m1fn"})
-
-
-# The 4- and 2-bit integers (ml_dtypes' types, numpy kind "V"), by name, with the numpy
-# integer type that holds each exactly: feeds are widened to it, outputs range-checked.
-SMALL_INTEGERS = {"int4": np.int8, "uint4": np.uint8, "int2": np.int8, "uint2": np.uint8}
-
-
-def is_integer_type(dtype) -> bool:
-    """Whether ``dtype`` (a numpy type, or None) is an integer type, 4- and 2-bit included."""
-    return dtype is not None and (np.dtype(dtype).kind in "iu"
-                                  or np.dtype(dtype).name in SMALL_INTEGERS)
-
-
-def is_narrow_float(dtype) -> bool:
-    """Whether ``dtype`` (a numpy type, or None) is one of ``NARROW_FLOATS``."""
-    return dtype is not None and np.dtype(dtype).name in NARROW_FLOATS
-
-
-def narrow_float_type(code: int) -> np.dtype | None:
-    """The numpy type of ONNX's element type ``code`` where it is a narrow float, else
-    None."""
-    from onnx import helper
-
-    try:
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(code))
-    except (KeyError, TypeError, ValueError):
-        return None
-    return dtype if is_narrow_float(dtype) else None
-
-
-def widened(array: np.ndarray) -> np.ndarray:
-    """``array`` in float32 where it is of a narrow float type (exact), else itself."""
-    return array.astype(np.float32) if is_narrow_float(array.dtype) else array
-
-
 class OnnxError(DlsysError, ValueError):
     """An ONNX model dlsys cannot import: an operator, attribute value or opset it does not
     support, or a graph that does not fit dlsys (the message names the node)."""

@@ -17,15 +17,9 @@ from dlsys.errors import (
     ShapeError,
 )
 from dlsys.graph import Node, find_topo_sort
+from dlsys.onnx.dtypes import NARROW_FLOATS, SMALL_INTEGERS, is_integer_type, is_narrow_float
 from dlsys.onnx.importer import OnnxModule, ValueTooLarge
-from dlsys.onnx.reader import (
-    NARROW_FLOATS,
-    SMALL_INTEGERS,
-    OnnxError,
-    is_integer_type,
-    is_narrow_float,
-    load_model,
-)
+from dlsys.onnx.reader import OnnxError, load_model
 from dlsys.ops.placeholder import Variable
 from dlsys.runtime.executor import Executor
 
