@@ -87,5 +87,4 @@ bench: setup-test data
 	$(VENV_PYTHON) benchmarks/bench_batched_matmul.py
 	$(VENV_PYTHON) benchmarks/bench_transformer_ops.py
 	$(VENV_PYTHON) benchmarks/bench_memory.py
-	$(VENV_PYTHON) benchmarks/bench_onnx_models.py
 	$(VENV_PYTHON) benchmarks/bench_depthwise.py
