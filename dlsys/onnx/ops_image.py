@@ -1,5 +1,5 @@
-"""ONNX's image resampling (Resize, Upsample) and image layout operators (AffineGrid,
-CenterCropPad, Col2Im, MaxUnpool) as dlsys graph nodes (see ``ops``).
+"""ONNX's image resampling (Resize, Upsample, GridSample) and image layout operators
+(AffineGrid, CenterCropPad, Col2Im, MaxUnpool) as dlsys graph nodes (see ``ops``).
 
 Resize (opsets 11 and later; an older model's Resize or Upsample reaches it converted by
 ONNX's version converter, see ``reader.upgrade_opset``) becomes one ``resize_op`` over the
@@ -26,6 +26,7 @@ from dlsys.graph import Node
 from dlsys.onnx.ops import Context, converter, show_dims
 from dlsys.ops import matmul_op
 from dlsys.ops.activations import where_op
+from dlsys.ops.grid_sample import PADDINGS, grid_sample_op
 from dlsys.ops.pad import pad_op
 from dlsys.ops.placeholder import Parameter
 from dlsys.ops.reshape import reshape_op
@@ -438,3 +439,25 @@ def max_unpool(ctx, x, indices, output_shape=None):
         return y
     widths = [(0, g - n) for g, n in zip(given, out)]
     return np.pad(y, widths) if isinstance(y, np.ndarray) else pad_op(y, widths)
+
+
+# Opset 16 named the modes as PyTorch does; opset 20 renamed them.
+_GRID_MODES = {"bilinear": "linear", "bicubic": "cubic", "linear": "linear",
+               "cubic": "cubic", "nearest": "nearest"}
+
+
+@converter("GridSample", attrs=("align_corners", "mode", "padding_mode"))
+def grid_sample(ctx, x, grid):
+    """The image sampled at the grid's positions: ``grid_sample_op``, with its gradients
+    to both inputs."""
+    mode = _GRID_MODES.get(ctx.attr("mode", "linear"))
+    padding = ctx.attr("padding_mode", "zeros")
+    if mode is None or padding not in PADDINGS:
+        raise ctx.refuse(f"mode {ctx.attr('mode')!r} and padding_mode {padding!r}: dlsys "
+                         f"samples with {sorted(_GRID_MODES)} and pads with {PADDINGS}")
+    return grid_sample_op(_as_graph_value(ctx, x, "image"), _as_graph_value(ctx, grid, "grid"),
+                          mode, padding, bool(ctx.attr("align_corners", 0)))
+
+
+def _as_graph_value(ctx: Context, value, what: str) -> Node:
+    return _weights(ctx, value, what) if isinstance(value, np.ndarray) else value

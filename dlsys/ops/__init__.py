@@ -86,6 +86,11 @@ from dlsys.ops.elementwise import (
     zeroslike_op,
 )
 from dlsys.ops.embedding import embedding_gradient_op, embedding_op
+from dlsys.ops.grid_sample import (
+    grid_sample_grid_grad_op,
+    grid_sample_input_grad_op,
+    grid_sample_op,
+)
 from dlsys.ops.layernorm import (
     layernorm_gradient_op,
     layernorm_op,
@@ -172,7 +177,7 @@ ALL_OPS: list[Op] = [
     l1_norm_op, l2_norm_op, sum_square_op, max_op, min_op, prod_op, logsumexp_op,
     reduce_mode_gradient_op, argmax_op, argmin_op, hardmax_op, lrn_op, lrn_gradient_op,
     extreme_count_op, resize_op, resize_gradient_op, cumsum_op, cumprod_op,
-    cumprod_adjoint_op,
+    cumprod_adjoint_op, grid_sample_op, grid_sample_input_grad_op, grid_sample_grid_grad_op,
     *ACTIVATION_OPS,
 ]
 ELEMENTWISE_OPS: list[ElementwiseOp] = [op for op in ALL_OPS if isinstance(op, ElementwiseOp)]

@@ -192,6 +192,10 @@ LAYOUT_CASES = {
         helper.make_node("Col2Im", ["x", "i", "b"], ["y"], strides=[2, 1], pads=[1, 0, 1, 1],
                          dilations=[1, 2]),
         {"x": (2, 6, 9)}, {"i": ints(5, 4), "b": ints(3, 2)}, 18),
+    "grid_sample_border": (
+        helper.make_node("GridSample", ["x", "g"], ["y"], mode="linear", padding_mode="border",
+                         align_corners=1),
+        {"x": (2, 3, 4, 5), "g": (2, 3, 2, 2)}, {}, 20),
 }
 
 
