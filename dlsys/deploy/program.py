@@ -11,7 +11,7 @@ import tvm
 
 from dlsys.deploy.graph import Graph
 from dlsys.errors import ArgumentError, DlsysError
-from dlsys.graph import Node, find_topo_sort
+from dlsys.graph import IndexBounds, Node, find_topo_sort
 from dlsys.runtime.executor import Executor, native_run_enabled
 from dlsys.runtime.native import ArgumentView, KernelCall
 
@@ -37,6 +37,10 @@ class Entry:
     tensors: list[Tensor] = field(default_factory=list)
     calls: list[tuple[object, KernelCall]] = field(default_factory=list)  # (Kernel, call)
     copies: list[tuple[int, ArgumentView]] = field(default_factory=list)  # output <- view
+    # Inputs read as integer ids: (input number, bounds, what the error says), checked by
+    # the entry before any kernel runs, as the executor checks them (an id out of range
+    # would have a kernel read another row's memory).
+    id_checks: list[tuple[int, IndexBounds, str]] = field(default_factory=list)
 
 
 def compile_entry(graph: Graph, shapes: dict[str, tuple[int, ...]]) -> Entry:
@@ -50,9 +54,10 @@ def compile_entry(graph: Graph, shapes: dict[str, tuple[int, ...]]) -> Entry:
     if not native_run_enabled():
         raise ArgumentError("dlsys.compile needs the native run loop: unset DLSYS_NATIVE_RUN=0")
     feeds = {p: np.zeros(shapes[name], input_dtypes[name])
-             for name, p in zip(graph.input_names, inputs)}
+             for name, p in zip(graph.input_names, inputs) if p in executor.placeholders}
     results = executor.run(feeds)
-    # The executor's plan, read as it stands after the run (see the lead's runtime).
+    # The executor's plan as it stands after the run (private: the runtime offers no
+    # public view of its buffers and calls yet).
     prepared = executor._prepared
     program = prepared.program
     kernels = [k for k in program.kernels if k is not None]
@@ -63,6 +68,11 @@ def compile_entry(graph: Graph, shapes: dict[str, tuple[int, ...]]) -> Entry:
     entry = Entry([(n, shapes[n], input_dtypes[n]) for n in graph.input_names],
                    [(n, tuple(int(d) for d in r.shape), str(r.dtype))
                     for n, r in zip(graph.output_names, results)])
+    for node, checks in program.index_checks.items():
+        for bounds, reader in checks:
+            entry.id_checks.append((input_of[node], bounds, f"input {node.name}: id out of "
+                                    f"range for {reader.name}, which takes ids "
+                                    f"{bounds.describe()}"))
     first_tensor = len(inputs) + len(outputs)
     numbered: dict[int, int] = {}  # buffer number in the executor -> number in the library
 

@@ -146,6 +146,24 @@ def test_module_compiled_for_a_portable_target_runs_in_process(tmp_path):
         tvm_ffi.load_module(str(library))["run"](x[:4], got)
 
 
+def test_library_checks_integer_ids_as_the_session_does(tmp_path):
+    tvm_ffi = pytest.importorskip("tvm_ffi")
+    table = np.random.default_rng(6).standard_normal((10, 4)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["y"])], "embedding",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4])],
+        [numpy_helper.from_array(table, "table")])
+    model = tmp_path / "embedding.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    run = tvm_ffi.load_module(str(compile_library(model, None, tmp_path / "e.so")))["run"]
+    ids, got = np.array([1, -2, 9], np.int64), np.empty((3, 4), np.float32)
+    run(ids, got)
+    np.testing.assert_array_equal(got, InferenceSession(str(model)).run(None, {"ids": ids})[0])
+    with pytest.raises(IndexError, match=r"input ids: .*\[-10, 10\): got 10 at flat position 1"):
+        run(np.array([1, 10, 2], np.int64), got)
+
+
 def _missing_feature() -> str | None:
     """A feature the C check knows that this CPU lacks (read from /proc/cpuinfo)."""
     try:
