@@ -60,6 +60,12 @@ def compile_entry(graph: Graph, shapes: dict[str, tuple[int, ...]]) -> Entry:
     # public view of its buffers and calls yet).
     prepared = executor._prepared
     program = prepared.program
+    if program.state_targets:
+        # The weights live in read-only memory; a model updating one in place (batch norm's
+        # running statistics in training mode) is a training graph, not one to deploy.
+        names = sorted(p.name for p in program.state_targets)
+        raise ArgumentError(f"dlsys.compile: the model updates {names} in place at every run; "
+                            f"compile it in eval mode")
     kernels = [k for k in program.kernels if k is not None]
     fed = list(prepared.feed_buffers)                  # the placeholders, in buffer order
     buffers = prepared.native.args[1:]                 # feeds, storage, constants

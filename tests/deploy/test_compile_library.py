@@ -225,3 +225,11 @@ def test_compile_refuses_what_it_cannot_build(tmp_path):
     with pytest.raises(ArgumentError, match="batch_sizes"):
         compile_library(model, {"x": (1, 20)}, tmp_path / "a.so", batch_sizes=[0])
     assert not (tmp_path / "a.so").exists()
+
+
+def test_compile_command_refuses_a_malformed_shape(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "m.so"),
+                  "--input-shape", "x=1,a"])
+    assert exit_info.value.code == 2
+    assert "expected NAME=D0,D1,..." in capsys.readouterr().err
