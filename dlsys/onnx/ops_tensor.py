@@ -6,9 +6,9 @@ are constants it computes its result in numpy, so a chain such as Shape -> Gathe
 Concat -> Reshape folds into the reshape's target before any graph exists. A Shape reads
 the static dimensions ONNX's shape inference found; where one is unknown until run time
 it gives a ``partial_shapes.PartialShape``, which the shape arithmetic carries to a
-Reshape's target and any other reader refuses naming the node. The joins, cuts and pads
-(Concat, Split, Slice, Gather, Pad, Tile, Expand, Trilu) live in ``ops_tensor_parts``,
-imported at the end of this module.
+Reshape's target and any other reader refuses naming the node. Shape and Size, and the
+joins, cuts and pads (Concat, Split, Slice, Gather, Pad, Tile, Expand, Trilu) live in
+``ops_tensor_parts``, imported at the end of this module.
 """
 
 from __future__ import annotations
@@ -319,38 +319,6 @@ def squeeze(ctx, x, axes=None):
     if not out:  # a scalar: dlsys keeps one axis, as ONNX's 0-d tensors are held
         out = (1,)
     return reshaped(ctx, as_node(ctx, 0, x), out, "the squeezed shape")
-
-
-def _known_shape(ctx: Context, x) -> tuple[int, ...]:
-    dims = dims_of(ctx, 0, x)
-    if None in dims:
-        raise ctx.refuse(f"the shape of input {ctx.node.input[0]!r} is {show_dims(dims)}: "
-                         f"shape unknown until run time, and dlsys computes shapes when it "
-                         f"builds the graph (an InferenceSession does so for the fed shapes)")
-    return tuple(int(d) for d in dims)
-
-
-@folding("Shape", attrs=("start", "end"))
-def shape(ctx, x):
-    # Only the sizes are read, never the values: a constant or a node alike. A size the
-    # file leaves free is carried as unknown (see ``partial_shapes``); one it fixes (the
-    # batch an export fixed, left free by dlsys) is refused, and a session builds the graph
-    # at the file's shapes instead.
-    if is_constant(x) or isinstance(x, PartialShape):
-        dims = x.shape
-    else:
-        dims = dims_of(ctx, 0, x)
-        fixed = ctx.fixed_shapes().get(ctx.node.input[0])
-        if fixed is not None and any(d is None and f is not None for d, f in zip(dims, fixed)):
-            dims = _known_shape(ctx, x)
-    start, end = ctx.attr("start", 0), ctx.attr("end", None)
-    return partial.partial_or_constant(dims[start:end] if end is not None else dims[start:])
-
-
-@folding("Size")
-def size(ctx, x):
-    dims = x.shape if is_constant(x) else _known_shape(ctx, x)
-    return np.asarray(math.prod(dims), dtype=np.int64)
 
 
 @folding("ConstantOfShape", attrs=("value",), constant_inputs=(0,))

@@ -1,8 +1,10 @@
-"""ONNX's joins, cuts and pads as dlsys graph nodes (Concat, Split, Slice, Gather, Pad,
-Tile, Expand, Trilu), each folded in numpy where all its inputs are constants (see
-``ops_tensor``)."""
+"""ONNX's Shape and Size of a value, and its joins, cuts and pads as dlsys graph nodes
+(Concat, Split, Slice, Gather, Pad, Tile, Expand, Trilu), each folded in numpy where all
+its inputs are constants (see ``ops_tensor``)."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -28,6 +30,38 @@ from dlsys.ops.reshape import reshape_op
 from dlsys.ops.slicing import slice_op
 from dlsys.ops.take import MAX_RUNS, index_runs, take_op
 from dlsys.ops.tile import expand_to_op, tile_op
+
+
+def _known_shape(ctx: Context, x) -> tuple[int, ...]:
+    dims = dims_of(ctx, 0, x)
+    if None in dims:
+        raise ctx.refuse(f"the shape of input {ctx.node.input[0]!r} is {show_dims(dims)}: "
+                         f"shape unknown until run time, and dlsys computes shapes when it "
+                         f"builds the graph (an InferenceSession does so for the fed shapes)")
+    return tuple(int(d) for d in dims)
+
+
+@folding("Shape", attrs=("start", "end"))
+def shape(ctx, x):
+    # Only the sizes are read, never the values: a constant or a node alike. A size the
+    # file leaves free is carried as unknown (see ``partial_shapes``); one it fixes (the
+    # batch an export fixed, left free by dlsys) is refused, and a session builds the graph
+    # at the file's shapes instead.
+    if is_constant(x) or isinstance(x, PartialShape):
+        dims = x.shape
+    else:
+        dims = dims_of(ctx, 0, x)
+        fixed = ctx.fixed_shapes().get(ctx.node.input[0])
+        if fixed is not None and any(d is None and f is not None for d, f in zip(dims, fixed)):
+            dims = _known_shape(ctx, x)
+    start, end = ctx.attr("start", 0), ctx.attr("end", None)
+    return partial.partial_or_constant(dims[start:end] if end is not None else dims[start:])
+
+
+@folding("Size")
+def size(ctx, x):
+    dims = x.shape if is_constant(x) else _known_shape(ctx, x)
+    return np.asarray(math.prod(dims), dtype=np.int64)
 
 
 def empty(ctx: Context, dims, axis: int, what: str) -> np.ndarray:
