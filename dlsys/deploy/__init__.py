@@ -15,17 +15,20 @@ How the library is made, and why:
   weights alone (prepacked matmul operands, folded constants) are read from that run, so
   the library holds their final values and makes only the per-run kernel calls.
 - Every kernel's scheduled IR (``Kernel.source``) is renamed ``k<i>`` and all are built as
-  one LLVM module, imported by a host module whose entries call them
-  (``T.call_packed`` finds a function in the imported modules). ``export_library`` links
-  both into one ``.so``.
+  one LLVM module; each entry is a host function, in a module of its own, that calls them
+  by symbol (``T.call_cpacked``: ``export_library`` links every module built to machine
+  code into the one ``.so``, so there are no imported modules for ``T.call_packed`` to
+  search, and a direct call costs no lookup). A second declaration of a kernel in one host
+  module would be renamed by LLVM and fail to link, hence one module per entry.
 - Weights are in the library itself, in ``.rodata``, through the assembler's ``.incbin`` of
-  a file written here (64-byte aligned; linking 50 MB so takes a fraction of a second,
-  where a C array initializer would take the compiler minutes); working memory is one
-  static, 64-byte aligned array (``.bss``: it costs no file size). A small C file
-  (``library._support_source``) holds both and hands their addresses to the entries through
-  ``T.call_extern``. One file to ship, not a library and a weights file that could part.
-  The static working memory makes a loaded library run one call at a time, as an
-  executor does: threads share a library behind a lock, or load it once each per copy.
+  a file written here (64-byte aligned; 80 MB cost about 2 s to assemble and link, mostly
+  disk writes); working memory is one static, 64-byte aligned array (``.bss``: it costs no
+  file size). A small C file (``library._support_source``) holds both and hands their
+  addresses to the entries through ``T.call_extern``. One file to ship, not a library and
+  a weights file that could part. The static working memory makes a loaded library run
+  one call at a time, as an executor does: threads share a library behind a lock.
+- Inputs read as integer ids are range-checked by the entry before any kernel runs, as
+  the executor checks them.
 - The kernels are built for ``target`` (default: this CPU, ``native``; ``x86-64-v3`` for
   a portable AVX2 baseline). The entries are built for the plain x86-64 baseline, and
   each first calls the C check of the CPU features the kernels were built with
@@ -34,8 +37,8 @@ How the library is made, and why:
 - Parallel kernels call ``TVMBackendParallelLaunch``, and large scratch buffers
   ``TVMBackendAllocWorkspace``, which ``libtvm_runtime.so`` provides (3.3 MB; it needs
   only ``libtvm_ffi.so``, loaded by ``import tvm_ffi``): it is copied beside the library,
-  which names it as a dependency found through ``$ORIGIN``. Single-threaded kernels
-  without it would run several times slower on a multi-core machine.
+  which names it as a dependency found through ``$ORIGIN``. Without it the kernels would
+  have to be built single-threaded, using one core of the machine.
 """
 
 from __future__ import annotations
