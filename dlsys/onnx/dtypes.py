@@ -62,15 +62,19 @@ _INTEGER_TYPES = {f"tensor({t})" for t in ("bool", "int8", "int16", "int32", "in
 def compute_dtype(model, input_names: list[str], declared: dict, read_as_constant: set[str],
                  where: str) -> str:
     """The floating-point type the model computes in, from the types of its float inputs
-    and initializers (those it reads only as constants aside); a model mixing float32 and
-    float64, or of another float type, is refused naming one value of each."""
+    and initializers (those it reads only as constants, or only for their type, aside);
+    a model mixing float32 and float64, or of another float type, is refused naming one
+    value of each."""
     found: dict[str, str] = {}  # dtype -> the first value of that type
     integer_inputs = False
     types = {v.name: element_type(v.type) for v in model.graph.input}
+    type_only = _read_for_type_only(model.graph)
     for name in input_names:
         if name in read_as_constant:
             continue
         type_name = declared[name][1]
+        if name in type_only and (type_name in FLOAT_TYPES or is_narrow_float(types[name])):
+            continue  # its values are never computed with
         if type_name in FLOAT_TYPES:
             found.setdefault(FLOAT_TYPES[type_name], f"input {name!r}")
         elif is_narrow_float(types.get(name)):
@@ -97,6 +101,16 @@ def compute_dtype(model, input_names: list[str], declared: dict, read_as_constan
         return found.popitem()[0]
     # No float value: an integer graph, whose integers float64 holds exactly to 2**53.
     return "float64" if integer_inputs else "float32"
+
+
+def _read_for_type_only(graph) -> set[str]:
+    """The graph's inputs that no node reads for their values: unread, or read only as a
+    CastLike's second input, whose type alone counts."""
+    values_read = {v.name for v in graph.output}
+    for node in graph.node:
+        type_source = 1 if node.op_type == "CastLike" else None
+        values_read.update(name for i, name in enumerate(node.input) if i != type_source)
+    return {v.name for v in graph.input} - values_read
 
 
 def is_float_type(dtype) -> bool:

@@ -191,6 +191,20 @@ def test_cast_to_float16_inside_the_graph_rounds(dtype):
     np.testing.assert_array_equal(ours, onnxruntime_outputs(proto, {"x": x})[0])
 
 
+def test_castlike_input_read_only_for_its_type_does_not_make_the_model_float64():
+    """CastLike's second input gives a type, not values: a float64 one there leaves a
+    float32 model float32, and the output comes back in float64."""
+    proto = typed_model([helper.make_node("Sqrt", ["x"], ["root"]),
+                         helper.make_node("CastLike", ["root", "like"], ["y"])],
+                        {"x": (FLOAT, [3]), "like": (DOUBLE, [1])}, {"y": (DOUBLE, [3])})
+    session = donnx.InferenceSession(proto)
+    assert session.model.dtype == "float32"
+    feeds = {"x": np.array([2.0, 9.0, 0.5], dtype=np.float32), "like": np.zeros(1)}
+    (ours,), (theirs,) = session.run(None, feeds), onnxruntime_outputs(proto, feeds)
+    assert ours.dtype == np.float64
+    np.testing.assert_array_equal(ours, theirs)
+
+
 def test_cast_to_float8_inside_the_graph_saturates_unless_told_not_to():
     """ONNX's Cast to float8 clamps to the largest finite value (448 for e4m3fn) unless
     ``saturate=0``, where an overflow is NaN; what follows reads the rounded value."""
