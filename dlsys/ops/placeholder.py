@@ -62,6 +62,16 @@ class Parameter(Node):
     rebinds = 0
     version_steps = 0
 
+    @staticmethod
+    def step_versions(parameters) -> None:
+        """Count one change of each parameter (an optimiser's update, in place): one step
+        of ``version_steps`` for them all, where setting each ``version`` counts each."""
+        if not parameters:
+            return
+        for parameter in parameters:
+            object.__setattr__(parameter, "version", parameter.version + 1)
+        Parameter.version_steps += 1
+
     def __setattr__(self, name: str, value) -> None:
         object.__setattr__(self, name, value)
         if name == "data":

@@ -211,8 +211,8 @@ class Optimizer:
                 self._set_max_norm(max_grad_norm)
             self._clipped_kernel.func(*self._clipped_args)
         self._last_clipped = max_grad_norm is not None
-        for node in self._nodes or ():
-            node.version += 1  # an executor holding it as a constant recomputes from it
+        # An executor holding a parameter as a constant recomputes from it.
+        Parameter.step_versions(self._nodes or ())
 
     def _set_max_norm(self, value) -> None:
         number = check_max_grad_norm(f"{type(self).__name__}.step", value)

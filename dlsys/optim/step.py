@@ -24,6 +24,8 @@ from dlsys.ops.placeholder import Parameter
 from dlsys.passes.gradient import gradients
 from dlsys.runtime.executor import Executor
 
+DLPACK_CPU = 1  # DLPack's device type of the CPU (kDLCPU)
+
 # Why the refused step is harmless, appended to every refusal's reason.
 UNCHANGED = "the step changed nothing (parameters, optimiser state, running statistics)"
 
@@ -180,7 +182,9 @@ class TrainStep:
             raise ShapeError(f"minimize: the loss {self.loss.name} has shape "
                              f"{tuple(loss.shape)}; it must be a scalar of shape (1,), such "
                              f"as a mean")
-        value = float(loss.numpy()[0])
+        # Through numpy's DLPack view on the CPU: TVM's numpy() costs 6 us more.
+        value = float(np.from_dlpack(loss)[0] if loss.device.dlpack_device_type() == DLPACK_CPU
+                      else loss.numpy()[0])
         refusal = self._refusal(value)
         if refusal is not None:
             # The forward pass already updated the running statistics and seeds in place.

@@ -1,0 +1,159 @@
+"""Where a run's time goes: the kernels, and everything around them.
+
+For each workload, the median time of a whole call (``Executor.run`` for inference, a
+``TrainStep`` for training: the forward and backward executor, the loss read back and the
+optimiser's update kernel) beside the median time of its kernels alone (the one native call
+of the executor's plan, plus the update kernel for a step). Their difference is the
+overhead per run: Python's work on feeds and outputs, and the crossings into native code.
+The same is measured with ``DLSYS_NATIVE_RUN=0``, the executor calling its kernels one by one
+from Python, so that the table shows what the native run loop saves.
+
+Workloads: the MLP 784-256-100-10 and LeNet-5 (inference at batch 1, training steps at batch
+1 and 16 with SGD) and the GPT of ``bench_transformer.py`` (vocabulary 96, context 128,
+width 128, 4 heads, 4 layers; a training step with AdamW at batch 4). Target (issue 27): a
+small model's step spends under 5 us outside its kernels.
+
+    python benchmarks/bench_run_overhead.py [--repeats 2000] [--rounds 3] [--no-gpt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+
+import numpy as np
+
+from dlsys.testing.machine import call_times, cpu_description
+
+GPT_SHAPE = dict(vocab=96, context=128, width=128, heads=4, layers=4, batch=4)
+
+
+def image_model(name: str):
+    import dlsys
+    from dlsys import nn
+
+    dlsys.manual_seed(0)
+    if name == "MLP":
+        return nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 100), nn.ReLU(),
+                             nn.Linear(100, 10)), (784,)
+    return nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(6, 16, 5), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
+                         nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+                         nn.Linear(84, 10)), (1, 28, 28)
+
+
+def inference(name: str, batch: int):
+    """(call, kernels) for a model's forward pass held as constants, as a session runs it."""
+    from dlsys import autodiff as ad
+
+    model, shape = image_model(name)
+    x = ad.Variable("x")
+    executor = ad.Executor([model(x)], constants=model.parameters())
+    feed = {x: np.random.default_rng(0).standard_normal((batch, *shape)).astype("float32")}
+    executor.run(feed)
+    return (lambda: executor.run(feed, convert_to_numpy_ret_vals=True)), kernels_of(executor)
+
+
+def training(name: str, batch: int):
+    """(call, kernels) for one SGD training step of an image model."""
+    from dlsys import autodiff as ad
+    from dlsys.nn import functional as F
+    from dlsys.optim import SGD
+
+    model, shape = image_model(name)
+    x, y = ad.Variable("x"), ad.Variable("y")
+    step = SGD(model.parameters(), 0.01).minimize(F.cross_entropy(model(x), y))
+    rng = np.random.default_rng(0)
+    feed = {x: rng.standard_normal((batch, *shape)).astype("float32"),
+            y: rng.integers(0, 10, size=batch)}
+    step(feed)
+    return (lambda: step(feed)), step_kernels(step)
+
+
+def gpt_training():
+    """(call, kernels) for one AdamW step of the GPT."""
+    import dlsys
+    from dlsys import autodiff as ad
+    from dlsys import optim
+    from dlsys.nn import functional as F
+    from dlsys.nn.gpt import GPT
+    from dlsys.ops import reshape_op
+
+    s = GPT_SHAPE
+    dlsys.manual_seed(0)
+    model = GPT(s["vocab"], s["context"], s["width"], s["heads"], s["layers"])
+    ids, positions, targets = ad.Variable("ids"), ad.Variable("positions"), ad.Variable("t")
+    logits = model(ids, positions)
+    loss = F.cross_entropy(reshape_op(logits, (-1, s["vocab"])), reshape_op(targets, (-1,)))
+    step = optim.AdamW(model.parameters(), lr=1e-3).minimize(loss)
+    rng = np.random.default_rng(0)
+    feed = {ids: rng.integers(0, s["vocab"], size=(s["batch"], s["context"])),
+            positions: np.arange(s["context"]),
+            targets: rng.integers(0, s["vocab"], size=(s["batch"], s["context"]))}
+    step(feed)
+    return (lambda: step(feed)), step_kernels(step)
+
+
+def kernels_of(executor):
+    """The executor's kernels alone, as one call: its native entry, or its calls in turn."""
+    prepared = executor._prepared
+    first = prepared.first_per_run_call
+    if prepared.native is not None:
+        return lambda: prepared.native.run(first)
+    calls = prepared.calls[first:]
+
+    def run_calls():
+        for func, args in calls:
+            func(*args)
+    return run_calls
+
+
+def step_kernels(step):
+    forward_backward = kernels_of(step.executor)
+    optimizer = step.optimizer
+
+    def run_kernels():
+        forward_backward()
+        optimizer._kernel.func(*optimizer._args)
+    return run_kernels
+
+
+def measure(workload, repeats: int, rounds: int) -> tuple[float, float]:
+    """Medians of the whole call and of its kernels, in alternating rounds."""
+    call, kernels = workload()
+    whole, alone = [], []
+    for _ in range(rounds):
+        whole.append(statistics.median(call_times(call, repeats)))
+        alone.append(statistics.median(call_times(kernels, repeats)))
+    return statistics.median(whole), statistics.median(alone)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=2000, help="calls timed per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-gpt", action="store_true", help="skip the GPT's step")
+    args = parser.parse_args()
+    workloads = [(f"{name} inference, batch 1", lambda n=name: inference(n, 1))
+                 for name in ("MLP", "LeNet-5")]
+    workloads += [(f"{name} SGD step, batch {b}", lambda n=name, b=b: training(n, b))
+                  for name in ("MLP", "LeNet-5") for b in (1, 16)]
+    if not args.no_gpt:
+        workloads.append((f"GPT AdamW step, batch {GPT_SHAPE['batch']}", gpt_training))
+    print(f"CPU: {cpu_description()}; TVM threads: {os.environ.get('TVM_NUM_THREADS', 'all')}")
+    print("| workload | call | kernels | overhead, native run | overhead, Python loop |")
+    print("|---|---|---|---|---|")
+    for label, workload in workloads:
+        repeats = max(20, args.repeats // 100) if label.startswith("GPT") else args.repeats
+        os.environ["DLSYS_NATIVE_RUN"] = "1"
+        whole, kernels = measure(workload, repeats, args.rounds)
+        os.environ["DLSYS_NATIVE_RUN"] = "0"
+        looped, _ = measure(workload, repeats, args.rounds)
+        os.environ.pop("DLSYS_NATIVE_RUN")
+        print(f"| {label} | {whole:.1f} us | {kernels:.1f} us | {whole - kernels:.1f} us | "
+              f"{looped - kernels:.1f} us |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
