@@ -227,6 +227,29 @@ def test_cast_to_float8_inside_the_graph_saturates_unless_told_not_to():
     assert np.isnan(ours[3]) and ours[2] == 896  # 460 rounds to 448 either way
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_small_float_rounding_matches_ml_dtypes(dtype):
+    """Every float8 and float4 rounding kernel, saturating or not, on values across their
+    ranges (ties, subnormals, overflows, infinities, NaN), as ml_dtypes rounds them."""
+    from dlsys.ops.cast import SMALL_FLOAT_TYPES, _round_to_format, round_small_float_op
+    from dlsys.ops.placeholder import Variable
+    from dlsys.runtime.executor import Executor
+
+    rng = np.random.default_rng(6)
+    values = rng.standard_normal(200) * np.exp2(rng.uniform(-20, 18, 200))
+    values = np.concatenate([values, [np.inf, -np.inf, np.nan, -0.0, 460.0, 464.0, 470.0,
+                                      61440.0, 6.5, 2 ** -9 * 1.5, 2 ** -17 * 3]]).astype(dtype)
+    x = Variable("x")
+    cases = [(name, saturate) for name in SMALL_FLOAT_TYPES for saturate in (False, True)]
+    nodes = [round_small_float_op(x, name, saturate) for name, saturate in cases]
+    results = Executor(nodes, dtype=dtype).run({x: values}, convert_to_numpy_ret_vals=True)
+    for (name, saturate), ours in zip(cases, results):
+        expected = _round_to_format(values, name, saturate)
+        np.testing.assert_array_equal(ours, expected, err_msg=f"{name} saturate={saturate}")
+        signed = ~np.isnan(expected)
+        np.testing.assert_array_equal(np.signbit(ours[signed]), np.signbit(expected[signed]))
+
+
 def test_narrow_rounding_passes_the_gradient_straight_through():
     """A model with a Cast to float16 fine-tunes: the rounding's gradient is the identity,
     as PyTorch's autocast treats it."""
