@@ -49,7 +49,10 @@ def is_integer_node(ctx: Context, values) -> bool:
         raise ctx.refuse(f"input {i} ({ctx.node.input[i]!r}) is {what} of type {dtype}: an "
                          f"integer {operation} of {kinds[False][1]} values is not defined; "
                          f"ONNX types the operands alike")
-    return bool(kinds) and next(iter(kinds))
+    if not kinds:  # no input's type known: the output's, typed alike, tells
+        output = ctx.dtypes.get(ctx.node.output[0])
+        return output is not None and output.kind in "iu"
+    return next(iter(kinds))
 
 
 def truncated(x: Node) -> Node:

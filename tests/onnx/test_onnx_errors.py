@@ -104,9 +104,14 @@ def test_opset_newer_than_onnx_knows_is_refused():
 
 
 def test_integer_input_is_refused():
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.INT64, [2])],
-                              [helper.make_tensor_value_info("y", TensorProto.INT64, [2])])
+    """In a float32 model; a model without float values computes its integers in float64
+    (tests/onnx/test_onnx_integer_graphs.py)."""
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"]),
+                               helper.make_node("Relu", ["f"], ["g"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.INT64, [2]),
+                               helper.make_tensor_value_info("f", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT64, [2]),
+                               helper.make_tensor_value_info("g", TensorProto.FLOAT, [2])])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     with pytest.raises(donnx.OnnxError, match=r"input 'x' has type tensor\(int64\)"):
         donnx.import_model(proto)
