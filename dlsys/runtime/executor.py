@@ -10,7 +10,6 @@ kernel call.
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import os
 import threading
@@ -37,7 +36,7 @@ from dlsys.runtime.memory import (
     view,
     view_at,
 )
-from dlsys.runtime.native import ArgumentView, KernelCall, NativeRun
+from dlsys.runtime.native import LoweredRun, NativeRun, lower_calls
 
 
 @dataclass
@@ -73,10 +72,12 @@ class _Prepared:
     state_backups: dict = field(default_factory=dict)
     state_pairs: list | None = None
     program: pipeline.Program | None = None   # what the pipeline compiled (``program()``)
-    # The calls compiled into one native function (CPU), and the number of each
-    # placeholder's buffer among its arguments; None runs ``calls`` from Python.
+    # The calls compiled into one native function (CPU; None runs ``calls`` from Python),
+    # whose buffers are the placeholders' tensors (in ``feed_buffers``' order) then
+    # ``fixed``: the planned storage and the constants' buffers.
     native: NativeRun | None = None
-    native_buffer_of: dict = field(default_factory=dict)
+    fixed: list = field(default_factory=list)
+    placeholder_number: dict = field(default_factory=dict)  # its buffer's number there
 
     def owns_memory_of(self, value) -> bool:
         """Whether ``value`` (a TVM tensor or a contiguous array of the executor's dtype)
@@ -373,28 +374,31 @@ class Executor:
                                       if str(feeds[p].dtype) in INDEX_DTYPES})
         value, source, feed_buffers, owned_ranges, group, fixed = self._allocate(program)
         calls, feed_slots = self._bind_calls(program, value, source)
-        native, native_buffer_of = (self._compile_run_loop(program, calls, feed_slots,
-                                                           feed_buffers, fixed)
-                                    if self.target == "llvm" and calls
-                                    and native_run_enabled()
-                                    else (None, {}))
         shapes = program.shapes
         outputs = [(source[n], shapes[n]) if n in source else value[n]
                    for n in self.eval_node_list]
+        hoisted = program.steps[:program.first_per_run_step]
+        first_per_run_call = sum(step.alias_of is None for step in hoisted)
+        native = None
+        if self.target == "llvm" and calls and native_run_enabled():
+            lowered = lower_calls(calls, feed_slots, feed_buffers, fixed, outputs,
+                                  len(program.plan.storage_elements), first_per_run_call)
+            native = NativeRun(lowered.functions, lowered.calls, lowered.buffers,
+                               make_target(self.target))
         self._bound = dict(feed_buffers)
         feed_arrays = ({p: np.from_dlpack(t) for p, t in feed_buffers.items()}
                        if self.target == "llvm" else {})
         state_backups = {s: tvm.runtime.empty(shapes[s], self.dtype, self.ctx)
                          for s in program.state_targets}
-        hoisted = program.steps[:program.first_per_run_step]
         return _Prepared(shapes, program.steps, program.plan, calls, feed_slots, feed_buffers,
                          outputs, owned_ranges, program.state_targets, group,
-                         first_per_run_call=sum(step.alias_of is None for step in hoisted),
+                         first_per_run_call=first_per_run_call,
                          constant_params=program.constant_params,
                          constant_values=program.constant_values,
                          feed_arrays=feed_arrays, itemsize=program.plan.itemsize,
                          state_backups=state_backups, program=program, native=native,
-                         native_buffer_of=native_buffer_of)
+                         fixed=fixed,
+                         placeholder_number={p: i for i, p in enumerate(feed_buffers)})
 
     def _allocate(self, program: pipeline.Program) -> tuple:
         """A tensor for every value the program reads or writes, and who owns it.
@@ -440,36 +444,6 @@ class Executor:
         group = storage[plan.contiguous_storage] if plan.contiguous_storage is not None else None
         return value, source, feed_buffers, owned_ranges, group, storage + constant_buffers
 
-    def _compile_run_loop(self, program: pipeline.Program, calls: list[tuple],
-                          feed_slots: dict, feed_buffers: dict, fixed: list) -> tuple:
-        """The calls as one native function (``runtime.native``): its buffers are every
-        placeholder's tensor (rebound as feeds change) and the ``fixed`` ones; each argument
-        is found in them by address. Returns the ``NativeRun`` and each placeholder's
-        buffer number."""
-        buffers = [*feed_buffers.values(), *fixed]
-        buffer_of = {p: i for i, p in enumerate(feed_buffers)}
-        fed_slot = {(call, position): buffer_of[p] for p, slots in feed_slots.items()
-                    for call, position, _ in slots}
-        spans = sorted((t.data_ptr(), len(feed_buffers) + i) for i, t in enumerate(fixed))
-        starts = [start for start, _ in spans]
-        described = []
-        for number, (_, args) in enumerate(calls):
-            views = []
-            for position, arg in enumerate(args):
-                shape, dtype = tuple(int(d) for d in arg.shape), str(arg.dtype)
-                if (number, position) in fed_slot:
-                    views.append(ArgumentView(fed_slot[number, position], 0, shape, dtype))
-                    continue
-                # The buffer holding it: the last one starting at or before its address.
-                address = arg.data_ptr()
-                start, index = spans[bisect.bisect_right(starts, address) - 1]
-                itemsize = tvm.runtime.DataType(dtype).bits // 8
-                views.append(ArgumentView(index, (address - start) // itemsize, shape, dtype))
-            described.append(KernelCall("", tuple(views)))
-        native = NativeRun([func for func, _ in calls], described, buffers,
-                           make_target(self.target))
-        return native, buffer_of
-
     def _bind_calls(self, program: pipeline.Program, value: dict, source: dict
                     ) -> tuple[list[tuple], dict[Node, list[tuple[int, int, Shape]]]]:
         """The run's kernel calls, ``(packed function, arguments)`` in order, and each
@@ -496,7 +470,7 @@ class Executor:
             arg = view(tensor, shape)
             calls[call_index] = (func, args[:position] + (arg,) + args[position + 1:])
         if prepared.native is not None:
-            prepared.native.rebind(prepared.native_buffer_of[placeholder], tensor)
+            prepared.native.rebind(prepared.placeholder_number[placeholder], tensor)
         self._bound[placeholder] = tensor
         if placeholder in prepared.state_targets:
             prepared.state_pairs = None  # the save must read the new tensor
@@ -797,6 +771,16 @@ class Executor:
         if prepared.contiguous_buffer is None:
             raise ArgumentError("Executor: no contiguous nodes were asked for")
         return prepared.contiguous_buffer
+
+    def lowered_run(self) -> LoweredRun:
+        """The last feed shapes' run as data (``runtime.native.LoweredRun``): every buffer
+        it touches (the tensors bound now), each kernel call as views of them, and where
+        each evaluated value lies; what ``dlsys.compile`` writes into a library."""
+        prepared = self._require_prepared()
+        return lower_calls(prepared.calls, prepared.feed_slots,
+                           {p: self._bound[p] for p in prepared.feed_buffers}, prepared.fixed,
+                           prepared.outputs, len(prepared.plan.storage_elements),
+                           prepared.first_per_run_call)
 
     @property
     def kernel_calls(self) -> int:

@@ -17,6 +17,7 @@ deployment imports them instead (``dlsys.deploy``).
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import weakref
 from collections.abc import Sequence
@@ -58,6 +59,64 @@ class BufferParam:
 
     shape: tuple[int, ...]
     dtype: str
+
+
+@dataclass
+class LoweredRun:
+    """A plan's run as data: the buffers it touches and each kernel call as views of them,
+    what the native run loop compiles and what ``dlsys.compile`` writes into a library.
+
+    Buffers are numbered: each placeholder's tensor first (``placeholders``, in order), then
+    the memory plan's ``storage`` buffers, then the buffers of the constant values computed
+    ahead. ``functions[i]`` is the packed function of ``calls[i]``; the calls before
+    ``first_per_run_call`` compute the constant values. ``outputs``: where each evaluated
+    node's value lies after a run.
+    """
+
+    placeholders: list
+    buffers: list
+    storage: int
+    functions: list
+    calls: list[KernelCall]
+    first_per_run_call: int
+    outputs: list[ArgumentView]
+
+
+def lower_calls(calls: Sequence[tuple], placeholder_slots: dict, placeholder_tensors: dict,
+                fixed: Sequence, outputs: Sequence, storage: int,
+                first_per_run_call: int) -> LoweredRun:
+    """Describe ``calls`` (``(function, argument tensors)``) as views of buffers.
+
+    ``placeholder_slots`` maps each placeholder to the ``(call, position, shape)`` slots
+    that read its tensor (``placeholder_tensors``), which a run may rebind; every other
+    argument lies in one of the ``fixed`` buffers, found by its address. ``outputs``: each
+    evaluated value, a tensor or ``(placeholder, shape)``.
+    """
+    placeholders = list(placeholder_tensors)
+    buffer_of = {p: i for i, p in enumerate(placeholders)}
+    slot_buffer = {(call, position): buffer_of[p] for p, slots in placeholder_slots.items()
+                   for call, position, _ in slots}
+    spans = sorted((t.data_ptr(), len(placeholders) + i) for i, t in enumerate(fixed))
+    starts = [start for start, _ in spans]
+
+    def view_of(tensor, buffer: int | None = None) -> ArgumentView:
+        shape, dtype = tuple(int(d) for d in tensor.shape), str(tensor.dtype)
+        if buffer is not None:
+            return ArgumentView(buffer, 0, shape, dtype)
+        # The buffer holding it: the last one starting at or before its address.
+        address = tensor.data_ptr()
+        start, index = spans[bisect.bisect_right(starts, address) - 1]
+        itemsize = tvm.runtime.DataType(dtype).bits // 8
+        return ArgumentView(index, (address - start) // itemsize, shape, dtype)
+
+    described = [KernelCall("", tuple(view_of(arg, slot_buffer.get((number, position)))
+                                      for position, arg in enumerate(args)))
+                 for number, (_, args) in enumerate(calls)]
+    placed = [ArgumentView(buffer_of[out[0]], 0, tuple(out[1]),
+                           str(placeholder_tensors[out[0]].dtype))
+              if isinstance(out, tuple) else view_of(out) for out in outputs]
+    return LoweredRun(placeholders, [*placeholder_tensors.values(), *fixed], storage,
+                      [func for func, _ in calls], described, first_per_run_call, placed)
 
 
 def entry_function(buffers: Sequence[BufferParam], calls: Sequence[KernelCall],
