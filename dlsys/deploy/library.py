@@ -21,7 +21,7 @@ from tvm.target import codegen
 from dlsys.deploy.program import Entry, itemsize
 from dlsys.errors import DlsysError
 from dlsys.graph import IndexBounds
-from dlsys.runtime.native import ArgumentView
+from dlsys.runtime.native import ArgumentView, element_address, stack_tensor
 
 ALIGNMENT = 64
 # CPU features the C check can test (names both LLVM and GCC's __builtin_cpu_supports
@@ -62,19 +62,11 @@ def _entry_function(entry: Entry, symbols: dict[int, str], weights_offset: dict[
                                         data=pointer))
 
     def address(view: ArgumentView):
-        buffer = buffers[view.buffer]
-        flat = np.unravel_index(view.offset, [int(d) for d in buffer.shape])
-        return tirx.address_of(tirx.BufferLoad(buffer, [tirx.IntImm("int64", int(i))
-                                                        for i in flat]))
+        return element_address(buffers[view.buffer], view.offset)
 
     statements = []
     for kernel, call in entry.calls:
-        arrays = [tirx.call_intrin(
-            "handle", "tirx.tvm_stack_make_array", address(view),
-            tirx.call_intrin("handle", "tirx.tvm_stack_make_shape",
-                             *[tirx.IntImm("int64", d) for d in view.shape]),
-            tirx.IntImm("int32", 0), tirx.IntImm("int32", len(view.shape)),
-            tirx.const(0, view.dtype), tirx.IntImm("int32", 0)) for view in call.args]
+        arrays = [stack_tensor(buffers[view.buffer], view) for view in call.args]
         # Called by symbol: the kernels are linked into the same library (export_library
         # merges modules built to machine code, so there are no imports to look them up in).
         statements.append(tirx.Evaluate(tirx.call_cpacked(

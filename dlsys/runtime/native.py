@@ -137,22 +137,12 @@ def entry_function(buffers: Sequence[BufferParam], calls: Sequence[KernelCall],
                 for index, param in enumerate(buffers)]
     statements = []
     for number, call in enumerate(calls):
-        arrays = []
         for arg in call.args:
-            buffer = declared[arg.buffer]
-            if arg.dtype != buffer.dtype:
+            if arg.dtype != declared[arg.buffer].dtype:
                 raise ArgumentError(f"native run: call {number} ({call.symbol}) reads a "
-                                    f"{arg.dtype} view of a {buffer.dtype} buffer")
-            # The element at ``offset`` of the buffer read as one row, as an index of its shape.
-            index = [int(i) for i in np.unravel_index(arg.offset, buffers[arg.buffer].shape)]
-            shape = tirx.call_intrin("handle", "tirx.tvm_stack_make_shape",
-                                     *[tirx.IntImm("int64", d) for d in arg.shape])
-            arrays.append(tirx.call_intrin(
-                "handle", "tirx.tvm_stack_make_array",
-                tirx.address_of(tirx.BufferLoad(buffer, [tirx.IntImm("int64", i)
-                                                         for i in index])),
-                shape, tirx.IntImm("int32", 0), tirx.IntImm("int32", len(arg.shape)),
-                tirx.const(0, arg.dtype), tirx.IntImm("int32", 0)))
+                                    f"{arg.dtype} view of a {declared[arg.buffer].dtype} "
+                                    f"buffer")
+        arrays = [stack_tensor(declared[arg.buffer], arg) for arg in call.args]
         made = tirx.Evaluate(tirx.call_packed(call.symbol, *arrays))
         statements.append(tirx.IfThenElse(first <= number, made, None))
     # (A sequence of one statement is not allowed: the closing no-op makes it two.)
@@ -160,6 +150,24 @@ def entry_function(buffers: Sequence[BufferParam], calls: Sequence[KernelCall],
     params = [first, *declared]
     func = tirx.PrimFunc(params, body)
     return func.with_attr("global_symbol", symbol)
+
+
+def element_address(buffer: tirx.Buffer, offset: int) -> tirx.PrimExpr:
+    """The address of element ``offset`` of ``buffer`` read as one row."""
+    index = np.unravel_index(offset, [int(d) for d in buffer.shape])
+    return tirx.address_of(tirx.BufferLoad(buffer, [tirx.IntImm("int64", int(i))
+                                                    for i in index]))
+
+
+def stack_tensor(buffer: tirx.Buffer, view: ArgumentView) -> tirx.PrimExpr:
+    """A compact DLTensor, built on the host function's stack, for ``view`` of ``buffer``:
+    its data pointer at the view's first element, so the kernel sees no byte offset."""
+    shape = tirx.call_intrin("handle", "tirx.tvm_stack_make_shape",
+                             *[tirx.IntImm("int64", d) for d in view.shape])
+    return tirx.call_intrin("handle", "tirx.tvm_stack_make_array",
+                            element_address(buffer, view.offset), shape,
+                            tirx.IntImm("int32", 0), tirx.IntImm("int32", len(view.shape)),
+                            tirx.const(0, view.dtype), tirx.IntImm("int32", 0))
 
 
 _plans = itertools.count()
