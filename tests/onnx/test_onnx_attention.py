@@ -150,3 +150,15 @@ def test_attention_refusals_name_the_node():
                            kv_num_heads=2)
     with pytest.raises(OnnxError, match="Attention node.*q_num_heads"):
         donnx.import_model(proto)(*[ad.Variable(n) for n in ("Q", "K", "V")])
+
+
+def test_plain_causal_attention_over_long_keys_is_the_fused_operator():
+    """No mask but the causal one dlsys's fused operator computes (T == S), keys past
+    ``FUSED_FROM_LENGTH``: one fused node, which onnxruntime agrees with."""
+    from dlsys.ops.attention import FUSED_FROM_LENGTH, attention_strategy
+
+    shape = (1, 1, FUSED_FROM_LENGTH, 4)
+    proto = one_node_model("Attention", {n: floats(shape) for n in "QKV"}, ["Y"], is_causal=1)
+    y = donnx.import_model(proto)(*[ad.Variable(n) for n in "QKV"])
+    assert y.op.name == ("MatMul" if attention_strategy() == "unfused" else "Attention")
+    assert_close(proto, {n: normal(shape, seed) for seed, n in enumerate("QKV")})
