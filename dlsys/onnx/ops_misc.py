@@ -1,6 +1,6 @@
 """Converters of ONNX operators outside the other families: cumulative sums and products,
-top-k, one-hot, identity matrices, windows, SwiGLU, scatters and the index selections
-(GatherND, Compress, ReverseSequence).
+top-k, one-hot, identity matrices, small determinants, windows, SwiGLU, scatters and the
+index selections (GatherND, Compress, ReverseSequence).
 
 The positions a scatter writes, the elements a compression keeps and the order a reversal
 reads are fixed by integer inputs these converters take as constants (an initializer, a
@@ -29,6 +29,7 @@ from dlsys.ops.cumulative import cumprod_op, cumsum_op, cumulative_reference
 from dlsys.ops.placeholder import Parameter
 from dlsys.ops.reduce_modes import argmax_op, argmin_op, max_op, min_op
 from dlsys.ops.reshape import reshape_op
+from dlsys.ops.slicing import slice_op
 from dlsys.ops.take import take_op
 
 # How many rounds of arg-max a run-time TopK may take: each is a few kernels over the input.
@@ -401,6 +402,43 @@ def window(ctx, size):
     return np.asarray(values).astype(dtype)
 
 
+# ------------------------------------------------------------ determinants
+# The largest matrices whose determinant is expanded by minors (n! products of n factors).
+DET_LARGEST = 4
+
+
+@converter("Det")
+def det(ctx, x):
+    """The determinants of the trailing (n, n) matrices, n up to ``DET_LARGEST``: the
+    expansion by minors of the first row, built of slices, products and sums (each with
+    its gradient), exact where a factorisation would round."""
+    if isinstance(x, np.ndarray):
+        return np.linalg.det(x).astype(x.dtype)
+    dims = ctx.input_dims(0, x)
+    if dims is None or len(dims) < 2 or dims[-1] != dims[-2] or dims[-1] is None \
+            or not 1 <= dims[-1] <= DET_LARGEST:
+        raise ctx.refuse(f"the input has shape {show_dims(dims)}; dlsys takes square "
+                         f"matrices of sizes 1 to {DET_LARGEST} known when it builds the graph")
+    size = dims[-1]
+    rows = [slice_op(x, -2, i, i + 1) for i in range(size)]
+    entries = [[slice_op(row, -1, j, j + 1) for j in range(size)] for row in rows]
+    value = _expand_by_minors(entries, list(range(size)), list(range(size)))
+    lead = [-1 if d is None else d for d in dims[:-2]]
+    return reshape_op(value, tuple(lead) or (1,))
+
+
+def _expand_by_minors(entries, rows: list[int], columns: list[int]) -> Node:
+    """The determinant of ``entries`` restricted to ``rows`` and ``columns``."""
+    if len(rows) == 1:
+        return entries[rows[0]][columns[0]]
+    total = None
+    for position, column in enumerate(columns):
+        term = entries[rows[0]][column] * _expand_by_minors(
+            entries, rows[1:], columns[:position] + columns[position + 1:])
+        total = term if total is None else (total - term if position % 2 else total + term)
+    return total
+
+
 __all__ = ["cumsum", "one_hot", "eye_like", "top_k", "scatter_elements", "scatter_nd",
-           "compress", "reverse_sequence", "gather_nd", "swiglu", "window",
+           "compress", "reverse_sequence", "gather_nd", "swiglu", "window", "det",
            "scatter_positions", "TOPK_ROUNDS_LIMIT"]

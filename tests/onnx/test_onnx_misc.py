@@ -152,3 +152,18 @@ def test_swiglu_is_swish_of_the_gate_times_the_value():
     a, b = normal((2, 3), 0), normal((2, 3), 1)
     (y,) = donnx.InferenceSession(proto.SerializeToString()).run(None, {"a": a, "b": b})
     np.testing.assert_allclose(y, a / (1 + np.exp(-0.5 * a)) * b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [3, 4])
+def test_det_and_its_gradient_match_pytorch(size):
+    torch = pytest.importorskip("torch")
+    proto = one_node_model("Det", {"x": (2, size, size)}, {}, {"y": FLOAT})
+    value = normal((2, size, size), size)
+    assert_close(proto, {"x": value})
+    x = ad.Variable("x")
+    y = donnx.import_model(proto).train()(x)
+    (grad,) = ad.gradients(ad.sum_op(y * y), [x])
+    (ours,) = ad.Executor([grad]).run({x: value}, convert_to_numpy_ret_vals=True)
+    tx = torch.tensor(value, dtype=torch.float64, requires_grad=True)
+    torch.linalg.det(tx).pow(2).sum().backward()
+    np.testing.assert_allclose(ours, tx.grad.numpy(), rtol=1e-4, atol=1e-4)
