@@ -270,7 +270,7 @@ def resample_by_matrices(ctx: Context, x, dims, axes: list[int], out: list,
             raise ctx.refuse(f"the axes after {axis} must be of sizes known when the graph "
                              f"is built; the input is {show_dims(dims)}")
         matrix, outside = axis_weights(size, out[axis], factor[axis], options, region)
-        x = _apply_along(ctx, x, dims, axis, matrix)
+        x = apply_along_axis(ctx, x, dims, axis, matrix)
         dims[axis] = out[axis]
         if outside is not None and outside.any():
             keep_shape = (out[axis],) + (1,) * (len(dims) - axis - 1)
@@ -289,7 +289,7 @@ def _weights(ctx: Context, array: np.ndarray, what: str) -> Node:
     return Parameter(np.ascontiguousarray(array, dtype), f"{ctx.node.output[0]}:{what}")
 
 
-def _apply_along(ctx: Context, x, dims: list, axis: int, matrix: np.ndarray):
+def apply_along_axis(ctx: Context, x, dims: list, axis: int, matrix: np.ndarray):
     """``matrix`` (out, size) applied along ``axis`` of ``x``."""
     if isinstance(x, np.ndarray):
         return np.moveaxis(np.tensordot(matrix, x, axes=(1, axis)), 0, axis)

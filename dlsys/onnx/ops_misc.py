@@ -439,6 +439,58 @@ def _expand_by_minors(entries, rows: list[int], columns: list[int]) -> Node:
     return total
 
 
+# ------------------------------------------------------------ discrete Fourier transforms
+@converter("DFT", attrs=("axis", "inverse", "onesided"), constant_inputs=(1, 2))
+def dft(ctx, x, dft_length=None, axis=None):
+    """The DFT (inverse, one-sided) of the signals along ``axis``, real or complex (a last
+    axis of 1 or 2): a linear map of the real and imaginary parts, whose four constant
+    matrices are numpy's FFT of the unit signals, applied by matrix products."""
+    from dlsys.onnx.ops_image import apply_along_axis
+
+    dims = x.shape if isinstance(x, np.ndarray) else ctx.input_dims(0, x)
+    if dims is None or len(dims) < 3 or dims[-1] not in (1, 2):
+        raise ctx.refuse(f"the input has shape {show_dims(dims)}; it must be (batch, ..., "
+                         f"1 or 2)")
+    axis = int(np.asarray(axis).reshape(-1)[0]) if axis is not None else \
+        int(ctx.attr("axis", 1))
+    axis = _axis(ctx, axis, len(dims))
+    if axis in (0, len(dims) - 1) or dims[axis] is None:
+        raise ctx.refuse(f"axis {axis} must be a signal axis of known size")
+    inverse, onesided = bool(ctx.attr("inverse", 0)), bool(ctx.attr("onesided", 0))
+    size = dims[axis]
+    length = int(np.asarray(dft_length).reshape(-1)[0]) if dft_length is not None else \
+        (2 * (size - 1) if inverse and onesided else size)
+    if length < 1:
+        raise ctx.refuse(f"dft_length must be positive, got {length}")
+
+    def transform(signal: np.ndarray) -> np.ndarray:  # (size, units) -> complex (out, units)
+        if inverse:
+            return np.fft.irfft(signal, n=length, axis=0) if onesided else \
+                np.fft.ifft(signal, n=length, axis=0)
+        full = np.fft.fft(signal, n=length, axis=0)
+        return full[:length // 2 + 1] if onesided else full
+
+    unit = np.eye(size)
+    from_real, from_imag = transform(unit), transform(1j * unit)
+    real_out = not (inverse and onesided)  # irfft's output is real: one component
+    if isinstance(x, np.ndarray):
+        signal = np.moveaxis(x[..., 0] + (1j * x[..., 1] if dims[-1] == 2 else 0), axis, 0)
+        out = np.moveaxis(np.tensordot(from_real, signal.real, 1)
+                          + np.tensordot(from_imag, signal.imag, 1), 0, axis)
+        parts = [out.real, out.imag] if real_out else [out.real]
+        return np.stack(parts, axis=-1).astype(x.dtype)
+    components = [slice_op(x, -1, c, c + 1) for c in range(dims[-1])]
+    parts = []
+    for take_part in ((np.real, np.imag) if real_out else (np.real,)):
+        total = None
+        for component, matrix in zip(components, (from_real, from_imag)):
+            term = apply_along_axis(ctx, component, list(dims[:-1]) + [1], axis,
+                                    take_part(matrix))
+            total = term if total is None else total + term
+        parts.append(total)
+    return parts[0] if len(parts) == 1 else concat_op(parts, -1)
+
+
 __all__ = ["cumsum", "one_hot", "eye_like", "top_k", "scatter_elements", "scatter_nd",
-           "compress", "reverse_sequence", "gather_nd", "swiglu", "window", "det",
+           "compress", "reverse_sequence", "gather_nd", "swiglu", "window", "det", "dft",
            "scatter_positions", "TOPK_ROUNDS_LIMIT"]

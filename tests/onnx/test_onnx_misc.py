@@ -167,3 +167,20 @@ def test_det_and_its_gradient_match_pytorch(size):
     tx = torch.tensor(value, dtype=torch.float64, requires_grad=True)
     torch.linalg.det(tx).pow(2).sum().backward()
     np.testing.assert_allclose(ours, tx.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("attrs,components,bins", [({"onesided": 1}, 1, 5), ({}, 2, 8),
+                                                    ({"inverse": 1}, 2, 8)])
+def test_dft_matches_onnxruntime(attrs, components, bins):
+    """Real and complex signals of 6 along axis 1 (a DFT length of 8 pads them)."""
+    node = helper.make_node("DFT", ["x", "n", "axis"], ["y"], **attrs)
+    graph = helper.make_graph(
+        [node], "test", [helper.make_tensor_value_info("x", FLOAT, (2, 6, 3, components))],
+        [helper.make_tensor_value_info("y", FLOAT, (2, bins, 3, 2))],
+        [numpy_helper.from_array(np.array(8, np.int64), "n"),
+         numpy_helper.from_array(np.array(1, np.int64), "axis")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)],
+                              ir_version=9)
+    ours, theirs = run_both(proto, {"x": normal((2, 6, 3, components))})
+    assert ours[0].shape == theirs[0].shape
+    np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-4, atol=1e-4)
