@@ -1,6 +1,7 @@
-"""The implicit GEMM's windows copied a panel of positions at a time (``col_in_panels``, the
-schedule of ResNet's and MobileNet's wide layers): forced on small shapes here, plain,
-strided, dilated and grouped convolutions against PyTorch's; and which layers take it."""
+"""The implicit GEMM's layouts of its windows: copied a panel of positions at a time
+(``col_in_panels``, ResNet's wide layers), forced on small shapes here, plain, strided,
+dilated and grouped convolutions against PyTorch's, and which layers take it; and pointwise
+convolutions over whole tiles of positions, which read the images in place (no copy)."""
 
 from __future__ import annotations
 
@@ -26,10 +27,8 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_panels_match_pytorch(monkeypatch, case):
-    monkeypatch.setattr(conv_schedule, "COL_L2_MULTIPLE", 0)  # every copy in panels
-    shape_x, shape_f, stride, padding, dilation, groups = CASES[case]
+def _check_against_pytorch(shape_x, shape_f, stride, padding, dilation, groups) -> str:
+    """Compile the forward kernel, compare it with PyTorch's; returns its scheduled TIR."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape_x).astype(np.float32)
     f = rng.standard_normal(shape_f).astype(np.float32)
@@ -39,12 +38,30 @@ def test_panels_match_pytorch(monkeypatch, case):
     inputs, outputs = compute.grouped_conv2d(shape_x, shape_f, expected.shape, stride, padding,
                                              dilation, groups, "float32")
     target = make_target("llvm")
-    script = scheduled_module(inputs, outputs, "conv_gemm", target, "conv").script()
-    assert conv_schedule.COL_PANELS in script
     kernel = compile_module(inputs, outputs, "conv_gemm", target, "conv")
     out = tvm.runtime.empty(expected.shape, "float32")
     kernel["conv"](tvm.runtime.tensor(x), tvm.runtime.tensor(f), out)
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-4, atol=1e-4)
+    return scheduled_module(inputs, outputs, "conv_gemm", target, "conv").script()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_panels_match_pytorch(monkeypatch, case):
+    monkeypatch.setattr(conv_schedule, "COL_L2_MULTIPLE", 0)  # every copy in panels
+    assert conv_schedule.COL_PANELS in _check_against_pytorch(*CASES[case])
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_pointwise_reads_images_in_place(groups):
+    # 4 x 8 positions: two whole vectors of 16, so no window is copied.
+    script = _check_against_pytorch((2, 4, 4, 8), (6, 4 // groups, 1, 1), (1, 1), (0, 0),
+                                    (1, 1), groups)
+    assert "col" not in script and "pad" not in script
+
+
+def test_pointwise_with_a_partial_tile_copies():
+    # 3 x 5 positions pad to a vector: the images are copied with zeros past them.
+    assert "col" in _check_against_pytorch((1, 3, 3, 5), (4, 3, 1, 1), (1, 1), (0, 0), (1, 1), 1)
 
 
 @pytest.mark.parametrize("taps, positions, expected", [
