@@ -152,6 +152,7 @@ class InferenceSession:
         self._graphs: dict[tuple, _Graph] = {}
         # Each executor runs one call at a time itself; this guards the table of them.
         self._lock = threading.Lock()
+        self._repeat: _RepeatableRun | None = None
 
     def _build_generic(self) -> _Graph | None:
         """The graph on placeholders, checked as ``import_model`` checks it; None where a
@@ -221,6 +222,11 @@ class InferenceSession:
     def run(self, output_names, input_feed: dict, run_options=None) -> list[np.ndarray]:
         """The values of ``output_names`` (every output for None) for the inputs in
         ``input_feed`` (input name -> numpy array), as a list of numpy arrays."""
+        repeat = self._repeat
+        if repeat is not None and output_names is None and type(input_feed) is dict:
+            values = repeat.run(input_feed)
+            if values is not None:
+                return values
         wanted = self._wanted(output_names)
         arrays = self._check_feed(input_feed)
         key = tuple(a.shape if not folded else (a.dtype.str, a.shape, a.tobytes())
@@ -246,9 +252,12 @@ class InferenceSession:
         results = [next(computed) if isinstance(v, Node) else np.array(v)
                    for v in graph.outputs]
         names, dtypes = self._model.output_names, self._model.output_dtypes
-        return [_as_declared(results[i], dtypes[i], self._model.declared[names[i]][0],
-                             names[i], self._model.dtype)
-                for i in wanted]
+        declared = [_as_declared(results[i], dtypes[i], self._model.declared[names[i]][0],
+                                 names[i], self._model.dtype)
+                    for i in wanted]
+        self._repeat = _RepeatableRun.of(self, output_names, arrays, feeds, executor, graph,
+                                         results, declared)
+        return declared
 
     def _wanted(self, output_names) -> list[int]:
         names = self._model.output_names
@@ -320,6 +329,47 @@ def _check_exact_feed(name: str, value: np.ndarray, compute_dtype: str) -> None:
         raise FeedError(f"run: input {name!r} holds {low if low < -limit else high}, past "
                         f"2**53: dlsys computes integer graphs in float64, which holds "
                         f"integers exactly only up to 2**53 in magnitude")
+
+
+@dataclass(frozen=True)
+class _RepeatableRun:
+    """A run that the next one may repeat without the checks and conversions of ``run``:
+    the same inputs fed arrays of the same dtypes and shapes, every output asked for, none
+    converted on the way out. A serving loop's calls are such runs; the executor's own
+    repeated-feeds path then makes the run one native call. Anything else (another shape,
+    an integer or narrow input, an output cast or reshaped, a folded input) takes the full
+    path of ``run``."""
+
+    inputs: tuple           # (name, placeholder, dtype, shape) per input fed
+    executor: Executor
+
+    @classmethod
+    def of(cls, session, output_names, arrays, feeds, executor, graph, results, declared):
+        """The record of a run just made by ``run``, or None where it cannot be repeated."""
+        model = session._model
+        if (output_names is not None or any(session._folded) or not executor.eval_node_list
+                or not all(isinstance(v, Node) for v in graph.outputs)
+                or any(a is not b for a, b in zip(results, declared))):
+            return None
+        inputs = []
+        for name, var, array in zip(model.input_names, graph.inputs, arrays):
+            if var is None or var not in feeds:
+                return None  # an input the graph does not read: still checked by name
+            if array.dtype.kind not in "f" or array.dtype.name != model.dtype:
+                return None  # integers are checked for exactness, narrow floats widened
+            inputs.append((name, var, array.dtype, array.shape))
+        return cls(tuple(inputs), executor)
+
+    def run(self, input_feed: dict) -> list[np.ndarray] | None:
+        if len(input_feed) != len(self.inputs):
+            return None
+        feeds = {}
+        for name, var, dtype, shape in self.inputs:
+            value = input_feed.get(name)
+            if type(value) is not np.ndarray or value.dtype != dtype or value.shape != shape:
+                return None
+            feeds[var] = value
+        return self.executor.run(feeds, convert_to_numpy_ret_vals=True)
 
 
 def _as_declared(array: np.ndarray, dtype: np.dtype | None, dims: tuple | None,
