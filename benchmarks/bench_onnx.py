@@ -3,7 +3,10 @@ how long a large model takes to import and run once.
 
 - **Small models**: the MLP 784-256-100-10 and LeNet-5 (conv 6@5x5 padded, max pool, conv
   16@5x5, average pool, dense 120-84-10) at batch 1 and 256, built with dlsys.nn and
-  written by ``dlsys.onnx.export``.
+  written by ``dlsys.onnx.export``; beside them PyTorch's eager call of the same layers
+  and weights under ``torch.inference_mode``, on the same threads. Targets (issue 27): at
+  batch 1 at most 0.8x onnxruntime's latency; at batch 256 at most 0.8x for LeNet-5 and
+  1.0x for the MLP.
 - **Models from the real world** (``--zoo cnn`` or ``all``, the default): ResNet-18 and
   MobileNet v2 on 224 x 224 images at batch 1 and 32, and with ``all`` a small BERT (4
   layers, hidden 256, 4 heads) over 128 tokens at batch 1: torchvision's and transformers'
@@ -62,10 +65,40 @@ def write_small_models(folder: Path, calls_scale: float) -> dict[str, dict]:
                           nn.Conv2d(6, 16, 5), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
                           nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
                           nn.Linear(84, 10))
-    export(mlp, (1, 784), folder / "mlp.onnx")
-    export(lenet, (1, 1, 28, 28), folder / "lenet.onnx")
-    return {"MLP 784-256-100-10": _model(folder / "mlp.onnx", [784], SMALL_CALLS, calls_scale),
-            "LeNet-5": _model(folder / "lenet.onnx", [1, 28, 28], SMALL_CALLS, calls_scale)}
+    models = {}
+    for label, name, model, row in (("MLP 784-256-100-10", "mlp", mlp, [784]),
+                                    ("LeNet-5", "lenet", lenet, [1, 28, 28])):
+        export(model, (1, *row), folder / f"{name}.onnx")
+        # The same weights for PyTorch: dlsys.nn's state dicts use PyTorch's names.
+        np.savez(folder / f"{name}.npz", **{k: v.numpy() if hasattr(v, "numpy") else v
+                                            for k, v in model.state_dict().items()})
+        models[label] = _model(folder / f"{name}.onnx", row, SMALL_CALLS, calls_scale)
+        models[label]["torch"] = {"name": name, "state": str(folder / f"{name}.npz")}
+    return models
+
+
+def torch_small_model(spec: dict):
+    """The PyTorch twin of a small model (the same layers, the same weights), called under
+    ``torch.inference_mode`` as a PyTorch user serves it."""
+    import torch
+    from torch import nn
+
+    if spec["name"] == "mlp":
+        model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 100), nn.ReLU(),
+                              nn.Linear(100, 10))
+    else:
+        model = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                              nn.Conv2d(6, 16, 5), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
+                              nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+                              nn.Linear(84, 10))
+    with np.load(spec["state"]) as state:
+        model.load_state_dict({k: torch.from_numpy(state[k]) for k in state.files})
+    model.eval()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(x)).numpy()
+    return run
 
 
 def export_zoo_models(folder: Path, which: str, calls_scale: float) -> dict[str, dict]:
@@ -135,20 +168,31 @@ def measure(system: str, models: dict[str, dict], threads: int) -> dict:
     """Median milliseconds per ``run()`` for each model and batch, in this process."""
     from dlsys.testing.machine import onnx_session_maker
 
-    InferenceSession = onnx_session_maker(system, threads)  # noqa: N806 - either's name
+    if system == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+    else:
+        InferenceSession = onnx_session_maker(system, threads)  # noqa: N806 - either's name
 
     results = {}
     for label, model in models.items():
-        session = InferenceSession(model["path"])
-        name = session.get_inputs()[0].name
+        if system == "torch":
+            run = torch_small_model(model["torch"])
+        else:
+            session = InferenceSession(model["path"])
+            name = session.get_inputs()[0].name
+
+            def run(x, session=session, name=name):
+                return session.run(None, {name: x})
         for batch, calls in model["calls"].items():
             x = feeds(model, int(batch))
             for _ in range(WARMUP):
-                session.run(None, {name: x})
+                run(x)
             samples = []
             for _ in range(calls):
                 start = time.perf_counter()
-                session.run(None, {name: x})
+                run(x)
                 samples.append(time.perf_counter() - start)
             results[f"{label}|{batch}"] = statistics.median(samples) * 1e3
     return results
@@ -165,10 +209,29 @@ def latency_table(models: dict[str, dict], threads: int, rounds: int,
     return ratio_table(results, "dlsys", "onnxruntime", decimals=decimals)
 
 
-def small_models_table(folder: Path, threads: int, rounds: int,
-                       calls_scale: float) -> list[str]:
-    """The MLP and LeNet-5 at batch 1 and 256."""
-    return latency_table(write_small_models(folder, calls_scale), threads, rounds, 3)
+def small_models_table(folder: Path, threads: int, rounds: int, calls_scale: float,
+                       with_torch: bool) -> list[str]:
+    """The MLP and LeNet-5 at batch 1 and 256, against onnxruntime and PyTorch's eager
+    calls (targets, issue 27: at most 0.8x onnxruntime at batch 1)."""
+    from dlsys.testing.machine import take_turns
+
+    systems = ("dlsys", "onnxruntime", "torch") if with_torch else ("dlsys", "onnxruntime")
+    results = take_turns(__file__, systems, threads, rounds, "--models",
+                         json.dumps(write_small_models(folder, calls_scale)))
+    medians = {system: {key: statistics.median(r[key] for r in runs)
+                        for key in runs[0]} for system, runs in results.items()}
+    lines = ["| model | batch | dlsys ms | onnxruntime ms | dlsys / onnxruntime |"
+             + (" PyTorch ms | dlsys / PyTorch |" if with_torch else ""),
+             "|---|---|---|---|---|" + ("---|---|" if with_torch else "")]
+    for key, ours in medians["dlsys"].items():
+        name, batch = key.split("|")
+        other = medians["onnxruntime"][key]
+        line = f"| {name} | {batch} | {ours:.3f} | {other:.3f} | {ours / other:.2f} |"
+        if with_torch:
+            torch_ms = medians["torch"][key]
+            line += f" {torch_ms:.3f} | {ours / torch_ms:.2f} |"
+        lines.append(line)
+    return lines
 
 
 def zoo_models_table(folder: Path, which: str, threads: int, rounds: int,
@@ -226,14 +289,13 @@ def main() -> None:
         # make bench sets up dlsys's runtime dependencies only; this one is optional.
         print("bench_onnx: skipped (pip install onnx onnxruntime to run it)")
         return
-    wants_torch = args.zoo != "none" or args.cold
-    if wants_torch:
-        try:
-            import torch  # noqa: F401 - the exporter of the models from the real world
-        except ImportError:
-            print("bench_onnx: the models from the real world and the cold start are "
-                  "skipped (they need torch)")
-            args.zoo, args.cold = "none", False
+    try:
+        import torch  # noqa: F401 - the exporter of the models from the real world
+        has_torch = True
+    except ImportError:
+        print("bench_onnx: PyTorch's column, the models from the real world and the cold "
+              "start are skipped (they need torch)")
+        args.zoo, args.cold, has_torch = "none", False, False
 
     from dlsys.kernels import thread_count
     from dlsys.testing.machine import cpu_description
@@ -241,7 +303,7 @@ def main() -> None:
     threads = args.threads or thread_count(None)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        small = small_models_table(folder, threads, args.rounds, args.calls_scale)
+        small = small_models_table(folder, threads, args.rounds, args.calls_scale, has_torch)
         zoo = ([] if args.zoo == "none" else
                zoo_models_table(folder, args.zoo, threads, args.rounds, args.calls_scale))
         cold = cold_start(folder, threads) if args.cold else None

@@ -123,13 +123,16 @@ class Kernel:
     under the function name ``symbol`` (``dlsys.deploy`` links many kernels into one library).
     """
 
-    __slots__ = ("func", "name", "arg_names", "arg_shapes", "dtype", "device_type", "source")
+    __slots__ = ("func", "name", "arg_names", "arg_shapes", "dtype", "device_type", "source",
+                 "key")
 
     def __init__(self, func, name: str, arg_shapes: list[tuple[int, ...]], dtype: str,
                  arg_names: list[str] | None = None, device_type: int | None = None,
-                 source: Callable[[str], tvm.IRModule] | None = None):
+                 source: Callable[[str], tvm.IRModule] | None = None, key: str = ""):
         self.func = func
         self.source = source
+        # What the generated code depends on (``cache_key``): equal keys, equal kernels.
+        self.key = key
         self.name = name
         self.arg_shapes = arg_shapes
         self.arg_names = arg_names or [f"#{i}" for i in range(len(arg_shapes))]
@@ -299,7 +302,7 @@ def build_kernel(kind: str, params: tuple, define: Callable[[], tuple[list, list
         return scheduled_module(*define(), kind, target, name)
 
     kernel = Kernel(func, func_name, arg_shapes, dtype, arg_names,
-                    device_for(target).dlpack_device_type(), source)
+                    device_for(target).dlpack_device_type(), source, key)
     with _lock:
         _memory_cache[key] = kernel
     return kernel

@@ -76,6 +76,7 @@ class _Prepared:
     # whose buffers are the placeholders' tensors (in ``feed_buffers``' order) then
     # ``fixed``: the planned storage and the constants' buffers.
     native: NativeRun | None = None
+    runs_until_native: int | None = None  # then ``native`` is compiled; None: never
     fixed: list = field(default_factory=list)
     placeholder_number: dict = field(default_factory=dict)  # its buffer's number there
 
@@ -126,6 +127,15 @@ def _overlaps_states(tensor: tvm.runtime.Tensor, placeholder: Node, prepared: _P
 def tensor_bytes(tensor: tvm.runtime.Tensor) -> int:
     """The bytes a TVM tensor's elements take (ids may be int64 beside float32 values)."""
     return tensor.numel() * tvm.runtime.DataType(str(tensor.dtype)).bits // 8
+
+
+# A plan is compiled into one native call at its third run: a plan run once or twice (a
+# test, an evaluation at one batch size) would not repay LLVM's compile (about 40 ms per ten
+# calls, znver4), a serving or training loop does at once. Plans of more calls than
+# ``NATIVE_MAX_CALLS`` keep the Python loop: their kernels take milliseconds, beside which
+# 0.2 us per call is noise, and their entry would take seconds to compile.
+NATIVE_AFTER_RUNS = 2
+NATIVE_MAX_CALLS = 64
 
 
 def native_run_enabled() -> bool:
@@ -379,12 +389,10 @@ class Executor:
                    for n in self.eval_node_list]
         hoisted = program.steps[:program.first_per_run_step]
         first_per_run_call = sum(step.alias_of is None for step in hoisted)
-        native = None
-        if self.target == "llvm" and calls and native_run_enabled():
-            lowered = lower_calls(calls, feed_slots, feed_buffers, fixed, outputs,
-                                  len(program.plan.storage_elements), first_per_run_call)
-            native = NativeRun(lowered.functions, lowered.calls, lowered.buffers,
-                               make_target(self.target))
+        # Worth compiling into one native call: a CPU plan short enough that LLVM compiles
+        # it quickly, and where the calls' Python overhead weighs (``NATIVE_MAX_CALLS``).
+        runs_until_native = (NATIVE_AFTER_RUNS if self.target == "llvm" and native_run_enabled()
+                             and 0 < len(calls) <= NATIVE_MAX_CALLS else None)
         self._bound = dict(feed_buffers)
         feed_arrays = ({p: np.from_dlpack(t) for p, t in feed_buffers.items()}
                        if self.target == "llvm" else {})
@@ -396,8 +404,8 @@ class Executor:
                          constant_params=program.constant_params,
                          constant_values=program.constant_values,
                          feed_arrays=feed_arrays, itemsize=program.plan.itemsize,
-                         state_backups=state_backups, program=program, native=native,
-                         fixed=fixed,
+                         state_backups=state_backups, program=program,
+                         runs_until_native=runs_until_native, fixed=fixed,
                          placeholder_number={p: i for i, p in enumerate(feed_buffers)})
 
     def _allocate(self, program: pipeline.Program) -> tuple:
@@ -514,6 +522,8 @@ class Executor:
             _check_indices(placeholder, arrays[number], checks)
         for (_, _, _, buffer), value in zip(repeated.slots, arrays):
             np.copyto(buffer, value)
+        if prepared.runs_until_native is not None:
+            self._count_run(prepared)
         self._saved_states = []
         if prepared.state_targets:
             self._save_states(prepared)
@@ -528,6 +538,18 @@ class Executor:
         if convert_to_numpy_ret_vals:
             return [array.copy() for array in repeated.arrays]
         return list(repeated.results)
+
+    def _count_run(self, prepared: _Prepared) -> None:
+        """Count a run of the plan; at ``NATIVE_AFTER_RUNS``, compile its calls into one
+        native call (``runtime.native``) over the tensors bound now."""
+        if prepared.runs_until_native > 0:
+            prepared.runs_until_native -= 1
+            return
+        prepared.runs_until_native = None
+        lowered = self.lowered_run()
+        identities = [k.key or str(id(k)) for k in prepared.program.kernels if k is not None]
+        prepared.native = NativeRun(lowered.functions, identities, lowered.calls,
+                                    lowered.buffers, make_target(self.target))
 
     def _remember_feeds(self, prepared: _Prepared, feed_dict: dict, results: list) -> None:
         """Keep what ``_run_repeated`` needs to repeat this run, where it can: every feed an
@@ -580,6 +602,8 @@ class Executor:
         if prepared.state_targets:
             self._save_states(prepared)
         first = 0 if refresh else prepared.first_per_run_call
+        if prepared.runs_until_native is not None:
+            self._count_run(prepared)
         if prepared.native is not None:
             prepared.native.run(first)
         else:

@@ -18,10 +18,13 @@ deployment imports them instead (``dlsys.deploy``).
 from __future__ import annotations
 
 import bisect
-import itertools
+import hashlib
+import math
+import threading
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import tvm
@@ -31,6 +34,10 @@ from tvm import tirx
 from dlsys.errors import ArgumentError
 
 ENTRY_SYMBOL = "dlsys_run"
+# Fields of a DLTensor as TVM's tvm_struct_get numbers them (its TVMStructFieldKind).
+DLTENSOR_DATA = 1
+DLTENSOR_BYTE_OFFSET = 8
+DLPACK_CPU = 1  # DLPack's device type of the CPU (kDLCPU)
 
 
 @dataclass(frozen=True)
@@ -125,30 +132,45 @@ def entry_function(buffers: Sequence[BufferParam], calls: Sequence[KernelCall],
     call number ``first`` on (the calls before it compute constant values, made only when
     one of their inputs changed).
 
-    Buffers may carry a byte offset (a TVM view into another buffer) and need only their
-    element's alignment (a caller's numpy array read where it lies); each kernel argument is
-    a DLTensor built on the stack from its buffer's address, so the kernels see compact
-    tensors without offset, as the executor's Python loop hands them.
+    The buffers are taken as bare DLTensor handles, unchecked: the executor hands the
+    shapes and dtypes its plan was made for (it checks the feeds itself), and TVM's checks
+    of each buffer's shape, strides and type would make the function a hundred times
+    larger, and LLVM's compile of it ten times slower. Each may carry a byte offset (a TVM
+    view into another buffer) and need only its element's alignment (a caller's numpy
+    array read where it lies); each kernel argument is a DLTensor built on the stack from
+    its buffer's address, so the kernels see compact tensors without offset (and check
+    their own arguments, as when the executor calls them from Python).
     """
     first = tirx.Var("first", "int32")
-    declared = [tirx.decl_buffer(param.shape, param.dtype, f"buffer{index}",
-                                 data_alignment=tvm.runtime.DataType(param.dtype).bits // 8,
-                                 offset_factor=1)
-                for index, param in enumerate(buffers)]
+    handles = [tirx.Var(f"buffer{index}", "handle") for index in range(len(buffers))]
     statements = []
+    flat = []
+    for handle, param in zip(handles, buffers):
+        # The buffer's first element: its data pointer moved by its byte offset.
+        start = tirx.Var(f"{handle.name}_start", "handle")
+        moved = tirx.handle_add_byte_offset(
+            tirx.tvm_struct_get(handle, 0, DLTENSOR_DATA, "handle"),
+            tirx.Cast("int64", tirx.tvm_struct_get(handle, 0, DLTENSOR_BYTE_OFFSET, "uint64")))
+        row = tirx.decl_buffer((math.prod(param.shape),), param.dtype, f"{handle.name}_row",
+                               data=start)
+        statements += [tirx.LetStmt(start, moved), tirx.DeclBuffer(row, data=start)]
+        flat.append(row)
     for number, call in enumerate(calls):
         for arg in call.args:
-            if arg.dtype != declared[arg.buffer].dtype:
+            if arg.dtype != flat[arg.buffer].dtype:
                 raise ArgumentError(f"native run: call {number} ({call.symbol}) reads a "
-                                    f"{arg.dtype} view of a {declared[arg.buffer].dtype} "
+                                    f"{arg.dtype} view of a {flat[arg.buffer].dtype} "
                                     f"buffer")
-        arrays = [stack_tensor(declared[arg.buffer], arg) for arg in call.args]
+        arrays = [stack_tensor(flat[arg.buffer], arg) for arg in call.args]
         made = tirx.Evaluate(tirx.call_packed(call.symbol, *arrays))
         statements.append(tirx.IfThenElse(first <= number, made, None))
     # (A sequence of one statement is not allowed: the closing no-op makes it two.)
     body = tirx.SeqStmt([*statements, tirx.Evaluate(0)]) if statements else tirx.Evaluate(0)
-    params = [first, *declared]
-    func = tirx.PrimFunc(params, body)
+    # The device the stack's DLTensors name, which TVM otherwise reads from the first
+    # checked buffer argument: the CPU the executor runs on.
+    body = tirx.AttrStmt(0, "device_id", tirx.IntImm("int32", 0), body)
+    body = tirx.AttrStmt(0, "device_type", tirx.IntImm("int32", DLPACK_CPU), body)
+    func = tirx.PrimFunc([first, *handles], body)
     return func.with_attr("global_symbol", symbol)
 
 
@@ -170,35 +192,52 @@ def stack_tensor(buffer: tirx.Buffer, view: ArgumentView) -> tirx.PrimExpr:
                             tirx.const(0, view.dtype), tirx.IntImm("int32", 0))
 
 
-_plans = itertools.count()
+def host_target(target: tvm.target.Target) -> tvm.target.Target:
+    """The target an entry is compiled for: the kernels' CPU, without LLVM's optimisations.
+    The entry only fills DLTensors and calls kernels, which optimising does not speed up
+    measurably, while it makes LLVM's compile of a long entry several times slower (0.5 s
+    against 4 s for the GPT's 277 calls, znver4)."""
+    host = target.host or target
+    return tvm.target.Target({**host.export(), "opt-level": 0})
+
+
+# How many live plans use each kernel name (``_register``): a name leaves TVM's table when
+# the last plan using it is dropped.
+_name_users: dict[str, int] = {}
+_names_lock = threading.Lock()
 
 
 class NativeRun:
     """A program's kernel calls compiled into one host function, with its arguments.
 
-    ``kernels``: the packed function of each call; ``calls``: what each call reads and
-    writes (its ``symbol`` is ignored: this plan names its kernels itself); ``buffers``: the
-    tensors the entry starts with, one per ``BufferParam`` (``rebind`` replaces one, as a
-    feed changes). ``run(first)`` makes the calls from number ``first`` on.
+    ``kernels``: the packed function of each call, and ``identities`` what each computes
+    (its ``Kernel.key``: equal keys, equal code); ``calls``: what each call reads and writes
+    (their ``symbol`` is ignored); ``buffers``: the tensors the entry starts with, one per
+    buffer the calls view (``rebind`` replaces one, as a feed changes). ``run(first)`` makes
+    the calls from number ``first`` on.
+
+    The entry finds its kernels in TVM's global table under names made from a digest of the
+    whole run (kernels, views, buffer shapes), so that the compiled entry is the same from
+    process to process and goes into dlsys's disk cache beside the kernels: LLVM takes
+    about 40 ms per ten calls to compile it, a cached one loads in a millisecond.
     """
 
-    def __init__(self, kernels: Sequence, calls: Sequence[KernelCall],
-                 buffers: Sequence, target: tvm.target.Target):
-        plan = next(_plans)
-        names: dict[int, str] = {}
-        self._registered: list[str] = []
-        for func in kernels:
-            if id(func) not in names:
-                names[id(func)] = f"dlsys.native.plan{plan}.kernel{len(names)}"
-                tvm_ffi.register_global_func(names[id(func)], func, override=True)
-                self._registered.append(names[id(func)])
-        # The table holds the functions until the plan goes; the plan holds them too (the
-        # executor's call list), so a kernel never goes while an entry may call it.
-        weakref.finalize(self, _unregister, list(self._registered))
-        named = [KernelCall(names[id(func)], call.args) for func, call in zip(kernels, calls)]
+    def __init__(self, kernels: Sequence, identities: Sequence[str],
+                 calls: Sequence[KernelCall], buffers: Sequence, target: tvm.target.Target):
+        host = host_target(target)
         params = [BufferParam(tuple(int(d) for d in b.shape), str(b.dtype)) for b in buffers]
-        module = tvm.IRModule({ENTRY_SYMBOL: entry_function(params, named)})
-        self.entry = tvm.tirx.build(module, target=target.host or target)[ENTRY_SYMBOL]
+        digest = hashlib.sha256(repr((
+            list(identities), [call.args for call in calls], params, str(host),
+            tvm.__version__, _code_fingerprint())).encode()).hexdigest()[:32]
+        names: dict[str, str] = {}
+        for identity in identities:
+            names.setdefault(identity, f"dlsys.native.{digest}.kernel{len(names)}")
+        self._names = sorted(set(names.values()))
+        _register({names[i]: func for i, func in zip(identities, kernels)})
+        weakref.finalize(self, _unregister, self._names)
+        named = [KernelCall(names[i], call.args) for i, call in zip(identities, calls)]
+        self.entry = _cached_entry(digest, lambda: tvm.IRModule(
+            {ENTRY_SYMBOL: entry_function(params, named)}), host)
         self.args: list = [0, *buffers]
 
     def rebind(self, buffer: int, tensor) -> None:
@@ -211,9 +250,46 @@ class NativeRun:
         self.entry(*args)
 
 
+def _cached_entry(digest: str, module, target: tvm.target.Target):
+    """The entry compiled from ``module()``, through dlsys's disk cache of kernels when it
+    is enabled (the entry's code depends on nothing but ``digest``)."""
+    from dlsys.kernels import build, disk_cache
+
+    directory = disk_cache.private_dir() if build.disk_cache_enabled() else None
+    key = f"native{digest}"
+    if directory is not None:
+        entry = disk_cache.load(directory, key, ENTRY_SYMBOL)
+        if entry is not None:
+            return entry
+    lib = tvm.tirx.build(module(), target=target)
+    if directory is not None and not disk_cache.opened_before(directory, key):
+        disk_cache.save(lib, directory, key)
+        entry = disk_cache.load(directory, key, ENTRY_SYMBOL)
+        if entry is not None:
+            return entry
+    return lib[ENTRY_SYMBOL]
+
+
+def _code_fingerprint() -> str:
+    """The source of this module, which decides the entry's code."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+
+def _register(functions: dict) -> None:
+    with _names_lock:
+        for name, func in functions.items():
+            if _name_users.get(name, 0) == 0:
+                tvm_ffi.register_global_func(name, func, override=True)
+            _name_users[name] = _name_users.get(name, 0) + 1
+
+
 def _unregister(names: list[str]) -> None:
-    for name in names:
-        try:
-            tvm_ffi.remove_global_func(name)
-        except Exception:  # noqa: BLE001 -- at interpreter exit the table may be gone already
-            pass
+    with _names_lock:
+        for name in names:
+            _name_users[name] -= 1
+            if _name_users[name] == 0:
+                del _name_users[name]
+                try:
+                    tvm_ffi.remove_global_func(name)
+                except Exception:  # noqa: BLE001 -- at interpreter exit the table may be gone
+                    pass

@@ -107,7 +107,8 @@ def comparison_parser(description: str, rounds: int = 3):
     parser.add_argument("--rounds", type=int, default=rounds, help="turns of each process")
     parser.add_argument("--threads", type=int, default=0,
                         help="threads for both (default: dlsys's, one per physical core)")
-    parser.add_argument("--system", choices=("dlsys", "onnxruntime"), help=argparse.SUPPRESS)
+    parser.add_argument("--system", choices=("dlsys", "onnxruntime", "torch"),
+                        help=argparse.SUPPRESS)
     parser.add_argument("--models", help=argparse.SUPPRESS)
     return parser
 

@@ -16,6 +16,7 @@ from dlsys import autodiff as ad
 from dlsys import nn
 from dlsys.errors import ArgumentError
 from dlsys.nn import functional as F
+from dlsys.runtime import executor as executor_module
 from dlsys.runtime.native import ArgumentView, BufferParam, KernelCall, entry_function
 
 
@@ -31,7 +32,22 @@ def _training_graph(seed: int = 0):
     return [loss, *ad.gradients(loss, params)], feeds
 
 
+def _native_after_first_run(monkeypatch) -> None:
+    monkeypatch.setattr(executor_module, "NATIVE_AFTER_RUNS", 0)
+
+
+def test_a_plan_is_compiled_into_one_call_at_its_third_run():
+    x = ad.Variable("x")
+    executor = ad.Executor([ad.relu_op(x) + 1.0])
+    values = np.arange(-2, 2, dtype="float32")
+    for run in range(4):
+        (out,) = executor.run({x: values * (run + 1)}, convert_to_numpy_ret_vals=True)
+        np.testing.assert_array_equal(out, np.maximum(values * (run + 1), 0) + 1)
+        assert (executor._prepared.native is not None) == (run >= 2)
+
+
 def test_native_run_equals_the_python_loop_bit_for_bit(monkeypatch):
+    _native_after_first_run(monkeypatch)
     nodes, feeds = _training_graph()
     native = ad.Executor(nodes)
     native_values = native.run(feeds, convert_to_numpy_ret_vals=True)
@@ -86,7 +102,8 @@ def test_repeated_feeds_fall_back_for_other_dtypes_and_the_executors_own_memory(
     np.testing.assert_array_equal(out.numpy(), np.maximum(-first, 0) * 4)
 
 
-def test_a_dropped_plan_removes_its_kernels_from_the_global_table():
+def test_a_dropped_plan_removes_its_kernels_from_the_global_table(monkeypatch):
+    _native_after_first_run(monkeypatch)
     x = ad.Variable("x")
     executor = ad.Executor([ad.exp_op(x) + 1.0])
     executor.run({x: np.ones((2, 2), "float32")})
