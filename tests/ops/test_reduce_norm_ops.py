@@ -51,6 +51,24 @@ def test_log_sum_exp_is_stable_and_keeps_minus_infinity():
     np.testing.assert_allclose(got, [1000 + np.log(2), -np.inf, 0.0], rtol=1e-6)
 
 
+def test_extremes_of_infinite_slices_are_infinite_and_found_first():
+    # TVM's max starts from the lowest finite float: a slice of -inf came out -3.4e38, and
+    # its arg max -1. numpy (and PyTorch) give -inf, and the first (or last) position.
+    x = ad.Variable("x")
+    values = np.array([[-np.inf, -np.inf, -np.inf], [np.inf, np.inf, 2.0]], np.float32)
+    nodes = [max_op(x, (1,), False), min_op(x, (1,), False), argmax_op(x, 1, False, False),
+             argmax_op(x, 1, False, True), argmin_op(x, 1, False, False)]
+    got = _run(nodes, {x: values})
+    np.testing.assert_array_equal(got[0], [-np.inf, np.inf])
+    np.testing.assert_array_equal(got[1], [-np.inf, 2.0])
+    np.testing.assert_array_equal(got[2], [0, 0])
+    np.testing.assert_array_equal(got[3], [2, 1])
+    np.testing.assert_array_equal(got[4], [0, 2])
+    values = np.full((2, 3), np.inf, np.float32)
+    np.testing.assert_array_equal(_run([min_op(x, (1,), False), argmin_op(x, 1, False, False)],
+                                       {x: values})[1], [0, 0])
+
+
 @pytest.mark.parametrize("op", MODES, ids=lambda op: op.name)
 def test_reduction_gradients_match_finite_differences(op):
     check_gradients(lambda x: op(x, (0, 2), False), [(3, 2, 4)])

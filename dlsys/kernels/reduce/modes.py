@@ -16,8 +16,10 @@ axis, as in ``compute.reduce_sum`` (``dlsys.ops.shapes.reduce_source``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
+import tvm
 from tvm import te, tirx
 
 from dlsys.kernels.common.compute import ACCUMULATOR, Shape
@@ -63,7 +65,7 @@ def reduce_extreme(shape: Shape, source: Sequence[int | None], mode: str, dtype:
         total = te.compute(out_shape, lambda *i: product(
             element(i, axes).astype(ACCUMULATOR), axis=list(axes.values())), name="reduce")
         return [a], [te.compute(out_shape, lambda *i: total[i].astype(dtype), name="out")]
-    reducer = te.min if mode == "min" else te.max
+    reducer = _extreme_reducer(largest=mode != "min")
     extreme = te.compute(out_shape, lambda *i: reducer(element(i, axes), axis=list(
         axes.values())), name="reduce")
     if mode != "log_sum_exp":
@@ -131,6 +133,18 @@ def extreme_count(shape: Shape, source: Sequence[int | None], dtype: str):
     return [x, y], [count]
 
 
+def _extreme_reducer(largest: bool):
+    """Max (``largest``) or min, starting from -inf (+inf) for floats: TVM's ``te.max``
+    starts from the lowest finite value, so the max of a slice of -inf came out -3.4e38."""
+    def identity(value_type):
+        if tvm.runtime.DataType(value_type).type_code == tvm.runtime.DataTypeCode.FLOAT:
+            return tirx.const(-math.inf if largest else math.inf, value_type)
+        return tirx.min_value(value_type) if largest else tirx.max_value(value_type)
+
+    return te.comm_reducer(lambda x, y: tirx.max(x, y) if largest else tirx.min(x, y),
+                           identity, name="max" if largest else "min")
+
+
 def _arg_reducer(largest: bool, last: bool):
     """A reducer of (index, value) pairs keeping the pair with the larger (smaller) value,
     the earlier (later) index among equal values. The reduction adds indices in order, so
@@ -140,6 +154,9 @@ def _arg_reducer(largest: bool, last: bool):
             better = later[1] >= kept[1] if last else later[1] > kept[1]
         else:
             better = later[1] <= kept[1] if last else later[1] < kept[1]
+        # Nothing kept yet (index -1): the first value read is kept whatever it is, so a
+        # slice of -inf (+inf for the min) has its first (last) position, not -1.
+        better = tirx.Or(kept[0] < 0, better)
         return (tirx.Select(better, later[0], kept[0]),
                 tirx.Select(better, later[1], kept[1]))
 
