@@ -1,5 +1,5 @@
 """The implicit GEMM's layouts of its windows: copied a panel of positions at a time
-(``col_in_panels``, ResNet's wide layers), forced on small shapes here, plain, strided,
+(``col_in_panels``, ResNet's first convolution), forced on small shapes here, plain, strided,
 dilated and grouped convolutions against PyTorch's, and which layers take it; and pointwise
 convolutions over whole tiles of positions, which read the images in place (no copy)."""
 
@@ -65,8 +65,8 @@ def test_pointwise_with_a_partial_tile_copies():
 
 
 @pytest.mark.parametrize("taps, positions, expected", [
-    (64 * 9, 56 * 56, True),     # ResNet's 56 x 56 layers: 7.2 MB of windows per image
-    (3 * 49, 112 * 112, True),   # its first convolution
+    (3 * 49, 112 * 112, True),   # ResNet's first convolution: 7.4 MB of windows per image
+    (64 * 9, 56 * 56, False),    # its 56 x 56 layers: as many bytes, but 576 taps
     (128 * 9, 28 * 28, False),   # 3.6 MB: copied whole, as before
     (6 * 25, 10 * 10, False),    # LeNet's second convolution
 ])

@@ -71,11 +71,14 @@ WEIGHT_BLOCK = "conv_weight_chunk"
 WEIGHT_CHUNK_IMAGES = 16
 # At most this many rows in a register tile: each is one broadcast load per k.
 MAX_TILE_ROWS = 16
-# An implicit GEMM whose windows per image exceed this many L2s copies them per panel of
-# positions (``col_in_panels``): measured on znver4, ResNet's first convolution (7.4 MB of
-# windows per image) ran 1.1-1.3x faster so; with 1-2 MB (its 14 x 14 and 7 x 7 layers) the
-# copy per image was as fast.
+# An implicit GEMM whose windows per image exceed this many L2s, with at most
+# ``PANEL_MAX_TAPS`` taps per position, copies them per panel of positions
+# (``col_in_panels``): measured on znver4 (one thread, 16 x 1 tiles), ResNet's first
+# convolution (147 taps, 7.4 MB of windows per image) ran 1.06x faster so, but its 56 x 56
+# layers (576 taps, 7.2 MB) 1.18x slower, and with 1-2 MB of windows the copy per image was
+# as fast.
 COL_L2_MULTIPLE = 4
+PANEL_MAX_TAPS = 256
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -100,7 +103,7 @@ def gemm_tile(channels: int, positions: int, dtype: str,
     """The register tile for an implicit GEMM with ``channels`` output rows.
 
     Fewest padded positions first (ties to fewer vectors: more rows share each loaded
-    vector, and a 16 x 1 tile ran ResNet's 56 x 56 and 112 x 112 layers 1.1-1.3x faster than
+    vector, and a 16 x 1 tile ran ResNet's 56 x 56 and first layers 1.05x and 1.46x faster than
     4 x 4 on znver4), then the most rows dividing ``channels`` for which the accumulators,
     the loaded vectors and one broadcast fit.
     """
@@ -119,9 +122,12 @@ def col_in_panels(taps: int, positions: int, dtype: str,
     """Whether an implicit GEMM's windows (``taps`` rows of ``positions``, per image) are
     copied a panel of positions at a time, just before the product reads it, rather than
     all at once per image: when the whole copy would be more than ``COL_L2_MULTIPLE`` times
-    L2, it leaves the cache before the product reads it again for each tile of channels."""
+    L2, it leaves the cache before the product reads it again for each tile of channels;
+    with more than ``PANEL_MAX_TAPS`` taps, the panels' own copy (a gather across rows)
+    cost more than that (measured)."""
     cpu = cpu or cpu_facts.host()
-    return taps * positions * np.dtype(dtype).itemsize > COL_L2_MULTIPLE * cpu.l2_bytes
+    return taps <= PANEL_MAX_TAPS \
+        and taps * positions * np.dtype(dtype).itemsize > COL_L2_MULTIPLE * cpu.l2_bytes
 
 
 def direct_tile(channels: int, height: int, cpu: cpu_facts.CpuFacts | None = None
