@@ -192,13 +192,10 @@ def element_types(model) -> dict[str, np.dtype]:
     it (a Cast's output, a Div's of two int64 tensors): the converters read it where the
     same dlsys operator stands for different ONNX semantics (an integer Div truncates)."""
     onnx = require_onnx()
-    try:  # on a copy without the weights' data, which tells no type
-        inferred = onnx.shape_inference.infer_shapes(_without_weights(onnx, model))
-    except Exception:  # an unknown op stops ONNX's inference; the declared types remain
-        inferred = model
-    graph = inferred.graph
+    # On a copy without the weights' data, which tells no type.
+    graph = _inferred(onnx, _without_weights(onnx, model)).graph
     types = {}
-    for value in (*graph.input, *graph.value_info, *graph.output):
+    for value in _values(graph):
         dtype = element_type(value.type)
         if dtype is not None:
             types[value.name] = dtype
@@ -208,6 +205,20 @@ def element_types(model) -> dict[str, np.dtype]:
         except (KeyError, TypeError, ValueError):
             pass
     return types
+
+
+def _inferred(onnx, model, **options):
+    """``model`` with ONNX's shape inference applied, or as it is where the inference stops
+    (at an op it does not know): the declared shapes and types remain."""
+    try:
+        return onnx.shape_inference.infer_shapes(model, **options)
+    except Exception:  # noqa: BLE001 - whatever stops the inference, the file still serves
+        return model
+
+
+def _values(graph) -> tuple:
+    """The graph's inputs, inner values and outputs, whose types the inference filled."""
+    return (*graph.input, *graph.value_info, *graph.output)
 
 
 def declared_values(model) -> dict[str, tuple]:
@@ -229,13 +240,9 @@ def static_shapes(model, free_batch: bool = True,
     # imported module takes any batch. Feeds are still checked against the declared size.
     if free_batch:
         model = _free_batch(onnx, model)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=data_prop)
-    except Exception:  # an unknown op stops ONNX's inference; the declared shapes remain
-        inferred = model
-    graph = inferred.graph
+    graph = _inferred(onnx, model, data_prop=data_prop).graph
     shapes = {}
-    for value in (*graph.input, *graph.value_info, *graph.output):
+    for value in _values(graph):
         dims = _dims(value.type)
         if dims is not None:
             shapes[value.name] = tuple(d if isinstance(d, int) else None for d in dims)
