@@ -67,6 +67,14 @@ class Context:
     def attr(self, name: str, default=None):
         return self.attrs.get(name, default)
 
+    def choice(self, name: str, default: str, allowed) -> str:
+        """A string attribute (ONNX stores them as bytes), refused unless ``allowed``."""
+        value = self.attr(name, default)
+        value = value.decode() if isinstance(value, bytes) else str(value)
+        if value not in allowed:
+            raise self.refuse(f"{name} {value!r} is not one of {', '.join(sorted(allowed))}")
+        return value
+
     def input_dims(self, i: int, value=None) -> Dims | None:
         if isinstance(value, (np.ndarray, Parameter)):  # these know their shapes
             return value.shape

@@ -205,11 +205,7 @@ _NUMPY_COMBINE = {"none": lambda old, new: new, "add": np.add, "mul": np.multipl
 
 
 def _reduction(ctx: Context) -> str:
-    reduction = ctx.attr("reduction", "none")
-    reduction = reduction.decode() if isinstance(reduction, bytes) else str(reduction)
-    if reduction not in _COMBINE:
-        raise ctx.refuse(f"reduction {reduction!r} is not one of {sorted(_COMBINE)}")
-    return reduction
+    return ctx.choice("reduction", "none", _COMBINE)
 
 
 def scatter_positions(ctx: Context, data, updates, targets: np.ndarray,
