@@ -88,3 +88,4 @@ bench: setup-test data
 	$(VENV_PYTHON) benchmarks/bench_transformer_ops.py
 	$(VENV_PYTHON) benchmarks/bench_memory.py
 	$(VENV_PYTHON) benchmarks/bench_depthwise.py
+	$(VENV_PYTHON) benchmarks/bench_run_overhead.py
