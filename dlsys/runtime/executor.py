@@ -521,7 +521,7 @@ class Executor:
         for number, placeholder, checks in repeated.index_checks:
             _check_indices(placeholder, arrays[number], checks)
         for (_, _, _, buffer), value in zip(repeated.slots, arrays):
-            np.copyto(buffer, value)
+            buffer[...] = value  # numpy's copyto costs 0.2 us more per call
         if prepared.runs_until_native is not None:
             self._count_run(prepared)
         self._saved_states = []
