@@ -97,8 +97,8 @@ class GraphBuilder:
 
 def alexnet_like(opset: int, zfnet: bool = False):
     """bvlc_alexnet / zfnet512 in small: conv-relu-LRN-pool twice, three convs, pool,
-    flatten, dense-relu-dropout twice, dense, softmax. ZFNet's first pool is padded and its
-    second flattens by Flatten rather than Reshape."""
+    flatten, dense-relu-dropout twice, dense, softmax. ZFNet pads its first pool and
+    flattens by Flatten rather than by Reshape."""
     g = GraphBuilder(seed=7 if zfnet else 1)
     x = g.conv_relu("data_0", "conv1", 3, 16, 5, stride=2, pad=2)      # 16 x 32 x 32
     x = g.max_pool(g.lrn(x, "norm1"), "pool1", 3, 2, pad=1 if zfnet else 0)
