@@ -1,6 +1,6 @@
 """Kernel library: compute definitions, CPU schedules and cached builders.
 
-Importing it sizes TVM's CPU thread pool to one thread per physical core, or to
+Importing it sizes TVM's CPU thread pool to one thread per physical core (unpinned), or to
 ``$TVM_NUM_THREADS`` where that is a positive integer no larger than the CPUs available
 (see below).
 """
@@ -75,3 +75,10 @@ def thread_count(explicit: str | None) -> int:
 # parallel kernel call, so setting it at import is early enough; a sensible explicit value
 # wins.
 os.environ["TVM_NUM_THREADS"] = str(thread_count(os.environ.get("TVM_NUM_THREADS")))
+
+# TVM pins each worker of its pool to a core. On a VM of 2 vCPUs that pin lands on the core
+# the Python thread runs on in some processes, and every parallel kernel then waits for a
+# worker sharing its core: the MLP's batch-1 run took 10 us in one process and 14-19 us in
+# another. Unpinned, the OS places them: 10-11 us in every process, and training epochs
+# as fast (0.33-0.36 s either way, znver4). A value the user sets wins.
+os.environ.setdefault("TVM_BIND_THREADS", "0")

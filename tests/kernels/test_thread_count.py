@@ -46,3 +46,15 @@ def test_sensible_values_are_kept():
     assert kernels.thread_count(str(cpus)) == cpus
     with pytest.warns(RuntimeWarning, match="more than the"):
         assert kernels.thread_count(str(cpus + 1)) == cpus
+
+
+@pytest.mark.parametrize("given, kept", [(None, "0"), ("1", "1")])
+def test_the_pool_is_unpinned_unless_the_user_pins_it(given, kept):
+    env = {k: v for k, v in os.environ.items() if k != "TVM_BIND_THREADS"}
+    if given is not None:
+        env["TVM_BIND_THREADS"] = given
+    child = subprocess.run([sys.executable, "-c", "import os, dlsys.kernels; "
+                            "print(os.environ['TVM_BIND_THREADS'])"],
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.strip() == kept
