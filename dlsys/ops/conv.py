@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from dlsys.errors import ArgumentTypeError, ShapeError
+from dlsys.errors import ArgumentTypeError, GradientError, ShapeError
 from dlsys.graph import Node, Op, short_name
 from dlsys.kernels.registry import KernelSpec
 from dlsys.ops.arguments import check_node
@@ -192,6 +192,8 @@ class Conv2dOp(ConvFamilyOp):
     name = "Conv2d"
     # A per-channel bias and an activation after it run in the convolution's write-back.
     fusion_anchor = True
+    # Constant filters (inference) may be laid out once in panels of output channels.
+    packable_input = 1
 
     def __call__(self, x: Node, w: Node, stride=1, padding=0, dilation=1, groups: int = 1,
                  padding_end=None) -> Node:
@@ -223,6 +225,18 @@ class Conv2dOp(ConvFamilyOp):
     def fused_kernel_spec(self, node, shapes, epilogue):
         spec = self.kernel_spec(node, [shapes[i] for i in node.inputs], shapes[node])
         return KernelSpec(f"{spec.kind}_epilogue", (*spec.params, tuple(epilogue)))
+
+    def packed_kernel_spec(self, node, shapes, spec, dtype):
+        if spec.kind not in ("conv2d", "conv2d_epilogue"):
+            return None  # grouped, dilated and depthwise filters are read as stored
+        # The kernel layer says whether panels of channels pay for these shapes, and how
+        # wide; the operator only lays the filters out so.
+        tiles = spec.packed_layout(dtype)
+        if tiles is None:
+            return None
+        packed = pack_filters_op(node.inputs[1], tiles[1] * tiles[2])
+        epilogue = spec.params[-1] if spec.kind == "conv2d_epilogue" else ()
+        return packed, KernelSpec("conv2d_prepacked", (*spec.params[:5], tiles, epilogue))
 
     def reference(self, node, x, w):
         a = node.attrs
@@ -319,6 +333,41 @@ class Conv2dGradWeightOp(_ConvAdjointOp):
         return dw.reshape(w.shape)
 
 
+class PackFiltersOp(Op):
+    """OIHW filters ``w`` as panels of ``panel`` output channels, shape
+    (ceil(O / panel), I * H * W, panel), the last one zero-filled: the layout the
+    channel-vectorised convolution reads (``dlsys.kernels.conv.packed``). Made by the
+    constant-packing pass (``passes.prepack``) after differentiation, so it has no
+    gradient."""
+
+    name = "PackFilters"
+
+    def __call__(self, w: Node, panel: int) -> Node:
+        return Node(self, [check_node(self.name, "w", w)], {"panel": int(panel)})
+
+    def infer_shape(self, node, input_shapes):
+        (shape_w,) = input_shapes
+        if len(shape_w) != 4:
+            raise ShapeError(f"{node.name}: filters must be 4-d (OIHW), got {tuple(shape_w)}")
+        panel = node.attrs["panel"]
+        return (-(-shape_w[0] // panel), math.prod(shape_w[1:]), panel)
+
+    def gradient(self, node, output_grad):
+        raise GradientError(f"{node.name}: a packed layout is made for inference, after "
+                            f"differentiation")
+
+    def kernel_spec(self, node, input_shapes, output_shape):
+        return KernelSpec("pack_filters", (tuple(input_shapes[0]), node.attrs["panel"]))
+
+    def reference(self, node, w):
+        panel = node.attrs["panel"]
+        rows = w.reshape(w.shape[0], -1)
+        padded = np.zeros((-(-w.shape[0] // panel) * panel, rows.shape[1]), dtype=w.dtype)
+        padded[:w.shape[0]] = rows
+        return padded.reshape(-1, panel, rows.shape[1]).transpose(0, 2, 1).copy()
+
+
 conv2d_op = Conv2dOp()
+pack_filters_op = PackFiltersOp()
 conv2d_grad_input_op = Conv2dGradInputOp()
 conv2d_grad_weight_op = Conv2dGradWeightOp()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from dlsys.kernels.conv import compute, depthwise, pool_options
+from dlsys.kernels.conv import compute, depthwise, packed, pool_options
 from dlsys.kernels.conv.schedule import (
     schedule_conv_direct,
     schedule_conv_gemm,
@@ -21,12 +21,25 @@ if TYPE_CHECKING:
 
 SCHEDULES = {"conv_gemm": schedule_conv_gemm, "conv_direct": schedule_conv_direct,
              "conv_weight": schedule_conv_weight, "window": schedule_window,
-             "depthwise": depthwise.schedule_depthwise}
+             "depthwise": depthwise.schedule_depthwise,
+             "conv_prepacked": packed.schedule_conv_prepacked}
+
+
+def _packed_layout(params: tuple, dtype: str) -> tuple | None:
+    """Constant filters' panels, chosen here: the spec's leading ``(shape_x, shape_f,
+    shape_y)`` decide the register tile (``packed.packed_tiles``), or None where the
+    position-vectorised kernel is the faster one."""
+    tile = packed.packed_tiles(params[1], params[2], dtype)
+    return None if tile is None else (tile.positions, tile.vectors, tile.lanes)
 
 
 def register(kinds: Registrar) -> None:
-    kinds.add("conv2d", compute.conv2d, "conv_gemm")
-    kinds.add_epilogue("conv2d_epilogue", compute.conv2d_epilogue, "conv_gemm")
+    kinds.add("conv2d", compute.conv2d, "conv_gemm", packed_layout=_packed_layout)
+    kinds.add_epilogue("conv2d_epilogue", compute.conv2d_epilogue, "conv_gemm",
+                       packed_layout=_packed_layout)
+    # Constant filters packed once into panels of channels (an inference session's weights).
+    kinds.add("pack_filters", packed.pack_filters, "injective")
+    kinds.add_epilogue("conv2d_prepacked", packed.conv2d_prepacked, "conv_prepacked")
     kinds.add("conv2d_grad_input", compute.conv2d_grad_input, "conv_direct")
     kinds.add_epilogue("conv2d_grad_input_epilogue", compute.conv2d_grad_input_epilogue,
                        "conv_direct")
