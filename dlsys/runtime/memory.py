@@ -73,6 +73,9 @@ def view_at(base: tvm.runtime.Tensor, offset: int, shape: Shape) -> tvm.runtime.
 # A numpy feed at least this large is read where it lies, not copied in: wrapping it and
 # pointing the kernels at it costs about 2 us (znver4), the time to copy 64-100 KiB.
 IN_PLACE_FEED_BYTES = 64 * 1024
+# The same where the run is one native call: a run fed like the last one then only wraps
+# the array and replaces one argument of that call (0.3 us, the time to copy 8-16 KiB).
+NATIVE_IN_PLACE_FEED_BYTES = 16 * 1024
 
 
 def in_place_tensor(array: np.ndarray):

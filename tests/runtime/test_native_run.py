@@ -102,6 +102,30 @@ def test_repeated_feeds_fall_back_for_other_dtypes_and_the_executors_own_memory(
     np.testing.assert_array_equal(out.numpy(), np.maximum(-first, 0) * 4)
 
 
+def test_repeated_runs_read_large_feeds_where_they_lie(monkeypatch):
+    # A feed of NATIVE_IN_PLACE_FEED_BYTES or more is handed to the native call as it lies,
+    # a new array at every run: each run sees its own array, never an earlier one's.
+    monkeypatch.setattr(executor_module, "NATIVE_IN_PLACE_FEED_BYTES", 64)
+    rng = np.random.default_rng(2)
+    x, w = ad.Variable("x"), ad.Variable("w")
+    executor = ad.Executor([ad.relu_op(ad.matmul_op(x, w)) + 1.0])
+    w_val = rng.standard_normal((8, 5)).astype("float32")
+    for run in range(6):
+        batch = rng.standard_normal((4, 8)).astype("float32")
+        (out,) = executor.run({x: batch, w: w_val})
+        np.testing.assert_allclose(out.numpy(), np.maximum(batch @ w_val, 0) + 1,
+                                   rtol=1e-5, atol=1e-6)
+        if run >= 3:  # the native call exists: the repeated path read the array in place
+            assert executor._repeated is not None
+            assert executor._repeated.slots[0][3] is None
+            assert executor._bound[x].data_ptr() == batch.ctypes.data
+    # A read-only array cannot be read in place (DLPack cannot say so): copied, still right.
+    frozen = rng.standard_normal((4, 8)).astype("float32")
+    frozen.flags.writeable = False
+    (out,) = executor.run({x: frozen, w: w_val}, convert_to_numpy_ret_vals=True)
+    np.testing.assert_allclose(out, np.maximum(frozen @ w_val, 0) + 1, rtol=1e-5, atol=1e-6)
+
+
 def test_a_dropped_plan_removes_its_kernels_from_the_global_table(monkeypatch):
     _native_after_first_run(monkeypatch)
     x = ad.Variable("x")
