@@ -5,7 +5,10 @@ vectorises it, ``DLSYS_SCHEDULE=naive`` builds the same computations without it
 
 import re
 
+import numpy as np
 import pytest
+import torch
+import tvm
 
 from dlsys import tvm_op as op
 from dlsys.errors import ArgumentTypeError, ShapeError
@@ -57,3 +60,29 @@ L = ("llvm", "llvm", "f")
 def test_builders_name_bad_arguments(call, error, words):
     with pytest.raises(error, match=words):
         call()
+
+
+@pytest.mark.parametrize("shape, kernel, stride, padding, dilation, ceil_mode", [
+    ((2, 3, 13, 12), (3, 3), (2, 2), (1, 1), (1, 1), False),   # ResNet's pool, odd sizes
+    ((1, 2, 9, 10), (2, 3), (1, 2), (0, 1), (1, 1), True),     # last windows past the end
+    ((1, 2, 8, 70), (2, 2), (2, 2), (0, 0), (1, 1), False),    # rows longer than 2 vectors
+    ((1, 2, 11, 12), (3, 2), (2, 1), (1, 1), (2, 2), False),   # dilated
+])
+def test_max_pool_in_rows_matches_torch_and_keeps_minus_infinity(shape, kernel, stride,
+                                                                  padding, dilation,
+                                                                  ceil_mode):
+    """The max pool reduces each window's rows first, then its columns
+    (``compute.dilated_max_pool2d``): exact against PyTorch, windows of -inf give -inf (not
+    the lowest float), and padding never wins over a negative input."""
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(shape) - 10).astype("float32")
+    x[0, 0, :4, :4] = -np.inf
+    want = torch.nn.functional.max_pool2d(torch.from_numpy(x), kernel, stride, padding,
+                                          dilation, ceil_mode=ceil_mode).numpy()
+    inputs, outputs = compute_conv.dilated_max_pool2d(shape, want.shape, kernel, stride,
+                                                      padding, dilation, "float32")
+    run = build.compile_module(inputs, outputs, "window", TARGET, "k")["k"]
+    got = tvm.runtime.empty(want.shape, "float32")
+    run(tvm.runtime.tensor(x), got)
+    assert np.isneginf(want[0, 0, 0, 0])
+    np.testing.assert_array_equal(got.numpy(), want)
