@@ -42,11 +42,15 @@ PACKED_BLOCK = "conv_prepacked"
 PACKED_COL = "col_tiles"
 # The block annotation carrying the register tile ``(R, V)`` to the schedule.
 PACKED_TILES_ATTR = "dlsys_conv_tiles"
-# How much less padded work this kernel must do than the implicit GEMM to be chosen:
-# measured on znver4 (one thread, batch 8), it ran ResNet-18's and MobileNet v2's 7 x 7
-# layers (49 positions, 64 in the implicit GEMM) 1.15-1.4x faster, but their 14 x 14
-# layers (196 positions, 208 there) 0.95-1.05x as fast.
-PACKED_MIN_GAIN = 1.1
+# How much less work this kernel must do than the implicit GEMM to be chosen, counting
+# multiply-adds of padded channels and positions, and one vector of them per output for
+# the transposed write-back (a scalar store per element, where the implicit GEMM stores
+# vectors): measured on znver4 (one thread, batch 8, ResNet-18's and MobileNet v2's
+# layers), 7 x 7 planes (49 positions, 64 there) ran 1.15-1.4x faster; 14 x 14 ones (196
+# positions, 208 there) 1.07x faster with 2304 taps but as fast with 384-576 (estimated
+# 1.02-1.03x less work) and 1.06-1.12x slower with 64-96; 28 x 28 (no padding there) 1.03x
+# slower.
+PACKED_MIN_GAIN = 1.04
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -71,12 +75,11 @@ def packed_tiles(shape_f: Shape, shape_y: Shape, dtype: str,
                  cpu: cpu_facts.CpuFacts | None = None) -> PackedTile | None:
     """The register tile of the channel-vectorised kernel for these filters and output, or
     None where the position-vectorised implicit GEMM (``schedule.gemm_tile``) is expected
-    to run as fast: where its padding of positions to vectors costs less than
-    ``PACKED_MIN_GAIN`` times this kernel's padding of channels to panels and positions to
-    tiles."""
+    to run as fast (``PACKED_MIN_GAIN``)."""
     cpu = cpu or cpu_facts.host()
     lanes = cpu.lanes(dtype)
     channels, positions = shape_f[0], shape_y[2] * shape_y[3]
+    taps = shape_f[1] * shape_f[2] * shape_f[3]
     # Two vectors of channels where they fill whole panels, else one (fewer padded).
     vectors = 2 if channels % (2 * lanes) == 0 else 1
     # As many positions as registers allow beside the V loaded filter vectors and one
@@ -86,8 +89,9 @@ def packed_tiles(shape_f: Shape, shape_y: Shape, dtype: str,
                key=lambda r: (_round_up(positions, r), -r))
     tile = PackedTile(rows, vectors, lanes)
     gemm = gemm_tile(channels, positions, dtype, cpu)
-    position_work = channels * _round_up(positions, gemm.columns)
-    channel_work = _round_up(channels, tile.panel) * _round_up(positions, rows)
+    position_work = channels * _round_up(positions, gemm.columns) * taps
+    channel_work = (_round_up(channels, tile.panel) * _round_up(positions, rows)
+                    * (taps + lanes))
     return tile if position_work >= PACKED_MIN_GAIN * channel_work else None
 
 
