@@ -250,13 +250,19 @@ def schedule_depthwise(sch: s_tir.Schedule) -> None:
     r_outer, r_inner = sch.split(row, factors=[None, rows])
     v_outer, v_inner, lane = sch.split(column, factors=[None, vectors, lanes])
     sch.reorder(r_outer, v_outer, ry, rx, r_inner, v_inner, lane)
-    write_back = sch.cache_write(block, 0, "local")
-    sch.reverse_compute_at(write_back, v_outer, preserve_unit_loops=True)
+    if sch.get(block).name_hint == DEPTHWISE_BLOCK:
+        # The output (and its epilogue) written from the accumulators, clipped to its
+        # columns: no pass through a padded copy of the plane.
+        sch.set_scope(block, 0, "local")
+        sch.reverse_compute_at(out, v_outer, preserve_unit_loops=True)
+    else:
+        write_back = sch.cache_write(block, 0, "local")
+        sch.reverse_compute_at(write_back, v_outer, preserve_unit_loops=True)
+        vectorize_innermost(sch, write_back)
     for loop in (ry, rx, r_inner, v_inner):
         sch.unroll(loop)
     sch.vectorize(lane)
     sch.decompose_reduction(block, ry)
-    vectorize_innermost(sch, write_back)
     vectorize_innermost(sch, out)
 
 
