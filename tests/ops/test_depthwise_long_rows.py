@@ -19,8 +19,9 @@ from dlsys.ops.conv import conv2d_op  # noqa: E402
 # name: (images, filter size, stride, padding, padding_end, dilation); each output row reads
 # more than two vectors of the image with AVX-512's 16 lanes and AVX2's 8 alike.
 CASES = {
-    "stride1": ((2, 3, 5, 40), (3, 3), 1, 1, None, 1),
-    "stride2_odd": ((1, 2, 9, 39), (3, 3), 2, 1, None, 1),
+    "stride1": ((2, 3, 8, 40), (3, 3), 1, 1, None, 1),         # rows padded 4 at a time
+    "stride2_odd": ((1, 2, 11, 39), (3, 3), 2, 1, None, 1),    # 3 at a time
+    "prime_height": ((1, 2, 5, 40), (3, 3), 1, 1, None, 1),    # 1 at a time
     "wide_filter_uneven": ((1, 2, 8, 37), (5, 5), (1, 2), (2, 2), (1, 0), 1),
     "dilated": ((1, 2, 7, 36), (3, 3), 1, 2, None, 2),
 }
