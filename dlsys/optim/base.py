@@ -210,8 +210,22 @@ class Optimizer:
             if not (type(max_grad_norm) is float and max_grad_norm == self._max_norm_value):
                 self._set_max_norm(max_grad_norm)
             self._clipped_kernel.func(*self._clipped_args)
-        self._last_clipped = max_grad_norm is not None
-        # An executor holding a parameter as a constant recomputes from it.
+        self.count_fused_update(clipped=max_grad_norm is not None)
+
+    def fused_update(self) -> tuple | None:
+        """The unclipped update as one kernel call, ``(function, arguments, key)``, with the
+        gradients bound by the last ``step`` (None before it): a training step's executor
+        makes this call itself, in its run (``TrainStep``, ``Executor.attach_update``). The
+        arguments are the same tuple while the gradients are the same tensors."""
+        if self._grads is None:
+            return None
+        return self._kernel.func, self._args, self._kernel.key
+
+    def count_fused_update(self, clipped: bool = False) -> None:
+        """What follows each update, made by ``step`` or by the executor holding
+        ``fused_update``'s call: an executor holding a parameter as a constant recomputes
+        from it."""
+        self._last_clipped = clipped
         Parameter.step_versions(self._nodes or ())
 
     def _set_max_norm(self, value) -> None:

@@ -74,6 +74,11 @@ class Updater(Protocol):
     def last_grad_norm(self) -> float | None:
         """The gradients' global norm before clipping at the last (clipped) update."""
 
+    # Optional: an updater whose unclipped update is one kernel call offers it as
+    # ``fused_update() -> (function, arguments, key) | None`` (the arguments bound by its
+    # last ``step``), and ``count_fused_update()``, called after a step whose executor
+    # made that call (``Executor.attach_update``).
+
 
 class GradientReduce:
     """What happens between the backward run and the update. This base does nothing: the
@@ -141,6 +146,9 @@ class TrainStep:
                                       memory_budget=memory_budget, reserved_bytes=reserved)
         self._outputs = 1 + len(extra)
         self._updated = False  # whether the last call updated (else it has no norm)
+        # The loss buffer the last run returned and a numpy view of it (``_read_loss``).
+        self._loss_tensor = None
+        self._loss_view = None
 
     @property
     def max_grad_norm(self) -> float | None:
@@ -173,42 +181,82 @@ class TrainStep:
         """``__call__``, also returning the ``extra`` values (TVM tensors the next run
         overwrites)."""
         self._updated = False
-        values = self.executor.run(feed_dict)
+        executor, optimizer = self.executor, self.optimizer
+        # Without a reduction or clipping, the update is made inside the executor's run,
+        # after the same check of the loss as below (``_limit``): one crossing into native
+        # code per step. The attached call stays right while the plan does (the plan's own
+        # gradient buffers, the optimiser's tensors, updated in place).
+        if (self.reduce is None and self._max_grad_norm is None
+                and executor.update_attached()):
+            executor.arm_update(self._limit())
+        values = executor.run(feed_dict)
+        fused = executor.update_was_armed  # not where the run made a plan of new shapes
         if self.reduce is not None:
-            self.reduce.reduce(self.executor)
+            self.reduce.reduce(executor)
         loss = values[0]
-        if tuple(loss.shape) != (1,):
-            self.executor.undo_state_updates()
-            raise ShapeError(f"minimize: the loss {self.loss.name} has shape "
-                             f"{tuple(loss.shape)}; it must be a scalar of shape (1,), such "
-                             f"as a mean")
-        # Through numpy's DLPack view on the CPU: TVM's numpy() costs 6 us more.
-        value = float(np.from_dlpack(loss)[0] if loss.device.dlpack_device_type() == DLPACK_CPU
-                      else loss.numpy()[0])
+        if loss is self._loss_tensor:  # the same buffer as the last run: shape checked then
+            value = float(self._loss_view[0])
+        else:
+            value = self._read_loss(loss)
         refusal = self._refusal(value)
         if refusal is not None:
-            # The forward pass already updated the running statistics and seeds in place.
-            self.executor.undo_state_updates()
+            # The forward pass already updated the running statistics and seeds in place
+            # (the update itself was not made: its guard is this same check).
+            executor.undo_state_updates()
             # The reason alone stays for callers that add where it happened (the trainer's
             # epoch and batch); the message names the loss node, as every dlsys error names
             # what it is about.
             raise StepRefused(refusal, node=self.loss.name)
         if self.first_loss is None:  # a refused first batch must not become the yardstick
             self.first_loss = value
-        grads = values[self._outputs:]
-        if self._max_grad_norm is None:  # an Updater that never clips needs no such argument
-            self.optimizer.step(grads)
+        if fused:
+            optimizer.count_fused_update()  # the executor's run made the update
+        elif self._max_grad_norm is None:  # an Updater that never clips takes no such argument
+            optimizer.step(values[self._outputs:])
+            update = self._fusable_update()
+            if update is not None:
+                executor.attach_update(*update)  # made by the executor from the next run on
         else:
-            self.optimizer.step(grads, max_grad_norm=self._max_grad_norm)
+            optimizer.step(values[self._outputs:], max_grad_norm=self._max_grad_norm)
         self._updated = True
         return value, values[1:self._outputs]
+
+    def _read_loss(self, loss) -> float:
+        """The loss a run returned, checked to be a scalar; a view of its buffer is kept for
+        the next runs, which return the same buffer."""
+        self._loss_tensor = None
+        if tuple(loss.shape) != (1,):
+            self.executor.undo_state_updates()
+            raise ShapeError(f"minimize: the loss {self.loss.name} has shape "
+                             f"{tuple(loss.shape)}; it must be a scalar of shape (1,), such "
+                             f"as a mean")
+        if loss.device.dlpack_device_type() != DLPACK_CPU:
+            return float(loss.numpy()[0])
+        # Through numpy's DLPack view on the CPU: TVM's numpy() costs 6 us more.
+        self._loss_tensor, self._loss_view = loss, np.from_dlpack(loss)
+        return float(self._loss_view[0])
+
+    def _fusable_update(self) -> tuple | None:
+        """The optimiser's update as one kernel call ``(function, arguments, key)`` that the
+        executor may make itself, or None: with a reduction between the run and the update,
+        with clipping, or for an updater that cannot say (``Updater.fused_update``)."""
+        if self.reduce is not None or self._max_grad_norm is not None:
+            return None
+        fused_update = getattr(self.optimizer, "fused_update", None)
+        return fused_update() if fused_update is not None else None
+
+    def _limit(self) -> float:
+        """The largest loss a step accepts (finite besides): ``_refusal`` as a bound."""
+        first = self.first_loss
+        if self.divergence_factor is None or first is None:
+            return math.inf
+        return self.divergence_factor * max(first, 1e-3)
 
     def _refusal(self, value: float) -> str | None:
         """Why a step with this loss must not update anything, or None."""
         if not math.isfinite(value):
             return f"loss became {value}"
         first = self.first_loss
-        if (self.divergence_factor is not None and first is not None
-                and value > self.divergence_factor * max(first, 1e-3)):
+        if value > self._limit():
             return f"loss exploded to {value:.4g} (the first batch's was {first:.4g})"
         return None

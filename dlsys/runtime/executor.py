@@ -11,6 +11,7 @@ kernel call.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from dlsys.runtime.memory import (
     view,
     view_at,
 )
-from dlsys.runtime.native import LoweredRun, NativeRun, lower_calls
+from dlsys.runtime.native import ArgumentView, KernelCall, LoweredRun, NativeRun, lower_calls
 
 
 @dataclass
@@ -80,6 +81,9 @@ class _Prepared:
     runs_until_native: int | None = None  # then ``native`` is compiled; None: never
     fixed: list = field(default_factory=list)
     placeholder_number: dict = field(default_factory=dict)  # its buffer's number there
+    # A call made after the plan's, where a run is armed for it (``attach_update``):
+    # ``(function, argument tensors, its kernel's key, index of the guarding output)``.
+    update: tuple | None = None
 
     def owns_memory_of(self, value) -> bool:
         """Whether ``value`` (a TVM tensor or a contiguous array of the executor's dtype)
@@ -283,6 +287,10 @@ class Executor:
         self._lock = threading.Lock()
         self._saved_states: list = []  # see undo_state_updates
         self._repeated: _RepeatedFeeds | None = None
+        self._update_limit = math.nan  # see arm_update
+        # Whether the last run was armed and its plan had an update attached: it then made
+        # the update exactly where the guard held.
+        self.update_was_armed = False
 
     # ----------------------------------------------------------------- feeds
     def _check_feed_keys(self, feed_dict: dict) -> None:
@@ -495,7 +503,11 @@ class Executor:
         if not isinstance(feed_dict, dict):
             raise FeedError(f"feed_dict must be a dict, got {type(feed_dict).__name__}")
         with self._lock:
-            return self._run(feed_dict, convert_to_numpy_ret_vals)
+            self.update_was_armed = False
+            try:
+                return self._run(feed_dict, convert_to_numpy_ret_vals)
+            finally:
+                self._update_limit = math.nan  # armed for this run only, made or not
 
     def _run_repeated(self, feed_dict: dict, convert_to_numpy_ret_vals: bool):
         """The run for feeds like the last run's, or None where it does not apply.
@@ -545,17 +557,60 @@ class Executor:
         self._saved_states = []
         if prepared.state_targets:
             self._save_states(prepared)
-        if prepared.native is not None:
-            prepared.native.run(prepared.first_per_run_call)
-        else:
-            for func, args in itertools.islice(prepared.calls, prepared.first_per_run_call,
-                                               None):
-                func(*args)
+        self._make_calls(prepared, prepared.first_per_run_call)
         Parameter.step_versions(prepared.state_targets)
         repeated.rebinds, repeated.version_steps = Parameter.rebinds, Parameter.version_steps
         if convert_to_numpy_ret_vals:
             return [array.copy() for array in repeated.arrays]
         return list(repeated.results)
+
+    def _make_calls(self, prepared: _Prepared, first: int) -> None:
+        """The plan's kernel calls from number ``first`` on, then the attached update where
+        this run was armed for it and its guard holds (``attach_update``)."""
+        limit, self._update_limit = self._update_limit, math.nan  # armed for one run only
+        self.update_was_armed = limit == limit and prepared.update is not None
+        if prepared.native is not None:
+            prepared.native.run(first, limit)
+            return
+        for func, args in itertools.islice(prepared.calls, first, None):
+            func(*args)
+        if prepared.update is not None and limit == limit:
+            func, args, _, guard = prepared.update
+            out = prepared.outputs[guard]
+            value = float((np.from_dlpack(out) if self.target == "llvm" else out.numpy())
+                          .reshape(-1)[0])
+            if math.isfinite(value) and value <= limit:
+                func(*args)
+
+    # ---------------------------------------------------------- attached update
+    def attach_update(self, func, args: tuple, key: str, guard: int = 0) -> None:
+        """Make ``func(*args)`` (a kernel updating tensors in place: an optimiser's step)
+        part of this plan's run, after its calls, in the same native call: made at a run
+        armed by ``arm_update(limit)`` where the first element of evaluated node number
+        ``guard`` (the loss) is then finite and at most ``limit``; never at other runs.
+        ``key`` names the kernel's code (``Kernel.key``). A training step thus makes one
+        crossing into native code, and a step its check refuses updates nothing. The
+        update belongs to the plan of the last feed shapes: a new plan has none."""
+        prepared = self._require_prepared()
+        if not isinstance(self.eval_node_list[guard], Node) or not all(
+                isinstance(a, tvm.runtime.Tensor) for a in args):
+            raise ArgumentTypeError("Executor.attach_update: args must be TVM tensors")
+        prepared.update = (func, tuple(args), key, guard)
+        if prepared.native is not None:
+            # Compiled again with the update, at the next run (from the disk cache later).
+            prepared.native, prepared.runs_until_native = None, 0
+
+    def update_attached(self) -> bool:
+        """Whether the plan of the last feed shapes has an update attached."""
+        prepared = self._prepared
+        return prepared is not None and prepared.update is not None
+
+    def arm_update(self, limit: float) -> None:
+        """Let the next run make the attached update where its guard is finite and at most
+        ``limit`` (``math.inf``: wherever finite). Only the next run: a run not armed, from
+        any caller, never updates. A run of new feed shapes makes a new plan, which has no
+        update attached: ``update_was_armed`` says after the run whether it had one."""
+        self._update_limit = float(limit)
 
     def _count_run(self, prepared: _Prepared) -> None:
         """Count a run of the plan; at ``NATIVE_AFTER_RUNS``, compile its calls into one
@@ -566,8 +621,18 @@ class Executor:
         prepared.runs_until_native = None
         lowered = self.lowered_run()
         identities = [k.key or str(id(k)) for k in prepared.program.kernels if k is not None]
-        prepared.native = NativeRun(lowered.functions, identities, lowered.calls,
-                                    lowered.buffers, make_target(self.target))
+        functions, calls, buffers = lowered.functions, lowered.calls, lowered.buffers
+        guard = None
+        if prepared.update is not None:
+            # The update's arguments are buffers of their own, after the plan's.
+            func, args, key, guard_output = prepared.update
+            views = tuple(ArgumentView(len(buffers) + i, 0, tuple(int(d) for d in a.shape),
+                                       str(a.dtype)) for i, a in enumerate(args))
+            functions, identities = [*functions, func], [*identities, key]
+            calls, buffers = [*calls, KernelCall("", views)], [*buffers, *args]
+            guard = lowered.outputs[guard_output]
+        prepared.native = NativeRun(functions, identities, calls, buffers,
+                                    make_target(self.target), guard)
 
     def _remember_feeds(self, prepared: _Prepared, feed_dict: dict, results: list) -> None:
         """Keep what ``_run_repeated`` needs to repeat this run, where it can: every feed an
@@ -629,11 +694,7 @@ class Executor:
         first = 0 if refresh else prepared.first_per_run_call
         if prepared.runs_until_native is not None:
             self._count_run(prepared)
-        if prepared.native is not None:
-            prepared.native.run(first)
-        else:
-            for func, args in itertools.islice(prepared.calls, first, None):
-                func(*args)
+        self._make_calls(prepared, first)
         if prepared.constant_params:
             prepared.constants_stale = False
             prepared.constant_versions = versions

@@ -127,10 +127,16 @@ def lower_calls(calls: Sequence[tuple], placeholder_slots: dict, placeholder_ten
 
 
 def entry_function(buffers: Sequence[BufferParam], calls: Sequence[KernelCall],
-                   symbol: str = ENTRY_SYMBOL) -> tirx.PrimFunc:
+                   symbol: str = ENTRY_SYMBOL, guard: ArgumentView | None = None
+                   ) -> tirx.PrimFunc:
     """The host function ``symbol(first, *buffers)`` that makes ``calls`` in order, from
     call number ``first`` on (the calls before it compute constant values, made only when
     one of their inputs changed).
+
+    With ``guard`` (one element of a buffer), the function is ``symbol(first, limit,
+    *buffers)`` and its last call is made only where that element, once the other calls
+    have run, is finite and at most ``limit`` (a float64; NaN: never): an optimiser's
+    update after the check of the loss it follows (``Executor.attach_update``).
 
     The buffers are taken as bare DLTensor handles, unchecked: the executor hands the
     shapes and dtypes its plan was made for (it checks the feeds itself), and TVM's checks
@@ -142,6 +148,7 @@ def entry_function(buffers: Sequence[BufferParam], calls: Sequence[KernelCall],
     their own arguments, as when the executor calls them from Python).
     """
     first = tirx.Var("first", "int32")
+    limit = tirx.Var("limit", "float64")
     handles = [tirx.Var(f"buffer{index}", "handle") for index in range(len(buffers))]
     statements = []
     flat = []
@@ -163,14 +170,20 @@ def entry_function(buffers: Sequence[BufferParam], calls: Sequence[KernelCall],
                                     f"buffer")
         arrays = [stack_tensor(flat[arg.buffer], arg) for arg in call.args]
         made = tirx.Evaluate(tirx.call_packed(call.symbol, *arrays))
-        statements.append(tirx.IfThenElse(first <= number, made, None))
+        condition = first <= number
+        if guard is not None and number == len(calls) - 1:
+            value = tirx.BufferLoad(flat[guard.buffer], [tirx.IntImm("int64", guard.offset)])
+            # NaN compares false: a NaN limit never updates, nor does a NaN value.
+            condition = tirx.all(tirx.isfinite(value), tirx.Cast("float64", value) <= limit)
+        statements.append(tirx.IfThenElse(condition, made, None))
     # (A sequence of one statement is not allowed: the closing no-op makes it two.)
     body = tirx.SeqStmt([*statements, tirx.Evaluate(0)]) if statements else tirx.Evaluate(0)
     # The device the stack's DLTensors name, which TVM otherwise reads from the first
     # checked buffer argument: the CPU the executor runs on.
     body = tirx.AttrStmt(0, "device_id", tirx.IntImm("int32", 0), body)
     body = tirx.AttrStmt(0, "device_type", tirx.IntImm("int32", DLPACK_CPU), body)
-    func = tirx.PrimFunc([first, *handles], body)
+    lead = [first] if guard is None else [first, limit]
+    func = tirx.PrimFunc([*lead, *handles], body)
     return func.with_attr("global_symbol", symbol)
 
 
@@ -214,7 +227,8 @@ class NativeRun:
     (its ``Kernel.key``: equal keys, equal code); ``calls``: what each call reads and writes
     (their ``symbol`` is ignored); ``buffers``: the tensors the entry starts with, one per
     buffer the calls view (``rebind`` replaces one, as a feed changes). ``run(first)`` makes
-    the calls from number ``first`` on.
+    the calls from number ``first`` on. With ``guard``, the last call is made only where
+    that element is then finite and at most ``run``'s ``limit`` (``entry_function``).
 
     The entry finds its kernels in TVM's global table under names made from a digest of the
     whole run (kernels, views, buffer shapes), so that the compiled entry is the same from
@@ -223,11 +237,12 @@ class NativeRun:
     """
 
     def __init__(self, kernels: Sequence, identities: Sequence[str],
-                 calls: Sequence[KernelCall], buffers: Sequence, target: tvm.target.Target):
+                 calls: Sequence[KernelCall], buffers: Sequence, target: tvm.target.Target,
+                 guard: ArgumentView | None = None):
         host = host_target(target)
         params = [BufferParam(tuple(int(d) for d in b.shape), str(b.dtype)) for b in buffers]
         digest = hashlib.sha256(repr((
-            list(identities), [call.args for call in calls], params, str(host),
+            list(identities), [call.args for call in calls], params, guard, str(host),
             tvm.__version__, _code_fingerprint())).encode()).hexdigest()[:32]
         names: dict[str, str] = {}
         for identity in identities:
@@ -237,16 +252,20 @@ class NativeRun:
         weakref.finalize(self, _unregister, self._names)
         named = [KernelCall(names[i], call.args) for i, call in zip(identities, calls)]
         self.entry = _cached_entry(digest, lambda: tvm.IRModule(
-            {ENTRY_SYMBOL: entry_function(params, named)}), host)
-        self.args: list = [0, *buffers]
+            {ENTRY_SYMBOL: entry_function(params, named, guard=guard)}), host)
+        # The entry's leading scalars: ``first``, and the guard's ``limit``.
+        self._lead = 1 if guard is None else 2
+        self.args: list = [0, *buffers] if guard is None else [0, math.nan, *buffers]
 
     def rebind(self, buffer: int, tensor) -> None:
         """Hand ``tensor`` to the entry as buffer number ``buffer`` from the next run on."""
-        self.args[buffer + 1] = tensor
+        self.args[buffer + self._lead] = tensor
 
-    def run(self, first: int = 0) -> None:
+    def run(self, first: int = 0, limit: float = math.nan) -> None:
         args = self.args
         args[0] = first
+        if self._lead == 2:
+            args[1] = limit
         self.entry(*args)
 
 
