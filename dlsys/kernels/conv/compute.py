@@ -5,8 +5,9 @@ Every kernel is given its inputs' shapes, then its output's (the operators' shap
 ``dlsys.ops.shapes`` computed them), then its window (a pool's ``kernel``, ``stride``,
 ``padding``) as ``(height, width)`` pairs, and returns ``(inputs, outputs)`` as
 ``dlsys.kernels.compute`` does. Padding is a block of its own (``"pad"``), so the window
-block reads a plain array; the last block is the one a schedule of the ``"window"`` family
-shapes.
+block reads a plain array (the max pool instead tests each window row it reads, once per
+row: ``dilated_max_pool2d``); the last block is the one a schedule of the ``"window"``
+family shapes.
 
 The adjoints gather rather than scatter: each input element sums over the windows that
 cover it, so no two iterations write the same element and every block parallelises. For

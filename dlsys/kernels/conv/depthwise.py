@@ -22,7 +22,7 @@ loop would load each lane on its own), and a row of at most ``SHORT_ROW_VECTORS`
 is vectorised by TVM (LLVM unrolls so short a loop whole and gathers its strided loads).
 How many rows share a padded copy (``rows_per_pad``) was measured on MobileNet v2's layers;
 this replaced register tiles over a padded plane and, for small planes, a grid of phase
-planes, which ran 1.2-4x slower on every one of them (one thread, znver4).
+planes, which ran 1.15-4.3x slower on every one of them (one thread, znver4).
 """
 
 from __future__ import annotations
@@ -102,9 +102,9 @@ def short_rows(out_w: int, stride_w: int, dtype: str) -> bool:
 def rows_per_pad(shape_y: Shape, stride: Pair, dtype: str) -> int:
     """How many output rows share one padded copy of the image rows they read: the largest
     divisor of the height up to ``LONG_ROWS_PER_PAD`` for long rows; for short ones, the
-    whole plane at stride 1 (MobileNet's 7 and 14 pixel planes 1.3-1.5x faster than one row
-    at a time, 2-4x than two) but one row at a larger stride (its 28 and 14 pixel planes at
-    stride 2 2.2-2.7x faster than two rows, or the whole plane, at a time; one thread)."""
+    whole plane at stride 1 (MobileNet's 7 and 14 pixel planes 3.5-4x faster than one row at
+    a time, 1.9x than two) but one row at a larger stride (its 28 and 14 pixel planes at
+    stride 2 2.2-2.8x faster than two rows, or the whole plane, at a time; one thread)."""
     out_h, out_w = shape_y[2:]
     if not short_rows(out_w, stride[1], dtype):
         limit = LONG_ROWS_PER_PAD
