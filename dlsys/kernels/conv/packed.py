@@ -3,14 +3,14 @@ vectorised along output channels rather than positions.
 
 The implicit GEMM of ``compute.py`` runs vector lanes along output positions, padded to
 whole vectors: on the small planes of a CNN's last stages (7 x 7 = 49 positions padded to
-64, 14 x 14 = 196 to 208) that pads away a sixth to a third of its work, where the channels
-(64 to 512) are whole vectors. Here the filters are laid out once, when an inference
+64, 14 x 14 = 196 to 208) that adds 6 to 31 % of padded work, where the channels (64 to
+512) are whole vectors. Here the filters are laid out once, when an inference
 session first runs, as panels ``Fp[o // L, k, o % L]`` of ``L`` output channels
 (``pack_filters``), ``k`` running over (channel, filter row, filter column), and the product
 per image is::
 
-    parallel for b in N:                               # or, for fewer images than cores,
-        pad[b], col[b, t, k, r] = windows of positions t*R + r   # over panels of channels
+    parallel for b in N:                 # or, with fewer images than cores, over panels
+        pad[b], col[b, t, k, r] = windows of positions t*R + r   # of channels (batch 1)
         for o_panel in O / L:
             for t in positions / R:
                 acc[R, L] = 0                            # R x V vectors in registers
@@ -19,7 +19,10 @@ per image is::
 
 ``R`` positions need no padding to vectors (only to whole tiles, which ``packed_tiles``
 picks to divide the positions where it can), and each ``k`` costs ``R`` broadcasts and
-``V = L / lanes`` vector loads for ``R * V`` FMAs.
+``V = L / lanes`` vector loads for ``R * V`` FMAs. Splitting ``K`` into blocks (so that
+a block of the panel stays in L1), or running each panel over every image's positions
+(so that it stays in L2), measured no faster on znver4: the product runs at about 0.9x
+PyTorch's speed on ResNet-18's 7 x 7 layers either way.
 """
 
 from __future__ import annotations
@@ -40,13 +43,13 @@ Pair = tuple[int, int]
 
 PACKED_BLOCK = "conv_prepacked"
 PACKED_COL = "col_tiles"
-# The block annotation carrying the register tile ``(R, V)`` to the schedule.
+# The block annotation carrying the register tile ``(R, V, lanes)`` to the schedule.
 PACKED_TILES_ATTR = "dlsys_conv_tiles"
 # How much less work this kernel must do than the implicit GEMM to be chosen, counting
 # multiply-adds of padded channels and positions, and one vector of them per output for
 # the transposed write-back (a scalar store per element, where the implicit GEMM stores
 # vectors): measured on znver4 (one thread, batch 8, ResNet-18's and MobileNet v2's
-# layers), 7 x 7 planes (49 positions, 64 there) ran 1.15-1.4x faster; 14 x 14 ones (196
+# layers), 7 x 7 planes (49 positions, 64 there) ran 1.25-1.35x faster; 14 x 14 ones (196
 # positions, 208 there) 1.07x faster with 2304 taps but as fast with 384-576 (estimated
 # 1.02-1.03x less work) and 1.06-1.12x slower with 64-96; 28 x 28 (no padding there) 1.03x
 # slower.
