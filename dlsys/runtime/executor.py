@@ -558,7 +558,8 @@ class Executor:
         if prepared.state_targets:
             self._save_states(prepared)
         self._make_calls(prepared, prepared.first_per_run_call)
-        Parameter.step_versions(prepared.state_targets)
+        if prepared.state_targets:
+            Parameter.step_versions(prepared.state_targets)
         repeated.rebinds, repeated.version_steps = Parameter.rebinds, Parameter.version_steps
         if convert_to_numpy_ret_vals:
             return [array.copy() for array in repeated.arrays]
