@@ -189,6 +189,18 @@ def _check_indices(node: Node, array: np.ndarray, checks: list) -> None:
                             f"{bounds.describe()}")
 
 
+def _checked_constants(constants) -> list[Node]:
+    """``Executor``'s ``constants`` argument: a list of parameters, or None."""
+    if isinstance(constants, Node) or not isinstance(constants, (list, tuple, type(None))):
+        raise ArgumentTypeError(f"Executor: constants must be a list of parameters, got "
+                                f"{type(constants).__name__}")
+    for node in constants or []:
+        if not isinstance(node, Node) or not node.op.holds_value:
+            raise ArgumentTypeError(f"Executor: constants must be parameters, got "
+                                    f"{getattr(node, 'name', node)!r}")
+    return list(constants or [])
+
+
 class Executor:
     """Evaluates ``eval_node_list`` for the values in ``feed_dict``.
 
@@ -271,15 +283,9 @@ class Executor:
         self._optional_index_feeds = {
             p: reader for p, reader in index_placeholders(self.topo_order, optional=True).items()
             if p not in self._index_feeds}
-        if isinstance(constants, Node) or not isinstance(constants, (list, tuple, type(None))):
-            raise ArgumentTypeError(f"Executor: constants must be a list of parameters, got "
-                                    f"{type(constants).__name__}")
-        for node in constants or []:
-            if not isinstance(node, Node) or not node.op.holds_value:
-                raise ArgumentTypeError(f"Executor: constants must be parameters, got "
-                                        f"{getattr(node, 'name', node)!r}")
         # A parameter the graph does not read has nothing to fold.
-        self.constants = frozenset(n for n in constants or [] if n in self._placeholder_set)
+        self.constants = frozenset(n for n in _checked_constants(constants)
+                                   if n in self._placeholder_set)
         self._signature: tuple | None = None
         self._prepared: _Prepared | None = None
         self._bound: dict[Node, object] = {}
