@@ -1,8 +1,10 @@
 """Convolutions whose constant filters are packed once into panels of output channels
 (``pack_filters``, ``conv2d_prepacked``): the packed layout against the operator's numpy
-reference, the kernel against numpy for odd channel counts, tiles that pad the positions, a
-fused epilogue, one image and several; and an executor with constant weights choosing it
-where the kernel layer says it pays, and seeing a changed weight."""
+reference, the kernel against numpy for odd channel counts, tiles that pad the positions,
+tiles reading the image in place (whole rows, rows padded to whole tiles, parts of a row), a
+fused epilogue, one image (tiles in parallel) and several; the tile choice (LeNet-5's second
+layer in place); and an executor with constant weights choosing it where the kernel layer
+says it pays, and seeing a changed weight."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import tvm
 
 from dlsys import autodiff as ad
 from dlsys import nn
+from dlsys.errors import ShapeError
 from dlsys.kernels.common.epilogue import EPILOGUE_LABELS
 from dlsys.kernels.conv import packed
 from dlsys.kernels.registry import KernelSpec
@@ -50,10 +53,17 @@ def test_panels_hold_each_channels_taps_and_zeros_past_the_last():
 
 # (batch, channels in, size, channels out, kernel, stride, padding, tiles): channel counts
 # that are no multiple of a panel, tiles that do not divide the positions (7 x 7 = 49 in
-# tiles of 10), strides, one image (panels of channels in parallel) and several.
-CASES = [(2, 5, 7, 20, 3, 1, 1, (10, 1, 16)),
-         (1, 8, 9, 32, 1, 2, 0, (7, 2, 16)),
-         (3, 6, 8, 40, 3, 2, 1, (4, 1, 16))]
+# tiles of 10), strides, one image (panels of channels and tiles in parallel) and several.
+# In place: LeNet-5's second layer at batch 1 (one row a tile), two rows of a 9 x 9 output
+# (its rows padded to 10), half a row at stride 2 with padding, and a 5 x 5 filter's 2 x 2
+# output in one image's three panels.
+CASES = [(2, 5, 7, 20, 3, 1, 1, (10, 1, 16, False)),
+         (1, 8, 9, 32, 1, 2, 0, (7, 2, 16, False)),
+         (3, 6, 8, 40, 3, 2, 1, (4, 1, 16, False)),
+         (1, 6, 14, 16, 5, 1, 0, (10, 1, 16, True)),
+         (2, 3, 9, 20, 3, 1, 1, (18, 1, 16, True)),
+         (3, 5, 13, 32, 3, 2, 2, (4, 2, 16, True)),
+         (1, 4, 6, 40, 5, 1, 0, (1, 1, 16, True))]
 
 
 @pytest.mark.parametrize("fused", [False, True])
@@ -80,10 +90,27 @@ def test_kernel_matches_numpy(batch, c, size, o, k, stride, padding, tiles, fuse
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-4, atol=1e-4)
 
 
+def test_a_tile_that_is_no_part_of_a_row_is_not_read_in_place():
+    with pytest.raises(ShapeError, match="7 positions"):
+        packed.conv2d_prepacked((1, 2, 6, 6), (16, 2, 3, 3), (1, 16, 4, 4), (1, 1), (0, 0),
+                                (7, 1, 16, True), (), "float32")
+
+
 def test_small_planes_take_channel_panels_and_large_ones_do_not():
-    # 7 x 7 positions pad to 64 when vectorised along positions; 28 x 28 need no padding.
+    # 7 x 7 positions pad to 64 when vectorised along positions; 28 x 28 need no padding, and
+    # 64 channels at 1 x 1 read the images in place in the implicit GEMM too.
     assert packed.packed_tiles((512, 512, 3, 3), (32, 512, 7, 7), "float32") is not None
-    assert packed.packed_tiles((128, 128, 3, 3), (32, 128, 28, 28), "float32") is None
+    assert packed.packed_tiles((64, 64, 1, 1), (32, 64, 28, 28), "float32") is None
+
+
+def test_lenet_second_layer_reads_whole_rows_in_place():
+    # 16 channels, 10 x 10 positions: about as many multiply-adds either way, but the
+    # implicit GEMM copies its windows first.
+    tile = packed.packed_tiles((16, 6, 5, 5), (1, 16, 10, 10), "float32")
+    assert tile is not None and tile.in_place and 10 % tile.positions == 0
+    # A long prime row has no in-place tile of two vectors that fits the registers.
+    tile = packed.packed_tiles((512, 512, 3, 3), (8, 512, 11, 11), "float32")
+    assert tile is not None and not tile.in_place
 
 
 @pytest.mark.parametrize("batch", [1, 3])

@@ -27,10 +27,12 @@ SCHEDULES = {"conv_gemm": schedule_conv_gemm, "conv_direct": schedule_conv_direc
 
 def _packed_layout(params: tuple, dtype: str) -> tuple | None:
     """Constant filters' panels, chosen here: the spec's leading ``(shape_x, shape_f,
-    shape_y)`` decide the register tile (``packed.packed_tiles``), or None where the
-    position-vectorised kernel is the faster one."""
-    tile = packed.packed_tiles(params[1], params[2], dtype)
-    return None if tile is None else (tile.positions, tile.vectors, tile.lanes)
+    shape_y, stride, padding)`` decide the register tile (``packed.packed_tiles``), or None
+    where the position-vectorised kernel is the faster one."""
+    tile = packed.packed_tiles(params[1], params[2], dtype, stride=params[3],
+                               padding=params[4])
+    return None if tile is None else (tile.positions, tile.vectors, tile.lanes,
+                                      tile.in_place)
 
 
 def register(kinds: Registrar) -> None:
