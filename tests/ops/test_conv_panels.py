@@ -51,6 +51,34 @@ def test_panels_match_pytorch(monkeypatch, case):
     assert conv_schedule.COL_PANELS in _check_against_pytorch(*CASES[case])
 
 
+# Outputs of 4 x 12 positions: panels of 4 whole rows, 3 vectors of 16.
+ROW_CASES = {
+    "plain": ((2, 3, 4, 12), (8, 3, 3, 3), (1, 1), (1, 1), (1, 1), 1),
+    "strided": ((1, 4, 8, 24), (6, 4, 3, 2), (2, 2), (1, 0), (1, 1), 1),
+    "dilated_grouped": ((2, 4, 4, 14), (6, 2, 3, 3), (1, 1), (2, 1), (2, 2), 2),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ROW_CASES))
+def test_row_panels_match_pytorch(monkeypatch, case):
+    monkeypatch.setattr(conv_schedule, "ROW_PANEL_L2_MULTIPLE", 0)  # every copy in row panels
+    shape_x, shape_f = ROW_CASES[case][:2]
+    script = _check_against_pytorch(*ROW_CASES[case])
+    # The copy is (images, panels, channels, filter rows, filter columns, 48 positions).
+    assert f"{shape_x[1]}, {shape_f[2]}, {shape_f[3]}, 48)" in script
+
+
+@pytest.mark.parametrize("taps, height, width, expected", [
+    (64 * 9, 56, 56, 2),      # ResNet's 56 x 56 layers: 7.2 MB of windows per image
+    (3 * 49, 112, 112, 1),    # its first convolution
+    (128 * 9, 28, 28, 4),     # its 28 x 28 layers
+    (256 * 9, 14, 14, 0),     # 14 x 14: no whole rows are whole vectors and divide 14
+    (6 * 25, 10, 10, 0),      # LeNet's second convolution: copied whole, in L2
+])
+def test_wide_layers_take_row_panels(taps, height, width, expected):
+    assert conv_schedule.row_panel(taps, height, width, 16, "float32", AVX512) == expected
+
+
 @pytest.mark.parametrize("groups", [1, 2])
 def test_pointwise_reads_images_in_place(groups):
     # 4 x 8 positions: two whole vectors of 16, so no window is copied.

@@ -36,6 +36,7 @@ from dlsys.kernels.conv.schedule import (
     WEIGHT_CHUNK_IMAGES,
     col_in_panels,
     gemm_tile,
+    row_panel,
     weight_partials,
 )
 
@@ -157,10 +158,13 @@ def _gemm_layout(channels: int, taps: int, shape_y: Shape, dtype: str
     """``(positions, rows, panel)`` of an implicit GEMM with ``taps`` (channel, filter row,
     filter column) terms per output: flat output positions rounded up to whole register
     tiles (``kernels.conv.gemm_tile``), the output rows that takes, and the positions per
-    panel of the windows' copy when it is made a panel at a time (``col_in_panels``), else
-    0."""
+    panel of the windows' copy when it is made a panel at a time, else 0: a few whole output
+    rows (``row_panel``), else one register tile's positions (``col_in_panels``)."""
     out_w = shape_y[3]
     columns = gemm_tile(channels, shape_y[2] * out_w, dtype).columns
+    panel_rows = row_panel(taps, shape_y[2], out_w, columns, dtype)
+    if panel_rows:
+        return shape_y[2] * out_w, shape_y[2], panel_rows * out_w
     positions = -(-(shape_y[2] * out_w) // columns) * columns
     panel = columns if col_in_panels(taps, positions, dtype) else 0
     return positions, -(-positions // out_w), panel
@@ -176,7 +180,8 @@ def _implicit_gemm(image: te.Tensor, weight, shape_f: Shape, shape_y: Shape, str
     stored). ``col`` holds each window tap's plane of positions, so the product reads whole
     vectors of it; with a ``panel`` size, it holds them a panel of that many positions after
     another (``COL_PANELS``: each panel's taps side by side, so that the schedule can copy
-    one panel just before the product reads it). ``weight(o, c, ry, rx)`` is the filter tap.
+    one panel just before the product reads it; a panel of whole output rows is copied a
+    shifted image row at a time). ``weight(o, c, ry, rx)`` is the filter tap.
     With ``groups``, ``k`` runs over the channels of ``o``'s group only. ``in_place``: the
     product reads ``image`` itself, with no copy, where every position's window lies in it.
     """
