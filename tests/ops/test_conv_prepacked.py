@@ -53,17 +53,19 @@ def test_panels_hold_each_channels_taps_and_zeros_past_the_last():
 
 # (batch, channels in, size, channels out, kernel, stride, padding, tiles): channel counts
 # that are no multiple of a panel, tiles that do not divide the positions (7 x 7 = 49 in
-# tiles of 10), strides, one image (panels of channels and tiles in parallel) and several.
-# In place: LeNet-5's second layer at batch 1 (one row a tile), two rows of a 9 x 9 output
-# (its rows padded to 10), half a row at stride 2 with padding, and a 5 x 5 filter's 2 x 2
-# output in one image's three panels.
+# tiles of 10), strides, one image and several. In place: LeNet-5's second layer at batch 1
+# (one row a tile, too little work for two threads), two rows of a 9 x 9 output (its rows
+# padded to 10), half a row at stride 2 with padding, a 5 x 5 filter's 2 x 2 output in one
+# image's three panels, and one image with enough work (``packed.PARALLEL_MIN_WORK``) for
+# its padded copy and its tiles to run in parallel.
 CASES = [(2, 5, 7, 20, 3, 1, 1, (10, 1, 16, False)),
          (1, 8, 9, 32, 1, 2, 0, (7, 2, 16, False)),
          (3, 6, 8, 40, 3, 2, 1, (4, 1, 16, False)),
          (1, 6, 14, 16, 5, 1, 0, (10, 1, 16, True)),
          (2, 3, 9, 20, 3, 1, 1, (18, 1, 16, True)),
          (3, 5, 13, 32, 3, 2, 2, (4, 2, 16, True)),
-         (1, 4, 6, 40, 5, 1, 0, (1, 1, 16, True))]
+         (1, 4, 6, 40, 5, 1, 0, (1, 1, 16, True)),
+         (1, 32, 16, 64, 3, 1, 1, (8, 2, 16, True))]
 
 
 @pytest.mark.parametrize("fused", [False, True])

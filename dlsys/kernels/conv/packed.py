@@ -30,12 +30,13 @@ are read from the padded image where they lie, ``image[b, c, i*sh + ry, j*sw + r
 LeNet-5's second layer (16 channels, one panel) ran 2.7x faster so than with its windows
 copied (25 positions a tile) and 1.3-1.6x faster than the implicit GEMM; ResNet-18's 7 x 7
 to 56 x 56 layers 1.03-1.3x faster than the implicit GEMM (one thread, znver4). With fewer
-images than cores the tiles run in parallel too (LeNet's second layer at batch 1: 3.6 us
-on two threads, 4.9 us serial).
+images than cores the tiles run in parallel too, where there is enough work
+(``PARALLEL_MIN_WORK``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -75,6 +76,11 @@ WINDOW_COPY_COST = 8
 # plane's 14 positions x 2 vectors spilled registers to the stack (79 spills in its assembly,
 # 1.3-3x slower than the implicit GEMM) where 7 x 2 had none.
 IN_PLACE_MOST = 0.5
+# Multiply-adds (padded) below which a convolution of fewer images than cores runs on one
+# thread: LeNet-5's second layer at batch 1 (240 K) took 3.6 us on two threads and 4.9 us on
+# one, but its session ran 3-4 us slower with it parallel while another process kept the
+# second core busy (and as fast when it was idle).
+PARALLEL_MIN_WORK = 4_000_000
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -276,9 +282,10 @@ def _windows_product(x, packed, kernel: Pair, out_size: Pair, stride: Pair, padd
 
 
 def schedule_conv_prepacked(sch: s_tir.Schedule) -> None:
-    """Images in parallel (or, with fewer images than cores, panels of channels and tiles
-    of positions), per image any padded copy and windows; the product in register tiles of
-    positions x channel vectors, written back (with any epilogue) per tile."""
+    """Images in parallel (or, with fewer images than cores and enough work, panels of
+    channels and tiles of positions), per image any padded copy and windows; the product
+    in register tiles of positions x channel vectors, written back (with any epilogue) per
+    tile."""
     gemm = sch.get_sblock(PACKED_BLOCK)
     stmt = sch.get(gemm)
     rows, vectors, lanes = (int(v) for v in stmt.annotations[PACKED_TILES_ATTR])
@@ -317,11 +324,16 @@ def schedule_conv_prepacked(sch: s_tir.Schedule) -> None:
         if batch > 1:
             sch.parallel(image)
     else:
+        work = math.prod(int(sch.get(loop).extent) for loop in sch.get_loops(gemm))
         for block in producers:
             loops = sch.get_loops(block)
-            sch.parallel(sch.fuse(*loops[:2]))
+            fused = sch.fuse(*loops[:2])
+            if work >= PARALLEL_MIN_WORK:
+                sch.parallel(fused)
             vectorize_innermost(sch, block)
-        sch.parallel(sch.fuse(image, o_panel, *outer))
+        fused = sch.fuse(image, o_panel, *outer)
+        if work >= PARALLEL_MIN_WORK:
+            sch.parallel(fused)
     for loop in unrolled:
         sch.unroll(loop)
     sch.unroll(o_vector)
