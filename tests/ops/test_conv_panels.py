@@ -79,6 +79,24 @@ def test_wide_layers_take_row_panels(taps, height, width, expected):
     assert conv_schedule.row_panel(taps, height, width, 16, "float32", AVX512) == expected
 
 
+def test_images_read_once_match_pytorch(monkeypatch):
+    # Each tile of positions through both tiles of 16 channels before the next.
+    monkeypatch.setattr(conv_schedule, "images_pass_once", lambda *args: True)
+    script = _check_against_pytorch((2, 4, 4, 8), (32, 4, 1, 1), (1, 1), (0, 0), (1, 1), 1)
+    assert "col" not in script
+
+
+@pytest.mark.parametrize("channels, in_channels, positions, expected", [
+    (24, 144, 56 * 56, True),    # MobileNet v2's projection: 1.8 MB images, 2 tiles
+    (96, 16, 112 * 112, False),  # its expansion: the 0.8 MB image stays in L2
+    (16, 32, 112 * 112, False),  # one tile of channels: each image is read once anyway
+])
+def test_images_larger_than_l2_read_once(channels, in_channels, positions, expected):
+    tile = conv_schedule.gemm_tile(channels, positions, "float32", AVX512)
+    image_bytes = in_channels * positions * 4
+    assert conv_schedule.images_pass_once(channels, tile.rows, image_bytes, AVX512) is expected
+
+
 @pytest.mark.parametrize("groups", [1, 2])
 def test_pointwise_reads_images_in_place(groups):
     # 4 x 8 positions: two whole vectors of 16, so no window is copied.
