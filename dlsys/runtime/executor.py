@@ -38,7 +38,14 @@ from dlsys.runtime.memory import (
     view,
     view_at,
 )
-from dlsys.runtime.native import ArgumentView, KernelCall, LoweredRun, NativeRun, lower_calls
+from dlsys.runtime.native import (
+    ArgumentView,
+    IdCheck,
+    KernelCall,
+    LoweredRun,
+    NativeRun,
+    lower_calls,
+)
 
 
 @dataclass
@@ -84,6 +91,9 @@ class _Prepared:
     # A call made after the plan's, where a run is armed for it (``attach_update``):
     # ``(function, argument tensors, its kernel's key, index of the guarding output)``.
     update: tuple | None = None
+    # Where the native call checks the ids fed (``native.IdCheck``): a numpy view of its
+    # one-element status buffer, 1 after a run it refused; None where Python checks them.
+    id_status: np.ndarray | None = None
 
     def owns_memory_of(self, value) -> bool:
         """Whether ``value`` (a TVM tensor or a contiguous array of the executor's dtype)
@@ -548,8 +558,9 @@ class Executor:
                     return None  # no native call yet, or a read-only array: copied there
                 in_place.append((placeholder, tensor))
             arrays.append(value)
-        for number, placeholder, checks in repeated.index_checks:
-            _check_indices(placeholder, arrays[number], checks)
+        if prepared.id_status is None:  # else the native call checks them
+            for number, placeholder, checks in repeated.index_checks:
+                _check_indices(placeholder, arrays[number], checks)
         for (_, _, _, buffer), value in zip(repeated.slots, arrays):
             if buffer is not None:
                 buffer[...] = value  # numpy's copyto costs 0.2 us more per call
@@ -564,6 +575,11 @@ class Executor:
         if prepared.state_targets:
             self._save_states(prepared)
         self._make_calls(prepared, prepared.first_per_run_call)
+        if prepared.id_status is not None and prepared.id_status[0]:
+            # The native call refused an id and made no call: Python finds and names it.
+            for number, placeholder, checks in repeated.index_checks:
+                _check_indices(placeholder, arrays[number], checks)
+            raise FeedError("feed_dict: an id is out of range for the operator reading it")
         if prepared.state_targets:
             Parameter.step_versions(prepared.state_targets)
         repeated.rebinds, repeated.version_steps = Parameter.rebinds, Parameter.version_steps
@@ -638,8 +654,20 @@ class Executor:
             functions, identities = [*functions, func], [*identities, key]
             calls, buffers = [*calls, KernelCall("", views)], [*buffers, *args]
             guard = lowered.outputs[guard_output]
+        id_checks = []
+        for placeholder, checks in prepared.program.index_checks.items():
+            tensor = self._bound[placeholder]
+            if str(tensor.dtype) in INDEX_DTYPES:
+                id_checks.append(IdCheck(
+                    prepared.placeholder_number[placeholder], math.prod(tensor.shape),
+                    tuple((b.start, b.stop, tuple(b.also)) for b, _ in checks)))
+        status = None
+        if id_checks:
+            status_tensor = tvm.runtime.empty((1,), "int32", self.ctx)
+            status, buffers = len(buffers), [*buffers, status_tensor]
+            prepared.id_status = np.from_dlpack(status_tensor)
         prepared.native = NativeRun(functions, identities, calls, buffers,
-                                    make_target(self.target), guard)
+                                    make_target(self.target), guard, id_checks, status)
 
     def _remember_feeds(self, prepared: _Prepared, feed_dict: dict, results: list) -> None:
         """Keep what ``_run_repeated`` needs to repeat this run, where it can: every feed an

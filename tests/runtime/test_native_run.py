@@ -126,6 +126,33 @@ def test_repeated_runs_read_large_feeds_where_they_lie(monkeypatch):
     np.testing.assert_allclose(out, np.maximum(frozen @ w_val, 0) + 1, rtol=1e-5, atol=1e-6)
 
 
+def test_the_native_call_checks_ids_and_refuses_before_any_kernel():
+    # From the native call on, a repeated run's ids are checked inside it: an id out of
+    # range is still named, and no kernel ran (an SGD step changes no parameter).
+    from dlsys.errors import FeedError
+    from dlsys.optim import SGD
+
+    model = nn.Linear(6, 4)
+    x, y = ad.Variable("x"), ad.Variable("y")
+    step = SGD(model.parameters(), 0.1).minimize(F.cross_entropy(model(x), y))
+    rng = np.random.default_rng(3)
+    images = rng.standard_normal((5, 6)).astype("float32")
+    labels = np.array([0, 3, 1, 2, 3])
+    for _ in range(4):
+        step({x: images, y: labels})
+    assert step.executor._prepared.id_status is not None
+    before = [p.numpy() for p in model.parameters()]
+    for bad in (4, -1):
+        wrong = labels.copy()
+        wrong[2] = bad
+        with pytest.raises(FeedError, match=f"id {bad} at \\(2,\\)"):
+            step({x: images, y: wrong})
+        for p, b in zip(model.parameters(), before):
+            np.testing.assert_array_equal(p.numpy(), b)
+    step({x: images, y: labels})  # the same feeds in range run again
+    assert step.executor._prepared.id_status[0] == 0
+
+
 def test_a_dropped_plan_removes_its_kernels_from_the_global_table(monkeypatch):
     _native_after_first_run(monkeypatch)
     x = ad.Variable("x")
