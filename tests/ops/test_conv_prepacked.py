@@ -99,9 +99,10 @@ def test_a_tile_that_is_no_part_of_a_row_is_not_read_in_place():
 
 
 def test_small_planes_take_channel_panels_and_large_ones_do_not():
-    # 7 x 7 positions pad to 64 when vectorised along positions; 28 x 28 need no padding, and
-    # 64 channels at 1 x 1 read the images in place in the implicit GEMM too.
+    # 7 x 7 positions pad to 64 when vectorised along positions; 28 x 28 need no padding (their
+    # windows copied a few rows at a time), and at 1 x 1 the implicit GEMM reads them in place.
     assert packed.packed_tiles((512, 512, 3, 3), (32, 512, 7, 7), "float32") is not None
+    assert packed.packed_tiles((128, 128, 3, 3), (32, 128, 28, 28), "float32") is None
     assert packed.packed_tiles((64, 64, 1, 1), (32, 64, 28, 28), "float32") is None
 
 

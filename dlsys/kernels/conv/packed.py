@@ -48,7 +48,7 @@ from dlsys.kernels import cpu as cpu_facts
 from dlsys.kernels.common.compute import Shape, TensorList
 from dlsys.kernels.common.epilogue import Epilogue, apply_epilogue
 from dlsys.kernels.conv.compute import embed
-from dlsys.kernels.conv.schedule import fold_epilogue, gemm_tile, vectorize_innermost
+from dlsys.kernels.conv.schedule import fold_epilogue, gemm_tile, row_panel, vectorize_innermost
 
 Pair = tuple[int, int]
 
@@ -71,6 +71,10 @@ PACKED_MIN_GAIN = 1.04
 # and ResNet-18's 7 x 7 and 14 x 14 layers (1.29x and 1.08x), and ``compute``'s pointwise
 # measurement (a copy a third of the product with 24 channels out).
 WINDOW_COPY_COST = 8
+# The same where the implicit GEMM copies its windows a few whole rows at a time, each tap's
+# row a vector copy (``schedule.row_panel``): fits ResNet-18's 28 x 28 and 56 x 56 layers,
+# which ran as fast in place as so (0.98-0.99x; 1.03-1.08x faster than the copy before it).
+WINDOW_ROW_COPY_COST = 2
 # Accumulators of an in-place tile, as a share of the registers: LeNet-5's second layer ran
 # 1.2x slower with 20 than with 10 positions (batch 256; 1.6x at batch 1), and a 14 x 14
 # plane's 14 positions x 2 vectors spilled registers to the stack (79 spills in its assembly,
@@ -128,7 +132,10 @@ def packed_tiles(shape_f: Shape, shape_y: Shape, dtype: str,
         # tiles (``compute.grouped_conv2d_epilogue``); this tile reads them in place.
         pointwise = (tuple(shape_f[2:]) == (1, 1) and tuple(stride) == (1, 1)
                      and tuple(padding) == (0, 0) and gemm_positions == positions)
-        copy = 0 if pointwise else WINDOW_COPY_COST * taps * gemm_positions
+        per_element = (WINDOW_ROW_COPY_COST if row_panel(taps, shape_y[2], shape_y[3],
+                                                         gemm.columns, dtype, cpu)
+                       else WINDOW_COPY_COST)
+        copy = 0 if pointwise else per_element * taps * gemm_positions
         in_place_work = _round_up(channels, in_place.panel) * padded * (taps + lanes)
         if position_work + copy >= PACKED_MIN_GAIN * in_place_work:
             return in_place
