@@ -85,11 +85,12 @@ COL_L2_MULTIPLE = 4
 PANEL_MAX_TAPS = 256
 # An implicit GEMM whose windows per image exceed this many L2s copies them per panel of a
 # few whole output rows where such a panel is whole tiles (``row_panel``), before any
-# other layout: each row of a tap's windows is then a shifted image row, a vector copy, not
-# a gather, and a panel of at most one L2 stays in cache for every tile of channels.
-# Measured on znver4 at batch 32, one thread, against the layouts before: ResNet-18's
-# 56 x 56 layers 75.0 -> 71.4 ms, its first 82.0 -> 78.5 ms, its 56 -> 28 one 37.6 -> 36.4
-# ms, its 28 x 28 layers 68.9 -> 67.5 ms; twice the rows per panel was no faster.
+# other layout: each row of a tap's windows is then a (strided) image row, copied by whole
+# vectors, not lane by lane across rows, and a panel of at most one L2 stays in cache for
+# every tile of channels. Measured on znver4 at batch 32, one thread, against the layouts
+# before (the copy then vectorised by TVM): ResNet-18's 56 x 56 layers 75.0 -> 71.4 ms, its
+# first 82.0 -> 78.5 ms, its 56 -> 28 one 37.6 -> 36.4 ms, its 28 x 28 layers 68.9 -> 67.5
+# ms; twice or four times the rows per panel was no faster.
 ROW_PANEL_L2_MULTIPLE = 1
 
 
