@@ -105,9 +105,12 @@ def test_pointwise_reads_images_in_place(groups):
     assert "col" not in script and "pad" not in script
 
 
-def test_pointwise_with_a_partial_tile_copies():
-    # 3 x 5 positions pad to a vector: the images are copied with zeros past them.
-    assert "col" in _check_against_pytorch((1, 3, 3, 5), (4, 3, 1, 1), (1, 1), (0, 0), (1, 1), 1)
+@pytest.mark.parametrize("padding", [(0, 0), (1, 2)])
+def test_pointwise_with_a_partial_tile_copies_once(padding):
+    # 3 x 5 positions pad to a vector: the images are copied with zeros past them (and
+    # around them), and that copy is read in place, with no second copy of windows.
+    script = _check_against_pytorch((1, 3, 3, 5), (4, 3, 1, 1), (1, 1), padding, (1, 1), 1)
+    assert "pad" in script and "col" not in script
 
 
 @pytest.mark.parametrize("taps, positions, expected", [

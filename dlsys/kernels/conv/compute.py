@@ -134,8 +134,11 @@ def grouped_conv2d_epilogue(shape_x: Shape, shape_f: Shape, shape_y: Shape, stri
         height = max(shape_x[2] + 2 * padding[0], (layout[1] - 1) * stride[0] + span[0])
         width = max(shape_x[3] + 2 * padding[1], (shape_y[3] - 1) * stride[1] + span[1])
         xp = embed(x, padding, (height, width), 0.0)
+        # A pointwise convolution's padded images are its windows too, flat (each row as
+        # wide as the output's): read in place, no second copy.
+        pointwise = tuple(shape_f[2:]) == (1, 1) and tuple(stride) == (1, 1)
         y = _implicit_gemm(xp, weight, shape_f, shape_y, stride, layout, "conv2d", dilation,
-                           groups)
+                           groups, in_place=pointwise and width == shape_y[3] and not layout[2])
     operands, out = apply_epilogue(y, epilogue, dtype)
     return [x, f, *operands], [out]
 
