@@ -68,6 +68,16 @@ def test_row_panels_match_pytorch(monkeypatch, case):
     assert f"{shape_x[1]}, {shape_f[2]}, {shape_f[3]}, 48)" in script
 
 
+@pytest.mark.parametrize("channels, panels", [(8, True), (32, False)])
+def test_pointwise_panels_only_for_one_tile_of_channels(monkeypatch, channels, panels):
+    monkeypatch.setattr(conv_schedule, "ROW_PANEL_L2_MULTIPLE", 0)  # every image over L2
+    # 4 x 12 positions, whole tiles: 8 channels are one tile, copied in row panels; 32 are
+    # more, and read the images in place.
+    script = _check_against_pytorch((2, 4, 4, 12), (channels, 4, 1, 1), (1, 1), (0, 0),
+                                    (1, 1), 1)
+    assert (conv_schedule.COL_PANELS in script) is panels
+
+
 @pytest.mark.parametrize("taps, height, width, expected", [
     (64 * 9, 56, 56, 2),      # ResNet's 56 x 56 layers: 7.2 MB of windows per image
     (3 * 49, 112, 112, 1),    # its first convolution
