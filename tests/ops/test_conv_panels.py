@@ -12,9 +12,11 @@ torch = pytest.importorskip("torch")
 tvm = pytest.importorskip("tvm")
 
 from dlsys.kernels.build import compile_module, make_target, scheduled_module  # noqa: E402
+from dlsys.kernels.common.epilogue import Epilogue, epilogue_from_label  # noqa: E402
 from dlsys.kernels.conv import compute  # noqa: E402
 from dlsys.kernels.conv import schedule as conv_schedule  # noqa: E402
 from dlsys.kernels.cpu import CpuFacts  # noqa: E402
+from dlsys.kernels.registry import elementwise_formula  # noqa: E402
 
 AVX512 = CpuFacts("znver4", vector_bytes=64, vector_registers=32, l2_bytes=1 << 20)
 
@@ -76,6 +78,33 @@ def test_pointwise_panels_only_for_one_tile_of_channels(monkeypatch, channels, p
     script = _check_against_pytorch((2, 4, 4, 12), (channels, 4, 1, 1), (1, 1), (0, 0),
                                     (1, 1), 1)
     assert (conv_schedule.COL_PANELS in script) is panels
+
+
+@pytest.mark.parametrize("label, constants", [("relu", ()), ("clip", (0.0, 6.0))])
+def test_clipped_write_back_with_an_epilogue(label, constants):
+    # 3 x 5 positions: one partial tile, written back clipped, with a bias and the step;
+    # a clip binds its value (a Let), so its write-back is unrolled over channels.
+    step = Epilogue("clip", "clip", constants=constants) if label == "clip" \
+        else epilogue_from_label(label)
+    steps = [epilogue_from_label("channel_bias_add"), step]
+    epilogue = [(s, elementwise_formula(s.kind)) for s in steps]
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 3, 5)).astype(np.float32) * 4
+    f = rng.standard_normal((8, 3, 1, 1)).astype(np.float32)
+    bias = rng.standard_normal((8, 1, 1)).astype(np.float32)
+    inputs, outputs = compute.conv2d_epilogue(x.shape, f.shape, (2, 8, 3, 5), (1, 1), (0, 0),
+                                              epilogue, "float32")
+    target = make_target("llvm")
+    kernel = compile_module(inputs, outputs, "conv_gemm", target, "conv")["conv"]
+    out = tvm.runtime.empty((2, 8, 3, 5), "float32")
+    kernel(tvm.runtime.tensor(x), tvm.runtime.tensor(f), tvm.runtime.tensor(bias), out)
+    expected = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(f)).numpy() + bias
+    expected = np.clip(expected, *constants) if label == "clip" else np.maximum(expected, 0)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-5)
+    script = scheduled_module(inputs, outputs, "conv_gemm", target, "conv").script()
+    loops = [line.strip() for line in script.splitlines() if "for " in line]
+    # The write-back's loops come last: over the tile's 8 channels, then its 15 positions.
+    assert ("for ax1 in T.unroll(8):" in loops[-3:]) is (label == "clip")
 
 
 @pytest.mark.parametrize("taps, height, width, expected", [
