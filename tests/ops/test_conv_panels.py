@@ -127,7 +127,9 @@ def test_images_read_once_match_pytorch(monkeypatch):
 
 @pytest.mark.parametrize("channels, in_channels, positions, expected", [
     (24, 144, 56 * 56, True),    # MobileNet v2's projection: 1.8 MB images, 2 tiles
-    (96, 16, 112 * 112, False),  # its expansion: the 0.8 MB image stays in L2
+    (32, 192, 28 * 28, True),    # 0.6 MB images, 2 tiles
+    (32, 144, 28 * 28, False),   # 0.45 MB images stay in L2
+    (96, 16, 112 * 112, False),  # its expansion: 6 tiles of channels, 96 output streams
     (16, 32, 112 * 112, False),  # one tile of channels: each image is read once anyway
 ])
 def test_images_larger_than_l2_read_once(channels, in_channels, positions, expected):

@@ -93,6 +93,10 @@ PANEL_MAX_TAPS = 256
 # first 82.0 -> 78.5 ms, its 56 -> 28 one 37.6 -> 36.4 ms, its 28 x 28 layers 68.9 -> 67.5
 # ms; twice or four times the rows per panel was no faster.
 ROW_PANEL_L2_MULTIPLE = 1
+# Output channels up to which a pointwise GEMM may take each image's positions once
+# (``images_pass_once``): the output is then written to every channel's plane per tile of
+# positions, and 96 such streams ran slower.
+PASS_ONCE_MAX_CHANNELS = 32
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -298,13 +302,15 @@ def images_pass_once(channels: int, tile_rows: int, image_bytes: int,
                      cpu: cpu_facts.CpuFacts | None = None) -> bool:
     """Whether a GEMM reading its images in place (no copy of them) takes each tile of
     positions through every tile of channels before the next, rather than each tile of
-    channels through every position: where an image (``image_bytes``) is larger than L2
-    and ``channels`` take more than one tile, which would each read it again from memory
-    (measured on znver4, batch 32, one thread: MobileNet v2's 144 -> 24 channel layer on
-    56 x 56 pixels 1.07-1.1x faster so, its 96 -> 24 one 1.01x; its 16 -> 96 one on 112 x
-    112, whose image fits in L2, 1.1x slower)."""
+    channels through every position: where an image (``image_bytes``) is more than half an
+    L2, so that each tile of channels would read it again from further out, and the output
+    has more than one tile but at most ``PASS_ONCE_MAX_CHANNELS`` channels, each written a
+    tile of positions at a time. Measured on znver4, batch 32, one thread: MobileNet v2's
+    144 -> 24 channel layer on 56 x 56 pixels 1.07-1.1x faster so, its 192 -> 32 one on 28 x
+    28 1.2x, its 96 -> 24 one and its 144 -> 32 one on 28 x 28 (450 kB images) as fast; its
+    16 -> 96 one on 112 x 112 1.1x slower."""
     cpu = cpu or cpu_facts.host()
-    return channels > tile_rows and image_bytes > cpu.l2_bytes
+    return tile_rows < channels <= PASS_ONCE_MAX_CHANNELS and 2 * image_bytes > cpu.l2_bytes
 
 
 def fold_epilogue(sch: s_tir.Schedule, block):
