@@ -521,6 +521,10 @@ class Executor:
         with self._lock:
             self.update_was_armed = False
             try:
+                if self._repeated is not None:  # the common case first: one call less
+                    repeated = self._run_repeated(feed_dict, convert_to_numpy_ret_vals)
+                    if repeated is not None:
+                        return repeated
                 return self._run(feed_dict, convert_to_numpy_ret_vals)
             finally:
                 self._update_limit = math.nan  # armed for this run only, made or not
@@ -697,11 +701,8 @@ class Executor:
                                         [np.from_dlpack(r) for r in results], index_checks)
 
     def _run(self, feed_dict: dict, convert_to_numpy_ret_vals: bool) -> list:
-        """``run`` under the lock: check the feeds, compile for new shapes, bind, call."""
-        if self._repeated is not None:
-            repeated = self._run_repeated(feed_dict, convert_to_numpy_ret_vals)
-            if repeated is not None:
-                return repeated
+        """``run`` under the lock, where the repeated-feeds path did not apply: check the
+        feeds, compile for new shapes, bind, call."""
         self._repeated = None
         self._saved_states = []  # a run that fails before its save leaves none to undo
         self._check_feed_keys(feed_dict)
