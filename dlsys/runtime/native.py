@@ -167,18 +167,8 @@ def entry_function(buffers: Sequence[BufferParam], calls: Sequence[KernelCall],
     first = tirx.Var("first", "int32")
     limit = tirx.Var("limit", "float64")
     handles = [tirx.Var(f"buffer{index}", "handle") for index in range(len(buffers))]
-    declarations, statements = [], []
-    flat = []
-    for handle, param in zip(handles, buffers):
-        # The buffer's first element: its data pointer moved by its byte offset.
-        start = tirx.Var(f"{handle.name}_start", "handle")
-        moved = tirx.handle_add_byte_offset(
-            tirx.tvm_struct_get(handle, 0, DLTENSOR_DATA, "handle"),
-            tirx.Cast("int64", tirx.tvm_struct_get(handle, 0, DLTENSOR_BYTE_OFFSET, "uint64")))
-        row = tirx.decl_buffer((math.prod(param.shape),), param.dtype, f"{handle.name}_row",
-                               data=start)
-        declarations += [tirx.LetStmt(start, moved), tirx.DeclBuffer(row, data=start)]
-        flat.append(row)
+    declarations, flat = _rows(handles, buffers)
+    statements = []
     checks = [_id_check(flat[check.buffer], check, flat[status]) for check in id_checks]
     for number, call in enumerate(calls):
         for arg in call.args:
@@ -195,12 +185,7 @@ def entry_function(buffers: Sequence[BufferParam], calls: Sequence[KernelCall],
             condition = tirx.all(tirx.isfinite(value), tirx.Cast("float64", value) <= limit)
         statements.append(tirx.IfThenElse(condition, made, None))
     if checks:
-        ok = tirx.BufferLoad(flat[status], [tirx.IntImm("int64", 0)]) == 0
-        # (A sequence of one statement is not allowed: the closing no-op makes it two.)
-        calls_made = tirx.SeqStmt([*statements, tirx.Evaluate(0)])
-        statements = [tirx.BufferStore(flat[status], tirx.IntImm("int32", 0),
-                                       [tirx.IntImm("int64", 0)]),
-                      *checks, tirx.IfThenElse(ok, calls_made, None)]
+        statements = _after_checks(checks, flat[status], statements)
     statements = declarations + statements
     body = tirx.SeqStmt([*statements, tirx.Evaluate(0)]) if statements else tirx.Evaluate(0)
     # The device the stack's DLTensors name, which TVM otherwise reads from the first
@@ -210,6 +195,32 @@ def entry_function(buffers: Sequence[BufferParam], calls: Sequence[KernelCall],
     lead = [first] if guard is None else [first, limit]
     func = tirx.PrimFunc([*lead, *handles], body)
     return func.with_attr("global_symbol", symbol)
+
+
+def _rows(handles: Sequence[tirx.Var], buffers: Sequence[BufferParam]) -> tuple[list, list]:
+    """The statements declaring each buffer handle's elements as one row, from its data
+    pointer moved by its byte offset, and those rows."""
+    declarations, flat = [], []
+    for handle, param in zip(handles, buffers):
+        start = tirx.Var(f"{handle.name}_start", "handle")
+        moved = tirx.handle_add_byte_offset(
+            tirx.tvm_struct_get(handle, 0, DLTENSOR_DATA, "handle"),
+            tirx.Cast("int64", tirx.tvm_struct_get(handle, 0, DLTENSOR_BYTE_OFFSET, "uint64")))
+        row = tirx.decl_buffer((math.prod(param.shape),), param.dtype, f"{handle.name}_row",
+                               data=start)
+        declarations += [tirx.LetStmt(start, moved), tirx.DeclBuffer(row, data=start)]
+        flat.append(row)
+    return declarations, flat
+
+
+def _after_checks(checks: list, status: tirx.Buffer, statements: list) -> list:
+    """``statements`` made only where the id ``checks`` left ``status[0]`` at 0."""
+    zero = tirx.IntImm("int64", 0)
+    ok = tirx.BufferLoad(status, [zero]) == 0
+    # (A sequence of one statement is not allowed: the closing no-op makes it two.)
+    made = tirx.SeqStmt([*statements, tirx.Evaluate(0)])
+    return [tirx.BufferStore(status, tirx.IntImm("int32", 0), [zero]), *checks,
+            tirx.IfThenElse(ok, made, None)]
 
 
 def _id_check(ids: tirx.Buffer, check: IdCheck, status: tirx.Buffer) -> tirx.Stmt:
