@@ -186,9 +186,9 @@ class TrainStep:
         # after the same check of the loss as below (``_limit``): one crossing into native
         # code per step. The attached call stays right while the plan does (the plan's own
         # gradient buffers, the optimiser's tensors, updated in place).
-        if (self.reduce is None and self._max_grad_norm is None
-                and executor.update_attached()):
-            executor.arm_update(self._limit())
+        limit = self._limit()  # fixed for this step: the first loss changes only after it
+        if self._may_fuse() and executor.update_attached():
+            executor.arm_update(limit)
         values = executor.run(feed_dict)
         fused = executor.update_was_armed  # not where the run made a plan of new shapes
         if self.reduce is not None:
@@ -198,7 +198,7 @@ class TrainStep:
             value = float(self._loss_view[0])
         else:
             value = self._read_loss(loss)
-        refusal = self._refusal(value)
+        refusal = self._refusal(value, limit)
         if refusal is not None:
             # The forward pass already updated the running statistics and seeds in place
             # (the update itself was not made: its guard is this same check).
@@ -240,10 +240,15 @@ class TrainStep:
         """The optimiser's update as one kernel call ``(function, arguments, key)`` that the
         executor may make itself, or None: with a reduction between the run and the update,
         with clipping, or for an updater that cannot say (``Updater.fused_update``)."""
-        if self.reduce is not None or self._max_grad_norm is not None:
+        if not self._may_fuse():
             return None
         fused_update = getattr(self.optimizer, "fused_update", None)
         return fused_update() if fused_update is not None else None
+
+    def _may_fuse(self) -> bool:
+        """Whether the update may follow the run in the executor's native call: nothing
+        between them (a reduction) and no clipping."""
+        return self.reduce is None and self._max_grad_norm is None
 
     def _limit(self) -> float:
         """The largest loss a step accepts (finite besides): ``_refusal`` as a bound."""
@@ -252,11 +257,12 @@ class TrainStep:
             return math.inf
         return self.divergence_factor * max(first, 1e-3)
 
-    def _refusal(self, value: float) -> str | None:
-        """Why a step with this loss must not update anything, or None."""
+    def _refusal(self, value: float, limit: float) -> str | None:
+        """Why a step with this loss must not update anything (``limit``: ``_limit()``), or
+        None."""
         if not math.isfinite(value):
             return f"loss became {value}"
-        first = self.first_loss
-        if value > self._limit():
-            return f"loss exploded to {value:.4g} (the first batch's was {first:.4g})"
+        if value > limit:
+            return (f"loss exploded to {value:.4g} (the first batch's was "
+                    f"{self.first_loss:.4g})")
         return None
