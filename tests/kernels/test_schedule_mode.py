@@ -16,7 +16,7 @@ from kernel_testing import (
 )
 
 from dlsys.kernels import build
-from dlsys.kernels.conv import compute as compute_conv
+from dlsys.kernels.conv import gemm as gemm_conv
 from dlsys.kernels.elementwise import compute
 from dlsys.kernels.loss import compute as loss_compute
 from dlsys.kernels.matmul import compute as matmul_compute
@@ -29,8 +29,8 @@ DEFINITIONS = [
     ("reduce_sum", lambda: reduce_compute.reduce_sum_axis_zero((300, 64), "float32")),
     ("softmax", lambda: loss_compute.softmax((64, 300), "float32")),
     ("row_loss", lambda: loss_compute.softmax_cross_entropy((64, 300), "float32")),
-    ("window", lambda: compute_conv.conv2d((4, 3, 12, 12), (8, 3, 3, 3), (4, 8, 10, 10), (1, 1),
-                                           (0, 0), "float32")),
+    ("window", lambda: gemm_conv.conv2d((4, 3, 12, 12), (8, 3, 3, 3), (4, 8, 10, 10), (1, 1),
+                                        (0, 0), "float32")),
     ("matmul", lambda: matmul_compute.matmul((64, 48), False, (48, 80), False, "float32")),
 ]
 OPTIMISED_LOOP = re.compile(r"T\.(parallel|vectorized)\(")

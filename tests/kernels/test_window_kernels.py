@@ -14,13 +14,14 @@ from dlsys import tvm_op as op
 from dlsys.errors import ArgumentTypeError, ShapeError
 from dlsys.kernels import build, registry
 from dlsys.kernels.conv import compute as compute_conv
+from dlsys.kernels.conv import gemm as gemm_conv
 
 TARGET = build.make_target("llvm")
 X, F, Y = (4, 3, 13, 12), (8, 3, 3, 3), (4, 8, 7, 6)   # stride 2, padding 1
 P, G = (4, 3, 13, 12), (4, 3, 7, 6)                    # pooling 3, stride 2, padding 1
 WINDOW = ((2, 2), (1, 1))
 DEFINITIONS = {
-    "conv2d": lambda: compute_conv.conv2d(X, F, Y, *WINDOW, "float32"),
+    "conv2d": lambda: gemm_conv.conv2d(X, F, Y, *WINDOW, "float32"),
     "conv2d_grad_input": lambda: compute_conv.conv2d_grad_input(Y, F, X, *WINDOW, "float32"),
     "conv2d_grad_weight": lambda: compute_conv.conv2d_grad_weight(X, Y, F, *WINDOW, "float32"),
     "max_pool2d": lambda: compute_conv.max_pool2d(P, G, (3, 3), *WINDOW, "float32"),

@@ -13,7 +13,7 @@ tvm = pytest.importorskip("tvm")
 
 from dlsys.kernels.build import compile_module, make_target, scheduled_module  # noqa: E402
 from dlsys.kernels.common.epilogue import Epilogue, epilogue_from_label  # noqa: E402
-from dlsys.kernels.conv import compute  # noqa: E402
+from dlsys.kernels.conv import gemm  # noqa: E402
 from dlsys.kernels.conv import schedule as conv_schedule  # noqa: E402
 from dlsys.kernels.cpu import CpuFacts  # noqa: E402
 from dlsys.kernels.registry import elementwise_formula  # noqa: E402
@@ -37,7 +37,7 @@ def _check_against_pytorch(shape_x, shape_f, stride, padding, dilation, groups) 
     expected = torch.nn.functional.conv2d(
         torch.from_numpy(x).double(), torch.from_numpy(f).double(), stride=stride,
         padding=padding, dilation=dilation, groups=groups).numpy()
-    inputs, outputs = compute.grouped_conv2d(shape_x, shape_f, expected.shape, stride, padding,
+    inputs, outputs = gemm.grouped_conv2d(shape_x, shape_f, expected.shape, stride, padding,
                                              dilation, groups, "float32")
     target = make_target("llvm")
     kernel = compile_module(inputs, outputs, "conv_gemm", target, "conv")
@@ -92,7 +92,7 @@ def test_clipped_write_back_with_an_epilogue(label, constants):
     x = rng.standard_normal((2, 3, 3, 5)).astype(np.float32) * 4
     f = rng.standard_normal((8, 3, 1, 1)).astype(np.float32)
     bias = rng.standard_normal((8, 1, 1)).astype(np.float32)
-    inputs, outputs = compute.conv2d_epilogue(x.shape, f.shape, (2, 8, 3, 5), (1, 1), (0, 0),
+    inputs, outputs = gemm.conv2d_epilogue(x.shape, f.shape, (2, 8, 3, 5), (1, 1), (0, 0),
                                               epilogue, "float32")
     target = make_target("llvm")
     kernel = compile_module(inputs, outputs, "conv_gemm", target, "conv")["conv"]

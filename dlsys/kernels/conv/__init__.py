@@ -1,14 +1,14 @@
-"""Sliding windows: 2-D convolutions (grouped and dilated too) and their adjoints, and pooling
-and its adjoints (``compute``), with register tiles read from the CPU (``schedule``); the
-depthwise convolution's compute and schedule (``depthwise``); the pools with ONNX's options
-(``pool_options``). One family because they share the padding and window helpers of their
-compute and the per-image schedule shape."""
+"""Sliding windows: 2-D convolutions (grouped and dilated too) as implicit GEMMs (``gemm``),
+their adjoints, and pooling and its adjoints (``compute``), with register tiles read from
+the CPU (``schedule``); the depthwise convolution's compute and schedule (``depthwise``);
+the pools with ONNX's options (``pool_options``). One family because they share the
+padding and window helpers of their compute and the per-image schedule shape."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from dlsys.kernels.conv import compute, depthwise, packed, pool_options
+from dlsys.kernels.conv import compute, depthwise, gemm, packed, pool_options
 from dlsys.kernels.conv.schedule import (
     schedule_conv_direct,
     schedule_conv_gemm,
@@ -36,8 +36,8 @@ def _packed_layout(params: tuple, dtype: str) -> tuple | None:
 
 
 def register(kinds: Registrar) -> None:
-    kinds.add("conv2d", compute.conv2d, "conv_gemm", packed_layout=_packed_layout)
-    kinds.add_epilogue("conv2d_epilogue", compute.conv2d_epilogue, "conv_gemm",
+    kinds.add("conv2d", gemm.conv2d, "conv_gemm", packed_layout=_packed_layout)
+    kinds.add_epilogue("conv2d_epilogue", gemm.conv2d_epilogue, "conv_gemm",
                        packed_layout=_packed_layout)
     # Constant filters packed once into panels of channels (an inference session's weights).
     kinds.add("pack_filters", packed.pack_filters, "injective")
@@ -47,8 +47,8 @@ def register(kinds: Registrar) -> None:
                        "conv_direct")
     kinds.add("conv2d_grad_weight", compute.conv2d_grad_weight, "conv_weight")
     # Dilated and grouped convolutions: the same kernels with the group's channels.
-    kinds.add("grouped_conv2d", compute.grouped_conv2d, "conv_gemm")
-    kinds.add_epilogue("grouped_conv2d_epilogue", compute.grouped_conv2d_epilogue, "conv_gemm")
+    kinds.add("grouped_conv2d", gemm.grouped_conv2d, "conv_gemm")
+    kinds.add_epilogue("grouped_conv2d_epilogue", gemm.grouped_conv2d_epilogue, "conv_gemm")
     kinds.add("grouped_conv2d_grad_input", compute.grouped_conv2d_grad_input, "conv_direct")
     kinds.add_epilogue("grouped_conv2d_grad_input_epilogue",
                        compute.grouped_conv2d_grad_input_epilogue, "conv_direct")

@@ -1,6 +1,6 @@
 """How convolutions and pooling run on a CPU: tile choices and the schedules of the
 ``conv_gemm``, ``conv_direct``, ``conv_weight`` and ``window`` families (the compute
-definitions are in ``dlsys.kernels.conv.compute``).
+definitions are in ``dlsys.kernels.conv.gemm`` and ``dlsys.kernels.conv.compute``).
 
 The forward convolution is a small matrix product per image (an
 *implicit GEMM*): ``Y[b, o, p] = sum_k F[o, k] col[b, k, p]`` where ``p`` runs over output
