@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 
 import numpy as np
 
@@ -31,6 +32,7 @@ from dlsys.onnx.reader import (
     shapes_for_feeds,
     static_shapes,
     tensor_array,
+    torch_input_kinds,
 )
 from dlsys.ops.placeholder import Parameter, Variable
 
@@ -64,7 +66,14 @@ class OnnxModule(Module):
     inputs and outputs converted by the session. ``input_dtypes`` and ``output_dtypes``
     hold the numpy types the file declares (None where it declares none). Integer inputs
     are taken as the indices an operator reads (``Op.index_inputs``; see
-    ``check_integer_inputs``)."""
+    ``check_integer_inputs``).
+
+    Every float initializer is a parameter, except a batch norm's running statistics
+    (buffers) and, in a file from PyTorch's default (dynamo) exporter, which records what
+    each tensor was (``reader.torch_input_kinds``), every one that was not a module
+    parameter: ``folded`` names those the exporter computed itself (an attention mask, a
+    GELU's constant, a transposed weight). They are buffers, fixed while training: a
+    folded copy of a weight no longer follows the weight, so ``train()`` warns of them."""
 
     def __init__(self, model, where: str):
         super().__init__()
@@ -96,12 +105,21 @@ class OnnxModule(Module):
         self._constants: dict[str, np.ndarray] = {}
         buffers = {node.input[i] for node in graph.node
                    for i in _BUFFER_INPUTS.get(node.op_type, ()) if i < len(node.input)}
+        # Where PyTorch's exporter says which tensors were the module's parameters, only
+        # those are trained; what it folded into initializers stays fixed (``folded``).
+        kinds = torch_input_kinds(model)
+        self.folded: list[str] = []
         for tensor in graph.initializer:
             array = tensor_array(tensor)
             if tensor.name in read_as_constant or not is_float_type(array.dtype):
                 self._constants[tensor.name] = array
-            else:
-                self._add_tensor(tensor.name, widened(array), tensor.name in buffers, where)
+                continue
+            fixed = tensor.name in buffers
+            if kinds is not None and kinds.get(tensor.name) != "PARAMETER":
+                fixed = True
+                if tensor.name not in kinds:
+                    self.folded.append(tensor.name)
+            self._add_tensor(tensor.name, widened(array), fixed, where)
         # Constant nodes hold values fixed by the file: taken once here, like initializers
         # that no optimiser updates; a single number is kept as one, for the by-constant
         # operators, and so is an empty tensor (a Resize's omitted roi, as PyTorch writes it).
@@ -122,6 +140,15 @@ class OnnxModule(Module):
         object.__setattr__(self, "_row_shapes", None)
         object.__setattr__(self, "_rows_exact", False)
         object.__setattr__(self, "_size_bound", 0)
+
+    def train(self, mode: bool = True) -> OnnxModule:
+        if mode and self.folded:
+            shown = ", ".join(self.folded[:6]) + (", ..." if len(self.folded) > 6 else "")
+            warnings.warn(f"{self.source}: PyTorch's exporter folded {len(self.folded)} "
+                          f"tensor(s) into fixed values ({shown}); training leaves them as "
+                          f"they are. To fine-tune every weight, export with dynamo=False "
+                          f"and do_constant_folding=False.", stacklevel=2)
+        return super().train(mode)
 
     def _add_tensor(self, name: str, array: np.ndarray, buffer: bool, where: str) -> None:
         if array.dtype != self.dtype:

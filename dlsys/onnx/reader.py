@@ -347,6 +347,25 @@ def _free_batch(onnx, model):
     return copy
 
 
+# What ``torch.export`` made of each tensor it lifted into an input, as PyTorch's default
+# (dynamo) exporter records it in the value's metadata: "PARAMETER" for a module's
+# parameter, "BUFFER", "CONSTANT_TENSOR". Initializers the exporter computed itself by
+# folding (a transposed weight, an attention mask, a GELU's constant) carry no record.
+TORCH_INPUT_KIND_KEY = "pkg.torch.export.graph_signature.InputSpec.kind"
+
+
+def torch_input_kinds(model) -> dict[str, str] | None:
+    """``value name -> kind`` as PyTorch's exporter records it (``TORCH_INPUT_KIND_KEY``),
+    or None for a file that records none (any other exporter, or PyTorch's TorchScript
+    one)."""
+    kinds = {}
+    for value in (*model.graph.input, *model.graph.value_info):
+        for entry in value.metadata_props:
+            if entry.key == TORCH_INPUT_KIND_KEY:
+                kinds[value.name] = entry.value
+    return kinds or None
+
+
 # The metadata_props key under which ``dlsys.onnx.export`` writes the class names: a JSON
 # list of strings, one per output column.
 CLASS_NAMES_KEY = "class_names"

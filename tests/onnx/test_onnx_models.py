@@ -335,6 +335,46 @@ def test_size_one_initializers_are_trained_and_exported(tmp_path):
                                rtol=TOLERANCE, atol=TOLERANCE)
 
 
+def test_tensors_pytorch_folded_stay_fixed_while_training(tmp_path):
+    """A file from PyTorch's dynamo exporter records which initializers were the module's
+    parameters (``reader.TORCH_INPUT_KIND_KEY``); the others it computed itself (a mask,
+    a GELU's constant, a transposed weight). Only the parameters train: the folded values
+    are buffers that an SGD step leaves as they are, and ``train()`` names them. The same
+    graph without the record trains every float initializer."""
+    from onnx import helper
+    from onnx_testing import model
+
+    from dlsys.onnx.reader import TORCH_INPUT_KIND_KEY
+
+    w, c, d = normal((6, 4), 1), normal((4,), 2), np.asarray(0.5, dtype=np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["z"]),
+             helper.make_node("Add", ["z", "c"], ["u"]),
+             helper.make_node("Mul", ["u", "d"], ["y"])]
+    plain = model(nodes, {"x": ("N", 6)}, {"y": ("N", 4)}, {"w": w, "c": c, "d": d})
+    assert {n for n, _ in donnx.import_model(plain).named_parameters()} == {"w", "c", "d"}
+
+    recorded = model(nodes, {"x": ("N", 6)}, {"y": ("N", 4)}, {"w": w, "c": c, "d": d})
+    for name, kind in (("w", "PARAMETER"), ("d", "CONSTANT_TENSOR")):
+        info = recorded.graph.value_info.add()
+        info.name = name
+        info.metadata_props.add(key=TORCH_INPUT_KIND_KEY, value=kind)
+    imported = donnx.import_model(recorded)
+    assert [n for n, _ in imported.named_parameters()] == ["w"]
+    assert imported.folded == ["c"]  # "d" is PyTorch's constant, not one it folded
+    with pytest.warns(UserWarning, match=r"folded 1 tensor\(s\) into fixed values \(c\)"):
+        imported.train()
+
+    x_value = normal((8, 6), 3)
+    x, target = ad.Variable("x"), ad.Variable("target")
+    step = optim.SGD(imported.parameters(), lr=0.1).minimize(
+        F.mse_loss(imported(x), target))
+    step({x: x_value, target: normal((8, 4), 4)})
+    state = imported.state_dict()
+    assert not np.allclose(state["w"], w)
+    np.testing.assert_array_equal(state["c"], c)
+    np.testing.assert_array_equal(state["d"].reshape(()), d)
+
+
 def test_session_keeps_only_the_kernels_its_live_plans_run(tmp_path, monkeypatch):
     """A session cycling through more batch sizes than it keeps plans for releases the
     kernels of the plans it dropped; a dropped session releases all of its kernels."""
