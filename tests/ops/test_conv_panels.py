@@ -38,7 +38,7 @@ def _check_against_pytorch(shape_x, shape_f, stride, padding, dilation, groups) 
         torch.from_numpy(x).double(), torch.from_numpy(f).double(), stride=stride,
         padding=padding, dilation=dilation, groups=groups).numpy()
     inputs, outputs = gemm.grouped_conv2d(shape_x, shape_f, expected.shape, stride, padding,
-                                             dilation, groups, "float32")
+                                          dilation, groups, "float32")
     target = make_target("llvm")
     kernel = compile_module(inputs, outputs, "conv_gemm", target, "conv")
     out = tvm.runtime.empty(expected.shape, "float32")
@@ -70,14 +70,22 @@ def test_row_panels_match_pytorch(monkeypatch, case):
     assert f"{shape_x[1]}, {shape_f[2]}, {shape_f[3]}, 48)" in script
 
 
-@pytest.mark.parametrize("channels, panels", [(8, True), (32, False)])
-def test_pointwise_panels_only_for_one_tile_of_channels(monkeypatch, channels, panels):
+@pytest.mark.parametrize("channels", [8, 32])
+def test_pointwise_over_l2_reads_images_in_place(monkeypatch, channels):
     monkeypatch.setattr(conv_schedule, "ROW_PANEL_L2_MULTIPLE", 0)  # every image over L2
-    # 4 x 12 positions, whole tiles: 8 channels are one tile, copied in row panels; 32 are
-    # more, and read the images in place.
+    # 4 x 12 positions, whole tiles: one tile of channels (8) or more (32), the images are
+    # read in place, neither copied nor copied in row panels.
     script = _check_against_pytorch((2, 4, 4, 12), (channels, 4, 1, 1), (1, 1), (0, 0),
                                     (1, 1), 1)
-    assert (conv_schedule.COL_PANELS in script) is panels
+    assert conv_schedule.COL_PANELS not in script
+    assert "col" not in script and "pad" not in script
+
+
+def test_strided_pointwise_copies_windows_from_the_images():
+    # 1 x 1 filters at stride 2 with no padding: the windows are copied from the images
+    # themselves, with no padded copy of them first.
+    script = _check_against_pytorch((2, 4, 8, 8), (6, 4, 1, 1), (2, 2), (0, 0), (1, 1), 1)
+    assert "pad" not in script and "col" in script
 
 
 @pytest.mark.parametrize("label, constants", [("relu", ()), ("clip", (0.0, 6.0))])

@@ -56,24 +56,23 @@ def grouped_conv2d_epilogue(shape_x: Shape, shape_f: Shape, shape_y: Shape, stri
     def weight(o, c, ry, rx):
         return f[o, c, ry, rx]
 
-    # Row panels of a pointwise convolution's images pay where its channels are one tile:
-    # each panel's copy reads every channel's rows in bulk, where the tiles read each plane
-    # a vector at a time (MobileNet v2's 32 -> 16 channel layer on 112 x 112 pixels 1.09-1.14x
-    # faster, one thread); with more tiles of channels, each image read once in place is
-    # faster (``images_pass_once``: its 144 -> 24 one ran 1.09x slower in panels).
-    one_tile = gemm_tile(shape_f[0], shape_y[2] * shape_y[3], dtype).rows == shape_f[0]
     if (tuple(shape_f[2:]) == (1, 1) and tuple(stride) == (1, 1) and tuple(padding) == (0, 0)
-            and layout[0] == shape_y[2] * shape_y[3] and not (layout[2] and one_tile)):
+            and layout[0] == shape_y[2] * shape_y[3]):
         # A pointwise convolution over whole tiles of positions: the images are already its
         # windows, read in place (their copy cost a third of the product with 24 channels
-        # out, in MobileNet's projections).
+        # out, in MobileNet's projections; its 144 -> 24 one ran 1.09x slower in row panels,
+        # and its 32 -> 16 one, one tile of channels, 1.1-1.25x slower: one thread, znver4).
         y = _implicit_gemm(x, weight, shape_f, shape_y, stride, (*layout[:2], 0), "conv2d",
                            dilation, groups, in_place=True)
     else:
         span = _span(shape_f[2:], dilation)
         height = max(shape_x[2] + 2 * padding[0], (layout[1] - 1) * stride[0] + span[0])
         width = max(shape_x[3] + 2 * padding[1], (shape_y[3] - 1) * stride[1] + span[1])
-        xp = embed(x, padding, (height, width), 0.0)
+        # No padding and no extra rows (a strided pointwise convolution): the windows are
+        # copied from the images themselves, not from a copy of them (ResNet-18's 64 -> 128
+        # channel one on 56 x 56 pixels 1.03-1.08x faster so, one thread).
+        unpadded = padding == (0, 0) and (height, width) == tuple(shape_x[2:])
+        xp = x if unpadded else embed(x, padding, (height, width), 0.0)
         # A pointwise convolution's padded images are its windows too, flat (each row as
         # wide as the output's): read in place, no second copy.
         pointwise = tuple(shape_f[2:]) == (1, 1) and tuple(stride) == (1, 1)
