@@ -215,6 +215,19 @@ def _loop_kinds(sch: s_tir.Schedule, block_name: str) -> list[str]:
             for loop in sch.get_loops(sch.get_sblock(block_name))]
 
 
+@pytest.mark.parametrize("m, n, k, parallel", [(256, 784, 1, True), (40, 32, 16, False),
+                                               (100, 256, 1, False)])
+def test_large_outputs_are_written_in_parallel_however_few_their_products(m, n, k, parallel):
+    # A weight's gradient at batch 1 (an outer product, 256 x 784 here) has too few
+    # multiply-adds to share, but its writes are shared: rows split as the update splits them.
+    problem = mm.MatmulProblem(m, n, k, True, False, "float32")
+    inputs, outputs = compute.matmul((k, m), True, (k, n), False, "float32")
+    sch = s_tir.Schedule(tvm.IRModule({"main": te.create_prim_func(inputs + outputs)}))
+    sch.work_on("main")
+    mm.apply_config(sch, problem, mm.heuristic_config(problem))
+    assert (_loop_kinds(sch, "matmul_update")[0] == "parallel") == parallel
+
+
 def test_clipped_tiles_store_whole_vectors_and_a_is_packed_without_scatters():
     # N = 40 pads to 64 with two-vector column tiles: the last tile holds one whole vector
     # and a partial one. Its write-back is still a vectorised loop (the partial vector is

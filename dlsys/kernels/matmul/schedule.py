@@ -39,6 +39,12 @@ from dlsys.kernels.matmul.config import MatmulConfig, MatmulProblem, _round_up
 BLOCK = "matmul"
 # Below this many multiply-adds, waking the thread pool costs more than the work it shares.
 PARALLEL_MIN_MACS = 1 << 18
+# An output this large is written by both cores however few its multiply-adds: a weight's
+# gradient at batch 1 is an outer product, whose work is the writing. Its row tiles then
+# lie in the caches of the cores that the optimiser's update, split by rows alike, runs on;
+# written by one core, half of them crossed to the other core at the update (the MLP's
+# 256 x 784 gradient: SGD steps of 88-93 us against 51-58 us split, 2 threads, znver4).
+PARALLEL_MIN_OUTPUTS = 1 << 16
 
 
 def matmul_problem(sch: s_tir.Schedule) -> MatmulProblem:
@@ -138,7 +144,7 @@ def apply_config(sch: s_tir.Schedule, problem: MatmulProblem, config: MatmulConf
     _vectorize(sch, ji)
     sch.unroll(ii)
     outer = sch.fuse(jc, io)
-    if problem.macs >= PARALLEL_MIN_MACS:
+    if problem.macs >= PARALLEL_MIN_MACS or problem.m * problem.n >= PARALLEL_MIN_OUTPUTS:
         sch.parallel(outer)
     sch.decompose_reduction(block, k)
     if not config.vec_m:
