@@ -1,5 +1,5 @@
 """What the schedules need to know about a CPU, read from LLVM's view of it and from the
-kernel's cache description: vector width, vector register count, L2 size.
+kernel's cache description: vector width, vector register count, L1 and L2 sizes.
 
 Nothing here is a constant of one machine: an AVX2 CPU (16 registers of 32 bytes), an
 AVX-512 one (32 of 64) and an aarch64 one with NEON (32 of 16) each get their own facts, and
@@ -8,7 +8,7 @@ the matmul's register tiles are chosen for the register file at hand.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
@@ -16,8 +16,10 @@ import numpy as np
 import tvm
 from tvm.target import codegen
 
-# When /sys says nothing: a common per-core L2 of the CPUs dlsys meets (Zen 3's).
+# When /sys says nothing: a common per-core L2 of the CPUs dlsys meets (Zen 3's), and L1 data
+# cache (Zen 3's and 4's, Skylake's).
 DEFAULT_L2_BYTES = 512 * 1024
+DEFAULT_L1_BYTES = 32 * 1024
 
 # Register tiles (rows, vectors per row, preference) for the matmul's accumulators: rows x
 # vectors accumulators, plus the vectors loaded from B and one broadcast of A, must fit the
@@ -43,6 +45,7 @@ class CpuFacts:
     vector_bytes: int         # one vector register
     vector_registers: int
     l2_bytes: int = DEFAULT_L2_BYTES
+    l1_bytes: int = DEFAULT_L1_BYTES
 
     def lanes(self, dtype: str) -> int:
         """Elements of ``dtype`` in one vector register."""
@@ -95,5 +98,6 @@ def _cache_bytes(level: int) -> int | None:
 @cache
 def host() -> CpuFacts:
     """This machine's CPU."""
-    return facts_for(str(codegen.llvm_get_system_cpu()), str(codegen.llvm_get_system_triple()),
-                     _cache_bytes(2) or DEFAULT_L2_BYTES)
+    facts = facts_for(str(codegen.llvm_get_system_cpu()), str(codegen.llvm_get_system_triple()),
+                      _cache_bytes(2) or DEFAULT_L2_BYTES)
+    return replace(facts, l1_bytes=_cache_bytes(1) or DEFAULT_L1_BYTES)

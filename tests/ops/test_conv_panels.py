@@ -18,7 +18,8 @@ from dlsys.kernels.conv import schedule as conv_schedule  # noqa: E402
 from dlsys.kernels.cpu import CpuFacts  # noqa: E402
 from dlsys.kernels.registry import elementwise_formula  # noqa: E402
 
-AVX512 = CpuFacts("znver4", vector_bytes=64, vector_registers=32, l2_bytes=1 << 20)
+AVX512 = CpuFacts("znver4", vector_bytes=64, vector_registers=32, l2_bytes=1 << 20,
+                  l1_bytes=32 << 10)
 
 # (images, filters, stride, padding, dilation, groups): the output's width is not a multiple
 # of the panel, so panels straddle rows, and the positions pad the last one.
@@ -131,6 +132,26 @@ def test_images_read_once_match_pytorch(monkeypatch):
     monkeypatch.setattr(conv_schedule, "images_pass_once", lambda *args: True)
     script = _check_against_pytorch((2, 4, 4, 8), (32, 4, 1, 1), (1, 1), (0, 0), (1, 1), 1)
     assert "col" not in script
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_images_read_once_in_chunks_of_channels_match_pytorch(monkeypatch, groups):
+    # The image's channels in three chunks, each through both tiles of channels: the
+    # accumulators are zeroed once and written back after the last chunk.
+    monkeypatch.setattr(conv_schedule, "images_pass_once", lambda *args: True)
+    monkeypatch.setattr(conv_schedule, "reduction_chunks", lambda *args: 3)
+    script = _check_against_pytorch((2, 12, 4, 8), (32, 12 // groups, 1, 1), (1, 1), (0, 0),
+                                    (1, 1), groups)
+    assert "col" not in script and "T.grid(3, 2, " in script
+
+
+@pytest.mark.parametrize("in_channels, channels, chunks", [
+    (192, 32, 2),   # MobileNet v2's 192 -> 32 layer: 37 kB of filters and vectors, halved
+    (144, 24, 1),   # its 144 -> 24 one: 23 kB fit L1
+    (7, 4096, 7),   # no chunk fits: one channel each
+])
+def test_reduction_chunks_fit_l1(in_channels, channels, chunks):
+    assert conv_schedule.reduction_chunks(in_channels, channels, "float32", AVX512) == chunks
 
 
 @pytest.mark.parametrize("channels, in_channels, positions, expected", [
