@@ -25,6 +25,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from dlsys.errors import ArgumentTypeError, GradientError, ShapeError
 from dlsys.graph import Node, Op, short_name
+from dlsys.kernels.conv import winograd as winograd_transforms
 from dlsys.kernels.registry import KernelSpec
 from dlsys.ops.arguments import check_node
 from dlsys.ops.shapes import Pair, adjoint_shape, apply_rule, conv2d_shape, window_pair
@@ -229,14 +230,21 @@ class Conv2dOp(ConvFamilyOp):
     def packed_kernel_spec(self, node, shapes, spec, dtype):
         if spec.kind not in ("conv2d", "conv2d_epilogue"):
             return None  # grouped, dilated and depthwise filters are read as stored
-        # The kernel layer says whether panels of channels pay for these shapes, and how
-        # wide; the operator only lays the filters out so.
-        tiles = spec.packed_layout(dtype)
-        if tiles is None:
+        # The kernel layer says whether the filters are better transformed for Winograd's
+        # filtering or packed in panels of channels, and how; the operator only lays them
+        # out so.
+        layout = spec.packed_layout(dtype)
+        if layout is None:
             return None
-        packed = pack_filters_op(node.inputs[1], tiles[1] * tiles[2])
         epilogue = spec.params[-1] if spec.kind == "conv2d_epilogue" else ()
-        return packed, KernelSpec("conv2d_prepacked", (*spec.params[:5], tiles, epilogue))
+        how, *fields = layout
+        if how == "winograd":
+            tile, panel = fields[0], fields[3] * fields[4]
+            return (winograd_filters_op(node.inputs[1], tile, panel),
+                    KernelSpec("conv2d_winograd", (*spec.params[:5], tuple(fields), epilogue)))
+        packed = pack_filters_op(node.inputs[1], fields[1] * fields[2])
+        return packed, KernelSpec("conv2d_prepacked", (*spec.params[:5], tuple(fields),
+                                                       epilogue))
 
     def reference(self, node, x, w):
         a = node.attrs
@@ -367,7 +375,52 @@ class PackFiltersOp(Op):
         return padded.reshape(-1, panel, rows.shape[1]).transpose(0, 2, 1).copy()
 
 
+class WinogradFiltersOp(Op):
+    """OIHW 3 x 3 filters ``w`` transformed for Winograd's ``F(tile, 3)``: ``G w G^T`` per
+    output and input channel, as (points, ceil(O / panel), I, panel) with ``points =
+    (tile + 2) ** 2``, the last panel zero-filled; the layout ``conv2d_winograd`` reads
+    (``dlsys.kernels.conv.winograd``). Made by the constant-packing pass, so it has no
+    gradient."""
+
+    name = "WinogradFilters"
+
+    def __call__(self, w: Node, tile: int, panel: int) -> Node:
+        return Node(self, [check_node(self.name, "w", w)], {"tile": int(tile),
+                                                            "panel": int(panel)})
+
+    def infer_shape(self, node, input_shapes):
+        (shape_w,) = input_shapes
+        if len(shape_w) != 4 or tuple(shape_w[2:]) != (3, 3):
+            raise ShapeError(f"{node.name}: Winograd's filtering takes 3 x 3 OIHW filters, "
+                             f"got {tuple(shape_w)}")
+        tile, panel = node.attrs["tile"], node.attrs["panel"]
+        if tile not in winograd_transforms.TRANSFORMS:
+            raise ShapeError(f"{node.name}: no F({tile}, 3); tiles are "
+                             f"{sorted(winograd_transforms.TRANSFORMS)}")
+        return ((tile + 2) ** 2, -(-shape_w[0] // panel), shape_w[1], panel)
+
+    def gradient(self, node, output_grad):
+        raise GradientError(f"{node.name}: a transformed layout is made for inference, after "
+                            f"differentiation")
+
+    def kernel_spec(self, node, input_shapes, output_shape):
+        return KernelSpec("winograd_filters", (tuple(input_shapes[0]), node.attrs["tile"],
+                                               node.attrs["panel"]))
+
+    def reference(self, node, w):
+        tile, panel = node.attrs["tile"], node.attrs["panel"]
+        _, g, _ = winograd_transforms.transforms(tile)
+        points = np.einsum("ar,ocrs,bs->aboc", g, w.astype(np.float64), g)
+        channels = w.shape[0]
+        padded = np.zeros((*points.shape[:2], -(-channels // panel) * panel, w.shape[1]))
+        padded[:, :, :channels] = points
+        alpha = tile + 2
+        panels = padded.reshape(alpha * alpha, -1, panel, w.shape[1]).transpose(0, 1, 3, 2)
+        return panels.astype(w.dtype)
+
+
 conv2d_op = Conv2dOp()
 pack_filters_op = PackFiltersOp()
+winograd_filters_op = WinogradFiltersOp()
 conv2d_grad_input_op = Conv2dGradInputOp()
 conv2d_grad_weight_op = Conv2dGradWeightOp()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from dlsys.kernels.conv import compute, depthwise, gemm, packed, pool_options
+from dlsys.kernels.conv import compute, depthwise, gemm, packed, pool_options, winograd
 from dlsys.kernels.conv.schedule import (
     schedule_conv_direct,
     schedule_conv_gemm,
@@ -22,16 +22,22 @@ if TYPE_CHECKING:
 SCHEDULES = {"conv_gemm": schedule_conv_gemm, "conv_direct": schedule_conv_direct,
              "conv_weight": schedule_conv_weight, "window": schedule_window,
              "depthwise": depthwise.schedule_depthwise,
-             "conv_prepacked": packed.schedule_conv_prepacked}
+             "conv_prepacked": packed.schedule_conv_prepacked,
+             "conv_winograd": winograd.schedule_conv_winograd}
 
 
 def _packed_layout(params: tuple, dtype: str) -> tuple | None:
-    """Constant filters' panels, chosen here: the spec's leading ``(shape_x, shape_f,
-    shape_y, stride, padding)`` decide the register tile (``packed.packed_tiles``), or None
-    where the position-vectorised kernel is the faster one."""
-    tile = packed.packed_tiles(params[1], params[2], dtype, stride=params[3],
-                               padding=params[4])
-    return None if tile is None else (tile.positions, tile.vectors, tile.lanes,
+    """How constant filters are laid out, chosen here from the spec's leading ``(shape_x,
+    shape_f, shape_y, stride, padding)``: ``("winograd", *WinogradLayout)`` where Winograd's
+    filtering applies (``winograd.winograd_layout``), else ``("panels", positions, vectors,
+    lanes, in_place)`` where panels of channels pay (``packed.packed_tiles``), else None
+    (the position-vectorised kernel reads the filters as stored)."""
+    shape_x, shape_f, shape_y, stride, padding = params[:5]
+    plan = winograd.winograd_layout(shape_x, shape_f, shape_y, stride, dtype)
+    if plan is not None:
+        return ("winograd", plan.tile, plan.block_rows, plan.tiles, plan.vectors, plan.lanes)
+    tile = packed.packed_tiles(shape_f, shape_y, dtype, stride=stride, padding=padding)
+    return None if tile is None else ("panels", tile.positions, tile.vectors, tile.lanes,
                                       tile.in_place)
 
 
@@ -42,6 +48,9 @@ def register(kinds: Registrar) -> None:
     # Constant filters packed once into panels of channels (an inference session's weights).
     kinds.add("pack_filters", packed.pack_filters, "injective")
     kinds.add_epilogue("conv2d_prepacked", packed.conv2d_prepacked, "conv_prepacked")
+    # 3 x 3 stride-1 constant filters transformed once for Winograd's minimal filtering.
+    kinds.add("winograd_filters", winograd.winograd_filters, "injective")
+    kinds.add_epilogue("conv2d_winograd", winograd.conv2d_winograd, "conv_winograd")
     kinds.add("conv2d_grad_input", compute.conv2d_grad_input, "conv_direct")
     kinds.add_epilogue("conv2d_grad_input_epilogue", compute.conv2d_grad_input_epilogue,
                        "conv_direct")
