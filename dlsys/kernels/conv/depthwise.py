@@ -23,17 +23,32 @@ is vectorised by TVM (LLVM unrolls so short a loop whole and gathers its strided
 How many rows share a padded copy (``rows_per_pad``) was measured on MobileNet v2's layers;
 this replaced register tiles over a padded plane and, for small planes, a grid of phase
 planes, which ran 1.15-4.3x slower on every one of them (one thread, znver4).
+
+A small plane at stride 1 whose output rows are as wide as the image's (``flat_plane``: a
+"same" convolution, MobileNet's 7 x 7 and 14 x 14 layers) is one flat row instead: the
+image copied once with zeros before and after it, each tap a whole vector of it shifted by
+``ry * width + rx`` (a tap that falls off the start or end of an output row masked to
+zero), the sums a few whole vectors per plane, then written back flat::
+
+    parallel for (b, c) in N x C:
+        flat = zeros, X[b, c] (rows one after the other), zeros
+        for v in vectors of the plane:                 # unrolled
+            sums[v] = sum over ry, rx of F[c, ry, rx] * flat[v + ry * width + rx] (masked)
+        Y[b, c] = epilogue(sums)                       # flat, its real positions only
+
+Short rows of 7 or 14 elements padded each to a vector cost more than these shifts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from tvm import s_tir, te
+from tvm import s_tir, te, tirx
 
 from dlsys.kernels import cpu as cpu_facts
 from dlsys.kernels.common.compute import Shape, TensorList
 from dlsys.kernels.common.epilogue import Epilogue, apply_epilogue
+from dlsys.kernels.common.loops import all_blocks
 from dlsys.kernels.conv.compute import embed
 from dlsys.kernels.conv.schedule import fold_epilogue, vectorize_innermost
 
@@ -51,6 +66,11 @@ SHORT_ROW_VECTORS = 2
 LONG_ROWS_PER_PAD = 4
 # Short output rows padded as a whole plane are unrolled this many at a time (at most).
 UNROLLED_SHORT_ROWS = 4
+DEPTHWISE_FLAT = "depthwise_flat"
+# Vectors of a plane's positions up to which a stride-1 plane is one flat row (``flat_plane``):
+# MobileNet v2's 7 x 7 planes (4 vectors) ran 1.9-2x and its 14 x 14 ones (13) 1-1.2x faster
+# so, its 28 x 28 ones (49) 1.2x slower (one thread, znver4).
+FLAT_MAX_VECTORS = 16
 
 
 def depthwise_conv2d(shape_x: Shape, shape_f: Shape, shape_y: Shape, stride: Pair,
@@ -69,6 +89,13 @@ def depthwise_conv2d_epilogue(shape_x: Shape, shape_f: Shape, shape_y: Shape, st
     padded with zeros as far as ``shape_y``'s windows reach."""
     x = te.placeholder(shape_x, dtype=dtype, name="X")
     f = te.placeholder(shape_f, dtype=dtype, name="F")
+    if flat_plane(shape_x, shape_y, stride, dtype):
+        sums = _flat_sums(x, f, shape_y, padding, dilation, dtype)
+        width = shape_x[3]
+        y = te.compute(shape_y, lambda b, c, i, j: sums[b, c, i * width + j],
+                       name="depthwise_conv2d")
+        operands, out = apply_epilogue(y, epilogue, dtype)
+        return [x, f, *operands], [out]
     kh, kw = shape_f[2:]
     (sh, sw), (dh, dw) = stride, dilation
     out_h, out_w = shape_y[2:]
@@ -90,6 +117,56 @@ def depthwise_conv2d_epilogue(shape_x: Shape, shape_f: Shape, shape_y: Shape, st
     y = te.compute(shape_y, lambda b, c, i, j: sums[b, c, i, j], name="depthwise_conv2d")
     operands, out = apply_epilogue(y, epilogue, dtype)
     return [x, f, *operands], [out]
+
+
+def flat_plane(shape_x: Shape, shape_y: Shape, stride: Pair, dtype: str) -> bool:
+    """Whether the convolution runs each plane as one flat row (the module's last sketch):
+    stride 1, short output rows (``short_rows``) as wide as the image's, at most
+    ``FLAT_MAX_VECTORS`` vectors of output positions."""
+    positions = shape_y[2] * shape_y[3]
+    return (tuple(stride) == (1, 1) and shape_y[3] == shape_x[3]
+            and short_rows(shape_y[3], 1, dtype)
+            and positions <= FLAT_MAX_VECTORS * cpu_facts.host().lanes(dtype))
+
+
+def _flat_sums(x: te.Tensor, f: te.Tensor, shape_y: Shape, padding: Pair, dilation: Pair,
+               dtype: str) -> te.Tensor:
+    """Each plane's window sums over flat output positions, padded to whole vectors (those
+    past the plane are never stored), from a flat copy of the image with ``padding`` rows
+    (and columns) of zeros before it and enough after: output position ``p`` reads tap
+    ``(ry, rx)`` at ``p + ry * dh * width + rx * dw``, masked where the tap's column falls
+    outside the image (the flat row would wrap to the next or previous image row)."""
+    n, channels, height, width = (int(d) for d in x.shape)
+    kh, kw = (int(d) for d in f.shape[2:])
+    (ph, pw), (dh, dw) = padding, dilation
+    lanes = cpu_facts.host().lanes(dtype)
+    positions = -(-shape_y[2] * shape_y[3] // lanes) * lanes
+    start = ph * width + pw
+    zero = tirx.const(0, dtype)
+
+    def flat(b, c, q):
+        t = q - start
+        return tirx.if_then_else(tirx.all(t >= 0, t < height * width),
+                                 x[b, c, t // width, t % width], zero)
+
+    length = positions + (kh - 1) * dh * width + (kw - 1) * dw
+    image = te.compute((n, channels, length), flat, name="pad")
+
+    def window_sum(b, c, p):
+        total = None
+        for ry in range(kh):
+            for rx in range(kw):
+                tap = image[b, c, p + ry * dh * width + rx * dw]
+                shift = rx * dw - pw
+                if shift < 0:
+                    tap = tirx.Select(p % width >= -shift, tap, zero)
+                elif shift > 0:
+                    tap = tirx.Select(p % width < width - shift, tap, zero)
+                term = tap * f[c, 0, ry, rx]
+                total = term if total is None else total + term
+        return total
+
+    return te.compute((n, channels, positions), window_sum, name=DEPTHWISE_FLAT)
 
 
 def short_rows(out_w: int, stride_w: int, dtype: str) -> bool:
@@ -119,7 +196,10 @@ def schedule_depthwise(sch: s_tir.Schedule) -> None:
     """(image, channel) planes in parallel; per group of ``rows_per_pad`` output rows, the
     padded image rows they read (in L1, its border filled apart so that the copy has no test
     per element), then each row's outputs, sums and epilogue in one vector loop (TVM's for a
-    short row, LLVM's for a long one)."""
+    short row, LLVM's for a long one); a flat plane's as ``_schedule_flat``."""
+    if any(sch.get(block).name_hint == DEPTHWISE_FLAT for block in all_blocks(sch)):
+        _schedule_flat(sch)
+        return
     sums = sch.get_sblock(DEPTHWISE_SUMS)
     together = int(sch.get(sums).annotations[ROWS_PER_PAD])
     short = bool(sch.get(sums).annotations[SHORT_ROWS])
@@ -146,6 +226,29 @@ def schedule_depthwise(sch: s_tir.Schedule) -> None:
         if step > 1:
             _, inner = sch.split(row, factors=[None, step])
             sch.unroll(inner)
+
+
+def _schedule_flat(sch: s_tir.Schedule) -> None:
+    """Planes in parallel; per plane the flat padded copy, the sums a whole vector at a time
+    (unrolled), then the flat write-back with the epilogue, clipped to the plane. The sums
+    stay in the default scope: the compiler keeps them on the stack, where a "local" buffer
+    was allocated as a workspace per plane (a call each way, twice as slow on 7 x 7 planes)."""
+    sums = sch.get_sblock(DEPTHWISE_FLAT)
+    (pad,) = sch.get_producers(sums)
+    out = fold_epilogue(sch, sums)
+    width = int(sch.get(out).iter_vars[3].dom.extent)
+    sch.transform_block_layout(out, lambda b, c, i, j: (b, c, i * width + j))
+    image, channel, position = sch.get_loops(sums)
+    plane = sch.fuse(image, channel)
+    sch.parallel(plane)
+    # From the sums' side, so that they cover whole vectors, not only the stored positions.
+    sch.reverse_compute_at(out, plane, preserve_unit_loops=True)
+    sch.compute_at(pad, plane, preserve_unit_loops=True)
+    _copy_with_border(sch, pad)
+    lanes = cpu_facts.host().lanes(str(sch.get(sums).writes[0].source.dtype))
+    vectors, lane = sch.split(position, factors=[None, lanes])
+    sch.unroll(vectors)
+    sch.vectorize(lane)
 
 
 def _copy_with_border(sch: s_tir.Schedule, pad) -> None:
