@@ -59,11 +59,20 @@ TRANSFORMS = {
 
 # Fewer channels than this in or out: the transforms cost more than the product saves.
 MIN_CHANNELS = 32
-# F(4, 3) where an image has at least this many tiles of 4 x 4 outputs, else F(2, 3): each
-# block of tiles reads every transformed filter once, and with ResNet-18's 7 x 7 planes (four
-# tiles of F(4, 3)) that reading outweighed the multiplies saved (measured on znver4, batch
-# 32, one thread: 65.6 ms for F(4, 3), 50.0 for F(2, 3), 69.2 for the direct kernel).
-MIN_TILES = 16
+# F(4, 3) where each block reads the transformed filters (36 points per channel pair) at most
+# this many L2s per tile of the block, else F(2, 3) (16 points): every block reads them all
+# once. Measured on znver4, one thread: ResNet-18's 512-channel 7 x 7 layer (37.7 MB of
+# F(4, 3) filters) at batch 32 took 65.6 ms with F(4, 3) and one image (four tiles) a block,
+# 50.0 with F(2, 3), 33.6 with F(4, 3) and eight images a block, 69.2 directly; its 128-
+# channel 28 x 28 layer (2.4 MB) ran fastest with F(4, 3) and seven tiles a block.
+FILTER_L2S_PER_TILE = 2
+# Tiles per block where a block is whole images, at most (more, on 7 x 7 planes, ran slower).
+BLOCK_TILES = 32
+# A register tile is a part of one row of tiles where that has at least this many tiles, else
+# whole rows (or images) up to the registers: measured on znver4, one thread, ResNet-18's
+# 28 x 28 layer ran 1.3x faster with 7 tiles (one row) than with 14 (two), its 14 x 14 one
+# (rows of 4 tiles) 1.1x faster with 8 than with 4, its 7 x 7 one at batch 1 1.2x faster.
+MIN_ROW_TILES = 7
 
 INPUT_BLOCK = "winograd_input"
 PRODUCT_BLOCK = "winograd_product"
@@ -74,14 +83,16 @@ LAYOUT_ATTR = "dlsys_winograd_layout"
 
 @dataclass(frozen=True)
 class WinogradLayout:
-    """``F(tile, 3)``; blocks of ``block_rows`` rows of tiles of one image; register tiles of
-    ``tiles`` tiles by ``vectors`` vectors of ``lanes`` output channels (a panel)."""
+    """``F(tile, 3)``; blocks of ``block_rows`` rows of tiles of one image, or of every row
+    of ``images`` images; register tiles of ``tiles`` tiles by ``vectors`` vectors of
+    ``lanes`` output channels (a panel)."""
 
     tile: int
     block_rows: int
     tiles: int
     vectors: int
     lanes: int
+    images: int = 1
 
     @property
     def panel(self) -> int:
@@ -163,6 +174,12 @@ def conv2d_winograd(shape_x: Shape, shape_f: Shape, shape_y: Shape, stride: Pair
     m, alpha, panel = plan.tile, plan.tile + 2, plan.panel
     b_t, _, a_t = TRANSFORMS[m]
     tile_h, tile_w = -(-out_h // m), -(-out_w // m)
+    block = plan.images * plan.block_rows * tile_w
+    if (block % plan.tiles or n % plan.images or tile_h % plan.block_rows
+            or (plan.images > 1 and plan.block_rows != tile_h)
+            or not _whole_rows(plan.tiles, tile_w, plan.block_rows * tile_w)):
+        raise ShapeError(f"conv2d_winograd: {plan} does not split {n} images of {tile_h} x "
+                         f"{tile_w} tiles into whole blocks of whole register tiles")
     x = te.placeholder(shape_x, dtype=dtype, name="X")
     u = te.placeholder((alpha * alpha, -(-channels // panel), in_channels, panel), dtype=dtype,
                        name="U")
@@ -227,11 +244,12 @@ def schedule_conv_winograd(sch: s_tir.Schedule) -> None:
     out = fold_epilogue(sch, columns)
     m = plan.tile
     image, k, row, column = sch.get_loops(out)
+    image, in_block = sch.split(image, factors=[None, plan.images])
     block, tile_row, in_row = sch.split(row, factors=[None, plan.block_rows, m])
     tile_column, in_column = sch.split(column, factors=[None, m])
     k_panel, k_vector, k_lane = sch.split(k, factors=[None, plan.vectors, plan.lanes])
-    sch.reorder(image, block, k_panel, tile_row, tile_column, in_row, in_column, k_vector,
-                k_lane)
+    sch.reorder(image, block, k_panel, in_block, tile_row, tile_column, in_row, in_column,
+                k_vector, k_lane)
     sch.unroll(in_row)
     sch.unroll(in_column)
     sch.unroll(k_vector)
@@ -247,8 +265,9 @@ def schedule_conv_winograd(sch: s_tir.Schedule) -> None:
     sch.vectorize(c_lane)
     # The block's products for one panel of channels.
     sch.compute_at(product, k_panel, preserve_unit_loops=True)
-    *_, p_e, p_ty, p_tx, p_k, p_c = sch.get_loops(product)
-    tiles = sch.fuse(p_ty, p_tx)
+    *_, p_b, p_e, p_ty, p_tx, p_k, p_c = sch.get_loops(product)
+    sch.reorder(p_e, p_b)
+    tiles = sch.fuse(p_b, p_ty, p_tx)
     t_outer, t_inner = sch.split(tiles, factors=[None, plan.tiles])
     p_vector, p_lane = sch.split(p_k, factors=[None, plan.lanes])
     sch.reorder(p_e, t_outer, p_c, t_inner, p_vector, p_lane)
@@ -262,8 +281,8 @@ def schedule_conv_winograd(sch: s_tir.Schedule) -> None:
     # tiles' row pass in L1 (recomputing the rows two tile rows share).
     v = sch.get_sblock(INPUT_BLOCK)
     sch.compute_at(v, block, preserve_unit_loops=True)
-    *_, v_e, v_c, v_ty, v_tx = sch.get_loops(v)
-    sch.reorder(v_c, v_ty, v_e, v_tx)
+    *_, v_b, v_e, v_c, v_ty, v_tx = sch.get_loops(v)
+    sch.reorder(v_b, v_c, v_ty, v_e, v_tx)
     sch.unroll(v_e)
     rows = sch.get_sblock("winograd_rows")
     sch.compute_at(rows, v_ty, preserve_unit_loops=True)
@@ -285,25 +304,53 @@ def winograd_layout(shape_x: Shape, shape_f: Shape, shape_y: Shape, stride: Pair
                     dtype: str, cpu: cpu_facts.CpuFacts | None = None) -> WinogradLayout | None:
     """The layout of Winograd's filtering for this convolution, or None where the direct
     kernels stay (not 3 x 3 at stride 1, or fewer than ``MIN_CHANNELS`` channels in or
-    out). ``F(4, 3)`` where an image has at least ``MIN_TILES`` of its tiles, else
-    ``F(2, 3)``; blocks of rows of tiles whose transformed inputs fit half an L2, at least
-    one per core where the images allow."""
+    out). ``F(4, 3)`` where a block's tiles read its transformed filters at most
+    ``FILTER_L2S_PER_TILE`` L2s per tile, else ``F(2, 3)``."""
     cpu = cpu or cpu_facts.host()
     if (tuple(shape_f[2:]) != (3, 3) or tuple(stride) != (1, 1)
             or min(shape_f[0], shape_f[1]) < MIN_CHANNELS):
         return None
-    lanes = cpu.lanes(dtype)
-    out_h, out_w = shape_y[2:]
-    tile = 4 if -(-out_h // 4) * -(-out_w // 4) >= MIN_TILES else 2
-    tile_h, tile_w = -(-out_h // tile), -(-out_w // tile)
-    vectors = 2 if shape_f[0] % (2 * lanes) == 0 else 1
+    vectors = 2 if shape_f[0] % (2 * cpu.lanes(dtype)) == 0 else 1
+    plan = _blocks(shape_x, shape_f, shape_y, 4, vectors, dtype, cpu)
+    block_tiles = plan.images * plan.block_rows * -(-shape_y[3] // 4)
+    filter_bytes = 36 * shape_f[0] * shape_f[1] * np.dtype(dtype).itemsize
+    if filter_bytes <= FILTER_L2S_PER_TILE * cpu.l2_bytes * block_tiles:
+        return plan
+    return _blocks(shape_x, shape_f, shape_y, 2, vectors, dtype, cpu)
+
+
+def _blocks(shape_x: Shape, shape_f: Shape, shape_y: Shape, tile: int, vectors: int,
+            dtype: str, cpu: cpu_facts.CpuFacts) -> WinogradLayout:
+    """Blocks of whole rows of tiles whose transformed inputs fit half an L2, at least one
+    per core where the images allow; where a block is a whole image, as many images as make
+    ``BLOCK_TILES`` tiles (each block reads every transformed filter once)."""
+    batch = shape_x[0]
+    tile_h, tile_w = -(-shape_y[2] // tile), -(-shape_y[3] // tile)
     per_row = (tile + 2) ** 2 * shape_f[1] * tile_w * np.dtype(dtype).itemsize
     most = max(1, min(tile_h, cpu.l2_bytes // 2 // per_row))
-    # Whole blocks (no tile row past the last), enough of them for every core.
     divisors = [r for r in range(1, most + 1) if tile_h % r == 0]
-    enough = [r for r in divisors if shape_x[0] * (tile_h // r) >= available_cpus()]
-    rows = max(enough or [1])
-    # The accumulators, the loaded filter vectors and one broadcast in the registers.
-    fitting = [r for r in range(1, (cpu.vector_registers - vectors - 1) // vectors + 1)
-               if (rows * tile_w) % r == 0]
-    return WinogradLayout(tile, rows, max(fitting), vectors, lanes)
+    rows = max([r for r in divisors if batch * (tile_h // r) >= available_cpus()] or [1])
+    images = 1
+    if rows == tile_h:
+        images = max(d for d in range(1, batch + 1) if batch % d == 0
+                     and (d == 1 or (d * tile_h * tile_w <= BLOCK_TILES
+                                     and batch // d >= available_cpus())))
+    # The accumulators, the loaded filter vectors and one broadcast in the registers; a
+    # register tile is a part of a row of tiles, else whole rows or whole images (so that
+    # the region it writes back is exactly its tiles).
+    most_tiles = (cpu.vector_registers - vectors - 1) // vectors
+    in_row = max(r for r in range(1, most_tiles + 1) if tile_w % r == 0)
+    if in_row >= MIN_ROW_TILES:
+        return WinogradLayout(tile, rows, in_row, vectors, cpu.lanes(dtype), images)
+    block = images * rows * tile_w
+    whole = [r for r in range(1, most_tiles + 1)
+             if block % r == 0 and _whole_rows(r, tile_w, rows * tile_w)]
+    return WinogradLayout(tile, rows, max(whole), vectors, cpu.lanes(dtype), images)
+
+
+def _whole_rows(tiles: int, tile_w: int, image_tiles: int) -> bool:
+    """Whether ``tiles`` consecutive tiles of a block are a part of one row of tiles, whole
+    rows of one image, or whole images: a box of the tile grid, which the register tile's
+    write-back covers exactly."""
+    return (tile_w % tiles == 0 or (tiles % tile_w == 0 and image_tiles % tiles == 0)
+            or tiles % image_tiles == 0)
