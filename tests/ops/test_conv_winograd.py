@@ -164,12 +164,18 @@ def _steps(executor) -> list[str]:
     return [name for name, *_ in executor.storage_table()]
 
 
-def test_executor_transforms_constant_filters_once_and_sees_them_change():
+# Blocks of rows of tiles of one image, and (7 x 7 planes, four tiles each) of two images.
+@pytest.mark.parametrize("batch,size,per_block", [(2, 9, 1), (4, 7, 2)])
+def test_executor_transforms_constant_filters_once_and_sees_them_change(monkeypatch, batch,
+                                                                       size, per_block):
+    monkeypatch.setattr(winograd, "available_cpus", lambda: 2)
+    shape = (batch, 32, size, size)
+    assert _layout(32, size, 32, batch=batch).images == per_block
     rng = np.random.default_rng(3)
     layer = nn.Conv2d(32, 32, 3, padding=1)
     x = ad.Variable("x")
     executor = ad.Executor([ad.relu_op(layer(x))], constants=layer.parameters())
-    images = rng.standard_normal((2, 32, 9, 9)).astype("float32")
+    images = rng.standard_normal(shape).astype("float32")
 
     def expected():
         weight, bias = (p.numpy() for p in layer.parameters())

@@ -6,6 +6,7 @@ padding and window helpers of their compute and the per-image schedule shape."""
 
 from __future__ import annotations
 
+from dataclasses import astuple
 from typing import TYPE_CHECKING
 
 from dlsys.kernels.conv import compute, depthwise, gemm, packed, pool_options, winograd
@@ -35,7 +36,7 @@ def _packed_layout(params: tuple, dtype: str) -> tuple | None:
     shape_x, shape_f, shape_y, stride, padding = params[:5]
     plan = winograd.winograd_layout(shape_x, shape_f, shape_y, stride, dtype)
     if plan is not None:
-        return ("winograd", plan.tile, plan.block_rows, plan.tiles, plan.vectors, plan.lanes)
+        return ("winograd", *astuple(plan))
     tile = packed.packed_tiles(shape_f, shape_y, dtype, stride=stride, padding=padding)
     return None if tile is None else ("panels", tile.positions, tile.vectors, tile.lanes,
                                       tile.in_place)
