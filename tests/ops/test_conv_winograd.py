@@ -114,6 +114,18 @@ def test_kernel_matches_numpy(batch, c, size, o, padding, layout, epilogue):
                                rtol=1e-4, atol=1e-4)
 
 
+def test_padding_only_at_the_start_as_onnx_allows():
+    # ONNX pads each side on its own; the kernel reads the start and the output's extent.
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 4, 8, 8)).astype("float32")
+    w = rng.standard_normal((16, 4, 3, 3)).astype("float32")
+    node = conv2d_op(Variable("x"), Variable("w"), 1, 1, padding_end=0)
+    expected = node.op.reference(node, x, w)
+    assert expected.shape == (2, 16, 7, 7)
+    got = _run(x, w, 1, (4, 1, 2, 1, 16), (), [], expected.shape)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_unscheduled_kernel_matches_numpy(monkeypatch):
     monkeypatch.setenv("DLSYS_SCHEDULE", "naive")
     rng = np.random.default_rng(1)
