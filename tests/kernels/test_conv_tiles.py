@@ -52,3 +52,13 @@ def test_direct_tiles_fit_the_register_file(cpu, channels, height):
     assert channels % tile_c == 0 and height % tile_r == 0
     assert tile_c * tile_r <= cpu.vector_registers // 2
     assert tile_c * tile_r + tile_r + 2 <= cpu.vector_registers
+
+
+@pytest.mark.parametrize("batch", [1, 2, 15, 16, 17, 20, 33, 100, 256])
+def test_weight_gradient_chunks_cover_the_batch_with_little_padding(batch):
+    # The batch is cut into even chunks of at most WEIGHT_CHUNK_IMAGES; the zero images
+    # that pad it, multiplied as real ones, are fewer than one per chunk.
+    partials, per_partial, chunk = conv.weight_partials(batch)
+    chunks = partials * per_partial
+    assert chunk <= conv.WEIGHT_CHUNK_IMAGES
+    assert batch <= chunks * chunk < batch + chunks

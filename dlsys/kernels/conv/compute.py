@@ -32,7 +32,6 @@ from dlsys.kernels.conv.schedule import (
     DIRECT_BLOCK,
     POOL_ROWS,
     WEIGHT_BLOCK,
-    WEIGHT_CHUNK_IMAGES,
     weight_partials,
 )
 
@@ -234,8 +233,7 @@ def grouped_conv2d_grad_weight(shape_x: Shape, shape_g: Shape, shape_f: Shape, s
     span_h, span_w = _span((kh, kw), dilation)
     lanes = cpu.host().lanes(dtype)
     width = -(-out_w // lanes) * lanes
-    partials, per_partial = weight_partials(n)
-    chunk = WEIGHT_CHUNK_IMAGES
+    partials, per_partial, chunk = weight_partials(n)
     images = partials * per_partial * chunk
     zero = tirx.const(0, dtype)
     per_group_out = out_channels // groups
