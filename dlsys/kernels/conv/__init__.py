@@ -1,8 +1,10 @@
 """Sliding windows: 2-D convolutions (grouped and dilated too) as implicit GEMMs (``gemm``),
 their adjoints, and pooling and its adjoints (``compute``), with register tiles read from
-the CPU (``schedule``); the depthwise convolution's compute and schedule (``depthwise``);
-the pools with ONNX's options (``pool_options``). One family because they share the
-padding and window helpers of their compute and the per-image schedule shape."""
+the CPU (``schedule``; pooling's in ``window_schedule``); constant filters packed in
+panels of channels (``packed``) or transformed for Winograd's filtering (``winograd``);
+the depthwise convolution's compute and schedule (``depthwise``); the pools with ONNX's
+options (``pool_options``). One family because they share the padding and window helpers
+of their compute and the per-image schedule shape."""
 
 from __future__ import annotations
 
@@ -14,8 +16,8 @@ from dlsys.kernels.conv.schedule import (
     schedule_conv_direct,
     schedule_conv_gemm,
     schedule_conv_weight,
-    schedule_window,
 )
+from dlsys.kernels.conv.window_schedule import schedule_window
 
 if TYPE_CHECKING:
     from dlsys.kernels.registry import Registrar

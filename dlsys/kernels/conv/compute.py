@@ -28,12 +28,8 @@ from tvm import te, tirx
 from dlsys.kernels import cpu
 from dlsys.kernels.common.compute import Shape, TensorList
 from dlsys.kernels.common.epilogue import Epilogue, apply_epilogue
-from dlsys.kernels.conv.schedule import (
-    DIRECT_BLOCK,
-    POOL_ROWS,
-    WEIGHT_BLOCK,
-    weight_partials,
-)
+from dlsys.kernels.conv.schedule import DIRECT_BLOCK, WEIGHT_BLOCK, weight_partials
+from dlsys.kernels.conv.window_schedule import POOL_ROWS
 
 Pair = tuple[int, int]
 
