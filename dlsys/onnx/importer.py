@@ -103,23 +103,8 @@ class OnnxModule(Module):
         self._fixed_shapes = None  # as the file fixes them, inferred only if a node asks
         self._model_proto = model
         self._constants: dict[str, np.ndarray] = {}
-        buffers = {node.input[i] for node in graph.node
-                   for i in _BUFFER_INPUTS.get(node.op_type, ()) if i < len(node.input)}
-        # Where PyTorch's exporter says which tensors were the module's parameters, only
-        # those are trained; what it folded into initializers stays fixed (``folded``).
-        kinds = torch_input_kinds(model)
         self.folded: list[str] = []
-        for tensor in graph.initializer:
-            array = tensor_array(tensor)
-            if tensor.name in read_as_constant or not is_float_type(array.dtype):
-                self._constants[tensor.name] = array
-                continue
-            fixed = tensor.name in buffers
-            if kinds is not None and kinds.get(tensor.name) != "PARAMETER":
-                fixed = True
-                if tensor.name not in kinds:
-                    self.folded.append(tensor.name)
-            self._add_tensor(tensor.name, widened(array), fixed, where)
+        self._take_initializers(model, read_as_constant, where)
         # Constant nodes hold values fixed by the file: taken once here, like initializers
         # that no optimiser updates; a single number is kept as one, for the by-constant
         # operators, and so is an empty tensor (a Resize's omitted roi, as PyTorch writes it).
@@ -149,6 +134,29 @@ class OnnxModule(Module):
                           f"they are. To fine-tune every weight, export with dynamo=False "
                           f"and do_constant_folding=False.", stacklevel=2)
         return super().train(mode)
+
+    def _take_initializers(self, model, read_as_constant: set[str], where: str) -> None:
+        """The file's initializers as constants (integers, and values read only as numbers
+        fixed by the file), buffers (a batch norm's running statistics; in a file from
+        PyTorch's dynamo exporter, every tensor it does not record as a parameter) or
+        parameters."""
+        graph = model.graph
+        buffers = {node.input[i] for node in graph.node
+                   for i in _BUFFER_INPUTS.get(node.op_type, ()) if i < len(node.input)}
+        # Where PyTorch's exporter says which tensors were the module's parameters, only
+        # those are trained; what it folded into initializers stays fixed (``folded``).
+        kinds = torch_input_kinds(model)
+        for tensor in graph.initializer:
+            array = tensor_array(tensor)
+            if tensor.name in read_as_constant or not is_float_type(array.dtype):
+                self._constants[tensor.name] = array
+                continue
+            fixed = tensor.name in buffers
+            if kinds is not None and kinds.get(tensor.name) != "PARAMETER":
+                fixed = True
+                if tensor.name not in kinds:
+                    self.folded.append(tensor.name)
+            self._add_tensor(tensor.name, widened(array), fixed, where)
 
     def _add_tensor(self, name: str, array: np.ndarray, buffer: bool, where: str) -> None:
         if array.dtype != self.dtype:

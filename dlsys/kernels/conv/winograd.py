@@ -269,7 +269,19 @@ def schedule_conv_winograd(sch: s_tir.Schedule) -> None:
     sch.unroll(c_nu)
     sch.unroll(c_vector)
     sch.vectorize(c_lane)
-    # The block's products for one panel of channels.
+    reduction = _schedule_products(sch, product, k_panel, plan)
+    _schedule_input_tiles(sch, block)
+    blocks = sch.fuse(image, block)
+    if int(sch.get(blocks).extent) > 1:
+        sch.parallel(blocks)
+    # Last: the initialisation's own loops would keep the blocks from running in parallel.
+    sch.decompose_reduction(product, reduction)
+
+
+def _schedule_products(sch: s_tir.Schedule, product, k_panel, plan: WinogradLayout):
+    """The block's products for one panel of channels, at ``k_panel``: per transformed
+    point, register tiles of ``plan.tiles`` tiles by the panel's vectors, summed over the
+    input channels (the loop returned)."""
     sch.compute_at(product, k_panel, preserve_unit_loops=True)
     *_, p_b, p_e, p_ty, p_tx, p_k, p_c = sch.get_loops(product)
     sch.reorder(p_e, p_b)
@@ -283,8 +295,12 @@ def schedule_conv_winograd(sch: s_tir.Schedule) -> None:
     sch.unroll(p_vector)
     sch.vectorize(p_lane)
     sch.vectorize(sch.get_loops(accumulators)[-1])
-    # The block's input tiles, transformed; each channel's padded rows and each row of
-    # tiles' row pass in L1 (recomputing the rows two tile rows share).
+    return p_c
+
+
+def _schedule_input_tiles(sch: s_tir.Schedule, block) -> None:
+    """The block's input tiles, transformed at ``block``; each channel's padded rows and
+    each row of tiles' row pass in L1 (recomputing the rows two tile rows share)."""
     v = sch.get_sblock(INPUT_BLOCK)
     sch.compute_at(v, block, preserve_unit_loops=True)
     *_, v_b, v_e, v_c, v_ty, v_tx = sch.get_loops(v)
@@ -300,10 +316,6 @@ def schedule_conv_winograd(sch: s_tir.Schedule) -> None:
     sch.compute_at(pad, v_c, preserve_unit_loops=True)
     # Each row's phases: a strided read of the image row, left to LLVM's vectoriser.
     sch.unroll(sch.get_loops(pad)[-2])
-    blocks = sch.fuse(image, block)
-    if int(sch.get(blocks).extent) > 1:
-        sch.parallel(blocks)
-    sch.decompose_reduction(product, p_c)
 
 
 def winograd_layout(shape_x: Shape, shape_f: Shape, shape_y: Shape, stride: Pair,
