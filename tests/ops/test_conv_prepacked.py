@@ -106,6 +106,18 @@ def test_small_planes_take_channel_panels_and_large_ones_do_not():
     assert packed.packed_tiles((64, 64, 1, 1), (32, 64, 28, 28), "float32") is None
 
 
+def test_few_output_channels_of_a_pointwise_layer_are_read_in_place():
+    # MobileNet v2's 192 -> 32 projection on 28 x 28: less work counted for the implicit
+    # GEMM, but it reads the 192 planes again for each tile of channels.
+    tile = packed.packed_tiles((32, 192, 1, 1), (32, 32, 28, 28), "float32")
+    assert tile is not None and tile.in_place and 28 % tile.positions == 0
+    assert packed._few_channels(32, 16, 32)
+    # One tile of channels, channels padded to whole panels, or many channels: the work rule.
+    assert not packed._few_channels(16, 16, 16)
+    assert not packed._few_channels(24, 12, 16)
+    assert not packed._few_channels(64, 16, 32)
+
+
 def test_lenet_second_layer_reads_whole_rows_in_place():
     # 16 channels, 10 x 10 positions: about as many multiply-adds either way, but the
     # implicit GEMM copies its windows first.
