@@ -111,11 +111,13 @@ def test_few_output_channels_of_a_pointwise_layer_are_read_in_place():
     # GEMM, but it reads the 192 planes again for each tile of channels.
     tile = packed.packed_tiles((32, 192, 1, 1), (32, 32, 28, 28), "float32")
     assert tile is not None and tile.in_place and 28 % tile.positions == 0
-    assert packed._few_channels(32, 16, 32)
-    # One tile of channels, channels padded to whole panels, or many channels: the work rule.
-    assert not packed._few_channels(16, 16, 16)
-    assert not packed._few_channels(24, 12, 16)
-    assert not packed._few_channels(64, 16, 32)
+    assert packed._few_channels(32, 192, 16, 32, 16)
+    # One tile of channels, channels padded to whole panels, many channels or few taps (the
+    # write-back then costs as much as the product): the work rule.
+    assert not packed._few_channels(16, 192, 16, 16, 16)
+    assert not packed._few_channels(24, 192, 12, 16, 16)
+    assert not packed._few_channels(64, 192, 16, 32, 16)
+    assert not packed._few_channels(16, 32, 8, 16, 16)
 
 
 def test_lenet_second_layer_reads_whole_rows_in_place():
