@@ -15,6 +15,7 @@ import tvm
 from dlsys import autodiff as ad
 from dlsys import nn
 from dlsys.errors import ShapeError
+from dlsys.kernels import cpu as cpu_facts
 from dlsys.kernels.common.epilogue import EPILOGUE_LABELS
 from dlsys.kernels.conv import packed
 from dlsys.kernels.registry import KernelSpec
@@ -118,6 +119,18 @@ def test_few_output_channels_of_a_pointwise_layer_are_read_in_place():
     assert not packed._few_channels(24, 192, 12, 16, 16)
     assert not packed._few_channels(64, 192, 16, 32, 16)
     assert not packed._few_channels(16, 32, 8, 16, 16)
+
+
+def test_a_pointwise_tile_within_a_row_may_fill_the_registers():
+    registers = cpu_facts.host().vector_registers
+    pointwise = packed.packed_tiles((64, 384, 1, 1), (32, 64, 14, 14), "float32")
+    assert pointwise is not None and pointwise.in_place and 14 % pointwise.positions == 0
+    accumulators = pointwise.positions * pointwise.vectors
+    assert accumulators + pointwise.vectors + 1 <= registers
+    # A 3 x 3 filter's tile keeps to half of them (its window indices take registers too).
+    windowed = packed.packed_tiles((512, 512, 3, 3), (32, 512, 14, 14), "float32")
+    assert windowed is not None and windowed.positions * windowed.vectors <= registers // 2
+    assert accumulators > registers // 2 or pointwise.positions == windowed.positions
 
 
 def test_lenet_second_layer_reads_whole_rows_in_place():
