@@ -107,20 +107,6 @@ def test_small_planes_take_channel_panels_and_large_ones_do_not():
     assert packed.packed_tiles((64, 64, 1, 1), (32, 64, 28, 28), "float32") is None
 
 
-def test_few_output_channels_of_a_pointwise_layer_are_read_in_place():
-    # MobileNet v2's 192 -> 32 projection on 28 x 28: less work counted for the implicit
-    # GEMM, but it reads the 192 planes again for each tile of channels.
-    tile = packed.packed_tiles((32, 192, 1, 1), (32, 32, 28, 28), "float32")
-    assert tile is not None and tile.in_place and 28 % tile.positions == 0
-    assert packed._few_channels(32, 192, 16, 32, 16)
-    # One tile of channels, channels padded to whole panels, many channels or few taps (the
-    # write-back then costs as much as the product): the work rule.
-    assert not packed._few_channels(16, 192, 16, 16, 16)
-    assert not packed._few_channels(24, 192, 12, 16, 16)
-    assert not packed._few_channels(64, 192, 16, 32, 16)
-    assert not packed._few_channels(16, 32, 8, 16, 16)
-
-
 def test_a_pointwise_tile_within_a_row_may_fill_the_registers():
     registers = cpu_facts.host().vector_registers
     pointwise = packed.packed_tiles((64, 384, 1, 1), (32, 64, 14, 14), "float32")

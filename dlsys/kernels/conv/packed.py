@@ -49,13 +49,7 @@ from dlsys.kernels import cpu as cpu_facts
 from dlsys.kernels.common.compute import Shape, TensorList
 from dlsys.kernels.common.epilogue import Epilogue, apply_epilogue
 from dlsys.kernels.conv.compute import embed
-from dlsys.kernels.conv.schedule import (
-    PASS_ONCE_MAX_CHANNELS,
-    fold_epilogue,
-    gemm_tile,
-    row_panel,
-    vectorize_innermost,
-)
+from dlsys.kernels.conv.schedule import fold_epilogue, gemm_tile, row_panel, vectorize_innermost
 
 Pair = tuple[int, int]
 
@@ -145,8 +139,7 @@ def packed_tiles(shape_f: Shape, shape_y: Shape, dtype: str,
                        else WINDOW_COPY_COST)
         copy = 0 if pointwise else per_element * taps * gemm_positions
         in_place_work = _round_up(channels, in_place.panel) * padded * (taps + lanes)
-        if position_work + copy >= PACKED_MIN_GAIN * in_place_work \
-                or pointwise and _few_channels(channels, taps, gemm.rows, in_place.panel, lanes):
+        if position_work + copy >= PACKED_MIN_GAIN * in_place_work:
             return in_place
     # As many positions as registers allow beside the V loaded filter vectors and one
     # broadcast, fewest padded positions first.
@@ -157,21 +150,6 @@ def packed_tiles(shape_f: Shape, shape_y: Shape, dtype: str,
     channel_work = (_round_up(channels, tile.panel) * _round_up(positions, rows)
                     * (taps + lanes))
     return tile if position_work >= PACKED_MIN_GAIN * channel_work else None
-
-
-def _few_channels(channels: int, taps: int, gemm_rows: int, panel: int, lanes: int) -> bool:
-    """Whether a pointwise convolution's output channels are few enough that the implicit
-    GEMM reads each position's image channels once per tile of channels from many strided
-    planes (several tiles of at most ``PASS_ONCE_MAX_CHANNELS`` channels) while they fill
-    whole panels here, and its taps many enough that this tile's transposed write-back
-    (about ``lanes`` multiply-adds an output) stays a small part of the product (more than
-    ``4 * lanes``): the work counted above misses the GEMM's reads. Measured on znver4, batch
-    32, one thread: MobileNet v2's 192 -> 32 and 144 -> 32 channel layers on 28 x 28 pixels
-    ran 1.2-1.8x faster in place (counted 1.08x more work); its 32 -> 16 one on 112 x 112
-    1.4-1.6x slower (against GEMM tiles of 8 or 4 channels), its 144 -> 24 one on 56 x 56
-    (panels padded) 1.3x slower."""
-    return gemm_rows < channels <= PASS_ONCE_MAX_CHANNELS and channels % panel == 0 \
-        and taps > 4 * lanes
 
 
 def _in_place_tile(out_h: int, out_w: int, vectors: int, lanes: int,
