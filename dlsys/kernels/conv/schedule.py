@@ -236,19 +236,7 @@ def schedule_conv_gemm(sch: s_tir.Schedule) -> None:
     sch.reorder(*outer, *reduction, o_inner, p_vector, p_lane)
     sch.set_scope(gemm, 0, "local")
     sch.reverse_compute_at(out, write_at or outer[-1], preserve_unit_loops=True)
-    if (out_height * out_width) % tile.columns == 0:
-        # Every tile whole: the write-back is whole vectors (a clipped one would be a masked
-        # store, which the CPU backend scalarises).
-        write_loops = sch.get_loops(out)
-        _, lane = sch.split(write_loops[-1], factors=[None, tile.lanes])
-        sch.vectorize(lane)
-    elif _binds_a_value(sch, out):
-        # A clipped write-back whose epilogue binds a value (a clip's ``Let``): LLVM
-        # vectorises its loop across channels with gathers and scatters (twice as slow as the
-        # product, MobileNet v2's 14 x 14 pointwise layers with ReLU6); a row per channel,
-        # unrolled, it writes each channel's positions in order (1.6x faster so; without a
-        # bound value the loop's scalar stores stay the faster, 1.15x).
-        sch.unroll(sch.get_loops(out)[-2])
+    _schedule_write_back(sch, out, (out_height * out_width) % tile.columns == 0, tile.lanes)
     for panel in panels:
         sch.compute_at(panel, at_panel, preserve_unit_loops=True)
         if panel_size > tile.columns:
@@ -263,6 +251,22 @@ def schedule_conv_gemm(sch: s_tir.Schedule) -> None:
     # Accumulators zeroed before the outermost reduction loop: the chunks' where split.
     _per_image(sch, gemm, image, (o_inner, p_vector), p_lane,
                outer[1] if write_at is not None else reduction[0])
+
+
+def _schedule_write_back(sch: s_tir.Schedule, out, whole_tiles: bool, lanes: int) -> None:
+    """The implicit GEMM's write-back of a register tile (``out``, at its tile)."""
+    if whole_tiles:
+        # Every tile whole: the write-back is whole vectors (a clipped one would be a masked
+        # store, which the CPU backend scalarises).
+        _, lane = sch.split(sch.get_loops(out)[-1], factors=[None, lanes])
+        sch.vectorize(lane)
+    elif _binds_a_value(sch, out):
+        # A clipped write-back whose epilogue binds a value (a clip's ``Let``): LLVM
+        # vectorises its loop across channels with gathers and scatters (twice as slow as the
+        # product, MobileNet v2's 14 x 14 pointwise layers with ReLU6); a row per channel,
+        # unrolled, it writes each channel's positions in order (1.6x faster so; without a
+        # bound value the loop's scalar stores stay the faster, 1.15x).
+        sch.unroll(sch.get_loops(out)[-2])
 
 
 def schedule_conv_direct(sch: s_tir.Schedule) -> None:
