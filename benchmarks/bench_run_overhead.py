@@ -4,8 +4,9 @@ For each workload, the median time of a whole call (``Executor.run`` for inferen
 training graph's forward and backward pass, or a whole ``TrainStep``: that run, the loss
 read back and checked and the optimiser's update, which the executor makes in the same
 native call) beside the median time of its kernels alone (the one native call of the
-executor's plan, with the update for a step). Their difference is the
-overhead per run: Python's work on feeds and outputs, and the crossings into native code.
+executor's plan, with the update for a step), and the overhead per run: the median
+difference of the two timed back to back (``paired_overhead``), Python's work on feeds and
+outputs and the crossings into native code.
 The same is measured with ``DLSYS_NATIVE_RUN=0``, the executor calling its kernels one by one
 from Python, so that the table shows what the native run loop saves.
 
@@ -23,6 +24,7 @@ import argparse
 import math
 import os
 import statistics
+import time
 
 import numpy as np
 
@@ -136,14 +138,39 @@ def step_kernels(step):
     return run_kernels
 
 
-def measure(workload, repeats: int, rounds: int) -> tuple[float, float]:
-    """Medians of the whole call and of its kernels, in alternating rounds."""
+def measure(workload, repeats: int, rounds: int) -> tuple[float, float, float]:
+    """Medians of the whole call, of its kernels, and of the call's time outside its kernels
+    (``paired_overhead``), in alternating rounds."""
     call, kernels = workload()
-    whole, alone = [], []
+    whole, alone, outside = [], [], []
     for _ in range(rounds):
         whole.append(statistics.median(call_times(call, repeats)))
         alone.append(statistics.median(call_times(kernels, repeats)))
-    return statistics.median(whole), statistics.median(alone)
+        outside.append(paired_overhead(call, kernels, repeats))
+    return statistics.median(whole), statistics.median(alone), statistics.median(outside)
+
+
+def paired_overhead(call, kernels, repeats: int) -> float:
+    """Microseconds of ``call`` outside ``kernels``: the median difference of the two timed
+    back to back, in turn first. Kernels of hundreds of microseconds drift by more than the
+    overhead between two separate loops (the difference of their medians moved by 5-30 us
+    at batch 16 on a 2-vCPU VM); within a pair they drift alike."""
+    clock = time.perf_counter
+    differences = []
+    for index in range(repeats):
+        if index % 2:
+            start = clock()
+            call()
+            middle = clock()
+            kernels()
+            differences.append((middle - start) - (clock() - middle))
+        else:
+            start = clock()
+            kernels()
+            middle = clock()
+            call()
+            differences.append((clock() - middle) - (middle - start))
+    return statistics.median(differences) * 1e6
 
 
 def main() -> None:
@@ -167,11 +194,11 @@ def main() -> None:
     for label, workload in workloads:
         repeats = max(20, args.repeats // 100) if label.startswith("GPT") else args.repeats
         os.environ["DLSYS_NATIVE_RUN"] = "1"
-        whole, kernels = measure(workload, repeats, args.rounds)
+        whole, kernels, outside = measure(workload, repeats, args.rounds)
         os.environ["DLSYS_NATIVE_RUN"] = "0"
-        looped, _ = measure(workload, repeats, args.rounds)
+        looped, _, _ = measure(workload, repeats, args.rounds)
         os.environ.pop("DLSYS_NATIVE_RUN")
-        print(f"| {label} | {whole:.1f} us | {kernels:.1f} us | {whole - kernels:.1f} us | "
+        print(f"| {label} | {whole:.1f} us | {kernels:.1f} us | {outside:.1f} us | "
               f"{looped - kernels:.1f} us |", flush=True)
 
 
