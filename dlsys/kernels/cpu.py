@@ -8,7 +8,7 @@ the matmul's register tiles are chosen for the register file at hand.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -58,7 +58,8 @@ class CpuFacts:
         return TILE_SHAPES[max(fitting)] if fitting else ((1, 1, 1.0),)
 
 
-def facts_for(cpu: str, triple: str | None = None, l2_bytes: int = DEFAULT_L2_BYTES) -> CpuFacts:
+def facts_for(cpu: str, triple: str | None = None, l2_bytes: int = DEFAULT_L2_BYTES,
+              l1_bytes: int = DEFAULT_L1_BYTES) -> CpuFacts:
     """The facts LLVM knows about ``cpu`` (as in ``-mcpu``), for any CPU, not only this one."""
     attrs = {"kind": "llvm", "mcpu": cpu}
     if triple:
@@ -69,12 +70,12 @@ def facts_for(cpu: str, triple: str | None = None, l2_bytes: int = DEFAULT_L2_BY
         return bool(codegen.llvm_cpu_has_features([feature], target))
 
     if (triple or "").startswith("aarch64") or has("neon"):
-        return CpuFacts(cpu, 16, 32, l2_bytes)       # NEON: 32 registers of 128 bits
+        return CpuFacts(cpu, 16, 32, l2_bytes, l1_bytes)       # NEON: 32 registers of 128 bits
     if has("avx512f"):
-        return CpuFacts(cpu, 64, 32, l2_bytes)       # zmm0-31
+        return CpuFacts(cpu, 64, 32, l2_bytes, l1_bytes)       # zmm0-31
     if has("avx"):
-        return CpuFacts(cpu, 32, 16, l2_bytes)       # ymm0-15
-    return CpuFacts(cpu, 16, 16, l2_bytes)           # SSE: xmm0-15
+        return CpuFacts(cpu, 32, 16, l2_bytes, l1_bytes)       # ymm0-15
+    return CpuFacts(cpu, 16, 16, l2_bytes, l1_bytes)           # SSE: xmm0-15
 
 
 def _cache_bytes(level: int) -> int | None:
@@ -98,6 +99,5 @@ def _cache_bytes(level: int) -> int | None:
 @cache
 def host() -> CpuFacts:
     """This machine's CPU."""
-    facts = facts_for(str(codegen.llvm_get_system_cpu()), str(codegen.llvm_get_system_triple()),
-                      _cache_bytes(2) or DEFAULT_L2_BYTES)
-    return replace(facts, l1_bytes=_cache_bytes(1) or DEFAULT_L1_BYTES)
+    return facts_for(str(codegen.llvm_get_system_cpu()), str(codegen.llvm_get_system_triple()),
+                     _cache_bytes(2) or DEFAULT_L2_BYTES, _cache_bytes(1) or DEFAULT_L1_BYTES)

@@ -23,11 +23,13 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from dlsys.errors import ArgumentTypeError, GradientError, ShapeError
+from dlsys.errors import ArgumentTypeError, ShapeError
 from dlsys.graph import Node, Op, short_name
-from dlsys.kernels.conv import winograd as winograd_transforms
+from dlsys.kernels.conv import packed as packed_layouts
+from dlsys.kernels.conv import winograd as winograd_layouts
 from dlsys.kernels.registry import KernelSpec
 from dlsys.ops.arguments import check_node
+from dlsys.ops.layout import ConstantLayoutOp
 from dlsys.ops.shapes import Pair, adjoint_shape, apply_rule, conv2d_shape, window_pair
 
 
@@ -239,12 +241,12 @@ class Conv2dOp(ConvFamilyOp):
         epilogue = spec.params[-1] if spec.kind == "conv2d_epilogue" else ()
         how, *fields = layout
         if how == "winograd":
-            tile, panel = fields[0], fields[3] * fields[4]
-            return (winograd_filters_op(node.inputs[1], tile, panel),
+            plan = winograd_layouts.WinogradLayout(*fields)
+            return (winograd_filters_op(node.inputs[1], plan.tile, plan.panel),
                     KernelSpec("conv2d_winograd", (*spec.params[:5], tuple(fields), epilogue)))
-        packed = pack_filters_op(node.inputs[1], fields[1] * fields[2])
-        return packed, KernelSpec("conv2d_prepacked", (*spec.params[:5], tuple(fields),
-                                                       epilogue))
+        tile = packed_layouts.PackedTile(*fields)
+        return (pack_filters_op(node.inputs[1], tile.panel),
+                KernelSpec("conv2d_prepacked", (*spec.params[:5], tuple(fields), epilogue)))
 
     def reference(self, node, x, w):
         a = node.attrs
@@ -341,7 +343,7 @@ class Conv2dGradWeightOp(_ConvAdjointOp):
         return dw.reshape(w.shape)
 
 
-class PackFiltersOp(Op):
+class PackFiltersOp(ConstantLayoutOp):
     """OIHW filters ``w`` as panels of ``panel`` output channels, shape
     (ceil(O / panel), I * H * W, panel), the last one zero-filled: the layout the
     channel-vectorised convolution reads (``dlsys.kernels.conv.packed``). Made by the
@@ -360,10 +362,6 @@ class PackFiltersOp(Op):
         panel = node.attrs["panel"]
         return (-(-shape_w[0] // panel), math.prod(shape_w[1:]), panel)
 
-    def gradient(self, node, output_grad):
-        raise GradientError(f"{node.name}: a packed layout is made for inference, after "
-                            f"differentiation")
-
     def kernel_spec(self, node, input_shapes, output_shape):
         return KernelSpec("pack_filters", (tuple(input_shapes[0]), node.attrs["panel"]))
 
@@ -375,7 +373,7 @@ class PackFiltersOp(Op):
         return padded.reshape(-1, panel, rows.shape[1]).transpose(0, 2, 1).copy()
 
 
-class WinogradFiltersOp(Op):
+class WinogradFiltersOp(ConstantLayoutOp):
     """OIHW 3 x 3 filters ``w`` transformed for Winograd's ``F(tile, 3)``: ``G w G^T`` per
     output and input channel, as (points, ceil(O / panel), I, panel) with ``points =
     (tile + 2) ** 2``, the last panel zero-filled; the layout ``conv2d_winograd`` reads
@@ -394,14 +392,10 @@ class WinogradFiltersOp(Op):
             raise ShapeError(f"{node.name}: Winograd's filtering takes 3 x 3 OIHW filters, "
                              f"got {tuple(shape_w)}")
         tile, panel = node.attrs["tile"], node.attrs["panel"]
-        if tile not in winograd_transforms.TRANSFORMS:
+        if tile not in winograd_layouts.TRANSFORMS:
             raise ShapeError(f"{node.name}: no F({tile}, 3); tiles are "
-                             f"{sorted(winograd_transforms.TRANSFORMS)}")
+                             f"{sorted(winograd_layouts.TRANSFORMS)}")
         return ((tile + 2) ** 2, -(-shape_w[0] // panel), shape_w[1], panel)
-
-    def gradient(self, node, output_grad):
-        raise GradientError(f"{node.name}: a transformed layout is made for inference, after "
-                            f"differentiation")
 
     def kernel_spec(self, node, input_shapes, output_shape):
         return KernelSpec("winograd_filters", (tuple(input_shapes[0]), node.attrs["tile"],
@@ -409,7 +403,7 @@ class WinogradFiltersOp(Op):
 
     def reference(self, node, w):
         tile, panel = node.attrs["tile"], node.attrs["panel"]
-        _, g, _ = winograd_transforms.transforms(tile)
+        _, g, _ = winograd_layouts.transforms(tile)
         points = np.einsum("ar,ocrs,bs->aboc", g, w.astype(np.float64), g)
         channels = w.shape[0]
         padded = np.zeros((*points.shape[:2], -(-channels // panel) * panel, w.shape[1]))

@@ -7,11 +7,22 @@ import numbers
 
 import numpy as np
 
-from dlsys.errors import ArgumentError, ArgumentTypeError, ShapeError
+from dlsys.errors import ArgumentError, ArgumentTypeError, GradientError, ShapeError
 from dlsys.graph import Node, Op, short_name
 from dlsys.kernels.registry import KernelSpec
 from dlsys.ops.arguments import check_node
 from dlsys.ops.shapes import inputs_text
+
+
+class ConstantLayoutOp(Op):
+    """An operand laid out once for the kernel that reads it (a matmul's B in panels, a
+    convolution's filters in panels or transformed for Winograd's filtering): made by the
+    constant-packing pass (``passes.prepack``) after differentiation, from values that do
+    not change between runs, so it has no gradient."""
+
+    def gradient(self, node, output_grad):
+        raise GradientError(f"{node.name}: a {self.name} layout is made for inference, after "
+                            f"differentiation")
 
 
 def check_perm(where: str, perm) -> tuple[int, ...] | None:

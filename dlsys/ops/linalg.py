@@ -8,9 +8,9 @@ import math
 import numpy as np
 
 from dlsys.checks import check_flag
-from dlsys.errors import GradientError
 from dlsys.graph import Node, Op, short_name
 from dlsys.kernels.registry import KernelSpec
+from dlsys.ops.layout import ConstantLayoutOp
 from dlsys.ops.reduce import broadcastto_op
 from dlsys.ops.shapes import apply_rule, matmul_shape, sum_to_shape
 
@@ -144,7 +144,7 @@ class MatMulOp(Op):
 matmul_op = MatMulOp()
 
 
-class PackPanelsOp(Op):
+class PackPanelsOp(ConstantLayoutOp):
     """``op(B)`` (K x N) as panels of ``panel`` columns, shape (ceil(N / panel), K, panel),
     the last one zero-filled: the layout the tuned matmul streams B in. Made by the
     constant-packing pass (``passes.prepack``) after differentiation, so it has no gradient."""
@@ -161,10 +161,6 @@ class PackPanelsOp(Op):
         k, n = self._k_n(node, input_shapes[0])
         panel = node.attrs["panel"]
         return (-(-n // panel), k, panel)
-
-    def gradient(self, node, output_grad):
-        raise GradientError(f"{node.name}: a packed layout is made for inference, after "
-                            f"differentiation")
 
     def kernel_spec(self, node, input_shapes, output_shape):
         return KernelSpec("pack_panels", (tuple(input_shapes[0]), node.attrs["trans_B"],
