@@ -20,6 +20,18 @@ SEARCH_CANDIDATES = 4
 # A packed element (a scalar load and store) costs about as long as this many multiply-adds
 # inside the vectorised FMA loop; used to rank tiles that pad A against those that do not.
 PACK_COST_MACS = 8
+# An operand copied into panels across its stored rows (a transposed B, or an untransposed A
+# turned into row vectors) gathers one element per load from rows far apart: measured at
+# about this many multiply-adds per element (B of 256 x 784, transposed, packed in ~90 us
+# on one znver4 core, where the product runs at ~50 G multiply-adds per second).
+GATHER_COST_MACS = 24
+# Row-vector tiles reading B in place are preferred to copying B only where they are
+# estimated to save this much: at 1000 x 256 x 784 they ran 8 % slower than estimated (89
+# GFLOPS on one znver4 core, against 103 for every M from 16 to 256).
+IN_PLACE_MARGIN = 0.9
+# Independent pieces of work (column slabs times row tiles) that a product reading B in
+# place is cut into, so that both cores of a small-batch product get some.
+MIN_PARALLEL_JOBS = 4
 MAX_TILE = 64
 # The smallest per-core L2 of the x86 CPUs in use (Skylake client: 256 KiB).
 MIN_L2_BYTES = 256 * 1024
@@ -72,7 +84,8 @@ class MatmulProblem:
 class MatmulConfig:
     """Tile sizes: ``mr`` x ``nr`` register tile, ``nc`` columns per L2 slab, A packed or not,
     B packed or read where it is stored (``pack_b=False``: an untransposed B whose rows hold
-    whole column tiles, streamed with stride N instead of copied).
+    whole column tiles, streamed with stride N instead of copied; or, with ``vec_m``, a
+    transposed B whose rows supply the broadcast values, each streamed along k).
 
     ``vec_m`` vectorises the tile along its rows instead of its columns (A's packed panel
     supplies the vectors, B is broadcast): for a narrow output such as N = 10, where column
@@ -107,9 +120,11 @@ class MatmulConfig:
     def fits(self, problem: MatmulProblem) -> bool:
         """Whether the tiles divide the padded problem, as the schedule requires."""
         n_pad = _round_up(problem.n, self.nr) if self.nr > 0 else 0
-        # B read in place: its rows must hold whole column tiles, unpadded, along j.
-        b_in_place = (self.pack_b or not problem.b_prepacked and not problem.trans_b
-                      and not self.vec_m and problem.n % self.nr == 0)
+        # B read in place, unpadded: column vectors need its rows along j (untransposed);
+        # broadcasts (vec_m) are taken one by one, from rows along k (transposed).
+        b_in_place = self.pack_b or (not problem.b_prepacked and self.nr > 0
+                                     and problem.n % self.nr == 0
+                                     and self.vec_m == problem.trans_b)
         # The bounds keep a hand-edited log from asking for a tile that unrolls into
         # thousands of instructions.
         return (0 < self.mr <= min(problem.m, MAX_TILE) and 0 < self.nr <= MAX_TILE
@@ -195,7 +210,9 @@ def candidate_configs(problem: MatmulProblem, limit: int = SEARCH_CANDIDATES) ->
     Variations, in order: the best register tile with B unsplit, then with B read in place;
     rows vectorised instead of columns where N is narrow; the second-best tile; the
     favourite with B cut into L2-sized slabs, then with A's packing flipped; then the
-    remaining tiles, each followed by its B-in-place variant.
+    remaining tiles, each followed by its B-in-place variant. A transposed B read in place
+    by row vectors is offered first where copying B would cost more than copying A (a
+    small batch), else second.
     """
     def make(mr: int, nr: int, nc: int | None = None, pack_a: bool | None = None):
         if pack_a is None:
@@ -206,6 +223,13 @@ def candidate_configs(problem: MatmulProblem, limit: int = SEARCH_CANDIDATES) ->
     best = make(*tiles[0])
     configs = [best, *_b_in_place(problem, best)[:1], *_row_vector_configs(problem)[:1],
                *(make(*tile) for tile in tiles[1:2])]
+    for unpacked in _row_vectors_b_in_place(problem)[:1]:
+        # Second where not first, so that a search still times it.
+        packed = [best] + ([dataclasses.replace(best, pack_a=False)]
+                           if problem.m % best.mr == 0 else [])
+        cheaper = (_cost_b_in_place(problem, unpacked) < IN_PLACE_MARGIN
+                   * min(_cost_b_packed(problem, config) for config in packed))
+        configs.insert(0 if cheaper else 1, unpacked)
     slab = _slab_columns(problem, best.nr)
     if slab != best.nc:
         configs.append(make(best.mr, best.nr, slab))
@@ -251,6 +275,66 @@ def _row_vector_configs(problem: MatmulProblem) -> list[MatmulConfig]:
     n_pad = _round_up(problem.n, nr)
     return [MatmulConfig(mr, nr, n_pad, True, True)
             for mr in (2 * lanes, lanes) if mr <= problem.m]
+
+
+def _row_vectors_b_in_place(problem: MatmulProblem) -> list[MatmulConfig]:
+    """``vec_m`` tiles that read a transposed B where it is stored, for a product whose B
+    would otherwise be copied at every call (not packed ahead).
+
+    B's rows are contiguous along k, so each of the ``nr`` rows of a tile streams its
+    broadcast values in order and B is never copied; A is copied instead, into panels of
+    row vectors, which costs less where M < N: a dense layer's forward at a small batch,
+    whose weight changes at every training step (16 x 256 x 784 on znver4, one core: 158 us
+    copying B, 62 us reading it in place). The tile has one vector of rows (all of M where
+    M is narrower) and the widest column count dividing N that the registers hold.
+    """
+    if not problem.trans_b or problem.b_prepacked:
+        return []
+    lanes = problem.lanes
+    mr = min(problem.m, lanes)
+    # Four accumulators at least, to cover the FMA's latency; one register for A's vector.
+    most = min(16, problem.cpu.vector_registers - 2)
+    columns = [d for d in range(4, most + 1) if problem.n % d == 0]
+    if not columns:
+        return []
+    nr = columns[-1]
+    nc = _parallel_slab(problem, nr, -(-problem.m // mr))
+    return [MatmulConfig(mr, nr, nc, True, True, False)]
+
+
+def _parallel_slab(problem: MatmulProblem, nr: int, row_tiles: int) -> int:
+    """The widest slab of ``nr``-column panels that divides N, fits the L2 budget and cuts
+    the product into at least ``MIN_PARALLEL_JOBS`` pieces with ``row_tiles``."""
+    panels = problem.n // nr
+    itemsize = np.dtype(problem.dtype).itemsize
+    fitting = [count for count in range(1, panels + 1) if panels % count == 0
+               and problem.k * nr * count * itemsize <= problem.l2_budget_bytes]
+    enough = [count for count in fitting if panels // count * row_tiles >= MIN_PARALLEL_JOBS]
+    return max(enough or fitting[:1] or [1]) * nr
+
+
+def _cost_b_packed(problem: MatmulProblem, config: MatmulConfig) -> float:
+    """Estimated multiply-add time of a column-vector tile that copies B at every call: the
+    product at the fill of its vectors, and the copies of B and (if packed) A."""
+    lanes_used = _round_up(problem.n, config.nr) // config.nr * _round_up(config.nr, problem.lanes)
+    fill = problem.n / lanes_used * problem.m / _round_up(problem.m, config.mr)
+    copies = _copy_cost(problem.n * problem.k, problem.trans_b)
+    if config.pack_a:
+        copies += _copy_cost(_round_up(problem.m, config.mr) * problem.k, not problem.trans_a)
+    return problem.macs / fill + copies
+
+
+def _cost_b_in_place(problem: MatmulProblem, config: MatmulConfig) -> float:
+    """Estimated multiply-add time of a ``vec_m`` tile reading B in place: the product at
+    the fill of its row vectors, and A's copy into them."""
+    m_pad = _round_up(problem.m, config.mr)
+    fill = problem.m / (m_pad // config.mr * _round_up(config.mr, problem.lanes))
+    return problem.macs / fill + _copy_cost(m_pad * problem.k, not problem.trans_a)
+
+
+def _copy_cost(elements: int, gathered: bool) -> float:
+    """Multiply-add time of copying ``elements`` into panels, across stored rows or along."""
+    return elements * (GATHER_COST_MACS if gathered else PACK_COST_MACS)
 
 
 def heuristic_config(problem: MatmulProblem) -> MatmulConfig:

@@ -1,0 +1,144 @@
+"""Small-batch products with a transposed B (a dense layer's forward, ``x @ W^T``): tiles of
+row vectors that read B where it is stored instead of copying it at every call, against
+numpy, and the rule that chooses them (``dlsys.kernels.matmul.config``)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tvm
+from tvm import s_tir, te, tirx
+
+from dlsys.kernels.build import make_target
+from dlsys.kernels.cpu import facts_for
+from dlsys.kernels.matmul import compute
+from dlsys.kernels.matmul import search as mm
+from dlsys.kernels.matmul.config import MIN_PARALLEL_JOBS
+from dlsys.kernels.schedule import SCHEDULES
+
+TOL = {"rtol": 1e-4, "atol": 1e-4}
+# Tiles are chosen from a CPU's facts alone; this one has 16 float32 lanes.
+AVX512 = facts_for("skylake-avx512")
+
+
+@pytest.fixture(autouse=True)
+def _no_search(monkeypatch):
+    monkeypatch.setenv("DLSYS_TUNE", "0")
+
+
+def _in_place(problem: mm.MatmulProblem) -> mm.MatmulConfig:
+    """The row-vector tile reading B in place that the candidates offer for ``problem``."""
+    offered = [c for c in mm.candidate_configs(problem, 64) if c.vec_m and not c.pack_b]
+    assert len(offered) == 1, offered
+    return offered[0]
+
+
+def _bias_relu(shape_a, trans_a, shape_b, trans_b):
+    """``relu(op(A) @ op(B) + bias)``: a dense layer's forward with its epilogue."""
+    (a, b), (product,) = compute.matmul(shape_a, trans_a, shape_b, trans_b, "float32")
+    m, n = (int(d) for d in product.shape)
+    bias = te.placeholder((n,), dtype="float32", name="bias")
+    biased = te.compute((m, n), lambda i, j: product[i, j] + bias[j], name="bias_add")
+    out = te.compute((m, n), lambda i, j: te.max(biased[i, j], tirx.const(0, "float32")),
+                     name="relu")
+    return [a, b, bias], [out]
+
+
+def _build(inputs, outputs, schedule):
+    sch = s_tir.Schedule(tvm.IRModule({"main": te.create_prim_func(inputs + outputs)}))
+    sch.work_on("main")
+    schedule(sch)
+    return tvm.tirx.build(sch.mod, target=make_target("llvm"))["main"]
+
+
+def _call(func, *arrays, out_shape):
+    out = tvm.runtime.empty(out_shape, "float32")
+    func(*(tvm.runtime.tensor(np.ascontiguousarray(x)) for x in arrays), out)
+    return out.numpy()
+
+
+# M below one vector (a partial row vector), M padded past one vector (A's padded rows),
+# and K odd so that nothing lines up with a vector along k.
+@pytest.mark.parametrize("m,n,k", [(5, 24, 37), (20, 36, 19)])
+@pytest.mark.parametrize("trans_a", [False, True])
+def test_row_vectors_reading_b_in_place_match_numpy(m, n, k, trans_a):
+    problem = mm.MatmulProblem(m, n, k, trans_a, True, "float32")
+    config = _in_place(problem)
+    assert config.fits(problem) and n % config.nr == 0
+    rng = np.random.default_rng(m + k)
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype("float32")
+    b = rng.standard_normal((n, k)).astype("float32")
+    bias = rng.standard_normal(n).astype("float32")
+    inputs, outputs = _bias_relu(a.shape, trans_a, b.shape, True)
+    func = _build(inputs, outputs, lambda s: mm.apply_config(s, problem, config))
+    out = _call(func, a, b, bias, out_shape=(m, n))
+    reference = (a.T if trans_a else a) @ b.T
+    np.testing.assert_allclose(out, np.maximum(reference + bias, 0), **TOL)
+
+
+def test_no_copy_of_b_is_made():
+    problem = mm.MatmulProblem(16, 32, 24, False, True, "float32")
+    inputs, outputs = compute.matmul((16, 24), False, (32, 24), True, "float32")
+    sch = s_tir.Schedule(tvm.IRModule({"main": te.create_prim_func(inputs + outputs)}))
+    sch.work_on("main")
+    mm.apply_config(sch, problem, _in_place(problem))
+    names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
+    assert not any(name.startswith("B") for name in names), names  # only A is packed
+
+
+def test_the_scheduled_kernel_of_a_small_batch_forward_matches_numpy():
+    # Through the registered schedule, as an operator's kernel is built: the heuristic picks
+    # the tiles for 8 x 48 x 40 (B would be copied whole for 8 rows).
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((8, 40)).astype("float32")
+    b = rng.standard_normal((48, 40)).astype("float32")
+    bias = rng.standard_normal(48).astype("float32")
+    inputs, outputs = _bias_relu(a.shape, False, b.shape, True)
+    func = _build(inputs, outputs, SCHEDULES["matmul"])
+    out = _call(func, a, b, bias, out_shape=(8, 48))
+    np.testing.assert_allclose(out, np.maximum(a @ b.T + bias, 0), **TOL)
+
+
+@pytest.mark.parametrize("m,n,k", [(4, 256, 784), (16, 256, 784), (64, 256, 784),
+                                   (16, 100, 256), (4, 10, 100)])
+def test_small_batches_read_b_in_place(m, n, k):
+    # B (n x k) is copied whole at every call by a column-vector tile; A (m x k) is smaller.
+    problem = mm.MatmulProblem(m, n, k, False, True, "float32", AVX512)
+    chosen = mm.heuristic_config(problem)
+    assert chosen.vec_m and not chosen.pack_b
+    assert chosen.mr == min(m, 16) and n % chosen.nr == 0 and 4 <= chosen.nr <= 16
+    # Cut into enough pieces that both cores get some, where the panels allow.
+    row_tiles = -(-m // chosen.mr)
+    assert n // chosen.nc * row_tiles >= min(MIN_PARALLEL_JOBS, n // chosen.nr * row_tiles)
+
+
+@pytest.mark.parametrize("m,n,k", [(1000, 256, 784), (64, 10, 100), (256, 10, 784)])
+def test_large_batches_or_narrow_outputs_copy_b(m, n, k):
+    # A as large as B, or B tiny: copying B costs less than copying A into row vectors.
+    # The in-place tile is still offered second, for a search to time.
+    problem = mm.MatmulProblem(m, n, k, False, True, "float32", AVX512)
+    first, second = mm.candidate_configs(problem, 2)
+    assert first.pack_b and not first.vec_m
+    assert second.vec_m and not second.pack_b
+
+
+def test_only_a_transposed_b_not_packed_ahead_is_read_by_row_vectors():
+    row_vectors = mm.MatmulConfig(16, 8, 32, True, True, pack_b=False)
+    assert row_vectors.fits(mm.MatmulProblem(16, 32, 9, False, True, "float32"))
+    assert not row_vectors.fits(mm.MatmulProblem(16, 32, 9, False, False, "float32"))
+    assert not row_vectors.fits(mm.MatmulProblem(16, 36, 9, False, True, "float32"))  # 36 % 8
+    assert not row_vectors.fits(
+        mm.MatmulProblem(16, 32, 9, False, True, "float32", b_prepacked=True))
+    # No column count in 4..16 divides a prime N: nothing is offered.
+    prime = mm.MatmulProblem(16, 37, 64, False, True, "float32")
+    assert not any(c.vec_m and not c.pack_b for c in mm.candidate_configs(prime, 64))
+
+
+def test_a_logged_in_place_config_is_read_back():
+    problem = mm.MatmulProblem(16, 256, 784, False, True, "float32", AVX512)
+    config = mm.heuristic_config(problem)
+    record = json.loads(json.dumps({"mr": config.mr, "nr": config.nr, "nc": config.nc,
+                                    "pack_a": True, "vec_m": True, "pack_b": False}))
+    assert mm.MatmulConfig.from_json(record, problem) == config
