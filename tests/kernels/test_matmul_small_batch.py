@@ -1,6 +1,7 @@
-"""Small-batch products with a transposed B (a dense layer's forward, ``x @ W^T``): tiles of
-row vectors that read B where it is stored instead of copying it at every call, against
-numpy, and the rule that chooses them (``dlsys.kernels.matmul.config``)."""
+"""Small-batch products that read B where it is stored instead of copying it at every call,
+against numpy, and the rules that choose them (``dlsys.kernels.matmul.config``): tiles of
+row vectors for a transposed B (a dense layer's forward, ``x @ W^T``), and column tiles
+streaming an untransposed B (its input gradient, ``dY @ W``)."""
 
 from __future__ import annotations
 
@@ -142,3 +143,30 @@ def test_a_logged_in_place_config_is_read_back():
     record = json.loads(json.dumps({"mr": config.mr, "nr": config.nr, "nc": config.nc,
                                     "pack_a": True, "vec_m": True, "pack_b": False}))
     assert mm.MatmulConfig.from_json(record, problem) == config
+
+
+@pytest.mark.parametrize("m,k,in_place", [(4, 100, True), (16, 100, True), (64, 100, True),
+                                          (1000, 100, False)])
+def test_an_untransposed_b_is_read_in_place_unless_its_copy_is_shared_by_many_rows(
+        m, k, in_place):
+    # A layer's input gradient dY @ W: copying W costs as much as a small batch's product
+    # (8 multiply-adds' time per element against m per element).
+    problem = mm.MatmulProblem(m, 256, k, False, False, "float32", AVX512)
+    first, second = mm.candidate_configs(problem, 2)
+    assert first.pack_b != in_place and not first.vec_m
+    assert second == mm.MatmulConfig(first.mr, first.nr, first.nc, first.pack_a,
+                                      pack_b=in_place)
+
+
+def test_an_untransposed_b_read_in_place_matches_numpy():
+    problem = mm.MatmulProblem(9, 32, 21, False, False, "float32")
+    config = mm.heuristic_config(problem)
+    assert not config.pack_b
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((9, 21)).astype("float32")
+    b = rng.standard_normal((21, 32)).astype("float32")
+    bias = rng.standard_normal(32).astype("float32")
+    inputs, outputs = _bias_relu(a.shape, False, b.shape, False)
+    func = _build(inputs, outputs, SCHEDULES["matmul"])
+    out = _call(func, a, b, bias, out_shape=(9, 32))
+    np.testing.assert_allclose(out, np.maximum(a @ b + bias, 0), **TOL)

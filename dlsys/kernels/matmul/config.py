@@ -29,6 +29,12 @@ GATHER_COST_MACS = 24
 # estimated to save this much: at 1000 x 256 x 784 they ran 8 % slower than estimated (89
 # GFLOPS on one znver4 core, against 103 for every M from 16 to 256).
 IN_PLACE_MARGIN = 0.9
+# A tile that can read B in place (untransposed, whole column tiles) is preferred to the
+# same tile copying B where the copy would cost this share of the product or more: few row
+# tiles then meet each panel, and the copy is one more parallel loop to start (16 x 256 x
+# 100 on two znver4 cores: 14.6 us copying B, 6.4 us reading it in place; 64 x: 26.8 ->
+# 18.4; 4 x: 9.1 -> 2.3).
+COPY_SHARE_AVOIDED = 0.05
 # Independent pieces of work (column slabs times row tiles) that a product reading B in
 # place is cut into, so that both cores of a small-batch product get some.
 MIN_PARALLEL_JOBS = 4
@@ -207,7 +213,8 @@ def _register_tiles(problem: MatmulProblem) -> list[tuple[int, int]]:
 def candidate_configs(problem: MatmulProblem, limit: int = SEARCH_CANDIDATES) -> list[MatmulConfig]:
     """Up to ``limit`` configs worth timing, the heuristic's favourite first.
 
-    Variations, in order: the best register tile with B unsplit, then with B read in place;
+    Variations, in order: the best register tile with B unsplit, then with B read in place
+    (the other way round where copying B would cost a noticeable share of the product);
     rows vectorised instead of columns where N is narrow; the second-best tile; the
     favourite with B cut into L2-sized slabs, then with A's packing flipped; then the
     remaining tiles, each followed by its B-in-place variant. A transposed B read in place
@@ -221,7 +228,10 @@ def candidate_configs(problem: MatmulProblem, limit: int = SEARCH_CANDIDATES) ->
 
     tiles = _register_tiles(problem)
     best = make(*tiles[0])
-    configs = [best, *_b_in_place(problem, best)[:1], *_row_vector_configs(problem)[:1],
+    favourites = [best, *_b_in_place(problem, best)[:1]]
+    if _copy_cost(problem.n * problem.k, problem.trans_b) >= COPY_SHARE_AVOIDED * problem.macs:
+        favourites.reverse()  # B read in place first, where there is a variant that does
+    configs = [*favourites, *_row_vector_configs(problem)[:1],
                *(make(*tile) for tile in tiles[1:2])]
     for unpacked in _row_vectors_b_in_place(problem)[:1]:
         # Second where not first, so that a search still times it.
