@@ -170,3 +170,31 @@ def test_an_untransposed_b_read_in_place_matches_numpy():
     func = _build(inputs, outputs, SCHEDULES["matmul"])
     out = _call(func, a, b, bias, out_shape=(9, 32))
     np.testing.assert_allclose(out, np.maximum(a @ b + bias, 0), **TOL)
+
+
+@pytest.mark.parametrize("m,n,k,short", [(256, 784, 16, True), (100, 256, 1, True),
+                                         (64, 784, 64, True), (256, 784, 128, False),
+                                         (256, 100, 16, False), (10, 784, 16, False)])
+@pytest.mark.parametrize("trans_a", [False, True])
+def test_a_short_reduction_gets_a_small_tile_copying_nothing(m, n, k, short, trans_a):
+    # A weight's gradient at a small batch (K = batch): 4 rows by one vector, no copy; not
+    # for K past 64, nor where N is no whole number of vectors or M of 4 rows.
+    problem = mm.MatmulProblem(m, n, k, trans_a, False, "float32", AVX512)
+    chosen = mm.heuristic_config(problem)
+    assert ((chosen.mr, chosen.nr, chosen.pack_a, chosen.pack_b) == (4, 16, False, False)) \
+        == short
+
+
+@pytest.mark.parametrize("trans_a", [False, True])
+def test_a_short_reduction_matches_numpy(trans_a):
+    problem = mm.MatmulProblem(12, 48, 5, trans_a, False, "float32")
+    config = mm.heuristic_config(problem)
+    assert (config.mr, config.pack_a, config.pack_b) == (4, False, False)
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal((5, 12) if trans_a else (12, 5)).astype("float32")
+    b = rng.standard_normal((5, 48)).astype("float32")
+    bias = rng.standard_normal(48).astype("float32")
+    inputs, outputs = _bias_relu(a.shape, trans_a, b.shape, False)
+    func = _build(inputs, outputs, SCHEDULES["matmul"])
+    out = _call(func, a, b, bias, out_shape=(12, 48))
+    np.testing.assert_allclose(out, np.maximum((a.T if trans_a else a) @ b + bias, 0), **TOL)
