@@ -115,9 +115,11 @@ def test_small_batches_read_b_in_place(m, n, k):
     assert n // chosen.nc * row_tiles >= min(MIN_PARALLEL_JOBS, n // chosen.nr * row_tiles)
 
 
-@pytest.mark.parametrize("m,n,k", [(1000, 256, 784), (64, 10, 100), (256, 10, 784)])
+@pytest.mark.parametrize("m,n,k", [(1000, 256, 784), (64, 10, 100), (256, 10, 784),
+                                   (1000, 100, 10)])
 def test_large_batches_or_narrow_outputs_copy_b(m, n, k):
-    # A as large as B, or B tiny: copying B costs less than copying A into row vectors.
+    # A as large as B, or B tiny: copying B costs less than copying A into row vectors; and
+    # where K is short, storing the output element by element costs more than both.
     # The in-place tile is still offered second, for a search to time.
     problem = mm.MatmulProblem(m, n, k, False, True, "float32", AVX512)
     first, second = mm.candidate_configs(problem, 2)

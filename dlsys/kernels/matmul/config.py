@@ -25,6 +25,10 @@ PACK_COST_MACS = 8
 # about this many multiply-adds per element (B of 256 x 784, transposed, packed in ~90 us
 # on one znver4 core, where the product runs at ~50 G multiply-adds per second).
 GATHER_COST_MACS = 24
+# A ``vec_m`` tile stores its output one element at a time, at about this many
+# multiply-adds' time each: what decides a short reduction (1000 x 100 x 10 with B
+# transposed, znver4: 53 us reading B in place, 47 copying it).
+SCALAR_STORE_MACS = 12
 # Row-vector tiles reading B in place are preferred to copying B only where they are
 # estimated to save this much: at 1000 x 256 x 784 they ran 8 % slower than estimated (89
 # GFLOPS on one znver4 core, against 103 for every M from 16 to 256).
@@ -355,10 +359,12 @@ def _cost_b_packed(problem: MatmulProblem, config: MatmulConfig) -> float:
 
 def _cost_b_in_place(problem: MatmulProblem, config: MatmulConfig) -> float:
     """Estimated multiply-add time of a ``vec_m`` tile reading B in place: the product at
-    the fill of its row vectors, and A's copy into them."""
+    the fill of its row vectors, A's copy into them, and its output stored element by
+    element (its accumulators hold columns of C)."""
     m_pad = _round_up(problem.m, config.mr)
     fill = problem.m / (m_pad // config.mr * _round_up(config.mr, problem.lanes))
-    return problem.macs / fill + _copy_cost(m_pad * problem.k, not problem.trans_a)
+    return (problem.macs / fill + _copy_cost(m_pad * problem.k, not problem.trans_a)
+            + problem.m * problem.n * SCALAR_STORE_MACS)
 
 
 def _copy_cost(elements: int, gathered: bool) -> float:
