@@ -200,3 +200,24 @@ def test_a_short_reduction_matches_numpy(trans_a):
     func = _build(inputs, outputs, SCHEDULES["matmul"])
     out = _call(func, a, b, bias, out_shape=(12, 48))
     np.testing.assert_allclose(out, np.maximum((a.T if trans_a else a) @ b + bias, 0), **TOL)
+
+
+@pytest.mark.parametrize("shape_a,trans_a,shape_b,trans_b", [
+    ((2, 8, 40), False, (48, 40), True),      # a dense layer over a sequence: B^T in place
+    ((2, 8, 48), True, (2, 8, 32), False),    # its weight gradient, K = 16: the short tile
+    ((2, 8, 32), False, (32, 48), False),     # its input gradient: B in place
+])
+def test_operands_of_rank_three_are_read_in_place_correctly(shape_a, trans_a, shape_b,
+                                                            trans_b):
+    # An operand of rank 3 is read through the index map of its rows, here by tiles that
+    # copy nothing.
+    rng = np.random.default_rng(13)
+    a = rng.standard_normal(shape_a).astype("float32")
+    b = rng.standard_normal(shape_b).astype("float32")
+    rows_a, rows_b = a.reshape(-1, shape_a[-1]), b.reshape(-1, shape_b[-1])
+    reference = (rows_a.T if trans_a else rows_a) @ (rows_b.T if trans_b else rows_b)
+    inputs, outputs = compute.matmul(shape_a, trans_a, shape_b, trans_b, "float32")
+    func = _build(inputs, outputs, SCHEDULES["matmul"])
+    out_shape = tuple(int(d) for d in outputs[0].shape)
+    out = _call(func, a, b, out_shape=out_shape)
+    np.testing.assert_allclose(out.reshape(reference.shape), reference, **TOL)
