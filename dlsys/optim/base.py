@@ -115,6 +115,8 @@ class Optimizer:
     def __init__(self, params, lr, target: str | None = None):
         owner = type(self).__name__
         self.params, self._nodes = _collect_params(owner, params)
+        # One count in every parameter's version, stepped once per update.
+        self._update_count = Parameter.update_count(self._nodes) if self._nodes else None
         self.dtype = str(self.params[0].dtype)
         self.device = self.params[0].device
         self.target = _target_for(owner, self.device, target)
@@ -226,7 +228,8 @@ class Optimizer:
         ``fused_update``'s call: an executor holding a parameter as a constant recomputes
         from it."""
         self._last_clipped = clipped
-        Parameter.step_versions(self._nodes or ())
+        if self._update_count is not None:
+            Parameter.step_update_count(self._update_count)
 
     def _set_max_norm(self, value) -> None:
         number = check_max_grad_norm(f"{type(self).__name__}.step", value)

@@ -180,35 +180,37 @@ class TrainStep:
     def run(self, feed_dict: dict) -> tuple[float, list]:
         """``__call__``, also returning the ``extra`` values (TVM tensors the next run
         overwrites)."""
+        # A step of a small model is a few microseconds of Python around its kernels, made
+        # with the caches cold after them: this reads few objects and calls few functions.
         self._updated = False
-        executor, optimizer = self.executor, self.optimizer
+        executor = self.executor
         # Without a reduction or clipping, the update is made inside the executor's run,
         # after the same check of the loss as below (``_limit``): one crossing into native
         # code per step. The attached call stays right while the plan does (the plan's own
         # gradient buffers, the optimiser's tensors, updated in place).
         limit = self._limit()  # fixed for this step: the first loss changes only after it
-        if self._may_fuse() and executor.update_attached():
+        reduce = self.reduce
+        if reduce is None and self._max_grad_norm is None and executor.update_attached():
             executor.arm_update(limit)
         values = executor.run(feed_dict)
         fused = executor.update_was_armed  # not where the run made a plan of new shapes
-        if self.reduce is not None:
-            self.reduce.reduce(executor)
+        if reduce is not None:
+            reduce.reduce(executor)
         loss = values[0]
-        if loss is self._loss_tensor:  # the same buffer as the last run: shape checked then
-            value = float(self._loss_view[0])
-        else:
-            value = self._read_loss(loss)
-        refusal = self._refusal(value, limit)
-        if refusal is not None:
+        # The same buffer as the last run: its shape was checked then; a memoryview's
+        # element is a Python float, where numpy's would be a scalar to convert.
+        value = self._loss_view[0] if loss is self._loss_tensor else self._read_loss(loss)
+        if not (math.isfinite(value) and value <= limit):
             # The forward pass already updated the running statistics and seeds in place
             # (the update itself was not made: its guard is this same check).
             executor.undo_state_updates()
             # The reason alone stays for callers that add where it happened (the trainer's
             # epoch and batch); the message names the loss node, as every dlsys error names
             # what it is about.
-            raise StepRefused(refusal, node=self.loss.name)
+            raise StepRefused(self._refusal(value, limit), node=self.loss.name)
         if self.first_loss is None:  # a refused first batch must not become the yardstick
             self.first_loss = value
+        optimizer = self.optimizer
         if fused:
             optimizer.count_fused_update()  # the executor's run made the update
         elif self._max_grad_norm is None:  # an Updater that never clips takes no such argument
@@ -233,8 +235,8 @@ class TrainStep:
         if loss.device.dlpack_device_type() != DLPACK_CPU:
             return float(loss.numpy()[0])
         # Through numpy's DLPack view on the CPU: TVM's numpy() costs 6 us more.
-        self._loss_tensor, self._loss_view = loss, np.from_dlpack(loss)
-        return float(self._loss_view[0])
+        self._loss_tensor, self._loss_view = loss, np.from_dlpack(loss).data
+        return self._loss_view[0]
 
     def _fusable_update(self) -> tuple | None:
         """The optimiser's update as one kernel call ``(function, arguments, key)`` that the

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import tvm
+import tvm_ffi
 
 from dlsys.checks import check_dtype_device, parse_bytes
 from dlsys.errors import ArgumentError, ArgumentTypeError, DtypeError, FeedError, ShapeError
@@ -91,9 +92,10 @@ class _Prepared:
     # A call made after the plan's, where a run is armed for it (``attach_update``):
     # ``(function, argument tensors, its kernel's key, index of the guarding output)``.
     update: tuple | None = None
-    # Where the native call checks the ids fed (``native.IdCheck``): a numpy view of its
+    # Where the native call checks the ids fed (``native.IdCheck``): a view of its
     # one-element status buffer, 1 after a run it refused; None where Python checks them.
-    id_status: np.ndarray | None = None
+    # (A memoryview: its element is read as a Python int, where numpy's is a scalar.)
+    id_status: memoryview | None = None
 
     def owns_memory_of(self, value) -> bool:
         """Whether ``value`` (a TVM tensor or a contiguous array of the executor's dtype)
@@ -145,21 +147,28 @@ def _overlaps_states(tensor: tvm.runtime.Tensor, placeholder: Node, prepared: _P
 def _repeated_feeds(repeated: _RepeatedFeeds, prepared: _Prepared, feed_dict: dict
                     ) -> tuple[list, list] | None:
     """The arrays fed, in the order of ``repeated.slots``, and ``(placeholder, tensor)`` for
-    those read where they lie; None where a feed is not like the last run's."""
+    those read where they lie; None where a feed is not like the last run's.
+
+    This runs after the kernels of the last step have evicted the caches, where each numpy
+    attribute read costs 0.2-0.5 us: it reads as few as it can (one flags object per array
+    read in place, none for an array copied in, which numpy copies whatever its strides).
+    """
     arrays, in_place = [], []
     for placeholder, shape, dtype, buffer in repeated.slots:
         value = feed_dict.get(placeholder)
         if (type(value) is not np.ndarray or value.shape != shape or value.dtype != dtype
-                or not value.flags.c_contiguous
                 or (value.base is not None and prepared.owns_memory_of(value))):
             return None
         if buffer is None:
             # Read where it lies, through the native call's argument (0.3 us, against
-            # 1.1 us to copy a batch of 16 MNIST images).
-            tensor = in_place_tensor(value)
-            if prepared.native is None or tensor is value:
-                return None  # no native call yet, or a read-only array: copied there
-            in_place.append((placeholder, tensor))
+            # 1.1 us to copy a batch of 16 MNIST images). A read-only or misaligned array
+            # cannot be (``in_place_tensor``): the full path copies it, as it does before the
+            # plan's native call is compiled.
+            flags = value.flags
+            if (not (flags.c_contiguous and flags.writeable and flags.aligned)
+                    or prepared.native is None):
+                return None
+            in_place.append((placeholder, tvm_ffi.from_dlpack(value, require_alignment=0)))
         arrays.append(value)
     return arrays, in_place
 
@@ -586,9 +595,11 @@ class Executor:
             self._bound[placeholder] = tensor  # held until the next run, as documented
         if prepared.runs_until_native is not None:
             self._count_run(prepared)
-        self._saved_states = []
         if prepared.state_targets:
+            self._saved_states = []  # a save that fails leaves none to undo
             self._save_states(prepared)
+        elif self._saved_states:
+            self._saved_states = []
         self._make_calls(prepared, prepared.first_per_run_call)
         if prepared.id_status is not None and prepared.id_status[0]:
             # The native call refused an id and made no call: Python finds and names it.
@@ -680,7 +691,7 @@ class Executor:
         if id_checks:
             status_tensor = tvm.runtime.empty((1,), "int32", self.ctx)
             status, buffers = len(buffers), [*buffers, status_tensor]
-            prepared.id_status = np.from_dlpack(status_tensor)
+            prepared.id_status = np.from_dlpack(status_tensor).data
         prepared.native = NativeRun(functions, identities, calls, buffers,
                                     make_target(self.target), guard, id_checks, status)
 
@@ -870,8 +881,8 @@ class Executor:
         with self._lock:
             if self._saved_states:
                 copy_pairs(self._saved_states, to_second=False)
-                for state in self._prepared.state_targets:
-                    state.version += 1  # executors holding it as a constant recompute from it
+                # Executors holding a state as a constant recompute from it.
+                Parameter.step_versions(self._prepared.state_targets)
 
     def refresh_constants(self) -> None:
         """Compute the constant values again at the next run (after writing into a constant

@@ -151,6 +151,26 @@ def test_training_updates_reach_an_inference_executor():
     assert not np.allclose(again, after)
 
 
+def test_updates_made_inside_the_step_reach_an_inference_executor():
+    # From its second call a step makes the optimiser's update inside its executor's run
+    # (``Executor.attach_update``), counted once for all the parameters (``UpdateCount``):
+    # every such update must still reach an executor holding them as constants.
+    logits, x, params = dense_net()
+    inference = ad.Executor([logits], constants=params)
+    images = batch()
+    labels = np.eye(10, dtype=np.float32)[np.arange(len(images)) % 10]
+    loss, y = _train_step_loss(logits, params)
+    step = SGD(params, 0.1).minimize(loss)
+    previous = output(inference, x, images)
+    for _ in range(5):
+        step({x: images, y: labels})
+        current = output(inference, x, images)
+        assert_current(current, images, params)
+        assert not np.allclose(current, previous)
+        previous = current
+    assert step.executor.update_was_armed  # the last updates were made inside the run
+
+
 def test_a_value_asked_for_is_computed_every_run():
     # relu(W2) depends on a constant alone, but it is returned to the caller, who may keep
     # it: it is not folded (and so not reused stale).
