@@ -92,14 +92,19 @@ def test_no_copy_of_b_is_made():
 def test_the_scheduled_kernel_of_a_small_batch_forward_matches_numpy():
     # Through the registered schedule, as an operator's kernel is built: the heuristic picks
     # the tiles for 8 x 48 x 40 (B would be copied whole for 8 rows).
-    rng = np.random.default_rng(3)
-    a = rng.standard_normal((8, 40)).astype("float32")
-    b = rng.standard_normal((48, 40)).astype("float32")
-    bias = rng.standard_normal(48).astype("float32")
-    inputs, outputs = _bias_relu(a.shape, False, b.shape, True)
+    _check_scheduled_bias_relu(8, 48, 40, trans_b=True, seed=3)
+
+
+def _check_scheduled_bias_relu(m: int, n: int, k: int, trans_b: bool, seed: int) -> None:
+    """relu(A @ op(B) + bias) through the registered matmul schedule, against numpy."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((m, k)).astype("float32")
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype("float32")
+    bias = rng.standard_normal(n).astype("float32")
+    inputs, outputs = _bias_relu(a.shape, False, b.shape, trans_b)
     func = _build(inputs, outputs, SCHEDULES["matmul"])
-    out = _call(func, a, b, bias, out_shape=(8, 48))
-    np.testing.assert_allclose(out, np.maximum(a @ b.T + bias, 0), **TOL)
+    out = _call(func, a, b, bias, out_shape=(m, n))
+    np.testing.assert_allclose(out, np.maximum(a @ (b.T if trans_b else b) + bias, 0), **TOL)
 
 
 @pytest.mark.parametrize("m,n,k", [(4, 256, 784), (16, 256, 784), (64, 256, 784),
@@ -164,14 +169,7 @@ def test_an_untransposed_b_read_in_place_matches_numpy():
     problem = mm.MatmulProblem(9, 32, 21, False, False, "float32")
     config = mm.heuristic_config(problem)
     assert not config.pack_b
-    rng = np.random.default_rng(5)
-    a = rng.standard_normal((9, 21)).astype("float32")
-    b = rng.standard_normal((21, 32)).astype("float32")
-    bias = rng.standard_normal(32).astype("float32")
-    inputs, outputs = _bias_relu(a.shape, False, b.shape, False)
-    func = _build(inputs, outputs, SCHEDULES["matmul"])
-    out = _call(func, a, b, bias, out_shape=(9, 32))
-    np.testing.assert_allclose(out, np.maximum(a @ b + bias, 0), **TOL)
+    _check_scheduled_bias_relu(9, 32, 21, trans_b=False, seed=5)
 
 
 @pytest.mark.parametrize("m,n,k,short", [(256, 784, 16, True), (100, 256, 1, True),
