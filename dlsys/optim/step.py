@@ -190,8 +190,8 @@ class TrainStep:
         # gradient buffers, the optimiser's tensors, updated in place).
         limit = self._limit()  # fixed for this step: the first loss changes only after it
         reduce = self.reduce
-        if reduce is None and self._max_grad_norm is None and executor.update_attached():
-            executor.arm_update(limit)
+        if reduce is None and self._max_grad_norm is None:
+            executor.arm_update(limit)  # a plan without an update attached makes none
         values = executor.run(feed_dict)
         fused = executor.update_was_armed  # not where the run made a plan of new shapes
         if reduce is not None:
