@@ -172,6 +172,24 @@ def test_an_untransposed_b_read_in_place_matches_numpy():
     _check_scheduled_bias_relu(9, 32, 21, trans_b=False, seed=5)
 
 
+@pytest.mark.parametrize("m", [1, 16])
+def test_b_is_read_in_place_by_a_narrower_tile_where_n_is_no_whole_number_of_the_best(m):
+    # LeNet-5's input gradient through its 400 -> 120 layer: N = 400 is no whole number of
+    # the favourite tile's 64 columns, so that tile must copy B; a tile of one vector,
+    # which divides 400, reads it where it lies (1 x 400 x 120: 21 -> 2.6 us, znver4).
+    problem = mm.MatmulProblem(m, 400, 120, False, False, "float32", AVX512)
+    packed = mm.candidate_configs(problem, 4)
+    first = packed[0]
+    assert not first.pack_b and first.nr == 16 and 400 % first.nc == 0
+    assert any(config.pack_b and config.nr == 64 for config in packed)
+
+
+def test_a_narrower_tile_reading_b_in_place_matches_numpy():
+    config = mm.heuristic_config(mm.MatmulProblem(2, 400, 24, False, False, "float32"))
+    assert not config.pack_b and 400 % config.nr == 0
+    _check_scheduled_bias_relu(2, 400, 24, trans_b=False, seed=7)
+
+
 @pytest.mark.parametrize("m,n,k,short", [(256, 784, 16, True), (100, 256, 1, True),
                                          (64, 784, 64, True), (256, 784, 128, False),
                                          (256, 100, 16, False), (10, 784, 16, False)])

@@ -278,6 +278,18 @@ def _b_in_place(problem: MatmulProblem, config: MatmulConfig) -> list[MatmulConf
     gradient 256x784x1000 reading its input in place on znver4: 184 -> 200 GFLOPS; its
     100x256x1000 173 -> 212)."""
     variant = dataclasses.replace(config, pack_b=False)
+    if not variant.fits(problem) and not config.vec_m and problem.n % config.nr:
+        # N not a whole number of the tile's columns (LeNet's 400, a tile of 64): the widest
+        # narrower tile of whole vectors that divides N, with the widest slab dividing N
+        # (LeNet-5's input gradient 1 x 400 x 120 spent 20 us packing B for 48k
+        # multiply-adds).
+        lanes = problem.lanes
+        widths = [nr for nr in range(config.nr - lanes, 0, -lanes) if problem.n % nr == 0]
+        if widths:
+            nr = widths[0]
+            nc = max(c for c in range(nr, problem.n + 1, nr)
+                     if problem.n % c == 0 and c <= max(config.nc, nr))
+            variant = dataclasses.replace(variant, nr=nr, nc=nc)
     return [variant] if variant.fits(problem) else []
 
 
