@@ -3,6 +3,8 @@ parameters, which hold their own tensor and are bound by the executor."""
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import tvm
 
@@ -90,12 +92,15 @@ class Parameter(Node):
         Parameter.version_steps += 1
 
     @staticmethod
-    def update_count(parameters) -> UpdateCount:
+    def update_count(parameters, owner) -> UpdateCount:
         """A count in every parameter's ``version``, for ``step_update_count`` to count an
-        update of them all at once."""
+        update of them all at once, for as long as ``owner`` (an optimiser) lives: then its
+        steps stay in each parameter's own count, so that a program making optimisers over
+        the same parameters again and again does not grow their lists."""
         count = UpdateCount()
         for parameter in parameters:
             parameter._update_counts.append(count)
+        weakref.finalize(owner, _retire_update_count, tuple(parameters), count).atexit = False
         return count
 
     @staticmethod
@@ -156,3 +161,10 @@ class Parameter(Node):
 
 # The slot's own setter: past ``Parameter.__setattr__``, which counts a step of its own.
 _set_edits = Parameter.__dict__["_edits"].__set__
+
+
+def _retire_update_count(parameters: tuple, count: UpdateCount) -> None:
+    """Move ``count``'s steps into each parameter's own: its versions stay the same."""
+    for parameter in parameters:
+        _set_edits(parameter, parameter._edits + count.steps)
+        parameter._update_counts.remove(count)

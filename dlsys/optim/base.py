@@ -116,7 +116,8 @@ class Optimizer:
         owner = type(self).__name__
         self.params, self._nodes = _collect_params(owner, params)
         # One count in every parameter's version, stepped once per update.
-        self._update_count = Parameter.update_count(self._nodes) if self._nodes else None
+        self._update_count = (Parameter.update_count(self._nodes, self) if self._nodes
+                              else None)
         self.dtype = str(self.params[0].dtype)
         self.device = self.params[0].device
         self.target = _target_for(owner, self.device, target)

@@ -4,6 +4,8 @@ change (assign, a training step, a feed, a new tensor, ``refresh_constants``) is
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 import tvm
@@ -169,6 +171,26 @@ def test_updates_made_inside_the_step_reach_an_inference_executor():
         assert not np.allclose(current, previous)
         previous = current
     assert step.executor.update_was_armed  # the last updates were made inside the run
+
+
+def test_an_optimiser_gone_leaves_its_updates_in_the_versions():
+    # Optimisers made again and again over the same parameters (a learning-rate search)
+    # must neither grow what every version sums nor take their updates away when they go.
+    logits, x, params = dense_net()
+    inference = ad.Executor([logits], constants=params)
+    images = batch()
+    labels = np.eye(10, dtype=np.float32)[np.arange(len(images)) % 10]
+    loss, y = _train_step_loss(logits, params)
+    for _ in range(3):
+        step = SGD(params, 0.1).minimize(loss)
+        for _ in range(4):
+            step({x: images, y: labels})
+        versions = [p.version for p in params]
+        del step
+        gc.collect()
+        assert [p.version for p in params] == versions
+        assert_current(output(inference, x, images), images, params)
+    assert not any(p._update_counts for p in params)
 
 
 def test_a_value_asked_for_is_computed_every_run():
