@@ -153,15 +153,22 @@ def test_training_updates_reach_an_inference_executor():
     assert not np.allclose(again, after)
 
 
-def test_updates_made_inside_the_step_reach_an_inference_executor():
-    # From its second call a step makes the optimiser's update inside its executor's run
-    # (``Executor.attach_update``), counted once for all the parameters (``UpdateCount``):
-    # every such update must still reach an executor holding them as constants.
+def _training_setup():
+    """A dense net, an executor holding its parameters as constants, a batch, its labels
+    and the loss a step minimises."""
     logits, x, params = dense_net()
     inference = ad.Executor([logits], constants=params)
     images = batch()
     labels = np.eye(10, dtype=np.float32)[np.arange(len(images)) % 10]
     loss, y = _train_step_loss(logits, params)
+    return x, y, params, inference, images, labels, loss
+
+
+def test_updates_made_inside_the_step_reach_an_inference_executor():
+    # From its second call a step makes the optimiser's update inside its executor's run
+    # (``Executor.attach_update``), counted once for all the parameters (``UpdateCount``):
+    # every such update must still reach an executor holding them as constants.
+    x, y, params, inference, images, labels, loss = _training_setup()
     step = SGD(params, 0.1).minimize(loss)
     previous = output(inference, x, images)
     for _ in range(5):
@@ -176,11 +183,7 @@ def test_updates_made_inside_the_step_reach_an_inference_executor():
 def test_an_optimiser_gone_leaves_its_updates_in_the_versions():
     # Optimisers made again and again over the same parameters (a learning-rate search)
     # must neither grow what every version sums nor take their updates away when they go.
-    logits, x, params = dense_net()
-    inference = ad.Executor([logits], constants=params)
-    images = batch()
-    labels = np.eye(10, dtype=np.float32)[np.arange(len(images)) % 10]
-    loss, y = _train_step_loss(logits, params)
+    x, y, params, inference, images, labels, loss = _training_setup()
     for _ in range(3):
         step = SGD(params, 0.1).minimize(loss)
         for _ in range(4):
