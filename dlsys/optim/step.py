@@ -189,13 +189,12 @@ class TrainStep:
         # code per step. The attached call stays right while the plan does (the plan's own
         # gradient buffers, the optimiser's tensors, updated in place).
         limit = self._limit()  # fixed for this step: the first loss changes only after it
-        reduce = self.reduce
-        if reduce is None and self._max_grad_norm is None:
+        if self._may_fuse():
             executor.arm_update(limit)  # a plan without an update attached makes none
         values = executor.run(feed_dict)
         fused = executor.update_was_armed  # not where the run made a plan of new shapes
-        if reduce is not None:
-            reduce.reduce(executor)
+        if self.reduce is not None:
+            self.reduce.reduce(executor)
         loss = values[0]
         # The same buffer as the last run: its shape was checked then; a memoryview's
         # element is a Python float, where numpy's would be a scalar to convert.

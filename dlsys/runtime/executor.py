@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import tvm
-import tvm_ffi
 
 from dlsys.checks import check_dtype_device, parse_bytes
 from dlsys.errors import ArgumentError, ArgumentTypeError, DtypeError, FeedError, ShapeError
@@ -150,8 +149,8 @@ def _repeated_feeds(repeated: _RepeatedFeeds, prepared: _Prepared, feed_dict: di
     those read where they lie; None where a feed is not like the last run's.
 
     This runs after the kernels of the last step have evicted the caches, where each numpy
-    attribute read costs 0.2-0.5 us: it reads as few as it can (one flags object per array
-    read in place, none for an array copied in, which numpy copies whatever its strides).
+    attribute read costs 0.2-0.5 us: it reads as few as it can (an array copied in is copied
+    by numpy whatever its strides; one read in place is checked by ``in_place_tensor``).
     """
     arrays, in_place = [], []
     for placeholder, shape, dtype, buffer in repeated.slots:
@@ -161,14 +160,13 @@ def _repeated_feeds(repeated: _RepeatedFeeds, prepared: _Prepared, feed_dict: di
             return None
         if buffer is None:
             # Read where it lies, through the native call's argument (0.3 us, against
-            # 1.1 us to copy a batch of 16 MNIST images). A read-only or misaligned array
-            # cannot be (``in_place_tensor``): the full path copies it, as it does before the
-            # plan's native call is compiled.
-            flags = value.flags
-            if (not (flags.c_contiguous and flags.writeable and flags.aligned)
-                    or prepared.native is None):
-                return None
-            in_place.append((placeholder, tvm_ffi.from_dlpack(value, require_alignment=0)))
+            # 1.1 us to copy a batch of 16 MNIST images).
+            if prepared.native is None:
+                return None  # no native call yet: the full path copies it
+            tensor = in_place_tensor(value)
+            if tensor is value:
+                return None  # a read-only, misaligned or strided array: copied there
+            in_place.append((placeholder, tensor))
         arrays.append(value)
     return arrays, in_place
 

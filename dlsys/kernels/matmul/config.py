@@ -181,14 +181,18 @@ def _round_up(value: int, multiple: int) -> int:
 def _slab_columns(problem: MatmulProblem, nr: int, budget_bytes: int | None = None) -> int:
     """The widest slab of whole panels that divides the padded N and fits the L2 budget
     (``problem``'s, unless ``budget_bytes`` says)."""
+    return max(_slab_panel_counts(problem, nr, budget_bytes), default=1) * nr
+
+
+def _slab_panel_counts(problem: MatmulProblem, nr: int, budget_bytes: int | None = None
+                       ) -> list[int]:
+    """The numbers of ``nr``-column panels a slab may hold: dividing the padded N, fitting the
+    L2 budget (``problem``'s, unless ``budget_bytes`` says); ascending."""
     budget = problem.l2_budget_bytes if budget_bytes is None else budget_bytes
     panels = _round_up(problem.n, nr) // nr
     itemsize = np.dtype(problem.dtype).itemsize
-    best = 1
-    for count in range(1, panels + 1):
-        if panels % count == 0 and problem.k * nr * count * itemsize <= budget:
-            best = count
-    return best * nr
+    return [count for count in range(1, panels + 1)
+            if panels % count == 0 and problem.k * nr * count * itemsize <= budget]
 
 
 def _packs_a(problem: MatmulProblem, mr: int, nr: int) -> bool:
@@ -280,16 +284,14 @@ def _b_in_place(problem: MatmulProblem, config: MatmulConfig) -> list[MatmulConf
     variant = dataclasses.replace(config, pack_b=False)
     if not variant.fits(problem) and not config.vec_m and problem.n % config.nr:
         # N not a whole number of the tile's columns (LeNet's 400, a tile of 64): the widest
-        # narrower tile of whole vectors that divides N, with the widest slab dividing N
+        # narrower tile of whole vectors that divides N, in the widest slab fitting L2
         # (LeNet-5's input gradient 1 x 400 x 120 spent 20 us packing B for 48k
         # multiply-adds).
         lanes = problem.lanes
         widths = [nr for nr in range(config.nr - lanes, 0, -lanes) if problem.n % nr == 0]
         if widths:
-            nr = widths[0]
-            nc = max(c for c in range(nr, problem.n + 1, nr)
-                     if problem.n % c == 0 and c <= max(config.nc, nr))
-            variant = dataclasses.replace(variant, nr=nr, nc=nc)
+            variant = dataclasses.replace(variant, nr=widths[0],
+                                          nc=_slab_columns(problem, widths[0]))
     return [variant] if variant.fits(problem) else []
 
 
@@ -351,9 +353,7 @@ def _parallel_slab(problem: MatmulProblem, nr: int, row_tiles: int) -> int:
     """The widest slab of ``nr``-column panels that divides N, fits the L2 budget and cuts
     the product into at least ``MIN_PARALLEL_JOBS`` pieces with ``row_tiles``."""
     panels = problem.n // nr
-    itemsize = np.dtype(problem.dtype).itemsize
-    fitting = [count for count in range(1, panels + 1) if panels % count == 0
-               and problem.k * nr * count * itemsize <= problem.l2_budget_bytes]
+    fitting = _slab_panel_counts(problem, nr)
     enough = [count for count in fitting if panels // count * row_tiles >= MIN_PARALLEL_JOBS]
     return max(enough or fitting[:1] or [1]) * nr
 
