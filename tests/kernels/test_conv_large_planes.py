@@ -15,7 +15,7 @@ from dlsys.kernels.common.epilogue import EPILOGUE_PREFIX, Epilogue, epilogue_fr
 from dlsys.kernels.conv import gemm
 from dlsys.kernels.conv import schedule as conv_schedule
 from dlsys.kernels.cpu import CpuFacts
-from dlsys.kernels.registry import elementwise_formula
+from dlsys.kernels.registry import KernelSpec, elementwise_formula
 
 BIAS_RELU6 = (epilogue_from_label("channel_bias_add"),
               Epilogue("clip", "clip", constants=(0.0, 6.0)))
@@ -104,3 +104,33 @@ def test_streamed_tile_matches_numpy(monkeypatch):
     extents = [int(sch.get(loop).extent) for loop in sch.get_loops(update)]
     # Image, tile of positions, tile of channels, taps (8, 1, 1), then the tile: 8 rows.
     assert extents[-3:] == [8, 1, 16]
+
+
+def _panels(f: np.ndarray, panel: int) -> np.ndarray:
+    """Filters as ``pack_filters`` lays them out: ``P[q, k, l] = F[q * panel + l, k]``."""
+    channels = -(-f.shape[0] // panel) * panel
+    flat = np.zeros((channels, f[0].size), f.dtype)
+    flat[:f.shape[0]] = f.reshape(f.shape[0], -1)
+    return np.ascontiguousarray(flat.reshape(-1, panel, flat.shape[1]).transpose(0, 2, 1))
+
+
+@pytest.mark.parametrize("tiles", [(7, 2, 16, True), (10, 1, 16, False)])
+def test_prepacked_write_back_from_registers(tiles):
+    # 7 x 7 positions: a row a tile in place, or tiles of 10 copied windows (the last one
+    # padded); 40 channels, no whole number of panels.
+    rng = np.random.default_rng(tiles[0])
+    x = rng.standard_normal((2, 6, 7, 7)).astype(np.float32) * 3
+    f = rng.standard_normal((40, 6, 1, 1)).astype(np.float32)
+    bias = rng.standard_normal((40, 1, 1)).astype(np.float32)
+    expected = _reference(x, f, bias, 1, 0)
+    spec = KernelSpec("conv2d_prepacked", (x.shape, f.shape, expected.shape, (1, 1), (0, 0),
+                                           tiles, BIAS_RELU6))
+    kernel = spec.build("llvm", "float32")
+    out = tvm.runtime.empty(expected.shape, "float32")
+    kernel.func(tvm.runtime.tensor(x), tvm.runtime.tensor(_panels(f, tiles[1] * tiles[2])),
+                tvm.runtime.tensor(bias), out)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-5)
+    # The tile's loops unrolled (the image's, the panel's channels, any rows), but the last.
+    kinds = _write_back_loop_kinds(kernel.source("conv"))
+    dims = 4 if tiles[3] else 3
+    assert kinds[-dims:] == [tirx.ForKind.UNROLLED] * (dims - 1) + [tirx.ForKind.SERIAL]
