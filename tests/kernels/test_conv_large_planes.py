@@ -12,7 +12,7 @@ from tvm import s_tir, tirx
 
 from dlsys.kernels.build import compile_module, make_target, scheduled_module
 from dlsys.kernels.common.epilogue import EPILOGUE_PREFIX, Epilogue, epilogue_from_label
-from dlsys.kernels.conv import gemm
+from dlsys.kernels.conv import gemm, winograd
 from dlsys.kernels.conv import schedule as conv_schedule
 from dlsys.kernels.cpu import CpuFacts
 from dlsys.kernels.registry import KernelSpec, elementwise_formula
@@ -134,3 +134,18 @@ def test_prepacked_write_back_from_registers(tiles):
     kinds = _write_back_loop_kinds(kernel.source("conv"))
     dims = 4 if tiles[3] else 3
     assert kinds[-dims:] == [tirx.ForKind.UNROLLED] * (dims - 1) + [tirx.ForKind.SERIAL]
+
+
+@pytest.mark.parametrize("layout", [(4, 1, 2, 1, 16), (4, 1, 2, 2, 16)])
+def test_winograd_accumulators_leave_registers_a_vector_at_a_time(layout):
+    # Register tiles of 2 tiles by one or two vectors of channels: their copy out is unrolled
+    # over the tiles and the vectors, each vector one store (the kernel's results are
+    # checked against numpy in tests/ops/test_conv_winograd.py).
+    spec = KernelSpec("conv2d_winograd", ((1, 4, 6, 6), (32, 4, 3, 3), (1, 32, 6, 6), (1, 1),
+                                          (1, 1), layout, ()))
+    module = spec.build("llvm", "float32").source("conv")
+    sch = s_tir.Schedule(module)
+    copy = sch.get_sblock(f"{winograd.PRODUCT_BLOCK}_local", func_name="conv")
+    kinds = [sch.get(loop).kind for loop in sch.get_loops(copy)]
+    assert kinds[-3:] == [tirx.ForKind.UNROLLED] * 2 + [tirx.ForKind.VECTORIZED]
+    assert int(sch.get(sch.get_loops(copy)[-1]).extent) == layout[4]

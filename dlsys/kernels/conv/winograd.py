@@ -294,7 +294,14 @@ def _schedule_products(sch: s_tir.Schedule, product, k_panel, plan: WinogradLayo
     sch.unroll(t_inner)
     sch.unroll(p_vector)
     sch.vectorize(p_lane)
-    sch.vectorize(sch.get_loops(accumulators)[-1])
+    # The accumulators' copy out unrolled over the tile, a vector at a time: LLVM then keeps
+    # them in registers to the store, where a loop over the tiles kept a stack copy too
+    # (measured on znver4, batch 32, one thread: ResNet-18's four shapes of 3 x 3 layers
+    # 1.02-1.06x faster, its 56 x 56 one 29.7 -> 28.0 ms).
+    _, lane = sch.split(sch.get_loops(accumulators)[-1], factors=[None, plan.lanes])
+    for loop in sch.get_loops(accumulators)[-len(sch.get(accumulators).iter_vars):-1]:
+        sch.unroll(loop)
+    sch.vectorize(lane)
     return p_c
 
 
