@@ -299,7 +299,9 @@ def _schedule_products(sch: s_tir.Schedule, product, k_panel, plan: WinogradLayo
     # (measured on znver4, batch 32, one thread: ResNet-18's four shapes of 3 x 3 layers
     # 1.02-1.06x faster, its 56 x 56 one 29.7 -> 28.0 ms).
     _, lane = sch.split(sch.get_loops(accumulators)[-1], factors=[None, plan.lanes])
-    for loop in sch.get_loops(accumulators)[-len(sch.get(accumulators).iter_vars):-1]:
+    # Its own loops: one per dimension, and the lanes split off the last.
+    own_loops = len(sch.get(accumulators).iter_vars) + 1
+    for loop in sch.get_loops(accumulators)[-own_loops:-1]:
         sch.unroll(loop)
     sch.vectorize(lane)
     return p_c
