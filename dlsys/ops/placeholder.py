@@ -57,6 +57,25 @@ class UpdateCount:
         self.steps = 0
 
 
+class ParameterChanges:
+    """Every rebinding of any parameter's ``data``, and every change of any ``version``,
+    counted apart: an executor whose last run saw the same counts knows that no parameter
+    was rebound since (and, where it holds constants, that none changed), without looking
+    at each of them (``runtime.repeat``). An optimiser's update steps ``version_steps``,
+    which matters only to executors holding parameters as constants. (One object, not
+    attributes of ``Parameter``: writing a class's attribute invalidates the lookups cached
+    for the class, which a training step would pay at every update.)"""
+
+    __slots__ = ("rebinds", "version_steps")
+
+    def __init__(self) -> None:
+        self.rebinds = 0
+        self.version_steps = 0
+
+
+PARAMETER_CHANGES = ParameterChanges()
+
+
 class Parameter(Node):
     """A graph value that holds its own data: the executor binds ``data`` (a TVM tensor)
     wherever the parameter appears, so it is never fed by hand.
@@ -69,13 +88,6 @@ class Parameter(Node):
     # in-place update), so an executor holding the parameter as a constant sees them:
     # ``_edits`` of this parameter alone plus the steps of each ``UpdateCount`` it is in.
     __slots__ = ("data", "_edits", "_update_counts")
-    # Every rebinding of any parameter's ``data``, and every change of any ``version``,
-    # counted apart: an executor whose last run saw the same counts knows that no parameter
-    # was rebound since (and, where it holds constants, that none changed), without looking
-    # at each of them (``Executor``'s repeated-feeds path). An optimiser's update steps
-    # ``version_steps``, which matters only to executors holding parameters as constants.
-    rebinds = 0
-    version_steps = 0
 
     @property
     def version(self) -> int:
@@ -89,7 +101,7 @@ class Parameter(Node):
             return
         for parameter in parameters:
             _set_edits(parameter, parameter._edits + 1)  # 0.4 us less than setattr's
-        Parameter.version_steps += 1
+        PARAMETER_CHANGES.version_steps += 1
 
     @staticmethod
     def update_count(parameters, owner) -> UpdateCount:
@@ -107,14 +119,14 @@ class Parameter(Node):
     def step_update_count(count: UpdateCount) -> None:
         """Count one change of each parameter ``count`` was made for."""
         count.steps += 1
-        Parameter.version_steps += 1
+        PARAMETER_CHANGES.version_steps += 1
 
     def __setattr__(self, name: str, value) -> None:
         object.__setattr__(self, name, value)
         if name == "data":
-            Parameter.rebinds += 1
+            PARAMETER_CHANGES.rebinds += 1
         else:
-            Parameter.version_steps += 1
+            PARAMETER_CHANGES.version_steps += 1
 
     def __init__(self, data, name: str = "param", device=None):
         if not isinstance(name, str) or not name:

@@ -132,13 +132,15 @@ class TrainStep:
                  reduce: GradientReduce | None = None,
                  divergence_factor: float | None = None,
                  max_grad_norm: float | None = None, memory_budget: int | None = None):
+        # What a step reads at every call is kept computed (``_fusable``, ``_loss_limit``):
+        # the setters below keep it right.
+        self._reduce = reduce
+        self._divergence_factor = divergence_factor
+        self._first_loss: float | None = None
         self.max_grad_norm = max_grad_norm
         self.optimizer = optimizer
         self.loss = loss
-        self.reduce = reduce
-        self.divergence_factor = divergence_factor
-        # The yardstick of the divergence check: the first loss a step accepted.
-        self.first_loss: float | None = None
+        self._set_loss_limit()
         # The optimiser's state is held beside the program: a budget counts it too.
         reserved = getattr(optimizer, "state_bytes", 0) if memory_budget is not None else 0
         self.executor = step_executor(loss, optimizer._nodes, extra, reduce,
@@ -146,6 +148,7 @@ class TrainStep:
                                       memory_budget=memory_budget, reserved_bytes=reserved)
         self._outputs = 1 + len(extra)
         self._updated = False  # whether the last call updated (else it has no norm)
+        self._values: list = []  # what the last call's run returned
         # The loss buffer the last run returned and a numpy view of it (``_read_loss``).
         self._loss_tensor = None
         self._loss_view = None
@@ -158,6 +161,35 @@ class TrainStep:
     @max_grad_norm.setter
     def max_grad_norm(self, value: float | None) -> None:
         self._max_grad_norm = check_max_grad_norm("TrainStep", value)
+        # The update may follow the run in the executor's native call: nothing between
+        # them (a reduction) and no clipping.
+        self._fusable = self._reduce is None and self._max_grad_norm is None
+
+    @property
+    def reduce(self) -> GradientReduce | None:
+        """What is done between the run and the update (an allreduce), fixed at creation."""
+        return self._reduce
+
+    @property
+    def divergence_factor(self) -> float | None:
+        """Refuse a loss this many times the first accepted one; None checks finiteness."""
+        return self._divergence_factor
+
+    @divergence_factor.setter
+    def divergence_factor(self, value: float | None) -> None:
+        self._divergence_factor = value
+        self._set_loss_limit()
+
+    @property
+    def first_loss(self) -> float | None:
+        """The yardstick of the divergence check: the first loss a step accepted (None
+        until then; setting None makes the next accepted loss the yardstick)."""
+        return self._first_loss
+
+    @first_loss.setter
+    def first_loss(self, value: float | None) -> None:
+        self._first_loss = value
+        self._set_loss_limit()
 
     @property
     def last_grad_norm(self) -> float | None:
@@ -175,26 +207,25 @@ class TrainStep:
         norm's running statistics nor the dropout seeds (a retry of the batch draws the same
         masks).
         """
-        return self.run(feed_dict)[0]
-
-    def run(self, feed_dict: dict) -> tuple[float, list]:
-        """``__call__``, also returning the ``extra`` values (TVM tensors the next run
-        overwrites)."""
         # A step of a small model is a few microseconds of Python around its kernels, made
         # with the caches cold after them: this reads few objects and calls few functions.
         self._updated = False
         executor = self.executor
         # Without a reduction or clipping, the update is made inside the executor's run,
-        # after the same check of the loss as below (``_limit``): one crossing into native
+        # after the same check of the loss as below (``_loss_limit``): one crossing into native
         # code per step. The attached call stays right while the plan does (the plan's own
         # gradient buffers, the optimiser's tensors, updated in place).
-        limit = self._limit()  # fixed for this step: the first loss changes only after it
-        if self._may_fuse():
-            executor.arm_update(limit)  # a plan without an update attached makes none
-        values = executor.run(feed_dict)
+        limit = self._loss_limit  # fixed for this step: the first loss changes only after it
+        may_fuse = self._fusable
+        repeat = executor.repeated_run  # the executor's common case, called directly
+        values = None if repeat is None or not may_fuse else repeat(feed_dict, limit)
+        if values is None:
+            if may_fuse:
+                executor.arm_update(limit)  # a plan without an update attached makes none
+            values = executor.run(feed_dict)
         fused = executor.update_was_armed  # not where the run made a plan of new shapes
-        if self.reduce is not None:
-            self.reduce.reduce(executor)
+        if self._reduce is not None:
+            self._reduce.reduce(executor)
         loss = values[0]
         # The same buffer as the last run: its shape was checked then; a memoryview's
         # element is a Python float, where numpy's would be a scalar to convert.
@@ -207,7 +238,7 @@ class TrainStep:
             # epoch and batch); the message names the loss node, as every dlsys error names
             # what it is about.
             raise StepRefused(self._refusal(value, limit), node=self.loss.name)
-        if self.first_loss is None:  # a refused first batch must not become the yardstick
+        if self._first_loss is None:  # a refused first batch must not become the yardstick
             self.first_loss = value
         optimizer = self.optimizer
         if fused:
@@ -219,8 +250,15 @@ class TrainStep:
                 executor.attach_update(*update)  # made by the executor from the next run on
         else:
             optimizer.step(values[self._outputs:], max_grad_norm=self._max_grad_norm)
+        self._values = values
         self._updated = True
-        return value, values[1:self._outputs]
+        return value
+
+    def run(self, feed_dict: dict) -> tuple[float, list]:
+        """``__call__``, also returning the ``extra`` values (TVM tensors the next run
+        overwrites)."""
+        value = self(feed_dict)
+        return value, self._values[1:self._outputs]
 
     def _read_loss(self, loss) -> float:
         """The loss a run returned, checked to be a scalar; a view of its buffer is kept for
@@ -241,25 +279,20 @@ class TrainStep:
         """The optimiser's update as one kernel call ``(function, arguments, key)`` that the
         executor may make itself, or None: with a reduction between the run and the update,
         with clipping, or for an updater that cannot say (``Updater.fused_update``)."""
-        if not self._may_fuse():
+        if not self._fusable:
             return None
         fused_update = getattr(self.optimizer, "fused_update", None)
         return fused_update() if fused_update is not None else None
 
-    def _may_fuse(self) -> bool:
-        """Whether the update may follow the run in the executor's native call: nothing
-        between them (a reduction) and no clipping."""
-        return self.reduce is None and self._max_grad_norm is None
-
-    def _limit(self) -> float:
-        """The largest loss a step accepts (finite besides): ``_refusal`` as a bound."""
-        first = self.first_loss
-        if self.divergence_factor is None or first is None:
-            return math.inf
-        return self.divergence_factor * max(first, 1e-3)
+    def _set_loss_limit(self) -> None:
+        """Keep ``_loss_limit``, the largest loss a step accepts (finite besides):
+        ``_refusal`` as a bound."""
+        first, factor = self._first_loss, self._divergence_factor
+        self._loss_limit = math.inf if factor is None or first is None else (
+            factor * max(first, 1e-3))
 
     def _refusal(self, value: float, limit: float) -> str | None:
-        """Why a step with this loss must not update anything (``limit``: ``_limit()``), or
+        """Why a step with this loss must not update anything (``limit``: ``_loss_limit``), or
         None."""
         if not math.isfinite(value):
             return f"loss became {value}"

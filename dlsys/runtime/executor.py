@@ -46,6 +46,7 @@ from dlsys.runtime.native import (
     NativeRun,
     lower_calls,
 )
+from dlsys.runtime.repeat import RepeatedRun
 
 
 @dataclass
@@ -108,28 +109,6 @@ class _Prepared:
         return overlaps(start, start + size, self.owned_ranges)
 
 
-@dataclass
-class _RepeatedFeeds:
-    """What the last run was fed, for a run fed the same way (``Executor._run_repeated``).
-
-    ``slots``: per fed placeholder, ``(placeholder, shape, dtype, feed buffer as numpy)``:
-    an array copied into its buffer, or, with None for the buffer, read where it lies
-    (``NATIVE_IN_PLACE_FEED_BYTES``; the native call's argument then changes from run
-    to run).
-    ``rebinds`` and ``version_steps``:
-    ``Parameter``'s counts after that run; ``results``: the outputs as TVM tensors, and
-    ``arrays``, the same as numpy views, for the copies a caller asks for.
-    ``index_checks``: ``(slot number, placeholder, bounds)`` of each feed of integer ids.
-    """
-
-    slots: tuple
-    rebinds: int
-    version_steps: int
-    results: list
-    arrays: list
-    index_checks: tuple = ()
-
-
 def _overlaps_states(tensor: tvm.runtime.Tensor, placeholder: Node, prepared: _Prepared,
                      feeds: dict) -> bool:
     """Whether ``tensor``, fed for ``placeholder``, shares memory with the tensor of another
@@ -141,34 +120,6 @@ def _overlaps_states(tensor: tvm.runtime.Tensor, placeholder: Node, prepared: _P
               if s is not placeholder and isinstance(feeds[s], tvm.runtime.Tensor)]
     return overlaps(start, end, [(t.data_ptr(), t.data_ptr() + t.numel() * prepared.itemsize)
                                   for t in states])
-
-
-def _repeated_feeds(repeated: _RepeatedFeeds, prepared: _Prepared, feed_dict: dict
-                    ) -> tuple[list, list] | None:
-    """The arrays fed, in the order of ``repeated.slots``, and ``(placeholder, tensor)`` for
-    those read where they lie; None where a feed is not like the last run's.
-
-    This runs after the kernels of the last step have evicted the caches, where each numpy
-    attribute read costs 0.2-0.5 us: it reads as few as it can (an array copied in is copied
-    by numpy whatever its strides; one read in place is checked by ``in_place_tensor``).
-    """
-    arrays, in_place = [], []
-    for placeholder, shape, dtype, buffer in repeated.slots:
-        value = feed_dict.get(placeholder)
-        if (type(value) is not np.ndarray or value.shape != shape or value.dtype != dtype
-                or (value.base is not None and prepared.owns_memory_of(value))):
-            return None
-        if buffer is None:
-            # Read where it lies, through the native call's argument (0.3 us, against
-            # 1.1 us to copy a batch of 16 MNIST images).
-            if prepared.native is None:
-                return None  # no native call yet: the full path copies it
-            tensor = in_place_tensor(value)
-            if tensor is value:
-                return None  # a read-only, misaligned or strided array: copied there
-            in_place.append((placeholder, tensor))
-        arrays.append(value)
-    return arrays, in_place
 
 
 def tensor_bytes(tensor: tvm.runtime.Tensor) -> int:
@@ -331,7 +282,8 @@ class Executor:
         # One run at a time: runs share the planned buffers and the bound argument lists.
         self._lock = threading.Lock()
         self._saved_states: list = []  # see undo_state_updates
-        self._repeated: _RepeatedFeeds | None = None
+        # The run for feeds like the last run's (``runtime.repeat``), or None.
+        self.repeated_run: RepeatedRun | None = None
         self._update_limit = math.nan  # see arm_update
         # Whether the last run was armed and its plan had an update attached: it then made
         # the update exactly where the guard held.
@@ -547,77 +499,25 @@ class Executor:
         (overwritten by the next run), or numpy copies when asked."""
         if not isinstance(feed_dict, dict):
             raise FeedError(f"feed_dict must be a dict, got {type(feed_dict).__name__}")
+        limit, self._update_limit = self._update_limit, math.nan  # armed for this run only
+        repeat = self.repeated_run
+        if repeat is not None:  # the common case first
+            results = repeat(feed_dict, limit, convert_to_numpy_ret_vals)
+            if results is not None:
+                return results if convert_to_numpy_ret_vals else list(results)
         # Not ``with self._lock``: with the caches cold after the last run's kernels, the
         # context manager's protocol costs 0.3 us more than the two calls.
         self._lock.acquire()
         try:
             self.update_was_armed = False
-            if self._repeated is not None:  # the common case first: one call less
-                repeated = self._run_repeated(feed_dict, convert_to_numpy_ret_vals)
-                if repeated is not None:
-                    return repeated
-            return self._run(feed_dict, convert_to_numpy_ret_vals)
+            return self._run(feed_dict, convert_to_numpy_ret_vals, limit)
         finally:
-            self._update_limit = math.nan  # armed for this run only, made or not
             self._lock.release()
 
-    def _run_repeated(self, feed_dict: dict, convert_to_numpy_ret_vals: bool):
-        """The run for feeds like the last run's, or None where it does not apply.
-
-        The common case of a serving loop or a training loop: the same placeholders fed
-        arrays of the same shapes and dtypes, no parameter rebound since the last run, and
-        none changed where the executor holds constants (``Parameter``'s counts).
-        Everything the full path decides then stands (the plan, the bindings, the
-        constants), so the run only checks each fed array, copies it into its buffer and
-        makes the one native call: its cost grows with the feeds, not
-        with the parameters. Anything else (a new shape, a view of the executor's own
-        memory, a large array read in place) takes the full path.
-        """
-        repeated, prepared = self._repeated, self._prepared
-        if (repeated.rebinds != Parameter.rebinds or len(feed_dict) != len(repeated.slots)
-                or (prepared.constant_params
-                    and (prepared.constants_stale
-                         or repeated.version_steps != Parameter.version_steps))):
-            return None
-        fed = _repeated_feeds(repeated, prepared, feed_dict)
-        if fed is None:
-            return None
-        arrays, in_place = fed
-        if prepared.id_status is None:  # else the native call checks them
-            for number, placeholder, checks in repeated.index_checks:
-                _check_indices(placeholder, arrays[number], checks)
-        for (_, _, _, buffer), value in zip(repeated.slots, arrays):
-            if buffer is not None:
-                buffer[...] = value  # numpy's copyto costs 0.2 us more per call
-        for placeholder, tensor in in_place:
-            # The Python loop's argument tuples keep the last tensor the full path bound:
-            # only the native call runs from here (``prepared.native`` is never dropped).
-            prepared.native.rebind(prepared.placeholder_number[placeholder], tensor)
-            self._bound[placeholder] = tensor  # held until the next run, as documented
-        if prepared.runs_until_native is not None:
-            self._count_run(prepared)
-        if prepared.state_targets:
-            self._saved_states = []  # a save that fails leaves none to undo
-            self._save_states(prepared)
-        elif self._saved_states:
-            self._saved_states = []
-        self._make_calls(prepared, prepared.first_per_run_call)
-        if prepared.id_status is not None and prepared.id_status[0]:
-            # The native call refused an id and made no call: Python finds and names it.
-            for number, placeholder, checks in repeated.index_checks:
-                _check_indices(placeholder, arrays[number], checks)
-            raise FeedError("feed_dict: an id is out of range for the operator reading it")
-        if prepared.state_targets:
-            Parameter.step_versions(prepared.state_targets)
-        repeated.rebinds, repeated.version_steps = Parameter.rebinds, Parameter.version_steps
-        if convert_to_numpy_ret_vals:
-            return [array.copy() for array in repeated.arrays]
-        return list(repeated.results)
-
-    def _make_calls(self, prepared: _Prepared, first: int) -> None:
+    def _make_calls(self, prepared: _Prepared, first: int, limit: float) -> None:
         """The plan's kernel calls from number ``first`` on, then the attached update where
-        this run was armed for it and its guard holds (``attach_update``)."""
-        limit, self._update_limit = self._update_limit, math.nan  # armed for one run only
+        this run was armed for it (``limit`` is not NaN) and its guard holds
+        (``attach_update``)."""
         self.update_was_armed = limit == limit and prepared.update is not None
         if prepared.native is not None:
             prepared.native.run(first, limit)
@@ -697,9 +597,9 @@ class Executor:
                                     make_target(self.target), guard, id_checks, status)
 
     def _remember_feeds(self, prepared: _Prepared, feed_dict: dict, results: list) -> None:
-        """Keep what ``_run_repeated`` needs to repeat this run, where it can: every feed an
-        array copied into its buffer (CPU), none a constant."""
-        self._repeated = None
+        """Make the run that repeats this one (``repeated_run``), where it can: every feed an
+        array (CPU), none a constant."""
+        self.repeated_run = None
         slots = []
         viewed = {out[0] for out in prepared.outputs if isinstance(out, tuple)}
         for placeholder, value in feed_dict.items():
@@ -719,14 +619,14 @@ class Executor:
                              for number, (placeholder, _, dtype, _) in enumerate(slots)
                              if placeholder in prepared.program.index_checks
                              and str(dtype) in INDEX_DTYPES)
-        self._repeated = _RepeatedFeeds(tuple(slots), Parameter.rebinds,
-                                        Parameter.version_steps, list(results),
-                                        [np.from_dlpack(r) for r in results], index_checks)
+        self.repeated_run = RepeatedRun(self, prepared, tuple(slots), list(results),
+                                        [np.from_dlpack(r) for r in results], index_checks,
+                                        _check_indices)
 
-    def _run(self, feed_dict: dict, convert_to_numpy_ret_vals: bool) -> list:
+    def _run(self, feed_dict: dict, convert_to_numpy_ret_vals: bool, limit: float) -> list:
         """``run`` under the lock, where the repeated-feeds path did not apply: check the
         feeds, compile for new shapes, bind, call."""
-        self._repeated = None
+        self.repeated_run = None
         self._saved_states = []  # a run that fails before its save leaves none to undo
         self._check_feed_keys(feed_dict)
         if self.dtype is None:
@@ -753,7 +653,7 @@ class Executor:
         first = 0 if refresh else prepared.first_per_run_call
         if prepared.runs_until_native is not None:
             self._count_run(prepared)
-        self._make_calls(prepared, first)
+        self._make_calls(prepared, first, limit)
         if prepared.constant_params:
             prepared.constants_stale = False
             prepared.constant_versions = versions
@@ -864,6 +764,9 @@ class Executor:
     # a graph without states, such as every inference graph) and keeps a plain ``run`` exactly
     # as it was: a caller who never commits would otherwise lose every update.
     def _save_states(self, prepared: _Prepared) -> None:
+        self._saved_states = []  # a save that fails leaves none to undo
+        if not prepared.state_targets:
+            return
         pairs = prepared.state_pairs
         if pairs is None:
             pairs = [(self._bound[s], prepared.state_backups[s]) for s in prepared.state_targets]

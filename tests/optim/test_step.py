@@ -53,3 +53,22 @@ def test_divergence_is_refused_and_changes_nothing():
     assert optimizer.steps == 1
     for p, b in zip(params, before):
         np.testing.assert_array_equal(p.data.numpy(), b)
+
+
+def test_the_divergence_limit_follows_its_yardstick_and_factor():
+    # The limit is kept computed for the fast path: setting either input moves it.
+    loss, x, y, params = linear_model()
+    step = TrainStep(SGD(params, 1e-9), loss, divergence_factor=2.0)  # the loss barely moves
+    images, labels = batch()
+    first = step({x: images, y: labels})
+    louder = {x: images * 30, y: labels}
+    with pytest.raises(StepRefused, match="loss exploded"):
+        step(louder)
+    step.first_loss = None  # as the language-model trainer does after its dry run
+    big = step(louder)
+    assert big > 2 * first and step.first_loss == big
+    step.divergence_factor = None  # finiteness alone
+    step({x: images * 1e3, y: labels})
+    step.divergence_factor = 1.0
+    with pytest.raises(StepRefused, match="loss exploded"):
+        step({x: images * 1e3, y: labels})

@@ -76,7 +76,7 @@ def test_repeated_feeds_see_new_values_and_changed_parameters():
         (value,) = executor.run({x: batch}, convert_to_numpy_ret_vals=True)
         np.testing.assert_allclose(value, expected(batch), rtol=1e-5, atol=1e-6)
         if step:
-            assert executor._repeated is not None  # the repeated-feeds path served it
+            assert executor.repeated_run is not None  # the repeated-feeds path served it
     # A parameter assigned in place, then one rebound to another tensor: both seen.
     weight = layer.parameters()[0]
     weight.assign(rng.standard_normal(weight.shape).astype("float32"))
@@ -102,6 +102,10 @@ def test_repeated_feeds_fall_back_for_other_dtypes_and_the_executors_own_memory(
     np.testing.assert_array_equal(out.numpy(), np.maximum(-first, 0) * 4)
 
 
+def _full_path_refused(*args):
+    raise AssertionError("the run took the full path, not the repeated one")
+
+
 def test_repeated_runs_read_large_feeds_where_they_lie(monkeypatch):
     # A feed of NATIVE_IN_PLACE_FEED_BYTES or more is handed to the native call as it lies,
     # a new array at every run: each run sees its own array, never an earlier one's.
@@ -111,14 +115,15 @@ def test_repeated_runs_read_large_feeds_where_they_lie(monkeypatch):
     executor = ad.Executor([ad.relu_op(ad.matmul_op(x, w)) + 1.0])
     w_val = rng.standard_normal((8, 5)).astype("float32")
     for run in range(6):
+        if run == 4:  # the native call exists: every run from here is a repeated one
+            monkeypatch.setattr(executor, "_run", _full_path_refused)
         batch = rng.standard_normal((4, 8)).astype("float32")
         (out,) = executor.run({x: batch, w: w_val})
         np.testing.assert_allclose(out.numpy(), np.maximum(batch @ w_val, 0) + 1,
                                    rtol=1e-5, atol=1e-6)
-        if run >= 3:  # the native call exists: the repeated path read the array in place
-            assert executor._repeated is not None
-            assert executor._repeated.slots[0][3] is None
+        if run >= 3:  # the repeated path read the array in place
             assert executor._bound[x].data_ptr() == batch.ctypes.data
+    monkeypatch.undo()
     # A read-only array cannot be read in place (DLPack cannot say so): copied, still right.
     frozen = rng.standard_normal((4, 8)).astype("float32")
     frozen.flags.writeable = False
@@ -203,3 +208,16 @@ def test_a_training_loop_on_the_repeated_path_matches_the_full_path(monkeypatch)
     full = _sgd_losses(4)
     assert repeated == full
     assert repeated[-1] < repeated[0]
+
+
+def test_an_array_is_read_in_place_only_when_the_kernels_can_read_it():
+    from dlsys.runtime.memory import in_place_tensor
+
+    array = np.arange(12, dtype="float32").reshape(3, 4)
+    tensor = in_place_tensor(array)
+    assert tensor is not array and tensor.data_ptr() == array.ctypes.data
+    frozen = array.copy()
+    frozen.flags.writeable = False
+    misaligned = np.frombuffer(np.zeros(64, np.uint8).data, dtype="float32", count=4, offset=2)
+    for refused in (frozen, array[:, ::2], array.T, misaligned):
+        assert in_place_tensor(refused) is refused
