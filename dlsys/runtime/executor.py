@@ -517,7 +517,8 @@ class Executor:
     def _make_calls(self, prepared: _Prepared, first: int, limit: float) -> None:
         """The plan's kernel calls from number ``first`` on, then the attached update where
         this run was armed for it (``limit`` is not NaN) and its guard holds
-        (``attach_update``)."""
+        (``attach_update``). ``RepeatedRun`` makes its native arm itself (a call less in
+        the hottest path): a change here goes there too."""
         self.update_was_armed = limit == limit and prepared.update is not None
         if prepared.native is not None:
             prepared.native.run(first, limit)
