@@ -11,7 +11,8 @@ The same is measured with ``DLSYS_NATIVE_RUN=0``, the executor calling its kerne
 from Python, so that the table shows what the native run loop saves.
 
 Workloads: the MLP 784-256-100-10 and LeNet-5 (inference at batch 1, training steps at batch
-1 and 16 with SGD) and the GPT of ``bench_transformer.py`` (vocabulary 96, context 128,
+1 and 16 with SGD, fed the same arrays at each step and, for the whole step, new ones) and
+the GPT of ``bench_transformer.py`` (vocabulary 96, context 128,
 width 128, 4 heads, 4 layers; a training step with AdamW at batch 4). Target (issue 27): a
 small model's training ``run()`` spends under 5 us outside its kernels.
 
@@ -21,6 +22,7 @@ small model's training ``run()`` spends under 5 us outside its kernels.
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import statistics
@@ -32,6 +34,9 @@ from dlsys.testing.machine import call_times, cpu_description
 
 # Runs before measuring: the executor compiles its native call at a plan's third run.
 WARM_RUNS = 3
+# Batches fed in turn by a step fed new arrays: 64 batches of 16 images, 3.2 MB, are more
+# than the L2 cache holds.
+NEW_ARRAYS = 64
 GPT_SHAPE = dict(vocab=96, context=128, width=128, heads=4, layers=4, batch=4)
 
 
@@ -62,10 +67,15 @@ def inference(name: str, batch: int):
     return (lambda: executor.run(feed, convert_to_numpy_ret_vals=True)), kernels_of(executor)
 
 
-def training(name: str, batch: int, whole_step: bool = True):
+def training(name: str, batch: int, whole_step: bool = True, new_arrays: bool = False):
     """(call, kernels) for one SGD training step of an image model: the whole ``TrainStep``
     (its executor's run, the loss read back and checked, the update kernel), or with
-    ``whole_step=False`` the executor's ``run()`` of the forward and backward pass alone."""
+    ``whole_step=False`` the executor's ``run()`` of the forward and backward pass alone.
+
+    The step is fed the same two arrays each time (a loop filling one input buffer, which
+    the executor then reads where it lies), or with ``new_arrays`` new ones each time, as a
+    loop slicing its data set gives: the executor then copies or wraps each, and its call
+    reads data the kernels' call before it did not (``NEW_ARRAYS`` batches in turn)."""
     from dlsys import autodiff as ad
     from dlsys.nn import functional as F
     from dlsys.optim import SGD
@@ -74,13 +84,17 @@ def training(name: str, batch: int, whole_step: bool = True):
     x, y = ad.Variable("x"), ad.Variable("y")
     step = SGD(model.parameters(), 0.01).minimize(F.cross_entropy(model(x), y))
     rng = np.random.default_rng(0)
-    feed = {x: rng.standard_normal((batch, *shape)).astype("float32"),
-            y: rng.integers(0, 10, size=batch)}
+    count = NEW_ARRAYS if new_arrays else 1
+    images = rng.standard_normal((count * batch, *shape)).astype("float32")
+    labels = rng.integers(0, 10, size=count * batch)
+    feeds = [{x: images[i * batch:(i + 1) * batch], y: labels[i * batch:(i + 1) * batch]}
+             for i in range(count)]
+    turn = itertools.cycle(feeds).__next__
     for _ in range(WARM_RUNS):
-        step(feed)
+        step(turn())
     if not whole_step:
-        return (lambda: step.executor.run(feed)), kernels_of(step.executor)
-    return (lambda: step(feed)), step_kernels(step)
+        return (lambda: step.executor.run(turn())), kernels_of(step.executor)
+    return (lambda: step(turn())), step_kernels(step)
 
 
 def gpt_training():
@@ -185,6 +199,9 @@ def main() -> None:
                    lambda n=name, b=b: training(n, b, whole_step=False))
                   for name in ("MLP", "LeNet-5") for b in (1, 16)]
     workloads += [(f"{name} SGD step (TrainStep), batch {b}", lambda n=name, b=b: training(n, b))
+                  for name in ("MLP", "LeNet-5") for b in (1, 16)]
+    workloads += [(f"{name} SGD step, batch {b}, new arrays each step",
+                   lambda n=name, b=b: training(n, b, new_arrays=True))
                   for name in ("MLP", "LeNet-5") for b in (1, 16)]
     if not args.no_gpt:
         workloads.append((f"GPT AdamW step, batch {GPT_SHAPE['batch']}", gpt_training))

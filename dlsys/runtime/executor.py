@@ -607,17 +607,22 @@ class Executor:
             array = prepared.feed_arrays.get(placeholder)
             if placeholder in self.constants or array is None or not isinstance(value, np.ndarray):
                 return
-            if self._bound[placeholder] is prepared.feed_buffers[placeholder]:
-                slots.append((placeholder, value.shape, array.dtype, array))
-            elif (placeholder not in viewed and placeholder not in prepared.state_targets
-                  and (prepared.native is not None or prepared.runs_until_native is not None)):
-                # Bound where it lay (``_bind_feeds``); an output viewing it would have to
-                # be remade at every run, so such a feed takes the full path.
-                slots.append((placeholder, value.shape, array.dtype, None))
+            # An output viewing a feed read where it lies would have to be remade at every
+            # run, and a kernel updating it in place would write into the caller's array.
+            may_read_in_place = (placeholder not in viewed
+                                 and placeholder not in prepared.state_targets
+                                 and (prepared.native is not None
+                                      or prepared.runs_until_native is not None))
+            buffer = prepared.feed_buffers[placeholder]
+            if self._bound[placeholder] is buffer:
+                slots.append((placeholder, value.shape, array.dtype, array,
+                              buffer if may_read_in_place else None))
+            elif may_read_in_place:  # bound where it lay (``_bind_feeds``)
+                slots.append((placeholder, value.shape, array.dtype, None, None))
             else:
                 return
         index_checks = tuple((number, placeholder, prepared.program.index_checks[placeholder])
-                             for number, (placeholder, _, dtype, _) in enumerate(slots)
+                             for number, (placeholder, _, dtype, _, _) in enumerate(slots)
                              if placeholder in prepared.program.index_checks
                              and str(dtype) in INDEX_DTYPES)
         self.repeated_run = RepeatedRun(self, prepared, tuple(slots), list(results),

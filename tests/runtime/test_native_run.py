@@ -131,6 +131,46 @@ def test_repeated_runs_read_large_feeds_where_they_lie(monkeypatch):
     np.testing.assert_allclose(out, np.maximum(frozen @ w_val, 0) + 1, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("in_place_bytes", [64, 1 << 20], ids=["large feed", "small feed"])
+def test_an_array_fed_again_is_read_where_it_lies_and_seen_as_it_changes(monkeypatch,
+                                                                         in_place_bytes):
+    # A large feed is read where it lies at every run; a small one is copied, until the
+    # same array comes twice in a row. Either way the kernels must see what the array
+    # holds at each run: its values changed in place, its strides changed in place (numpy
+    # 2.4 still allows it), another array in between, a read-only array.
+    monkeypatch.setattr(executor_module, "NATIVE_IN_PLACE_FEED_BYTES", in_place_bytes)
+    _native_after_first_run(monkeypatch)
+    rng = np.random.default_rng(3)
+    x, w = ad.Variable("x"), ad.Variable("w")
+    executor = ad.Executor([ad.relu_op(ad.matmul_op(x, w)) + 1.0])
+    w_val = rng.standard_normal((8, 5)).astype("float32")
+    storage = rng.standard_normal(64).astype("float32")
+    batch = storage[:32].reshape(4, 8)
+    other = rng.standard_normal((4, 8)).astype("float32")
+    frozen = rng.standard_normal((4, 8)).astype("float32")
+    frozen.flags.writeable = False
+
+    def check(array) -> None:
+        (out,) = executor.run({x: array, w: w_val}, convert_to_numpy_ret_vals=True)
+        np.testing.assert_allclose(out, np.maximum(array @ w_val, 0) + 1, rtol=1e-5,
+                                   atol=1e-6)
+
+    for array in (batch, batch, other, batch, batch, frozen, frozen, batch, batch, batch):
+        check(array)
+        batch[...] = rng.standard_normal((4, 8))
+    assert executor._bound[x].data_ptr() == batch.ctypes.data  # read where it lies
+    for _ in range(2):
+        check(batch)
+        storage[:] = rng.standard_normal(64)
+    with pytest.warns(DeprecationWarning):
+        batch.strides = (64, 4)  # the same array, now every other row of 16 floats
+    assert not batch.flags.c_contiguous
+    check(batch)
+    check(batch)
+    if in_place_bytes > 64:  # copied: the repeated path served it, with the feed buffer
+        assert executor._bound[x] is executor._prepared.feed_buffers[x]
+
+
 def test_the_native_call_checks_ids_and_refuses_before_any_kernel():
     # From the native call on, a repeated run's ids are checked inside it: an id out of
     # range is still named, and no kernel ran (an SGD step changes no parameter).
@@ -155,6 +195,18 @@ def test_the_native_call_checks_ids_and_refuses_before_any_kernel():
         for p, b in zip(model.parameters(), before):
             np.testing.assert_array_equal(p.numpy(), b)
     step({x: images, y: labels})  # the same feeds in range run again
+    step({x: images, y: labels})
+    # Fed twice in a row, the labels are read where they lie: an id changed there is
+    # checked as well.
+    assert step.executor._bound[y].data_ptr() == labels.ctypes.data
+    before = [p.numpy() for p in model.parameters()]
+    labels[2] = 7
+    with pytest.raises(FeedError, match="id 7 at \\(2,\\)"):
+        step({x: images, y: labels})
+    for p, b in zip(model.parameters(), before):
+        np.testing.assert_array_equal(p.numpy(), b)
+    labels[2] = 1
+    step({x: images, y: labels})
     assert step.executor._prepared.id_status[0] == 0
 
 
