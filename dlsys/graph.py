@@ -106,6 +106,11 @@ class Op:
       probability rows, as PyTorch's); ``index_kernel_spec`` is told which.
     - ``keeps_dtype``: the output has input 0's element type (a reshaping alias, which may
       pass ids on); other outputs are floating-point.
+    - ``splits_rows``: the inputs read row by row along axis 0 (the batch): row n of the
+      output is computed from row n of each of them (or from the whole of one broadcast
+      along that axis) and from the whole of every other input, so a batch may be computed
+      in slices of rows (``passes.batch_split``): a convolution's images, an elementwise
+      operator's operands.
     - ``updates_state``: index of an input that holds a value (a parameter or buffer) which
       the kernel overwrites with the node's value: the node *is* the new state (a dropout
       seed advanced, running statistics updated). Such a step always runs, and no later step
@@ -126,6 +131,7 @@ class Op:
     index_inputs: tuple[int, ...] = ()
     optional_index_inputs: tuple[int, ...] = ()
     keeps_dtype = False
+    splits_rows: tuple[int, ...] = ()
 
     def describe(self, node: Node) -> str:
         args = ", ".join(short_name(i) for i in node.inputs)

@@ -197,6 +197,7 @@ class Conv2dOp(ConvFamilyOp):
     fusion_anchor = True
     # Constant filters (inference) may be laid out once in panels of output channels.
     packable_input = 1
+    splits_rows = (0,)  # each image alone
 
     def __call__(self, x: Node, w: Node, stride=1, padding=0, dilation=1, groups: int = 1,
                  padding_end=None) -> Node:

@@ -40,6 +40,11 @@ class ElementwiseOp(Op):
 
     kernel_kind = ""
     arity = 1
+
+    @property
+    def splits_rows(self) -> tuple[int, ...]:
+        # Every element from the elements at its own position: every operand row by row.
+        return tuple(range(self.arity))
     inplace_input = 0
     positive_inputs: tuple[int, ...] = ()
     symbol = ""

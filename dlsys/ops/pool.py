@@ -174,6 +174,8 @@ class _PoolFamilyOp(Op):
 class _PoolOp(_PoolFamilyOp):
     """``pool(x)`` over every window."""
 
+    splits_rows = (0,)  # each image alone
+
     def __call__(self, x: Node, kernel_size, stride=None, padding=0, **options) -> Node:
         """``options``: ONNX's ``POOL_DEFAULTS`` (``padding_end``, ``ceil_mode``...)."""
         where = f"{self.name}({short_name(x)})"

@@ -19,6 +19,7 @@ from dlsys.checks import format_bytes
 from dlsys.errors import ArgumentError, MemoryBudgetError
 from dlsys.graph import IndexBounds, Node, Shape, find_topo_sort, short_name
 from dlsys.kernels.build import Kernel
+from dlsys.passes.batch_split import split_batch
 from dlsys.passes.dtypes import index_checks, index_placeholders, infer_dtypes
 from dlsys.passes.fusion import eliminate_dead_steps, fuse_epilogues
 from dlsys.passes.lower import Step, build_steps
@@ -41,6 +42,8 @@ class CompileOptions:
     ``reserved_bytes`` (an optimiser's state, held beside the program); values are
     recomputed to fit it (``passes.recompute``), else compiling fails with a
     ``MemoryBudgetError`` naming the smallest budget reachable. None: today's plan.
+    ``split_batch``: on the CPU, a graph holding constants computes its first large layers
+    slice of the batch by slice where that keeps them in the caches (``passes.batch_split``).
     """
 
     dtype: str = "float32"
@@ -51,6 +54,7 @@ class CompileOptions:
     constants: frozenset[Node] = frozenset()
     memory_budget: int | None = None
     reserved_bytes: int = 0
+    split_batch: bool = True
 
 
 @dataclass
@@ -96,6 +100,19 @@ def _infer_shapes(c: Compilation) -> None:
 def _infer_dtypes(c: Compilation) -> None:
     c.dtypes = infer_dtypes(c.order, c.feed_dtypes, c.options.dtype)
     c.index_checks = index_checks(c.order, c.shapes)
+
+
+def _split_batch(c: Compilation) -> None:
+    o = c.options
+    if not (o.split_batch and o.constants and o.target == "llvm" and o.memory_budget is None):
+        return
+    itemsize = np.dtype(o.dtype).itemsize
+    outputs = split_batch(c.order, c.outputs, c.shapes, itemsize, set(o.constants))
+    if outputs is not None:
+        c.outputs, c.keep = outputs, set(outputs)
+        c.order = find_topo_sort(outputs)
+        _infer_shapes(c)
+        _infer_dtypes(c)
 
 
 def _lower(c: Compilation) -> None:
@@ -224,6 +241,8 @@ PASSES: tuple[Pass, ...] = (
     Pass("infer_shapes", _infer_shapes, ("order", "feed_shapes"), ("shapes",)),
     Pass("infer_dtypes", _infer_dtypes, ("order", "feed_dtypes", "shapes"),
          ("dtypes", "index_checks")),
+    Pass("split_batch", _split_batch, ("order", "outputs", "shapes", "options"),
+         ("order", "outputs", "keep", "shapes", "dtypes", "index_checks")),
     Pass("lower", _lower, ("order", "shapes", "dtypes"), ("steps",)),
     Pass("fuse", _fuse, ("steps", "shapes", "keep"), ("steps",)),
     Pass("fold_constants", _fold_constants, ("steps", "keep"), ("constant_params", "constant")),
@@ -403,7 +422,7 @@ def compile(outputs: Sequence[Node], feed_shapes: dict[Node, Shape],
         if build or p.name != "build_kernels":
             p.run(c)
     assert c.plan is not None  # set by plan_memory
-    return Program(outputs, [n for n in order if n.op.is_placeholder], c.shapes, c.steps,
+    return Program(c.outputs, [n for n in c.order if n.op.is_placeholder], c.shapes, c.steps,
                    c.kernels, c.plan, c.first_per_run_step, c.constant_params,
                    frozenset(c.constant),
                    frozenset(s.writes_state for s in c.steps if s.writes_state is not None),

@@ -395,8 +395,10 @@ class Executor:
         value, source, feed_buffers, owned_ranges, group, fixed = self._allocate(program)
         calls, feed_slots = self._bind_calls(program, value, source)
         shapes = program.shapes
+        # The program's own nodes for the values asked for (a pass may have computed them
+        # from new nodes: ``passes.batch_split``).
         outputs = [(source[n], shapes[n]) if n in source else value[n]
-                   for n in self.eval_node_list]
+                   for n in program.outputs]
         hoisted = program.steps[:program.first_per_run_step]
         first_per_run_call = sum(step.alias_of is None for step in hoisted)
         # Worth compiling into one native call: a CPU plan short enough that LLVM compiles
