@@ -27,6 +27,10 @@ from dlsys.graph import Node, Shape
 
 # Rows (images) of at least this many bytes, output by a layer, are worth splitting.
 SPLIT_ROW_BYTES = 512 * 1024
+# How many nodes after the last large layer the run may go on to end in a narrow value (a
+# quarter of ``SPLIT_ROW_BYTES`` a row): about one block of a CNN (convolution, bias,
+# activation, residual sum), so that the joined slices are small to copy.
+SPLIT_MORE_NODES = 8
 # The largest value a slice computes stays under this many bytes: a part of the L3 cache
 # (32 MB on the EPYC VMs) that the weights and the next layer's output leave free. Batch-2
 # slices (9.6 MB) were faster than batch-4 ones (19 MB) through MobileNet's 28 x 28 layers.
@@ -87,15 +91,21 @@ def _splittable_run(order: list[Node], outputs: list[Node], shapes: dict[Node, S
         for i in node.inputs:
             readers.setdefault(i, []).append(node)
     kept = set(outputs)
-    # The first end after the last large layer where one value leaves the run, else the
-    # last before it.
-    for end in [*range(large[-1] + 1, len(run) + 1), *range(large[-1], 1, -1)]:
+
+    def single_exit(end: int) -> bool:
         part = set(run[:end])
-        leaving = [n for n in run[:end]
-                   if n in kept or any(r not in part for r in readers.get(n, []))]
-        if leaving == [run[end - 1]]:
-            return run[:end]
-    return None
+        return [n for n in run[:end] if n in kept
+                or any(r not in part for r in readers.get(n, []))] == [run[end - 1]]
+
+    # After the last large layer, the first end where one narrow value leaves the run (the
+    # joined slices are copied once), else the first where one value leaves, else the
+    # last before that layer.
+    after = [end for end in range(large[-1] + 1, len(run) + 1) if single_exit(end)]
+    narrow = [end for end in after if end <= large[-1] + 1 + SPLIT_MORE_NODES
+              and _row_bytes(shapes[run[end - 1]], itemsize) <= SPLIT_ROW_BYTES // 4]
+    before = [end for end in range(large[-1], 1, -1) if single_exit(end)]
+    ends = narrow or after or before
+    return run[:ends[0]] if ends else None
 
 
 def _reads_rows(node: Node, shapes: dict[Node, Shape], batch: int, inside: set[Node],
