@@ -140,16 +140,17 @@ def _sort_feeds(feed_dict: dict, numbered: tuple, prepared, native) -> tuple | N
         value = feed_dict.get(placeholder)
         # numpy's dtypes of native byte order are one object each: another dtype equal to
         # it (rare) merely takes the full path.
-        if (type(value) is not np.ndarray or value.shape != shape or value.dtype is not dtype
-                or (value.base is not None and prepared.owns_memory_of(value))):
+        if type(value) is not np.ndarray or value.shape != shape or value.dtype is not dtype:
             return None
         arrays.append(value)
         if value is last[0] and native is last[1] and value.flags.c_contiguous:
             # Read where it lies, as at the last run: an ndarray's memory is its own for
             # life (but after numpy's unsafe ``resize(refcheck=False)``), its shape and
             # dtype were checked above, its strides (which numpy 2.4 still lets a caller
-            # set) here.
+            # set) here; and it was found not to view the executor's own memory then.
             continue
+        if value.base is not None and prepared.owns_memory_of(value):
+            return None  # a view of the executor's own buffers: read first by the full path
         if buffer is None or (value is last[0] and last[1] is False and own is not None
                               and native is not None):
             # Its DLPack view: 1.6-1.9 us with the caches cold, a copy of 8-16 KiB.
