@@ -149,7 +149,11 @@ def _sort_feeds(feed_dict: dict, numbered: tuple, prepared, native) -> tuple | N
             # dtype were checked above, its strides (which numpy 2.4 still lets a caller
             # set) here; and it was found not to view the executor's own memory then.
             continue
-        if value.base is not None and prepared.owns_memory_of(value):
+        base = value.base
+        # A slice of an array numpy allocated (a loop's batch of its data set) views no
+        # buffer of the executor: told apart here, without ``owns_memory_of``'s calls.
+        if base is not None and (type(base) is not np.ndarray or base.base is not None) \
+                and prepared.owns_memory_of(value):
             return None  # a view of the executor's own buffers: read first by the full path
         if buffer is None or (value is last[0] and last[1] is False and own is not None
                               and native is not None):

@@ -14,7 +14,7 @@ from onnx import helper  # noqa: E402
 from onnx_testing import model, normal  # noqa: E402
 
 import dlsys.onnx as donnx  # noqa: E402
-from dlsys.errors import DtypeError  # noqa: E402
+from dlsys.errors import DtypeError, FeedError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +64,26 @@ def test_a_weight_changed_through_the_model_reaches_the_next_repeated_run(affine
     y, _ = session.run(None, {"x": x})
     bias = next(p for p in session.model.parameters() if p.shape == (4,)).numpy()
     np.testing.assert_allclose(y, np.broadcast_to(bias, (2, 4)), rtol=1e-6)
+
+
+def test_a_repeated_run_fed_otherwise_gets_the_full_paths_answer(affine):
+    """Once runs repeat, the fast path hands the feeds to the executor's repeated run, which
+    checks them against its plan: a wrong name, no array, a list, a strided or a
+    read-only array of the same shape are each answered as the first run answers them."""
+    session = donnx.InferenceSession(affine)
+    x = normal((3, 6), seed=5)
+    for _ in range(3):
+        session.run(None, {"x": x})
+    assert session._repeat is not None
+    with pytest.raises(FeedError, match=r"missing \['x'\].*unknown \['y'\]"):
+        session.run(None, {"y": x})
+    for not_an_array in (None, x.tolist()):
+        with pytest.raises(FeedError, match="must be a numpy array"):
+            session.run(None, {"x": not_an_array})
+    wide = normal((3, 12), seed=6)
+    read_only = normal((3, 6), seed=7)
+    read_only.flags.writeable = False
+    for fed in (wide[:, ::2], read_only, x):
+        expected = _reference(affine, np.ascontiguousarray(fed))
+        for ours, theirs in zip(session.run(None, {"x": fed}), expected):
+            np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)

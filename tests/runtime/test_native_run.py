@@ -100,6 +100,9 @@ def test_repeated_feeds_fall_back_for_other_dtypes_and_the_executors_own_memory(
     fed_back = np.from_dlpack(out)
     (out,) = executor.run({x: fed_back})
     np.testing.assert_array_equal(out.numpy(), np.maximum(-first, 0) * 4)
+    # A slice of such a view too (its base is an array that does not own its memory).
+    (out,) = executor.run({x: np.from_dlpack(out)[:]})
+    np.testing.assert_array_equal(out.numpy(), np.maximum(-first, 0) * 8)
 
 
 def _full_path_refused(*args):
@@ -273,3 +276,20 @@ def test_an_array_is_read_in_place_only_when_the_kernels_can_read_it():
     misaligned = np.frombuffer(np.zeros(64, np.uint8).data, dtype="float32", count=4, offset=2)
     for refused in (frozen, array[:, ::2], array.T, misaligned):
         assert in_place_tensor(refused) is refused
+
+
+@pytest.mark.parametrize("view", [lambda a: a, lambda a: a[:], lambda a: a[:][:]],
+                         ids=["view", "slice of a view", "slice of a slice"])
+def test_repeated_runs_read_first_a_feed_viewing_the_executors_output(monkeypatch, view):
+    # The first output's kernel writes its buffer before the second output's reads x: an
+    # x read where it lies, in that buffer, would be read after it was overwritten.
+    monkeypatch.setattr(executor_module, "NATIVE_IN_PLACE_FEED_BYTES", 64)
+    x = ad.Variable("x")
+    executor = ad.Executor([x + 1.0, x * 3.0])
+    value = np.arange(32, dtype="float32").reshape(4, 8)
+    for _ in range(4):
+        plus_one, _ = executor.run({x: value.copy()})
+    fed = view(np.from_dlpack(plus_one))
+    expected = np.array(fed)
+    plus_one, tripled = executor.run({x: fed})
+    np.testing.assert_array_equal(tripled.numpy(), expected * 3)
