@@ -22,7 +22,7 @@ import numpy as np
 
 from dlsys.errors import FeedError
 from dlsys.ops.placeholder import PARAMETER_CHANGES, Parameter
-from dlsys.runtime.memory import in_place_tensor
+from dlsys.runtime.memory import in_place_tensor, may_view_foreign_memory
 
 
 class RepeatedRun:
@@ -149,10 +149,9 @@ def _sort_feeds(feed_dict: dict, numbered: tuple, prepared, native) -> tuple | N
             # dtype were checked above, its strides (which numpy 2.4 still lets a caller
             # set) here; and it was found not to view the executor's own memory then.
             continue
-        base = value.base
-        # A slice of an array numpy allocated (a loop's batch of its data set) views no
-        # buffer of the executor: told apart here, without ``owns_memory_of``'s calls.
-        if base is not None and (type(base) is not np.ndarray or base.base is not None) \
+        # An array numpy allocated, or a slice of one (a loop's batch of its data set), views
+        # no buffer of the executor: told apart by one call, without ``owns_memory_of``'s.
+        if value.base is not None and may_view_foreign_memory(value) \
                 and prepared.owns_memory_of(value):
             return None  # a view of the executor's own buffers: read first by the full path
         if buffer is None or (value is last[0] and last[1] is False and own is not None
